@@ -1,0 +1,1 @@
+"""Shared runtime of every hubsync service: settings, logging, telemetry, Redis, gRPC."""

@@ -1,0 +1,207 @@
+"""The grpc.aio server every service runs: interceptors, health, reflection, graceful stop.
+
+Interceptors, outermost first: tracing (opentelemetry-instrumentation-grpc), caller
+authentication and per-method policy, error mapping (domain errors → ``google.rpc.Status``).
+Health (grpc.health.v1) reports SERVING only while Redis answers; on SIGTERM the host marks
+everything NOT_SERVING, stops taking new calls and gives in-flight ones the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from redis.asyncio import Redis
+
+from hubsync.core.callers import CallerAuthInterceptor, CallerRegistry
+from hubsync.core.errors import HubsyncError, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+HealthProbe = Callable[[], Awaitable[bool]]
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns :class:`HubsyncError` into a rich status; anything unexpected into INTERNAL."""
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except HubsyncError as exc:
+                    await context.abort_with_status(exc.to_status())
+                except (ValueError, TypeError) as exc:
+                    # Malformed protobuf content that slipped past validation.
+                    await context.abort_with_status(InvalidArgument(str(exc)).to_status())
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error", extra={"method": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except HubsyncError as exc:
+                    await context.abort_with_status(exc.to_status())
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error", extra={"method": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class ServiceHost:
+    """Runs one service's grpc.aio server.
+
+    Args:
+        name: the service name (for logs and health).
+        service_names: full names of the gRPC services registered (for health and reflection).
+        register: adds the servicers to the server.
+        callers: ``{caller: token}``; empty allows anonymous calls (development only).
+        policy: per-method allowed callers.
+        health_probe: returns True while dependencies (Redis) answer.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        service_names: Sequence[str],
+        register: Callable[[grpc.aio.Server], None],
+        *,
+        callers: Mapping[str, str] | None = None,
+        policy: Mapping[str, Iterable[str]] | None = None,
+        health_probe: HealthProbe | None = None,
+        grace_seconds: float = 10.0,
+        probe_interval: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.service_names = list(service_names)
+        registry = CallerRegistry(callers or {})
+        if not registry.enabled:
+            log.warning("no caller credentials configured: gRPC calls are not authenticated")
+        self.server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(),
+                CallerAuthInterceptor(registry, policy),
+                ErrorMappingInterceptor(),
+            ],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        register(self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self._probe = health_probe
+        self._probe_interval = probe_interval
+        self._grace = grace_seconds
+        self._probe_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.port = 0
+
+    async def start(self, address: str) -> int:
+        """Binds ``address`` (port 0 picks a free one), starts serving, returns the port."""
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {address}")
+        await self.server.start()
+        await self._set_all(await self._healthy())
+        self._probe_task = asyncio.create_task(self._watch_health(), name=f"{self.name}-health")
+        log.info("serving", extra={"service_name": self.name, "address": address, "port": self.port})
+        return self.port
+
+    async def _healthy(self) -> bool:
+        if self._probe is None:
+            return True
+        try:
+            return await asyncio.wait_for(self._probe(), timeout=max(self._probe_interval, 1.0))
+        except Exception:
+            return False
+
+    async def _set_all(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ["", *self.service_names]:
+            await self.health.set(service, status)
+
+    async def _watch_health(self) -> None:
+        last = None
+        while not self._stopping.is_set():
+            ok = await self._healthy()
+            if ok != last:
+                if last is not None:
+                    log.warning("health changed", extra={"serving": ok})
+                await self._set_all(ok)
+                last = ok
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._probe_interval)
+
+    async def stop(self) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, drain in-flight ones within the grace."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        await self.health.enter_graceful_shutdown()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        await self.server.stop(self._grace)
+        log.info("stopped", extra={"service_name": self.name})
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def redis_probe(redis: Redis) -> HealthProbe:
+    """A health probe that is True while Redis answers PING."""
+
+    async def probe() -> bool:
+        return bool(await redis.ping())
+
+    return probe
+
+
+async def run_until_signalled(stop: Callable[[], Awaitable[None]]) -> None:
+    """Waits for SIGTERM or SIGINT, then awaits ``stop``."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    await event.wait()
+    log.info("signal received, shutting down")
+    await stop()

@@ -1,0 +1,121 @@
+"""What ``python -m hubsync.<service>`` runs: the common life cycle of a service process.
+
+A service module provides a :class:`ServiceSpec` factory; :func:`main` loads and validates
+settings (a bad value exits 2 naming the variable), sets up JSON logs and tracing, connects
+Redis, starts the gRPC host and the service's background tasks, and on SIGTERM/SIGINT stops
+taking calls, drains, stops the tasks and flushes spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from redis.asyncio import Redis
+
+from hubsync.core.grpcserver import ServiceHost, redis_probe, run_until_signalled
+from hubsync.core.logging import setup_logging
+from hubsync.core.redis import create_redis
+from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.core.telemetry import setup_tracing, shutdown_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceSpec:
+    """What a service contributes to the common life cycle."""
+
+    service_names: Sequence[str]
+    register: Callable[[grpc.aio.Server], None]
+    port: int
+    policy: Mapping[str, Iterable[str]] = field(default_factory=dict)
+    # Coroutines started after the server (workers, HTTP servers); cancelled on stop.
+    background: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    # Awaited on stop, after the gRPC server drained (close clients, flush).
+    on_stop: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+
+SpecFactory = Callable[[CoreSettings, Redis], Awaitable[ServiceSpec]]
+
+
+class RunningService:
+    """A started service: the host, its port, its tasks. ``stop()`` shuts it down gracefully."""
+
+    def __init__(self, host: ServiceHost, spec: ServiceSpec, redis: Redis, tasks: list[asyncio.Task[Any]]):
+        self.host = host
+        self.spec = spec
+        self.redis = redis
+        self.tasks = tasks
+
+    @property
+    def port(self) -> int:
+        return self.host.port
+
+    async def stop(self) -> None:
+        await self.host.stop()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for hook in self.spec.on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("stop hook failed")
+        await self.redis.aclose()
+
+
+async def start_service(
+    name: str, core: CoreSettings, factory: SpecFactory, *, port: int | None = None
+) -> RunningService:
+    """Builds and starts a service in this event loop (also what in-process tests use)."""
+    redis = create_redis(core)
+    spec = await factory(core, redis)
+    host = ServiceHost(
+        name,
+        spec.service_names,
+        spec.register,
+        callers=core.caller_credentials(),
+        policy=spec.policy,
+        health_probe=redis_probe(redis),
+        grace_seconds=core.shutdown_grace_seconds,
+    )
+    await host.start(f"{core.grpc_host}:{spec.port if port is None else port}")
+    tasks = [asyncio.create_task(_guard(job), name=f"{name}-bg") for job in spec.background]
+    return RunningService(host, spec, redis, tasks)
+
+
+async def _guard(job: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        await job()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background task failed")
+        raise
+
+
+def main(name: str, factory: SpecFactory) -> None:
+    """Entry point of ``python -m hubsync.<name>``."""
+    core = load_settings(CoreSettings)
+    setup_logging(name, core.log_level)
+    setup_tracing(f"hubsync-{name}")
+    if core.environment == "production" and not core.caller_credentials():
+        log.error("HUBSYNC_CALLER_TOKENS_FILE: caller credentials are required in production")
+        raise SystemExit(2)
+
+    async def run() -> None:
+        service = await start_service(name, core, factory)
+        await run_until_signalled(service.stop)
+
+    try:
+        asyncio.run(run())
+    finally:
+        shutdown_tracing()

@@ -1,0 +1,105 @@
+"""Settings shared by every service, and validated loading that fails fast.
+
+Each service declares one pydantic-settings class with its own ``env_prefix``
+(``HUBSYNC_WRITER_`` ...); the values every service shares live in :class:`CoreSettings`
+(prefix ``HUBSYNC_``). ``OTEL_*`` variables are left to the OpenTelemetry SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class CoreSettings(BaseSettings):
+    """Values every service reads (``HUBSYNC_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HUBSYNC_", extra="ignore")
+
+    environment: Environment = Environment.DEVELOPMENT
+    log_level: str = "INFO"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    # This service's identity towards the others, and the credential it presents.
+    caller_name: str = ""
+    # JSON file {"<caller>": "<token>"}: the per-caller credentials of the whole suite.
+    caller_tokens_file: Path | None = None
+    # Same as the file, inline (development and tests); the file wins when both are set.
+    caller_tokens: SecretStr | None = None
+    grpc_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    auth_address: str = "127.0.0.1:50051"
+    ingress_address: str = "127.0.0.1:50052"
+    mapper_address: str = "127.0.0.1:50053"
+    writer_address: str = "127.0.0.1:50054"
+    hubspot_api_base: str = "https://api.hubapi.com"
+    # Seconds a stopping server gives in-flight calls to finish.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return upper
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("hubspot_api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    def caller_credentials(self) -> dict[str, str]:
+        """Returns ``{caller: token}`` from the file or the inline value."""
+        raw: str | None = None
+        if self.caller_tokens_file is not None:
+            raw = self.caller_tokens_file.read_text()
+        elif self.caller_tokens is not None:
+            raw = self.caller_tokens.get_secret_value()
+        if not raw:
+            return {}
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
+        ):
+            raise ValueError("caller tokens must be a JSON object of non-empty strings")
+        return data
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Builds ``cls`` from the environment; on a bad value prints the variable and exits 2."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = [f"hubsync: invalid configuration for {cls.__name__}:"]
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            variable = f"{prefix}{field}".upper()
+            # The input is left out on purpose: it may be a secret.
+            lines.append(f"  {variable}: {err['msg']}")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

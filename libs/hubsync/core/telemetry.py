@@ -1,0 +1,84 @@
+"""OpenTelemetry setup, and W3C trace context carried through Redis stream entries.
+
+Spans go to an OTLP exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (the SDK reads the
+other ``OTEL_*`` variables itself). Tests pass their own exporter to :func:`setup_tracing`.
+gRPC and httpx are instrumented by the opentelemetry instrumentations; the Starlette app is
+wrapped in the ASGI middleware; Redis streams carry ``traceparent``/``tracestate`` fields that
+:func:`inject_fields` writes and :func:`extract_context` reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+
+_configured: TracerProvider | None = None
+
+
+def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
+    """Installs the global tracer provider once per process and instruments httpx."""
+    global _configured
+    if _configured is not None:
+        if exporter is not None:
+            _configured.add_span_processor(SimpleSpanProcessor(exporter))
+        return _configured
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    provider = TracerProvider(resource=resource)
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+    trace.set_tracer_provider(provider)
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    HTTPXClientInstrumentor().instrument()
+    _configured = provider
+    return provider
+
+
+def _otlp_exporter() -> SpanExporter:
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    if protocol.startswith("http"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+        return Http()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+
+    return Grpc()
+
+
+def shutdown_tracing() -> None:
+    """Flushes and stops span export (called on graceful shutdown)."""
+    if _configured is not None:
+        _configured.force_flush()
+        _configured.shutdown()
+
+
+def inject_fields(fields: dict[str, Any] | None = None, context: Context | None = None) -> dict[str, Any]:
+    """Adds the W3C trace context of ``context`` (default: current) to stream-entry fields."""
+    carrier: dict[str, Any] = {} if fields is None else fields
+    propagate.inject(carrier, context=context)
+    return carrier
+
+
+def extract_context(fields: Mapping[Any, Any]) -> Context:
+    """Reads the trace context stored with a Redis stream entry (bytes or str keys)."""
+    carrier: dict[str, str] = {}
+    for key in ("traceparent", "tracestate"):
+        value = fields.get(key, fields.get(key.encode()))
+        if value is not None:
+            carrier[key] = value.decode() if isinstance(value, bytes) else str(value)
+    return propagate.extract(carrier)
+
+
+def trace_id_hex(span: trace.Span | None = None) -> str:
+    """The 32-hex trace id of ``span`` (default: current), or ``""`` outside a trace."""
+    ctx = (span or trace.get_current_span()).get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

@@ -1,0 +1,1 @@
+"""HubSpot protocol knowledge shared by hubsync's services: signatures, HTTP client, models."""

@@ -1,0 +1,139 @@
+"""The shared gRPC host: health follows Redis, reflection answers, callers are authenticated
+and authorized, and domain errors reach the client as rich statuses."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from redis.asyncio import Redis
+
+from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hubsync.core.channels import open_channel
+from hubsync.core.errors import FailedPrecondition, error_info
+from hubsync.core.grpcserver import ServiceHost, redis_probe
+
+SERVICE = "hubsync.api.auth.v1.AuthService"
+
+
+class _Vault(auth_pb2_grpc.AuthServiceServicer):
+    async def GetConnection(self, request, context):  # type: ignore[no-untyped-def]
+        if request.portal_id == 0:
+            raise FailedPrecondition("portal 0 needs re-authorization", reason="CONNECTION_NEEDS_REAUTH")
+        return auth_pb2.GetConnectionResponse(connection=auth_pb2.Connection(portal_id=request.portal_id))
+
+    async def GetAccessToken(self, request, context):  # type: ignore[no-untyped-def]
+        return auth_pb2.GetAccessTokenResponse(access_token="t")
+
+
+@pytest.fixture
+async def host(redis_url: str, caller_tokens: dict[str, str]):  # type: ignore[no-untyped-def]
+    redis = Redis.from_url(redis_url)
+    host = ServiceHost(
+        "auth",
+        [SERVICE],
+        lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(_Vault(), server),  # type: ignore[abstract]
+        callers=caller_tokens,
+        policy={f"/{SERVICE}/GetAccessToken": ["writer"]},
+        health_probe=redis_probe(redis),
+        probe_interval=0.1,
+    )
+    port = await host.start("127.0.0.1:0")
+    yield host, port
+    await host.stop()
+    await redis.aclose()
+
+
+async def test_health_serving_and_reflection(host) -> None:  # type: ignore[no-untyped-def]
+    _, port = host
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        names = []
+        async for reply in stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        ):
+            names = [s.name for s in reply.list_services_response.service]
+        assert SERVICE in names
+
+
+async def test_unauthenticated_and_forbidden(host, caller_tokens) -> None:  # type: ignore[no-untyped-def]
+    _, port = host
+    async with open_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await auth_pb2_grpc.AuthServiceStub(channel).GetConnection(
+                auth_pb2.GetConnectionRequest(portal_id=1)
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with open_channel(f"127.0.0.1:{port}", "not-a-token") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await auth_pb2_grpc.AuthServiceStub(channel).GetConnection(
+                auth_pb2.GetConnectionRequest(portal_id=1)
+            )
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with open_channel(f"127.0.0.1:{port}", caller_tokens["mapper"]) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        ok = await stub.GetConnection(auth_pb2.GetConnectionRequest(portal_id=7))
+        assert ok.connection.portal_id == 7
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetAccessToken(auth_pb2.GetAccessTokenRequest(portal_id=7))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with open_channel(f"127.0.0.1:{port}", caller_tokens["writer"]) as channel:
+        reply = await auth_pb2_grpc.AuthServiceStub(channel).GetAccessToken(
+            auth_pb2.GetAccessTokenRequest(portal_id=7)
+        )
+        assert reply.access_token == "t"
+
+
+async def test_domain_error_carries_error_info(host, caller_tokens) -> None:  # type: ignore[no-untyped-def]
+    _, port = host
+    async with open_channel(f"127.0.0.1:{port}", caller_tokens["writer"]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await auth_pb2_grpc.AuthServiceStub(channel).GetConnection(
+                auth_pb2.GetConnectionRequest(portal_id=0)
+            )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(err.value)
+    assert info is not None and info.reason == "CONNECTION_NEEDS_REAUTH" and info.domain == "hubsync.dev"
+
+
+async def test_health_follows_redis(redis_process, caller_tokens) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from hubsync.core.devredis import RedisProcess
+
+    own = RedisProcess(redis_process.data_dir / "own").start()
+    client = Redis.from_url(own.url, socket_connect_timeout=0.2, socket_timeout=0.2)
+    host = ServiceHost(
+        "t",
+        [SERVICE],
+        lambda s: None,
+        callers=caller_tokens,
+        health_probe=redis_probe(client),
+        probe_interval=0.1,
+    )
+    port = await host.start("127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert (
+                await health.Check(health_pb2.HealthCheckRequest())
+            ).status == health_pb2.HealthCheckResponse.SERVING
+            own.stop()
+            status = None
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                status = (await health.Check(health_pb2.HealthCheckRequest())).status
+                if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await host.stop()
+        await client.aclose()
+        own.stop()
+    _ = empty_pb2
