@@ -87,7 +87,9 @@ async def start_service(
         health_probe=redis_probe(redis),
         grace_seconds=core.shutdown_grace_seconds,
     )
-    await host.start(f"{core.grpc_host}:{spec.port if port is None else port}")
+    if port is None:
+        port = core.grpc_port if core.grpc_port is not None else spec.port
+    await host.start(f"{core.grpc_host}:{port}")
     tasks = [asyncio.create_task(_guard(job), name=f"{name}-bg") for job in spec.background]
     return RunningService(host, spec, redis, tasks)
 

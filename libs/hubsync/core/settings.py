@@ -38,6 +38,8 @@ class CoreSettings(BaseSettings):
     # Same as the file, inline (development and tests); the file wins when both are set.
     caller_tokens: SecretStr | None = None
     grpc_host: str = "127.0.0.1"
+    # Overrides the service's default gRPC port (containers use one port for every service).
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     auth_address: str = "127.0.0.1:50051"
     ingress_address: str = "127.0.0.1:50052"
