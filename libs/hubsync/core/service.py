@@ -22,7 +22,7 @@ from hubsync.core.grpcserver import ServiceHost, redis_probe, run_until_signalle
 from hubsync.core.logging import setup_logging
 from hubsync.core.redis import create_redis
 from hubsync.core.settings import CoreSettings, load_settings
-from hubsync.core.telemetry import setup_tracing, shutdown_tracing
+from hubsync.core.telemetry import setup_metrics, setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def main(name: str, factory: SpecFactory) -> None:
     core = load_settings(CoreSettings)
     setup_logging(name, core.log_level)
     setup_tracing(f"hubsync-{name}")
+    setup_metrics(f"hubsync-{name}", core.grpc_host, core.metrics_port)
     if core.environment == "production" and not core.caller_credentials():
         log.error("HUBSYNC_CALLER_TOKENS_FILE: caller credentials are required in production")
         raise SystemExit(2)

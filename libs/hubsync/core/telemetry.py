@@ -82,3 +82,44 @@ def trace_id_hex(span: trace.Span | None = None) -> str:
     """The 32-hex trace id of ``span`` (default: current), or ``""`` outside a trace."""
     ctx = (span or trace.get_current_span()).get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+_metrics_configured = False
+
+
+def setup_metrics(service: str, host: str = "127.0.0.1", port: int = 0) -> int:
+    """Installs the global meter provider: Prometheus ``/metrics`` on ``port`` (0: none) and OTLP.
+
+    Returns the port ``/metrics`` listens on (0 when not served). Instruments created before this
+    call through ``opentelemetry.metrics.get_meter`` are picked up, as the API proxies them.
+    """
+    global _metrics_configured
+    if _metrics_configured:
+        return 0
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+
+    readers: list[MetricReader] = []
+    served = 0
+    if port:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        readers.append(PrometheusMetricReader(disable_target_info=True))
+        server, _thread = start_http_server(port, addr=host)
+        served = int(server.server_port)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        if protocol.startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpM
+
+            readers.append(PeriodicExportingMetricReader(HttpM()))
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcM
+
+            readers.append(PeriodicExportingMetricReader(GrpcM()))
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+    _metrics_configured = True
+    return served

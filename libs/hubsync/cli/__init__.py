@@ -1,0 +1,1 @@
+"""The ``hubsync`` command: run the whole suite locally and operate a running one."""

@@ -1,0 +1,275 @@
+"""Runs the whole suite as separate processes on one machine: Redis, the sandbox, four services.
+
+What ``hubsync run`` and the end-to-end tests start. Every process gets its configuration through
+environment variables, exactly as in a container; logs go to ``<workdir>/logs/<name>.log``.
+Credentials (caller tokens, the encryption key ring) are generated per run and never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hubsync.core.channels import open_channel
+from hubsync.core.devredis import RedisProcess, free_port
+
+SERVICES = ("auth", "writer", "mapper", "ingress")
+CALLERS = ("auth", "ingress", "mapper", "writer", "cli", "demo-client")
+SANDBOX_PORTAL = 12345
+SANDBOX_APP_ID = 1001
+SANDBOX_CLIENT_ID = "hubsync-sandbox-client-id"
+SANDBOX_CLIENT_SECRET = "hubsync-sandbox-client-secret"
+SANDBOX_PRIVATE_TOKEN = "pat-na1-00000000-0000-4000-8000-000000012345"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Ports:
+    """Loopback ports of every process (0 = pick a free one)."""
+
+    redis: int = 0
+    sandbox: int = 0
+    auth: int = 0
+    ingress: int = 0
+    ingress_http: int = 0
+    mapper: int = 0
+    writer: int = 0
+    metrics: dict[str, int] = field(default_factory=dict)
+
+    def resolve(self) -> Ports:
+        for name in ("redis", "sandbox", "auth", "ingress", "ingress_http", "mapper", "writer"):
+            if not getattr(self, name):
+                setattr(self, name, free_port())
+        for service in SERVICES:
+            self.metrics.setdefault(service, free_port())
+        return self
+
+
+class SuiteError(RuntimeError):
+    """A process of the suite did not start; the message says which and where its log is."""
+
+
+class Suite:
+    """Starts and stops the suite. Use ``async with Suite(workdir) as suite:``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        ports: Ports | None = None,
+        otlp_endpoint: str | None = None,
+        sandbox_config: dict[str, object] | None = None,
+        extra_env: dict[str, dict[str, str]] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.ports = (ports or Ports()).resolve()
+        self.otlp_endpoint = otlp_endpoint
+        self.sandbox_config = sandbox_config or {}
+        self.extra_env = extra_env or {}
+        self.progress = progress or (lambda _msg: None)
+        self.tokens = {name: secrets.token_urlsafe(24) for name in CALLERS}
+        self.keyring = {
+            "active": "k1",
+            "keys": {"k1": base64.b64encode(secrets.token_bytes(32)).decode()},
+        }
+        self.redis: RedisProcess | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: dict[str, IO[bytes]] = {}
+
+    # --- addresses -------------------------------------------------------------------------
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.sandbox}"
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.ingress_http}"
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{getattr(self.ports, service)}"
+
+    def channel(self, service: str, caller: str = "cli") -> grpc.aio.Channel:
+        """A channel to ``service`` presenting ``caller``'s credential."""
+        return open_channel(self.address(service), self.tokens[caller])
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Suite:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.progress("starting redis-server")
+        self.redis = RedisProcess(self.workdir / "redis", self.ports.redis)
+        await asyncio.to_thread(self.redis.start)
+        self.progress("starting the HubSpot sandbox")
+        self._spawn("sandbox", self._sandbox_command(), {})
+        await self._wait_http("sandbox", f"{self.sandbox_url}/_sandbox/requests")
+        for service in SERVICES:
+            self.progress(f"starting {service}")
+            self._spawn(service, [sys.executable, "-m", f"hubsync.{service}"], self.env_for(service))
+        for service in SERVICES:
+            await self._wait_serving(service)
+            self.progress(f"{service} is SERVING")
+        await self._wait_http("ingress", f"{self.ingress_url}/healthz")
+
+    def _sandbox_command(self) -> list[str]:
+        config = {
+            "apps": [
+                {
+                    "app_id": SANDBOX_APP_ID,
+                    "client_id": SANDBOX_CLIENT_ID,
+                    "client_secret": SANDBOX_CLIENT_SECRET,
+                    "webhooks": {"target_url": f"{self.ingress_url}/webhooks/hubspot"},
+                }
+            ],
+            **self.sandbox_config,
+        }
+        path = self.workdir / "sandbox.json"
+        path.write_text(json.dumps(config, indent=2))
+        return [
+            sys.executable, "-m", "hubsync.sandbox",
+            "--host", "127.0.0.1", "--port", str(self.ports.sandbox), "--config", str(path),
+        ]  # fmt: skip
+
+    def env_for(self, service: str) -> dict[str, str]:
+        """The environment of one service process, as a Deployment would set it."""
+        assert self.redis is not None
+        env = {
+            "HUBSYNC_ENVIRONMENT": "development",
+            "HUBSYNC_REDIS_URL": self.redis.url,
+            "HUBSYNC_CALLER_NAME": service,
+            "HUBSYNC_CALLER_TOKENS": json.dumps(self.tokens),
+            "HUBSYNC_GRPC_PORT": str(getattr(self.ports, service)),
+            "HUBSYNC_METRICS_PORT": str(self.ports.metrics[service]),
+            "HUBSYNC_HUBSPOT_API_BASE": self.sandbox_url,
+            "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "3",
+            **{f"HUBSYNC_{name.upper()}_ADDRESS": self.address(name) for name in SERVICES},
+            "OTEL_SERVICE_NAME": f"hubsync-{service}",
+        }
+        if self.otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
+            env["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
+            env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+            env["OTEL_METRIC_EXPORT_INTERVAL"] = "2000"
+        if service == "auth":
+            env |= {
+                "HUBSYNC_AUTH_CLIENT_ID": SANDBOX_CLIENT_ID,
+                "HUBSYNC_AUTH_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
+                "HUBSYNC_AUTH_KEYRING": json.dumps(self.keyring),
+                "HUBSYNC_AUTH_AUTHORIZE_URL": f"{self.sandbox_url}/oauth/authorize",
+                "HUBSYNC_AUTH_REDIRECT_URI": f"{self.ingress_url}/oauth/callback",
+            }
+        elif service == "ingress":
+            env |= {
+                "HUBSYNC_INGRESS_HTTP_PORT": str(self.ports.ingress_http),
+                "HUBSYNC_INGRESS_PUBLIC_BASE_URL": self.ingress_url,
+                "HUBSYNC_INGRESS_WEBHOOK_SECRETS": json.dumps([SANDBOX_CLIENT_SECRET]),
+                "HUBSYNC_INGRESS_APP_ID": str(SANDBOX_APP_ID),
+            }
+        return env | self.extra_env.get(service, {})
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = self.log_path(name).open("ab")
+        self._logs[name] = log
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSYNC_", "OTEL_"))}
+        full_env |= env
+        self.procs[name] = subprocess.Popen(
+            argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    def _check_alive(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            tail = self.log_path(name).read_text(errors="replace")[-2000:]
+            raise SuiteError(f"{name} exited with code {proc.returncode}; log {self.log_path(name)}:\n{tail}")
+
+    async def _wait_serving(self, service: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.address(service)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                self._check_alive(service)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                if time.monotonic() > deadline:
+                    raise SuiteError(
+                        f"{service} not SERVING after {timeout:.0f} s; log {self.log_path(service)}"
+                    )
+                await asyncio.sleep(0.1)
+
+    async def _wait_http(self, name: str, url: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                self._check_alive(name)
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise SuiteError(f"{name} not answering {url} after {timeout:.0f} s")
+                await asyncio.sleep(0.1)
+
+    async def health(self) -> dict[str, str]:
+        """grpc.health.v1 status of every service."""
+        out = {}
+        for service in SERVICES:
+            async with grpc.aio.insecure_channel(self.address(service)) as channel:
+                try:
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2.0
+                    )
+                    out[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.aio.AioRpcError as exc:
+                    out[service] = f"UNREACHABLE ({exc.code().name})"
+        return out
+
+    async def stop(self) -> None:
+        """SIGTERM every service (graceful drain), then the sandbox and Redis."""
+        for name in [*reversed(SERVICES), "sandbox"]:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                await asyncio.to_thread(proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+            self._logs[name].close()
+        self.procs.clear()
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.stop)
+            self.redis = None
