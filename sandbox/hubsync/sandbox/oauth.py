@@ -1,0 +1,159 @@
+"""OAuth 2.0: authorize (auto-consent), token (code and refresh grants), token metadata."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .errors import ApiError, error_body, oauth_error
+from .routing import json_response, public_route
+from .state import AuthCode, SandboxState
+
+TOKEN_PATHS = ("/oauth/v1/token", "/oauth/v3/token", "/oauth/2026-03/token")
+
+
+def routes(state: SandboxState) -> list[Route]:
+    async def authorize(request: Request) -> Response:
+        q = request.query_params
+        app = state.apps_by_client.get(q.get("client_id", ""))
+        if app is None:
+            raise ApiError(400, error_body("Unknown client_id", "VALIDATION_ERROR"))
+        redirect_uri = q.get("redirect_uri", "")
+        if not redirect_uri or (app.redirect_uris and redirect_uri not in app.redirect_uris):
+            raise ApiError(
+                400, error_body("redirect_uri is missing or not allowed for this app", "VALIDATION_ERROR")
+            )
+        requested = q.get("scope", "").split()
+        optional = q.get("optional_scope", "").split()
+        missing = [s for s in requested if s not in app.scopes]
+        if missing:
+            raise ApiError(400, error_body(f"The app may not request scopes {missing}", "VALIDATION_ERROR"))
+        scopes = requested + [s for s in optional if s in app.scopes and s not in requested]
+        # The sandbox's "user" picks the portal: ?portal_id=… (else the first portal).
+        hub_id = int(q.get("portal_id") or q.get("hub_id") or next(iter(state.portals)))
+        if hub_id not in state.portals:
+            raise ApiError(400, error_body(f"Unknown portal {hub_id}", "VALIDATION_ERROR"))
+        code = state.new_token_string("", 36)
+        state.codes[code] = AuthCode(code, app.client_id, redirect_uri, hub_id, scopes or ["oauth"])
+        params = {"code": code}
+        if "state" in q:
+            params["state"] = q["state"]
+        parts = urlsplit(redirect_uri)
+        query = parts.query + ("&" if parts.query else "") + urlencode(params)
+        return RedirectResponse(urlunsplit(parts._replace(query=query)), status_code=302)
+
+    async def token(request: Request) -> Response:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        raw = await request.body()
+        if ctype != "application/x-www-form-urlencoded":
+            # HubSpot reads the grant only from a form body: query parameters or JSON look empty.
+            raise oauth_error("BAD_GRANT_TYPE", "unsupported_grant_type", "missing or invalid grant type")
+        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        grant = form.get("grant_type")
+        if grant not in ("authorization_code", "refresh_token"):
+            raise oauth_error("BAD_GRANT_TYPE", "unsupported_grant_type", "missing or invalid grant type")
+        app = state.apps_by_client.get(form.get("client_id", ""))
+        if app is None:
+            raise oauth_error("BAD_CLIENT_ID", "invalid_client", "missing or unknown client id")
+        if form.get("client_secret") != app.client_secret:
+            raise oauth_error("BAD_CLIENT_SECRET", "invalid_client", "missing or invalid client secret")
+        if grant == "authorization_code":
+            code = state.codes.get(form.get("code", ""))
+            if code is None or code.used or code.client_id != app.client_id:
+                raise oauth_error("BAD_AUTH_CODE", "invalid_grant", "missing or unknown auth code")
+            if form.get("redirect_uri") != code.redirect_uri:
+                raise oauth_error(
+                    "BAD_REDIRECT_URI", "invalid_grant", "redirect_uri does not match initial redirect_uri"
+                )
+            code.used = True  # single use
+            rt = state.issue_refresh_token(app, code.hub_id, code.scopes)
+        else:
+            found = state.refresh_tokens.get(form.get("refresh_token", ""))
+            if found is None or found.revoked or found.client_id != app.client_id:
+                raise oauth_error(
+                    "BAD_REFRESH_TOKEN", "invalid_grant", "refresh token is invalid, expired or revoked"
+                )
+            rt = found
+        tok = state.issue_access_token(rt)
+        return json_response(
+            200,
+            {
+                "token_type": "bearer",
+                "refresh_token": rt.token,
+                "access_token": tok.token,
+                "expires_in": state.config.token_ttl_s,
+                "hub_id": rt.hub_id,
+                "scopes": rt.scopes,
+            },
+        )
+
+    async def access_token_info(request: Request) -> Response:
+        tok = state.tokens.get(request.path_params["token"])
+        now = state.clock.now_ms()
+        if tok is None or tok.kind != "oauth" or (tok.expires_at is not None and tok.expires_at <= now):
+            # UNSURE: HubSpot's exact status/body for an unknown or expired token here.
+            raise ApiError(404, error_body("Token not found or expired", "OBJECT_NOT_FOUND"))
+        portal = state.portals[tok.hub_id]
+        return json_response(
+            200,
+            {
+                "token": tok.token,
+                "user": tok.user,
+                "hub_domain": portal.domain,
+                "scopes": tok.scopes,
+                "hub_id": tok.hub_id,
+                "app_id": tok.app_id,
+                "expires_in": max(0, ((tok.expires_at or now) - now) // 1000),
+                "user_id": tok.user_id,
+                "token_type": "access",
+            },
+        )
+
+    async def refresh_token_info(request: Request) -> Response:
+        rt = state.refresh_tokens.get(request.path_params["token"])
+        if rt is None or rt.revoked:
+            raise oauth_error(
+                "BAD_REFRESH_TOKEN", "invalid_grant", "refresh token is invalid, expired or revoked", 404
+            )
+        return json_response(
+            200,
+            {
+                "token": rt.token,
+                "user": rt.user,
+                "hub_domain": state.portals[rt.hub_id].domain,
+                "scopes": rt.scopes,
+                "hub_id": rt.hub_id,
+                "client_id": rt.client_id,
+                "user_id": rt.user_id,
+                "token_type": "refresh",
+            },
+        )
+
+    async def refresh_token_delete(request: Request) -> Response:
+        rt = state.refresh_tokens.get(request.path_params["token"])
+        if rt is None:
+            raise oauth_error(
+                "BAD_REFRESH_TOKEN", "invalid_grant", "refresh token is invalid, expired or revoked", 404
+            )
+        rt.revoked = True
+        return Response(status_code=204)
+
+    out = [
+        public_route(state, "GET", "/oauth/authorize", authorize),
+        public_route(state, "GET", "/oauth/v1/access-tokens/{token}", access_token_info),
+        public_route(state, "GET", "/oauth/v1/refresh-tokens/{token}", refresh_token_info),
+        public_route(state, "DELETE", "/oauth/v1/refresh-tokens/{token}", refresh_token_delete),
+    ]
+    out += [public_route(state, "POST", p, token) for p in TOKEN_PATHS]
+    return out
+
+
+def authorize_url(base_url: str, client_id: str, redirect_uri: str, scopes: list[str], state: str) -> str:
+    """The URL a user would open; the sandbox consents at once and redirects with a code."""
+    q = urlencode(
+        {"client_id": client_id, "redirect_uri": redirect_uri, "scope": " ".join(scopes), "state": state}
+    )
+    return f"{base_url}/oauth/authorize?{q}"

@@ -1,0 +1,246 @@
+"""The request pipeline every HubSpot API route shares: auth, faults, limits, logging.
+
+A handler receives a ``Call`` and returns ``(status, body)``; errors are raised as ``ApiError``.
+Kept free of per-request pydantic work: this is the hot path of the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .config import OAUTH_APP_BURST, FaultRule
+from .errors import ApiError, error_body, expired, fault, missing_scopes, rate_limited, unauthorized
+from .properties import OBJECT_TYPES
+from .state import SandboxState, Token
+from .store import PortalStore
+
+Handler = Callable[["Call"], Awaitable[tuple[int, Any]]]
+
+
+class Call:
+    """One API request, as the handlers see it."""
+
+    __slots__ = ("_body", "batch_size", "params", "request", "state", "store", "token", "trace_ids")
+
+    def __init__(self, request: Request, state: SandboxState):
+        self.request = request
+        self.state = state
+        self.params: dict[str, Any] = request.path_params
+        self.token: Token | None = None
+        self.store: PortalStore | None = None
+        self._body: Any = None
+        self.batch_size: int | None = None
+        self.trace_ids: list[str] | None = None
+
+    @property
+    def body(self) -> Any:
+        return self._body
+
+    def object_type(self, key: str = "objectType") -> str:
+        raw = self.params[key]
+        t = OBJECT_TYPES.get(raw) or OBJECT_TYPES.get(raw.lower())
+        if t is None:
+            raise ApiError(
+                400,
+                error_body(f"Unable to infer object type from: {raw}", "VALIDATION_ERROR"),
+            )
+        return t
+
+    @property
+    def portal_store(self) -> PortalStore:
+        assert self.store is not None
+        return self.store
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    if status == 204 or body is None:
+        return Response(status_code=status, headers=headers)
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+async def read_json(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, error_body(f"Invalid input JSON on line 1: {exc}", "VALIDATION_ERROR")) from None
+
+
+def _fault_matches(rule: FaultRule, endpoint: str, template: str, path: str, hub_id: int | None) -> bool:
+    if rule.portal is not None and rule.portal != hub_id:
+        return False
+    ep = rule.endpoint
+    if ep is None:
+        return True
+    if ep.endswith("*"):
+        prefix = ep[:-1]
+        return path.startswith(prefix) or endpoint.startswith(prefix)
+    return ep in (endpoint, template, path)
+
+
+async def apply_faults(
+    state: SandboxState, endpoint: str, template: str, path: str, hub_id: int | None, batch_size: int | None
+) -> None:
+    for rule in list(state.faults):
+        if not _fault_matches(rule, endpoint, template, path, hub_id):
+            continue
+        if rule.batch_limit is not None and (batch_size is None or batch_size <= rule.batch_limit):
+            continue
+        if rule.error_rate < 1.0 and state.rng.random() >= rule.error_rate:
+            continue
+        if rule.remaining is not None:
+            if rule.remaining <= 0:
+                continue
+            rule.remaining -= 1
+        if rule.latency_ms:
+            await asyncio.sleep(rule.latency_ms / 1000)
+        if rule.timeout_s is not None:
+            await asyncio.sleep(rule.timeout_s)
+            raise fault(504)
+        if rule.batch_limit is not None:
+            raise fault(502)
+        if rule.status == 429:
+            raise rate_limited("TEN_SECONDLY_ROLLING")
+        if rule.status is not None:
+            raise fault(rule.status)
+
+
+def authenticate(state: SandboxState, request: Request, now: int) -> Token:
+    header = request.headers.get("authorization", "")
+    if not header[:7].lower() == "bearer ":
+        raise unauthorized()
+    tok = state.tokens.get(header[7:].strip())
+    if tok is None:
+        raise unauthorized()
+    if tok.expires_at is not None and tok.expires_at <= now:
+        raise expired(max(0, (now - tok.expires_at) // 60_000))
+    return tok
+
+
+def api_route(
+    state: SandboxState,
+    method: str,
+    template: str,
+    handler: Handler,
+    *,
+    kind: str = "api",
+    scope: str | None = None,
+) -> Route:
+    """A HubSpot API route. ``kind``: "api" (rate limited), "search" (5/s, no headers).
+
+    ``scope`` is e.g. ``"read"``/``"write"``: the token needs ``crm.objects.<type>.<scope>``
+    (or ``crm.schemas.<type>.<scope>`` for kind "schema").
+    """
+    endpoint_name = f"{method} {template}"
+    log = state.requests
+    limiter = state.limiter
+
+    async def endpoint(request: Request) -> Response:
+        t0 = time.perf_counter()
+        now = state.clock.now_ms()
+        call = Call(request, state)
+        headers: dict[str, str] | None = None
+        hub_id: int | None = None
+        app_id: int | None = None
+        try:
+            tok = authenticate(state, request, now)
+            call.token = tok
+            hub_id, app_id = tok.hub_id, tok.app_id
+            call.store = state.stores[hub_id]
+            portal = state.portals[hub_id]
+            if scope is not None and ("objectType" in call.params or "fromObjectType" in call.params):
+                _check_scope(call, tok, scope)
+            if method in ("POST", "PATCH", "PUT"):
+                call._body = await read_json(request)
+                inputs = call._body.get("inputs") if isinstance(call._body, dict) else None
+                if isinstance(inputs, list):
+                    call.batch_size = len(inputs)
+            if kind == "search":
+                limiter.check_search(hub_id, portal.search_per_second, now)
+                if state.config.search_counts_toward_daily:
+                    limiter.count_daily(hub_id, portal.daily, now)
+            else:
+                oauth = tok.kind == "oauth"
+                burst = OAUTH_APP_BURST if oauth and portal.burst_per_10s is None else portal.burst
+                headers = limiter.check_api(hub_id, tok.rate_key(), burst, portal.daily, now, oauth)
+            if state.faults:
+                await apply_faults(state, endpoint_name, template, request.url.path, hub_id, call.batch_size)
+            status, body = await handler(call)
+            resp = json_response(status, body, headers)
+        except ApiError as err:
+            status = err.status
+            h = dict(headers or {})
+            h.update(err.headers)
+            resp = json_response(status, err.body, h)
+        extra: dict[str, Any] | None = None
+        if call.batch_size is not None or call.trace_ids:
+            extra = {"batchSize": call.batch_size}
+            if call.trace_ids:
+                extra["objectWriteTraceIds"] = call.trace_ids
+        log.add(
+            now,
+            endpoint_name,
+            request.url.path,
+            status,
+            hub_id,
+            app_id,
+            (time.perf_counter() - t0) * 1000,
+            extra,
+        )
+        return resp
+
+    return Route(template, endpoint, methods=[method], name=endpoint_name)
+
+
+def _check_scope(call: Call, tok: Token, scope: str) -> None:
+    key = "objectType" if "objectType" in call.params else "fromObjectType"
+    t = OBJECT_TYPES.get(call.params[key].lower())
+    if t is None:
+        return  # the handler answers 400 for an unknown type
+    family = "schemas" if scope.startswith("schema") else "objects"
+    needed = f"crm.{family}.{t}.{scope.split('.')[-1]}"
+    if needed not in tok.scopes:
+        raise missing_scopes([needed])
+
+
+def public_route(
+    state: SandboxState,
+    method: str,
+    template: str,
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Route:
+    """An unauthenticated, unlimited route (OAuth) that still goes to the request log."""
+    endpoint_name = f"{method} {template}"
+
+    async def endpoint(request: Request) -> Response:
+        t0 = time.perf_counter()
+        now = state.clock.now_ms()
+        try:
+            if state.faults:
+                await apply_faults(state, endpoint_name, template, request.url.path, None, None)
+            resp = await handler(request)
+        except ApiError as err:
+            resp = json_response(err.status, err.body, err.headers)
+        state.requests.add(
+            now,
+            endpoint_name,
+            request.url.path,
+            resp.status_code,
+            None,
+            None,
+            (time.perf_counter() - t0) * 1000,
+            None,
+        )
+        return resp
+
+    return Route(template, endpoint, methods=[method], name=endpoint_name)

@@ -1,0 +1,89 @@
+"""Runs the sandbox with uvicorn inside the current event loop (tests) or standalone."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .config import SandboxConfig
+from .state import SandboxState
+
+
+class AsgiServer:
+    """Serves an ASGI app with uvicorn in the running event loop, on ``host:port`` (0 = free port)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        cfg = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="auto",
+            interface="asgi3",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(cfg)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises the start-up error
+                raise RuntimeError("uvicorn stopped during start-up")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+        if self._sock is not None:
+            self._sock.close()
+        self._server = None
+        self._task = None
+
+    async def __aenter__(self) -> AsgiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class SandboxServer(AsgiServer):
+    """``async with SandboxServer(config) as sb:`` serves the sandbox on 127.0.0.1.
+
+    Attributes:
+        base_url: e.g. ``http://127.0.0.1:54321``.
+        state: the live ``SandboxState`` (objects, tokens, logs, webhooks).
+        config: the ``SandboxConfig`` it runs with.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.config = config or SandboxConfig()
+        self.state = SandboxState(self.config)
+        super().__init__(create_app(state=self.state), host, port)
+
+    async def __aenter__(self) -> SandboxServer:
+        await self.start()
+        return self

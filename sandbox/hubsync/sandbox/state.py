@@ -1,0 +1,237 @@
+"""Everything the sandbox knows: portals' CRM data, tokens, limits, faults, logs, webhooks."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import AppConfig, FaultRule, PortalConfig, SandboxConfig
+from .ratelimit import RateLimiter
+from .store import Change, Clock, PortalStore, WriteSource
+from .webhooks import WebhookDispatcher
+
+
+@dataclass(slots=True)
+class Token:
+    """An access token: a private-app token (never expires) or an OAuth access token."""
+
+    token: str
+    kind: str  # "private" or "oauth"
+    hub_id: int
+    app_id: int
+    scopes: list[str]
+    expires_at: int | None = None  # epoch ms; None for private-app tokens
+    refresh_token: str | None = None
+    user: str = "sandbox-user@example.com"
+    user_id: int = 1
+    # Who this token's writes are attributed to in webhooks.
+    source: WriteSource = field(default=WriteSource("INTEGRATION"))
+
+    def rate_key(self) -> str:
+        # Private apps of one account share its limits; each OAuth app has its own burst bucket.
+        return f"oauth:{self.app_id}" if self.kind == "oauth" else "private"
+
+
+@dataclass(slots=True)
+class RefreshToken:
+    token: str
+    hub_id: int
+    app_id: int
+    client_id: str
+    scopes: list[str]
+    revoked: bool = False
+    user: str = "sandbox-user@example.com"
+    user_id: int = 1
+
+
+@dataclass(slots=True)
+class AuthCode:
+    code: str
+    client_id: str
+    redirect_uri: str
+    hub_id: int
+    scopes: list[str]
+    used: bool = False
+
+
+class RequestLog:
+    """Counts of every API request by endpoint, status and portal, plus the latest entries."""
+
+    def __init__(self, size: int):
+        self.entries: deque[tuple[Any, ...]] = deque(maxlen=size)
+        self.by_endpoint: dict[str, int] = {}
+        self.by_status: dict[int, int] = {}
+        self.by_portal: dict[int, int] = {}
+        self.by_endpoint_status: dict[str, dict[int, int]] = {}
+        self.total = 0
+
+    def add(
+        self,
+        at: int,
+        endpoint: str,
+        path: str,
+        status: int,
+        portal: int | None,
+        app_id: int | None,
+        ms: float,
+        extra: dict[str, Any] | None,
+    ) -> None:
+        self.total += 1
+        self.entries.append((self.total, at, endpoint, path, status, portal, app_id, ms, extra))
+        self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        if portal is not None:
+            self.by_portal[portal] = self.by_portal.get(portal, 0) + 1
+        es = self.by_endpoint_status.setdefault(endpoint, {})
+        es[status] = es.get(status, 0) + 1
+
+    def clear(self) -> None:
+        self.__init__(self.entries.maxlen or 10_000)  # type: ignore[misc]
+
+    def to_wire(self, limit: int | None = None, since: int = 0) -> dict[str, Any]:
+        entries = [e for e in self.entries if e[0] > since]
+        if limit is not None:
+            entries = entries[-limit:]
+        return {
+            "total": self.total,
+            "counts": {
+                "byEndpoint": self.by_endpoint,
+                "byStatus": {str(k): v for k, v in self.by_status.items()},
+                "byPortal": {str(k): v for k, v in self.by_portal.items()},
+                "byEndpointAndStatus": {
+                    e: {str(s): n for s, n in d.items()} for e, d in self.by_endpoint_status.items()
+                },
+            },
+            "entries": [
+                {
+                    "seq": e[0],
+                    "at": e[1],
+                    "endpoint": e[2],
+                    "path": e[3],
+                    "status": e[4],
+                    "portalId": e[5],
+                    "appId": e[6],
+                    "durationMs": round(e[7], 3),
+                    **(e[8] or {}),
+                }
+                for e in entries
+            ],
+        }
+
+
+class SandboxState:
+    """The live state of one sandbox instance."""
+
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.clock = Clock()
+        self.webhooks = WebhookDispatcher(config, self.clock.now_ms)
+        self.limiter = RateLimiter(config.rate_limits_enabled)
+        self._setup()
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self.rng = random.Random(cfg.seed)
+        self.portals: dict[int, PortalConfig] = {p.hub_id: p for p in cfg.portals}
+        self.apps: dict[int, AppConfig] = {a.app_id: a for a in cfg.apps}
+        self.apps_by_client: dict[str, AppConfig] = {a.client_id: a for a in cfg.apps}
+        self.stores: dict[int, PortalStore] = {
+            p.hub_id: PortalStore(
+                p.hub_id,
+                self.clock,
+                self._emit,
+                first_id=cfg.first_object_id,
+                index_lag_ms=cfg.search_index_lag_ms,
+                property_change_on_creation=cfg.property_change_on_creation,
+            )
+            for p in cfg.portals
+        }
+        self.tokens: dict[str, Token] = {}
+        for p in cfg.portals:
+            for pa in p.private_apps:
+                t = Token(pa.token, "private", p.hub_id, pa.app_id, list(pa.scopes))
+                t.source = self.integration_source(pa.app_id)
+                self.tokens[pa.token] = t
+        self.refresh_tokens: dict[str, RefreshToken] = {}
+        self.codes: dict[str, AuthCode] = {}
+        self.faults: list[FaultRule] = []
+        self._fault_seq = 0
+        for f in cfg.faults:
+            self.add_fault(f)
+        self.requests = RequestLog(cfg.request_log_size)
+        self.changes: deque[dict[str, Any]] = deque(maxlen=cfg.delivery_log_size)
+        self.limiter.reset()
+
+    async def reset(self) -> None:
+        """Back to the state right after start-up (objects, tokens, logs, limits, faults)."""
+        await self.webhooks.reset()
+        self.webhooks.reset_subscriptions()
+        self.clock.offset_ms = 0
+        self._setup()
+
+    def integration_source(self, app_id: int) -> WriteSource:
+        cfg = self.config
+        return WriteSource(
+            cfg.integration_change_source, cfg.integration_source_id_format.format(app_id=app_id), app_id
+        )
+
+    def ui_source(self) -> WriteSource:
+        return WriteSource("CRM_UI", self.config.ui_source_id)
+
+    def _emit(self, change: Change) -> None:
+        self.changes.append(
+            {
+                "portalId": change.portal_id,
+                "objectType": change.object_type,
+                "objectId": change.object_id,
+                "kind": change.kind,
+                "occurredAt": change.occurred_at,
+                "changeSource": change.source.change_source,
+                "sourceId": change.source.source_id,
+                "propertyName": change.property_name,
+                "propertyValue": change.property_value,
+                "objectWriteTraceId": change.write_trace_id,
+                **change.extra,
+            }
+        )
+        self.webhooks.on_change(change)
+
+    # ---- tokens -----------------------------------------------------------------------------------
+
+    def new_token_string(self, prefix: str, n: int = 48) -> str:
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+        return prefix + "".join(self.rng.choice(alphabet) for _ in range(n))
+
+    def issue_access_token(self, rt: RefreshToken) -> Token:
+        tok = Token(
+            self.new_token_string("CO", 150),
+            "oauth",
+            rt.hub_id,
+            rt.app_id,
+            list(rt.scopes),
+            expires_at=self.clock.now_ms() + self.config.token_ttl_s * 1000,
+            refresh_token=rt.token,
+            user=rt.user,
+            user_id=rt.user_id,
+        )
+        tok.source = self.integration_source(rt.app_id)
+        self.tokens[tok.token] = tok
+        return tok
+
+    def issue_refresh_token(self, app: AppConfig, hub_id: int, scopes: list[str]) -> RefreshToken:
+        hexchars = "0123456789abcdef"
+        parts = ["".join(self.rng.choice(hexchars) for _ in range(n)) for n in (8, 4, 4, 4, 12)]
+        rt = RefreshToken("na1-" + "-".join(parts), hub_id, app.app_id, app.client_id, scopes)
+        self.refresh_tokens[rt.token] = rt
+        return rt
+
+    # ---- faults -----------------------------------------------------------------------------------
+
+    def add_fault(self, rule: FaultRule) -> FaultRule:
+        self._fault_seq += 1
+        if rule.id is None:
+            rule = rule.model_copy(update={"id": f"fault-{self._fault_seq}"})
+        self.faults.append(rule)
+        return rule
