@@ -88,3 +88,51 @@ class WebhookReceiver(AsgiServer):
             self.in_flight -= 1
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
+
+
+class ThreadedSandbox:
+    """Runs a ``SandboxServer`` in a background thread with its own event loop.
+
+    For synchronous clients (HubSpot's official SDK uses urllib3): ``with ThreadedSandbox(cfg) as sb:``.
+    ``sb.run(coro)`` runs a coroutine in the server's loop, e.g. ``sb.run(sb.state.webhooks.wait_idle(5))``.
+    """
+
+    def __init__(self, config: Any = None, extra: list[AsgiServer] | None = None):
+        from .server import SandboxServer
+
+        self.server = SandboxServer(config)
+        self.extra = extra or []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def state(self) -> Any:
+        return self.server.state
+
+    def run(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    def __enter__(self) -> ThreadedSandbox:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sandbox", daemon=True)
+        self._thread.start()
+        for s in self.extra:
+            self.run(s.start())
+        self.run(self.server.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        self.run(self.server.stop())
+        for s in self.extra:
+            self.run(s.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
