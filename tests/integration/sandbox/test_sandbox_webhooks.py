@@ -121,7 +121,7 @@ async def test_batches_of_at_most_100_events_and_10_in_flight() -> None:
 
 
 async def test_retries_on_non_2xx_with_increasing_attempt_number() -> None:
-    async with wired(ReceiverBehaviour(statuses=[500, 404])) as (sb, c, rx):
+    async with wired(ReceiverBehaviour(statuses=[500, 404])) as (_, c, rx):
         await c.post(CONTACTS, json={"properties": {"email": "r@x.com"}, "objectWriteTraceId": "ignored"})
         await _idle(c)
         attempts = [r.json()[0]["attemptNumber"] for r in rx.requests]
