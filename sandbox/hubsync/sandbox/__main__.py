@@ -80,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        try:
+            import uvloop  # uvicorn[standard] brings it; about twice the throughput of asyncio's loop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:  # pragma: no cover
+            loop_factory = None
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run())
     return 0
 
 
