@@ -173,7 +173,9 @@ def main() -> int:
         with runner:
             result = runner.run(run_load(port, args.seconds, args.connections, ids))
         report = {
-            "benchmark": "sandbox batch/read of 100 contacts, loopback, server and load generator in separate processes",
+            "benchmark": (
+                "sandbox batch/read of 100 contacts on loopback; server, load generator: 2 processes"
+            ),
             "command": " ".join(["PYTHONPATH=sandbox:libs", ".venv/bin/python", *sys.argv]),
             "connections": args.connections,
             "machine": machine(),
