@@ -7,7 +7,7 @@ from typing import Any
 from starlette.routing import Route
 
 from .errors import ApiError, error_body, validation_error
-from .properties import OBJECT_TYPE_IDS, UPPER
+from .properties import OBJECT_TYPE_IDS, SINGULAR, UPPER
 from .routing import Call, api_route
 from .search import ms_to_iso
 from .state import SandboxState
@@ -20,6 +20,14 @@ for _pair, (_default, _) in ASSOCIATION_TYPES.items():
 for _pair, (_prim, _) in PRIMARY_TYPES.items():
     TYPE_BY_ID[_prim] = _pair
 PRIMARY_IDS = {p for p, _ in PRIMARY_TYPES.values()}
+
+
+def v3_type_name(ft: str, tt: str, type_id: int) -> str:
+    """CRM v3's name of an association type: ``contact_to_company`` (primary) or ``…_unlabeled``."""
+    base = f"{SINGULAR[ft]}_to_{SINGULAR[tt]}"
+    if type_id in PRIMARY_IDS:
+        return base
+    return base + "_unlabeled" if (ft, tt) in PRIMARY_TYPES else base
 
 
 def _spec(type_id: int) -> dict[str, Any]:

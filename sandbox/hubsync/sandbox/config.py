@@ -109,18 +109,21 @@ class WebhookSubscriptionConfig(_Model):
     # e.g. "contact.creation", "contact.propertyChange" (every property) or
     # "contact.propertyChange:email" (one property, as HubSpot subscribes per property).
     subscription_types: list[str] = Field(
-        default_factory=lambda: [
-            f"{obj}.{kind}"
-            for obj in ("contact", "company", "deal")
-            for kind in (
-                "creation",
-                "deletion",
-                "propertyChange",
-                "merge",
-                "restore",
-                "associationChange",
-            )
-        ]
+        default_factory=lambda: (
+            [
+                f"{obj}.{kind}"
+                for obj in ("contact", "company", "deal")
+                for kind in (
+                    "creation",
+                    "deletion",
+                    "propertyChange",
+                    "merge",
+                    "restore",
+                    "associationChange",
+                )
+            ]
+            + ["contact.privacyDeletion"]
+        )
     )
     max_concurrent_requests: int = 10
 
@@ -176,6 +179,9 @@ class SandboxConfig(_Model):
     # A write shows up in search results only after this many milliseconds.
     search_index_lag_ms: int = 0
     rate_limits_enabled: bool = True
+    # Whether HubSpot sends Retry-After on a 429 is UNSURE; None (default) sends none, a number
+    # sends that many seconds.
+    rate_limit_retry_after_s: int | None = None
     # HubSpot says search is "counted separately"; whether it also draws on the daily budget
     # is UNSURE, so it is configurable (default: it does not).
     search_counts_toward_daily: bool = False
@@ -205,7 +211,6 @@ class SandboxConfig(_Model):
     # (what HubSpot is observed to do for contacts); "partial" answers 207 with a CONFLICT error.
     # UNSURE, hence configurable.
     batch_create_conflict: Literal["reject_batch", "partial"] = "reject_batch"
-    # A write made while the search index lags: 0 means search sees it at once.
     faults: list[FaultRule] = Field(default_factory=list)
     request_log_size: int = 10_000
     delivery_log_size: int = 10_000

@@ -7,11 +7,11 @@ from typing import Any
 from starlette.routing import Route
 
 from .errors import ApiError, error_body, validation_error
-from .properties import UPPER
+from .properties import OBJECT_TYPES, UPPER
 from .routing import Call, api_route
 from .search import MAX_BODY_CHARS, SearchError, ms_to_iso
 from .state import SandboxState
-from .store import CrmObject, PortalStore
+from .store import ASSOCIATION_TYPES, CrmObject, PortalStore
 
 MAX_BATCH = 100
 MAX_PAGE = 100
@@ -115,7 +115,12 @@ async def list_objects(call: Call) -> tuple[int, Any]:
     store = call.portal_store
     names = store.read_names(t, _props_param(call))
     objs, nxt = store.page(t, limit, after, _bool(q.get("archived")))
-    body: dict[str, Any] = {"results": [o.to_wire(names) for o in objs]}
+    results = []
+    for o in objs:
+        w = o.to_wire(names)
+        _add_associations(call, t, o, w)
+        results.append(w)
+    body: dict[str, Any] = {"results": results}
     if nxt is not None:
         url = call.request.url
         link = f"{url.scheme}://{url.netloc}{url.path}?after={nxt}&limit={limit}"
@@ -136,7 +141,30 @@ async def get_object(call: Call) -> tuple[int, Any]:
         obj = cand if cand is not None and cand.archived else None
     if obj is None:
         raise _not_found(oid)
-    return 200, obj.to_wire(store.read_names(t, _props_param(call)))
+    out = obj.to_wire(store.read_names(t, _props_param(call)))
+    _add_associations(call, t, obj, out)
+    return 200, out
+
+
+def _add_associations(call: Call, t: str, obj: CrmObject, out: dict[str, Any]) -> None:
+    """``?associations=companies,deals`` on v3 reads: ids and v3 type names per target type."""
+    from .associations import v3_type_name
+
+    raw = call.request.query_params.getlist("associations")
+    wanted = [OBJECT_TYPES.get(n.strip().lower()) for part in raw for n in part.split(",") if n.strip()]
+    assoc: dict[str, Any] = {}
+    for tt in wanted:
+        if tt is None or tt == t or (t, tt) not in ASSOCIATION_TYPES:
+            continue
+        results = [
+            {"id": str(tid), "type": v3_type_name(t, tt, x)}
+            for tid, types in call.portal_store.associations_of(t, obj.id, tt)
+            for x in sorted(types)
+        ]
+        if results:
+            assoc[tt] = {"results": results}
+    if assoc:
+        out["associations"] = assoc
 
 
 async def create_object(call: Call) -> tuple[int, Any]:
@@ -170,6 +198,21 @@ async def archive_object(call: Call) -> tuple[int, Any]:
     obj = store.get(t, call.params["objectId"])
     if obj is not None:
         store.archive(t, obj, call.token.source)  # type: ignore[union-attr]
+    return 204, None
+
+
+async def gdpr_delete(call: Call) -> tuple[int, Any]:
+    t = call.object_type()
+    if t != "contacts":
+        raise validation_error("GDPR delete exists for contacts only")
+    store = call.portal_store
+    body = call.body if isinstance(call.body, dict) else {}
+    id_prop = body.get("idProperty")
+    store.check_id_property(t, id_prop)
+    obj = store.get(t, str(body.get("objectId", "")), id_prop)
+    if obj is None:
+        raise _not_found(str(body.get("objectId", "")))
+    store.purge(t, obj, call.token.source)  # type: ignore[union-attr]
     return 204, None
 
 
@@ -446,6 +489,7 @@ def routes(state: SandboxState) -> list[Route]:
         api_route(state, "POST", base + "/batch/archive", batch_archive, scope="write"),
         api_route(state, "POST", base + "/search", search_objects, kind="search", scope="read"),
         api_route(state, "POST", base + "/merge", merge_objects, scope="write"),
+        api_route(state, "POST", base + "/gdpr-delete", gdpr_delete, scope="write"),
         api_route(state, "GET", base, list_objects, scope="read"),
         api_route(state, "POST", base, create_object, scope="write"),
         api_route(state, "GET", base + "/{objectId}", get_object, scope="read"),

@@ -7,6 +7,7 @@ Kept free of per-request pydantic work: this is the hot path of the benchmark.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +22,8 @@ from .errors import ApiError, error_body, expired, fault, missing_scopes, rate_l
 from .properties import OBJECT_TYPES
 from .state import SandboxState, Token
 from .store import PortalStore
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[["Call"], Awaitable[tuple[int, Any]]]
 
@@ -181,7 +184,23 @@ def api_route(
             status = err.status
             h = dict(headers or {})
             h.update(err.headers)
+            if status == 429 and state.config.rate_limit_retry_after_s is not None:
+                h.setdefault("Retry-After", str(state.config.rate_limit_retry_after_s))
             resp = json_response(status, err.body, h)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Malformed input that slipped past the handlers' checks (e.g. a string where an
+            # object belongs): HubSpot answers such requests with a 400, not a crash.
+            logger.debug("bad input on %s", endpoint_name, exc_info=True)
+            status = 400
+            resp = json_response(
+                400,
+                error_body(f"Invalid input JSON: {type(exc).__name__}: {exc}", "VALIDATION_ERROR"),
+                headers,
+            )
+        except Exception:
+            logger.exception("sandbox bug on %s", endpoint_name)
+            status = 500
+            resp = json_response(500, error_body("internal error", "INTERNAL_ERROR"), headers)
         extra: dict[str, Any] | None = None
         if call.batch_size is not None or call.trace_ids:
             extra = {"batchSize": call.batch_size}

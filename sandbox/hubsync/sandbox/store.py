@@ -378,6 +378,18 @@ class PortalStore:
         self._version(obj, now)
         self.emit(Change(self.hub_id, object_type, obj.id, "deletion", now, source))
 
+    def purge(self, object_type: str, obj: CrmObject, source: WriteSource) -> None:
+        """GDPR delete: the object is gone for good (not restorable), associations too."""
+        now = self.clock.now_ms()
+        old = dict(obj.props)
+        obj.archived = True
+        self._index(object_type, obj, old)
+        del self.objects[object_type][obj.id]
+        for tt, tid in list(self.assocs.get((object_type, obj.id), {})):
+            self.dissociate(object_type, obj.id, tt, tid, None, source, emit=False)
+        self.assocs.pop((object_type, obj.id), None)
+        self.emit(Change(self.hub_id, object_type, obj.id, "privacyDeletion", now, source))
+
     def restore(self, object_type: str, oid: int, source: WriteSource) -> CrmObject:
         obj = self.objects[object_type].get(oid)
         if obj is None or not obj.archived:

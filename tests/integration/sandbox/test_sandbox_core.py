@@ -177,3 +177,64 @@ async def test_changes_are_delivered_signed(
         assert req.headers["x-hubspot-signature-version"] == "v1"
         assert req.headers["x-hubspot-signature-v3"]
         assert req.headers["x-hubspot-request-timestamp"].isdigit()
+
+
+async def test_v3_read_with_associations(client: httpx.AsyncClient) -> None:
+    a = (await client.post(CONTACTS, json={"properties": {"email": "as@x.com"}})).json()["id"]
+    co = (await client.post("/crm/v3/objects/companies", json={"properties": {"name": "Acme"}})).json()["id"]
+    r = await client.put(
+        f"/crm/v4/objects/contacts/{a}/associations/companies/{co}",
+        json=[
+            {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 1},
+            {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 279},
+        ],
+    )
+    assert r.status_code == 200 and r.json()["labels"] == ["Primary"]
+    r = await client.get(f"{CONTACTS}/{a}", params={"associations": "companies,deals"})
+    assert r.json()["associations"] == {
+        "companies": {
+            "results": [
+                {"id": co, "type": "contact_to_company"},
+                {"id": co, "type": "contact_to_company_unlabeled"},
+            ]
+        }
+    }
+    r = await client.put(
+        f"/crm/v4/objects/contacts/{a}/associations/companies/{co}",
+        json=[{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 3}],
+    )
+    assert r.status_code == 400  # 3 is deal→contact, not contact→company
+
+
+async def test_gdpr_delete_is_permanent_and_fires_privacy_deletion(
+    sandbox: SandboxServer, client: httpx.AsyncClient, receiver: WebhookReceiver
+) -> None:
+    a = (await client.post(CONTACTS, json={"properties": {"email": "gone@x.com"}})).json()["id"]
+    r = await client.post(f"{CONTACTS}/gdpr-delete", json={"objectId": "gone@x.com", "idProperty": "email"})
+    assert r.status_code == 204
+    assert (await client.get(f"{CONTACTS}/{a}", params={"archived": "true"})).status_code == 404
+    assert await sandbox.state.webhooks.wait_idle(5)
+    assert any(
+        e["subscriptionType"] == "contact.privacyDeletion" and e["objectId"] == int(a)
+        for e in receiver.events()
+    )
+    # The email is free again.
+    assert (await client.post(CONTACTS, json={"properties": {"email": "gone@x.com"}})).status_code == 201
+
+
+async def test_malformed_input_is_400_not_a_crash(client: httpx.AsyncClient) -> None:
+    for path, body in (
+        (f"{CONTACTS}/batch/read", {"inputs": ["x"]}),
+        (f"{CONTACTS}/batch/upsert", {"inputs": [{"id": "a", "idProperty": "email", "properties": "oops"}]}),
+        (CONTACTS, {"properties": {"email": "m@x.com"}, "associations": ["nope"]}),
+        (f"{CONTACTS}/search", {"filterGroups": "nope"}),
+        (
+            "/crm/v4/associations/contacts/companies/batch/create",
+            {"inputs": [{"from": {"id": "1"}, "to": {"id": "2"}, "types": "nope"}]},
+        ),
+    ):
+        r = await client.post(path, json=body)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["category"] == "VALIDATION_ERROR"
+    r = await client.post(CONTACTS, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["message"].startswith("Invalid input JSON")

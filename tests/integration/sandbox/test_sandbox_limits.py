@@ -298,3 +298,14 @@ async def test_invalid_property_values_are_400(client: httpx.AsyncClient) -> Non
         assert r.json()["message"].startswith("Property values were not valid")
     r = await client.post(CONTACTS, json={"properties": {"date_of_birth": "1990-05-17"}})
     assert r.status_code == 201 and r.json()["properties"]["date_of_birth"] == "1990-05-17"
+
+
+async def test_retry_after_on_429_is_configurable() -> None:
+    async with running(portals=[PortalConfig(burst_per_10s=1)]) as (_, c):
+        await c.get(CONTACTS)
+        r = await c.get(CONTACTS)
+        assert r.status_code == 429 and "retry-after" not in r.headers
+    async with running(portals=[PortalConfig(burst_per_10s=1)], rate_limit_retry_after_s=10) as (_, c):
+        await c.get(CONTACTS)
+        r = await c.get(CONTACTS)
+        assert r.status_code == 429 and r.headers["retry-after"] == "10"
