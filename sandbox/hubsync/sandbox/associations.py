@@ -108,7 +108,7 @@ async def put_default(call: Call) -> tuple[int, Any]:
     ft, tt = _types(call)
     fid = _exists(call, ft, call.params["fromObjectId"])
     tid = _exists(call, tt, call.params["toObjectId"])
-    call.portal_store.associate(ft, fid, tt, tid, None, call.token.source)  # type: ignore[union-attr]
+    call.portal_store.associate(ft, fid, tt, tid, None, call.source)
     default = ASSOCIATION_TYPES[(ft, tt)][0]
     result = {
         "from": {"id": str(fid)},
@@ -125,16 +125,14 @@ async def put_labelled(call: Call) -> tuple[int, Any]:
     if not isinstance(call.body, list) or not call.body:
         raise validation_error("The body must be a non-empty list of association types")
     ids = _check_type_ids(ft, tt, call.body)
-    types = call.portal_store.associate(ft, fid, tt, tid, ids, call.token.source)  # type: ignore[union-attr]
+    types = call.portal_store.associate(ft, fid, tt, tid, ids, call.source)
     return 200, _labels_pair(ft, fid, tt, tid, types)
 
 
 async def delete_pair(call: Call) -> tuple[int, Any]:
     ft, tt = _types(call)
     store = call.portal_store
-    store.dissociate(
-        ft, int(call.params["objectId"]), tt, int(call.params["toObjectId"]), None, call.token.source
-    )  # type: ignore[union-attr]
+    store.dissociate(ft, int(call.params["objectId"]), tt, int(call.params["toObjectId"]), None, call.source)
     return 204, None
 
 
@@ -173,7 +171,7 @@ async def batch_create(call: Call) -> tuple[int, Any]:
         if store.get(ft, fid) is None or store.get(tt, tid) is None:
             missing.append(fid if store.get(ft, fid) is None else tid)
             continue
-        types = store.associate(ft, int(fid), tt, int(tid), ids, call.token.source)  # type: ignore[union-attr]
+        types = store.associate(ft, int(fid), tt, int(tid), ids, call.source)
         results.append(_labels_pair(ft, int(fid), tt, int(tid), types))
     errors = [_error("OBJECT_NOT_FOUND", "Some objects do not exist", missing)] if missing else []
     return _batch(call, results, errors, 201)
@@ -189,7 +187,7 @@ async def batch_default(call: Call) -> tuple[int, Any]:
         if store.get(ft, fid) is None or store.get(tt, tid) is None:
             missing.append(fid if store.get(ft, fid) is None else tid)
             continue
-        store.associate(ft, int(fid), tt, int(tid), None, call.token.source)  # type: ignore[union-attr]
+        store.associate(ft, int(fid), tt, int(tid), None, call.source)
         results.append(
             {
                 "from": {"id": fid},
@@ -237,7 +235,7 @@ async def batch_archive(call: Call) -> tuple[int, Any]:
         for to in i.get("to") or []:
             tid = _id(to)
             if fid.isdigit() and tid.isdigit():
-                store.dissociate(ft, int(fid), tt, int(tid), None, call.token.source)  # type: ignore[union-attr]
+                store.dissociate(ft, int(fid), tt, int(tid), None, call.source)
     return 204, None
 
 
@@ -248,7 +246,7 @@ async def batch_labels_archive(call: Call) -> tuple[int, Any]:
         fid, tid = _id(i.get("from")), _id(i.get("to"))
         ids = _check_type_ids(ft, tt, i.get("types") or [])
         if fid.isdigit() and tid.isdigit():
-            store.dissociate(ft, int(fid), tt, int(tid), ids, call.token.source)  # type: ignore[union-attr]
+            store.dissociate(ft, int(fid), tt, int(tid), ids, call.source)
     return 204, None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.routing import Route
@@ -63,7 +64,10 @@ def _inputs(call: Call) -> list[dict[str, Any]]:
 
 def _dupes(ids: list[str]) -> None:
     seen: set[str] = set()
-    dup = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+    dups: set[str] = set()
+    for i in ids:
+        (dups if i in seen else seen).add(i)
+    dup = sorted(dups)
     if dup:
         raise validation_error(f"Duplicate IDs found in batch input: {dup}. IDs must be unique")
 
@@ -172,7 +176,7 @@ async def create_object(call: Call) -> tuple[int, Any]:
     store = call.portal_store
     body = call.body if isinstance(call.body, dict) else {}
     props = store.normalize(t, body.get("properties"))
-    obj = store.create(t, props, call.token.source)  # type: ignore[union-attr]
+    obj = store.create(t, props, call.source)
     _create_associations(call, t, obj, body.get("associations"))
     return 201, _full(obj)
 
@@ -188,7 +192,7 @@ async def update_object(call: Call) -> tuple[int, Any]:
         raise _not_found(oid)
     body = call.body if isinstance(call.body, dict) else {}
     props = store.normalize(t, body.get("properties"))
-    store.update(t, obj, props, call.token.source)  # type: ignore[union-attr]
+    store.update(t, obj, props, call.source)
     return 200, _full(obj)
 
 
@@ -197,7 +201,7 @@ async def archive_object(call: Call) -> tuple[int, Any]:
     store = call.portal_store
     obj = store.get(t, call.params["objectId"])
     if obj is not None:
-        store.archive(t, obj, call.token.source)  # type: ignore[union-attr]
+        store.archive(t, obj, call.source)
     return 204, None
 
 
@@ -212,7 +216,7 @@ async def gdpr_delete(call: Call) -> tuple[int, Any]:
     obj = store.get(t, str(body.get("objectId", "")), id_prop)
     if obj is None:
         raise _not_found(str(body.get("objectId", "")))
-    store.purge(t, obj, call.token.source)  # type: ignore[union-attr]
+    store.purge(t, obj, call.source)
     return 204, None
 
 
@@ -224,7 +228,7 @@ async def merge_objects(call: Call) -> tuple[int, Any]:
     primary, other = store.get(t, p), store.get(t, o)
     if primary is None or other is None or primary is other:
         raise validation_error(f"Can't merge {p} and {o}: both must exist and differ")
-    store.merge(t, primary, other, call.token.source)  # type: ignore[union-attr]
+    store.merge(t, primary, other, call.source)
     return 200, _full(primary)
 
 
@@ -241,7 +245,7 @@ def _create_associations(call: Call, t: str, obj: CrmObject, assocs: Any) -> Non
         to_type = next((TYPE_BY_ID[x][1] for x in types if x in TYPE_BY_ID and TYPE_BY_ID[x][0] == t), None)
         if to_type is None or store.get(to_type, to_id) is None:
             raise validation_error(f"Invalid association to {to_id} with types {sorted(types)}")
-        store.associate(t, obj.id, to_type, int(to_id), types, call.token.source)  # type: ignore[union-attr]
+        store.associate(t, obj.id, to_type, int(to_id), types, call.source)
 
 
 # ---- batches --------------------------------------------------------------------------------------
@@ -288,7 +292,7 @@ async def batch_read(call: Call) -> tuple[int, Any]:
 
 
 def _conflict_check(
-    store: PortalStore, t: str, items: list[tuple[int | None, dict[str, str], str | None]]
+    store: PortalStore, t: str, items: Sequence[tuple[int | None, dict[str, str], str | None]]
 ) -> list[tuple[int, ApiError]]:
     """Unique-value conflicts of a batch: against stored objects and among the inputs."""
     out: list[tuple[int, ApiError]] = []
@@ -339,7 +343,7 @@ async def batch_create(call: Call) -> tuple[int, Any]:
     for n, (_, props, trace) in enumerate(items):
         if n in bad:
             continue
-        obj = store.create(t, props, call.token.source, trace)  # type: ignore[union-attr]
+        obj = store.create(t, props, call.source, trace)
         _create_associations(call, t, obj, inputs[n].get("associations"))
         r = _full(obj)
         if trace:
@@ -374,7 +378,7 @@ async def batch_update(call: Call) -> tuple[int, Any]:
             continue
         if n in bad:
             continue
-        store.update(t, obj, props, call.token.source, trace)  # type: ignore[union-attr]
+        store.update(t, obj, props, call.source, trace)
         r = _full(obj)
         if trace:
             r["objectWriteTraceId"] = trace
@@ -416,7 +420,7 @@ async def batch_upsert(call: Call) -> tuple[int, Any]:
         items.append((obj.id if obj else None, props, i.get("objectWriteTraceId")))
     bad, errors = _conflicts_to_errors(call, _conflict_check(store, t, items), [tr for _, _, tr in items])
     results = []
-    source = call.token.source  # type: ignore[union-attr]
+    source = call.source
     for n, (obj, (_, props, trace)) in enumerate(zip(targets, items, strict=True)):
         if n in bad:
             continue
@@ -440,7 +444,7 @@ async def batch_archive(call: Call) -> tuple[int, Any]:
     for i in _inputs(call):
         obj = store.get(t, str(i.get("id", "")))
         if obj is not None:
-            store.archive(t, obj, call.token.source)  # type: ignore[union-attr]
+            store.archive(t, obj, call.source)
     return 204, None
 
 

@@ -21,7 +21,7 @@ from .config import OAUTH_APP_BURST, FaultRule
 from .errors import ApiError, error_body, expired, fault, missing_scopes, rate_limited, unauthorized
 from .properties import OBJECT_TYPES
 from .state import SandboxState, Token
-from .store import PortalStore
+from .store import PortalStore, WriteSource
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,12 @@ class Call:
                 error_body(f"Unable to infer object type from: {raw}", "VALIDATION_ERROR"),
             )
         return t
+
+    @property
+    def source(self) -> WriteSource:
+        """Who the request's writes are attributed to (the token's app)."""
+        assert self.token is not None
+        return self.token.source
 
     @property
     def portal_store(self) -> PortalStore:
