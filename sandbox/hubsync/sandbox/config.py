@@ -193,6 +193,9 @@ class SandboxConfig(_Model):
     # Each delay is randomised by +/- this fraction (HubSpot: "with randomization").
     webhook_retry_jitter: float = 0.25
     webhook_max_batch: int = 100
+    # Added to X-HubSpot-Request-Timestamp, e.g. -600000 to test that a verifier rejects stale v3
+    # signatures (the signature itself stays valid for the shifted timestamp).
+    webhook_timestamp_offset_ms: int = 0
     # Probability that a delivered batch is delivered once more; that a batch is shuffled and
     # held back a little so it overtakes / is overtaken by the next one.
     webhook_duplicate_probability: float = 0.0

@@ -270,7 +270,9 @@ class WebhookDispatcher:
             self._in_flight_by_portal[portal_id] = n = self._in_flight_by_portal.get(portal_id, 0) + 1
             key = str(portal_id)
             self.max_in_flight_seen[key] = max(self.max_in_flight_seen.get(key, 0), n)
-            ts = self.now_ms()
+            # Real wall time, not the sandbox clock: advancing the clock to expire tokens must not
+            # make deliveries look 5 minutes off to a verifier. The offset simulates skew/replays.
+            ts = int(time.time() * 1000) + self.config.webhook_timestamp_offset_ms
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": USER_AGENT,

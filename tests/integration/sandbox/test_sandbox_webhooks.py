@@ -235,3 +235,41 @@ async def test_no_target_url_means_no_delivery(sandbox: SandboxServer, client: h
     await client.post(CONTACTS, json={"properties": {"email": "n@x.com"}})
     await _idle(client)
     assert (await client.get("/_sandbox/webhooks/deliveries")).json()["results"] == []
+
+
+async def test_out_of_order_when_configured() -> None:
+    async with wired(webhook_out_of_order_probability=1.0, webhook_max_batch=5) as (_, c, rx):
+        await c.post(
+            f"{CONTACTS}/batch/create",
+            json={"inputs": [{"properties": {"email": f"o{n}@x.com"}} for n in range(20)]},
+        )
+        await _idle(c)
+        ids = [e["eventId"] for e in rx.events()]
+        assert sorted(ids) == sorted(set(ids)) and len(ids) == 40  # each event once
+        assert ids != sorted(ids)
+
+
+async def test_pause_and_resume_deliveries() -> None:
+    async with wired() as (_, c, rx):
+        await c.post("/_sandbox/webhooks/pause")
+        await c.post(CONTACTS, json={"properties": {"email": "p@x.com"}})
+        r = await c.post("/_sandbox/webhooks/wait-idle", params={"timeout": 0.2})
+        assert r.json()["idle"] is False and rx.requests == []
+        await c.post("/_sandbox/webhooks/resume")
+        await _idle(c)
+        assert len(rx.events()) == 2
+
+
+async def test_timestamp_offset_and_clock_independence() -> None:
+    async with wired(webhook_timestamp_offset_ms=-600_000) as (sb, c, rx):
+        sb.state.clock.advance(7200)  # the sandbox clock does not leak into signatures
+        await c.post(CONTACTS, json={"properties": {"email": "ts@x.com"}})
+        await _idle(c)
+        import time
+
+        ts = int(rx.requests[0].headers["x-hubspot-request-timestamp"])
+        assert abs((time.time() * 1000 - 600_000) - ts) < 5_000
+        req = rx.requests[0]
+        assert req.headers["x-hubspot-signature-v3"] == sign_v3(
+            DEFAULT_CLIENT_SECRET, "POST", rx.url, req.body.decode(), ts
+        )
