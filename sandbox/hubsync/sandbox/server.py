@@ -80,7 +80,7 @@ class AsgiServer:
             conn.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
-        while server.server_state.connections and loop.time() < deadline:
+        while server.server_state.connections and loop.time() < deadline:  # noqa: ASYNC110 - uvicorn offers no event to wait on
             await asyncio.sleep(0.002)
         for t in list(server.server_state.tasks):
             t.cancel()
