@@ -61,6 +61,10 @@ ALL_SCOPES = [
 ]
 
 
+# Statuses a fault rule can inject: HubSpot's retryable errors plus Cloudflare's 521-526.
+FAULT_STATUSES = frozenset({423, 429, 477, 500, 502, 503, 504, 521, 522, 523, 524, 525, 526})
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -165,8 +169,8 @@ class FaultRule(_Model):
 
     @model_validator(mode="after")
     def _check_status(self) -> FaultRule:
-        if self.status is not None and self.status not in (423, 429, 477, 500, 502, 503, 504):
-            raise ValueError("status must be one of 423, 429, 477, 500, 502, 503, 504")
+        if self.status is not None and self.status not in FAULT_STATUSES:
+            raise ValueError(f"status must be one of {sorted(FAULT_STATUSES)}")
         return self
 
 
@@ -179,6 +183,8 @@ class SandboxConfig(_Model):
     # A write shows up in search results only after this many milliseconds.
     search_index_lag_ms: int = 0
     rate_limits_enabled: bool = True
+    # Longer request targets (path + query) get 414. HubSpot's exact limit is UNSURE.
+    max_uri_length: int = 8_192
     # Whether HubSpot sends Retry-After on a 429 is UNSURE; None (default) sends none, a number
     # sends that many seconds.
     rate_limit_retry_after_s: int | None = None

@@ -120,11 +120,18 @@ FAULT_MESSAGES = {
     502: ("Bad Gateway", "BAD_GATEWAY"),
     503: ("Service Unavailable", "SERVICE_UNAVAILABLE"),
     504: ("Gateway Timeout", "GATEWAY_TIMEOUT"),
+    521: ("Web server is down", "WEB_SERVER_DOWN"),
+    522: ("Connection timed out", "CONNECTION_TIMED_OUT"),
+    523: ("Origin is unreachable", "ORIGIN_UNREACHABLE"),
+    524: ("A timeout occurred", "TIMEOUT_OCCURRED"),
+    525: ("SSL handshake failed", "SSL_HANDSHAKE_FAILED"),
+    526: ("Invalid SSL certificate", "INVALID_SSL_CERTIFICATE"),
 }
 
 
 def fault(status: int) -> ApiError:
     message, category = FAULT_MESSAGES[status]
+    # 423: locked for about 2 s; 477: migration, Retry-After in seconds (facts file, section 5).
     headers = {"Retry-After": "2"} if status in (423, 477) else {}
     return ApiError(status, error_body(message, category), headers)
 

@@ -162,6 +162,11 @@ def api_route(
         hub_id: int | None = None
         app_id: int | None = None
         try:
+            if (
+                len(request.scope["raw_path"]) + len(request.scope["query_string"])
+                > state.config.max_uri_length
+            ):
+                raise ApiError(414, error_body("URI Too Long", "URI_TOO_LONG"))
             tok = authenticate(state, request, now)
             call.token = tok
             hub_id, app_id = tok.hub_id, tok.app_id

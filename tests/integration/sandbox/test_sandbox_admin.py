@@ -35,12 +35,16 @@ async def test_fault_error_rate_by_endpoint_and_portal(client: httpx.AsyncClient
 
 
 async def test_every_fault_status(client: httpx.AsyncClient) -> None:
-    for status in (423, 429, 500, 502, 503, 504):
+    for status in (423, 429, 477, 500, 502, 503, 504, 521, 522, 523, 524, 525, 526):
         await client.post("/_sandbox/faults", json={"status": status, "remaining": 1})
         r = await client.get(CONTACTS)
         assert r.status_code == status
         if status == 429:
             assert r.json()["policyName"] == "TEN_SECONDLY_ROLLING"
+        else:
+            assert r.json()["status"] == "error" and r.json()["category"]
+        if status in (423, 477):
+            assert r.headers["retry-after"] == "2"
         assert (await client.get(CONTACTS)).status_code == 200  # fired once only
 
 
@@ -130,3 +134,10 @@ async def test_two_portals_are_isolated() -> None:
         counts = (await c.get("/_sandbox/requests")).json()["counts"]["byPortal"]
         assert counts == {"1": 1, "2": 1}
         assert len((await c.get("/_sandbox/objects/contacts", params={"portal": 1})).json()["results"]) == 1
+
+
+async def test_uri_too_long_is_414(client: httpx.AsyncClient) -> None:
+    props = ",".join(f"prop_{n}" for n in range(1000))
+    r = await client.get(CONTACTS, params={"properties": props})
+    assert r.status_code == 414 and r.json()["category"] == "URI_TOO_LONG"
+    assert (await client.get(CONTACTS, params={"properties": "email"})).status_code == 200
