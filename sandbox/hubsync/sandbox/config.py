@@ -58,6 +58,10 @@ ALL_SCOPES = [
     "crm.schemas.companies.write",
     "crm.schemas.deals.read",
     "crm.schemas.deals.write",
+    "crm.objects.owners.read",
+    "crm.lists.read",
+    "crm.lists.write",
+    "tickets",
 ]
 
 

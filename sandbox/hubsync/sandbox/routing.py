@@ -237,8 +237,13 @@ def _check_scope(call: Call, tok: Token, scope: str) -> None:
     t = OBJECT_TYPES.get(call.params[key].lower())
     if t is None:
         return  # the handler answers 400 for an unknown type
-    family = "schemas" if scope.startswith("schema") else "objects"
-    needed = f"crm.{family}.{t}.{scope.split('.')[-1]}"
+    action = scope.split(".")[-1]
+    needed = f"crm.objects.{t}.{action}"
+    if scope.startswith("schema"):
+        needed = f"crm.schemas.{t}.{action}"
+        # Reading property definitions is also allowed with the object read scope.
+        if action == "read" and f"crm.objects.{t}.read" in tok.scopes:
+            return
     if needed not in tok.scopes:
         raise missing_scopes([needed])
 
