@@ -342,3 +342,53 @@ def test_sdk_signature_check_accepts_v1_and_v3(
             signature_version="v3",
             timestamp=h["x-hubspot-request-timestamp"],
         )
+
+
+@pytest.mark.parametrize("object_type", ["companies", "deals"])
+def test_companies_and_deals_batches_through_the_sdk(api: HubSpot, object_type: str) -> None:
+    from hubspot.crm.companies import models as com
+    from hubspot.crm.deals import models as dm
+
+    m = com if object_type == "companies" else dm
+    name = "name" if object_type == "companies" else "dealname"
+    api_ns = getattr(api.crm, object_type)
+    upserted = api_ns.batch_api.upsert(
+        batch_input_simple_public_object_batch_input_upsert=m.BatchInputSimplePublicObjectBatchInputUpsert(
+            inputs=[
+                m.SimplePublicObjectBatchInputUpsert(
+                    id=f"ext-{n}", id_property="external_id", properties={name: f"N{n}"}
+                )
+                for n in range(3)
+            ]
+        )
+    )
+    assert all(o.new for o in upserted.results)
+    ids = sorted(o.id for o in upserted.results)
+    read = api_ns.batch_api.read(
+        batch_read_input_simple_public_object_id=m.BatchReadInputSimplePublicObjectId(
+            inputs=[m.SimplePublicObjectId(id="ext-1")], id_property="external_id", properties=[name]
+        )
+    )
+    assert read.results[0].properties[name] == "N1"
+    updated = api_ns.batch_api.update(
+        batch_input_simple_public_object_batch_input=m.BatchInputSimplePublicObjectBatchInput(
+            inputs=[m.SimplePublicObjectBatchInput(id=i, properties={name: "U"}) for i in ids]
+        )
+    )
+    assert {o.properties[name] for o in updated.results} == {"U"}
+    found = api_ns.search_api.do_search(
+        public_object_search_request=m.PublicObjectSearchRequest(
+            filter_groups=[
+                m.FilterGroup(
+                    filters=[m.Filter(property_name="external_id", operator="IN", values=["ext-0", "ext-2"])]
+                )
+            ]
+        )
+    )
+    assert found.total == 2
+    api_ns.batch_api.archive(
+        batch_input_simple_public_object_id=m.BatchInputSimplePublicObjectId(
+            inputs=[m.SimplePublicObjectId(id=ids[0])]
+        )
+    )
+    assert len(api_ns.basic_api.get_page(limit=10).results) == 2
