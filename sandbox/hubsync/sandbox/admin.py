@@ -106,12 +106,8 @@ def routes(state: SandboxState) -> list[Route]:
         if body.get("refresh_token"):
             rt = state.refresh_tokens.get(body["refresh_token"])
             if rt is not None:
-                rt.revoked = True
+                state.revoke_refresh_token(rt)
                 removed.append("refresh_token")
-                # Revoking the refresh token also kills the access tokens it minted.
-                for k, t in list(state.tokens.items()):
-                    if t.refresh_token == rt.token:
-                        del state.tokens[k]
         if not removed:
             raise ApiError(404, error_body("no such token", "OBJECT_NOT_FOUND"))
         return {"revoked": removed}

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from .config import AppConfig
 from .errors import ApiError, error_body, oauth_error
 from .routing import json_response, public_route
 from .state import AuthCode, SandboxState
@@ -45,21 +46,28 @@ def routes(state: SandboxState) -> list[Route]:
         query = parts.query + ("&" if parts.query else "") + urlencode(params)
         return RedirectResponse(urlunsplit(parts._replace(query=query)), status_code=302)
 
-    async def token(request: Request) -> Response:
+    async def read_form(request: Request) -> dict[str, str]:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         raw = await request.body()
         if ctype != "application/x-www-form-urlencoded":
             # HubSpot reads the grant only from a form body: query parameters or JSON look empty.
             raise oauth_error("BAD_GRANT_TYPE", "unsupported_grant_type", "missing or invalid grant type")
-        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
-        grant = form.get("grant_type")
-        if grant not in ("authorization_code", "refresh_token"):
-            raise oauth_error("BAD_GRANT_TYPE", "unsupported_grant_type", "missing or invalid grant type")
+        return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+    def client_app(form: dict[str, str]) -> AppConfig:
         app = state.apps_by_client.get(form.get("client_id", ""))
         if app is None:
             raise oauth_error("BAD_CLIENT_ID", "invalid_client", "missing or unknown client id")
         if form.get("client_secret") != app.client_secret:
             raise oauth_error("BAD_CLIENT_SECRET", "invalid_client", "missing or invalid client secret")
+        return app
+
+    async def token(request: Request) -> Response:
+        form = await read_form(request)
+        grant = form.get("grant_type")
+        if grant not in ("authorization_code", "refresh_token"):
+            raise oauth_error("BAD_GRANT_TYPE", "unsupported_grant_type", "missing or invalid grant type")
+        app = client_app(form)
         if grant == "authorization_code":
             code = state.codes.get(form.get("code", ""))
             if code is None or code.used or code.client_id != app.client_id:
@@ -141,6 +149,59 @@ def routes(state: SandboxState) -> list[Route]:
         rt.revoked = True
         return Response(status_code=204)
 
+    # The newer introspect/revoke endpoints follow RFC 7662/7009; HubSpot's exact field names are
+    # UNSURE, so only the RFC's core fields plus hub_id/app_id are returned.
+    async def introspect(request: Request) -> Response:
+        form = await read_form(request)
+        app = client_app(form)
+        value = form.get("token", "")
+        now = state.clock.now_ms()
+        tok = state.tokens.get(value)
+        if (
+            tok is not None
+            and tok.kind == "oauth"
+            and tok.app_id == app.app_id
+            and (tok.expires_at or 0) > now
+        ):
+            return json_response(
+                200,
+                {
+                    "active": True,
+                    "token_type": "access_token",
+                    "client_id": app.client_id,
+                    "hub_id": tok.hub_id,
+                    "app_id": tok.app_id,
+                    "scope": " ".join(tok.scopes),
+                    "exp": (tok.expires_at or now) // 1000,
+                },
+            )
+        rt = state.refresh_tokens.get(value)
+        if rt is not None and not rt.revoked and rt.app_id == app.app_id:
+            return json_response(
+                200,
+                {
+                    "active": True,
+                    "token_type": "refresh_token",
+                    "client_id": app.client_id,
+                    "hub_id": rt.hub_id,
+                    "app_id": rt.app_id,
+                    "scope": " ".join(rt.scopes),
+                },
+            )
+        return json_response(200, {"active": False})
+
+    async def revoke(request: Request) -> Response:
+        form = await read_form(request)
+        app = client_app(form)
+        value = form.get("token", "")
+        rt = state.refresh_tokens.get(value)
+        if rt is not None and rt.app_id == app.app_id:
+            state.revoke_refresh_token(rt)
+        tok = state.tokens.get(value)
+        if tok is not None and tok.kind == "oauth" and tok.app_id == app.app_id:
+            del state.tokens[value]
+        return Response(status_code=200)  # RFC 7009: 200 whether or not the token existed
+
     out = [
         public_route(state, "GET", "/oauth/authorize", authorize),
         public_route(state, "GET", "/oauth/v1/access-tokens/{token}", access_token_info),
@@ -148,6 +209,9 @@ def routes(state: SandboxState) -> list[Route]:
         public_route(state, "DELETE", "/oauth/v1/refresh-tokens/{token}", refresh_token_delete),
     ]
     out += [public_route(state, "POST", p, token) for p in TOKEN_PATHS]
+    for version in ("v3", "2026-03"):
+        out.append(public_route(state, "POST", f"/oauth/{version}/token/introspect", introspect))
+        out.append(public_route(state, "POST", f"/oauth/{version}/token/revoke", revoke))
     return out
 
 

@@ -227,6 +227,13 @@ class SandboxState:
         self.refresh_tokens[rt.token] = rt
         return rt
 
+    def revoke_refresh_token(self, rt: RefreshToken) -> None:
+        """Revokes a refresh token and every access token it minted."""
+        rt.revoked = True
+        for k, t in list(self.tokens.items()):
+            if t.refresh_token == rt.token:
+                del self.tokens[k]
+
     # ---- faults -----------------------------------------------------------------------------------
 
     def add_fault(self, rule: FaultRule) -> FaultRule:

@@ -309,3 +309,18 @@ async def test_retry_after_on_429_is_configurable() -> None:
         await c.get(CONTACTS)
         r = await c.get(CONTACTS)
         assert r.status_code == 429 and r.headers["retry-after"] == "10"
+
+
+async def test_token_introspect_and_revoke(client: httpx.AsyncClient) -> None:
+    tok = await _oauth_token(client)
+    creds = {"client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET}
+    r = await client.post("/oauth/v3/token/introspect", data={**creds, "token": tok["access_token"]})
+    assert r.status_code == 200 and r.json()["active"] is True and r.json()["hub_id"] == 12345
+    r = await client.post("/oauth/v3/token/revoke", data={**creds, "token": tok["refresh_token"]})
+    assert r.status_code == 200
+    r = await client.post("/oauth/v3/token/introspect", data={**creds, "token": tok["access_token"]})
+    assert r.json() == {"active": False}
+    bearer = {"Authorization": f"Bearer {tok['access_token']}"}
+    assert (await client.get(CONTACTS, headers=bearer)).status_code == 401
+    r = await client.post("/oauth/v3/token/introspect", json={**creds, "token": "x"})
+    assert r.status_code == 400
