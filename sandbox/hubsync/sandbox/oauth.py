@@ -39,6 +39,10 @@ def routes(state: SandboxState) -> list[Route]:
             raise ApiError(400, error_body(f"Unknown portal {hub_id}", "VALIDATION_ERROR"))
         code = state.new_token_string("", 36)
         state.codes[code] = AuthCode(code, app.client_id, redirect_uri, hub_id, scopes or ["oauth"])
+        # Consenting installs the app in the portal, so the portal's changes reach its webhooks.
+        subs = state.webhooks.subs.get(app.app_id)
+        if subs is not None and subs.installed_in:
+            subs.installed_in.add(hub_id)
         params = {"code": code}
         if "state" in q:
             params["state"] = q["state"]
