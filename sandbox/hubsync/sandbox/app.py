@@ -41,12 +41,13 @@ def create_app(config: SandboxConfig | None = None, state: SandboxState | None =
         finally:
             await state.webhooks.close()
 
+    # Starlette tries routes in order: the CRM object routes (the hot path) go first.
     routes: list[BaseRoute] = [
-        *admin.routes(state),
-        *oauth.routes(state),
         *crm.routes(state),
-        *properties_api.routes(state),
         *associations.routes(state),
+        *properties_api.routes(state),
+        *oauth.routes(state),
+        *admin.routes(state),
     ]
     app = Starlette(
         routes=routes,

@@ -13,12 +13,14 @@ DAY_MS = 86_400_000
 class RollingWindow:
     """Counts events in the last ``interval_ms`` milliseconds."""
 
-    __slots__ = ("interval_ms", "limit", "stamps")
+    __slots__ = ("interval_ms", "limit", "second", "stamps")
 
     def __init__(self, limit: int, interval_ms: int):
         self.limit = limit
         self.interval_ms = interval_ms
         self.stamps: deque[int] = deque()
+        # The last second's stamps, for the deprecated X-HubSpot-RateLimit-Secondly headers.
+        self.second: deque[int] = deque()
 
     def used(self, now: int) -> int:
         s = self.stamps
@@ -27,14 +29,16 @@ class RollingWindow:
             s.popleft()
         return len(s)
 
-    def used_since(self, since: int) -> int:
-        # Stamps are in order: count from the right.
-        n = 0
-        for t in reversed(self.stamps):
-            if t <= since:
-                break
-            n += 1
-        return n
+    def used_last_second(self, now: int) -> int:
+        s = self.second
+        edge = now - 1000
+        while s and s[0] <= edge:
+            s.popleft()
+        return len(s)
+
+    def add(self, now: int) -> None:
+        self.stamps.append(now)
+        self.second.append(now)
 
 
 class DailyCounter:
@@ -86,14 +90,14 @@ class RateLimiter:
             if day_used >= daily:
                 raise rate_limited("DAILY", _headers(burst, 0, secondly, 0, daily, 0, oauth))
             if used >= burst:
-                sec_used = w.used_since(now - 1000)
+                sec_used = w.used_last_second(now)
                 raise rate_limited(
                     "TEN_SECONDLY_ROLLING",
                     _headers(burst, 0, secondly, max(0, secondly - sec_used), daily, daily - day_used, oauth),
                 )
-        w.stamps.append(now)
+        w.add(now)
         d.count += 1
-        sec_used = w.used_since(now - 1000)
+        sec_used = w.used_last_second(now)
         return _headers(
             burst,
             max(0, burst - used - 1),
@@ -110,7 +114,7 @@ class RateLimiter:
             w = self.search[hub_id] = RollingWindow(per_second, 1000)
         if self.enabled and w.used(now) >= per_second:
             raise rate_limited("SECONDLY")
-        w.stamps.append(now)
+        w.add(now)
 
     def count_daily(self, hub_id: int, daily: int, now: int) -> None:
         d = self.daily.get(hub_id)

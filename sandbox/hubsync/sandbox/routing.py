@@ -188,7 +188,9 @@ def api_route(
                 burst = OAUTH_APP_BURST if oauth and portal.burst_per_10s is None else portal.burst
                 headers = limiter.check_api(hub_id, tok.rate_key(), burst, portal.daily, now, oauth)
             if state.faults:
-                await apply_faults(state, endpoint_name, template, request.url.path, hub_id, call.batch_size)
+                await apply_faults(
+                    state, endpoint_name, template, request.scope["path"], hub_id, call.batch_size
+                )
             status, body = await handler(call)
             resp = json_response(status, body, headers)
         except ApiError as err:
@@ -220,7 +222,7 @@ def api_route(
         log.add(
             now,
             endpoint_name,
-            request.url.path,
+            request.scope["path"],
             status,
             hub_id,
             app_id,
@@ -262,14 +264,14 @@ def public_route(
         now = state.clock.now_ms()
         try:
             if state.faults:
-                await apply_faults(state, endpoint_name, template, request.url.path, None, None)
+                await apply_faults(state, endpoint_name, template, request.scope["path"], None, None)
             resp = await handler(request)
         except ApiError as err:
             resp = json_response(err.status, err.body, err.headers)
         state.requests.add(
             now,
             endpoint_name,
-            request.url.path,
+            request.scope["path"],
             resp.status_code,
             None,
             None,

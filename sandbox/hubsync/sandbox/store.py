@@ -98,7 +98,7 @@ class CrmObject:
         p = self.props
         out: dict[str, Any] = {
             "id": self.id_str,
-            "properties": {n: p.get(n) for n in names},
+            "properties": dict(zip(names, map(p.get, names), strict=True)),
             "createdAt": self.created_iso,
             "updatedAt": self.updated_iso,
             "archived": self.archived,
