@@ -247,6 +247,24 @@ def routes(state: SandboxState) -> list[Route]:
     async def limits(request: Request) -> Any:
         return state.limiter.status()
 
+    async def portals(request: Request) -> Any:
+        return {"results": [_portal_wire(p) for p in state.portals.values()]}
+
+    async def put_portal(request: Request) -> Any:
+        hub_id = int(request.path_params["hubId"])
+        portal = state.portals.get(hub_id)
+        if portal is None:
+            raise ApiError(404, error_body(f"No portal {hub_id}", "OBJECT_NOT_FOUND"))
+        body = await read_json(request) or {}
+        allowed = {"plan", "burst_per_10s", "daily_limit", "search_per_second"}
+        unknown = set(body) - allowed
+        if unknown:
+            raise validation_error(f"Unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+        updated = type(portal).model_validate({**portal.model_dump(), **body})
+        for key in body:
+            setattr(portal, key, getattr(updated, key))
+        return _portal_wire(portal)
+
     return [
         r("GET", "/health", health),
         r("GET", "/config", config),
@@ -277,7 +295,21 @@ def routes(state: SandboxState) -> list[Route]:
         r("POST", "/webhooks/resume", resume),
         r("GET", "/changes", changes),
         r("GET", "/limits", limits),
+        r("GET", "/portals", portals),
+        r("PUT", "/portals/{hubId:int}", put_portal),
     ]
+
+
+def _portal_wire(p: Any) -> dict[str, Any]:
+    return {
+        "hubId": p.hub_id,
+        "plan": p.plan,
+        "burstPer10s": p.burst,
+        "dailyLimit": p.daily,
+        "searchPerSecond": p.search_per_second,
+        "hubDomain": p.domain,
+        "privateAppTokens": [a.token for a in p.private_apps],
+    }
 
 
 def _dump(store: PortalStore, t: str, obj: Any) -> dict[str, Any]:

@@ -141,3 +141,15 @@ async def test_uri_too_long_is_414(client: httpx.AsyncClient) -> None:
     r = await client.get(CONTACTS, params={"properties": props})
     assert r.status_code == 414 and r.json()["category"] == "URI_TOO_LONG"
     assert (await client.get(CONTACTS, params={"properties": "email"})).status_code == 200
+
+
+async def test_portal_limits_change_at_runtime(client: httpx.AsyncClient) -> None:
+    r = await client.put("/_sandbox/portals/12345", json={"burst_per_10s": 2})
+    assert r.status_code == 200 and r.json()["burstPer10s"] == 2
+    assert (await client.get(CONTACTS)).headers["x-hubspot-ratelimit-max"] == "2"
+    await client.get(CONTACTS)
+    assert (await client.get(CONTACTS)).status_code == 429
+    r = await client.put("/_sandbox/portals/12345", json={"plan": "enterprise", "burst_per_10s": None})
+    assert r.json()["burstPer10s"] == 190 and r.json()["dailyLimit"] == 1_000_000
+    assert (await client.put("/_sandbox/portals/12345", json={"hub_id": 1})).status_code == 400
+    assert (await client.put("/_sandbox/portals/12345", json={"plan": "gold"})).status_code == 400
