@@ -1,0 +1,613 @@
+{{/*
+The objects of one component. Every template takes (dict "root" $ "name" "<component>" "c" <config>)
+where <config> is `default` merged with components.<component> (hubsync.componentConfig).
+components.yaml loops over the components and calls these.
+*/}}
+
+{{/* "hpa", "keda" or "" : how the component scales. */}}
+{{- define "hubsync.scaler" -}}
+{{- if .c.autoscaling.enabled -}}
+{{- if and (has .name (list "mapper" "writer")) .root.Values.keda.enabled -}}keda{{- else -}}hpa{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hubsync.deployment" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $c := .c -}}
+{{- $ports := $root.Values.ports -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "hubsync.objectName" (list $root $name) }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list $root $name) | nindent 4 }}
+spec:
+  {{- if not (include "hubsync.scaler" .) }}
+  replicas: {{ $c.replicas | int }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 25%
+      maxUnavailable: 0
+  selector:
+    matchLabels:
+      {{- include "hubsync.selectorLabels" (list $root $name) | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "hubsync.componentLabels" (list $root $name) | nindent 8 }}
+        {{- with $c.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        # Secrets created from values: a change rolls the pods (files are read at start-up).
+        checksum/secrets: {{ toJson (list $root.Values.callerTokens $root.Values.auth $root.Values.ingress.webhookSecrets $root.Values.redis.password) | sha256sum }}
+        {{- if eq $name "mapper" }}
+        checksum/mappings: {{ toJson $root.Values.mapper.mappings | sha256sum }}
+        {{- end }}
+        {{- with $c.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "hubsync.serviceAccountName" (list $root $name $c) }}
+      # No service needs the Kubernetes API.
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $c.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      terminationGracePeriodSeconds: {{ $c.terminationGracePeriodSeconds | int }}
+      securityContext:
+        {{- toYaml $c.podSecurityContext | nindent 8 }}
+      containers:
+        - name: {{ $name }}
+          image: {{ include "hubsync.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: ["python", "-m", "hubsync.{{ $name }}"]
+          ports:
+            - name: grpc
+              containerPort: {{ $ports.grpc | int }}
+              protocol: TCP
+            - name: metrics
+              containerPort: {{ $ports.metrics | int }}
+              protocol: TCP
+            {{- if eq $name "ingress" }}
+            - name: http
+              containerPort: {{ $ports.http | int }}
+              protocol: TCP
+            {{- end }}
+          env:
+            {{- include "hubsync.env" . | nindent 12 }}
+          startupProbe:
+            grpc:
+              port: {{ $ports.grpc | int }}
+            {{- toYaml $c.probes.startup | nindent 12 }}
+          readinessProbe:
+            grpc:
+              port: {{ $ports.grpc | int }}
+            {{- toYaml $c.probes.readiness | nindent 12 }}
+          livenessProbe:
+            grpc:
+              port: {{ $ports.grpc | int }}
+            {{- toYaml $c.probes.liveness | nindent 12 }}
+          resources:
+            {{- toYaml $c.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $c.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            - name: caller-tokens
+              mountPath: /etc/hubsync/callers
+              readOnly: true
+            {{- if eq $name "auth" }}
+            - name: keyring
+              mountPath: /etc/hubsync/keyring
+              readOnly: true
+            {{- end }}
+            {{- if eq $name "ingress" }}
+            - name: webhook-secrets
+              mountPath: /etc/hubsync/webhook
+              readOnly: true
+            {{- end }}
+            {{- if eq $name "mapper" }}
+            - name: mappings
+              mountPath: /etc/hubsync/mappings
+              readOnly: true
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $c.tmpSizeLimit }}
+        - name: caller-tokens
+          secret:
+            secretName: {{ include "hubsync.callerTokensSecret" $root }}
+            items:
+              - key: {{ $root.Values.callerTokens.key }}
+                path: caller-tokens.json
+        {{- if eq $name "auth" }}
+        - name: keyring
+          secret:
+            secretName: {{ include "hubsync.keyringSecret" $root }}
+            items:
+              - key: keyring.json
+                path: keyring.json
+        {{- end }}
+        {{- if eq $name "ingress" }}
+        - name: webhook-secrets
+          secret:
+            secretName: {{ include "hubsync.webhookSecret" $root }}
+            items:
+              - key: webhook-secrets.json
+                path: webhook-secrets.json
+        {{- end }}
+        {{- if eq $name "mapper" }}
+        - name: mappings
+          configMap:
+            name: {{ include "hubsync.mappingsConfigMap" $root }}
+        {{- end }}
+      {{- $anti := dict -}}
+      {{- $selector := dict "matchLabels" (fromYaml (include "hubsync.selectorLabels" (list $root $name))) -}}
+      {{- if eq $c.podAntiAffinity "hard" -}}
+      {{- $_ := set $anti "requiredDuringSchedulingIgnoredDuringExecution" (list (dict "labelSelector" $selector "topologyKey" "kubernetes.io/hostname")) -}}
+      {{- else if eq $c.podAntiAffinity "soft" -}}
+      {{- $_ := set $anti "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" (dict "labelSelector" $selector "topologyKey" "kubernetes.io/hostname"))) -}}
+      {{- end -}}
+      {{- $affinity := deepCopy $c.affinity -}}
+      {{- if $anti -}}
+      {{- $_ := set $affinity "podAntiAffinity" (merge (get $affinity "podAntiAffinity" | default dict) $anti) -}}
+      {{- end -}}
+      {{- with $affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if $c.topologySpread.enabled }}
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: {{ $c.topologySpread.topologyKey }}
+          whenUnsatisfiable: {{ $c.topologySpread.whenUnsatisfiable }}
+          labelSelector:
+            {{- toYaml $selector | nindent 12 }}
+      {{- end }}
+      {{- with $c.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $c.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
+
+{{/* Environment of one component's container (the variables the services read). */}}
+{{- define "hubsync.env" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $v := $root.Values -}}
+- name: HUBSYNC_ENVIRONMENT
+  value: {{ $v.environment | quote }}
+- name: HUBSYNC_LOG_LEVEL
+  value: {{ $v.logLevel | quote }}
+- name: HUBSYNC_CALLER_NAME
+  value: {{ $name | quote }}
+- name: HUBSYNC_CALLER_TOKENS_FILE
+  value: /etc/hubsync/callers/caller-tokens.json
+- name: HUBSYNC_GRPC_HOST
+  value: "0.0.0.0"
+- name: HUBSYNC_GRPC_PORT
+  value: {{ $v.ports.grpc | int | quote }}
+- name: HUBSYNC_METRICS_PORT
+  value: {{ $v.ports.metrics | int | quote }}
+{{- range $peer := list "auth" "ingress" "mapper" "writer" }}
+- name: HUBSYNC_{{ upper $peer }}_ADDRESS
+  value: {{ include "hubsync.address" (list $root $peer) | quote }}
+{{- end }}
+- name: HUBSYNC_HUBSPOT_API_BASE
+  value: {{ $v.hubspot.apiBase | quote }}
+{{- with include "hubsync.redisUrl" $root }}
+- name: HUBSYNC_REDIS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if $v.redis.sentinel.enabled }}
+- name: HUBSYNC_REDIS_SENTINELS
+  value: {{ join "," $v.redis.sentinel.sentinels | quote }}
+- name: HUBSYNC_REDIS_SENTINEL_MASTER
+  value: {{ $v.redis.sentinel.master | quote }}
+{{- end }}
+{{- if $v.redis.cluster }}
+- name: HUBSYNC_REDIS_CLUSTER
+  value: "true"
+{{- end }}
+{{- if include "hubsync.redisPasswordSet" $root }}
+- name: HUBSYNC_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hubsync.redisSecret" $root }}
+      key: {{ include "hubsync.redisSecretKey" $root }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: hubsync-{{ $name }}
+{{- if $v.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $v.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $v.otel.protocol | quote }}
+{{- end }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $v.otel.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $v.otel.samplerArg | quote }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- $attributes := list "k8s.pod.name=$(K8S_POD_NAME)" (printf "k8s.namespace.name=%s" $root.Release.Namespace) (printf "service.version=%s" (default $root.Chart.AppVersion $v.image.tag)) }}
+{{- range $key, $value := $v.otel.resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%v" $key $value) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
+{{- if eq $name "auth" }}
+{{- if include "hubsync.oauthSet" $root }}
+- name: HUBSYNC_AUTH_CLIENT_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hubsync.oauthSecret" $root }}
+      key: client-id
+- name: HUBSYNC_AUTH_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "hubsync.oauthSecret" $root }}
+      key: client-secret
+{{- end }}
+{{- $redirect := $v.auth.oauth.redirectUri }}
+{{- if and (not $redirect) $v.ingress.publicBaseUrl }}
+{{- $redirect = printf "%s/oauth/callback" (trimSuffix "/" $v.ingress.publicBaseUrl) }}
+{{- end }}
+{{- with $redirect }}
+- name: HUBSYNC_AUTH_REDIRECT_URI
+  value: {{ . | quote }}
+{{- end }}
+- name: HUBSYNC_AUTH_SCOPES
+  value: {{ $v.auth.oauth.scopes | quote }}
+- name: HUBSYNC_AUTH_KEYRING_FILE
+  value: /etc/hubsync/keyring/keyring.json
+{{- else if eq $name "ingress" }}
+- name: HUBSYNC_INGRESS_HTTP_HOST
+  value: "0.0.0.0"
+- name: HUBSYNC_INGRESS_HTTP_PORT
+  value: {{ $v.ports.http | int | quote }}
+{{- with $v.ingress.publicBaseUrl }}
+- name: HUBSYNC_INGRESS_PUBLIC_BASE_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE
+  value: /etc/hubsync/webhook/webhook-secrets.json
+{{- with $v.ingress.appId }}
+- name: HUBSYNC_INGRESS_APP_ID
+  value: {{ . | toString | quote }}
+{{- end }}
+- name: HUBSYNC_INGRESS_MAX_BODY_BYTES
+  value: {{ $v.ingress.maxBodyBytes | int | quote }}
+{{- else if eq $name "mapper" }}
+- name: HUBSYNC_MAPPER_MAPPINGS_DIR
+  value: /etc/hubsync/mappings
+{{- else if eq $name "writer" }}
+- name: HUBSYNC_WRITER_RATE_LIMIT_PRESET
+  value: {{ $v.writer.rateLimitPreset | quote }}
+- name: HUBSYNC_WRITER_PILOT_MODE
+  value: {{ $v.writer.pilotMode | toString | quote }}
+- name: HUBSYNC_WRITER_BATCH_MAX_WAIT_MS
+  value: {{ $v.writer.batchMaxWaitMs | int | quote }}
+{{- end }}
+{{- with .c.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "hubsync.service" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $ports := $root.Values.ports -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "hubsync.objectName" (list $root $name) }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list $root $name) | nindent 4 }}
+    hubsync.io/metrics: "true"
+  {{- with .c.service.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ .c.service.type }}
+  selector:
+    {{- include "hubsync.selectorLabels" (list $root $name) | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $ports.grpc | int }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: kubernetes.io/h2c
+    - name: metrics
+      port: {{ $ports.metrics | int }}
+      targetPort: metrics
+      protocol: TCP
+    {{- if eq $name "ingress" }}
+    - name: http
+      port: {{ $ports.http | int }}
+      targetPort: http
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
+{{- end -}}
+
+{{- define "hubsync.serviceAccount" -}}
+{{- if .c.serviceAccount.create -}}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "hubsync.serviceAccountName" (list .root .name .c) }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list .root .name) | nindent 4 }}
+  {{- with .c.serviceAccount.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+automountServiceAccountToken: false
+{{- end -}}
+{{- end -}}
+
+{{- define "hubsync.hpa" -}}
+{{- $a := .c.autoscaling -}}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "hubsync.objectName" (list .root .name) }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list .root .name) | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "hubsync.objectName" (list .root .name) }}
+  minReplicas: {{ $a.minReplicas | int }}
+  maxReplicas: {{ $a.maxReplicas | int }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $a.targetCPUUtilizationPercentage | int }}
+    {{- if and $a.requests $a.requests.enabled }}
+    # Webhook requests per pod, served by your custom-metrics adapter.
+    - type: Pods
+      pods:
+        metric:
+          name: {{ $a.requests.metricName }}
+        target:
+          type: AverageValue
+          averageValue: {{ $a.requests.averageValue | quote }}
+    {{- end }}
+  {{- with $a.behavior }}
+  behavior:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* KEDA redis-streams address parameters for the configured Redis. */}}
+{{- define "hubsync.kedaRedisMetadata" -}}
+{{- $v := .Values -}}
+{{- $url := urlParse (include "hubsync.redisUrl" . | default "redis://localhost:6379/0") -}}
+{{- if $v.redis.sentinel.enabled }}
+addresses: {{ join "," $v.redis.sentinel.sentinels | quote }}
+sentinelMaster: {{ $v.redis.sentinel.master | quote }}
+{{- else if $v.redis.cluster }}
+addresses: {{ $url.host | quote }}
+{{- else }}
+address: {{ $url.host | quote }}
+{{- $db := trimPrefix "/" $url.path }}
+{{- if $db }}
+databaseIndex: {{ $db | quote }}
+{{- end }}
+{{- end }}
+{{- if eq $url.scheme "rediss" }}
+enableTLS: "true"
+{{- end }}
+{{- end -}}
+
+{{- define "hubsync.scaledObject" -}}
+{{- $root := .root -}}
+{{- $a := .c.autoscaling -}}
+{{- $type := "redis-streams" -}}
+{{- if $root.Values.redis.sentinel.enabled }}{{ $type = "redis-sentinel-streams" }}{{ else if $root.Values.redis.cluster }}{{ $type = "redis-cluster-streams" }}{{ end -}}
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ include "hubsync.objectName" (list $root .name) }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list $root .name) | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "hubsync.objectName" (list $root .name) }}
+  pollingInterval: {{ $root.Values.keda.pollingInterval | int }}
+  cooldownPeriod: {{ $root.Values.keda.cooldownPeriod | int }}
+  minReplicaCount: {{ $a.minReplicas | int }}
+  maxReplicaCount: {{ $a.maxReplicas | int }}
+  {{- with $a.behavior }}
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        {{- toYaml . | nindent 8 }}
+  {{- end }}
+  triggers:
+    {{- range $a.streams }}
+    - type: {{ $type }}
+      metadata:
+        {{- include "hubsync.kedaRedisMetadata" $root | trim | nindent 8 }}
+        stream: {{ .stream | quote }}
+        consumerGroup: {{ .consumerGroup | quote }}
+        {{- if .lagCount }}
+        lagCount: {{ .lagCount | int | quote }}
+        {{- else }}
+        pendingEntriesCount: {{ .pendingEntriesCount | int | quote }}
+        {{- end }}
+      {{- if include "hubsync.redisPasswordSet" $root }}
+      authenticationRef:
+        name: {{ include "hubsync.objectName" (list $root "redis-keda") }}
+      {{- end }}
+    {{- end }}
+{{- end -}}
+
+{{- define "hubsync.pdb" -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "hubsync.objectName" (list .root .name) }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list .root .name) | nindent 4 }}
+spec:
+  {{- if hasKey .c.pdb "minAvailable" }}
+  minAvailable: {{ .c.pdb.minAvailable }}
+  {{- else }}
+  maxUnavailable: {{ .c.pdb.maxUnavailable }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "hubsync.selectorLabels" (list .root .name) | nindent 6 }}
+{{- end -}}
+
+{{/* Labels of this release's hubsync pods (any component). */}}
+{{- define "hubsync.peerLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: hubsync
+{{- end -}}
+
+{{- define "hubsync.networkPolicy" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+{{- $v := $root.Values -}}
+{{- $np := $v.networkPolicy -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "hubsync.objectName" (list $root $name) }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list $root $name) | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "hubsync.selectorLabels" (list $root $name) | nindent 6 }}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    # The other hubsync services (and `kubectl exec ... hubsync` from their pods) on gRPC.
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- include "hubsync.peerLabels" $root | nindent 14 }}
+      ports:
+        - port: grpc
+    {{- if and (has $name (list "ingress" "mapper" "writer")) $np.clients }}
+    # Internal services calling the gRPC API (they still present a caller token).
+    - from:
+        {{- toYaml $np.clients | nindent 8 }}
+      ports:
+        - port: grpc
+    {{- end }}
+    # Prometheus scraping /metrics.
+    - from:
+        - namespaceSelector:
+            {{- toYaml $np.prometheus.namespaceSelector | nindent 12 }}
+          podSelector:
+            {{- toYaml $np.prometheus.podSelector | nindent 12 }}
+      ports:
+        - port: metrics
+    {{- if eq $name "ingress" }}
+    # Outside traffic (HubSpot webhooks, OAuth redirects) through the ingress controller only.
+    - from:
+        - namespaceSelector:
+            {{- toYaml $np.ingressController.namespaceSelector | nindent 12 }}
+          podSelector:
+            {{- toYaml $np.ingressController.podSelector | nindent 12 }}
+      ports:
+        - port: http
+    {{- end }}
+  egress:
+    - to:
+        - namespaceSelector:
+            {{- toYaml $np.dns.namespaceSelector | nindent 12 }}
+          podSelector:
+            {{- toYaml $np.dns.podSelector | nindent 12 }}
+      ports:
+        - port: 53
+          protocol: UDP
+        - port: 53
+          protocol: TCP
+    # The other hubsync services.
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "hubsync.peerLabels" $root | nindent 14 }}
+      ports:
+        - port: {{ $v.ports.grpc | int }}
+    # Redis.
+    {{- if and $v.redis.evaluation.enabled (not $v.redis.url) (not $v.redis.sentinel.enabled) }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "hubsync.selectorLabels" (list $root "redis") | nindent 14 }}
+      ports:
+        - port: 6379
+    {{- else }}
+    - {{- with $v.redis.networkPolicy.to }}
+      to:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        {{- range $v.redis.networkPolicy.ports }}
+        - port: {{ . | int }}
+        {{- end }}
+    {{- end }}
+    {{- if $v.otel.endpoint }}
+    # The OpenTelemetry collector.
+    - {{- with $np.otelCollector }}
+      to:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        - port: {{ $v.otel.networkPolicyPort | int }}
+    {{- end }}
+    {{- if has $name (list "auth" "writer") }}
+    # HubSpot's API: only auth and writer call it.
+    - to:
+        - ipBlock:
+            cidr: {{ $v.hubspot.egress.cidr }}
+            {{- with $v.hubspot.egress.except }}
+            except:
+              {{- toYaml . | nindent 14 }}
+            {{- end }}
+      ports:
+        {{- range $v.hubspot.egress.ports }}
+        - port: {{ . | int }}
+          protocol: TCP
+        {{- end }}
+    {{- end }}
+{{- end -}}
