@@ -163,7 +163,8 @@ def api_route(
         app_id: int | None = None
         try:
             if (
-                len(request.scope["raw_path"]) + len(request.scope["query_string"])
+                len(request.scope.get("raw_path") or request.scope["path"])
+                + len(request.scope["query_string"])
                 > state.config.max_uri_length
             ):
                 raise ApiError(414, error_body("URI Too Long", "URI_TOO_LONG"))

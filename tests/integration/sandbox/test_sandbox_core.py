@@ -238,3 +238,18 @@ async def test_malformed_input_is_400_not_a_crash(client: httpx.AsyncClient) -> 
         assert r.json()["category"] == "VALIDATION_ERROR"
     r = await client.post(CONTACTS, content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["message"].startswith("Invalid input JSON")
+
+
+async def test_create_app_works_without_a_server() -> None:
+    from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, SandboxConfig, create_app
+
+    app = create_app(SandboxConfig())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://sandbox",
+        headers={"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"},
+    ) as c:
+        r = await c.post(CONTACTS, json={"properties": {"email": "asgi@x.com"}})
+        assert r.status_code == 201
+    store = app.state.sandbox.stores[12345]
+    assert [o.props["email"] for o in store.objects["contacts"].values()] == ["asgi@x.com"]
