@@ -166,8 +166,10 @@ class WebhookDispatcher:
                 if change.kind == "propertyChange":
                     event["propertyName"] = change.property_name
                     event["propertyValue"] = change.property_value
+                # changeFlag is not in the facts file (UNSURE); HubSpot's examples show NEW/DELETED.
+                # Consumers should key on subscriptionType, not on this field.
                 if change.kind == "creation":
-                    event["changeFlag"] = "CREATED"
+                    event["changeFlag"] = "NEW"
                 elif change.kind == "deletion":
                     event["changeFlag"] = "DELETED"
                 event.update(change.extra)
