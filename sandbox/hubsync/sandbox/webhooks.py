@@ -247,8 +247,6 @@ class WebhookDispatcher:
                     delay *= 1 + self.rng.uniform(-jitter, jitter)
                 await asyncio.sleep(max(0.0, delay))
                 attempt += 1
-        except asyncio.CancelledError:
-            raise
         finally:
             self._mark_done(len(chunk))
 
@@ -287,11 +285,11 @@ class WebhookDispatcher:
             status: int | None = None
             error: str | None = None
             try:
-                resp = await self._http().post(
-                    url, content=body.encode(), headers=headers, timeout=self.config.webhook_timeout_s
-                )
+                # HubSpot's 5 s is for the whole request, not per connect/read like httpx's timeout.
+                async with asyncio.timeout(self.config.webhook_timeout_s):
+                    resp = await self._http().post(url, content=body.encode(), headers=headers, timeout=None)
                 status = resp.status_code
-            except httpx.TimeoutException:
+            except (TimeoutError, httpx.TimeoutException):
                 error = "timeout"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
