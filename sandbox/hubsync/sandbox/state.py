@@ -88,7 +88,12 @@ class RequestLog:
         es[status] = es.get(status, 0) + 1
 
     def clear(self) -> None:
-        self.__init__(self.entries.maxlen or 10_000)  # type: ignore[misc]
+        self.entries.clear()
+        self.by_endpoint.clear()
+        self.by_status.clear()
+        self.by_portal.clear()
+        self.by_endpoint_status.clear()
+        self.total = 0
 
     def to_wire(self, limit: int | None = None, since: int = 0) -> dict[str, Any]:
         entries = [e for e in self.entries if e[0] > since]
@@ -129,6 +134,7 @@ class SandboxState:
         self.clock = Clock()
         self.webhooks = WebhookDispatcher(config, self.clock.now_ms)
         self.limiter = RateLimiter(config.rate_limits_enabled)
+        self.requests = RequestLog(config.request_log_size)
         self._setup()
 
     def _setup(self) -> None:
@@ -160,7 +166,8 @@ class SandboxState:
         self._fault_seq = 0
         for f in cfg.faults:
             self.add_fault(f)
-        self.requests = RequestLog(cfg.request_log_size)
+        # Routes hold on to the log object, so a reset clears it in place.
+        self.requests.clear()
         self.changes: deque[dict[str, Any]] = deque(maxlen=cfg.delivery_log_size)
         self.limiter.reset()
 

@@ -114,6 +114,9 @@ async def test_list_paging_and_objects_view(client: httpx.AsyncClient) -> None:
     await client.post("/_sandbox/reset")
     assert (await client.get("/_sandbox/objects/contacts")).json()["results"] == []
     assert (await client.get("/_sandbox/requests")).json()["total"] == 0
+    await client.get(CONTACTS)
+    counts = (await client.get("/_sandbox/requests")).json()["counts"]
+    assert counts["byEndpoint"] == {"GET /crm/v3/objects/{objectType}": 1}
 
 
 async def test_two_portals_are_isolated() -> None:
