@@ -140,7 +140,8 @@ class SandboxState:
     def _setup(self) -> None:
         cfg = self.config
         self.rng = random.Random(cfg.seed)
-        self.portals: dict[int, PortalConfig] = {p.hub_id: p for p in cfg.portals}
+        # Copies: the admin API changes limits at runtime, a reset must bring back the config's.
+        self.portals: dict[int, PortalConfig] = {p.hub_id: p.model_copy(deep=True) for p in cfg.portals}
         self.apps: dict[int, AppConfig] = {a.app_id: a for a in cfg.apps}
         self.apps_by_client: dict[str, AppConfig] = {a.client_id: a for a in cfg.apps}
         self.stores: dict[int, PortalStore] = {

@@ -156,3 +156,5 @@ async def test_portal_limits_change_at_runtime(client: httpx.AsyncClient) -> Non
     assert r.json()["burstPer10s"] == 190 and r.json()["dailyLimit"] == 1_000_000
     assert (await client.put("/_sandbox/portals/12345", json={"hub_id": 1})).status_code == 400
     assert (await client.put("/_sandbox/portals/12345", json={"plan": "gold"})).status_code == 400
+    await client.post("/_sandbox/reset")
+    assert (await client.get("/_sandbox/portals")).json()["results"][0]["burstPer10s"] == 100_000
