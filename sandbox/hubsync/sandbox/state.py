@@ -246,7 +246,7 @@ class SandboxState:
 
     def add_fault(self, rule: FaultRule) -> FaultRule:
         self._fault_seq += 1
-        if rule.id is None:
-            rule = rule.model_copy(update={"id": f"fault-{self._fault_seq}"})
+        # A copy: firing counts down ``remaining``, and the config's rule must stay as it was.
+        rule = rule.model_copy(update={"id": rule.id or f"fault-{self._fault_seq}"})
         self.faults.append(rule)
         return rule
