@@ -392,3 +392,23 @@ def test_companies_and_deals_batches_through_the_sdk(api: HubSpot, object_type: 
         )
     )
     assert len(api_ns.basic_api.get_page(limit=10).results) == 2
+
+
+def test_merge_and_gdpr_delete_through_the_sdk(api: HubSpot) -> None:
+    a = _create(api, email="m1@x.com", firstname="Keep")
+    b = _create(api, email="m2@x.com", lastname="Moved")
+    merged = api.crm.contacts.basic_api.merge(
+        public_merge_input=cm.PublicMergeInput(primary_object_id=a.id, object_id_to_merge=b.id)
+    )
+    assert (
+        merged.id == a.id
+        and merged.properties["lastname"] == "Moved"
+        and merged.properties["firstname"] == "Keep"
+    )
+    with pytest.raises(ContactsApiException) as exc:
+        api.crm.contacts.basic_api.get_by_id(b.id)
+    assert exc.value.status == 404
+    api.crm.contacts.basic_api.purge(public_gdpr_delete_input=cm.PublicGdprDeleteInput(object_id=a.id))
+    with pytest.raises(ContactsApiException) as exc:
+        api.crm.contacts.basic_api.get_by_id(a.id, archived=True)
+    assert exc.value.status == 404
