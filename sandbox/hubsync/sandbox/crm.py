@@ -103,6 +103,14 @@ def _full(obj: CrmObject) -> dict[str, Any]:
     return obj.to_wire(tuple(obj.props))
 
 
+def _written(obj: CrmObject, trace: str | None) -> dict[str, Any]:
+    """A batch write's result: the object, with the input's objectWriteTraceId echoed back."""
+    r = _full(obj)
+    if trace:
+        r["objectWriteTraceId"] = trace
+    return r
+
+
 # ---- single objects ------------------------------------------------------------------------------
 
 
@@ -345,10 +353,7 @@ async def batch_create(call: Call) -> tuple[int, Any]:
             continue
         obj = store.create(t, props, call.source, trace)
         _create_associations(call, t, obj, inputs[n].get("associations"))
-        r = _full(obj)
-        if trace:
-            r["objectWriteTraceId"] = trace
-        results.append(r)
+        results.append(_written(obj, trace))
     return _batch_response(call, results, errors, 201, started)
 
 
@@ -379,10 +384,7 @@ async def batch_update(call: Call) -> tuple[int, Any]:
         if n in bad:
             continue
         store.update(t, obj, props, call.source, trace)
-        r = _full(obj)
-        if trace:
-            r["objectWriteTraceId"] = trace
-        results.append(r)
+        results.append(_written(obj, trace))
     if missing:
         errors.append(
             _batch_error(
@@ -430,11 +432,7 @@ async def batch_upsert(call: Call) -> tuple[int, Any]:
         else:
             store.update(t, obj, props, source, trace)
             new = False
-        r = _full(obj)
-        r["new"] = new
-        if trace:
-            r["objectWriteTraceId"] = trace
-        results.append(r)
+        results.append({**_written(obj, trace), "new": new})
     return _batch_response(call, results, errors, 200, started)
 
 
