@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# hubsync: one image for the four services and the CLI.
+#
+#   docker build -t hubsync .
+#   docker run hubsync python -m hubsync.auth      # or hubsync.ingress | hubsync.mapper | hubsync.writer
+#   docker run hubsync hubsync status              # the operator CLI
+#
+# The Helm chart sets `command: ["python", "-m", "hubsync.<service>"]` per component. Generated
+# gRPC code is committed, so the build runs no code generator.
+
+ARG PYTHON_VERSION=3.11
+
+# --- build: install hubsync and its dependencies into a virtualenv --------------------------------
+FROM python:${PYTHON_VERSION}-slim AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/hubsync
+WORKDIR /src
+# Dependencies change less often than code: a layer of their own.
+COPY pyproject.toml README.md ./
+COPY libs/ libs/
+COPY services/ services/
+COPY sandbox/ sandbox/
+RUN /opt/hubsync/bin/pip install . \
+    # Bytecode now: the runtime root filesystem is read-only.
+    && /opt/hubsync/bin/python -m compileall -q /opt/hubsync/lib \
+    # No installer in the runtime virtualenv.
+    && /opt/hubsync/bin/pip uninstall -y pip setuptools wheel
+
+# --- runtime: the virtualenv only, as an unprivileged user ----------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS runtime
+
+LABEL org.opencontainers.image.title="hubsync" \
+      org.opencontainers.image.description="Middleware between HubSpot and your own systems" \
+      org.opencontainers.image.source="https://github.com/hubsync/hubsync" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# A fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+RUN groupadd --system --gid 10001 hubsync \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin hubsync
+
+COPY --from=build /opt/hubsync /opt/hubsync
+
+ENV PATH="/opt/hubsync/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HUBSYNC_GRPC_HOST=0.0.0.0 \
+    HUBSYNC_GRPC_PORT=50051 \
+    HUBSYNC_METRICS_PORT=9464 \
+    HUBSYNC_INGRESS_HTTP_PORT=8080
+
+# gRPC (every service), Prometheus /metrics, ingress HTTP.
+EXPOSE 50051 9464 8080
+
+WORKDIR /tmp
+USER 10001:10001
+
+# Entry points: `python -m hubsync.auth`, `python -m hubsync.ingress`, `python -m hubsync.mapper`,
+# `python -m hubsync.writer`, and the `hubsync` CLI. Without arguments the image prints the CLI's help.
+CMD ["hubsync", "--help"]
