@@ -141,8 +141,16 @@ def routes(state: SandboxState) -> list[Route]:
 
     async def clock(request: Request) -> Any:
         body = await read_json(request) or {}
+        if body.get("freeze") is True:
+            state.clock.freeze()
+        elif body.get("freeze") is False:
+            state.clock.unfreeze()
         state.clock.advance(float(body.get("advance_s", 0)))
-        return {"offsetMs": state.clock.offset_ms, "nowMs": state.clock.now_ms()}
+        return {
+            "offsetMs": state.clock.offset_ms,
+            "nowMs": state.clock.now_ms(),
+            "frozen": state.clock.frozen_at is not None,
+        }
 
     async def ui_edit(request: Request) -> Any:
         store = _portal(state, request)

@@ -176,7 +176,7 @@ class SandboxState:
         """Back to the state right after start-up (objects, tokens, logs, limits, faults)."""
         await self.webhooks.reset()
         self.webhooks.reset_subscriptions()
-        self.clock.offset_ms = 0
+        self.clock.reset()
         self._setup()
 
     def integration_source(self, app_id: int) -> WriteSource:

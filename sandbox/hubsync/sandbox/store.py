@@ -28,16 +28,37 @@ from .search import compile_search, ms_to_iso, parse_datetime_ms, sort_objects
 
 
 class Clock:
-    """Wall-clock milliseconds with an adjustable offset, so tests can expire tokens instantly."""
+    """Wall-clock milliseconds with an adjustable offset, so tests can expire tokens instantly.
+
+    ``freeze()`` stops time (rate windows, token expiry and index lag then move only with
+    ``advance``), which makes limit tests deterministic on a loaded machine.
+    """
 
     def __init__(self) -> None:
         self.offset_ms = 0
+        self.frozen_at: int | None = None
 
     def now_ms(self) -> int:
+        if self.frozen_at is not None:
+            return self.frozen_at + self.offset_ms
         return int(time.time() * 1000) + self.offset_ms
 
     def advance(self, seconds: float) -> None:
         self.offset_ms += int(seconds * 1000)
+
+    def freeze(self) -> None:
+        if self.frozen_at is None:
+            self.frozen_at = int(time.time() * 1000)
+
+    def unfreeze(self) -> None:
+        if self.frozen_at is not None:
+            # Keep "now" continuous: the time spent frozen becomes part of the offset.
+            self.offset_ms -= int(time.time() * 1000) - self.frozen_at
+            self.frozen_at = None
+
+    def reset(self) -> None:
+        self.offset_ms = 0
+        self.frozen_at = None
 
 
 @dataclass(frozen=True, slots=True)

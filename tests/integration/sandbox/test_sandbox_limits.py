@@ -29,6 +29,9 @@ async def running(**cfg: Any) -> AsyncIterator[tuple[SandboxServer, httpx.AsyncC
         SandboxServer(fast_config(**cfg)) as sb,
         httpx.AsyncClient(base_url=sb.base_url, headers=AUTH) as c,
     ):
+        # Time moves only when a test advances it: no flakiness on a loaded machine.
+        r = await c.post("/_sandbox/clock", json={"freeze": True})
+        assert r.json()["frozen"] is True
         yield sb, c
 
 

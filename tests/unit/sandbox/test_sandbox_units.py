@@ -106,3 +106,21 @@ def test_rolling_window_and_daily_budget() -> None:
     # Another app in the same portal has its own burst bucket but shares the daily budget.
     with pytest.raises(ApiError):
         rl.check_api(1, "oauth:1001", 3, 5, now=30_000, oauth=True)
+
+
+def test_clock_freeze_advance_unfreeze() -> None:
+    import time
+
+    from hubsync.sandbox.store import Clock
+
+    c = Clock()
+    c.freeze()
+    t0 = c.now_ms()
+    time.sleep(0.02)
+    assert c.now_ms() == t0
+    c.advance(1.5)
+    assert c.now_ms() == t0 + 1500
+    c.unfreeze()
+    assert 0 <= c.now_ms() - (t0 + 1500) < 50  # continues from where it stood
+    c.reset()
+    assert abs(c.now_ms() - time.time() * 1000) < 50
