@@ -146,3 +146,46 @@ async def test_index_lag() -> None:
         assert await _emails(c) == ["lag@x.com"]
         clock.advance(3)
         assert await _emails(c) == []
+
+
+async def test_10k_cap_and_the_restart_from_last_id_backfill(client: httpx.AsyncClient) -> None:
+    total = 10_050
+    for start in range(0, total, 100):
+        r = await client.post(
+            f"{CONTACTS}/batch/create",
+            json={
+                "inputs": [
+                    {"properties": {"external_id": f"e{n}"}} for n in range(start, min(total, start + 100))
+                ]
+            },
+        )
+        assert r.status_code == 201
+    body: dict[str, Any] = {
+        "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+        "properties": ["hs_object_id"],
+        "limit": 200,
+    }
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        r = await client.post(f"{CONTACTS}/search", json={**body, **({"after": after} if after else {})})
+        if r.status_code == 400:
+            break
+        page = r.json()
+        assert page["total"] == total
+        seen += [x["id"] for x in page["results"]]
+        after = page["paging"]["next"]["after"]
+    assert len(seen) == 10_000 and after == "10000"
+    assert "10000" in r.json()["message"]
+    # The documented way past the cap: filter on the last id seen and start paging again.
+    r = await client.post(
+        f"{CONTACTS}/search",
+        json={
+            **body,
+            "filterGroups": [
+                {"filters": [{"propertyName": "hs_object_id", "operator": "GT", "value": seen[-1]}]}
+            ],
+        },
+    )
+    rest = [x["id"] for x in r.json()["results"]]
+    assert r.json()["total"] == 50 and len(set(seen + rest)) == total
