@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import admin, associations, crm, oauth, properties_api
+from . import account, admin, associations, crm, oauth, properties_api
 from .config import SandboxConfig
 from .errors import error_body
 from .routing import json_response
@@ -46,6 +46,7 @@ def create_app(config: SandboxConfig | None = None, state: SandboxState | None =
         *crm.routes(state),
         *associations.routes(state),
         *properties_api.routes(state),
+        *account.routes(state),
         *oauth.routes(state),
         *admin.routes(state),
     ]

@@ -327,3 +327,12 @@ async def test_token_introspect_and_revoke(client: httpx.AsyncClient) -> None:
     assert (await client.get(CONTACTS, headers=bearer)).status_code == 401
     r = await client.post("/oauth/v3/token/introspect", json={**creds, "token": "x"})
     assert r.status_code == 400
+
+
+async def test_account_details_and_daily_usage() -> None:
+    async with running(portals=[PortalConfig(hub_id=4242, daily_limit=500)]) as (_, c):
+        r = await c.get("/account-info/v3/details")
+        assert r.status_code == 200 and r.json()["portalId"] == 4242
+        await c.get(CONTACTS)
+        usage = (await c.get("/account-info/v3/api-usage/daily/private-apps")).json()["results"][0]
+        assert usage["usageLimit"] == 500 and usage["currentUsage"] == 3  # the call itself counts
