@@ -1,0 +1,81 @@
+"""docs/operations.md answers every alert the chart can fire and covers the day-2 procedures."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.deploy.chart import ROOT, render_file
+from tests.deploy.test_chart_production import alerts
+
+DOC = ROOT / "docs" / "operations.md"
+
+
+def _sections() -> dict[str, str]:
+    """Heading text -> body, for every ## and ### heading."""
+    text = DOC.read_text()
+    parts = re.split(r"^#{2,3} (.+)$", text, flags=re.MULTILINE)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
+
+
+@pytest.fixture(scope="module")
+def sections() -> dict[str, str]:
+    return _sections()
+
+
+def test_every_alert_has_a_runbook_section(sections: dict[str, str]) -> None:
+    for name, rule in alerts(render_file("production-values.yaml")).items():
+        assert name in sections, f"docs/operations.md has no section for alert {name}"
+        body = sections[name]
+        assert "**Means.**" in body and "**Do.**" in body, f"{name}: say what it means and what to do"
+        anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
+        assert anchor == _anchor(name)
+
+
+def test_internal_links_resolve(sections: dict[str, str]) -> None:
+    anchors = {_anchor(heading) for heading in sections}
+    for link in re.findall(r"\]\(#([^)]+)\)", DOC.read_text()):
+        assert link in anchors, f"broken link #{link}"
+
+
+@pytest.mark.parametrize(
+    ("section", "must_mention"),
+    [
+        (
+            "Replaying the dead-letter queue",
+            ["hubsync dlq list", "hubsync dlq show", "hubsync dlq replay", "hubsync dlq purge"],
+        ),
+        ("Rotating the encryption key", ["hubsync keys rotate", "RotateKeys", "active"]),
+        ("Rotating webhook secrets", ["webhookSecrets", "24 hours"]),
+        ("Re-authorizing a portal", ["hubsync connect", "/oauth/callback"]),
+        ("Scaling", ["KEDA", "never raise", "rateLimitPreset"]),
+        ("Backfills", ["hubsync backfill", "--checkpoint"]),
+        (
+            "Following one change end to end",
+            [
+                "ingress.webhook",
+                "ingress.enqueue",
+                "mapper.inbound",
+                "writer.hubspot_call",
+                "HTTP client spans",
+                "hubsync.portal_id",
+                "hubsync.object_type",
+                "hubsync.object_id",
+                "hubsync.event_id",
+                "Jaeger",
+                "Tempo",
+            ],
+        ),
+    ],
+)
+def test_procedures_are_documented(sections: dict[str, str], section: str, must_mention: list[str]) -> None:
+    assert section in sections
+    body = sections[section]
+    for words in must_mention:
+        assert words in body, f"{section}: mention {words!r}"
