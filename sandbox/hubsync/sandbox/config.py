@@ -220,6 +220,9 @@ class SandboxConfig(_Model):
     ui_source_id: str = "userId:1"
     # HubSpot sends propertyChange events for the properties set at creation (UNSURE): configurable.
     property_change_on_creation: bool = True
+    # Reading or writing a merged-away id reaches the record it was merged into (UNSURE for every
+    # object type; HubSpot documents it for contacts). The primary lists them in hs_merged_object_ids.
+    merged_id_redirect: bool = True
     # batch/create with a unique-value conflict: "reject_batch" answers 409 for the whole batch
     # (what HubSpot is observed to do for contacts); "partial" answers 207 with a CONFLICT error.
     # UNSURE, hence configurable.

@@ -277,10 +277,14 @@ async def batch_read(call: Call) -> tuple[int, Any]:
         key = str(i.get("id", ""))
         if id_prop and id_prop not in ("hs_object_id", "id"):
             obj = store.get(t, key, id_prop)
+        elif archived:
+            obj = objects.get(int(key)) if key.isdigit() else None
+            if obj is not None and not obj.archived:
+                obj = None
         else:
             obj = objects.get(int(key)) if key.isdigit() else None
-            if obj is not None and obj.archived != archived:
-                obj = None
+            if obj is not None and obj.archived:
+                obj = store.get(t, key)  # a merged-away id reads as the record it went into
         if obj is None:
             missing.append(key)
         elif obj.id not in seen:

@@ -45,7 +45,14 @@ QUERY_PROPERTIES: dict[str, tuple[str, ...]] = {
 }
 # Set by the sandbox, never by a client.
 READ_ONLY = frozenset(
-    {"hs_object_id", "createdate", "lastmodifieddate", "hs_lastmodifieddate", "hs_createdate"}
+    {
+        "hs_object_id",
+        "createdate",
+        "lastmodifieddate",
+        "hs_lastmodifieddate",
+        "hs_createdate",
+        "hs_merged_object_ids",
+    }
 )
 
 
@@ -110,6 +117,7 @@ def _base(group: str) -> list[tuple[str, str, str, str, str]]:
         ("createdate", "Create Date", "datetime", "date", group),
         ("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", group),
         ("hubspot_owner_id", "Owner", "enumeration", "select", group),
+        ("hs_merged_object_ids", "Merged record IDs", "enumeration", "checkbox", group),
     ]
 
 
@@ -188,7 +196,7 @@ _ENUM_OPTIONS: dict[str, list[dict[str, Any]]] = {
     "hs_priority": _opts("low", "medium", "high"),
 }
 # Enumerations whose values are not checked against options (owners, multi-value lists).
-_OPEN_ENUMS = frozenset({"hubspot_owner_id", "hs_additional_emails"})
+_OPEN_ENUMS = frozenset({"hubspot_owner_id", "hs_additional_emails", "hs_merged_object_ids"})
 
 
 def default_properties(object_type: str) -> dict[str, PropertyDef]:

@@ -152,6 +152,7 @@ class SandboxState:
                 first_id=cfg.first_object_id,
                 index_lag_ms=cfg.search_index_lag_ms,
                 property_change_on_creation=cfg.property_change_on_creation,
+                merged_id_redirect=cfg.merged_id_redirect,
             )
             for p in cfg.portals
         }

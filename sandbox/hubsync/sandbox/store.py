@@ -161,12 +161,16 @@ class PortalStore:
         first_id: int = 1001,
         index_lag_ms: int = 0,
         property_change_on_creation: bool = True,
+        merged_id_redirect: bool = True,
     ):
         self.hub_id = hub_id
         self.clock = clock
         self.emit = emit
         self.index_lag_ms = index_lag_ms
         self.property_change_on_creation = property_change_on_creation
+        self.merged_id_redirect = merged_id_redirect
+        # object type → merged-away id → id of the record it was merged into
+        self.merged_into: dict[str, dict[int, int]] = {t: {} for t in OBJECT_TYPE_IDS}
         self._next_id = first_id
         self.objects: dict[str, dict[int, CrmObject]] = {t: {} for t in OBJECT_TYPE_IDS}
         self.properties: dict[str, dict[str, PropertyDef]] = {
@@ -272,6 +276,8 @@ class PortalStore:
             except (TypeError, ValueError):
                 return None
         obj = self.objects[object_type].get(oid)
+        if obj is not None and obj.archived and self.merged_id_redirect:
+            obj = self.objects[object_type].get(self.merged_into[object_type].get(oid, -1), obj)
         return obj if obj is not None and not obj.archived else None
 
     def check_id_property(self, object_type: str, id_property: str | None) -> None:
@@ -413,7 +419,8 @@ class PortalStore:
 
     def restore(self, object_type: str, oid: int, source: WriteSource) -> CrmObject:
         obj = self.objects[object_type].get(oid)
-        if obj is None or not obj.archived:
+        if obj is None or not obj.archived or oid in self.merged_into[object_type]:
+            # A record merged into another can't be restored.
             raise ApiError(404, error_body(f"No archived {SINGULAR[object_type]} {oid}", "OBJECT_NOT_FOUND"))
         err = self.unique_conflict(object_type, obj.props, obj.id)
         if err is not None:
@@ -440,6 +447,14 @@ class PortalStore:
             if k not in primary.props and k not in READ_ONLY:
                 primary.props[k] = v
                 moved += 1
+        merged = self.merged_into[object_type]
+        for old_id, into in list(merged.items()):
+            if into == other.id:
+                merged[old_id] = primary.id
+        merged[other.id] = primary.id
+        primary.props["hs_merged_object_ids"] = ";".join(
+            str(i) for i in sorted(i for i, into in merged.items() if into == primary.id)
+        )
         primary.touch(now)
         self._index(object_type, primary, old)
         self._version(primary, now)

@@ -253,3 +253,17 @@ async def test_create_app_works_without_a_server() -> None:
         assert r.status_code == 201
     store = app.state.sandbox.stores[12345]
     assert [o.props["email"] for o in store.objects["contacts"].values()] == ["asgi@x.com"]
+
+
+async def test_merged_away_ids_read_as_the_primary(client: httpx.AsyncClient) -> None:
+    a = (await client.post(CONTACTS, json={"properties": {"email": "pa@x.com"}})).json()["id"]
+    b = (await client.post(CONTACTS, json={"properties": {"email": "pb@x.com"}})).json()["id"]
+    r = await client.post(f"{CONTACTS}/merge", json={"primaryObjectId": a, "objectIdToMerge": b})
+    assert r.json()["properties"]["hs_merged_object_ids"] == b
+    r = await client.get(f"{CONTACTS}/{b}")
+    assert r.status_code == 200 and r.json()["id"] == a
+    r = await client.post(f"{CONTACTS}/batch/read", json={"inputs": [{"id": b}]})
+    assert r.status_code == 200 and [x["id"] for x in r.json()["results"]] == [a]
+    r = await client.patch(f"{CONTACTS}/{b}", json={"properties": {"firstname": "Via old id"}})
+    assert r.json()["id"] == a
+    assert (await client.post(f"/_sandbox/ui/contacts/{b}/restore")).status_code == 404

@@ -405,9 +405,8 @@ def test_merge_and_gdpr_delete_through_the_sdk(api: HubSpot) -> None:
         and merged.properties["lastname"] == "Moved"
         and merged.properties["firstname"] == "Keep"
     )
-    with pytest.raises(ContactsApiException) as exc:
-        api.crm.contacts.basic_api.get_by_id(b.id)
-    assert exc.value.status == 404
+    # The merged-away id now reads as the primary record.
+    assert api.crm.contacts.basic_api.get_by_id(b.id).id == a.id
     api.crm.contacts.basic_api.purge(public_gdpr_delete_input=cm.PublicGdprDeleteInput(object_id=a.id))
     with pytest.raises(ContactsApiException) as exc:
         api.crm.contacts.basic_api.get_by_id(a.id, archived=True)
