@@ -217,3 +217,26 @@ def test_external_redis_with_tls_and_password() -> None:
     for component in ("mapper", "writer"):
         assert rendered.get("HorizontalPodAutoscaler", object_name(component))
     assert not rendered.of_kind("ScaledObject")
+
+
+def test_redis_cluster_with_keda() -> None:
+    from tests.deploy.chart import render_values
+
+    values = load_values(CHART_DIR / "ci" / "external-redis-values.yaml")
+    values["redis"] = {**values["redis"], "url": "rediss://redis-cluster.redis.svc:6379", "cluster": True}
+    values["keda"] = {"enabled": True}
+    for component, suffix in (("mapper", "events"), ("writer", "writes")):
+        stream = {"stream": f"hubsync:{{42}}:{suffix}", "consumerGroup": component, "lagCount": 50}
+        values.setdefault("components", {})[component] = {"autoscaling": {"streams": [stream]}}
+    rendered = render_values(values)
+    assert env_of(rendered, "writer")["HUBSYNC_REDIS_CLUSTER"]["value"] == "true"
+    for component in ("mapper", "writer"):
+        (trigger,) = rendered.get("ScaledObject", object_name(component))["spec"]["triggers"]
+        assert trigger["type"] == "redis-cluster-streams"
+        assert trigger["metadata"]["addresses"] == "redis-cluster.redis.svc:6379"
+        assert trigger["metadata"]["enableTLS"] == "true"
+        assert trigger["metadata"]["lagCount"] == "50"
+        assert "pendingEntriesCount" not in trigger["metadata"]
+        jsonschema.Draft202012Validator(crd_schemas.SCALED_OBJECT).validate(
+            rendered.get("ScaledObject", object_name(component))
+        )

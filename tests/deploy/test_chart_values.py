@@ -112,6 +112,7 @@ REQUIRED: dict[str, tuple[dict[str, Any], str]] = {
     "no-webhook-secrets": ({"ingress": {"webhookSecrets": {"secrets": []}}}, "ingress.webhookSecrets"),
     "production-without-public-url": ({"environment": "production"}, "ingress.publicBaseUrl"),
     "two-redis": ({"redis": {"url": "redis://elsewhere:6379/0"}}, "exclusive"),
+    "keda-on-the-placeholder-stream": ({"keda": {"enabled": True}}, "replace <portal>"),
 }
 
 
