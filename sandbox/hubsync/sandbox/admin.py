@@ -44,6 +44,8 @@ def routes(state: SandboxState) -> list[Route]:
                 return json_response(err.status, err.body, err.headers)
             except ValidationError as exc:
                 return json_response(400, error_body(str(exc), "VALIDATION_ERROR"))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                return json_response(400, error_body(f"{type(exc).__name__}: {exc}", "VALIDATION_ERROR"))
 
         return Route("/_sandbox" + path, endpoint, methods=[method])
 

@@ -158,3 +158,10 @@ async def test_portal_limits_change_at_runtime(client: httpx.AsyncClient) -> Non
     assert (await client.put("/_sandbox/portals/12345", json={"plan": "gold"})).status_code == 400
     await client.post("/_sandbox/reset")
     assert (await client.get("/_sandbox/portals")).json()["results"][0]["burstPer10s"] == 100_000
+
+
+async def test_admin_bad_input_is_400(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/_sandbox/objects/contacts", params={"portal": "x"})).status_code == 400
+    assert (await client.post("/_sandbox/faults", json={"status": 418})).status_code == 400
+    assert (await client.post("/_sandbox/ui/associations", json={})).status_code == 400
+    assert (await client.get("/_sandbox/objects/widgets")).status_code == 400
