@@ -147,8 +147,9 @@ def api_route(
 ) -> Route:
     """A HubSpot API route. ``kind``: "api" (rate limited), "search" (5/s, no headers).
 
-    ``scope`` is e.g. ``"read"``/``"write"``: the token needs ``crm.objects.<type>.<scope>``
-    (or ``crm.schemas.<type>.<scope>`` for kind "schema").
+    ``scope`` is ``"read"``/``"write"`` (the token needs ``crm.objects.<type>.<scope>``) or
+    ``"schema.read"``/``"schema.write"`` (``crm.schemas.<type>.…``; reading also accepts the
+    object read scope).
     """
     endpoint_name = f"{method} {template}"
     log = state.requests
