@@ -156,3 +156,14 @@ class CallerCredentials(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStre
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         return await continuation(self._details(details), request)
+
+
+class CallerStreamCredentials(grpc.aio.UnaryStreamClientInterceptor):
+    """The same for server-streaming calls: grpc.aio files an interceptor under its first
+    matching kind only, so :class:`CallerCredentials` is never asked about streaming calls."""
+
+    def __init__(self, token: str) -> None:
+        self._inner = CallerCredentials(token)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._inner._details(details), request)

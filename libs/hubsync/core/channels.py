@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from hubsync.core.callers import CallerCredentials
+from hubsync.core.callers import CallerCredentials, CallerStreamCredentials
 from hubsync.core.settings import CoreSettings
 
 
@@ -13,7 +13,7 @@ def open_channel(address: str, token: str | None = None) -> grpc.aio.Channel:
     """An insecure loopback/cluster channel to ``address`` carrying ``token`` as credentials."""
     interceptors: list[grpc.aio.ClientInterceptor] = list(aio_client_interceptors())
     if token:
-        interceptors.append(CallerCredentials(token))
+        interceptors += [CallerCredentials(token), CallerStreamCredentials(token)]
     return grpc.aio.insecure_channel(
         address,
         interceptors=interceptors,
