@@ -1,0 +1,4 @@
+from hubsync.core.service import main
+from hubsync.mapper.service import build
+
+main("mapper", build)

@@ -1,0 +1,268 @@
+"""The outbound pipeline: records in the company's shape → HubSpot, through writer.
+
+For each pushed record: transform with the mapping, keep only the fields the company owns
+(``owner: external|both``), compare each property's fingerprint with the last state hubsync saw
+or wrote, and send only what differs. Records with nothing new are answered UNCHANGED without
+any call. Writes are upserts by the mapping's unique id property, submitted in one writer call in
+dependency order (companies, contacts, deals, then associations). A request_id's answer is kept,
+so a retried push does nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import orjson
+from opentelemetry import metrics
+
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.core.errors import InvalidArgument, Unavailable
+from hubsync.core.redis import portal_key
+from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest, fingerprint_key
+from hubsync.mapper.mappings import WRITE_ORDER
+from hubsync.mapper.transforms import MappingSet, TransformError
+
+log = logging.getLogger(__name__)
+_sync = metrics.get_meter("hubsync.mapper").create_counter(
+    "hubsync.sync", description="Records synced, by direction and outcome"
+)
+
+WRITTEN, UNCHANGED, QUEUED, FAILED = "WRITTEN", "UNCHANGED", "QUEUED", "FAILED"
+_MAX_RECORDS = 1000
+
+
+@dataclass
+class PushRecord:
+    object_type: str
+    external_id: str
+    fields: dict[str, Any]
+
+
+@dataclass
+class PushResultData:
+    object_type: str
+    external_id: str
+    outcome: str
+    hubspot_id: str = ""
+    error: str = ""
+
+
+@dataclass
+class _Planned:
+    index: int
+    record: PushRecord
+    changed: dict[str, str]
+    associations: list[tuple[str, str, str, int]] = field(
+        default_factory=list
+    )  # (to type, to id, to prop, type)
+    assoc_digests: dict[str, bytes] = field(default_factory=dict)
+
+
+class RecordPusher:
+    """Runs PushRecords."""
+
+    def __init__(
+        self,
+        redis: Any,
+        writer: writer_pb2_grpc.WriterServiceStub,
+        mappings: Callable[[], MappingSet],
+        *,
+        idempotency_ttl_s: int = 86_400,
+    ):
+        self.redis = redis
+        self.writer = writer
+        self.mappings = mappings
+        self.idempotency_ttl_s = idempotency_ttl_s
+
+    def _validate(
+        self, request_id: str, portal_id: int, records: Sequence[PushRecord], mappings: MappingSet
+    ) -> None:
+        bad: dict[str, str] = {}
+        if not request_id or len(request_id) > 200:
+            bad["request_id"] = "required (1-200 characters): it makes the push idempotent"
+        if portal_id <= 0:
+            bad["portal_id"] = "must be a positive HubSpot portal id"
+        if not records:
+            bad["records"] = "at least one record is required"
+        if len(records) > _MAX_RECORDS:
+            bad["records"] = f"at most {_MAX_RECORDS} records per call"
+        for i, r in enumerate(records):
+            if mappings.get(r.object_type) is None:
+                bad[f"records[{i}].object_type"] = f"no mapping for {r.object_type!r}"
+            if not r.external_id:
+                bad[f"records[{i}].external_id"] = "required: records are upserted by it"
+        if bad:
+            raise InvalidArgument("invalid push", violations=bad)
+
+    async def push(
+        self, request_id: str, portal_id: int, records: Sequence[PushRecord], *, wait: bool
+    ) -> list[PushResultData]:
+        mappings = self.mappings()
+        self._validate(request_id, portal_id, records, mappings)
+        done_key = portal_key(portal_id, "push", hashlib.sha256(request_id.encode()).hexdigest()[:32])
+        cached = await self.redis.get(done_key)
+        if cached:
+            return [PushResultData(**r) for r in orjson.loads(cached)]
+
+        planned: list[_Planned] = []
+        bad: dict[str, str] = {}
+        for i, r in enumerate(records):
+            mapping = mappings.get(r.object_type)
+            assert mapping is not None
+            try:
+                props = mapping.to_hubspot(r.external_id, r.fields, owned_only=True)
+            except TransformError as exc:
+                bad[f"records[{i}].fields.{exc.field}"] = exc.reason
+                continue
+            plan = _Planned(i, r, props)
+            for a in mapping.mapping.associations:
+                value = _get_path(r.fields, a.external)
+                other = mappings.get(a.to)
+                if value in (None, "") or other is None:
+                    continue
+                to_id = str(value)
+                plan.associations.append((a.to, to_id, other.id_property, a.association_type_id))
+                plan.assoc_digests[f"assoc:{a.to}:{a.association_type_id}"] = digest(to_id)
+            planned.append(plan)
+        if bad:
+            raise InvalidArgument("records do not fit their mapping", violations=bad)
+
+        # Keep only what differs from the last state seen or written.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in planned:
+                names = [*p.changed, *p.assoc_digests]
+                pipe.hmget(fingerprint_key(portal_id, p.record.object_type, p.record.external_id), names)
+            known = await pipe.execute()
+        for p, prev in zip(planned, known, strict=True):
+            names = list(p.changed)
+            p.changed = {
+                n: v for n, v, old in zip(names, p.changed.values(), prev, strict=False) if digest(v) != old
+            }
+            olds = prev[len(names) :]
+            keep = []
+            for (key, d), old, assoc in zip(p.assoc_digests.items(), olds, p.associations, strict=True):
+                if d != old:
+                    keep.append(assoc)
+                else:
+                    p.assoc_digests.pop(key, None)
+            p.associations = keep
+
+        results = [PushResultData(r.object_type, r.external_id, UNCHANGED) for r in records]
+        to_send = [p for p in planned if p.changed or p.associations]
+        if to_send:
+            await self._write(request_id, portal_id, to_send, results, wait, mappings)
+        for res in results:
+            _sync.add(
+                1, {"object_type": res.object_type, "direction": "outbound", "outcome": res.outcome.lower()}
+            )
+        await self.redis.set(done_key, orjson.dumps([r.__dict__ for r in results]), ex=self.idempotency_ttl_s)
+        return results
+
+    async def _write(
+        self,
+        request_id: str,
+        portal_id: int,
+        to_send: list[_Planned],
+        results: list[PushResultData],
+        wait: bool,
+        mappings: MappingSet,
+    ) -> None:
+        to_send.sort(key=lambda p: (WRITE_ORDER.get(p.record.object_type, 9), p.index))
+        writes: list[writer_pb2.Write] = []
+        owners: list[tuple[_Planned, str]] = []  # which plan each write belongs to, and what it is
+        for p in to_send:
+            mapping = mappings.get(p.record.object_type)
+            assert mapping is not None
+            if p.changed:
+                props = dict(p.changed)
+                props.pop(mapping.id_property, None)
+                writes.append(
+                    writer_pb2.Write(
+                        record=writer_pb2.RecordWrite(
+                            operation=writer_pb2.WRITE_OPERATION_UPSERT,
+                            object_type=p.record.object_type,
+                            id=p.record.external_id,
+                            id_property=mapping.id_property,
+                            properties=props,
+                        )
+                    )
+                )
+                owners.append((p, "record"))
+        for p in to_send:
+            mapping = mappings.get(p.record.object_type)
+            assert mapping is not None
+            for to_type, to_id, to_prop, type_id in p.associations:
+                writes.append(
+                    writer_pb2.Write(
+                        association=writer_pb2.AssociationWrite(
+                            from_object_type=p.record.object_type,
+                            from_id=p.record.external_id,
+                            from_id_property=mapping.id_property,
+                            to_object_type=to_type,
+                            to_id=to_id,
+                            to_id_property=to_prop,
+                            association_type_id=type_id,
+                        )
+                    )
+                )
+                owners.append((p, "assoc"))
+        try:
+            reply = await self.writer.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(
+                    request_id=f"mapper:{request_id}", portal_id=portal_id, writes=writes, wait=wait
+                ),
+                timeout=120,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"writer refused the writes: {exc.details()}") from None
+            raise Unavailable(f"writer unavailable: {exc.code().name}", retry_after=1.0) from None
+        succeeded: dict[int, bool] = {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (p, what), res in zip(owners, reply.results, strict=False):
+                out = results[p.index]
+                status = res.status
+                ok = status in (writer_pb2.WRITE_STATUS_SUCCEEDED, writer_pb2.WRITE_STATUS_UNCHANGED)
+                if what == "record":
+                    if res.hubspot_id:
+                        out.hubspot_id = res.hubspot_id
+                    if status == writer_pb2.WRITE_STATUS_SUCCEEDED:
+                        out.outcome = WRITTEN
+                    elif status == writer_pb2.WRITE_STATUS_UNCHANGED:
+                        out.outcome = UNCHANGED
+                    elif status in (writer_pb2.WRITE_STATUS_QUEUED, writer_pb2.WRITE_STATUS_SKIPPED_PILOT):
+                        out.outcome = QUEUED
+                    else:
+                        out.outcome = FAILED
+                        out.error = res.error.message or "dead-lettered"
+                    succeeded[p.index] = ok
+                    if ok:
+                        fkey = fingerprint_key(portal_id, p.record.object_type, p.record.external_id)
+                        pipe.hset(fkey, mapping={n: digest(v) for n, v in p.changed.items()})
+                        pipe.expire(fkey, FINGERPRINT_TTL_S)
+                else:
+                    if ok and succeeded.get(p.index, True):
+                        if out.outcome == UNCHANGED and status == writer_pb2.WRITE_STATUS_SUCCEEDED:
+                            out.outcome = WRITTEN
+                        fkey = fingerprint_key(portal_id, p.record.object_type, p.record.external_id)
+                        pipe.hset(fkey, mapping=p.assoc_digests)
+                    elif status == writer_pb2.WRITE_STATUS_QUEUED and out.outcome == UNCHANGED:
+                        out.outcome = QUEUED
+                    elif not ok and status != writer_pb2.WRITE_STATUS_QUEUED:
+                        out.outcome = FAILED
+                        out.error = out.error or res.error.message or "association dead-lettered"
+            await pipe.execute()
+
+
+def _get_path(fields: dict[str, Any], path: str) -> Any:
+    value: Any = fields
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value

@@ -1,0 +1,78 @@
+"""Builds the mapper service: mappings, the gRPC API, the inbound worker, hot reload."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from hubsync.api.writer.v1 import writer_pb2_grpc
+from hubsync.core.channels import channel_for
+from hubsync.core.service import ServiceSpec
+from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.mapper.feed import ChangeFeed
+from hubsync.mapper.inbound import InboundWorker
+from hubsync.mapper.mappings import MappingError
+from hubsync.mapper.outbound import RecordPusher
+from hubsync.mapper.properties import PropertyCatalog
+from hubsync.mapper.registry import MappingRegistry
+from hubsync.mapper.servicer import MapperServicer
+from hubsync.mapper.settings import MapperSettings
+
+SERVICE_NAME = mapper_pb2.DESCRIPTOR.services_by_name["MapperService"].full_name
+DEFAULT_PORT = 50053
+
+
+async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
+    """The mapper's :class:`ServiceSpec` (a ``SpecFactory``)."""
+    settings = load_settings(MapperSettings)
+    channel = channel_for(core, core.writer_address)
+    writer = writer_pb2_grpc.WriterServiceStub(channel)
+    catalog = PropertyCatalog(writer, settings.property_cache_ttl_s)
+    registry = MappingRegistry(
+        settings.mappings_dir,
+        catalog=catalog if settings.validate_properties_on_start else None,
+        check_portals=settings.validate_portal_ids,
+    )
+    try:
+        await registry.load()
+    except MappingError as exc:
+        await channel.close()
+        print("hubsync mapper: invalid mappings (HUBSYNC_MAPPER_MAPPINGS_DIR):", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    feed = ChangeFeed(redis)
+    pusher = RecordPusher(redis, writer, registry.snapshot, idempotency_ttl_s=settings.push_idempotency_ttl_s)
+    servicer = MapperServicer(registry, pusher, feed, catalog)
+    worker = InboundWorker(
+        redis,
+        writer,
+        registry.snapshot,
+        consumer=settings.consumer_name,
+        coalesce_window_ms=settings.coalesce_window_ms,
+        visibility_timeout_ms=settings.visibility_timeout_ms,
+        read_batch_size=settings.read_batch_size,
+        read_block_ms=settings.read_block_ms,
+        hydrate_batch_size=settings.hydrate_batch_size,
+        feed_max_len=settings.feed_max_len,
+    )
+    background: list[Callable[[], Awaitable[Any]]] = []
+    if settings.inbound_enabled:
+        background.append(worker.run)
+    if settings.reload_interval_s > 0:
+        background.append(lambda: registry.watch(settings.reload_interval_s))
+
+    async def close() -> None:
+        await channel.close()
+
+    return ServiceSpec(
+        service_names=[SERVICE_NAME],
+        register=lambda server: mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server),  # type: ignore[arg-type]
+        port=DEFAULT_PORT,
+        background=background,
+        on_stop=[close],
+    )

@@ -1,0 +1,51 @@
+"""The mapper's settings (``HUBSYNC_MAPPER_*``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGED_MAPPINGS = Path(__file__).parent / "mappings"
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class MapperSettings(BaseSettings):
+    """Values only the mapper reads."""
+
+    model_config = SettingsConfigDict(env_prefix="HUBSYNC_MAPPER_", extra="ignore")
+
+    # Directory of mapping YAML files; the packaged default mappings when unset.
+    mappings_dir: Path = PACKAGED_MAPPINGS
+    # This replica's consumer name in the `mapper` group of the event streams.
+    consumer_name: str = Field(default_factory=_default_consumer, min_length=1)
+    # Events of one record arriving within this window become one change.
+    coalesce_window_ms: int = Field(default=50, ge=0, le=60_000)
+    # Event-stream entries unacked this long by a (dead) replica are claimed by another.
+    visibility_timeout_ms: int = Field(default=30_000, ge=100)
+    # Most event-stream entries read per XREADGROUP call.
+    read_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # How long one XREADGROUP blocks waiting for events.
+    read_block_ms: int = Field(default=200, ge=1, le=60_000)
+    # Ids per writer ReadRecords call (writer sends HubSpot at most 100 per batch/read).
+    hydrate_batch_size: int = Field(default=100, ge=1, le=100)
+    # How long discovered HubSpot property definitions are trusted.
+    property_cache_ttl_s: float = Field(default=300.0, ge=0)
+    # How often the mappings directory is checked for changes (0 disables hot reload).
+    reload_interval_s: float = Field(default=2.0, ge=0)
+    # How long PushRecords remembers a request_id's answer.
+    push_idempotency_ttl_s: int = Field(default=86_400, ge=1)
+    # Approximate most entries kept per change-feed stream.
+    feed_max_len: int = Field(default=1_000_000, ge=1000)
+    # Check mapping targets against HubSpot's properties (through writer) at start-up.
+    validate_properties_on_start: bool = False
+    # Portals whose properties are checked at start-up and reload.
+    validate_portal_ids: list[int] = Field(default_factory=list)
+    # Run the inbound worker (event streams → change feed) in this process.
+    inbound_enabled: bool = True
