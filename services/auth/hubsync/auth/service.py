@@ -1,0 +1,110 @@
+"""Wires the auth service: settings, key ring, HubSpot OAuth client, vault, servicer, policy."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from redis.asyncio import Redis
+
+from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hubsync.auth.keyring import KeyRing, KeyRingError
+from hubsync.auth.oauth_client import HubSpotOAuthClient
+from hubsync.auth.servicer import AuthServicer
+from hubsync.auth.settings import AuthSettings
+from hubsync.auth.store import ConnectionStore
+from hubsync.auth.vault import TokenVault
+from hubsync.core.service import ServiceSpec
+from hubsync.core.settings import CoreSettings, Environment, load_settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+DEFAULT_PORT = 50051
+
+
+def _method(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+def _exit(variable: str, message: str) -> SystemExit:
+    print(f"hubsync: invalid configuration for AuthSettings:\n  {variable}: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def load_keyring(settings: AuthSettings, environment: Environment) -> KeyRing:
+    """The configured key ring; in development a generated one (with a loud warning)."""
+    if settings.keyring_file is not None:
+        try:
+            raw = settings.keyring_file.read_text()
+        except OSError as exc:
+            raise _exit("HUBSYNC_AUTH_KEYRING_FILE", f"cannot be read ({exc.strerror})") from None
+        variable = "HUBSYNC_AUTH_KEYRING_FILE"
+    elif settings.keyring is not None:
+        raw = settings.keyring.get_secret_value()
+        variable = "HUBSYNC_AUTH_KEYRING"
+    else:
+        if environment == Environment.PRODUCTION:
+            raise _exit("HUBSYNC_AUTH_KEYRING_FILE", "a key ring is required in production")
+        log.warning(
+            "NO KEY RING CONFIGURED (HUBSYNC_AUTH_KEYRING_FILE / HUBSYNC_AUTH_KEYRING): generated a "
+            "throw-away key; stored tokens will NOT be readable after a restart or by other replicas"
+        )
+        return KeyRing.generate()
+    try:
+        return KeyRing.from_json(raw)
+    except KeyRingError as exc:
+        raise _exit(variable, str(exc)) from None
+
+
+def check_settings(settings: AuthSettings, environment: Environment) -> None:
+    if environment == Environment.PRODUCTION:
+        if settings.redirect_uri and not settings.redirect_uri.startswith("https://"):
+            raise _exit("HUBSYNC_AUTH_REDIRECT_URI", "must be an https URL in production")
+        if not settings.authorize_url.startswith("https://"):
+            raise _exit("HUBSYNC_AUTH_AUTHORIZE_URL", "must be an https URL in production")
+
+
+async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
+    """The auth service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
+    settings = load_settings(AuthSettings)
+    check_settings(settings, core.environment)
+    keyring = load_keyring(settings, core.environment)
+    oauth = HubSpotOAuthClient(
+        core.hubspot_api_base,
+        settings.client_id,
+        settings.client_secret.get_secret_value() if settings.client_secret else "",
+        token_path=settings.token_path,
+        revoke_path=settings.revoke_path,
+        introspect_path=settings.introspect_path,
+        timeout_s=settings.http_timeout_s,
+        attempts=settings.refresh_attempts,
+        backoff_s=settings.refresh_backoff_s,
+    )
+    vault = TokenVault(
+        ConnectionStore(redis),
+        keyring,
+        oauth,
+        settings,
+        development=core.environment == Environment.DEVELOPMENT,
+    )
+    servicer = AuthServicer(vault)
+    readers = settings.token_readers
+    admins = settings.admin_callers
+    policy = {
+        _method("GetAccessToken"): readers,
+        _method("InvalidateAccessToken"): readers,
+        _method("CreatePrivateAppConnection"): admins,
+        _method("RevokeConnection"): admins,
+        _method("RotateKeys"): admins,
+        _method("BeginAuthorization"): settings.oauth_callers,
+        _method("CompleteAuthorization"): settings.oauth_callers,
+    }
+    return ServiceSpec(
+        service_names=[SERVICE],
+        register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server),
+        port=DEFAULT_PORT,
+        policy=policy,
+        background=[vault.run_refresher],
+        on_stop=[oauth.aclose],
+    )

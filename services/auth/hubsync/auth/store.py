@@ -1,0 +1,167 @@
+"""Connections in Redis: one hash per portal, written only by compare-and-swap on its version.
+
+Keys (``{portal}`` hash tag so a portal's record and lock share a cluster slot):
+
+- ``hubsync:{<portal>}:auth:connection`` — hash: ``v`` (version, bumped by every write), ``g``
+  (refresh generation, bumped by every new access token: the fencing token of a refresh),
+  descriptive fields, and ``sealed`` (the AES-GCM sealed secrets; never plaintext).
+- ``hubsync:{<portal>}:auth:refresh-lock`` — the cross-replica refresh lock (random owner value).
+- ``hubsync:auth:connections`` — sorted set of portal ids (score = id) for listing and rotation.
+- ``hubsync:auth:oauth-state:<sha256 of state>`` — a pending authorization (JSON, with a TTL).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from redis.asyncio import Redis
+
+from hubsync.core.redis import portal_key
+
+INDEX_KEY = "hubsync:auth:connections"
+STATE_PREFIX = "hubsync:auth:oauth-state:"
+
+KIND_OAUTH = "oauth"
+KIND_PRIVATE_APP = "private_app"
+STATE_ACTIVE = "active"
+STATE_NEEDS_REAUTH = "needs_reauth"
+STATE_REVOKED = "revoked"
+
+_CAS = """
+local cur = redis.call('HGET', KEYS[1], 'v')
+if (cur or '') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A stored connection. ``sealed`` holds the secrets; everything else is descriptive."""
+
+    portal_id: int
+    tenant: str
+    kind: str
+    state: str
+    scopes: list[str] = field(default_factory=list)
+    expires_ms: int = 0  # 0: never (private-app tokens)
+    created_ms: int = 0
+    updated_ms: int = 0
+    hub_domain: str = ""
+    key_id: str = ""
+    version: int = 0
+    generation: int = 0
+    sealed: bytes = b""
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": self.version,
+            "g": self.generation,
+            "portal": self.portal_id,
+            "tenant": self.tenant,
+            "kind": self.kind,
+            "state": self.state,
+            "scopes": json.dumps(self.scopes),
+            "expires_ms": self.expires_ms,
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+            "hub_domain": self.hub_domain,
+            "key_id": self.key_id,
+        }
+        if self.sealed:
+            out["sealed"] = self.sealed
+        return out
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> Connection:
+        def s(name: str) -> str:
+            return raw.get(name.encode(), b"").decode()
+
+        def n(name: str) -> int:
+            return int(raw.get(name.encode(), b"0") or b"0")
+
+        return cls(
+            portal_id=n("portal"),
+            tenant=s("tenant"),
+            kind=s("kind"),
+            state=s("state"),
+            scopes=json.loads(s("scopes") or "[]"),
+            expires_ms=n("expires_ms"),
+            created_ms=n("created_ms"),
+            updated_ms=n("updated_ms"),
+            hub_domain=s("hub_domain"),
+            key_id=s("key_id"),
+            version=n("v"),
+            generation=n("g"),
+            sealed=raw.get(b"sealed", b""),
+        )
+
+    def evolve(self, **changes: Any) -> Connection:
+        return replace(self, **changes)
+
+
+def connection_key(portal_id: int) -> str:
+    return portal_key(portal_id, "auth", "connection")
+
+
+def lock_key(portal_id: int) -> str:
+    return portal_key(portal_id, "auth", "refresh-lock")
+
+
+class ConnectionStore:
+    """Reads and compare-and-swaps connection records; the pending-state and lock primitives."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._cas = redis.register_script(_CAS)
+        self._release = redis.register_script(_RELEASE)
+
+    async def get(self, portal_id: int) -> Connection | None:
+        raw: dict[bytes, bytes] = await self.redis.hgetall(connection_key(portal_id))  # type: ignore[misc,assignment]
+        return Connection.from_fields(raw) if raw else None
+
+    async def swap(self, new: Connection, expected_version: int | None) -> bool:
+        """Writes ``new`` (its version must be ``expected_version + 1``) if the stored version is
+        still ``expected_version`` (None: no record yet). Returns whether it was written."""
+        args: list[Any] = ["" if expected_version is None else str(expected_version)]
+        for k, v in new.fields().items():
+            args += [k, v]
+        written = bool(await self._cas(keys=[connection_key(new.portal_id)], args=args))
+        if written and expected_version is None:
+            await self.redis.zadd(INDEX_KEY, {str(new.portal_id): new.portal_id})
+        return written
+
+    async def portal_ids(self, after: int = -1, limit: int = 100) -> list[int]:
+        """Portal ids greater than ``after``, ascending."""
+        raw: list[bytes] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+            INDEX_KEY, f"({after}", "+inf", start=0, num=limit
+        )
+        return [int(x) for x in raw]
+
+    async def put_state(self, digest: str, payload: dict[str, Any], ttl_s: int) -> None:
+        await self.redis.set(STATE_PREFIX + digest, json.dumps(payload), ex=ttl_s, nx=True)
+
+    async def take_state(self, digest: str) -> dict[str, Any] | None:
+        """Returns and deletes a pending state in one step, so it is single use."""
+        raw = await self.redis.getdel(STATE_PREFIX + digest)
+        return json.loads(raw) if raw else None
+
+    async def try_lock(self, portal_id: int, ttl_s: float) -> str | None:
+        owner = secrets.token_hex(16)
+        got = await self.redis.set(lock_key(portal_id), owner, nx=True, px=int(ttl_s * 1000))
+        return owner if got else None
+
+    async def unlock(self, portal_id: int, owner: str) -> None:
+        await self._release(keys=[lock_key(portal_id)], args=[owner])
+
+    async def lock_held(self, portal_id: int) -> bool:
+        return bool(await self.redis.exists(lock_key(portal_id)))

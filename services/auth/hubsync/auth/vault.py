@@ -1,0 +1,623 @@
+"""The token vault: connections, the OAuth flow, single-flight refresh, revocation, rotation.
+
+Domain code: it raises :mod:`hubsync.core.errors` types and knows nothing of gRPC. Secrets are
+opened from their sealed form only for the moment they are needed and never logged.
+
+Refresh without races: within a process, concurrent callers share one refresh task; across
+replicas, the task first takes a Redis lock (``SET NX PX`` with a random owner). Whoever holds it
+re-reads the record and refreshes only if the refresh generation ``g`` is still the one its caller
+saw; the write is a compare-and-swap on the record's version and is dropped if ``g`` moved (a
+holder whose lock expired is fenced off). Callers that find the lock taken poll the record until
+``g`` moves or the lock is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from opentelemetry import metrics
+
+from hubsync.auth.keyring import KeyRing, SealError
+from hubsync.auth.oauth_client import (
+    HubSpotOAuthClient,
+    InvalidGrant,
+    OAuthError,
+    OAuthRejected,
+    OAuthUnavailable,
+    TokenGrant,
+)
+from hubsync.auth.settings import AuthSettings
+from hubsync.auth.store import (
+    KIND_OAUTH,
+    KIND_PRIVATE_APP,
+    STATE_ACTIVE,
+    STATE_NEEDS_REAUTH,
+    STATE_REVOKED,
+    Connection,
+    ConnectionStore,
+)
+from hubsync.core.callers import current_caller
+from hubsync.core.errors import (
+    FailedPrecondition,
+    HubsyncError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from hubsync.core.redis import portal_key
+from hubsync.core.telemetry import trace_id_hex
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("hubsync.auth.audit")
+
+REAUTH_REASON = "CONNECTION_NEEDS_REAUTH"
+MAX_TOKEN_LENGTH = 1024
+_meter = metrics.get_meter("hubsync.auth")
+_refresh_counter = _meter.create_counter(
+    "hubsync.token.refresh", description="Token refreshes at HubSpot by outcome"
+)
+# Set by the background refresher's pass over every connection (the latest vault in the process).
+_needing_reauth = [0]
+_meter.create_observable_gauge(
+    "hubsync.connections.needing_reauth",
+    callbacks=[lambda _opts: [metrics.Observation(_needing_reauth[0])]],
+    description="Connections a person must authorize again",
+)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """An access token handed to a caller (``expires_ms`` 0: never expires)."""
+
+    access_token: str
+    expires_ms: int
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    authorize_url: str
+    state: str
+    expires_ms: int
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TokenVault:
+    """Holds every portal's credentials, sealed under the key ring, in Redis."""
+
+    def __init__(
+        self,
+        store: ConnectionStore,
+        keyring: KeyRing,
+        oauth: HubSpotOAuthClient,
+        settings: AuthSettings,
+        *,
+        development: bool = True,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.oauth = oauth
+        self.settings = settings
+        self.development = development
+        self.now_ms = clock
+        self._flights: dict[int, asyncio.Task[tuple[Connection, bool]]] = {}
+        self.needing_reauth = 0
+
+    # ---- secrets ----------------------------------------------------------------------------------
+
+    def _seal(self, portal_id: int, access: str, refresh: str | None) -> bytes:
+        payload = json.dumps({"a": access, "r": refresh}).encode()
+        return self.keyring.seal(portal_id, payload)
+
+    def _open(self, conn: Connection) -> tuple[str, str | None]:
+        if not conn.sealed:
+            raise FailedPrecondition(f"portal {conn.portal_id} holds no credentials", reason=REAUTH_REASON)
+        try:
+            data = json.loads(self.keyring.open(conn.portal_id, conn.sealed))
+        except SealError as exc:
+            log.error("connection does not open", extra={"portal_id": conn.portal_id, "error": str(exc)})
+            raise HubsyncError(f"stored credentials of portal {conn.portal_id} cannot be read") from None
+        return str(data["a"]), data.get("r")
+
+    # ---- connections ------------------------------------------------------------------------------
+
+    async def get_connection(self, portal_id: int) -> Connection:
+        _check_portal(portal_id)
+        conn = await self.store.get(portal_id)
+        if conn is None:
+            raise NotFound(f"no connection for portal {portal_id}", reason="CONNECTION_NOT_FOUND")
+        return conn
+
+    async def list_connections(self, page_size: int, page_token: str) -> tuple[list[Connection], str]:
+        if page_size < 0:
+            raise InvalidArgument("page_size must not be negative", {"page_size": "must be >= 0"})
+        size = min(page_size or 100, 1000)
+        after = -1
+        if page_token:
+            try:
+                after = int(page_token)
+            except ValueError:
+                raise InvalidArgument(
+                    "page_token is not valid", {"page_token": "not a token we issued"}
+                ) from None
+        ids = await self.store.portal_ids(after, size + 1)
+        out = [c for c in [await self.store.get(p) for p in ids[:size]] if c is not None]
+        return out, (str(ids[size - 1]) if len(ids) > size else "")
+
+    async def create_private_app(
+        self, portal_id: int, tenant: str, access_token: str, scopes: list[str]
+    ) -> Connection:
+        violations: dict[str, str] = {}
+        if portal_id <= 0:
+            violations["portal_id"] = "must be a positive HubSpot account id"
+        if not tenant or len(tenant) > 128:
+            violations["tenant"] = "required, at most 128 characters"
+        if not access_token or len(access_token) > MAX_TOKEN_LENGTH or any(c.isspace() for c in access_token):
+            violations["access_token"] = f"required, no whitespace, at most {MAX_TOKEN_LENGTH} characters"
+        if violations:
+            raise InvalidArgument("invalid private-app connection", violations)
+        sealed = self._seal(portal_id, access_token, None)
+        conn = await self._replace(
+            portal_id,
+            lambda cur, now: Connection(
+                portal_id=portal_id,
+                tenant=tenant,
+                kind=KIND_PRIVATE_APP,
+                state=STATE_ACTIVE,
+                scopes=list(scopes),
+                created_ms=now,
+                updated_ms=now,
+                key_id=self.keyring.active,
+                generation=(cur.generation + 1) if cur else 1,
+                sealed=sealed,
+            ),
+        )
+        self._audit("issued", portal_id, kind=KIND_PRIVATE_APP, tenant=tenant)
+        return conn
+
+    async def _replace(
+        self, portal_id: int, make: Callable[[Connection | None, int], Connection]
+    ) -> Connection:
+        """Writes ``make(current, now)`` with a compare-and-swap, retrying on concurrent writes."""
+        for _ in range(20):
+            cur = await self.store.get(portal_id)
+            new = make(cur, self.now_ms())
+            new = new.evolve(version=(cur.version + 1) if cur else 1)
+            if await self.store.swap(new, cur.version if cur else None):
+                return new
+        raise Unavailable(f"portal {portal_id}'s connection is changing too fast; retry", retry_after=0.1)
+
+    async def _update(self, conn: Connection, **changes: Any) -> Connection | None:
+        """Applies ``changes`` if the refresh generation is still ``conn``'s (None: fenced off)."""
+        for _ in range(20):
+            cur = await self.store.get(conn.portal_id)
+            if cur is None or cur.generation != conn.generation:
+                return None
+            new = cur.evolve(version=cur.version + 1, updated_ms=self.now_ms(), **changes)
+            if await self.store.swap(new, cur.version):
+                return new
+        raise Unavailable(
+            f"portal {conn.portal_id}'s connection is changing too fast; retry", retry_after=0.1
+        )
+
+    # ---- OAuth authorization-code flow ------------------------------------------------------------
+
+    async def begin_authorization(
+        self, tenant: str, scopes: list[str], optional_scopes: list[str], redirect_uri: str
+    ) -> PendingAuthorization:
+        self._require_oauth()
+        redirect = redirect_uri or self.settings.redirect_uri
+        violations: dict[str, str] = {}
+        if not tenant or len(tenant) > 128:
+            violations["tenant"] = "required, at most 128 characters"
+        if not redirect:
+            violations["redirect_uri"] = "required (none configured in HUBSYNC_AUTH_REDIRECT_URI)"
+        elif not redirect.startswith("https://") and not (
+            self.development and redirect.startswith("http://")
+        ):
+            violations["redirect_uri"] = "must be an https URL outside development"
+        wanted = list(scopes) or self.settings.scope_list
+        for name, values in (("scopes", wanted), ("optional_scopes", optional_scopes)):
+            if any(not s or any(c.isspace() for c in s) for s in values):
+                violations[name] = "scopes must be non-empty and contain no whitespace"
+        if violations:
+            raise InvalidArgument("invalid authorization request", violations)
+        state = secrets.token_urlsafe(32)
+        expires_ms = self.now_ms() + self.settings.state_ttl_s * 1000
+        await self.store.put_state(
+            _digest(state),
+            {"tenant": tenant, "redirect_uri": redirect, "scopes": wanted, "expires_ms": expires_ms},
+            self.settings.state_ttl_s,
+        )
+        query = {"client_id": self.settings.client_id, "redirect_uri": redirect, "scope": " ".join(wanted)}
+        if optional_scopes:
+            query["optional_scope"] = " ".join(optional_scopes)
+        query["state"] = state
+        url = f"{self.settings.authorize_url}?{urlencode(query)}"
+        self._audit("authorization_begun", 0, tenant=tenant)
+        return PendingAuthorization(url, state, expires_ms)
+
+    async def complete_authorization(self, code: str, state: str) -> Connection:
+        self._require_oauth()
+        violations = {}
+        if not code or len(code) > MAX_TOKEN_LENGTH:
+            violations["code"] = "required"
+        if not state or len(state) > 256:
+            violations["state"] = "required"
+        if violations:
+            raise InvalidArgument("invalid authorization callback", violations)
+        pending = await self.store.take_state(_digest(state))
+        if pending is None or int(pending.get("expires_ms", 0)) < self.now_ms():
+            self._audit("authorization_refused", 0, why="unknown, expired or reused state")
+            raise InvalidArgument(
+                "state is unknown, expired or already used",
+                {"state": "unknown, expired or already used: begin the authorization again"},
+                reason="OAUTH_STATE_INVALID",
+            )
+        tenant = str(pending["tenant"])
+        started = self.now_ms()
+        try:
+            grant = await self.oauth.exchange_code(code, str(pending["redirect_uri"]))
+        except InvalidGrant:
+            self._audit("authorization_refused", 0, tenant=tenant, why="code refused by HubSpot")
+            raise InvalidArgument(
+                "HubSpot refused the authorization code",
+                {"code": "unknown, used or expired"},
+                reason="OAUTH_CODE_INVALID",
+            ) from None
+        except OAuthError as exc:
+            raise _oauth_failure(exc) from None
+        hub_id = grant.hub_id or await self._hub_id_from_metadata(grant)
+        existing = await self.store.get(hub_id)
+        if existing is not None and existing.state == STATE_ACTIVE and existing.tenant != tenant:
+            self._audit("authorization_refused", hub_id, tenant=tenant, why="portal owned by another tenant")
+            raise FailedPrecondition(
+                f"portal {hub_id} is connected by another tenant; revoke that connection first",
+                reason="PORTAL_CONNECTED_BY_ANOTHER_TENANT",
+            )
+        sealed = self._seal(hub_id, grant.access_token, grant.refresh_token)
+        conn = await self._replace(
+            hub_id,
+            lambda cur, now: Connection(
+                portal_id=hub_id,
+                tenant=tenant,
+                kind=KIND_OAUTH,
+                state=STATE_ACTIVE,
+                scopes=grant.scopes or list(pending.get("scopes", [])),
+                expires_ms=started + grant.expires_in * 1000,
+                created_ms=now,
+                updated_ms=now,
+                hub_domain=grant.hub_domain,
+                key_id=self.keyring.active,
+                generation=(cur.generation + 1) if cur else 1,
+                sealed=sealed,
+            ),
+        )
+        self._audit("issued", hub_id, kind=KIND_OAUTH, tenant=tenant)
+        return conn
+
+    async def _hub_id_from_metadata(self, grant: TokenGrant) -> int:
+        try:
+            info = await self.oauth.introspect(grant.access_token)
+        except OAuthError as exc:
+            raise _oauth_failure(exc) from None
+        hub_id = info.get("hub_id")
+        if not hub_id:
+            raise Unavailable("HubSpot did not say which portal the token belongs to", retry_after=1.0)
+        return int(hub_id)
+
+    def _require_oauth(self) -> None:
+        if not self.oauth.configured:
+            raise FailedPrecondition(
+                "OAuth is not configured (HUBSYNC_AUTH_CLIENT_ID / HUBSYNC_AUTH_CLIENT_SECRET)",
+                reason="OAUTH_NOT_CONFIGURED",
+            )
+
+    # ---- access tokens ----------------------------------------------------------------------------
+
+    async def get_access_token(self, portal_id: int, min_ttl_s: float | None = None) -> IssuedToken:
+        conn = await self._usable(portal_id)
+        if conn.kind == KIND_PRIVATE_APP:
+            return IssuedToken(self._open(conn)[0], 0)
+        margin = self.settings.refresh_margin_s if min_ttl_s is None else min_ttl_s
+        now = self.now_ms()
+        if conn.expires_ms - now > margin * 1000:
+            return IssuedToken(self._open(conn)[0], conn.expires_ms)
+        try:
+            fresh, _ = await self._refresh_shared(conn)
+        except Unavailable:
+            # HubSpot is down but the current token still works: better than no token.
+            if conn.expires_ms - self.now_ms() > 5_000:
+                log.warning("refresh failed, handing out the current token", extra={"portal_id": portal_id})
+                return IssuedToken(self._open(conn)[0], conn.expires_ms)
+            raise
+        return self._issue(fresh)
+
+    async def invalidate_access_token(self, portal_id: int, access_token: str) -> tuple[IssuedToken, bool]:
+        if not access_token:
+            raise InvalidArgument("access_token is required", {"access_token": "required"})
+        conn = await self._usable(portal_id)
+        current = self._open(conn)[0]
+        if not hmac.compare_digest(current.encode(), access_token.encode()):
+            # Someone refreshed already (or the caller holds an old token): hand out the current one.
+            return IssuedToken(current, conn.expires_ms), False
+        if conn.kind == KIND_PRIVATE_APP:
+            await self._mark_needs_reauth(conn, "private-app token rejected by HubSpot")
+            raise FailedPrecondition(
+                f"HubSpot rejects portal {portal_id}'s private-app token; store a new one",
+                reason=REAUTH_REASON,
+            )
+        fresh, refreshed = await self._refresh_shared(conn)
+        return self._issue(fresh), refreshed
+
+    def _issue(self, conn: Connection) -> IssuedToken:
+        self._check_state(conn)
+        if conn.expires_ms <= self.now_ms():
+            raise Unavailable(f"no valid access token for portal {conn.portal_id} yet", retry_after=1.0)
+        return IssuedToken(self._open(conn)[0], conn.expires_ms)
+
+    async def _usable(self, portal_id: int) -> Connection:
+        conn = await self.get_connection(portal_id)
+        self._check_state(conn)
+        return conn
+
+    @staticmethod
+    def _check_state(conn: Connection) -> None:
+        if conn.state == STATE_NEEDS_REAUTH:
+            raise FailedPrecondition(
+                f"portal {conn.portal_id} must be authorized again",
+                reason=REAUTH_REASON,
+                metadata={"portal_id": str(conn.portal_id)},
+            )
+        if conn.state == STATE_REVOKED:
+            raise FailedPrecondition(
+                f"portal {conn.portal_id}'s connection was revoked",
+                reason="CONNECTION_REVOKED",
+                metadata={"portal_id": str(conn.portal_id)},
+            )
+
+    async def _refresh_shared(self, seen: Connection) -> tuple[Connection, bool]:
+        """One refresh per portal per process; returns (connection, whether *this* call refreshed)."""
+        portal = seen.portal_id
+        task = self._flights.get(portal)
+        leader = task is None
+        if task is None:
+            task = asyncio.create_task(self._refresh_across_replicas(seen), name=f"refresh-{portal}")
+            self._flights[portal] = task
+            task.add_done_callback(self._flight_done(portal))
+        conn, refreshed = await asyncio.shield(task)
+        return conn, refreshed and leader
+
+    def _flight_done(self, portal: int) -> Callable[[asyncio.Task[Any]], None]:
+        def done(task: asyncio.Task[Any]) -> None:
+            if self._flights.get(portal) is task:
+                del self._flights[portal]
+            if not task.cancelled():
+                task.exception()  # retrieved: every waiter may have gone away
+
+        return done
+
+    async def _refresh_across_replicas(self, seen: Connection) -> tuple[Connection, bool]:
+        portal = seen.portal_id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.refresh_lock_ttl_s + 5
+        while True:
+            owner = await self.store.try_lock(portal, self.settings.refresh_lock_ttl_s)
+            if owner is not None:
+                try:
+                    cur = await self.get_connection(portal)
+                    if cur.generation != seen.generation or cur.state != STATE_ACTIVE:
+                        return cur, False  # another replica refreshed (or gave up) meanwhile
+                    return await self._refresh_now(cur), True
+                finally:
+                    await self.store.unlock(portal, owner)
+            # Another replica holds the lock: wait for its result.
+            while await self.store.lock_held(portal):
+                await asyncio.sleep(0.02)
+                cur = await self.get_connection(portal)
+                if cur.generation != seen.generation or cur.state != STATE_ACTIVE:
+                    return cur, False
+                if loop.time() > deadline:
+                    raise Unavailable(f"refresh of portal {portal} takes too long", retry_after=1.0)
+            cur = await self.get_connection(portal)
+            if cur.generation != seen.generation or cur.state != STATE_ACTIVE:
+                return cur, False
+            failed = await self.store.redis.get(_failed_key(portal))
+            if failed is not None and int(failed) == seen.generation:
+                raise Unavailable(f"HubSpot's token endpoint is failing for portal {portal}", retry_after=2.0)
+            # The holder released (or its lock expired) without a new token: try ourselves.
+
+    async def _refresh_now(self, conn: Connection) -> Connection:
+        """Refreshes at HubSpot and stores the result; the caller holds the portal's lock."""
+        _, refresh_token = self._open(conn)
+        if not refresh_token:
+            return await self._needs_reauth_result(conn, "no refresh token stored")
+        started = self.now_ms()
+        try:
+            grant = await self.oauth.refresh(refresh_token)
+        except InvalidGrant:
+            return await self._needs_reauth_result(conn, "refresh token refused (invalid_grant)")
+        except OAuthUnavailable as exc:
+            self._count(conn.portal_id, "transient_failure")
+            self._audit("refresh_failed", conn.portal_id, why=str(exc))
+            await self.store.redis.set(_failed_key(conn.portal_id), conn.generation, px=2_000)
+            raise Unavailable(str(exc), retry_after=exc.retry_after or 1.0) from None
+        except OAuthRejected as exc:
+            self._count(conn.portal_id, "rejected")
+            self._audit("refresh_failed", conn.portal_id, why=str(exc))
+            raise _oauth_failure(exc) from None
+        # A response without a new refresh token keeps the old one.
+        sealed = self._seal(conn.portal_id, grant.access_token, grant.refresh_token or refresh_token)
+        new = await self._update(
+            conn,
+            generation=conn.generation + 1,
+            expires_ms=started + grant.expires_in * 1000,
+            sealed=sealed,
+            key_id=self.keyring.active,
+            scopes=grant.scopes or conn.scopes,
+        )
+        if new is None:
+            # Fenced off: another holder stored a newer token while our lock had expired.
+            self._count(conn.portal_id, "superseded")
+            return await self.get_connection(conn.portal_id)
+        self._count(conn.portal_id, "success")
+        self._audit("refreshed", conn.portal_id, expires_ms=new.expires_ms)
+        return new
+
+    async def _needs_reauth_result(self, conn: Connection, why: str) -> Connection:
+        self._count(conn.portal_id, "invalid_grant")
+        return await self._mark_needs_reauth(conn, why)
+
+    async def _mark_needs_reauth(self, conn: Connection, why: str) -> Connection:
+        new = await self._update(conn, state=STATE_NEEDS_REAUTH, sealed=b"", key_id="", expires_ms=0)
+        self._audit("needs_reauth", conn.portal_id, why=why)
+        return new if new is not None else await self.get_connection(conn.portal_id)
+
+    # ---- revocation and rotation ------------------------------------------------------------------
+
+    async def revoke(self, portal_id: int) -> Connection:
+        conn = await self.get_connection(portal_id)
+        if conn.kind == KIND_OAUTH and conn.sealed:
+            _, refresh_token = self._open(conn)
+            if refresh_token:
+                try:
+                    await self.oauth.revoke(refresh_token)
+                except OAuthError as exc:
+                    raise _oauth_failure(exc) from None
+        new = await self._replace(
+            portal_id,
+            lambda cur, now: (cur or conn).evolve(
+                state=STATE_REVOKED,
+                sealed=b"",
+                key_id="",
+                expires_ms=0,
+                updated_ms=now,
+                generation=((cur or conn).generation + 1),
+            ),
+        )
+        self._audit("revoked", portal_id, kind=conn.kind)
+        return new
+
+    async def rotate_keys(self) -> tuple[str, int]:
+        """Re-seals every connection not under the active key; readers never see a gap."""
+        count = 0
+        after = -1
+        while True:
+            ids = await self.store.portal_ids(after, 200)
+            for portal in ids:
+                for _ in range(20):
+                    cur = await self.store.get(portal)
+                    if cur is None or not cur.sealed or cur.key_id == self.keyring.active:
+                        break
+                    access, refresh = self._open(cur)
+                    new = cur.evolve(
+                        version=cur.version + 1,
+                        sealed=self._seal(portal, access, refresh),
+                        key_id=self.keyring.active,
+                        updated_ms=self.now_ms(),
+                    )
+                    if await self.store.swap(new, cur.version):
+                        count += 1
+                        break
+            if len(ids) < 200:
+                break
+            after = ids[-1]
+        self._audit("rotated", 0, active_key_id=self.keyring.active, reencrypted=count)
+        return self.keyring.active, count
+
+    # ---- background refresher ---------------------------------------------------------------------
+
+    async def refresh_due(self) -> int:
+        """Refreshes OAuth connections that would fall inside the margin before the next pass."""
+        window_ms = (self.settings.refresh_margin_s + self.settings.refresher_interval_s) * 1000
+        refreshed = 0
+        needing = 0
+        after = -1
+        while True:
+            ids = await self.store.portal_ids(after, 200)
+            for portal in ids:
+                conn = await self.store.get(portal)
+                if conn is None:
+                    continue
+                if conn.state == STATE_NEEDS_REAUTH:
+                    needing += 1
+                if conn.kind != KIND_OAUTH or conn.state != STATE_ACTIVE:
+                    continue
+                if conn.expires_ms - self.now_ms() < window_ms:
+                    try:
+                        fresh, _ = await self._refresh_shared(conn)
+                        refreshed += fresh.generation != conn.generation
+                        needing += fresh.state == STATE_NEEDS_REAUTH
+                    except HubsyncError as exc:
+                        log.warning(
+                            "background refresh failed", extra={"portal_id": portal, "error": exc.message}
+                        )
+            if len(ids) < 200:
+                break
+            after = ids[-1]
+        self.needing_reauth = _needing_reauth[0] = needing
+        return refreshed
+
+    async def run_refresher(self) -> None:
+        interval = self.settings.refresher_interval_s
+        if interval <= 0:
+            return
+        while True:
+            try:
+                await self.refresh_due()
+            except Exception:
+                log.exception("background refresher pass failed")
+            await asyncio.sleep(interval)
+
+    # ---- audit and metrics ------------------------------------------------------------------------
+
+    def _audit(self, event: str, portal_id: int, **details: Any) -> None:
+        audit_log.info(
+            "auth audit: %s",
+            event,
+            extra={
+                "audit_event": event,
+                "portal_id": portal_id,
+                "caller": current_caller.get() or "system",
+                "trace_id": trace_id_hex(),
+                **details,
+            },
+        )
+
+    @staticmethod
+    def _count(portal_id: int, outcome: str) -> None:
+        _refresh_counter.add(1, {"portal": str(portal_id), "outcome": outcome})
+
+
+def _oauth_failure(exc: Exception) -> HubsyncError:
+    if isinstance(exc, OAuthUnavailable):
+        return Unavailable(str(exc), retry_after=exc.retry_after or 1.0)
+    if isinstance(exc, InvalidGrant):
+        return FailedPrecondition(str(exc), reason=REAUTH_REASON)
+    return FailedPrecondition(str(exc), reason="OAUTH_CLIENT_REJECTED")
+
+
+def _digest(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def _failed_key(portal_id: int) -> str:
+    return portal_key(portal_id, "auth", "refresh-failed")
+
+
+def _check_portal(portal_id: int) -> None:
+    if portal_id <= 0:
+        raise InvalidArgument("portal_id must be a positive HubSpot account id", {"portal_id": "must be > 0"})
