@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PACKAGED_MAPPINGS = Path(__file__).parent / "mappings"
+PACKAGED_MAPPINGS = Path(__file__).parent / "default_mappings"
 
 
 def _default_consumer() -> str:
