@@ -1,0 +1,212 @@
+"""OAuth connections against the sandbox: the code flow, state checks, refresh, re-auth, revocation."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import duration_pb2
+from redis.asyncio import Redis
+
+from hubsync.api.auth.v1 import auth_pb2
+from hubsync.core.errors import error_info
+from hubsync.sandbox import SandboxServer
+from tests.integration.auth.conftest import sandbox_config
+from tests.integration.auth.fixtures import SANDBOX_CLIENT_ID, SANDBOX_PORTAL, TEST_REDIRECT_URI, running_auth
+from tests.integration.auth.helpers import sandbox_requests, stub, token_calls
+from tests.integration.auth.oauth_flow import connect_oauth, consent, sandbox_tokens
+
+
+@pytest.fixture
+async def auth(redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer):  # type: ignore[no-untyped-def]
+    async with running_auth(
+        redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
+    ) as address:
+        yield address
+
+
+async def crm_status(base_url: str, token: str) -> int:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        resp = await client.get("/crm/v3/objects/contacts", headers={"authorization": f"Bearer {token}"})
+    return resp.status_code
+
+
+async def test_full_authorization_code_flow(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    async with stub(auth, caller_tokens, "cli") as s:
+        begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="acme"))
+    query = parse_qs(urlsplit(begun.authorize_url).query)
+    assert begun.authorize_url.startswith(f"{sandbox.base_url}/oauth/authorize?")
+    assert query["client_id"] == [SANDBOX_CLIENT_ID]
+    assert query["redirect_uri"] == [TEST_REDIRECT_URI]
+    assert "crm.objects.contacts.write" in query["scope"][0].split()
+    assert query["state"] == [begun.state] and len(begun.state) >= 40
+    assert begun.expire_time.seconds > 0
+
+    code, state = await consent(begun.authorize_url)
+    async with stub(auth, caller_tokens, "ingress") as s:
+        done = await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
+    conn = done.connection
+    assert conn.portal_id == SANDBOX_PORTAL  # learnt from the token response's hub_id
+    assert conn.tenant == "acme"
+    assert conn.kind == auth_pb2.CONNECTION_KIND_OAUTH
+    assert conn.state == auth_pb2.CONNECTION_STATE_ACTIVE
+    assert conn.access_token_expire_time.seconds > 0
+
+    async with stub(auth, caller_tokens, "writer") as s:
+        reply = await s.GetAccessToken(auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL))
+    token = reply.access_token
+    assert await crm_status(sandbox.base_url, token) == 200
+    log = await sandbox_requests(sandbox.base_url)
+    assert token_calls(log) == 1  # the code exchange; a fresh token needs no refresh
+
+
+async def test_state_replay_forgery_and_expiry_are_refused(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer, redis: Redis
+) -> None:
+    async with stub(auth, caller_tokens, "cli") as s:
+        begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="acme"))
+    code, state = await consent(begun.authorize_url)
+    async with stub(auth, caller_tokens, "ingress") as s:
+        # Forged: a state we never issued. Nothing is stored, the code is not even exchanged.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state="forged"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(err.value)
+        assert info is not None and info.reason == "OAUTH_STATE_INVALID"
+        assert token_calls(await sandbox_requests(sandbox.base_url)) == 0
+
+        await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
+        # Replayed: the state is single use.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert token_calls(await sandbox_requests(sandbox.base_url)) == 1
+
+    # Expired: Redis forgets the state after its TTL (shortened here to now).
+    async with stub(auth, caller_tokens, "cli") as s:
+        begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="other"))
+    for key in await redis.keys("hubsync:auth:oauth-state:*"):
+        assert await redis.ttl(key) > 590
+        await redis.pexpire(key, 1)
+    await asyncio.sleep(0.01)
+    code, state = await consent(begun.authorize_url)
+    async with stub(auth, caller_tokens, "ingress") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
+    assert got.connection.tenant == "acme"  # the refused attempt changed nothing
+
+
+async def test_begin_refuses_bad_input(auth: str, caller_tokens: dict[str, str]) -> None:
+    async with stub(auth, caller_tokens, "cli") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.BeginAuthorization(
+                auth_pb2.BeginAuthorizationRequest(tenant="", redirect_uri="ftp://x", scopes=["a b"])
+            )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    async with stub(auth, caller_tokens, "mapper") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="t"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_expiry_forces_a_refresh(redis_url: str, caller_tokens: dict[str, str]) -> None:
+    async with (
+        SandboxServer(sandbox_config(token_ttl_s=2)) as sandbox,
+        running_auth(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=sandbox.base_url,
+            env={"HUBSYNC_AUTH_REFRESH_MARGIN_S": "1"},
+        ) as auth,
+    ):
+        await connect_oauth(auth, caller_tokens)
+        async with stub(auth, caller_tokens, "writer") as s:
+            request = auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL)
+            first = (await s.GetAccessToken(request)).access_token
+            assert (await s.GetAccessToken(request)).access_token == first  # cached: lives > 1 s
+            assert token_calls(await sandbox_requests(sandbox.base_url)) == 1
+            await asyncio.sleep(1.2)
+            second = await s.GetAccessToken(request)
+        assert second.access_token != first
+        assert token_calls(await sandbox_requests(sandbox.base_url)) == 2
+        assert await crm_status(sandbox.base_url, second.access_token) == 200
+        await asyncio.sleep(1.0)
+        assert await crm_status(sandbox.base_url, first) == 401  # the old one really expired
+
+
+async def test_revoked_refresh_token_needs_reauth(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    await connect_oauth(auth, caller_tokens)
+    refresh = (await sandbox_tokens(sandbox.base_url))["refreshTokens"][0]["token"]
+    async with httpx.AsyncClient(base_url=sandbox.base_url) as client:
+        resp = await client.post("/_sandbox/tokens/revoke", json={"refresh_token": refresh})
+        assert resp.status_code == 200
+    force = auth_pb2.GetAccessTokenRequest(
+        portal_id=SANDBOX_PORTAL, min_ttl=duration_pb2.Duration(seconds=3600)
+    )
+    async with stub(auth, caller_tokens, "writer") as s:
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.GetAccessToken(force)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            info = error_info(err.value)
+            assert info is not None and info.reason == "CONNECTION_NEEDS_REAUTH"
+        conn = (await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))).connection
+    assert conn.state == auth_pb2.CONNECTION_STATE_NEEDS_REAUTH
+    # One refused refresh; the second call did not ask HubSpot again.
+    log = await sandbox_requests(sandbox.base_url)
+    assert token_calls(log) == 2
+    # Authorizing again brings the connection back.
+    conn = await connect_oauth(auth, caller_tokens)
+    assert conn.state == auth_pb2.CONNECTION_STATE_ACTIVE
+
+
+async def test_burst_of_401s_causes_one_refresh(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    await connect_oauth(auth, caller_tokens)
+    async with stub(auth, caller_tokens, "writer") as s:
+        current = await s.GetAccessToken(auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL))
+        rejected = current.access_token
+        replies = await asyncio.gather(
+            *(
+                s.InvalidateAccessToken(
+                    auth_pb2.InvalidateAccessTokenRequest(portal_id=SANDBOX_PORTAL, access_token=rejected)
+                )
+                for _ in range(20)
+            )
+        )
+        assert len({r.access_token for r in replies}) == 1
+        assert replies[0].access_token != rejected
+        assert sum(r.refreshed for r in replies) == 1
+        # A late 401 for the old token does not refresh again.
+        late = await s.InvalidateAccessToken(
+            auth_pb2.InvalidateAccessTokenRequest(portal_id=SANDBOX_PORTAL, access_token=rejected)
+        )
+        assert late.access_token == replies[0].access_token and not late.refreshed
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 2
+
+
+async def test_revoke_connection_also_revokes_at_hubspot(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    await connect_oauth(auth, caller_tokens)
+    async with stub(auth, caller_tokens, "cli") as s:
+        revoked = await s.RevokeConnection(auth_pb2.RevokeConnectionRequest(portal_id=SANDBOX_PORTAL))
+    assert revoked.connection.state == auth_pb2.CONNECTION_STATE_REVOKED
+    refresh = (await sandbox_tokens(sandbox.base_url))["refreshTokens"][0]
+    assert refresh["revoked"] is True
+    async with stub(auth, caller_tokens, "writer") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.GetAccessToken(auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(err.value)
+    assert info is not None and info.reason == "CONNECTION_REVOKED"
