@@ -1,0 +1,59 @@
+"""Exactly one refresh per portal across replicas: 50 concurrent calls over 3 auth processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from google.protobuf import duration_pb2
+
+from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hubsync.core.channels import open_channel
+from hubsync.sandbox import SandboxServer
+from tests.integration.auth.conftest import sandbox_config
+from tests.integration.auth.fixtures import SANDBOX_PORTAL, auth_env
+from tests.integration.auth.helpers import sandbox_requests, token_calls
+from tests.integration.auth.oauth_flow import connect_oauth
+from tests.integration.auth.processes import auth_processes
+
+
+async def test_fifty_calls_over_three_processes_refresh_once(
+    redis_url: str, caller_tokens: dict[str, str], tmp_path: Path
+) -> None:
+    async with SandboxServer(sandbox_config()) as sandbox:
+        env = auth_env(sandbox.base_url)
+        async with auth_processes(
+            3,
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=sandbox.base_url,
+            auth_env=env,
+            log_dir=tmp_path,
+        ) as addresses:
+            connected_at = time.monotonic()
+            conn = await connect_oauth(addresses[0], caller_tokens)
+            assert conn.state == auth_pb2.CONNECTION_STATE_ACTIVE
+            assert token_calls(await sandbox_requests(sandbox.base_url)) == 1
+            # Tokens live 1800 s. Asking for 1798.5 s of life once 2 s have passed makes the
+            # stored token "expiring" for every caller, while the refreshed one satisfies it.
+            await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - connected_at)))
+            request = auth_pb2.GetAccessTokenRequest(
+                portal_id=SANDBOX_PORTAL, min_ttl=duration_pb2.Duration(seconds=1798, nanos=500_000_000)
+            )
+            channels = [open_channel(a, caller_tokens["writer"]) for a in addresses]
+            try:
+                stubs = [auth_pb2_grpc.AuthServiceStub(c) for c in channels]
+                replies = await asyncio.gather(
+                    *(stubs[i % 3].GetAccessToken(request, timeout=30) for i in range(50))
+                )
+            finally:
+                for c in channels:
+                    await c.close()
+        log = await sandbox_requests(sandbox.base_url)
+    tokens = {r.access_token for r in replies}
+    assert len(tokens) == 1, f"{len(tokens)} different tokens handed out"
+    # The witness: the sandbox saw the code exchange and exactly one refresh.
+    assert token_calls(log) == 2, log["counts"]
+    logs = "".join((tmp_path / f"auth-{i}.log").read_text() for i in range(3))
+    assert logs.count('"audit_event":"refreshed"') == 1
