@@ -6,16 +6,27 @@ async with running_mapper(redis_url, caller_tokens, writer_address=addr) as mapp
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+from opentelemetry import trace
+from redis.asyncio import Redis
+
+from hubsync.core.devredis import free_port
+from hubsync.core.redis import portal_key
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
+from hubsync.core.telemetry import inject_fields
 from hubsync.mapper.service import build
+from hubsync.sandbox.testing import ReceivedRequest, ReceiverBehaviour, WebhookReceiver
 
 
 @dataclass
@@ -79,3 +90,76 @@ async def running_mapper(
         yield RunningMapper(service, f"127.0.0.1:{service.port}")
     finally:
         await service.stop()
+
+
+@asynccontextmanager
+async def mapper_process(
+    redis_url: str,
+    caller_tokens: Mapping[str, str],
+    *,
+    writer_address: str,
+    log_dir: Path,
+    consumer_name: str = "mapper-proc",
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real ``python -m hubsync.mapper`` process (stderr to ``log_dir/<consumer>.log``)."""
+    from tests.integration.auth.processes import wait_serving
+
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
+    full |= {
+        "HUBSYNC_REDIS_URL": redis_url,
+        "HUBSYNC_CALLER_NAME": "mapper",
+        "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
+        "HUBSYNC_WRITER_ADDRESS": writer_address,
+        "HUBSYNC_GRPC_PORT": str(port),
+        "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "1",
+        "HUBSYNC_MAPPER_CONSUMER_NAME": consumer_name,
+        **(env or {}),
+    }
+    log = (log_dir / f"{consumer_name}.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hubsync.mapper", env=full, stdout=log, stderr=log
+    )
+    try:
+        await wait_serving(f"127.0.0.1:{port}")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()
+
+
+@asynccontextmanager
+async def ingress_standin(
+    redis_url: str, behaviour: ReceiverBehaviour | None = None
+) -> AsyncIterator[WebhookReceiver]:
+    """A webhook target that appends each received event to ``hubsync:{<portal>}:events`` the way
+    ingress does (fields ``event``, ``traceparent``/``tracestate`` of an ``ingress.webhook`` span,
+    ``accepted_ms``, ``origin``; portal added to ``hubsync:portals``). It verifies nothing and
+    dedupes nothing: every delivery, duplicates included, reaches the stream."""
+    redis = Redis.from_url(redis_url)
+    tracer = trace.get_tracer("tests.ingress-standin")
+    receiver = WebhookReceiver(behaviour=behaviour)
+
+    async def on_request(request: ReceivedRequest) -> None:
+        for event in request.json():
+            portal = event["portalId"]
+            with tracer.start_as_current_span("ingress.webhook"):
+                fields = inject_fields(
+                    {
+                        "event": orjson.dumps(event),
+                        "accepted_ms": int(time.time() * 1000),
+                        "origin": "webhook",
+                    }
+                )
+                await redis.xadd(portal_key(portal, "events"), fields)  # type: ignore[arg-type]
+            await redis.sadd("hubsync:portals", str(portal))  # type: ignore[misc]
+
+    receiver.on_request = on_request
+    try:
+        async with receiver:
+            yield receiver
+    finally:
+        await redis.aclose()
