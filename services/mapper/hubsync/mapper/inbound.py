@@ -171,6 +171,10 @@ class InboundWorker:
                 # The entries stay pending and come back after the visibility timeout.
                 log.warning("inbound batch failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(0.5)
+            except Exception:
+                # A bug must not stop the pipeline for every portal: log, leave entries pending.
+                log.exception("inbound batch failed unexpectedly")
+                await asyncio.sleep(1.0)
 
     async def _discover(self) -> None:
         members = await self.redis.smembers(PORTALS_KEY)  # type: ignore[misc]
