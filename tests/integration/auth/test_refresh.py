@@ -1,0 +1,193 @@
+"""Refresh behaviour: transient failures, HubSpot down, responses without a refresh token,
+the background refresher, and a private-app token HubSpot rejects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs
+
+import grpc
+import httpx
+import orjson
+import pytest
+from google.protobuf import duration_pb2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hubsync.api.auth.v1 import auth_pb2
+from hubsync.core.errors import error_info
+from hubsync.sandbox import SandboxServer
+from hubsync.sandbox.server import AsgiServer
+from tests.integration.auth.conftest import sandbox_config
+from tests.integration.auth.fixtures import (
+    SANDBOX_PORTAL,
+    SANDBOX_PRIVATE_TOKEN,
+    register_sandbox_private_app,
+    running_auth,
+)
+from tests.integration.auth.helpers import sandbox_requests, stub, token_calls
+from tests.integration.auth.oauth_flow import connect_oauth, sandbox_tokens
+
+AN_HOUR = duration_pb2.Duration(seconds=3600)
+FORCE = auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL, min_ttl=AN_HOUR)
+
+
+@pytest.fixture
+async def auth(redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer) -> AsyncIterator[str]:
+    async with running_auth(
+        redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
+    ) as address:
+        yield address
+
+
+async def add_fault(base_url: str, **rule: object) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        resp = await client.post("/_sandbox/faults", json=rule)
+        assert resp.status_code < 300, resp.text
+
+
+async def test_transient_failures_are_retried(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    first = await connect_oauth(auth, caller_tokens)
+    await add_fault(sandbox.base_url, endpoint="POST /oauth/v3/token", status=503, remaining=2)
+    async with stub(auth, caller_tokens, "writer") as s:
+        reply = await s.GetAccessToken(FORCE)
+    assert reply.expire_time.seconds >= first.access_token_expire_time.seconds
+    statuses = (await sandbox_requests(sandbox.base_url))["counts"]["byEndpointAndStatus"]  # type: ignore[index]
+    assert statuses["POST /oauth/v3/token"] == {"200": 2, "503": 2}
+
+
+async def test_hubspot_down_keeps_serving_the_valid_token_then_says_unavailable(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    async with (
+        SandboxServer(sandbox_config(token_ttl_s=6)) as sandbox,
+        running_auth(
+            redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
+        ) as auth,
+    ):
+        await connect_oauth(auth, caller_tokens)
+        async with stub(auth, caller_tokens, "writer") as s:
+            current = (
+                await s.GetAccessToken(auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL))
+            ).access_token
+            await add_fault(sandbox.base_url, endpoint="POST /oauth/v3/token", status=502)
+            # Refresh fails, but the current token still has > 5 s: the caller gets it.
+            assert (await s.GetAccessToken(FORCE)).access_token == current
+            await asyncio.sleep(1.2)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.GetAccessToken(FORCE)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        conn_state = await _state(auth, caller_tokens)
+    assert conn_state == auth_pb2.CONNECTION_STATE_ACTIVE  # transient: no re-auth needed
+
+
+async def _state(auth: str, caller_tokens: dict[str, str]) -> int:
+    async with stub(auth, caller_tokens, "mapper") as s:
+        got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
+    return got.connection.state
+
+
+class NoRefreshTokenProxy(AsgiServer):
+    """Forwards to the sandbox, dropping ``refresh_token`` from refresh-grant responses (HubSpot
+    may answer a refresh without a new refresh token)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        super().__init__(Starlette(routes=[Route("/{path:path}", self.forward, methods=["GET", "POST"])]))
+
+    async def forward(self, request: Request) -> Response:
+        body = await request.body()
+        async with httpx.AsyncClient(base_url=self.upstream) as client:
+            resp = await client.request(
+                request.method,
+                request.url.path,
+                params=request.query_params,
+                content=body,
+                headers={"content-type": request.headers.get("content-type", "")},
+            )
+        content = resp.content
+        if parse_qs(body.decode()).get("grant_type") == ["refresh_token"] and resp.status_code == 200:
+            data = orjson.loads(content)
+            data.pop("refresh_token")
+            content = orjson.dumps(data)
+        return Response(content, resp.status_code, media_type=resp.headers.get("content-type"))
+
+
+async def test_refresh_without_new_refresh_token_keeps_the_old_one(
+    redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    async with (
+        NoRefreshTokenProxy(sandbox.base_url) as proxy,
+        running_auth(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=proxy.base_url,
+            env={"HUBSYNC_AUTH_AUTHORIZE_URL": f"{sandbox.base_url}/oauth/authorize"},
+        ) as auth,
+    ):
+        await connect_oauth(auth, caller_tokens)
+        async with stub(auth, caller_tokens, "writer") as s:
+            seen = {(await s.GetAccessToken(FORCE)).access_token for _ in range(3)}
+    assert len(seen) == 3  # three refreshes, each with the one refresh token the code gave
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 4
+    assert len((await sandbox_tokens(sandbox.base_url))["refreshTokens"]) == 1
+
+
+async def test_background_refresher_keeps_idle_connections_fresh_and_finds_dead_ones(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    async with (
+        SandboxServer(sandbox_config(token_ttl_s=3)) as sandbox,
+        running_auth(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=sandbox.base_url,
+            env={"HUBSYNC_AUTH_REFRESH_MARGIN_S": "1", "HUBSYNC_AUTH_REFRESHER_INTERVAL_S": "0.3"},
+        ) as auth,
+    ):
+        first = await connect_oauth(auth, caller_tokens)
+        for _ in range(50):  # nobody asks for a token; the refresher refreshes on its own
+            await asyncio.sleep(0.1)
+            if token_calls(await sandbox_requests(sandbox.base_url)) >= 2:
+                break
+        assert token_calls(await sandbox_requests(sandbox.base_url)) >= 2
+        async with stub(auth, caller_tokens, "mapper") as s:
+            got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
+        assert got.connection.access_token_expire_time.ToMilliseconds() > (
+            first.access_token_expire_time.ToMilliseconds()
+        )
+        # HubSpot revokes the refresh token: the refresher marks the connection on its own.
+        refresh = (await sandbox_tokens(sandbox.base_url))["refreshTokens"][0]["token"]
+        async with httpx.AsyncClient(base_url=sandbox.base_url) as client:
+            await client.post("/_sandbox/tokens/revoke", json={"refresh_token": refresh})
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_NEEDS_REAUTH:
+                break
+        assert await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_NEEDS_REAUTH
+
+
+async def test_rejected_private_app_token_needs_a_new_one(auth: str, caller_tokens: dict[str, str]) -> None:
+    await register_sandbox_private_app(auth, caller_tokens)
+    async with stub(auth, caller_tokens, "writer") as s:
+        stale = await s.InvalidateAccessToken(
+            auth_pb2.InvalidateAccessTokenRequest(portal_id=SANDBOX_PORTAL, access_token="pat-na1-old")
+        )
+        assert stale.access_token == SANDBOX_PRIVATE_TOKEN and not stale.refreshed
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.InvalidateAccessToken(
+                auth_pb2.InvalidateAccessTokenRequest(
+                    portal_id=SANDBOX_PORTAL, access_token=SANDBOX_PRIVATE_TOKEN
+                )
+            )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(err.value)
+    assert info is not None and info.reason == "CONNECTION_NEEDS_REAUTH"
+    assert await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_NEEDS_REAUTH
+    await register_sandbox_private_app(auth, caller_tokens)  # storing a new token heals it
+    assert await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_ACTIVE
