@@ -164,3 +164,41 @@ async def test_bad_subscribe_and_ack_are_invalid_argument(stub) -> None:  # type
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=["nope"]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_push_validates_before_any_write(stub) -> None:  # type: ignore[no-untyped-def]
+    fields = struct_pb2.Struct()
+    fields.update({"birth_date": "not a date"})
+    cases = [
+        (mapper_pb2.PushRecordsRequest(portal_id=1, records=[]), {"request_id", "records"}),
+        (
+            mapper_pb2.PushRecordsRequest(
+                request_id="r",
+                portal_id=1,
+                records=[mapper_pb2.ExternalRecord(object_type="tickets", external_id="t")],
+            ),
+            {"records[0].object_type"},
+        ),
+        (
+            mapper_pb2.PushRecordsRequest(
+                request_id="r",
+                portal_id=1,
+                records=[mapper_pb2.ExternalRecord(object_type="contacts", external_id="c", fields=fields)],
+            ),
+            {"records[0].fields.birth_date"},
+        ),
+    ]
+    from google.rpc import error_details_pb2, status_pb2
+
+    for request, expected in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.PushRecords(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        raw = dict(err.value.trailing_metadata())["grpc-status-details-bin"]
+        violations: set[str] = set()
+        for detail in status_pb2.Status.FromString(raw).details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations |= {v.field for v in bad.field_violations}
+        assert expected <= violations, violations
