@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from hubsync.core.errors import Unavailable
 from hubsync.mapper.mappings import LoadedMapping, MappingError, directory_stamp, load_directory
 from hubsync.mapper.properties import PropertyCatalog
 from hubsync.mapper.transforms import MappingSet
@@ -27,11 +29,11 @@ class MappingRegistry:
         directory: Path,
         *,
         catalog: PropertyCatalog | None = None,
-        check_portals: list[int] | None = None,
+        check_portals: Callable[[], Awaitable[list[int]]] | None = None,
     ):
         self.directory = directory
         self.catalog = catalog
-        self.check_portals = list(check_portals or [])
+        self.check_portals = check_portals
         self.loaded: list[LoadedMapping] = []
         self.current: MappingSet = MappingSet([])
         self.generation = 0
@@ -46,11 +48,19 @@ class MappingRegistry:
         stamp = await asyncio.to_thread(directory_stamp, self.directory)
         loaded = await asyncio.to_thread(load_directory, self.directory)
         compiled = MappingSet(loaded)
-        if self.catalog is not None and self.check_portals:
+        if self.catalog is not None and self.check_portals is not None:
             self.catalog.invalidate()
             errors: list[str] = []
-            for portal in self.check_portals:
-                errors += await self.catalog.check(portal, loaded)
+            for portal in await self.check_portals():
+                try:
+                    errors += await self.catalog.check(portal, loaded)
+                except Unavailable as exc:
+                    # Writer or HubSpot not reachable: the files are valid; the targets could not be
+                    # verified now (ValidateMapping can, later). Refusing to start would couple the
+                    # mapper's availability to HubSpot's.
+                    log.warning(
+                        "mapping targets not verified", extra={"portal": portal, "error": exc.message}
+                    )
             if errors:
                 raise MappingError(errors)
         self.loaded, self.current, self._stamp = loaded, compiled, stamp

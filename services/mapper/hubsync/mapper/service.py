@@ -13,7 +13,7 @@ from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
-from hubsync.mapper.feed import ChangeFeed
+from hubsync.mapper.feed import PORTALS_KEY, ChangeFeed
 from hubsync.mapper.inbound import InboundWorker
 from hubsync.mapper.mappings import MappingError
 from hubsync.mapper.outbound import RecordPusher
@@ -32,10 +32,17 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     channel = channel_for(core, core.writer_address)
     writer = writer_pb2_grpc.WriterServiceStub(channel)
     catalog = PropertyCatalog(writer, settings.property_cache_ttl_s)
+
+    async def portals() -> list[int]:
+        if settings.validate_portal_ids:
+            return list(settings.validate_portal_ids)
+        members = await redis.smembers(PORTALS_KEY)  # type: ignore[misc]
+        return sorted(int(m) for m in members if m.isdigit())
+
     registry = MappingRegistry(
         settings.mappings_dir,
-        catalog=catalog if settings.validate_properties_on_start else None,
-        check_portals=settings.validate_portal_ids,
+        catalog=catalog if settings.validate_properties else None,
+        check_portals=portals,
     )
     try:
         await registry.load()

@@ -43,9 +43,9 @@ class MapperSettings(BaseSettings):
     push_idempotency_ttl_s: int = Field(default=86_400, ge=1)
     # Approximate most entries kept per change-feed stream.
     feed_max_len: int = Field(default=1_000_000, ge=1000)
-    # Check mapping targets against HubSpot's properties (through writer) at start-up.
-    validate_properties_on_start: bool = False
-    # Portals whose properties are checked at start-up and reload.
+    # Check mapping targets against HubSpot's properties (through writer) at start-up and reload.
+    validate_properties: bool = True
+    # Portals checked; empty means every portal hubsync knows (the set hubsync:portals).
     validate_portal_ids: list[int] = Field(default_factory=list)
     # Run the inbound worker (event streams → change feed) in this process.
     inbound_enabled: bool = True
