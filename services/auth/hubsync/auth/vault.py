@@ -45,6 +45,7 @@ from hubsync.auth.store import (
     STATE_REVOKED,
     Connection,
     ConnectionStore,
+    TokenView,
 )
 from hubsync.core.callers import current_caller
 from hubsync.core.errors import (
@@ -114,6 +115,9 @@ class TokenVault:
         self.development = development
         self.now_ms = clock
         self._flights: dict[int, asyncio.Task[tuple[Connection, bool]]] = {}
+        # portal → (record version, access token): spares the hot path a decrypt per call. Kept
+        # in this process's memory only, and only as long as the record's version is current.
+        self._opened: dict[int, tuple[int, str]] = {}
         self.needing_reauth = 0
 
     # ---- secrets ----------------------------------------------------------------------------------
@@ -123,13 +127,16 @@ class TokenVault:
         return self.keyring.seal(portal_id, payload)
 
     def _open(self, conn: Connection) -> tuple[str, str | None]:
-        if not conn.sealed:
-            raise FailedPrecondition(f"portal {conn.portal_id} holds no credentials", reason=REAUTH_REASON)
+        return self._open_sealed(conn.portal_id, conn.sealed)
+
+    def _open_sealed(self, portal_id: int, sealed: bytes) -> tuple[str, str | None]:
+        if not sealed:
+            raise FailedPrecondition(f"portal {portal_id} holds no credentials", reason=REAUTH_REASON)
         try:
-            data = json.loads(self.keyring.open(conn.portal_id, conn.sealed))
+            data = json.loads(self.keyring.open(portal_id, sealed))
         except SealError as exc:
-            log.error("connection does not open", extra={"portal_id": conn.portal_id, "error": str(exc)})
-            raise HubsyncError(f"stored credentials of portal {conn.portal_id} cannot be read") from None
+            log.error("connection does not open", extra={"portal_id": portal_id, "error": str(exc)})
+            raise HubsyncError(f"stored credentials of portal {portal_id} cannot be read") from None
         return str(data["a"]), data.get("r")
 
     # ---- connections ------------------------------------------------------------------------------
@@ -328,21 +335,33 @@ class TokenVault:
 
     # ---- access tokens ----------------------------------------------------------------------------
 
+    def _access_token(self, view: TokenView | Connection) -> str:
+        cached = self._opened.get(view.portal_id)
+        if cached is not None and cached[0] == view.version:
+            return cached[1]
+        token = self._open_sealed(view.portal_id, view.sealed)[0]
+        self._opened[view.portal_id] = (view.version, token)
+        return token
+
     async def get_access_token(self, portal_id: int, min_ttl_s: float | None = None) -> IssuedToken:
-        conn = await self._usable(portal_id)
-        if conn.kind == KIND_PRIVATE_APP:
-            return IssuedToken(self._open(conn)[0], 0)
+        _check_portal(portal_id)
+        view = await self.store.token_view(portal_id)
+        if view is None:
+            raise NotFound(f"no connection for portal {portal_id}", reason="CONNECTION_NOT_FOUND")
+        _check_state(portal_id, view.state)
+        if view.kind == KIND_PRIVATE_APP:
+            return IssuedToken(self._access_token(view), 0)
         margin = self.settings.refresh_margin_s if min_ttl_s is None else min_ttl_s
-        now = self.now_ms()
-        if conn.expires_ms - now > margin * 1000:
-            return IssuedToken(self._open(conn)[0], conn.expires_ms)
+        if view.expires_ms - self.now_ms() > margin * 1000:
+            return IssuedToken(self._access_token(view), view.expires_ms)
+        conn = await self._usable(portal_id)
         try:
             fresh, _ = await self._refresh_shared(conn)
         except Unavailable:
             # HubSpot is down but the current token still works: better than no token.
             if conn.expires_ms - self.now_ms() > 5_000:
                 log.warning("refresh failed, handing out the current token", extra={"portal_id": portal_id})
-                return IssuedToken(self._open(conn)[0], conn.expires_ms)
+                return IssuedToken(self._access_token(conn), conn.expires_ms)
             raise
         return self._issue(fresh)
 
@@ -350,7 +369,7 @@ class TokenVault:
         if not access_token:
             raise InvalidArgument("access_token is required", {"access_token": "required"})
         conn = await self._usable(portal_id)
-        current = self._open(conn)[0]
+        current = self._access_token(conn)
         if not hmac.compare_digest(current.encode(), access_token.encode()):
             # Someone refreshed already (or the caller holds an old token): hand out the current one.
             return IssuedToken(current, conn.expires_ms), False
@@ -364,30 +383,15 @@ class TokenVault:
         return self._issue(fresh), refreshed
 
     def _issue(self, conn: Connection) -> IssuedToken:
-        self._check_state(conn)
+        _check_state(conn.portal_id, conn.state)
         if conn.expires_ms <= self.now_ms():
             raise Unavailable(f"no valid access token for portal {conn.portal_id} yet", retry_after=1.0)
-        return IssuedToken(self._open(conn)[0], conn.expires_ms)
+        return IssuedToken(self._access_token(conn), conn.expires_ms)
 
     async def _usable(self, portal_id: int) -> Connection:
         conn = await self.get_connection(portal_id)
-        self._check_state(conn)
+        _check_state(conn.portal_id, conn.state)
         return conn
-
-    @staticmethod
-    def _check_state(conn: Connection) -> None:
-        if conn.state == STATE_NEEDS_REAUTH:
-            raise FailedPrecondition(
-                f"portal {conn.portal_id} must be authorized again",
-                reason=REAUTH_REASON,
-                metadata={"portal_id": str(conn.portal_id)},
-            )
-        if conn.state == STATE_REVOKED:
-            raise FailedPrecondition(
-                f"portal {conn.portal_id}'s connection was revoked",
-                reason="CONNECTION_REVOKED",
-                metadata={"portal_id": str(conn.portal_id)},
-            )
 
     async def _refresh_shared(self, seen: Connection) -> tuple[Connection, bool]:
         """One refresh per portal per process; returns (connection, whether *this* call refreshed)."""
@@ -616,6 +620,21 @@ def _digest(state: str) -> str:
 
 def _failed_key(portal_id: int) -> str:
     return portal_key(portal_id, "auth", "refresh-failed")
+
+
+def _check_state(portal_id: int, state: str) -> None:
+    if state == STATE_NEEDS_REAUTH:
+        raise FailedPrecondition(
+            f"portal {portal_id} must be authorized again",
+            reason=REAUTH_REASON,
+            metadata={"portal_id": str(portal_id)},
+        )
+    if state == STATE_REVOKED:
+        raise FailedPrecondition(
+            f"portal {portal_id}'s connection was revoked",
+            reason="CONNECTION_REVOKED",
+            metadata={"portal_id": str(portal_id)},
+        )
 
 
 def _check_portal(portal_id: int) -> None:
