@@ -22,7 +22,7 @@ from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.auth.service import build
 from hubsync.core.channels import open_channel
 from hubsync.core.service import RunningService, start_service
-from hubsync.core.settings import CoreSettings
+from hubsync.core.settings import CoreSettings, Environment
 
 SANDBOX_PORTAL = 12345
 SANDBOX_PRIVATE_TOKEN = "pat-na1-00000000-0000-4000-8000-000000012345"
@@ -74,13 +74,16 @@ def _environ(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def core_settings(redis_url: str, caller_tokens: Mapping[str, str], hubspot_api_base: str) -> CoreSettings:
+def core_settings(
+    redis_url: str, caller_tokens: Mapping[str, str], hubspot_api_base: str, environment: str = "development"
+) -> CoreSettings:
     return CoreSettings(
         redis_url=redis_url,
         caller_name="auth",
         caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
         hubspot_api_base=hubspot_api_base,
         shutdown_grace_seconds=0.5,
+        environment=Environment(environment),
     )
 
 
@@ -92,10 +95,11 @@ async def running_auth_service(
     hubspot_api_base: str,
     env: Mapping[str, str] | None = None,
     keyring: Mapping[str, object] | None = None,
+    environment: str = "development",
 ) -> AsyncIterator[RunningService]:
     """An in-process auth service on a free loopback port; yields the RunningService."""
     full_env = auth_env(hubspot_api_base, keyring=keyring) | dict(env or {})
-    core = core_settings(redis_url, caller_tokens, hubspot_api_base)
+    core = core_settings(redis_url, caller_tokens, hubspot_api_base, environment)
     # Settings are read once, while the service is built: the environment is restored after.
     with _environ(full_env):
         service = await start_service("auth", core, build, port=0)
@@ -113,6 +117,7 @@ async def running_auth(
     hubspot_api_base: str,
     env: Mapping[str, str] | None = None,
     keyring: Mapping[str, object] | None = None,
+    environment: str = "development",
 ) -> AsyncIterator[str]:
     """An in-process auth service; yields its address ``127.0.0.1:<port>``."""
     async with running_auth_service(
@@ -121,6 +126,7 @@ async def running_auth(
         hubspot_api_base=hubspot_api_base,
         env=env,
         keyring=keyring,
+        environment=environment,
     ) as service:
         yield f"127.0.0.1:{service.port}"
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
 from hubsync.api.auth.v1 import auth_pb2_grpc
 from hubsync.core.channels import open_channel
 
@@ -15,6 +18,19 @@ async def stub(
 ) -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
     async with open_channel(address, caller_tokens[caller]) as channel:
         yield auth_pb2_grpc.AuthServiceStub(channel)
+
+
+def violations(err: grpc.aio.AioRpcError) -> set[str]:
+    """The fields named by the BadRequest detail of a failed call."""
+    fields: set[str] = set()
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:  # type: ignore[arg-type]
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    fields |= {v.field for v in bad.field_violations}
+    return fields
 
 
 async def sandbox_requests(base_url: str) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
@@ -16,8 +17,9 @@ from hubsync.core.errors import error_info
 from hubsync.sandbox import SandboxServer
 from tests.integration.auth.conftest import sandbox_config
 from tests.integration.auth.fixtures import SANDBOX_CLIENT_ID, SANDBOX_PORTAL, TEST_REDIRECT_URI, running_auth
-from tests.integration.auth.helpers import sandbox_requests, stub, token_calls
+from tests.integration.auth.helpers import sandbox_requests, stub, token_calls, violations
 from tests.integration.auth.oauth_flow import connect_oauth, consent, sandbox_tokens
+from tests.integration.auth.proxy import TokenRewritingProxy
 
 
 @pytest.fixture
@@ -110,6 +112,7 @@ async def test_begin_refuses_bad_input(auth: str, caller_tokens: dict[str, str])
                 auth_pb2.BeginAuthorizationRequest(tenant="", redirect_uri="ftp://x", scopes=["a b"])
             )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == {"tenant", "redirect_uri", "scopes"}
     async with stub(auth, caller_tokens, "mapper") as s:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="t"))
@@ -210,3 +213,65 @@ async def test_revoke_connection_also_revokes_at_hubspot(
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(err.value)
     assert info is not None and info.reason == "CONNECTION_REVOKED"
+
+
+async def test_hub_id_from_token_metadata_when_the_response_has_none(
+    redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    def drop_hub_id(grant: str, data: dict[str, Any]) -> dict[str, Any]:
+        data.pop("hub_id")
+        return data
+
+    async with (
+        TokenRewritingProxy(sandbox.base_url, drop_hub_id) as proxy,
+        running_auth(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=proxy.base_url,
+            env={"HUBSYNC_AUTH_AUTHORIZE_URL": f"{sandbox.base_url}/oauth/authorize"},
+        ) as auth,
+    ):
+        conn = await connect_oauth(auth, caller_tokens)
+    assert conn.portal_id == SANDBOX_PORTAL
+    counts = (await sandbox_requests(sandbox.base_url))["counts"]["byEndpoint"]  # type: ignore[index]
+    assert counts["POST /oauth/v3/token/introspect"] == 1
+
+
+async def test_a_portal_connected_by_another_tenant_is_refused(
+    auth: str, caller_tokens: dict[str, str]
+) -> None:
+    await connect_oauth(auth, caller_tokens, tenant="acme")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await connect_oauth(auth, caller_tokens, tenant="intruder")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(err.value)
+    assert info is not None and info.reason == "PORTAL_CONNECTED_BY_ANOTHER_TENANT"
+    async with stub(auth, caller_tokens, "mapper") as s:
+        got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
+    assert got.connection.tenant == "acme"
+
+
+async def test_http_redirect_refused_outside_development(
+    redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    production = running_auth(
+        redis_url=redis_url,
+        caller_tokens=caller_tokens,
+        hubspot_api_base=sandbox.base_url,
+        environment="production",
+        env={
+            "HUBSYNC_AUTH_REDIRECT_URI": "",
+            "HUBSYNC_AUTH_AUTHORIZE_URL": "https://app.hubspot.com/oauth/authorize",
+        },
+    )
+    async with production as auth, stub(auth, caller_tokens, "cli") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.BeginAuthorization(
+                auth_pb2.BeginAuthorizationRequest(tenant="t", redirect_uri="http://example.com/cb")
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(err.value) == {"redirect_uri"}
+        ok = await s.BeginAuthorization(
+            auth_pb2.BeginAuthorizationRequest(tenant="t", redirect_uri="https://hubsync.example.com/cb")
+        )
+    assert ok.authorize_url.startswith("https://app.hubspot.com/oauth/authorize?")

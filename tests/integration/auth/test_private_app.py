@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import httpx
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from redis.asyncio import Redis
 
 from hubsync.api.auth.v1 import auth_pb2
@@ -16,7 +15,7 @@ from tests.integration.auth.fixtures import (
     register_sandbox_private_app,
     running_auth,
 )
-from tests.integration.auth.helpers import stub
+from tests.integration.auth.helpers import stub, violations
 
 
 @pytest.fixture
@@ -97,15 +96,7 @@ async def test_unknown_portal_is_not_found_and_bad_input_names_the_fields(
                 auth_pb2.CreatePrivateAppConnectionRequest(portal_id=-1, tenant="", access_token="a b")
             )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    fields = set()
-    for key, value in err.value.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    fields |= {v.field for v in bad.field_violations}
-    assert fields == {"portal_id", "tenant", "access_token"}
+    assert violations(err.value) == {"portal_id", "tenant", "access_token"}
 
 
 async def test_list_connections_pages_in_portal_order(auth: str, caller_tokens: dict[str, str]) -> None:

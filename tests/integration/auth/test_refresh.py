@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qs
+from typing import Any
 
 import grpc
 import httpx
-import orjson
 import pytest
 from google.protobuf import duration_pb2
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.core.errors import error_info
 from hubsync.sandbox import SandboxServer
-from hubsync.sandbox.server import AsgiServer
 from tests.integration.auth.conftest import sandbox_config
 from tests.integration.auth.fixtures import (
     SANDBOX_PORTAL,
@@ -30,6 +24,7 @@ from tests.integration.auth.fixtures import (
 )
 from tests.integration.auth.helpers import sandbox_requests, stub, token_calls
 from tests.integration.auth.oauth_flow import connect_oauth, sandbox_tokens
+from tests.integration.auth.proxy import TokenRewritingProxy
 
 AN_HOUR = duration_pb2.Duration(seconds=3600)
 FORCE = auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL, min_ttl=AN_HOUR)
@@ -92,37 +87,18 @@ async def _state(auth: str, caller_tokens: dict[str, str]) -> int:
     return got.connection.state
 
 
-class NoRefreshTokenProxy(AsgiServer):
-    """Forwards to the sandbox, dropping ``refresh_token`` from refresh-grant responses (HubSpot
-    may answer a refresh without a new refresh token)."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        super().__init__(Starlette(routes=[Route("/{path:path}", self.forward, methods=["GET", "POST"])]))
-
-    async def forward(self, request: Request) -> Response:
-        body = await request.body()
-        async with httpx.AsyncClient(base_url=self.upstream) as client:
-            resp = await client.request(
-                request.method,
-                request.url.path,
-                params=request.query_params,
-                content=body,
-                headers={"content-type": request.headers.get("content-type", "")},
-            )
-        content = resp.content
-        if parse_qs(body.decode()).get("grant_type") == ["refresh_token"] and resp.status_code == 200:
-            data = orjson.loads(content)
-            data.pop("refresh_token")
-            content = orjson.dumps(data)
-        return Response(content, resp.status_code, media_type=resp.headers.get("content-type"))
+def drop_refresh_token(grant: str, data: dict[str, Any]) -> dict[str, Any]:
+    # HubSpot may answer a refresh without a new refresh token.
+    if grant == "refresh_token":
+        data.pop("refresh_token")
+    return data
 
 
 async def test_refresh_without_new_refresh_token_keeps_the_old_one(
     redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
 ) -> None:
     async with (
-        NoRefreshTokenProxy(sandbox.base_url) as proxy,
+        TokenRewritingProxy(sandbox.base_url, drop_refresh_token) as proxy,
         running_auth(
             redis_url=redis_url,
             caller_tokens=caller_tokens,
