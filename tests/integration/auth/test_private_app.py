@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import httpx
 import pytest
+from google.protobuf import duration_pb2
 from redis.asyncio import Redis
 
 from hubsync.api.auth.v1 import auth_pb2
@@ -90,6 +91,16 @@ async def test_unknown_portal_is_not_found_and_bad_input_names_the_fields(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.GetAccessToken(auth_pb2.GetAccessTokenRequest(portal_id=0))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.GetAccessToken(
+                auth_pb2.GetAccessTokenRequest(portal_id=1, min_ttl=duration_pb2.Duration(seconds=-1))
+            )
+        assert violations(err.value) == {"min_ttl"}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.GetAccessToken(
+                auth_pb2.GetAccessTokenRequest(portal_id=1, min_ttl=duration_pb2.Duration(seconds=86_400))
+            )
+        assert violations(err.value) == {"min_ttl"}
     async with stub(auth, caller_tokens, "cli") as s:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.CreatePrivateAppConnection(

@@ -167,3 +167,19 @@ async def test_rejected_private_app_token_needs_a_new_one(auth: str, caller_toke
     assert await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_NEEDS_REAUTH
     await register_sandbox_private_app(auth, caller_tokens)  # storing a new token heals it
     assert await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_ACTIVE
+
+
+async def test_a_crashed_lock_holder_blocks_only_until_its_lock_expires(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer, redis: Any
+) -> None:
+    await connect_oauth(auth, caller_tokens)
+    # Another replica took the refresh lock and died: its lock expires after 400 ms.
+    await redis.set("hubsync:{12345}:auth:refresh-lock", "dead-replica", px=400)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with stub(auth, caller_tokens, "writer") as s:
+        replies = await asyncio.gather(*(s.GetAccessToken(FORCE) for _ in range(10)))
+    waited = loop.time() - started
+    assert len({r.access_token for r in replies}) == 1
+    assert waited >= 0.3  # nobody refreshed behind the (live) lock's back
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 2

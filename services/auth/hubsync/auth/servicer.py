@@ -17,6 +17,7 @@ from hubsync.auth.store import (
 from hubsync.auth.vault import TokenVault
 from hubsync.core.errors import InvalidArgument
 
+MAX_MIN_TTL_S = 3600
 _KINDS = {KIND_OAUTH: auth_pb2.CONNECTION_KIND_OAUTH, KIND_PRIVATE_APP: auth_pb2.CONNECTION_KIND_PRIVATE_APP}
 _STATES = {
     STATE_ACTIVE: auth_pb2.CONNECTION_STATE_ACTIVE,
@@ -99,8 +100,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.GetAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.GetAccessTokenResponse:
         min_ttl = request.min_ttl.ToTimedelta().total_seconds() if request.HasField("min_ttl") else None
-        if min_ttl is not None and min_ttl < 0:
-            raise InvalidArgument("min_ttl must not be negative", {"min_ttl": "must be >= 0"})
+        # Above a token's whole life (HubSpot: 1800 s) every call would refresh; an hour is the cap.
+        if min_ttl is not None and not 0 <= min_ttl <= MAX_MIN_TTL_S:
+            raise InvalidArgument(
+                f"min_ttl must be between 0 and {MAX_MIN_TTL_S} s", {"min_ttl": f"0 to {MAX_MIN_TTL_S} s"}
+            )
         issued = await self.vault.get_access_token(request.portal_id, min_ttl)
         return auth_pb2.GetAccessTokenResponse(
             access_token=issued.access_token, expire_time=_ts(issued.expires_ms)
