@@ -43,10 +43,12 @@ async def auth_processes(
     hubspot_api_base: str,
     auth_env: Mapping[str, str],
     log_dir: Path,
+    metrics_ports: list[int] | None = None,
 ) -> AsyncIterator[list[str]]:
     """Starts ``count`` auth processes on free loopback ports; yields their addresses.
 
-    Each process's stderr (its JSON log) goes to ``log_dir/auth-<i>.log``.
+    Each process's stderr (its JSON log) goes to ``log_dir/auth-<i>.log``; with ``metrics_ports``
+    (one per process) each serves Prometheus ``/metrics`` there.
     """
     procs: list[asyncio.subprocess.Process] = []
     addresses: list[str] = []
@@ -62,6 +64,7 @@ async def auth_processes(
                 "HUBSYNC_HUBSPOT_API_BASE": hubspot_api_base,
                 "HUBSYNC_GRPC_PORT": str(port),
                 "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "1",
+                "HUBSYNC_METRICS_PORT": str(metrics_ports[i] if metrics_ports else 0),
                 **auth_env,
             }
             log = (log_dir / f"auth-{i}.log").open("wb")

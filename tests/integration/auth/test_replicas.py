@@ -6,10 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 from google.protobuf import duration_pb2
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.core.channels import open_channel
+from hubsync.core.devredis import free_port
 from hubsync.sandbox import SandboxServer
 from tests.integration.auth.conftest import sandbox_config
 from tests.integration.auth.fixtures import SANDBOX_PORTAL, auth_env
@@ -23,6 +25,7 @@ async def test_fifty_calls_over_three_processes_refresh_once(
 ) -> None:
     async with SandboxServer(sandbox_config()) as sandbox:
         env = auth_env(sandbox.base_url)
+        metrics_ports = [free_port() for _ in range(3)]
         async with auth_processes(
             3,
             redis_url=redis_url,
@@ -30,6 +33,7 @@ async def test_fifty_calls_over_three_processes_refresh_once(
             hubspot_api_base=sandbox.base_url,
             auth_env=env,
             log_dir=tmp_path,
+            metrics_ports=metrics_ports,
         ) as addresses:
             connected_at = time.monotonic()
             conn = await connect_oauth(addresses[0], caller_tokens)
@@ -50,6 +54,15 @@ async def test_fifty_calls_over_three_processes_refresh_once(
             finally:
                 for c in channels:
                     await c.close()
+            refreshes = 0.0
+            async with httpx.AsyncClient() as client:
+                for port in metrics_ports:
+                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    refreshes += sum(
+                        float(line.rsplit(" ", 1)[1])
+                        for line in text.splitlines()
+                        if line.startswith("hubsync_token_refresh_total{") and 'outcome="success"' in line
+                    )
         log = await sandbox_requests(sandbox.base_url)
     tokens = {r.access_token for r in replies}
     assert len(tokens) == 1, f"{len(tokens)} different tokens handed out"
@@ -57,3 +70,4 @@ async def test_fifty_calls_over_three_processes_refresh_once(
     assert token_calls(log) == 2, log["counts"]
     logs = "".join((tmp_path / f"auth-{i}.log").read_text() for i in range(3))
     assert logs.count('"audit_event":"refreshed"') == 1
+    assert refreshes == 1  # and the metric agrees
