@@ -16,7 +16,7 @@ from hubsync.sandbox import SandboxServer
 from tests.integration.auth.conftest import sandbox_config
 from tests.integration.auth.fixtures import SANDBOX_PORTAL, auth_env
 from tests.integration.auth.helpers import sandbox_requests, token_calls
-from tests.integration.auth.oauth_flow import connect_oauth
+from tests.integration.auth.oauth_flow import connect_oauth, sandbox_tokens
 from tests.integration.auth.processes import auth_processes
 
 
@@ -71,3 +71,42 @@ async def test_fifty_calls_over_three_processes_refresh_once(
     logs = "".join((tmp_path / f"auth-{i}.log").read_text() for i in range(3))
     assert logs.count('"audit_event":"refreshed"') == 1
     assert refreshes == 1  # and the metric agrees
+
+
+async def test_needing_reauth_gauge_counts_dead_connections(
+    redis_url: str, caller_tokens: dict[str, str], tmp_path: Path
+) -> None:
+    async with SandboxServer(sandbox_config(token_ttl_s=3)) as sandbox:
+        env = auth_env(sandbox.base_url) | {
+            "HUBSYNC_AUTH_REFRESH_MARGIN_S": "1",
+            "HUBSYNC_AUTH_REFRESHER_INTERVAL_S": "0.3",
+        }
+        port = free_port()
+        async with auth_processes(
+            1,
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=sandbox.base_url,
+            auth_env=env,
+            log_dir=tmp_path,
+            metrics_ports=[port],
+        ) as (address,):
+            await connect_oauth(address, caller_tokens)
+            refresh = (await sandbox_tokens(sandbox.base_url))["refreshTokens"][0]["token"]
+            async with httpx.AsyncClient() as client:
+                await client.post(
+                    f"{sandbox.base_url}/_sandbox/tokens/revoke", json={"refresh_token": refresh}
+                )
+                gauge = None
+                for _ in range(60):
+                    await asyncio.sleep(0.1)
+                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    values = [
+                        float(line.rsplit(" ", 1)[1])
+                        for line in text.splitlines()
+                        if line.startswith("hubsync_connections_needing_reauth")
+                    ]
+                    gauge = values[0] if values else None
+                    if gauge == 1:
+                        break
+    assert gauge == 1
