@@ -1,0 +1,409 @@
+"""Coalesced batch writes and HubSpot's error table.
+
+:class:`WriteBatcher` merges writes for the same (portal, object type, operation, id property)
+from any number of callers into batches of up to 100 inputs, sent when full or after
+``max_wait``; two writes to the same record in one batch merge (the later value wins) and both
+callers get the record's result. :class:`BatchWriter` sends a batch and applies the error table:
+
+====================  ===========================================================================
+400                   split the batch in halves until the bad inputs stand alone; dead-letter
+                      them with HubSpot's message; the rest is written
+403                   dead-letter (missing scope) and count it
+404 / other 4xx       dead-letter
+409                   look up the record that holds the unique value (HubSpot names it:
+                      ``Existing ID: N``) and update it instead; dead-letter when it cannot
+502 / 504 / timeout   halve the batch and retry, down to single inputs, then dead-letter
+423/429/5xx           retried with backoff by :class:`~hubsync.writer.hubspot_client.HubSpotClient`
+====================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.trace import Link
+from redis.asyncio import Redis
+
+from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.redis import portal_key
+from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
+from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
+
+log = logging.getLogger(__name__)
+
+UPSERT = writer_pb2.WRITE_OPERATION_UPSERT
+CREATE = writer_pb2.WRITE_OPERATION_CREATE
+UPDATE = writer_pb2.WRITE_OPERATION_UPDATE
+ARCHIVE = writer_pb2.WRITE_OPERATION_ARCHIVE
+ASSOCIATE = 100  # batches of associations (v4 batch/create); not a proto value
+
+_OPS: dict[int, str] = {UPSERT: "upsert", CREATE: "create", UPDATE: "update", ARCHIVE: "archive"}
+_EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
+
+
+@dataclass
+class Outcome:
+    """What happened to one write."""
+
+    status: int  # writer_pb2.WriteStatus
+    hubspot_id: str = ""
+    created: bool = False
+    error: HubSpotFailure | None = None
+    dead_letter_id: str = ""
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    portal_id: int
+    object_type: str  # for associations: "<from>/<to>"
+    operation: int
+    id_property: str = ""
+
+
+@dataclass
+class BatchInput:
+    """One input of a batch; several callers' writes to one record share it."""
+
+    key: str
+    id: str
+    properties: dict[str, str]
+    writes: list[writer_pb2.Write]
+    links: list[Link] = field(default_factory=list)
+    waiters: list[asyncio.Future[Outcome]] = field(default_factory=list)
+    trace_ids: list[str] = field(default_factory=list)
+    # For associations: the resolved HubSpot ids and the type.
+    to_id: str = ""
+    type_id: int = 0
+
+
+def written_key(portal_id: int, object_type: str, hubspot_id: str) -> str:
+    return portal_key(portal_id, "written", object_type, hubspot_id)
+
+
+class BatchWriter:
+    """Sends one batch and applies the error table; returns an outcome per input."""
+
+    def __init__(
+        self,
+        client: HubSpotClient,
+        redis: Redis,
+        dlq: DeadLetterQueue,
+        *,
+        source_tag: str = "hubsync",
+        source_property: str = "",
+        written_ttl_s: int = 3600,
+    ) -> None:
+        self.client = client
+        self.redis = redis
+        self.dlq = dlq
+        self.source_tag = source_tag
+        self.source_property = source_property
+        self.written_ttl_s = written_ttl_s
+
+    async def run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int = 1) -> list[Outcome]:
+        if key.operation == ASSOCIATE:
+            return await self._run_associations(key, inputs, attempt)
+        response = await self._send(key, inputs)
+        status = response.status
+        if status in (200, 201, 204, 207):
+            return await self._map_results(key, inputs, response)
+        if status in (400, 502, 504) and len(inputs) > 1:
+            return await self._halves(key, inputs, attempt)
+        if status == 409:
+            if len(inputs) > 1:
+                return await self._halves(key, inputs, attempt)
+            return [await self._resolve_conflict(key, inputs[0], response, attempt)]
+        # 400/502/504 on a single input, 403, 404, anything else: HubSpot refuses it for good.
+        failure = _failure(response)
+        if status == 403:
+            log.warning("HubSpot refused a write: missing scope", extra={"portal": key.portal_id})
+        return [await self._dead_letter(key, i, failure, attempt) for i in inputs]
+
+    async def _halves(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int) -> list[Outcome]:
+        mid = len(inputs) // 2
+        first, second = await asyncio.gather(
+            self.run(key, inputs[:mid], attempt + 1), self.run(key, inputs[mid:], attempt + 1)
+        )
+        return [*first, *second]
+
+    async def _send(self, key: BatchKey, inputs: Sequence[BatchInput]) -> HubSpotResponse:
+        op = _OPS[key.operation]
+        trace_prefix = f"{self.source_tag}:{uuid.uuid4().hex[:8]}"
+        body_inputs: list[dict[str, Any]] = []
+        for n, item in enumerate(inputs):
+            props = dict(item.properties)
+            if self.source_property and key.operation != ARCHIVE:
+                props[self.source_property] = self.source_tag
+            entry: dict[str, Any] = {}
+            if key.operation == ARCHIVE:
+                entry = {"id": item.id}
+            else:
+                entry = {"properties": props, "objectWriteTraceId": f"{trace_prefix}:{n}"}
+                if key.operation == UPSERT:
+                    entry |= {"id": item.id, "idProperty": key.id_property}
+                elif key.operation == UPDATE:
+                    entry["id"] = item.id
+            body_inputs.append(entry)
+        route = f"/crm/v3/objects/{{objectType}}/batch/{op}"
+        return await self.client.call(
+            key.portal_id,
+            "POST",
+            f"/crm/v3/objects/{key.object_type}/batch/{op}",
+            route=route,
+            json={"inputs": body_inputs},
+            links=[link for item in inputs for link in item.links][:128],
+            records=len(inputs),
+        )
+
+    async def _map_results(
+        self, key: BatchKey, inputs: Sequence[BatchInput], response: HubSpotResponse
+    ) -> list[Outcome]:
+        body = response.body if isinstance(response.body, dict) else {}
+        if key.operation == ARCHIVE:
+            return [Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=i.id) for i in inputs]
+        by_index: dict[int, dict[str, Any]] = {}
+        by_id: dict[str, int] = {}
+        for i, item in enumerate(inputs):
+            by_id[_norm(key, item.id)] = i
+        for result in body.get("results") or []:
+            trace = str(result.get("objectWriteTraceId") or "")
+            n: int | None = _trace_index(trace)
+            if n is None:
+                props = result.get("properties") or {}
+                ref = result.get("id") if key.operation == UPDATE else props.get(key.id_property)
+                n = by_id.get(_norm(key, str(ref or "")))
+            if n is not None and 0 <= n < len(inputs):
+                by_index[n] = result
+        failed: dict[int, dict[str, Any]] = {}
+        for error in body.get("errors") or []:
+            ctx = error.get("context") or {}
+            for trace in ctx.get("objectWriteTraceId") or []:
+                t = _trace_index(str(trace))
+                if t is not None:
+                    failed[t] = error
+            for ref in ctx.get("ids") or []:
+                r = by_id.get(_norm(key, str(ref)))
+                if r is not None:
+                    failed[r] = error
+        outcomes: list[Outcome] = []
+        written: list[tuple[str, dict[str, str]]] = []
+        for n, item in enumerate(inputs):
+            result = by_index.get(n)
+            if result is not None:
+                hs_id = str(result.get("id", ""))
+                outcomes.append(
+                    Outcome(
+                        writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=hs_id, created=bool(result.get("new"))
+                    )
+                )
+                values = dict(item.properties)
+                if key.operation == UPSERT:
+                    values[key.id_property] = item.id
+                written.append((hs_id, values))
+                continue
+            error = failed.get(n)
+            category = str((error or {}).get("category", ""))
+            http = 404 if category == "OBJECT_NOT_FOUND" else 409 if "Existing ID" in str(error) else 400
+            failure = HubSpotFailure(
+                http,
+                str((error or {}).get("message") or "HubSpot returned no result for this input"),
+                category,
+                response.error()["correlation_id"],
+            )
+            if http == 409:
+                outcomes.append(await self._resolve_conflict(key, item, HubSpotResponse(409, error or {}), 1))
+            else:
+                outcomes.append(await self._dead_letter(key, item, failure, 1))
+        await self._record_written(key, written)
+        return outcomes
+
+    async def _record_written(self, key: BatchKey, written: list[tuple[str, dict[str, str]]]) -> None:
+        """What ingress compares webhook values with to drop our own echoes."""
+        if not written:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for hs_id, values in written:
+                if not hs_id or not values:
+                    continue
+                name = written_key(key.portal_id, key.object_type, hs_id)
+                pipe.hset(name, mapping=values)  # type: ignore[arg-type]
+                pipe.expire(name, self.written_ttl_s)
+            await pipe.execute()
+
+    async def _resolve_conflict(
+        self, key: BatchKey, item: BatchInput, response: HubSpotResponse, attempt: int
+    ) -> Outcome:
+        """409: another record holds a unique value; update that record instead."""
+        message = _failure(response).message
+        match = _EXISTING_ID.search(message)
+        if match is None or key.operation == ARCHIVE:
+            return await self._dead_letter(key, item, _failure(response), attempt)
+        existing = match.group(1)
+        log.info(
+            "resolving a unique-value conflict by updating the existing record",
+            extra={"portal": key.portal_id, "object_type": key.object_type, "hubspot_id": existing},
+        )
+        update_key = BatchKey(key.portal_id, key.object_type, UPDATE)
+        props = dict(item.properties)
+        if key.operation == UPSERT:
+            props.setdefault(key.id_property, item.id)
+        update = BatchInput(existing, existing, props, item.writes, item.links)
+        response = await self._send(update_key, [update])
+        if response.status in (200, 207):
+            [outcome] = await self._map_results(update_key, [update], response)
+            return outcome
+        return await self._dead_letter(key, item, _failure(response), attempt + 1)
+
+    async def _dead_letter(
+        self, key: BatchKey, item: BatchInput, failure: HubSpotFailure, attempts: int
+    ) -> Outcome:
+        ids = []
+        for n, write in enumerate(item.writes):
+            trace_id = item.trace_ids[n] if n < len(item.trace_ids) else ""
+            ids.append(await self.dlq.add(key.portal_id, write, failure, attempts, trace_id))
+        log.warning(
+            "write dead-lettered",
+            extra={
+                "portal": key.portal_id,
+                "object_type": key.object_type,
+                "http_status": failure.http_status,
+                "hubspot_message": failure.message[:500],
+            },
+        )
+        return Outcome(writer_pb2.WRITE_STATUS_DEAD_LETTERED, error=failure, dead_letter_id=",".join(ids))
+
+    async def _run_associations(
+        self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int
+    ) -> list[Outcome]:
+        from_type, to_type = key.object_type.split("/", 1)
+        body = {
+            "inputs": [
+                {
+                    "from": {"id": i.id},
+                    "to": {"id": i.to_id},
+                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": i.type_id}],
+                }
+                for i in inputs
+            ]
+        }
+        response = await self.client.call(
+            key.portal_id,
+            "POST",
+            f"/crm/v4/associations/{from_type}/{to_type}/batch/create",
+            route="/crm/v4/associations/{fromObjectType}/{toObjectType}/batch/create",
+            json=body,
+            links=[link for item in inputs for link in item.links][:128],
+            records=len(inputs),
+        )
+        has_errors = isinstance(response.body, dict) and bool(response.body.get("errors"))
+        if response.status in (200, 201) or (response.status == 207 and not has_errors):
+            return [Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=i.id) for i in inputs]
+        # Creating an association twice changes nothing, so a batch can be split and re-sent.
+        if response.status in (207, 400, 409, 502, 504) and len(inputs) > 1:
+            mid = len(inputs) // 2
+            first, second = await asyncio.gather(
+                self._run_associations(key, inputs[:mid], attempt + 1),
+                self._run_associations(key, inputs[mid:], attempt + 1),
+            )
+            return [*first, *second]
+        failure = _failure(response)
+        if response.status == 207 and has_errors:
+            first_error = response.body["errors"][0]
+            failure = HubSpotFailure(
+                400, str(first_error.get("message", "")), str(first_error.get("category", ""))
+            )
+        return [await self._dead_letter(key, i, failure, attempt) for i in inputs]
+
+
+class WriteBatcher:
+    """Coalesces writes into batches of up to ``max_size``, sent when full or after ``max_wait_s``."""
+
+    def __init__(
+        self,
+        run: Callable[[BatchKey, Sequence[BatchInput]], Awaitable[list[Outcome]]],
+        max_size: int = 100,
+        max_wait_s: float = 0.05,
+    ) -> None:
+        self._run = run
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self._pending: dict[BatchKey, dict[str, BatchInput]] = {}
+        self._timers: dict[BatchKey, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
+        """Adds one write; the future resolves with its outcome."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        pending = self._pending.setdefault(key, {})
+        existing = pending.get(item.key)
+        if existing is not None:
+            existing.properties.update(item.properties)
+            existing.writes.extend(item.writes)
+            existing.links.extend(item.links)
+            existing.trace_ids.extend(item.trace_ids)
+            existing.waiters.append(future)
+            return future
+        item.waiters.append(future)
+        pending[item.key] = item
+        if len(pending) >= self.max_size:
+            self._flush(key)
+        elif key not in self._timers:
+            self._timers[key] = loop.call_later(self.max_wait_s, self._flush, key)
+        return future
+
+    def _flush(self, key: BatchKey) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        pending = self._pending.pop(key, None)
+        if not pending:
+            return
+        task = asyncio.create_task(self._send(key, list(pending.values())))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, key: BatchKey, inputs: list[BatchInput]) -> None:
+        try:
+            outcomes = await self._run(key, inputs)
+        except BaseException as exc:
+            for item in inputs:
+                for waiter in item.waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for item, outcome in zip(inputs, outcomes, strict=True):
+            for waiter in item.waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome)
+
+    async def close(self) -> None:
+        for key in list(self._pending):
+            self._flush(key)
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _trace_index(trace: str) -> int | None:
+    tail = trace.rsplit(":", 1)[-1] if trace else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _norm(key: BatchKey, value: str) -> str:
+    # HubSpot lowercases emails; match results to inputs the same way.
+    return value.lower() if key.id_property == "email" else value
+
+
+def _failure(response: HubSpotResponse) -> HubSpotFailure:
+    e = response.error()
+    return HubSpotFailure(response.status, e["message"], e["category"], e["correlation_id"])

@@ -1,0 +1,98 @@
+"""The writer's domain facade: submissions (waited or queued), DLQ replay, quota status."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.trace import Link
+
+from hubsync.api.writer.v1 import writer_pb2
+from hubsync.writer.batches import WriteBatcher
+from hubsync.writer.circuit import CircuitBreakers
+from hubsync.writer.dlq import DeadLetterQueue
+from hubsync.writer.queue import WriteQueue
+from hubsync.writer.ratelimit import RateLimiter
+from hubsync.writer.reads import RecordReader
+from hubsync.writer.results import result_list
+from hubsync.writer.submissions import WriteSubmitter, validate
+
+log = logging.getLogger(__name__)
+
+
+class WriterGateway:
+    def __init__(
+        self,
+        submitter: WriteSubmitter,
+        queue: WriteQueue,
+        reader: RecordReader,
+        dlq: DeadLetterQueue,
+        limiter: RateLimiter,
+        breakers: CircuitBreakers,
+        batcher: WriteBatcher,
+        *,
+        pilot_mode: bool = False,
+    ) -> None:
+        self.submitter = submitter
+        self.queue = queue
+        self.reader = reader
+        self.dlq = dlq
+        self.limiter = limiter
+        self.breakers = breakers
+        self.batcher = batcher
+        self.pilot_mode = pilot_mode
+
+    async def submit(
+        self, request: writer_pb2.SubmitWritesRequest, deadline: float | None
+    ) -> writer_pb2.SubmitWritesResponse:
+        validate(request.writes)
+        if not request.wait:
+            return await self.queue.enqueue(request)
+        previous = await self.queue.begin(request, deadline)
+        if previous is not None:
+            return previous
+        try:
+            outcomes = await self.submitter.process(request.portal_id, request.writes)
+        except BaseException:
+            await self.queue.finish(request, None)
+            raise
+        response = writer_pb2.SubmitWritesResponse(results=result_list(outcomes))
+        await self.queue.finish(request, response)
+        return response
+
+    async def process_queued(
+        self, portal_id: int, request: writer_pb2.SubmitWritesRequest, links: Sequence[Link]
+    ) -> None:
+        outcomes = await self.submitter.process(portal_id, request.writes, links)
+        if request.request_id:
+            response = writer_pb2.SubmitWritesResponse(results=result_list(outcomes))
+            await self.queue.finish(request, response)
+
+    async def replay(self, portal_id: int, ids: list[str], statuses: list[int], all_: bool) -> int:
+        entries = await self.dlq.select(portal_id, ids, statuses, all_)
+        for entry in entries:
+            request = writer_pb2.SubmitWritesRequest(
+                request_id=f"replay:{entry.id}:{uuid.uuid4().hex[:8]}",
+                portal_id=portal_id,
+                writes=[entry.write],
+            )
+            await self.queue.enqueue(request)
+            await self.dlq.remove(portal_id, [entry.id])
+        return len(entries)
+
+    async def quota_status(self, portal_id: int) -> dict[str, Any]:
+        use = await self.limiter.usage(portal_id)
+        return {
+            "burst_limit": self.limiter.api.limit,
+            "burst_used": use.burst_used,
+            "burst_window_ms": self.limiter.api.window_ms,
+            "daily_limit": self.limiter.api.daily,
+            "daily_used": use.daily_used,
+            "hubspot_remaining": use.hubspot_remaining,
+            "circuit_state": int(self.breakers.get(portal_id).state),
+            "queued_writes": await self.queue.depth(portal_id),
+            "dead_letters": await self.dlq.depth(portal_id),
+            "pilot_mode": self.pilot_mode,
+        }

@@ -1,0 +1,246 @@
+"""Every HubSpot API call the writer makes goes through :class:`HubSpotClient`.
+
+Per call: wait for the portal's circuit breaker and a rate-limit slot, get a token, send, and
+correct the limiter from the response headers. Transient answers (423, 429, 477, 500, 503,
+521-526, timeouts) are retried with exponential backoff and full jitter, honouring
+``Retry-After`` and the 429 policy (TEN_SECONDLY_ROLLING: the whole window is marked used so
+every replica waits it out; DAILY: fail with RESOURCE_EXHAUSTED until the reset). A 401 asks
+auth for a fresh token and retries once. Everything else (2xx, 207, 400, 403, 404, 409, 502,
+504) is returned to the caller, who knows what the batch was (the error table lives in
+:mod:`hubsync.writer.batches`). One span per call, linked to the traces of the records it carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from hubsync.core.errors import ResourceExhausted, Unauthenticated, Unavailable
+from hubsync.writer.circuit import CircuitBreakers
+from hubsync.writer.ratelimit import RateLimiter
+from hubsync.writer.tokens import TokenSource
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("hubsync.writer")
+_requests = metrics.get_meter("hubsync.writer").create_counter(
+    "hubsync.hubspot.requests", description="HubSpot API calls by portal, endpoint and status"
+)
+
+RETRYABLE = frozenset({423, 429, 477, 500, 503, 521, 522, 523, 524, 525, 526})
+# Answers that say HubSpot (not the request) is failing: they feed the circuit breaker.
+FAILURES = frozenset({500, 502, 503, 504, 521, 522, 523, 524, 525, 526})
+
+
+@dataclass
+class HubSpotResponse:
+    status: int
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def error(self) -> dict[str, str]:
+        """HubSpot's error fields: message, category, correlation id."""
+        body = self.body if isinstance(self.body, dict) else {}
+        return {
+            "message": str(body.get("message") or (self.body if isinstance(self.body, str) else "")),
+            "category": str(body.get("category") or body.get("errorType") or ""),
+            "correlation_id": str(body.get("correlationId") or ""),
+        }
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    base_s: float = 0.5
+    max_s: float = 30.0
+    burst_retry_s: float = 10.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base·2^attempt)]."""
+        return random.uniform(0, min(self.max_s, self.base_s * (2**attempt)))
+
+
+class HubSpotClient:
+    """HTTP to HubSpot under the portal's quota, circuit and token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenSource,
+        limiter: RateLimiter,
+        breakers: CircuitBreakers,
+        policy: RetryPolicy,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.tokens = tokens
+        self.limiter = limiter
+        self.breakers = breakers
+        self.policy = policy
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(
+        self,
+        portal_id: int,
+        method: str,
+        path: str,
+        *,
+        route: str,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        search: bool = False,
+        links: Sequence[Link] = (),
+        deadline: float | None = None,
+        records: int = 0,
+    ) -> HubSpotResponse:
+        """Sends one request (with its retries); returns HubSpot's final non-transient answer."""
+        breaker = self.breakers.get(portal_id)
+        reauthorized = False
+        attempt = 0
+        token: str | None = None
+        while True:
+            probe = await breaker.admit(deadline)
+            try:
+                await self.limiter.acquire(portal_id, search=search, deadline=deadline)
+                if token is None:
+                    token = await self.tokens.token(portal_id)
+                response = await self._send(
+                    portal_id, method, path, route, json, params, token, links, records
+                )
+            except BaseException:
+                if probe:
+                    breaker.record(False, probe)
+                raise
+            status = response.status
+            breaker.record(status not in FAILURES, probe)
+            if response.headers:
+                await self.limiter.correct(portal_id, response.headers)
+            if status == 401 and not reauthorized:
+                reauthorized = True
+                token = await self.tokens.invalidate(portal_id, token)
+                continue
+            if status == 401:
+                raise Unauthenticated(
+                    f"HubSpot rejected portal {portal_id}'s fresh token too", reason="HUBSPOT_UNAUTHORIZED"
+                )
+            if status not in RETRYABLE:
+                return response
+            attempt += 1
+            wait = self._retry_wait(response, attempt)
+            if status == 429:
+                policy = response.body.get("policyName", "") if isinstance(response.body, dict) else ""
+                if policy == "DAILY":
+                    raise ResourceExhausted(
+                        f"portal {portal_id} reached HubSpot's daily limit",
+                        reason="HUBSPOT_DAILY_LIMIT",
+                        retry_after=_seconds_to_utc_midnight(),
+                    )
+                if policy != "SECONDLY" and not search:
+                    # Every replica waits out the window through the shared limiter.
+                    await self.limiter.fill_window(portal_id)
+                    wait = _retry_after(response.headers) or 0.0
+            if attempt >= self.policy.max_attempts:
+                raise Unavailable(
+                    f"HubSpot answered {status} {self.policy.max_attempts} times ({route})",
+                    reason="HUBSPOT_UNAVAILABLE",
+                    retry_after=wait or 1.0,
+                    metadata={"http_status": str(status)},
+                )
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise Unavailable(
+                    f"HubSpot answered {status} ({route}); no time left to retry",
+                    reason="HUBSPOT_UNAVAILABLE",
+                    retry_after=wait,
+                    metadata={"http_status": str(status)},
+                )
+            log.info(
+                "retrying HubSpot call",
+                extra={"portal": portal_id, "route": route, "status": status, "wait_s": round(wait, 3)},
+            )
+            await asyncio.sleep(wait)
+
+    def _retry_wait(self, response: HubSpotResponse, attempt: int) -> float:
+        after = _retry_after(response.headers)
+        if after is not None:
+            return after
+        return self.policy.backoff(attempt)
+
+    async def _send(
+        self,
+        portal_id: int,
+        method: str,
+        path: str,
+        route: str,
+        body: Any,
+        params: Mapping[str, Any] | None,
+        token: str,
+        links: Sequence[Link],
+        records: int,
+    ) -> HubSpotResponse:
+        attrs = {"portal": str(portal_id), "endpoint": f"{method} {route}"}
+        with _tracer.start_as_current_span(
+            f"HubSpot {method} {route}",
+            kind=SpanKind.CLIENT,
+            links=list(links),
+            attributes={"hubspot.portal_id": portal_id, "hubspot.records": records, "http.route": route},
+        ) as span:
+            content = orjson.dumps(body) if body is not None else None
+            headers = {"Authorization": f"Bearer {token}"}
+            if content is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                raw = await self._http.request(method, path, content=content, params=params, headers=headers)
+            except httpx.TimeoutException:
+                span.set_status(Status(StatusCode.ERROR, "timeout"))
+                _requests.add(1, attrs | {"status": "timeout"})
+                # A timeout is HubSpot's 504 as far as the batch is concerned (halve and retry).
+                return HubSpotResponse(504, {"message": "request to HubSpot timed out"}, {})
+            except httpx.TransportError as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                _requests.add(1, attrs | {"status": "error"})
+                return HubSpotResponse(503, {"message": f"cannot reach HubSpot: {type(exc).__name__}"}, {})
+            span.set_attribute("http.status_code", raw.status_code)
+            if raw.status_code >= 400:
+                span.set_status(Status(StatusCode.ERROR, str(raw.status_code)))
+            _requests.add(1, attrs | {"status": str(raw.status_code)})
+            parsed: Any
+            try:
+                parsed = orjson.loads(raw.content) if raw.content else None
+            except orjson.JSONDecodeError:
+                parsed = raw.text
+            return HubSpotResponse(raw.status_code, parsed, dict(raw.headers))
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                return None
+    return None
+
+
+def _seconds_to_utc_midnight() -> float:
+    now = time.time()
+    return 86_400 - (now % 86_400)

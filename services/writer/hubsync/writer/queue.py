@@ -1,0 +1,241 @@
+"""The durable outbound queue and SubmitWrites' idempotency.
+
+An asynchronous submission (``wait=false``) is appended to ``hubsync:{<portal>}:writes``
+together with its idempotency record in one Lua script, before the RPC returns; consumers in
+group ``writer`` process entries concurrently (so the batcher coalesces across submissions),
+acknowledge them only once HubSpot has answered, and reclaim entries a dead consumer left
+pending (XAUTOCLAIM). A request id is accepted once; a repeat answers with the first result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.errors import HubsyncError, Unavailable
+from hubsync.core.redis import portal_key
+from hubsync.core.telemetry import extract_context, inject_fields
+
+log = logging.getLogger(__name__)
+
+GROUP = "writer"
+PORTALS = "hubsync:writer:portals"
+_PENDING = b"pending"
+
+# KEYS: request key, stream. ARGV: response, ttl, maxlen, request bytes, traceparent, tracestate.
+_ACCEPT = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local fields = {'request', ARGV[4], 'accepted_ms', ARGV[7]}
+if ARGV[5] ~= '' then table.insert(fields, 'traceparent'); table.insert(fields, ARGV[5]) end
+if ARGV[6] ~= '' then table.insert(fields, 'tracestate'); table.insert(fields, ARGV[6]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+return false
+"""
+
+
+def writes_key(portal_id: int) -> str:
+    return portal_key(portal_id, "writes")
+
+
+def request_key(portal_id: int, request_id: str) -> str:
+    return portal_key(portal_id, "writer", "request", request_id)
+
+
+class WriteQueue:
+    def __init__(self, redis: Redis, *, maxlen: int, request_ttl_s: int) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+        self.request_ttl_s = request_ttl_s
+        self._accept = redis.register_script(_ACCEPT)
+
+    async def enqueue(self, request: writer_pb2.SubmitWritesRequest) -> writer_pb2.SubmitWritesResponse:
+        """Makes the submission durable; answers QUEUED for each write (or the first answer)."""
+        portal = request.portal_id
+        request_id = request.request_id or f"auto:{uuid.uuid4().hex}"
+        queued = writer_pb2.SubmitWritesResponse(
+            results=[writer_pb2.WriteResult(status=writer_pb2.WRITE_STATUS_QUEUED) for _ in request.writes]
+        )
+        stored = writer_pb2.SubmitWritesRequest()
+        stored.CopyFrom(request)
+        stored.request_id = request_id
+        carrier = inject_fields({})
+        await self.redis.sadd(PORTALS, str(portal))
+        existing = await self._accept(
+            keys=[request_key(portal, request_id), writes_key(portal)],
+            args=[
+                queued.SerializeToString(),
+                self.request_ttl_s,
+                self.maxlen,
+                stored.SerializeToString(),
+                carrier.get("traceparent", ""),
+                carrier.get("tracestate", ""),
+                int(time.time() * 1000),
+            ],
+        )
+        if existing:
+            return _previous(existing, len(request.writes))
+        return queued
+
+    async def begin(
+        self, request: writer_pb2.SubmitWritesRequest, deadline: float | None
+    ) -> writer_pb2.SubmitWritesResponse | None:
+        """For wait=true: claims the request id, or returns the first call's answer."""
+        if not request.request_id:
+            return None
+        key = request_key(request.portal_id, request.request_id)
+        while True:
+            if await self.redis.set(key, _PENDING, nx=True, ex=max(self.request_ttl_s, 60)):
+                return None
+            value: Any = await self.redis.get(key)
+            if value is None:
+                continue
+            if value != _PENDING:
+                return _previous(value, len(request.writes))
+            if deadline is not None and time.monotonic() + 0.1 > deadline:
+                raise Unavailable("the same request_id is still being processed", retry_after=1.0)
+            await asyncio.sleep(0.1)
+
+    async def finish(
+        self, request: writer_pb2.SubmitWritesRequest, response: writer_pb2.SubmitWritesResponse | None
+    ) -> None:
+        if not request.request_id:
+            return
+        key = request_key(request.portal_id, request.request_id)
+        if response is None:
+            await self.redis.delete(key)
+        else:
+            await self.redis.set(key, response.SerializeToString(), ex=self.request_ttl_s)
+
+    async def depth(self, portal_id: int) -> int:
+        """Entries not yet processed: undelivered plus pending."""
+        key = writes_key(portal_id)
+        try:
+            groups: Any = await self.redis.xinfo_groups(key)
+        except ResponseError:
+            return 0
+        for g in groups:
+            name = g.get("name") or g.get(b"name")
+            if name in (GROUP, GROUP.encode()):
+                lag = g.get("lag") or g.get(b"lag") or 0
+                return int(lag) + int(g.get("pending") or g.get(b"pending") or 0)
+        return int(await self.redis.xlen(key))
+
+
+def _previous(value: bytes, n: int) -> writer_pb2.SubmitWritesResponse:
+    reply = writer_pb2.SubmitWritesResponse.FromString(value)
+    if len(reply.results) != n:
+        # A different submission under the same request id: answer with what was accepted.
+        log.warning("request_id reused for a different submission")
+    return reply
+
+
+class QueueConsumer:
+    """Processes the durable queue of every portal (group ``writer``)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        process: Callable[[int, writer_pb2.SubmitWritesRequest, list[Link]], Awaitable[None]],
+        *,
+        count: int = 50,
+        block_ms: int = 500,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.redis = redis
+        self.process = process
+        self.count = count
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._groups: set[int] = set()
+        self._last_claim = 0.0
+
+    async def _ensure_groups(self) -> list[int]:
+        portals = sorted(int(p) for p in await self.redis.smembers(PORTALS))
+        for portal in portals:
+            if portal in self._groups:
+                continue
+            try:
+                await self.redis.xgroup_create(writes_key(portal), GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._groups.add(portal)
+        return portals
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("write queue consumer failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def step(self) -> int:
+        """One round: reclaim stale entries now and then, read new ones, process them."""
+        portals = await self._ensure_groups()
+        if not portals:
+            await asyncio.sleep(self.block_ms / 1000)
+            return 0
+        entries: list[tuple[int, bytes, dict[bytes, bytes]]] = []
+        if time.monotonic() - self._last_claim > self.claim_idle_ms / 2000:
+            self._last_claim = time.monotonic()
+            for portal in portals:
+                _next, claimed, *_ = await self.redis.xautoclaim(
+                    writes_key(portal), GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.count
+                )
+                entries += [(portal, i, f) for i, f in claimed if f]
+        if not entries:
+            streams = {writes_key(p): ">" for p in portals}
+            reply: Any = await self.redis.xreadgroup(
+                GROUP,
+                self.consumer,
+                streams,  # type: ignore[arg-type]
+                count=self.count,
+                block=self.block_ms,
+            )
+            for stream, items in reply or []:
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                portal = int(name.split("{", 1)[1].split("}", 1)[0])
+                entries += [(portal, i, f) for i, f in items]
+        if entries:
+            await asyncio.gather(*(self._handle(p, i, f) for p, i, f in entries))
+        return len(entries)
+
+    async def _handle(self, portal: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            request = writer_pb2.SubmitWritesRequest.FromString(fields[b"request"])
+        except Exception:
+            log.error("unreadable write queue entry dropped", extra={"portal": portal})
+            await self.redis.xack(writes_key(portal), GROUP, entry_id)
+            return
+        parent = extract_context(fields)
+        ctx = trace.get_current_span(parent).get_span_context()
+        links = [Link(ctx)] if ctx.is_valid else []
+        token = otel_context.attach(parent)
+        try:
+            await self.process(portal, request, links)
+        except HubsyncError as exc:
+            # HubSpot is down or out of quota: leave it pending; XAUTOCLAIM retries it later.
+            log.warning("queued write not processed yet", extra={"portal": portal, "reason": exc.reason})
+            return
+        finally:
+            otel_context.detach(token)
+        await self.redis.xack(writes_key(portal), GROUP, entry_id)

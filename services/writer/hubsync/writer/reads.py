@@ -1,0 +1,277 @@
+"""Reads from HubSpot: records by id or unique value (batch/read), properties, search pages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hubsync.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
+
+OBJECT_TYPES = ("companies", "contacts", "deals")
+SEARCH_OPERATORS = frozenset(
+    [
+        "EQ",
+        "NEQ",
+        "LT",
+        "LTE",
+        "GT",
+        "GTE",
+        "BETWEEN",
+        "IN",
+        "NOT_IN",
+        "HAS_PROPERTY",
+        "NOT_HAS_PROPERTY",
+        "CONTAINS_TOKEN",
+        "NOT_CONTAINS_TOKEN",
+    ]
+)
+
+
+@dataclass
+class Record:
+    id: str
+    object_type: str
+    properties: dict[str, str]
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    archived: bool = False
+
+
+@dataclass
+class PropertyDef:
+    name: str
+    label: str
+    type: str
+    field_type: str
+    has_unique_value: bool
+    hubspot_defined: bool
+    options: list[str]
+    description: str
+
+
+@dataclass
+class SearchPage:
+    records: list[Record]
+    total: int
+    after: str
+
+
+@dataclass
+class SearchQuery:
+    filter_groups: list[list[dict[str, Any]]] = field(default_factory=list)
+    sorts: list[dict[str, str]] = field(default_factory=list)
+    properties: list[str] = field(default_factory=list)
+    query: str = ""
+    limit: int = 100
+    after: str = ""
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "filterGroups": [{"filters": group} for group in self.filter_groups],
+            "sorts": self.sorts,
+            "properties": self.properties,
+            "limit": self.limit,
+        }
+        if self.query:
+            body["query"] = self.query
+        if self.after:
+            body["after"] = self.after
+        return body
+
+
+def check_object_type(object_type: str, field_name: str = "object_type") -> None:
+    if object_type not in OBJECT_TYPES:
+        raise InvalidArgument(
+            f"unknown object type {object_type!r}",
+            violations={field_name: f"must be one of {', '.join(OBJECT_TYPES)}"},
+        )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def to_record(object_type: str, raw: dict[str, Any]) -> Record:
+    props = {k: ("" if v is None else str(v)) for k, v in (raw.get("properties") or {}).items()}
+    return Record(
+        id=str(raw.get("id", "")),
+        object_type=object_type,
+        properties=props,
+        created_at=_parse_time(raw.get("createdAt")),
+        updated_at=_parse_time(raw.get("updatedAt")),
+        archived=bool(raw.get("archived", False)),
+    )
+
+
+def raise_for(response: HubSpotResponse, what: str) -> None:
+    """Turns a HubSpot refusal of a read into the matching domain error."""
+    if response.ok:
+        return
+    e = response.error()
+    message = f"HubSpot answered {response.status} to {what}: {e['message']}"
+    if response.status == 400:
+        raise InvalidArgument(message, reason="HUBSPOT_BAD_REQUEST")
+    if response.status == 403:
+        raise PermissionDenied(message, reason="HUBSPOT_MISSING_SCOPES")
+    if response.status == 404:
+        raise NotFound(message, reason="HUBSPOT_NOT_FOUND")
+    if response.status in (409, 414, 423):
+        raise FailedPrecondition(message, reason="HUBSPOT_REFUSED")
+    raise Unavailable(message, reason="HUBSPOT_UNAVAILABLE", retry_after=1.0)
+
+
+class RecordReader:
+    def __init__(self, client: HubSpotClient, chunk: int = 100) -> None:
+        self.client = client
+        self.chunk = chunk
+
+    async def read(
+        self,
+        portal_id: int,
+        object_type: str,
+        ids: Sequence[str],
+        *,
+        id_property: str = "",
+        properties: Sequence[str] = (),
+        archived: bool = False,
+        deadline: float | None = None,
+    ) -> tuple[list[Record], list[str]]:
+        """Records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
+        check_object_type(object_type)
+        if any(not i for i in ids):
+            raise InvalidArgument("ids must not be empty", violations={"ids": "an id is empty"})
+        unique = list(dict.fromkeys(ids))
+        props = list(dict.fromkeys(properties))
+        if id_property and props and id_property not in props:
+            props.append(id_property)
+        chunks = [unique[n : n + self.chunk] for n in range(0, len(unique), self.chunk)]
+        results = await asyncio.gather(
+            *(
+                self._read_chunk(portal_id, object_type, c, id_property, props, archived, deadline)
+                for c in chunks
+            )
+        )
+        records = [r for chunk in results for r in chunk]
+        found: set[str] = set()
+        for record in records:
+            found.add(record.id)
+            if id_property:
+                value = record.properties.get(id_property, "")
+                found.add(value.lower() if id_property == "email" else value)
+        missing = [i for i in unique if (i.lower() if id_property == "email" else i) not in found]
+        return records, missing
+
+    async def _read_chunk(
+        self,
+        portal_id: int,
+        object_type: str,
+        ids: list[str],
+        id_property: str,
+        properties: list[str],
+        archived: bool,
+        deadline: float | None,
+    ) -> list[Record]:
+        body: dict[str, Any] = {"inputs": [{"id": i} for i in ids], "properties": properties}
+        if id_property:
+            body["idProperty"] = id_property
+        response = await self.client.call(
+            portal_id,
+            "POST",
+            f"/crm/v3/objects/{object_type}/batch/read",
+            route="/crm/v3/objects/{objectType}/batch/read",
+            json=body,
+            params={"archived": "true"} if archived else None,
+            deadline=deadline,
+            records=len(ids),
+        )
+        if response.status in (502, 504) and len(ids) > 1:
+            mid = len(ids) // 2
+            a, b = await asyncio.gather(
+                self._read_chunk(
+                    portal_id, object_type, ids[:mid], id_property, properties, archived, deadline
+                ),
+                self._read_chunk(
+                    portal_id, object_type, ids[mid:], id_property, properties, archived, deadline
+                ),
+            )
+            return [*a, *b]
+        if response.status == 404:
+            return []
+        raise_for(response, "batch/read")
+        body_out = response.body if isinstance(response.body, dict) else {}
+        return [to_record(object_type, raw) for raw in body_out.get("results") or []]
+
+    async def list_properties(self, portal_id: int, object_type: str) -> list[PropertyDef]:
+        check_object_type(object_type)
+        response = await self.client.call(
+            portal_id,
+            "GET",
+            f"/crm/v3/properties/{object_type}",
+            route="/crm/v3/properties/{objectType}",
+        )
+        raise_for(response, "the Properties API")
+        out = []
+        for raw in (response.body or {}).get("results") or []:
+            out.append(
+                PropertyDef(
+                    name=str(raw.get("name", "")),
+                    label=str(raw.get("label", "")),
+                    type=str(raw.get("type", "")),
+                    field_type=str(raw.get("fieldType", "")),
+                    has_unique_value=bool(raw.get("hasUniqueValue", False)),
+                    hubspot_defined=bool(raw.get("hubspotDefined", False)),
+                    options=[str(o.get("value", "")) for o in raw.get("options") or []],
+                    description=str(raw.get("description", "")),
+                )
+            )
+        return out
+
+    async def search(
+        self, portal_id: int, object_type: str, query: SearchQuery, deadline: float | None = None
+    ) -> SearchPage:
+        check_object_type(object_type)
+        response = await self.client.call(
+            portal_id,
+            "POST",
+            f"/crm/v3/objects/{object_type}/search",
+            route="/crm/v3/objects/{objectType}/search",
+            json=query.body(),
+            search=True,
+            deadline=deadline,
+        )
+        raise_for(response, "search")
+        body = response.body if isinstance(response.body, dict) else {}
+        after = str(((body.get("paging") or {}).get("next") or {}).get("after") or "")
+        records = [to_record(object_type, raw) for raw in body.get("results") or []]
+        return SearchPage(records, int(body.get("total") or 0), after)
+
+
+def validate_search(filter_groups: list[list[dict[str, Any]]], limit: int, max_limit: int = 200) -> None:
+    violations: dict[str, str] = {}
+    if len(filter_groups) > 5:
+        violations["filter_groups"] = "at most 5 filter groups"
+    total = 0
+    for g, group in enumerate(filter_groups):
+        if len(group) > 6:
+            violations[f"filter_groups[{g}].filters"] = "at most 6 filters per group"
+        total += len(group)
+        for f, flt in enumerate(group):
+            if not flt.get("propertyName"):
+                violations[f"filter_groups[{g}].filters[{f}].property_name"] = "required"
+            if flt.get("operator") not in SEARCH_OPERATORS:
+                violations[f"filter_groups[{g}].filters[{f}].operator"] = "unknown operator"
+    if total > 18:
+        violations["filter_groups"] = "at most 18 filters in all"
+    if limit < 0 or limit > max_limit:
+        violations["page_size"] = f"must be 0..{max_limit}"
+    if violations:
+        raise InvalidArgument("invalid search", violations=violations)

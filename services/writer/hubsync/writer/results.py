@@ -1,0 +1,32 @@
+"""Outcome → proto conversion shared by the servicer and the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hubsync.api.common.v1 import common_pb2
+from hubsync.api.writer.v1 import writer_pb2
+from hubsync.writer.batches import Outcome
+
+
+def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
+    pb = writer_pb2.WriteResult(
+        status=outcome.status,  # type: ignore[arg-type]
+        hubspot_id=outcome.hubspot_id,
+        created=outcome.created,
+        dead_letter_id=outcome.dead_letter_id,
+    )
+    if outcome.error is not None:
+        pb.error.CopyFrom(
+            common_pb2.HubSpotError(
+                http_status=outcome.error.http_status,
+                category=outcome.error.category,
+                message=outcome.error.message,
+                correlation_id=outcome.error.correlation_id,
+            )
+        )
+    return pb
+
+
+def result_list(outcomes: Sequence[Outcome]) -> list[writer_pb2.WriteResult]:
+    return [result_pb(o) for o in outcomes]

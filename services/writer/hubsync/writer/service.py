@@ -1,0 +1,95 @@
+"""Wires the writer: settings, token source (auth), limiter, client, batcher, queue, servicer."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from hubsync.api.auth.v1 import auth_pb2_grpc
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.core.channels import channel_for
+from hubsync.core.service import ServiceSpec
+from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.writer.batches import BatchWriter, WriteBatcher
+from hubsync.writer.circuit import CircuitBreakers
+from hubsync.writer.dlq import DeadLetterQueue
+from hubsync.writer.export import RecordExporter
+from hubsync.writer.gateway import WriterGateway
+from hubsync.writer.hubspot_client import HubSpotClient, RetryPolicy
+from hubsync.writer.queue import QueueConsumer, WriteQueue
+from hubsync.writer.ratelimit import Budget, RateLimiter
+from hubsync.writer.reads import RecordReader
+from hubsync.writer.servicer import WriterServicer
+from hubsync.writer.settings import WriterSettings
+from hubsync.writer.submissions import WriteSubmitter
+from hubsync.writer.tokens import AuthTokenSource
+
+SERVICE = writer_pb2.DESCRIPTOR.services_by_name["WriterService"].full_name
+DEFAULT_PORT = 50054
+
+
+def _method(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
+    """The writer's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
+    settings = load_settings(WriterSettings)
+    burst, daily = settings.limits()
+    limiter = RateLimiter(
+        redis,
+        Budget("burst", burst, settings.burst_window_ms, daily),
+        Budget("search", settings.search_per_second, 1000),
+        margin_ms=settings.burst_window_margin_ms,
+    )
+    auth_channel = channel_for(core, core.auth_address)
+    tokens = AuthTokenSource(auth_pb2_grpc.AuthServiceStub(auth_channel))
+    breakers = CircuitBreakers(settings.circuit_failure_threshold, settings.circuit_open_s)
+    client = HubSpotClient(
+        core.hubspot_api_base,
+        tokens,
+        limiter,
+        breakers,
+        RetryPolicy(
+            settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s, settings.burst_retry_s
+        ),
+        timeout_s=settings.http_timeout_s,
+    )
+    dlq = DeadLetterQueue(redis)
+    writer = BatchWriter(
+        client,
+        redis,
+        dlq,
+        source_tag=settings.source_tag,
+        source_property=settings.source_property,
+        written_ttl_s=settings.written_ttl_s,
+    )
+    batcher = WriteBatcher(writer.run, settings.batch_max_size, settings.batch_max_wait_ms / 1000)
+    reader = RecordReader(client)
+    submitter = WriteSubmitter(
+        batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
+    )
+    queue = WriteQueue(redis, maxlen=settings.queue_maxlen, request_ttl_s=settings.request_ttl_s)
+    gateway = WriterGateway(
+        submitter, queue, reader, dlq, limiter, breakers, batcher, pilot_mode=settings.pilot_mode
+    )
+    servicer = WriterServicer(gateway, dlq, RecordExporter(reader, settings.export_lookback_s))
+    consumer = QueueConsumer(
+        redis,
+        gateway.process_queued,
+        count=settings.queue_read_count,
+        block_ms=settings.queue_block_ms,
+        claim_idle_ms=settings.queue_claim_idle_ms,
+    )
+    admins = settings.admin_callers
+    policy = {
+        _method("ReplayDeadLetters"): admins,
+        _method("PurgeDeadLetters"): admins,
+    }
+    return ServiceSpec(
+        service_names=[SERVICE],
+        register=lambda server: writer_pb2_grpc.add_WriterServiceServicer_to_server(servicer, server),
+        port=DEFAULT_PORT,
+        policy=policy,
+        background=[consumer.run] if settings.consume_queue else [],
+        on_stop=[batcher.close, client.aclose, auth_channel.close],
+    )

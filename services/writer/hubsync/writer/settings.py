@@ -1,0 +1,97 @@
+"""The writer's settings (``HUBSYNC_WRITER_*``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RateLimitPreset(StrEnum):
+    """HubSpot's published limits (reference §5): requests per 10 s and per day."""
+
+    PUBLIC_APP = "public_app"
+    FREE_STARTER = "free_starter"
+    PROFESSIONAL = "professional"
+    ENTERPRISE = "enterprise"
+    LIMIT_INCREASE = "limit_increase"
+
+
+# (burst per 10 s, daily; 0 = no daily budget known to us: OAuth apps get the account's cap).
+PRESETS: dict[RateLimitPreset, tuple[int, int]] = {
+    RateLimitPreset.PUBLIC_APP: (110, 0),
+    RateLimitPreset.FREE_STARTER: (100, 250_000),
+    RateLimitPreset.PROFESSIONAL: (190, 625_000),
+    RateLimitPreset.ENTERPRISE: (190, 1_000_000),
+    RateLimitPreset.LIMIT_INCREASE: (250, 1_000_000),
+}
+
+
+class AppType(StrEnum):
+    OAUTH = "oauth"
+    PRIVATE = "private"
+
+
+class WriterSettings(BaseSettings):
+    """Values only the writer reads."""
+
+    model_config = SettingsConfigDict(env_prefix="HUBSYNC_WRITER_", extra="ignore")
+
+    rate_limit_preset: RateLimitPreset = RateLimitPreset.PUBLIC_APP
+    # Override the preset's requests per burst window / per day (0 = no daily budget).
+    burst_limit: int | None = Field(default=None, ge=1)
+    daily_limit: int | None = Field(default=None, ge=0)
+    burst_window_ms: int = Field(default=10_000, ge=100)
+    # Added to the window: HubSpot counts a request when it arrives, a little after we count it.
+    burst_window_margin_ms: int = Field(default=250, ge=0)
+    search_per_second: int = Field(default=5, ge=1)
+    # How long a write waits for others to fill its batch.
+    batch_max_wait_ms: int = Field(default=50, ge=0)
+    batch_max_size: int = Field(default=100, ge=1, le=100)
+    # Log the writes that would be made (with their diff); send none.
+    pilot_mode: bool = False
+    app_type: AppType = AppType.OAUTH
+    # Retries of 423/429/5xx/timeouts per HubSpot call, and the backoff's base and cap.
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    # Waited after a TEN_SECONDLY_ROLLING 429 without Retry-After.
+    burst_retry_s: float = Field(default=10.0, ge=0)
+    # Circuit breaker per portal: consecutive failures that open it, and how long it stays open.
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    circuit_open_s: float = Field(default=30.0, ge=0)
+    http_timeout_s: float = Field(default=30.0, gt=0)
+    # hubsync's source tag: written with each write as objectWriteTraceId "<tag>:<id>", and, when
+    # source_property is set, as that property's value. UNSURE how HubSpot exposes an app's
+    # identity on webhooks (changeSource INTEGRATION + sourceId is what the sandbox sends), so
+    # the property is optional and off by default.
+    source_tag: str = "hubsync"
+    source_property: str = ""
+    # Durable queue: consumer batch size, how long an entry may stay pending before another
+    # consumer reclaims it (XAUTOCLAIM), and the stream's approximate max length.
+    queue_read_count: int = Field(default=50, ge=1)
+    queue_claim_idle_ms: int = Field(default=30_000, ge=10)
+    queue_block_ms: int = Field(default=500, ge=1)
+    queue_maxlen: int = Field(default=1_000_000, ge=100)
+    # Run the durable-queue consumer in this process.
+    consume_queue: bool = True
+    # Idempotency records of SubmitWrites (request_id) live this long.
+    request_ttl_s: int = Field(default=86_400, ge=1)
+    # Written-values records (ingress's echo check) live this long.
+    written_ttl_s: int = Field(default=3_600, ge=1)
+    # Skip writes whose properties equal what writer last wrote (WRITE_STATUS_UNCHANGED).
+    skip_unchanged: bool = False
+    # Export: wait this long at the end for search's index lag, then look once more.
+    export_lookback_s: float = Field(default=2.0, ge=0)
+    # Callers allowed to replay/purge the DLQ.
+    admin_callers: list[str] = ["cli"]
+
+    def limits(self) -> tuple[int, int]:
+        """(burst, daily) after overrides."""
+        burst, daily = PRESETS[self.rate_limit_preset]
+        if self.burst_limit is not None:
+            burst = self.burst_limit
+        if self.daily_limit is not None:
+            daily = self.daily_limit
+        return burst, daily

@@ -1,0 +1,185 @@
+"""Reusable fixtures: a running writer (in this event loop, or as a process).
+
+    async with running_auth(...) as auth_addr:
+        await register_sandbox_private_app(auth_addr, caller_tokens)
+        async with running_writer(
+            redis_url=redis_url, caller_tokens=caller_tokens,
+            hubspot_api_base=sb.base_url, auth_address=auth_addr,
+        ) as writer_addr:
+            stub = WriterServiceStub(open_channel(writer_addr, caller_tokens["mapper"]))
+
+Plain async context managers (no pytest dependency), so any service's tests can compose them.
+The sandbox's default portal (12345) is the one ``register_sandbox_private_app`` connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from hubsync.core.devredis import free_port
+from hubsync.core.service import RunningService, start_service
+from hubsync.core.settings import CoreSettings
+from hubsync.writer.service import build
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# Fast defaults for tests: short batch wait, short backoffs, quick reclaim; the rest as shipped.
+TEST_ENV = {
+    "HUBSYNC_WRITER_RATE_LIMIT_PRESET": "public_app",
+    "HUBSYNC_WRITER_BACKOFF_BASE_S": "0.01",
+    "HUBSYNC_WRITER_BACKOFF_MAX_S": "0.2",
+    "HUBSYNC_WRITER_BATCH_MAX_WAIT_MS": "20",
+    "HUBSYNC_WRITER_QUEUE_BLOCK_MS": "100",
+    "HUBSYNC_WRITER_EXPORT_LOOKBACK_S": "0.2",
+}
+
+
+def writer_env(**overrides: object) -> dict[str, str]:
+    """``HUBSYNC_WRITER_*`` for tests; keyword overrides are setting names (``burst_limit=50``)."""
+    return TEST_ENV | {f"HUBSYNC_WRITER_{k.upper()}": str(v) for k, v in overrides.items()}
+
+
+@contextlib.contextmanager
+def _environ(env: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def core_settings(
+    redis_url: str, caller_tokens: Mapping[str, str], hubspot_api_base: str, auth_address: str
+) -> CoreSettings:
+    return CoreSettings(
+        redis_url=redis_url,
+        caller_name="writer",
+        caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
+        hubspot_api_base=hubspot_api_base,
+        auth_address=auth_address,
+        shutdown_grace_seconds=0.5,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_writer_service(
+    *,
+    redis_url: str,
+    caller_tokens: Mapping[str, str],
+    hubspot_api_base: str,
+    auth_address: str,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[RunningService]:
+    """An in-process writer on a free loopback port; yields the RunningService."""
+    full_env = TEST_ENV | dict(env or {})
+    core = core_settings(redis_url, caller_tokens, hubspot_api_base, auth_address)
+    # Settings are read once, while the service is built: the environment is restored after.
+    with _environ(full_env):
+        service = await start_service("writer", core, build, port=0)
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_writer(
+    *,
+    redis_url: str,
+    caller_tokens: Mapping[str, str],
+    hubspot_api_base: str,
+    auth_address: str,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[str]:
+    """An in-process writer; yields its address ``127.0.0.1:<port>``."""
+    async with running_writer_service(
+        redis_url=redis_url,
+        caller_tokens=caller_tokens,
+        hubspot_api_base=hubspot_api_base,
+        auth_address=auth_address,
+        env=env,
+    ) as service:
+        yield f"127.0.0.1:{service.port}"
+
+
+class WriterProcess:
+    """``python -m hubsync.writer`` as a child process (kill tests, replicas, benchmarks)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, address: str) -> None:
+        self.proc = proc
+        self.address = address
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+
+@contextlib.asynccontextmanager
+async def writer_process(
+    *,
+    redis_url: str,
+    caller_tokens: Mapping[str, str],
+    hubspot_api_base: str,
+    auth_address: str,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 20.0,
+) -> AsyncIterator[WriterProcess]:
+    """A writer process on a free port; yields once its gRPC health answers SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from hubsync.core.channels import open_channel
+
+    port = free_port()
+    full = dict(os.environ) | TEST_ENV | dict(env or {})
+    full |= {
+        "HUBSYNC_REDIS_URL": redis_url,
+        "HUBSYNC_CALLER_NAME": "writer",
+        "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
+        "HUBSYNC_HUBSPOT_API_BASE": hubspot_api_base,
+        "HUBSYNC_AUTH_ADDRESS": auth_address,
+        "HUBSYNC_GRPC_PORT": str(port),
+        "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "HUBSYNC_LOG_LEVEL": full.get("HUBSYNC_LOG_LEVEL", "WARNING"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hubsync.writer", env=full, cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + ready_timeout
+        async with open_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"writer process exited with {proc.returncode}")
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except Exception:
+                    pass
+                if loop.time() > until:
+                    raise TimeoutError("writer process did not become ready")
+                await asyncio.sleep(0.1)
+        yield WriterProcess(proc, address)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
