@@ -275,3 +275,23 @@ async def test_http_redirect_refused_outside_development(
             auth_pb2.BeginAuthorizationRequest(tenant="t", redirect_uri="https://hubsync.example.com/cb")
         )
     assert ok.authorize_url.startswith("https://app.hubspot.com/oauth/authorize?")
+
+
+async def test_wrong_client_secret_is_a_configuration_error_and_stores_nothing(
+    redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    async with running_auth(
+        redis_url=redis_url,
+        caller_tokens=caller_tokens,
+        hubspot_api_base=sandbox.base_url,
+        env={"HUBSYNC_AUTH_CLIENT_SECRET": "not-the-secret"},
+    ) as auth:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await connect_oauth(auth, caller_tokens)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(err.value)
+        assert info is not None and info.reason == "OAUTH_CLIENT_REJECTED"
+        assert "not-the-secret" not in (err.value.details() or "")
+        async with stub(auth, caller_tokens, "mapper") as s:
+            listed = await s.ListConnections(auth_pb2.ListConnectionsRequest())
+        assert list(listed.connections) == []
