@@ -183,3 +183,26 @@ async def test_a_crashed_lock_holder_blocks_only_until_its_lock_expires(
     assert len({r.access_token for r in replies}) == 1
     assert waited >= 0.3  # nobody refreshed behind the (live) lock's back
     assert token_calls(await sandbox_requests(sandbox.base_url)) == 2
+
+
+async def test_a_hanging_token_endpoint_is_abandoned_before_the_lock_expires(
+    redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer, redis: Any
+) -> None:
+    async with running_auth(
+        redis_url=redis_url,
+        caller_tokens=caller_tokens,
+        hubspot_api_base=sandbox.base_url,
+        env={"HUBSYNC_AUTH_REFRESH_LOCK_TTL_S": "3"},
+    ) as auth:
+        await connect_oauth(auth, caller_tokens)
+        await add_fault(sandbox.base_url, endpoint="POST /oauth/v3/token", timeout_s=4, remaining=1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with stub(auth, caller_tokens, "writer") as s:
+            current = await s.GetAccessToken(FORCE)  # refresh gives up after 1 s: the valid token
+        assert 0.9 <= loop.time() - started < 2.5
+        assert await redis.exists("hubsync:{12345}:auth:refresh-lock") == 0
+        assert await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_ACTIVE
+        async with stub(auth, caller_tokens, "writer") as s:
+            fresh = await s.GetAccessToken(FORCE)
+        assert fresh.access_token != current.access_token

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 from opentelemetry import metrics
@@ -451,14 +451,15 @@ class TokenVault:
             return await self._needs_reauth_result(conn, "no refresh token stored")
         started = self.now_ms()
         try:
-            grant = await self.oauth.refresh(refresh_token)
+            # Finish (or give up) while the lock is still ours, so no second refresh can start.
+            async with asyncio.timeout(max(1.0, self.settings.refresh_lock_ttl_s - 2)):
+                grant = await self.oauth.refresh(refresh_token)
+        except TimeoutError:
+            await self._transient(conn, OAuthUnavailable("refresh outlived the refresh lock"))
         except InvalidGrant:
             return await self._needs_reauth_result(conn, "refresh token refused (invalid_grant)")
         except OAuthUnavailable as exc:
-            self._count(conn.portal_id, "transient_failure")
-            self._audit("refresh_failed", conn.portal_id, why=str(exc))
-            await self.store.redis.set(_failed_key(conn.portal_id), conn.generation, px=2_000)
-            raise Unavailable(str(exc), retry_after=exc.retry_after or 1.0) from None
+            await self._transient(conn, exc)
         except OAuthRejected as exc:
             self._count(conn.portal_id, "rejected")
             self._audit("refresh_failed", conn.portal_id, why=str(exc))
@@ -480,6 +481,13 @@ class TokenVault:
         self._count(conn.portal_id, "success")
         self._audit("refreshed", conn.portal_id, expires_ms=new.expires_ms)
         return new
+
+    async def _transient(self, conn: Connection, exc: OAuthUnavailable) -> NoReturn:
+        """Records a transient failure (waiters on other replicas give up instead of piling on)."""
+        self._count(conn.portal_id, "transient_failure")
+        self._audit("refresh_failed", conn.portal_id, why=str(exc))
+        await self.store.redis.set(_failed_key(conn.portal_id), conn.generation, px=2_000)
+        raise Unavailable(str(exc), retry_after=exc.retry_after or 1.0)
 
     async def _needs_reauth_result(self, conn: Connection, why: str) -> Connection:
         self._count(conn.portal_id, "invalid_grant")
