@@ -295,3 +295,18 @@ async def test_wrong_client_secret_is_a_configuration_error_and_stores_nothing(
         async with stub(auth, caller_tokens, "mapper") as s:
             listed = await s.ListConnections(auth_pb2.ListConnectionsRequest())
         assert list(listed.connections) == []
+
+
+async def test_revocation_waits_for_hubspot(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    await connect_oauth(auth, caller_tokens)
+    async with httpx.AsyncClient(base_url=sandbox.base_url) as client:
+        await client.post("/_sandbox/faults", json={"endpoint": "POST /oauth/v3/token/revoke", "status": 503})
+    async with stub(auth, caller_tokens, "cli") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.RevokeConnection(auth_pb2.RevokeConnectionRequest(portal_id=SANDBOX_PORTAL))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # retry later; nothing changed here
+        got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
+    assert got.connection.state == auth_pb2.CONNECTION_STATE_ACTIVE
+    assert (await sandbox_tokens(sandbox.base_url))["refreshTokens"][0]["revoked"] is False

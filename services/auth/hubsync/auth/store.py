@@ -144,6 +144,14 @@ class ConnectionStore:
         raw: dict[bytes, bytes] = await self.redis.hgetall(connection_key(portal_id))  # type: ignore[misc,assignment]
         return Connection.from_fields(raw) if raw else None
 
+    async def get_many(self, portal_ids: list[int]) -> list[Connection]:
+        """The connections of ``portal_ids`` that exist, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for portal_id in portal_ids:
+                pipe.hgetall(connection_key(portal_id))
+            raws: list[dict[bytes, bytes]] = await pipe.execute()
+        return [Connection.from_fields(raw) for raw in raws if raw]
+
     async def token_view(self, portal_id: int) -> TokenView | None:
         raw: list[bytes | None] = await self.redis.hmget(  # type: ignore[misc,assignment]
             connection_key(portal_id), _VIEW_FIELDS

@@ -161,7 +161,7 @@ class TokenVault:
                     "page_token is not valid", {"page_token": "not a token we issued"}
                 ) from None
         ids = await self.store.portal_ids(after, size + 1)
-        out = [c for c in [await self.store.get(p) for p in ids[:size]] if c is not None]
+        out = await self.store.get_many(ids[:size])
         return out, (str(ids[size - 1]) if len(ids) > size else "")
 
     async def create_private_app(
