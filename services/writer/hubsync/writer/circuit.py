@@ -1,7 +1,7 @@
 """A circuit breaker per portal, so an outage at HubSpot does not burn the quota.
 
 Closed: requests flow. After ``threshold`` consecutive failures (5xx, timeouts) it opens: calls
-wait (bounded by their deadline) for ``open_s``; then it is half-open and lets one probe through;
+fail fast with UNAVAILABLE for ``open_s``; then it is half-open and lets one probe through;
 the probe's success closes it, its failure opens it again. Each replica keeps its own breaker
 (a replica that sees HubSpot failing stops on its own; the quota is shared anyway).
 """
@@ -46,26 +46,25 @@ class CircuitBreaker:
             return CircuitState.HALF_OPEN
         return self._state
 
-    async def admit(self, deadline: float | None) -> bool:
-        """Waits until a call may go; returns True when the call is the half-open probe."""
-        while True:
-            state = self.state
-            if state == CircuitState.CLOSED:
-                return False
-            if state == CircuitState.HALF_OPEN and not self._probe.locked():
-                await self._probe.acquire()
-                if self.state != CircuitState.CLOSED:
-                    return True
-                self._probe.release()
-                return False
-            wait = max(self.opened_at + self.open_s - time.monotonic(), 0.05)
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise Unavailable(
-                    f"HubSpot is failing for portal {self.portal_id}: circuit open",
-                    reason="CIRCUIT_OPEN",
-                    retry_after=wait,
-                )
-            await asyncio.sleep(wait)
+    async def admit(self, deadline: float | None = None) -> bool:
+        """Returns whether a call may go now (True when it is the half-open probe); while the
+        circuit is open, fails fast with UNAVAILABLE and the time until the next probe, so
+        queued writes stay queued and waiting callers retry later instead of burning quota."""
+        state = self.state
+        if state == CircuitState.CLOSED:
+            return False
+        if state == CircuitState.HALF_OPEN and not self._probe.locked():
+            await self._probe.acquire()
+            if self.state != CircuitState.CLOSED:
+                return True
+            self._probe.release()
+            return False
+        wait = max(self.opened_at + self.open_s - time.monotonic(), 0.1)
+        raise Unavailable(
+            f"HubSpot is failing for portal {self.portal_id}: circuit open",
+            reason="CIRCUIT_OPEN",
+            retry_after=wait,
+        )
 
     def record(self, ok: bool, probe: bool) -> None:
         if ok:
