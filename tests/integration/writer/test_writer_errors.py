@@ -126,7 +126,7 @@ async def test_502_halves_the_batch_down_to_what_hubspot_takes(
         reply = await submit(s, [upsert(f"h{i}@example.com") for i in range(100)])
         assert all(r.status == SUCCEEDED for r in reply.results)
         assert len(await s.objects()) == 100
-        # 100 → 2×50 → 4×25: three refused batches, four accepted.
+        # 100 → 2x50 → 4x25: three refused batches, four accepted.
         assert await s.count(UPSERT_ROUTE, 502) == 3
         assert await s.count(UPSERT_ROUTE, 200) == 4
 
@@ -146,9 +146,9 @@ async def test_circuit_opens_on_an_outage_and_closes_after_a_probe(
     env = writer_env(circuit_failure_threshold=3, circuit_open_s=1.0, max_attempts=2)
     async with stack(redis_url, caller_tokens, writer_env=env) as s:
         await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, status=500)
-        with pytest.raises(Exception, match="UNAVAILABLE|500"):
+        with pytest.raises(Exception, match=r"UNAVAILABLE|500"):
             await submit(s, [upsert("a@example.com")])
-        with pytest.raises(Exception, match="UNAVAILABLE|500"):
+        with pytest.raises(Exception, match=r"UNAVAILABLE|500"):
             await submit(s, [upsert("b@example.com")])
         status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.circuit_state in (writer_pb2.CIRCUIT_STATE_OPEN, writer_pb2.CIRCUIT_STATE_HALF_OPEN)

@@ -62,6 +62,7 @@ class WriteQueue:
         self.maxlen = maxlen
         self.request_ttl_s = request_ttl_s
         self._accept = redis.register_script(_ACCEPT)
+        self._grouped: set[int] = set()
 
     async def enqueue(self, request: writer_pb2.SubmitWritesRequest) -> writer_pb2.SubmitWritesResponse:
         """Makes the submission durable; answers QUEUED for each write (or the first answer)."""
@@ -74,7 +75,7 @@ class WriteQueue:
         stored.CopyFrom(request)
         stored.request_id = request_id
         carrier = inject_fields({})
-        await self.redis.sadd(PORTALS, str(portal))
+        await self._ensure_group(portal)
         existing = await self._accept(
             keys=[request_key(portal, request_id), writes_key(portal)],
             args=[
@@ -90,6 +91,17 @@ class WriteQueue:
         if existing:
             return _previous(existing, len(request.writes))
         return queued
+
+    async def _ensure_group(self, portal: int) -> None:
+        if portal in self._grouped:
+            return
+        await self.redis.sadd(PORTALS, str(portal))
+        try:
+            await self.redis.xgroup_create(writes_key(portal), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._grouped.add(portal)
 
     async def begin(
         self, request: writer_pb2.SubmitWritesRequest, deadline: float | None

@@ -1,0 +1,146 @@
+"""Durable writes, a killed writer, and three writer processes sharing one portal's quota."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.core.channels import open_channel
+from hubsync.core.redis import portal_key
+from tests.integration.writer.fixtures import running_writer, writer_env, writer_process
+from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, Stack, sandbox_config, stack, upsert
+
+QUEUED = writer_pb2.WRITE_STATUS_QUEUED
+
+
+async def wait_for_objects(s: Stack, n: int, timeout: float = 20.0) -> int:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout
+    while True:
+        have = len(await s.objects())
+        if have >= n or loop.time() > until:
+            return have
+        await asyncio.sleep(0.1)
+
+
+async def test_queued_writes_are_durable_and_accepted_once(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    async with stack(redis_url, caller_tokens) as s:
+        for n in range(5):
+            request = writer_pb2.SubmitWritesRequest(
+                request_id=f"q{n}",
+                portal_id=PORTAL,
+                writes=[upsert(f"q{n}-{i}@example.com") for i in range(50)],
+            )
+            reply = await s.stub.SubmitWrites(request, timeout=10)
+            assert [r.status for r in reply.results] == [QUEUED] * 50
+            # Accepted means in Redis, before the answer.
+            assert await redis.xlen(portal_key(PORTAL, "writes")) == n + 1
+            again = await s.stub.SubmitWrites(request, timeout=10)
+            assert again == reply
+            assert await redis.xlen(portal_key(PORTAL, "writes")) == n + 1
+        assert await wait_for_objects(s, 250) == 250
+        # Five submissions of 50 coalesce into batches of up to 100.
+        assert await s.count(UPSERT_ROUTE) <= 5
+        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        assert status.queued_writes == 0 and status.burst_used >= 1
+
+
+async def test_a_writer_killed_mid_batch_loses_nothing_it_accepted(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    # The stack's own writer does not consume, so the process below is the only consumer.
+    async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
+        await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, latency_ms=3000)
+        env = writer_env(queue_claim_idle_ms=500)
+        async with writer_process(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=s.sb.base_url,
+            auth_address=s.auth_address,
+            env=env,
+        ) as proc:
+            async with open_channel(proc.address, caller_tokens["mapper"]) as channel:
+                stub = writer_pb2_grpc.WriterServiceStub(channel)
+                for n in range(3):
+                    reply = await stub.SubmitWrites(
+                        writer_pb2.SubmitWritesRequest(
+                            request_id=f"k{n}",
+                            portal_id=PORTAL,
+                            writes=[upsert(f"k{n}-{i}@example.com") for i in range(100)],
+                        ),
+                        timeout=10,
+                    )
+                    assert reply.results[0].status == QUEUED
+            # Wait until the process holds the entries (read, batches in flight at HubSpot), then kill it.
+            for _ in range(100):
+                pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
+                if pending["pending"] == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert pending["pending"] == 3
+            proc.kill()
+            await proc.proc.wait()
+        assert len(await s.objects()) == 0
+        r = await s.admin.delete("/_sandbox/faults")
+        r.raise_for_status()
+        # Another writer reclaims what the dead one held.
+        async with running_writer(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=s.sb.base_url,
+            auth_address=s.auth_address,
+            env=env,
+        ):
+            assert await wait_for_objects(s, 300) == 300
+        emails = {o["properties"]["email"] for o in await s.objects()}
+        assert emails == {f"k{n}-{i}@example.com" for n in range(3) for i in range(100)}
+
+
+async def test_three_writer_processes_never_exceed_the_portals_limit(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    burst = 30
+    config = sandbox_config(portal={"burst_per_10s": burst})
+    env = writer_env(burst_limit=burst, rate_limit_preset="free_starter", batch_max_wait_ms=20)
+    async with stack(redis_url, caller_tokens, config, writer_env=env) as s:
+        procs = [
+            writer_process(
+                redis_url=redis_url,
+                caller_tokens=caller_tokens,
+                hubspot_api_base=s.sb.base_url,
+                auth_address=s.auth_address,
+                env=env,
+            )
+            for _ in range(3)
+        ]
+        async with procs[0] as a, procs[1] as b, procs[2] as c:
+
+            async def push(address: str, tag: str) -> None:
+                async with open_channel(address, caller_tokens["mapper"]) as channel:
+                    stub = writer_pb2_grpc.WriterServiceStub(channel)
+                    replies = await asyncio.gather(
+                        *(
+                            stub.SubmitWrites(
+                                writer_pb2.SubmitWritesRequest(
+                                    portal_id=PORTAL,
+                                    writes=[upsert(f"{tag}{n}-{i}@example.com") for i in range(100)],
+                                    wait=True,
+                                ),
+                                timeout=60,
+                            )
+                            for n in range(15)
+                        )
+                    )
+                    assert all(
+                        r.status == writer_pb2.WRITE_STATUS_SUCCEEDED for x in replies for r in x.results
+                    )
+
+            await asyncio.gather(push(a.address, "a"), push(b.address, "b"), push(c.address, "c"))
+        # 45 batch calls against a limit of 30 per 10 s: all through, none refused.
+        assert await s.count(UPSERT_ROUTE, 429) == 0
+        assert await s.count(UPSERT_ROUTE, 200) == 45
+        assert len(await s.objects()) == 4500
