@@ -145,7 +145,7 @@ class RecordPusher:
             }
             olds = prev[len(names) :]
             keep = []
-            for (key, d), old, assoc in zip(p.assoc_digests.items(), olds, p.associations, strict=True):
+            for (key, d), old, assoc in zip(list(p.assoc_digests.items()), olds, p.associations, strict=True):
                 if d != old:
                     keep.append(assoc)
                 else:
