@@ -1,0 +1,1 @@
+"""ingress: the webhook edge — verify, dedupe, suppress echoes, enqueue durably, answer fast."""

@@ -1,0 +1,143 @@
+"""The webhook payload: a JSON array of HubSpot events, validated field by field.
+
+Unknown fields are kept as they came (they travel on in the raw event); missing or mistyped
+required fields reject the whole request with a reason, so HubSpot's retry does not half-apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# subscriptionType prefix → the CRM object type writer records its writes under.
+OBJECT_TYPES = {
+    "contact": "contacts",
+    "company": "companies",
+    "deal": "deals",
+    "ticket": "tickets",
+    "product": "products",
+    "line_item": "line_items",
+}
+# Generic ``object.*`` subscriptions name the type by id.
+OBJECT_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals", "0-5": "tickets"}
+MAX_EVENTS = 1000
+
+
+class PayloadRejected(Exception):
+    """The body is not a valid webhook payload; the message says why (safe to show the sender)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """One event as HubSpot sent it (``raw``), and the fields ingress reasons about."""
+
+    portal_id: int
+    event_id: int
+    subscription_type: str
+    object_id: int
+    occurred_at: int
+    property_name: str | None
+    property_value: str | None
+    change_source: str | None
+    source_id: str | None
+    raw: bytes
+
+    @property
+    def object_type(self) -> str | None:
+        prefix = self.subscription_type.partition(".")[0]
+        if prefix == "object":
+            return None
+        return OBJECT_TYPES.get(prefix)
+
+    def identity(self) -> bytes:
+        """What makes this event unique: eventId alone is not (HubSpot says so)."""
+        return (
+            f"{self.portal_id}|{self.event_id}|{self.subscription_type}|{self.object_id}|"
+            f"{self.occurred_at}|{self.property_name or ''}"
+        ).encode()
+
+    def digest(self) -> bytes:
+        """16 bytes of BLAKE2b over :meth:`identity`: bucket and set member come from it."""
+        return hashlib.blake2b(self.identity(), digest_size=16).digest()
+
+
+_REQUIRED_INTS = ("portalId", "eventId", "objectId", "occurredAt")
+
+
+def _int_field(item: dict[str, Any], name: str, index: int) -> int:
+    value = item.get(name)
+    # bool is an int in Python; HubSpot never sends one here.
+    if isinstance(value, bool) or not isinstance(value, int):
+        if value is None:
+            raise PayloadRejected(f"event {index}: missing required field {name}")
+        raise PayloadRejected(f"event {index}: {name} must be an integer")
+    if not -(2**63) <= value < 2**63:
+        raise PayloadRejected(f"event {index}: {name} is out of range")
+    return value
+
+
+def _opt_str(item: dict[str, Any], name: str, index: int) -> str | None:
+    value = item.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    raise PayloadRejected(f"event {index}: {name} must be a string")
+
+
+def parse_events(body: bytes) -> list[WebhookEvent]:
+    """Parses and validates a webhook body; raises :class:`PayloadRejected` with the reason."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise PayloadRejected("body is not valid JSON") from None
+    if not isinstance(data, list):
+        raise PayloadRejected("body must be a JSON array of events")
+    if not data:
+        raise PayloadRejected("body holds no events")
+    if len(data) > MAX_EVENTS:
+        raise PayloadRejected(f"body holds more than {MAX_EVENTS} events")
+    events: list[WebhookEvent] = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise PayloadRejected(f"event {index}: must be a JSON object")
+        portal, event_id, object_id, occurred = (_int_field(item, n, index) for n in _REQUIRED_INTS)
+        stype = item.get("subscriptionType")
+        if not isinstance(stype, str) or not stype:
+            raise PayloadRejected(f"event {index}: missing required field subscriptionType")
+        if "." not in stype or len(stype) > 100:
+            raise PayloadRejected(f"event {index}: subscriptionType is not <object>.<change>")
+        if portal <= 0:
+            raise PayloadRejected(f"event {index}: portalId must be positive")
+        events.append(
+            WebhookEvent(
+                portal_id=portal,
+                event_id=event_id,
+                subscription_type=stype,
+                object_id=object_id,
+                occurred_at=occurred,
+                property_name=_opt_str(item, "propertyName", index),
+                property_value=_opt_str(item, "propertyValue", index),
+                change_source=_opt_str(item, "changeSource", index),
+                source_id=_opt_str(item, "sourceId", index),
+                raw=orjson.dumps(item),
+            )
+        )
+    return events
+
+
+def object_type_of(event: WebhookEvent, raw: dict[str, Any] | None = None) -> str | None:
+    """The CRM object type (``contacts``...) of an event, generic ``object.*`` ones included."""
+    found = event.object_type
+    if found is not None:
+        return found
+    if raw is None:
+        raw = orjson.loads(event.raw)
+    return OBJECT_TYPE_IDS.get(str(raw.get("objectTypeId", "")))

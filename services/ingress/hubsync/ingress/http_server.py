@@ -1,0 +1,84 @@
+"""The HTTP side of ingress: the Starlette app and a uvicorn server sharing the gRPC loop.
+
+The server binds when the service is built (so the port is known before anything is called) and
+serves as a background task of the service. Stopping it is graceful: stop accepting, let in-flight
+requests finish (they are awaiting their Redis commit), then return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+log = logging.getLogger(__name__)
+
+
+def build_app(
+    webhook: Callable[[Request], Awaitable[Response]],
+    oauth_callback: Callable[[Request], Awaitable[Response]],
+    health: Callable[[], Awaitable[bool]],
+) -> ASGIApp:
+    async def healthz(_request: Request) -> Response:
+        if await health():
+            return PlainTextResponse("ok")
+        return PlainTextResponse("redis unavailable", status_code=503)
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/hubspot", webhook, methods=["POST"]),
+            Route("/oauth/callback", oauth_callback, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+    # One server span per request; the webhook handler opens ``ingress.enqueue`` under it.
+    return OpenTelemetryMiddleware(app, excluded_urls="healthz")
+
+
+class HttpServer:
+    """uvicorn in the current event loop, without its signal handling (the service owns signals)."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, grace_s: float) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(int(grace_s), 1),
+            timeout_keep_alive=30,
+            backlog=2048,
+        )
+        self.server = uvicorn.Server(config)
+        self.port = 0
+
+    async def bind(self) -> int:
+        """Opens the listening socket; returns the bound port."""
+        config = self.server.config
+        if not config.loaded:
+            config.load()
+        self.server.lifespan = config.lifespan_class(config)
+        await self.server.startup()
+        sockets = self.server.servers[0].sockets
+        self.port = int(sockets[0].getsockname()[1])
+        return self.port
+
+    async def serve(self) -> None:
+        """Runs until cancelled; then drains in-flight requests and closes."""
+        try:
+            await self.server.main_loop()
+        finally:
+            self.server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.server.shutdown())

@@ -1,0 +1,146 @@
+"""The event journal: each portal's stream of accepted events, read by time or offset, replayed.
+
+Offsets are Redis stream ids (``<ms>-<seq>``), so a time maps to an offset without an index.
+Replays append the chosen entries again with ``origin=replay`` (the stages after ingress are
+idempotent); a replay's ``request_id`` is remembered so the same request replays once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from hubsync.core.errors import InvalidArgument, Unavailable
+from hubsync.core.redis import portal_key
+
+_OFFSET = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+MAX_PAGE = 1000
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    offset: str
+    fields: dict[str, bytes]
+
+    @property
+    def event(self) -> dict[str, Any]:
+        data = orjson.loads(self.fields.get("event", b"{}"))
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def accepted_ms(self) -> int:
+        raw = self.fields.get("accepted_ms", b"")
+        return int(raw) if raw.isdigit() else int(self.offset.split("-")[0])
+
+
+def _entry(entry_id: bytes, raw: dict[bytes, bytes]) -> JournalEntry:
+    return JournalEntry(entry_id.decode(), {k.decode(): v for k, v in raw.items()})
+
+
+def check_offset(name: str, value: str) -> None:
+    if value and not _OFFSET.match(value):
+        raise InvalidArgument(f"{name} is not a journal offset", violations={name: "expected <ms>-<seq>"})
+
+
+class EventJournal:
+    """Reads and replays ``hubsync:{<portal>}:events``."""
+
+    def __init__(self, redis: Redis, *, stream_maxlen: int, replay_request_ttl_s: int) -> None:
+        self._redis = redis
+        self.stream_maxlen = stream_maxlen
+        self.replay_request_ttl_s = replay_request_ttl_s
+
+    async def read(
+        self, portal_id: int, start_ms: int | None, end_ms: int | None, page_size: int, page_token: str
+    ) -> tuple[list[JournalEntry], str]:
+        """A page of entries accepted in ``[start_ms, end_ms)``, oldest first, and the next token."""
+        if portal_id <= 0:
+            raise InvalidArgument("portal_id must be positive", violations={"portal_id": "must be > 0"})
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidArgument(
+                "page_size is out of range", violations={"page_size": f"must be 0..{MAX_PAGE}"}
+            )
+        if start_ms is not None and end_ms is not None and end_ms < start_ms:
+            raise InvalidArgument(
+                "end_time is before start_time", violations={"end_time": "before start_time"}
+            )
+        check_offset("page_token", page_token)
+        size = page_size or 100
+        low = f"({page_token}" if page_token else (f"{start_ms}-0" if start_ms is not None else "-")
+        high = f"{end_ms - 1}-18446744073709551615" if end_ms is not None else "+"
+        if end_ms is not None and end_ms <= 0:
+            return [], ""
+        raw: Any = await self._redis.xrange(portal_key(portal_id, "events"), low, high, count=size + 1)
+        entries = [_entry(i, f) for i, f in raw]
+        if len(entries) > size:
+            return entries[:size], entries[size - 1].offset
+        return entries, ""
+
+    async def replay(self, portal_id: int, start_offset: str, end_offset: str, request_id: str) -> int:
+        """Appends the entries in ``[start_offset, end_offset]`` again; returns how many."""
+        if portal_id <= 0:
+            raise InvalidArgument("portal_id must be positive", violations={"portal_id": "must be > 0"})
+        check_offset("start_offset", start_offset)
+        check_offset("end_offset", end_offset)
+        if len(request_id) > 200:
+            raise InvalidArgument("request_id is too long", violations={"request_id": "at most 200 chars"})
+        marker = portal_key(portal_id, "replays", request_id) if request_id else None
+        if marker is not None:
+            claimed = await self._redis.set(marker, b"running", nx=True, ex=self.replay_request_ttl_s)
+            if not claimed:
+                done = await self._redis.get(marker)
+                if done is not None and done.isdigit():
+                    return int(done)
+                raise Unavailable("a replay with this request_id is still running", retry_after=1.0)
+        try:
+            count = await self._replay(portal_id, start_offset, end_offset)
+        except BaseException:
+            if marker is not None:
+                await self._redis.delete(marker)
+            raise
+        if marker is not None:
+            await self._redis.set(marker, str(count).encode(), ex=self.replay_request_ttl_s)
+        return count
+
+    async def _replay(self, portal_id: int, start_offset: str, end_offset: str) -> int:
+        stream = portal_key(portal_id, "events")
+        # The range is fixed before appending, so the replayed copies are not replayed again.
+        last: Any = await self._redis.xrevrange(stream, "+", "-", count=1)
+        if not last:
+            return 0
+        newest = last[0][0].decode()
+        high = end_offset or newest
+        if _after(high, newest):
+            high = newest
+        low = start_offset or "-"
+        count = 0
+        while True:
+            raw: Any = await self._redis.xrange(stream, low, high, count=_CHUNK)
+            if not raw:
+                return count
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id, fields in raw:
+                copy = dict(fields)
+                copy[b"origin"] = b"replay"
+                copy[b"replay_of"] = entry_id
+                pipe.xadd(stream, copy, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
+            count += len(raw)
+            low = "(" + raw[-1][0].decode()
+            if len(raw) < _CHUNK:
+                return count
+
+
+def _after(a: str, b: str) -> bool:
+    """True when stream id ``a`` sorts after ``b``."""
+
+    def key(value: str) -> tuple[int, int]:
+        ms, _, seq = value.partition("-")
+        return int(ms), int(seq or 0)
+
+    return key(a) > key(b)

@@ -1,0 +1,110 @@
+"""Wires the ingress service: settings, verifier, committer, HTTP edge, journal servicer."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
+from hubsync.core.channels import channel_for
+from hubsync.core.service import ServiceSpec
+from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.http_server import HttpServer, build_app
+from hubsync.ingress.journal import EventJournal
+from hubsync.ingress.oauth_callback import OAuthCallback
+from hubsync.ingress.reconciler import Reconciler
+from hubsync.ingress.servicer import IngressServicer
+from hubsync.ingress.settings import IngressSettings
+from hubsync.ingress.verifier import WebhookVerifier
+from hubsync.ingress.webhooks import WebhookEndpoint
+
+SERVICE = ingress_pb2.DESCRIPTOR.services_by_name["IngressService"].full_name
+DEFAULT_PORT = 50052
+
+
+@dataclass
+class IngressSpec(ServiceSpec):
+    """The spec plus where the HTTP edge listens (tests read the port bound to 0)."""
+
+    http_port: int = 0
+    public_base_url: str = ""
+
+
+def _exit(variable: str, message: str) -> SystemExit:
+    print(f"hubsync: invalid configuration for IngressSettings:\n  {variable}: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def load_secrets(settings: IngressSettings) -> list[str]:
+    try:
+        secrets = settings.secrets()
+    except (OSError, ValueError) as exc:
+        raise _exit(
+            "HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE", f"cannot be read ({type(exc).__name__})"
+        ) from None
+    return secrets
+
+
+async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
+    """The ingress service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
+    settings = load_settings(IngressSettings)
+    secrets = load_secrets(settings)
+    verifier = WebhookVerifier(secrets, accept_v1=settings.accept_v1, accept_v2=settings.accept_v2)
+    committer = EventCommitter(
+        redis,
+        stream_maxlen=settings.stream_maxlen,
+        dedupe_ttl_s=settings.dedupe_ttl_s,
+        dedupe_buckets=settings.dedupe_buckets,
+        timeout_s=settings.redis_timeout_s,
+        window_s=settings.commit_window_s,
+        max_events=settings.commit_max_events,
+    )
+    webhook = WebhookEndpoint(
+        verifier, committer, max_body_bytes=settings.max_body_bytes, app_id=settings.app_id
+    )
+    auth_channel = channel_for(core, core.auth_address)
+    writer_channel = channel_for(core, core.writer_address)
+
+    async def redis_ok() -> bool:
+        try:
+            return bool(await redis.ping())
+        except Exception:
+            return False
+
+    app = build_app(webhook.handle, OAuthCallback(auth_channel).handle, redis_ok)
+    http = HttpServer(app, settings.http_host, settings.http_port, core.shutdown_grace_seconds)
+    try:
+        port = await http.bind()
+    except OSError as exc:
+        raise _exit("HUBSYNC_INGRESS_HTTP_PORT", f"cannot listen ({exc.strerror})") from None
+    webhook.public_base_url = settings.public_base_url or f"http://{settings.http_host}:{port}"
+    journal = EventJournal(
+        redis, stream_maxlen=settings.stream_maxlen, replay_request_ttl_s=settings.replay_request_ttl_s
+    )
+    reconciler = Reconciler(
+        redis,
+        committer,
+        writer_channel,
+        object_types=settings.reconcile_object_types,
+        lookback_s=settings.reconcile_lookback_s,
+        interval_s=settings.reconcile_interval_seconds,
+    )
+    servicer = IngressServicer(journal, reconciler)
+
+    async def close_channels() -> None:
+        await auth_channel.close()
+        await writer_channel.close()
+
+    return IngressSpec(
+        service_names=[SERVICE],
+        register=lambda server: ingress_pb2_grpc.add_IngressServiceServicer_to_server(servicer, server),
+        port=DEFAULT_PORT,
+        policy={},
+        background=[http.serve, reconciler.run],
+        on_stop=[committer.close, close_channels],
+        http_port=port,
+        public_base_url=webhook.public_base_url,
+    )

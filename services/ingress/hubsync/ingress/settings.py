@@ -1,0 +1,78 @@
+"""The ingress service's settings (``HUBSYNC_INGRESS_*``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOUR_S = 3600
+
+
+class IngressSettings(BaseSettings):
+    """Values only the ingress service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="HUBSYNC_INGRESS_", extra="ignore")
+
+    # Where the webhook/OAuth HTTP server listens (loopback unless deployed behind a Service).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # The URL HubSpot calls, scheme and host included: v3 signatures cover it, and behind a load
+    # balancer the pod sees another host. Default: http://<HTTP_HOST>:<bound port>.
+    public_base_url: str | None = None
+    # The apps' client secrets (JSON list); several may be active while one is rotated.
+    webhook_secrets: list[SecretStr] = Field(default_factory=list)
+    # A mounted file with the same JSON list (or one secret per line); adds to the inline list.
+    webhook_secrets_file: Path | None = None
+    # v1/v2 signatures have no timestamp (no replay window): off unless configured.
+    accept_v1: bool = False
+    accept_v2: bool = False
+    # Our HubSpot app id: INTEGRATION changes with this sourceId are our own writes' echoes.
+    app_id: str = ""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # How long an event id is remembered; longer than HubSpot's 24 h retry horizon.
+    dedupe_ttl_s: int = Field(default=25 * HOUR_S, ge=60)
+    # Dedupe digests of one portal's hour are spread over this many Redis sets so each stays a
+    # compact intset (<= 512 members by Redis's default): size it to events/hour / 400.
+    dedupe_buckets: int = Field(default=4096, ge=1, le=65536)
+    # Approximate length the per-portal event streams are trimmed to (the journal).
+    stream_maxlen: int = Field(default=1_000_000, ge=1000)
+    # Group commit: the longest a request waits for others to share its Redis round trip.
+    commit_window_s: float = Field(default=0.0003, ge=0, le=0.05)
+    # Most events written in one round trip.
+    commit_max_events: int = Field(default=2000, ge=1)
+    # How long a request waits for Redis before answering 503.
+    redis_timeout_s: float = Field(default=3.0, gt=0, le=4.5)
+    # Reconciliation: seconds between delta polls per known portal (0: only on demand).
+    reconcile_interval_seconds: float = Field(default=900.0, ge=0)
+    # Object types a reconciliation pass covers when the request names none.
+    reconcile_object_types: list[str] = Field(default_factory=lambda: ["companies", "contacts", "deals"])
+    # First pass without a checkpoint looks this far back.
+    reconcile_lookback_s: int = Field(default=HOUR_S, ge=0)
+    # How long a ReplayJournal request id is remembered.
+    replay_request_ttl_s: int = Field(default=7 * 24 * HOUR_S, ge=60)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    def secrets(self) -> list[str]:
+        """Every active client secret: the inline list, then the file's."""
+        found = [s.get_secret_value() for s in self.webhook_secrets if s.get_secret_value()]
+        if self.webhook_secrets_file is not None:
+            raw = self.webhook_secrets_file.read_text().strip()
+            if raw.startswith("["):
+                data = json.loads(raw)
+                if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
+                    raise ValueError("must hold a JSON list of strings")
+                found.extend(s for s in data if s)
+            else:
+                found.extend(line.strip() for line in raw.splitlines() if line.strip())
+        return found
