@@ -87,6 +87,13 @@ def written_key(portal_id: int, object_type: str, hubspot_id: str) -> str:
     return portal_key(portal_id, "written", object_type, hubspot_id)
 
 
+def id_key(portal_id: int, object_type: str, id_property: str, value: str) -> str:
+    """Unique value → HubSpot id, as learned from our own upserts (for unchanged detection)."""
+    if id_property == "email":
+        value = value.lower()
+    return portal_key(portal_id, "writer", "ids", object_type, id_property, value)
+
+
 class BatchWriter:
     """Sends one batch and applies the error table; returns an outcome per input."""
 
@@ -194,6 +201,7 @@ class BatchWriter:
                     failed[r] = error
         outcomes: list[Outcome] = []
         written: list[tuple[str, dict[str, str]]] = []
+        learned: list[tuple[str, str]] = []
         for n, item in enumerate(inputs):
             result = by_index.get(n)
             if result is not None:
@@ -206,6 +214,7 @@ class BatchWriter:
                 values = dict(item.properties)
                 if key.operation == UPSERT:
                     values[key.id_property] = item.id
+                    learned.append((item.id, hs_id))
                 written.append((hs_id, values))
                 continue
             error = failed.get(n)
@@ -221,14 +230,26 @@ class BatchWriter:
                 outcomes.append(await self._resolve_conflict(key, item, HubSpotResponse(409, error or {}), 1))
             else:
                 outcomes.append(await self._dead_letter(key, item, failure, 1))
-        await self._record_written(key, written)
+        await self._record_written(key, written, learned)
         return outcomes
 
-    async def _record_written(self, key: BatchKey, written: list[tuple[str, dict[str, str]]]) -> None:
+    async def _record_written(
+        self,
+        key: BatchKey,
+        written: list[tuple[str, dict[str, str]]],
+        learned: Sequence[tuple[str, str]] = (),
+    ) -> None:
         """What ingress compares webhook values with to drop our own echoes."""
         if not written:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
+            for value, hs_id in learned:
+                if hs_id:
+                    pipe.set(
+                        id_key(key.portal_id, key.object_type, key.id_property, value),
+                        hs_id,
+                        ex=self.written_ttl_s,
+                    )
             for hs_id, values in written:
                 if not hs_id or not values:
                     continue

@@ -30,6 +30,7 @@ from hubsync.writer.batches import (
     BatchKey,
     Outcome,
     WriteBatcher,
+    id_key,
     written_key,
 )
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
@@ -137,7 +138,14 @@ class WriteSubmitter:
                 assoc.append(n)
         for tier in sorted(tiers):
             futures = []
+            unchanged = await self._unchanged(portal_id, writes, tiers[tier]) if self.skip_unchanged else {}
+            for n, outcome in unchanged.items():
+                outcomes[n] = outcome
+                r = writes[n].record
+                known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = outcome.hubspot_id
             for n in tiers[tier]:
+                if n in unchanged:
+                    continue
                 r = writes[n].record
                 key = BatchKey(
                     portal_id, r.object_type, r.operation, r.id_property if r.operation == UPSERT else ""
@@ -150,7 +158,8 @@ class WriteSubmitter:
                 )
                 futures.append(self.batcher.submit(key, item))
             results = await asyncio.gather(*futures)
-            for n, outcome in zip(tiers[tier], results, strict=True):
+            sent = [n for n in tiers[tier] if n not in unchanged]
+            for n, outcome in zip(sent, results, strict=True):
                 outcomes[n] = outcome
                 r = writes[n].record
                 if outcome.hubspot_id and r.operation == UPSERT:
@@ -158,6 +167,35 @@ class WriteSubmitter:
         if assoc:
             await self._associate(portal_id, writes, assoc, known, outcomes, span_links, trace_id)
         return [o if o is not None else Outcome(writer_pb2.WRITE_STATUS_UNSPECIFIED) for o in outcomes]
+
+    async def _unchanged(
+        self, portal_id: int, writes: Sequence[writer_pb2.Write], indexes: list[int]
+    ) -> dict[int, Outcome]:
+        """Upserts whose every property equals what writer last wrote to that record (within
+        the written-values record's life): answered UNCHANGED, not sent. Off by default: a
+        change made in HubSpot since our write is not seen here (mapper's fingerprints are the
+        primary unchanged check)."""
+        upserts = [n for n in indexes if writes[n].record.operation == UPSERT]
+        if not upserts:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for n in upserts:
+                r = writes[n].record
+                pipe.get(id_key(portal_id, r.object_type, r.id_property, r.id))
+            ids: list[Any] = await pipe.execute()
+        known = [(n, i.decode()) for n, i in zip(upserts, ids, strict=True) if i]
+        if not known:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for n, hs_id in known:
+                pipe.hgetall(written_key(portal_id, writes[n].record.object_type, hs_id))
+            values: list[Any] = await pipe.execute()
+        out: dict[int, Outcome] = {}
+        for (n, hs_id), stored in zip(known, values, strict=True):
+            before = {k.decode(): v.decode() for k, v in stored.items()}
+            if before and all(before.get(k) == v for k, v in writes[n].record.properties.items()):
+                out[n] = Outcome(writer_pb2.WRITE_STATUS_UNCHANGED, hubspot_id=hs_id)
+        return out
 
     async def _associate(
         self,
