@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.redis import portal_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
-from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
+from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse, slot_reserved
 
 log = logging.getLogger(__name__)
 
@@ -344,18 +344,26 @@ class BatchWriter:
 
 
 class WriteBatcher:
-    """Coalesces writes into batches of up to ``max_size``, sent when full or after ``max_wait_s``."""
+    """Coalesces writes into batches of up to ``max_size``.
+
+    A batch is sealed when full, or once ``max_wait_s`` passed *and* a rate-limit slot is free
+    (``ready``): while it waits for its slot it keeps taking writes, so under a saturated quota
+    nearly every call carries a full batch.
+    """
 
     def __init__(
         self,
         run: Callable[[BatchKey, Sequence[BatchInput]], Awaitable[list[Outcome]]],
         max_size: int = 100,
         max_wait_s: float = 0.05,
+        ready: Callable[[BatchKey], Awaitable[None]] | None = None,
     ) -> None:
         self._run = run
+        self._ready = ready
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._pending: dict[BatchKey, dict[str, BatchInput]] = {}
+        self._waiting: dict[BatchKey, dict[str, BatchInput]] = {}
         self._timers: dict[BatchKey, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -375,30 +383,73 @@ class WriteBatcher:
         item.waiters.append(future)
         pending[item.key] = item
         if len(pending) >= self.max_size:
-            self._flush(key)
-        elif key not in self._timers:
-            self._timers[key] = loop.call_later(self.max_wait_s, self._flush, key)
+            self._seal_full(key, pending)
+        elif key not in self._timers and self._waiting.get(key) is not pending:
+            self._timers[key] = loop.call_later(self.max_wait_s, self._due, key)
         return future
 
-    def _flush(self, key: BatchKey) -> None:
+    def _seal_full(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
+        del self._pending[key]
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        pending = self._pending.pop(key, None)
-        if not pending:
+        if self._waiting.get(key) is batch:
+            # Its task already waits for a slot and will send it as it is now.
+            del self._waiting[key]
             return
-        task = asyncio.create_task(self._send(key, list(pending.values())))
+        self._spawn(key, batch)
+
+    def _due(self, key: BatchKey) -> None:
+        self._timers.pop(key, None)
+        batch = self._pending.get(key)
+        if not batch or self._waiting.get(key) is batch:
+            return
+        self._waiting[key] = batch
+        self._spawn(key, batch)
+
+    def _spawn(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
+        task = asyncio.create_task(self._send_when_ready(key, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _send_when_ready(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
+        try:
+            if self._ready is not None:
+                await self._ready(key)
+        except BaseException as exc:
+            self._close_open(key, batch)
+            self._fail(list(batch.values()), exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        self._close_open(key, batch)
+        token = slot_reserved.set(self._ready is not None)
+        try:
+            await self._send(key, list(batch.values()))
+        finally:
+            slot_reserved.reset(token)
+
+    def _close_open(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
+        if self._pending.get(key) is batch:
+            del self._pending[key]
+            timer = self._timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+        if self._waiting.get(key) is batch:
+            del self._waiting[key]
+
+    @staticmethod
+    def _fail(inputs: list[BatchInput], exc: BaseException) -> None:
+        for item in inputs:
+            for waiter in item.waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
 
     async def _send(self, key: BatchKey, inputs: list[BatchInput]) -> None:
         try:
             outcomes = await self._run(key, inputs)
         except BaseException as exc:
-            for item in inputs:
-                for waiter in item.waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
+            self._fail(inputs, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
@@ -408,8 +459,9 @@ class WriteBatcher:
                     waiter.set_result(outcome)
 
     async def close(self) -> None:
-        for key in list(self._pending):
-            self._flush(key)
+        for key, batch in list(self._pending.items()):
+            if self._waiting.get(key) is not batch:
+                self._due(key)
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task

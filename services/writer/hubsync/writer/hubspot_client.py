@@ -13,6 +13,7 @@ auth for a fresh token and retries once. Everything else (2xx, 207, 400, 403, 40
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -35,6 +36,9 @@ _tracer = trace.get_tracer("hubsync.writer")
 _requests = metrics.get_meter("hubsync.writer").create_counter(
     "hubsync.hubspot.requests", description="HubSpot API calls by portal, endpoint and status"
 )
+
+# Set by the batcher when it already took a rate-limit slot for the next call of this task.
+slot_reserved: contextvars.ContextVar[bool] = contextvars.ContextVar("hubsync_writer_slot", default=False)
 
 RETRYABLE = frozenset({423, 429, 477, 500, 503, 521, 522, 523, 524, 525, 526})
 # Answers that say HubSpot (not the request) is failing: they feed the circuit breaker.
@@ -121,7 +125,10 @@ class HubSpotClient:
         while True:
             probe = await breaker.admit(deadline)
             try:
-                await self.limiter.acquire(portal_id, search=search, deadline=deadline)
+                if slot_reserved.get() and not search:
+                    slot_reserved.set(False)
+                else:
+                    await self.limiter.acquire(portal_id, search=search, deadline=deadline)
                 if token is None:
                     token = await self.tokens.token(portal_id)
                 response = await self._send(

@@ -9,7 +9,7 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
-from hubsync.writer.batches import BatchWriter, WriteBatcher
+from hubsync.writer.batches import BatchKey, BatchWriter, WriteBatcher
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
 from hubsync.writer.export import RecordExporter
@@ -63,7 +63,11 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         source_property=settings.source_property,
         written_ttl_s=settings.written_ttl_s,
     )
-    batcher = WriteBatcher(writer.run, settings.batch_max_size, settings.batch_max_wait_ms / 1000)
+
+    async def slot(key: BatchKey) -> None:
+        await limiter.acquire(key.portal_id)
+
+    batcher = WriteBatcher(writer.run, settings.batch_max_size, settings.batch_max_wait_ms / 1000, ready=slot)
     reader = RecordReader(client)
     submitter = WriteSubmitter(
         batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged

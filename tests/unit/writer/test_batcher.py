@@ -1,0 +1,70 @@
+"""The coalescing batcher: full batches, max wait, merged writes to one record, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from hubsync.api.writer.v1 import writer_pb2
+from hubsync.writer.batches import UPSERT, BatchInput, BatchKey, Outcome, WriteBatcher
+
+KEY = BatchKey(1, "contacts", UPSERT, "email")
+
+
+def item(i: str, **props: str) -> BatchInput:
+    return BatchInput(i, i, dict(props), [writer_pb2.Write()])
+
+
+class Recorder:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.batches: list[list[BatchInput]] = []
+        self.fail = fail
+
+    async def __call__(self, key: BatchKey, inputs: Sequence[BatchInput]) -> list[Outcome]:
+        self.batches.append(list(inputs))
+        if self.fail:
+            raise self.fail
+        return [Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=f"hs-{i.id}") for i in inputs]
+
+
+async def test_full_batches_go_at_once_and_the_rest_after_the_wait() -> None:
+    rec = Recorder()
+    batcher = WriteBatcher(rec, max_size=100, max_wait_s=0.05)
+    futures = [batcher.submit(KEY, item(f"{n}@x")) for n in range(250)]
+    await asyncio.sleep(0)
+    assert [len(b) for b in rec.batches] == [100, 100]
+    outcomes = await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [100, 100, 50]
+    assert [o.hubspot_id for o in outcomes] == [f"hs-{n}@x" for n in range(250)]
+
+
+async def test_writes_to_one_record_merge_later_value_wins() -> None:
+    rec = Recorder()
+    batcher = WriteBatcher(rec, max_wait_s=0.01)
+    a = batcher.submit(KEY, item("a@x", firstname="A", lastname="One"))
+    b = batcher.submit(KEY, item("a@x", lastname="Two"))
+    c = batcher.submit(BatchKey(1, "contacts", UPSERT, "external_id"), item("a@x", city="X"))
+    assert (await a) == (await b)
+    await c
+    [first, second] = sorted(rec.batches, key=len)
+    assert len(first) == 1 and len(second) == 1
+    merged = next(b[0] for b in rec.batches if "firstname" in b[0].properties)
+    assert merged.properties == {"firstname": "A", "lastname": "Two"} and len(merged.waiters) == 2
+
+
+async def test_a_failed_batch_fails_every_caller_in_it() -> None:
+    batcher = WriteBatcher(Recorder(fail=RuntimeError("down")), max_wait_s=0.01)
+    futures = [batcher.submit(KEY, item(f"{n}@x")) for n in range(3)]
+    for f in futures:
+        with pytest.raises(RuntimeError):
+            await f
+
+
+async def test_close_flushes_pending_writes() -> None:
+    rec = Recorder()
+    batcher = WriteBatcher(rec, max_wait_s=60)
+    future = batcher.submit(KEY, item("a@x"))
+    await batcher.close()
+    assert (await future).hubspot_id == "hs-a@x"

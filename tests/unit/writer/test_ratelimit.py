@@ -1,0 +1,73 @@
+"""The Redis rate limiter: limits hold across concurrent acquirers; headers correct our count."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from hubsync.core.errors import ResourceExhausted
+from hubsync.writer.ratelimit import Budget, RateLimiter
+
+
+def limiter(redis: Redis, limit: int = 10, window_ms: int = 400, daily: int = 0) -> RateLimiter:
+    return RateLimiter(redis, Budget("burst", limit, window_ms, daily), Budget("search", 3, 1000))
+
+
+async def test_no_window_holds_more_than_the_limit(redis: Redis) -> None:
+    # Two limiters on one Redis stand for two replicas.
+    a, b = limiter(redis), limiter(redis)
+    stamps: list[float] = []
+
+    async def take(lim: RateLimiter) -> None:
+        await lim.acquire(7)
+        stamps.append(time.monotonic())
+
+    await asyncio.gather(*(take(a if n % 2 else b) for n in range(30)))
+    stamps.sort()
+    assert len(stamps) == 30
+    # Any 11 consecutive grants span at least the window (less a little clock slack).
+    assert min(stamps[i + 10] - stamps[i] for i in range(len(stamps) - 10)) >= 0.38
+
+
+async def test_a_request_that_cannot_get_a_slot_before_its_deadline_fails(redis: Redis) -> None:
+    lim = limiter(redis, limit=1, window_ms=5000)
+    await lim.acquire(7)
+    with pytest.raises(ResourceExhausted) as err:
+        await lim.acquire(7, deadline=time.monotonic() + 0.2)
+    assert err.value.retry_after is not None and err.value.retry_after > 4
+
+
+async def test_daily_budget(redis: Redis) -> None:
+    lim = limiter(redis, limit=100, daily=2)
+    await lim.acquire(7)
+    await lim.acquire(7)
+    with pytest.raises(ResourceExhausted) as err:
+        await lim.acquire(7)
+    assert err.value.reason == "DAILY_LIMIT"
+    assert (await lim.usage(7)).daily_used == 2
+
+
+async def test_hubspot_headers_raise_our_count(redis: Redis) -> None:
+    lim = limiter(redis, limit=10, window_ms=10_000)
+    await lim.acquire(7)
+    await lim.correct(7, {"X-HubSpot-RateLimit-Max": "10", "X-HubSpot-RateLimit-Remaining": "3"})
+    use = await lim.usage(7)
+    assert use.burst_used == 7 and use.hubspot_remaining == 3
+    # A lower count from HubSpot never lowers ours.
+    await lim.correct(7, {"X-HubSpot-RateLimit-Max": "10", "X-HubSpot-RateLimit-Remaining": "9"})
+    assert (await lim.usage(7)).burst_used == 7
+    await lim.fill_window(7)
+    assert (await lim.usage(7)).burst_used == 10
+
+
+async def test_search_is_counted_apart(redis: Redis) -> None:
+    lim = limiter(redis, limit=1, window_ms=10_000)
+    await lim.acquire(7)
+    for _ in range(3):
+        await lim.acquire(7, search=True)
+    with pytest.raises(ResourceExhausted):
+        await lim.acquire(7, search=True, deadline=time.monotonic() + 0.05)
+    assert (await lim.usage(7)).burst_used == 1

@@ -1,0 +1,102 @@
+"""Validation, backoff, circuit breaker, export checkpoints, settings presets."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.errors import InvalidArgument, Unavailable
+from hubsync.writer.circuit import CircuitBreaker, CircuitState
+from hubsync.writer.export import decode_checkpoint, encode_checkpoint
+from hubsync.writer.hubspot_client import RetryPolicy
+from hubsync.writer.settings import RateLimitPreset, WriterSettings
+from hubsync.writer.submissions import validate
+
+
+def test_validate_names_every_bad_field() -> None:
+    writes = [
+        writer_pb2.Write(
+            record=writer_pb2.RecordWrite(operation=writer_pb2.WRITE_OPERATION_UPSERT, object_type="x")
+        ),
+        writer_pb2.Write(),
+        writer_pb2.Write(
+            association=writer_pb2.AssociationWrite(
+                from_object_type="contacts", from_id="abc", to_object_type="companies", to_id="2"
+            )
+        ),
+    ]
+    with pytest.raises(InvalidArgument) as err:
+        validate(writes)
+    v = err.value.violations
+    assert {"writes[0].record.object_type", "writes[0].record.id", "writes[0].record.id_property"} <= set(v)
+    assert "writes[1]" in v and "writes[2].association.from_id" in v
+
+
+def test_validate_accepts_good_writes() -> None:
+    validate(
+        [
+            writer_pb2.Write(
+                record=writer_pb2.RecordWrite(
+                    operation=writer_pb2.WRITE_OPERATION_UPDATE,
+                    object_type="deals",
+                    id="12",
+                    properties={"a": "b"},
+                )
+            )
+        ]
+    )
+
+
+@given(st.integers(min_value=0, max_value=20))
+def test_full_jitter_stays_within_the_cap(attempt: int) -> None:
+    policy = RetryPolicy(base_s=0.5, max_s=30)
+    wait = policy.backoff(attempt)
+    assert 0 <= wait <= min(30, 0.5 * 2**attempt)
+
+
+async def test_circuit_opens_fails_fast_then_probes() -> None:
+    breaker = CircuitBreaker(1, threshold=2, open_s=0.05)
+    assert await breaker.admit() is False
+    breaker.record(False, False)
+    breaker.record(False, False)
+    assert breaker.state == CircuitState.OPEN
+    with pytest.raises(Unavailable):
+        await breaker.admit()
+    time.sleep(0.06)
+    assert breaker.state == CircuitState.HALF_OPEN
+    assert await breaker.admit() is True  # the probe
+    with pytest.raises(Unavailable):
+        await breaker.admit()  # only one probe at a time
+    breaker.record(True, True)
+    assert breaker.state == CircuitState.CLOSED
+
+
+def test_checkpoints_round_trip_and_garbage_is_invalid_argument() -> None:
+    state = {"v": 1, "last_id": 42, "after": None, "before": None, "exported": 3, "total": 9}
+    assert decode_checkpoint(encode_checkpoint(state)) == state
+    with pytest.raises(InvalidArgument):
+        decode_checkpoint("not-a-checkpoint")
+
+
+def test_presets_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WriterSettings().limits() == (110, 0)
+    assert WriterSettings(rate_limit_preset=RateLimitPreset.PROFESSIONAL).limits() == (190, 625_000)
+    monkeypatch.setenv("HUBSYNC_WRITER_RATE_LIMIT_PRESET", "enterprise")
+    monkeypatch.setenv("HUBSYNC_WRITER_BURST_LIMIT", "150")
+    assert WriterSettings().limits() == (150, 1_000_000)
+
+
+def test_a_bad_setting_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hubsync.core.settings import load_settings
+
+    monkeypatch.setenv("HUBSYNC_WRITER_RATE_LIMIT_PRESET", "unlimited")
+    with pytest.raises(SystemExit) as exc:
+        load_settings(WriterSettings)
+    assert exc.value.code == 2
+    assert "HUBSYNC_WRITER_RATE_LIMIT_PRESET" in capsys.readouterr().err
