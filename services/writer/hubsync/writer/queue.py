@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 GROUP = "writer"
 PORTALS = "hubsync:writer:portals"
 _PENDING = b"pending"
+_PENDING_TTL_S = 300
 
 # KEYS: request key, stream. ARGV: response, ttl, maxlen, request bytes, traceparent, tracestate.
 _ACCEPT = """
@@ -111,7 +112,9 @@ class WriteQueue:
             return None
         key = request_key(request.portal_id, request.request_id)
         while True:
-            if await self.redis.set(key, _PENDING, nx=True, ex=max(self.request_ttl_s, 60)):
+            # Short-lived: if this writer dies mid-call, a retry may claim the id again soon
+            # (a second run of the same writes is harmless: upserts by unique value).
+            if await self.redis.set(key, _PENDING, nx=True, ex=_PENDING_TTL_S):
                 return None
             value: Any = await self.redis.get(key)
             if value is None:

@@ -642,7 +642,9 @@ class ExportRecordsRequest(_message.Message):
 
     @_builtins.property
     def modified_before(self) -> _timestamp_pb2.Timestamp:
-        """Records modified before this time; unset means the export's start time."""
+        """Records modified before this time; unset means no upper bound, so records created or changed
+        while the export runs are included (each record once).
+        """
 
     def __init__(
         self,
