@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
+from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.errors import error_info
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PrivateAppConfig
 from tests.integration.auth.fixtures import register_sandbox_private_app
 from tests.integration.writer.fixtures import writer_env
@@ -195,3 +198,38 @@ async def test_dead_letters_replay_and_purge(redis_url: str, caller_tokens: dict
         )
         assert purged.purged_count == 1
         assert (await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))).total == 0
+
+
+async def test_daily_limit_fails_with_resource_exhausted_and_queued_writes_wait(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    env = writer_env(rate_limit_preset="free_starter", queue_claim_idle_ms=200)
+    async with stack(
+        redis_url, caller_tokens, sandbox_config(portal={"daily_limit": 2}), writer_env=env
+    ) as s:
+        await submit(s, [upsert("a@example.com")])
+        await submit(s, [upsert("b@example.com")])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await submit(s, [upsert("c@example.com")])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(err.value)
+        assert info is not None and info.reason == "HUBSPOT_DAILY_LIMIT"
+        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        assert status.daily_used >= 2
+        before = await s.count(UPSERT_ROUTE)
+        # After the DAILY 429 nothing more is sent until the reset.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await submit(s, [upsert("c@example.com")])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        queued = await s.stub.SubmitWrites(
+            writer_pb2.SubmitWritesRequest(portal_id=PORTAL, writes=[upsert("d@example.com")]), timeout=10
+        )
+        assert queued.results[0].status == writer_pb2.WRITE_STATUS_QUEUED
+        await asyncio.sleep(0.5)
+        # Not lost, not dead-lettered: still in the queue, waiting for the reset.
+        assert (
+            await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        ).queued_writes == 1
+        assert (await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))).total == 0
+        assert len(await s.objects()) == 2
+        assert await s.count(UPSERT_ROUTE, 429) == 1 and await s.count(UPSERT_ROUTE) == before

@@ -33,7 +33,7 @@ async def test_full_batches_go_at_once_and_the_rest_after_the_wait() -> None:
     rec = Recorder()
     batcher = WriteBatcher(rec, max_size=100, max_wait_s=0.05)
     futures = [batcher.submit(KEY, item(f"{n}@x")) for n in range(250)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
     assert [len(b) for b in rec.batches] == [100, 100]
     outcomes = await asyncio.gather(*futures)
     assert [len(b) for b in rec.batches] == [100, 100, 50]
@@ -68,3 +68,23 @@ async def test_close_flushes_pending_writes() -> None:
     future = batcher.submit(KEY, item("a@x"))
     await batcher.close()
     assert (await future).hubspot_id == "hs-a@x"
+
+
+async def test_full_batches_take_slots_before_the_open_one_which_keeps_filling() -> None:
+    rec = Recorder()
+    slots: asyncio.Queue[str] = asyncio.Queue()
+
+    async def ready(key: BatchKey) -> str:
+        return await slots.get()
+
+    batcher = WriteBatcher(rec, max_size=10, max_wait_s=0.01, ready=ready)
+    futures = [batcher.submit(KEY, item(f"a{n}@x")) for n in range(5)]
+    await asyncio.sleep(0.03)  # the open batch of 5 is due, waiting for a slot
+    futures += [batcher.submit(KEY, item(f"b{n}@x")) for n in range(27)]  # 3 full, 2 open
+    for n in range(3):
+        slots.put_nowait(f"slot{n}")
+    await asyncio.sleep(0.01)
+    assert [len(b) for b in rec.batches] == [10, 10, 10]
+    slots.put_nowait("slot3")
+    await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [10, 10, 10, 2]

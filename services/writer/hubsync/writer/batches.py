@@ -20,10 +20,10 @@ callers get the record's result. :class:`BatchWriter` sends a batch and applies 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -346,9 +346,10 @@ class BatchWriter:
 class WriteBatcher:
     """Coalesces writes into batches of up to ``max_size``.
 
-    A batch is sealed when full, or once ``max_wait_s`` passed *and* a rate-limit slot is free
-    (``ready``): while it waits for its slot it keeps taking writes, so under a saturated quota
-    nearly every call carries a full batch.
+    One sender per key takes rate-limit slots (``ready``) one at a time and gives each to the
+    oldest full batch, or, when none is waiting, to the open batch once ``max_wait_s`` passed.
+    The open batch keeps taking writes while the sender waits, so under a saturated quota
+    nearly every call carries a full batch, and a partial one never jumps ahead of a full one.
     """
 
     def __init__(
@@ -356,15 +357,17 @@ class WriteBatcher:
         run: Callable[[BatchKey, Sequence[BatchInput]], Awaitable[list[Outcome]]],
         max_size: int = 100,
         max_wait_s: float = 0.05,
-        ready: Callable[[BatchKey], Awaitable[None]] | None = None,
+        ready: Callable[[BatchKey], Awaitable[str]] | None = None,
     ) -> None:
         self._run = run
         self._ready = ready
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._pending: dict[BatchKey, dict[str, BatchInput]] = {}
-        self._waiting: dict[BatchKey, dict[str, BatchInput]] = {}
+        self._full: dict[BatchKey, deque[dict[str, BatchInput]]] = {}
+        self._due: set[BatchKey] = set()
         self._timers: dict[BatchKey, asyncio.TimerHandle] = {}
+        self._senders: dict[BatchKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
@@ -383,60 +386,76 @@ class WriteBatcher:
         item.waiters.append(future)
         pending[item.key] = item
         if len(pending) >= self.max_size:
-            self._seal_full(key, pending)
-        elif key not in self._timers and self._waiting.get(key) is not pending:
-            self._timers[key] = loop.call_later(self.max_wait_s, self._due, key)
+            self._take_open(key)
+            self._full.setdefault(key, deque()).append(pending)
+            self._wake(key)
+        elif key not in self._timers and key not in self._due:
+            self._timers[key] = loop.call_later(self.max_wait_s, self._on_due, key)
         return future
 
-    def _seal_full(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
-        del self._pending[key]
+    def _on_due(self, key: BatchKey) -> None:
+        self._timers.pop(key, None)
+        if self._pending.get(key):
+            self._due.add(key)
+            self._wake(key)
+
+    def _take_open(self, key: BatchKey) -> dict[str, BatchInput] | None:
+        batch = self._pending.pop(key, None)
+        self._due.discard(key)
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        if self._waiting.get(key) is batch:
-            # Its task already waits for a slot and will send it as it is now.
-            del self._waiting[key]
-            return
-        self._spawn(key, batch)
+        return batch
 
-    def _due(self, key: BatchKey) -> None:
-        self._timers.pop(key, None)
-        batch = self._pending.get(key)
-        if not batch or self._waiting.get(key) is batch:
-            return
-        self._waiting[key] = batch
-        self._spawn(key, batch)
+    def _next(self, key: BatchKey) -> dict[str, BatchInput] | None:
+        full = self._full.get(key)
+        if full:
+            return full.popleft()
+        if key in self._due:
+            return self._take_open(key)
+        return None
 
-    def _spawn(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
-        task = asyncio.create_task(self._send_when_ready(key, batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _has_work(self, key: BatchKey) -> bool:
+        return bool(self._full.get(key)) or key in self._due
 
-    async def _send_when_ready(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
+    def _wake(self, key: BatchKey) -> None:
+        if key not in self._senders:
+            task = asyncio.create_task(self._sender(key))
+            self._senders[key] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _sender(self, key: BatchKey) -> None:
         try:
-            if self._ready is not None:
-                await self._ready(key)
-        except BaseException as exc:
-            self._close_open(key, batch)
-            self._fail(list(batch.values()), exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        self._close_open(key, batch)
-        token = slot_reserved.set(self._ready is not None)
+            while self._has_work(key):
+                slot: str | None = None
+                try:
+                    if self._ready is not None:
+                        slot = await self._ready(key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # No slot (daily budget spent): fail the batch that was next, go on.
+                    batch = self._next(key)
+                    if batch:
+                        self._fail(list(batch.values()), exc)
+                    continue
+                batch = self._next(key)
+                if batch:
+                    task = asyncio.create_task(self._send_with(key, list(batch.values()), slot))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            self._senders.pop(key, None)
+            if self._has_work(key):
+                self._wake(key)
+
+    async def _send_with(self, key: BatchKey, inputs: list[BatchInput], slot: str | None) -> None:
+        token = slot_reserved.set(slot)
         try:
-            await self._send(key, list(batch.values()))
+            await self._send(key, inputs)
         finally:
             slot_reserved.reset(token)
-
-    def _close_open(self, key: BatchKey, batch: dict[str, BatchInput]) -> None:
-        if self._pending.get(key) is batch:
-            del self._pending[key]
-            timer = self._timers.pop(key, None)
-            if timer is not None:
-                timer.cancel()
-        if self._waiting.get(key) is batch:
-            del self._waiting[key]
 
     @staticmethod
     def _fail(inputs: list[BatchInput], exc: BaseException) -> None:
@@ -459,12 +478,11 @@ class WriteBatcher:
                     waiter.set_result(outcome)
 
     async def close(self) -> None:
-        for key, batch in list(self._pending.items()):
-            if self._waiting.get(key) is not batch:
-                self._due(key)
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        """Sends what is pending and waits for every batch in flight."""
+        for key in list(self._pending):
+            self._on_due(key)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 def _trace_index(trace: str) -> int | None:

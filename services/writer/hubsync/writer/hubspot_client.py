@@ -38,7 +38,9 @@ _requests = metrics.get_meter("hubsync.writer").create_counter(
 )
 
 # Set by the batcher when it already took a rate-limit slot for the next call of this task.
-slot_reserved: contextvars.ContextVar[bool] = contextvars.ContextVar("hubsync_writer_slot", default=False)
+slot_reserved: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "hubsync_writer_slot", default=None
+)
 
 RETRYABLE = frozenset({423, 429, 477, 500, 503, 521, 522, 523, 524, 525, 526})
 # Answers that say HubSpot (not the request) is failing: they feed the circuit breaker.
@@ -125,10 +127,12 @@ class HubSpotClient:
         while True:
             probe = await breaker.admit(deadline)
             try:
-                if slot_reserved.get() and not search:
-                    slot_reserved.set(False)
+                reserved = slot_reserved.get()
+                if reserved and not search:
+                    slot_reserved.set(None)
+                    slot = reserved
                 else:
-                    await self.limiter.acquire(portal_id, search=search, deadline=deadline)
+                    slot = await self.limiter.acquire(portal_id, search=search, deadline=deadline)
                 if token is None:
                     token = await self.tokens.token(portal_id)
                 response = await self._send(
@@ -140,8 +144,7 @@ class HubSpotClient:
                 raise
             status = response.status
             breaker.record(status not in FAILURES, probe)
-            if response.headers:
-                await self.limiter.correct(portal_id, response.headers)
+            await self.limiter.settle(portal_id, slot, response.headers, search=search)
             if status == 401 and not reauthorized:
                 reauthorized = True
                 token = await self.tokens.invalidate(portal_id, token)
@@ -157,6 +160,7 @@ class HubSpotClient:
             if status == 429:
                 policy = response.body.get("policyName", "") if isinstance(response.body, dict) else ""
                 if policy == "DAILY":
+                    await self.limiter.block_until_utc_midnight(portal_id)
                     raise ResourceExhausted(
                         f"portal {portal_id} reached HubSpot's daily limit",
                         reason="HUBSPOT_DAILY_LIMIT",

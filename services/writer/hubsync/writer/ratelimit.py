@@ -32,11 +32,13 @@ _remaining = _meter.create_gauge(
     "hubsync.ratelimit.remaining", description="Requests left in the portal's burst window"
 )
 
-# KEYS: window zset, daily hash. ARGV: limit, window_ms, daily_limit, member.
+# KEYS: window zset, daily hash, info hash. ARGV: limit, window_ms, daily_limit, member.
 # Returns {granted (1|0|-1 daily), wait_ms, used}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blocked = tonumber(redis.call('HGET', KEYS[3], 'blocked_until') or '0')
+if blocked > now then return {-1, blocked - now, 0} end
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local daily = tonumber(ARGV[3])
@@ -67,6 +69,14 @@ else
 end
 redis.call('PEXPIRE', KEYS[2], 2 * 86400000)
 return {1, 0, used + 1}
+"""
+
+# KEYS: window zset. ARGV: member. Moves a granted stamp to now (the response came back), so the
+# stamp is never earlier than HubSpot's arrival time however long the request took to leave.
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
 """
 
 # KEYS: window zset, daily hash, info hash. ARGV: hubspot_used (-1 unknown), fill_to (-1 none),
@@ -130,6 +140,7 @@ class RateLimiter:
         self.margin_ms = margin_ms
         self._acquire = redis.register_script(_ACQUIRE)
         self._correct = redis.register_script(_CORRECT)
+        self._settle = redis.register_script(_SETTLE)
 
     def _keys(self, portal_id: int, budget: Budget) -> list[str]:
         return [
@@ -138,19 +149,22 @@ class RateLimiter:
             portal_key(portal_id, "rl", "info"),
         ]
 
-    async def acquire(self, portal_id: int, *, search: bool = False, deadline: float | None = None) -> None:
-        """Waits for a slot; raises ResourceExhausted when none comes before ``deadline``
-        (``time.monotonic()`` seconds)."""
+    async def acquire(self, portal_id: int, *, search: bool = False, deadline: float | None = None) -> str:
+        """Waits for a slot and returns its id (for :meth:`settle`); raises ResourceExhausted
+        when none comes before ``deadline`` (``time.monotonic()`` seconds)."""
         budget = self.search if search else self.api
-        keys = self._keys(portal_id, budget)[:2]
+        keys = self._keys(portal_id, budget)
+        if search:
+            keys[2] = portal_key(portal_id, "rl", "info", "search")
         window = budget.window_ms + (0 if search else self.margin_ms)
         daily = 0 if search else budget.daily
         while True:
+            member = uuid.uuid4().hex
             granted, wait_ms, _used = await self._acquire(
-                keys=keys, args=[budget.limit, window, daily, uuid.uuid4().hex]
+                keys=keys, args=[budget.limit, window, daily, member]
             )
             if int(granted) == 1:
-                return
+                return member
             wait = int(wait_ms) / 1000
             if int(granted) == -1:
                 raise ResourceExhausted(
@@ -165,6 +179,17 @@ class RateLimiter:
                     retry_after=wait,
                 )
             await asyncio.sleep(wait)
+
+    async def settle(
+        self, portal_id: int, member: str, headers: Mapping[str, str], *, search: bool = False
+    ) -> None:
+        """After the response: re-stamps the slot at the response time, then corrects the
+        counts from HubSpot's headers. A request can leave late (a busy event loop, a full
+        connection pool); HubSpot counts it on arrival, so the stamp must not be earlier."""
+        budget = self.search if search else self.api
+        await self._settle(keys=[portal_key(portal_id, "rl", budget.name)], args=[member])
+        if not search and headers:
+            await self.correct(portal_id, headers)
 
     async def correct(self, portal_id: int, headers: Mapping[str, str]) -> None:
         """Brings our counts up to what HubSpot's response headers say it counted."""
@@ -194,6 +219,15 @@ class RateLimiter:
                 uuid.uuid4().hex,
             ],
         )
+
+    async def block_until_utc_midnight(self, portal_id: int) -> None:
+        """After a DAILY 429: no replica sends to this portal before the reset (UTC midnight;
+        HubSpot resets at the account's midnight, UNSURE which zone, so this may lift early and
+        meet one more 429)."""
+        until = int((time.time() // 86_400 + 1) * 86_400_000)
+        info = self._keys(portal_id, self.api)[2]
+        await self.redis.hset(info, "blocked_until", until)
+        await self.redis.pexpireat(info, until + 86_400_000)
 
     async def fill_window(self, portal_id: int) -> None:
         """After a TEN_SECONDLY_ROLLING 429: marks the window full so every replica waits."""

@@ -64,8 +64,8 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         written_ttl_s=settings.written_ttl_s,
     )
 
-    async def slot(key: BatchKey) -> None:
-        await limiter.acquire(key.portal_id)
+    async def slot(key: BatchKey) -> str:
+        return await limiter.acquire(key.portal_id)
 
     batcher = WriteBatcher(writer.run, settings.batch_max_size, settings.batch_max_wait_ms / 1000, ready=slot)
     reader = RecordReader(client)
