@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from hubsync.core.redis import portal_key
 from hubsync.ingress.events import WebhookEvent
@@ -30,47 +33,44 @@ from hubsync.ingress.events import WebhookEvent
 PORTALS_KEY = "hubsync:portals"
 HOUR_MS = 3_600_000
 
-# KEYS[1] the stream, then dedupe sets and written-hashes; ARGV: maxlen, ttl, n, accepted_ms,
-# origin, then 8 per event: set index, member, written index (0: none), property, value, event,
-# traceparent, tracestate. Returns one outcome per event: 0 accepted, 1 duplicate, 2 echo.
+# KEYS[1] the stream, then dedupe sets and written-hashes; ARGV: maxlen, ttl, accepted_ms, origin,
+# and one JSON array of events, each [set index, member, written index (0: none), property, value,
+# event, traceparent, tracestate] (one argument: packing thousands of small ones costs the client
+# more than the whole script costs Redis). Returns one outcome per event: 0 accepted,
+# 1 duplicate, 2 echo.
 _ENQUEUE_LUA = """
 local maxlen = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local accepted = ARGV[4]
-local origin = ARGV[5]
+local accepted = ARGV[3]
+local origin = ARGV[4]
+local batch = cjson.decode(ARGV[5])
 local out = {}
 local touched = {}
-for i = 0, n - 1 do
-  local o = 6 + i * 8
-  local set = KEYS[tonumber(ARGV[o])]
-  local member = ARGV[o + 1]
-  if redis.call('SADD', set, member) == 0 then
-    out[i + 1] = 1
+for i, e in ipairs(batch) do
+  local set = KEYS[e[1]]
+  if redis.call('SADD', set, e[2]) == 0 then
+    out[i] = 1
   else
     touched[set] = true
-    local wi = tonumber(ARGV[o + 2])
     local echo = false
-    if wi > 0 then
-      local written = redis.call('HGET', KEYS[wi], ARGV[o + 3])
-      echo = written ~= false and written == ARGV[o + 4]
+    if e[3] > 0 then
+      local written = redis.call('HGET', KEYS[e[3]], e[4])
+      echo = written ~= false and written == e[5]
     end
     if echo then
-      out[i + 1] = 2
+      out[i] = 2
+    elseif e[7] == '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', e[6],
+        'accepted_ms', accepted, 'origin', origin)
+      out[i] = 0
+    elseif e[8] == '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', e[6],
+        'traceparent', e[7], 'accepted_ms', accepted, 'origin', origin)
+      out[i] = 0
     else
-      local tp = ARGV[o + 6]
-      local ts = ARGV[o + 7]
-      if tp == '' then
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', ARGV[o + 5],
-          'accepted_ms', accepted, 'origin', origin)
-      elseif ts == '' then
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', ARGV[o + 5],
-          'traceparent', tp, 'accepted_ms', accepted, 'origin', origin)
-      else
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', ARGV[o + 5],
-          'traceparent', tp, 'tracestate', ts, 'accepted_ms', accepted, 'origin', origin)
-      end
-      out[i + 1] = 0
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', e[6],
+        'traceparent', e[7], 'tracestate', e[8], 'accepted_ms', accepted, 'origin', origin)
+      out[i] = 0
     end
   end
 end
@@ -79,6 +79,7 @@ for set, _ in pairs(touched) do
 end
 return out
 """
+_ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
 
 
 class Outcome(IntEnum):
@@ -138,7 +139,6 @@ class EventCommitter:
         max_events: int = 2000,
     ) -> None:
         self._redis = redis
-        self._script = redis.register_script(_ENQUEUE_LUA)
         self.stream_maxlen = stream_maxlen
         self.dedupe_ttl_s = dedupe_ttl_s
         self.dedupe_buckets = dedupe_buckets
@@ -205,6 +205,19 @@ class EventCommitter:
                 if not sub.future.done():
                     sub.future.set_result(outcomes)
 
+    async def _execute(self, commands: list[list[Any]], portals: list[str]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.sadd(PORTALS_KEY, *portals)
+        try:
+            replies: list[Any] = await pipe.execute()
+        except ResponseError as exc:
+            if "NOSCRIPT" in str(exc):
+                raise NoScriptError(str(exc)) from None
+            raise
+        return replies
+
     def _take(self) -> list[_Submission]:
         taken: list[_Submission] = []
         count = 0
@@ -231,26 +244,32 @@ class EventCommitter:
                 if event.property_name is not None and event.property_value is not None and object_type:
                     written = portal_key(event.portal_id, "written", object_type, str(event.object_id))
                     written_index = call.key(written)
-                call.args += [
-                    set_index,
-                    member,
-                    written_index,
-                    event.property_name or "",
-                    event.property_value or "",
-                    event.raw,
-                    sub.traceparent,
-                    sub.tracestate,
-                ]
+                call.args.append(
+                    (
+                        set_index,
+                        str(member),
+                        written_index,
+                        event.property_name or "",
+                        event.property_value or "",
+                        event.raw_text,
+                        sub.traceparent,
+                        sub.tracestate,
+                    )
+                )
                 call.slots.append((sub, position))
-        pipe = self._redis.pipeline(transaction=False)
         ordered = list(calls.items())
+        commands = []
         for (_portal, origin), call in ordered:
-            n = len(call.slots)
-            args = [self.stream_maxlen, self.dedupe_ttl_s, n, accepted_ms, origin, *call.args]
-            await self._script(keys=call.keys, args=args, client=pipe)
-        for portal in sorted({portal for (portal, _o) in calls}):
-            pipe.sadd(PORTALS_KEY, str(portal))
-        replies = await pipe.execute()
+            payload = orjson.dumps(call.args)
+            args = [self.stream_maxlen, self.dedupe_ttl_s, accepted_ms, origin, payload]
+            commands.append(["EVALSHA", _ENQUEUE_SHA, len(call.keys), *call.keys, *args])
+        portals = sorted({str(portal) for (portal, _o) in calls})
+        try:
+            replies = await self._execute(commands, portals)
+        except NoScriptError:
+            # Redis restarted (or flushed its scripts): load the script once and go again.
+            await self._redis.script_load(_ENQUEUE_LUA)
+            replies = await self._execute(commands, portals)
         self.round_trips += 1
         self.submissions += len(batch)
         outcomes = {sub: [Outcome.ACCEPTED] * len(sub.events) for sub in batch}

@@ -46,6 +46,10 @@ class WebhookEvent:
     raw: bytes
 
     @property
+    def raw_text(self) -> str:
+        return self.raw.decode()
+
+    @property
     def object_type(self) -> str | None:
         prefix = self.subscription_type.partition(".")[0]
         if prefix == "object":

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import uvicorn
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.metrics import NoOpMeterProvider
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -40,8 +41,15 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
-    # One server span per request; the webhook handler opens ``ingress.enqueue`` under it.
-    return OpenTelemetryMiddleware(app, excluded_urls="healthz")
+    # One server span per request; the webhook handler opens ``ingress.enqueue`` under it. No
+    # per-message receive/send spans and no generic HTTP metrics: together they cost more than
+    # the whole webhook path (ingress records its own accept metrics).
+    return OpenTelemetryMiddleware(
+        app,
+        excluded_urls="healthz",
+        exclude_spans=["receive", "send"],
+        meter_provider=NoOpMeterProvider(),
+    )
 
 
 class HttpServer:

@@ -39,8 +39,9 @@ class IngressSettings(BaseSettings):
     dedupe_buckets: int = Field(default=4096, ge=1, le=65536)
     # Approximate length the per-portal event streams are trimmed to (the journal).
     stream_maxlen: int = Field(default=1_000_000, ge=1000)
-    # Group commit: the longest a request waits for others to share its Redis round trip.
-    commit_window_s: float = Field(default=0.0003, ge=0, le=0.05)
+    # Group commit: how long a flush waits for more requests to join (0: one loop turn; under
+    # load the requests arriving during one round trip form the next group anyway).
+    commit_window_s: float = Field(default=0.0, ge=0, le=0.05)
     # Most events written in one round trip.
     commit_max_events: int = Field(default=2000, ge=1)
     # How long a request waits for Redis before answering 503.
