@@ -13,7 +13,7 @@ from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.writer.circuit import CircuitBreaker, CircuitState
 from hubsync.writer.export import decode_checkpoint, encode_checkpoint
 from hubsync.writer.hubspot_client import RetryPolicy
-from hubsync.writer.settings import RateLimitPreset, WriterSettings
+from hubsync.writer.settings import AppType, RateLimitPreset, WriterSettings
 from hubsync.writer.submissions import validate
 
 
@@ -84,6 +84,7 @@ def test_checkpoints_round_trip_and_garbage_is_invalid_argument() -> None:
 
 def test_presets_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert WriterSettings().limits() == (110, 0)
+    assert WriterSettings(app_type=AppType.PRIVATE).limits() == (100, 250_000)
     assert WriterSettings(rate_limit_preset=RateLimitPreset.PROFESSIONAL).limits() == (190, 625_000)
     monkeypatch.setenv("HUBSYNC_WRITER_RATE_LIMIT_PRESET", "enterprise")
     monkeypatch.setenv("HUBSYNC_WRITER_BURST_LIMIT", "150")

@@ -445,10 +445,12 @@ class WriteBatcher:
                     task = asyncio.create_task(self._send_with(key, list(batch.values()), slot))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-        finally:
+        except asyncio.CancelledError:
             self._senders.pop(key, None)
-            if self._has_work(key):
-                self._wake(key)
+            raise
+        self._senders.pop(key, None)
+        if self._has_work(key):  # work that arrived as the loop ended
+            self._wake(key)
 
     async def _send_with(self, key: BatchKey, inputs: list[BatchInput], slot: str | None) -> None:
         token = slot_reserved.set(slot)

@@ -72,7 +72,6 @@ class RetryPolicy:
     max_attempts: int = 6
     base_s: float = 0.5
     max_s: float = 30.0
-    burst_retry_s: float = 10.0
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base·2^attempt)]."""

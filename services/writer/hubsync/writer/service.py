@@ -49,9 +49,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         tokens,
         limiter,
         breakers,
-        RetryPolicy(
-            settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s, settings.burst_retry_s
-        ),
+        RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
         timeout_s=settings.http_timeout_s,
     )
     dlq = DeadLetterQueue(redis)

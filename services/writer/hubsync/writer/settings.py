@@ -38,7 +38,8 @@ class WriterSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUBSYNC_WRITER_", extra="ignore")
 
-    rate_limit_preset: RateLimitPreset = RateLimitPreset.PUBLIC_APP
+    # Unset: public_app for an OAuth app, free_starter (the safest private-app plan) otherwise.
+    rate_limit_preset: RateLimitPreset | None = None
     # Override the preset's requests per burst window / per day (0 = no daily budget).
     burst_limit: int | None = Field(default=None, ge=1)
     daily_limit: int | None = Field(default=None, ge=0)
@@ -56,8 +57,6 @@ class WriterSettings(BaseSettings):
     max_attempts: int = Field(default=6, ge=1)
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
-    # Waited after a TEN_SECONDLY_ROLLING 429 without Retry-After.
-    burst_retry_s: float = Field(default=10.0, ge=0)
     # Circuit breaker per portal: consecutive failures that open it, and how long it stays open.
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_open_s: float = Field(default=30.0, ge=0)
@@ -89,7 +88,10 @@ class WriterSettings(BaseSettings):
 
     def limits(self) -> tuple[int, int]:
         """(burst, daily) after overrides."""
-        burst, daily = PRESETS[self.rate_limit_preset]
+        preset = self.rate_limit_preset or (
+            RateLimitPreset.PUBLIC_APP if self.app_type == AppType.OAUTH else RateLimitPreset.FREE_STARTER
+        )
+        burst, daily = PRESETS[preset]
         if self.burst_limit is not None:
             burst = self.burst_limit
         if self.daily_limit is not None:
