@@ -91,6 +91,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         object_types=settings.reconcile_object_types,
         lookback_s=settings.reconcile_lookback_s,
         interval_s=settings.reconcile_interval_seconds,
+        settle_ms=settings.reconcile_settle_ms,
     )
     servicer = IngressServicer(journal, reconciler)
 

@@ -50,6 +50,8 @@ class IngressSettings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=900.0, ge=0)
     # Object types a reconciliation pass covers when the request names none.
     reconcile_object_types: list[str] = Field(default_factory=lambda: ["companies", "contacts", "deals"])
+    # Search results lag writes by seconds: a pass covers changes up to this long before now.
+    reconcile_settle_ms: int = Field(default=5000, ge=0)
     # First pass without a checkpoint looks this far back.
     reconcile_lookback_s: int = Field(default=HOUR_S, ge=0)
     # How long a ReplayJournal request id is remembered.

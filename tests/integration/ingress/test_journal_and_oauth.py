@@ -1,0 +1,198 @@
+"""The journal gRPC API (read, replay once per request id, reconcile through writer) and the
+OAuth redirect (through the real auth service), against the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import timestamp_pb2
+from redis.asyncio import Redis
+
+from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
+from hubsync.core.channels import open_channel
+from hubsync.core.errors import error_info
+from hubsync.core.telemetry import setup_tracing
+from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
+from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
+from tests.integration.auth.oauth_flow import consent
+from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
+from tests.integration.writer.fixtures import running_writer
+
+STREAM = f"hubsync:{{{PORTAL}}}:events"
+
+
+def sandbox_config() -> SandboxConfig:
+    return SandboxConfig.model_validate(
+        {"portals": [PortalConfig(burst_per_10s=100_000, search_per_second=1_000)], "search_index_lag_ms": 0}
+    )
+
+
+async def deliver(base: str, events: list[dict[str, Any]]) -> None:
+    url = f"{base}/webhooks/hubspot"
+    body = json.dumps(events).encode()
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(url, content=body, headers=v3_headers(TEST_SECRET, url, body))
+    assert reply.status_code == 200, reply.text
+
+
+async def test_read_journal_by_time_and_pages_then_replay_once(
+    redis_url, caller_tokens, redis: Redis
+) -> None:  # type: ignore[no-untyped-def]
+    setup_tracing("hubsync-ingress")  # what `python -m hubsync.ingress` does: spans are recorded
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens) as (base, address):
+        await deliver(base, [event(object_id=i) for i in range(5)])
+        middle = int(time.time() * 1000) + 1
+        time.sleep(0.005)
+        await deliver(base, [event(object_id=i) for i in range(5, 8)])
+        async with open_channel(address, caller_tokens["cli"]) as channel:
+            stub = ingress_pb2_grpc.IngressServiceStub(channel)
+            seen: list[int] = []
+            token = ""
+            while True:
+                page = await stub.ReadJournal(
+                    ingress_pb2.ReadJournalRequest(portal_id=PORTAL, page_size=3, page_token=token)
+                )
+                seen += [e.object_id for e in page.events]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == list(range(8))
+            start = timestamp_pb2.Timestamp()
+            start.FromMilliseconds(middle)
+            later = await stub.ReadJournal(ingress_pb2.ReadJournalRequest(portal_id=PORTAL, start_time=start))
+            assert [e.object_id for e in later.events] == [5, 6, 7]
+            first = later.events[0]
+            assert first.subscription_type == "contact.propertyChange" and first.property_value == "Ada"
+            assert first.traceparent.startswith("00-") and first.raw["portalId"] == PORTAL
+
+            request = ingress_pb2.ReplayJournalRequest(
+                portal_id=PORTAL,
+                start_offset=first.offset,
+                end_offset=later.events[-1].offset,
+                request_id="r-1",
+            )
+            assert (await stub.ReplayJournal(request)).replayed_count == 3
+            assert (await stub.ReplayJournal(request)).replayed_count == 3  # same id: not replayed again
+            entries: Any = await redis.xrange(STREAM)
+            origins = [f[b"origin"] for _i, f in entries]
+            assert origins.count(b"replay") == 3 and len(entries) == 11
+
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ReadJournal(
+                    ingress_pb2.ReadJournalRequest(portal_id=PORTAL, page_token="not an offset")
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ReadJournal(ingress_pb2.ReadJournalRequest(portal_id=0))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            info = error_info(err.value)
+            assert info is not None and info.reason == "INVALID_ARGUMENT"
+
+
+async def test_reconcile_enqueues_only_what_no_webhook_reported(
+    redis_url, caller_tokens, redis: Redis
+) -> None:  # type: ignore[no-untyped-def]
+    async with (
+        SandboxServer(sandbox_config()) as sb,
+        running_auth(redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url) as auth,
+    ):
+        await register_sandbox_private_app(auth, caller_tokens)
+        async with (
+            running_writer(
+                redis_url=redis_url,
+                caller_tokens=caller_tokens,
+                hubspot_api_base=sb.base_url,
+                auth_address=auth,
+            ) as writer,
+            running_ingress(
+                redis_url=redis_url,
+                caller_tokens=caller_tokens,
+                hubspot_api_base=sb.base_url,
+                writer_address=writer,
+                env={
+                    "HUBSYNC_INGRESS_RECONCILE_LOOKBACK_S": "600",
+                    "HUBSYNC_INGRESS_RECONCILE_SETTLE_MS": "0",
+                },
+            ) as (base, address),
+            httpx.AsyncClient(
+                base_url=sb.base_url, headers={"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}
+            ) as hs,
+        ):
+            # two contacts changed in HubSpot; only the first one's webhook reached ingress
+            ids = []
+            for email in ("a@x.com", "b@x.com"):
+                created = await hs.post("/crm/v3/objects/contacts", json={"properties": {"email": email}})
+                assert created.status_code == 201, created.text
+                ids.append(int(created.json()["id"]))
+            params = {"properties": "hs_lastmodifieddate"}
+            record = (await hs.get(f"/crm/v3/objects/contacts/{ids[0]}", params=params)).json()
+            modified = record["properties"]["hs_lastmodifieddate"]
+            modified_ms = (
+                int(modified)
+                if modified.isdigit()
+                else int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() * 1000)
+            )
+            await deliver(
+                base, [event(object_id=ids[0], subscription_type="contact.creation", occurred_at=modified_ms)]
+            )
+            time.sleep(0.01)
+            async with open_channel(address, caller_tokens["cli"]) as channel:
+                stub = ingress_pb2_grpc.IngressServiceStub(channel)
+                await asyncio.sleep(0.01)  # the window ends before now: let the clock pass the writes
+                first = await stub.Reconcile(
+                    ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["contacts"])
+                )
+                assert (first.scanned_count, first.found_count) == (2, 1)
+                again = await stub.Reconcile(
+                    ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["contacts"])
+                )
+                assert again.found_count == 0
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Reconcile(
+                        ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["tickets"])
+                    )
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            entries: Any = await redis.xrange(STREAM)
+            found = [json.loads(f[b"event"]) for _i, f in entries if f[b"origin"] == b"reconcile"]
+            assert [e["objectId"] for e in found] == [ids[1]]
+            assert found[0]["subscriptionType"] == "contact.propertyChange"
+
+
+async def test_oauth_callback_completes_through_auth(redis_url, caller_tokens) -> None:  # type: ignore[no-untyped-def]
+    async with (
+        SandboxServer(sandbox_config()) as sb,
+        running_auth(redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url) as auth,
+        running_ingress(
+            redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url, auth_address=auth
+        ) as (base, _),
+        open_channel(auth, caller_tokens["cli"]) as channel,
+        httpx.AsyncClient() as browser,
+    ):
+        redirect = f"{base}/oauth/callback"
+        begun = await auth_pb2_grpc.AuthServiceStub(channel).BeginAuthorization(
+            auth_pb2.BeginAuthorizationRequest(tenant="acme", redirect_uri=redirect)
+        )
+        code, state = await consent(begun.authorize_url)
+        page = await browser.get(redirect, params={"code": code, "state": state})
+        assert page.status_code == 200, page.text
+        assert "connected" in page.text and "text/html" in page.headers["content-type"]
+        assert code not in page.text
+        # the same state again (a replayed link) and a forged one: 400 with a readable page
+        again = await browser.get(redirect, params={"code": code, "state": state})
+        assert again.status_code == 400 and "not valid" in again.text
+        forged = await browser.get(redirect, params={"code": "x", "state": "forged"})
+        assert forged.status_code == 400
+        missing = await browser.get(redirect, params={"code": "x"})
+        assert missing.status_code == 400 and "state" in missing.text
+        declined = await browser.get(
+            redirect, params={"error": "access_denied", "error_description": "<b>no</b>"}
+        )
+        assert declined.status_code == 400 and "<b>" not in declined.text
