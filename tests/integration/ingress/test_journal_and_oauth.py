@@ -81,6 +81,10 @@ async def test_read_journal_by_time_and_pages_then_replay_once(
             )
             assert (await stub.ReplayJournal(request)).replayed_count == 3
             assert (await stub.ReplayJournal(request)).replayed_count == 3  # same id: not replayed again
+            async with open_channel(address, caller_tokens["mapper"]) as other:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await ingress_pb2_grpc.IngressServiceStub(other).ReplayJournal(request)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             entries: Any = await redis.xrange(STREAM)
             origins = [f[b"origin"] for _i, f in entries]
             assert origins.count(b"replay") == 3 and len(entries) == 11

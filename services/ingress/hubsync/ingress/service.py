@@ -103,7 +103,10 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         service_names=[SERVICE],
         register=lambda server: ingress_pb2_grpc.add_IngressServiceServicer_to_server(servicer, server),
         port=DEFAULT_PORT,
-        policy={},
+        policy={
+            f"/{SERVICE}/ReplayJournal": settings.admin_callers,
+            f"/{SERVICE}/Reconcile": settings.admin_callers,
+        },
         background=[http.serve, reconciler.run],
         on_stop=[committer.close, close_channels],
         http_port=port,

@@ -57,6 +57,10 @@ class IngressSettings(BaseSettings):
     # How long a ReplayJournal request id is remembered.
     replay_request_ttl_s: int = Field(default=7 * 24 * HOUR_S, ge=60)
 
+    # Callers allowed ReplayJournal and Reconcile (people, through the CLI); ReadJournal is open
+    # to every authenticated caller.
+    admin_callers: list[str] = Field(default_factory=lambda: ["cli"])
+
     @field_validator("public_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
