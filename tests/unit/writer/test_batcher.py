@@ -74,8 +74,8 @@ async def test_full_batches_take_slots_before_the_open_one_which_keeps_filling()
     rec = Recorder()
     slots: asyncio.Queue[str] = asyncio.Queue()
 
-    async def ready(key: BatchKey) -> str:
-        return await slots.get()
+    async def ready(key: BatchKey) -> tuple[str, bool]:
+        return await slots.get(), False
 
     batcher = WriteBatcher(rec, max_size=10, max_wait_s=0.01, ready=ready)
     futures = [batcher.submit(KEY, item(f"a{n}@x")) for n in range(5)]
@@ -88,3 +88,28 @@ async def test_full_batches_take_slots_before_the_open_one_which_keeps_filling()
     slots.put_nowait("slot3")
     await asyncio.gather(*futures)
     assert [len(b) for b in rec.batches] == [10, 10, 10, 2]
+
+
+async def test_when_saturated_a_partial_batch_gives_its_slot_back_and_fills() -> None:
+    rec = Recorder()
+    released: list[str] = []
+    count = 0
+
+    async def ready(key: BatchKey) -> tuple[str, bool]:
+        nonlocal count
+        count += 1
+        await asyncio.sleep(0.01)
+        return f"slot{count}", True
+
+    async def release(key: BatchKey, slot: str) -> None:
+        released.append(slot)
+
+    batcher = WriteBatcher(
+        rec, max_size=10, max_wait_s=0.01, ready=ready, release=release, max_wait_saturated_s=5
+    )
+    futures = [batcher.submit(KEY, item(f"a{n}@x")) for n in range(4)]
+    await asyncio.sleep(0.1)
+    assert rec.batches == [] and released  # waiting to fill, slots handed back
+    futures += [batcher.submit(KEY, item(f"b{n}@x")) for n in range(6)]
+    await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [10]

@@ -212,6 +212,8 @@ class BatchWriter:
                     )
                 )
                 values = dict(item.properties)
+                if self.source_property:
+                    values[self.source_property] = self.source_tag
                 if key.operation == UPSERT:
                     values[key.id_property] = item.id
                     learned.append((item.id, hs_id))
@@ -357,10 +359,15 @@ class WriteBatcher:
         run: Callable[[BatchKey, Sequence[BatchInput]], Awaitable[list[Outcome]]],
         max_size: int = 100,
         max_wait_s: float = 0.05,
-        ready: Callable[[BatchKey], Awaitable[str]] | None = None,
+        ready: Callable[[BatchKey], Awaitable[tuple[str, bool]]] | None = None,
+        release: Callable[[BatchKey, str], Awaitable[None]] | None = None,
+        max_wait_saturated_s: float = 0.0,
     ) -> None:
         self._run = run
         self._ready = ready
+        self._release = release
+        self.max_wait_saturated_s = max_wait_saturated_s
+        self._opened: dict[BatchKey, float] = {}
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._pending: dict[BatchKey, dict[str, BatchInput]] = {}
@@ -374,7 +381,10 @@ class WriteBatcher:
         """Adds one write; the future resolves with its outcome."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-        pending = self._pending.setdefault(key, {})
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = {}
+            self._opened[key] = loop.time()
         existing = pending.get(item.key)
         if existing is not None:
             existing.properties.update(item.properties)
@@ -426,12 +436,14 @@ class WriteBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _sender(self, key: BatchKey) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._has_work(key):
                 slot: str | None = None
+                saturated = False
                 try:
                     if self._ready is not None:
-                        slot = await self._ready(key)
+                        slot, saturated = await self._ready(key)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -439,6 +451,19 @@ class WriteBatcher:
                     batch = self._next(key)
                     if batch:
                         self._fail(list(batch.values()), exc)
+                    continue
+                if (
+                    saturated
+                    and slot is not None
+                    and self._release is not None
+                    and not self._full.get(key)
+                    and len(self._pending.get(key) or ()) < self.max_size
+                    and loop.time() - self._opened.get(key, 0.0) < self.max_wait_saturated_s
+                ):
+                    # The quota, not latency, is the bottleneck: a slot is worth a full batch.
+                    # Give it back (another replica may have one full) and let this one fill.
+                    await self._release(key, slot)
+                    await asyncio.sleep(min(0.05, self.max_wait_saturated_s))
                     continue
                 batch = self._next(key)
                 if batch:

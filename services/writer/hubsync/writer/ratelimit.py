@@ -152,19 +152,27 @@ class RateLimiter:
     async def acquire(self, portal_id: int, *, search: bool = False, deadline: float | None = None) -> str:
         """Waits for a slot and returns its id (for :meth:`settle`); raises ResourceExhausted
         when none comes before ``deadline`` (``time.monotonic()`` seconds)."""
+        member, _waited = await self.acquire_slot(portal_id, search=search, deadline=deadline)
+        return member
+
+    async def acquire_slot(
+        self, portal_id: int, *, search: bool = False, deadline: float | None = None
+    ) -> tuple[str, bool]:
+        """Like :meth:`acquire`; also says whether it had to wait (the window is saturated)."""
         budget = self.search if search else self.api
         keys = self._keys(portal_id, budget)
         if search:
             keys[2] = portal_key(portal_id, "rl", "info", "search")
         window = budget.window_ms + (0 if search else self.margin_ms)
         daily = 0 if search else budget.daily
+        waited = False
         while True:
             member = uuid.uuid4().hex
             granted, wait_ms, _used = await self._acquire(
                 keys=keys, args=[budget.limit, window, daily, member]
             )
             if int(granted) == 1:
-                return member
+                return member, waited
             wait = int(wait_ms) / 1000
             if int(granted) == -1:
                 raise ResourceExhausted(
@@ -178,7 +186,12 @@ class RateLimiter:
                     reason="RATE_LIMITED",
                     retry_after=wait,
                 )
+            waited = True
             await asyncio.sleep(wait)
+
+    async def release(self, portal_id: int, member: str) -> None:
+        """Gives an unused slot back (a batch chose to wait for more writes)."""
+        await self.redis.zrem(portal_key(portal_id, "rl", self.api.name), member)
 
     async def settle(
         self, portal_id: int, member: str, headers: Mapping[str, str], *, search: bool = False

@@ -62,10 +62,20 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         written_ttl_s=settings.written_ttl_s,
     )
 
-    async def slot(key: BatchKey) -> str:
-        return await limiter.acquire(key.portal_id)
+    async def slot(key: BatchKey) -> tuple[str, bool]:
+        return await limiter.acquire_slot(key.portal_id)
 
-    batcher = WriteBatcher(writer.run, settings.batch_max_size, settings.batch_max_wait_ms / 1000, ready=slot)
+    async def release(key: BatchKey, member: str) -> None:
+        await limiter.release(key.portal_id, member)
+
+    batcher = WriteBatcher(
+        writer.run,
+        settings.batch_max_size,
+        settings.batch_max_wait_ms / 1000,
+        ready=slot,
+        release=release,
+        max_wait_saturated_s=settings.batch_max_wait_saturated_ms / 1000,
+    )
     reader = RecordReader(client)
     submitter = WriteSubmitter(
         batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged

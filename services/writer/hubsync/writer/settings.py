@@ -50,6 +50,10 @@ class WriterSettings(BaseSettings):
     # How long a write waits for others to fill its batch.
     batch_max_wait_ms: int = Field(default=50, ge=0)
     batch_max_size: int = Field(default=100, ge=1, le=100)
+    # When the portal's window is saturated (a slot had to be waited for), a partial batch gives
+    # its slot back and keeps filling for up to this long since it opened: quota, not latency,
+    # is the bottleneck then, and every call should carry a full batch.
+    batch_max_wait_saturated_ms: int = Field(default=1000, ge=0)
     # Log the writes that would be made (with their diff); send none.
     pilot_mode: bool = False
     app_type: AppType = AppType.OAUTH
