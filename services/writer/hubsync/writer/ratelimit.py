@@ -156,9 +156,10 @@ class RateLimiter:
         return member
 
     async def acquire_slot(
-        self, portal_id: int, *, search: bool = False, deadline: float | None = None
+        self, portal_id: int, *, search: bool = False, deadline: float | None = None, busy_at: float = 1.0
     ) -> tuple[str, bool]:
-        """Like :meth:`acquire`; also says whether it had to wait (the window is saturated)."""
+        """Like :meth:`acquire`; also says whether the window is busy: the slot had to be waited
+        for, or more than ``busy_at`` of the window's budget is used."""
         budget = self.search if search else self.api
         keys = self._keys(portal_id, budget)
         if search:
@@ -168,11 +169,11 @@ class RateLimiter:
         waited = False
         while True:
             member = uuid.uuid4().hex
-            granted, wait_ms, _used = await self._acquire(
+            granted, wait_ms, used = await self._acquire(
                 keys=keys, args=[budget.limit, window, daily, member]
             )
             if int(granted) == 1:
-                return member, waited
+                return member, waited or int(used) > budget.limit * busy_at
             wait = int(wait_ms) / 1000
             if int(granted) == -1:
                 raise ResourceExhausted(

@@ -63,7 +63,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     )
 
     async def slot(key: BatchKey) -> tuple[str, bool]:
-        return await limiter.acquire_slot(key.portal_id)
+        return await limiter.acquire_slot(key.portal_id, busy_at=settings.batch_fill_above)
 
     async def release(key: BatchKey, member: str) -> None:
         await limiter.release(key.portal_id, member)

@@ -44,8 +44,9 @@ class WriterSettings(BaseSettings):
     burst_limit: int | None = Field(default=None, ge=1)
     daily_limit: int | None = Field(default=None, ge=0)
     burst_window_ms: int = Field(default=10_000, ge=100)
-    # Added to the window: HubSpot counts a request when it arrives, a little after we count it.
-    burst_window_margin_ms: int = Field(default=250, ge=0)
+    # Added to the window. A slot is re-stamped when the response comes back (never earlier than
+    # HubSpot's arrival time), so this only covers requests still in flight a whole window later.
+    burst_window_margin_ms: int = Field(default=100, ge=0)
     search_per_second: int = Field(default=5, ge=1)
     # How long a write waits for others to fill its batch.
     batch_max_wait_ms: int = Field(default=50, ge=0)
@@ -54,6 +55,9 @@ class WriterSettings(BaseSettings):
     # its slot back and keeps filling for up to this long since it opened: quota, not latency,
     # is the bottleneck then, and every call should carry a full batch.
     batch_max_wait_saturated_ms: int = Field(default=1000, ge=0)
+    # The window counts as saturated once this fraction of its budget is used (or a slot had to
+    # be waited for): below it partial batches go at once (low latency), above it they fill.
+    batch_fill_above: float = Field(default=0.25, ge=0, le=1)
     # Log the writes that would be made (with their diff); send none.
     pilot_mode: bool = False
     app_type: AppType = AppType.OAUTH
