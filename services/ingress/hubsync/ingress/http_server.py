@@ -28,6 +28,8 @@ def build_app(
     webhook: Callable[[Request], Awaitable[Response]],
     oauth_callback: Callable[[Request], Awaitable[Response]],
     health: Callable[[], Awaitable[bool]],
+    *,
+    server_spans: bool = True,
 ) -> ASGIApp:
     async def healthz(_request: Request) -> Response:
         if await health():
@@ -41,6 +43,8 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
+    if not server_spans:
+        return app
     # One server span per request; the webhook handler opens ``ingress.enqueue`` under it. No
     # per-message receive/send spans and no generic HTTP metrics: together they cost more than
     # the whole webhook path (ingress records its own accept metrics).
@@ -64,6 +68,8 @@ class HttpServer:
             log_config=None,
             access_log=False,
             server_header=False,
+            # The public URL is configured, not inferred: X-Forwarded-* headers are not trusted.
+            proxy_headers=False,
             timeout_graceful_shutdown=max(int(grace_s), 1),
             timeout_keep_alive=30,
             backlog=2048,

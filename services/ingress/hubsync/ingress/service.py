@@ -74,7 +74,9 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         except Exception:
             return False
 
-    app = build_app(webhook.handle, OAuthCallback(auth_channel).handle, redis_ok)
+    app = build_app(
+        webhook.handle, OAuthCallback(auth_channel).handle, redis_ok, server_spans=settings.http_server_spans
+    )
     http = HttpServer(app, settings.http_host, settings.http_port, core.shutdown_grace_seconds)
     try:
         port = await http.bind()

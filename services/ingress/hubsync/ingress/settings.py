@@ -57,6 +57,10 @@ class IngressSettings(BaseSettings):
     # How long a ReplayJournal request id is remembered.
     replay_request_ttl_s: int = Field(default=7 * 24 * HOUR_S, ge=60)
 
+    # One OpenTelemetry server span per HTTP request (the ASGI middleware). It costs about as much
+    # CPU as the rest of the webhook path (bench/ingress); without it ``ingress.enqueue`` is the
+    # request's root span and the trace still starts here.
+    http_server_spans: bool = True
     # Callers allowed ReplayJournal and Reconcile (people, through the CLI); ReadJournal is open
     # to every authenticated caller.
     admin_callers: list[str] = Field(default_factory=lambda: ["cli"])
