@@ -201,3 +201,13 @@ async def test_signature_covers_the_query_string(ingress, redis: Redis) -> None:
         base, body, v3_headers(TEST_SECRET, f"{base}/webhooks/hubspot", body), path="/webhooks/hubspot?app=1"
     )
     assert reply.status_code == 401
+
+
+async def test_event_text_is_stored_exactly(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+    base, _ = ingress
+    value = 'Zoë 🚀 "quoted" \\ back\nslash / \u0000 end'
+    sent = event(object_id=5, property_value=value)
+    assert (await post(base, json.dumps([sent]).encode())).status_code == 200
+    [stored] = await stream_events(redis)
+    stored.pop("_fields")
+    assert stored == sent and stored["propertyValue"] == value
