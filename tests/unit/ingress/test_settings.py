@@ -51,3 +51,21 @@ def test_bad_value_exits_2_naming_the_variable(
         load_settings(IngressSettings)
     assert exit_.value.code == 2
     assert f"HUBSYNC_INGRESS_{name}" in capsys.readouterr().err
+
+
+async def test_production_refuses_to_start_without_a_webhook_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from redis.asyncio import Redis
+
+    from hubsync.core.settings import CoreSettings, Environment
+    from hubsync.ingress.service import build
+
+    monkeypatch.delenv("HUBSYNC_INGRESS_WEBHOOK_SECRETS", raising=False)
+    monkeypatch.delenv("HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE", raising=False)
+    redis = Redis.from_url("redis://127.0.0.1:1/0")  # never reached: start-up stops first
+    with pytest.raises(SystemExit) as exit_:
+        await build(CoreSettings(environment=Environment.PRODUCTION), redis)
+    assert exit_.value.code == 2
+    assert "HUBSYNC_INGRESS_WEBHOOK_SECRETS" in capsys.readouterr().err
+    await redis.aclose()

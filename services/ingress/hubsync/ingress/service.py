@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from redis.asyncio import Redis
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.service import ServiceSpec
-from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.core.settings import CoreSettings, Environment, load_settings
 from hubsync.ingress.committer import EventCommitter
 from hubsync.ingress.http_server import HttpServer, build_app
 from hubsync.ingress.journal import EventJournal
@@ -20,6 +21,8 @@ from hubsync.ingress.servicer import IngressServicer
 from hubsync.ingress.settings import IngressSettings
 from hubsync.ingress.verifier import WebhookVerifier
 from hubsync.ingress.webhooks import WebhookEndpoint
+
+log = logging.getLogger(__name__)
 
 SERVICE = ingress_pb2.DESCRIPTOR.services_by_name["IngressService"].full_name
 DEFAULT_PORT = 50052
@@ -52,6 +55,10 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     """The ingress service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
     settings = load_settings(IngressSettings)
     secrets = load_secrets(settings)
+    if not secrets:
+        if core.environment == Environment.PRODUCTION:
+            raise _exit("HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE", "at least one webhook secret is required")
+        log.warning("no webhook secret configured: every webhook will be answered 401")
     verifier = WebhookVerifier(secrets, accept_v1=settings.accept_v1, accept_v2=settings.accept_v2)
     committer = EventCommitter(
         redis,
