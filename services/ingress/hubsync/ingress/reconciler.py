@@ -26,7 +26,7 @@ from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.redis import portal_key
 from hubsync.ingress import metrics
 from hubsync.ingress.committer import PORTALS_KEY, EnqueueFailed, EventCommitter, Outcome
-from hubsync.ingress.events import WebhookEvent, object_type_of, parse_events
+from hubsync.ingress.events import OBJECT_TYPE_IDS, OBJECT_TYPES, WebhookEvent, parse_events
 
 log = logging.getLogger(__name__)
 
@@ -105,27 +105,43 @@ class Reconciler:
             )
         lock = self._locks.setdefault(portal_id, asyncio.Lock())
         async with lock:
+            now = int(time.time() * 1000)
+            windows = [
+                (object_type, *await self._window(portal_id, object_type, now))
+                for object_type in object_types or self.object_types
+            ]
+            # One journal scan serves every type: what webhooks reported since the earliest window.
+            earliest = min(since for _t, since, _u in windows)
+            reported = await self._reported(portal_id, earliest - JOURNAL_MARGIN_MS)
             found = scanned = 0
             checkpoint = 0
-            for object_type in object_types or self.object_types:
-                f, s, checkpoint = await self._reconcile_type(portal_id, object_type)
+            for object_type, since, until in windows:
+                f, s, checkpoint = await self._reconcile_type(portal_id, object_type, since, until, reported)
                 found += f
                 scanned += s
             return ReconcileResult(found, scanned, checkpoint)
 
-    async def _reconcile_type(self, portal_id: int, object_type: str) -> tuple[int, int, int]:
-        now = int(time.time() * 1000)
-        key = portal_key(portal_id, "reconcile", object_type)
-        stored = await self._redis.get(key)
+    async def _window(self, portal_id: int, object_type: str, now: int) -> tuple[int, int]:
+        """[checkpoint, now - settle) for one type; the first pass looks ``lookback_s`` back."""
+        stored = await self._redis.get(portal_key(portal_id, "reconcile", object_type))
         since = int(stored) if stored and stored.isdigit() else now - self.lookback_s * 1000
-        until = now - self.settle_ms
+        return since, now - self.settle_ms
+
+    async def _reconcile_type(
+        self,
+        portal_id: int,
+        object_type: str,
+        since: int,
+        until: int,
+        reported: dict[tuple[str, int], int],
+    ) -> tuple[int, int, int]:
+        key = portal_key(portal_id, "reconcile", object_type)
         if until <= since:
             return 0, 0, since
         records, checkpoint = await self._search(portal_id, object_type, since, until)
-        reported = await self._reported(portal_id, object_type, since - JOURNAL_MARGIN_MS)
         missing: list[WebhookEvent] = []
         for record_id, modified in records:
-            if reported.get(record_id, -1) >= modified - REPORT_TOLERANCE_MS:
+            if reported.get((object_type, record_id), -1) >= modified - REPORT_TOLERANCE_MS:
                 continue
             event = {
                 "portalId": portal_id,
@@ -138,15 +154,16 @@ class Reconciler:
             }
             missing.extend(parse_events(orjson.dumps([event])))
         found = 0
-        if missing:
+        # In chunks, so one Lua call never holds Redis for long.
+        for start in range(0, len(missing), 500):
             try:
-                outcomes = await self._committer.submit(missing, origin="reconcile")
+                outcomes = await self._committer.submit(missing[start : start + 500], origin="reconcile")
             except EnqueueFailed as exc:
                 raise Unavailable("redis did not take the reconciled events", retry_after=1.0) from exc
-            found = sum(1 for o in outcomes if o == Outcome.ACCEPTED)
-            if found:
-                metrics.reconcile_found.add(found, {"object_type": object_type})
-                metrics.accepted.add(found, {"origin": "reconcile"})
+            found += sum(1 for o in outcomes if o == Outcome.ACCEPTED)
+        if found:
+            metrics.reconcile_found.add(found, {"object_type": object_type})
+            metrics.accepted.add(found, {"origin": "reconcile"})
         await self._redis.set(key, str(checkpoint).encode())
         return found, len(records), checkpoint
 
@@ -196,24 +213,35 @@ class Reconciler:
                 # Past 10,000 results HubSpot answers 400: the next pass goes on from here.
                 return records, max(m for _, m in records)
 
-    async def _reported(self, portal_id: int, object_type: str, from_ms: int) -> dict[int, int]:
-        """Latest occurredAt per record of ``object_type`` in the journal since ``from_ms``."""
+    async def _reported(self, portal_id: int, from_ms: int) -> dict[tuple[str, int], int]:
+        """Latest occurredAt per (object type, record) in the journal since ``from_ms``."""
         stream = portal_key(portal_id, "events")
-        seen: dict[int, int] = {}
+        seen: dict[tuple[str, int], int] = {}
         low = f"{max(from_ms, 0)}-0"
         while True:
             page: Any = await self._redis.xrange(stream, low, "+", count=1000)
             for _entry_id, fields in page:
                 try:
                     event = orjson.loads(fields.get(b"event", b"{}"))
-                    parsed = parse_events(orjson.dumps([event]))[0]
-                except Exception:  # journal entries were validated on the way in
-                    log.debug("unreadable journal entry skipped")
+                except orjson.JSONDecodeError:
+                    continue  # journal entries were validated on the way in
+                if not isinstance(event, dict):
                     continue
-                if object_type_of(parsed, event) != object_type:
+                object_type = _object_type(event)
+                object_id = event.get("objectId")
+                occurred = event.get("occurredAt")
+                if object_type is None or not isinstance(object_id, int) or not isinstance(occurred, int):
                     continue
-                if parsed.occurred_at > seen.get(parsed.object_id, -1):
-                    seen[parsed.object_id] = parsed.occurred_at
+                key = (object_type, object_id)
+                if occurred > seen.get(key, -1):
+                    seen[key] = occurred
             if len(page) < 1000:
                 return seen
             low = "(" + page[-1][0].decode()
+
+
+def _object_type(event: dict[str, Any]) -> str | None:
+    prefix = str(event.get("subscriptionType", "")).partition(".")[0]
+    if prefix == "object":
+        return OBJECT_TYPE_IDS.get(str(event.get("objectTypeId", "")))
+    return OBJECT_TYPES.get(prefix)
