@@ -52,6 +52,18 @@ async def counts(base_url: str) -> tuple[int, int]:
     return sum(by.values()), int(by.get("429", 0))
 
 
+async def batch_sizes(base_url: str) -> dict[int, int]:
+    """How many upsert calls carried each batch size."""
+    async with httpx.AsyncClient(base_url=base_url) as c:
+        log = (await c.get("/_sandbox/requests", params={"limit": 100_000})).json()
+    out: dict[int, int] = {}
+    for e in log["entries"]:
+        if e["endpoint"] == UPSERT:
+            size = int(e.get("batchSize") or 0)
+            out[size] = out.get(size, 0) + 1
+    return out
+
+
 async def run_once(
     addresses: list[str], tokens: dict[str, str], records: int, per_call: int, concurrency: int
 ) -> float:
@@ -127,6 +139,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     ]
                     elapsed = await run_once(addresses, tokens, args.records, args.per_call, args.concurrency)
                     calls, r429 = await counts(sb.base_url)
+                    sizes = await batch_sizes(sb.base_url)
                     elapsed2 = await run_once(
                         addresses, tokens, args.records, args.per_call, args.concurrency
                     )
@@ -147,6 +160,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "elapsed_s": round(elapsed, 1),
         "quota_floor_s": floor,
         "over_floor_pct": round(100 * (elapsed - floor) / floor, 1) if floor else None,
+        "partial_batches": {str(k): v for k, v in sorted(sizes.items()) if k < 100},
         "second_run_write_calls": calls2 - calls,
         "second_run_429s": r429_2 - r429,
         "second_run_elapsed_s": round(elapsed2, 1),

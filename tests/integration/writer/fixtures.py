@@ -39,6 +39,8 @@ TEST_ENV = {
     "HUBSYNC_WRITER_BATCH_MAX_WAIT_MS": "20",
     "HUBSYNC_WRITER_QUEUE_BLOCK_MS": "100",
     "HUBSYNC_WRITER_EXPORT_LOOKBACK_S": "0.2",
+    # Partial batches wait to fill only when the window is truly full (tests want low latency).
+    "HUBSYNC_WRITER_BATCH_FILL_ABOVE": "1.0",
 }
 
 
