@@ -117,7 +117,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await register_sandbox_private_app(auth, tokens)
                 env = {
                     "HUBSYNC_WRITER_RATE_LIMIT_PRESET": "public_app",
+                    # Production defaults (the test fixture's environment is tuned for latency).
                     "HUBSYNC_WRITER_BATCH_MAX_WAIT_MS": "50",
+                    "HUBSYNC_WRITER_BATCH_FILL_ABOVE": "0.25",
+                    "HUBSYNC_WRITER_BATCH_MAX_WAIT_SATURATED_MS": "1000",
                     "HUBSYNC_WRITER_SKIP_UNCHANGED": "true",
                     "HUBSYNC_WRITER_BACKOFF_BASE_S": "0.5",
                     "HUBSYNC_WRITER_BACKOFF_MAX_S": "30",
