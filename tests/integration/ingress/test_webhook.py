@@ -100,8 +100,11 @@ async def test_echo_of_our_own_write_is_dropped(ingress, redis: Redis) -> None: 
     echo = event(object_id=77, property_value="Grace", change_source="API")
     own_app = event(object_id=78, change_source="INTEGRATION", sourceId="1001")
     real = event(object_id=77, property_value="Hopper")
-    reply = await post(base, json.dumps([echo, own_app, real]).encode())
-    assert reply.json() == {"accepted": 1, "duplicates": 0, "echoes": 2}
+    generic = event(
+        object_id=77, subscription_type="object.propertyChange", property_value="Grace", objectTypeId="0-1"
+    )
+    reply = await post(base, json.dumps([echo, own_app, real, generic]).encode())
+    assert reply.json() == {"accepted": 1, "duplicates": 0, "echoes": 3}
     stored = await stream_events(redis)
     assert [(e["objectId"], e["propertyValue"]) for e in stored] == [(77, "Hopper")]
 

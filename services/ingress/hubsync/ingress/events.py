@@ -44,6 +44,8 @@ class WebhookEvent:
     change_source: str | None
     source_id: str | None
     raw: bytes
+    # Generic ``object.*`` subscriptions name the type by id (``0-1``...).
+    object_type_id: str | None = None
 
     @property
     def raw_text(self) -> str:
@@ -53,7 +55,7 @@ class WebhookEvent:
     def object_type(self) -> str | None:
         prefix = self.subscription_type.partition(".")[0]
         if prefix == "object":
-            return None
+            return OBJECT_TYPE_IDS.get(self.object_type_id or "")
         return OBJECT_TYPES.get(prefix)
 
     def identity(self) -> bytes:
@@ -132,16 +134,12 @@ def parse_events(body: bytes) -> list[WebhookEvent]:
                 change_source=_opt_str(item, "changeSource", index),
                 source_id=_opt_str(item, "sourceId", index),
                 raw=orjson.dumps(item),
+                object_type_id=_opt_str(item, "objectTypeId", index),
             )
         )
     return events
 
 
-def object_type_of(event: WebhookEvent, raw: dict[str, Any] | None = None) -> str | None:
+def object_type_of(event: WebhookEvent) -> str | None:
     """The CRM object type (``contacts``...) of an event, generic ``object.*`` ones included."""
-    found = event.object_type
-    if found is not None:
-        return found
-    if raw is None:
-        raw = orjson.loads(event.raw)
-    return OBJECT_TYPE_IDS.get(str(raw.get("objectTypeId", "")))
+    return event.object_type
