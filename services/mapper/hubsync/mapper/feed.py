@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,8 +139,14 @@ class ChangeFeed:
                     total += int(c["pending"])
         return total
 
-    async def deliveries(self, sub: Subscription) -> AsyncIterator[Delivery]:
-        """Yields changes for one subscriber until cancelled."""
+    async def deliveries(
+        self, sub: Subscription, gone: Callable[[], bool] = lambda: False
+    ) -> AsyncIterator[Delivery]:
+        """Yields changes for one subscriber until cancelled or ``gone()`` (the client left).
+
+        ``gone`` is checked between reads: a generator with nothing to yield would otherwise never
+        notice a cancelled call and keep the server from stopping.
+        """
         validate_subscription(sub)
         streams: list[tuple[str, str, str]] = []
         known: set[str] = set()
@@ -149,7 +155,7 @@ class ChangeFeed:
         claim_every = max(sub.visibility_ms / 4000, 0.05)
         in_flight = 0
         first = True
-        while True:
+        while not gone():
             now = time.monotonic()
             if now >= next_discover:
                 streams = await self._streams(sub)

@@ -144,12 +144,30 @@ class InboundWorker:
         self.feed_max_len = feed_max_len
         self._streams: dict[str, str] = {}  # stream key → portal
         self.batches = 0
+        self.stopping = False
+
+    async def serve(self) -> None:
+        """Runs :meth:`run` until cancelled, and makes sure it stops.
+
+        A cancellation can be lost inside the Redis client (Python 3.11's ``asyncio.timeout``
+        may turn it into a TimeoutError and uncancel the task), so the loop also watches a flag
+        and is cancelled again until it has ended.
+        """
+        inner = asyncio.create_task(self.run(), name="mapper-inbound")
+        try:
+            await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            self.stopping = True
+            while not inner.done():
+                inner.cancel()
+                await asyncio.wait({inner}, timeout=0.5)
+            raise
 
     async def run(self) -> None:
         """Consumes until cancelled; a failing batch is retried by the visibility timeout."""
         next_discover = 0.0
         next_claim = 0.0
-        while True:
+        while not self.stopping:
             try:
                 now = time.monotonic()
                 if now >= next_discover:
@@ -168,10 +186,12 @@ class InboundWorker:
             except asyncio.CancelledError:
                 raise
             except (grpc.aio.AioRpcError, ConnectionError, ResponseError, OSError) as exc:
+                _reraise_if_cancelling()
                 # The entries stay pending and come back after the visibility timeout.
                 log.warning("inbound batch failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(0.5)
             except Exception:
+                _reraise_if_cancelling()
                 # A bug must not stop the pipeline for every portal: log, leave entries pending.
                 log.exception("inbound batch failed unexpectedly")
                 await asyncio.sleep(1.0)
@@ -405,6 +425,14 @@ class InboundWorker:
                 for g in await self.redis.xinfo_groups(key):
                     if g.get("lag") is not None:
                         _lag.set(int(g["lag"]), {"stream": "events", "group": GROUP})
+
+
+def _reraise_if_cancelling() -> None:
+    """A cancelled task whose cancellation surfaced as another error (a gRPC call reports
+    CANCELLED) must still stop, not retry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _trace_id(change: RecordChange) -> str:

@@ -114,7 +114,7 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
             visibility_ms=visibility,
             max_in_flight=request.max_in_flight or 100,
         )
-        async for delivery in self.feed.deliveries(sub):
+        async for delivery in self.feed.deliveries(sub, gone=lambda: context.cancelled() or context.done()):
             change = mapper_pb2.Change.FromString(delivery.payload)
             change.ack_id = delivery.ack_id
             change.delivery_attempt = delivery.attempt
