@@ -144,3 +144,27 @@ async def test_three_writer_processes_never_exceed_the_portals_limit(
         assert await s.count(UPSERT_ROUTE, 429) == 0
         assert await s.count(UPSERT_ROUTE, 200) == 45
         assert len(await s.objects()) == 4500
+
+
+async def test_hubspots_headers_count_requests_writer_did_not_make(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    # Another app on the account spends most of the window; writer learns it from the headers
+    # of its first response and waits instead of meeting 429s.
+    burst = 8
+    config = sandbox_config(portal={"burst_per_10s": burst})
+    env = writer_env(burst_limit=burst, rate_limit_preset="free_starter")
+    async with stack(redis_url, caller_tokens, config, writer_env=env) as s:
+        for _ in range(burst - 2):
+            r = await s.hubspot.get("/crm/v3/objects/contacts", params={"limit": 1})
+            assert r.status_code == 200
+        for n in range(4):
+            reply = await s.stub.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(
+                    portal_id=PORTAL, writes=[upsert(f"h{n}@example.com")], wait=True
+                ),
+                timeout=30,
+            )
+            assert reply.results[0].status == writer_pb2.WRITE_STATUS_SUCCEEDED
+        assert await s.count(UPSERT_ROUTE, 429) == 0
+        assert await s.count(UPSERT_ROUTE, 200) == 4
