@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import Link
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -32,6 +32,9 @@ from hubsync.core.telemetry import extract_context, inject_fields
 log = logging.getLogger(__name__)
 
 GROUP = "writer"
+_lag = metrics.get_meter("hubsync.writer").create_gauge(
+    "hubsync.stream.lag", description="Entries of the durable write queue not yet processed"
+)
 PORTALS = "hubsync:writer:portals"
 _PENDING = b"pending"
 _PENDING_TTL_S = 300
@@ -213,6 +216,7 @@ class QueueConsumer:
         if time.monotonic() - self._last_claim > self.claim_idle_ms / 2000:
             self._last_claim = time.monotonic()
             for portal in portals:
+                await self._record_lag(portal)
                 _next, claimed, *_ = await self.redis.xautoclaim(
                     writes_key(portal), GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.count
                 )
@@ -233,6 +237,19 @@ class QueueConsumer:
         if entries:
             await asyncio.gather(*(self._handle(p, i, f) for p, i, f in entries))
         return len(entries)
+
+    async def _record_lag(self, portal: int) -> None:
+        try:
+            groups: Any = await self.redis.xinfo_groups(writes_key(portal))
+        except ResponseError:
+            return
+        for g in groups:
+            name = g.get("name") or g.get(b"name")
+            if name in (GROUP, GROUP.encode()):
+                lag = int(g.get("lag") or g.get(b"lag") or 0) + int(
+                    g.get("pending") or g.get(b"pending") or 0
+                )
+                _lag.set(lag, {"stream": "writes", "group": GROUP, "portal": str(portal)})
 
     async def _handle(self, portal: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
