@@ -240,6 +240,8 @@ async def test_push_writes_and_an_identical_push_costs_nothing(
         assert [r.outcome for r in first.results] == [mapper_pb2.PUSH_OUTCOME_WRITTEN] * 2, first
         contact = await s.contact(first.results[1].hubspot_id)
         assert contact["properties"]["firstname"] == "Ada"
+        # companies were written before contacts, and the association after both.
+        assert [a["id"] for a in contact["associations"]["companies"]] == [first.results[0].hubspot_id]
         assert contact["properties"]["hs_additional_emails"] == "a@x.io;b@x.io"
         # The same request again answers the first result; a new identical push is unchanged.
         before = await s.request_total()
@@ -368,3 +370,45 @@ async def test_deletions_and_merges_reach_the_feed(
             merged = next(c for c in changes if c.kind == mapper_pb2.CHANGE_KIND_MERGED)
             assert merged.hubspot_id == a and list(merged.related_ids) == [b]
         call.cancel()
+
+
+async def test_validate_and_suggest_against_the_portals_properties(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    async with (
+        suite(redis_url, caller_tokens) as s,
+        running_mapper(
+            redis_url, caller_tokens, writer_address=s.writer_address, inbound_enabled=False
+        ) as mapper,
+        open_channel(mapper.address, caller_tokens["client"]) as channel,
+    ):
+        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        bad = await stub.ValidateMapping(
+            mapper_pb2.ValidateMappingRequest(
+                source="people.yaml",
+                portal_id=PORTAL,
+                yaml="object_type: contacts\nid: {external: id, hubspot: firstname}\nfields:\n"
+                "  - {hubspot: first_name, external: a}\n"
+                "  - {hubspot: hs_email_optout, external: b, transform: date}\n",
+            )
+        )
+        assert not bad.valid
+        text = "\n".join(bad.errors)
+        assert "id.hubspot: property 'firstname' is not unique" in text
+        assert (
+            "fields[0].hubspot: property 'first_name' does not exist in portal 12345 "
+            "(did you mean 'firstname'?)" in text
+        )
+        assert "fields[1].hubspot: property 'hs_email_optout' has type bool" in text
+        schema = struct_pb2.Struct()
+        schema.update(
+            {"id": {"type": "string"}, "first_name": {"type": "string"}, "shoe_size": {"type": "number"}}
+        )
+        suggestion = await stub.SuggestMapping(
+            mapper_pb2.SuggestMappingRequest(portal_id=PORTAL, object_type="contacts", external_schema=schema)
+        )
+        assert list(suggestion.unmatched_fields) == ["shoe_size"]
+        checked = await stub.ValidateMapping(
+            mapper_pb2.ValidateMappingRequest(yaml=suggestion.yaml, portal_id=PORTAL, source="suggested.yaml")
+        )
+        assert checked.valid, checked.errors
