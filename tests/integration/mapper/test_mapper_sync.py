@@ -339,7 +339,7 @@ async def test_a_two_way_edit_does_not_loop(redis_url: str, caller_tokens: dict[
         assert props["lastname"] == "Ui" and props["jobtitle"] == "Engineer"
 
 
-@pytest.mark.parametrize("kind", ["deletion", "merge"])
+@pytest.mark.parametrize("kind", ["deletion", "merge", "restore", "association"])
 async def test_deletions_and_merges_reach_the_feed(
     redis_url: str, caller_tokens: dict[str, str], kind: str
 ) -> None:
@@ -360,6 +360,35 @@ async def test_deletions_and_merges_reach_the_feed(
             (change,) = await _changes(call, 1)
             assert change.kind == mapper_pb2.CHANGE_KIND_DELETED
             assert change.hubspot_id == a and change.external_id == "c-a"
+        elif kind == "restore":
+            assert (await s.hubspot.delete(f"/_sandbox/ui/contacts/{a}")).status_code == 200
+            await _changes(call, 1)  # the deletion
+            assert (await s.hubspot.post(f"/_sandbox/ui/contacts/{a}/restore")).status_code == 200
+            (restored,) = await _changes(call, 1)
+            assert restored.kind == mapper_pb2.CHANGE_KIND_RESTORED
+            assert restored.external_id == "c-a" and restored.fields["email"] == "a@example.com"
+        elif kind == "association":
+            co = (
+                await s.hubspot.post("/crm/v3/objects/companies", json={"properties": {"name": "Acme"}})
+            ).json()
+            r = await s.hubspot.post(
+                "/_sandbox/ui/associations",
+                json={
+                    "fromObjectType": "contacts",
+                    "fromObjectId": a,
+                    "toObjectType": "companies",
+                    "toObjectId": co["id"],
+                },
+            )
+            assert r.status_code == 200, r.text
+            await s.idle()
+            changes = await _changes(call, 3)
+            assoc = next(
+                c
+                for c in changes
+                if c.kind == mapper_pb2.CHANGE_KIND_ASSOCIATION_CHANGED and c.object_type == "contacts"
+            )
+            assert assoc.hubspot_id == a and list(assoc.related_ids) == [str(co["id"])]
         else:
             r = await s.hubspot.post(
                 "/_sandbox/ui/contacts/merge", json={"primaryObjectId": a, "objectIdToMerge": b}
