@@ -28,7 +28,8 @@ async def wait_for_objects(s: Stack, n: int, timeout: float = 20.0) -> int:
 async def test_queued_writes_are_durable_and_accepted_once(
     redis_url: str, caller_tokens: dict[str, str], redis: Redis
 ) -> None:
-    async with stack(redis_url, caller_tokens) as s:
+    # The stack's writer accepts but does not consume: what it accepted must be in Redis.
+    async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
         for n in range(5):
             request = writer_pb2.SubmitWritesRequest(
                 request_id=f"q{n}",
@@ -37,16 +38,35 @@ async def test_queued_writes_are_durable_and_accepted_once(
             )
             reply = await s.stub.SubmitWrites(request, timeout=10)
             assert [r.status for r in reply.results] == [QUEUED] * 50
-            # Accepted means in Redis, before the answer.
             assert await redis.xlen(portal_key(PORTAL, "writes")) == n + 1
             again = await s.stub.SubmitWrites(request, timeout=10)
             assert again == reply
             assert await redis.xlen(portal_key(PORTAL, "writes")) == n + 1
-        assert await wait_for_objects(s, 250) == 250
+        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        assert status.queued_writes == 5
+        async with running_writer(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=s.sb.base_url,
+            auth_address=s.auth_address,
+        ):
+            assert await wait_for_objects(s, 250) == 250
+            for _ in range(50):
+                if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
+                    break
+                await asyncio.sleep(0.05)
         # Five submissions of 50 coalesce into batches of up to 100.
         assert await s.count(UPSERT_ROUTE) <= 5
         status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.queued_writes == 0 and status.burst_used >= 1
+        # The request id now answers with HubSpot's results.
+        done = await s.stub.SubmitWrites(
+            writer_pb2.SubmitWritesRequest(
+                request_id="q0", portal_id=PORTAL, writes=[upsert("x@example.com")]
+            ),
+            timeout=10,
+        )
+        assert done.results[0].status == writer_pb2.WRITE_STATUS_SUCCEEDED
 
 
 async def test_a_writer_killed_mid_batch_loses_nothing_it_accepted(

@@ -140,18 +140,8 @@ class WriteQueue:
             await self.redis.set(key, response.SerializeToString(), ex=self.request_ttl_s)
 
     async def depth(self, portal_id: int) -> int:
-        """Entries not yet processed: undelivered plus pending."""
-        key = writes_key(portal_id)
-        try:
-            groups: Any = await self.redis.xinfo_groups(key)
-        except ResponseError:
-            return 0
-        for g in groups:
-            name = g.get("name") or g.get(b"name")
-            if name in (GROUP, GROUP.encode()):
-                lag = g.get("lag") or g.get(b"lag") or 0
-                return int(lag) + int(g.get("pending") or g.get(b"pending") or 0)
-        return int(await self.redis.xlen(key))
+        """Submissions not yet processed (processed entries are deleted from the stream)."""
+        return int(await self.redis.xlen(writes_key(portal_id)))
 
 
 def _previous(value: bytes, n: int) -> writer_pb2.SubmitWritesResponse:
@@ -239,17 +229,8 @@ class QueueConsumer:
         return len(entries)
 
     async def _record_lag(self, portal: int) -> None:
-        try:
-            groups: Any = await self.redis.xinfo_groups(writes_key(portal))
-        except ResponseError:
-            return
-        for g in groups:
-            name = g.get("name") or g.get(b"name")
-            if name in (GROUP, GROUP.encode()):
-                lag = int(g.get("lag") or g.get(b"lag") or 0) + int(
-                    g.get("pending") or g.get(b"pending") or 0
-                )
-                _lag.set(lag, {"stream": "writes", "group": GROUP, "portal": str(portal)})
+        depth = int(await self.redis.xlen(writes_key(portal)))
+        _lag.set(depth, {"stream": "writes", "group": GROUP, "portal": str(portal)})
 
     async def _handle(self, portal: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
@@ -270,4 +251,9 @@ class QueueConsumer:
             return
         finally:
             otel_context.detach(token)
-        await self.redis.xack(writes_key(portal), GROUP, entry_id)
+        # Processed entries leave the stream: it holds only what is still to do (its length is the
+        # queue depth), and Redis memory does not grow with history.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(writes_key(portal), GROUP, entry_id)
+            pipe.xdel(writes_key(portal), entry_id)
+            await pipe.execute()
