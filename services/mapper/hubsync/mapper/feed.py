@@ -34,7 +34,6 @@ _delivered = _meter.create_counter("hubsync.feed.deliveries", description="Chang
 _redelivered = _meter.create_counter(
     "hubsync.feed.redeliveries", description="Changes delivered again after the visibility timeout"
 )
-_lag = _meter.create_gauge("hubsync.stream.lag", description="Entries a consumer group has not read yet")
 
 
 def feed_key(portal_id: int | str, object_type: str) -> str:
@@ -251,20 +250,6 @@ class ChangeFeed:
                 pipe.xack(key, group, *entries)
             counts = await pipe.execute(raise_on_error=False)
         return sum(int(c) for c in counts if isinstance(c, int))
-
-    async def record_lag(self, portal_ids: Sequence[str]) -> None:
-        """Records ``hubsync.stream.lag`` of every subscriber group of the portals' feeds."""
-        for portal in portal_ids:
-            for object_type in OBJECT_TYPES:
-                key = feed_key(portal, object_type)
-                try:
-                    groups = await self.redis.xinfo_groups(key)
-                except ResponseError:
-                    continue
-                for g in groups:
-                    lag = g.get("lag")
-                    if lag is not None:
-                        _lag.set(int(lag), {"stream": f"feed:{object_type}", "group": _s(g["name"])})
 
 
 def _s(value: bytes | str) -> str:

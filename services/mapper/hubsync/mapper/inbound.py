@@ -167,12 +167,16 @@ class InboundWorker:
         """Consumes until cancelled; a failing batch is retried by the visibility timeout."""
         next_discover = 0.0
         next_claim = 0.0
+        next_lag = 0.0
         while not self.stopping:
             try:
                 now = time.monotonic()
                 if now >= next_discover:
                     await self._discover()
                     next_discover = now + 1.0
+                if now >= next_lag:
+                    next_lag = now + 5.0
+                    await self.record_lag()
                 if now >= next_claim:
                     next_claim = now + max(self.visibility_ms / 4000, 0.05)
                     for key, portal in list(self._streams.items()):
@@ -420,11 +424,22 @@ class InboundWorker:
             await pipe.execute()
 
     async def record_lag(self) -> None:
-        for key in list(self._streams):
+        """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group."""
+        for key, portal in list(self._streams.items()):
             with contextlib.suppress(ResponseError):
                 for g in await self.redis.xinfo_groups(key):
-                    if g.get("lag") is not None:
-                        _lag.set(int(g["lag"]), {"stream": "events", "group": GROUP})
+                    name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+                    if name == GROUP and g.get("lag") is not None:
+                        _lag.set(int(g["lag"]), {"stream": "events", "group": GROUP, "portal": portal})
+            for object_type in ("companies", "contacts", "deals"):
+                with contextlib.suppress(ResponseError):
+                    for g in await self.redis.xinfo_groups(feed_key(portal, object_type)):
+                        name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+                        if g.get("lag") is not None:
+                            _lag.set(
+                                int(g["lag"]),
+                                {"stream": f"feed:{object_type}", "group": name, "portal": portal},
+                            )
 
 
 def _reraise_if_cancelling() -> None:
