@@ -441,3 +441,31 @@ async def test_validate_and_suggest_against_the_portals_properties(
             mapper_pb2.ValidateMappingRequest(yaml=suggestion.yaml, portal_id=PORTAL, source="suggested.yaml")
         )
         assert checked.valid, checked.errors
+
+
+async def test_two_replicas_in_one_group_publish_each_change_once(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    async with (
+        suite(redis_url, caller_tokens, webhook_duplicate_probability=1.0) as s,
+        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address, consumer_name="a") as one,
+        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address, consumer_name="b"),
+        open_channel(one.address, caller_tokens["client"]) as channel,
+    ):
+        inputs = [{"properties": {"email": f"r{i}@example.com", "external_id": f"r-{i}"}} for i in range(40)]
+        r = await s.hubspot.post("/crm/v3/objects/contacts/batch/create", json={"inputs": inputs})
+        assert r.status_code in (200, 201), r.text
+        await s.idle()
+        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
+        seen: list[str] = []
+        while True:
+            try:
+                msg = await asyncio.wait_for(call.read(), 3.0)
+            except TimeoutError:
+                break
+            seen.append(msg.change.external_id)
+            await stub.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[msg.change.ack_id]))
+        call.cancel()
+        assert sorted(seen) == sorted(f"r-{i}" for i in range(40)), "each record once"
+        assert (await redis.xpending(f"hubsync:{{{PORTAL}}}:events", "mapper"))["pending"] == 0
