@@ -469,3 +469,29 @@ async def test_two_replicas_in_one_group_publish_each_change_once(
         call.cancel()
         assert sorted(seen) == sorted(f"r-{i}" for i in range(40)), "each record once"
         assert (await redis.xpending(f"hubsync:{{{PORTAL}}}:events", "mapper"))["pending"] == 0
+
+
+async def test_concurrent_retries_of_one_push_write_once(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    async with (
+        suite(redis_url, caller_tokens) as s,
+        running_mapper(
+            redis_url, caller_tokens, writer_address=s.writer_address, inbound_enabled=False
+        ) as mapper,
+        open_channel(mapper.address, caller_tokens["client"]) as channel,
+    ):
+        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        request = mapper_pb2.PushRecordsRequest(
+            request_id="same",
+            portal_id=PORTAL,
+            wait=True,
+            records=[
+                mapper_pb2.ExternalRecord(object_type="deals", external_id="d-1", fields=_fields(name="Big"))
+            ],
+        )
+        replies = await asyncio.gather(*(stub.PushRecords(request) for _ in range(5)))
+        assert all(r == replies[0] for r in replies)
+        assert replies[0].results[0].outcome == mapper_pb2.PUSH_OUTCOME_WRITTEN
+        counts = await s.endpoint_counts()
+        assert counts.get("POST /crm/v3/objects/{objectType}/batch/upsert") == 1

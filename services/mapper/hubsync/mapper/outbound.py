@@ -10,6 +10,7 @@ so a retried push does nothing new.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -108,6 +109,29 @@ class RecordPusher:
         cached = await self.redis.get(done_key)
         if cached:
             return [PushResultData(**r) for r in orjson.loads(cached)]
+        # One run per request_id at a time: a concurrent retry waits for the first one's answer.
+        lock_key = done_key + ":run"
+        if not await self.redis.set(lock_key, b"1", nx=True, ex=180):
+            for _ in range(300):
+                await asyncio.sleep(0.1)
+                cached = await self.redis.get(done_key)
+                if cached:
+                    return [PushResultData(**r) for r in orjson.loads(cached)]
+            raise Unavailable("a push with this request_id is still running", retry_after=1.0)
+        try:
+            return await self._push(done_key, request_id, portal_id, records, wait, mappings)
+        finally:
+            await self.redis.delete(lock_key)
+
+    async def _push(
+        self,
+        done_key: str,
+        request_id: str,
+        portal_id: int,
+        records: Sequence[PushRecord],
+        wait: bool,
+        mappings: MappingSet,
+    ) -> list[PushResultData]:
 
         planned: list[_Planned] = []
         bad: dict[str, str] = {}
