@@ -99,6 +99,21 @@ async def suite(redis_url: str, caller_tokens: dict[str, str], **sandbox: Any) -
                 yield Suite(sb, hubspot, writer_address, redis_url, caller_tokens)
 
 
+@asynccontextmanager
+async def mapped_suite(
+    redis_url: str, caller_tokens: dict[str, str], *, inbound: bool = True
+) -> AsyncIterator[tuple[Suite, mapper_pb2_grpc.MapperServiceStub]]:
+    """The suite plus an in-process mapper and a client stub for it."""
+    async with (
+        suite(redis_url, caller_tokens) as s,
+        running_mapper(
+            redis_url, caller_tokens, writer_address=s.writer_address, inbound_enabled=inbound
+        ) as mapper,
+        open_channel(mapper.address, caller_tokens["client"]) as channel,
+    ):
+        yield s, mapper_pb2_grpc.MapperServiceStub(channel)
+
+
 def _fields(**values: Any) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
@@ -188,12 +203,7 @@ async def test_inbound_span_continues_the_ingress_trace(
 ) -> None:
     exporter = InMemorySpanExporter()
     setup_tracing("tests", exporter)
-    async with (
-        suite(redis_url, caller_tokens) as s,
-        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
-    ):
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+    async with mapped_suite(redis_url, caller_tokens) as (s, stub):
         call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         await s.create_contact(email="t@example.com", external_id="c-t", firstname="T")
         (change,) = await _changes(call, 1)
@@ -210,14 +220,7 @@ async def test_inbound_span_continues_the_ingress_trace(
 async def test_push_writes_and_an_identical_push_costs_nothing(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
-    async with (
-        suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url, caller_tokens, writer_address=s.writer_address, inbound_enabled=False
-        ) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
-    ):
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+    async with mapped_suite(redis_url, caller_tokens, inbound=False) as (s, stub):
         records = [
             mapper_pb2.ExternalRecord(
                 object_type="companies", external_id="co-1", fields=_fields(name="Acme")
@@ -259,15 +262,8 @@ async def test_push_writes_and_an_identical_push_costs_nothing(
 async def test_a_hubspot_owned_field_is_never_overwritten(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
-    async with (
-        suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url, caller_tokens, writer_address=s.writer_address, inbound_enabled=False
-        ) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
-    ):
+    async with mapped_suite(redis_url, caller_tokens, inbound=False) as (s, stub):
         hs_id = await s.create_contact(email="o@example.com", external_id="c-o", lifecyclestage="customer")
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
         reply = await stub.PushRecords(
             mapper_pb2.PushRecordsRequest(
                 request_id=str(uuid.uuid4()),
@@ -290,12 +286,7 @@ async def test_a_hubspot_owned_field_is_never_overwritten(
 
 
 async def test_a_two_way_edit_does_not_loop(redis_url: str, caller_tokens: dict[str, str]) -> None:
-    async with (
-        suite(redis_url, caller_tokens) as s,
-        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
-    ):
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+    async with mapped_suite(redis_url, caller_tokens) as (s, stub):
         hs_id = await s.create_contact(email="w@example.com", external_id="c-w", firstname="W")
         call = stub.Subscribe(
             mapper_pb2.SubscribeRequest(
@@ -343,15 +334,10 @@ async def test_a_two_way_edit_does_not_loop(redis_url: str, caller_tokens: dict[
 async def test_deletions_and_merges_reach_the_feed(
     redis_url: str, caller_tokens: dict[str, str], kind: str
 ) -> None:
-    async with (
-        suite(redis_url, caller_tokens) as s,
-        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
-    ):
+    async with mapped_suite(redis_url, caller_tokens) as (s, stub):
         a = await s.create_contact(email="a@example.com", external_id="c-a")
         b = await s.create_contact(email="b@example.com", external_id="c-b")
         await s.idle()
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
         call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         seen = await _changes(call, 2)
         await stub.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[c.ack_id for c in seen]))
@@ -404,14 +390,7 @@ async def test_deletions_and_merges_reach_the_feed(
 async def test_validate_and_suggest_against_the_portals_properties(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
-    async with (
-        suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url, caller_tokens, writer_address=s.writer_address, inbound_enabled=False
-        ) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
-    ):
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+    async with mapped_suite(redis_url, caller_tokens, inbound=False) as (_suite, stub):
         bad = await stub.ValidateMapping(
             mapper_pb2.ValidateMappingRequest(
                 source="people.yaml",
@@ -474,14 +453,7 @@ async def test_two_replicas_in_one_group_publish_each_change_once(
 async def test_concurrent_retries_of_one_push_write_once(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
-    async with (
-        suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url, caller_tokens, writer_address=s.writer_address, inbound_enabled=False
-        ) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
-    ):
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+    async with mapped_suite(redis_url, caller_tokens, inbound=False) as (s, stub):
         request = mapper_pb2.PushRecordsRequest(
             request_id="same",
             portal_id=PORTAL,
