@@ -74,7 +74,7 @@ async def test_a_writer_killed_mid_batch_loses_nothing_it_accepted(
 ) -> None:
     # The stack's own writer does not consume, so the process below is the only consumer.
     async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
-        await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, latency_ms=3000)
+        await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, latency_ms=5000)
         env = writer_env(queue_claim_idle_ms=500)
         async with writer_process(
             redis_url=redis_url,
@@ -85,26 +85,29 @@ async def test_a_writer_killed_mid_batch_loses_nothing_it_accepted(
         ) as proc:
             async with open_channel(proc.address, caller_tokens["mapper"]) as channel:
                 stub = writer_pb2_grpc.WriterServiceStub(channel)
-                for n in range(3):
-                    reply = await stub.SubmitWrites(
-                        writer_pb2.SubmitWritesRequest(
-                            request_id=f"k{n}",
-                            portal_id=PORTAL,
-                            writes=[upsert(f"k{n}-{i}@example.com") for i in range(100)],
-                        ),
-                        timeout=10,
-                    )
-                    assert reply.results[0].status == QUEUED
-            # Wait until the process holds the entries (read, batches in flight at HubSpot), then kill it.
-            for _ in range(100):
+                reply = await stub.SubmitWrites(
+                    writer_pb2.SubmitWritesRequest(
+                        request_id="k",
+                        portal_id=PORTAL,
+                        writes=[upsert(f"k{n}-{i}@example.com") for n in range(3) for i in range(100)],
+                    ),
+                    timeout=10,
+                )
+                assert reply.results[0].status == QUEUED
+            # Wait until the process holds the entry and its three batches are at HubSpot (held
+            # there by the injected latency), then kill it.
+            pending: dict[str, int] = {"pending": 0}
+            for _ in range(200):
                 pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
-                if pending["pending"] == 3:
+                if pending["pending"] == 1:
                     break
                 await asyncio.sleep(0.05)
-            assert pending["pending"] == 3
+            assert pending["pending"] == 1
+            await asyncio.sleep(0.5)
             proc.kill()
             await proc.proc.wait()
-        assert len(await s.objects()) == 0
+        # Accepted, not acknowledged: the entry is still pending for the dead consumer.
+        assert (await redis.xpending(portal_key(PORTAL, "writes"), "writer"))["pending"] == 1
         r = await s.admin.delete("/_sandbox/faults")
         r.raise_for_status()
         # Another writer reclaims what the dead one held.
