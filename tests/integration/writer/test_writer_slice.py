@@ -17,7 +17,7 @@ from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, stack, upsert
 async def test_upserts_coalesce_into_batches_and_answer_per_record(
     redis_url: str, caller_tokens: dict[str, str], redis: Redis
 ) -> None:
-    env = writer_env(batch_max_wait_ms=300)
+    env = writer_env(batch_max_wait_ms=1000)
     async with stack(redis_url, caller_tokens, writer_env=env) as s:
         # 30 callers with 10 writes each arrive together: 300 records, 3 batch calls of 100.
         async def one(n: int) -> writer_pb2.SubmitWritesResponse:

@@ -21,7 +21,7 @@ async def test_a_batched_call_links_to_each_callers_trace(
     exporter = InMemorySpanExporter()
     setup_tracing("tests", exporter)
     tracer = trace.get_tracer("tests")
-    async with stack(redis_url, caller_tokens, writer_env=writer_env(batch_max_wait_ms=300)) as s:
+    async with stack(redis_url, caller_tokens, writer_env=writer_env(batch_max_wait_ms=1000)) as s:
         traces: list[int] = []
 
         async def caller(n: int, wait: bool) -> None:
