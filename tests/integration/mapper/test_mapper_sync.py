@@ -26,11 +26,7 @@ from hubsync.core.telemetry import setup_tracing
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
 from tests.integration.auth.fixtures import SANDBOX_PORTAL, register_sandbox_private_app, running_auth
 from tests.integration.mapper.fixtures import ingress_standin, mapper_process, running_mapper
-
-# Writer is built by another engineer in parallel: until its fixture lands these tests skip.
-running_writer = pytest.importorskip(
-    "tests.integration.writer.fixtures", reason="writer's running_writer fixture has not landed yet"
-).running_writer
+from tests.integration.writer.fixtures import running_writer
 
 PORTAL = SANDBOX_PORTAL
 
