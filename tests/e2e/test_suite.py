@@ -13,10 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from hubsync.cli.demo import run_demo
 from hubsync.cli.suite import Suite
-from tests.e2e.otlp_receiver import ReceivedSpan, read_spans
+from tests.e2e.otlp_receiver import ReceivedSpan, read_metric_names, read_spans
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -37,6 +38,9 @@ class Collector:
             time.sleep(0.05)
         self.endpoint = f"http://127.0.0.1:{port_file.read_text()}"
 
+    def metric_names(self) -> dict[str, set[str]]:
+        return read_metric_names(self.spans_file.with_name("metrics.jsonl"))
+
     def in_trace(self, trace_id: str) -> list[ReceivedSpan]:
         return [s for s in read_spans(self.spans_file) if s.trace_id == trace_id]
 
@@ -45,7 +49,7 @@ class Collector:
         self.proc.wait(10)
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Suite, Collector]]:
     workdir = Path(tmp_path_factory.mktemp("suite"))
     collector = Collector(workdir)
@@ -126,6 +130,25 @@ async def test_metrics_endpoint_after_sync(running: tuple[Suite, Collector]) -> 
     async with httpx.AsyncClient() as client:
         writer = (await client.get(f"http://127.0.0.1:{suite.ports.metrics['writer']}/metrics")).text
     assert "hubsync_hubspot_requests_total" in writer
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_metrics_exported_over_otlp(running: tuple[Suite, Collector]) -> None:
+    """Every service pushes its metrics to the OTLP endpoint too (the suite exports every 2 s)."""
+    _, collector = running
+    wanted = {
+        "hubsync-ingress": "hubsync.webhook.accepted",
+        "hubsync-writer": "hubsync.hubspot.requests",
+        "hubsync-auth": "hubsync.connections.needing_reauth",
+    }
+    for _ in range(100):
+        names = collector.metric_names()
+        if all(metric in names.get(service, set()) for service, metric in wanted.items()):
+            break
+        await asyncio.sleep(0.2)
+    names = collector.metric_names()
+    for service, metric in wanted.items():
+        assert metric in names.get(service, set()), (service, sorted(names.get(service, set())))
 
 
 @pytest.mark.parametrize("service", ["auth", "ingress", "mapper", "writer"])

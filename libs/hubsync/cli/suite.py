@@ -33,6 +33,7 @@ SERVICES = ("auth", "writer", "mapper", "ingress")
 CALLERS = ("auth", "ingress", "mapper", "writer", "cli", "demo-client")
 SANDBOX_PORTAL = 12345
 SANDBOX_APP_ID = 1001
+SANDBOX_PRIVATE_APP_ID = 2001  # the sandbox's default private app in every portal
 SANDBOX_CLIENT_ID = "hubsync-sandbox-client-id"
 SANDBOX_CLIENT_SECRET = "hubsync-sandbox-client-secret"
 SANDBOX_PRIVATE_TOKEN = "pat-na1-00000000-0000-4000-8000-000000012345"
@@ -195,7 +196,8 @@ class Suite:
                 "HUBSYNC_INGRESS_HTTP_PORT": str(self.ports.ingress_http),
                 "HUBSYNC_INGRESS_PUBLIC_BASE_URL": self.ingress_url,
                 "HUBSYNC_INGRESS_WEBHOOK_SECRETS": json.dumps([SANDBOX_CLIENT_SECRET]),
-                "HUBSYNC_INGRESS_APP_ID": str(SANDBOX_APP_ID),
+                # the sandbox's public app, and the private app whose token the suite connects with
+                "HUBSYNC_INGRESS_APP_ID": f"{SANDBOX_APP_ID},{SANDBOX_PRIVATE_APP_ID}",
             }
         return env | self.extra_env.get(service, {})
 

@@ -87,6 +87,11 @@ def trace_id_hex(span: trace.Span | None = None) -> str:
 _metrics_configured = False
 
 
+# Bucket bounds of every latency histogram (seconds): from a 1 ms Redis commit to a 60 s HubSpot
+# call that waited for the rate limit.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 def setup_metrics(service: str, host: str = "127.0.0.1", port: int = 0) -> int:
     """Installs the global meter provider: Prometheus ``/metrics`` on ``port`` (0: none) and OTLP.
 
@@ -97,8 +102,9 @@ def setup_metrics(service: str, host: str = "127.0.0.1", port: int = 0) -> int:
     if _metrics_configured:
         return 0
     from opentelemetry import metrics
-    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics import Histogram, MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
     readers: list[MetricReader] = []
     served = 0
@@ -120,6 +126,12 @@ def setup_metrics(service: str, host: str = "127.0.0.1", port: int = 0) -> int:
 
             readers.append(PeriodicExportingMetricReader(GrpcM()))
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
-    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+    # Every hubsync histogram is in seconds; the SDK's default buckets are for milliseconds.
+    seconds = View(
+        instrument_type=Histogram,
+        instrument_unit="s",
+        aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS),
+    )
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers, views=[seconds]))
     _metrics_configured = True
     return served

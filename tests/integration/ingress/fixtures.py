@@ -26,6 +26,7 @@ from hubsync.ingress.service import IngressSpec, build
 
 TEST_SECRET = "ingress-test-client-secret"
 TEST_APP_ID = "1001"
+TEST_PRIVATE_APP_ID = "2001"  # a private app whose token writer uses: its writes are ours too
 PORTAL = 12345
 
 
@@ -49,7 +50,7 @@ def ingress_env(secrets: Sequence[str] = (TEST_SECRET,), **overrides: object) ->
         "HUBSYNC_INGRESS_HTTP_HOST": "127.0.0.1",
         "HUBSYNC_INGRESS_HTTP_PORT": "0",
         "HUBSYNC_INGRESS_WEBHOOK_SECRETS": json.dumps(list(secrets)),
-        "HUBSYNC_INGRESS_APP_ID": TEST_APP_ID,
+        "HUBSYNC_INGRESS_APP_ID": f"{TEST_APP_ID}, {TEST_PRIVATE_APP_ID}",
         "HUBSYNC_INGRESS_RECONCILE_INTERVAL_SECONDS": "0",
     }
     env |= {f"HUBSYNC_INGRESS_{k.upper()}": str(v) for k, v in overrides.items()}

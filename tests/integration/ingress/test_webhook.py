@@ -99,14 +99,16 @@ async def test_echo_of_our_own_write_is_dropped(ingress, redis: Redis) -> None: 
     await redis.hset(f"hubsync:{{{PORTAL}}}:written:contacts:77", mapping={"firstname": "Grace"})
     echo = event(object_id=77, property_value="Grace", change_source="API")
     own_app = event(object_id=78, change_source="INTEGRATION", sourceId="1001")
+    own_private_app = event(object_id=79, change_source="INTEGRATION", sourceId="2001")
+    other_app = event(object_id=80, change_source="INTEGRATION", sourceId="3001")
     real = event(object_id=77, property_value="Hopper")
     generic = event(
         object_id=77, subscription_type="object.propertyChange", property_value="Grace", objectTypeId="0-1"
     )
-    reply = await post(base, json.dumps([echo, own_app, real, generic]).encode())
-    assert reply.json() == {"accepted": 1, "duplicates": 0, "echoes": 3}
+    reply = await post(base, json.dumps([echo, own_app, own_private_app, other_app, real, generic]).encode())
+    assert reply.json() == {"accepted": 2, "duplicates": 0, "echoes": 4}
     stored = await stream_events(redis)
-    assert [(e["objectId"], e["propertyValue"]) for e in stored] == [(77, "Hopper")]
+    assert [(e["objectId"], e["propertyValue"]) for e in stored] == [(80, "Ada"), (77, "Hopper")]
 
 
 @pytest.mark.parametrize(

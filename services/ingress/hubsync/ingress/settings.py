@@ -29,7 +29,8 @@ class IngressSettings(BaseSettings):
     # v1/v2 signatures have no timestamp (no replay window): off unless configured.
     accept_v1: bool = False
     accept_v2: bool = False
-    # Our HubSpot app id: INTEGRATION changes with this sourceId are our own writes' echoes.
+    # Our HubSpot app ids, comma-separated (the public app, and any private app whose token
+    # writer uses): INTEGRATION changes with one of these sourceIds are our own writes' echoes.
     app_id: str = ""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # How long an event id is remembered; longer than HubSpot's 24 h retry horizon.

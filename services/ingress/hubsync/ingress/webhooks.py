@@ -65,7 +65,8 @@ class WebhookEndpoint:
         self.verifier = verifier
         self.committer = committer
         self.max_body_bytes = max_body_bytes
-        self.app_id = app_id
+        # Several ids may be ours: the public app's and a private app's (comma-separated).
+        self.own_source_ids = frozenset(part.strip() for part in app_id.split(",") if part.strip())
         self.public_base_url = public_base_url
 
     def public_uri(self, request: Request) -> str:
@@ -79,7 +80,7 @@ class WebhookEndpoint:
         return uri
 
     def is_own_echo(self, event: WebhookEvent) -> bool:
-        return bool(self.app_id) and event.change_source == "INTEGRATION" and event.source_id == self.app_id
+        return event.change_source == "INTEGRATION" and event.source_id in self.own_source_ids
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -36,6 +36,7 @@ from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.redis import portal_key
 from hubsync.core.telemetry import extract_context, trace_id_hex
+from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.feed import PORTALS_KEY, feed_key
 from hubsync.mapper.fingerprints import digest_properties, fingerprint_key
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
@@ -43,7 +44,6 @@ from hubsync.mapper.transforms import CompiledMapping, MappingSet
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("hubsync.mapper")
 _meter = metrics.get_meter("hubsync.mapper")
-_sync = _meter.create_counter("hubsync.sync", description="Records synced, by direction and outcome")
 _reads = _meter.create_counter("hubsync.mapper.hydrate.calls", description="ReadRecords calls made")
 _lag = _meter.create_gauge("hubsync.stream.lag", description="Entries a consumer group has not read yet")
 
@@ -268,7 +268,8 @@ class InboundWorker:
         changes = list(groups.values())
         spans = [self._start_span(portal, c) for c in changes]
         try:
-            hydrated, archived = await self._hydrate(portal, changes, mappings)
+            by_record = {(c.object_type, c.object_id): s for c, s in zip(changes, spans, strict=True)}
+            hydrated, archived = await self._hydrate(portal, changes, mappings, by_record)
             await self._publish(portal, key, ids, changes, hydrated, archived, mappings)
         finally:
             for span in spans:
@@ -294,7 +295,11 @@ class InboundWorker:
         )
 
     async def _hydrate(
-        self, portal: str, changes: list[RecordChange], mappings: MappingSet
+        self,
+        portal: str,
+        changes: list[RecordChange],
+        mappings: MappingSet,
+        spans: dict[tuple[str, str], trace.Span],
     ) -> tuple[dict[tuple[str, str], dict[str, str]], dict[tuple[str, str], dict[str, str]]]:
         live: dict[str, set[str]] = {}
         gone: dict[str, set[str]] = {}
@@ -308,9 +313,11 @@ class InboundWorker:
                 assert mapping is not None
                 id_list = sorted(id_set)
                 for i in range(0, len(id_list), self.hydrate_batch_size):
-                    calls.append(
-                        self._read(portal, mapping, id_list[i : i + self.hydrate_batch_size], archived)
-                    )
+                    chunk = id_list[i : i + self.hydrate_batch_size]
+                    # One read serves many changes: it joins the trace of its first record's change
+                    # (the others' traces reach it through their mapper.inbound span's links).
+                    span = spans.get((object_type, chunk[0]))
+                    calls.append(self._read(portal, mapping, chunk, archived, span))
         found: dict[tuple[str, str], dict[str, str]] = {}
         found_archived: dict[tuple[str, str], dict[str, str]] = {}
         for archived, records in await asyncio.gather(*calls):
@@ -319,19 +326,26 @@ class InboundWorker:
         return found, found_archived
 
     async def _read(
-        self, portal: str, mapping: CompiledMapping, ids: list[str], archived: bool
+        self,
+        portal: str,
+        mapping: CompiledMapping,
+        ids: list[str],
+        archived: bool,
+        span: trace.Span | None = None,
     ) -> tuple[bool, list[Any]]:
         _reads.add(1, {"object_type": mapping.object_type})
-        reply = await self.writer.ReadRecords(
-            writer_pb2.ReadRecordsRequest(
-                portal_id=int(portal),
-                object_type=mapping.object_type,
-                ids=ids,
-                properties=list(mapping.read_properties),
-                archived=archived,
-            ),
-            timeout=30,
+        request = writer_pb2.ReadRecordsRequest(
+            portal_id=int(portal),
+            object_type=mapping.object_type,
+            ids=ids,
+            properties=list(mapping.read_properties),
+            archived=archived,
         )
+        if span is None:
+            reply = await self.writer.ReadRecords(request, timeout=30)
+        else:
+            with trace.use_span(span, end_on_exit=False):
+                reply = await self.writer.ReadRecords(request, timeout=30)
         for r in reply.records:
             if not r.object_type:
                 r.object_type = mapping.object_type
@@ -395,14 +409,14 @@ class InboundWorker:
             built.append((c, change, digest, change.external_id, props))
         last_keys = [portal_key(portal, "feedlast", c.object_type, c.object_id) for c, *_ in built]
         last = await self.redis.mget(last_keys) if last_keys else []
+        outcomes: list[tuple[RecordChange, str]] = []
         async with self.redis.pipeline(transaction=True) as pipe:
             for (c, change, digest, external_id, props), lkey, prev in zip(
                 built, last_keys, last, strict=True
             ):
                 mapping = mappings.get(c.object_type)
                 assert mapping is not None
-                outcome = "duplicate" if prev == digest else "published"
-                _sync.add(1, {"object_type": c.object_type, "direction": "inbound", "outcome": outcome})
+                outcomes.append((c, "duplicate" if prev == digest else "published"))
                 if prev == digest:
                     continue
                 pipe.xadd(
@@ -422,6 +436,16 @@ class InboundWorker:
             if ids:
                 pipe.xack(key, GROUP, *ids)
             await pipe.execute()
+        now_ms = time.time() * 1000
+        for c, outcome in outcomes:
+            sync_metrics.sync.add(
+                1, {"object_type": c.object_type, "direction": "inbound", "outcome": outcome}
+            )
+            if outcome == "published" and c.occurred_ms:
+                sync_metrics.sync_duration.record(
+                    max(now_ms - c.occurred_ms, 0) / 1000,
+                    {"object_type": c.object_type, "direction": "inbound"},
+                )
 
     async def record_lag(self) -> None:
         """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group."""

@@ -13,25 +13,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import orjson
-from opentelemetry import metrics
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.redis import portal_key
+from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest, fingerprint_key
 from hubsync.mapper.mappings import WRITE_ORDER
 from hubsync.mapper.transforms import MappingSet, TransformError
 
 log = logging.getLogger(__name__)
-_sync = metrics.get_meter("hubsync.mapper").create_counter(
-    "hubsync.sync", description="Records synced, by direction and outcome"
-)
 
 WRITTEN, UNCHANGED, QUEUED, FAILED = "WRITTEN", "UNCHANGED", "QUEUED", "FAILED"
 _MAX_RECORDS = 1000
@@ -118,8 +116,14 @@ class RecordPusher:
                 if cached:
                     return [PushResultData(**r) for r in orjson.loads(cached)]
             raise Unavailable("a push with this request_id is still running", retry_after=1.0)
+        started = time.perf_counter()
         try:
-            return await self._push(done_key, request_id, portal_id, records, wait, mappings)
+            results = await self._push(done_key, request_id, portal_id, records, wait, mappings)
+            for object_type in {r.object_type for r in results}:
+                sync_metrics.sync_duration.record(
+                    time.perf_counter() - started, {"object_type": object_type, "direction": "outbound"}
+                )
+            return results
         finally:
             await self.redis.delete(lock_key)
 
@@ -181,7 +185,7 @@ class RecordPusher:
         if to_send:
             await self._write(request_id, portal_id, to_send, results, wait, mappings)
         for res in results:
-            _sync.add(
+            sync_metrics.sync.add(
                 1, {"object_type": res.object_type, "direction": "outbound", "outcome": res.outcome.lower()}
             )
         await self.redis.set(done_key, orjson.dumps([r.__dict__ for r in results]), ex=self.idempotency_ttl_s)

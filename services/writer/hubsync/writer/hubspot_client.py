@@ -33,9 +33,21 @@ from hubsync.writer.tokens import TokenSource
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("hubsync.writer")
-_requests = metrics.get_meter("hubsync.writer").create_counter(
+_meter = metrics.get_meter("hubsync.writer")
+_requests = _meter.create_counter(
     "hubsync.hubspot.requests", description="HubSpot API calls by portal, endpoint and status"
 )
+_request_duration = _meter.create_histogram(
+    "hubsync.hubspot.request.duration",
+    unit="s",
+    description="HubSpot API call latency by endpoint and status",
+)
+
+
+def _count(attrs: dict[str, str], status: str, started: float) -> None:
+    _requests.add(1, attrs | {"status": status})
+    _request_duration.record(time.perf_counter() - started, {"endpoint": attrs["endpoint"], "status": status})
+
 
 # Set by the batcher when it already took a rate-limit slot for the next call of this task.
 slot_reserved: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -218,21 +230,22 @@ class HubSpotClient:
             headers = {"Authorization": f"Bearer {token}"}
             if content is not None:
                 headers["Content-Type"] = "application/json"
+            started = time.perf_counter()
             try:
                 raw = await self._http.request(method, path, content=content, params=params, headers=headers)
             except httpx.TimeoutException:
                 span.set_status(Status(StatusCode.ERROR, "timeout"))
-                _requests.add(1, attrs | {"status": "timeout"})
+                _count(attrs, "timeout", started)
                 # A timeout is HubSpot's 504 as far as the batch is concerned (halve and retry).
                 return HubSpotResponse(504, {"message": "request to HubSpot timed out"}, {})
             except httpx.TransportError as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                _requests.add(1, attrs | {"status": "error"})
+                _count(attrs, "error", started)
                 return HubSpotResponse(503, {"message": f"cannot reach HubSpot: {type(exc).__name__}"}, {})
             span.set_attribute("http.status_code", raw.status_code)
             if raw.status_code >= 400:
                 span.set_status(Status(StatusCode.ERROR, str(raw.status_code)))
-            _requests.add(1, attrs | {"status": str(raw.status_code)})
+            _count(attrs, str(raw.status_code), started)
             parsed: Any
             try:
                 parsed = orjson.loads(raw.content) if raw.content else None
