@@ -15,11 +15,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.cli.demo import run_demo
 from hubsync.cli.suite import Suite
 from tests.e2e.otlp_receiver import ReceivedSpan, read_metric_names, read_spans
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+OAUTH_PORTAL = 23456
 
 
 class Collector:
@@ -54,7 +57,13 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
     workdir = Path(tmp_path_factory.mktemp("suite"))
     collector = Collector(workdir)
     try:
-        async with Suite(workdir, otlp_endpoint=collector.endpoint) as suite:
+        # A second portal for the OAuth test; access tokens live 200 s, under auth's 300 s
+        # min_ttl, so every token request for an OAuth connection refreshes it.
+        sandbox = {
+            "portals": [{"hub_id": 12345}, {"hub_id": OAUTH_PORTAL, "private_apps": []}],
+            "token_ttl_s": 200,
+        }
+        async with Suite(workdir, otlp_endpoint=collector.endpoint, sandbox_config=sandbox) as suite:
             yield suite, collector
     finally:
         collector.stop()
@@ -125,11 +134,94 @@ async def test_unsigned_webhook_is_refused_and_enqueues_nothing(running: tuple[S
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_oauth_install_through_ingress_then_refresh(running: tuple[Suite, Collector]) -> None:
+    """A person installs the app: auth's authorize URL → HubSpot's consent → ingress's
+    /oauth/callback → auth stores the connection; writing to that portal then refreshes its token."""
+    suite, _ = running
+    async with suite.channel("auth") as channel:
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        begun = await auth.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="e2e"), timeout=10)
+        async with httpx.AsyncClient(follow_redirects=True, timeout=20) as client:
+            page = await client.get(begun.authorize_url + f"&portal_id={OAUTH_PORTAL}")
+        assert page.status_code == 200, page.text
+        assert str(page.url).startswith(f"{suite.ingress_url}/oauth/callback")
+        got = await auth.GetConnection(auth_pb2.GetConnectionRequest(portal_id=OAUTH_PORTAL), timeout=10)
+    assert got.connection.kind == auth_pb2.CONNECTION_KIND_OAUTH
+    assert got.connection.state == auth_pb2.CONNECTION_STATE_ACTIVE
+    assert got.connection.tenant == "e2e"
+    # the same state again (a replayed callback) is refused and changes nothing
+    async with httpx.AsyncClient(timeout=20) as client:
+        consent = await client.get(begun.authorize_url + f"&portal_id={OAUTH_PORTAL}")
+        replay = await client.get(consent.headers["location"])
+        assert (await client.get(consent.headers["location"])).status_code == 400
+    assert replay.status_code == 400  # the state was spent by the first install
+
+    record = mapper_pb2.ExternalRecord(object_type="contacts", external_id="oauth-1")
+    record.fields.update({"external_id": "oauth-1", "email": "oauth-1@example.com", "first_name": "Kat"})
+    async with suite.channel("mapper", "demo-client") as channel:
+        reply = await mapper_pb2_grpc.MapperServiceStub(channel).PushRecords(
+            mapper_pb2.PushRecordsRequest(
+                request_id="e2e-oauth-1", portal_id=OAUTH_PORTAL, records=[record], wait=True
+            ),
+            timeout=30,
+        )
+    assert mapper_pb2.PushOutcome.Name(reply.results[0].outcome) == "PUSH_OUTCOME_WRITTEN"
+
+
+# Issue 8's metric families: the service whose /metrics must show each after a sync, as
+# (metric name, a label it must carry or "").
+SYNC_METRICS: dict[str, list[tuple[str, str]]] = {
+    "mapper": [
+        ("hubsync_sync_total", 'direction="outbound"'),
+        ("hubsync_sync_total", 'direction="inbound"'),
+        ("hubsync_sync_duration_seconds_bucket", 'direction="inbound"'),
+        ("hubsync_sync_duration_seconds_bucket", 'direction="outbound"'),
+        ("hubsync_stream_lag", 'stream="events"'),
+    ],
+    "writer": [
+        ("hubsync_hubspot_requests_total", 'endpoint="POST /crm/v3/objects/{objectType}/batch/upsert"'),
+        ("hubsync_hubspot_request_duration_seconds_bucket", 'status="200"'),
+        ("hubsync_dlq_depth", 'portal="12345"'),
+        ("hubsync_circuit_state", 'portal="12345"'),
+        ("hubsync_ratelimit_remaining", 'source="writer"'),  # our limiter's count
+        ("hubsync_ratelimit_remaining", 'source="hubspot"'),  # HubSpot's headers
+    ],
+    "ingress": [
+        ("hubsync_webhook_accept_duration_seconds_bucket", ""),
+        ("hubsync_webhook_accepted_total", 'origin="webhook"'),
+    ],
+    "auth": [
+        ("hubsync_token_refresh_total", 'outcome="success"'),
+        ("hubsync_connections_needing_reauth", ""),
+    ],
+}
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_metrics_endpoint_after_sync(running: tuple[Suite, Collector]) -> None:
     suite, _ = running
-    async with httpx.AsyncClient() as client:
-        writer = (await client.get(f"http://127.0.0.1:{suite.ports.metrics['writer']}/metrics")).text
-    assert "hubsync_hubspot_requests_total" in writer
+
+    async def missing() -> dict[str, list[tuple[str, str]]]:
+        gaps = {}
+        async with httpx.AsyncClient() as client:
+            for service, wanted in SYNC_METRICS.items():
+                page = (await client.get(f"http://127.0.0.1:{suite.ports.metrics[service]}/metrics")).text
+                samples = [line for line in page.splitlines() if line.startswith("hubsync_")]
+                absent = [
+                    (name, label)
+                    for name, label in wanted
+                    if not any(line.startswith(name + "{") and label in line for line in samples)
+                ]
+                if absent:
+                    gaps[service] = absent
+        return gaps
+
+    # gauges are refreshed every few seconds (stream lag and DLQ depth every 5 s)
+    for _ in range(40):
+        if not await missing():
+            break
+        await asyncio.sleep(0.5)
+    assert await missing() == {}
 
 
 @pytest.mark.asyncio(loop_scope="module")

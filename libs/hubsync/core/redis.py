@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 
 from hubsync.core.settings import CoreSettings
@@ -24,3 +26,20 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
 def portal_key(portal_id: int | str, *parts: str) -> str:
     """``hubsync:{<portal>}:<parts>``: the hash tag keeps a portal's keys in one cluster slot."""
     return ":".join(["hubsync", f"{{{portal_id}}}", *parts])
+
+
+# Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).
+LAG_COUNT_CAP = 10_000
+
+
+async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
+    """Entries of stream ``key`` that consumer group ``group`` (an ``XINFO GROUPS`` row) has not
+    been delivered yet. Redis 7 reports it (``lag``); on Redis 6.2 it is counted from the group's
+    last-delivered id, up to :data:`LAG_COUNT_CAP`."""
+    lag = group.get("lag", group.get(b"lag"))
+    if lag is not None:
+        return int(lag)
+    last = group.get("last-delivered-id", group.get(b"last-delivered-id", b"0-0"))
+    last_id = last.decode() if isinstance(last, bytes) else str(last)
+    entries = await redis.xrange(key, min=f"({last_id}", max="+", count=LAG_COUNT_CAP)
+    return len(entries or [])

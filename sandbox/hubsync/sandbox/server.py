@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -86,7 +86,7 @@ class AsgiServer:
             t.cancel()
         await server.lifespan.shutdown()
 
-    async def __aenter__(self) -> AsgiServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

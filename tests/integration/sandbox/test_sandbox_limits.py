@@ -89,7 +89,7 @@ async def test_plan_presets() -> None:
         ("enterprise", 190, 1_000_000),
         ("api_add_on", 250, 2_000_000),
     ):
-        async with running(portals=[PortalConfig(plan=plan)]) as (_, c):
+        async with running(portals=[PortalConfig.model_validate({"plan": plan})]) as (_, c):
             h = _rate_headers(await c.get(CONTACTS))
             assert h["x-hubspot-ratelimit-max"] == str(burst)
             assert h["x-hubspot-ratelimit-daily"] == str(daily)

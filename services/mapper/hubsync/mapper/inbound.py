@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
-from hubsync.core.redis import portal_key
+from hubsync.core.redis import group_lag, portal_key
 from hubsync.core.telemetry import extract_context, trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.feed import PORTALS_KEY, feed_key
@@ -453,17 +453,18 @@ class InboundWorker:
             with contextlib.suppress(ResponseError):
                 for g in await self.redis.xinfo_groups(key):
                     name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
-                    if name == GROUP and g.get("lag") is not None:
-                        _lag.set(int(g["lag"]), {"stream": "events", "group": GROUP, "portal": portal})
+                    if name == GROUP:
+                        lag = await group_lag(self.redis, key, g)
+                        _lag.set(lag, {"stream": "events", "group": GROUP, "portal": portal})
             for object_type in ("companies", "contacts", "deals"):
                 with contextlib.suppress(ResponseError):
-                    for g in await self.redis.xinfo_groups(feed_key(portal, object_type)):
+                    fkey = feed_key(portal, object_type)
+                    for g in await self.redis.xinfo_groups(fkey):
                         name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
-                        if g.get("lag") is not None:
-                            _lag.set(
-                                int(g["lag"]),
-                                {"stream": f"feed:{object_type}", "group": name, "portal": portal},
-                            )
+                        _lag.set(
+                            await group_lag(self.redis, fkey, g),
+                            {"stream": f"feed:{object_type}", "group": name, "portal": portal},
+                        )
 
 
 def _reraise_if_cancelling() -> None:

@@ -89,6 +89,10 @@ class CircuitBreakers:
         self.open_s = open_s
         self._by_portal: dict[int, CircuitBreaker] = {}
 
+    def portals(self) -> list[int]:
+        """Portals this process has talked to."""
+        return sorted(self._by_portal)
+
     def get(self, portal_id: int) -> CircuitBreaker:
         breaker = self._by_portal.get(portal_id)
         if breaker is None:

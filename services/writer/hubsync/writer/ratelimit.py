@@ -173,6 +173,8 @@ class RateLimiter:
                 keys=keys, args=[budget.limit, window, daily, member]
             )
             if int(granted) == 1:
+                if not search:
+                    _remaining.set(budget.limit - int(used), {"portal": str(portal_id), "source": "writer"})
                 return member, waited or int(used) > budget.limit * busy_at
             wait = int(wait_ms) / 1000
             if int(granted) == -1:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from hubsync.api.auth.v1 import auth_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
@@ -15,7 +19,7 @@ from hubsync.writer.dlq import DeadLetterQueue
 from hubsync.writer.export import RecordExporter
 from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.hubspot_client import HubSpotClient, RetryPolicy
-from hubsync.writer.queue import QueueConsumer, WriteQueue
+from hubsync.writer.queue import PORTALS, QueueConsumer, WriteQueue
 from hubsync.writer.ratelimit import Budget, RateLimiter
 from hubsync.writer.reads import RecordReader
 from hubsync.writer.servicer import WriterServicer
@@ -23,6 +27,7 @@ from hubsync.writer.settings import WriterSettings
 from hubsync.writer.submissions import WriteSubmitter
 from hubsync.writer.tokens import AuthTokenSource
 
+log = logging.getLogger(__name__)
 SERVICE = writer_pb2.DESCRIPTOR.services_by_name["WriterService"].full_name
 DEFAULT_PORT = 50054
 
@@ -92,6 +97,19 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         block_ms=settings.queue_block_ms,
         claim_idle_ms=settings.queue_claim_idle_ms,
     )
+
+    async def publish_gauges() -> None:
+        """Every 5 s: DLQ depth of every portal this writer knows (its queue's or its HubSpot
+        calls'), so the gauge exists and stays current without a DLQ call."""
+        while True:
+            try:
+                known = {int(p) for p in await redis.smembers(PORTALS)}  # type: ignore[misc]
+                for portal in sorted(known | set(breakers.portals())):
+                    await dlq.depth(portal)
+            except (ConnectionError, OSError, RedisError) as exc:
+                log.warning("gauge refresh failed", extra={"error": str(exc)[:200]})
+            await asyncio.sleep(5)
+
     admins = settings.admin_callers
     policy = {
         _method("ReplayDeadLetters"): admins,
@@ -102,6 +120,6 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         register=lambda server: writer_pb2_grpc.add_WriterServiceServicer_to_server(servicer, server),
         port=DEFAULT_PORT,
         policy=policy,
-        background=[consumer.run] if settings.consume_queue else [],
+        background=[consumer.run, publish_gauges] if settings.consume_queue else [publish_gauges],
         on_stop=[batcher.close, client.aclose, auth_channel.close],
     )
