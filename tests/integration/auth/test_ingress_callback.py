@@ -1,7 +1,7 @@
 """The OAuth flow the way a person runs it: authorize at HubSpot (the sandbox), follow the redirect
 to ingress's ``GET /oauth/callback``, which completes it through auth.
 
-Skips while ingress's callback handler is not importable (ingress is built in parallel).
+(The whole-suite test, tests/e2e, runs the same flow against the real ingress process.)
 """
 
 from __future__ import annotations
@@ -9,24 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.core.channels import open_channel
+from hubsync.ingress.oauth_callback import OAuthCallback
 from hubsync.sandbox import SandboxServer
 from hubsync.sandbox.server import AsgiServer
 from tests.integration.auth.fixtures import SANDBOX_PORTAL, running_auth
 from tests.integration.auth.helpers import stub
-
-
-def _callback_class() -> type:
-    module = pytest.importorskip("hubsync.ingress.oauth_callback")
-    cls = getattr(module, "OAuthCallback", None)
-    if cls is None:
-        pytest.skip("ingress has no OAuthCallback")
-    return cls  # type: ignore[no-any-return]
 
 
 async def _browse(url: str) -> httpx.Response:
@@ -38,12 +30,11 @@ async def _browse(url: str) -> httpx.Response:
 async def test_oauth_flow_through_ingress_callback(
     redis_url: str, caller_tokens: Mapping[str, str], sandbox: SandboxServer
 ) -> None:
-    callback_cls = _callback_class()
     async with running_auth(
         redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
     ) as auth:
         channel = open_channel(auth, caller_tokens["ingress"])
-        handler = callback_cls(channel).__call__  # a method: Starlette passes it the Request
+        handler = OAuthCallback(channel).handle
         app = Starlette(routes=[Route("/oauth/callback", handler, methods=["GET"])])
         try:
             async with AsgiServer(app) as ingress:

@@ -1,0 +1,184 @@
+"""Webhook-to-subscriber latency through the whole suite, every part its own process.
+
+``hubsync.cli.suite.Suite`` starts Redis, the sandbox, auth, ingress, mapper and writer as separate
+processes, exactly as ``hubsync run`` does. This script then edits contacts "in HubSpot's UI" (the
+sandbox's admin endpoint, changeSource ``CRM_UI``) at a steady ``--rate`` per second. Each edit
+becomes a v3-signed webhook to real ingress (verify, dedupe, echo check, Redis stream), mapper
+(consumer group, coalescing, hydrate through writer → auth → sandbox ``batch/read``, transform,
+change feed) and a ``Subscribe`` client here that acks in batches.
+
+Latency = receipt at the subscriber minus the change's ``occurredAt`` (HubSpot's time of the change).
+HubSpot reads = ``batch/read`` calls in the sandbox's request log during the run.
+
+Run: ``.venv/bin/python bench/suite/latency_bench.py --rate 500 --seconds 20``
+Goals (issue 6): p50 < 100 ms, p99 < 1 s, at most one ``batch/read`` per 20 events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from hubsync.cli.demo import connect_sandbox_portal
+from hubsync.cli.suite import Suite
+
+PORTAL = 12345
+
+
+async def run(rate: int, seconds: float, records: int, burst: int, coalesce_ms: int) -> dict[str, Any]:
+    sandbox = {
+        # A Professional portal: 190 requests per 10 s, as HubSpot grants private apps.
+        "portals": [{"hub_id": PORTAL, "plan": "professional", "burst_per_10s": burst}],
+        "webhook_retry_jitter": 0.0,
+    }
+    extra_env = {
+        "writer": {"HUBSYNC_WRITER_BURST_LIMIT": str(burst)},
+        "mapper": {"HUBSYNC_MAPPER_COALESCE_WINDOW_MS": str(coalesce_ms)},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        async with Suite(Path(tmp), sandbox_config=sandbox, extra_env=extra_env) as suite:
+            await connect_sandbox_portal(suite)
+            async with httpx.AsyncClient(
+                base_url=suite.sandbox_url, timeout=30, limits=httpx.Limits(max_connections=32)
+            ) as http:
+                ids = await _create(http, records)
+                # let the creations' webhooks drain and the rate window refill
+                await http.post("/_sandbox/webhooks/wait-idle", params={"timeout": 60})
+                await asyncio.sleep(11)
+                return await _measure(suite, http, ids, rate, seconds)
+    raise AssertionError("unreachable")
+
+
+async def _create(http: httpx.AsyncClient, records: int) -> list[str]:
+    sem = asyncio.Semaphore(16)
+
+    async def one(i: int) -> str:
+        async with sem:
+            reply = await http.post(
+                "/_sandbox/ui/contacts",
+                params={"portal": PORTAL},
+                json={"properties": {"email": f"u{i}@bench.example", "external_id": f"e{i}"}},
+            )
+            reply.raise_for_status()
+            return str(reply.json()["id"])
+
+    return list(await asyncio.gather(*(one(i) for i in range(records))))
+
+
+async def _reads(http: httpx.AsyncClient) -> int:
+    counts = (await http.get("/_sandbox/requests", params={"limit": 0})).json()["counts"]["byEndpoint"]
+    return sum(v for k, v in counts.items() if "batch/read" in k)
+
+
+async def _measure(
+    suite: Suite, http: httpx.AsyncClient, ids: list[str], rate: int, seconds: float
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    expected = int(rate * seconds)
+    done = asyncio.Event()
+    received_ids: set[str] = set()
+
+    async def subscriber() -> None:
+        async with suite.channel("mapper", "demo-client") as channel:
+            stub = mapper_pb2_grpc.MapperServiceStub(channel)
+            call = stub.Subscribe(
+                mapper_pb2.SubscribeRequest(consumer_group="bench", consumer="b", max_in_flight=5000)
+            )
+            acks: list[str] = []
+            async for msg in call:
+                now = time.time()
+                c = msg.change
+                if c.kind != mapper_pb2.CHANGE_KIND_UPDATED:
+                    acks.append(c.ack_id)
+                    continue
+                latencies.append(now - c.occur_time.ToMilliseconds() / 1000)
+                received_ids.add(c.hubspot_id)
+                acks.append(c.ack_id)
+                if len(acks) >= 200:
+                    await stub.Ack(mapper_pb2.AckRequest(consumer_group="bench", ack_ids=acks))
+                    acks = []
+                if len(latencies) >= expected:
+                    done.set()
+
+    sub = asyncio.create_task(subscriber())
+    await asyncio.sleep(1.5)  # the subscriber's group exists before the first change
+    reads_before = await _reads(http)
+    sem = asyncio.Semaphore(64)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def edit(n: int) -> None:
+        async with sem:
+            reply = await http.post(
+                f"/_sandbox/ui/contacts/{ids[n % len(ids)]}",
+                params={"portal": PORTAL},
+                json={"properties": {"firstname": f"n{n}"}},
+            )
+            reply.raise_for_status()
+
+    start = time.perf_counter()
+    sent = 0
+    while sent < expected:
+        due = min(int((time.perf_counter() - start) * rate) + 1, expected)
+        while sent < due:
+            task = asyncio.create_task(edit(sent))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            sent += 1
+        await asyncio.sleep(0.002)
+    if pending:
+        await asyncio.gather(*pending)
+    elapsed = time.perf_counter() - start
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), 30)
+    await asyncio.sleep(1.0)
+    sub.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sub
+    reads = await _reads(http) - reads_before
+    lat = sorted(latencies)
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
+    return {
+        "changes_made": sent,
+        "achieved_rate_per_s": round(sent / elapsed, 1),
+        "changes_received": len(lat),
+        "records_edited": len(set(ids[n % len(ids)] for n in range(sent))),
+        "records_received": len(received_ids),
+        "p50_ms": round(q[49] * 1000, 1),
+        "p90_ms": round(q[89] * 1000, 1),
+        "p99_ms": round(q[98] * 1000, 1),
+        "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+        "batch_read_calls": reads,
+        "events_per_batch_read": round(sent / reads, 1) if reads else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rate", type=int, default=500, help="UI edits per second")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--records", type=int, default=2000, help="contacts the edits rotate over")
+    parser.add_argument("--burst", type=int, default=190, help="the portal's requests per 10 s")
+    parser.add_argument("--coalesce-ms", type=int, default=50, help="mapper's coalesce window")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.rate, args.seconds, args.records, args.burst, args.coalesce_ms))
+    result["command"] = " ".join([".venv/bin/python bench/suite/latency_bench.py", *sys.argv[1:]])
+    result["machine"] = f"{platform.machine()}, python {platform.python_version()}"
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
