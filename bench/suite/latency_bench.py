@@ -1,8 +1,10 @@
 """Webhook-to-subscriber latency through the whole suite, every part its own process.
 
 ``hubsync.cli.suite.Suite`` starts Redis, the sandbox, auth, ingress, mapper and writer as separate
-processes, exactly as ``hubsync run`` does. This script then edits contacts "in HubSpot's UI" (the
-sandbox's admin endpoint, changeSource ``CRM_UI``) at a steady ``--rate`` per second. Each edit
+processes, exactly as ``hubsync run`` does. This script then has the sandbox edit contacts "in
+HubSpot's UI" (changeSource ``CRM_UI``) at a steady ``--rate`` per second (``POST
+/_sandbox/ui/contacts/churn``: the edits are made inside the sandbox, as people's edits are made
+inside HubSpot, so the load generator costs no HTTP request per edit). Each edit
 becomes a v3-signed webhook to real ingress (verify, dedupe, echo check, Redis stream), mapper
 (consumer group, coalescing, hydrate through writer → auth → sandbox ``batch/read``, transform,
 change feed) and a ``Subscribe`` client here that acks in batches.
@@ -117,31 +119,15 @@ async def _measure(
     sub = asyncio.create_task(subscriber())
     await asyncio.sleep(1.5)  # the subscriber's group exists before the first change
     reads_before = await _reads(http)
-    sem = asyncio.Semaphore(64)
-    pending: set[asyncio.Task[None]] = set()
-
-    async def edit(n: int) -> None:
-        async with sem:
-            reply = await http.post(
-                f"/_sandbox/ui/contacts/{ids[n % len(ids)]}",
-                params={"portal": PORTAL},
-                json={"properties": {"firstname": f"n{n}"}},
-            )
-            reply.raise_for_status()
-
-    start = time.perf_counter()
-    sent = 0
-    while sent < expected:
-        due = min(int((time.perf_counter() - start) * rate) + 1, expected)
-        while sent < due:
-            task = asyncio.create_task(edit(sent))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            sent += 1
-        await asyncio.sleep(0.002)
-    if pending:
-        await asyncio.gather(*pending)
-    elapsed = time.perf_counter() - start
+    churn = await http.post(
+        "/_sandbox/ui/contacts/churn",
+        params={"portal": PORTAL},
+        json={"ids": ids, "property": "firstname", "rate": rate, "seconds": seconds},
+        timeout=seconds + 60,
+    )
+    churn.raise_for_status()
+    sent = int(churn.json()["made"])
+    elapsed = float(churn.json()["elapsedSeconds"])
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), 30)
     await asyncio.sleep(1.0)

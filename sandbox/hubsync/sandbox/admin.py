@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -171,6 +173,37 @@ def routes(state: SandboxState) -> list[Route]:
         obj = store.create(t, store.normalize(t, body.get("properties")), state.ui_source())
         return _dump(store, t, obj)
 
+    async def ui_churn(request: Request) -> Any:
+        """Load for benchmarks: UI edits at a steady rate, made inside the sandbox (no HTTP request
+        per edit). Body: ``{"ids": [...], "property": "firstname", "rate": 500, "seconds": 20}``;
+        edit n sets ``property`` to ``"churn-<n>"`` on ``ids[n % len(ids)]``. Answers when done."""
+        store = _portal(state, request)
+        t = _type(request.path_params["objectType"])
+        body = await read_json(request) or {}
+        try:
+            ids = [str(i) for i in body["ids"]]
+            prop = str(body.get("property", "firstname"))
+            rate = float(body.get("rate", 100))
+            seconds = float(body.get("seconds", 10))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise validation_error(f"churn needs ids (a list), and numeric rate and seconds: {exc}") from exc
+        objs = [store.get(t, i) for i in ids]
+        if not objs or any(o is None for o in objs) or rate <= 0 or seconds <= 0:
+            raise validation_error("every id must exist; rate and seconds must be positive")
+        total = int(rate * seconds)
+        start = time.perf_counter()
+        made = 0
+        while made < total:
+            due = min(int((time.perf_counter() - start) * rate) + 1, total)
+            while made < due:
+                obj = objs[made % len(objs)]
+                assert obj is not None
+                store.update(t, obj, {prop: f"churn-{made}"}, state.ui_source())
+                made += 1
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        return {"made": made, "elapsedSeconds": round(elapsed, 3), "ratePerSecond": round(made / elapsed, 1)}
+
     async def ui_delete(request: Request) -> Any:
         store = _portal(state, request)
         t = _type(request.path_params["objectType"])
@@ -294,6 +327,7 @@ def routes(state: SandboxState) -> list[Route]:
         r("POST", "/ui/associations", ui_associate),
         r("POST", "/ui/{objectType}", ui_create),
         r("POST", "/ui/{objectType}/merge", ui_merge),
+        r("POST", "/ui/{objectType}/churn", ui_churn),
         r("POST", "/ui/{objectType}/{objectId}", ui_edit),
         r("DELETE", "/ui/{objectType}/{objectId}", ui_delete),
         r("POST", "/ui/{objectType}/{objectId}/restore", ui_restore),

@@ -273,3 +273,24 @@ async def test_timestamp_offset_and_clock_independence() -> None:
         assert req.headers["x-hubspot-signature-v3"] == sign_v3(
             DEFAULT_CLIENT_SECRET, "POST", rx.url, req.body.decode(), ts
         )
+
+
+async def test_churn_makes_ui_edits_that_reach_webhooks() -> None:
+    async with wired() as (_, c, rx):
+        ids = [
+            (await c.post(CONTACTS, json={"properties": {"email": f"c{i}@x.com"}})).json()["id"]
+            for i in range(3)
+        ]
+        await _idle(c)
+        rx.requests.clear()
+        r = await c.post(
+            "/_sandbox/ui/contacts/churn",
+            json={"ids": ids, "property": "lastname", "rate": 200, "seconds": 0.05},
+        )
+        assert r.status_code == 200 and r.json()["made"] == 10
+        await _idle(c)
+        edits = [e for e in rx.events() if e["changeSource"] == "CRM_UI"]
+        assert sorted(e["propertyValue"] for e in edits) == sorted(f"churn-{n}" for n in range(10))
+        assert {str(e["objectId"]) for e in edits} == set(ids)
+        bad = await c.post("/_sandbox/ui/contacts/churn", json={"ids": ["999999"], "rate": 1, "seconds": 1})
+        assert bad.status_code == 400
