@@ -41,7 +41,9 @@ from hubsync.cli.suite import Suite
 PORTAL = 12345
 
 
-async def run(rate: int, seconds: float, records: int, burst: int, coalesce_ms: int) -> dict[str, Any]:
+async def run(
+    rate: int, seconds: float, records: int, burst: int, coalesce_ms: int, workdir: Path | None = None
+) -> dict[str, Any]:
     sandbox = {
         # A Professional portal: 190 requests per 10 s, as HubSpot grants private apps.
         "portals": [{"hub_id": PORTAL, "plan": "professional", "burst_per_10s": burst}],
@@ -52,7 +54,8 @@ async def run(rate: int, seconds: float, records: int, burst: int, coalesce_ms: 
         "mapper": {"HUBSYNC_MAPPER_COALESCE_WINDOW_MS": str(coalesce_ms)},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        async with Suite(Path(tmp), sandbox_config=sandbox, extra_env=extra_env) as suite:
+        where = workdir or Path(tmp)
+        async with Suite(where, sandbox_config=sandbox, extra_env=extra_env) as suite:
             await connect_sandbox_portal(suite)
             async with httpx.AsyncClient(
                 base_url=suite.sandbox_url, timeout=30, limits=httpx.Limits(max_connections=32)
@@ -159,8 +162,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000, help="contacts the edits rotate over")
     parser.add_argument("--burst", type=int, default=190, help="the portal's requests per 10 s")
     parser.add_argument("--coalesce-ms", type=int, default=50, help="mapper's coalesce window")
+    parser.add_argument("--workdir", type=Path, help="keep the suite's logs here (default: a temporary dir)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.rate, args.seconds, args.records, args.burst, args.coalesce_ms))
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(
+        run(args.rate, args.seconds, args.records, args.burst, args.coalesce_ms, args.workdir)
+    )
     result["command"] = " ".join([".venv/bin/python bench/suite/latency_bench.py", *sys.argv[1:]])
     result["machine"] = f"{platform.machine()}, python {platform.python_version()}"
     print(json.dumps(result, indent=2))

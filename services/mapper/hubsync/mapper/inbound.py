@@ -145,6 +145,8 @@ class InboundWorker:
         self._streams: dict[str, str] = {}  # stream key → portal
         self.batches = 0
         self.stopping = False
+        # The batch being hydrated and published while the next one is read and coalesced.
+        self._processing: asyncio.Task[None] | None = None
 
     async def serve(self) -> None:
         """Runs :meth:`run` until cancelled, and makes sure it stops.
@@ -165,6 +167,23 @@ class InboundWorker:
 
     async def run(self) -> None:
         """Consumes until cancelled; a failing batch is retried by the visibility timeout."""
+        try:
+            await self._run()
+        finally:
+            task, self._processing = self._processing, None
+            if task is not None:
+                task.cancel()
+                # its entries stay pending: another consumer (or this one, restarted) reclaims them
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _drain(self) -> None:
+        """Waits for the batch in flight; its failure surfaces here."""
+        task, self._processing = self._processing, None
+        if task is not None:
+            await task
+
+    async def _run(self) -> None:
         next_discover = 0.0
         next_claim = 0.0
         next_lag = 0.0
@@ -182,6 +201,7 @@ class InboundWorker:
                     for key, portal in list(self._streams.items()):
                         claimed = await self._claim(key)
                         if claimed:
+                            await self._drain()
                             await self.process(portal, key, claimed)
                 if not self._streams:
                     await asyncio.sleep(0.1)
@@ -237,11 +257,17 @@ class InboundWorker:
         for key_raw, entries in reply:
             key = key_raw.decode() if isinstance(key_raw, bytes) else key_raw
             by_key.setdefault(key, []).extend(entries)
-        count = 0
+        # One batch in flight at a time, so a record's changes are published in order; the next
+        # batch is read and coalesced while this one is hydrated (its window costs no latency).
+        try:
+            await self._drain()  # a failure of the previous batch is reported to the loop...
+        finally:  # ...and this batch still goes ahead (the failed one's entries stay pending)
+            self._processing = asyncio.create_task(self._process_all(by_key), name="mapper-inbound-batch")
+        return sum(len(entries) for entries in by_key.values())
+
+    async def _process_all(self, by_key: dict[str, list[tuple[bytes, dict[bytes, bytes]]]]) -> None:
         for key, entries in by_key.items():
-            count += len(entries)
             await self.process(self._streams[key], key, entries)
-        return count
 
     async def process(self, portal: str, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Turns one portal's entries into feed changes and acks them, atomically."""
