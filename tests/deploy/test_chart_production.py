@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from hubsync.core.grpcserver import LIVENESS_SERVICE
 from tests.deploy.chart import (
     COMPONENTS,
     NAMESPACE,
@@ -44,6 +45,10 @@ def test_native_grpc_probes(prod: Rendered, component: str) -> None:
     grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == grpc_port, f"{component}: {probe}"
+    # readiness follows Redis (the overall status); liveness asks for the process only, so a
+    # Redis outage takes pods out of service without restarting them
+    assert "service" not in c["readinessProbe"]["grpc"]
+    assert c["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

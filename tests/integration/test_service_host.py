@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.errors import FailedPrecondition, error_info
-from hubsync.core.grpcserver import ServiceHost, redis_probe
+from hubsync.core.grpcserver import LIVENESS_SERVICE, ServiceHost, redis_probe
 
 SERVICE = "hubsync.api.auth.v1.AuthService"
 
@@ -132,6 +132,9 @@ async def test_health_follows_redis(redis_process, caller_tokens) -> None:  # ty
                 if status == health_pb2.HealthCheckResponse.NOT_SERVING:
                     break
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # ...while the liveness service stays SERVING: an outage must not restart the pods
+            live = await health.Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE))
+            assert live.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await host.stop()
         await client.aclose()

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 HealthProbe = Callable[[], Awaitable[bool]]
 
 
+# The health "service" the liveness probe asks for: SERVING while the process serves, whatever
+# Redis does. The overall status ("") and each API service follow Redis (readiness).
+LIVENESS_SERVICE = "hubsync.liveness"
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns :class:`HubsyncError` into a rich status; anything unexpected into INTERNAL."""
 
@@ -152,6 +157,9 @@ class ServiceHost:
             return False
 
     async def _set_all(self, serving: bool) -> None:
+        # Liveness is the process answering at all: a Redis outage makes the pod unready (no
+        # traffic) but must not make Kubernetes restart every pod of every service at once.
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )

@@ -95,8 +95,10 @@ spec:
               port: {{ $ports.grpc | int }}
             {{- toYaml $c.probes.readiness | nindent 12 }}
           livenessProbe:
+            # the process answers, whatever Redis does (readiness follows Redis)
             grpc:
               port: {{ $ports.grpc | int }}
+              service: hubsync.liveness
             {{- toYaml $c.probes.liveness | nindent 12 }}
           resources:
             {{- toYaml $c.resources | nindent 12 }}
