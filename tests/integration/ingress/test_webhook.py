@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
@@ -63,15 +64,41 @@ async def test_signed_batch_is_enqueued_with_trace_context(ingress, redis: Redis
     assert fields[b"origin"] == b"webhook" and int(fields[b"accepted_ms"]) > 0
     assert fields[b"traceparent"].startswith(b"00-")
     assert await redis.smembers("hubsync:portals") == {str(PORTAL).encode()}
-    spans = {s.name: s for s in exporter.get_finished_spans()}
-    enqueue = spans["ingress.enqueue"]
-    attributes: Any = enqueue.attributes
+    # one server span per request: the stored trace context is that span's
+    [server] = [s for s in exporter.get_finished_spans() if s.name == "POST /webhooks/hubspot"]
+    assert server.kind.name == "SERVER"
+    attributes: Any = server.attributes
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["url.path"] == "/webhooks/hubspot"
+    assert attributes["http.response.status_code"] == 200
     assert attributes["hubsync.portal_id"] == PORTAL
+    assert attributes["hubsync.event_count"] == 2
     assert list(attributes["hubsync.object_id"]) == [1, 2]
-    server = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
-    assert server and enqueue.parent is not None and enqueue.parent.span_id == server[0].context.span_id
-    trace_id = format(enqueue.context.trace_id, "032x")
-    assert fields[b"traceparent"].decode().split("-")[1] == trace_id
+    _version, trace_id, span_id, _flags = fields[b"traceparent"].decode().split("-")
+    assert trace_id == format(server.context.trace_id, "032x")
+    assert span_id == format(server.context.span_id, "016x")
+    assert stored[1]["_fields"][b"traceparent"] == fields[b"traceparent"]
+
+
+async def test_callers_trace_context_is_continued(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+    exporter = InMemorySpanExporter()
+    setup_tracing("hubsync-ingress", exporter)
+    base, _ = ingress
+    body = json.dumps([event(object_id=5)]).encode()
+    url = f"{base}/webhooks/hubspot"
+    # the caller's trace (httpx is instrumented here: its client span is the server span's parent)
+    caller = trace.NonRecordingSpan(
+        trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, trace.TraceFlags(1))
+    )
+    with trace.use_span(caller):
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(url, content=body, headers=v3_headers(TEST_SECRET, url, body))
+    assert reply.status_code == 200
+    [server] = [s for s in exporter.get_finished_spans() if s.name == "POST /webhooks/hubspot"]
+    assert server.parent is not None and server.parent.is_remote
+    assert format(server.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    [fields] = [f["_fields"] for f in await stream_events(redis)]
+    assert fields[b"traceparent"].decode().split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
 
 
 async def test_same_batch_five_times_is_enqueued_once(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import os
 
 from hubsync.core.service import main
@@ -10,5 +11,11 @@ if os.environ.get("HUBSYNC_INGRESS_UVLOOP", "true").lower() not in ("0", "false"
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+# Everything imported so far lives as long as the process: move it out of the collector's sight.
+# Requests in flight hold spans and buffers for milliseconds, so some survive into the oldest
+# generation; each full collection then walked every module object too (bench/ingress: ~8 % of
+# the CPU under load and a ~40 ms p99 pause), and now walks only what came after this line.
+gc.freeze()
 
 main("ingress", build)

@@ -111,6 +111,9 @@ def parse_events(body: bytes) -> list[WebhookEvent]:
     if len(data) > MAX_EVENTS:
         raise PayloadRejected(f"body holds more than {MAX_EVENTS} events")
     events: list[WebhookEvent] = []
+    # One event: store it as received (its text inside the array's brackets; JSON whitespace is
+    # all ``bytes.strip`` removes) instead of serialising it again.
+    single = body.strip()[1:-1].strip() if len(data) == 1 else None
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             raise PayloadRejected(f"event {index}: must be a JSON object")
@@ -133,7 +136,7 @@ def parse_events(body: bytes) -> list[WebhookEvent]:
                 property_value=_opt_str(item, "propertyValue", index),
                 change_source=_opt_str(item, "changeSource", index),
                 source_id=_opt_str(item, "sourceId", index),
-                raw=orjson.dumps(item),
+                raw=single if single is not None else orjson.dumps(item),
                 object_type_id=_opt_str(item, "objectTypeId", index),
             )
         )

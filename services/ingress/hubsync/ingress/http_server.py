@@ -19,41 +19,57 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hubsync.ingress.webhooks import PATH as WEBHOOK_PATH
 
 log = logging.getLogger(__name__)
 
 
 def build_app(
-    webhook: Callable[[Request], Awaitable[Response]],
+    webhook: ASGIApp,
     oauth_callback: Callable[[Request], Awaitable[Response]],
     health: Callable[[], Awaitable[bool]],
     *,
     server_spans: bool = True,
 ) -> ASGIApp:
+    """``POST /webhooks/hubspot`` goes straight to ``webhook`` (it opens its own server span);
+    every other request goes through Starlette (405 for a wrong method, 404, the OAuth callback,
+    health), with the OpenTelemetry ASGI middleware's server span unless ``server_spans`` is off."""
+
     async def healthz(_request: Request) -> Response:
         if await health():
             return PlainTextResponse("ok")
         return PlainTextResponse("redis unavailable", status_code=503)
 
-    app = Starlette(
+    async def webhook_route(request: Request) -> Response:  # pragma: no cover - dispatched first
+        raise AssertionError("POST /webhooks/hubspot is dispatched before routing")
+
+    starlette = Starlette(
         routes=[
-            Route("/webhooks/hubspot", webhook, methods=["POST"]),
+            Route(WEBHOOK_PATH, webhook_route, methods=["POST"]),
             Route("/oauth/callback", oauth_callback, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
-    if not server_spans:
-        return app
-    # One server span per request; the webhook handler opens ``ingress.enqueue`` under it. No
-    # per-message receive/send spans and no generic HTTP metrics: together they cost more than
-    # the whole webhook path (ingress records its own accept metrics).
-    return OpenTelemetryMiddleware(
-        app,
-        excluded_urls="healthz",
-        exclude_spans=["receive", "send"],
-        meter_provider=NoOpMeterProvider(),
-    )
+    others: ASGIApp = starlette
+    if server_spans:
+        # No per-message receive/send spans and no generic HTTP metrics: together they cost more
+        # than the request they describe.
+        others = OpenTelemetryMiddleware(
+            starlette,
+            excluded_urls="healthz",
+            exclude_spans=["receive", "send"],
+            meter_provider=NoOpMeterProvider(),
+        )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
+            await webhook(scope, receive, send)
+        else:
+            await others(scope, receive, send)
+
+    return app
 
 
 class HttpServer:

@@ -70,7 +70,11 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         max_events=settings.commit_max_events,
     )
     webhook = WebhookEndpoint(
-        verifier, committer, max_body_bytes=settings.max_body_bytes, app_id=settings.app_id
+        verifier,
+        committer,
+        max_body_bytes=settings.max_body_bytes,
+        app_id=settings.app_id,
+        spans=settings.http_server_spans,
     )
     auth_channel = channel_for(core, core.auth_address)
     writer_channel = channel_for(core, core.writer_address)
@@ -82,7 +86,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
             return False
 
     app = build_app(
-        webhook.handle, OAuthCallback(auth_channel).handle, redis_ok, server_spans=settings.http_server_spans
+        webhook, OAuthCallback(auth_channel).handle, redis_ok, server_spans=settings.http_server_spans
     )
     http = HttpServer(app, settings.http_host, settings.http_port, core.shutdown_grace_seconds)
     try:

@@ -3,6 +3,13 @@
 Answers 200 only once Redis holds every new event; 503 (HubSpot retries) when it cannot. Every
 refusal enqueues nothing: the body is read in a bounded way, then the signature is checked before
 the body is even parsed.
+
+The endpoint is a plain ASGI callable (:class:`WebhookEndpoint`), mounted in front of Starlette
+by :func:`hubsync.ingress.http_server.build_app`: it is the hot path, and a Request/Response
+object pair, the middleware stack and the generic OpenTelemetry ASGI middleware together cost
+several times the work the endpoint itself does. It opens one server span per request itself
+(W3C ``traceparent`` extracted from the request with the global propagator); that span's context
+is what every stream entry of the request carries, so mapper's spans are its children.
 """
 
 from __future__ import annotations
@@ -10,13 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
-from opentelemetry import trace
-from starlette.requests import Request
-from starlette.responses import Response
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.types import Receive, Scope, Send
 
-from hubsync.core.telemetry import inject_fields
 from hubsync.ingress import metrics
 from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome
 from hubsync.ingress.events import PayloadRejected, WebhookEvent, parse_events
@@ -24,34 +32,81 @@ from hubsync.ingress.verifier import SignatureRejected, WebhookVerifier
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("hubsync.ingress")
-JSON = "application/json"
+_ROOT = Context()
+PATH = "/webhooks/hubspot"
+SPAN_NAME = "POST /webhooks/hubspot"
+RawHeaders = list[tuple[bytes, bytes]]
+_JSON_HEADERS: RawHeaders = [(b"content-type", b"application/json")]
+_RETRY_HEADERS: RawHeaders = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+# Metric attributes, built once (the SDK keys its aggregations by them).
+_WEBHOOK = {"origin": "webhook"}
+_WRITTEN = {"kind": "written"}
+_SOURCE = {"kind": "source"}
+_REASONS: dict[str, dict[str, str]] = {}
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-def _error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    metrics.rejected.add(1, {"reason": reason})
+class _Disconnected(Exception):
+    pass
+
+
+class _Reply:
+    """What the endpoint answers: status, JSON body, extra headers; ``reason`` for refusals."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(self, status: int, body: bytes, headers: RawHeaders, reason: str = "") -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.reason = reason
+
+
+def _error(status: int, reason: str, message: str, headers: RawHeaders = _JSON_HEADERS) -> _Reply:
+    attributes = _REASONS.get(reason)
+    if attributes is None:
+        attributes = _REASONS[reason] = {"reason": reason}
+    metrics.rejected.add(1, attributes)
     body = orjson.dumps({"status": "error", "reason": reason, "message": message})
-    return Response(body, status_code=status, media_type=JSON, headers=headers)
+    return _Reply(status, body, headers, reason)
 
 
-async def read_bounded(request: Request, limit: int) -> bytes:
+async def read_bounded(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The request body, or :class:`BodyTooLarge` as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
+    message = await receive()
+    if message["type"] != "http.request":
+        raise _Disconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+    chunks = bytearray(body)
+    while True:
         if len(chunks) > limit:
             raise BodyTooLarge
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Disconnected
+        chunks += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    if len(chunks) > limit:
+        raise BodyTooLarge
     return bytes(chunks)
 
 
 class WebhookEndpoint:
-    """The webhook handler; ``public_base_url`` is resolved once the HTTP port is known."""
+    """The webhook handler (an ASGI app); ``public_base_url`` is resolved once the port is known.
+
+    ``spans``: one server span per request (``HTTP_SERVER_SPANS``). Without it, stream entries
+    carry the caller's trace context if the request had one, else none.
+    """
 
     def __init__(
         self,
@@ -61,6 +116,7 @@ class WebhookEndpoint:
         max_body_bytes: int,
         app_id: str,
         public_base_url: str = "",
+        spans: bool = True,
     ) -> None:
         self.verifier = verifier
         self.committer = committer
@@ -68,10 +124,13 @@ class WebhookEndpoint:
         # Several ids may be ours: the public app's and a private app's (comma-separated).
         self.own_source_ids = frozenset(part.strip() for part in app_id.split(",") if part.strip())
         self.public_base_url = public_base_url
+        self.spans = spans
+        propagator = propagate.get_global_textmap()
+        # Header names the propagator reads (traceparent, tracestate, baggage by default).
+        self._trace_headers = frozenset(propagator.fields)
 
-    def public_uri(self, request: Request) -> str:
+    def public_uri(self, scope: Scope) -> str:
         """The URL HubSpot called: public base + the raw path and query as they arrived."""
-        scope = request.scope
         raw_path = scope.get("raw_path") or scope["path"].encode()
         uri = self.public_base_url + raw_path.decode("latin-1")
         query = scope.get("query_string") or b""
@@ -82,63 +141,125 @@ class WebhookEndpoint:
     def is_own_echo(self, event: WebhookEvent) -> bool:
         return event.change_source == "INTEGRATION" and event.source_id in self.own_source_ids
 
-    async def handle(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        start_ns = time.time_ns()
+        # ASGI header names are lower case; the first of a repeated header wins (as Starlette's).
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            key = name.decode("latin-1")
+            if key not in headers:
+                headers[key] = value.decode("latin-1")
         try:
-            body = await read_bounded(request, self.max_body_bytes)
+            reply, span = await self._handle(scope, receive, headers, start_ns)
+        except _Disconnected:
+            return
+        if self.spans:
+            if span is None:
+                span = self._start_span(scope, headers, start_ns, None)
+            span.set_attribute("http.response.status_code", reply.status)
+            if reply.status >= 500:
+                span.set_status(StatusCode.ERROR, reply.reason)
+            span.end()
+        if reply.status == 200:
+            metrics.accept_duration.record(time.perf_counter() - started)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": reply.status,
+                "headers": [*reply.headers, (b"content-length", str(len(reply.body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": reply.body})
+
+    def _start_span(
+        self,
+        scope: Scope,
+        headers: dict[str, str],
+        start_ns: int,
+        events: Sequence[WebhookEvent] | None,
+    ) -> trace.Span:
+        carrier = {k: v for k, v in headers.items() if k in self._trace_headers}
+        # The parent is the caller's context or none (never whatever this task happens to hold).
+        context = propagate.extract(carrier, context=_ROOT) if carrier else _ROOT
+        attributes: dict[str, Any] = {"http.request.method": "POST", "url.path": scope["path"]}
+        if events:
+            _annotate(attributes, events)
+        return _tracer.start_span(
+            SPAN_NAME, context=context, kind=SpanKind.SERVER, attributes=attributes, start_time=start_ns
+        )
+
+    def _carrier(self, span: trace.Span | None, headers: dict[str, str]) -> dict[str, str]:
+        """The W3C trace context stored with each of the request's stream entries (built once per
+        request, formatted as ``TraceContextTextMapPropagator`` would)."""
+        if span is None:
+            return {key: headers[key] for key in ("traceparent", "tracestate") if key in headers}
+        context = span.get_span_context()
+        if not context.is_valid:
+            return {}
+        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        carrier = {"traceparent": traceparent}
+        if context.trace_state:
+            carrier["tracestate"] = context.trace_state.to_header()
+        return carrier
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], start_ns: int
+    ) -> tuple[_Reply, trace.Span | None]:
+        try:
+            body = await read_bounded(receive, headers.get("content-length"), self.max_body_bytes)
         except BodyTooLarge:
-            return _error(413, "too_large", f"body exceeds {self.max_body_bytes} bytes")
+            return _error(413, "too_large", f"body exceeds {self.max_body_bytes} bytes"), None
         try:
-            self.verifier.verify(request.method, self.public_uri(request), body, request.headers)
+            self.verifier.verify("POST", self.public_uri(scope), body, headers)
         except SignatureRejected as exc:
-            return _error(401, exc.reason, str(exc))
+            return _error(401, exc.reason, str(exc)), None
         try:
             events = parse_events(body)
         except PayloadRejected as exc:
-            return _error(400, "bad_payload", str(exc))
+            return _error(400, "bad_payload", str(exc)), None
         kept = [e for e in events if not self.is_own_echo(e)]
         own_echoes = len(events) - len(kept)
         if own_echoes:
-            metrics.echoes.add(own_echoes, {"kind": "source"})
-        outcomes: Sequence[Outcome] = []
+            metrics.echoes.add(own_echoes, _SOURCE)
+        span = self._start_span(scope, headers, start_ns, events) if self.spans else None
+        outcomes: Sequence[Outcome] = ()
         if kept:
-            with _tracer.start_as_current_span("ingress.enqueue") as span:
-                _annotate(span, kept)
-                try:
-                    outcomes = await self.committer.submit(kept, inject_fields({}))
-                except EnqueueFailed as exc:
-                    span.set_status(trace.StatusCode.ERROR, str(exc))
+            try:
+                outcomes = await self.committer.submit(kept, self._carrier(span, headers))
+            except EnqueueFailed as exc:
+                if span is not None:
+                    with trace.use_span(span, end_on_exit=False):
+                        log.warning("webhook not enqueued, answering 503: %s", exc)
+                else:
                     log.warning("webhook not enqueued, answering 503: %s", exc)
-                    return _error(
-                        503, "redis_unavailable", "events not stored; retry later", {"Retry-After": "1"}
-                    )
-        counts = [0, 0, 0]
+                reply = _error(503, "redis_unavailable", "events not stored; retry later", _RETRY_HEADERS)
+                return reply, span
+        accepted = duplicates = echoes = 0
         for outcome in outcomes:
-            counts[outcome] += 1
-        if counts[Outcome.ACCEPTED]:
-            metrics.accepted.add(counts[Outcome.ACCEPTED], {"origin": "webhook"})
-        if counts[Outcome.DUPLICATE]:
-            metrics.duplicates.add(counts[Outcome.DUPLICATE])
-        if counts[Outcome.ECHO]:
-            metrics.echoes.add(counts[Outcome.ECHO], {"kind": "written"})
-        metrics.accept_duration.record(time.perf_counter() - started)
-        reply = {
-            "accepted": counts[Outcome.ACCEPTED],
-            "duplicates": counts[Outcome.DUPLICATE],
-            "echoes": counts[Outcome.ECHO] + own_echoes,
-        }
-        return Response(orjson.dumps(reply), media_type=JSON)
+            if outcome is Outcome.ACCEPTED:
+                accepted += 1
+            elif outcome is Outcome.DUPLICATE:
+                duplicates += 1
+            else:
+                echoes += 1
+        if accepted:
+            metrics.accepted.add(accepted, _WEBHOOK)
+        if duplicates:
+            metrics.duplicates.add(duplicates)
+        if echoes:
+            metrics.echoes.add(echoes, _WRITTEN)
+        body = b'{"accepted":%d,"duplicates":%d,"echoes":%d}' % (accepted, duplicates, echoes + own_echoes)
+        return _Reply(200, body, _JSON_HEADERS), span
 
 
-def _annotate(span: trace.Span, events: Sequence[WebhookEvent]) -> None:
-    if not span.is_recording():
-        return
+def _annotate(attributes: dict[str, Any], events: Sequence[WebhookEvent]) -> None:
     first = events[0]
-    span.set_attribute("hubsync.portal_id", first.portal_id)
-    span.set_attribute("hubsync.event_count", len(events))
+    attributes["hubsync.portal_id"] = first.portal_id
+    attributes["hubsync.event_count"] = len(events)
     if len(events) == 1:
-        span.set_attribute("hubsync.event_id", first.event_id)
-        span.set_attribute("hubsync.object_id", first.object_id)
+        attributes["hubsync.event_id"] = first.event_id
+        attributes["hubsync.object_id"] = first.object_id
     else:
-        span.set_attribute("hubsync.event_id", [e.event_id for e in events])
-        span.set_attribute("hubsync.object_id", [e.object_id for e in events])
+        attributes["hubsync.event_id"] = [e.event_id for e in events]
+        attributes["hubsync.object_id"] = [e.object_id for e in events]
