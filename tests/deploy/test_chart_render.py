@@ -121,8 +121,11 @@ def test_services_find_each_other_and_their_settings(values_file: str) -> None:
         assert env["OTEL_SERVICE_NAME"]["value"] == f"hubsync-{component}"
         for peer in COMPONENTS:
             host, port = env[f"HUBSYNC_{peer.upper()}_ADDRESS"]["value"].rsplit(":", 1)
-            service = services[object_name(peer)]
-            assert host == f"{object_name(peer)}.{NAMESPACE}.svc"
+            # the headless Service: DNS gives every pod, the clients' round_robin uses them all
+            service = services[f"{object_name(peer)}-grpc"]
+            assert service["spec"]["clusterIP"] == "None"
+            assert service["spec"]["selector"] == services[object_name(peer)]["spec"]["selector"]
+            assert host == f"{object_name(peer)}-grpc.{NAMESPACE}.svc"
             assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}
         # A Redis connection in every combination: a URL, or Sentinel's pair of variables.
         assert "HUBSYNC_REDIS_URL" in env or {
@@ -219,24 +222,11 @@ def test_external_redis_with_tls_and_password() -> None:
     assert not rendered.of_kind("ScaledObject")
 
 
-def test_redis_cluster_with_keda() -> None:
+def test_redis_cluster_is_refused() -> None:
+    """Redis Cluster is not supported (multi-portal XREADGROUP spans slots): the schema says so."""
     from tests.deploy.chart import render_values
 
     values = load_values(CHART_DIR / "ci" / "external-redis-values.yaml")
-    values["redis"] = {**values["redis"], "url": "rediss://redis-cluster.redis.svc:6379", "cluster": True}
-    values["keda"] = {"enabled": True}
-    for component, suffix in (("mapper", "events"), ("writer", "writes")):
-        stream = {"stream": f"hubsync:{{42}}:{suffix}", "consumerGroup": component, "lagCount": 50}
-        values.setdefault("components", {})[component] = {"autoscaling": {"streams": [stream]}}
-    rendered = render_values(values)
-    assert env_of(rendered, "writer")["HUBSYNC_REDIS_CLUSTER"]["value"] == "true"
-    for component in ("mapper", "writer"):
-        (trigger,) = rendered.get("ScaledObject", object_name(component))["spec"]["triggers"]
-        assert trigger["type"] == "redis-cluster-streams"
-        assert trigger["metadata"]["addresses"] == "redis-cluster.redis.svc:6379"
-        assert trigger["metadata"]["enableTLS"] == "true"
-        assert trigger["metadata"]["lagCount"] == "50"
-        assert "pendingEntriesCount" not in trigger["metadata"]
-        jsonschema.Draft202012Validator(crd_schemas.SCALED_OBJECT).validate(
-            rendered.get("ScaledObject", object_name(component))
-        )
+    values["redis"] = {**values["redis"], "cluster": True}
+    with pytest.raises(Exception, match="cluster"):
+        render_values(values)

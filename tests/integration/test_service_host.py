@@ -140,3 +140,42 @@ async def test_health_follows_redis(redis_process, caller_tokens) -> None:  # ty
         await client.aclose()
         own.stop()
     _ = empty_pb2
+
+
+class _Counting(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, name: str, seen: list[str]) -> None:
+        self.name = name
+        self.seen = seen
+
+    async def GetConnection(self, request, context):  # type: ignore[no-untyped-def]
+        self.seen.append(self.name)
+        return auth_pb2.GetConnectionResponse(connection=auth_pb2.Connection(portal_id=request.portal_id))
+
+
+async def test_calls_spread_over_every_replica(caller_tokens: dict[str, str]) -> None:
+    """A name with several addresses (a headless Service's pods) gets calls round-robin, not
+    all on the first connection."""
+    seen: list[str] = []
+    hosts = []
+    for name in ("a", "b"):
+        servicer = _Counting(name, seen)  # type: ignore[abstract]
+        hosts.append(
+            ServiceHost(
+                name,
+                [SERVICE],
+                lambda server, s=servicer: auth_pb2_grpc.add_AuthServiceServicer_to_server(s, server),  # type: ignore[misc]
+                callers=caller_tokens,
+                max_connection_age_s=60,
+            )
+        )
+    ports = [await h.start("127.0.0.1:0") for h in hosts]
+    try:
+        address = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        async with open_channel(address, caller_tokens["cli"]) as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            for i in range(20):
+                await stub.GetConnection(auth_pb2.GetConnectionRequest(portal_id=i + 1), timeout=5)
+        assert seen.count("a") >= 5 and seen.count("b") >= 5, seen
+    finally:
+        for h in hosts:
+            await h.stop()

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from hubsync.core.callers import CallerCredentials, CallerStreamCredentials
 from hubsync.core.settings import CoreSettings
+
+# Calls spread over every address the name resolves to (in Kubernetes, a headless Service's pod
+# IPs), not pinned to one pod for the life of the HTTP/2 connection; servers end connections
+# after a while (``HUBSYNC_GRPC_MAX_CONNECTION_AGE_SECONDS``), so clients resolve again and find
+# new pods after a scale-out.
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def target(address: str) -> str:
+    """``host:port`` → ``dns:///host:port`` (every A record, re-resolved on reconnect)."""
+    return (
+        address
+        if "://" in address or address.startswith(("dns:", "unix:", "ipv4:", "ipv6:"))
+        else f"dns:///{address}"
+    )
 
 
 def open_channel(address: str, token: str | None = None) -> grpc.aio.Channel:
@@ -15,9 +32,12 @@ def open_channel(address: str, token: str | None = None) -> grpc.aio.Channel:
     if token:
         interceptors += [CallerCredentials(token), CallerStreamCredentials(token)]
     return grpc.aio.insecure_channel(
-        address,
+        target(address),
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.service_config", _SERVICE_CONFIG),
+        ],
     )
 
 

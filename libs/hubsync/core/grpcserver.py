@@ -110,19 +110,25 @@ class ServiceHost:
         health_probe: HealthProbe | None = None,
         grace_seconds: float = 10.0,
         probe_interval: float = 2.0,
+        max_connection_age_s: float = 0.0,
     ) -> None:
         self.name = name
         self.service_names = list(service_names)
         registry = CallerRegistry(callers or {})
         if not registry.enabled:
             log.warning("no caller credentials configured: gRPC calls are not authenticated")
+        options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+        if max_connection_age_s:
+            # GOAWAY after this age makes clients reconnect and re-resolve; no grace limit, so
+            # streams in flight (a Subscribe) run on until they end.
+            options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))
         self.server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(),
                 CallerAuthInterceptor(registry, policy),
                 ErrorMappingInterceptor(),
             ],
-            options=[("grpc.so_reuseport", 0)],
+            options=options,
         )
         register(self.server)
         self.health = health.aio.HealthServicer()

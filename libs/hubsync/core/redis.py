@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 
 from hubsync.core.settings import CoreSettings
 
 
 def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> Redis:
-    """Returns a client for ``settings.redis_url`` (password from ``HUBSYNC_REDIS_PASSWORD``)."""
+    """Returns a client for ``settings.redis_url`` (password from ``HUBSYNC_REDIS_PASSWORD``), or,
+    with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover).
+    """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return Redis.from_url(
-        settings.redis_url,
-        password=password,
-        decode_responses=decode_responses,
-        health_check_interval=10,
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        retry_on_timeout=False,
-    )
+    options: dict[str, Any] = {
+        "password": password,
+        "decode_responses": decode_responses,
+        "health_check_interval": 10,
+        "socket_connect_timeout": 2.0,
+        "socket_timeout": 5.0,
+        "retry_on_timeout": False,
+    }
+    sentinels = settings.sentinel_addresses()
+    if sentinels:
+        db = int(urlsplit(settings.redis_url).path.lstrip("/") or 0)
+        sentinel = Sentinel(sentinels, socket_connect_timeout=2.0, socket_timeout=2.0)
+        return sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis, db=db, **options)
+    return Redis.from_url(settings.redis_url, **options)
 
 
 def portal_key(portal_id: int | str, *parts: str) -> str:

@@ -86,6 +86,7 @@ async def start_service(
         policy=spec.policy,
         health_probe=redis_probe(redis),
         grace_seconds=core.shutdown_grace_seconds,
+        max_connection_age_s=core.grpc_max_connection_age_seconds,
     )
     if port is None:
         port = core.grpc_port if core.grpc_port is not None else spec.port

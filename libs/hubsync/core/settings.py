@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,11 @@ class CoreSettings(BaseSettings):
     log_level: str = "INFO"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
+    # Redis Sentinel: "host:port,host:port" and the monitored master's name. When set, clients
+    # find the master through the sentinels (and follow a failover); redis_url then only gives
+    # the database number.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = ""
     # This service's identity towards the others, and the credential it presents.
     caller_name: str = ""
     # JSON file {"<caller>": "<token>"}: the per-caller credentials of the whole suite.
@@ -48,6 +53,9 @@ class CoreSettings(BaseSettings):
     hubspot_api_base: str = "https://api.hubapi.com"
     # Seconds a stopping server gives in-flight calls to finish.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # A server asks clients to reconnect after this long (0: never), so they resolve the service
+    # name again and spread calls over pods added since; calls in flight are not cut.
+    grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
 
     @field_validator("log_level")
     @classmethod
@@ -63,6 +71,28 @@ class CoreSettings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_list(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            host, _, port = part.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{part!r}: each sentinel must be host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_pair(self) -> CoreSettings:
+        if bool(self.sentinel_addresses()) != bool(self.redis_sentinel_master):
+            raise ValueError("HUBSYNC_REDIS_SENTINELS and HUBSYNC_REDIS_SENTINEL_MASTER must be set together")
+        return self
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        pairs = []
+        for part in filter(None, (p.strip() for p in self.redis_sentinels.split(","))):
+            host, _, port = part.rpartition(":")
+            pairs.append((host, int(port)))
+        return pairs
 
     @field_validator("hubspot_api_base")
     @classmethod

@@ -87,7 +87,7 @@ lets a component set `false`, `0` or "" over a default. Lists are replaced, not 
 {{/* gRPC address of a service inside the cluster. Takes (list $ "writer"). */}}
 {{- define "hubsync.address" -}}
 {{- $root := index . 0 -}}
-{{- printf "%s.%s.svc:%d" (include "hubsync.objectName" .) $root.Release.Namespace (int $root.Values.ports.grpc) -}}
+{{- printf "%s-grpc.%s.svc:%d" (include "hubsync.objectName" .) $root.Release.Namespace (int $root.Values.ports.grpc) -}}
 {{- end -}}
 
 {{- define "hubsync.serviceAccountName" -}}
@@ -146,9 +146,6 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- end -}}
 {{- if and .Values.redis.sentinel.enabled (not .Values.redis.sentinel.sentinels) -}}
 {{- fail "redis.sentinel.sentinels: list host:port of each sentinel" -}}
-{{- end -}}
-{{- if and .Values.redis.sentinel.enabled .Values.redis.cluster -}}
-{{- fail "redis: sentinel and cluster are exclusive" -}}
 {{- end -}}
 {{- if and .Values.components.auth.enabled (not .Values.auth.keyring.existingSecret) (not .Values.auth.keyring.keys) -}}
 {{- fail "auth.keyring: set existingSecret, or active + keys (see docs/operations.md, rotating the encryption key)" -}}

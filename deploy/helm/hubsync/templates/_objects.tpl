@@ -224,10 +224,6 @@ spec:
 - name: HUBSYNC_REDIS_SENTINEL_MASTER
   value: {{ $v.redis.sentinel.master | quote }}
 {{- end }}
-{{- if $v.redis.cluster }}
-- name: HUBSYNC_REDIS_CLUSTER
-  value: "true"
-{{- end }}
 {{- if include "hubsync.redisPasswordSet" $root }}
 - name: HUBSYNC_REDIS_PASSWORD
   valueFrom:
@@ -354,6 +350,32 @@ spec:
     {{- end }}
 {{- end -}}
 
+{{- /* Headless: DNS answers every ready pod's IP, so the other components' gRPC clients
+(round_robin) spread their calls over all replicas instead of pinning one HTTP/2 connection
+to one pod. Servers end connections after grpcMaxConnectionAgeSeconds, so clients re-resolve
+and reach pods added by the autoscaler. */ -}}
+{{- define "hubsync.peerService" -}}
+{{- $root := .root -}}
+{{- $name := .name -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "hubsync.objectName" (list $root $name) }}-grpc
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "hubsync.componentLabels" (list $root $name) | nindent 4 }}
+spec:
+  clusterIP: None
+  selector:
+    {{- include "hubsync.selectorLabels" (list $root $name) | nindent 4 }}
+  ports:
+    - name: grpc
+      port: {{ $root.Values.ports.grpc | int }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: kubernetes.io/h2c
+{{- end -}}
+
 {{- define "hubsync.serviceAccount" -}}
 {{- if .c.serviceAccount.create -}}
 apiVersion: v1
@@ -417,8 +439,6 @@ spec:
 {{- if $v.redis.sentinel.enabled }}
 addresses: {{ join "," $v.redis.sentinel.sentinels | quote }}
 sentinelMaster: {{ $v.redis.sentinel.master | quote }}
-{{- else if $v.redis.cluster }}
-addresses: {{ $url.host | quote }}
 {{- else }}
 address: {{ $url.host | quote }}
 {{- $db := trimPrefix "/" $url.path }}
@@ -435,7 +455,7 @@ enableTLS: "true"
 {{- $root := .root -}}
 {{- $a := .c.autoscaling -}}
 {{- $type := "redis-streams" -}}
-{{- if $root.Values.redis.sentinel.enabled }}{{ $type = "redis-sentinel-streams" }}{{ else if $root.Values.redis.cluster }}{{ $type = "redis-cluster-streams" }}{{ end -}}
+{{- if $root.Values.redis.sentinel.enabled }}{{ $type = "redis-sentinel-streams" }}{{ end -}}
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:

@@ -1,0 +1,75 @@
+"""Services reach Redis through Sentinel: a real redis-server master and a real sentinel
+(the same binary in sentinel mode) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hubsync.core.devredis import RedisProcess, free_port, redis_server_binary
+from hubsync.core.redis import create_redis
+from hubsync.core.settings import CoreSettings
+
+
+@pytest.fixture
+def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisProcess, int]]:
+    master = RedisProcess(tmp_path / "master").start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"  # sentinel rewrites its own config: a writable file
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor hubsync-main 127.0.0.1 {master.port} 1\n"
+    )
+    proc = subprocess.Popen(
+        [redis_server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield master, port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        master.stop()
+
+
+async def test_client_finds_the_master_through_sentinel(sentinel_setup: tuple[RedisProcess, int]) -> None:
+    master, port = sentinel_setup
+    settings = CoreSettings(
+        redis_url="redis://ignored-host:1/3",
+        redis_sentinels=f"127.0.0.1:{port}",
+        redis_sentinel_master="hubsync-main",
+    )
+    client = create_redis(settings)
+    try:
+        for _ in range(100):  # the sentinel needs a moment to start answering
+            try:
+                await client.ping()
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        await client.xadd("hubsync:{1}:events", {"event": "x"})
+        assert await client.xlen("hubsync:{1}:events") == 1
+    finally:
+        await client.aclose()
+    # it was the master, database 3 of redis_url
+    direct = create_redis(CoreSettings(redis_url=master.url.rsplit("/", 1)[0] + "/3"))
+    try:
+        assert await direct.xlen("hubsync:{1}:events") == 1
+    finally:
+        await direct.aclose()
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"redis_sentinels": "127.0.0.1:26379"}, "must be set together"),
+        ({"redis_sentinel_master": "m"}, "must be set together"),
+        ({"redis_sentinels": "nohost", "redis_sentinel_master": "m"}, "host:port"),
+    ],
+)
+def test_bad_sentinel_settings_are_refused(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        CoreSettings(**env)  # type: ignore[arg-type]
