@@ -28,16 +28,19 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from hubsync.core.redis import portal_key
+from hubsync.ingress import metrics
 from hubsync.ingress.events import WebhookEvent
 
 PORTALS_KEY = "hubsync:portals"
+_WEBHOOK = {"origin": "webhook"}
+_WRITTEN = {"kind": "written"}
 HOUR_MS = 3_600_000
 
 # KEYS[1] the stream, then dedupe sets and written-hashes; ARGV: maxlen, ttl, accepted_ms, origin,
 # and one JSON array of events, each [set index, member, written index (0: none), property, value,
 # event, traceparent, tracestate] (one argument: packing thousands of small ones costs the client
-# more than the whole script costs Redis). Returns one outcome per event: 0 accepted,
-# 1 duplicate, 2 echo.
+# more than the whole script costs Redis). Returns one digit per event (a string: one reply to
+# parse, not one per event): 0 accepted, 1 duplicate, 2 echo.
 _ENQUEUE_LUA = """
 local maxlen = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -77,7 +80,7 @@ end
 for set, _ in pairs(touched) do
   redis.call('EXPIRE', set, ttl)
 end
-return out
+return table.concat(out)
 """
 _ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
 
@@ -86,6 +89,9 @@ class Outcome(IntEnum):
     ACCEPTED = 0
     DUPLICATE = 1
     ECHO = 2
+
+
+_OUTCOMES = (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.ECHO)
 
 
 class EnqueueFailed(Exception):
@@ -106,6 +112,8 @@ class _PortalCall:
     keys: list[str]
     index: dict[str, int]
     args: list[Any]
+    # ``hubsync:{<portal>}:``, what every key of the call starts with.
+    prefix: str
     slots: list[tuple[_Submission, int]] = field(default_factory=list)
 
     def key(self, name: str) -> int:
@@ -201,9 +209,27 @@ class EventCommitter:
                     if not sub.future.done():
                         sub.future.set_exception(failure)
                 continue
+            self._count(results)
             for sub, outcomes in results.items():
                 if not sub.future.done():
                     sub.future.set_result(outcomes)
+
+    @staticmethod
+    def _count(results: dict[_Submission, list[Outcome]]) -> None:
+        """Webhook outcomes go to the counters once per round trip, not once per request (each
+        ``add`` costs about as much as verifying a signature); the totals are the same, and they
+        are recorded before any of the round trip's requests is answered."""
+        counts = [0, 0, 0]
+        for sub, outcomes in results.items():
+            if sub.origin == "webhook":
+                for outcome in outcomes:
+                    counts[outcome] += 1
+        if counts[Outcome.ACCEPTED]:
+            metrics.accepted.add(counts[Outcome.ACCEPTED], _WEBHOOK)
+        if counts[Outcome.DUPLICATE]:
+            metrics.duplicates.add(counts[Outcome.DUPLICATE])
+        if counts[Outcome.ECHO]:
+            metrics.echoes.add(counts[Outcome.ECHO], _WRITTEN)
 
     async def _execute(self, commands: list[list[Any]], portals: list[str]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
@@ -219,14 +245,19 @@ class EventCommitter:
         return replies
 
     def _take(self) -> list[_Submission]:
-        taken: list[_Submission] = []
+        queue = self._queue
+        if self._queued_events <= self.max_events:
+            self._queue = []
+            self._queued_events = 0
+            return queue
+        taken = 0
         count = 0
-        while self._queue and (not taken or count + len(self._queue[0].events) <= self.max_events):
-            sub = self._queue.pop(0)
-            taken.append(sub)
-            count += len(sub.events)
+        while taken < len(queue) and (not taken or count + len(queue[taken].events) <= self.max_events):
+            count += len(queue[taken].events)
+            taken += 1
+        self._queue = queue[taken:]
         self._queued_events -= count
-        return taken
+        return queue[:taken]
 
     async def _commit(self, batch: list[_Submission]) -> dict[_Submission, list[Outcome]]:
         accepted_ms = str(int(time.time() * 1000))
@@ -236,14 +267,15 @@ class EventCommitter:
                 call = calls.get((event.portal_id, sub.origin))
                 if call is None:
                     stream = portal_key(event.portal_id, "events")
-                    call = calls[(event.portal_id, sub.origin)] = _PortalCall([stream], {stream: 1}, [])
+                    call = calls[(event.portal_id, sub.origin)] = _PortalCall(
+                        [stream], {stream: 1}, [], portal_key(event.portal_id, "")
+                    )
                 suffix, member = dedupe_slot(event, self.dedupe_buckets)
-                set_index = call.key(portal_key(event.portal_id, suffix))
+                set_index = call.key(call.prefix + suffix)
                 written_index = 0
                 object_type = event.object_type
                 if event.property_name is not None and event.property_value is not None and object_type:
-                    written = portal_key(event.portal_id, "written", object_type, str(event.object_id))
-                    written_index = call.key(written)
+                    written_index = call.key(f"{call.prefix}written:{object_type}:{event.object_id}")
                 call.args.append(
                     (
                         set_index,
@@ -274,6 +306,7 @@ class EventCommitter:
         self.submissions += len(batch)
         outcomes = {sub: [Outcome.ACCEPTED] * len(sub.events) for sub in batch}
         for (_key, call), reply in zip(ordered, replies, strict=False):
-            for (sub, position), code in zip(call.slots, reply, strict=True):
-                outcomes[sub][position] = Outcome(int(code))
+            codes = reply if isinstance(reply, bytes) else str(reply).encode()
+            for (sub, position), code in zip(call.slots, codes, strict=True):
+                outcomes[sub][position] = _OUTCOMES[code - 48]
         return outcomes

@@ -39,8 +39,6 @@ RawHeaders = list[tuple[bytes, bytes]]
 _JSON_HEADERS: RawHeaders = [(b"content-type", b"application/json")]
 _RETRY_HEADERS: RawHeaders = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
 # Metric attributes, built once (the SDK keys its aggregations by them).
-_WEBHOOK = {"origin": "webhook"}
-_WRITTEN = {"kind": "written"}
 _SOURCE = {"kind": "source"}
 _REASONS: dict[str, dict[str, str]] = {}
 
@@ -235,6 +233,7 @@ class WebhookEndpoint:
                     log.warning("webhook not enqueued, answering 503: %s", exc)
                 reply = _error(503, "redis_unavailable", "events not stored; retry later", _RETRY_HEADERS)
                 return reply, span
+        # The committer counts them in the metrics, once per round trip.
         accepted = duplicates = echoes = 0
         for outcome in outcomes:
             if outcome is Outcome.ACCEPTED:
@@ -243,12 +242,6 @@ class WebhookEndpoint:
                 duplicates += 1
             else:
                 echoes += 1
-        if accepted:
-            metrics.accepted.add(accepted, _WEBHOOK)
-        if duplicates:
-            metrics.duplicates.add(duplicates)
-        if echoes:
-            metrics.echoes.add(echoes, _WRITTEN)
         body = b'{"accepted":%d,"duplicates":%d,"echoes":%d}' % (accepted, duplicates, echoes + own_echoes)
         return _Reply(200, body, _JSON_HEADERS), span
 
