@@ -230,3 +230,30 @@ def test_redis_cluster_is_refused() -> None:
     values["redis"] = {**values["redis"], "cluster": True}
     with pytest.raises(Exception, match="cluster"):
         render_values(values)
+
+
+def test_each_pod_holds_only_its_own_credential() -> None:
+    """Chart-created tokens: a component's pods mount its own token and only digests of the
+    others, so a compromised mapper pod cannot call auth as writer (and read HubSpot tokens)."""
+    import base64
+    import hashlib
+    import json
+
+    rendered = render_file("external-redis-values.yaml")  # chart-created tokens, plus "billing"
+    secrets = {s["metadata"]["name"]: s for s in rendered.of_kind("Secret")}
+    everyone = json.loads(base64.b64decode(secrets["hs-hubsync-caller-tokens"]["data"]["caller-tokens.json"]))
+    assert {"auth", "ingress", "mapper", "writer", "cli", "billing"} <= set(everyone)
+    for component in COMPONENTS:
+        (volume,) = [v for v in pod_spec(rendered.get("Deployment", object_name(component)))["volumes"]
+                     if v["name"] == "caller-tokens"]  # fmt: skip
+        mounted = secrets[volume["secret"]["secretName"]]
+        held = json.loads(base64.b64decode(mounted["data"][volume["secret"]["items"][0]["key"]]))
+        assert set(held) == set(everyone)
+        for caller, token in everyone.items():
+            if caller == component:
+                assert held[caller] == token
+            else:
+                assert held[caller] == "sha256:" + hashlib.sha256(token.encode()).hexdigest(), (
+                    component,
+                    caller,
+                )

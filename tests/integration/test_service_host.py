@@ -179,3 +179,45 @@ async def test_calls_spread_over_every_replica(caller_tokens: dict[str, str]) ->
     finally:
         for h in hosts:
             await h.stop()
+
+
+async def test_a_pod_may_hold_only_digests_of_other_callers(caller_tokens: dict[str, str]) -> None:
+    """auth's pod knows writer and mapper only as sha256 digests: it still tells them apart and
+    applies the policy, and holds no credential it could present as them."""
+    from hubsync.core.callers import hashed, own_token
+
+    credentials = {"auth": caller_tokens["auth"]} | {
+        name: hashed(caller_tokens[name]) for name in ("writer", "mapper")
+    }
+    assert (
+        own_token(credentials, "writer") is None and own_token(credentials, "auth") == caller_tokens["auth"]
+    )
+    host = ServiceHost(
+        "auth",
+        [SERVICE],
+        lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(_Vault(), server),  # type: ignore[abstract]
+        callers=credentials,
+        policy={f"/{SERVICE}/GetAccessToken": ["writer"]},
+    )
+    port = await host.start("127.0.0.1:0")
+    try:
+        async with open_channel(f"127.0.0.1:{port}", caller_tokens["writer"]) as channel:
+            reply = await auth_pb2_grpc.AuthServiceStub(channel).GetAccessToken(
+                auth_pb2.GetAccessTokenRequest(portal_id=7)
+            )
+            assert reply.access_token == "t"
+        async with open_channel(f"127.0.0.1:{port}", caller_tokens["mapper"]) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await auth_pb2_grpc.AuthServiceStub(channel).GetAccessToken(
+                    auth_pb2.GetAccessTokenRequest(portal_id=7)
+                )
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # the digest itself is not a credential
+        async with open_channel(f"127.0.0.1:{port}", credentials["writer"]) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await auth_pb2_grpc.AuthServiceStub(channel).GetConnection(
+                    auth_pb2.GetConnectionRequest(portal_id=7)
+                )
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await host.stop()

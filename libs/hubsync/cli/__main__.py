@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hubsync.core.callers import own_token
 from hubsync.core.channels import open_channel
 from hubsync.core.settings import CoreSettings, load_settings
 
@@ -179,7 +180,7 @@ def _print_endpoints(suite: Any, health: dict[str, str]) -> None:
 
 def _settings() -> tuple[CoreSettings, str | None]:
     core = load_settings(CoreSettings)
-    token = os.environ.get("HUBSYNC_CLI_TOKEN") or core.caller_credentials().get("cli")
+    token = os.environ.get("HUBSYNC_CLI_TOKEN") or own_token(core.caller_credentials(), "cli")
     return core, token
 
 

@@ -26,15 +26,37 @@ current_caller: contextvars.ContextVar[str] = contextvars.ContextVar("hubsync_ca
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+HASHED = "sha256:"
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def _known_digest(value: str) -> bytes:
+    """A configured credential: the token itself, or ``sha256:<hex>`` of it (verify-only)."""
+    if value.startswith(HASHED):
+        return bytes.fromhex(value[len(HASHED) :])
+    return _digest(value)
+
+
+def hashed(token: str) -> str:
+    """The verify-only form of a token (``sha256:<hex>``), for pods that must not present it."""
+    return HASHED + hashlib.sha256(token.encode()).hexdigest()
+
+
+def own_token(credentials: Mapping[str, str], caller: str) -> str | None:
+    """The token ``caller`` presents, when its entry is a token (not a digest)."""
+    value = credentials.get(caller)
+    return value if value and not value.startswith(HASHED) else None
+
+
 class CallerRegistry:
-    """Maps a presented token to the caller it belongs to."""
+    """Maps a presented token to the caller it belongs to. Entries may be tokens or, so that a
+    pod holds no other caller's credential, their digests (``sha256:<hex>``)."""
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._digests = [(name, _digest(token)) for name, token in tokens.items()]
+        self._digests = [(name, _known_digest(value)) for name, value in tokens.items()]
 
     @property
     def enabled(self) -> bool:

@@ -7,7 +7,7 @@ import json
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from hubsync.core.callers import CallerCredentials, CallerStreamCredentials
+from hubsync.core.callers import CallerCredentials, CallerStreamCredentials, own_token
 from hubsync.core.settings import CoreSettings
 
 # Calls spread over every address the name resolves to (in Kubernetes, a headless Service's pod
@@ -43,5 +43,5 @@ def open_channel(address: str, token: str | None = None) -> grpc.aio.Channel:
 
 def channel_for(settings: CoreSettings, address: str) -> grpc.aio.Channel:
     """A channel presenting this service's own credential (``HUBSYNC_CALLER_NAME``)."""
-    token = settings.caller_credentials().get(settings.caller_name) if settings.caller_name else None
+    token = own_token(settings.caller_credentials(), settings.caller_name) if settings.caller_name else None
     return open_channel(address, token)

@@ -8,6 +8,7 @@ Each service declares one pydantic-settings class with its own ``env_prefix``
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -115,6 +116,9 @@ class CoreSettings(BaseSettings):
             isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
         ):
             raise ValueError("caller tokens must be a JSON object of non-empty strings")
+        for name, value in data.items():
+            if value.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+                raise ValueError(f"caller {name!r}: a digest must be sha256: and 64 hex digits")
         return data
 
 

@@ -101,6 +101,17 @@ lets a component set `false`, `0` or "" over a default. Lists are replaced, not 
 {{- end -}}
 
 {{/* Secret names: the operator's existing Secret or the one the chart creates. */}}
+{{/* The credentials a component's pods mount: with chart-created tokens, its own Secret (its
+token, the others' digests); with callerTokens.existingSecret, that Secret. Takes (list $ name). */}}
+{{- define "hubsync.componentCredentialsSecret" -}}
+{{- $root := index . 0 -}}
+{{- if $root.Values.callerTokens.existingSecret -}}
+{{- $root.Values.callerTokens.existingSecret -}}
+{{- else -}}
+{{- include "hubsync.objectName" . }}-credentials
+{{- end -}}
+{{- end -}}
+
 {{- define "hubsync.callerTokensSecret" -}}
 {{- default (include "hubsync.objectName" (list . "caller-tokens")) .Values.callerTokens.existingSecret -}}
 {{- end -}}

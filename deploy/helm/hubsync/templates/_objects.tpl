@@ -131,9 +131,9 @@ spec:
             sizeLimit: {{ $c.tmpSizeLimit }}
         - name: caller-tokens
           secret:
-            secretName: {{ include "hubsync.callerTokensSecret" $root }}
+            secretName: {{ include "hubsync.componentCredentialsSecret" (list $root $name) }}
             items:
-              - key: {{ $root.Values.callerTokens.key }}
+              - key: {{ if $root.Values.callerTokens.existingSecret }}{{ $root.Values.callerTokens.key }}{{ else }}caller-tokens.json{{ end }}
                 path: caller-tokens.json
         {{- if eq $name "auth" }}
         - name: keyring
