@@ -61,8 +61,8 @@ def test_full_jitter_stays_within_the_cap(attempt: int) -> None:
 async def test_circuit_opens_fails_fast_then_probes() -> None:
     breaker = CircuitBreaker(1, threshold=2, open_s=0.05)
     assert await breaker.admit() is False
-    breaker.record(False, False)
-    breaker.record(False, False)
+    await breaker.record(False, False)
+    await breaker.record(False, False)
     assert breaker.state == CircuitState.OPEN
     with pytest.raises(Unavailable):
         await breaker.admit()
@@ -71,7 +71,7 @@ async def test_circuit_opens_fails_fast_then_probes() -> None:
     assert await breaker.admit() is True  # the probe
     with pytest.raises(Unavailable):
         await breaker.admit()  # only one probe at a time
-    breaker.record(True, True)
+    await breaker.record(True, True)
     assert breaker.state == CircuitState.CLOSED
 
 

@@ -2,19 +2,28 @@
 
 Closed: requests flow. After ``threshold`` consecutive failures (5xx, timeouts) it opens: calls
 fail fast with UNAVAILABLE for ``open_s``; then it is half-open and lets one probe through;
-the probe's success closes it, its failure opens it again. Each replica keeps its own breaker
-(a replica that sees HubSpot failing stops on its own; the quota is shared anyway).
+the probe's success closes it, its failure opens it again.
+
+With Redis the breaker is shared by every writer replica: the replica that opens it stores
+``hubsync:{<portal>}:circuit:open`` (expiring when the probe is due), the others see it before
+their next call and fail fast too; when it expires one replica wins ``...:circuit:probe`` (SET NX)
+and sends the single probe; its success deletes both keys. An outage thus costs the portal's
+quota ``threshold`` failed calls plus one probe per ``open_s``, not that much per replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from enum import IntEnum
+from typing import Any
 
 from opentelemetry import metrics
+from redis.exceptions import RedisError
 
 from hubsync.core.errors import Unavailable
+from hubsync.core.redis import portal_key
 
 _state_gauge = metrics.get_meter("hubsync.writer").create_gauge(
     "hubsync.circuit.state", description="Circuit breaker per portal: 1 closed, 2 open, 3 half-open"
@@ -31,14 +40,17 @@ class CircuitState(IntEnum):
 class CircuitBreaker:
     """One portal's breaker."""
 
-    def __init__(self, portal_id: int, threshold: int, open_s: float) -> None:
+    def __init__(self, portal_id: int, threshold: int, open_s: float, redis: Any = None) -> None:
         self.portal_id = portal_id
         self.threshold = threshold
         self.open_s = open_s
+        self.redis = redis
         self.failures = 0
         self.opened_at = 0.0
         self._state = CircuitState.CLOSED
         self._probe = asyncio.Lock()
+        self._open_key = portal_key(portal_id, "circuit", "open")
+        self._probe_key = portal_key(portal_id, "circuit", "probe")
 
     @property
     def state(self) -> CircuitState:
@@ -50,15 +62,19 @@ class CircuitBreaker:
         """Returns whether a call may go now (True when it is the half-open probe); while the
         circuit is open, fails fast with UNAVAILABLE and the time until the next probe, so
         queued writes stay queued and waiting callers retry later instead of burning quota."""
+        if self.redis is not None:
+            with contextlib.suppress(RedisError, OSError):  # without Redis: this replica's view
+                await self._follow_shared()
         state = self.state
         if state == CircuitState.CLOSED:
             return False
         if state == CircuitState.HALF_OPEN and not self._probe.locked():
             await self._probe.acquire()
-            if self.state != CircuitState.CLOSED:
+            if self.state != CircuitState.CLOSED and await self._win_probe():
                 return True
             self._probe.release()
-            return False
+            if self.state == CircuitState.CLOSED:
+                return False
         wait = max(self.opened_at + self.open_s - time.monotonic(), 0.1)
         raise Unavailable(
             f"HubSpot is failing for portal {self.portal_id}: circuit open",
@@ -66,7 +82,47 @@ class CircuitBreaker:
             retry_after=wait,
         )
 
-    def record(self, ok: bool, probe: bool) -> None:
+    async def _follow_shared(self) -> None:
+        """Adopts another replica's decision: open while the shared key lives; closed once a
+        probe succeeded somewhere (the key is gone and no probe is running)."""
+        left_ms, probing = await self._shared_state()
+        if left_ms > 0 and self._state != CircuitState.OPEN:
+            self.opened_at = time.monotonic() - self.open_s + left_ms / 1000
+            self._set(CircuitState.OPEN)
+        elif left_ms > 0 and self.state == CircuitState.HALF_OPEN:
+            # another replica opened it again after a failed probe
+            self.opened_at = time.monotonic() - self.open_s + left_ms / 1000
+        elif (
+            left_ms <= 0
+            and not probing
+            and self._state == CircuitState.OPEN
+            and not self._probe.locked()
+            and await self.redis.exists(self._open_key + ":closed")
+        ):
+            self.failures = 0
+            self._set(CircuitState.CLOSED)
+
+    async def _shared_state(self) -> tuple[int, bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.pttl(self._open_key)
+            pipe.exists(self._probe_key)
+            left, probing = await pipe.execute()
+        return int(left), bool(probing)
+
+    async def _win_probe(self) -> bool:
+        """One probe for all replicas: the one that sets the probe key sends it."""
+        if self.redis is None:
+            return True
+        with contextlib.suppress(RedisError, OSError):
+            return await self._set_probe()
+        return True
+
+    async def _set_probe(self) -> bool:
+        ttl_ms = int(max(self.open_s, 1.0) * 1000)
+        return bool(await self.redis.set(self._probe_key, b"1", nx=True, px=ttl_ms))
+
+    async def record(self, ok: bool, probe: bool) -> None:
+        was = self._state
         if ok:
             self.failures = 0
             self._set(CircuitState.CLOSED)
@@ -75,8 +131,26 @@ class CircuitBreaker:
             if probe or self.failures >= self.threshold:
                 self.opened_at = time.monotonic()
                 self._set(CircuitState.OPEN)
+        if self.redis is not None:
+            # the local breaker still works without Redis; health reports Redis being down
+            with contextlib.suppress(RedisError, OSError):
+                await self._share(ok, probe, was)
         if probe and self._probe.locked():
             self._probe.release()
+
+    async def _share(self, ok: bool, probe: bool, was: CircuitState) -> None:
+        open_ms = int(self.open_s * 1000)
+        if self._state == CircuitState.OPEN and (probe or was != CircuitState.OPEN):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._open_key, b"1", px=max(open_ms, 1))
+                pipe.delete(self._probe_key, self._open_key + ":closed")
+                await pipe.execute()
+        elif ok and probe:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._open_key, self._probe_key)
+                # tells replicas still holding an old "open" that a probe closed it
+                pipe.set(self._open_key + ":closed", b"1", px=max(open_ms * 4, 1000))
+                await pipe.execute()
 
     def _set(self, state: CircuitState) -> None:
         self._state = state
@@ -84,9 +158,10 @@ class CircuitBreaker:
 
 
 class CircuitBreakers:
-    def __init__(self, threshold: int, open_s: float) -> None:
+    def __init__(self, threshold: int, open_s: float, redis: Any = None) -> None:
         self.threshold = threshold
         self.open_s = open_s
+        self.redis = redis
         self._by_portal: dict[int, CircuitBreaker] = {}
 
     def portals(self) -> list[int]:
@@ -96,5 +171,7 @@ class CircuitBreakers:
     def get(self, portal_id: int) -> CircuitBreaker:
         breaker = self._by_portal.get(portal_id)
         if breaker is None:
-            breaker = self._by_portal[portal_id] = CircuitBreaker(portal_id, self.threshold, self.open_s)
+            breaker = self._by_portal[portal_id] = CircuitBreaker(
+                portal_id, self.threshold, self.open_s, self.redis
+            )
         return breaker

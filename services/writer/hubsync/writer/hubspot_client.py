@@ -151,10 +151,10 @@ class HubSpotClient:
                 )
             except BaseException:
                 if probe:
-                    breaker.record(False, probe)
+                    await breaker.record(False, probe)
                 raise
             status = response.status
-            breaker.record(status not in FAILURES, probe)
+            await breaker.record(status not in FAILURES, probe)
             await self.limiter.settle(portal_id, slot, response.headers, search=search)
             if status == 401 and not reauthorized:
                 reauthorized = True

@@ -48,7 +48,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     )
     auth_channel = channel_for(core, core.auth_address)
     tokens = AuthTokenSource(auth_pb2_grpc.AuthServiceStub(auth_channel))
-    breakers = CircuitBreakers(settings.circuit_failure_threshold, settings.circuit_open_s)
+    breakers = CircuitBreakers(settings.circuit_failure_threshold, settings.circuit_open_s, redis)
     client = HubSpotClient(
         core.hubspot_api_base,
         tokens,
