@@ -110,6 +110,12 @@ async def test_both_directions_and_one_trace(running: tuple[Suite, Collector]) -
         and "batch/read" in str(s.attributes.get("url.full", s.attributes.get("http.url", "")))
     ]
     assert http_to_sandbox, sorted((s.service, s.name, s.kind) for s in spans)
+    # the attributes docs/operations.md tells people to search by
+    (inbound,) = [s for s in spans if s.name == "mapper.inbound"]
+    assert inbound.attributes["hubsync.object_id"] == result.hubspot_id
+    assert inbound.attributes["hubsync.object_type"] == "contacts"
+    webhook = [s for s in spans if s.service == "hubsync-ingress" and s.kind == 2]  # SPAN_KIND_SERVER
+    assert webhook and str(webhook[0].attributes["hubsync.portal_id"]) == "12345"
 
 
 @pytest.mark.asyncio(loop_scope="module")

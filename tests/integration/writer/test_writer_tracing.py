@@ -39,7 +39,7 @@ async def test_a_batched_call_links_to_each_callers_trace(
         assert len(calls) == 1
         linked = {link.context.trace_id for link in calls[0].links}
         assert linked >= set(traces)
-        assert calls[0].attributes is not None and calls[0].attributes["hubspot.records"] == 3
+        assert calls[0].attributes is not None and calls[0].attributes["hubsync.records"] == 3
 
         # A queued write keeps its trace through the Redis stream.
         exporter.clear()

@@ -313,9 +313,9 @@ class InboundWorker:
             context=parent,
             links=links,
             attributes={
-                "hubspot.portal_id": portal,
-                "hubspot.object_type": change.object_type,
-                "hubspot.object_id": change.object_id,
+                "hubsync.portal_id": portal,
+                "hubsync.object_type": change.object_type,
+                "hubsync.object_id": change.object_id,
                 "hubsync.coalesced_events": max(len(change.contexts), 1),
             },
         )

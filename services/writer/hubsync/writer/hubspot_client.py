@@ -224,7 +224,7 @@ class HubSpotClient:
             f"HubSpot {method} {route}",
             kind=SpanKind.CLIENT,
             links=list(links),
-            attributes={"hubspot.portal_id": portal_id, "hubspot.records": records, "http.route": route},
+            attributes={"hubsync.portal_id": portal_id, "hubsync.records": records, "http.route": route},
         ) as span:
             content = orjson.dumps(body) if body is not None else None
             headers = {"Authorization": f"Bearer {token}"}
