@@ -1,6 +1,7 @@
 """The floor: a bare Starlette + uvicorn POST handler that reads the body and answers 200.
 
-Same HTTP stack as ingress (uvicorn with httptools on uvloop, no access log).
+Same HTTP stack and uvicorn settings as ingress's ``HttpServer`` (httptools on uvloop, no access
+log, no lifespan, no ``Server`` header, X-Forwarded-* not interpreted).
 Run: ``python bench/ingress/bare_app.py <port>``.
 """
 
@@ -32,5 +33,8 @@ if __name__ == "__main__":
         access_log=False,
         log_level="warning",
         lifespan="off",
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=30,
         backlog=2048,
     )

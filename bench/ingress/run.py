@@ -293,7 +293,7 @@ def render(meta: dict[str, Any], results: dict[str, Any]) -> str:
     mem = results["dedupe_memory"]
     lines += [
         "",
-        f"- ingress 1-event / bare: {ratio:.2f} (goal >= 0.5); without the ASGI server span "
+        f"- ingress 1-event / bare: {ratio:.2f} (goal >= 0.5); without the webhook server span "
         f"(HUBSYNC_INGRESS_HTTP_SERVER_SPANS=false): "
         f"{results['ingress_1_no_server_span']['rps'] / results['bare']['rps']:.2f}",
         f"- ingress 100-event: {results['ingress_100']['rps'] * 100:.0f} events/s (goal >= 20,000)",

@@ -39,6 +39,14 @@ class VerifiedRequest:
 class WebhookVerifier:
     """Verifies HubSpot's webhook signature headers against the public URL and the raw body."""
 
+    # Every header :meth:`verify` reads (lower case).
+    HEADERS = (
+        "x-hubspot-signature-v3",
+        "x-hubspot-request-timestamp",
+        "x-hubspot-signature",
+        "x-hubspot-signature-version",
+    )
+
     def __init__(
         self,
         secrets: Sequence[str],

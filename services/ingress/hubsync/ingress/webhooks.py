@@ -125,7 +125,11 @@ class WebhookEndpoint:
         self.spans = spans
         propagator = propagate.get_global_textmap()
         # Header names the propagator reads (traceparent, tracestate, baggage by default).
-        self._trace_headers = frozenset(propagator.fields)
+        self._trace_headers = frozenset(propagator.fields) | {"traceparent", "tracestate"}
+        self._wanted_headers = frozenset(
+            name.encode("latin-1")
+            for name in (*self._trace_headers, *WebhookVerifier.HEADERS, "content-length")
+        )
 
     def public_uri(self, scope: Scope) -> str:
         """The URL HubSpot called: public base + the raw path and query as they arrived."""
@@ -142,12 +146,15 @@ class WebhookEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         start_ns = time.time_ns()
-        # ASGI header names are lower case; the first of a repeated header wins (as Starlette's).
+        # Only the headers the endpoint reads, decoded once. ASGI header names are lower case;
+        # the first of a repeated header wins (as with Starlette's Headers).
         headers: dict[str, str] = {}
+        wanted = self._wanted_headers
         for name, value in scope["headers"]:
-            key = name.decode("latin-1")
-            if key not in headers:
-                headers[key] = value.decode("latin-1")
+            if name in wanted:
+                key = name.decode("latin-1")
+                if key not in headers:
+                    headers[key] = value.decode("latin-1")
         try:
             reply, span = await self._handle(scope, receive, headers, start_ns)
         except _Disconnected:
