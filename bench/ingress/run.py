@@ -228,6 +228,12 @@ def main() -> None:
         scenarios: tuple[tuple[str, int, int, dict[str, str]], ...] = (
             ("ingress_1", 1, 150_000, {}),
             ("ingress_1_no_server_span", 1, 150_000, {"HUBSYNC_INGRESS_HTTP_SERVER_SPANS": "false"}),
+            (
+                "ingress_1_sampled_10pct",
+                1,
+                150_000,
+                {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            ),
             ("ingress_100", 100, 4_000, {}),
         )
         for name, per_request, count, extra in scenarios:
@@ -283,7 +289,7 @@ def render(meta: dict[str, Any], results: dict[str, Any]) -> str:
         "| scenario | req/s | events/s | p50 ms | p99 ms | non-2xx |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("bare", "ingress_1", "ingress_1_no_server_span", "ingress_100"):
+    for name in ("bare", "ingress_1", "ingress_1_no_server_span", "ingress_1_sampled_10pct", "ingress_100"):
         r = results[name]
         lines.append(
             f"| {name} | {r['rps']:.0f} | {r['rps'] * r['events_per_request']:.0f} | "
@@ -295,7 +301,9 @@ def render(meta: dict[str, Any], results: dict[str, Any]) -> str:
         "",
         f"- ingress 1-event / bare: {ratio:.2f} (goal >= 0.5); without the webhook server span "
         f"(HUBSYNC_INGRESS_HTTP_SERVER_SPANS=false): "
-        f"{results['ingress_1_no_server_span']['rps'] / results['bare']['rps']:.2f}",
+        f"{results['ingress_1_no_server_span']['rps'] / results['bare']['rps']:.2f}; with 10 % of "
+        f"traces sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG 0.1): "
+        f"{results['ingress_1_sampled_10pct']['rps'] / results['bare']['rps']:.2f}",
         f"- ingress 100-event: {results['ingress_100']['rps'] * 100:.0f} events/s (goal >= 20,000)",
         f"- dedupe memory, {mem['events']:.0f} events of one hour over {mem['buckets']:.0f} buckets: "
         f"{mem['bytes_per_event']:.1f} B/event (encodings {mem['encodings']}); one SET NX EX key per "

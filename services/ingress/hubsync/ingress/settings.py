@@ -58,9 +58,9 @@ class IngressSettings(BaseSettings):
     # How long a ReplayJournal request id is remembered.
     replay_request_ttl_s: int = Field(default=7 * 24 * HOUR_S, ge=60)
 
-    # One OpenTelemetry server span per HTTP request (the ASGI middleware). It costs about as much
-    # CPU as the rest of the webhook path (bench/ingress); without it ``ingress.enqueue`` is the
-    # request's root span and the trace still starts here.
+    # One server span per HTTP request (the webhook endpoint's own; the OpenTelemetry ASGI
+    # middleware's for the other routes). About a quarter of a webhook's CPU (bench/ingress).
+    # Without it stream entries carry only the caller's traceparent, if any.
     http_server_spans: bool = True
     # Callers allowed ReplayJournal and Reconcile (people, through the CLI); ReadJournal is open
     # to every authenticated caller.
