@@ -10,7 +10,15 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.redis import portal_key
 from tests.integration.writer.fixtures import running_writer, writer_env, writer_process
-from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, Stack, sandbox_config, stack, upsert
+from tests.integration.writer.helpers import (
+    PORTAL,
+    UPSERT_ROUTE,
+    Stack,
+    record,
+    sandbox_config,
+    stack,
+    upsert,
+)
 
 QUEUED = writer_pb2.WRITE_STATUS_QUEUED
 
@@ -191,3 +199,74 @@ async def test_hubspots_headers_count_requests_writer_did_not_make(
             assert reply.results[0].status == writer_pb2.WRITE_STATUS_SUCCEEDED
         assert await s.count(UPSERT_ROUTE, 429) == 0
         assert await s.count(UPSERT_ROUTE, 200) == 4
+
+
+CREATE_ROUTE = "POST /crm/v3/objects/{objectType}/batch/create"
+
+
+async def test_a_create_cut_off_by_a_killed_writer_is_never_sent_twice(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    """HubSpot has no idempotency key for creates: a queued create whose writer died while the
+    call was out may already exist. The next writer does not send it again; it dead-letters it
+    as AMBIGUOUS_CREATE for a person to check (nothing doubled, nothing lost). The same entry's
+    upsert is idempotent and is simply sent again."""
+    async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
+        await s.fault(portal=PORTAL, endpoint=CREATE_ROUTE, latency_ms=3000)
+        env = writer_env(queue_claim_idle_ms=500)
+        creates = [
+            record("contacts", writer_pb2.WRITE_OPERATION_CREATE, email=f"c{i}@example.com") for i in range(3)
+        ]
+        async with writer_process(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=s.sb.base_url,
+            auth_address=s.auth_address,
+            env=env,
+        ) as proc:
+            async with open_channel(proc.address, caller_tokens["mapper"]) as channel:
+                reply = await writer_pb2_grpc.WriterServiceStub(channel).SubmitWrites(
+                    writer_pb2.SubmitWritesRequest(
+                        request_id="amb", portal_id=PORTAL, writes=[*creates, upsert("u@example.com")]
+                    ),
+                    timeout=10,
+                )
+                assert reply.results[0].status == QUEUED
+            # the process holds the entry and its create call is out (held at "HubSpot" by the
+            # latency): kill the writer then
+            pending: dict[str, int] = {"pending": 0}
+            for _ in range(200):
+                pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
+                if pending["pending"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert pending["pending"] == 1
+            await asyncio.sleep(1.0)
+            proc.kill()
+            await proc.proc.wait()
+        r = await s.admin.delete("/_sandbox/faults")
+        r.raise_for_status()
+        await asyncio.sleep(3.2)  # let "HubSpot" finish the call the dead writer made
+        async with running_writer(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=s.sb.base_url,
+            auth_address=s.auth_address,
+            env=env,
+        ):
+            for _ in range(200):
+                if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await redis.xlen(portal_key(PORTAL, "writes")) == 0
+            dead = await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
+        assert await s.count(CREATE_ROUTE) == 1  # never sent again
+        emails = sorted(o["properties"].get("email", "") for o in await s.objects())
+        created = [e for e in emails if e.startswith("c")]
+        assert len(created) == len(set(created)) <= 3  # no record twice
+        assert "u@example.com" in emails  # the upsert went through
+        held = sorted(d.write.record.properties["email"] for d in dead.dead_letters)
+        assert held == [f"c{i}@example.com" for i in range(3)]
+        assert {d.error.category for d in dead.dead_letters} == {"AMBIGUOUS_CREATE"}
+        # nothing was lost: each create is in HubSpot or waiting in the DLQ for a person
+        assert set(created) <= set(held)

@@ -17,7 +17,7 @@ from hubsync.writer.queue import WriteQueue
 from hubsync.writer.ratelimit import RateLimiter
 from hubsync.writer.reads import RecordReader
 from hubsync.writer.results import result_list
-from hubsync.writer.submissions import WriteSubmitter, validate
+from hubsync.writer.submissions import Ledger, WriteSubmitter, validate
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,13 @@ class WriterGateway:
         return response
 
     async def process_queued(
-        self, portal_id: int, request: writer_pb2.SubmitWritesRequest, links: Sequence[Link]
+        self,
+        portal_id: int,
+        request: writer_pb2.SubmitWritesRequest,
+        links: Sequence[Link],
+        ledger: Ledger | None = None,
     ) -> None:
-        outcomes = await self.submitter.process(portal_id, request.writes, links)
+        outcomes = await self.submitter.process(portal_id, request.writes, links, ledger)
         if request.request_id:
             response = writer_pb2.SubmitWritesResponse(results=result_list(outcomes))
             await self.queue.finish(request, response)

@@ -28,6 +28,7 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import HubsyncError, Unavailable
 from hubsync.core.redis import portal_key
 from hubsync.core.telemetry import extract_context, inject_fields
+from hubsync.writer.submissions import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class QueueConsumer:
     def __init__(
         self,
         redis: Redis,
-        process: Callable[[int, writer_pb2.SubmitWritesRequest, list[Link]], Awaitable[None]],
+        process: Callable[[int, writer_pb2.SubmitWritesRequest, list[Link], Ledger], Awaitable[None]],
         *,
         count: int = 50,
         block_ms: int = 500,
@@ -242,11 +243,16 @@ class QueueConsumer:
         parent = extract_context(fields)
         ctx = trace.get_current_span(parent).get_span_context()
         links = [Link(ctx)] if ctx.is_valid else []
+        entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        # What earlier attempts of this entry finished, and whether one was cut off mid-flight.
+        ledger = await Ledger(self.redis, portal_key(portal, "writes", "ledger", entry)).begin()
         token = otel_context.attach(parent)
         try:
-            await self.process(portal, request, links)
+            await self.process(portal, request, links, ledger)
         except HubsyncError as exc:
-            # HubSpot is down or out of quota: leave it pending; XAUTOCLAIM retries it later.
+            # HubSpot is down or out of quota (refused before the call went out): leave it
+            # pending; XAUTOCLAIM retries it later, skipping what this attempt finished.
+            await ledger.stopped_before_sending()
             log.warning("queued write not processed yet", extra={"portal": portal, "reason": exc.reason})
             return
         finally:
@@ -256,4 +262,5 @@ class QueueConsumer:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(writes_key(portal), GROUP, entry_id)
             pipe.xdel(writes_key(portal), entry_id)
+            pipe.delete(ledger.key)
             await pipe.execute()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from hubsync.api.common.v1 import common_pb2
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.writer.batches import Outcome
+from hubsync.writer.dlq import HubSpotFailure
 
 
 def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
@@ -30,3 +31,13 @@ def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
 
 def result_list(outcomes: Sequence[Outcome]) -> list[writer_pb2.WriteResult]:
     return [result_pb(o) for o in outcomes]
+
+
+def outcome_from_pb(pb: writer_pb2.WriteResult) -> Outcome:
+    """The inverse of :func:`result_pb` (an outcome kept in Redis between attempts)."""
+    error = None
+    if pb.HasField("error"):
+        error = HubSpotFailure(
+            pb.error.http_status, pb.error.message, pb.error.category, pb.error.correlation_id
+        )
+    return Outcome(pb.status, pb.hubspot_id, pb.created, error, pb.dead_letter_id)

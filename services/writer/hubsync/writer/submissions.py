@@ -35,6 +35,7 @@ from hubsync.writer.batches import (
 )
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
 from hubsync.writer.reads import OBJECT_TYPES, RecordReader
+from hubsync.writer.results import outcome_from_pb, result_pb
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,46 @@ def validate(writes: Sequence[writer_pb2.Write]) -> None:
         raise InvalidArgument("invalid writes", violations=v)
 
 
+class Ledger:
+    """What earlier attempts of one queued request finished (``hubsync:{p}:writes:ledger:<entry>``):
+    each write's outcome once its tier is done, and whether an attempt was cut off mid-flight
+    (started, neither finished nor stopped cleanly before sending)."""
+
+    TTL_S = 7 * 86_400
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self.redis = redis
+        self.key = key
+        self.finished: dict[int, Outcome] = {}
+        self.interrupted = False
+
+    async def begin(self) -> Ledger:
+        stored: Any = await self.redis.hgetall(self.key)  # type: ignore[misc]
+        self.interrupted = stored.get(b"inflight") == b"1"
+        for field_name, raw in stored.items():
+            if field_name.startswith(b"w:"):
+                self.finished[int(field_name[2:])] = outcome_from_pb(writer_pb2.WriteResult.FromString(raw))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key, "inflight", "1")
+            pipe.expire(self.key, self.TTL_S)
+            await pipe.execute()
+        return self
+
+    async def record(self, outcomes: dict[int, Outcome]) -> None:
+        if outcomes:
+            await self.redis.hset(  # type: ignore[misc]
+                self.key, mapping={f"w:{n}": result_pb(o).SerializeToString() for n, o in outcomes.items()}
+            )
+
+    async def stopped_before_sending(self) -> None:
+        """The attempt gave up on a refusal raised before its calls went out (circuit open, no
+        quota): nothing of it is in flight."""
+        await self.redis.hset(self.key, "inflight", "0")  # type: ignore[misc]
+
+    async def close(self) -> None:
+        await self.redis.delete(self.key)
+
+
 class WriteSubmitter:
     def __init__(
         self,
@@ -120,14 +161,24 @@ class WriteSubmitter:
         self.skip_unchanged = skip_unchanged
 
     async def process(
-        self, portal_id: int, writes: Sequence[writer_pb2.Write], links: Sequence[Link] = ()
+        self,
+        portal_id: int,
+        writes: Sequence[writer_pb2.Write],
+        links: Sequence[Link] = (),
+        ledger: Ledger | None = None,
     ) -> list[Outcome]:
-        """Writes everything in order; returns one outcome per write."""
+        """Writes everything in order; returns one outcome per write. With a ``ledger`` (a queued
+        request being retried) writes finished by an earlier attempt are not sent again, and
+        creates an interrupted attempt may have sent are dead-lettered instead of doubled."""
         if self.pilot_mode:
             return await self._pilot(portal_id, writes)
         span_links = list(links) or _current_link()
         trace_id = trace_id_hex()
         outcomes: list[Outcome | None] = [None] * len(writes)
+        if ledger is not None:
+            for n, outcome in ledger.finished.items():
+                if n < len(outcomes):
+                    outcomes[n] = outcome
         known: dict[tuple[str, str, str], str] = {}  # (type, id_property, value) → HubSpot id
         tiers: dict[int, list[int]] = {}
         assoc: list[int] = []
@@ -144,9 +195,12 @@ class WriteSubmitter:
                 r = writes[n].record
                 known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = outcome.hubspot_id
             for n in tiers[tier]:
-                if n in unchanged:
+                if n in unchanged or outcomes[n] is not None:
                     continue
                 r = writes[n].record
+                if ledger is not None and ledger.interrupted and r.operation == CREATE:
+                    outcomes[n] = await self._hold_ambiguous(portal_id, writes[n], trace_id)
+                    continue
                 key = BatchKey(
                     portal_id, r.object_type, r.operation, r.id_property if r.operation == UPSERT else ""
                 )
@@ -158,15 +212,30 @@ class WriteSubmitter:
                 )
                 futures.append(self.batcher.submit(key, item))
             results = await asyncio.gather(*futures)
-            sent = [n for n in tiers[tier] if n not in unchanged]
+            sent = [n for n in tiers[tier] if n not in unchanged and outcomes[n] is None]
             for n, outcome in zip(sent, results, strict=True):
                 outcomes[n] = outcome
                 r = writes[n].record
                 if outcome.hubspot_id and r.operation == UPSERT:
                     known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = outcome.hubspot_id
+            if ledger is not None:
+                await ledger.record({n: o for n in tiers[tier] if (o := outcomes[n]) is not None})
         if assoc:
             await self._associate(portal_id, writes, assoc, known, outcomes, span_links, trace_id)
         return [o if o is not None else Outcome(writer_pb2.WRITE_STATUS_UNSPECIFIED) for o in outcomes]
+
+    async def _hold_ambiguous(self, portal_id: int, write: writer_pb2.Write, trace_id: str) -> Outcome:
+        """A create whose earlier attempt was cut off (the writer stopped) after it may have
+        reached HubSpot: sending it again could make a second record, HubSpot has no idempotency
+        key for creates. It goes to the dead-letter queue for a person to check and replay."""
+        error = HubSpotFailure(
+            0,
+            "writer stopped while this create may have been in flight; HubSpot may hold the record "
+            "already. Check, then replay it (to create) or purge it.",
+            category="AMBIGUOUS_CREATE",
+        )
+        entry = await self.dlq.add(portal_id, write, error, attempts=1, trace_id=trace_id)
+        return Outcome(writer_pb2.WRITE_STATUS_DEAD_LETTERED, error=error, dead_letter_id=entry)
 
     async def _unchanged(
         self, portal_id: int, writes: Sequence[writer_pb2.Write], indexes: list[int]
