@@ -101,7 +101,7 @@ class ChangeFeed:
     """Subscribing to and acknowledging the change feed (the publishing side is the inbound
     worker, which adds entries in the same Redis transaction that acks its input)."""
 
-    def __init__(self, redis: Redis, *, poll_block_ms: int = 1000, discover_interval_s: float = 1.0):
+    def __init__(self, redis: Redis, *, poll_block_ms: int = 1000, discover_interval_s: float = 0.25):
         self.redis: Any = redis
         self.poll_block_ms = poll_block_ms
         self.discover_interval_s = discover_interval_s

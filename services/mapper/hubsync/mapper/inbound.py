@@ -192,7 +192,7 @@ class InboundWorker:
                 now = time.monotonic()
                 if now >= next_discover:
                     await self._discover()
-                    next_discover = now + 1.0
+                    next_discover = now + 0.25  # a new portal's first events wait at most this
                 if now >= next_lag:
                     next_lag = now + 5.0
                     await self.record_lag()
