@@ -30,7 +30,7 @@ import orjson
 from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import metrics, trace
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
@@ -425,8 +425,16 @@ class InboundWorker:
                     changed[f] = None
             change.changed_fields.extend(changed)
             # The digest ignores the trace, time and event-only details: same state → same digest.
+            # A creation and an update that leave the record the same are one state too (HubSpot
+            # sends a creation and then property changes for one new record; split over two
+            # batches they must not reach subscribers twice).
+            kind = (
+                mapper_pb2.CHANGE_KIND_UPDATED
+                if change.kind == mapper_pb2.CHANGE_KIND_CREATED
+                else change.kind
+            )
             ident = mapper_pb2.Change(
-                kind=change.kind,
+                kind=kind,
                 fields=change.fields,
                 related_ids=change.related_ids,
                 external_id=change.external_id,
@@ -434,34 +442,26 @@ class InboundWorker:
             digest = hashlib.blake2b(ident.SerializeToString(deterministic=True), digest_size=12).digest()
             built.append((c, change, digest, change.external_id, props))
         last_keys = [portal_key(portal, "feedlast", c.object_type, c.object_id) for c, *_ in built]
-        last = await self.redis.mget(last_keys) if last_keys else []
         outcomes: list[tuple[RecordChange, str]] = []
+        # Compare-and-publish under WATCH: two replicas holding the same change (a duplicated
+        # webhook, a reclaimed entry) cannot both see "not published yet"; the one whose EXEC
+        # fails looks again and finds it published.
         async with self.redis.pipeline(transaction=True) as pipe:
-            for (c, change, digest, external_id, props), lkey, prev in zip(
-                built, last_keys, last, strict=True
-            ):
-                mapping = mappings.get(c.object_type)
-                assert mapping is not None
-                outcomes.append((c, "duplicate" if prev == digest else "published"))
-                if prev == digest:
-                    continue
-                pipe.xadd(
-                    feed_key(portal, c.object_type),
-                    {"change": change.SerializeToString(), "hs": c.object_id},
-                    maxlen=self.feed_max_len,
-                    approximate=True,
-                )
-                pipe.set(lkey, digest, ex=_LAST_TTL_S)
-                if external_id:
-                    fkey = fingerprint_key(portal, c.object_type, external_id)
-                    if change.kind == mapper_pb2.CHANGE_KIND_DELETED:
-                        pipe.delete(fkey)
+            while True:
+                try:
+                    if last_keys:
+                        await pipe.watch(*last_keys)
+                        last = await pipe.mget(last_keys)
                     else:
-                        seen = {p: props.get(p) or "" for p in mapping.read_properties}
-                        pipe.hset(fkey, mapping=digest_properties(seen))
-            if ids:
-                pipe.xack(key, GROUP, *ids)
-            await pipe.execute()
+                        last = []
+                    pipe.multi()
+                    outcomes = self._queue_publish(pipe, portal, built, last_keys, last, mappings)
+                    if ids:
+                        pipe.xack(key, GROUP, *ids)
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue
         now_ms = time.time() * 1000
         for c, outcome in outcomes:
             sync_metrics.sync.add(
@@ -472,6 +472,38 @@ class InboundWorker:
                     max(now_ms - c.occurred_ms, 0) / 1000,
                     {"object_type": c.object_type, "direction": "inbound"},
                 )
+
+    def _queue_publish(
+        self,
+        pipe: Any,
+        portal: str,
+        built: list[tuple[RecordChange, mapper_pb2.Change, bytes, str, dict[str, str]]],
+        last_keys: list[str],
+        last: list[Any],
+        mappings: MappingSet,
+    ) -> list[tuple[RecordChange, str]]:
+        outcomes: list[tuple[RecordChange, str]] = []
+        for (c, change, digest, external_id, props), lkey, prev in zip(built, last_keys, last, strict=True):
+            mapping = mappings.get(c.object_type)
+            assert mapping is not None
+            outcomes.append((c, "duplicate" if prev == digest else "published"))
+            if prev == digest:
+                continue
+            pipe.xadd(
+                feed_key(portal, c.object_type),
+                {"change": change.SerializeToString(), "hs": c.object_id},
+                maxlen=self.feed_max_len,
+                approximate=True,
+            )
+            pipe.set(lkey, digest, ex=_LAST_TTL_S)
+            if external_id:
+                fkey = fingerprint_key(portal, c.object_type, external_id)
+                if change.kind == mapper_pb2.CHANGE_KIND_DELETED:
+                    pipe.delete(fkey)
+                else:
+                    seen = {p: props.get(p) or "" for p in mapping.read_properties}
+                    pipe.hset(fkey, mapping=digest_properties(seen))
+        return outcomes
 
     async def record_lag(self) -> None:
         """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group."""
