@@ -8,6 +8,7 @@ assume Redis keeps what it acknowledged.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -33,7 +34,30 @@ def redis_server_binary() -> str:
     )
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A free loopback port for a server that binds it a moment later.
+
+    Picked below the kernel's ephemeral range: a port from that range (what binding port 0
+    returns) can be taken meanwhile by any outgoing connection on a busy machine, and the server
+    then fails with "address already in use"."""
+    low, _high = _ephemeral_range()
+    if low > 11_000:
+        for _ in range(100):
+            port = random.randint(10_000, low - 1)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
