@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
 from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
-from tests.integration.writer.fixtures import running_writer
+from tests.integration.writer.fixtures import WriterProcess, running_writer, writer_process
 
 PORTAL = 12345
 UPSERT_ROUTE = "POST /crm/v3/objects/{objectType}/batch/upsert"
@@ -41,6 +42,30 @@ class Stack:
     writer_address: str
     stub: writer_pb2_grpc.WriterServiceStub
     cli: writer_pb2_grpc.WriterServiceStub
+    redis_url: str
+    caller_tokens: Mapping[str, str]
+
+    def another_writer(self, env: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[str]:
+        """One more in-process writer on this stack's Redis, sandbox and auth; yields its address."""
+        return running_writer(
+            redis_url=self.redis_url,
+            caller_tokens=self.caller_tokens,
+            hubspot_api_base=self.sb.base_url,
+            auth_address=self.auth_address,
+            env=env,
+        )
+
+    def writer_process(
+        self, env: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[WriterProcess]:
+        """A writer as its own (killable) process on this stack's Redis, sandbox and auth."""
+        return writer_process(
+            redis_url=self.redis_url,
+            caller_tokens=self.caller_tokens,
+            hubspot_api_base=self.sb.base_url,
+            auth_address=self.auth_address,
+            env=env,
+        )
 
     async def requests(self) -> dict[str, Any]:
         return (await self.admin.get("/_sandbox/requests", params={"limit": 1})).json()
@@ -123,4 +148,6 @@ async def stack(
                 address,
                 writer_pb2_grpc.WriterServiceStub(channel),
                 writer_pb2_grpc.WriterServiceStub(cli_channel),
+                redis_url,
+                caller_tokens,
             )

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.redis import portal_key
-from tests.integration.writer.fixtures import running_writer, writer_env, writer_process
+from tests.integration.writer.fixtures import writer_env
 from tests.integration.writer.helpers import (
     PORTAL,
     UPSERT_ROUTE,
@@ -21,6 +21,26 @@ from tests.integration.writer.helpers import (
 )
 
 QUEUED = writer_pb2.WRITE_STATUS_QUEUED
+
+
+async def held_by_a_consumer(redis: Redis) -> None:
+    """Waits until the write queue's one entry is pending: a writer holds it, its calls are out."""
+    pending: dict[str, int] = {"pending": 0}
+    for _ in range(200):
+        pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
+        if pending["pending"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert pending["pending"] == 1
+
+
+async def queue_length_once_drained(redis: Redis, tries: int = 200) -> int:
+    """The write queue's length once it is empty, or after ``tries`` looks 50 ms apart."""
+    for _ in range(tries):
+        if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
+            break
+        await asyncio.sleep(0.05)
+    return int(await redis.xlen(portal_key(PORTAL, "writes")))
 
 
 async def wait_for_objects(s: Stack, n: int, timeout: float = 20.0) -> int:
@@ -52,17 +72,9 @@ async def test_queued_writes_are_durable_and_accepted_once(
             assert await redis.xlen(portal_key(PORTAL, "writes")) == n + 1
         status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.queued_writes == 5
-        async with running_writer(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=s.sb.base_url,
-            auth_address=s.auth_address,
-        ):
+        async with s.another_writer():
             assert await wait_for_objects(s, 250) == 250
-            for _ in range(50):
-                if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await queue_length_once_drained(redis, tries=50)
         # Five submissions of 50 coalesce into batches of up to 100.
         assert await s.count(UPSERT_ROUTE) <= 5
         status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
@@ -84,13 +96,7 @@ async def test_a_writer_killed_mid_batch_loses_nothing_it_accepted(
     async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
         await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, latency_ms=5000)
         env = writer_env(queue_claim_idle_ms=500)
-        async with writer_process(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=s.sb.base_url,
-            auth_address=s.auth_address,
-            env=env,
-        ) as proc:
+        async with s.writer_process(env) as proc:
             async with open_channel(proc.address, caller_tokens["mapper"]) as channel:
                 stub = writer_pb2_grpc.WriterServiceStub(channel)
                 reply = await stub.SubmitWrites(
@@ -104,13 +110,7 @@ async def test_a_writer_killed_mid_batch_loses_nothing_it_accepted(
                 assert reply.results[0].status == QUEUED
             # Wait until the process holds the entry and its three batches are at HubSpot (held
             # there by the injected latency), then kill it.
-            pending: dict[str, int] = {"pending": 0}
-            for _ in range(200):
-                pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
-                if pending["pending"] == 1:
-                    break
-                await asyncio.sleep(0.05)
-            assert pending["pending"] == 1
+            await held_by_a_consumer(redis)
             await asyncio.sleep(0.5)
             proc.kill()
             await proc.proc.wait()
@@ -119,13 +119,7 @@ async def test_a_writer_killed_mid_batch_loses_nothing_it_accepted(
         r = await s.admin.delete("/_sandbox/faults")
         r.raise_for_status()
         # Another writer reclaims what the dead one held.
-        async with running_writer(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=s.sb.base_url,
-            auth_address=s.auth_address,
-            env=env,
-        ):
+        async with s.another_writer(env):
             assert await wait_for_objects(s, 300) == 300
         emails = {o["properties"]["email"] for o in await s.objects()}
         assert emails == {f"k{n}-{i}@example.com" for n in range(3) for i in range(100)}
@@ -138,16 +132,7 @@ async def test_three_writer_processes_never_exceed_the_portals_limit(
     config = sandbox_config(portal={"burst_per_10s": burst})
     env = writer_env(burst_limit=burst, rate_limit_preset="free_starter", batch_max_wait_ms=20)
     async with stack(redis_url, caller_tokens, config, writer_env=env) as s:
-        procs = [
-            writer_process(
-                redis_url=redis_url,
-                caller_tokens=caller_tokens,
-                hubspot_api_base=s.sb.base_url,
-                auth_address=s.auth_address,
-                env=env,
-            )
-            for _ in range(3)
-        ]
+        procs = [s.writer_process(env) for _ in range(3)]
         async with procs[0] as a, procs[1] as b, procs[2] as c:
 
             async def push(address: str, tag: str) -> None:
@@ -217,13 +202,7 @@ async def test_a_create_cut_off_by_a_killed_writer_is_never_sent_twice(
         creates = [
             record("contacts", writer_pb2.WRITE_OPERATION_CREATE, email=f"c{i}@example.com") for i in range(3)
         ]
-        async with writer_process(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=s.sb.base_url,
-            auth_address=s.auth_address,
-            env=env,
-        ) as proc:
+        async with s.writer_process(env) as proc:
             async with open_channel(proc.address, caller_tokens["mapper"]) as channel:
                 reply = await writer_pb2_grpc.WriterServiceStub(channel).SubmitWrites(
                     writer_pb2.SubmitWritesRequest(
@@ -234,31 +213,15 @@ async def test_a_create_cut_off_by_a_killed_writer_is_never_sent_twice(
                 assert reply.results[0].status == QUEUED
             # the process holds the entry and its create call is out (held at "HubSpot" by the
             # latency): kill the writer then
-            pending: dict[str, int] = {"pending": 0}
-            for _ in range(200):
-                pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
-                if pending["pending"] == 1:
-                    break
-                await asyncio.sleep(0.05)
-            assert pending["pending"] == 1
+            await held_by_a_consumer(redis)
             await asyncio.sleep(1.0)
             proc.kill()
             await proc.proc.wait()
         r = await s.admin.delete("/_sandbox/faults")
         r.raise_for_status()
         await asyncio.sleep(3.2)  # let "HubSpot" finish the call the dead writer made
-        async with running_writer(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=s.sb.base_url,
-            auth_address=s.auth_address,
-            env=env,
-        ):
-            for _ in range(200):
-                if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert await redis.xlen(portal_key(PORTAL, "writes")) == 0
+        async with s.another_writer(env):
+            assert await queue_length_once_drained(redis) == 0
             dead = await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
         assert await s.count(CREATE_ROUTE) == 1  # never sent again
         emails = sorted(o["properties"].get("email", "") for o in await s.objects())

@@ -9,7 +9,7 @@ import httpx
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import free_port
-from tests.integration.writer.fixtures import writer_env, writer_process
+from tests.integration.writer.fixtures import writer_env
 from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, stack, upsert
 
 
@@ -20,13 +20,7 @@ async def test_requests_dead_letters_and_headroom_are_exported(
     async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
         await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, status=504, remaining=3)
         env = writer_env() | {"HUBSYNC_METRICS_PORT": str(port)}
-        async with writer_process(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=s.sb.base_url,
-            auth_address=s.auth_address,
-            env=env,
-        ) as proc:
+        async with s.writer_process(env) as proc:
             async with open_channel(proc.address, caller_tokens["mapper"]) as channel:
                 stub = writer_pb2_grpc.WriterServiceStub(channel)
                 await stub.SubmitWrites(
