@@ -45,9 +45,19 @@ def sign_v2(secret: str, method: str, uri: str, body: bytes) -> str:
     return hashlib.sha256(secret.encode() + method.encode() + uri.encode() + body).hexdigest()
 
 
+def v3_message(method: str, uri: str, body: bytes, timestamp_ms: int | str) -> bytes:
+    """What a v3 signature covers: method, the decoded URI, the raw body, the timestamp."""
+    decoded = v3_uri(uri) if "%" in uri else uri  # every decoded escape starts with %
+    return b"".join((method.encode(), decoded.encode(), body, str(timestamp_ms).encode()))
+
+
+def v3_signature(key: bytes, message: bytes) -> bytes:
+    """base64(HMAC-SHA256(client secret, :func:`v3_message`)), as HubSpot sends it."""
+    return base64.b64encode(hmac.digest(key, message, "sha256"))
+
+
 def sign_v3(secret: str, method: str, uri: str, body: bytes, timestamp_ms: int | str) -> str:
-    message = method.encode() + v3_uri(uri).encode() + body + str(timestamp_ms).encode()
-    return base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
+    return v3_signature(secret.encode(), v3_message(method, uri, body, timestamp_ms)).decode()
 
 
 def timestamp_fresh(timestamp_ms: int, now_ms: int, max_skew_ms: int = MAX_SKEW_MS) -> bool:
