@@ -42,7 +42,7 @@ def _known_digest(value: str) -> bytes:
 
 def hashed(token: str) -> str:
     """The verify-only form of a token (``sha256:<hex>``), for pods that must not present it."""
-    return HASHED + hashlib.sha256(token.encode()).hexdigest()
+    return HASHED + _digest(token).hex()
 
 
 def own_token(credentials: Mapping[str, str], caller: str) -> str | None:

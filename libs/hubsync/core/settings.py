@@ -17,10 +17,23 @@ from typing import TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hubsync.core.callers import HASHED
+
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
     PRODUCTION = "production"
+
+
+def _sentinel_pairs(value: str) -> list[tuple[str, int]]:
+    """``"host:port,host:port"`` → ``[(host, port), ...]``; ValueError names a bad entry."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{part!r}: each sentinel must be host:port")
+        pairs.append((host, int(port)))
+    return pairs
 
 
 class CoreSettings(BaseSettings):
@@ -76,10 +89,7 @@ class CoreSettings(BaseSettings):
     @field_validator("redis_sentinels")
     @classmethod
     def _sentinel_list(cls, value: str) -> str:
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            host, _, port = part.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"{part!r}: each sentinel must be host:port")
+        _sentinel_pairs(value)
         return value
 
     @model_validator(mode="after")
@@ -89,11 +99,7 @@ class CoreSettings(BaseSettings):
         return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
-        pairs = []
-        for part in filter(None, (p.strip() for p in self.redis_sentinels.split(","))):
-            host, _, port = part.rpartition(":")
-            pairs.append((host, int(port)))
-        return pairs
+        return _sentinel_pairs(self.redis_sentinels)
 
     @field_validator("hubspot_api_base")
     @classmethod
@@ -117,8 +123,8 @@ class CoreSettings(BaseSettings):
         ):
             raise ValueError("caller tokens must be a JSON object of non-empty strings")
         for name, value in data.items():
-            if value.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
-                raise ValueError(f"caller {name!r}: a digest must be sha256: and 64 hex digits")
+            if value.startswith(HASHED) and not re.fullmatch(r"[0-9a-f]{64}", value[len(HASHED) :]):
+                raise ValueError(f"caller {name!r}: a digest must be {HASHED} and 64 hex digits")
         return data
 
 

@@ -14,6 +14,7 @@ is what every stream entry of the request carries, so mapper's spans are its chi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -233,10 +234,8 @@ class WebhookEndpoint:
             try:
                 outcomes = await self.committer.submit(kept, self._carrier(span, headers))
             except EnqueueFailed as exc:
-                if span is not None:
-                    with trace.use_span(span, end_on_exit=False):
-                        log.warning("webhook not enqueued, answering 503: %s", exc)
-                else:
+                in_span = trace.use_span(span, end_on_exit=False) if span else contextlib.nullcontext()
+                with in_span:
                     log.warning("webhook not enqueued, answering 503: %s", exc)
                 reply = _error(503, "redis_unavailable", "events not stored; retry later", _RETRY_HEADERS)
                 return reply, span

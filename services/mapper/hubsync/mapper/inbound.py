@@ -342,8 +342,7 @@ class InboundWorker:
                     chunk = id_list[i : i + self.hydrate_batch_size]
                     # One read serves many changes: it joins the trace of its first record's change
                     # (the others' traces reach it through their mapper.inbound span's links).
-                    span = spans.get((object_type, chunk[0]))
-                    calls.append(self._read(portal, mapping, chunk, archived, span))
+                    calls.append(self._read(portal, mapping, chunk, archived, spans[(object_type, chunk[0])]))
         found: dict[tuple[str, str], dict[str, str]] = {}
         found_archived: dict[tuple[str, str], dict[str, str]] = {}
         for archived, records in await asyncio.gather(*calls):
@@ -357,7 +356,7 @@ class InboundWorker:
         mapping: CompiledMapping,
         ids: list[str],
         archived: bool,
-        span: trace.Span | None = None,
+        span: trace.Span,
     ) -> tuple[bool, list[Any]]:
         _reads.add(1, {"object_type": mapping.object_type})
         request = writer_pb2.ReadRecordsRequest(
@@ -367,11 +366,8 @@ class InboundWorker:
             properties=list(mapping.read_properties),
             archived=archived,
         )
-        if span is None:
+        with trace.use_span(span, end_on_exit=False):
             reply = await self.writer.ReadRecords(request, timeout=30)
-        else:
-            with trace.use_span(span, end_on_exit=False):
-                reply = await self.writer.ReadRecords(request, timeout=30)
         for r in reply.records:
             if not r.object_type:
                 r.object_type = mapping.object_type

@@ -113,13 +113,10 @@ class CircuitBreaker:
         """One probe for all replicas: the one that sets the probe key sends it."""
         if self.redis is None:
             return True
-        with contextlib.suppress(RedisError, OSError):
-            return await self._set_probe()
-        return True
-
-    async def _set_probe(self) -> bool:
         ttl_ms = int(max(self.open_s, 1.0) * 1000)
-        return bool(await self.redis.set(self._probe_key, b"1", nx=True, px=ttl_ms))
+        with contextlib.suppress(RedisError, OSError):  # without Redis: this replica probes
+            return bool(await self.redis.set(self._probe_key, b"1", nx=True, px=ttl_ms))
+        return True
 
     async def record(self, ok: bool, probe: bool) -> None:
         was = self._state

@@ -106,7 +106,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
                 known = {int(p) for p in await redis.smembers(PORTALS)}  # type: ignore[misc]
                 for portal in sorted(known | set(breakers.portals())):
                     await dlq.depth(portal)
-            except (ConnectionError, OSError, RedisError) as exc:
+            except (OSError, RedisError) as exc:
                 log.warning("gauge refresh failed", extra={"error": str(exc)[:200]})
             await asyncio.sleep(5)
 
