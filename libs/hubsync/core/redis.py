@@ -39,6 +39,8 @@ def portal_key(portal_id: int | str, *parts: str) -> str:
 
 # Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).
 LAG_COUNT_CAP = 10_000
+# Counts the entries after an id inside Redis: only a number crosses the network.
+_COUNT_AFTER_LUA = "return #redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])"
 
 
 async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
@@ -50,5 +52,5 @@ async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
         return int(lag)
     last = group.get("last-delivered-id", group.get(b"last-delivered-id", b"0-0"))
     last_id = last.decode() if isinstance(last, bytes) else str(last)
-    entries = await redis.xrange(key, min=f"({last_id}", max="+", count=LAG_COUNT_CAP)
-    return len(entries or [])
+    count = await redis.eval(_COUNT_AFTER_LUA, 1, key, f"({last_id}", LAG_COUNT_CAP)  # type: ignore[misc]
+    return int(count)
