@@ -88,7 +88,7 @@ async def test_both_directions_and_one_trace(running: tuple[Suite, Collector]) -
     assert result.inbound_change["fields"]["first_name"] == "Grace"
     assert result.inbound_change["hubspot_id"] == result.hubspot_id
 
-    # one trace: ingress's webhook span, mapper, writer, and writer's HTTP call to the sandbox
+    # one trace: ingress's commit span, mapper, writer, and writer's HTTP call to the sandbox
     trace_id = result.inbound_trace_id
     assert len(trace_id) == 32 and trace_id != "0" * 32
 
@@ -114,8 +114,11 @@ async def test_both_directions_and_one_trace(running: tuple[Suite, Collector]) -
     (inbound,) = [s for s in spans if s.name == "mapper.inbound"]
     assert inbound.attributes["hubsync.object_id"] == result.hubspot_id
     assert inbound.attributes["hubsync.object_type"] == "contacts"
-    webhook = [s for s in spans if s.service == "hubsync-ingress" and s.kind == 2]  # SPAN_KIND_SERVER
-    assert webhook and str(webhook[0].attributes["hubsync.portal_id"]) == "12345"
+    # HubSpot sends no trace context: the webhook's trace starts at ingress's round-trip span
+    (commit,) = [s for s in spans if s.service == "hubsync-ingress" and s.name == "ingress.commit"]
+    assert commit.kind == 4 and not commit.parent_span_id  # SPAN_KIND_PRODUCER, the root
+    assert str(commit.attributes["hubsync.portal_id"]) == "12345"
+    assert int(result.hubspot_id) in [int(i) for i in commit.attributes["hubsync.object_id"]]
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -10,9 +10,12 @@ from typing import Any
 
 import httpx
 from hubspot.utils.signature import Signature
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
 from hubsync.core.devredis import RedisProcess
+from hubsync.core.telemetry import setup_tracing
 from hubsync.hubspot.signatures import v3_uri
 from hubsync.sandbox import PortalConfig, SandboxConfig, SandboxServer
 from hubsync.sandbox.config import DEFAULT_CLIENT_SECRET
@@ -124,9 +127,18 @@ async def test_redis_outage_answers_503_and_the_retry_is_processed_once(
                 ).status_code == 200
                 await asyncio.to_thread(own.stop)
                 lost = json.dumps([event(object_id=3)]).encode()
-                reply = await client.post(url, content=lost, headers=v3_headers(TEST_SECRET, url, lost))
+                exporter = InMemorySpanExporter()
+                setup_tracing("hubsync-ingress", exporter)
+                with suppress_http_instrumentation():  # no trace context, as from HubSpot
+                    reply = await client.post(url, content=lost, headers=v3_headers(TEST_SECRET, url, lost))
                 assert reply.status_code == 503
                 assert reply.headers.get("retry-after")
+                # the failed round trip's span and the 503's own server span are errors
+                spans = exporter.get_finished_spans()
+                [commit] = [s for s in spans if s.name == "ingress.commit"]
+                [server] = [s for s in spans if s.name == "POST /webhooks/hubspot"]
+                assert commit.status.status_code.name == server.status.status_code.name == "ERROR"
+                assert server.attributes is not None and server.attributes["http.response.status_code"] == 503
                 assert (await client.get(base + "/healthz")).status_code == 503
                 # Redis comes back (same port, same AOF): HubSpot's retries are accepted once
                 own = RedisProcess(tmp_path / "redis", port=port)

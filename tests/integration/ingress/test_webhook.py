@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
@@ -54,7 +55,8 @@ async def test_signed_batch_is_enqueued_with_trace_context(ingress, redis: Redis
     setup_tracing("hubsync-ingress", exporter)
     base, _ = ingress
     events = [event(object_id=1), event(object_id=2, subscription_type="contact.creation", unknownField=7)]
-    reply = await post(base, json.dumps(events).encode())
+    with suppress_http_instrumentation():  # no traceparent, as from HubSpot
+        reply = await post(base, json.dumps(events).encode())
     assert reply.status_code == 200, reply.text
     assert reply.json() == {"accepted": 2, "duplicates": 0, "echoes": 0}
     stored = await stream_events(redis)
@@ -64,19 +66,22 @@ async def test_signed_batch_is_enqueued_with_trace_context(ingress, redis: Redis
     assert fields[b"origin"] == b"webhook" and int(fields[b"accepted_ms"]) > 0
     assert fields[b"traceparent"].startswith(b"00-")
     assert await redis.smembers("hubsync:portals") == {str(PORTAL).encode()}
-    # one server span per request: the stored trace context is that span's
-    [server] = [s for s in exporter.get_finished_spans() if s.name == "POST /webhooks/hubspot"]
-    assert server.kind.name == "SERVER"
-    attributes: Any = server.attributes
-    assert attributes["http.request.method"] == "POST"
-    assert attributes["url.path"] == "/webhooks/hubspot"
-    assert attributes["http.response.status_code"] == 200
+    # the round trip's span is the root of the events' trace; an accepted request without a
+    # trace context has no server span of its own
+    finished = exporter.get_finished_spans()
+    assert not [s for s in finished if s.name == "POST /webhooks/hubspot"]
+    [commit] = [s for s in finished if s.name == "ingress.commit"]
+    assert commit.kind.name == "PRODUCER" and commit.parent is None
+    attributes: Any = commit.attributes
     assert attributes["hubsync.portal_id"] == PORTAL
+    assert attributes["hubsync.request_count"] == 1
     assert attributes["hubsync.event_count"] == 2
     assert list(attributes["hubsync.object_id"]) == [1, 2]
+    assert list(attributes["hubsync.event_id"]) == [e["eventId"] for e in events]
+    assert (attributes["hubsync.accepted"], attributes["hubsync.duplicates"]) == (2, 0)
     _version, trace_id, span_id, _flags = fields[b"traceparent"].decode().split("-")
-    assert trace_id == format(server.context.trace_id, "032x")
-    assert span_id == format(server.context.span_id, "016x")
+    assert trace_id == format(commit.context.trace_id, "032x")
+    assert span_id == format(commit.context.span_id, "016x")
     assert stored[1]["_fields"][b"traceparent"] == fields[b"traceparent"]
 
 
@@ -84,7 +89,7 @@ async def test_callers_trace_context_is_continued(ingress, redis: Redis) -> None
     exporter = InMemorySpanExporter()
     setup_tracing("hubsync-ingress", exporter)
     base, _ = ingress
-    body = json.dumps([event(object_id=5)]).encode()
+    body = json.dumps([event(object_id=5), event(object_id=6)]).encode()
     url = f"{base}/webhooks/hubspot"
     # the caller's trace (httpx is instrumented here: its client span is the server span's parent)
     caller = trace.NonRecordingSpan(
@@ -94,11 +99,22 @@ async def test_callers_trace_context_is_continued(ingress, redis: Redis) -> None
         async with httpx.AsyncClient() as client:
             reply = await client.post(url, content=body, headers=v3_headers(TEST_SECRET, url, body))
     assert reply.status_code == 200
-    [server] = [s for s in exporter.get_finished_spans() if s.name == "POST /webhooks/hubspot"]
+    # a request that brings a trace context gets a server span of its own, the events' parent
+    finished = exporter.get_finished_spans()
+    assert not [s for s in finished if s.name == "ingress.commit"]
+    [server] = [s for s in finished if s.name == "POST /webhooks/hubspot"]
+    assert server.kind.name == "SERVER"
     assert server.parent is not None and server.parent.is_remote
     assert format(server.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
-    [fields] = [f["_fields"] for f in await stream_events(redis)]
-    assert fields[b"traceparent"].decode().split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    attributes: Any = server.attributes
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["url.path"] == "/webhooks/hubspot"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["hubsync.portal_id"] == PORTAL
+    assert attributes["hubsync.event_count"] == 2
+    assert list(attributes["hubsync.object_id"]) == [5, 6]
+    traceparents = {f["_fields"][b"traceparent"].decode() for f in await stream_events(redis)}
+    assert traceparents == {f"00-0af7651916cd43dd8448eb211c80319c-{server.context.span_id:016x}-01"}
 
 
 async def test_same_batch_five_times_is_enqueued_once(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]

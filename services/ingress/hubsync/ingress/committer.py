@@ -21,9 +21,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -32,6 +35,9 @@ from hubsync.ingress import metrics
 from hubsync.ingress.events import WebhookEvent
 
 PORTALS_KEY = "hubsync:portals"
+COMMIT_SPAN = "ingress.commit"
+_tracer = trace.get_tracer("hubsync.ingress")
+_ROOT = Context()
 _WEBHOOK = {"origin": "webhook"}
 _WRITTEN = {"kind": "written"}
 HOUR_MS = 3_600_000
@@ -98,6 +104,23 @@ class EnqueueFailed(Exception):
     """Redis did not take the events (down, slow, full): the sender should retry later."""
 
 
+class Traced(Protocol):
+    """A submission's span, opened and closed by the flusher for a whole round trip in one loop.
+
+    Opening the spans right before the round trip and closing them right after, one submission
+    after another, keeps the tracing code hot in the CPU caches: interleaved with the HTTP and
+    Redis work of each request, the same spans cost several times as much (``bench/ingress``).
+    """
+
+    def open(self) -> dict[str, str]:
+        """Starts the span; returns the W3C trace context the submission's entries carry."""
+        ...
+
+    def close(self, error: str | None) -> None:
+        """Ends the span: the events are in Redis (``error`` None) or not (``error`` says why)."""
+        ...
+
+
 @dataclass(slots=True, eq=False)
 class _Submission:
     events: Sequence[WebhookEvent]
@@ -105,6 +128,13 @@ class _Submission:
     tracestate: str
     origin: str
     future: asyncio.Future[list[Outcome]]
+    traced: Traced | None = None
+    # The entries carry the context of the round trip's ``ingress.commit`` span.
+    grouped: bool = False
+    # When the request arrived (epoch ns): the earliest one starts the round trip's span.
+    received_ns: int = 0
+    # ``time.perf_counter()`` then: its accept duration is recorded once Redis has the events.
+    started: float = 0.0
 
 
 @dataclass
@@ -122,6 +152,18 @@ class _PortalCall:
             self.keys.append(name)
             found = self.index[name] = len(self.keys)
         return found
+
+
+def trace_carrier(span: trace.Span) -> dict[str, str]:
+    """The W3C trace context of ``span`` (empty when it has none), formatted as the
+    ``TraceContextTextMapPropagator`` would, without its generic machinery."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return {}
+    carrier = {"traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"}
+    if context.trace_state:
+        carrier["tracestate"] = context.trace_state.to_header()
+    return carrier
 
 
 def dedupe_slot(event: WebhookEvent, buckets: int) -> tuple[str, int]:
@@ -166,10 +208,21 @@ class EventCommitter:
         events: Sequence[WebhookEvent],
         carrier: dict[str, str] | None = None,
         origin: str = "webhook",
+        traced: Traced | None = None,
+        *,
+        grouped: bool = False,
+        received_ns: int = 0,
+        started: float = 0.0,
     ) -> list[Outcome]:
         """Commits ``events`` (deduped, echoes dropped); returns one outcome per event.
 
-        Raises :class:`EnqueueFailed` when Redis could not take them within the timeout.
+        The entries carry the trace context in ``carrier``; or the one ``traced`` opens (its span
+        is closed before this returns, unless this raises before the round trip); or, when
+        ``grouped``, the context of one ``ingress.commit`` span shared by every grouped
+        submission of the round trip (started at the earliest ``received_ns``). With ``started``
+        (a ``time.perf_counter()``), the time until Redis has the events is recorded as
+        ``hubsync.webhook.accept.duration``. Raises :class:`EnqueueFailed` when Redis could not
+        take the events within the timeout.
         """
         if self._closed:
             raise EnqueueFailed("ingress is shutting down")
@@ -181,6 +234,10 @@ class EventCommitter:
             carrier.get("tracestate", ""),
             origin,
             loop.create_future(),
+            traced,
+            grouped,
+            received_ns,
+            started,
         )
         self._queue.append(sub)
         self._queued_events += len(events)
@@ -200,19 +257,85 @@ class EventCommitter:
             # Let requests that are being parsed in this loop turn join the group.
             await asyncio.sleep(self.window_s)
             batch = self._take()
+            span = self._open_spans(batch)
             try:
                 async with asyncio.timeout(self.timeout_s):
                     results = await self._commit(batch)
             except Exception as exc:  # any Redis failure: every waiter answers 503
-                failure = EnqueueFailed(f"redis did not take the events: {type(exc).__name__}")
+                reason = f"redis did not take the events: {type(exc).__name__}"
+                failure = EnqueueFailed(reason)
+                if span is not None:
+                    span.set_status(StatusCode.ERROR, reason)
+                    span.end()
                 for sub in batch:
+                    if sub.traced is not None:
+                        sub.traced.close(reason)
                     if not sub.future.done():
                         sub.future.set_exception(failure)
                 continue
             self._count(results)
+            if span is not None:
+                counts = [0, 0, 0]
+                for sub, outcomes in results.items():
+                    if sub.grouped:
+                        for outcome in outcomes:
+                            counts[outcome] += 1
+                span.set_attributes(
+                    {
+                        "hubsync.accepted": counts[Outcome.ACCEPTED],
+                        "hubsync.duplicates": counts[Outcome.DUPLICATE],
+                        "hubsync.echoes": counts[Outcome.ECHO],
+                    }
+                )
+                span.end()
+            now = time.perf_counter()
             for sub, outcomes in results.items():
+                if sub.started:
+                    metrics.accept_duration.record(now - sub.started)
+                if sub.traced is not None:
+                    sub.traced.close(None)
                 if not sub.future.done():
                     sub.future.set_result(outcomes)
+
+    @staticmethod
+    def _open_spans(batch: list[_Submission]) -> trace.Span | None:
+        """Opens each ``traced`` submission's span, and the round trip's ``ingress.commit`` span
+        if any submission is ``grouped``; sets the trace context each submission's entries carry.
+        """
+        grouped: list[_Submission] = []
+        for sub in batch:
+            if sub.traced is not None:
+                carrier = sub.traced.open()
+                sub.traceparent = carrier.get("traceparent", "")
+                sub.tracestate = carrier.get("tracestate", "")
+            elif sub.grouped:
+                grouped.append(sub)
+        if not grouped:
+            return None
+        events = [event for sub in grouped for event in sub.events]
+        portals = sorted({event.portal_id for event in events})
+        attributes: dict[str, Any] = {
+            "hubsync.request_count": len(grouped),
+            "hubsync.event_count": len(events),
+            "hubsync.portal_id": portals[0] if len(portals) == 1 else portals,
+            "hubsync.event_id": [event.event_id for event in events],
+            "hubsync.object_id": [event.object_id for event in events],
+        }
+        started = [sub.received_ns for sub in grouped if sub.received_ns]
+        span = _tracer.start_span(
+            COMMIT_SPAN,
+            context=_ROOT,
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            start_time=min(started) if started else None,
+        )
+        carrier = trace_carrier(span)
+        traceparent = carrier.get("traceparent", "")
+        tracestate = carrier.get("tracestate", "")
+        for sub in grouped:
+            sub.traceparent = traceparent
+            sub.tracestate = tracestate
+        return span
 
     @staticmethod
     def _count(results: dict[_Submission, list[Outcome]]) -> None:

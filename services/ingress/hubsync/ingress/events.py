@@ -71,6 +71,8 @@ class WebhookEvent:
 
 
 _REQUIRED_INTS = ("portalId", "eventId", "objectId", "occurredAt")
+_MIN_INT = -(2**63)
+_MAX_INT = 2**63 - 1
 
 
 def _int_field(item: dict[str, Any], name: str, index: int) -> int:
@@ -80,16 +82,14 @@ def _int_field(item: dict[str, Any], name: str, index: int) -> int:
         if value is None:
             raise PayloadRejected(f"event {index}: missing required field {name}")
         raise PayloadRejected(f"event {index}: {name} must be an integer")
-    if not -(2**63) <= value < 2**63:
+    if not _MIN_INT <= value <= _MAX_INT:
         raise PayloadRejected(f"event {index}: {name} is out of range")
     return value
 
 
 def _opt_str(item: dict[str, Any], name: str, index: int) -> str | None:
     value = item.get(name)
-    if value is None:
-        return None
-    if isinstance(value, str):
+    if value is None or type(value) is str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -117,8 +117,27 @@ def parse_events(body: bytes) -> list[WebhookEvent]:
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             raise PayloadRejected(f"event {index}: must be a JSON object")
-        portal, event_id, object_id, occurred = (_int_field(item, n, index) for n in _REQUIRED_INTS)
-        stype = item.get("subscriptionType")
+        get = item.get
+        portal, event_id, object_id, occurred = (
+            get("portalId"),
+            get("eventId"),
+            get("objectId"),
+            get("occurredAt"),
+        )
+        # The usual case checked inline (``type() is int`` also refuses bool); anything else goes
+        # through _int_field, which says what is wrong.
+        if not (
+            type(portal) is int
+            and type(event_id) is int
+            and type(object_id) is int
+            and type(occurred) is int
+            and _MIN_INT <= event_id <= _MAX_INT
+            and _MIN_INT <= object_id <= _MAX_INT
+            and _MIN_INT <= occurred <= _MAX_INT
+            and _MIN_INT <= portal <= _MAX_INT
+        ):
+            portal, event_id, object_id, occurred = (_int_field(item, n, index) for n in _REQUIRED_INTS)
+        stype = get("subscriptionType")
         if not isinstance(stype, str) or not stype:
             raise PayloadRejected(f"event {index}: missing required field subscriptionType")
         if "." not in stype or len(stype) > 100:

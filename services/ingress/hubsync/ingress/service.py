@@ -74,7 +74,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         committer,
         max_body_bytes=settings.max_body_bytes,
         app_id=settings.app_id,
-        spans=settings.http_server_spans,
+        spans=settings.webhook_spans,
     )
     auth_channel = channel_for(core, core.auth_address)
     writer_channel = channel_for(core, core.writer_address)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,9 +59,12 @@ class IngressSettings(BaseSettings):
     # How long a ReplayJournal request id is remembered.
     replay_request_ttl_s: int = Field(default=7 * 24 * HOUR_S, ge=60)
 
-    # One server span per HTTP request (the webhook endpoint's own; the OpenTelemetry ASGI
-    # middleware's for the other routes). About a quarter of a webhook's CPU (bench/ingress).
-    # Without it stream entries carry only the caller's traceparent, if any.
+    # What traces webhook requests open (docs/ingress.md#observability): ``round_trip`` (one
+    # ``ingress.commit`` span per Redis round trip for HubSpot's accepted requests; a server span
+    # for a request that brings a traceparent or is refused), ``request`` (a server span for
+    # every request: about 40 % of the 1-event throughput, bench/ingress), ``off``.
+    webhook_spans: Literal["round_trip", "request", "off"] = "round_trip"
+    # The OpenTelemetry ASGI middleware's server spans on the other routes (/oauth/callback).
     http_server_spans: bool = True
     # Callers allowed ReplayJournal and Reconcile (people, through the CLI); ReadJournal is open
     # to every authenticated caller.

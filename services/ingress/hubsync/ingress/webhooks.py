@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from opentelemetry import propagate, trace
@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import Receive, Scope, Send
 
 from hubsync.ingress import metrics
-from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome
+from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome, trace_carrier
 from hubsync.ingress.events import PayloadRejected, WebhookEvent, parse_events
 from hubsync.ingress.verifier import SignatureRejected, WebhookVerifier
 
@@ -41,6 +41,7 @@ _JSON_HEADERS: RawHeaders = [(b"content-type", b"application/json")]
 _RETRY_HEADERS: RawHeaders = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
 # Metric attributes, built once (the SDK keys its aggregations by them).
 _SOURCE = {"kind": "source"}
+SpanMode = Literal["round_trip", "request", "off"]
 _REASONS: dict[str, dict[str, str]] = {}
 
 
@@ -103,8 +104,13 @@ async def read_bounded(receive: Receive, declared: str | None, limit: int) -> by
 class WebhookEndpoint:
     """The webhook handler (an ASGI app); ``public_base_url`` is resolved once the port is known.
 
-    ``spans``: one server span per request (``HTTP_SERVER_SPANS``). Without it, stream entries
-    carry the caller's trace context if the request had one, else none.
+    ``spans`` (``WEBHOOK_SPANS``), what traces a request's events belong to:
+
+    - ``round_trip``: requests that bring no trace context (HubSpot's) and are answered 200 share
+      one ``ingress.commit`` span per Redis round trip, the root of their events' traces. A request
+      that brings a ``traceparent``, and every request answered otherwise, gets its own server span.
+    - ``request``: every request gets its own server span, and its events are that span's children.
+    - ``off``: no span; the entries carry the caller's trace context if the request had one.
     """
 
     def __init__(
@@ -115,7 +121,7 @@ class WebhookEndpoint:
         max_body_bytes: int,
         app_id: str,
         public_base_url: str = "",
-        spans: bool = True,
+        spans: SpanMode = "round_trip",
     ) -> None:
         self.verifier = verifier
         self.committer = committer
@@ -156,19 +162,16 @@ class WebhookEndpoint:
                 key = name.decode("latin-1")
                 if key not in headers:
                     headers[key] = value.decode("latin-1")
+        request = _RequestSpan(self, scope, headers, start_ns, started)
         try:
-            reply, span = await self._handle(scope, receive, headers, start_ns)
+            reply = await self._handle(scope, receive, headers, request)
         except _Disconnected:
             return
-        if self.spans:
-            if span is None:
-                span = self._start_span(scope, headers, start_ns, None)
-            span.set_attribute("http.response.status_code", reply.status)
-            if reply.status >= 500:
-                span.set_status(StatusCode.ERROR, reply.reason)
-            span.end()
-        if reply.status == 200:
-            metrics.accept_duration.record(time.perf_counter() - started)
+        if not request.closed:
+            # Refused, or not committed with its own span: one is opened and closed here if due.
+            if request.span is None and self.spans != "off" and (request.own_span or reply.status != 200):
+                request.open()
+            request.finish(reply.status, reply.reason)
         await send(
             {
                 "type": "http.response.start",
@@ -195,50 +198,51 @@ class WebhookEndpoint:
             SPAN_NAME, context=context, kind=SpanKind.SERVER, attributes=attributes, start_time=start_ns
         )
 
-    def _carrier(self, span: trace.Span | None, headers: dict[str, str]) -> dict[str, str]:
-        """The W3C trace context stored with each of the request's stream entries (built once per
-        request, formatted as ``TraceContextTextMapPropagator`` would)."""
-        if span is None:
-            return {key: headers[key] for key in ("traceparent", "tracestate") if key in headers}
-        context = span.get_span_context()
-        if not context.is_valid:
-            return {}
-        traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
-        carrier = {"traceparent": traceparent}
-        if context.trace_state:
-            carrier["tracestate"] = context.trace_state.to_header()
-        return carrier
-
     async def _handle(
-        self, scope: Scope, receive: Receive, headers: dict[str, str], start_ns: int
-    ) -> tuple[_Reply, trace.Span | None]:
+        self, scope: Scope, receive: Receive, headers: dict[str, str], request: _RequestSpan
+    ) -> _Reply:
         try:
             body = await read_bounded(receive, headers.get("content-length"), self.max_body_bytes)
         except BodyTooLarge:
-            return _error(413, "too_large", f"body exceeds {self.max_body_bytes} bytes"), None
+            return _error(413, "too_large", f"body exceeds {self.max_body_bytes} bytes")
         try:
             self.verifier.verify("POST", self.public_uri(scope), body, headers)
         except SignatureRejected as exc:
-            return _error(401, exc.reason, str(exc)), None
+            return _error(401, exc.reason, str(exc))
         try:
             events = parse_events(body)
         except PayloadRejected as exc:
-            return _error(400, "bad_payload", str(exc)), None
+            return _error(400, "bad_payload", str(exc))
+        request.events = events
         kept = [e for e in events if not self.is_own_echo(e)]
         own_echoes = len(events) - len(kept)
         if own_echoes:
             metrics.echoes.add(own_echoes, _SOURCE)
-        span = self._start_span(scope, headers, start_ns, events) if self.spans else None
         outcomes: Sequence[Outcome] = ()
         if kept:
             try:
-                outcomes = await self.committer.submit(kept, self._carrier(span, headers))
+                # The committer records the accept duration, and opens the request's span right
+                # before the round trip and closes it right after (see ``Traced``).
+                if request.own_span:
+                    outcomes = await self.committer.submit(kept, traced=request, started=request.started)
+                elif self.spans == "round_trip":
+                    outcomes = await self.committer.submit(
+                        kept, grouped=True, received_ns=request.start_ns, started=request.started
+                    )
+                else:
+                    outcomes = await self.committer.submit(
+                        kept, request.caller_context(), started=request.started
+                    )
             except EnqueueFailed as exc:
+                if request.span is None and self.spans != "off":
+                    request.open()  # a 503 gets a span of its own (ended in ``__call__``)
+                span = request.span
                 in_span = trace.use_span(span, end_on_exit=False) if span else contextlib.nullcontext()
                 with in_span:
                     log.warning("webhook not enqueued, answering 503: %s", exc)
-                reply = _error(503, "redis_unavailable", "events not stored; retry later", _RETRY_HEADERS)
-                return reply, span
+                return _error(503, "redis_unavailable", "events not stored; retry later", _RETRY_HEADERS)
+        else:
+            metrics.accept_duration.record(time.perf_counter() - request.started)
         # The committer counts them in the metrics, once per round trip.
         accepted = duplicates = echoes = 0
         for outcome in outcomes:
@@ -249,7 +253,65 @@ class WebhookEndpoint:
             else:
                 echoes += 1
         body = b'{"accepted":%d,"duplicates":%d,"echoes":%d}' % (accepted, duplicates, echoes + own_echoes)
-        return _Reply(200, body, _JSON_HEADERS), span
+        return _Reply(200, body, _JSON_HEADERS)
+
+
+class _RequestSpan:
+    """One webhook request's server span (a committer :class:`~hubsync.ingress.committer.Traced`):
+    opened and closed by the committer around the round trip that stores the request's events, or
+    by the endpoint for a request that is refused or commits nothing."""
+
+    __slots__ = (
+        "closed",
+        "endpoint",
+        "events",
+        "headers",
+        "own_span",
+        "scope",
+        "span",
+        "start_ns",
+        "started",
+    )
+
+    def __init__(
+        self, endpoint: WebhookEndpoint, scope: Scope, headers: dict[str, str], start_ns: int, started: float
+    ) -> None:
+        self.endpoint = endpoint
+        self.scope = scope
+        self.headers = headers
+        self.start_ns = start_ns
+        self.started = started
+        self.events: Sequence[WebhookEvent] | None = None
+        self.span: trace.Span | None = None
+        self.closed = False
+        # Whether the request gets a server span of its own whatever its answer.
+        mode = endpoint.spans
+        self.own_span = mode == "request" or (mode == "round_trip" and "traceparent" in headers)
+
+    def caller_context(self) -> dict[str, str]:
+        """The caller's W3C trace context, as the entries carry it when no span is recorded."""
+        headers = self.headers
+        return {key: headers[key] for key in ("traceparent", "tracestate") if key in headers}
+
+    def open(self) -> dict[str, str]:
+        self.span = self.endpoint._start_span(self.scope, self.headers, self.start_ns, self.events)
+        return trace_carrier(self.span)
+
+    def close(self, error: str | None) -> None:
+        if error is None:
+            self.finish(200, "")
+        else:
+            self.finish(503, error)
+
+    def finish(self, status: int, reason: str) -> None:
+        self.closed = True
+        span = self.span
+        if span is None:
+            return
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(StatusCode.ERROR, reason)
+        span.end()
 
 
 def _annotate(attributes: dict[str, Any], events: Sequence[WebhookEvent]) -> None:
