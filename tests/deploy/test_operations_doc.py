@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from hubsync.ingress.committer import COMMIT_SPAN
 from hubsync.ingress.webhooks import SPAN_NAME as WEBHOOK_SPAN
 from tests.deploy.chart import ROOT, render_file
 from tests.deploy.test_chart_production import alerts
@@ -60,7 +61,8 @@ def test_internal_links_resolve(sections: dict[str, str]) -> None:
         (
             "Following one change end to end",
             [
-                WEBHOOK_SPAN,  # the names the services really give their spans
+                COMMIT_SPAN,  # the names the services really give their spans
+                WEBHOOK_SPAN,
                 "mapper.inbound",
                 "HubSpot POST /crm/v3/objects/{objectType}/batch/read",
                 "HTTP client spans",
