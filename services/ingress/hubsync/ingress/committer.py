@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ _ROOT = Context()
 _WEBHOOK = {"origin": "webhook"}
 _WRITTEN = {"kind": "written"}
 HOUR_MS = 3_600_000
+# A digest's first 8 bytes are the set member (signed), the next 4 pick the bucket.
+_MEMBER_AND_BUCKET = struct.Struct(">qI")
 
 # KEYS[1] the stream, then dedupe sets and written-hashes; ARGV: maxlen, ttl, accepted_ms, origin,
 # and one JSON array of events, each [set index, member, written index (0: none), property, value,
@@ -168,10 +171,8 @@ def trace_carrier(span: trace.Span) -> dict[str, str]:
 
 def dedupe_slot(event: WebhookEvent, buckets: int) -> tuple[str, int]:
     """The dedupe set suffix and the signed 64-bit member of an event."""
-    digest = event.digest()
-    member = int.from_bytes(digest[:8], "big", signed=True)
-    bucket = int.from_bytes(digest[8:12], "big") % buckets
-    return f"seen:{event.occurred_at // HOUR_MS}:{bucket}", member
+    member, bucket = _MEMBER_AND_BUCKET.unpack_from(event.digest())
+    return f"seen:{event.occurred_at // HOUR_MS}:{bucket % buckets}", member
 
 
 class EventCommitter:

@@ -7,8 +7,7 @@ required fields reject the whole request with a reason, so HubSpot's retry does 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -30,9 +29,12 @@ class PayloadRejected(Exception):
     """The body is not a valid webhook payload; the message says why (safe to show the sender)."""
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookEvent:
-    """One event as HubSpot sent it (``raw``), and the fields ingress reasons about."""
+class WebhookEvent(NamedTuple):
+    """One event as HubSpot sent it (``raw``), and the fields ingress reasons about.
+
+    Immutable; a named tuple rather than a frozen dataclass because one is built per event on the
+    hot path, and a tuple is built several times faster.
+    """
 
     portal_id: int
     event_id: int
