@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.devredis import free_port
 from hubsync.core.telemetry import setup_tracing
-from hubsync.ingress.committer import COMMIT_SPAN, EnqueueFailed, EventCommitter, Outcome
+from hubsync.ingress.committer import COMMIT_SPAN, LISTED_IDS, EnqueueFailed, EventCommitter, Outcome
 from hubsync.ingress.events import parse_events
 from hubsync.ingress.webhooks import SPAN_NAME
 from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
@@ -80,7 +80,9 @@ async def test_request_mode_gives_every_request_its_server_span(  # type: ignore
     servers = named(exporter, SPAN_NAME)
     assert len(servers) == 4 and all(s.parent is None for s in servers)
     assert not named(exporter, COMMIT_SPAN)
-    by_object: dict[Any, ReadableSpan] = {s.attributes["hubsync.object_id"]: s for s in servers if s.attributes}
+    by_object: dict[Any, ReadableSpan] = {
+        s.attributes["hubsync.object_id"]: s for s in servers if s.attributes
+    }
     assert sorted(by_object) == [0, 1, 2, 3]
     entries: Any = await redis.xrange(STREAM)
     for _id, fields in entries:
@@ -146,3 +148,19 @@ async def test_a_failed_round_trip_marks_its_span_as_an_error(exporter: InMemory
     [commit] = named(exporter, COMMIT_SPAN)
     assert commit.status.status_code.name == "ERROR"
     assert "redis did not take the events" in (commit.status.description or "")
+
+
+async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: ignore[no-untyped-def]
+    redis_url, redis: Redis, exporter: InMemorySpanExporter
+) -> None:
+    committer = EventCommitter(
+        Redis.from_url(redis_url), stream_maxlen=10_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+    )
+    events = parse_events(json.dumps([event(object_id=i) for i in range(LISTED_IDS + 20)]).encode())
+    await committer.submit(events, grouped=True)
+    [commit] = named(exporter, COMMIT_SPAN)
+    attributes: Any = commit.attributes
+    assert attributes["hubsync.event_count"] == LISTED_IDS + 20
+    assert list(attributes["hubsync.object_id"]) == list(range(LISTED_IDS))
+    assert await redis.xlen(STREAM) == LISTED_IDS + 20
+    await committer.close()

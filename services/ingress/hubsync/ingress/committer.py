@@ -37,6 +37,9 @@ from hubsync.ingress.events import WebhookEvent
 
 PORTALS_KEY = "hubsync:portals"
 COMMIT_SPAN = "ingress.commit"
+# The commit span lists the event and object ids of its first events only: tracing backends cap
+# an attribute's size (Tempo's default is 2 KiB), and mapper's spans carry each event's ids.
+LISTED_IDS = 100
 _tracer = trace.get_tracer("hubsync.ingress")
 _ROOT = Context()
 _WEBHOOK = {"origin": "webhook"}
@@ -319,8 +322,8 @@ class EventCommitter:
             "hubsync.request_count": len(grouped),
             "hubsync.event_count": len(events),
             "hubsync.portal_id": portals[0] if len(portals) == 1 else portals,
-            "hubsync.event_id": [event.event_id for event in events],
-            "hubsync.object_id": [event.object_id for event in events],
+            "hubsync.event_id": [event.event_id for event in events[:LISTED_IDS]],
+            "hubsync.object_id": [event.object_id for event in events[:LISTED_IDS]],
         }
         started = [sub.received_ns for sub in grouped if sub.received_ns]
         span = _tracer.start_span(
