@@ -134,7 +134,9 @@ def test_services_find_each_other_and_their_settings(values_file: str) -> None:
         } <= set(env)
     auth_env = env_of(rendered, "auth")
     assert auth_env["HUBSYNC_AUTH_KEYRING_FILE"]["value"].endswith(".json")
-    assert env_of(rendered, "ingress")["HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE"]["value"].endswith(".json")
+    ingress_env = env_of(rendered, "ingress")
+    assert ingress_env["HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE"]["value"].endswith(".json")
+    assert ingress_env["HUBSYNC_INGRESS_WEBHOOK_SPANS"]["value"] == "round_trip"
     assert env_of(rendered, "mapper")["HUBSYNC_MAPPER_MAPPINGS_DIR"]["value"] == "/etc/hubsync/mappings"
     assert "HUBSYNC_WRITER_RATE_LIMIT_PRESET" in env_of(rendered, "writer")
 

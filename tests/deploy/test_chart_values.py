@@ -52,6 +52,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "wrong-type-replicas": ({"components": {"writer": {"replicas": "two"}}}, "want integer"),
     "wrong-type-flag": ({"keda": {"enabled": "yes"}}, "want boolean"),
     "wrong-enum": ({"writer": {"rateLimitPreset": "unlimited"}}, "rateLimitPreset"),
+    "wrong-webhook-spans": ({"ingress": {"webhookSpans": "per_request"}}, "webhookSpans"),
     "bad-redis-url": ({"redis": {"url": "http://redis:6379"}}, "/redis/url"),
     "bad-keyring-key": ({"auth": {"keyring": {"keys": {"k1": "not-32-bytes"}}}}, "/auth/keyring/keys/k1"),
 }

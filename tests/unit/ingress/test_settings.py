@@ -12,12 +12,13 @@ from hubsync.ingress.settings import IngressSettings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTP_PORT", "WEBHOOK_SECRETS", "PUBLIC_BASE_URL", "ACCEPT_V1"):
+    for name in ("HTTP_PORT", "WEBHOOK_SECRETS", "PUBLIC_BASE_URL", "ACCEPT_V1", "WEBHOOK_SPANS"):
         monkeypatch.delenv(f"HUBSYNC_INGRESS_{name}", raising=False)
     settings = load_settings(IngressSettings)
     assert (settings.http_host, settings.http_port, settings.public_base_url) == ("127.0.0.1", 8080, None)
     assert settings.max_body_bytes == 1024 * 1024 and settings.dedupe_ttl_s > 24 * 3600
     assert not settings.accept_v1 and not settings.accept_v2
+    assert settings.webhook_spans == "round_trip"
 
 
 def test_secrets_inline_and_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -41,6 +42,7 @@ def test_secrets_inline_and_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path
         ("PUBLIC_BASE_URL", "ftp://x"),
         ("MAX_BODY_BYTES", "10"),
         ("DEDUPE_TTL_S", "abc"),
+        ("WEBHOOK_SPANS", "per_request"),
     ],
 )
 def test_bad_value_exits_2_naming_the_variable(

@@ -295,6 +295,8 @@ spec:
 {{- end }}
 - name: HUBSYNC_INGRESS_MAX_BODY_BYTES
   value: {{ $v.ingress.maxBodyBytes | int | quote }}
+- name: HUBSYNC_INGRESS_WEBHOOK_SPANS
+  value: {{ $v.ingress.webhookSpans | quote }}
 {{- else if eq $name "mapper" }}
 - name: HUBSYNC_MAPPER_MAPPINGS_DIR
   value: /etc/hubsync/mappings
