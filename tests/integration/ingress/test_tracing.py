@@ -164,3 +164,30 @@ async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: igno
     assert list(attributes["hubsync.object_id"]) == list(range(LISTED_IDS))
     assert await redis.xlen(STREAM) == LISTED_IDS + 20
     await committer.close()
+
+
+class _BrokenSpan:
+    """A Traced whose span cannot be opened."""
+
+    closed: list[str | None]
+
+    def __init__(self) -> None:
+        self.closed = []
+
+    def open(self) -> dict[str, str]:
+        raise RuntimeError("tracing is broken")
+
+    def close(self, error: str | None) -> None:
+        self.closed.append(error)
+
+
+async def test_a_tracing_failure_does_not_keep_events_out_of_redis(redis_url, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+    committer = EventCommitter(
+        Redis.from_url(redis_url), stream_maxlen=10_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+    )
+    broken = _BrokenSpan()
+    outcomes = await committer.submit(parse_events(json.dumps([event()]).encode()), traced=broken)
+    assert outcomes == [Outcome.ACCEPTED]
+    assert await redis.xlen(STREAM) == 1
+    assert broken.closed == [None]
+    await committer.close()

@@ -10,6 +10,12 @@ Dedupe memory: a 16-byte BLAKE2b digest of the event identity picks a set
 ``hubsync:{portal}:seen:<occurred hour>:<bucket>`` and a signed 64-bit member. Members are integers,
 so each small set is a Redis *intset*: 8 bytes per event plus the key's share of overhead
 (``bench/ingress`` measures bytes/event). Sets live ``dedupe_ttl_s`` past their last insert.
+
+Tracing: every entry stores a W3C trace context. Submissions that ask for it (``grouped``: the
+webhook requests HubSpot sends without one) share one ``ingress.commit`` span per round trip,
+the root of their events' traces; a submission with its own span (``traced``) has it opened and
+closed around the round trip; others bring their context (``carrier``) or none. A failure to
+open spans never keeps events out of Redis.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import struct
 import time
 from collections.abc import Sequence
@@ -35,6 +42,7 @@ from hubsync.core.redis import portal_key
 from hubsync.ingress import metrics
 from hubsync.ingress.events import WebhookEvent
 
+log = logging.getLogger(__name__)
 PORTALS_KEY = "hubsync:portals"
 COMMIT_SPAN = "ingress.commit"
 # The commit span lists the event and object ids of its first events only: tracing backends cap
@@ -261,7 +269,11 @@ class EventCommitter:
             # Let requests that are being parsed in this loop turn join the group.
             await asyncio.sleep(self.window_s)
             batch = self._take()
-            span = self._open_spans(batch)
+            try:
+                span = self._open_spans(batch)
+            except Exception:  # tracing must not keep events out of Redis
+                log.exception("could not open the round trip's spans; committing without them")
+                span = None
             try:
                 async with asyncio.timeout(self.timeout_s):
                     results = await self._commit(batch)

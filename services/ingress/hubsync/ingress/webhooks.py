@@ -7,9 +7,11 @@ the body is even parsed.
 The endpoint is a plain ASGI callable (:class:`WebhookEndpoint`), mounted in front of Starlette
 by :func:`hubsync.ingress.http_server.build_app`: it is the hot path, and a Request/Response
 object pair, the middleware stack and the generic OpenTelemetry ASGI middleware together cost
-several times the work the endpoint itself does. It opens one server span per request itself
-(W3C ``traceparent`` extracted from the request with the global propagator); that span's context
-is what every stream entry of the request carries, so mapper's spans are its children.
+several times the work the endpoint itself does. What it traces is set by ``WEBHOOK_SPANS`` (see
+:class:`WebhookEndpoint`): by default HubSpot's accepted requests share their round trip's
+``ingress.commit`` span, and a request that brings a ``traceparent`` (extracted with the global
+propagator) or is refused gets a server span of its own. The stream entries carry the context of
+the span their request belongs to, so mapper's spans are its children.
 """
 
 from __future__ import annotations
