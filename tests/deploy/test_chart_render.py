@@ -138,7 +138,9 @@ def test_services_find_each_other_and_their_settings(values_file: str) -> None:
     assert ingress_env["HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE"]["value"].endswith(".json")
     assert ingress_env["HUBSYNC_INGRESS_WEBHOOK_SPANS"]["value"] == "round_trip"
     assert env_of(rendered, "mapper")["HUBSYNC_MAPPER_MAPPINGS_DIR"]["value"] == "/etc/hubsync/mappings"
-    assert "HUBSYNC_WRITER_RATE_LIMIT_PRESET" in env_of(rendered, "writer")
+    writer_env = env_of(rendered, "writer")
+    assert "HUBSYNC_WRITER_RATE_LIMIT_PRESET" in writer_env
+    assert writer_env["HUBSYNC_WRITER_DAILY_RESET_TIMEZONE"]["value"] == "UTC"
 
 
 def _secret_refs(rendered: Any) -> set[tuple[str, str | None]]:

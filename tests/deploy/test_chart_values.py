@@ -53,6 +53,7 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "wrong-type-flag": ({"keda": {"enabled": "yes"}}, "want boolean"),
     "wrong-enum": ({"writer": {"rateLimitPreset": "unlimited"}}, "rateLimitPreset"),
     "wrong-webhook-spans": ({"ingress": {"webhookSpans": "per_request"}}, "webhookSpans"),
+    "bad-time-zone": ({"writer": {"dailyResetTimezone": "New York"}}, "dailyResetTimezone"),
     "bad-redis-url": ({"redis": {"url": "http://redis:6379"}}, "/redis/url"),
     "bad-keyring-key": ({"auth": {"keyring": {"keys": {"k1": "not-32-bytes"}}}}, "/auth/keyring/keys/k1"),
 }

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo
 
 import pytest
 from redis.asyncio import Redis
 
 from hubsync.core.errors import ResourceExhausted
-from hubsync.writer.ratelimit import Budget, RateLimiter
+from hubsync.writer.ratelimit import Budget, RateLimiter, next_midnight
 
 
-def limiter(redis: Redis, limit: int = 10, window_ms: int = 400, daily: int = 0) -> RateLimiter:
-    return RateLimiter(redis, Budget("burst", limit, window_ms, daily), Budget("search", 3, 1000))
+def limiter(
+    redis: Redis, limit: int = 10, window_ms: int = 400, daily: int = 0, zone: tzinfo = UTC
+) -> RateLimiter:
+    return RateLimiter(
+        redis, Budget("burst", limit, window_ms, daily), Budget("search", 3, 1000), reset_zone=zone
+    )
 
 
 async def test_no_window_holds_more_than_the_limit(redis: Redis) -> None:
@@ -48,6 +54,38 @@ async def test_daily_budget(redis: Redis) -> None:
         await lim.acquire(7)
     assert err.value.reason == "DAILY_LIMIT"
     assert (await lim.usage(7)).daily_used == 2
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago", "America/New_York"])
+async def test_the_daily_budget_restarts_at_midnight_in_the_accounts_zone(redis: Redis, zone: str) -> None:
+    # Kiritimati is UTC+14 and Pago Pago UTC-11: their days start 14 h before and 11 h after UTC's.
+    lim = limiter(redis, limit=100, daily=1, zone=ZoneInfo(zone))
+    await lim.acquire(8)
+    with pytest.raises(ResourceExhausted) as err:
+        await lim.acquire(8)
+    expected = next_midnight(ZoneInfo(zone), time.time()) - time.time()
+    assert err.value.retry_after is not None and abs(err.value.retry_after - expected) < 5
+    assert (await lim.usage(8)).daily_used == 1
+    # After a DAILY 429 the portal is blocked until that same midnight.
+    await lim.block_until_daily_reset(8)
+    blocked_until = int(await redis.hget("hubsync:{8}:rl:info", "blocked_until") or 0)
+    assert abs(blocked_until / 1000 - lim.next_reset()) < 5
+
+
+def test_next_midnight_follows_daylight_saving_time() -> None:
+    new_york = ZoneInfo("America/New_York")
+    # 2026-03-08 is the spring-forward day there: that day has 23 hours, the next midnight is EDT.
+    noon = datetime(2026, 3, 8, 12, 0, tzinfo=new_york).timestamp()
+    assert next_midnight(new_york, noon) == datetime(2026, 3, 9, 4, 0, tzinfo=UTC).timestamp()
+    # In winter midnight in New York is 05:00 UTC; just before it, the next one is that one.
+    assert (
+        next_midnight(new_york, datetime(2026, 1, 15, 4, 59, tzinfo=UTC).timestamp())
+        == datetime(2026, 1, 15, 5, 0, tzinfo=UTC).timestamp()
+    )
+    assert (
+        next_midnight(UTC, datetime(2026, 1, 15, 23, 0, tzinfo=UTC).timestamp())
+        == datetime(2026, 1, 16, tzinfo=UTC).timestamp()
+    )
 
 
 async def test_hubspot_headers_raise_our_count(redis: Redis) -> None:

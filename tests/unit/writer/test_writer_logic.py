@@ -91,13 +91,28 @@ def test_presets_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert WriterSettings().limits() == (150, 1_000_000)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATE_LIMIT_PRESET", "unlimited"),
+        ("DAILY_RESET_TIMEZONE", "Mars/Olympus_Mons"),
+        ("DAILY_RESET_TIMEZONE", ""),
+    ],
+)
 def test_a_bad_setting_exits_2_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str
 ) -> None:
     from hubsync.core.settings import load_settings
 
-    monkeypatch.setenv("HUBSYNC_WRITER_RATE_LIMIT_PRESET", "unlimited")
+    monkeypatch.setenv(f"HUBSYNC_WRITER_{name}", value)
     with pytest.raises(SystemExit) as exc:
         load_settings(WriterSettings)
     assert exc.value.code == 2
-    assert "HUBSYNC_WRITER_RATE_LIMIT_PRESET" in capsys.readouterr().err
+    assert f"HUBSYNC_WRITER_{name}" in capsys.readouterr().err
+
+
+def test_the_daily_reset_zone_is_utc_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HUBSYNC_WRITER_DAILY_RESET_TIMEZONE", raising=False)
+    assert WriterSettings().reset_zone().key == "UTC"
+    monkeypatch.setenv("HUBSYNC_WRITER_DAILY_RESET_TIMEZONE", "America/New_York")
+    assert WriterSettings().reset_zone().key == "America/New_York"

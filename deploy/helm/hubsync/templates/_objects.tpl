@@ -307,6 +307,8 @@ spec:
   value: {{ $v.writer.pilotMode | toString | quote }}
 - name: HUBSYNC_WRITER_BATCH_MAX_WAIT_MS
   value: {{ $v.writer.batchMaxWaitMs | int | quote }}
+- name: HUBSYNC_WRITER_DAILY_RESET_TIMEZONE
+  value: {{ $v.writer.dailyResetTimezone | quote }}
 {{- end }}
 {{- with .c.env }}
 {{ toYaml . }}

@@ -171,11 +171,11 @@ class HubSpotClient:
             if status == 429:
                 policy = response.body.get("policyName", "") if isinstance(response.body, dict) else ""
                 if policy == "DAILY":
-                    await self.limiter.block_until_utc_midnight(portal_id)
+                    await self.limiter.block_until_daily_reset(portal_id)
                     raise ResourceExhausted(
                         f"portal {portal_id} reached HubSpot's daily limit",
                         reason="HUBSPOT_DAILY_LIMIT",
-                        retry_after=_seconds_to_utc_midnight(),
+                        retry_after=self.limiter.next_reset() - time.time(),
                     )
                 if policy != "SECONDLY" and not search:
                     # Every replica waits out the window through the shared limiter.
@@ -262,8 +262,3 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             except ValueError:
                 return None
     return None
-
-
-def _seconds_to_utc_midnight() -> float:
-    now = time.time()
-    return 86_400 - (now % 86_400)

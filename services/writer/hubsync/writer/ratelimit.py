@@ -3,8 +3,8 @@
 Three budgets per portal, each atomic in Redis (Lua, Redis's own clock):
 
 - the rolling burst window (a sorted set of request stamps: at most ``burst`` in any window),
-- the daily budget (a counter reset at UTC midnight; HubSpot resets at the account's midnight,
-  so the count is conservative for accounts east of UTC),
+- the daily budget (a counter reset at midnight in ``reset_zone``: HubSpot resets it at midnight
+  in the account's time zone, which ``HUBSYNC_WRITER_DAILY_RESET_TIMEZONE`` names; UTC by default),
 - search's requests per second, counted apart from the rest (search is not in the burst count).
 
 A request waits for a slot, bounded by its deadline, rather than being sent to fail. HubSpot's
@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from opentelemetry import metrics
@@ -32,8 +33,9 @@ _remaining = _meter.create_gauge(
     "hubsync.ratelimit.remaining", description="Requests left in the portal's burst window"
 )
 
-# KEYS: window zset, daily hash, info hash. ARGV: limit, window_ms, daily_limit, member.
-# Returns {granted (1|0|-1 daily), wait_ms, used}.
+# KEYS: window zset, daily hash, info hash. ARGV: limit, window_ms, daily_limit, member, the reset
+# zone's UTC offset in ms (days are counted from midnight there). Returns {granted (1|0|-1 daily),
+# wait_ms, used}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -50,13 +52,14 @@ if used >= limit then
   if wait < 1 then wait = 1 end
   return {0, wait, used}
 end
-local day = math.floor(now / 86400000)
+local local_now = now + tonumber(ARGV[5])
+local day = math.floor(local_now / 86400000)
 if daily > 0 then
   local stored = redis.call('HMGET', KEYS[2], 'day', 'count')
   local count = 0
   if tonumber(stored[1]) == day then count = tonumber(stored[2]) or 0 end
   if count >= daily then
-    return {-1, (day + 1) * 86400000 - now, count}
+    return {-1, (day + 1) * 86400000 - local_now, count}
   end
 end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
@@ -80,7 +83,7 @@ return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
 """
 
 # KEYS: window zset, daily hash, info hash. ARGV: hubspot_used (-1 unknown), fill_to (-1 none),
-# daily_used (-1 unknown), remaining, window_ms, token.
+# daily_used (-1 unknown), remaining, window_ms, token, the reset zone's UTC offset in ms.
 # Adds phantom stamps so our window holds at least what HubSpot counted.
 _CORRECT = """
 local t = redis.call('TIME')
@@ -99,7 +102,7 @@ end
 if added > 0 then redis.call('PEXPIRE', KEYS[1], window * 2) end
 local daily_used = tonumber(ARGV[3])
 if daily_used >= 0 then
-  local day = math.floor(now / 86400000)
+  local day = math.floor((now + tonumber(ARGV[7])) / 86400000)
   local stored = redis.call('HMGET', KEYS[2], 'day', 'count')
   if tonumber(stored[1]) ~= day or (tonumber(stored[2]) or 0) < daily_used then
     redis.call('HSET', KEYS[2], 'day', day, 'count', daily_used)
@@ -133,11 +136,15 @@ class QuotaUse:
 class RateLimiter:
     """Grants request slots per portal; every replica shares the counts through Redis."""
 
-    def __init__(self, redis: Redis, api: Budget, search: Budget, margin_ms: int = 0) -> None:
+    def __init__(
+        self, redis: Redis, api: Budget, search: Budget, margin_ms: int = 0, reset_zone: tzinfo = UTC
+    ) -> None:
         self.redis = redis
         self.api = api
         self.search = search
         self.margin_ms = margin_ms
+        # Where the daily budget's day starts at midnight (HubSpot: the account's time zone).
+        self.reset_zone = reset_zone
         self._acquire = redis.register_script(_ACQUIRE)
         self._correct = redis.register_script(_CORRECT)
         self._settle = redis.register_script(_SETTLE)
@@ -170,7 +177,7 @@ class RateLimiter:
         while True:
             member = uuid.uuid4().hex
             granted, wait_ms, used = await self._acquire(
-                keys=keys, args=[budget.limit, window, daily, member]
+                keys=keys, args=[budget.limit, window, daily, member, self._offset_ms()]
             )
             if int(granted) == 1:
                 if not search:
@@ -233,14 +240,23 @@ class RateLimiter:
                 remaining,
                 self.api.window_ms + self.margin_ms,
                 uuid.uuid4().hex,
+                self._offset_ms(),
             ],
         )
 
-    async def block_until_utc_midnight(self, portal_id: int) -> None:
-        """After a DAILY 429: no replica sends to this portal before the reset (UTC midnight;
-        HubSpot resets at the account's midnight, UNSURE which zone, so this may lift early and
-        meet one more 429)."""
-        until = int((time.time() // 86_400 + 1) * 86_400_000)
+    def _offset_ms(self, at: datetime | None = None) -> int:
+        """The reset zone's offset from UTC now (or ``at``), in ms (DST included)."""
+        offset = (at or datetime.now(self.reset_zone)).astimezone(self.reset_zone).utcoffset()
+        return int(offset.total_seconds() * 1000) if offset is not None else 0
+
+    def next_reset(self, now: float | None = None) -> float:
+        """The next midnight in the reset zone after ``now`` (epoch seconds; default: now)."""
+        return next_midnight(self.reset_zone, time.time() if now is None else now)
+
+    async def block_until_daily_reset(self, portal_id: int) -> None:
+        """After a DAILY 429: no replica sends to this portal before the next midnight in the
+        reset zone (set it to the account's time zone, or this lifts early or late)."""
+        until = int(self.next_reset() * 1000)
         info = self._keys(portal_id, self.api)[2]
         await self.redis.hset(info, "blocked_until", until)
         await self.redis.pexpireat(info, until + 86_400_000)
@@ -259,11 +275,19 @@ class RateLimiter:
         burst = await self.redis.zcount(window_key, now - self.api.window_ms - self.margin_ms, "+inf")
         stored: Any = await self.redis.hmget(daily_key, ["day", "count"])
         day, count = stored
-        daily_used = int(count) if day is not None and int(day) == now // 86_400_000 else 0
+        today = (now + self._offset_ms()) // 86_400_000
+        daily_used = int(count) if day is not None and int(day) == today else 0
         remaining: Any = await self.redis.hget(info_key, "remaining")
         left = self.api.limit - int(burst)
         _remaining.set(left, {"portal": str(portal_id), "source": "writer"})
         return QuotaUse(int(burst), daily_used, int(remaining) if remaining is not None else -1)
+
+
+def next_midnight(zone: tzinfo, now: float) -> float:
+    """The epoch seconds of the first midnight in ``zone`` after ``now`` (DST-aware)."""
+    local = datetime.fromtimestamp(now, zone)
+    midnight = datetime(local.year, local.month, local.day, tzinfo=zone) + timedelta(days=1)
+    return midnight.timestamp()
 
 
 def _int(value: str | None) -> int | None:

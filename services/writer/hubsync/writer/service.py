@@ -45,6 +45,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         Budget("burst", burst, settings.burst_window_ms, daily),
         Budget("search", settings.search_per_second, 1000),
         margin_ms=settings.burst_window_margin_ms,
+        reset_zone=settings.reset_zone(),
     )
     auth_channel = channel_for(core, core.auth_address)
     tokens = AuthTokenSource(auth_pb2_grpc.AuthServiceStub(auth_channel))

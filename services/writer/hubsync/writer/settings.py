@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +45,9 @@ class WriterSettings(BaseSettings):
     burst_limit: int | None = Field(default=None, ge=1)
     daily_limit: int | None = Field(default=None, ge=0)
     burst_window_ms: int = Field(default=10_000, ge=100)
+    # HubSpot resets the daily limit at midnight in the account's time zone (an IANA name such as
+    # America/New_York): when the daily budget restarts, and until when a DAILY 429 stops sends.
+    daily_reset_timezone: str = "UTC"
     # Added to the window. A slot is re-stamped when the response comes back (never earlier than
     # HubSpot's arrival time), so this only covers requests still in flight a whole window later.
     burst_window_margin_ms: int = Field(default=100, ge=0)
@@ -93,6 +97,18 @@ class WriterSettings(BaseSettings):
     export_lookback_s: float = Field(default=2.0, ge=0)
     # Callers allowed to replay/purge the DLQ.
     admin_callers: list[str] = ["cli"]
+
+    @field_validator("daily_reset_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone name, such as America/New_York") from None
+        return value
+
+    def reset_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.daily_reset_timezone)
 
     def limits(self) -> tuple[int, int]:
         """(burst, daily) after overrides."""
