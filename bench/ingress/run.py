@@ -201,12 +201,6 @@ async def dedupe_memory(url: str, events: int, buckets: int) -> dict[str, float]
         await redis.aclose()
 
 
-async def flush(url: str) -> None:
-    client = Redis.from_url(url)
-    await client.flushall()
-    await client.aclose()
-
-
 # name, events per request, the ingress service's extra environment (None: the bare handler), portal
 SCENARIOS: tuple[tuple[str, int, dict[str, str] | None, int], ...] = (
     ("bare", 1, None, PORTAL),

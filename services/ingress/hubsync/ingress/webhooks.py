@@ -134,10 +134,10 @@ class WebhookEndpoint:
         self.spans = spans
         propagator = propagate.get_global_textmap()
         # Header names the propagator reads (traceparent, tracestate, baggage by default).
-        self._trace_headers = frozenset(propagator.fields) | {"traceparent", "tracestate"}
+        self.trace_headers = frozenset(propagator.fields) | {"traceparent", "tracestate"}
         self._wanted_headers = frozenset(
             name.encode("latin-1")
-            for name in (*self._trace_headers, *WebhookVerifier.HEADERS, "content-length")
+            for name in (*self.trace_headers, *WebhookVerifier.HEADERS, "content-length")
         )
 
     def public_uri(self, scope: Scope) -> str:
@@ -166,7 +166,7 @@ class WebhookEndpoint:
                     headers[key] = value.decode("latin-1")
         request = _RequestSpan(self, scope, headers, start_ns, started)
         try:
-            reply = await self._handle(scope, receive, headers, request)
+            reply = await self._handle(receive, request)
         except _Disconnected:
             return
         if not request.closed:
@@ -183,26 +183,8 @@ class WebhookEndpoint:
         )
         await send({"type": "http.response.body", "body": reply.body})
 
-    def _start_span(
-        self,
-        scope: Scope,
-        headers: dict[str, str],
-        start_ns: int,
-        events: Sequence[WebhookEvent] | None,
-    ) -> trace.Span:
-        carrier = {k: v for k, v in headers.items() if k in self._trace_headers}
-        # The parent is the caller's context or none (never whatever this task happens to hold).
-        context = propagate.extract(carrier, context=_ROOT) if carrier else _ROOT
-        attributes: dict[str, Any] = {"http.request.method": "POST", "url.path": scope["path"]}
-        if events:
-            _annotate(attributes, events)
-        return _tracer.start_span(
-            SPAN_NAME, context=context, kind=SpanKind.SERVER, attributes=attributes, start_time=start_ns
-        )
-
-    async def _handle(
-        self, scope: Scope, receive: Receive, headers: dict[str, str], request: _RequestSpan
-    ) -> _Reply:
+    async def _handle(self, receive: Receive, request: _RequestSpan) -> _Reply:
+        scope, headers = request.scope, request.headers
         try:
             body = await read_bounded(receive, headers.get("content-length"), self.max_body_bytes)
         except BodyTooLarge:
@@ -296,7 +278,16 @@ class _RequestSpan:
         return {key: headers[key] for key in ("traceparent", "tracestate") if key in headers}
 
     def open(self) -> dict[str, str]:
-        self.span = self.endpoint._start_span(self.scope, self.headers, self.start_ns, self.events)
+        trace_headers = self.endpoint.trace_headers
+        carrier = {k: v for k, v in self.headers.items() if k in trace_headers}
+        # The parent is the caller's context or none (never whatever this task happens to hold).
+        context = propagate.extract(carrier, context=_ROOT) if carrier else _ROOT
+        attributes: dict[str, Any] = {"http.request.method": "POST", "url.path": self.scope["path"]}
+        if self.events:
+            _annotate(attributes, self.events)
+        self.span = _tracer.start_span(
+            SPAN_NAME, context=context, kind=SpanKind.SERVER, attributes=attributes, start_time=self.start_ns
+        )
         return trace_carrier(self.span)
 
     def close(self, error: str | None) -> None:

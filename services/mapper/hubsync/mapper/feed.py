@@ -28,6 +28,8 @@ from hubsync.core.redis import portal_key
 from hubsync.mapper.mappings import OBJECT_TYPES
 
 PORTALS_KEY = "hubsync:portals"
+# How often new portals' streams are looked for: a new portal's first events wait at most this.
+DISCOVER_INTERVAL_S = 0.25
 
 _meter = metrics.get_meter("hubsync.mapper")
 _delivered = _meter.create_counter("hubsync.feed.deliveries", description="Changes delivered to subscribers")
@@ -101,7 +103,9 @@ class ChangeFeed:
     """Subscribing to and acknowledging the change feed (the publishing side is the inbound
     worker, which adds entries in the same Redis transaction that acks its input)."""
 
-    def __init__(self, redis: Redis, *, poll_block_ms: int = 1000, discover_interval_s: float = 0.25):
+    def __init__(
+        self, redis: Redis, *, poll_block_ms: int = 1000, discover_interval_s: float = DISCOVER_INTERVAL_S
+    ):
         self.redis: Any = redis
         self.poll_block_ms = poll_block_ms
         self.discover_interval_s = discover_interval_s

@@ -37,7 +37,7 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.redis import group_lag, portal_key
 from hubsync.core.telemetry import extract_context, trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
-from hubsync.mapper.feed import PORTALS_KEY, feed_key
+from hubsync.mapper.feed import DISCOVER_INTERVAL_S, PORTALS_KEY, feed_key
 from hubsync.mapper.fingerprints import digest_properties, fingerprint_key
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
 
@@ -192,7 +192,7 @@ class InboundWorker:
                 now = time.monotonic()
                 if now >= next_discover:
                     await self._discover()
-                    next_discover = now + 0.25  # a new portal's first events wait at most this
+                    next_discover = now + DISCOVER_INTERVAL_S
                 if now >= next_lag:
                     next_lag = now + 5.0
                     await self.record_lag()

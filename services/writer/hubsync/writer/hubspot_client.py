@@ -171,11 +171,11 @@ class HubSpotClient:
             if status == 429:
                 policy = response.body.get("policyName", "") if isinstance(response.body, dict) else ""
                 if policy == "DAILY":
-                    await self.limiter.block_until_daily_reset(portal_id)
+                    until_reset = await self.limiter.block_until_daily_reset(portal_id)
                     raise ResourceExhausted(
                         f"portal {portal_id} reached HubSpot's daily limit",
                         reason="HUBSPOT_DAILY_LIMIT",
-                        retry_after=self.limiter.next_reset() - time.time(),
+                        retry_after=until_reset,
                     )
                 if policy != "SECONDLY" and not search:
                     # Every replica waits out the window through the shared limiter.

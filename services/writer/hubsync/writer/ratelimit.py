@@ -244,22 +244,25 @@ class RateLimiter:
             ],
         )
 
-    def _offset_ms(self, at: datetime | None = None) -> int:
-        """The reset zone's offset from UTC now (or ``at``), in ms (DST included)."""
-        offset = (at or datetime.now(self.reset_zone)).astimezone(self.reset_zone).utcoffset()
+    def _offset_ms(self) -> int:
+        """The reset zone's offset from UTC now, in ms (DST included)."""
+        offset = datetime.now(self.reset_zone).utcoffset()
         return int(offset.total_seconds() * 1000) if offset is not None else 0
 
-    def next_reset(self, now: float | None = None) -> float:
-        """The next midnight in the reset zone after ``now`` (epoch seconds; default: now)."""
-        return next_midnight(self.reset_zone, time.time() if now is None else now)
+    def next_reset(self) -> float:
+        """The next midnight in the reset zone (epoch seconds)."""
+        return next_midnight(self.reset_zone, time.time())
 
-    async def block_until_daily_reset(self, portal_id: int) -> None:
+    async def block_until_daily_reset(self, portal_id: int) -> float:
         """After a DAILY 429: no replica sends to this portal before the next midnight in the
-        reset zone (set it to the account's time zone, or this lifts early or late)."""
-        until = int(self.next_reset() * 1000)
+        reset zone (set it to the account's time zone, or this lifts early or late). Returns the
+        seconds until then."""
+        reset = self.next_reset()
+        until = int(reset * 1000)
         info = self._keys(portal_id, self.api)[2]
         await self.redis.hset(info, "blocked_until", until)
         await self.redis.pexpireat(info, until + 86_400_000)
+        return reset - time.time()
 
     async def fill_window(self, portal_id: int) -> None:
         """After a TEN_SECONDLY_ROLLING 429: marks the window full so every replica waits."""
