@@ -3,6 +3,8 @@ and authorized, and domain errors reach the client as rich statuses."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import empty_pb2
@@ -14,6 +16,8 @@ from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.errors import FailedPrecondition, error_info
 from hubsync.core.grpcserver import LIVENESS_SERVICE, ServiceHost, redis_probe
+from hubsync.core.service import ServiceSpec, start_service
+from hubsync.core.settings import CoreSettings
 
 SERVICE = "hubsync.api.auth.v1.AuthService"
 
@@ -221,3 +225,36 @@ async def test_a_pod_may_hold_only_digests_of_other_callers(caller_tokens: dict[
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await host.stop()
+
+
+async def test_stop_ends_a_background_task_whose_cancellation_was_lost(redis_url: str) -> None:
+    # A loop that retries on errors, inside which one cancellation is lost (as Python 3.11's
+    # asyncio.timeout can lose one inside a client library): stop cancels again until it ends.
+    lost = 0
+
+    async def worker() -> None:
+        nonlocal lost
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost += 1
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
+
+    async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
+        return ServiceSpec(service_names=[], register=lambda server: None, port=0, background=[worker])
+
+    service = await start_service("test", CoreSettings(redis_url=redis_url), factory, port=0)
+    # Waited for without cancelling it: a cancelled stop would cancel the task itself.
+    stopping = asyncio.create_task(service.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    if not done:
+        for task in (stopping, *service.tasks):
+            task.cancel()
+        pytest.fail("stop() did not end a task whose first cancellation was lost")
+    assert lost == 1
+    assert all(task.done() for task in service.tasks)

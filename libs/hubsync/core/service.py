@@ -62,6 +62,13 @@ class RunningService:
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
+            # A cancellation can be lost inside a client library (Python 3.11's asyncio.timeout may
+            # turn it into a TimeoutError and uncancel the task, and a loop that retries on errors
+            # then runs on): cancel again until the task has ended.
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done():
+                    task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for hook in self.spec.on_stop:

@@ -144,29 +144,12 @@ class InboundWorker:
         self.feed_max_len = feed_max_len
         self._streams: dict[str, str] = {}  # stream key → portal
         self.batches = 0
-        self.stopping = False
         # The batch being hydrated and published while the next one is read and coalesced.
         self._processing: asyncio.Task[None] | None = None
 
-    async def serve(self) -> None:
-        """Runs :meth:`run` until cancelled, and makes sure it stops.
-
-        A cancellation can be lost inside the Redis client (Python 3.11's ``asyncio.timeout``
-        may turn it into a TimeoutError and uncancel the task), so the loop also watches a flag
-        and is cancelled again until it has ended.
-        """
-        inner = asyncio.create_task(self.run(), name="mapper-inbound")
-        try:
-            await asyncio.shield(inner)
-        except asyncio.CancelledError:
-            self.stopping = True
-            while not inner.done():
-                inner.cancel()
-                await asyncio.wait({inner}, timeout=0.5)
-            raise
-
     async def run(self) -> None:
-        """Consumes until cancelled; a failing batch is retried by the visibility timeout."""
+        """Consumes until cancelled; a failing batch is retried by the visibility timeout. (A
+        cancellation lost inside a client library is repeated by the service's stop.)"""
         try:
             await self._run()
         finally:
@@ -187,7 +170,7 @@ class InboundWorker:
         next_discover = 0.0
         next_claim = 0.0
         next_lag = 0.0
-        while not self.stopping:
+        while True:
             try:
                 now = time.monotonic()
                 if now >= next_discover:

@@ -69,7 +69,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     )
     background: list[Callable[[], Awaitable[Any]]] = []
     if settings.inbound_enabled:
-        background.append(worker.serve)
+        background.append(worker.run)
     if settings.reload_interval_s > 0:
         background.append(lambda: registry.watch(settings.reload_interval_s))
 
