@@ -258,3 +258,40 @@ async def test_stop_ends_a_background_task_whose_cancellation_was_lost(redis_url
         pytest.fail("stop() did not end a task whose first cancellation was lost")
     assert lost == 1
     assert all(task.done() for task in service.tasks)
+
+
+async def test_stop_gives_up_on_a_task_that_never_ends(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import hubsync.core.service as service_module
+
+    monkeypatch.setattr(service_module, "STOP_TASKS_TIMEOUT_S", 1.5)
+
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        # ignores every cancellation until the test releases it
+        while not released.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()
+
+    async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
+        return ServiceSpec(service_names=[], register=lambda server: None, port=0, background=[stubborn])
+
+    service = await start_service("test", CoreSettings(redis_url=redis_url), factory, port=0)
+    stopping = asyncio.create_task(service.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    leftover = service.tasks[0]
+    try:
+        # stop returned, said which task it left, and the task is still running
+        assert done, "stop() waited forever for a task that never ends"
+        assert not leftover.done()
+        assert any("did not stop" in r.getMessage() for r in caplog.records)
+    finally:
+        released.set()
+        stopping.cancel()
+        await asyncio.wait({leftover, stopping}, timeout=5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class ServiceSpec:
 
 
 SpecFactory = Callable[[CoreSettings, Redis], Awaitable[ServiceSpec]]
+# How long stop() keeps cancelling a background task that has not ended before it gives up on it.
+STOP_TASKS_TIMEOUT_S = 10.0
 
 
 class RunningService:
@@ -61,16 +64,27 @@ class RunningService:
         await self.host.stop()
         for task in self.tasks:
             task.cancel()
+        deadline = asyncio.get_running_loop().time() + STOP_TASKS_TIMEOUT_S
         for task in self.tasks:
             # A cancellation can be lost inside a client library (Python 3.11's asyncio.timeout may
             # turn it into a TimeoutError and uncancel the task, and a loop that retries on errors
-            # then runs on): cancel again until the task has ended.
+            # then runs on): cancel again until the task has ended, for a bounded time.
             while not task.done():
-                await asyncio.wait({task}, timeout=0.5)
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    stack = io.StringIO()
+                    task.print_stack(limit=20, file=stack)
+                    log.error(
+                        "background task did not stop; leaving it",
+                        extra={"task": task.get_name(), "stack": stack.getvalue()},
+                    )
+                    break
+                await asyncio.wait({task}, timeout=min(0.5, left))
                 if not task.done():
                     task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for hook in self.spec.on_stop:
             try:
                 await hook()
