@@ -142,13 +142,34 @@ class ServiceHost:
         self._probe_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.port = 0
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port = 0
 
-    async def start(self, address: str) -> int:
-        """Binds ``address`` (port 0 picks a free one), starts serving, returns the port."""
-        self.port = self.server.add_insecure_port(address)
+    async def start(
+        self,
+        address: str,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        health_address: str | None = None,
+    ) -> int:
+        """Binds ``address`` (port 0 picks a free one), starts serving, returns the port.
+
+        With ``credentials`` (hubsync.core.tls) the port speaks TLS only; ``health_address`` adds
+        a plaintext port with grpc.health.v1 alone, for probes that cannot do TLS."""
+        if credentials is not None:
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
         await self.server.start()
+        if health_address is not None:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(health_address)
+            if self.health_port == 0:
+                raise RuntimeError(f"could not bind {health_address}")
+            await self._health_server.start()
         await self._set_all(await self._healthy())
         self._probe_task = asyncio.create_task(self._watch_health(), name=f"{self.name}-health")
         log.info("serving", extra={"service_name": self.name, "address": address, "port": self.port})
@@ -195,6 +216,8 @@ class ServiceHost:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
         await self.server.stop(self._grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         log.info("stopped", extra={"service_name": self.name})
 
     async def wait_for_termination(self) -> None:

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
 from hubsync.core.settings import CoreSettings
+from hubsync.core.tls import redis_tls_options
 
 
 def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> Redis:
@@ -23,11 +24,14 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
         "socket_connect_timeout": 2.0,
         "socket_timeout": 5.0,
         "retry_on_timeout": False,
+        **redis_tls_options(settings),
     }
     sentinels = settings.sentinel_addresses()
     if sentinels:
         db = int(urlsplit(settings.redis_url).path.lstrip("/") or 0)
         sentinel = Sentinel(sentinels, socket_connect_timeout=2.0, socket_timeout=2.0)
+        if "ssl_cert_reqs" in options:
+            options["ssl"] = True
         return sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis, db=db, **options)
     return Redis.from_url(settings.redis_url, **options)
 

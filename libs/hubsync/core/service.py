@@ -24,6 +24,7 @@ from hubsync.core.logging import setup_logging
 from hubsync.core.redis import create_redis
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.core.telemetry import setup_metrics, setup_tracing, shutdown_tracing
+from hubsync.core.tls import grpc_tls, production_problems, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,12 @@ async def start_service(
     )
     if port is None:
         port = core.grpc_port if core.grpc_port is not None else spec.port
-    await host.start(f"{core.grpc_host}:{port}")
+    tls = grpc_tls(core)
+    await host.start(
+        f"{core.grpc_host}:{port}",
+        credentials=server_credentials(tls) if tls else None,
+        health_address=f"{core.grpc_host}:{core.grpc_health_port}" if core.grpc_health_port else None,
+    )
     tasks = [asyncio.create_task(_guard(job), name=f"{name}-bg") for job in spec.background]
     return RunningService(host, spec, redis, tasks)
 
@@ -134,6 +140,10 @@ def main(name: str, factory: SpecFactory) -> None:
     setup_metrics(f"hubsync-{name}", core.grpc_host, core.metrics_port)
     if core.environment == "production" and not core.caller_credentials():
         log.error("HUBSYNC_CALLER_TOKENS_FILE: caller credentials are required in production")
+        raise SystemExit(2)
+    if core.environment == "production" and (problems := production_problems(core)):
+        for problem in problems:
+            log.error(problem)
         raise SystemExit(2)
 
     async def run() -> None:

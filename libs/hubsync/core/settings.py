@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hubsync.core.callers import HASHED
+from hubsync.core.tls import grpc_tls
 
 
 class Environment(StrEnum):
@@ -70,6 +71,26 @@ class CoreSettings(BaseSettings):
     # A server asks clients to reconnect after this long (0: never), so they resolve the service
     # name again and spread calls over pods added since; calls in flight are not cut.
     grpc_max_connection_age_seconds: float = Field(default=300.0, ge=0)
+    # A second, plaintext port serving grpc.health.v1 only (0/unset: none), for probes that
+    # cannot speak TLS (Kubernetes' native gRPC probes) while the API port requires mTLS.
+    grpc_health_port: int | None = Field(default=None, ge=0, le=65535)
+    # gRPC TLS (hubsync.core.tls): this process's certificate chain and key (PEM), and the CA
+    # that signs every service's certificate: with it servers require client certificates (mTLS)
+    # and clients verify servers. Files are read again when they change (rotation).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # The name clients check in servers' certificates, when it is not the host of the address.
+    tls_server_name: str = ""
+    # Production refuses plaintext gRPC and Redis unless one of these says explicitly that a
+    # service mesh (sidecars with mTLS) encrypts and authenticates the hop.
+    grpc_tls_by_mesh: bool = False
+    redis_tls_by_mesh: bool = False
+    # rediss://: the CA that signed Redis's certificate (else the system's roots), and a client
+    # certificate for a Redis that requires one (tls-auth-clients).
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
 
     @field_validator("log_level")
     @classmethod
@@ -96,6 +117,16 @@ class CoreSettings(BaseSettings):
     def _sentinel_pair(self) -> CoreSettings:
         if bool(self.sentinel_addresses()) != bool(self.redis_sentinel_master):
             raise ValueError("HUBSYNC_REDIS_SENTINELS and HUBSYNC_REDIS_SENTINEL_MASTER must be set together")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> CoreSettings:
+        # Checked at start-up so a missing or mismatched file fails fast, naming the variable.
+        grpc_tls(self)
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError(
+                "HUBSYNC_REDIS_TLS_CERT_FILE and HUBSYNC_REDIS_TLS_KEY_FILE must be set together"
+            )
         return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
@@ -140,8 +171,11 @@ def load_settings(cls: type[S]) -> S:
         lines = [f"hubsync: invalid configuration for {cls.__name__}:"]
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            variable = f"{prefix}{field}".upper()
             # The input is left out on purpose: it may be a secret.
-            lines.append(f"  {variable}: {err['msg']}")
+            if field:
+                lines.append(f"  {prefix}{field}".upper() + f": {err['msg']}")
+            else:
+                # A check across variables: its message names them.
+                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
