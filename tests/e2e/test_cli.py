@@ -26,7 +26,7 @@ DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "services/mapper/hubsyn
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def suite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Suite]:
-    async with Suite(Path(tmp_path_factory.mktemp("cli"))) as running:
+    async with Suite(Path(tmp_path_factory.mktemp("cli")), tls=True) as running:
         await connect_sandbox_portal(running)
         yield running
 
@@ -35,6 +35,10 @@ def hubsync(suite: Suite, *args: str, token: str | None = None) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
     env |= {f"HUBSYNC_{s.upper()}_ADDRESS": suite.address(s) for s in SERVICES}
     env["HUBSYNC_CLI_TOKEN"] = suite.tokens["cli"] if token is None else token
+    # The CLI talks mutual TLS like every internal client.
+    cli = suite.tls["cli"]
+    env |= {"HUBSYNC_TLS_CERT_FILE": str(cli.cert), "HUBSYNC_TLS_KEY_FILE": str(cli.key)}
+    env["HUBSYNC_TLS_CA_FILE"] = str(cli.ca)
     env["COLUMNS"] = "250"
     return subprocess.run(
         [sys.executable, "-m", "hubsync.cli", *args], env=env, capture_output=True, text=True, timeout=60

@@ -1,5 +1,6 @@
 """The whole suite as separate processes, the way a user runs it: Redis, the sandbox, the four
-services. Both directions work, and one webhook's journey is one trace across every service."""
+services, every gRPC hop over mutual TLS. Both directions work, and one webhook's journey is one
+trace across every service."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.cli.demo import run_demo
 from hubsync.cli.suite import Suite
+from hubsync.core.channels import open_channel
+from hubsync.core.devcerts import DevCA
+from hubsync.core.tls import TLSFiles
 from tests.e2e.otlp_receiver import ReceivedSpan, read_metric_names, read_spans
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -63,7 +69,9 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
             "portals": [{"hub_id": 12345}, {"hub_id": OAUTH_PORTAL, "private_apps": []}],
             "token_ttl_s": 200,
         }
-        async with Suite(workdir, otlp_endpoint=collector.endpoint, sandbox_config=sandbox) as suite:
+        async with Suite(
+            workdir, otlp_endpoint=collector.endpoint, sandbox_config=sandbox, tls=True
+        ) as suite:
             yield suite, collector
     finally:
         collector.stop()
@@ -119,6 +127,42 @@ async def test_both_directions_and_one_trace(running: tuple[Suite, Collector]) -
     assert commit.kind == 4 and not commit.parent_span_id  # SPAN_KIND_PRODUCER, the root
     assert str(commit.attributes["hubsync.portal_id"]) == "12345"
     assert int(result.hubspot_id) in [int(i) for i in commit.attributes["hubsync.object_id"]]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_every_service_refuses_clients_without_a_certificate_of_the_ca(
+    running: tuple[Suite, Collector], tmp_path: Path
+) -> None:
+    """The services speak mutual TLS only: plaintext, TLS without a client certificate and a
+    certificate from another CA are refused at the handshake, even with a valid caller token."""
+    suite, _ = running
+    cli = suite.tls["cli"]
+    assert cli.ca is not None
+    ca_pem = cli.ca.read_bytes()
+    intruder = DevCA("another CA").write(tmp_path, "intruder")
+    intruder.ca.write_bytes(ca_pem)  # it trusts the servers; they do not trust it
+    request = health_pb2.HealthCheckRequest()
+    token = suite.tokens["cli"]
+    for service in ("auth", "ingress", "mapper", "writer"):
+        address = suite.address(service)
+        channels = {
+            "plaintext": open_channel(address, token),
+            "no certificate": grpc.aio.secure_channel(
+                address, grpc.ssl_channel_credentials(root_certificates=ca_pem)
+            ),
+            "another CA": open_channel(
+                address, token, TLSFiles(cert=intruder.cert, key=intruder.key, ca=intruder.ca)
+            ),
+        }
+        for kind, channel in channels.items():
+            async with channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, (service, kind)
+        # The same token over the suite's mTLS is served.
+        async with suite.channel(service) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.mark.asyncio(loop_scope="module")

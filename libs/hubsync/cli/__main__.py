@@ -35,6 +35,7 @@ from rich.table import Table
 from hubsync.core.callers import own_token
 from hubsync.core.channels import open_channel
 from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.core.tls import grpc_tls
 
 console = Console()
 
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-demo", action="store_true", help="start everything, skip the demo")
     run.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (CI)")
     run.add_argument("--otlp-endpoint", help="send traces and metrics to this OTLP/gRPC endpoint")
+    run.add_argument(
+        "--tls", action="store_true", help="mutual TLS on every gRPC hop, with a CA made for this run"
+    )
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", help="health of every service")
@@ -127,7 +131,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         def say(msg: str) -> None:
             progress.update(task, description=msg)
 
-        suite = Suite(workdir, otlp_endpoint=args.otlp_endpoint, progress=say)
+        suite = Suite(workdir, otlp_endpoint=args.otlp_endpoint, progress=say, tls=args.tls)
         try:
             await suite.start()
         except SuiteError as exc:
@@ -147,8 +151,13 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             )
         if args.exit_after_demo:
             return 0
+        if suite.tls:
+            cli = suite.tls["cli"]
+            flags = f"-cacert {cli.ca} -cert {cli.cert} -key {cli.key}"
+        else:
+            flags = "-plaintext"
         console.print(
-            "\nThe suite keeps running; try [bold]grpcurl -plaintext "
+            f"\nThe suite keeps running; try [bold]grpcurl {flags} "
             f"{suite.address('writer')} list[/]. Press Ctrl-C to stop."
         )
         await asyncio.Event().wait()
@@ -186,7 +195,7 @@ def _settings() -> tuple[CoreSettings, str | None]:
 
 def _channel(service: str) -> grpc.aio.Channel:
     core, token = _settings()
-    return open_channel(getattr(core, f"{service}_address"), token)
+    return open_channel(getattr(core, f"{service}_address"), token, grpc_tls(core))
 
 
 def _print_message(message: Any) -> None:
@@ -200,7 +209,7 @@ async def _cmd_status(args: argparse.Namespace) -> int:
     worst = 0
     for service in ("auth", "ingress", "mapper", "writer"):
         address = getattr(core, f"{service}_address")
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with open_channel(address, None, grpc_tls(core)) as channel:
             try:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=3

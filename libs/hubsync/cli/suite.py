@@ -27,7 +27,9 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubsync.core.channels import open_channel
+from hubsync.core.devcerts import DevCA
 from hubsync.core.devredis import RedisProcess, free_port
+from hubsync.core.tls import TLSFiles
 
 SERVICES = ("auth", "writer", "mapper", "ingress")
 CALLERS = ("auth", "ingress", "mapper", "writer", "cli", "demo-client")
@@ -79,6 +81,7 @@ class Suite:
         sandbox_config: dict[str, object] | None = None,
         extra_env: dict[str, dict[str, str]] | None = None,
         progress: Progress | None = None,
+        tls: bool = False,
     ) -> None:
         self.workdir = workdir
         self.ports = (ports or Ports()).resolve()
@@ -91,6 +94,13 @@ class Suite:
             "active": "k1",
             "keys": {"k1": base64.b64encode(secrets.token_bytes(32)).decode()},
         }
+        # With tls, every gRPC hop is mutual TLS with certificates of a CA made for this run.
+        self.tls: dict[str, TLSFiles] = {}
+        if tls:
+            ca = DevCA("hubsync run CA")
+            for name in (*SERVICES, "cli"):
+                issued = ca.write(workdir / "tls", name)
+                self.tls[name] = TLSFiles(cert=issued.cert, key=issued.key, ca=issued.ca)
         self.redis: RedisProcess | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
@@ -110,7 +120,11 @@ class Suite:
 
     def channel(self, service: str, caller: str = "cli") -> grpc.aio.Channel:
         """A channel to ``service`` presenting ``caller``'s credential."""
-        return open_channel(self.address(service), self.tokens[caller])
+        return open_channel(self.address(service), self.tokens[caller], self.tls.get("cli"))
+
+    def health_channel(self, service: str) -> grpc.aio.Channel:
+        """A channel without a caller token (grpc.health.v1 needs none), over TLS when it is on."""
+        return open_channel(self.address(service), None, self.tls.get("cli"))
 
     def log_path(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
@@ -178,6 +192,13 @@ class Suite:
             **{f"HUBSYNC_{name.upper()}_ADDRESS": self.address(name) for name in SERVICES},
             "OTEL_SERVICE_NAME": f"hubsync-{service}",
         }
+        if service in self.tls:
+            files = self.tls[service]
+            env |= {
+                "HUBSYNC_TLS_CERT_FILE": str(files.cert),
+                "HUBSYNC_TLS_KEY_FILE": str(files.key),
+                "HUBSYNC_TLS_CA_FILE": str(files.ca),
+            }
         if self.otlp_endpoint:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
             env["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
@@ -218,7 +239,7 @@ class Suite:
 
     async def _wait_serving(self, service: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.address(service)) as channel:
+        async with self.health_channel(service) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 self._check_alive(service)
@@ -248,7 +269,7 @@ class Suite:
         """grpc.health.v1 status of every service."""
         out = {}
         for service in SERVICES:
-            async with grpc.aio.insecure_channel(self.address(service)) as channel:
+            async with self.health_channel(service) as channel:
                 try:
                     reply = await health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(), timeout=2.0
