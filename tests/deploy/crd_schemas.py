@@ -3,8 +3,8 @@
 They are deliberately small: the fields the chart writes (and their neighbours the operators'
 CRDs define), with ``additionalProperties: false`` so a misspelt field fails like it would in a
 cluster with the CRD installed. Sources: KEDA v2 ``keda.sh/v1alpha1`` (ScaledObject,
-TriggerAuthentication) and prometheus-operator ``monitoring.coreos.com/v1`` (ServiceMonitor,
-PrometheusRule).
+TriggerAuthentication), prometheus-operator ``monitoring.coreos.com/v1`` (ServiceMonitor,
+PrometheusRule) and cert-manager ``cert-manager.io/v1`` (Certificate).
 """
 
 from __future__ import annotations
@@ -176,7 +176,40 @@ PROMETHEUS_RULE = _resource(
     ),
 )
 
+# cert-manager's Go duration (e.g. 2160h, 90m30s) and its KeyUsage enum (the values the chart uses
+# and their common neighbours).
+_GO_DURATION: dict[str, Any] = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"}
+_USAGES = [
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "server auth", "client auth",
+]  # fmt: skip
+CERTIFICATE = _resource(
+    "cert-manager.io/v1",
+    "Certificate",
+    _obj(
+        {
+            "secretName": _STR,
+            "commonName": _STR,
+            "dnsNames": {"type": "array", "items": _STR, "minItems": 1},
+            "duration": _GO_DURATION,
+            "renewBefore": _GO_DURATION,
+            "privateKey": _obj(
+                {
+                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                    "size": {"type": "integer"},
+                    "rotationPolicy": {"enum": ["Never", "Always"]},
+                    "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                }
+            ),
+            "usages": {"type": "array", "items": {"enum": _USAGES}},
+            "issuerRef": _obj({"name": _STR, "kind": _STR, "group": _STR}, ["name"]),
+        },
+        ["secretName", "issuerRef"],
+    ),
+)
+
 BY_KIND: dict[tuple[str, str], dict[str, Any]] = {
+    ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): TRIGGER_AUTHENTICATION,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,

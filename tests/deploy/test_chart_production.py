@@ -42,9 +42,13 @@ def _pod_labels(prod: Rendered, component: str) -> dict[str, str]:
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_native_grpc_probes(prod: Rendered, component: str) -> None:
     c = container(prod, component)
-    grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+    # The API port requires mTLS, which the kubelet's gRPC probes cannot speak: they ask the
+    # plaintext health-only port the service opens (HUBSYNC_GRPC_HEALTH_PORT).
+    health_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "health")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HUBSYNC_GRPC_HEALTH_PORT"] == str(health_port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == grpc_port, f"{component}: {probe}"
+        assert c[probe]["grpc"]["port"] == health_port, f"{component}: {probe}"
     # readiness follows Redis (the overall status); liveness asks for the process only, so a
     # Redis outage takes pods out of service without restarting them
     assert "service" not in c["readinessProbe"]["grpc"]

@@ -166,12 +166,18 @@ def test_every_secret_reference_resolves(values_file: str) -> None:
     values = load_values(CHART_DIR / "ci" / values_file)
     existing = {
         values.get("callerTokens", {}).get("existingSecret"),
+        *values.get("callerTokens", {}).get("existingSecrets", {}).values(),
+        *values.get("tls", {}).get("existingSecrets", {}).values(),
         values.get("auth", {}).get("oauth", {}).get("existingSecret"),
         values.get("auth", {}).get("keyring", {}).get("existingSecret"),
         values.get("ingress", {}).get("webhookSecrets", {}).get("existingSecret"),
         values.get("redis", {}).get("password", {}).get("existingSecret"),
+        values.get("redis", {}).get("tls", {}).get("existingSecret"),
     } - {None, ""}
     created = {s["metadata"]["name"]: set(s.get("data", {})) for s in rendered.of_kind("Secret")}
+    # cert-manager writes each Certificate's Secret (with ca.crt from a CA issuer).
+    for certificate in rendered.of_kind("Certificate"):
+        created[certificate["spec"]["secretName"]] = {"tls.crt", "tls.key", "ca.crt"}
     for name, key in _secret_refs(rendered):
         if name in existing:
             continue

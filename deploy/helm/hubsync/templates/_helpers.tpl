@@ -101,19 +101,44 @@ lets a component set `false`, `0` or "" over a default. Lists are replaced, not 
 {{- end -}}
 
 {{/* Secret names: the operator's existing Secret or the one the chart creates. */}}
-{{/* The credentials a component's pods mount: with chart-created tokens, its own Secret (its
-token, the others' digests); with callerTokens.existingSecret, that Secret. Takes (list $ name). */}}
-{{- define "hubsync.componentCredentialsSecret" -}}
+{{/* Where a component's pods find their view of the caller tokens (their own token, the others'
+digests): the operator's Secret for that component, a key of the operator's shared Secret, or the
+chart's Secret for that component. Takes (list $ name); returns {"secret": ..., "key": ...} as JSON. */}}
+{{- define "hubsync.componentCredentials" -}}
 {{- $root := index . 0 -}}
-{{- if $root.Values.callerTokens.existingSecret -}}
-{{- $root.Values.callerTokens.existingSecret -}}
+{{- $name := index . 1 -}}
+{{- $ct := $root.Values.callerTokens -}}
+{{- $own := get ($ct.existingSecrets | default dict) $name -}}
+{{- if $own -}}
+{{- dict "secret" $own "key" $ct.key | toJson -}}
+{{- else if $ct.existingSecret -}}
+{{- dict "secret" $ct.existingSecret "key" (get $ct.componentKeys $name) | toJson -}}
 {{- else -}}
-{{- include "hubsync.objectName" . }}-credentials
+{{- dict "secret" (printf "%s-credentials" (include "hubsync.objectName" .)) "key" "caller-tokens.json" | toJson -}}
 {{- end -}}
 {{- end -}}
 
+{{/* Whether the chart creates the caller-token Secrets (no Secret of the operator's is given). */}}
+{{- define "hubsync.createsCallerTokens" -}}
+{{- if and (not .Values.callerTokens.existingSecret) (not .Values.callerTokens.existingSecrets) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret with a component's TLS certificate (tls.crt, tls.key, ca.crt), empty when TLS is
+off. Takes (list $ name). */}}
+{{- define "hubsync.tlsSecret" -}}
+{{- $root := index . 0 -}}
+{{- $tls := $root.Values.tls -}}
+{{- $existing := get ($tls.existingSecrets | default dict) (index . 1) -}}
+{{- if $existing -}}
+{{- $existing -}}
+{{- else if $tls.certManager.enabled -}}
+{{- include "hubsync.objectName" . }}-tls
+{{- end -}}
+{{- end -}}
+
+{{/* The chart-created Secret with every caller's token (mounted by no pod; the CLI's token is here). */}}
 {{- define "hubsync.callerTokensSecret" -}}
-{{- default (include "hubsync.objectName" (list . "caller-tokens")) .Values.callerTokens.existingSecret -}}
+{{- include "hubsync.objectName" (list . "caller-tokens") -}}
 {{- end -}}
 {{- define "hubsync.oauthSecret" -}}
 {{- default (include "hubsync.objectName" (list . "oauth")) .Values.auth.oauth.existingSecret -}}
@@ -184,5 +209,55 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- end -}}
 {{- if and .Values.publicIngress.enabled (not .Values.components.ingress.enabled) -}}
 {{- fail "publicIngress needs components.ingress.enabled" -}}
+{{- end -}}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) -}}
+{{- fail "tls.certManager.issuerRef.name: the cert-manager Issuer (a CA issuer, so Secrets carry ca.crt) that signs the components' certificates" -}}
+{{- end -}}
+{{- if .Values.callerTokens.existingSecret -}}
+{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- if not (get $.Values.callerTokens.componentKeys $name) -}}
+{{- fail (printf "callerTokens.componentKeys.%s: the key of callerTokens.existingSecret holding %s's view of the caller tokens" $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.callerTokens.existingSecrets (not .Values.callerTokens.existingSecret) -}}
+{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- if and (index $.Values.components $name).enabled (not (get $.Values.callerTokens.existingSecrets $name)) -}}
+{{- fail (printf "callerTokens.existingSecrets.%s: each enabled component needs its own Secret (or set callerTokens.existingSecret with one key per component)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if eq .Values.environment "production" -}}
+{{- include "hubsync.validateProduction" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What production refuses: every item of docs/security.md's production checklist. */}}
+{{- define "hubsync.validateProduction" -}}
+{{- $v := .Values -}}
+{{- $enabled := list -}}
+{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- if (index $v.components $name).enabled -}}{{- $enabled = append $enabled $name -}}{{- end -}}
+{{- end -}}
+{{- if not $v.tls.mesh -}}
+{{- range $name := $enabled -}}
+{{- if not (include "hubsync.tlsSecret" (list $ $name)) -}}
+{{- fail (printf "production: %s has no TLS certificate; set tls.certManager.enabled=true (with tls.certManager.issuerRef), or tls.existingSecrets.%s, or tls.mesh=true if a service mesh encrypts and authenticates every hop" $name $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if not $v.redis.tlsByMesh -}}
+{{- if $v.redis.evaluation.enabled -}}
+{{- fail "production: the evaluation Redis has no TLS; point redis.url (rediss://) or redis.sentinel at your Redis" -}}
+{{- end -}}
+{{- if not (hasPrefix "rediss://" $v.redis.url) -}}
+{{- fail "production: redis.url must be rediss:// (TLS; with Sentinel too: rediss://<any>/<db>), or set redis.tlsByMesh=true if a service mesh encrypts the hop" -}}
+{{- end -}}
+{{- end -}}
+{{- if not (include "hubsync.redisPasswordSet" .) -}}
+{{- fail "production: Redis needs AUTH; set redis.password.existingSecret (or redis.password.value)" -}}
+{{- end -}}
+{{- if not $v.networkPolicy.enabled -}}
+{{- fail "production: networkPolicy.enabled must stay true (gRPC ports and Redis only from the components that call them)" -}}
 {{- end -}}
 {{- end -}}

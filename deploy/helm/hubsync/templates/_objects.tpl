@@ -79,6 +79,9 @@ spec:
             - name: metrics
               containerPort: {{ $ports.metrics | int }}
               protocol: TCP
+            - name: health
+              containerPort: {{ $ports.health | int }}
+              protocol: TCP
             {{- if eq $name "ingress" }}
             - name: http
               containerPort: {{ $ports.http | int }}
@@ -86,18 +89,20 @@ spec:
             {{- end }}
           env:
             {{- include "hubsync.env" . | nindent 12 }}
+          # The kubelet's gRPC probes speak plaintext: they ask the health-only port, so the API
+          # port can require mutual TLS.
           startupProbe:
             grpc:
-              port: {{ $ports.grpc | int }}
+              port: {{ $ports.health | int }}
             {{- toYaml $c.probes.startup | nindent 12 }}
           readinessProbe:
             grpc:
-              port: {{ $ports.grpc | int }}
+              port: {{ $ports.health | int }}
             {{- toYaml $c.probes.readiness | nindent 12 }}
           livenessProbe:
             # the process answers, whatever Redis does (readiness follows Redis)
             grpc:
-              port: {{ $ports.grpc | int }}
+              port: {{ $ports.health | int }}
               service: hubsync.liveness
             {{- toYaml $c.probes.liveness | nindent 12 }}
           resources:
@@ -110,6 +115,16 @@ spec:
             - name: caller-tokens
               mountPath: /etc/hubsync/callers
               readOnly: true
+            {{- if include "hubsync.tlsSecret" (list $root $name) }}
+            - name: tls
+              mountPath: /etc/hubsync/tls
+              readOnly: true
+            {{- end }}
+            {{- if $root.Values.redis.tls.existingSecret }}
+            - name: redis-tls
+              mountPath: /etc/hubsync/redis-tls
+              readOnly: true
+            {{- end }}
             {{- if eq $name "auth" }}
             - name: keyring
               mountPath: /etc/hubsync/keyring
@@ -129,12 +144,36 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: {{ $c.tmpSizeLimit }}
+        # This component's view only: its own token, the other callers' digests.
+        {{- $credentials := include "hubsync.componentCredentials" (list $root $name) | fromJson }}
         - name: caller-tokens
           secret:
-            secretName: {{ include "hubsync.componentCredentialsSecret" (list $root $name) }}
+            secretName: {{ $credentials.secret }}
             items:
-              - key: {{ if $root.Values.callerTokens.existingSecret }}{{ $root.Values.callerTokens.key }}{{ else }}caller-tokens.json{{ end }}
+              - key: {{ $credentials.key }}
                 path: caller-tokens.json
+        {{- with include "hubsync.tlsSecret" (list $root $name) }}
+        - name: tls
+          secret:
+            secretName: {{ . }}
+            items:
+              - {key: tls.crt, path: tls.crt}
+              - {key: tls.key, path: tls.key}
+              - {key: ca.crt, path: ca.crt}
+        {{- end }}
+        {{- with $root.Values.redis.tls }}
+        {{- if .existingSecret }}
+        - name: redis-tls
+          secret:
+            secretName: {{ .existingSecret }}
+            items:
+              {{- range $key := list .caKey .certKey .keyKey }}
+              {{- if $key }}
+              - {key: {{ $key }}, path: {{ $key }}}
+              {{- end }}
+              {{- end }}
+        {{- end }}
+        {{- end }}
         {{- if eq $name "auth" }}
         - name: keyring
           secret:
@@ -208,6 +247,36 @@ spec:
   value: {{ $v.ports.grpc | int | quote }}
 - name: HUBSYNC_METRICS_PORT
   value: {{ $v.ports.metrics | int | quote }}
+- name: HUBSYNC_GRPC_HEALTH_PORT
+  value: {{ $v.ports.health | int | quote }}
+{{- if include "hubsync.tlsSecret" (list $root $name) }}
+- name: HUBSYNC_TLS_CERT_FILE
+  value: /etc/hubsync/tls/tls.crt
+- name: HUBSYNC_TLS_KEY_FILE
+  value: /etc/hubsync/tls/tls.key
+- name: HUBSYNC_TLS_CA_FILE
+  value: /etc/hubsync/tls/ca.crt
+{{- end }}
+{{- if $v.tls.mesh }}
+- name: HUBSYNC_GRPC_TLS_BY_MESH
+  value: "true"
+{{- end }}
+{{- if $v.redis.tlsByMesh }}
+- name: HUBSYNC_REDIS_TLS_BY_MESH
+  value: "true"
+{{- end }}
+{{- with $v.redis.tls }}
+{{- if and .existingSecret .caKey }}
+- name: HUBSYNC_REDIS_TLS_CA_FILE
+  value: /etc/hubsync/redis-tls/{{ .caKey }}
+{{- end }}
+{{- if and .existingSecret .certKey .keyKey }}
+- name: HUBSYNC_REDIS_TLS_CERT_FILE
+  value: /etc/hubsync/redis-tls/{{ .certKey }}
+- name: HUBSYNC_REDIS_TLS_KEY_FILE
+  value: /etc/hubsync/redis-tls/{{ .keyKey }}
+{{- end }}
+{{- end }}
 {{- range $peer := list "auth" "ingress" "mapper" "writer" }}
 - name: HUBSYNC_{{ upper $peer }}_ADDRESS
   value: {{ include "hubsync.address" (list $root $peer) | quote }}
@@ -520,10 +589,21 @@ spec:
       {{- include "hubsync.selectorLabels" (list .root .name) | nindent 6 }}
 {{- end -}}
 
-{{/* Labels of this release's hubsync pods (any component). */}}
-{{- define "hubsync.peerLabels" -}}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/part-of: hubsync
+{{/* A podSelector for some components of this release. Takes (dict "root" $ "components" (list ...)). */}}
+{{- define "hubsync.componentsSelector" -}}
+podSelector:
+  matchLabels:
+    app.kubernetes.io/name: {{ include "hubsync.name" .root }}
+    app.kubernetes.io/instance: {{ .root.Release.Name }}
+  matchExpressions:
+    - key: app.kubernetes.io/component
+      operator: In
+      values: {{ toJson .components }}
+{{- end -}}
+
+{{/* Who calls whom over gRPC (the services' own channels); docs/security.md. */}}
+{{- define "hubsync.grpcCalls" -}}
+{"ingress": ["auth", "writer"], "mapper": ["writer"], "writer": ["auth"], "auth": []}
 {{- end -}}
 
 {{- define "hubsync.networkPolicy" -}}
@@ -544,13 +624,20 @@ spec:
       {{- include "hubsync.selectorLabels" (list $root $name) | nindent 6 }}
   policyTypes: [Ingress, Egress]
   ingress:
-    # The other hubsync services (and `kubectl exec ... hubsync` from their pods) on gRPC.
+    {{- $calls := include "hubsync.grpcCalls" $root | fromJson }}
+    {{- $callers := list }}
+    {{- range $caller := list "auth" "ingress" "mapper" "writer" }}
+    {{- if or (has $name (get $calls $caller)) (eq $caller $np.cliComponent) }}
+    {{- $callers = append $callers $caller }}
+    {{- end }}
+    {{- end }}
+    {{- if $callers }}
+    # The components that call this one over gRPC (and the CLI's pods, networkPolicy.cliComponent).
     - from:
-        - podSelector:
-            matchLabels:
-              {{- include "hubsync.peerLabels" $root | nindent 14 }}
+        - {{- include "hubsync.componentsSelector" (dict "root" $root "components" $callers) | nindent 10 }}
       ports:
         - port: grpc
+    {{- end }}
     {{- if and (has $name (list "ingress" "mapper" "writer")) $np.clients }}
     # Internal services calling the gRPC API (they still present a caller token).
     - from:
@@ -567,12 +654,15 @@ spec:
       ports:
         - port: metrics
     {{- if eq $name "ingress" }}
-    # Outside traffic (HubSpot webhooks, OAuth redirects) through the ingress controller only.
-    - from:
+    # Outside traffic (HubSpot webhooks, OAuth redirects): from anywhere, or from the ingress
+    # controller when networkPolicy.ingressController names it.
+    - {{- if or $np.ingressController.namespaceSelector $np.ingressController.podSelector }}
+      from:
         - namespaceSelector:
             {{- toYaml $np.ingressController.namespaceSelector | nindent 12 }}
           podSelector:
             {{- toYaml $np.ingressController.podSelector | nindent 12 }}
+      {{- end }}
       ports:
         - port: http
     {{- end }}
@@ -587,13 +677,17 @@ spec:
           protocol: UDP
         - port: 53
           protocol: TCP
-    # The other hubsync services.
+    {{- $callees := get $calls $name }}
+    {{- if eq $name $np.cliComponent }}
+    {{- $callees = list "auth" "ingress" "mapper" "writer" }}
+    {{- end }}
+    {{- if $callees }}
+    # The components this one calls over gRPC (all of them from the CLI's pods).
     - to:
-        - podSelector:
-            matchLabels:
-              {{- include "hubsync.peerLabels" $root | nindent 14 }}
+        - {{- include "hubsync.componentsSelector" (dict "root" $root "components" $callees) | nindent 10 }}
       ports:
         - port: {{ $v.ports.grpc | int }}
+    {{- end }}
     # Redis.
     {{- if and $v.redis.evaluation.enabled (not $v.redis.url) (not $v.redis.sentinel.enabled) }}
     - to:
