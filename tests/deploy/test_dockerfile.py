@@ -1,14 +1,20 @@
-"""What can be checked of the Dockerfile without a Docker engine: stages, user, entry points."""
+"""What can be checked of the Dockerfile without a Docker engine: stages, user, entry points, and
+the supply chain (base image by digest, every dependency from a lock file with hashes)."""
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -52,11 +58,16 @@ def _instructions(text: str) -> list[tuple[str, str]]:
 
 def _stages() -> list[Stage]:
     stages: list[Stage] = []
+    arguments: dict[str, str] = {}
     for keyword, args in _instructions(DOCKERFILE.read_text()):
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages and "=" in args:
+            name, _, default = args.partition("=")
+            arguments[name.strip()] = default.strip()
+        elif keyword == "FROM":
             match = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", args, re.IGNORECASE)
             assert match
-            stages.append(Stage(base=match.group(1), name=match.group(2)))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: arguments[m.group(1)], match.group(1))
+            stages.append(Stage(base=base, name=match.group(2)))
         elif stages:
             stages[-1].instructions.append((keyword, args))
     return stages
@@ -67,12 +78,11 @@ def stages() -> list[Stage]:
     return _stages()
 
 
-def test_multi_stage_on_slim_python_311(stages: list[Stage]) -> None:
+def test_multi_stage_on_slim_python_311_pinned_by_digest(stages: list[Stage]) -> None:
     assert len(stages) >= 2
-    text = DOCKERFILE.read_text()
-    assert re.search(r"ARG PYTHON_VERSION=3\.11\b", text)
     for stage in stages:
-        assert stage.base.startswith("python:") and stage.base.endswith("-slim"), stage.base
+        # A tag can be moved to other content; a digest cannot. The tag stays for readers.
+        assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", stage.base), stage.base
     final = stages[-1]
     # The runtime takes the built virtualenv from an earlier stage, not a fresh install.
     copies = final.all("COPY")
@@ -82,7 +92,7 @@ def test_multi_stage_on_slim_python_311(stages: list[Stage]) -> None:
 
 def test_build_installs_the_project_without_codegen(stages: list[Stage]) -> None:
     build_runs = " ".join(" ".join(s.all("RUN")) for s in stages[:-1])
-    assert re.search(r"pip install \.", build_runs)
+    assert re.search(r"pip wheel --no-build-isolation --no-deps --wheel-dir /wheels \.", build_runs)
     assert "grpc_tools" not in build_runs and "buf generate" not in build_runs
     copied = " ".join(" ".join(s.all("COPY")) for s in stages[:-1])
     # Everything the wheel is built from (pyproject's only-include) is copied in.
@@ -155,6 +165,7 @@ def test_container_defaults_match_the_chart() -> None:
         "HUBSYNC_GRPC_HOST": "0.0.0.0",
         "HUBSYNC_GRPC_PORT": "50051",
         "HUBSYNC_METRICS_PORT": "9464",
+        "HUBSYNC_GRPC_HEALTH_PORT": "50050",
         "HUBSYNC_INGRESS_HTTP_PORT": "8080",
     }.items():
         assert f"{variable}={value}" in text
@@ -165,4 +176,82 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "**" in ignore, "deny by default"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "libs", "services", "sandbox"}
+    assert allowed == {"pyproject.toml", "README.md", "requirements", "libs", "services", "sandbox"}
+
+
+# --- supply chain ----------------------------------------------------------------------------
+
+LOCKS = ROOT / "requirements"
+
+
+def _pip_installs(stages: list[Stage]) -> list[str]:
+    commands = []
+    for stage in stages:
+        for run in stage.all("RUN"):
+            commands += [c.strip() for c in run.split("&&") if re.search(r"pip (install|wheel)\b", c)]
+    return commands
+
+
+def test_every_install_comes_from_a_lock_with_hashes_or_takes_no_dependencies(stages: list[Stage]) -> None:
+    """pip fetches nothing unpinned: dependencies only from the lock files (hashes required), the
+    project itself (and its wheel build) without dependencies or build isolation."""
+    installs = _pip_installs(stages)
+    locked = [c for c in installs if "--require-hashes" in c]
+    assert any("-r requirements/runtime.lock" in c for c in locked), installs
+    assert any("-r requirements/build.lock" in c for c in locked), installs
+    for command in installs:
+        if "--require-hashes" in command:
+            continue
+        assert "--no-deps" in command, f"unlocked install: {command}"
+        if "pip wheel" in command:
+            assert "--no-build-isolation" in command, f"isolated build fetches its backend: {command}"
+    # The locked dependencies are installed before the project's source is copied in (layer cache).
+    build = stages[0]
+    order = [kw + " " + args for kw, args in build.instructions]
+    lock_step = next(i for i, line in enumerate(order) if "requirements/runtime.lock" in line)
+    source_step = next(i for i, line in enumerate(order) if line.startswith("COPY libs/"))
+    assert lock_step < source_step
+
+
+def _locked(path: Path) -> dict[str, tuple[Version, list[str]]]:
+    """name -> (pinned version, hashes) of a pip-compile/uv lock file."""
+    entries: dict[str, tuple[Version, list[str]]] = {}
+    current = ""
+    for line in path.read_text().splitlines():
+        pinned = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        if pinned:
+            current = canonicalize_name(pinned.group(1))
+            entries[current] = (Version(pinned.group(2)), [])
+        for digest in re.findall(r"--hash=sha256:([0-9a-f]{64})", line):
+            entries[current][1].append(digest)
+    return entries
+
+
+def _covers(lock: dict[str, tuple[Version, list[str]]], requirement: Requirement, where: str) -> None:
+    name = canonicalize_name(requirement.name)
+    assert name in lock, f"{where}: {requirement} is not in the lock"
+    version, hashes = lock[name]
+    assert requirement.specifier.contains(version, prereleases=True), (
+        f"{where}: {name}=={version} vs {requirement}"
+    )
+    assert hashes, f"{where}: {name} has no hash"
+
+
+def test_lock_covers_every_runtime_dependency_with_hashes() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = _locked(LOCKS / "runtime.lock")
+    assert all(hashes for _, hashes in lock.values()), "every locked package carries its sha256"
+    linux = {str(k): str(v) for k, v in default_environment().items()}
+    linux |= {"sys_platform": "linux", "platform_system": "Linux"}
+    for line in pyproject["project"]["dependencies"]:
+        requirement = Requirement(line)
+        _covers(lock, requirement, "runtime.lock")
+        # An extra (uvicorn[standard]) brings packages of its own: they are locked too.
+        for extra in requirement.extras:
+            for sub in importlib.metadata.requires(requirement.name) or []:
+                dependency = Requirement(sub)
+                if dependency.marker is not None and dependency.marker.evaluate({**linux, "extra": extra}):
+                    _covers(lock, dependency, f"runtime.lock ({requirement.name}[{extra}])")
+    build = _locked(LOCKS / "build.lock")
+    for line in pyproject["build-system"]["requires"]:
+        _covers(build, Requirement(line), "build.lock")
