@@ -9,6 +9,7 @@
     hubsync backfill --portal P --object-type contacts [--since ISO] [--checkpoint C]
     hubsync mapping validate FILE [--portal P] | suggest --portal P --object-type T --schema FILE
     hubsync keys rotate
+    hubsync tokens split TOKENS.json --out DIR
 
 Operating commands talk to the services over gRPC like any internal client: addresses come from
 ``HUBSYNC_<SERVICE>_ADDRESS``, the credential from ``HUBSYNC_CLI_TOKEN`` or the ``cli`` entry of
@@ -32,7 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hubsync.core.callers import own_token
+from hubsync.core.callers import hashed, own_token
 from hubsync.core.channels import open_channel
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.core.tls import grpc_tls
@@ -110,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="encryption keys of the token vault")
     keys.add_argument("action", choices=["rotate"])
     keys.set_defaults(func=_cmd_keys)
+
+    tokens = sub.add_parser("tokens", help="caller tokens for Secrets of your own (Helm existingSecret)")
+    tokens.add_argument("action", choices=["split"])
+    tokens.add_argument("file", type=Path, help='JSON {"<caller>": "<token>"} of every caller')
+    tokens.add_argument("--out", type=Path, required=True, help="writes <component>.json per component")
+    tokens.set_defaults(func=_cmd_tokens)
     return parser
 
 
@@ -368,6 +375,26 @@ async def _cmd_keys(args: argparse.Namespace) -> int:
     async with _channel("auth") as channel:
         reply = await auth_pb2_grpc.AuthServiceStub(channel).RotateKeys(auth_pb2.RotateKeysRequest())
     console.print(f"re-encrypted {reply.reencrypted_count} connections under key {reply.active_key_id}")
+    return 0
+
+
+SERVICE_NAMES = ("auth", "ingress", "mapper", "writer")
+
+
+async def _cmd_tokens(args: argparse.Namespace) -> int:
+    """Each component's view of the caller tokens: its own token, every other caller's digest."""
+    everyone = json.loads(args.file.read_text())
+    missing = [name for name in SERVICE_NAMES if not everyone.get(name)]
+    if missing:
+        console.print(f"[red]{args.file}: no token for {', '.join(missing)}[/]")
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for component in SERVICE_NAMES:
+        view = {c: token if c == component else hashed(token) for c, token in everyone.items()}
+        path = args.out / f"{component}.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(view, indent=2) + "\n")
+        console.print(f"{path}: {component}'s token, digests of {len(view) - 1} other callers")
     return 0
 
 
