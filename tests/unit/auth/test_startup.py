@@ -25,6 +25,10 @@ def test_production_without_key_ring_exits_2_naming_the_variable() -> None:
         "HUBSYNC_CALLER_TOKENS": json.dumps({"writer": "w"}),
         "HUBSYNC_REDIS_URL": "redis://127.0.0.1:1/0",
         "HUBSYNC_GRPC_PORT": "0",
+        # past the transport checks (tests/unit/test_transport_settings.py) to the key ring's
+        "HUBSYNC_REDIS_PASSWORD": "p",
+        "HUBSYNC_GRPC_TLS_BY_MESH": "true",
+        "HUBSYNC_REDIS_TLS_BY_MESH": "true",
     }
     proc = subprocess.run(
         [sys.executable, "-m", "hubsync.auth"], env=env, capture_output=True, timeout=60, check=False
