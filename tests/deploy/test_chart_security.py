@@ -241,3 +241,23 @@ def test_evaluation_redis_only_from_the_four_components() -> None:
     (peer,) = rule["from"]
     assert _components_in(peer) == set(COMPONENTS)
     assert policy["egress"] == []
+
+
+def test_security_doc_lists_what_production_refuses() -> None:
+    """docs/security.md's production checklist names every value whose absence the chart refuses."""
+    text = (CHART_DIR.parents[2] / "docs" / "security.md").read_text()
+    checklist = text.split("## Production checklist", 1)[1]
+    for value in (
+        "tls.certManager",
+        "tls.existingSecrets",
+        "tls.mesh",
+        "rediss://",
+        "redis.tlsByMesh",
+        "redis.password",
+        "callerTokens.existingSecret",
+        "networkPolicy.enabled",
+        "ingress.publicBaseUrl",
+    ):
+        assert value in checklist, value
+    for section in ("## Transport (TLS, mTLS, Redis)", "## Secrets in the chart"):
+        assert section in text
