@@ -73,6 +73,7 @@ def test_rediss_verifies_the_server_with_the_configured_ca(tmp_path: Path) -> No
     )
     assert redis_tls_options(settings) == {
         "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
         "ssl_ca_certs": str(files.ca),
         "ssl_certfile": str(files.cert),
         "ssl_keyfile": str(files.key),

@@ -324,7 +324,8 @@ def redis_tls_options(settings: CoreSettings) -> dict[str, Any]:
     """redis-py connection options for ``rediss://`` (CA and client certificate files)."""
     if urlsplit(settings.redis_url).scheme != "rediss":
         return {}
-    options: dict[str, Any] = {"ssl_cert_reqs": "required"}
+    # The certificate and its host name are always verified (older redis-py skipped the name).
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
     if settings.redis_tls_ca_file is not None:
         options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
     if settings.redis_tls_cert_file is not None:

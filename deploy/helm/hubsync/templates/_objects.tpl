@@ -409,7 +409,10 @@ spec:
       port: {{ $ports.grpc | int }}
       targetPort: grpc
       protocol: TCP
+      {{- if not (include "hubsync.tlsSecret" (list $root $name)) }}
+      # cleartext HTTP/2 (with mTLS the port speaks TLS: no appProtocol claims otherwise)
       appProtocol: kubernetes.io/h2c
+      {{- end }}
     - name: metrics
       port: {{ $ports.metrics | int }}
       targetPort: metrics
@@ -446,7 +449,9 @@ spec:
       port: {{ $root.Values.ports.grpc | int }}
       targetPort: grpc
       protocol: TCP
+      {{- if not (include "hubsync.tlsSecret" (list $root $name)) }}
       appProtocol: kubernetes.io/h2c
+      {{- end }}
 {{- end -}}
 
 {{- define "hubsync.serviceAccount" -}}
