@@ -130,6 +130,12 @@ def test_existing_tls_secrets_need_no_cert_manager() -> None:
         assert env_of(rendered, component)["HUBSYNC_TLS_CA_FILE"]["value"].endswith("/ca.crt")
 
 
+def test_tls_for_some_components_only_is_refused() -> None:
+    values = _merged(MINIMAL, {"tls": {"existingSecrets": {"auth": "a-tls", "writer": "w-tls"}}})
+    with pytest.raises(helm.HelmRenderError, match=r"tls.existingSecrets.ingress"):
+        render_values(values)
+
+
 def test_development_without_tls_mounts_no_certificate() -> None:
     rendered = render_file("minimal-values.yaml")
     for component in COMPONENTS:

@@ -227,6 +227,13 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.tls.existingSecrets (not .Values.tls.certManager.enabled) -}}
+{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- if and (index $.Values.components $name).enabled (not (get $.Values.tls.existingSecrets $name)) -}}
+{{- fail (printf "tls.existingSecrets.%s: every component needs a certificate once one has (a TLS server refuses plaintext clients), or enable tls.certManager for the others" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if eq .Values.environment "production" -}}
 {{- include "hubsync.validateProduction" . -}}
 {{- end -}}
