@@ -16,7 +16,13 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"HUBSYNC_INGRESS_{name}", raising=False)
     settings = load_settings(IngressSettings)
     assert (settings.http_host, settings.http_port, settings.public_base_url) == ("127.0.0.1", 8080, None)
-    assert settings.max_body_bytes == 1024 * 1024 and settings.dedupe_ttl_s > 24 * 3600
+    assert settings.max_body_bytes == 256 * 1024 and settings.dedupe_ttl_s > 24 * 3600
+    assert (settings.max_header_bytes, settings.header_timeout_s, settings.body_timeout_s) == (
+        16384,
+        10.0,
+        10.0,
+    )
+    assert settings.max_connections == 500
     assert not settings.accept_v1 and not settings.accept_v2
     assert settings.webhook_spans == "round_trip"
 

@@ -13,6 +13,7 @@ from hubsync.core.channels import channel_for
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, Environment, load_settings
 from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.http_protocol import EdgeLimits
 from hubsync.ingress.http_server import HttpServer, build_app
 from hubsync.ingress.journal import EventJournal
 from hubsync.ingress.oauth_callback import OAuthCallback
@@ -85,15 +86,28 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         except Exception:
             return False
 
-    app = build_app(
-        webhook, OAuthCallback(auth_channel).handle, redis_ok, server_spans=settings.http_server_spans
+    oauth = OAuthCallback(auth_channel)
+    app = build_app(webhook, oauth.handle, oauth.start, redis_ok, server_spans=settings.http_server_spans)
+    limits = EdgeLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
     )
-    http = HttpServer(app, settings.http_host, settings.http_port, core.shutdown_grace_seconds)
+    http = HttpServer(
+        app,
+        settings.http_host,
+        settings.http_port,
+        core.shutdown_grace_seconds,
+        limits=limits,
+        max_connections=settings.max_connections,
+    )
     try:
         port = await http.bind()
     except OSError as exc:
         raise _exit("HUBSYNC_INGRESS_HTTP_PORT", f"cannot listen ({exc.strerror})") from None
     webhook.public_base_url = settings.public_base_url or f"http://{settings.http_host}:{port}"
+    # The OAuth browser-binding cookie is __Host-/Secure unless the edge is plain http.
+    oauth.secure_cookie = webhook.public_base_url.startswith("https://")
     journal = EventJournal(
         redis, stream_maxlen=settings.stream_maxlen, replay_request_ttl_s=settings.replay_request_ttl_s
     )
