@@ -52,9 +52,28 @@ def load_secrets(settings: IngressSettings) -> list[str]:
     return secrets
 
 
+def check_settings(settings: IngressSettings, environment: Environment) -> None:
+    """What production refuses: a public URL that is not https (HubSpot would send webhooks and
+    the OAuth redirect in clear), and signatures without a timestamp (replayable forever)."""
+    if environment != Environment.PRODUCTION:
+        return
+    if not (settings.public_base_url or "").startswith("https://"):
+        raise _exit("HUBSYNC_INGRESS_PUBLIC_BASE_URL", "must be set to an https URL in production")
+    for variable, enabled in (("ACCEPT_V1", settings.accept_v1), ("ACCEPT_V2", settings.accept_v2)):
+        if enabled and not settings.untimed_signatures_in_production:
+            raise _exit(
+                f"HUBSYNC_INGRESS_{variable}",
+                "v1/v2 signatures carry no timestamp, so a captured webhook can be replayed forever: "
+                "refused in production unless HUBSYNC_INGRESS_UNTIMED_SIGNATURES_IN_PRODUCTION=true",
+            )
+    if settings.accept_v1 or settings.accept_v2:
+        log.warning("production accepts v1/v2 webhook signatures: a captured webhook can be replayed")
+
+
 async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     """The ingress service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
     settings = load_settings(IngressSettings)
+    check_settings(settings, core.environment)
     secrets = load_secrets(settings)
     if not secrets:
         if core.environment == Environment.PRODUCTION:

@@ -27,9 +27,11 @@ class IngressSettings(BaseSettings):
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
     # A mounted file with the same JSON list (or one secret per line); adds to the inline list.
     webhook_secrets_file: Path | None = None
-    # v1/v2 signatures have no timestamp (no replay window): off unless configured.
+    # v1/v2 signatures have no timestamp (no replay window): off unless configured, and refused
+    # in production unless UNTIMED_SIGNATURES_IN_PRODUCTION also says so.
     accept_v1: bool = False
     accept_v2: bool = False
+    untimed_signatures_in_production: bool = False
     # Our HubSpot app ids, comma-separated (the public app, and any private app whose token
     # writer uses): INTEGRATION changes with one of these sourceIds are our own writes' echoes.
     app_id: str = ""
