@@ -72,7 +72,9 @@ def test_stable_convention_attributes_are_scrubbed(exporter: InMemorySpanExporte
     ):
         pass
     [span] = [
-        s for s in exporter.get_finished_spans() if s.name == "GET" and s.instrumentation_scope.name == "test"
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "GET" and s.instrumentation_scope is not None and s.instrumentation_scope.name == "test"
     ]
     attributes = dict(span.attributes or {})
     assert attributes["url.full"] == "https://hubsync.example.com/oauth/callback"
