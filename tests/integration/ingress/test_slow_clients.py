@@ -190,3 +190,10 @@ async def test_body_limit_fits_hubspots_largest_deliveries(ingress: str, redis: 
         reply = await client.post(url, content=too_large, headers=v3_headers(TEST_SECRET, url, too_large))
         assert reply.status_code == 413
     assert await redis.xlen(STREAM) == 100
+
+
+async def test_a_kept_alive_connection_trickling_its_next_request_is_cut_off(ingress: str) -> None:
+    first = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    closed, answer = await trickle(ingress, first + b"POST /webhooks/hubspot HTTP/1.1\r\n", b"x")
+    assert closed, "a kept-alive client trickling its next request's headers was never disconnected"
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answer, answer[:400]

@@ -102,6 +102,7 @@ class HttpServer:
             host=host,
             port=port,
             http=edge_protocol(limits),
+            ws="none",  # no WebSocket route: an upgrade request is an ordinary request
             limit_concurrency=max_connections,
             lifespan="off",
             log_config=None,
