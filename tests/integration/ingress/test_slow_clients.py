@@ -197,3 +197,25 @@ async def test_a_kept_alive_connection_trickling_its_next_request_is_cut_off(ing
     closed, answer = await trickle(ingress, first + b"POST /webhooks/hubspot HTTP/1.1\r\n", b"x")
     assert closed, "a kept-alive client trickling its next request's headers was never disconnected"
     assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answer, answer[:400]
+
+
+async def test_headers_under_the_limit_arriving_in_pieces_are_accepted(ingress: str, redis: Redis) -> None:
+    url = f"{ingress}/webhooks/hubspot"
+    body = json.dumps([event()]).encode()
+    headers = v3_headers(TEST_SECRET, url, body) | {f"x-pad-{i}": "p" * 1000 for i in range(12)}  # 12 KB
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (
+        f"POST /webhooks/hubspot HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n{head}"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(ingress))
+    try:
+        for start in range(0, len(request), 2500):  # separate reads on the server's side
+            writer.write(request[start : start + 2500])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        answer = await asyncio.wait_for(reader.read(), GIVE_UP_S)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert await redis.xlen(STREAM) == 1

@@ -62,6 +62,8 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._phase = _IDLE
         self._header_bytes = 0
+        # Whether this read's header bytes are counted whole (then not again by the callbacks).
+        self._counted_raw = False
         self._too_large = False
         self._deadline: asyncio.TimerHandle | None = None
         # The first request's headers are due within the header timeout of connecting.
@@ -72,9 +74,11 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._phase == _HEADERS:
-            # Bytes of a header block already begun (the parser buffers an unfinished header
-            # without telling us; the callbacks below count finished ones).
+        # A read that continues a header block is counted whole: the parser buffers an
+        # unfinished header without telling us. In a read that starts a request the callbacks
+        # below count each finished part instead.
+        self._counted_raw = self._phase == _HEADERS
+        if self._counted_raw:
             self._header_bytes += len(data)
         super().data_received(data)
         if self.transport.is_closing():
@@ -94,6 +98,7 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._phase = _HEADERS
         self._header_bytes = 0
+        self._counted_raw = False
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -123,6 +128,8 @@ class EdgeProtocol(HttpToolsProtocol):
     # Limits.
 
     def _count(self, size: int) -> None:
+        if self._counted_raw:
+            return
         self._header_bytes += size
         if self._header_bytes > self.limits.max_header_bytes:
             self._too_large = True
