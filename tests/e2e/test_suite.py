@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -153,7 +154,12 @@ async def test_oauth_install_through_ingress_then_refresh(running: tuple[Suite, 
         begun = await auth.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="e2e"), timeout=10)
         assert begun.start_url.startswith(f"{suite.ingress_url}/oauth/start?")
         async with httpx.AsyncClient(follow_redirects=True, timeout=20) as browser:
-            start = await browser.get(begun.start_url, follow_redirects=False)
+            # The start link's page, then its button (a form POST): binds the flow to this browser.
+            assert (await browser.get(begun.start_url)).status_code == 200
+            ticket = parse_qs(urlsplit(begun.start_url).query)["ticket"][0]
+            start = await browser.post(
+                f"{suite.ingress_url}/oauth/start", data={"ticket": ticket}, follow_redirects=False
+            )
             assert start.status_code == 303 and start.headers["location"] == begun.authorize_url
             page = await browser.get(begun.authorize_url + f"&portal_id={OAUTH_PORTAL}")
             assert page.status_code == 200, page.text

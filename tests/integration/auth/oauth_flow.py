@@ -26,6 +26,14 @@ def ticket_of(start_url: str) -> str:
     return parse_qs(urlsplit(start_url).query)["ticket"][0]
 
 
+async def browse_start_link(browser: httpx.AsyncClient, start_url: str) -> httpx.Response:
+    """Opens a start link as a person does: its page, then the page's button (a form POST to
+    ingress's ``/oauth/start``); returns the answer to the POST."""
+    page = await browser.get(start_url)
+    assert page.status_code == 200 and 'name="ticket"' in page.text, page.text
+    return await browser.post(start_url.split("?", 1)[0], data={"ticket": ticket_of(start_url)})
+
+
 async def open_start_link(
     address: str, caller_tokens: Mapping[str, str], begun: auth_pb2.BeginAuthorizationResponse
 ) -> tuple[str, str]:

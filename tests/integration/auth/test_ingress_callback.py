@@ -21,6 +21,7 @@ from hubsync.sandbox import SandboxServer
 from hubsync.sandbox.server import AsgiServer
 from tests.integration.auth.fixtures import SANDBOX_PORTAL, running_auth
 from tests.integration.auth.helpers import stub
+from tests.integration.auth.oauth_flow import browse_start_link
 
 
 async def test_oauth_flow_through_ingress_callback(
@@ -38,7 +39,8 @@ async def test_oauth_flow_through_ingress_callback(
         oauth = OAuthCallback(channel, secure_cookie=False)  # development over http
         app = Starlette(
             routes=[
-                Route("/oauth/start", oauth.start, methods=["GET"]),
+                Route("/oauth/start", oauth.start_page, methods=["GET"]),
+                Route("/oauth/start", oauth.start, methods=["POST"]),
                 Route("/oauth/callback", oauth.handle, methods=["GET"]),
             ]
         )
@@ -48,7 +50,7 @@ async def test_oauth_flow_through_ingress_callback(
                     begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="acme"))
                 # A browser follows redirects and keeps cookies (the sandbox consents at once).
                 async with httpx.AsyncClient(follow_redirects=True) as browser:
-                    page = await browser.get(begun.start_url)
+                    page = await browse_start_link(browser, begun.start_url)
                     assert page.status_code == 200, page.text
                     assert str(SANDBOX_PORTAL) in page.text
                     # The same callback again (a replayed state) is refused and changes nothing.

@@ -26,7 +26,7 @@ from hubsync.core.errors import error_info
 from hubsync.core.telemetry import setup_tracing
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
 from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
-from tests.integration.auth.oauth_flow import consent
+from tests.integration.auth.oauth_flow import browse_start_link, consent
 from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 from tests.integration.writer.fixtures import running_writer
 
@@ -214,13 +214,17 @@ async def test_oauth_callback_completes_through_auth(redis_url, caller_tokens) -
         httpx.AsyncClient() as attacker,
     ):
         assert begun.start_url.startswith(f"{base}/oauth/start?ticket=")
-        start = await browser.get(begun.start_url)
+        # A link preview (a chat app fetching the link) shows the page and uses nothing up.
+        preview = await attacker.get(begun.start_url)
+        assert preview.status_code == 200 and "Continue" in preview.text
+        assert preview.headers["cache-control"] == "no-store" and "set-cookie" not in preview.headers
+        start = await browse_start_link(browser, begun.start_url)
         assert start.status_code == 303 and start.headers["location"] == begun.authorize_url
         cookie = start.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
         assert "secure" not in cookie  # development over http; see the https case below
         # The start link works once.
-        assert (await attacker.get(begun.start_url)).status_code == 400
+        assert (await browse_start_link(attacker, begun.start_url)).status_code == 400
         code, state = await consent(begun.authorize_url)
         # The callback from a browser that did not open the start link (a stolen authorize URL,
         # an attacker's consent sent to a victim) is refused, and spends nothing.
@@ -256,7 +260,7 @@ async def test_oauth_start_cookie_is_host_only_and_secure_behind_https(redis_url
     ):
         assert begun.start_url.startswith(f"{public}/oauth/start?ticket=")
         # The proxy in front would forward this request to ingress as it is.
-        start = await browser.get(begun.start_url.replace(public, base))
+        start = await browse_start_link(browser, begun.start_url.replace(public, base))
         assert start.status_code == 303
         cookie = start.headers["set-cookie"]
         assert cookie.startswith("__Host-hubsync-oauth-")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 def build_app(
     webhook: ASGIApp,
     oauth_callback: Callable[[Request], Awaitable[Response]],
+    oauth_start_page: Callable[[Request], Awaitable[Response]],
     oauth_start: Callable[[Request], Awaitable[Response]],
     health: Callable[[], Awaitable[bool]],
     *,
@@ -52,7 +53,8 @@ def build_app(
     starlette = Starlette(
         routes=[
             Route(WEBHOOK_PATH, webhook_route, methods=["POST"]),
-            Route("/oauth/start", oauth_start, methods=["GET"]),
+            Route("/oauth/start", oauth_start_page, methods=["GET"]),
+            Route("/oauth/start", oauth_start, methods=["POST"]),
             Route("/oauth/callback", oauth_callback, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]

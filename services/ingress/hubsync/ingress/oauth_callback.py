@@ -21,6 +21,7 @@ import html
 import logging
 import secrets
 import time
+from urllib.parse import parse_qs
 
 import grpc
 from starlette.requests import Request
@@ -37,6 +38,31 @@ _PAGE = """<!doctype html>
 """
 
 _MAX_PARAM = 2048
+_INCOMPLETE = "The link is incomplete. Start the connection again from hubsync."
+_START_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Connect HubSpot</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;line-height:1.5}}</style>
+</head><body><h1>Connect HubSpot to hubsync</h1>
+<p>Continue in this browser: HubSpot will ask you to choose an account and approve access.
+The connection can only be finished in the browser that continues here.</p>
+<form method="post" action="start"><input type="hidden" name="ticket" value="{ticket}">
+<button type="submit">Continue to HubSpot</button></form></body></html>
+"""
+
+
+async def _form_ticket(request: Request) -> str:
+    """The ``ticket`` of a small url-encoded form body ("" if missing, malformed or too large)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_PARAM + 16:
+            return ""
+    try:
+        values = parse_qs(body.decode("ascii"), max_num_fields=4).get("ticket", [""])
+    except (UnicodeDecodeError, ValueError):
+        return ""
+    ticket = values[0]
+    return ticket if len(ticket) <= _MAX_PARAM else ""
 
 
 def _now_s() -> float:
@@ -77,11 +103,28 @@ class OAuthCallback:
         prefix = "__Host-" if self.secure_cookie else ""
         return f"{prefix}hubsync-oauth-{_cookie_suffix(state)}"
 
-    async def start(self, request: Request) -> Response:
+    async def start_page(self, request: Request) -> HTMLResponse:
+        """``GET /oauth/start``: a page whose button redeems the link (a POST), so a chat app's
+        or mail scanner's preview fetch of the link does not use it up."""
         ticket = request.query_params.get("ticket", "")
         if not ticket or len(ticket) > _MAX_PARAM:
-            incomplete = "The link is incomplete. Start the connection again from hubsync."
-            return page(400, "This link is not valid", incomplete)
+            return page(400, "This link is not valid", _INCOMPLETE)
+        reply = HTMLResponse(
+            _START_PAGE.format(ticket=html.escape(ticket, quote=True)),
+            headers={
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                "form-action 'self'; frame-ancestors 'none'",
+            },
+        )
+        return reply
+
+    async def start(self, request: Request) -> Response:
+        """``POST /oauth/start``: redeems the link for this browser and sends it to HubSpot."""
+        ticket = await _form_ticket(request)
+        if not ticket:
+            return page(400, "This link is not valid", _INCOMPLETE)
         binding = secrets.token_urlsafe(32)
         try:
             started = await self._stub.StartAuthorization(

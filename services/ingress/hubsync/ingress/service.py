@@ -106,7 +106,14 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
             return False
 
     oauth = OAuthCallback(auth_channel)
-    app = build_app(webhook, oauth.handle, oauth.start, redis_ok, server_spans=settings.http_server_spans)
+    app = build_app(
+        webhook,
+        oauth.handle,
+        oauth.start_page,
+        oauth.start,
+        redis_ok,
+        server_spans=settings.http_server_spans,
+    )
     limits = EdgeLimits(
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,

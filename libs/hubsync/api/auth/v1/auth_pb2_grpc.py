@@ -105,10 +105,10 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StartAuthorization(self, request, context):
-        """Redeems a start link (ingress's `GET /oauth/start`): binds the state to the browser that
-        opened it (the digest of a random value ingress sets as a cookie there) and returns the
-        authorize URL to send that browser to. A link used before, expired or forged fails with
-        INVALID_ARGUMENT.
+        """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+        browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+        returns the authorize URL to send that browser to. A link used before, expired or forged
+        fails with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,10 +42,10 @@ class AuthServiceStub:
     and is bound to the tenant. The redirect URI must be one of the configured ones.
     """
     StartAuthorization: _grpc.UnaryUnaryMultiCallable[_auth_pb2.StartAuthorizationRequest, _auth_pb2.StartAuthorizationResponse]
-    """Redeems a start link (ingress's `GET /oauth/start`): binds the state to the browser that
-    opened it (the digest of a random value ingress sets as a cookie there) and returns the
-    authorize URL to send that browser to. A link used before, expired or forged fails with
-    INVALID_ARGUMENT.
+    """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+    browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+    returns the authorize URL to send that browser to. A link used before, expired or forged
+    fails with INVALID_ARGUMENT.
     """
     CompleteAuthorization: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CompleteAuthorizationRequest, _auth_pb2.CompleteAuthorizationResponse]
     """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI, from the
@@ -88,10 +88,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     and is bound to the tenant. The redirect URI must be one of the configured ones.
     """
     StartAuthorization: _aio.UnaryUnaryMultiCallable[_auth_pb2.StartAuthorizationRequest, _auth_pb2.StartAuthorizationResponse]  # type: ignore[assignment]
-    """Redeems a start link (ingress's `GET /oauth/start`): binds the state to the browser that
-    opened it (the digest of a random value ingress sets as a cookie there) and returns the
-    authorize URL to send that browser to. A link used before, expired or forged fails with
-    INVALID_ARGUMENT.
+    """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+    browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+    returns the authorize URL to send that browser to. A link used before, expired or forged
+    fails with INVALID_ARGUMENT.
     """
     CompleteAuthorization: _aio.UnaryUnaryMultiCallable[_auth_pb2.CompleteAuthorizationRequest, _auth_pb2.CompleteAuthorizationResponse]  # type: ignore[assignment]
     """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI, from the
@@ -143,10 +143,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.StartAuthorizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.StartAuthorizationResponse, _abc.Awaitable[_auth_pb2.StartAuthorizationResponse]]:
-        """Redeems a start link (ingress's `GET /oauth/start`): binds the state to the browser that
-        opened it (the digest of a random value ingress sets as a cookie there) and returns the
-        authorize URL to send that browser to. A link used before, expired or forged fails with
-        INVALID_ARGUMENT.
+        """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+        browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+        returns the authorize URL to send that browser to. A link used before, expired or forged
+        fails with INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
