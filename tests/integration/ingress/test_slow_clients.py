@@ -219,3 +219,31 @@ async def test_headers_under_the_limit_arriving_in_pieces_are_accepted(ingress: 
         writer.close()
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert await redis.xlen(STREAM) == 1
+
+
+async def test_past_max_connections_requests_are_503_until_some_close(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    env = {"HUBSYNC_INGRESS_MAX_CONNECTIONS": "3"}
+    async with (
+        running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _),
+        httpx.AsyncClient() as client,
+    ):
+        held = [await asyncio.open_connection("127.0.0.1", _port(base)) for _ in range(2)]
+        for _, writer in held:
+            writer.write(b"POST /webhooks/hubspot HTTP/1.1\r\n")  # and nothing more
+            await writer.drain()
+        assert await signed_post(base, client, 950) == 503  # the third connection
+        for _, writer in held:
+            writer.close()
+            await writer.wait_closed()
+        statuses = []
+        async with httpx.AsyncClient() as fresh:
+            # The server notices the closes on its next loop turns: wait for it, generously.
+            for attempt in range(100):
+                statuses.append(await signed_post(base, fresh, 951 + attempt))
+                if statuses[-1] == 200:
+                    break
+                await asyncio.sleep(0.1)
+        assert statuses[-1] == 200, statuses
+    assert await redis.xlen(STREAM) == 1
