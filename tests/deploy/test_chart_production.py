@@ -159,11 +159,11 @@ def test_network_policy_per_component(prod: Rendered, component: str) -> None:
     assert any(p["port"] == "metrics" for rule in policy["spec"]["ingress"] for p in rule["ports"])
 
 
-def test_public_ingress_exposes_two_paths_with_tls(prod: Rendered) -> None:
+def test_public_ingress_exposes_three_paths_with_tls(prod: Rendered) -> None:
     (ingress,) = prod.of_kind("Ingress")
     (rule,) = ingress["spec"]["rules"]
     paths = {p["path"]: p for p in rule["http"]["paths"]}
-    assert set(paths) == {"/webhooks/hubspot", "/oauth/callback"}
+    assert set(paths) == {"/webhooks/hubspot", "/oauth/start", "/oauth/callback"}
     for path in paths.values():
         assert path["pathType"] == "Exact"
         assert path["backend"]["service"] == {"name": object_name("ingress"), "port": {"name": "http"}}

@@ -153,11 +153,11 @@ async def test_mapping_validate(suite: Suite, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_connect_prints_the_authorize_url_and_keys_rotate(suite: Suite) -> None:
+async def test_connect_prints_the_start_link_and_keys_rotate(suite: Suite) -> None:
     begun = hubsync(suite, "connect", "--tenant", "acme")
     assert begun.returncode == 0, begun.stderr
     url = next(line for line in begun.stdout.splitlines() if line.startswith("http"))
-    assert url.startswith(f"{suite.sandbox_url}/oauth/authorize?") and "state=" in url
+    assert url.startswith(f"{suite.ingress_url}/oauth/start?ticket=")
     rotated = hubsync(suite, "keys", "rotate")
     assert rotated.returncode == 0, rotated.stderr
     assert "re-encrypted" in rotated.stdout

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import httpx
@@ -188,26 +189,31 @@ async def test_unsigned_webhook_is_refused_and_enqueues_nothing(running: tuple[S
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_oauth_install_through_ingress_then_refresh(running: tuple[Suite, Collector]) -> None:
-    """A person installs the app: auth's authorize URL → HubSpot's consent → ingress's
-    /oauth/callback → auth stores the connection; writing to that portal then refreshes its token."""
+    """A person installs the app: hubsync's start link (binds the flow to the browser) → HubSpot's
+    consent → ingress's /oauth/callback → auth stores the connection; writing to that portal then
+    refreshes its token."""
     suite, _ = running
     async with suite.channel("auth") as channel:
         auth = auth_pb2_grpc.AuthServiceStub(channel)
         begun = await auth.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="e2e"), timeout=10)
-        async with httpx.AsyncClient(follow_redirects=True, timeout=20) as client:
-            page = await client.get(begun.authorize_url + f"&portal_id={OAUTH_PORTAL}")
-        assert page.status_code == 200, page.text
-        assert str(page.url).startswith(f"{suite.ingress_url}/oauth/callback")
+        assert begun.start_url.startswith(f"{suite.ingress_url}/oauth/start?")
+        async with httpx.AsyncClient(follow_redirects=True, timeout=20) as browser:
+            # The start link's page, then its button (a form POST): binds the flow to this browser.
+            assert (await browser.get(begun.start_url)).status_code == 200
+            ticket = parse_qs(urlsplit(begun.start_url).query)["ticket"][0]
+            start = await browser.post(
+                f"{suite.ingress_url}/oauth/start", data={"ticket": ticket}, follow_redirects=False
+            )
+            assert start.status_code == 303 and start.headers["location"] == begun.authorize_url
+            page = await browser.get(begun.authorize_url + f"&portal_id={OAUTH_PORTAL}")
+            assert page.status_code == 200, page.text
+            assert str(page.url).startswith(f"{suite.ingress_url}/oauth/callback")
+            # the same callback again (a replayed state) is refused and changes nothing
+            assert (await browser.get(str(page.url))).status_code == 400
         got = await auth.GetConnection(auth_pb2.GetConnectionRequest(portal_id=OAUTH_PORTAL), timeout=10)
     assert got.connection.kind == auth_pb2.CONNECTION_KIND_OAUTH
     assert got.connection.state == auth_pb2.CONNECTION_STATE_ACTIVE
     assert got.connection.tenant == "e2e"
-    # the same state again (a replayed callback) is refused and changes nothing
-    async with httpx.AsyncClient(timeout=20) as client:
-        consent = await client.get(begun.authorize_url + f"&portal_id={OAUTH_PORTAL}")
-        replay = await client.get(consent.headers["location"])
-        assert (await client.get(consent.headers["location"])).status_code == 400
-    assert replay.status_code == 400  # the state was spent by the first install
 
     record = mapper_pb2.ExternalRecord(object_type="contacts", external_id="oauth-1")
     record.fields.update({"external_id": "oauth-1", "email": "oauth-1@example.com", "first_name": "Kat"})

@@ -247,8 +247,11 @@ async def _cmd_connect(args: argparse.Namespace) -> int:
             _print_message(reply.connection)
             return 0
         begun = await stub.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant=args.tenant))
-        console.print("Open this URL as a HubSpot admin of the portal to connect:")
-        console.print(begun.authorize_url, soft_wrap=True)
+        # The start link binds the flow to the browser that opens it; it works once.
+        console.print(
+            "Open this link, in the browser you will connect with, as a HubSpot admin of the portal:"
+        )
+        console.print(begun.start_url, soft_wrap=True)
     return 0
 
 

@@ -5,6 +5,11 @@ other ``OTEL_*`` variables itself). Tests pass their own exporter to :func:`setu
 gRPC and httpx are instrumented by the opentelemetry instrumentations; the Starlette app is
 wrapped in the ASGI middleware; Redis streams carry ``traceparent``/``tracestate`` fields that
 :func:`inject_fields` writes and :func:`extract_context` reads.
+
+No recorded URL keeps its query string: it can hold secrets (the OAuth callback's ``code`` and
+``state``). :func:`scrub_url_attributes` strips it from a span's URL attributes; it runs as a
+span processor when spans start and as the request hook of the httpx and ASGI instrumentations
+(which set or set again their URL attributes after the start).
 """
 
 from __future__ import annotations
@@ -12,14 +17,55 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 
 _configured: TracerProvider | None = None
+
+# Attributes that hold a URL or a request target, in the old and the stable HTTP conventions.
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target")
+_QUERY_ATTRIBUTE = "url.query"
+REDACTED = "REDACTED"
+
+
+def strip_query(url: str) -> str:
+    """``url`` without its query string and fragment."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def redact_query(query: str) -> str:
+    """A query string with every value replaced: which parameters came, not what they held."""
+    return urlencode([(name, REDACTED) for name, _ in parse_qsl(query, keep_blank_values=True)])
+
+
+def scrub_url_attributes(span: trace.Span, *_: Any) -> None:
+    """Strips the query string from ``span``'s URL attributes (an instrumentation hook)."""
+    attributes = getattr(span, "attributes", None)
+    if not attributes or not span.is_recording():
+        return
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str) and ("?" in value or "#" in value):
+            span.set_attribute(name, strip_query(value))
+    query = attributes.get(_QUERY_ATTRIBUTE)
+    if isinstance(query, str) and query:
+        span.set_attribute(_QUERY_ATTRIBUTE, redact_query(query))
+
+
+async def scrub_url_attributes_async(span: trace.Span, *_: Any) -> None:
+    scrub_url_attributes(span)
+
+
+class UrlScrubber(SpanProcessor):
+    """Strips query strings from the URL attributes a span starts with (any instrumentation)."""
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        scrub_url_attributes(span)
 
 
 def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -31,6 +77,7 @@ def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerP
         return _configured
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     provider = TracerProvider(resource=resource)
+    provider.add_span_processor(UrlScrubber())
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
@@ -38,7 +85,9 @@ def setup_tracing(service: str, exporter: SpanExporter | None = None) -> TracerP
     trace.set_tracer_provider(provider)
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor().instrument()
+    HTTPXClientInstrumentor().instrument(
+        request_hook=scrub_url_attributes, async_request_hook=scrub_url_attributes_async
+    )
     _configured = provider
     return provider
 

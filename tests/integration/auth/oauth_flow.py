@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,16 +22,51 @@ async def consent(authorize_url: str, portal_id: int | None = None) -> tuple[str
     return query["code"][0], query["state"][0]
 
 
+def ticket_of(start_url: str) -> str:
+    return parse_qs(urlsplit(start_url).query)["ticket"][0]
+
+
+async def browse_start_link(browser: httpx.AsyncClient, start_url: str) -> httpx.Response:
+    """Opens a start link as a person does: its page, then the page's button (a form POST to
+    ingress's ``/oauth/start``); returns the answer to the POST."""
+    page = await browser.get(start_url)
+    assert page.status_code == 200 and 'name="ticket"' in page.text, page.text
+    return await browser.post(start_url.split("?", 1)[0], data={"ticket": ticket_of(start_url)})
+
+
+async def open_start_link(
+    address: str, caller_tokens: Mapping[str, str], begun: auth_pb2.BeginAuthorizationResponse
+) -> tuple[str, str]:
+    """What ingress's ``/oauth/start`` does for a browser: returns (authorize URL, the browser's
+    binding, as its cookie keeps it)."""
+    binding = secrets.token_urlsafe(32)
+    async with stub(address, caller_tokens, "ingress") as s:
+        started = await s.StartAuthorization(
+            auth_pb2.StartAuthorizationRequest(ticket=ticket_of(begun.start_url), browser_binding=binding)
+        )
+    return started.authorize_url, binding
+
+
+async def complete(
+    address: str, caller_tokens: Mapping[str, str], code: str, state: str, binding: str
+) -> auth_pb2.CompleteAuthorizationResponse:
+    """CompleteAuthorization as ingress's callback calls it."""
+    async with stub(address, caller_tokens, "ingress") as s:
+        return await s.CompleteAuthorization(
+            auth_pb2.CompleteAuthorizationRequest(code=code, state=state, browser_binding=binding)
+        )
+
+
 async def connect_oauth(
     address: str, caller_tokens: Mapping[str, str], *, tenant: str = "acme", portal_id: int | None = None
 ) -> auth_pb2.Connection:
-    """Begin (as cli) → consent at the sandbox → complete (as ingress); returns the connection."""
+    """Begin (as cli) → start link (as ingress) → consent at the sandbox → complete (as ingress);
+    returns the connection."""
     async with stub(address, caller_tokens, "cli") as s:
         begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant=tenant))
-    code, state = await consent(begun.authorize_url, portal_id)
-    async with stub(address, caller_tokens, "ingress") as s:
-        done = await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
-    return done.connection
+    authorize_url, binding = await open_start_link(address, caller_tokens, begun)
+    code, state = await consent(authorize_url, portal_id)
+    return (await complete(address, caller_tokens, code, state, binding)).connection
 
 
 async def sandbox_tokens(base_url: str) -> dict[str, list[dict[str, object]]]:

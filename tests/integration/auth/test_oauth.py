@@ -18,7 +18,14 @@ from hubsync.sandbox import SandboxServer
 from tests.integration.auth.conftest import sandbox_config
 from tests.integration.auth.fixtures import SANDBOX_CLIENT_ID, SANDBOX_PORTAL, TEST_REDIRECT_URI, running_auth
 from tests.integration.auth.helpers import sandbox_requests, stub, token_calls, violations
-from tests.integration.auth.oauth_flow import connect_oauth, consent, sandbox_tokens
+from tests.integration.auth.oauth_flow import (
+    complete,
+    connect_oauth,
+    consent,
+    open_start_link,
+    sandbox_tokens,
+    ticket_of,
+)
 from tests.integration.auth.proxy import TokenRewritingProxy
 
 
@@ -48,11 +55,13 @@ async def test_full_authorization_code_flow(
     assert "crm.objects.contacts.write" in query["scope"][0].split()
     assert query["state"] == [begun.state] and len(begun.state) >= 40
     assert begun.expire_time.seconds > 0
+    # The start link sits next to the redirect URI (ingress's /oauth/start).
+    assert begun.start_url.startswith(TEST_REDIRECT_URI.replace("/callback", "/start?ticket="))
 
-    code, state = await consent(begun.authorize_url)
-    async with stub(auth, caller_tokens, "ingress") as s:
-        done = await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
-    conn = done.connection
+    authorize_url, binding = await open_start_link(auth, caller_tokens, begun)
+    assert authorize_url == begun.authorize_url
+    code, state = await consent(authorize_url)
+    conn = (await complete(auth, caller_tokens, code, state, binding)).connection
     assert conn.portal_id == SANDBOX_PORTAL  # learnt from the token response's hub_id
     assert conn.tenant == "acme"
     assert conn.kind == auth_pb2.CONNECTION_KIND_OAUTH
@@ -72,37 +81,101 @@ async def test_state_replay_forgery_and_expiry_are_refused(
 ) -> None:
     async with stub(auth, caller_tokens, "cli") as s:
         begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="acme"))
-    code, state = await consent(begun.authorize_url)
-    async with stub(auth, caller_tokens, "ingress") as s:
-        # Forged: a state we never issued. Nothing is stored, the code is not even exchanged.
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state="forged"))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        info = error_info(err.value)
-        assert info is not None and info.reason == "OAUTH_STATE_INVALID"
-        assert token_calls(await sandbox_requests(sandbox.base_url)) == 0
+    authorize_url, binding = await open_start_link(auth, caller_tokens, begun)
+    code, state = await consent(authorize_url)
+    # Forged: a state we never issued. Nothing is stored, the code is not even exchanged.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await complete(auth, caller_tokens, code, "forged", binding)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err.value)
+    assert info is not None and info.reason == "OAUTH_STATE_INVALID"
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 0
 
-        await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
-        # Replayed: the state is single use.
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert token_calls(await sandbox_requests(sandbox.base_url)) == 1
+    await complete(auth, caller_tokens, code, state, binding)
+    # Replayed: the state is single use.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await complete(auth, caller_tokens, code, state, binding)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 1
 
     # Expired: Redis forgets the state after its TTL (shortened here to now).
     async with stub(auth, caller_tokens, "cli") as s:
         begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="other"))
-    for key in await redis.keys("hubsync:auth:oauth-state:*"):
+    authorize_url, binding = await open_start_link(auth, caller_tokens, begun)
+    for key in await redis.keys("hubsync:auth:oauth-*"):
         assert await redis.ttl(key) > 590
         await redis.pexpire(key, 1)
     await asyncio.sleep(0.01)
-    code, state = await consent(begun.authorize_url)
+    code, state = await consent(authorize_url)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await complete(auth, caller_tokens, code, state, binding)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     async with stub(auth, caller_tokens, "ingress") as s:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await s.CompleteAuthorization(auth_pb2.CompleteAuthorizationRequest(code=code, state=state))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
     assert got.connection.tenant == "acme"  # the refused attempt changed nothing
+
+
+async def test_state_is_bound_to_the_browser_that_opened_the_start_link(
+    auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    async with stub(auth, caller_tokens, "cli") as s:
+        begun = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="acme"))
+    # The authorize URL alone (the start link never opened) does not complete.
+    code, state = await consent(begun.authorize_url)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await complete(auth, caller_tokens, code, state, "")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err.value)
+    assert info is not None and info.reason == "OAUTH_BROWSER_MISMATCH"
+
+    authorize_url, binding = await open_start_link(auth, caller_tokens, begun)
+    # The start link works once: a second browser opening it is refused.
+    async with stub(auth, caller_tokens, "ingress") as s:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.StartAuthorization(
+                auth_pb2.StartAuthorizationRequest(
+                    ticket=ticket_of(begun.start_url), browser_binding="o" * 43
+                )
+            )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err.value)
+    assert info is not None and info.reason == "OAUTH_START_LINK_INVALID"
+
+    # Another browser's callback (an attacker's consent, a stolen authorize URL) is refused, and
+    # spoils nothing: the browser that opened the link still completes.
+    code, state = await consent(authorize_url)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await complete(auth, caller_tokens, code, state, "x" * 43)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err.value)
+    assert info is not None and info.reason == "OAUTH_BROWSER_MISMATCH"
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 0
+    done = await complete(auth, caller_tokens, code, state, binding)
+    assert done.connection.tenant == "acme"
+
+
+async def test_only_allowed_redirect_uris_are_accepted(
+    redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    extra = "http://127.0.0.1:9/other/oauth/callback"
+    async with (
+        running_auth(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=sandbox.base_url,
+            env={"HUBSYNC_AUTH_EXTRA_REDIRECT_URIS": f'["{extra}"]'},
+        ) as auth,
+        stub(auth, caller_tokens, "cli") as s,
+    ):
+        for uri in ("http://attacker.example.com/oauth/callback", TEST_REDIRECT_URI + "/x"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="t", redirect_uri=uri))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert violations(err.value) == {"redirect_uri"}
+        for uri in ("", TEST_REDIRECT_URI, extra):
+            ok = await s.BeginAuthorization(auth_pb2.BeginAuthorizationRequest(tenant="t", redirect_uri=uri))
+            assert parse_qs(urlsplit(ok.authorize_url).query)["redirect_uri"] == [uri or TEST_REDIRECT_URI]
+    assert ok.start_url.startswith("http://127.0.0.1:9/other/oauth/start?ticket=")
 
 
 async def test_begin_refuses_bad_input(auth: str, caller_tokens: dict[str, str]) -> None:
@@ -261,6 +334,7 @@ async def test_http_redirect_refused_outside_development(
         environment="production",
         env={
             "HUBSYNC_AUTH_REDIRECT_URI": "",
+            "HUBSYNC_AUTH_EXTRA_REDIRECT_URIS": '["https://hubsync.example.com/cb"]',
             "HUBSYNC_AUTH_AUTHORIZE_URL": "https://app.hubspot.com/oauth/authorize",
         },
     )

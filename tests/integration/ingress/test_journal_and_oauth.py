@@ -4,8 +4,11 @@ OAuth redirect (through the real auth service), against the sandbox."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -18,11 +21,12 @@ from redis.asyncio import Redis
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import open_channel
+from hubsync.core.devredis import free_port
 from hubsync.core.errors import error_info
 from hubsync.core.telemetry import setup_tracing
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
 from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
-from tests.integration.auth.oauth_flow import consent
+from tests.integration.auth.oauth_flow import browse_start_link, consent
 from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 from tests.integration.writer.fixtures import running_writer
 
@@ -170,26 +174,69 @@ async def test_reconcile_enqueues_only_what_no_webhook_reported(
             assert found[0]["subscriptionType"] == "contact.propertyChange"
 
 
-async def test_oauth_callback_completes_through_auth(redis_url, caller_tokens) -> None:  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def oauth_begun(
+    redis_url: str, caller_tokens: dict[str, str], public: str, ingress_env: dict[str, str]
+) -> AsyncIterator[tuple[str, auth_pb2.BeginAuthorizationResponse]]:
+    """The sandbox, auth (redirect URI ``public``/oauth/callback), ingress, and a begun flow;
+    yields ingress's base URL and the BeginAuthorization reply."""
     async with (
         SandboxServer(sandbox_config()) as sb,
-        running_auth(redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url) as auth,
+        running_auth(
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=sb.base_url,
+            env={"HUBSYNC_AUTH_REDIRECT_URI": f"{public}/oauth/callback"},
+        ) as auth,
         running_ingress(
-            redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url, auth_address=auth
+            redis_url=redis_url,
+            caller_tokens=caller_tokens,
+            hubspot_api_base=sb.base_url,
+            auth_address=auth,
+            env=ingress_env,
         ) as (base, _),
         open_channel(auth, caller_tokens["cli"]) as channel,
-        httpx.AsyncClient() as browser,
     ):
-        redirect = f"{base}/oauth/callback"
         begun = await auth_pb2_grpc.AuthServiceStub(channel).BeginAuthorization(
-            auth_pb2.BeginAuthorizationRequest(tenant="acme", redirect_uri=redirect)
+            auth_pb2.BeginAuthorizationRequest(tenant="acme")
         )
+        yield base, begun
+
+
+async def test_oauth_callback_completes_through_auth(redis_url, caller_tokens) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    redirect = f"http://127.0.0.1:{port}/oauth/callback"
+    async with (
+        oauth_begun(
+            redis_url, caller_tokens, f"http://127.0.0.1:{port}", {"HUBSYNC_INGRESS_HTTP_PORT": str(port)}
+        ) as (base, begun),
+        httpx.AsyncClient() as browser,
+        httpx.AsyncClient() as attacker,
+    ):
+        assert begun.start_url.startswith(f"{base}/oauth/start?ticket=")
+        # A link preview (a chat app fetching the link) shows the page and uses nothing up.
+        preview = await attacker.get(begun.start_url)
+        assert preview.status_code == 200 and "Continue" in preview.text
+        assert preview.headers["cache-control"] == "no-store" and "set-cookie" not in preview.headers
+        start = await browse_start_link(browser, begun.start_url)
+        assert start.status_code == 303 and start.headers["location"] == begun.authorize_url
+        cookie = start.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
+        assert "secure" not in cookie  # development over http; see the https case below
+        # The start link works once.
+        assert (await browse_start_link(attacker, begun.start_url)).status_code == 400
         code, state = await consent(begun.authorize_url)
+        # The callback from a browser that did not open the start link (a stolen authorize URL,
+        # an attacker's consent sent to a victim) is refused, and spends nothing.
+        stolen = await attacker.get(redirect, params={"code": code, "state": state})
+        assert stolen.status_code == 400 and "did not start" in stolen.text
         page = await browser.get(redirect, params={"code": code, "state": state})
         assert page.status_code == 200, page.text
         assert "connected" in page.text and "text/html" in page.headers["content-type"]
         assert code not in page.text
+        assert "max-age=0" in page.headers["set-cookie"].lower()  # the binding cookie is cleared
         # the same state again (a replayed link) and a forged one: 400 with a readable page
+        browser.cookies.set(f"hubsync-oauth-{hashlib.sha256(state.encode()).hexdigest()[:16]}", "b" * 43)
         again = await browser.get(redirect, params={"code": code, "state": state})
         assert again.status_code == 400 and "not valid" in again.text
         forged = await browser.get(redirect, params={"code": "x", "state": "forged"})
@@ -200,3 +247,21 @@ async def test_oauth_callback_completes_through_auth(redis_url, caller_tokens) -
             redirect, params={"error": "access_denied", "error_description": "<b>no</b>"}
         )
         assert declined.status_code == 400 and "<b>" not in declined.text
+
+
+async def test_oauth_start_cookie_is_host_only_and_secure_behind_https(redis_url, caller_tokens) -> None:  # type: ignore[no-untyped-def]
+    public = "https://hubsync.example.com"
+    async with (
+        oauth_begun(redis_url, caller_tokens, public, {"HUBSYNC_INGRESS_PUBLIC_BASE_URL": public}) as (
+            base,
+            begun,
+        ),
+        httpx.AsyncClient() as browser,
+    ):
+        assert begun.start_url.startswith(f"{public}/oauth/start?ticket=")
+        # The proxy in front would forward this request to ingress as it is.
+        start = await browse_start_link(browser, begun.start_url.replace(public, base))
+        assert start.status_code == 303
+        cookie = start.headers["set-cookie"]
+        assert cookie.startswith("__Host-hubsync-oauth-")
+        assert "; secure" in cookie.lower() and "domain=" not in cookie.lower()

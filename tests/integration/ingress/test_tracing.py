@@ -156,7 +156,13 @@ async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: igno
     committer = EventCommitter(
         Redis.from_url(redis_url), stream_maxlen=10_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
     )
-    events = parse_events(json.dumps([event(object_id=i) for i in range(LISTED_IDS + 20)]).encode())
+    # A round trip carries several requests' events (a request holds at most 100).
+    ids = range(LISTED_IDS + 20)
+    events = [
+        e
+        for part in (ids[:100], ids[100:])
+        for e in parse_events(json.dumps([event(object_id=i) for i in part]).encode())
+    ]
     await committer.submit(events, grouped=True)
     [commit] = named(exporter, COMMIT_SPAN)
     attributes: Any = commit.attributes

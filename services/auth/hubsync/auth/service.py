@@ -61,6 +61,8 @@ def check_settings(settings: AuthSettings, environment: Environment) -> None:
     if environment == Environment.PRODUCTION:
         if settings.redirect_uri and not settings.redirect_uri.startswith("https://"):
             raise _exit("HUBSYNC_AUTH_REDIRECT_URI", "must be an https URL in production")
+        if any(not uri.startswith("https://") for uri in settings.extra_redirect_uris):
+            raise _exit("HUBSYNC_AUTH_EXTRA_REDIRECT_URIS", "must all be https URLs in production")
         if not settings.authorize_url.startswith("https://"):
             raise _exit("HUBSYNC_AUTH_AUTHORIZE_URL", "must be an https URL in production")
 
@@ -98,6 +100,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         _method("RevokeConnection"): admins,
         _method("RotateKeys"): admins,
         _method("BeginAuthorization"): settings.oauth_callers,
+        _method("StartAuthorization"): settings.oauth_callers,
         _method("CompleteAuthorization"): settings.oauth_callers,
     }
     return ServiceSpec(

@@ -59,13 +59,24 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             request.tenant, list(request.scopes), list(request.optional_scopes), request.redirect_uri
         )
         return auth_pb2.BeginAuthorizationResponse(
-            authorize_url=pending.authorize_url, state=pending.state, expire_time=_ts(pending.expires_ms)
+            authorize_url=pending.authorize_url,
+            state=pending.state,
+            expire_time=_ts(pending.expires_ms),
+            start_url=pending.start_url,
+        )
+
+    async def StartAuthorization(
+        self, request: auth_pb2.StartAuthorizationRequest, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.StartAuthorizationResponse:
+        started = await self.vault.start_authorization(request.ticket, request.browser_binding)
+        return auth_pb2.StartAuthorizationResponse(
+            authorize_url=started.authorize_url, state=started.state, expire_time=_ts(started.expires_ms)
         )
 
     async def CompleteAuthorization(
         self, request: auth_pb2.CompleteAuthorizationRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CompleteAuthorizationResponse:
-        conn = await self.vault.complete_authorization(request.code, request.state)
+        conn = await self.vault.complete_authorization(request.code, request.state, request.browser_binding)
         return auth_pb2.CompleteAuthorizationResponse(connection=connection_proto(conn))
 
     async def CreatePrivateAppConnection(

@@ -23,6 +23,8 @@ class AuthSettings(BaseSettings):
     client_secret: SecretStr | None = None
     # Where HubSpot sends the user back (ingress's /oauth/callback); https outside development.
     redirect_uri: str = ""
+    # Other redirect URIs a BeginAuthorization may name (JSON list); any other is refused.
+    extra_redirect_uris: list[str] = Field(default_factory=list)
     # Space-separated scopes the authorize URL asks for when the caller names none.
     scopes: str = DEFAULT_SCOPES
     authorize_url: str = "https://app.hubspot.com/oauth/authorize"
@@ -66,6 +68,10 @@ class AuthSettings(BaseSettings):
         if not value.startswith("/"):
             raise ValueError("must start with /")
         return value
+
+    def allowed_redirect_uris(self) -> frozenset[str]:
+        """The redirect URIs BeginAuthorization accepts: the configured one and the extra ones."""
+        return frozenset(uri for uri in (self.redirect_uri, *self.extra_redirect_uris) if uri)
 
     @property
     def scope_list(self) -> list[str]:

@@ -8,6 +8,8 @@ Keys (``{portal}`` hash tag so a portal's record and lock share a cluster slot):
 - ``hubsync:{<portal>}:auth:refresh-lock`` — the cross-replica refresh lock (random owner value).
 - ``hubsync:auth:connections`` — sorted set of portal ids (score = id) for listing and rotation.
 - ``hubsync:auth:oauth-state:<sha256 of state>`` — a pending authorization (JSON, with a TTL).
+- ``hubsync:auth:oauth-browser:<sha256 of state>`` — the SHA-256 of the browser binding its start
+  link set (written once: a start link is single use).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hubsync.core.redis import portal_key
 
 INDEX_KEY = "hubsync:auth:connections"
 STATE_PREFIX = "hubsync:auth:oauth-state:"
+BROWSER_PREFIX = "hubsync:auth:oauth-browser:"
 
 KIND_OAUTH = "oauth"
 KIND_PRIVATE_APP = "private_app"
@@ -193,6 +196,25 @@ class ConnectionStore:
         """Returns and deletes a pending state in one step, so it is single use."""
         raw = await self.redis.getdel(STATE_PREFIX + digest)
         return json.loads(raw) if raw else None
+
+    async def get_state(self, digest: str) -> tuple[dict[str, Any], int] | None:
+        """A pending state and the milliseconds it has left, without using it up."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(STATE_PREFIX + digest)
+            pipe.pttl(STATE_PREFIX + digest)
+            raw, ttl_ms = await pipe.execute()
+        return (json.loads(raw), int(ttl_ms)) if raw and int(ttl_ms) > 0 else None
+
+    async def bind_state(self, digest: str, browser_digest: str, ttl_ms: int) -> bool:
+        """Binds a pending state to a browser, once: False if it was bound already."""
+        return bool(await self.redis.set(BROWSER_PREFIX + digest, browser_digest, px=ttl_ms, nx=True))
+
+    async def state_browser(self, digest: str) -> str | None:
+        raw = await self.redis.get(BROWSER_PREFIX + digest)
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    async def forget_browser(self, digest: str) -> None:
+        await self.redis.delete(BROWSER_PREFIX + digest)
 
     async def try_lock(self, portal_id: int, ttl_s: float) -> str | None:
         owner = secrets.token_hex(16)

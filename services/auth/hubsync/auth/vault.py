@@ -14,6 +14,7 @@ holder whose lock expired is fenced off). Callers that find the lock taken poll 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 from opentelemetry import metrics
 
@@ -89,6 +90,8 @@ class PendingAuthorization:
     authorize_url: str
     state: str
     expires_ms: int
+    # hubsync's start link (empty once redeemed).
+    start_url: str
 
 
 def _now_ms() -> int:
@@ -225,6 +228,8 @@ class TokenVault:
     async def begin_authorization(
         self, tenant: str, scopes: list[str], optional_scopes: list[str], redirect_uri: str
     ) -> PendingAuthorization:
+        """A pending authorization: its state is derived from a fresh start-link ticket, so only
+        the link's first opener (:meth:`start_authorization`) can bind it to a browser."""
         self._require_oauth()
         redirect = redirect_uri or self.settings.redirect_uri
         violations: dict[str, str] = {}
@@ -236,37 +241,98 @@ class TokenVault:
             self.development and redirect.startswith("http://")
         ):
             violations["redirect_uri"] = "must be an https URL outside development"
+        elif redirect not in self.settings.allowed_redirect_uris():
+            violations["redirect_uri"] = (
+                "not an allowed redirect URI (HUBSYNC_AUTH_REDIRECT_URI, HUBSYNC_AUTH_EXTRA_REDIRECT_URIS)"
+            )
         wanted = list(scopes) or self.settings.scope_list
         for name, values in (("scopes", wanted), ("optional_scopes", optional_scopes)):
             if any(not s or any(c.isspace() for c in s) for s in values):
                 violations[name] = "scopes must be non-empty and contain no whitespace"
         if violations:
             raise InvalidArgument("invalid authorization request", violations)
-        state = secrets.token_urlsafe(32)
+        ticket = secrets.token_urlsafe(32)
+        state = _state_of(ticket)
         expires_ms = self.now_ms() + self.settings.state_ttl_s * 1000
-        await self.store.put_state(
-            _digest(state),
-            {"tenant": tenant, "redirect_uri": redirect, "scopes": wanted, "expires_ms": expires_ms},
-            self.settings.state_ttl_s,
-        )
-        query = {"client_id": self.settings.client_id, "redirect_uri": redirect, "scope": " ".join(wanted)}
-        if optional_scopes:
-            query["optional_scope"] = " ".join(optional_scopes)
-        query["state"] = state
-        url = f"{self.settings.authorize_url}?{urlencode(query)}"
+        pending = {
+            "tenant": tenant,
+            "redirect_uri": redirect,
+            "scopes": wanted,
+            "optional_scopes": list(optional_scopes),
+            "expires_ms": expires_ms,
+        }
+        await self.store.put_state(_digest(state), pending, self.settings.state_ttl_s)
         self._audit("authorization_begun", 0, tenant=tenant)
-        return PendingAuthorization(url, state, expires_ms)
+        start_url = urljoin(redirect, "start") + "?" + urlencode({"ticket": ticket})
+        return PendingAuthorization(self._authorize_url(pending, state), state, expires_ms, start_url)
 
-    async def complete_authorization(self, code: str, state: str) -> Connection:
+    def _authorize_url(self, pending: dict[str, Any], state: str) -> str:
+        query = {
+            "client_id": self.settings.client_id,
+            "redirect_uri": str(pending["redirect_uri"]),
+            "scope": " ".join(pending["scopes"]),
+        }
+        if pending.get("optional_scopes"):
+            query["optional_scope"] = " ".join(pending["optional_scopes"])
+        query["state"] = state
+        return f"{self.settings.authorize_url}?{urlencode(query)}"
+
+    async def start_authorization(self, ticket: str, browser_binding: str) -> PendingAuthorization:
+        """Redeems a start link: binds its state to the browser holding ``browser_binding``."""
+        self._require_oauth()
+        violations = {}
+        if not ticket or len(ticket) > 256:
+            violations["ticket"] = "required"
+        if not 32 <= len(browser_binding) <= 256:
+            violations["browser_binding"] = "required, 32 to 256 characters"
+        if violations:
+            raise InvalidArgument("invalid start link", violations)
+        state = _state_of(ticket)
+        found = await self.store.get_state(_digest(state))
+        if found is None or not await self.store.bind_state(
+            _digest(state), _digest(browser_binding), found[1]
+        ):
+            self._audit("authorization_refused", 0, why="unknown, expired or reused start link")
+            raise InvalidArgument(
+                "start link is unknown, expired or already used",
+                {"ticket": "unknown, expired or already used: begin the authorization again"},
+                reason="OAUTH_START_LINK_INVALID",
+            )
+        pending = found[0]
+        return PendingAuthorization(
+            self._authorize_url(pending, state), state, int(pending["expires_ms"]), ""
+        )
+
+    async def complete_authorization(self, code: str, state: str, browser_binding: str) -> Connection:
         self._require_oauth()
         violations = {}
         if not code or len(code) > MAX_TOKEN_LENGTH:
             violations["code"] = "required"
         if not state or len(state) > 256:
             violations["state"] = "required"
+        if len(browser_binding) > 256:
+            violations["browser_binding"] = "at most 256 characters"
         if violations:
             raise InvalidArgument("invalid authorization callback", violations)
+        # The browser first (nothing is used up if it is not the one that opened the start link,
+        # so a forged callback cannot spoil the real one).
+        bound = await self.store.state_browser(_digest(state))
+        if bound is not None and not hmac.compare_digest(bound, _digest(browser_binding)):
+            self._audit("authorization_refused", 0, why="another browser than the start link's")
+            raise InvalidArgument(
+                "the authorization was started in another browser",
+                {"browser_binding": "not the browser that opened the start link"},
+                reason="OAUTH_BROWSER_MISMATCH",
+            )
+        if bound is None and await self.store.get_state(_digest(state)) is not None:
+            self._audit("authorization_refused", 0, why="start link never opened")
+            raise InvalidArgument(
+                "the authorization was not started from hubsync's start link",
+                {"browser_binding": "open the start link (BeginAuthorization's start_url) first"},
+                reason="OAUTH_BROWSER_MISMATCH",
+            )
         pending = await self.store.take_state(_digest(state))
+        await self.store.forget_browser(_digest(state))
         if pending is None or int(pending.get("expires_ms", 0)) < self.now_ms():
             self._audit("authorization_refused", 0, why="unknown, expired or reused state")
             raise InvalidArgument(
@@ -624,6 +690,12 @@ def _oauth_failure(exc: Exception) -> HubsyncError:
 
 def _digest(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
+
+
+def _state_of(ticket: str) -> str:
+    """The OAuth state of a start-link ticket: one-way, so the authorize URL reveals no ticket."""
+    raw = hashlib.sha256(b"hubsync-oauth-state\0" + ticket.encode()).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _failed_key(portal_id: int) -> str:

@@ -22,7 +22,8 @@ OBJECT_TYPES = {
 }
 # Generic ``object.*`` subscriptions name the type by id.
 OBJECT_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals", "0-5": "tickets"}
-MAX_EVENTS = 1000
+# HubSpot sends at most 100 events per request: more is not HubSpot.
+MAX_EVENTS = 100
 
 
 class PayloadRejected(Exception):
@@ -111,7 +112,9 @@ def parse_events(body: bytes) -> list[WebhookEvent]:
     if not data:
         raise PayloadRejected("body holds no events")
     if len(data) > MAX_EVENTS:
-        raise PayloadRejected(f"body holds more than {MAX_EVENTS} events")
+        raise PayloadRejected(
+            f"body holds {len(data)} events; HubSpot sends at most {MAX_EVENTS} per request"
+        )
     events: list[WebhookEvent] = []
     # One event: store it as received (its text inside the array's brackets; JSON whitespace is
     # all ``bytes.strip`` removes) instead of serialising it again.

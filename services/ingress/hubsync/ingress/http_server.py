@@ -21,6 +21,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hubsync.core.telemetry import scrub_url_attributes
+from hubsync.ingress.http_protocol import EdgeLimits, edge_protocol
 from hubsync.ingress.webhooks import PATH as WEBHOOK_PATH
 
 log = logging.getLogger(__name__)
@@ -29,13 +31,16 @@ log = logging.getLogger(__name__)
 def build_app(
     webhook: ASGIApp,
     oauth_callback: Callable[[Request], Awaitable[Response]],
+    oauth_start_page: Callable[[Request], Awaitable[Response]],
+    oauth_start: Callable[[Request], Awaitable[Response]],
     health: Callable[[], Awaitable[bool]],
     *,
     server_spans: bool = True,
 ) -> ASGIApp:
     """``POST /webhooks/hubspot`` goes straight to ``webhook`` (it opens its own server span);
-    every other request goes through Starlette (405 for a wrong method, 404, the OAuth callback,
-    health), with the OpenTelemetry ASGI middleware's server span unless ``server_spans`` is off."""
+    every other request goes through Starlette (405 for a wrong method, 404, the OAuth start link
+    and callback, health), with the OpenTelemetry ASGI middleware's server span unless
+    ``server_spans`` is off."""
 
     async def healthz(_request: Request) -> Response:
         if await health():
@@ -48,6 +53,8 @@ def build_app(
     starlette = Starlette(
         routes=[
             Route(WEBHOOK_PATH, webhook_route, methods=["POST"]),
+            Route("/oauth/start", oauth_start_page, methods=["GET"]),
+            Route("/oauth/start", oauth_start, methods=["POST"]),
             Route("/oauth/callback", oauth_callback, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
@@ -61,6 +68,8 @@ def build_app(
             excluded_urls="healthz",
             exclude_spans=["receive", "send"],
             meter_provider=NoOpMeterProvider(),
+            # The callback's query holds the OAuth code and state: never recorded.
+            server_request_hook=scrub_url_attributes,
         )
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,13 +82,30 @@ def build_app(
 
 
 class HttpServer:
-    """uvicorn in the current event loop, without its signal handling (the service owns signals)."""
+    """uvicorn in the current event loop, without its signal handling (the service owns signals).
 
-    def __init__(self, app: ASGIApp, host: str, port: int, grace_s: float) -> None:
+    ``limits`` bound how long reading a request may take and how large its headers may be
+    (:mod:`hubsync.ingress.http_protocol`); past ``max_connections`` open connections (or
+    requests in flight) a request is answered 503, which HubSpot retries.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        grace_s: float,
+        *,
+        limits: EdgeLimits,
+        max_connections: int | None = None,
+    ) -> None:
         config = uvicorn.Config(
             app,
             host=host,
             port=port,
+            http=edge_protocol(limits),
+            ws="none",  # no WebSocket route: an upgrade request is an ordinary request
+            limit_concurrency=max_connections,
             lifespan="off",
             log_config=None,
             access_log=False,

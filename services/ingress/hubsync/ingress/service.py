@@ -13,6 +13,7 @@ from hubsync.core.channels import channel_for
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, Environment, load_settings
 from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.http_protocol import EdgeLimits
 from hubsync.ingress.http_server import HttpServer, build_app
 from hubsync.ingress.journal import EventJournal
 from hubsync.ingress.oauth_callback import OAuthCallback
@@ -51,9 +52,28 @@ def load_secrets(settings: IngressSettings) -> list[str]:
     return secrets
 
 
+def check_settings(settings: IngressSettings, environment: Environment) -> None:
+    """What production refuses: a public URL that is not https (HubSpot would send webhooks and
+    the OAuth redirect in clear), and signatures without a timestamp (replayable forever)."""
+    if environment != Environment.PRODUCTION:
+        return
+    if not (settings.public_base_url or "").startswith("https://"):
+        raise _exit("HUBSYNC_INGRESS_PUBLIC_BASE_URL", "must be set to an https URL in production")
+    for variable, enabled in (("ACCEPT_V1", settings.accept_v1), ("ACCEPT_V2", settings.accept_v2)):
+        if enabled and not settings.untimed_signatures_in_production:
+            raise _exit(
+                f"HUBSYNC_INGRESS_{variable}",
+                "v1/v2 signatures carry no timestamp, so a captured webhook can be replayed forever: "
+                "refused in production unless HUBSYNC_INGRESS_UNTIMED_SIGNATURES_IN_PRODUCTION=true",
+            )
+    if settings.accept_v1 or settings.accept_v2:
+        log.warning("production accepts v1/v2 webhook signatures: a captured webhook can be replayed")
+
+
 async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     """The ingress service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
     settings = load_settings(IngressSettings)
+    check_settings(settings, core.environment)
     secrets = load_secrets(settings)
     if not secrets:
         if core.environment == Environment.PRODUCTION:
@@ -85,15 +105,35 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         except Exception:
             return False
 
+    oauth = OAuthCallback(auth_channel)
     app = build_app(
-        webhook, OAuthCallback(auth_channel).handle, redis_ok, server_spans=settings.http_server_spans
+        webhook,
+        oauth.handle,
+        oauth.start_page,
+        oauth.start,
+        redis_ok,
+        server_spans=settings.http_server_spans,
     )
-    http = HttpServer(app, settings.http_host, settings.http_port, core.shutdown_grace_seconds)
+    limits = EdgeLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    http = HttpServer(
+        app,
+        settings.http_host,
+        settings.http_port,
+        core.shutdown_grace_seconds,
+        limits=limits,
+        max_connections=settings.max_connections,
+    )
     try:
         port = await http.bind()
     except OSError as exc:
         raise _exit("HUBSYNC_INGRESS_HTTP_PORT", f"cannot listen ({exc.strerror})") from None
     webhook.public_base_url = settings.public_base_url or f"http://{settings.http_host}:{port}"
+    # The OAuth browser-binding cookie is __Host-/Secure unless the edge is plain http.
+    oauth.secure_cookie = webhook.public_base_url.startswith("https://")
     journal = EventJournal(
         redis, stream_maxlen=settings.stream_maxlen, replay_request_ttl_s=settings.replay_request_ttl_s
     )

@@ -27,13 +27,27 @@ class IngressSettings(BaseSettings):
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
     # A mounted file with the same JSON list (or one secret per line); adds to the inline list.
     webhook_secrets_file: Path | None = None
-    # v1/v2 signatures have no timestamp (no replay window): off unless configured.
+    # v1/v2 signatures have no timestamp (no replay window): off unless configured, and refused
+    # in production unless UNTIMED_SIGNATURES_IN_PRODUCTION also says so.
     accept_v1: bool = False
     accept_v2: bool = False
+    untimed_signatures_in_production: bool = False
     # Our HubSpot app ids, comma-separated (the public app, and any private app whose token
     # writer uses): INTEGRATION changes with one of these sourceIds are our own writes' echoes.
     app_id: str = ""
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The edge's own limits (docs/ingress.md#limits); a reverse proxy in front should be as strict.
+    # A body larger than this is answered 413 unread: 100 events with every field at its widest
+    # and 2 KB property values fit (bench/ingress/slow_clients.md measures it).
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Request line and headers together; a larger block is answered 431.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    # From connecting (or a kept-alive request's first byte) to the end of the headers, and from
+    # there to the end of the body: a client that takes longer gets 408 and is disconnected.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    body_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Open connections (and requests in flight) past which a request is answered 503: with the
+    # body limit, it bounds the memory held by bodies being read.
+    max_connections: int = Field(default=500, ge=1)
     # How long an event id is remembered; longer than HubSpot's 24 h retry horizon.
     dedupe_ttl_s: int = Field(default=25 * HOUR_S, ge=60)
     # Dedupe digests of one portal's hour are spread over this many Redis sets so each stays a

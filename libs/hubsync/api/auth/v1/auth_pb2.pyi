@@ -186,8 +186,72 @@ class BeginAuthorizationResponse(_message.Message):
     AUTHORIZE_URL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    START_URL_FIELD_NUMBER: _builtins.int
     authorize_url: _builtins.str
     """HubSpot's authorize URL to send the user to."""
+    state: _builtins.str
+    """The state embedded in the URL."""
+    start_url: _builtins.str
+    """The link to open in the browser that will authorize (ingress's `/oauth/start`, next to the
+    redirect URI): single use; the authorize URL alone is refused at the callback.
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the state stops being accepted."""
+
+    def __init__(
+        self,
+        *,
+        authorize_url: _builtins.str = ...,
+        state: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        start_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorize_url", b"authorize_url", "expire_time", b"expire_time", "start_url", b"start_url", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginAuthorizationResponse: _TypeAlias = BeginAuthorizationResponse  # noqa: Y015
+
+@_typing.final
+class StartAuthorizationRequest(_message.Message):
+    """Request of StartAuthorization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    BROWSER_BINDING_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.str
+    """The ticket of the start link."""
+    browser_binding: _builtins.str
+    """A random value, at least 32 characters, that the browser opening the link keeps (a cookie)."""
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.str = ...,
+        browser_binding: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["browser_binding", b"browser_binding", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartAuthorizationRequest: _TypeAlias = StartAuthorizationRequest  # noqa: Y015
+
+@_typing.final
+class StartAuthorizationResponse(_message.Message):
+    """Response of StartAuthorization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTHORIZE_URL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    authorize_url: _builtins.str
+    """HubSpot's authorize URL to send the browser to."""
     state: _builtins.str
     """The state embedded in the URL."""
     @_builtins.property
@@ -207,7 +271,7 @@ class BeginAuthorizationResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___BeginAuthorizationResponse: _TypeAlias = BeginAuthorizationResponse  # noqa: Y015
+Global___StartAuthorizationResponse: _TypeAlias = StartAuthorizationResponse  # noqa: Y015
 
 @_typing.final
 class CompleteAuthorizationRequest(_message.Message):
@@ -217,19 +281,23 @@ class CompleteAuthorizationRequest(_message.Message):
 
     CODE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    BROWSER_BINDING_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """The single-use code from the redirect."""
     state: _builtins.str
     """The state from the redirect."""
+    browser_binding: _builtins.str
+    """The value the browser kept when it opened the start link (StartAuthorization)."""
     def __init__(
         self,
         *,
         code: _builtins.str = ...,
         state: _builtins.str = ...,
+        browser_binding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["browser_binding", b"browser_binding", "code", b"code", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,11 @@ class AuthServiceStub:
                 request_serializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.BeginAuthorizationRequest.SerializeToString,
                 response_deserializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.BeginAuthorizationResponse.FromString,
                 _registered_method=True)
+        self.StartAuthorization = channel.unary_unary(
+                '/hubsync.api.auth.v1.AuthService/StartAuthorization',
+                request_serializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.StartAuthorizationRequest.SerializeToString,
+                response_deserializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.StartAuthorizationResponse.FromString,
+                _registered_method=True)
         self.CompleteAuthorization = channel.unary_unary(
                 '/hubsync.api.auth.v1.AuthService/CompleteAuthorization',
                 request_serializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.CompleteAuthorizationRequest.SerializeToString,
@@ -91,17 +96,29 @@ class AuthServiceServicer:
     """
 
     def BeginAuthorization(self, request, context):
-        """Starts the OAuth authorization-code flow for a tenant: returns HubSpot's authorize URL with a
-        random, single-use `state` that expires after ten minutes and is bound to the tenant.
+        """Starts the OAuth authorization-code flow for a tenant: returns hubsync's single-use start link
+        and HubSpot's authorize URL with a random, single-use `state` that expires after ten minutes
+        and is bound to the tenant. The redirect URI must be one of the configured ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartAuthorization(self, request, context):
+        """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+        browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+        returns the authorize URL to send that browser to. A link used before, expired or forged
+        fails with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompleteAuthorization(self, request, context):
-        """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI: exchanges the
-        code at the token endpoint and stores the connection. A reused, expired or forged state fails
-        with INVALID_ARGUMENT and stores nothing.
+        """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI, from the
+        browser the start link bound the state to: exchanges the code at the token endpoint and
+        stores the connection. A reused, expired, forged or unbound state, or another browser's,
+        fails with INVALID_ARGUMENT and stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +184,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.BeginAuthorization,
                     request_deserializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.BeginAuthorizationRequest.FromString,
                     response_serializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.BeginAuthorizationResponse.SerializeToString,
+            ),
+            'StartAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartAuthorization,
+                    request_deserializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.StartAuthorizationRequest.FromString,
+                    response_serializer=hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.StartAuthorizationResponse.SerializeToString,
             ),
             'CompleteAuthorization': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteAuthorization,
@@ -239,6 +261,33 @@ class AuthService:
             '/hubsync.api.auth.v1.AuthService/BeginAuthorization',
             hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.BeginAuthorizationRequest.SerializeToString,
             hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.BeginAuthorizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubsync.api.auth.v1.AuthService/StartAuthorization',
+            hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.StartAuthorizationRequest.SerializeToString,
+            hubsync_dot_api_dot_auth_dot_v1_dot_auth__pb2.StartAuthorizationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,13 +37,21 @@ class AuthServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     BeginAuthorization: _grpc.UnaryUnaryMultiCallable[_auth_pb2.BeginAuthorizationRequest, _auth_pb2.BeginAuthorizationResponse]
-    """Starts the OAuth authorization-code flow for a tenant: returns HubSpot's authorize URL with a
-    random, single-use `state` that expires after ten minutes and is bound to the tenant.
+    """Starts the OAuth authorization-code flow for a tenant: returns hubsync's single-use start link
+    and HubSpot's authorize URL with a random, single-use `state` that expires after ten minutes
+    and is bound to the tenant. The redirect URI must be one of the configured ones.
+    """
+    StartAuthorization: _grpc.UnaryUnaryMultiCallable[_auth_pb2.StartAuthorizationRequest, _auth_pb2.StartAuthorizationResponse]
+    """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+    browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+    returns the authorize URL to send that browser to. A link used before, expired or forged
+    fails with INVALID_ARGUMENT.
     """
     CompleteAuthorization: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CompleteAuthorizationRequest, _auth_pb2.CompleteAuthorizationResponse]
-    """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI: exchanges the
-    code at the token endpoint and stores the connection. A reused, expired or forged state fails
-    with INVALID_ARGUMENT and stores nothing.
+    """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI, from the
+    browser the start link bound the state to: exchanges the code at the token endpoint and
+    stores the connection. A reused, expired, forged or unbound state, or another browser's,
+    fails with INVALID_ARGUMENT and stores nothing.
     """
     CreatePrivateAppConnection: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreatePrivateAppConnectionRequest, _auth_pb2.CreatePrivateAppConnectionResponse]
     """Stores a private-app token as the connection of a portal (no refresh; rotate by calling again)."""
@@ -75,13 +83,21 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     BeginAuthorization: _aio.UnaryUnaryMultiCallable[_auth_pb2.BeginAuthorizationRequest, _auth_pb2.BeginAuthorizationResponse]  # type: ignore[assignment]
-    """Starts the OAuth authorization-code flow for a tenant: returns HubSpot's authorize URL with a
-    random, single-use `state` that expires after ten minutes and is bound to the tenant.
+    """Starts the OAuth authorization-code flow for a tenant: returns hubsync's single-use start link
+    and HubSpot's authorize URL with a random, single-use `state` that expires after ten minutes
+    and is bound to the tenant. The redirect URI must be one of the configured ones.
+    """
+    StartAuthorization: _aio.UnaryUnaryMultiCallable[_auth_pb2.StartAuthorizationRequest, _auth_pb2.StartAuthorizationResponse]  # type: ignore[assignment]
+    """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+    browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+    returns the authorize URL to send that browser to. A link used before, expired or forged
+    fails with INVALID_ARGUMENT.
     """
     CompleteAuthorization: _aio.UnaryUnaryMultiCallable[_auth_pb2.CompleteAuthorizationRequest, _auth_pb2.CompleteAuthorizationResponse]  # type: ignore[assignment]
-    """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI: exchanges the
-    code at the token endpoint and stores the connection. A reused, expired or forged state fails
-    with INVALID_ARGUMENT and stores nothing.
+    """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI, from the
+    browser the start link bound the state to: exchanges the code at the token endpoint and
+    stores the connection. A reused, expired, forged or unbound state, or another browser's,
+    fails with INVALID_ARGUMENT and stores nothing.
     """
     CreatePrivateAppConnection: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreatePrivateAppConnectionRequest, _auth_pb2.CreatePrivateAppConnectionResponse]  # type: ignore[assignment]
     """Stores a private-app token as the connection of a portal (no refresh; rotate by calling again)."""
@@ -116,8 +132,21 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.BeginAuthorizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.BeginAuthorizationResponse, _abc.Awaitable[_auth_pb2.BeginAuthorizationResponse]]:
-        """Starts the OAuth authorization-code flow for a tenant: returns HubSpot's authorize URL with a
-        random, single-use `state` that expires after ten minutes and is bound to the tenant.
+        """Starts the OAuth authorization-code flow for a tenant: returns hubsync's single-use start link
+        and HubSpot's authorize URL with a random, single-use `state` that expires after ten minutes
+        and is bound to the tenant. The redirect URI must be one of the configured ones.
+        """
+
+    @_abc_1.abstractmethod
+    def StartAuthorization(
+        self,
+        request: _auth_pb2.StartAuthorizationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.StartAuthorizationResponse, _abc.Awaitable[_auth_pb2.StartAuthorizationResponse]]:
+        """Redeems a start link (the button of ingress's `/oauth/start` page): binds the state to the
+        browser that pressed it (the digest of a random value ingress sets as a cookie there) and
+        returns the authorize URL to send that browser to. A link used before, expired or forged
+        fails with INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
@@ -126,9 +155,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.CompleteAuthorizationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.CompleteAuthorizationResponse, _abc.Awaitable[_auth_pb2.CompleteAuthorizationResponse]]:
-        """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI: exchanges the
-        code at the token endpoint and stores the connection. A reused, expired or forged state fails
-        with INVALID_ARGUMENT and stores nothing.
+        """Finishes the flow with the `code` and `state` HubSpot sent to the redirect URI, from the
+        browser the start link bound the state to: exchanges the code at the token endpoint and
+        stores the connection. A reused, expired, forged or unbound state, or another browser's,
+        fails with INVALID_ARGUMENT and stores nothing.
         """
 
     @_abc_1.abstractmethod
