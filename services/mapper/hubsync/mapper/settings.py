@@ -49,3 +49,7 @@ class MapperSettings(BaseSettings):
     validate_portal_ids: list[int] = Field(default_factory=list)
     # Run the inbound worker (event streams → change feed) in this process.
     inbound_enabled: bool = True
+    # Internal services allowed to push records, subscribe to the change feed and use mappings.
+    client_callers: list[str] = Field(default_factory=lambda: ["client"])
+    # Callers allowed to list, validate and suggest mappings besides them (people, the CLI).
+    admin_callers: list[str] = Field(default_factory=lambda: ["cli"])
