@@ -69,7 +69,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None
-    feed = ChangeFeed(redis)
+    feed = ChangeFeed(redis, max_groups=settings.max_consumer_groups)
     pusher = RecordPusher(redis, writer, registry.snapshot, idempotency_ttl_s=settings.push_idempotency_ttl_s)
     servicer = MapperServicer(registry, pusher, feed, catalog)
     worker = InboundWorker(
