@@ -7,14 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hubsync.core.callers import (
-    INSECURE_OPT_IN,
-    MIN_TOKEN_LENGTH,
-    TOKENS_VARIABLE,
-    credential_problems,
-    hashed,
-)
-
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "security.md"
 
@@ -41,6 +33,8 @@ def test_the_image_defaults_to_production() -> None:
 
 
 def test_no_credentials_need_the_opt_in_which_production_refuses() -> None:
+    from hubsync.core.callers import INSECURE_OPT_IN, TOKENS_VARIABLE, credential_problems
+
     assert [v for v, _ in credential_problems({}, production=False, insecure_opt_in=False)] == [
         TOKENS_VARIABLE
     ]
@@ -50,6 +44,8 @@ def test_no_credentials_need_the_opt_in_which_production_refuses() -> None:
 
 
 def test_production_refuses_short_tokens_but_not_digests() -> None:
+    from hubsync.core.callers import MIN_TOKEN_LENGTH, TOKENS_VARIABLE, credential_problems, hashed
+
     short = "x" * (MIN_TOKEN_LENGTH - 1)
     good = "y" * MIN_TOKEN_LENGTH
     problems = credential_problems(
