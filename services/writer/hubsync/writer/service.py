@@ -44,11 +44,11 @@ def caller_policy(settings: WriterSettings) -> dict[str, list[str]]:
         # fingerprints apply to every write.
         _method("SubmitWrites"): ["mapper"],
         # Reads: the mapper hydrates changes and checks mappings' properties; ingress's
-        # reconciler searches; internal services read; operators export (`hubsync backfill`).
-        _method("ReadRecords"): ["mapper", *clients],
-        _method("SearchRecords"): ["ingress", *clients],
-        _method("ListProperties"): ["mapper", *clients],
-        _method("ExportRecords"): [*admins, *clients],
+        # reconciler searches; internal services and operators read (`hubsync backfill`).
+        _method("ReadRecords"): ["mapper", *clients, *admins],
+        _method("SearchRecords"): ["ingress", *clients, *admins],
+        _method("ListProperties"): ["mapper", *clients, *admins],
+        _method("ExportRecords"): [*clients, *admins],
         # Operators, through the CLI (`hubsync dlq`, `hubsync quota`).
         _method("ListDeadLetters"): admins,
         _method("GetDeadLetter"): admins,
