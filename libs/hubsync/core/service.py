@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from redis.asyncio import Redis
 
-from hubsync.core.callers import TOKENS_VARIABLE, Policy, credential_problems
+from hubsync.core.callers import TOKENS_VARIABLE, Policy, PolicyError, credential_problems
 from hubsync.core.grpcserver import ServiceHost, redis_probe, run_until_signalled
 from hubsync.core.logging import setup_logging
 from hubsync.core.redis import create_redis
@@ -108,6 +108,10 @@ async def start_service(
     redis = create_redis(core)
     try:
         spec = await factory(core, redis)
+    except BaseException:
+        await redis.aclose()
+        raise
+    try:
         host = ServiceHost(
             name,
             spec.service_names,
@@ -120,14 +124,26 @@ async def start_service(
             grace_seconds=core.shutdown_grace_seconds,
             max_connection_age_s=core.grpc_max_connection_age_seconds,
         )
+    except PolicyError as exc:
+        await _close(spec, redis)
+        print(f"hubsync {name}: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except BaseException:
-        await redis.aclose()
+        await _close(spec, redis)
         raise
     if port is None:
         port = core.grpc_port if core.grpc_port is not None else spec.port
     await host.start(f"{core.grpc_host}:{port}")
     tasks = [asyncio.create_task(_guard(job), name=f"{name}-bg") for job in spec.background]
     return RunningService(host, spec, redis, tasks)
+
+
+async def _close(spec: ServiceSpec, redis: Redis) -> None:
+    """Releases what a built spec holds when its server cannot be made."""
+    for hook in spec.on_stop:
+        with contextlib.suppress(Exception):
+            await hook()
+    await redis.aclose()
 
 
 def _checked_callers(name: str, core: CoreSettings) -> dict[str, str]:

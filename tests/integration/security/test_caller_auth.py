@@ -215,6 +215,30 @@ async def test_a_servicer_method_missing_from_the_policy_stops_the_start(
         ServiceHost("auth", [AUTH], _register_auth, callers=caller_tokens, policy=policy)
 
 
+async def test_a_service_whose_policy_misses_a_method_exits_2(
+    redis_url: str, caller_tokens: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    closed: list[str] = []
+
+    async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
+        async def close() -> None:
+            closed.append("on_stop")
+
+        policy = {f"/{AUTH}/{m}": ["cli"] for m in AUTH_METHODS if m != "RotateKeys"}
+        return ServiceSpec([AUTH], _register_auth, 0, policy=policy, on_stop=[close])
+
+    core = core_settings(redis_url, caller_tokens, "auth")
+    try:
+        service = await start_service("auth", core, factory, port=0)
+    except SystemExit as exc:
+        assert exc.code == 2
+        assert "RotateKeys: served but names no allowed callers" in capsys.readouterr().err
+        assert closed == ["on_stop"]  # what the spec holds is released
+        return
+    await service.stop()
+    pytest.fail("a service served a method its policy does not name")
+
+
 @pytest.fixture
 async def bare_server(caller_tokens: dict[str, str]) -> AsyncIterator[tuple[int, CallerAuthInterceptor]]:
     """A grpc.aio server with only the interceptor (no start-up policy check), serving AuthService
