@@ -68,6 +68,9 @@ ENV PATH="/opt/hubsync/bin:${PATH}" \
     HUBSYNC_METRICS_PORT=9464 \
     HUBSYNC_GRPC_HEALTH_PORT=50050 \
     HUBSYNC_INGRESS_HTTP_PORT=8080
+# Secure by default: production refuses missing or short caller tokens, the insecure opt-in and
+# reflection (unless enabled); `-e HUBSYNC_ENVIRONMENT=development` for local experiments.
+ENV HUBSYNC_ENVIRONMENT=production
 
 # gRPC (every service), Prometheus /metrics, plaintext health for probes, ingress HTTP.
 EXPOSE 50051 9464 50050 8080

@@ -18,13 +18,21 @@ import grpc
 from hubsync.core.grpcserver import ServiceHost, run_until_signalled
 
 
-def _handler() -> grpc.GenericRpcHandler:
+def _handlers() -> dict[str, grpc.RpcMethodHandler]:
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
-    return grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
+    return {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+
+
+def _handler() -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler("bench.Echo", _handlers())
+
+
+def _register(server: grpc.aio.Server) -> None:
+    # As generated code does: the host checks its policy against the registered methods.
+    server.add_generic_rpc_handlers((_handler(),))
+    server.add_registered_method_handlers("bench.Echo", _handlers())  # type: ignore[attr-defined]
 
 
 async def main(mode: str) -> None:
@@ -32,8 +40,9 @@ async def main(mode: str) -> None:
         host = ServiceHost(
             "echo",
             ["bench.Echo"],
-            lambda server: server.add_generic_rpc_handlers((_handler(),)),
+            _register,
             callers=json.loads(os.environ["HUBSYNC_CALLER_TOKENS"]),
+            policy={"/bench.Echo/Echo": ["writer"]},
             grace_seconds=0,
         )
         port = await host.start("127.0.0.1:0")

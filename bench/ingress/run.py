@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -222,6 +223,8 @@ def ingress_env(redis_url: str, port: int, extra: dict[str, str]) -> dict[str, s
         "HUBSYNC_INGRESS_HTTP_PORT": str(port),
         "HUBSYNC_INGRESS_WEBHOOK_SECRETS": json.dumps([SECRET]),
         "HUBSYNC_INGRESS_RECONCILE_INTERVAL_SECONDS": "0",
+        # gRPC is not measured, but a service never serves it without caller credentials.
+        "HUBSYNC_CALLER_TOKENS": json.dumps({"cli": secrets.token_urlsafe(24)}),
         **extra,
     }
 

@@ -75,7 +75,8 @@ async def test_dead_letters_list_show_replay_purge(suite: Suite) -> None:
             properties={"no_such_property": "x"},
         )
     )
-    async with suite.channel("writer") as channel:
+    # (only mapper may submit writes: the test writes as mapper would)
+    async with suite.channel("writer", "mapper") as channel:
         reply = await writer_pb2_grpc.WriterServiceStub(channel).SubmitWrites(
             writer_pb2.SubmitWritesRequest(request_id="cli-dlq-1", portal_id=PORTAL, writes=[bad], wait=True),
             timeout=30,

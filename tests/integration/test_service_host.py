@@ -4,6 +4,7 @@ and authorized, and domain errors reach the client as rich statuses."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -20,6 +21,11 @@ from hubsync.core.service import ServiceSpec, start_service
 from hubsync.core.settings import CoreSettings
 
 SERVICE = "hubsync.api.auth.v1.AuthService"
+CALLERS = ["auth", "ingress", "mapper", "writer", "cli", "client"]
+# Every method open to every caller but GetAccessToken, which only writer may call.
+POLICY = {
+    f"/{SERVICE}/{m.name}": CALLERS for m in auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods
+} | {f"/{SERVICE}/GetAccessToken": ["writer"]}
 
 
 class _Vault(auth_pb2_grpc.AuthServiceServicer):
@@ -40,7 +46,7 @@ async def host(redis_url: str, caller_tokens: dict[str, str]):  # type: ignore[n
         [SERVICE],
         lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(_Vault(), server),  # type: ignore[abstract]
         callers=caller_tokens,
-        policy={f"/{SERVICE}/GetAccessToken": ["writer"]},
+        policy=POLICY,
         health_probe=redis_probe(redis),
         probe_interval=0.1,
     )
@@ -169,6 +175,7 @@ async def test_calls_spread_over_every_replica(caller_tokens: dict[str, str]) ->
                 [SERVICE],
                 lambda server, s=servicer: auth_pb2_grpc.add_AuthServiceServicer_to_server(s, server),  # type: ignore[misc]
                 callers=caller_tokens,
+                policy=POLICY,
                 max_connection_age_s=60,
             )
         )
@@ -201,7 +208,7 @@ async def test_a_pod_may_hold_only_digests_of_other_callers(caller_tokens: dict[
         [SERVICE],
         lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(_Vault(), server),  # type: ignore[abstract]
         callers=credentials,
-        policy={f"/{SERVICE}/GetAccessToken": ["writer"]},
+        policy=POLICY,
     )
     port = await host.start("127.0.0.1:0")
     try:
@@ -227,7 +234,13 @@ async def test_a_pod_may_hold_only_digests_of_other_callers(caller_tokens: dict[
         await host.stop()
 
 
-async def test_stop_ends_a_background_task_whose_cancellation_was_lost(redis_url: str) -> None:
+def _core(redis_url: str, caller_tokens: dict[str, str]) -> CoreSettings:
+    return CoreSettings(redis_url=redis_url, caller_tokens=json.dumps(caller_tokens))  # type: ignore[arg-type]
+
+
+async def test_stop_ends_a_background_task_whose_cancellation_was_lost(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
     # A loop that retries on errors, inside which one cancellation is lost (as Python 3.11's
     # asyncio.timeout can lose one inside a client library): stop cancels again until it ends.
     lost = 0
@@ -248,7 +261,7 @@ async def test_stop_ends_a_background_task_whose_cancellation_was_lost(redis_url
     async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
         return ServiceSpec(service_names=[], register=lambda server: None, port=0, background=[worker])
 
-    service = await start_service("test", CoreSettings(redis_url=redis_url), factory, port=0)
+    service = await start_service("test", _core(redis_url, caller_tokens), factory, port=0)
     # Waited for without cancelling it: a cancelled stop would cancel the task itself.
     stopping = asyncio.create_task(service.stop())
     done, _ = await asyncio.wait({stopping}, timeout=10)
@@ -261,7 +274,10 @@ async def test_stop_ends_a_background_task_whose_cancellation_was_lost(redis_url
 
 
 async def test_stop_gives_up_on_a_task_that_never_ends(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    redis_url: str,
+    caller_tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import hubsync.core.service as service_module
 
@@ -282,7 +298,7 @@ async def test_stop_gives_up_on_a_task_that_never_ends(
     async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
         return ServiceSpec(service_names=[], register=lambda server: None, port=0, background=[stubborn])
 
-    service = await start_service("test", CoreSettings(redis_url=redis_url), factory, port=0)
+    service = await start_service("test", _core(redis_url, caller_tokens), factory, port=0)
     stopping = asyncio.create_task(service.stop())
     done, _ = await asyncio.wait({stopping}, timeout=10)
     leftover = service.tasks[0]

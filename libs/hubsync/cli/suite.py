@@ -220,6 +220,9 @@ class Suite:
                 # the sandbox's public app, and the private app whose token the suite connects with
                 "HUBSYNC_INGRESS_APP_ID": f"{SANDBOX_APP_ID},{SANDBOX_PRIVATE_APP_ID}",
             }
+        elif service == "mapper":
+            # The demo plays an internal service: it pushes records and reads the change feed.
+            env["HUBSYNC_MAPPER_CLIENT_CALLERS"] = json.dumps(["demo-client"])
         return env | self.extra_env.get(service, {})
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:

@@ -12,16 +12,25 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as reflection_module
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from redis.asyncio import Redis
 
-from hubsync.core.callers import CallerAuthInterceptor, CallerRegistry
+from hubsync.core.callers import (
+    INSECURE_OPT_IN,
+    CallerAuthInterceptor,
+    CallerRegistry,
+    Policy,
+    PolicyError,
+    PolicyRecorder,
+    check_policy,
+)
 from hubsync.core.errors import HubsyncError, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -94,8 +103,12 @@ class ServiceHost:
         name: the service name (for logs and health).
         service_names: full names of the gRPC services registered (for health and reflection).
         register: adds the servicers to the server.
-        callers: ``{caller: token}``; empty allows anonymous calls (development only).
-        policy: per-method allowed callers.
+        callers: ``{caller: token}``; empty only with ``anonymous``.
+        policy: for every method the servicers expose, the callers allowed to call it; the host
+            refuses to start (PolicyError) when the two do not match.
+        anonymous: with no ``callers``, serve every call unauthenticated (the loud, insecure
+            development opt-in); without it an empty ``callers`` refuses to start (ValueError).
+        reflection: serve gRPC server reflection (grpcurl).
         health_probe: returns True while dependencies (Redis) answer.
     """
 
@@ -106,7 +119,9 @@ class ServiceHost:
         register: Callable[[grpc.aio.Server], None],
         *,
         callers: Mapping[str, str] | None = None,
-        policy: Mapping[str, Iterable[str]] | None = None,
+        policy: Policy | None = None,
+        anonymous: bool = False,
+        reflection: bool = True,
         health_probe: HealthProbe | None = None,
         grace_seconds: float = 10.0,
         probe_interval: float = 2.0,
@@ -115,8 +130,11 @@ class ServiceHost:
         self.name = name
         self.service_names = list(service_names)
         registry = CallerRegistry(callers or {})
-        if not registry.enabled:
-            log.warning("no caller credentials configured: gRPC calls are not authenticated")
+        if not registry.enabled and not anonymous:
+            raise ValueError(f"{name}: no caller credentials; refusing to serve every call unauthenticated")
+        self.anonymous = not registry.enabled
+        if self.anonymous:
+            _warn_anonymous(name)
         options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
         if max_connection_age_s:
             # GOAWAY after this age makes clients reconnect and re-resolve; no grace limit, so
@@ -125,17 +143,22 @@ class ServiceHost:
         self.server = grpc.aio.server(
             interceptors=[
                 aio_server_interceptor(),
-                CallerAuthInterceptor(registry, policy),
+                CallerAuthInterceptor(registry, policy, anonymous=anonymous),
                 ErrorMappingInterceptor(),
             ],
             options=options,
         )
-        register(self.server)
+        recorder = PolicyRecorder(self.server)
+        register(recorder)  # type: ignore[arg-type]
+        if recorder.unnamed:
+            raise PolicyError(f"{name}: a generic handler that names no service cannot be checked")
+        check_policy(_served_methods(recorder.served), policy or {})
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
+        if reflection:
+            reflection_module.enable_server_reflection(
+                [*self.service_names, health.SERVICE_NAME, reflection_module.SERVICE_NAME], self.server
+            )
         self._probe = health_probe
         self._probe_interval = probe_interval
         self._grace = grace_seconds
@@ -192,6 +215,8 @@ class ServiceHost:
         )
         for service in ["", *self.service_names]:
             await self.health.set(service, status)
+        if serving and self.anonymous:
+            _warn_anonymous(self.name)
 
     async def _watch_health(self) -> None:
         last = None
@@ -222,6 +247,30 @@ class ServiceHost:
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+def _warn_anonymous(name: str) -> None:
+    log.warning(
+        "INSECURE: %s SERVES EVERY gRPC CALL WITHOUT CALLER AUTHENTICATION (%s=true); anyone who "
+        "reaches its port may read tokens and write to HubSpot. For local development and tests only.",
+        name,
+        INSECURE_OPT_IN,
+    )
+
+
+def _served_methods(served: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each registered service's methods; a service registered only through a generic handler
+    gets its methods from its descriptor."""
+    methods = {}
+    for service, names in served.items():
+        if not names:
+            try:
+                names = [m.name for m in descriptor_pool.Default().FindServiceByName(service).methods]
+            except KeyError:
+                message = f"{service}: registered without its methods and has no descriptor"
+                raise PolicyError(message) from None
+        methods[service] = names
+    return methods
 
 
 def redis_probe(redis: Redis) -> HealthProbe:

@@ -12,17 +12,19 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from redis.asyncio import Redis
 
+from hubsync.core.callers import TOKENS_VARIABLE, Policy, PolicyError, credential_problems
 from hubsync.core.grpcserver import ServiceHost, redis_probe, run_until_signalled
 from hubsync.core.logging import setup_logging
 from hubsync.core.redis import create_redis
-from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.core.settings import CoreSettings, Environment, load_settings
 from hubsync.core.telemetry import setup_metrics, setup_tracing, shutdown_tracing
 from hubsync.core.tls import grpc_tls, production_problems, server_credentials
 
@@ -36,7 +38,8 @@ class ServiceSpec:
     service_names: Sequence[str]
     register: Callable[[grpc.aio.Server], None]
     port: int
-    policy: Mapping[str, Iterable[str]] = field(default_factory=dict)
+    # For every method the servicers expose, the callers allowed to call it (deny by default).
+    policy: Policy = field(default_factory=dict)
     # Coroutines started after the server (workers, HTTP servers); cancelled on stop.
     background: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     # Awaited on stop, after the gRPC server drained (close clients, flush).
@@ -97,19 +100,38 @@ class RunningService:
 async def start_service(
     name: str, core: CoreSettings, factory: SpecFactory, *, port: int | None = None
 ) -> RunningService:
-    """Builds and starts a service in this event loop (also what in-process tests use)."""
+    """Builds and starts a service in this event loop (also what in-process tests use).
+
+    Refuses to start (SystemExit 2, naming the variable) without caller credentials unless
+    ``HUBSYNC_INSECURE_NO_CALLER_AUTH`` opts in, and in production with that opt-in or a short token.
+    """
+    callers = _checked_callers(name, core)
     redis = create_redis(core)
-    spec = await factory(core, redis)
-    host = ServiceHost(
-        name,
-        spec.service_names,
-        spec.register,
-        callers=core.caller_credentials(),
-        policy=spec.policy,
-        health_probe=redis_probe(redis),
-        grace_seconds=core.shutdown_grace_seconds,
-        max_connection_age_s=core.grpc_max_connection_age_seconds,
-    )
+    try:
+        spec = await factory(core, redis)
+    except BaseException:
+        await redis.aclose()
+        raise
+    try:
+        host = ServiceHost(
+            name,
+            spec.service_names,
+            spec.register,
+            callers=callers,
+            policy=spec.policy,
+            anonymous=core.insecure_no_caller_auth,
+            reflection=core.reflection_enabled(),
+            health_probe=redis_probe(redis),
+            grace_seconds=core.shutdown_grace_seconds,
+            max_connection_age_s=core.grpc_max_connection_age_seconds,
+        )
+    except PolicyError as exc:
+        await _close(spec, redis)
+        print(f"hubsync {name}: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except BaseException:
+        await _close(spec, redis)
+        raise
     if port is None:
         port = core.grpc_port if core.grpc_port is not None else spec.port
     tls = grpc_tls(core)
@@ -120,6 +142,32 @@ async def start_service(
     )
     tasks = [asyncio.create_task(_guard(job), name=f"{name}-bg") for job in spec.background]
     return RunningService(host, spec, redis, tasks)
+
+
+async def _close(spec: ServiceSpec, redis: Redis) -> None:
+    """Releases what a built spec holds when its server cannot be made."""
+    for hook in spec.on_stop:
+        with contextlib.suppress(Exception):
+            await hook()
+    await redis.aclose()
+
+
+def _checked_callers(name: str, core: CoreSettings) -> dict[str, str]:
+    try:
+        callers = core.caller_credentials()
+    except (OSError, ValueError) as exc:
+        problems = [(TOKENS_VARIABLE, f"cannot be read ({exc})")]
+    else:
+        problems = credential_problems(
+            callers,
+            production=core.environment == Environment.PRODUCTION,
+            insecure_opt_in=core.insecure_no_caller_auth,
+        )
+    if problems:
+        lines = [f"hubsync {name}: refusing to start:"] + [f"  {var}: {msg}" for var, msg in problems]
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2)
+    return callers
 
 
 async def _guard(job: Callable[[], Awaitable[Any]]) -> None:
@@ -138,9 +186,6 @@ def main(name: str, factory: SpecFactory) -> None:
     setup_logging(name, core.log_level)
     setup_tracing(f"hubsync-{name}")
     setup_metrics(f"hubsync-{name}", core.grpc_host, core.metrics_port)
-    if core.environment == "production" and not core.caller_credentials():
-        log.error("HUBSYNC_CALLER_TOKENS_FILE: caller credentials are required in production")
-        raise SystemExit(2)
     if core.environment == "production" and (problems := production_problems(core)):
         for problem in problems:
             log.error(problem)

@@ -57,6 +57,11 @@ class CoreSettings(BaseSettings):
     caller_tokens_file: Path | None = None
     # Same as the file, inline (development and tests); the file wins when both are set.
     caller_tokens: SecretStr | None = None
+    # Serve every gRPC call unauthenticated when no caller credentials are configured: an explicit,
+    # loudly logged opt-in for local development and tests; refused in production.
+    insecure_no_caller_auth: bool = False
+    # gRPC server reflection (grpcurl): on in development unless turned off, opt-in in production.
+    grpc_reflection: bool | None = None
     grpc_host: str = "127.0.0.1"
     # Overrides the service's default gRPC port (containers use one port for every service).
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
@@ -138,6 +143,11 @@ class CoreSettings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    def reflection_enabled(self) -> bool:
+        if self.grpc_reflection is not None:
+            return self.grpc_reflection
+        return self.environment != Environment.PRODUCTION
 
     def caller_credentials(self) -> dict[str, str]:
         """Returns ``{caller: token}`` from the file or the inline value."""

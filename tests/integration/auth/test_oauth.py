@@ -110,7 +110,7 @@ async def test_state_replay_forgery_and_expiry_are_refused(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await complete(auth, caller_tokens, code, state, binding)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    async with stub(auth, caller_tokens, "ingress") as s:
+    async with stub(auth, caller_tokens, "cli") as s:
         got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
     assert got.connection.tenant == "acme"  # the refused attempt changed nothing
 
@@ -235,6 +235,7 @@ async def test_revoked_refresh_token_needs_reauth(
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             info = error_info(err.value)
             assert info is not None and info.reason == "CONNECTION_NEEDS_REAUTH"
+    async with stub(auth, caller_tokens, "cli") as s:
         conn = (await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))).connection
     assert conn.state == auth_pb2.CONNECTION_STATE_NEEDS_REAUTH
     # One refused refresh; the second call did not ask HubSpot again.
@@ -319,7 +320,7 @@ async def test_a_portal_connected_by_another_tenant_is_refused(
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(err.value)
     assert info is not None and info.reason == "PORTAL_CONNECTED_BY_ANOTHER_TENANT"
-    async with stub(auth, caller_tokens, "mapper") as s:
+    async with stub(auth, caller_tokens, "cli") as s:
         got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
     assert got.connection.tenant == "acme"
 
@@ -366,7 +367,7 @@ async def test_wrong_client_secret_is_a_configuration_error_and_stores_nothing(
         info = error_info(err.value)
         assert info is not None and info.reason == "OAUTH_CLIENT_REJECTED"
         assert "not-the-secret" not in (err.value.details() or "")
-        async with stub(auth, caller_tokens, "mapper") as s:
+        async with stub(auth, caller_tokens, "cli") as s:
             listed = await s.ListConnections(auth_pb2.ListConnectionsRequest())
         assert list(listed.connections) == []
 

@@ -56,10 +56,11 @@ async def test_get_connection_has_no_secret_and_mapper_may_not_read_tokens(
     auth: str, caller_tokens: dict[str, str]
 ) -> None:
     await register_sandbox_private_app(auth, caller_tokens)
-    async with stub(auth, caller_tokens, "mapper") as s:
+    async with stub(auth, caller_tokens, "cli") as s:
         got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
         assert got.connection.tenant == "test"
         assert SANDBOX_PRIVATE_TOKEN not in str(got)
+    async with stub(auth, caller_tokens, "mapper") as s:
         for method, request in (
             (s.GetAccessToken, auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL)),
             (
@@ -113,7 +114,7 @@ async def test_unknown_portal_is_not_found_and_bad_input_names_the_fields(
 async def test_list_connections_pages_in_portal_order(auth: str, caller_tokens: dict[str, str]) -> None:
     for portal in (30, 10, 20):
         await register_sandbox_private_app(auth, caller_tokens, portal_id=portal, token=f"pat-na1-{portal}")
-    async with stub(auth, caller_tokens, "mapper") as s:
+    async with stub(auth, caller_tokens, "cli") as s:
         first = await s.ListConnections(auth_pb2.ListConnectionsRequest(page_size=2))
         assert [c.portal_id for c in first.connections] == [10, 20]
         assert first.next_page_token

@@ -82,7 +82,7 @@ async def test_hubspot_down_keeps_serving_the_valid_token_then_says_unavailable(
 
 
 async def _state(auth: str, caller_tokens: dict[str, str]) -> int:
-    async with stub(auth, caller_tokens, "mapper") as s:
+    async with stub(auth, caller_tokens, "cli") as s:
         got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
     return got.connection.state
 
@@ -132,7 +132,7 @@ async def test_background_refresher_keeps_idle_connections_fresh_and_finds_dead_
             if token_calls(await sandbox_requests(sandbox.base_url)) >= 2:
                 break
         assert token_calls(await sandbox_requests(sandbox.base_url)) >= 2
-        async with stub(auth, caller_tokens, "mapper") as s:
+        async with stub(auth, caller_tokens, "cli") as s:
             got = await s.GetConnection(auth_pb2.GetConnectionRequest(portal_id=SANDBOX_PORTAL))
         assert got.connection.access_token_expire_time.ToMilliseconds() > (
             first.access_token_expire_time.ToMilliseconds()

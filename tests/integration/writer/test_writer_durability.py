@@ -70,14 +70,14 @@ async def test_queued_writes_are_durable_and_accepted_once(
             again = await s.stub.SubmitWrites(request, timeout=10)
             assert again == reply
             assert await redis.xlen(portal_key(PORTAL, "writes")) == n + 1
-        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        status = await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.queued_writes == 5
         async with s.another_writer():
             assert await wait_for_objects(s, 250) == 250
             await queue_length_once_drained(redis, tries=50)
         # Five submissions of 50 coalesce into batches of up to 100.
         assert await s.count(UPSERT_ROUTE) <= 5
-        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        status = await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.queued_writes == 0 and status.burst_used >= 1
         # The request id now answers with HubSpot's results.
         done = await s.stub.SubmitWrites(
@@ -222,7 +222,7 @@ async def test_a_create_cut_off_by_a_killed_writer_is_never_sent_twice(
         await asyncio.sleep(3.2)  # let "HubSpot" finish the call the dead writer made
         async with s.another_writer(env):
             assert await queue_length_once_drained(redis) == 0
-            dead = await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
+            dead = await s.cli.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
         assert await s.count(CREATE_ROUTE) == 1  # never sent again
         emails = sorted(o["properties"].get("email", "") for o in await s.objects())
         created = [e for e in emails if e.startswith("c")]

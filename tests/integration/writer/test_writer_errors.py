@@ -49,10 +49,10 @@ async def test_400_isolates_the_bad_records_and_dead_letters_them(
         assert reply.results[7].error.message  # HubSpot's own message
         emails = sorted(o["properties"]["email"] for o in await s.objects())
         assert emails == sorted(f"ok{i}@example.com" for i in range(20) if i not in (7, 13))
-        listed = await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
+        listed = await s.cli.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
         assert listed.total == 2
         assert {d.write.record.id for d in listed.dead_letters} == {"bad7@example.com", "bad13@example.com"}
-        one = await s.stub.GetDeadLetter(
+        one = await s.cli.GetDeadLetter(
             writer_pb2.GetDeadLetterRequest(portal_id=PORTAL, id=reply.results[7].dead_letter_id)
         )
         assert one.dead_letter.write.record.properties["no_such_property"] == "x"
@@ -153,7 +153,7 @@ async def test_circuit_opens_on_an_outage_and_closes_after_a_probe(
             await submit(s, [upsert("a@example.com")])
         with pytest.raises(Exception, match=r"UNAVAILABLE|500"):
             await submit(s, [upsert("b@example.com")])
-        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        status = await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.circuit_state in (writer_pb2.CIRCUIT_STATE_OPEN, writer_pb2.CIRCUIT_STATE_HALF_OPEN)
         # Opened after the third failure: the retry was never sent, nor is the next call.
         assert await s.count(UPSERT_ROUTE) == 3
@@ -165,7 +165,7 @@ async def test_circuit_opens_on_an_outage_and_closes_after_a_probe(
         await asyncio.sleep(1.1)
         reply = await submit(s, [upsert("c@example.com")])  # the half-open probe succeeds
         assert reply.results[0].status == SUCCEEDED
-        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        status = await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.circuit_state == writer_pb2.CIRCUIT_STATE_CLOSED
 
 
@@ -188,7 +188,7 @@ async def test_dead_letters_replay_and_purge(redis_url: str, caller_tokens: dict
             "a@example.com",
             "b@example.com",
         ]
-        listed = await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
+        listed = await s.cli.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))
         assert listed.total == 0
         await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, status=504, remaining=1)
         reply = await submit(s, [upsert("c@example.com")])
@@ -197,7 +197,7 @@ async def test_dead_letters_replay_and_purge(redis_url: str, caller_tokens: dict
             writer_pb2.PurgeDeadLettersRequest(portal_id=PORTAL, ids=[reply.results[0].dead_letter_id])
         )
         assert purged.purged_count == 1
-        assert (await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))).total == 0
+        assert (await s.cli.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))).total == 0
 
 
 async def test_daily_limit_fails_with_resource_exhausted_and_queued_writes_wait(
@@ -214,7 +214,7 @@ async def test_daily_limit_fails_with_resource_exhausted_and_queued_writes_wait(
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         info = error_info(err.value)
         assert info is not None and info.reason == "HUBSPOT_DAILY_LIMIT"
-        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        status = await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.daily_used >= 2
         before = await s.count(UPSERT_ROUTE)
         # After the DAILY 429 nothing more is sent until the reset.
@@ -228,8 +228,8 @@ async def test_daily_limit_fails_with_resource_exhausted_and_queued_writes_wait(
         await asyncio.sleep(0.5)
         # Not lost, not dead-lettered: still in the queue, waiting for the reset.
         assert (
-            await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+            await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         ).queued_writes == 1
-        assert (await s.stub.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))).total == 0
+        assert (await s.cli.ListDeadLetters(writer_pb2.ListDeadLettersRequest(portal_id=PORTAL))).total == 0
         assert len(await s.objects()) == 2
         assert await s.count(UPSERT_ROUTE, 429) == 1 and await s.count(UPSERT_ROUTE) == before

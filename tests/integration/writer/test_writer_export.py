@@ -42,7 +42,7 @@ async def test_export_of_25000_contacts_returns_each_once_while_writes_land(
         exported: list[str] = []
         pages = 0
         last: writer_pb2.ExportRecordsResponse | None = None
-        async for page in s.stub.ExportRecords(export_request(), timeout=120):
+        async for page in s.cli.ExportRecords(export_request(), timeout=120):
             pages += 1
             exported += [r.id for r in page.records]
             last = page
@@ -77,7 +77,7 @@ async def test_export_resumes_from_a_checkpoint(redis_url: str, caller_tokens: d
         await seed(s, 1_000)
         first: list[str] = []
         checkpoint = ""
-        call = s.stub.ExportRecords(export_request(page_size=100), timeout=60)
+        call = s.cli.ExportRecords(export_request(page_size=100), timeout=60)
         async for page in call:
             first += [r.id for r in page.records]
             checkpoint = page.checkpoint
@@ -85,7 +85,7 @@ async def test_export_resumes_from_a_checkpoint(redis_url: str, caller_tokens: d
                 break
         call.cancel()
         rest: list[str] = []
-        async for page in s.stub.ExportRecords(
+        async for page in s.cli.ExportRecords(
             export_request(checkpoint=checkpoint, page_size=100), timeout=60
         ):
             rest += [r.id for r in page.records]

@@ -71,7 +71,7 @@ async def test_pilot_mode_logs_and_sends_nothing(redis_url: str, caller_tokens: 
             timeout=30,
         )
         assert [r.status for r in reply.results] == [writer_pb2.WRITE_STATUS_SKIPPED_PILOT] * 2
-        status = await s.stub.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
+        status = await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.pilot_mode
         assert (await s.requests())["total"] == 0
 

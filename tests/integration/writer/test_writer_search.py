@@ -42,7 +42,7 @@ async def test_search_pages_and_never_exceeds_five_per_second(
         token = ""
         while True:
             request.page_token = token
-            page = await s.stub.SearchRecords(request, timeout=30)
+            page = await s.cli.SearchRecords(request, timeout=30)
             assert page.total == 25
             seen += [r.properties["email"] for r in page.records]
             token = page.next_page_token
@@ -51,7 +51,7 @@ async def test_search_pages_and_never_exceeds_five_per_second(
         assert sorted(seen) == sorted(f"s{i}@example.com" for i in range(25))
         # Twelve searches at once: writer spreads them over time instead of meeting 429s.
         request.page_token = ""
-        await asyncio.gather(*(s.stub.SearchRecords(request, timeout=30) for _ in range(12)))
+        await asyncio.gather(*(s.cli.SearchRecords(request, timeout=30) for _ in range(12)))
         assert await s.count(SEARCH, 429) == 0
         assert await s.count(SEARCH, 200) == 15
 
@@ -62,7 +62,7 @@ async def test_search_refuses_too_many_filters(redis_url: str, caller_tokens: di
             filters=[writer_pb2.Filter(property_name="email", operator="HAS_PROPERTY") for _ in range(7)]
         )
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await s.stub.SearchRecords(
+            await s.cli.SearchRecords(
                 writer_pb2.SearchRecordsRequest(
                     portal_id=PORTAL, object_type="contacts", filter_groups=[group]
                 )

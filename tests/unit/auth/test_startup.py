@@ -22,7 +22,7 @@ def test_production_without_key_ring_exits_2_naming_the_variable() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
     env |= {
         "HUBSYNC_ENVIRONMENT": "production",
-        "HUBSYNC_CALLER_TOKENS": json.dumps({"writer": "w"}),
+        "HUBSYNC_CALLER_TOKENS": json.dumps({"writer": "w" * 32}),
         "HUBSYNC_REDIS_URL": "redis://127.0.0.1:1/0",
         "HUBSYNC_GRPC_PORT": "0",
         # past the transport checks (tests/unit/test_transport_settings.py) to the key ring's

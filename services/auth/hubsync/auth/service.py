@@ -67,6 +67,27 @@ def check_settings(settings: AuthSettings, environment: Environment) -> None:
             raise _exit("HUBSYNC_AUTH_AUTHORIZE_URL", "must be an https URL in production")
 
 
+def caller_policy(settings: AuthSettings) -> dict[str, list[str]]:
+    """Who may call each AuthService method: every method is listed (deny by default)."""
+    readers, admins, oauth = settings.token_readers, settings.admin_callers, settings.oauth_callers
+    return {
+        # Only the writer calls HubSpot, so only it reads tokens.
+        _method("GetAccessToken"): readers,
+        _method("InvalidateAccessToken"): readers,
+        # People, through the CLI (`hubsync connect`, `hubsync keys rotate`).
+        _method("CreatePrivateAppConnection"): admins,
+        _method("GetConnection"): admins,
+        _method("ListConnections"): admins,
+        _method("RevokeConnection"): admins,
+        _method("RotateKeys"): admins,
+        # `hubsync connect --tenant` begins; ingress serves the redirect that completes.
+        _method("BeginAuthorization"): oauth,
+        # ingress's /oauth/start redeems the start link and binds the state to the browser.
+        _method("StartAuthorization"): oauth,
+        _method("CompleteAuthorization"): oauth,
+    }
+
+
 async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     """The auth service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
     settings = load_settings(AuthSettings)
@@ -91,23 +112,11 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         development=core.environment == Environment.DEVELOPMENT,
     )
     servicer = AuthServicer(vault)
-    readers = settings.token_readers
-    admins = settings.admin_callers
-    policy = {
-        _method("GetAccessToken"): readers,
-        _method("InvalidateAccessToken"): readers,
-        _method("CreatePrivateAppConnection"): admins,
-        _method("RevokeConnection"): admins,
-        _method("RotateKeys"): admins,
-        _method("BeginAuthorization"): settings.oauth_callers,
-        _method("StartAuthorization"): settings.oauth_callers,
-        _method("CompleteAuthorization"): settings.oauth_callers,
-    }
     return ServiceSpec(
         service_names=[SERVICE],
         register=lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server),
         port=DEFAULT_PORT,
-        policy=policy,
+        policy=caller_policy(settings),
         background=[vault.run_refresher],
         on_stop=[oauth.aclose],
     )

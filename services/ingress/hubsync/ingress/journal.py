@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from hubsync.core.bounds import check_request_id
 from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.redis import portal_key
 
@@ -87,8 +88,7 @@ class EventJournal:
             raise InvalidArgument("portal_id must be positive", violations={"portal_id": "must be > 0"})
         check_offset("start_offset", start_offset)
         check_offset("end_offset", end_offset)
-        if len(request_id) > 200:
-            raise InvalidArgument("request_id is too long", violations={"request_id": "at most 200 chars"})
+        check_request_id(request_id, required=False)
         marker = portal_key(portal_id, "replays", request_id) if request_id else None
         if marker is not None:
             claimed = await self._redis.set(marker, b"running", nx=True, ex=self.replay_request_ttl_s)

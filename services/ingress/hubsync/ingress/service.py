@@ -70,6 +70,13 @@ def check_settings(settings: IngressSettings, environment: Environment) -> None:
         log.warning("production accepts v1/v2 webhook signatures: a captured webhook can be replayed")
 
 
+def caller_policy(settings: IngressSettings) -> dict[str, list[str]]:
+    """Who may call each IngressService method: every method is listed (deny by default).
+    The journal holds every accepted event; only operators (the CLI) read and replay it."""
+    admins = settings.admin_callers
+    return {f"/{SERVICE}/{name}": admins for name in ("ReadJournal", "ReplayJournal", "Reconcile")}
+
+
 async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     """The ingress service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
     settings = load_settings(IngressSettings)
@@ -156,10 +163,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         service_names=[SERVICE],
         register=lambda server: ingress_pb2_grpc.add_IngressServiceServicer_to_server(servicer, server),
         port=DEFAULT_PORT,
-        policy={
-            f"/{SERVICE}/ReplayJournal": settings.admin_callers,
-            f"/{SERVICE}/Reconcile": settings.admin_callers,
-        },
+        policy=caller_policy(settings),
         background=[http.serve, reconciler.run],
         on_stop=[committer.close, close_channels],
         http_port=port,

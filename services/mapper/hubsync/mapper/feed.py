@@ -23,13 +23,16 @@ from opentelemetry import metrics
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from hubsync.core.bounds import name_problem
 from hubsync.core.errors import InvalidArgument
 from hubsync.core.redis import portal_key
+from hubsync.mapper.groups import ConsumerGroupLimit
 from hubsync.mapper.mappings import OBJECT_TYPES
 
 PORTALS_KEY = "hubsync:portals"
 # How often new portals' streams are looked for: a new portal's first events wait at most this.
 DISCOVER_INTERVAL_S = 0.25
+DEFAULT_MAX_GROUPS = 64
 
 _meter = metrics.get_meter("hubsync.mapper")
 _delivered = _meter.create_counter("hubsync.feed.deliveries", description="Changes delivered to subscribers")
@@ -40,10 +43,6 @@ _redelivered = _meter.create_counter(
 
 def feed_key(portal_id: int | str, object_type: str) -> str:
     return portal_key(portal_id, "feed", object_type)
-
-
-def _group_name_ok(name: str) -> bool:
-    return 0 < len(name) <= 200 and name.isprintable() and " " not in name
 
 
 @dataclass(frozen=True)
@@ -70,10 +69,11 @@ class Subscription:
 def validate_subscription(sub: Subscription) -> None:
     """Raises InvalidArgument naming every bad field."""
     bad: dict[str, str] = {}
-    if not _group_name_ok(sub.group):
-        bad["consumer_group"] = "required: 1-200 printable characters without spaces"
-    if not _group_name_ok(sub.consumer):
-        bad["consumer"] = "required: 1-200 printable characters without spaces"
+    # Both become Redis consumer group / consumer names and metric labels.
+    if problem := name_problem(sub.group):
+        bad["consumer_group"] = problem
+    if problem := name_problem(sub.consumer):
+        bad["consumer"] = problem
     for i, t in enumerate(sub.object_types):
         if t not in OBJECT_TYPES:
             bad[f"object_types[{i}]"] = f"must be one of {', '.join(OBJECT_TYPES)}"
@@ -104,11 +104,17 @@ class ChangeFeed:
     worker, which adds entries in the same Redis transaction that acks its input)."""
 
     def __init__(
-        self, redis: Redis, *, poll_block_ms: int = 1000, discover_interval_s: float = DISCOVER_INTERVAL_S
+        self,
+        redis: Redis,
+        *,
+        poll_block_ms: int = 1000,
+        discover_interval_s: float = DISCOVER_INTERVAL_S,
+        max_groups: int = DEFAULT_MAX_GROUPS,
     ):
         self.redis: Any = redis
         self.poll_block_ms = poll_block_ms
         self.discover_interval_s = discover_interval_s
+        self.groups = ConsumerGroupLimit(redis, max_groups)
 
     async def _streams(self, sub: Subscription) -> list[tuple[str, str, str]]:
         portals = [str(p) for p in sub.portal_ids]
@@ -151,6 +157,7 @@ class ChangeFeed:
         notice a cancelled call and keep the server from stopping.
         """
         validate_subscription(sub)
+        await self.groups.admit(sub.group)
         streams: list[tuple[str, str, str]] = []
         known: set[str] = set()
         next_discover = 0.0
@@ -234,8 +241,8 @@ class ChangeFeed:
 
     async def ack(self, group: str, ack_ids: Sequence[str]) -> int:
         """Acknowledges changes; returns how many were pending (already-acked ids do not count)."""
-        if not _group_name_ok(group):
-            raise InvalidArgument("invalid ack", violations={"consumer_group": "required"})
+        if problem := name_problem(group):
+            raise InvalidArgument("invalid ack", violations={"consumer_group": problem})
         by_key: dict[str, list[str]] = {}
         bad: dict[str, str] = {}
         for i, ack_id in enumerate(ack_ids):

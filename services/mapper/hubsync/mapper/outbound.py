@@ -22,6 +22,7 @@ import grpc
 import orjson
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.core.bounds import external_id_problem, request_id_problem
 from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.redis import portal_key
 from hubsync.mapper import metrics as sync_metrics
@@ -82,8 +83,8 @@ class RecordPusher:
         self, request_id: str, portal_id: int, records: Sequence[PushRecord], mappings: MappingSet
     ) -> None:
         bad: dict[str, str] = {}
-        if not request_id or len(request_id) > 200:
-            bad["request_id"] = "required (1-200 characters): it makes the push idempotent"
+        if problem := request_id_problem(request_id):
+            bad["request_id"] = problem
         if portal_id <= 0:
             bad["portal_id"] = "must be a positive HubSpot portal id"
         if not records:
@@ -93,8 +94,8 @@ class RecordPusher:
         for i, r in enumerate(records):
             if mappings.get(r.object_type) is None:
                 bad[f"records[{i}].object_type"] = f"no mapping for {r.object_type!r}"
-            if not r.external_id:
-                bad[f"records[{i}].external_id"] = "required: records are upserted by it"
+            if problem := external_id_problem(r.external_id):
+                bad[f"records[{i}].external_id"] = problem
         if bad:
             raise InvalidArgument("invalid push", violations=bad)
 

@@ -26,6 +26,23 @@ SERVICE_NAME = mapper_pb2.DESCRIPTOR.services_by_name["MapperService"].full_name
 DEFAULT_PORT = 50053
 
 
+def caller_policy(settings: MapperSettings) -> dict[str, list[str]]:
+    """Who may call each MapperService method: every method is listed (deny by default)."""
+    clients, admins = settings.client_callers, settings.admin_callers
+    method = f"/{SERVICE_NAME}/{{}}".format
+    return {
+        # The public API of internal services: push records, read the change feed.
+        method("PushRecords"): clients,
+        method("Subscribe"): clients,
+        method("Ack"): clients,
+        method("Transform"): clients,
+        # Working on mappings (`hubsync mapping validate|suggest`).
+        method("ListMappings"): [*clients, *admins],
+        method("ValidateMapping"): [*clients, *admins],
+        method("SuggestMapping"): [*clients, *admins],
+    }
+
+
 async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     """The mapper's :class:`ServiceSpec` (a ``SpecFactory``)."""
     settings = load_settings(MapperSettings)
@@ -52,7 +69,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         for line in exc.errors:
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None
-    feed = ChangeFeed(redis)
+    feed = ChangeFeed(redis, max_groups=settings.max_consumer_groups)
     pusher = RecordPusher(redis, writer, registry.snapshot, idempotency_ttl_s=settings.push_idempotency_ttl_s)
     servicer = MapperServicer(registry, pusher, feed, catalog)
     worker = InboundWorker(
@@ -80,6 +97,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         service_names=[SERVICE_NAME],
         register=lambda server: mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server),  # type: ignore[arg-type]
         port=DEFAULT_PORT,
+        policy=caller_policy(settings),
         background=background,
         on_stop=[close],
     )

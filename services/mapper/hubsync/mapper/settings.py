@@ -49,3 +49,10 @@ class MapperSettings(BaseSettings):
     validate_portal_ids: list[int] = Field(default_factory=list)
     # Run the inbound worker (event streams → change feed) in this process.
     inbound_enabled: bool = True
+    # Internal services allowed to push records, subscribe to the change feed and use mappings.
+    client_callers: list[str] = Field(default_factory=lambda: ["client"])
+    # Most change-feed consumer groups (each one is a Redis consumer group per feed stream and a
+    # metric label); Subscribe with one more new group gets RESOURCE_EXHAUSTED.
+    max_consumer_groups: int = Field(default=64, ge=1, le=10_000)
+    # Callers allowed to list, validate and suggest mappings besides them (people, the CLI).
+    admin_callers: list[str] = Field(default_factory=lambda: ["cli"])

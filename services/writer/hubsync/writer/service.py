@@ -36,6 +36,28 @@ def _method(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
+def caller_policy(settings: WriterSettings) -> dict[str, list[str]]:
+    """Who may call each WriterService method: every method is listed (deny by default)."""
+    admins, clients = settings.admin_callers, settings.client_callers
+    return {
+        # The mapper's outbound pipeline is the only writer of records: ownership and
+        # fingerprints apply to every write.
+        _method("SubmitWrites"): ["mapper"],
+        # Reads: the mapper hydrates changes and checks mappings' properties; ingress's
+        # reconciler searches; internal services and operators read (`hubsync backfill`).
+        _method("ReadRecords"): ["mapper", *clients, *admins],
+        _method("SearchRecords"): ["ingress", *clients, *admins],
+        _method("ListProperties"): ["mapper", *clients, *admins],
+        _method("ExportRecords"): [*clients, *admins],
+        # Operators, through the CLI (`hubsync dlq`, `hubsync quota`).
+        _method("ListDeadLetters"): admins,
+        _method("GetDeadLetter"): admins,
+        _method("ReplayDeadLetters"): admins,
+        _method("PurgeDeadLetters"): admins,
+        _method("GetQuotaStatus"): admins,
+    }
+
+
 async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     """The writer's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
     settings = load_settings(WriterSettings)
@@ -111,16 +133,11 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
                 log.warning("gauge refresh failed", extra={"error": str(exc)[:200]})
             await asyncio.sleep(5)
 
-    admins = settings.admin_callers
-    policy = {
-        _method("ReplayDeadLetters"): admins,
-        _method("PurgeDeadLetters"): admins,
-    }
     return ServiceSpec(
         service_names=[SERVICE],
         register=lambda server: writer_pb2_grpc.add_WriterServiceServicer_to_server(servicer, server),
         port=DEFAULT_PORT,
-        policy=policy,
+        policy=caller_policy(settings),
         background=[consumer.run, publish_gauges] if settings.consume_queue else [publish_gauges],
         on_stop=[batcher.close, client.aclose, auth_channel.close],
     )

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from hubsync.api.common.v1 import common_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.core.bounds import DERIVED_REQUEST_ID_MAX, check_request_id
 from hubsync.core.errors import InvalidArgument
 from hubsync.writer.dlq import DeadLetterEntry, DeadLetterQueue
 from hubsync.writer.export import RecordExporter
@@ -71,6 +72,8 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> writer_pb2.SubmitWritesResponse:
         _portal(request.portal_id)
+        # A key part of the idempotency record; mapper's ids carry a "mapper:" prefix.
+        check_request_id(request.request_id, required=False, max_length=DERIVED_REQUEST_ID_MAX)
         return await self.gateway.submit(request, _deadline(context))
 
     async def ReadRecords(

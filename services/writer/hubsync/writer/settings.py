@@ -97,6 +97,9 @@ class WriterSettings(BaseSettings):
     export_lookback_s: float = Field(default=2.0, ge=0)
     # Callers allowed to replay/purge the DLQ.
     admin_callers: list[str] = ["cli"]
+    # Internal services allowed to read HubSpot records through the writer (ReadRecords,
+    # SearchRecords, ListProperties, ExportRecords); they write through the mapper.
+    client_callers: list[str] = ["client"]
 
     @field_validator("daily_reset_timezone")
     @classmethod
