@@ -39,7 +39,8 @@ def ca() -> DevCA:
 @pytest.fixture
 async def server(tmp_path: Path, ca: DevCA) -> AsyncIterator[tuple[ServiceHost, IssuedFiles]]:
     files = ca.write(tmp_path / "server", "server")
-    host = ServiceHost("tls-test", [], lambda _server: None, probe_interval=0.2)
+    # Health is open to all; a caller is configured only because a host refuses to serve without one.
+    host = ServiceHost("tls-test", [], lambda _server: None, callers={"client": "t" * 32}, probe_interval=0.2)
     await host.start("127.0.0.1:0", credentials=server_credentials(_tls(files)), health_address="127.0.0.1:0")
     yield host, files
     await host.stop()
