@@ -15,6 +15,7 @@ from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.mapper.feed import PORTALS_KEY, ChangeFeed
 from hubsync.mapper.inbound import InboundWorker
+from hubsync.mapper.inbound_queues import InboundQueues
 from hubsync.mapper.mappings import MappingError
 from hubsync.mapper.outbound import RecordPusher
 from hubsync.mapper.properties import PropertyCatalog
@@ -54,7 +55,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         raise SystemExit(2) from None
     feed = ChangeFeed(redis)
     pusher = RecordPusher(redis, writer, registry.snapshot, idempotency_ttl_s=settings.push_idempotency_ttl_s)
-    servicer = MapperServicer(registry, pusher, feed, catalog)
+    servicer = MapperServicer(registry, pusher, feed, catalog, InboundQueues(redis))
     worker = InboundWorker(
         redis,
         writer,
@@ -65,6 +66,11 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         read_batch_size=settings.read_batch_size,
         read_block_ms=settings.read_block_ms,
         hydrate_batch_size=settings.hydrate_batch_size,
+        hydrate_deadline_s=settings.hydrate_deadline_s,
+        max_batches_in_flight=settings.max_batches_in_flight,
+        max_attempts=settings.inbound_max_attempts,
+        parked_recheck_s=settings.parked_recheck_s,
+        parked_recheck_max_s=settings.parked_recheck_max_s,
         feed_max_len=settings.feed_max_len,
     )
     background: list[Callable[[], Awaitable[Any]]] = []

@@ -35,6 +35,17 @@ class MapperSettings(BaseSettings):
     read_block_ms: int = Field(default=200, ge=1, le=60_000)
     # Ids per writer ReadRecords call (writer sends HubSpot at most 100 per batch/read).
     hydrate_batch_size: int = Field(default=100, ge=1, le=100)
+    # Deadline of one ReadRecords call. Deadlines nest: it must exceed writer's HubSpot timeout
+    # (HUBSYNC_WRITER_HTTP_TIMEOUT_S, 30 s) plus one retry, so writer's split-and-retry runs inside it.
+    hydrate_deadline_s: float = Field(default=75.0, gt=0, le=3600)
+    # Batches hydrated and published at once: a slow HubSpot read holds up only its own batch.
+    max_batches_in_flight: int = Field(default=8, ge=1, le=256)
+    # Non-transient failures of an event (INTERNAL, a HubSpot refusal) before it is dead-lettered.
+    inbound_max_attempts: int = Field(default=10, ge=1, le=1000)
+    # A parked portal (unusable connection) is checked again after this long, doubling each time
+    # up to the max; auth's announcement of a connection change re-checks it at once.
+    parked_recheck_s: float = Field(default=60.0, gt=0)
+    parked_recheck_max_s: float = Field(default=900.0, gt=0)
     # How long discovered HubSpot property definitions are trusted.
     property_cache_ttl_s: float = Field(default=300.0, ge=0)
     # How often the mappings directory is checked for changes (0 disables hot reload).
