@@ -425,13 +425,15 @@ class InboundWorker:
             return
         lock = queues.drain_lock_key(portal)
         owner = f"{self.consumer}:{time.monotonic()}"
+        hold_ms = int(self.hydrator.deadline_s * 2000)  # one chunk's reads fit in it, with room
         try:
-            if not await self.redis.set(lock, owner, nx=True, px=int(self.hydrator.deadline_s * 2000)):
+            if not await self.redis.set(lock, owner, nx=True, px=hold_ms):
                 state.next_probe = time.monotonic() + state.interval
                 return
             try:
                 source = Source(queues.parked_key(portal), parked=True)
                 while True:
+                    await self.redis.pexpire(lock, hold_ms)
                     rows = await self.redis.xrange(source.key, "-", "+", count=self.batch_size)
                     if not rows:
                         if await queues.unpark_if_empty(self.redis, portal):
