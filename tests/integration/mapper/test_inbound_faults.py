@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import sys
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,18 @@ async def _consumed(redis: Redis, key: str = EVENTS) -> bool:
             newest = newest[0][0]
             return bool(group["pending"] == 0 and last == newest)
     return False
+
+
+async def _hubsync(mapper_address: str, token: str, *args: str) -> str:
+    """Runs the ``hubsync`` command as an operator would; returns its output (exit status 0)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
+    env |= {"HUBSYNC_MAPPER_ADDRESS": mapper_address, "HUBSYNC_CLI_TOKEN": token, "COLUMNS": "250"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hubsync.cli", *args, env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, (out + err).decode()
+    return out.decode()
 
 
 def _fields(**values: Any) -> struct_pb2.Struct:
@@ -182,6 +197,27 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
         assert shown.raw_event == "{not json" and shown.event_stream_id and shown.detail
         deal_letters = [e.id for e in dead if e.reason == "UNMAPPED_OBJECT_TYPE"]
         assert all(json.loads(e.raw_event)["objectId"] == int(deal) for e in dead if e.id in deal_letters)
+
+        # The operator's view: the CLI lists them with their reason.
+        listed_by_cli = await _hubsync(
+            mapper.address, caller_tokens["cli"], "inbound", "dlq", "list", "--portal", str(PORTAL)
+        )
+        assert "MALFORMED_ENTRY" in listed_by_cli and "UNMAPPED_OBJECT_TYPE" in listed_by_cli, listed_by_cli
+        shown_by_cli = await _hubsync(
+            mapper.address,
+            caller_tokens["cli"],
+            "inbound",
+            "dlq",
+            "show",
+            "--portal",
+            str(PORTAL),
+            "--id",
+            malformed.id,
+        )
+        assert json.loads(shown_by_cli)["reason"] == "MALFORMED_ENTRY"
+        assert "portals with parked" in await _hubsync(
+            mapper.address, caller_tokens["cli"], "inbound", "parked", "list"
+        )
 
         # Once deals are mapped, replaying their dead letters delivers the deal, once.
         shutil.copy(PACKAGED_MAPPINGS / "deals.yaml", mappings)
