@@ -166,15 +166,14 @@ class Publisher:
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    known: list[list[bytes | None]] = []
                     last: list[Any] = []
+                    known: list[list[bytes | None]] = []
                     if built:
                         fkeys = [_fkey(portal, b) for b in built]
                         await pipe.watch(*last_keys, *{k for k in fkeys if k})
-                        last = await pipe.mget(last_keys)
-                        for b, fkey in zip(built, fkeys, strict=True):
-                            names = b.mapping.read_properties
-                            known.append(await pipe.hmget(fkey, names) if fkey else [None] * len(names))
+                        # Read in one round trip (on another connection: what changes after the
+                        # WATCH above still fails the EXEC).
+                        last, known = await self._read_state(built, last_keys, fkeys)
                     pipe.multi()
                     outcomes = self._queue(pipe, portal, built, last_keys, last, known)
                     for d in dead:
@@ -196,6 +195,23 @@ class Publisher:
                     max(now_ms - c.occurred_ms, 0) / 1000,
                     {"object_type": c.object_type, "direction": "inbound"},
                 )
+
+    async def _read_state(
+        self, built: list[_Built], last_keys: list[str], fkeys: list[str]
+    ) -> tuple[list[Any], list[list[bytes | None]]]:
+        """The last published digests and the fingerprints of the compared records."""
+        async with self.redis.pipeline(transaction=False) as reads:
+            reads.mget(last_keys)
+            for b, fkey in zip(built, fkeys, strict=True):
+                if fkey:
+                    reads.hmget(fkey, b.mapping.read_properties)
+            replies = await reads.execute()
+        fingerprints = iter(replies[1:])
+        known: list[list[bytes | None]] = [
+            next(fingerprints) if fkey else [None] * len(b.mapping.read_properties)
+            for b, fkey in zip(built, fkeys, strict=True)
+        ]
+        return list(replies[0]), known
 
     def _queue(
         self,
