@@ -18,7 +18,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import orjson
+import pytest
 from google.protobuf import struct_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
@@ -198,6 +200,13 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
         deal_letters = [e.id for e in dead if e.reason == "UNMAPPED_OBJECT_TYPE"]
         assert all(json.loads(e.raw_event)["objectId"] == int(deal) for e in dead if e.id in deal_letters)
 
+        # Only operators may see or touch them.
+        async with open_channel(mapper.address, caller_tokens["client"]) as other:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await mapper_pb2_grpc.MapperServiceStub(other).PurgeInboundEvents(
+                    mapper_pb2.PurgeInboundEventsRequest(portal_id=PORTAL, queue=DEAD, all=True)
+                )
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         # The operator's view: the CLI lists them with their reason.
         listed_by_cli = await _hubsync(
             mapper.address, caller_tokens["cli"], "inbound", "dlq", "list", "--portal", str(PORTAL)
@@ -304,13 +313,18 @@ def test_mapper_read_deadline_nests_around_writers_hubspot_timeout() -> None:
 
 async def test_a_hung_read_holds_up_only_its_own_batch(redis_url: str, caller_tokens: dict[str, str]) -> None:
     async with (
-        suite(redis_url, caller_tokens, writer_env=writer_env(http_timeout_s=2)) as s,
-        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address) as mapper,
+        suite(redis_url, caller_tokens, writer_env=writer_env(http_timeout_s=5)) as s,
+        running_mapper(
+            redis_url,
+            caller_tokens,
+            writer_address=s.writer_address,
+            extra_env={"HUBSYNC_MAPPER_STALLED_BATCH_MS": "200"},
+        ) as mapper,
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):
         stub = mapper_pb2_grpc.MapperServiceStub(channel)
         call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
-        rule = {"endpoint": "POST /crm/v3/objects/{objectType}/batch/read", "timeout_s": 8, "remaining": 1}
+        rule = {"endpoint": "POST /crm/v3/objects/{objectType}/batch/read", "timeout_s": 10, "remaining": 1}
         r = await s.hubspot.post("/_sandbox/faults", json=rule)
         assert r.status_code in (200, 201), r.text
         hung = await s.create_contact(email="hung@example.com", external_id="c-hung")

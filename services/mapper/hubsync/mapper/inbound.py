@@ -9,9 +9,11 @@ change; the records are read back from HubSpot through writer so the feed carrie
 it is now (:mod:`hubsync.mapper.hydrate`), and published with the ack of the input in one
 transaction (:mod:`hubsync.mapper.publish`).
 
-Batches run concurrently (up to ``max_batches_in_flight``), so one slow HubSpot read holds up
-only its own batch. Order per record is kept: entries of a record that a batch in flight holds
-wait for that batch and form a batch of their own after it.
+Normally one batch is in flight and the next is read and coalesced meanwhile; a batch in flight
+longer than ``stalled_batch_ms`` no longer holds the next ones back, so batches then run
+concurrently (up to ``max_batches_in_flight``) and one slow HubSpot read holds up only its own
+batch. Order per record is kept: entries of a record that a batch in flight holds wait for that
+batch and form a batch of their own after it.
 
 A portal whose connection is unusable is parked (:mod:`hubsync.mapper.inbound_queues`): its
 entries move to its parked stream and no replica reads its events until the connection works
@@ -75,6 +77,7 @@ class _Parked:
 class _Held:
     source: Source
     ids: list[bytes]
+    started: float
 
 
 class InboundWorker:
@@ -94,6 +97,7 @@ class InboundWorker:
         hydrate_batch_size: int = 100,
         hydrate_deadline_s: float = 75.0,
         max_batches_in_flight: int = 8,
+        stalled_batch_ms: int = 1000,
         max_attempts: int = 10,
         parked_recheck_s: float = 60.0,
         parked_recheck_max_s: float = 900.0,
@@ -107,6 +111,7 @@ class InboundWorker:
         self.batch_size = read_batch_size
         self.block_ms = read_block_ms
         self.max_in_flight = max_batches_in_flight
+        self.stall_s = stalled_batch_ms / 1000
         self.max_attempts = max_attempts
         self.recheck_s = parked_recheck_s
         self.recheck_max_s = max(parked_recheck_max_s, parked_recheck_s)
@@ -242,9 +247,23 @@ class InboundWorker:
         by_key: dict[str, list[ParsedEntry]] = {}
         for key_raw, entries in reply:
             by_key.setdefault(_s(key_raw), []).extend(parse_entry(i, f) for i, f in entries)
+        await self._wait_unless_stalled()
         for key, parsed in by_key.items():
             self._dispatch(self._streams[key], Source(key), parsed)
         return sum(len(p) for p in by_key.values())
+
+    async def _wait_unless_stalled(self) -> None:
+        """Waits for the batches in flight, but not past the point where they count as stalled.
+
+        Normally one batch is in flight and the next is read and coalesced meanwhile: the next
+        read carries every event that arrived (reads are HubSpot quota). A batch still in flight
+        after ``stalled_batch_ms`` (a hung read, writer's retries) no longer holds the others back.
+        """
+        loop = asyncio.get_running_loop()
+        fresh = [t for t, h in self._tasks.items() if loop.time() - h.started < self.stall_s]
+        if fresh:
+            youngest = max(self._tasks[t].started for t in fresh)
+            await asyncio.wait(fresh, timeout=max(youngest + self.stall_s - loop.time(), 0.0))
 
     def _dispatch(self, portal: str, source: Source, entries: list[ParsedEntry]) -> None:
         """Starts a batch for the entries whose records no batch in flight holds, and one that
@@ -268,7 +287,7 @@ class InboundWorker:
         self, portal: str, source: Source, entries: list[ParsedEntry], after: set[asyncio.Task[None]]
     ) -> None:
         task = asyncio.create_task(self._batch(portal, source, entries, after), name="mapper-inbound-batch")
-        self._tasks[task] = _Held(source, [e.id for e in entries])
+        self._tasks[task] = _Held(source, [e.id for e in entries], asyncio.get_running_loop().time())
         records = {(portal, *e.record) for e in entries if e.record}
         for r in records:
             self._holders[r] = task
@@ -287,7 +306,24 @@ class InboundWorker:
         if after:
             await asyncio.wait(after)
         try:
-            await self.process(portal, source, entries)
+            outcome, left = await self.process(portal, source, entries)
+            delay = 0.5
+            # Transient failures (writer or HubSpot briefly unavailable) are retried a few times
+            # here, the records still held; then the entries wait for the visibility timeout.
+            for _ in range(3):
+                if outcome != PARTIAL:
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
+                held = self._tasks.get(asyncio.current_task())  # type: ignore[arg-type]
+                if held is not None:
+                    held.ids = [e.id for e in left]
+                outcome, left = await self.process(portal, source, left)
+            if outcome == PARTIAL:
+                log.warning(
+                    "inbound events not read; retried after the visibility timeout",
+                    extra={"portal": portal, "events": len(left)},
+                )
         except asyncio.CancelledError:
             raise
         except (grpc.aio.AioRpcError, ConnectionError, ResponseError, OSError) as exc:
@@ -298,9 +334,12 @@ class InboundWorker:
             _reraise_if_cancelling()
             log.exception("inbound batch failed unexpectedly", extra={"portal": portal})
 
-    async def process(self, portal: str, source: Source, entries: list[ParsedEntry]) -> str:
+    async def process(
+        self, portal: str, source: Source, entries: list[ParsedEntry]
+    ) -> tuple[str, list[ParsedEntry]]:
         """Turns one portal's entries into feed changes and finishes them, atomically; parks them
-        when the portal's connection is unusable. Returns DONE, PARKED or PARTIAL."""
+        when the portal's connection is unusable. Returns DONE, PARKED or PARTIAL, and the entries
+        left (a transient failure: retry them)."""
         self.batches += 1
         mappings = self.mappings()  # one snapshot for the whole batch, even across a reload
         batch = coalesce(entries, mappings)
@@ -310,7 +349,7 @@ class InboundWorker:
                 hydration = await self.hydrator.hydrate(portal, batch.changes, mappings, spans)
             except PortalUnusable as exc:
                 await self._park(portal, source, entries, exc)
-                return PARKED
+                return PARKED, []
             ok: list[RecordChange] = []
             retry: list[RecordChange] = []
             counted: list[RecordChange] = []
@@ -339,11 +378,6 @@ class InboundWorker:
                         ]
                     else:
                         retry.append(c)
-            if retry:
-                log.warning(
-                    "inbound records not read; retried after the visibility timeout",
-                    extra={"portal": portal, "records": len(retry)},
-                )
             await self.publisher.publish(
                 portal, source, ok, hydration, mappings, finished=batch.done, dead=dead
             )
@@ -353,7 +387,8 @@ class InboundWorker:
                     "inbound event dead-lettered",
                     extra={"portal": portal, "reason": d.reason, "detail": d.detail[:200]},
                 )
-            return PARTIAL if retry else DONE
+            left = [e for c in retry for e in _entries(c, entries)]
+            return (PARTIAL, left) if left else (DONE, [])
         finally:
             for span in spans.values():
                 span.end()
@@ -443,7 +478,7 @@ class InboundWorker:
                             )
                             return
                         continue
-                    outcome = await self.process(portal, source, [parse_entry(i, f) for i, f in rows])
+                    outcome, _left = await self.process(portal, source, [parse_entry(i, f) for i, f in rows])
                     if outcome == PARKED:
                         state.interval = min(state.interval * 2, self.recheck_max_s)
                         state.next_probe = time.monotonic() + state.interval

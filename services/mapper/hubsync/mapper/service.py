@@ -25,6 +25,14 @@ from hubsync.mapper.settings import MapperSettings
 
 SERVICE_NAME = mapper_pb2.DESCRIPTOR.services_by_name["MapperService"].full_name
 DEFAULT_PORT = 50053
+# Operator-only RPCs: the inbound parked and dead-letter queues.
+ADMIN_METHODS = (
+    "ListParkedPortals",
+    "ListInboundEvents",
+    "GetInboundEvent",
+    "ReplayInboundEvents",
+    "PurgeInboundEvents",
+)
 
 
 async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
@@ -68,6 +76,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         hydrate_batch_size=settings.hydrate_batch_size,
         hydrate_deadline_s=settings.hydrate_deadline_s,
         max_batches_in_flight=settings.max_batches_in_flight,
+        stalled_batch_ms=settings.stalled_batch_ms,
         max_attempts=settings.inbound_max_attempts,
         parked_recheck_s=settings.parked_recheck_s,
         parked_recheck_max_s=settings.parked_recheck_max_s,
@@ -86,6 +95,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         service_names=[SERVICE_NAME],
         register=lambda server: mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server),  # type: ignore[arg-type]
         port=DEFAULT_PORT,
+        policy={f"/{SERVICE_NAME}/{method}": settings.admin_callers for method in ADMIN_METHODS},
         background=background,
         on_stop=[close],
     )

@@ -40,6 +40,9 @@ class MapperSettings(BaseSettings):
     hydrate_deadline_s: float = Field(default=75.0, gt=0, le=3600)
     # Batches hydrated and published at once: a slow HubSpot read holds up only its own batch.
     max_batches_in_flight: int = Field(default=8, ge=1, le=256)
+    # A batch in flight this long counts as stalled: the next batch starts without waiting for it.
+    # (Until then the next batch is read and coalesced meanwhile, so reads carry many events.)
+    stalled_batch_ms: int = Field(default=1000, ge=1, le=600_000)
     # Non-transient failures of an event (INTERNAL, a HubSpot refusal) before it is dead-lettered.
     inbound_max_attempts: int = Field(default=10, ge=1, le=1000)
     # A parked portal (unusable connection) is checked again after this long, doubling each time
@@ -60,3 +63,5 @@ class MapperSettings(BaseSettings):
     validate_portal_ids: list[int] = Field(default_factory=list)
     # Run the inbound worker (event streams → change feed) in this process.
     inbound_enabled: bool = True
+    # Callers allowed the inbound parked/dead-letter RPCs (people, through the CLI).
+    admin_callers: list[str] = Field(default_factory=lambda: ["cli"])
