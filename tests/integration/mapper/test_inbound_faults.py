@@ -125,6 +125,20 @@ async def test_an_unconnected_portal_is_parked_then_delivered_once_when_connecte
         assert {json.loads(e.raw_event)["objectId"] for e in listed.events} == {int(hs_id)}
         assert all(e.reason == parked.reason for e in listed.events)
 
+        # An operator's replay tries them again now: still not connected, still parked.
+        before = attempts()
+        replayed = await stub.ReplayInboundEvents(
+            mapper_pb2.ReplayInboundEventsRequest(portal_id=PORTAL, queue=PARKED, all=True)
+        )
+        assert replayed.replayed_count == parked.event_count
+
+        async def retried() -> bool:
+            return attempts() > before
+
+        await _until(retried, "the replay tried the parked events again")
+        (still,) = (await stub.ListParkedPortals(mapper_pb2.ListParkedPortalsRequest())).portals
+        assert still.event_count == parked.event_count
+
         call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         await register_sandbox_private_app(s.auth_address, caller_tokens)  # auth announces it
         (change,) = await read_changes(call, 1, 60)

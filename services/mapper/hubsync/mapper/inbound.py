@@ -71,6 +71,8 @@ def events_key(portal: str) -> str:
 class _Parked:
     next_probe: float
     interval: float
+    # Announced while a re-check was running: that re-check's failure must not defer the next.
+    poked: bool = False
 
 
 @dataclass
@@ -120,6 +122,9 @@ class InboundWorker:
         self._streams: dict[str, str] = {}  # stream key → portal
         self._parked: dict[str, _Parked] = {}
         self._draining: dict[str, asyncio.Task[None]] = {}
+        # Portals announced while not parked here (until when the announcement counts): parked
+        # by another replica, or an operator's replay; the next discovery re-checks them at once.
+        self._announced: dict[str, float] = {}
         self._tasks: dict[asyncio.Task[None], _Held] = {}
         # (portal, object type, id) → the latest batch task holding the record.
         self._holders: dict[tuple[str, str, str], asyncio.Task[None]] = {}
@@ -209,7 +214,11 @@ class InboundWorker:
         now = time.monotonic()
         for portal in parked:
             if portal not in self._parked:
-                self._parked[portal] = _Parked(now + self.recheck_s, self.recheck_s)
+                announced = self._announced.pop(portal, 0.0) > now
+                self._parked[portal] = _Parked(now if announced else now + self.recheck_s, self.recheck_s)
+        for portal, until in list(self._announced.items()):
+            if until <= now:
+                del self._announced[portal]
         for portal in list(self._parked):
             if portal not in parked and portal not in self._draining:
                 del self._parked[portal]  # another replica unparked it
@@ -433,10 +442,14 @@ class InboundWorker:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
                         continue
-                    state = self._parked.get(_s(message.get("data") or b""))
+                    portal = _s(message.get("data") or b"")
+                    state = self._parked.get(portal)
                     if state is not None:
                         state.next_probe = 0.0
                         state.interval = self.recheck_s
+                        state.poked = True
+                    elif len(self._announced) < 10_000:
+                        self._announced[portal] = time.monotonic() + 5.0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the periodic re-check still runs; subscribe again soon
@@ -458,6 +471,7 @@ class InboundWorker:
         state = self._parked.get(portal)
         if state is None:
             return
+        state.poked = False
         lock = queues.drain_lock_key(portal)
         owner = f"{self.consumer}:{time.monotonic()}"
         hold_ms = int(self.hydrator.deadline_s * 2000)  # one chunk's reads fit in it, with room
@@ -480,8 +494,9 @@ class InboundWorker:
                         continue
                     outcome, _left = await self.process(portal, source, [parse_entry(i, f) for i, f in rows])
                     if outcome == PARKED:
-                        state.interval = min(state.interval * 2, self.recheck_max_s)
-                        state.next_probe = time.monotonic() + state.interval
+                        if not state.poked:
+                            state.interval = min(state.interval * 2, self.recheck_max_s)
+                            state.next_probe = time.monotonic() + state.interval
                         return
                     if outcome == PARTIAL:
                         state.next_probe = time.monotonic() + self.visibility_ms / 1000

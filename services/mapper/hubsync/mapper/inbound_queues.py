@@ -245,6 +245,9 @@ class InboundQueues:
         key = self._key(portal_id, queue)
         if queue == PARKED:
             count = int(await self.redis.xlen(key))
+            if count:
+                # Marked parked first (if it somehow was not), so every replica re-checks it.
+                await self.redis.sadd(PARKED_PORTALS_KEY, str(portal_id))
             await self.redis.publish(CONNECTION_CHANGES_CHANNEL, str(portal_id))
             return count
         rows = await self._select(key, ids, everything)
