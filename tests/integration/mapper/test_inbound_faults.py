@@ -286,10 +286,26 @@ async def test_reconciliation_after_pushes_sends_nothing_to_the_feed(
             )
             for i in range(n)
         ]
+        # Half answered once HubSpot has them, half once writer holds them (as the soak did).
         pushed = await stub.PushRecords(
-            mapper_pb2.PushRecordsRequest(request_id="soak", portal_id=PORTAL, records=records, wait=True)
+            mapper_pb2.PushRecordsRequest(
+                request_id="soak", portal_id=PORTAL, records=records[: n // 2], wait=True
+            )
         )
         assert {r.outcome for r in pushed.results} == {mapper_pb2.PUSH_OUTCOME_WRITTEN}
+        queued = await stub.PushRecords(
+            mapper_pb2.PushRecordsRequest(request_id="soak-2", portal_id=PORTAL, records=records[n // 2 :])
+        )
+        assert {r.outcome for r in queued.results} <= {
+            mapper_pb2.PUSH_OUTCOME_QUEUED,
+            mapper_pb2.PUSH_OUTCOME_WRITTEN,
+        }
+
+        async def all_written() -> bool:
+            listed = (await s.hubspot.get("/_sandbox/objects/contacts")).json()["results"]
+            return len(listed) == n
+
+        await _until(all_written, "writer wrote every queued record")
         await s.idle()  # every echo webhook reached ingress
         await asyncio.sleep(0.01)  # the pass's window ends before now: let the clock pass the writes
         reconciler = ingress_pb2_grpc.IngressServiceStub(ingress_channel)
