@@ -54,6 +54,9 @@ _parked_events = _meter.create_counter("hubsync.mapper.inbound.parked", descript
 _dead_events = _meter.create_counter(
     "hubsync.mapper.inbound.dead_letters", description="Inbound events dead-lettered"
 )
+_depth = _meter.create_gauge(
+    "hubsync.mapper.inbound.depth", description="Inbound events parked or dead-lettered, per portal"
+)
 
 __all__ = ["GROUP", "InboundWorker", "events_key"]
 
@@ -531,8 +534,15 @@ class InboundWorker:
         )
 
     async def record_lag(self) -> None:
-        """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group."""
+        """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group;
+        ``hubsync.mapper.inbound.depth`` of the parked and dead-letter queues."""
         for key, portal in list(self._streams.items()):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(queues.parked_key(portal))
+                pipe.xlen(queues.dead_letter_key(portal))
+                parked, dead = await pipe.execute()
+            _depth.set(parked, {"portal": portal, "queue": "parked"})
+            _depth.set(dead, {"portal": portal, "queue": "dlq"})
             with contextlib.suppress(ResponseError):
                 for g in await self.redis.xinfo_groups(key):
                     if _s(g["name"]) == GROUP:
