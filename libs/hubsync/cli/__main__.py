@@ -6,6 +6,7 @@
     hubsync connect --portal P --private-app-token-file F
     hubsync quota --portal P         quota use, circuit state, queue depths
     hubsync dlq list|show|replay|purge --portal P [...]
+    hubsync inbound parked|dlq list|show|replay|purge [--portal P] [--id ID ...] [--all]
     hubsync backfill --portal P --object-type contacts [--since ISO] [--checkpoint C]
     hubsync mapping validate FILE [--portal P] | suggest --portal P --object-type T --schema FILE
     hubsync keys rotate
@@ -91,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--status", type=int, action="append", default=[], help="HTTP status filter")
     dlq.add_argument("--all", action="store_true")
     dlq.set_defaults(func=_cmd_dlq)
+
+    inbound = sub.add_parser("inbound", help="inbound events parked (unusable connection) or dead-lettered")
+    inbound.add_argument("queue", choices=["parked", "dlq"])
+    inbound.add_argument("action", choices=["list", "show", "replay", "purge"])
+    inbound.add_argument("--portal", type=int, default=0, help="required except for 'parked list'")
+    inbound.add_argument("--id", action="append", default=[], help="event id (repeatable)")
+    inbound.add_argument("--all", action="store_true")
+    inbound.set_defaults(func=_cmd_inbound)
 
     backfill = sub.add_parser("backfill", help="export every record of a type, with progress")
     backfill.add_argument("--portal", type=int, required=True)
@@ -299,6 +308,67 @@ async def _cmd_dlq(args: argparse.Namespace) -> int:
         else:
             purged = await stub.PurgeDeadLetters(
                 writer_pb2.PurgeDeadLettersRequest(portal_id=args.portal, ids=args.id, all=args.all)
+            )
+            console.print(f"purged {purged.purged_count}")
+    return 0
+
+
+async def _cmd_inbound(args: argparse.Namespace) -> int:
+    from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+
+    queue = (
+        mapper_pb2.INBOUND_QUEUE_PARKED if args.queue == "parked" else mapper_pb2.INBOUND_QUEUE_DEAD_LETTER
+    )
+    async with _channel("mapper") as channel:
+        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        if args.action == "list" and args.queue == "parked" and not args.portal:
+            portals = await stub.ListParkedPortals(mapper_pb2.ListParkedPortalsRequest())
+            table = Table(title="portals with parked inbound events")
+            for column in ("portal", "events", "reason", "since", "detail"):
+                table.add_column(column)
+            for p in portals.portals:
+                since = p.since_time.ToDatetime().isoformat(timespec="seconds")
+                table.add_row(str(p.portal_id), str(p.event_count), p.reason, since, p.detail[:60])
+            console.print(table)
+        elif not args.portal:
+            console.print("[red]error[/]: --portal is required")
+            return 2
+        elif args.action == "list":
+            table = Table(title=f"{args.queue} inbound events of portal {args.portal}")
+            for column in ("id", "reason", "attempts", "queued", "event"):
+                table.add_column(column)
+            token = ""
+            while True:
+                page = await stub.ListInboundEvents(
+                    mapper_pb2.ListInboundEventsRequest(
+                        portal_id=args.portal, queue=queue, page_size=1000, page_token=token
+                    )
+                )
+                for e in page.events:
+                    queued = e.queued_time.ToDatetime().isoformat(timespec="seconds")
+                    table.add_row(e.id, e.reason, str(e.attempts), queued, e.raw_event[:60])
+                token = page.next_page_token
+                if not token:
+                    break
+            console.print(table)
+        elif args.action == "show":
+            for entry_id in args.id:
+                got = await stub.GetInboundEvent(
+                    mapper_pb2.GetInboundEventRequest(portal_id=args.portal, queue=queue, id=entry_id)
+                )
+                _print_message(got.event)
+        elif args.action == "replay":
+            replayed = await stub.ReplayInboundEvents(
+                mapper_pb2.ReplayInboundEventsRequest(
+                    portal_id=args.portal, queue=queue, ids=args.id, all=args.all or args.queue == "parked"
+                )
+            )
+            console.print(f"replayed {replayed.replayed_count}")
+        else:
+            purged = await stub.PurgeInboundEvents(
+                mapper_pb2.PurgeInboundEventsRequest(
+                    portal_id=args.portal, queue=queue, ids=args.id, all=args.all
+                )
             )
             console.print(f"purged {purged.purged_count}")
     return 0

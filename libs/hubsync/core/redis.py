@@ -41,6 +41,11 @@ def portal_key(portal_id: int | str, *parts: str) -> str:
     return ":".join(["hubsync", f"{{{portal_id}}}", *parts])
 
 
+# Auth publishes a portal's id here whenever its connection changes (connected, re-authorized,
+# refreshed, revoked); mapper re-checks a portal whose inbound events are parked at once.
+CONNECTION_CHANGES_CHANNEL = "hubsync:auth:connection-changes"
+
+
 # Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).
 LAG_COUNT_CAP = 10_000
 # Counts the entries after an id inside Redis: only a number crosses the network.

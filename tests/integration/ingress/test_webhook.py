@@ -152,6 +152,10 @@ async def test_echo_of_our_own_write_is_dropped(ingress, redis: Redis) -> None: 
     assert reply.json() == {"accepted": 2, "duplicates": 0, "echoes": 4}
     stored = await stream_events(redis)
     assert [(e["objectId"], e["propertyValue"]) for e in stored] == [(80, "Ada"), (77, "Hopper")]
+    # Every echo is journaled as one, for reconciliation to count as reported (issue 12).
+    journal: Any = await redis.xrange(f"hubsync:{{{PORTAL}}}:echoes")
+    records = sorted(f[b"r"].decode().rsplit(":", 1)[0] for _i, f in journal)
+    assert records == ["contacts:77", "contacts:77", "contacts:78", "contacts:79"]
 
 
 @pytest.mark.parametrize(

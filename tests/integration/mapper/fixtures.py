@@ -7,6 +7,7 @@ async with running_mapper(redis_url, caller_tokens, writer_address=addr) as mapp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -15,7 +16,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 from opentelemetry import trace
 from redis.asyncio import Redis
@@ -26,7 +29,15 @@ from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
 from hubsync.core.telemetry import inject_fields
 from hubsync.mapper.service import build
+from hubsync.sandbox import (
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_PRIVATE_TOKEN,
+    PortalConfig,
+    SandboxConfig,
+    SandboxServer,
+)
 from hubsync.sandbox.testing import ReceivedRequest, ReceiverBehaviour, WebhookReceiver
+from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
 
 
 @dataclass
@@ -90,6 +101,121 @@ async def running_mapper(
         yield RunningMapper(service, f"127.0.0.1:{service.port}")
     finally:
         await service.stop()
+
+
+def fast_config(**overrides: Any) -> SandboxConfig:
+    """Generous limits, webhook retries compressed to milliseconds."""
+    base: dict[str, Any] = {
+        "portals": [PortalConfig(burst_per_10s=100_000, search_per_second=1_000)],
+        "webhook_retry_scale": 0.00001,
+        "webhook_retry_jitter": 0.0,
+        "webhook_batch_window_ms": 2.0,
+    }
+    return SandboxConfig.model_validate(base | overrides)
+
+
+@dataclass
+class Suite:
+    sandbox: SandboxServer
+    hubspot: httpx.AsyncClient
+    writer_address: str
+    redis_url: str
+    caller_tokens: dict[str, str]
+    auth_address: str = ""
+    # The real ingress's gRPC address, when the suite runs it (else ingress_standin stands in).
+    ingress_address: str = ""
+
+    async def idle(self) -> None:
+        r = await self.hubspot.post("/_sandbox/webhooks/wait-idle", params={"timeout": 10})
+        assert r.json()["idle"] is True
+
+    async def request_total(self, prefix: str = "/crm/") -> int:
+        log = (await self.hubspot.get("/_sandbox/requests")).json()
+        return sum(n for endpoint, n in log["counts"]["byEndpoint"].items() if prefix in endpoint)
+
+    async def endpoint_counts(self) -> dict[str, int]:
+        return dict((await self.hubspot.get("/_sandbox/requests")).json()["counts"]["byEndpoint"])
+
+    async def create_contact(self, **props: str) -> str:
+        r = await self.hubspot.post("/crm/v3/objects/contacts", json={"properties": props})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    async def contact(self, hs_id: str) -> dict[str, Any]:
+        r = await self.hubspot.get(f"/_sandbox/objects/contacts/{hs_id}")
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def suite(
+    redis_url: str,
+    caller_tokens: dict[str, str],
+    *,
+    connect: bool = True,
+    writer_env: Mapping[str, str] | None = None,
+    real_ingress: bool = False,
+    **sandbox: Any,
+) -> AsyncIterator[Suite]:
+    """Sandbox, auth, writer in-process, the sandbox's webhooks going to ``ingress_standin`` (or,
+    with ``real_ingress``, to a real ingress that reconciles through the writer). ``connect``:
+    the portal's private-app connection is stored in auth (else the portal is not connected)."""
+    from tests.integration.ingress.fixtures import running_ingress
+    from tests.integration.writer.fixtures import running_writer
+
+    async with (
+        ingress_standin(redis_url) as receiver,
+        SandboxServer(fast_config(**sandbox)) as sb,
+        httpx.AsyncClient(
+            base_url=sb.base_url, headers={"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}, timeout=15
+        ) as hubspot,
+        running_auth(redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url) as auth,
+    ):
+        if connect:
+            await register_sandbox_private_app(auth, caller_tokens)
+        async with contextlib.AsyncExitStack() as stack:
+            writer = await stack.enter_async_context(
+                running_writer(
+                    redis_url=redis_url,
+                    caller_tokens=caller_tokens,
+                    hubspot_api_base=sb.base_url,
+                    auth_address=auth,
+                    env=writer_env,
+                )
+            )
+            target, ingress = receiver.url, ""
+            if real_ingress:
+                base, ingress = await stack.enter_async_context(
+                    running_ingress(
+                        redis_url=redis_url,
+                        caller_tokens=caller_tokens,
+                        hubspot_api_base=sb.base_url,
+                        secrets=[DEFAULT_CLIENT_SECRET],
+                        writer_address=writer,
+                        auth_address=auth,
+                        env={
+                            "HUBSYNC_INGRESS_RECONCILE_LOOKBACK_S": "600",
+                            "HUBSYNC_INGRESS_RECONCILE_SETTLE_MS": "0",
+                        },
+                    )
+                )
+                target = f"{base}/webhooks/hubspot"
+            sb.state.webhooks.subs[1001].target_url = target
+            yield Suite(sb, hubspot, writer, redis_url, caller_tokens, auth, ingress)
+
+
+async def read_changes(call: Any, n: int, timeout: float = 10.0) -> list[Any]:
+    """The next ``n`` changes of a Subscribe call."""
+    return [(await asyncio.wait_for(call.read(), timeout)).change for _ in range(n)]
+
+
+async def no_more_changes(call: Any, wait: float = 1.0) -> None:
+    """Fails if a Subscribe call delivers another change within ``wait`` seconds."""
+    try:
+        extra = await asyncio.wait_for(call.read(), wait)
+    except TimeoutError:
+        return
+    raise AssertionError(f"unexpected change: {extra}")
 
 
 @asynccontextmanager

@@ -10,11 +10,9 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,76 +21,17 @@ from redis.asyncio import Redis
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.telemetry import setup_tracing
-from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
-from tests.integration.auth.fixtures import SANDBOX_PORTAL, register_sandbox_private_app, running_auth
-from tests.integration.mapper.fixtures import ingress_standin, mapper_process, running_mapper
-from tests.integration.writer.fixtures import running_writer
+from tests.integration.auth.fixtures import SANDBOX_PORTAL
+from tests.integration.mapper.fixtures import (
+    Suite,
+    mapper_process,
+    no_more_changes,
+    read_changes,
+    running_mapper,
+    suite,
+)
 
 PORTAL = SANDBOX_PORTAL
-
-
-def fast_config(**overrides: Any) -> SandboxConfig:
-    """Generous limits, webhook retries compressed to milliseconds."""
-    base: dict[str, Any] = {
-        "portals": [PortalConfig(burst_per_10s=100_000, search_per_second=1_000)],
-        "webhook_retry_scale": 0.00001,
-        "webhook_retry_jitter": 0.0,
-        "webhook_batch_window_ms": 2.0,
-    }
-    return SandboxConfig.model_validate(base | overrides)
-
-
-@dataclass
-class Suite:
-    sandbox: SandboxServer
-    hubspot: httpx.AsyncClient
-    writer_address: str
-    redis_url: str
-    caller_tokens: dict[str, str]
-
-    async def idle(self) -> None:
-        r = await self.hubspot.post("/_sandbox/webhooks/wait-idle", params={"timeout": 10})
-        assert r.json()["idle"] is True
-
-    async def request_total(self, prefix: str = "/crm/") -> int:
-        log = (await self.hubspot.get("/_sandbox/requests")).json()
-        return sum(n for endpoint, n in log["counts"]["byEndpoint"].items() if prefix in endpoint)
-
-    async def endpoint_counts(self) -> dict[str, int]:
-        return dict((await self.hubspot.get("/_sandbox/requests")).json()["counts"]["byEndpoint"])
-
-    async def create_contact(self, **props: str) -> str:
-        r = await self.hubspot.post("/crm/v3/objects/contacts", json={"properties": props})
-        assert r.status_code == 201, r.text
-        return str(r.json()["id"])
-
-    async def contact(self, hs_id: str) -> dict[str, Any]:
-        r = await self.hubspot.get(f"/_sandbox/objects/contacts/{hs_id}")
-        assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
-
-
-@asynccontextmanager
-async def suite(redis_url: str, caller_tokens: dict[str, str], **sandbox: Any) -> AsyncIterator[Suite]:
-    async with (
-        ingress_standin(redis_url) as receiver,
-        SandboxServer(fast_config(**sandbox)) as sb,
-        httpx.AsyncClient(
-            base_url=sb.base_url, headers={"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}, timeout=15
-        ) as hubspot,
-    ):
-        sb.state.webhooks.subs[1001].target_url = receiver.url
-        async with running_auth(
-            redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url
-        ) as auth_address:
-            await register_sandbox_private_app(auth_address, caller_tokens)
-            async with running_writer(
-                redis_url=redis_url,
-                caller_tokens=caller_tokens,
-                hubspot_api_base=sb.base_url,
-                auth_address=auth_address,
-            ) as writer_address:
-                yield Suite(sb, hubspot, writer_address, redis_url, caller_tokens)
 
 
 @asynccontextmanager
@@ -114,21 +53,6 @@ def _fields(**values: Any) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s
-
-
-async def _changes(call: Any, n: int, timeout: float = 10.0) -> list[mapper_pb2.Change]:
-    out = []
-    for _ in range(n):
-        out.append((await asyncio.wait_for(call.read(), timeout)).change)
-    return out
-
-
-async def _no_more(call: Any, wait: float = 1.0) -> None:
-    try:
-        extra = await asyncio.wait_for(call.read(), wait)
-    except TimeoutError:
-        return
-    raise AssertionError(f"unexpected change: {extra}")
 
 
 async def test_ui_edit_reaches_subscriber_once_despite_duplicates_and_a_killed_mapper(
@@ -178,7 +102,7 @@ async def test_ui_edit_reaches_subscriber_once_despite_duplicates_and_a_killed_m
                 )
             )
             # Creation and edit were read in one batch: one change, the record as it is now.
-            changes = await _changes(call, 1)
+            changes = await read_changes(call, 1)
             (change,) = changes
             assert change.kind == mapper_pb2.CHANGE_KIND_CREATED
             assert change.hubspot_id == hs_id and change.external_id == "c-1"
@@ -187,7 +111,7 @@ async def test_ui_edit_reaches_subscriber_once_despite_duplicates_and_a_killed_m
             await stub.Ack(
                 mapper_pb2.AckRequest(consumer_group="crm-mirror", ack_ids=[c.ack_id for c in changes])
             )
-            await _no_more(call)
+            await no_more_changes(call)
             call.cancel()
         # Every event, duplicates included, was consumed and acked.
         pending = await redis.xpending(f"hubsync:{{{PORTAL}}}:events", "mapper")
@@ -202,7 +126,7 @@ async def test_inbound_span_continues_the_ingress_trace(
     async with mapped_suite(redis_url, caller_tokens) as (s, stub):
         call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         await s.create_contact(email="t@example.com", external_id="c-t", firstname="T")
-        (change,) = await _changes(call, 1)
+        (change,) = await read_changes(call, 1)
         call.cancel()
     spans = exporter.get_finished_spans()
     ingress = [sp for sp in spans if sp.name == "ingress.webhook"]
@@ -335,18 +259,18 @@ async def test_deletions_and_merges_reach_the_feed(
         b = await s.create_contact(email="b@example.com", external_id="c-b")
         await s.idle()
         call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
-        seen = await _changes(call, 2)
+        seen = await read_changes(call, 2)
         await stub.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[c.ack_id for c in seen]))
         if kind == "deletion":
             assert (await s.hubspot.delete(f"/_sandbox/ui/contacts/{a}")).status_code == 200
-            (change,) = await _changes(call, 1)
+            (change,) = await read_changes(call, 1)
             assert change.kind == mapper_pb2.CHANGE_KIND_DELETED
             assert change.hubspot_id == a and change.external_id == "c-a"
         elif kind == "restore":
             assert (await s.hubspot.delete(f"/_sandbox/ui/contacts/{a}")).status_code == 200
-            await _changes(call, 1)  # the deletion
+            await read_changes(call, 1)  # the deletion
             assert (await s.hubspot.post(f"/_sandbox/ui/contacts/{a}/restore")).status_code == 200
-            (restored,) = await _changes(call, 1)
+            (restored,) = await read_changes(call, 1)
             assert restored.kind == mapper_pb2.CHANGE_KIND_RESTORED
             assert restored.external_id == "c-a" and restored.fields["email"] == "a@example.com"
         elif kind == "association":
@@ -364,7 +288,7 @@ async def test_deletions_and_merges_reach_the_feed(
             )
             assert r.status_code == 200, r.text
             await s.idle()
-            changes = await _changes(call, 3)
+            changes = await read_changes(call, 3)
             assoc = next(
                 c
                 for c in changes
@@ -377,7 +301,7 @@ async def test_deletions_and_merges_reach_the_feed(
             )
             assert r.status_code == 200, r.text
             await s.idle()
-            changes = await _changes(call, 1)
+            changes = await read_changes(call, 1)
             merged = next(c for c in changes if c.kind == mapper_pb2.CHANGE_KIND_MERGED)
             assert merged.hubspot_id == a and list(merged.related_ids) == [b]
         call.cancel()

@@ -10,6 +10,8 @@ Keys (``{portal}`` hash tag so a portal's record and lock share a cluster slot):
 - ``hubsync:auth:oauth-state:<sha256 of state>`` — a pending authorization (JSON, with a TTL).
 - ``hubsync:auth:oauth-browser:<sha256 of state>`` — the SHA-256 of the browser binding its start
   link set (written once: a start link is single use).
+
+Every write of a connection is announced on ``hubsync:auth:connection-changes`` (the portal id).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hubsync.core.redis import portal_key
+from hubsync.core.redis import CONNECTION_CHANGES_CHANNEL, portal_key
 
 INDEX_KEY = "hubsync:auth:connections"
 STATE_PREFIX = "hubsync:auth:oauth-state:"
@@ -180,6 +182,9 @@ class ConnectionStore:
         written = bool(await self._cas(keys=[connection_key(new.portal_id)], args=args))
         if written and expected_version is None:
             await self.redis.zadd(INDEX_KEY, {str(new.portal_id): new.portal_id})
+        if written:
+            # Mapper resumes a portal's parked inbound events when its connection works again.
+            await self.redis.publish(CONNECTION_CHANGES_CHANNEL, str(new.portal_id))
         return written
 
     async def portal_ids(self, after: int = -1, limit: int = 100) -> list[int]:

@@ -6,6 +6,12 @@ keys under the portal's hash tag so Redis Cluster keeps them in one slot), all i
 and wakes the requests with their outcomes. While one round trip is in flight the next group
 gathers, so under load a round trip carries many requests; alone, a request waits for none.
 
+Echoes (events of hubsync's own writes) never reach the event stream, but they are journaled
+in ``hubsync:{portal}:echoes`` (``r`` = ``<object type>:<object id>:<occurredAt>``): the
+reconciler counts them as reported, so a pass does not take hubsync's own writes for changes
+webhooks missed. Both kinds go there: those the endpoint recognised by their source (passed as
+``own_echoes``) and those the script recognises by the value writer recorded.
+
 Dedupe memory: a 16-byte BLAKE2b digest of the event identity picks a set
 ``hubsync:{portal}:seen:<occurred hour>:<bucket>`` and a signed 64-bit member. Members are integers,
 so each small set is a Redis *intset*: 8 bytes per event plus the key's share of overhead
@@ -56,11 +62,12 @@ HOUR_MS = 3_600_000
 # A digest's first 8 bytes are the set member (signed), the next 4 pick the bucket.
 _MEMBER_AND_BUCKET = struct.Struct(">qI")
 
-# KEYS[1] the stream, then dedupe sets and written-hashes; ARGV: maxlen, ttl, accepted_ms, origin,
-# and one JSON array of events, each [set index, member, written index (0: none), property, value,
-# event, traceparent, tracestate] (one argument: packing thousands of small ones costs the client
-# more than the whole script costs Redis). Returns one digit per event (a string: one reply to
-# parse, not one per event): 0 accepted, 1 duplicate, 2 echo.
+# KEYS[1] the stream, KEYS[2] the echo journal, then dedupe sets and written-hashes; ARGV: maxlen,
+# ttl, accepted_ms, origin, and one JSON array of events, each [set index (0: an echo known by its
+# source, only journaled), member, written index (0: none), property, value, event, traceparent,
+# tracestate, echo record] (one argument: packing thousands of small ones costs the client more
+# than the whole script costs Redis). Returns one digit per event (a string: one reply to parse,
+# not one per event): 0 accepted, 1 duplicate, 2 echo.
 _ENQUEUE_LUA = """
 local maxlen = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -71,7 +78,10 @@ local out = {}
 local touched = {}
 for i, e in ipairs(batch) do
   local set = KEYS[e[1]]
-  if redis.call('SADD', set, e[2]) == 0 then
+  if e[1] == 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', e[9])
+    out[i] = 2
+  elseif redis.call('SADD', set, e[2]) == 0 then
     out[i] = 1
   else
     touched[set] = true
@@ -81,6 +91,7 @@ for i, e in ipairs(batch) do
       echo = written ~= false and written == e[5]
     end
     if echo then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', e[9])
       out[i] = 2
     elseif e[7] == '' then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', e[6],
@@ -149,6 +160,8 @@ class _Submission:
     received_ns: int = 0
     # ``time.perf_counter()`` then: its accept duration is recorded once Redis has the events.
     started: float = 0.0
+    # Echoes the endpoint recognised by their source: journaled as echoes, never enqueued.
+    own_echoes: Sequence[WebhookEvent] = ()
 
 
 @dataclass
@@ -184,6 +197,15 @@ def dedupe_slot(event: WebhookEvent, buckets: int) -> tuple[str, int]:
     """The dedupe set suffix and the signed 64-bit member of an event."""
     member, bucket = _MEMBER_AND_BUCKET.unpack_from(event.digest())
     return f"seen:{event.occurred_at // HOUR_MS}:{bucket % buckets}", member
+
+
+def echo_record(event: WebhookEvent) -> str:
+    """What the echo journal keeps of an echo: ``<object type>:<object id>:<occurredAt>``."""
+    return f"{event.object_type or ''}:{event.object_id}:{event.occurred_at}"
+
+
+def _size(sub: _Submission) -> int:
+    return len(sub.events) + len(sub.own_echoes)
 
 
 class EventCommitter:
@@ -225,6 +247,7 @@ class EventCommitter:
         grouped: bool = False,
         received_ns: int = 0,
         started: float = 0.0,
+        own_echoes: Sequence[WebhookEvent] = (),
     ) -> list[Outcome]:
         """Commits ``events`` (deduped, echoes dropped); returns one outcome per event.
 
@@ -233,8 +256,9 @@ class EventCommitter:
         ``grouped``, the context of one ``ingress.commit`` span shared by every grouped
         submission of the round trip (started at the earliest ``received_ns``). With ``started``
         (a ``time.perf_counter()``), the time until Redis has the events is recorded as
-        ``hubsync.webhook.accept.duration``. Raises :class:`EnqueueFailed` when Redis could not
-        take the events within the timeout.
+        ``hubsync.webhook.accept.duration``. ``own_echoes`` (events of hubsync's own writes,
+        recognised by their source) are only journaled as echoes; they get no outcome. Raises
+        :class:`EnqueueFailed` when Redis could not take the events within the timeout.
         """
         if self._closed:
             raise EnqueueFailed("ingress is shutting down")
@@ -250,9 +274,10 @@ class EventCommitter:
             grouped,
             received_ns,
             started,
+            own_echoes,
         )
         self._queue.append(sub)
-        self._queued_events += len(events)
+        self._queued_events += len(events) + len(own_echoes)
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush_loop())
         return await sub.future
@@ -391,8 +416,8 @@ class EventCommitter:
             return queue
         taken = 0
         count = 0
-        while taken < len(queue) and (not taken or count + len(queue[taken].events) <= self.max_events):
-            count += len(queue[taken].events)
+        while taken < len(queue) and (not taken or count + _size(queue[taken]) <= self.max_events):
+            count += _size(queue[taken])
             taken += 1
         self._queue = queue[taken:]
         self._queued_events -= count
@@ -401,14 +426,24 @@ class EventCommitter:
     async def _commit(self, batch: list[_Submission]) -> dict[_Submission, list[Outcome]]:
         accepted_ms = str(int(time.time() * 1000))
         calls: dict[tuple[int, str], _PortalCall] = {}
+
+        def call_of(event: WebhookEvent, origin: str) -> _PortalCall:
+            call = calls.get((event.portal_id, origin))
+            if call is None:
+                stream = portal_key(event.portal_id, "events")
+                echoes = portal_key(event.portal_id, "echoes")
+                call = calls[(event.portal_id, origin)] = _PortalCall(
+                    [stream, echoes], {stream: 1, echoes: 2}, [], portal_key(event.portal_id, "")
+                )
+            return call
+
         for sub in batch:
+            for event in sub.own_echoes:
+                call = call_of(event, sub.origin)
+                call.args.append((0, "0", 0, "", "", "", "", "", echo_record(event)))
+                call.slots.append((sub, -1))
             for position, event in enumerate(sub.events):
-                call = calls.get((event.portal_id, sub.origin))
-                if call is None:
-                    stream = portal_key(event.portal_id, "events")
-                    call = calls[(event.portal_id, sub.origin)] = _PortalCall(
-                        [stream], {stream: 1}, [], portal_key(event.portal_id, "")
-                    )
+                call = call_of(event, sub.origin)
                 suffix, member = dedupe_slot(event, self.dedupe_buckets)
                 set_index = call.key(call.prefix + suffix)
                 written_index = 0
@@ -425,6 +460,7 @@ class EventCommitter:
                         event.raw_text,
                         sub.traceparent,
                         sub.tracestate,
+                        echo_record(event),
                     )
                 )
                 call.slots.append((sub, position))
@@ -447,5 +483,6 @@ class EventCommitter:
         for (_key, call), reply in zip(ordered, replies, strict=False):
             codes = reply if isinstance(reply, bytes) else str(reply).encode()
             for (sub, position), code in zip(call.slots, codes, strict=True):
-                outcomes[sub][position] = _OUTCOMES[code - 48]
+                if position >= 0:
+                    outcomes[sub][position] = _OUTCOMES[code - 48]
         return outcomes

@@ -5,6 +5,10 @@ after the last checkpoint, through writer's SearchRecords (writer owns the quota
 own 5/s limit). A record that no journal event reported since just before its change is fed into
 the same stream as a synthetic ``<type>.propertyChange`` event (``changeSource: RECONCILIATION``),
 deduped like any webhook, so a second pass finds nothing new.
+
+hubsync's own writes count as reported: their webhook echoes are dropped before the event
+stream, but ingress journals them in ``hubsync:{<portal>}:echoes``, which the pass reads along
+with the stream. Without that every record hubsync wrote would look like a missed change.
 """
 
 from __future__ import annotations
@@ -236,7 +240,27 @@ class Reconciler:
                 if occurred > seen.get(key, -1):
                     seen[key] = occurred
             if len(page) < 1000:
-                return seen
+                break
+            low = "(" + page[-1][0].decode()
+        await self._echoed(portal_id, from_ms, seen)
+        return seen
+
+    async def _echoed(self, portal_id: int, from_ms: int, seen: dict[tuple[str, int], int]) -> None:
+        """Adds the echoes of hubsync's own writes journaled since ``from_ms`` to ``seen``."""
+        stream = portal_key(portal_id, "echoes")
+        low = f"{max(from_ms, 0)}-0"
+        while True:
+            page: Any = await self._redis.xrange(stream, low, "+", count=1000)
+            for _entry_id, fields in page:
+                object_type, _, rest = fields.get(b"r", b"").decode().partition(":")
+                object_id, _, occurred = rest.partition(":")
+                if not object_id.isdigit() or not occurred.isdigit():
+                    continue
+                key = (object_type, int(object_id))
+                if int(occurred) > seen.get(key, -1):
+                    seen[key] = int(occurred)
+            if len(page) < 1000:
+                return
             low = "(" + page[-1][0].decode()
 
 

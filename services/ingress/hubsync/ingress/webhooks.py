@@ -198,24 +198,34 @@ class WebhookEndpoint:
         except PayloadRejected as exc:
             return _error(400, "bad_payload", str(exc))
         request.events = events
-        kept = [e for e in events if not self.is_own_echo(e)]
-        own_echoes = len(events) - len(kept)
+        kept: list[WebhookEvent] = []
+        echoed: list[WebhookEvent] = []
+        for e in events:
+            (echoed if self.is_own_echo(e) else kept).append(e)
+        own_echoes = len(echoed)
         if own_echoes:
             metrics.echoes.add(own_echoes, _SOURCE)
         outcomes: Sequence[Outcome] = ()
-        if kept:
+        if events:
+            # Echoes are not enqueued, but journaled as echoes so reconciliation knows them.
             try:
                 # The committer records the accept duration, and opens the request's span right
                 # before the round trip and closes it right after (see ``Traced``).
                 if request.own_span:
-                    outcomes = await self.committer.submit(kept, traced=request, started=request.started)
+                    outcomes = await self.committer.submit(
+                        kept, traced=request, started=request.started, own_echoes=echoed
+                    )
                 elif self.spans == "round_trip":
                     outcomes = await self.committer.submit(
-                        kept, grouped=True, received_ns=request.start_ns, started=request.started
+                        kept,
+                        grouped=True,
+                        received_ns=request.start_ns,
+                        started=request.started,
+                        own_echoes=echoed,
                     )
                 else:
                     outcomes = await self.committer.submit(
-                        kept, request.caller_context(), started=request.started
+                        kept, request.caller_context(), started=request.started, own_echoes=echoed
                     )
             except EnqueueFailed as exc:
                 if request.span is None and self.spans != "off":

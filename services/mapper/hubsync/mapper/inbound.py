@@ -2,64 +2,68 @@
 
 Every replica reads each portal's ``hubsync:{<portal>}:events`` stream in the consumer group
 ``mapper`` (portals are discovered from the set ``hubsync:portals``). Entries a dead replica read
-but never acknowledged are claimed after the visibility timeout (XAUTOCLAIM). Events of one
-record read within the coalesce window become one change; the records are read back from
-HubSpot through writer (``batch/read``, only mapped properties, ≤ 100 ids a call) so the feed
-carries each record as it is now, which also makes duplicates and redeliveries harmless.
+but never acknowledged are claimed after the visibility timeout (XAUTOCLAIM); a live replica
+keeps the entries it is still working on (XCLAIM JUSTID, every third of the timeout), so a slow
+read is never taken over. Events of one record read within the coalesce window become one
+change; the records are read back from HubSpot through writer so the feed carries each record as
+it is now (:mod:`hubsync.mapper.hydrate`), and published with the ack of the input in one
+transaction (:mod:`hubsync.mapper.publish`).
 
-A change is skipped when it is identical (kind, fields, related ids) to the last change published
-for the record — a duplicate webhook or a redelivered entry changes nothing. Feed entries, the
-last-published digests, the outbound fingerprints of what was seen, and the XACK of the input
-entries go to Redis in one MULTI/EXEC: the input is acked only once the feed holds the result,
-and a crash in between leaves the input pending for another replica.
+Normally one batch is in flight and the next is read and coalesced meanwhile; a batch in flight
+longer than ``stalled_batch_ms`` no longer holds the next ones back, so batches then run
+concurrently (up to ``max_batches_in_flight``) and one slow HubSpot read holds up only its own
+batch. Order per record is kept: entries of a record that a batch in flight holds wait for that
+batch and form a batch of their own after it.
+
+A portal whose connection is unusable is parked (:mod:`hubsync.mapper.inbound_queues`): its
+entries move to its parked stream and no replica reads its events until the connection works
+again — announced by auth on ``hubsync:auth:connection-changes``, or found by a re-check every
+``parked_recheck_s`` (doubling up to ``parked_recheck_max_s``). Then one replica replays the
+parked entries in order and unparks the portal. What can never succeed is dead-lettered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import orjson
-from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import metrics, trace
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import ResponseError
 
-from hubsync.api.mapper.v1 import mapper_pb2
-from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.redis import group_lag, portal_key
-from hubsync.core.telemetry import extract_context, trace_id_hex
-from hubsync.mapper import metrics as sync_metrics
+from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper.feed import DISCOVER_INTERVAL_S, PORTALS_KEY, feed_key
-from hubsync.mapper.fingerprints import digest_properties, fingerprint_key
-from hubsync.mapper.transforms import CompiledMapping, MappingSet
+from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
+from hubsync.mapper.inbound_events import ParsedEntry, RecordChange, coalesce, parse_entry
+from hubsync.mapper.publish import GROUP, DeadLetter, Publisher, Source
+from hubsync.mapper.transforms import MappingSet
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("hubsync.mapper")
 _meter = metrics.get_meter("hubsync.mapper")
-_reads = _meter.create_counter("hubsync.mapper.hydrate.calls", description="ReadRecords calls made")
 _lag = _meter.create_gauge("hubsync.stream.lag", description="Entries a consumer group has not read yet")
+_parked_events = _meter.create_counter("hubsync.mapper.inbound.parked", description="Inbound events parked")
+_dead_events = _meter.create_counter(
+    "hubsync.mapper.inbound.dead_letters", description="Inbound events dead-lettered"
+)
+_depth = _meter.create_gauge(
+    "hubsync.mapper.inbound.depth", description="Inbound events parked or dead-lettered, per portal"
+)
 
-GROUP = "mapper"
-_TYPES = {"contact": "contacts", "company": "companies", "deal": "deals"}
-_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals"}
-_KIND_RANK = {  # the strongest kind of a coalesced group wins
-    "propertyChange": (1, mapper_pb2.CHANGE_KIND_UPDATED),
-    "associationChange": (0, mapper_pb2.CHANGE_KIND_ASSOCIATION_CHANGED),
-    "creation": (2, mapper_pb2.CHANGE_KIND_CREATED),
-    "restore": (3, mapper_pb2.CHANGE_KIND_RESTORED),
-    "merge": (4, mapper_pb2.CHANGE_KIND_MERGED),
-    "deletion": (5, mapper_pb2.CHANGE_KIND_DELETED),
-    "privacyDeletion": (5, mapper_pb2.CHANGE_KIND_DELETED),
-}
-_LAST_TTL_S = 7 * 86_400
+__all__ = ["GROUP", "InboundWorker", "events_key"]
+
+# A batch's outcome.
+DONE = "done"
+PARKED = "parked"
+PARTIAL = "partial"  # some entries stay (transient failure): retried later
 
 
 def events_key(portal: str) -> str:
@@ -67,52 +71,18 @@ def events_key(portal: str) -> str:
 
 
 @dataclass
-class RecordChange:
-    """Events of one record within one batch, coalesced."""
-
-    object_type: str
-    object_id: str
-    rank: int = -1
-    kind: Any = mapper_pb2.CHANGE_KIND_UNSPECIFIED
-    properties: set[str] = field(default_factory=set)
-    related: list[str] = field(default_factory=list)
-    occurred_ms: int = 0
-    contexts: list[Any] = field(default_factory=list)
-
-    def add(self, suffix: str, event: dict[str, Any], fields: dict[bytes, bytes]) -> None:
-        rank, kind = _KIND_RANK.get(suffix, (1, mapper_pb2.CHANGE_KIND_UPDATED))
-        if rank > self.rank:
-            self.rank, self.kind = rank, kind
-        if event.get("propertyName"):
-            self.properties.add(str(event["propertyName"]))
-        if suffix == "merge":
-            for merged in event.get("mergedObjectIds") or []:
-                if str(merged) not in self.related:
-                    self.related.append(str(merged))
-        if suffix == "associationChange":
-            other = event.get("toObjectId")
-            if other is not None and str(other) not in self.related:
-                self.related.append(str(other))
-        self.occurred_ms = max(self.occurred_ms, int(event.get("occurredAt") or 0))
-        if b"traceparent" in fields or "traceparent" in fields:
-            self.contexts.append(extract_context(fields))
+class _Parked:
+    next_probe: float
+    interval: float
+    # Announced while a re-check was running: that re-check's failure must not defer the next.
+    poked: bool = False
 
 
-def classify(event: dict[str, Any]) -> tuple[str, str, str] | None:
-    """(object type, record id, event kind) of a webhook event, or None for types not synced."""
-    sub = str(event.get("subscriptionType") or "")
-    prefix, _, suffix = sub.partition(".")
-    object_type = _TYPES.get(prefix) or _TYPE_IDS.get(str(event.get("objectTypeId") or ""))
-    if object_type is None or not suffix:
-        return None
-    object_id = event.get("objectId")
-    if suffix == "merge":
-        object_id = event.get("primaryObjectId") or event.get("newObjectId") or object_id
-    if suffix == "associationChange":
-        object_id = event.get("fromObjectId") or object_id
-    if object_id is None:
-        return None
-    return object_type, str(object_id), suffix
+@dataclass
+class _Held:
+    source: Source
+    ids: list[bytes]
+    started: float
 
 
 class InboundWorker:
@@ -130,46 +100,57 @@ class InboundWorker:
         read_batch_size: int = 500,
         read_block_ms: int = 200,
         hydrate_batch_size: int = 100,
+        hydrate_deadline_s: float = 75.0,
+        max_batches_in_flight: int = 8,
+        stalled_batch_ms: int = 1000,
+        max_attempts: int = 10,
+        parked_recheck_s: float = 60.0,
+        parked_recheck_max_s: float = 900.0,
         feed_max_len: int = 1_000_000,
     ):
         self.redis: Any = redis
-        self.writer = writer
         self.mappings = mappings
         self.consumer = consumer
         self.coalesce_s = coalesce_window_ms / 1000
         self.visibility_ms = visibility_timeout_ms
         self.batch_size = read_batch_size
         self.block_ms = read_block_ms
-        self.hydrate_batch_size = hydrate_batch_size
-        self.feed_max_len = feed_max_len
+        self.max_in_flight = max_batches_in_flight
+        self.stall_s = stalled_batch_ms / 1000
+        self.max_attempts = max_attempts
+        self.recheck_s = parked_recheck_s
+        self.recheck_max_s = max(parked_recheck_max_s, parked_recheck_s)
+        self.hydrator = Hydrator(writer, batch_size=hydrate_batch_size, deadline_s=hydrate_deadline_s)
+        self.publisher = Publisher(redis, feed_max_len=feed_max_len)
         self._streams: dict[str, str] = {}  # stream key → portal
+        self._parked: dict[str, _Parked] = {}
+        self._draining: dict[str, asyncio.Task[None]] = {}
+        # Portals announced while not parked here (until when the announcement counts): parked
+        # by another replica, or an operator's replay; the next discovery re-checks them at once.
+        self._announced: dict[str, float] = {}
+        self._tasks: dict[asyncio.Task[None], _Held] = {}
+        # (portal, object type, id) → the latest batch task holding the record.
+        self._holders: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self.batches = 0
-        # The batch being hydrated and published while the next one is read and coalesced.
-        self._processing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        """Consumes until cancelled; a failing batch is retried by the visibility timeout. (A
-        cancellation lost inside a client library is repeated by the service's stop.)"""
+        """Consumes until cancelled. (A cancellation lost inside a client library is repeated by
+        the service's stop.)"""
+        listener = asyncio.create_task(self._listen(), name="mapper-connection-changes")
         try:
             await self._run()
         finally:
-            task, self._processing = self._processing, None
-            if task is not None:
+            pending = [listener, *self._tasks, *self._draining.values()]
+            for task in pending:
                 task.cancel()
-                # its entries stay pending: another consumer (or this one, restarted) reclaims them
+            # their entries stay pending: another consumer (or this one, restarted) reclaims them
+            for task in pending:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _drain(self) -> None:
-        """Waits for the batch in flight; its failure surfaces here."""
-        task, self._processing = self._processing, None
-        if task is not None:
-            await task
-
     async def _run(self) -> None:
-        next_discover = 0.0
-        next_claim = 0.0
-        next_lag = 0.0
+        next_discover = next_claim = next_lag = next_beat = 0.0
+        every = max(self.visibility_ms / 4000, 0.05)
         while True:
             try:
                 now = time.monotonic()
@@ -179,14 +160,22 @@ class InboundWorker:
                 if now >= next_lag:
                     next_lag = now + 5.0
                     await self.record_lag()
+                if now >= next_beat:
+                    next_beat = now + max(self.visibility_ms / 3000, 0.05)
+                    await self._heartbeat()
+                self._probe_parked(now)
+                if len(self._tasks) >= self.max_in_flight:
+                    await asyncio.wait(
+                        list(self._tasks), timeout=self.block_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    continue
                 if now >= next_claim:
-                    next_claim = now + max(self.visibility_ms / 4000, 0.05)
-                    for key, portal in list(self._streams.items()):
+                    next_claim = now + every
+                    for key, portal in self._active().items():
                         claimed = await self._claim(key)
                         if claimed:
-                            await self._drain()
-                            await self.process(portal, key, claimed)
-                if not self._streams:
+                            self._dispatch(portal, Source(key), [parse_entry(i, f) for i, f in claimed])
+                if not self._active():
                     await asyncio.sleep(0.1)
                     continue
                 await self.step()
@@ -194,19 +183,27 @@ class InboundWorker:
                 raise
             except (grpc.aio.AioRpcError, ConnectionError, ResponseError, OSError) as exc:
                 _reraise_if_cancelling()
-                # The entries stay pending and come back after the visibility timeout.
-                log.warning("inbound batch failed", extra={"error": str(exc)[:300]})
+                log.warning("inbound step failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(0.5)
             except Exception:
                 _reraise_if_cancelling()
                 # A bug must not stop the pipeline for every portal: log, leave entries pending.
-                log.exception("inbound batch failed unexpectedly")
+                log.exception("inbound step failed unexpectedly")
                 await asyncio.sleep(1.0)
 
+    def _active(self) -> dict[str, str]:
+        """The event streams read now: every known portal's, except parked portals'."""
+        if not self._parked:
+            return self._streams
+        return {k: p for k, p in self._streams.items() if p not in self._parked}
+
     async def _discover(self) -> None:
-        members = await self.redis.smembers(PORTALS_KEY)  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(PORTALS_KEY)
+            pipe.smembers(queues.PARKED_PORTALS_KEY)
+            members, parked_raw = await pipe.execute()
         for raw in members:
-            portal = raw.decode() if isinstance(raw, bytes) else str(raw)
+            portal = _s(raw)
             key = events_key(portal)
             if key in self._streams:
                 continue
@@ -216,6 +213,18 @@ class InboundWorker:
                 if "BUSYGROUP" not in str(exc):
                     raise
             self._streams[key] = portal
+        parked = {_s(p) for p in parked_raw}
+        now = time.monotonic()
+        for portal in parked:
+            if portal not in self._parked:
+                announced = self._announced.pop(portal, 0.0) > now
+                self._parked[portal] = _Parked(now if announced else now + self.recheck_s, self.recheck_s)
+        for portal, until in list(self._announced.items()):
+            if until <= now:
+                del self._announced[portal]
+        for portal in list(self._parked):
+            if portal not in parked and portal not in self._draining:
+                del self._parked[portal]  # another replica unparked it
 
     async def _claim(self, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         reply = await self.redis.xautoclaim(
@@ -223,9 +232,20 @@ class InboundWorker:
         )
         return [e for e in reply[1] if e and e[1]]
 
+    async def _heartbeat(self) -> None:
+        """Keeps the entries of batches in flight: their idle time restarts, so no other replica
+        claims a batch that is slow but alive (a hung read, writer's retries)."""
+        by_key: dict[str, list[bytes]] = {}
+        for held in self._tasks.values():
+            if not held.source.parked:
+                by_key.setdefault(held.source.key, []).extend(held.ids)
+        for key, ids in by_key.items():
+            for i in range(0, len(ids), 500):
+                await self.redis.xclaim(key, GROUP, self.consumer, 0, ids[i : i + 500], justid=True)
+
     async def step(self) -> int:
-        """Reads one batch (blocking up to the read block time), coalesces, processes it."""
-        streams = dict.fromkeys(self._streams, ">")
+        """Reads one batch (blocking up to the read block time), coalesces, dispatches it."""
+        streams = dict.fromkeys(self._active(), ">")
         reply = await self.redis.xreadgroup(
             GROUP, self.consumer, streams, count=self.batch_size, block=self.block_ms
         )
@@ -236,53 +256,263 @@ class InboundWorker:
             await asyncio.sleep(self.coalesce_s)
             more = await self.redis.xreadgroup(GROUP, self.consumer, streams, count=self.batch_size)
             reply = list(reply) + list(more or [])
-        by_key: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
+        by_key: dict[str, list[ParsedEntry]] = {}
         for key_raw, entries in reply:
-            key = key_raw.decode() if isinstance(key_raw, bytes) else key_raw
-            by_key.setdefault(key, []).extend(entries)
-        # One batch in flight at a time, so a record's changes are published in order; the next
-        # batch is read and coalesced while this one is hydrated (its window costs no latency).
+            by_key.setdefault(_s(key_raw), []).extend(parse_entry(i, f) for i, f in entries)
+        await self._wait_unless_stalled()
+        for key, parsed in by_key.items():
+            self._dispatch(self._streams[key], Source(key), parsed)
+        return sum(len(p) for p in by_key.values())
+
+    async def _wait_unless_stalled(self) -> None:
+        """Waits for the batches in flight, but not past the point where they count as stalled.
+
+        Normally one batch is in flight and the next is read and coalesced meanwhile: the next
+        read carries every event that arrived (reads are HubSpot quota). A batch still in flight
+        after ``stalled_batch_ms`` (a hung read, writer's retries) no longer holds the others back.
+        """
+        loop = asyncio.get_running_loop()
+        fresh = [t for t, h in self._tasks.items() if loop.time() - h.started < self.stall_s]
+        if fresh:
+            youngest = max(self._tasks[t].started for t in fresh)
+            await asyncio.wait(fresh, timeout=max(youngest + self.stall_s - loop.time(), 0.0))
+
+    def _dispatch(self, portal: str, source: Source, entries: list[ParsedEntry]) -> None:
+        """Starts a batch for the entries whose records no batch in flight holds, and one that
+        waits for those batches for the others."""
+        free: list[ParsedEntry] = []
+        blocked: list[ParsedEntry] = []
+        waits: set[asyncio.Task[None]] = set()
+        for e in entries:
+            record = e.record
+            holder = self._holders.get((portal, *record)) if record else None
+            if holder is not None and not holder.done():
+                blocked.append(e)
+                waits.add(holder)
+            else:
+                free.append(e)
+        for part, after in ((free, set()), (blocked, waits)):
+            if part:
+                self._launch(portal, source, part, after)
+
+    def _launch(
+        self, portal: str, source: Source, entries: list[ParsedEntry], after: set[asyncio.Task[None]]
+    ) -> None:
+        task = asyncio.create_task(self._batch(portal, source, entries, after), name="mapper-inbound-batch")
+        self._tasks[task] = _Held(source, [e.id for e in entries], asyncio.get_running_loop().time())
+        records = {(portal, *e.record) for e in entries if e.record}
+        for r in records:
+            self._holders[r] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.pop(t, None)
+            for r in records:
+                if self._holders.get(r) is t:
+                    del self._holders[r]
+
+        task.add_done_callback(done)
+
+    async def _batch(
+        self, portal: str, source: Source, entries: list[ParsedEntry], after: set[asyncio.Task[None]]
+    ) -> None:
+        if after:
+            await asyncio.wait(after)
         try:
-            await self._drain()  # a failure of the previous batch is reported to the loop...
-        finally:  # ...and this batch still goes ahead (the failed one's entries stay pending)
-            self._processing = asyncio.create_task(self._process_all(by_key), name="mapper-inbound-batch")
-        return sum(len(entries) for entries in by_key.values())
+            outcome, left = await self.process(portal, source, entries)
+            delay = 0.5
+            # Transient failures (writer or HubSpot briefly unavailable) are retried a few times
+            # here, the records still held; then the entries wait for the visibility timeout.
+            for _ in range(3):
+                if outcome != PARTIAL:
+                    return
+                await asyncio.sleep(delay)
+                delay *= 2
+                held = self._tasks.get(asyncio.current_task())  # type: ignore[arg-type]
+                if held is not None:
+                    held.ids = [e.id for e in left]
+                outcome, left = await self.process(portal, source, left)
+            if outcome == PARTIAL:
+                log.warning(
+                    "inbound events not read; retried after the visibility timeout",
+                    extra={"portal": portal, "events": len(left)},
+                )
+        except asyncio.CancelledError:
+            raise
+        except (grpc.aio.AioRpcError, ConnectionError, ResponseError, OSError) as exc:
+            _reraise_if_cancelling()
+            # The entries stay pending and come back after the visibility timeout.
+            log.warning("inbound batch failed", extra={"portal": portal, "error": str(exc)[:300]})
+        except Exception:
+            _reraise_if_cancelling()
+            log.exception("inbound batch failed unexpectedly", extra={"portal": portal})
 
-    async def _process_all(self, by_key: dict[str, list[tuple[bytes, dict[bytes, bytes]]]]) -> None:
-        for key, entries in by_key.items():
-            await self.process(self._streams[key], key, entries)
-
-    async def process(self, portal: str, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Turns one portal's entries into feed changes and acks them, atomically."""
+    async def process(
+        self, portal: str, source: Source, entries: list[ParsedEntry]
+    ) -> tuple[str, list[ParsedEntry]]:
+        """Turns one portal's entries into feed changes and finishes them, atomically; parks them
+        when the portal's connection is unusable. Returns DONE, PARKED or PARTIAL, and the entries
+        left (a transient failure: retry them)."""
         self.batches += 1
         mappings = self.mappings()  # one snapshot for the whole batch, even across a reload
-        groups: dict[tuple[str, str, str], RecordChange] = {}
-        ids = [e[0] for e in entries]
-        for _, fields in entries:
-            try:
-                event = orjson.loads(fields.get(b"event") or b"{}")
-            except orjson.JSONDecodeError:
-                log.warning("unreadable event entry skipped", extra={"portal": portal})
-                continue
-            if not isinstance(event, dict):
-                continue
-            what = classify(event)
-            if what is None or mappings.get(what[0]) is None:
-                continue
-            object_type, object_id, suffix = what
-            # Association changes stay apart from property changes of the same record.
-            slot = "assoc" if suffix == "associationChange" else "record"
-            group = groups.setdefault((object_type, object_id, slot), RecordChange(object_type, object_id))
-            group.add(suffix, event, fields)
-        changes = list(groups.values())
-        spans = [self._start_span(portal, c) for c in changes]
+        batch = coalesce(entries, mappings)
+        spans = {c.key: self._start_span(portal, c) for c in batch.changes}
         try:
-            by_record = {(c.object_type, c.object_id): s for c, s in zip(changes, spans, strict=True)}
-            hydrated, archived = await self._hydrate(portal, changes, mappings, by_record)
-            await self._publish(portal, key, ids, changes, hydrated, archived, mappings)
+            try:
+                hydration = await self.hydrator.hydrate(portal, batch.changes, mappings, spans)
+            except PortalUnusable as exc:
+                await self._park(portal, source, entries, exc)
+                return PARKED, []
+            ok: list[RecordChange] = []
+            retry: list[RecordChange] = []
+            counted: list[RecordChange] = []
+            dead = [DeadLetter(e, e.reason, e.detail, 1) for e in batch.dead]
+            for c in batch.changes:
+                failure = hydration.failure_of(c)
+                if failure is None:
+                    ok.append(c)
+                elif failure.kind == TRANSIENT:
+                    retry.append(c)
+                elif failure.kind == PERMANENT:
+                    dead += [DeadLetter(e, failure.reason, failure.detail, 1) for e in _entries(c, entries)]
+                else:
+                    assert failure.kind == COUNTED
+                    counted.append(c)
+            if counted:
+                ids = [i for c in counted for i in c.entry_ids]
+                counts = dict(zip(ids, await queues.count_failures(self.redis, portal, ids), strict=True))
+                for c in counted:
+                    failure = hydration.failure_of(c)
+                    assert failure is not None
+                    if max(counts[i] for i in c.entry_ids) >= self.max_attempts:
+                        dead += [
+                            DeadLetter(e, failure.reason, failure.detail, counts[e.id])
+                            for e in _entries(c, entries)
+                        ]
+                    else:
+                        retry.append(c)
+            await self.publisher.publish(
+                portal, source, ok, hydration, mappings, finished=batch.done, dead=dead
+            )
+            for d in dead:
+                _dead_events.add(1, {"reason": d.reason})
+                log.warning(
+                    "inbound event dead-lettered",
+                    extra={"portal": portal, "reason": d.reason, "detail": d.detail[:200]},
+                )
+            left = [e for c in retry for e in _entries(c, entries)]
+            return (PARTIAL, left) if left else (DONE, [])
         finally:
-            for span in spans:
+            for span in spans.values():
                 span.end()
+
+    async def _park(
+        self, portal: str, source: Source, entries: list[ParsedEntry], exc: PortalUnusable
+    ) -> None:
+        rows = [(e.id, e.fields) for e in entries]
+        await queues.park(
+            self.redis,
+            portal,
+            rows,
+            from_stream=None if source.parked else source.key,
+            group=GROUP,
+            reason=exc.reason,
+            detail=exc.detail,
+        )
+        if not source.parked:
+            _parked_events.add(len(rows))
+        if portal not in self._parked:
+            log.warning(
+                "portal parked: its connection is unusable; its events wait until it works again",
+                extra={"portal": portal, "reason": exc.reason, "detail": exc.detail[:200]},
+            )
+            self._parked[portal] = _Parked(time.monotonic() + self.recheck_s, self.recheck_s)
+
+    # ---- parked portals ---------------------------------------------------------------------
+
+    def _probe_parked(self, now: float) -> None:
+        for portal, state in self._parked.items():
+            if state.next_probe <= now and portal not in self._draining:
+                task = asyncio.create_task(self._drain(portal), name="mapper-inbound-unpark")
+                self._draining[portal] = task
+
+    async def _listen(self) -> None:
+        """Re-checks a parked portal as soon as its connection changes (auth announces it)."""
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(queues.CONNECTION_CHANGES_CHANNEL)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None:
+                        continue
+                    portal = _s(message.get("data") or b"")
+                    state = self._parked.get(portal)
+                    if state is not None:
+                        state.next_probe = 0.0
+                        state.interval = self.recheck_s
+                        state.poked = True
+                    elif len(self._announced) < 10_000:
+                        self._announced[portal] = time.monotonic() + 5.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the periodic re-check still runs; subscribe again soon
+                log.warning("connection-change subscription lost", extra={"error": str(exc)[:200]})
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _drain(self, portal: str) -> None:
+        """Replays a parked portal's entries in order (one replica at a time); unparks it once
+        none is left, or parks it on (the next re-check later) if the connection still fails."""
+        try:
+            await self._replay_parked(portal)
+        finally:
+            self._draining.pop(portal, None)
+
+    async def _replay_parked(self, portal: str) -> None:
+        state = self._parked.get(portal)
+        if state is None:
+            return
+        state.poked = False
+        lock = queues.drain_lock_key(portal)
+        owner = f"{self.consumer}:{time.monotonic()}"
+        hold_ms = int(self.hydrator.deadline_s * 2000)  # one chunk's reads fit in it, with room
+        try:
+            if not await self.redis.set(lock, owner, nx=True, px=hold_ms):
+                state.next_probe = time.monotonic() + state.interval
+                return
+            try:
+                source = Source(queues.parked_key(portal), parked=True)
+                while True:
+                    await self.redis.pexpire(lock, hold_ms)
+                    rows = await self.redis.xrange(source.key, "-", "+", count=self.batch_size)
+                    if not rows:
+                        if await queues.unpark_if_empty(self.redis, portal):
+                            self._parked.pop(portal, None)
+                            log.info(
+                                "portal unparked: its parked events are replayed", extra={"portal": portal}
+                            )
+                            return
+                        continue
+                    outcome, _left = await self.process(portal, source, [parse_entry(i, f) for i, f in rows])
+                    if outcome == PARKED:
+                        if not state.poked:
+                            state.interval = min(state.interval * 2, self.recheck_max_s)
+                            state.next_probe = time.monotonic() + state.interval
+                        return
+                    if outcome == PARTIAL:
+                        state.next_probe = time.monotonic() + self.visibility_ms / 1000
+                        return
+            finally:
+                if await self.redis.get(lock) == owner.encode():
+                    await self.redis.delete(lock)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _reraise_if_cancelling()
+            log.warning("replaying parked events failed", extra={"portal": portal, "error": str(exc)[:300]})
+            state.next_probe = time.monotonic() + state.interval
 
     def _start_span(self, portal: str, change: RecordChange) -> trace.Span:
         parent = change.contexts[0] if change.contexts else None
@@ -303,205 +533,38 @@ class InboundWorker:
             },
         )
 
-    async def _hydrate(
-        self,
-        portal: str,
-        changes: list[RecordChange],
-        mappings: MappingSet,
-        spans: dict[tuple[str, str], trace.Span],
-    ) -> tuple[dict[tuple[str, str], dict[str, str]], dict[tuple[str, str], dict[str, str]]]:
-        live: dict[str, set[str]] = {}
-        gone: dict[str, set[str]] = {}
-        for c in changes:
-            target = gone if c.kind == mapper_pb2.CHANGE_KIND_DELETED else live
-            target.setdefault(c.object_type, set()).add(c.object_id)
-        calls = []
-        for target, archived in ((live, False), (gone, True)):
-            for object_type, id_set in target.items():
-                mapping = mappings.get(object_type)
-                assert mapping is not None
-                id_list = sorted(id_set)
-                for i in range(0, len(id_list), self.hydrate_batch_size):
-                    chunk = id_list[i : i + self.hydrate_batch_size]
-                    # One read serves many changes: it joins the trace of its first record's change
-                    # (the others' traces reach it through their mapper.inbound span's links).
-                    calls.append(self._read(portal, mapping, chunk, archived, spans[(object_type, chunk[0])]))
-        found: dict[tuple[str, str], dict[str, str]] = {}
-        found_archived: dict[tuple[str, str], dict[str, str]] = {}
-        for archived, records in await asyncio.gather(*calls):
-            for r in records:
-                (found_archived if archived else found)[(r.object_type, r.id)] = dict(r.properties)
-        return found, found_archived
-
-    async def _read(
-        self,
-        portal: str,
-        mapping: CompiledMapping,
-        ids: list[str],
-        archived: bool,
-        span: trace.Span,
-    ) -> tuple[bool, list[Any]]:
-        _reads.add(1, {"object_type": mapping.object_type})
-        request = writer_pb2.ReadRecordsRequest(
-            portal_id=int(portal),
-            object_type=mapping.object_type,
-            ids=ids,
-            properties=list(mapping.read_properties),
-            archived=archived,
-        )
-        with trace.use_span(span, end_on_exit=False):
-            reply = await self.writer.ReadRecords(request, timeout=30)
-        for r in reply.records:
-            if not r.object_type:
-                r.object_type = mapping.object_type
-        return archived, list(reply.records)
-
-    async def _publish(
-        self,
-        portal: str,
-        key: str,
-        ids: list[bytes],
-        changes: list[RecordChange],
-        hydrated: dict[tuple[str, str], dict[str, str]],
-        archived: dict[tuple[str, str], dict[str, str]],
-        mappings: MappingSet,
-    ) -> None:
-        built: list[tuple[RecordChange, mapper_pb2.Change, bytes, str, dict[str, str]]] = []
-        for c in changes:
-            mapping = mappings.get(c.object_type)
-            assert mapping is not None
-            change = mapper_pb2.Change(
-                portal_id=int(portal),
-                object_type=c.object_type,
-                hubspot_id=c.object_id,
-                kind=c.kind,
-                related_ids=c.related,
-                trace_id=_trace_id(c),
-            )
-            if c.occurred_ms:
-                change.occur_time.CopyFrom(
-                    timestamp_pb2.Timestamp(
-                        seconds=c.occurred_ms // 1000, nanos=(c.occurred_ms % 1000) * 1_000_000
-                    )
-                )
-            props: dict[str, str] = {}
-            if c.kind == mapper_pb2.CHANGE_KIND_DELETED:
-                props = archived.get((c.object_type, c.object_id), {})
-                change.external_id = props.get(mapping.id_property, "")
-            else:
-                found = hydrated.get((c.object_type, c.object_id))
-                if found is None:
-                    # HubSpot no longer has it (deleted since the event, or merged away).
-                    change.kind = mapper_pb2.CHANGE_KIND_DELETED
-                else:
-                    props = found
-                    external_id, record = mapping.to_external(found)
-                    change.external_id = external_id
-                    change.fields.CopyFrom(_struct(record))
-            changed: dict[str, None] = {}
-            for p in sorted(c.properties):
-                for f in mapping.fields_of_property.get(p, ()):
-                    changed[f] = None
-            change.changed_fields.extend(changed)
-            # The digest ignores the trace, time and event-only details: same state → same digest.
-            # A creation and an update that leave the record the same are one state too (HubSpot
-            # sends a creation and then property changes for one new record; split over two
-            # batches they must not reach subscribers twice).
-            kind = (
-                mapper_pb2.CHANGE_KIND_UPDATED
-                if change.kind == mapper_pb2.CHANGE_KIND_CREATED
-                else change.kind
-            )
-            ident = mapper_pb2.Change(
-                kind=kind,
-                fields=change.fields,
-                related_ids=change.related_ids,
-                external_id=change.external_id,
-            )
-            digest = hashlib.blake2b(ident.SerializeToString(deterministic=True), digest_size=12).digest()
-            built.append((c, change, digest, change.external_id, props))
-        last_keys = [portal_key(portal, "feedlast", c.object_type, c.object_id) for c, *_ in built]
-        outcomes: list[tuple[RecordChange, str]] = []
-        # Compare-and-publish under WATCH: two replicas holding the same change (a duplicated
-        # webhook, a reclaimed entry) cannot both see "not published yet"; the one whose EXEC
-        # fails looks again and finds it published.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    if last_keys:
-                        await pipe.watch(*last_keys)
-                        last = await pipe.mget(last_keys)
-                    else:
-                        last = []
-                    pipe.multi()
-                    outcomes = self._queue_publish(pipe, portal, built, last_keys, last, mappings)
-                    if ids:
-                        pipe.xack(key, GROUP, *ids)
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
-        now_ms = time.time() * 1000
-        for c, outcome in outcomes:
-            sync_metrics.sync.add(
-                1, {"object_type": c.object_type, "direction": "inbound", "outcome": outcome}
-            )
-            if outcome == "published" and c.occurred_ms:
-                sync_metrics.sync_duration.record(
-                    max(now_ms - c.occurred_ms, 0) / 1000,
-                    {"object_type": c.object_type, "direction": "inbound"},
-                )
-
-    def _queue_publish(
-        self,
-        pipe: Any,
-        portal: str,
-        built: list[tuple[RecordChange, mapper_pb2.Change, bytes, str, dict[str, str]]],
-        last_keys: list[str],
-        last: list[Any],
-        mappings: MappingSet,
-    ) -> list[tuple[RecordChange, str]]:
-        outcomes: list[tuple[RecordChange, str]] = []
-        for (c, change, digest, external_id, props), lkey, prev in zip(built, last_keys, last, strict=True):
-            mapping = mappings.get(c.object_type)
-            assert mapping is not None
-            outcomes.append((c, "duplicate" if prev == digest else "published"))
-            if prev == digest:
-                continue
-            pipe.xadd(
-                feed_key(portal, c.object_type),
-                {"change": change.SerializeToString(), "hs": c.object_id},
-                maxlen=self.feed_max_len,
-                approximate=True,
-            )
-            pipe.set(lkey, digest, ex=_LAST_TTL_S)
-            if external_id:
-                fkey = fingerprint_key(portal, c.object_type, external_id)
-                if change.kind == mapper_pb2.CHANGE_KIND_DELETED:
-                    pipe.delete(fkey)
-                else:
-                    seen = {p: props.get(p) or "" for p in mapping.read_properties}
-                    pipe.hset(fkey, mapping=digest_properties(seen))
-        return outcomes
-
     async def record_lag(self) -> None:
-        """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group."""
+        """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group;
+        ``hubsync.mapper.inbound.depth`` of the parked and dead-letter queues."""
         for key, portal in list(self._streams.items()):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(queues.parked_key(portal))
+                pipe.xlen(queues.dead_letter_key(portal))
+                parked, dead = await pipe.execute()
+            _depth.set(parked, {"portal": portal, "queue": "parked"})
+            _depth.set(dead, {"portal": portal, "queue": "dlq"})
             with contextlib.suppress(ResponseError):
                 for g in await self.redis.xinfo_groups(key):
-                    name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
-                    if name == GROUP:
+                    if _s(g["name"]) == GROUP:
                         lag = await group_lag(self.redis, key, g)
                         _lag.set(lag, {"stream": "events", "group": GROUP, "portal": portal})
             for object_type in ("companies", "contacts", "deals"):
                 with contextlib.suppress(ResponseError):
                     fkey = feed_key(portal, object_type)
                     for g in await self.redis.xinfo_groups(fkey):
-                        name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
                         _lag.set(
                             await group_lag(self.redis, fkey, g),
-                            {"stream": f"feed:{object_type}", "group": name, "portal": portal},
+                            {"stream": f"feed:{object_type}", "group": _s(g["name"]), "portal": portal},
                         )
+
+
+def _entries(change: RecordChange, entries: list[ParsedEntry]) -> list[ParsedEntry]:
+    ids = set(change.entry_ids)
+    return [e for e in entries if e.id in ids]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _reraise_if_cancelling() -> None:
@@ -510,15 +573,3 @@ def _reraise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def _trace_id(change: RecordChange) -> str:
-    if not change.contexts:
-        return ""
-    return trace_id_hex(trace.get_current_span(change.contexts[0]))
-
-
-def _struct(record: dict[str, Any]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(record)
-    return s

@@ -15,6 +15,7 @@ from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.mapper.feed import PORTALS_KEY, ChangeFeed
 from hubsync.mapper.inbound import InboundWorker
+from hubsync.mapper.inbound_queues import InboundQueues
 from hubsync.mapper.mappings import MappingError
 from hubsync.mapper.outbound import RecordPusher
 from hubsync.mapper.properties import PropertyCatalog
@@ -24,6 +25,14 @@ from hubsync.mapper.settings import MapperSettings
 
 SERVICE_NAME = mapper_pb2.DESCRIPTOR.services_by_name["MapperService"].full_name
 DEFAULT_PORT = 50053
+# Operator-only RPCs: the inbound parked and dead-letter queues.
+ADMIN_METHODS = (
+    "ListParkedPortals",
+    "ListInboundEvents",
+    "GetInboundEvent",
+    "ReplayInboundEvents",
+    "PurgeInboundEvents",
+)
 
 
 def caller_policy(settings: MapperSettings) -> dict[str, list[str]]:
@@ -40,6 +49,8 @@ def caller_policy(settings: MapperSettings) -> dict[str, list[str]]:
         method("ListMappings"): [*clients, *admins],
         method("ValidateMapping"): [*clients, *admins],
         method("SuggestMapping"): [*clients, *admins],
+        # Operators: the inbound parked and dead-letter queues (`hubsync inbound ...`).
+        **{method(name): admins for name in ADMIN_METHODS},
     }
 
 
@@ -71,7 +82,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         raise SystemExit(2) from None
     feed = ChangeFeed(redis, max_groups=settings.max_consumer_groups)
     pusher = RecordPusher(redis, writer, registry.snapshot, idempotency_ttl_s=settings.push_idempotency_ttl_s)
-    servicer = MapperServicer(registry, pusher, feed, catalog)
+    servicer = MapperServicer(registry, pusher, feed, catalog, InboundQueues(redis))
     worker = InboundWorker(
         redis,
         writer,
@@ -82,6 +93,12 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         read_batch_size=settings.read_batch_size,
         read_block_ms=settings.read_block_ms,
         hydrate_batch_size=settings.hydrate_batch_size,
+        hydrate_deadline_s=settings.hydrate_deadline_s,
+        max_batches_in_flight=settings.max_batches_in_flight,
+        stalled_batch_ms=settings.stalled_batch_ms,
+        max_attempts=settings.inbound_max_attempts,
+        parked_recheck_s=settings.parked_recheck_s,
+        parked_recheck_max_s=settings.parked_recheck_max_s,
         feed_max_len=settings.feed_max_len,
     )
     background: list[Callable[[], Awaitable[Any]]] = []

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from hubsync.api.common.v1 import common_pb2
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.errors import InvalidArgument
 from hubsync.mapper.feed import ChangeFeed, Subscription
+from hubsync.mapper.inbound_queues import DEAD_LETTER, PARKED, InboundEvent, InboundQueues
 from hubsync.mapper.mappings import MappingError, parse_mappings
 from hubsync.mapper.outbound import PushRecord, RecordPusher
 from hubsync.mapper.properties import PropertyCatalog
@@ -19,6 +20,8 @@ from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.suggest import suggest
 from hubsync.mapper.transforms import TransformError
 
+_QUEUES = {mapper_pb2.INBOUND_QUEUE_PARKED: PARKED, mapper_pb2.INBOUND_QUEUE_DEAD_LETTER: DEAD_LETTER}
+_QUEUE_ENUMS = {v: k for k, v in _QUEUES.items()}
 _OUTCOMES = {
     "WRITTEN": mapper_pb2.PUSH_OUTCOME_WRITTEN,
     "UNCHANGED": mapper_pb2.PUSH_OUTCOME_UNCHANGED,
@@ -39,12 +42,18 @@ def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
 
 class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
     def __init__(
-        self, registry: MappingRegistry, pusher: RecordPusher, feed: ChangeFeed, catalog: PropertyCatalog
+        self,
+        registry: MappingRegistry,
+        pusher: RecordPusher,
+        feed: ChangeFeed,
+        catalog: PropertyCatalog,
+        queues: InboundQueues,
     ):
         self.registry = registry
         self.pusher = pusher
         self.feed = feed
         self.catalog = catalog
+        self.queues = queues
 
     async def Transform(
         self, request: mapper_pb2.TransformRequest, context: Any
@@ -170,3 +179,80 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         props = await self.catalog.get(request.portal_id, request.object_type)
         text, unmatched = suggest(request.object_type, _fields(request.external_schema), props)
         return mapper_pb2.SuggestMappingResponse(yaml=text, unmatched_fields=unmatched)
+
+    async def ListParkedPortals(
+        self, request: mapper_pb2.ListParkedPortalsRequest, context: Any
+    ) -> mapper_pb2.ListParkedPortalsResponse:
+        return mapper_pb2.ListParkedPortalsResponse(
+            portals=[
+                mapper_pb2.ParkedPortal(
+                    portal_id=p.portal_id,
+                    reason=p.reason,
+                    detail=p.detail,
+                    since_time=_time(p.since_ms),
+                    event_count=p.event_count,
+                )
+                for p in await self.queues.parked_portals()
+            ]
+        )
+
+    async def ListInboundEvents(
+        self, request: mapper_pb2.ListInboundEventsRequest, context: Any
+    ) -> mapper_pb2.ListInboundEventsResponse:
+        events, token = await self.queues.page(
+            request.portal_id, _queue(request.queue), request.page_size, request.page_token
+        )
+        return mapper_pb2.ListInboundEventsResponse(
+            events=[_inbound_event(request.portal_id, e) for e in events], next_page_token=token
+        )
+
+    async def GetInboundEvent(
+        self, request: mapper_pb2.GetInboundEventRequest, context: Any
+    ) -> mapper_pb2.GetInboundEventResponse:
+        event = await self.queues.get(request.portal_id, _queue(request.queue), request.id)
+        return mapper_pb2.GetInboundEventResponse(event=_inbound_event(request.portal_id, event))
+
+    async def ReplayInboundEvents(
+        self, request: mapper_pb2.ReplayInboundEventsRequest, context: Any
+    ) -> mapper_pb2.ReplayInboundEventsResponse:
+        count = await self.queues.replay(
+            request.portal_id, _queue(request.queue), list(request.ids), request.all
+        )
+        return mapper_pb2.ReplayInboundEventsResponse(replayed_count=count)
+
+    async def PurgeInboundEvents(
+        self, request: mapper_pb2.PurgeInboundEventsRequest, context: Any
+    ) -> mapper_pb2.PurgeInboundEventsResponse:
+        count = await self.queues.purge(
+            request.portal_id, _queue(request.queue), list(request.ids), request.all
+        )
+        return mapper_pb2.PurgeInboundEventsResponse(purged_count=count)
+
+
+def _queue(value: int) -> str:
+    name = _QUEUES.get(value)  # type: ignore[call-overload]
+    if name is None:
+        raise InvalidArgument(
+            "invalid queue", violations={"queue": "must be INBOUND_QUEUE_PARKED or INBOUND_QUEUE_DEAD_LETTER"}
+        )
+    return name
+
+
+def _time(ms: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def _inbound_event(portal_id: int, e: InboundEvent) -> mapper_pb2.InboundEvent:
+    return mapper_pb2.InboundEvent(
+        id=e.id,
+        portal_id=portal_id,
+        queue=_QUEUE_ENUMS[e.queue],
+        reason=e.reason,
+        detail=e.detail,
+        queued_time=_time(e.queued_ms),
+        attempts=e.attempts,
+        event_stream_id=e.from_id,
+        raw_event=e.raw_event.decode(errors="replace"),
+    )

@@ -35,6 +35,20 @@ class MapperSettings(BaseSettings):
     read_block_ms: int = Field(default=200, ge=1, le=60_000)
     # Ids per writer ReadRecords call (writer sends HubSpot at most 100 per batch/read).
     hydrate_batch_size: int = Field(default=100, ge=1, le=100)
+    # Deadline of one ReadRecords call. Deadlines nest: it must exceed writer's HubSpot timeout
+    # (HUBSYNC_WRITER_HTTP_TIMEOUT_S, 30 s) plus one retry, so writer's split-and-retry runs inside it.
+    hydrate_deadline_s: float = Field(default=75.0, gt=0, le=3600)
+    # Batches hydrated and published at once: a slow HubSpot read holds up only its own batch.
+    max_batches_in_flight: int = Field(default=8, ge=1, le=256)
+    # A batch in flight this long counts as stalled: the next batch starts without waiting for it.
+    # (Until then the next batch is read and coalesced meanwhile, so reads carry many events.)
+    stalled_batch_ms: int = Field(default=1000, ge=1, le=600_000)
+    # Non-transient failures of an event (INTERNAL, a HubSpot refusal) before it is dead-lettered.
+    inbound_max_attempts: int = Field(default=10, ge=1, le=1000)
+    # A parked portal (unusable connection) is checked again after this long, doubling each time
+    # up to the max; auth's announcement of a connection change re-checks it at once.
+    parked_recheck_s: float = Field(default=60.0, gt=0)
+    parked_recheck_max_s: float = Field(default=900.0, gt=0)
     # How long discovered HubSpot property definitions are trusted.
     property_cache_ttl_s: float = Field(default=300.0, ge=0)
     # How often the mappings directory is checked for changes (0 disables hot reload).
@@ -54,5 +68,6 @@ class MapperSettings(BaseSettings):
     # Most change-feed consumer groups (each one is a Redis consumer group per feed stream and a
     # metric label); Subscribe with one more new group gets RESOURCE_EXHAUSTED.
     max_consumer_groups: int = Field(default=64, ge=1, le=10_000)
-    # Callers allowed to list, validate and suggest mappings besides them (people, the CLI).
+    # Operators (people, through the CLI): list, validate and suggest mappings besides the
+    # clients, and alone the inbound parked/dead-letter RPCs.
     admin_callers: list[str] = Field(default_factory=lambda: ["cli"])

@@ -119,6 +119,30 @@ CHANGE_KIND_ASSOCIATION_CHANGED: ChangeKind.ValueType  # 6
 """An association was added or removed."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
+class _InboundQueue:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InboundQueueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InboundQueue.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INBOUND_QUEUE_UNSPECIFIED: _InboundQueue.ValueType  # 0
+    """Not set."""
+    INBOUND_QUEUE_PARKED: _InboundQueue.ValueType  # 1
+    """Parked: the portal's connection is unusable; replayed in order once it works again."""
+    INBOUND_QUEUE_DEAD_LETTER: _InboundQueue.ValueType  # 2
+    """Dead-lettered: the event can never become a change (see its reason)."""
+
+class InboundQueue(_InboundQueue, metaclass=_InboundQueueEnumTypeWrapper):
+    """Where inbound events wait."""
+
+INBOUND_QUEUE_UNSPECIFIED: InboundQueue.ValueType  # 0
+"""Not set."""
+INBOUND_QUEUE_PARKED: InboundQueue.ValueType  # 1
+"""Parked: the portal's connection is unusable; replayed in order once it works again."""
+INBOUND_QUEUE_DEAD_LETTER: InboundQueue.ValueType  # 2
+"""Dead-lettered: the event can never become a change (see its reason)."""
+Global___InboundQueue: _TypeAlias = InboundQueue  # noqa: Y015
+
 @_typing.final
 class ExternalRecord(_message.Message):
     """A record in the company's shape."""
@@ -711,3 +735,376 @@ class SuggestMappingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SuggestMappingResponse: _TypeAlias = SuggestMappingResponse  # noqa: Y015
+
+@_typing.final
+class ParkedPortal(_message.Message):
+    """A portal whose inbound events are parked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    SINCE_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    reason: _builtins.str
+    """Why, as writer or auth reported it (for example NEEDS_REAUTH, HUBSPOT_MISSING_SCOPES)."""
+    detail: _builtins.str
+    """The failure's message."""
+    event_count: _builtins.int
+    """How many events are parked."""
+    @_builtins.property
+    def since_time(self) -> _timestamp_pb2.Timestamp:
+        """Since when the portal is parked."""
+
+    def __init__(
+        self,
+        *,
+        portal_id: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        since_time: _timestamp_pb2.Timestamp | None = ...,
+        event_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since_time", b"since_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "event_count", b"event_count", "portal_id", b"portal_id", "reason", b"reason", "since_time", b"since_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParkedPortal: _TypeAlias = ParkedPortal  # noqa: Y015
+
+@_typing.final
+class ListParkedPortalsRequest(_message.Message):
+    """Request of ListParkedPortals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParkedPortalsRequest: _TypeAlias = ListParkedPortalsRequest  # noqa: Y015
+
+@_typing.final
+class ListParkedPortalsResponse(_message.Message):
+    """Response of ListParkedPortals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def portals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParkedPortal]:
+        """The parked portals, by portal id."""
+
+    def __init__(
+        self,
+        *,
+        portals: _abc.Iterable[Global___ParkedPortal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["portals", b"portals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParkedPortalsResponse: _TypeAlias = ListParkedPortalsResponse  # noqa: Y015
+
+@_typing.final
+class InboundEvent(_message.Message):
+    """A parked or dead-lettered inbound event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    QUEUED_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    EVENT_STREAM_ID_FIELD_NUMBER: _builtins.int
+    RAW_EVENT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Its id in its queue (pass to GetInboundEvent, ReplayInboundEvents, PurgeInboundEvents)."""
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    queue: Global___InboundQueue.ValueType
+    """Which queue it is in."""
+    reason: _builtins.str
+    """Why it is there (UPPER_SNAKE: MALFORMED_ENTRY, UNKNOWN_OBJECT_TYPE, UNMAPPED_OBJECT_TYPE,
+    HUBSPOT_NOT_FOUND, NEEDS_REAUTH, ...).
+    """
+    detail: _builtins.str
+    """The failure's message."""
+    attempts: _builtins.int
+    """Failed attempts before it was dead-lettered (0 for parked events)."""
+    event_stream_id: _builtins.str
+    """Its id in the portal's event stream (ingress's journal offset)."""
+    raw_event: _builtins.str
+    """The webhook event as ingress stored it (JSON, or the raw text of a malformed entry)."""
+    @_builtins.property
+    def queued_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was parked or dead-lettered."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        portal_id: _builtins.int = ...,
+        queue: Global___InboundQueue.ValueType = ...,
+        reason: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        queued_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+        event_stream_id: _builtins.str = ...,
+        raw_event: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queued_time", b"queued_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "detail", b"detail", "event_stream_id", b"event_stream_id", "id", b"id", "portal_id", b"portal_id", "queue", b"queue", "queued_time", b"queued_time", "raw_event", b"raw_event", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboundEvent: _TypeAlias = InboundEvent  # noqa: Y015
+
+@_typing.final
+class ListInboundEventsRequest(_message.Message):
+    """Request of ListInboundEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    queue: Global___InboundQueue.ValueType
+    """Which queue."""
+    page_size: _builtins.int
+    """Most events in one page; 0 means 100 (at most 1000)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first."""
+    def __init__(
+        self,
+        *,
+        portal_id: _builtins.int = ...,
+        queue: Global___InboundQueue.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "portal_id", b"portal_id", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInboundEventsRequest: _TypeAlias = ListInboundEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListInboundEventsResponse(_message.Message):
+    """Response of ListInboundEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to get the next page; empty when there is none."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___InboundEvent]:
+        """The events, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___InboundEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInboundEventsResponse: _TypeAlias = ListInboundEventsResponse  # noqa: Y015
+
+@_typing.final
+class GetInboundEventRequest(_message.Message):
+    """Request of GetInboundEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    queue: Global___InboundQueue.ValueType
+    """Which queue."""
+    id: _builtins.str
+    """The event's id in that queue."""
+    def __init__(
+        self,
+        *,
+        portal_id: _builtins.int = ...,
+        queue: Global___InboundQueue.ValueType = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "portal_id", b"portal_id", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInboundEventRequest: _TypeAlias = GetInboundEventRequest  # noqa: Y015
+
+@_typing.final
+class GetInboundEventResponse(_message.Message):
+    """Response of GetInboundEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___InboundEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___InboundEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInboundEventResponse: _TypeAlias = GetInboundEventResponse  # noqa: Y015
+
+@_typing.final
+class ReplayInboundEventsRequest(_message.Message):
+    """Request of ReplayInboundEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    queue: Global___InboundQueue.ValueType
+    """Which queue."""
+    all: _builtins.bool
+    """Every event of the queue."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The events to replay (dead letters); give ids or all, not both. Parked events are always
+        retried all together, in order.
+        """
+
+    def __init__(
+        self,
+        *,
+        portal_id: _builtins.int = ...,
+        queue: Global___InboundQueue.ValueType = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "ids", b"ids", "portal_id", b"portal_id", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayInboundEventsRequest: _TypeAlias = ReplayInboundEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayInboundEventsResponse(_message.Message):
+    """Response of ReplayInboundEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAYED_COUNT_FIELD_NUMBER: _builtins.int
+    replayed_count: _builtins.int
+    """How many events were replayed (or, for parked events, are being retried)."""
+    def __init__(
+        self,
+        *,
+        replayed_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed_count", b"replayed_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayInboundEventsResponse: _TypeAlias = ReplayInboundEventsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeInboundEventsRequest(_message.Message):
+    """Request of PurgeInboundEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    queue: Global___InboundQueue.ValueType
+    """Which queue."""
+    all: _builtins.bool
+    """Every event of the queue."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The events to delete; give ids or all, not both."""
+
+    def __init__(
+        self,
+        *,
+        portal_id: _builtins.int = ...,
+        queue: Global___InboundQueue.ValueType = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "ids", b"ids", "portal_id", b"portal_id", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeInboundEventsRequest: _TypeAlias = PurgeInboundEventsRequest  # noqa: Y015
+
+@_typing.final
+class PurgeInboundEventsResponse(_message.Message):
+    """Response of PurgeInboundEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURGED_COUNT_FIELD_NUMBER: _builtins.int
+    purged_count: _builtins.int
+    """How many events were deleted."""
+    def __init__(
+        self,
+        *,
+        purged_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purged_count", b"purged_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeInboundEventsResponse: _TypeAlias = PurgeInboundEventsResponse  # noqa: Y015

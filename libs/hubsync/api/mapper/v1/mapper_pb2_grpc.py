@@ -72,6 +72,31 @@ class MapperServiceStub:
                 request_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.SuggestMappingRequest.SerializeToString,
                 response_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.SuggestMappingResponse.FromString,
                 _registered_method=True)
+        self.ListParkedPortals = channel.unary_unary(
+                '/hubsync.api.mapper.v1.MapperService/ListParkedPortals',
+                request_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListParkedPortalsRequest.SerializeToString,
+                response_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListParkedPortalsResponse.FromString,
+                _registered_method=True)
+        self.ListInboundEvents = channel.unary_unary(
+                '/hubsync.api.mapper.v1.MapperService/ListInboundEvents',
+                request_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListInboundEventsRequest.SerializeToString,
+                response_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListInboundEventsResponse.FromString,
+                _registered_method=True)
+        self.GetInboundEvent = channel.unary_unary(
+                '/hubsync.api.mapper.v1.MapperService/GetInboundEvent',
+                request_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.GetInboundEventRequest.SerializeToString,
+                response_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.GetInboundEventResponse.FromString,
+                _registered_method=True)
+        self.ReplayInboundEvents = channel.unary_unary(
+                '/hubsync.api.mapper.v1.MapperService/ReplayInboundEvents',
+                request_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ReplayInboundEventsRequest.SerializeToString,
+                response_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ReplayInboundEventsResponse.FromString,
+                _registered_method=True)
+        self.PurgeInboundEvents = channel.unary_unary(
+                '/hubsync.api.mapper.v1.MapperService/PurgeInboundEvents',
+                request_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.PurgeInboundEventsRequest.SerializeToString,
+                response_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.PurgeInboundEventsResponse.FromString,
+                _registered_method=True)
 
 
 class MapperServiceServicer:
@@ -132,6 +157,42 @@ class MapperServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListParkedPortals(self, request, context):
+        """Lists the portals whose inbound events are parked because their connection is unusable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInboundEvents(self, request, context):
+        """Lists one portal's parked or dead-lettered inbound events, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInboundEvent(self, request, context):
+        """Returns one parked or dead-lettered inbound event, with the webhook event as received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayInboundEvents(self, request, context):
+        """Replays inbound events: dead letters go back to the portal's event stream; parked events
+        are tried again now (they are replayed in order once the portal's connection works).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeInboundEvents(self, request, context):
+        """Deletes parked or dead-lettered inbound events for good.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MapperServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +230,31 @@ def add_MapperServiceServicer_to_server(servicer, server):
                     servicer.SuggestMapping,
                     request_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.SuggestMappingRequest.FromString,
                     response_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.SuggestMappingResponse.SerializeToString,
+            ),
+            'ListParkedPortals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParkedPortals,
+                    request_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListParkedPortalsRequest.FromString,
+                    response_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListParkedPortalsResponse.SerializeToString,
+            ),
+            'ListInboundEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInboundEvents,
+                    request_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListInboundEventsRequest.FromString,
+                    response_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListInboundEventsResponse.SerializeToString,
+            ),
+            'GetInboundEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInboundEvent,
+                    request_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.GetInboundEventRequest.FromString,
+                    response_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.GetInboundEventResponse.SerializeToString,
+            ),
+            'ReplayInboundEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayInboundEvents,
+                    request_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ReplayInboundEventsRequest.FromString,
+                    response_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ReplayInboundEventsResponse.SerializeToString,
+            ),
+            'PurgeInboundEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeInboundEvents,
+                    request_deserializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.PurgeInboundEventsRequest.FromString,
+                    response_serializer=hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.PurgeInboundEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -363,6 +449,141 @@ class MapperService:
             '/hubsync.api.mapper.v1.MapperService/SuggestMapping',
             hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.SuggestMappingRequest.SerializeToString,
             hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.SuggestMappingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParkedPortals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubsync.api.mapper.v1.MapperService/ListParkedPortals',
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListParkedPortalsRequest.SerializeToString,
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListParkedPortalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInboundEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubsync.api.mapper.v1.MapperService/ListInboundEvents',
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListInboundEventsRequest.SerializeToString,
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ListInboundEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInboundEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubsync.api.mapper.v1.MapperService/GetInboundEvent',
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.GetInboundEventRequest.SerializeToString,
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.GetInboundEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayInboundEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubsync.api.mapper.v1.MapperService/ReplayInboundEvents',
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ReplayInboundEventsRequest.SerializeToString,
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.ReplayInboundEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeInboundEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubsync.api.mapper.v1.MapperService/PurgeInboundEvents',
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.PurgeInboundEventsRequest.SerializeToString,
+            hubsync_dot_api_dot_mapper_dot_v1_dot_mapper__pb2.PurgeInboundEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

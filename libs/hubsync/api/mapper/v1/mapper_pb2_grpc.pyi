@@ -55,6 +55,18 @@ class MapperServiceStub:
     """Validates mapping YAML against the schema and HubSpot's properties, without loading it."""
     SuggestMapping: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.SuggestMappingRequest, _mapper_pb2.SuggestMappingResponse]
     """Proposes a mapping from an external schema by matching names, labels and types."""
+    ListParkedPortals: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.ListParkedPortalsRequest, _mapper_pb2.ListParkedPortalsResponse]
+    """Lists the portals whose inbound events are parked because their connection is unusable."""
+    ListInboundEvents: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.ListInboundEventsRequest, _mapper_pb2.ListInboundEventsResponse]
+    """Lists one portal's parked or dead-lettered inbound events, oldest first."""
+    GetInboundEvent: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.GetInboundEventRequest, _mapper_pb2.GetInboundEventResponse]
+    """Returns one parked or dead-lettered inbound event, with the webhook event as received."""
+    ReplayInboundEvents: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.ReplayInboundEventsRequest, _mapper_pb2.ReplayInboundEventsResponse]
+    """Replays inbound events: dead letters go back to the portal's event stream; parked events
+    are tried again now (they are replayed in order once the portal's connection works).
+    """
+    PurgeInboundEvents: _grpc.UnaryUnaryMultiCallable[_mapper_pb2.PurgeInboundEventsRequest, _mapper_pb2.PurgeInboundEventsResponse]
+    """Deletes parked or dead-lettered inbound events for good."""
 
 @_typing.type_check_only
 class MapperServiceAsyncStub(MapperServiceStub):
@@ -83,6 +95,18 @@ class MapperServiceAsyncStub(MapperServiceStub):
     """Validates mapping YAML against the schema and HubSpot's properties, without loading it."""
     SuggestMapping: _aio.UnaryUnaryMultiCallable[_mapper_pb2.SuggestMappingRequest, _mapper_pb2.SuggestMappingResponse]  # type: ignore[assignment]
     """Proposes a mapping from an external schema by matching names, labels and types."""
+    ListParkedPortals: _aio.UnaryUnaryMultiCallable[_mapper_pb2.ListParkedPortalsRequest, _mapper_pb2.ListParkedPortalsResponse]  # type: ignore[assignment]
+    """Lists the portals whose inbound events are parked because their connection is unusable."""
+    ListInboundEvents: _aio.UnaryUnaryMultiCallable[_mapper_pb2.ListInboundEventsRequest, _mapper_pb2.ListInboundEventsResponse]  # type: ignore[assignment]
+    """Lists one portal's parked or dead-lettered inbound events, oldest first."""
+    GetInboundEvent: _aio.UnaryUnaryMultiCallable[_mapper_pb2.GetInboundEventRequest, _mapper_pb2.GetInboundEventResponse]  # type: ignore[assignment]
+    """Returns one parked or dead-lettered inbound event, with the webhook event as received."""
+    ReplayInboundEvents: _aio.UnaryUnaryMultiCallable[_mapper_pb2.ReplayInboundEventsRequest, _mapper_pb2.ReplayInboundEventsResponse]  # type: ignore[assignment]
+    """Replays inbound events: dead letters go back to the portal's event stream; parked events
+    are tried again now (they are replayed in order once the portal's connection works).
+    """
+    PurgeInboundEvents: _aio.UnaryUnaryMultiCallable[_mapper_pb2.PurgeInboundEventsRequest, _mapper_pb2.PurgeInboundEventsResponse]  # type: ignore[assignment]
+    """Deletes parked or dead-lettered inbound events for good."""
 
 class MapperServiceServicer(metaclass=_abc_1.ABCMeta):
     """MapperService knows both shapes, HubSpot's and the company's. It transforms records in both
@@ -150,5 +174,47 @@ class MapperServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mapper_pb2.SuggestMappingResponse, _abc.Awaitable[_mapper_pb2.SuggestMappingResponse]]:
         """Proposes a mapping from an external schema by matching names, labels and types."""
+
+    @_abc_1.abstractmethod
+    def ListParkedPortals(
+        self,
+        request: _mapper_pb2.ListParkedPortalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.ListParkedPortalsResponse, _abc.Awaitable[_mapper_pb2.ListParkedPortalsResponse]]:
+        """Lists the portals whose inbound events are parked because their connection is unusable."""
+
+    @_abc_1.abstractmethod
+    def ListInboundEvents(
+        self,
+        request: _mapper_pb2.ListInboundEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.ListInboundEventsResponse, _abc.Awaitable[_mapper_pb2.ListInboundEventsResponse]]:
+        """Lists one portal's parked or dead-lettered inbound events, oldest first."""
+
+    @_abc_1.abstractmethod
+    def GetInboundEvent(
+        self,
+        request: _mapper_pb2.GetInboundEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.GetInboundEventResponse, _abc.Awaitable[_mapper_pb2.GetInboundEventResponse]]:
+        """Returns one parked or dead-lettered inbound event, with the webhook event as received."""
+
+    @_abc_1.abstractmethod
+    def ReplayInboundEvents(
+        self,
+        request: _mapper_pb2.ReplayInboundEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.ReplayInboundEventsResponse, _abc.Awaitable[_mapper_pb2.ReplayInboundEventsResponse]]:
+        """Replays inbound events: dead letters go back to the portal's event stream; parked events
+        are tried again now (they are replayed in order once the portal's connection works).
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeInboundEvents(
+        self,
+        request: _mapper_pb2.PurgeInboundEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mapper_pb2.PurgeInboundEventsResponse, _abc.Awaitable[_mapper_pb2.PurgeInboundEventsResponse]]:
+        """Deletes parked or dead-lettered inbound events for good."""
 
 def add_MapperServiceServicer_to_server(servicer: MapperServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

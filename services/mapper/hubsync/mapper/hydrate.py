@@ -1,0 +1,183 @@
+"""Reading changed records back from HubSpot through writer, and what a failed read means.
+
+A failed ``ReadRecords`` is one of:
+
+- the portal's connection is unusable (UNAUTHENTICATED: none, or it needs re-authorization;
+  PERMISSION_DENIED: a scope is missing; FAILED_PRECONDITION from auth): nothing of this portal
+  can succeed until someone fixes the connection → :class:`PortalUnusable`, the batch is parked;
+- transient (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, CANCELLED): retried
+  after the visibility timeout, as often as it takes;
+- refused for some records (INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE): the chunk is halved until
+  the refused records are alone; those are dead-lettered, the rest go on;
+- anything else (INTERNAL, a HubSpot refusal such as 409/423): retried, counted, dead-lettered
+  after the most attempts.
+
+Each call's deadline (``deadline_s``) is longer than writer's HubSpot timeout plus one retry, so
+writer's own timeout, split and retry happen inside it (deadlines nest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from opentelemetry import metrics, trace
+
+from hubsync.api.mapper.v1 import mapper_pb2
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.core.errors import error_info
+from hubsync.mapper.inbound_events import RecordChange
+from hubsync.mapper.transforms import CompiledMapping, MappingSet
+
+_meter = metrics.get_meter("hubsync.mapper")
+_reads = _meter.create_counter("hubsync.mapper.hydrate.calls", description="ReadRecords calls made")
+
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+_REFUSED = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE}
+)
+_UNUSABLE = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# FAILED_PRECONDITION reasons that are HubSpot refusing one call, not the connection.
+_NOT_CONNECTION = frozenset({"HUBSPOT_REFUSED"})
+
+TRANSIENT = "transient"
+PERMANENT = "permanent"  # dead-letter now
+COUNTED = "counted"  # dead-letter after the most attempts
+
+
+class PortalUnusable(Exception):
+    """The portal's connection cannot serve any read until it is fixed."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    kind: str  # TRANSIENT, PERMANENT or COUNTED
+    reason: str
+    detail: str
+
+
+@dataclass
+class Hydration:
+    found: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    archived: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    failures: dict[tuple[str, str, bool], ReadFailure] = field(default_factory=dict)
+
+    def failure_of(self, change: RecordChange) -> ReadFailure | None:
+        archived = change.kind == mapper_pb2.CHANGE_KIND_DELETED
+        return self.failures.get((change.object_type, change.object_id, archived))
+
+
+def classify_error(exc: grpc.aio.AioRpcError) -> tuple[str, str, str]:
+    """(kind, reason, detail) of a failed read; kind ``unusable`` for a connection problem."""
+    info = error_info(exc)
+    code = exc.code()
+    reason = info.reason if info is not None and info.reason else code.name
+    detail = f"{code.name}: {(exc.details() or '')[:300]}"
+    if code in _UNUSABLE or (code == grpc.StatusCode.FAILED_PRECONDITION and reason not in _NOT_CONNECTION):
+        return "unusable", reason, detail
+    if code in _TRANSIENT:
+        return TRANSIENT, reason, detail
+    if code in _REFUSED:
+        return PERMANENT, reason, detail
+    return COUNTED, reason, detail
+
+
+class Hydrator:
+    """Reads the records of a batch's changes (≤ ``batch_size`` ids a call, concurrently)."""
+
+    def __init__(self, writer: writer_pb2_grpc.WriterServiceStub, *, batch_size: int, deadline_s: float):
+        self.writer = writer
+        self.batch_size = batch_size
+        self.deadline_s = deadline_s
+
+    async def hydrate(
+        self,
+        portal: str,
+        changes: list[RecordChange],
+        mappings: MappingSet,
+        spans: dict[tuple[str, str], trace.Span],
+    ) -> Hydration:
+        """Raises :class:`PortalUnusable` when the connection is; other failures are per record."""
+        live: dict[str, set[str]] = {}
+        gone: dict[str, set[str]] = {}
+        for c in changes:
+            target = gone if c.kind == mapper_pb2.CHANGE_KIND_DELETED else live
+            target.setdefault(c.object_type, set()).add(c.object_id)
+        calls = []
+        for target, archived in ((live, False), (gone, True)):
+            for object_type, id_set in target.items():
+                mapping = mappings.get(object_type)
+                assert mapping is not None
+                id_list = sorted(id_set)
+                for i in range(0, len(id_list), self.batch_size):
+                    chunk = id_list[i : i + self.batch_size]
+                    # One read serves many changes: it joins the trace of its first record's change
+                    # (the others' traces reach it through their mapper.inbound span's links).
+                    span = spans[(object_type, chunk[0])]
+                    calls.append(self._read_chunk(portal, mapping, chunk, archived, span))
+        result = Hydration()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for records, failures, archived in outcomes:  # type: ignore[misc]
+            for r in records:
+                (result.archived if archived else result.found)[(r.object_type, r.id)] = dict(r.properties)
+            result.failures.update(failures)
+        return result
+
+    async def _read_chunk(
+        self, portal: str, mapping: CompiledMapping, ids: list[str], archived: bool, span: trace.Span
+    ) -> tuple[list[Any], dict[tuple[str, str, bool], ReadFailure], bool]:
+        try:
+            return await self._read(portal, mapping, ids, archived, span), {}, archived
+        except grpc.aio.AioRpcError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            kind, reason, detail = classify_error(exc)
+        if kind == "unusable":
+            raise PortalUnusable(reason, detail)
+        if kind == PERMANENT and len(ids) > 1:
+            # Some records are refused: halve until they are alone, so the others go on.
+            half = len(ids) // 2
+            left, right = await asyncio.gather(
+                self._read_chunk(portal, mapping, ids[:half], archived, span),
+                self._read_chunk(portal, mapping, ids[half:], archived, span),
+            )
+            return left[0] + right[0], left[1] | right[1], archived
+        failure = ReadFailure(kind, reason, detail)
+        return [], {(mapping.object_type, i, archived): failure for i in ids}, archived
+
+    async def _read(
+        self, portal: str, mapping: CompiledMapping, ids: list[str], archived: bool, span: trace.Span
+    ) -> list[Any]:
+        _reads.add(1, {"object_type": mapping.object_type})
+        request = writer_pb2.ReadRecordsRequest(
+            portal_id=int(portal),
+            object_type=mapping.object_type,
+            ids=ids,
+            properties=list(mapping.read_properties),
+            archived=archived,
+        )
+        with trace.use_span(span, end_on_exit=False):
+            reply = await self.writer.ReadRecords(request, timeout=self.deadline_s)
+        for r in reply.records:
+            if not r.object_type:
+                r.object_type = mapping.object_type
+        return list(reply.records)

@@ -1,0 +1,92 @@
+"""Parsing and coalescing event-stream entries: what becomes a change, what is dead-lettered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+
+from hubsync.api.mapper.v1 import mapper_pb2
+from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, classify_error
+from hubsync.mapper.inbound_events import coalesce, parse_entry
+from hubsync.mapper.mappings import load_directory
+from hubsync.mapper.settings import PACKAGED_MAPPINGS
+from hubsync.mapper.transforms import MappingSet
+
+
+def _entry(n: int, event: Any) -> Any:
+    raw = event if isinstance(event, bytes) else orjson.dumps(event)
+    return parse_entry(f"{n}-0".encode(), {b"event": raw})
+
+
+def _mappings(*types: str) -> MappingSet:
+    loaded = [m for m in load_directory(PACKAGED_MAPPINGS) if not types or m.mapping.object_type in types]
+    return MappingSet(loaded)
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (b"{nope", "MALFORMED_ENTRY"),
+        ([1, 2], "MALFORMED_ENTRY"),
+        ({"subscriptionType": "contact.creation"}, "MALFORMED_ENTRY"),  # no objectId
+        ({"subscriptionType": "contact", "objectId": 1}, "MALFORMED_ENTRY"),  # no kind
+        ({"subscriptionType": "gizmo.creation", "objectId": 1}, "UNKNOWN_OBJECT_TYPE"),
+        (
+            {"subscriptionType": "object.creation", "objectTypeId": "2-99", "objectId": 1},
+            "UNKNOWN_OBJECT_TYPE",
+        ),
+        ({"subscriptionType": "ticket.creation", "objectId": 1}, ""),  # not synced: simply done
+        ({"subscriptionType": "contact.creation", "objectId": 1}, ""),
+    ],
+)
+def test_an_entry_that_can_never_become_a_change_says_why(event: Any, reason: str) -> None:
+    assert _entry(1, event).reason == reason
+
+
+def test_coalesce_groups_per_record_and_sets_the_rest_aside() -> None:
+    entries = [
+        _entry(1, {"subscriptionType": "contact.creation", "objectId": 7}),
+        _entry(2, {"subscriptionType": "contact.propertyChange", "objectId": 7, "propertyName": "firstname"}),
+        _entry(3, {"subscriptionType": "contact.associationChange", "fromObjectId": 7, "toObjectId": 9}),
+        _entry(4, {"subscriptionType": "deal.creation", "objectId": 3}),
+        _entry(5, {"subscriptionType": "ticket.creation", "objectId": 4}),
+        _entry(6, b"garbage"),
+    ]
+    batch = coalesce(entries, _mappings("contacts"))
+    record, assoc = batch.changes
+    assert (record.kind, record.entry_ids, record.properties) == (
+        mapper_pb2.CHANGE_KIND_CREATED,
+        [b"1-0", b"2-0"],
+        {"firstname"},
+    )
+    assert assoc.kind == mapper_pb2.CHANGE_KIND_ASSOCIATION_CHANGED and assoc.related == ["9"]
+    assert [(d.id, d.reason) for d in batch.dead] == [
+        (b"4-0", "UNMAPPED_OBJECT_TYPE"),
+        (b"6-0", "MALFORMED_ENTRY"),
+    ]
+    assert batch.done == [b"5-0"]
+
+
+class _Failed(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="no")
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (grpc.StatusCode.UNAUTHENTICATED, "unusable"),
+        (grpc.StatusCode.PERMISSION_DENIED, "unusable"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "unusable"),
+        (grpc.StatusCode.UNAVAILABLE, TRANSIENT),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, TRANSIENT),
+        (grpc.StatusCode.NOT_FOUND, PERMANENT),
+        (grpc.StatusCode.INVALID_ARGUMENT, PERMANENT),
+        (grpc.StatusCode.INTERNAL, COUNTED),
+    ],
+)
+def test_what_a_failed_read_means(code: grpc.StatusCode, kind: str) -> None:
+    assert classify_error(_Failed(code))[0] == kind
