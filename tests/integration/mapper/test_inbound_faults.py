@@ -96,8 +96,10 @@ async def test_an_unconnected_portal_is_parked_then_delivered_once_when_connecte
             extra_env={"HUBSYNC_MAPPER_PARKED_RECHECK_S": "3600"},
         ) as mapper,
         open_channel(mapper.address, caller_tokens["cli"]) as channel,
+        open_channel(mapper.address, caller_tokens["client"]) as feed_channel,
     ):
         stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        feed = mapper_pb2_grpc.MapperServiceStub(feed_channel)  # the change feed is for clients
         hs_id = await s.create_contact(email="p@example.com", external_id="c-p", firstname="Parked")
         await s.idle()
 
@@ -139,11 +141,11 @@ async def test_an_unconnected_portal_is_parked_then_delivered_once_when_connecte
         (still,) = (await stub.ListParkedPortals(mapper_pb2.ListParkedPortalsRequest())).portals
         assert still.event_count == parked.event_count
 
-        call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
+        call = feed.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         await register_sandbox_private_app(s.auth_address, caller_tokens)  # auth announces it
         (change,) = await read_changes(call, 1, 60)
         assert change.hubspot_id == hs_id and change.fields["first_name"] == "Parked"
-        await stub.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[change.ack_id]))
+        await feed.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[change.ack_id]))
         await no_more_changes(call)
         call.cancel()
 
@@ -154,7 +156,7 @@ async def test_an_unconnected_portal_is_parked_then_delivered_once_when_connecte
         await _until(unparked, "the portal was unparked")
         # New events flow again.
         later = await s.create_contact(email="q@example.com", external_id="c-q")
-        call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
+        call = feed.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         (change,) = await read_changes(call, 1, 60)
         assert change.hubspot_id == later
         call.cancel()
@@ -177,8 +179,10 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
             extra_env={"HUBSYNC_MAPPER_RELOAD_INTERVAL_S": "0.2"},
         ) as mapper,
         open_channel(mapper.address, caller_tokens["cli"]) as channel,
+        open_channel(mapper.address, caller_tokens["client"]) as feed_channel,
     ):
         stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        feed = mapper_pb2_grpc.MapperServiceStub(feed_channel)  # the change feed is for clients
         r = await s.hubspot.post(
             "/crm/v3/objects/deals", json={"properties": {"dealname": "Big", "external_id": "d-1"}}
         )
@@ -189,11 +193,11 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
         unknown = {"portalId": PORTAL, "objectId": 5, "subscriptionType": "gizmo.creation", "occurredAt": 1}
         await redis.xadd(EVENTS, {"event": orjson.dumps(unknown), "origin": b"webhook"})
         # The pipeline goes on around them.
-        call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
+        call = feed.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         contact = await s.create_contact(email="ok@example.com", external_id="c-ok")
         (change,) = await read_changes(call, 1, 60)
         assert change.hubspot_id == contact
-        await stub.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[change.ack_id]))
+        await feed.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[change.ack_id]))
 
         async def consumed() -> bool:
             return await _consumed(redis)
@@ -256,7 +260,7 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
         assert replayed.replayed_count == len(deal_letters)
         (change,) = await read_changes(call, 1, 60)
         assert change.object_type == "deals" and change.hubspot_id == deal and change.external_id == "d-1"
-        await stub.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[change.ack_id]))
+        await feed.Ack(mapper_pb2.AckRequest(consumer_group="g", ack_ids=[change.ack_id]))
         await no_more_changes(call)
         call.cancel()
         purged = await stub.PurgeInboundEvents(
