@@ -14,6 +14,8 @@ from tests.integration.writer.helpers import (
     PORTAL,
     UPSERT_ROUTE,
     Stack,
+    held_by_a_consumer,
+    queue_length_once_drained,
     record,
     sandbox_config,
     stack,
@@ -21,26 +23,6 @@ from tests.integration.writer.helpers import (
 )
 
 QUEUED = writer_pb2.WRITE_STATUS_QUEUED
-
-
-async def held_by_a_consumer(redis: Redis) -> None:
-    """Waits until the write queue's one entry is pending: a writer holds it, its calls are out."""
-    pending: dict[str, int] = {"pending": 0}
-    for _ in range(200):
-        pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
-        if pending["pending"] == 1:
-            break
-        await asyncio.sleep(0.05)
-    assert pending["pending"] == 1
-
-
-async def queue_length_once_drained(redis: Redis, tries: int = 200) -> int:
-    """The write queue's length once it is empty, or after ``tries`` looks 50 ms apart."""
-    for _ in range(tries):
-        if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
-            break
-        await asyncio.sleep(0.05)
-    return int(await redis.xlen(portal_key(PORTAL, "writes")))
 
 
 async def wait_for_objects(s: Stack, n: int, timeout: float = 20.0) -> int:

@@ -20,6 +20,7 @@ callers get the record's result. :class:`BatchWriter` sends a batch and applies 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -35,6 +36,7 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.redis import portal_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse, slot_reserved
+from hubsync.writer.ordering import RecordRef, RecordVersions
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,20 @@ class BatchInput:
     # For associations: the resolved HubSpot ids and the type.
     to_id: str = ""
     type_id: int = 0
+    # Property → version of the write it comes from (0: not ordered), see ordering.py.
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: BatchInput) -> None:
+        """Takes another write to the same record: per property, the newer version wins (the
+        later one when versions are equal)."""
+        for name, value in other.properties.items():
+            version = other.versions.get(name, 0)
+            if version >= self.versions.get(name, 0):
+                self.properties[name] = value
+                self.versions[name] = version
+        self.writes.extend(other.writes)
+        self.links.extend(other.links)
+        self.trace_ids.extend(other.trace_ids)
 
 
 def written_key(portal_id: int, object_type: str, hubspot_id: str) -> str:
@@ -106,6 +122,7 @@ class BatchWriter:
         source_tag: str = "hubsync",
         source_property: str = "",
         written_ttl_s: int = 3600,
+        versions: RecordVersions | None = None,
     ) -> None:
         self.client = client
         self.redis = redis
@@ -113,10 +130,45 @@ class BatchWriter:
         self.source_tag = source_tag
         self.source_property = source_property
         self.written_ttl_s = written_ttl_s
+        self.versions = versions
 
     async def run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int = 1) -> list[Outcome]:
         if key.operation == ASSOCIATE:
             return await self._run_associations(key, inputs, attempt)
+        if self.versions is None or key.operation == ARCHIVE:
+            return await self._run(key, inputs, attempt)
+        # Claimed right before sending (and again before each resend of a split batch): what a
+        # newer version of the record already wrote is not sent.
+        claimed = await self._claim(key, inputs)
+        live = [i for i in claimed if i is not None]
+        done = iter(await self._run(key, live, attempt) if live else [])
+        return [next(done) if i is not None else Outcome(writer_pb2.WRITE_STATUS_SUPERSEDED) for i in claimed]
+
+    async def _claim(self, key: BatchKey, inputs: Sequence[BatchInput]) -> list[BatchInput | None]:
+        assert self.versions is not None
+        refs = [_record_ref(key, i) for i in inputs]
+        stale = await self.versions.claim(
+            key.portal_id,
+            key.object_type,
+            [
+                (ref, {p: v for p, v in i.versions.items() if ref is None or p != ref.id_property})
+                for ref, i in zip(refs, inputs, strict=True)
+            ],
+        )
+        out: list[BatchInput | None] = []
+        for ref, item, old in zip(refs, inputs, stale, strict=True):
+            if not old:
+                out.append(item)
+                continue
+            props = {p: v for p, v in item.properties.items() if p not in old}
+            if ref is not None and not (props.keys() - {ref.id_property}):
+                out.append(None)  # a newer version wrote every property: nothing to send
+                continue
+            versions = {p: v for p, v in item.versions.items() if p not in old}
+            out.append(dataclasses.replace(item, properties=props, versions=versions))
+        return out
+
+    async def _run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int) -> list[Outcome]:
         response = await self._send(key, inputs)
         status = response.status
         if status in (200, 201, 204, 207):
@@ -387,10 +439,7 @@ class WriteBatcher:
             self._opened[key] = loop.time()
         existing = pending.get(item.key)
         if existing is not None:
-            existing.properties.update(item.properties)
-            existing.writes.extend(item.writes)
-            existing.links.extend(item.links)
-            existing.trace_ids.extend(item.trace_ids)
+            existing.merge(item)
             existing.waiters.append(future)
             return future
         item.waiters.append(future)
@@ -510,6 +559,19 @@ class WriteBatcher:
             self._on_due(key)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _record_ref(key: BatchKey, item: BatchInput) -> RecordRef | None:
+    """The record a write names, for ordering: by the upsert's unique value, the update's
+    HubSpot id, or a contact create's email; None for a create with nothing unique to name it."""
+    if key.operation == UPSERT:
+        return RecordRef(key.object_type, key.id_property, _norm(key, item.id))
+    if key.operation == UPDATE:
+        return RecordRef(key.object_type, "hs_object_id", item.id)
+    email = item.properties.get("email", "")
+    if key.operation == CREATE and key.object_type == "contacts" and email:
+        return RecordRef(key.object_type, "email", email.lower())
+    return None
 
 
 def _trace_index(trace: str) -> int | None:

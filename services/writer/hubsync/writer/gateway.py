@@ -13,6 +13,7 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.writer.batches import WriteBatcher
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
+from hubsync.writer.ordering import stamp_now
 from hubsync.writer.queue import WriteQueue
 from hubsync.writer.ratelimit import RateLimiter
 from hubsync.writer.reads import RecordReader
@@ -53,6 +54,8 @@ class WriterGateway:
         previous = await self.queue.begin(request, deadline)
         if previous is not None:
             return previous
+        # Accepted now: writes without a version take their place in the record's order here.
+        await stamp_now(self.queue.redis, request.portal_id, request.writes)
         try:
             outcomes = await self.submitter.process(request.portal_id, request.writes)
         except BaseException:

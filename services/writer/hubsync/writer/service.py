@@ -19,6 +19,7 @@ from hubsync.writer.dlq import DeadLetterQueue
 from hubsync.writer.export import RecordExporter
 from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.hubspot_client import HubSpotClient, RetryPolicy
+from hubsync.writer.ordering import RecordVersions
 from hubsync.writer.queue import PORTALS, QueueConsumer, WriteQueue
 from hubsync.writer.ratelimit import Budget, RateLimiter
 from hubsync.writer.reads import RecordReader
@@ -66,6 +67,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         source_tag=settings.source_tag,
         source_property=settings.source_property,
         written_ttl_s=settings.written_ttl_s,
+        versions=RecordVersions(redis, settings.version_ttl_s),
     )
 
     async def slot(key: BatchKey) -> tuple[str, bool]:

@@ -208,7 +208,14 @@ class WriteSubmitter:
                 if r.operation == UPSERT and r.id_property == "email":
                     dedupe = r.id.lower()
                 item = BatchInput(
-                    dedupe, r.id, dict(r.properties), [writes[n]], list(span_links), [], [trace_id]
+                    dedupe,
+                    r.id,
+                    dict(r.properties),
+                    [writes[n]],
+                    list(span_links),
+                    [],
+                    [trace_id],
+                    versions=dict.fromkeys(r.properties, r.version),
                 )
                 futures.append(self.batcher.submit(key, item))
             results = await asyncio.gather(*futures)
