@@ -215,3 +215,38 @@ async def test_a_create_cut_off_by_a_killed_writer_is_never_sent_twice(
         assert {d.error.category for d in dead.dead_letters} == {"AMBIGUOUS_CREATE"}
         # nothing was lost: each create is in HubSpot or waiting in the DLQ for a person
         assert set(created) <= set(held)
+
+
+async def test_a_refusal_before_sending_does_not_resend_a_create_batch_that_went(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    """Two create batches of one tier: the first goes out, the second is refused before sending
+    (no quota left). The queued request is retried later; the batch that went is not sent again
+    (creates are not idempotent at HubSpot), the refused one is."""
+    creates = [record("companies", writer_pb2.WRITE_OPERATION_CREATE, name=f"co{i}") for i in range(150)]
+    async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
+        # A daily budget of one call: the full batch of 100 takes it, the 50 left are refused.
+        async with s.another_writer(writer_env(daily_limit=1)):
+            reply = await s.stub.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(request_id="two", portal_id=PORTAL, writes=creates), timeout=10
+            )
+            assert reply.results[0].status == QUEUED
+            # Wait until the attempt has stopped: its entry's ledger says nothing is in flight.
+            stopped = False
+            for _ in range(400):
+                pending = await redis.xpending_range(portal_key(PORTAL, "writes"), "writer", "-", "+", 1)
+                if pending:
+                    entry = pending[0]["message_id"].decode()
+                    ledger = portal_key(PORTAL, "writes", "ledger", entry)
+                    if await redis.hget(ledger, "inflight") == b"0":  # type: ignore[misc]
+                        stopped = True
+                        break
+                await asyncio.sleep(0.05)
+            assert stopped
+        assert await s.count(CREATE_ROUTE) == 1
+        # A writer with quota reclaims the entry.
+        async with s.another_writer(writer_env(queue_claim_idle_ms=500)):
+            assert await queue_length_once_drained(redis, tries=600) == 0
+        assert await s.count(CREATE_ROUTE) == 2
+        names = sorted(o["properties"]["name"] for o in await s.objects("companies"))
+        assert names == sorted(f"co{i}" for i in range(150))  # each once
