@@ -236,7 +236,7 @@ async def test_a_refusal_before_sending_does_not_resend_a_create_batch_that_went
             for _ in range(400):
                 pending = await redis.xpending_range(portal_key(PORTAL, "writes"), "writer", "-", "+", 1)
                 if pending:
-                    entry = pending[0]["message_id"].decode()
+                    entry = str(pending[0]["message_id"], "ascii")  # type: ignore[arg-type]
                     ledger = portal_key(PORTAL, "writes", "ledger", entry)
                     if await redis.hget(ledger, "inflight") == b"0":  # type: ignore[misc]
                         stopped = True
