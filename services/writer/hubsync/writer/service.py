@@ -58,6 +58,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         breakers,
         RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
         timeout_s=settings.http_timeout_s,
+        deadline_share=settings.http_deadline_share,
     )
     dlq = DeadLetterQueue(redis)
     writer = BatchWriter(
@@ -84,7 +85,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         release=release,
         max_wait_saturated_s=settings.batch_max_wait_saturated_ms / 1000,
     )
-    reader = RecordReader(client)
+    reader = RecordReader(client, concurrency=settings.read_concurrency)
     submitter = WriteSubmitter(
         batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
     )

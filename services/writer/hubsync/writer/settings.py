@@ -73,6 +73,11 @@ class WriterSettings(BaseSettings):
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_open_s: float = Field(default=30.0, ge=0)
     http_timeout_s: float = Field(default=30.0, gt=0)
+    # Under a caller's gRPC deadline (reads, search), one HubSpot call may take at most this share
+    # of the time left, so a hung call is cut while the split-and-retry still fits the deadline.
+    http_deadline_share: float = Field(default=0.4, gt=0, le=1)
+    # batch/read calls (100 ids each) one ReadRecords has out at once.
+    read_concurrency: int = Field(default=8, ge=1)
     # hubsync's source tag: written with each write as objectWriteTraceId "<tag>:<id>", and, when
     # source_property is set, as that property's value. UNSURE how HubSpot exposes an app's
     # identity on webhooks (changeSource INTEGRATION + sourceId is what the sandbox sends), so
