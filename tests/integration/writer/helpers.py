@@ -110,6 +110,25 @@ async def queue_length_once_drained(redis: Redis, tries: int = 200) -> int:
     return int(await redis.xlen(portal_key(PORTAL, "writes")))
 
 
+async def all_succeed(stub: writer_pb2_grpc.WriterServiceStub, tag: str, n: int, *, timeout: float) -> None:
+    """``n`` concurrent waited submissions of 100 new contacts each (``<tag><k>-<i>@example.com``);
+    asserts every write succeeded."""
+    replies = await asyncio.gather(
+        *(
+            stub.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(
+                    portal_id=PORTAL,
+                    writes=[upsert(f"{tag}{k}-{i}@example.com") for i in range(100)],
+                    wait=True,
+                ),
+                timeout=timeout,
+            )
+            for k in range(n)
+        )
+    )
+    assert all(r.status == writer_pb2.WRITE_STATUS_SUCCEEDED for x in replies for r in x.results)
+
+
 def upsert(email: str, **props: str) -> writer_pb2.Write:
     return writer_pb2.Write(
         record=writer_pb2.RecordWrite(

@@ -14,6 +14,7 @@ from tests.integration.writer.helpers import (
     PORTAL,
     UPSERT_ROUTE,
     Stack,
+    all_succeed,
     held_by_a_consumer,
     queue_length_once_drained,
     record,
@@ -119,23 +120,7 @@ async def test_three_writer_processes_never_exceed_the_portals_limit(
 
             async def push(address: str, tag: str) -> None:
                 async with open_channel(address, caller_tokens["mapper"]) as channel:
-                    stub = writer_pb2_grpc.WriterServiceStub(channel)
-                    replies = await asyncio.gather(
-                        *(
-                            stub.SubmitWrites(
-                                writer_pb2.SubmitWritesRequest(
-                                    portal_id=PORTAL,
-                                    writes=[upsert(f"{tag}{n}-{i}@example.com") for i in range(100)],
-                                    wait=True,
-                                ),
-                                timeout=60,
-                            )
-                            for n in range(15)
-                        )
-                    )
-                    assert all(
-                        r.status == writer_pb2.WRITE_STATUS_SUCCEEDED for x in replies for r in x.results
-                    )
+                    await all_succeed(writer_pb2_grpc.WriterServiceStub(channel), tag, 15, timeout=60)
 
             await asyncio.gather(push(a.address, "a"), push(b.address, "b"), push(c.address, "c"))
         # 45 batch calls against a limit of 30 per 10 s: all through, none refused.
@@ -250,3 +235,23 @@ async def test_a_refusal_before_sending_does_not_resend_a_create_batch_that_went
         assert await s.count(CREATE_ROUTE) == 2
         names = sorted(o["properties"]["name"] for o in await s.objects("companies"))
         assert names == sorted(f"co{i}" for i in range(150))  # each once
+
+
+async def test_writer_learns_the_portals_real_limit_and_never_sends_past_it(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    """The portal allows 20 requests per 10 s; the writer's preset says 100. Writer learns the
+    real limit from HubSpot's headers (its first call goes alone) and keeps under it: the
+    sandbox answers no 429. The limit is kept in Redis for every replica."""
+    burst = 20
+    config = sandbox_config(portal={"burst_per_10s": burst})
+    env = writer_env(rate_limit_preset="free_starter")
+    async with stack(redis_url, caller_tokens, config, writer_env=env) as s:
+        await all_succeed(s.stub, "l", 30, timeout=120)
+        assert await s.count(UPSERT_ROUTE, 429) == 0
+        assert await s.count(UPSERT_ROUTE, 200) == 30
+        async with s.another_writer(env) as address, open_channel(address, caller_tokens["cli"]) as channel:
+            status = await writer_pb2_grpc.WriterServiceStub(channel).GetQuotaStatus(
+                writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL)
+            )
+        assert (status.burst_limit, status.daily_limit) == (burst, 100_000_000)

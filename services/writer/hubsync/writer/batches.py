@@ -519,6 +519,8 @@ class WriteBatcher:
                     task = asyncio.create_task(self._send_with(key, list(batch.values()), slot))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                elif slot is not None and self._release is not None:
+                    await self._release(key, slot)
         except asyncio.CancelledError:
             self._senders.pop(key, None)
             raise

@@ -91,11 +91,12 @@ class WriterGateway:
 
     async def quota_status(self, portal_id: int) -> dict[str, Any]:
         use = await self.limiter.usage(portal_id)
+        limits = await self.limiter.limits(portal_id)
         return {
-            "burst_limit": self.limiter.api.limit,
+            "burst_limit": limits.burst,
             "burst_used": use.burst_used,
-            "burst_window_ms": self.limiter.api.window_ms,
-            "daily_limit": self.limiter.api.daily,
+            "burst_window_ms": limits.window_ms,
+            "daily_limit": limits.daily,
             "daily_used": use.daily_used,
             "hubspot_remaining": use.hubspot_remaining,
             "circuit_state": int(self.breakers.get(portal_id).state),

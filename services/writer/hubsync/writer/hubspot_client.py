@@ -144,6 +144,7 @@ class HubSpotClient:
         token: str | None = None
         while True:
             probe = await breaker.admit(deadline)
+            slot: str | None = None
             try:
                 reserved = slot_reserved.get()
                 if reserved and not search:
@@ -168,6 +169,8 @@ class HubSpotClient:
             except BaseException:
                 if probe:
                     await breaker.record(False, probe)
+                if slot is not None:  # no answer to learn the portal's limits from
+                    await self.limiter.end_probe(portal_id, slot)
                 raise
             status = response.status
             await breaker.record(status not in FAILURES, probe)

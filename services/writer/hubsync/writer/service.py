@@ -31,6 +31,7 @@ from hubsync.writer.tokens import AuthTokenSource
 log = logging.getLogger(__name__)
 SERVICE = writer_pb2.DESCRIPTOR.services_by_name["WriterService"].full_name
 DEFAULT_PORT = 50054
+PROBE_TTL_MS = 2000
 
 
 def _method(name: str) -> str:
@@ -47,6 +48,11 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         Budget("search", settings.search_per_second, 1000),
         margin_ms=settings.burst_window_margin_ms,
         reset_zone=settings.reset_zone(),
+        cap_burst=settings.explicit_limits()[0],
+        cap_daily=settings.explicit_limits()[1],
+        # Until HubSpot's headers tell a portal's limits, one call at a time, and another only
+        # after 2 s when the first has no answer yet (hung, or its writer died): never a burst.
+        probe_ttl_ms=PROBE_TTL_MS,
     )
     auth_channel = channel_for(core, core.auth_address)
     tokens = AuthTokenSource(auth_pb2_grpc.AuthServiceStub(auth_channel))

@@ -118,6 +118,11 @@ class WriterSettings(BaseSettings):
     def reset_zone(self) -> ZoneInfo:
         return ZoneInfo(self.daily_reset_timezone)
 
+    def explicit_limits(self) -> tuple[bool, bool]:
+        """Whether BURST_LIMIT / DAILY_LIMIT were set: they cap what HubSpot's headers allow
+        (a preset only stands in until HubSpot has told the portal's limits)."""
+        return self.burst_limit is not None, self.daily_limit is not None
+
     def limits(self) -> tuple[int, int]:
         """(burst, daily) after overrides."""
         preset = self.rate_limit_preset or (
