@@ -10,7 +10,6 @@ from typing import Any
 from opentelemetry.trace import Link
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.writer.batches import WriteBatcher
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
 from hubsync.writer.ordering import stamp_now
@@ -32,7 +31,6 @@ class WriterGateway:
         dlq: DeadLetterQueue,
         limiter: RateLimiter,
         breakers: CircuitBreakers,
-        batcher: WriteBatcher,
         *,
         pilot_mode: bool = False,
     ) -> None:
@@ -42,7 +40,6 @@ class WriterGateway:
         self.dlq = dlq
         self.limiter = limiter
         self.breakers = breakers
-        self.batcher = batcher
         self.pilot_mode = pilot_mode
 
     async def submit(

@@ -96,9 +96,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
     )
     queue = WriteQueue(redis, maxlen=settings.queue_maxlen, request_ttl_s=settings.request_ttl_s)
-    gateway = WriterGateway(
-        submitter, queue, reader, dlq, limiter, breakers, batcher, pilot_mode=settings.pilot_mode
-    )
+    gateway = WriterGateway(submitter, queue, reader, dlq, limiter, breakers, pilot_mode=settings.pilot_mode)
     servicer = WriterServicer(gateway, dlq, RecordExporter(reader, settings.export_lookback_s))
     consumer = QueueConsumer(
         redis,
