@@ -128,3 +128,42 @@ async def test_a_callers_older_version_writes_only_what_no_newer_one_wrote(
         assert [r.status for r in reply.results] == [SUCCEEDED, SUCCEEDED]
         found = await contact(s, "w@example.com")
         assert found is not None and found["properties"]["lastname"] == "b"
+
+
+async def test_a_newer_write_waits_for_the_call_still_carrying_the_older_one(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    """HubSpot holds the call carrying a record's older value; the newer value is submitted
+    meanwhile. Sent at once, the newer call would land first and the older one after it."""
+    async with stack(redis_url, caller_tokens) as s:
+        # A first call teaches writer the portal's limits (until then calls go one at a time).
+        warm = await s.stub.SubmitWrites(
+            writer_pb2.SubmitWritesRequest(portal_id=PORTAL, writes=[upsert("warm@example.com")], wait=True),
+            timeout=60,
+        )
+        assert warm.results[0].status == SUCCEEDED
+        await s.fault(portal=PORTAL, endpoint=UPSERT_ROUTE, latency_ms=1500, remaining=1)
+        older = asyncio.ensure_future(
+            s.stub.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(
+                    portal_id=PORTAL, writes=[upsert("r@example.com", lastname="old")], wait=True
+                ),
+                timeout=60,
+            )
+        )
+        # The older call is at "HubSpot" (the one-shot latency rule has fired on it).
+        for _ in range(400):
+            rules = (await s.admin.get("/_sandbox/faults")).json()["results"]
+            if rules and rules[0].get("remaining") == 0:
+                break
+            await asyncio.sleep(0.02)
+        newer = await s.stub.SubmitWrites(
+            writer_pb2.SubmitWritesRequest(
+                portal_id=PORTAL, writes=[upsert("r@example.com", lastname="new")], wait=True
+            ),
+            timeout=60,
+        )
+        assert newer.results[0].status == SUCCEEDED
+        assert (await older).results[0].status == SUCCEEDED
+        found = await contact(s, "r@example.com")
+        assert found is not None and found["properties"]["lastname"] == "new"

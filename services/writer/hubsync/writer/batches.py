@@ -427,6 +427,8 @@ class WriteBatcher:
         self._due: set[BatchKey] = set()
         self._timers: dict[BatchKey, asyncio.TimerHandle] = {}
         self._senders: dict[BatchKey, asyncio.Task[None]] = {}
+        # The last batch sent with each record (by key), until it has its answer.
+        self._out: dict[tuple[BatchKey, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
@@ -516,7 +518,8 @@ class WriteBatcher:
                     continue
                 batch = self._next(key)
                 if batch:
-                    task = asyncio.create_task(self._send_with(key, list(batch.values()), slot))
+                    inputs = list(batch.values())
+                    task = asyncio.create_task(self._send_with(key, inputs, slot, self._follow(key, inputs)))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 elif slot is not None and self._release is not None:
@@ -528,12 +531,45 @@ class WriteBatcher:
         if self._has_work(key):  # work that arrived as the loop ended
             self._wake(key)
 
-    async def _send_with(self, key: BatchKey, inputs: list[BatchInput], slot: str | None) -> None:
+    def _follow(
+        self, key: BatchKey, inputs: list[BatchInput]
+    ) -> tuple[asyncio.Future[None], set[asyncio.Future[None]]]:
+        """Registers a batch about to go: returns its own done-future and those of batches still
+        out that carry one of its records. It is sent only after them, so two calls with the same
+        record are never out at once from this process (HubSpot would apply them in whatever
+        order they arrive, an older value possibly last)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before: set[asyncio.Future[None]] = set()
+        for item in inputs:
+            previous = self._out.get((key, item.key))
+            if previous is not None and not previous.done():
+                before.add(previous)
+            self._out[(key, item.key)] = done
+        return done, before
+
+    async def _send_with(
+        self,
+        key: BatchKey,
+        inputs: list[BatchInput],
+        slot: str | None,
+        order: tuple[asyncio.Future[None], set[asyncio.Future[None]]],
+    ) -> None:
+        done, before = order
         token = slot_reserved.set(slot)
         try:
+            if before:
+                try:
+                    await asyncio.wait(before)
+                except BaseException as exc:  # cancelled while waiting: its callers hear of it
+                    self._fail(inputs, exc)
+                    raise
             await self._send(key, inputs)
         finally:
             slot_reserved.reset(token)
+            done.set_result(None)
+            for item in inputs:
+                if self._out.get((key, item.key)) is done:
+                    del self._out[(key, item.key)]
 
     @staticmethod
     def _fail(inputs: list[BatchInput], exc: BaseException) -> None:
