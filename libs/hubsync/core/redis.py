@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel
 
 from hubsync.core.settings import CoreSettings
 from hubsync.core.tls import redis_tls_options
+
+# Connections per client; past it a command waits up to POOL_TIMEOUT_S for one to come back.
+POOL_MAX_CONNECTIONS = 100
+POOL_TIMEOUT_S = 10.0
 
 
 def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> Redis:
@@ -33,7 +37,12 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
         if "ssl_cert_reqs" in options:
             options["ssl"] = True
         return sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis, db=db, **options)
-    return Redis.from_url(settings.redis_url, **options)
+    # A full pool makes a command wait for a connection (up to POOL_TIMEOUT_S) instead of failing
+    # with MaxConnectionsError under a burst of concurrent work.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S, **options
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
 
 
 def portal_key(portal_id: int | str, *parts: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -9,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
+from hubsync.core.redis import portal_key
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
 from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
 from tests.integration.writer.fixtures import WriterProcess, running_writer, writer_process
@@ -85,6 +88,45 @@ class Stack:
         r.raise_for_status()
         body = r.json()
         return body["results"] if isinstance(body, dict) else body
+
+
+async def held_by_a_consumer(redis: Redis) -> None:
+    """Waits until the write queue's one entry is pending: a writer holds it, its calls are out."""
+    pending: dict[str, int] = {"pending": 0}
+    for _ in range(200):
+        pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
+        if pending["pending"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert pending["pending"] == 1
+
+
+async def queue_length_once_drained(redis: Redis, tries: int = 200) -> int:
+    """The write queue's length once it is empty, or after ``tries`` looks 50 ms apart."""
+    for _ in range(tries):
+        if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
+            break
+        await asyncio.sleep(0.05)
+    return int(await redis.xlen(portal_key(PORTAL, "writes")))
+
+
+async def all_succeed(stub: writer_pb2_grpc.WriterServiceStub, tag: str, n: int, *, timeout: float) -> None:
+    """``n`` concurrent waited submissions of 100 new contacts each (``<tag><k>-<i>@example.com``);
+    asserts every write succeeded."""
+    replies = await asyncio.gather(
+        *(
+            stub.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(
+                    portal_id=PORTAL,
+                    writes=[upsert(f"{tag}{k}-{i}@example.com") for i in range(100)],
+                    wait=True,
+                ),
+                timeout=timeout,
+            )
+            for k in range(n)
+        )
+    )
+    assert all(r.status == writer_pb2.WRITE_STATUS_SUCCEEDED for x in replies for r in x.results)
 
 
 def upsert(email: str, **props: str) -> writer_pb2.Write:

@@ -14,6 +14,9 @@ from tests.integration.writer.helpers import (
     PORTAL,
     UPSERT_ROUTE,
     Stack,
+    all_succeed,
+    held_by_a_consumer,
+    queue_length_once_drained,
     record,
     sandbox_config,
     stack,
@@ -21,26 +24,6 @@ from tests.integration.writer.helpers import (
 )
 
 QUEUED = writer_pb2.WRITE_STATUS_QUEUED
-
-
-async def held_by_a_consumer(redis: Redis) -> None:
-    """Waits until the write queue's one entry is pending: a writer holds it, its calls are out."""
-    pending: dict[str, int] = {"pending": 0}
-    for _ in range(200):
-        pending = await redis.xpending(portal_key(PORTAL, "writes"), "writer")
-        if pending["pending"] == 1:
-            break
-        await asyncio.sleep(0.05)
-    assert pending["pending"] == 1
-
-
-async def queue_length_once_drained(redis: Redis, tries: int = 200) -> int:
-    """The write queue's length once it is empty, or after ``tries`` looks 50 ms apart."""
-    for _ in range(tries):
-        if await redis.xlen(portal_key(PORTAL, "writes")) == 0:
-            break
-        await asyncio.sleep(0.05)
-    return int(await redis.xlen(portal_key(PORTAL, "writes")))
 
 
 async def wait_for_objects(s: Stack, n: int, timeout: float = 20.0) -> int:
@@ -137,23 +120,7 @@ async def test_three_writer_processes_never_exceed_the_portals_limit(
 
             async def push(address: str, tag: str) -> None:
                 async with open_channel(address, caller_tokens["mapper"]) as channel:
-                    stub = writer_pb2_grpc.WriterServiceStub(channel)
-                    replies = await asyncio.gather(
-                        *(
-                            stub.SubmitWrites(
-                                writer_pb2.SubmitWritesRequest(
-                                    portal_id=PORTAL,
-                                    writes=[upsert(f"{tag}{n}-{i}@example.com") for i in range(100)],
-                                    wait=True,
-                                ),
-                                timeout=60,
-                            )
-                            for n in range(15)
-                        )
-                    )
-                    assert all(
-                        r.status == writer_pb2.WRITE_STATUS_SUCCEEDED for x in replies for r in x.results
-                    )
+                    await all_succeed(writer_pb2_grpc.WriterServiceStub(channel), tag, 15, timeout=60)
 
             await asyncio.gather(push(a.address, "a"), push(b.address, "b"), push(c.address, "c"))
         # 45 batch calls against a limit of 30 per 10 s: all through, none refused.
@@ -233,3 +200,58 @@ async def test_a_create_cut_off_by_a_killed_writer_is_never_sent_twice(
         assert {d.error.category for d in dead.dead_letters} == {"AMBIGUOUS_CREATE"}
         # nothing was lost: each create is in HubSpot or waiting in the DLQ for a person
         assert set(created) <= set(held)
+
+
+async def test_a_refusal_before_sending_does_not_resend_a_create_batch_that_went(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    """Two create batches of one tier: the first goes out, the second is refused before sending
+    (no quota left). The queued request is retried later; the batch that went is not sent again
+    (creates are not idempotent at HubSpot), the refused one is."""
+    creates = [record("companies", writer_pb2.WRITE_OPERATION_CREATE, name=f"co{i}") for i in range(150)]
+    async with stack(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
+        # A daily budget of one call: the full batch of 100 takes it, the 50 left are refused.
+        async with s.another_writer(writer_env(daily_limit=1)):
+            reply = await s.stub.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(request_id="two", portal_id=PORTAL, writes=creates), timeout=10
+            )
+            assert reply.results[0].status == QUEUED
+            # Wait until the attempt has stopped: its entry's ledger says nothing is in flight.
+            stopped = False
+            for _ in range(400):
+                pending = await redis.xpending_range(portal_key(PORTAL, "writes"), "writer", "-", "+", 1)
+                if pending:
+                    entry = str(pending[0]["message_id"], "ascii")  # type: ignore[arg-type]
+                    ledger = portal_key(PORTAL, "writes", "ledger", entry)
+                    if await redis.hget(ledger, "inflight") == b"0":  # type: ignore[misc]
+                        stopped = True
+                        break
+                await asyncio.sleep(0.05)
+            assert stopped
+        assert await s.count(CREATE_ROUTE) == 1
+        # A writer with quota reclaims the entry.
+        async with s.another_writer(writer_env(queue_claim_idle_ms=500)):
+            assert await queue_length_once_drained(redis, tries=600) == 0
+        assert await s.count(CREATE_ROUTE) == 2
+        names = sorted(o["properties"]["name"] for o in await s.objects("companies"))
+        assert names == sorted(f"co{i}" for i in range(150))  # each once
+
+
+async def test_writer_learns_the_portals_real_limit_and_never_sends_past_it(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    """The portal allows 20 requests per 10 s; the writer's preset says 100. Writer learns the
+    real limit from HubSpot's headers (its first call goes alone) and keeps under it: the
+    sandbox answers no 429. The limit is kept in Redis for every replica."""
+    burst = 20
+    config = sandbox_config(portal={"burst_per_10s": burst})
+    env = writer_env(rate_limit_preset="free_starter")
+    async with stack(redis_url, caller_tokens, config, writer_env=env) as s:
+        await all_succeed(s.stub, "l", 30, timeout=120)
+        assert await s.count(UPSERT_ROUTE, 429) == 0
+        assert await s.count(UPSERT_ROUTE, 200) == 30
+        async with s.another_writer(env) as address, open_channel(address, caller_tokens["cli"]) as channel:
+            status = await writer_pb2_grpc.WriterServiceStub(channel).GetQuotaStatus(
+                writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL)
+            )
+        assert (status.burst_limit, status.daily_limit) == (burst, 100_000_000)

@@ -205,10 +205,14 @@ async def test_daily_limit_fails_with_resource_exhausted_and_queued_writes_wait(
 ) -> None:
     env = writer_env(rate_limit_preset="free_starter", queue_claim_idle_ms=200)
     async with stack(
-        redis_url, caller_tokens, sandbox_config(portal={"daily_limit": 2}), writer_env=env
+        redis_url, caller_tokens, sandbox_config(portal={"daily_limit": 4}), writer_env=env
     ) as s:
         await submit(s, [upsert("a@example.com")])
         await submit(s, [upsert("b@example.com")])
+        # Writer knows the daily budget (4, from HubSpot's headers) and has used 2; another app
+        # spends the rest without writer seeing it, so HubSpot answers writer's next call 429.
+        for _ in range(2):
+            assert (await s.hubspot.get("/crm/v3/objects/contacts", params={"limit": 1})).status_code == 200
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await submit(s, [upsert("c@example.com")])
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

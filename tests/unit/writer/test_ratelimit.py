@@ -109,3 +109,29 @@ async def test_search_is_counted_apart(redis: Redis) -> None:
     with pytest.raises(ResourceExhausted):
         await lim.acquire(7, search=True, deadline=time.monotonic() + 0.05)
     assert (await lim.usage(7)).burst_used == 1
+
+
+async def test_hubspots_limit_headers_replace_the_preset_for_every_replica(redis: Redis) -> None:
+    a, b = limiter(redis, limit=100, window_ms=10_000), limiter(redis, limit=100, window_ms=10_000)
+    await a.correct(7, {"X-HubSpot-RateLimit-Max": "3", "X-HubSpot-RateLimit-Remaining": "3"})
+    limits = await b.limits(7)
+    assert (limits.burst, limits.learned) == (3, True)
+    for _ in range(3):
+        await b.acquire(7)
+    with pytest.raises(ResourceExhausted):
+        await a.acquire(7, deadline=time.monotonic() + 0.2)
+    # An explicit limit caps what HubSpot allows; a preset does not.
+    capped = RateLimiter(redis, Budget("burst", 2, 10_000), Budget("search", 3, 1000), cap_burst=True)
+    assert (await capped.limits(7)).burst == 2
+    await a.correct(7, {"X-HubSpot-RateLimit-Max": "50", "X-HubSpot-RateLimit-Remaining": "47"})
+    assert (await b.limits(7)).burst == 50 and (await capped.limits(7)).burst == 2
+
+
+async def test_until_the_limits_are_known_one_request_probes_at_a_time(redis: Redis) -> None:
+    lim = RateLimiter(redis, Budget("burst", 100, 10_000), Budget("search", 3, 1000), probe_ttl_ms=5000)
+    first = await lim.acquire(7)
+    with pytest.raises(ResourceExhausted):
+        await lim.acquire(7, deadline=time.monotonic() + 0.2)
+    await lim.settle(7, first, {"X-HubSpot-RateLimit-Max": "10", "X-HubSpot-RateLimit-Remaining": "9"})
+    for _ in range(9):
+        await lim.acquire(7, deadline=time.monotonic() + 1)

@@ -25,6 +25,7 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.bounds import external_id_problem, request_id_problem
 from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.redis import portal_key
+from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest, fingerprint_key
 from hubsync.mapper.mappings import WRITE_ORDER
@@ -119,7 +120,12 @@ class RecordPusher:
             raise Unavailable("a push with this request_id is still running", retry_after=1.0)
         started = time.perf_counter()
         try:
-            results = await self._push(done_key, request_id, portal_id, records, wait, mappings)
+            # The push's place in each record's order (writer never writes a property with an
+            # older version after a newer one): accepted now, records in the order given.
+            version = await reserve_versions(
+                self.redis, portal_key(portal_id, "push", "version"), len(records)
+            )
+            results = await self._push(done_key, request_id, portal_id, records, wait, mappings, version)
             for object_type in {r.object_type for r in results}:
                 sync_metrics.sync_duration.record(
                     time.perf_counter() - started, {"object_type": object_type, "direction": "outbound"}
@@ -136,6 +142,7 @@ class RecordPusher:
         records: Sequence[PushRecord],
         wait: bool,
         mappings: MappingSet,
+        version: int,
     ) -> list[PushResultData]:
 
         planned: list[_Planned] = []
@@ -184,7 +191,7 @@ class RecordPusher:
         results = [PushResultData(r.object_type, r.external_id, UNCHANGED) for r in records]
         to_send = [p for p in planned if p.changed or p.associations]
         if to_send:
-            await self._write(request_id, portal_id, to_send, results, wait, mappings)
+            await self._write(request_id, portal_id, to_send, results, wait, mappings, version)
         for res in results:
             sync_metrics.sync.add(
                 1, {"object_type": res.object_type, "direction": "outbound", "outcome": res.outcome.lower()}
@@ -200,6 +207,7 @@ class RecordPusher:
         results: list[PushResultData],
         wait: bool,
         mappings: MappingSet,
+        version: int,
     ) -> None:
         to_send.sort(key=lambda p: (WRITE_ORDER.get(p.record.object_type, 9), p.index))
         writes: list[writer_pb2.Write] = []
@@ -218,6 +226,7 @@ class RecordPusher:
                             id=p.record.external_id,
                             id_property=mapping.id_property,
                             properties=props,
+                            version=version + p.index,
                         )
                     )
                 )
@@ -256,13 +265,18 @@ class RecordPusher:
             for (p, what), res in zip(owners, reply.results, strict=False):
                 out = results[p.index]
                 status = res.status
-                ok = status in (writer_pb2.WRITE_STATUS_SUCCEEDED, writer_pb2.WRITE_STATUS_UNCHANGED)
+                # SUPERSEDED: a newer push of the record already wrote these properties.
+                superseded = status == writer_pb2.WRITE_STATUS_SUPERSEDED
+                ok = superseded or status in (
+                    writer_pb2.WRITE_STATUS_SUCCEEDED,
+                    writer_pb2.WRITE_STATUS_UNCHANGED,
+                )
                 if what == "record":
                     if res.hubspot_id:
                         out.hubspot_id = res.hubspot_id
                     if status == writer_pb2.WRITE_STATUS_SUCCEEDED:
                         out.outcome = WRITTEN
-                    elif status == writer_pb2.WRITE_STATUS_UNCHANGED:
+                    elif status == writer_pb2.WRITE_STATUS_UNCHANGED or superseded:
                         out.outcome = UNCHANGED
                     elif status in (writer_pb2.WRITE_STATUS_QUEUED, writer_pb2.WRITE_STATUS_SKIPPED_PILOT):
                         out.outcome = QUEUED
@@ -270,7 +284,7 @@ class RecordPusher:
                         out.outcome = FAILED
                         out.error = res.error.message or "dead-lettered"
                     succeeded[p.index] = ok
-                    if ok:
+                    if ok and not superseded:  # the newer push keeps its own fingerprints
                         fkey = fingerprint_key(portal_id, p.record.object_type, p.record.external_id)
                         pipe.hset(fkey, mapping={n: digest(v) for n, v in p.changed.items()})
                         pipe.expire(fkey, FINGERPRINT_TTL_S)

@@ -20,6 +20,7 @@ callers get the record's result. :class:`BatchWriter` sends a batch and applies 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -35,6 +36,7 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.redis import portal_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse, slot_reserved
+from hubsync.writer.ordering import RecordRef, RecordVersions
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,20 @@ class BatchInput:
     # For associations: the resolved HubSpot ids and the type.
     to_id: str = ""
     type_id: int = 0
+    # Property → version of the write it comes from (0: not ordered), see ordering.py.
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: BatchInput) -> None:
+        """Takes another write to the same record: per property, the newer version wins (the
+        later one when versions are equal)."""
+        for name, value in other.properties.items():
+            version = other.versions.get(name, 0)
+            if version >= self.versions.get(name, 0):
+                self.properties[name] = value
+                self.versions[name] = version
+        self.writes.extend(other.writes)
+        self.links.extend(other.links)
+        self.trace_ids.extend(other.trace_ids)
 
 
 def written_key(portal_id: int, object_type: str, hubspot_id: str) -> str:
@@ -106,6 +122,7 @@ class BatchWriter:
         source_tag: str = "hubsync",
         source_property: str = "",
         written_ttl_s: int = 3600,
+        versions: RecordVersions | None = None,
     ) -> None:
         self.client = client
         self.redis = redis
@@ -113,10 +130,45 @@ class BatchWriter:
         self.source_tag = source_tag
         self.source_property = source_property
         self.written_ttl_s = written_ttl_s
+        self.versions = versions
 
     async def run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int = 1) -> list[Outcome]:
         if key.operation == ASSOCIATE:
             return await self._run_associations(key, inputs, attempt)
+        if self.versions is None or key.operation == ARCHIVE:
+            return await self._run(key, inputs, attempt)
+        # Claimed right before sending (and again before each resend of a split batch): what a
+        # newer version of the record already wrote is not sent.
+        claimed = await self._claim(key, inputs)
+        live = [i for i in claimed if i is not None]
+        done = iter(await self._run(key, live, attempt) if live else [])
+        return [next(done) if i is not None else Outcome(writer_pb2.WRITE_STATUS_SUPERSEDED) for i in claimed]
+
+    async def _claim(self, key: BatchKey, inputs: Sequence[BatchInput]) -> list[BatchInput | None]:
+        assert self.versions is not None
+        refs = [_record_ref(key, i) for i in inputs]
+        stale = await self.versions.claim(
+            key.portal_id,
+            key.object_type,
+            [
+                (ref, {p: v for p, v in i.versions.items() if ref is None or p != ref.id_property})
+                for ref, i in zip(refs, inputs, strict=True)
+            ],
+        )
+        out: list[BatchInput | None] = []
+        for ref, item, old in zip(refs, inputs, stale, strict=True):
+            if not old:
+                out.append(item)
+                continue
+            props = {p: v for p, v in item.properties.items() if p not in old}
+            if ref is not None and not (props.keys() - {ref.id_property}):
+                out.append(None)  # a newer version wrote every property: nothing to send
+                continue
+            versions = {p: v for p, v in item.versions.items() if p not in old}
+            out.append(dataclasses.replace(item, properties=props, versions=versions))
+        return out
+
+    async def _run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int) -> list[Outcome]:
         response = await self._send(key, inputs)
         status = response.status
         if status in (200, 201, 204, 207):
@@ -375,6 +427,8 @@ class WriteBatcher:
         self._due: set[BatchKey] = set()
         self._timers: dict[BatchKey, asyncio.TimerHandle] = {}
         self._senders: dict[BatchKey, asyncio.Task[None]] = {}
+        # The last batch sent with each record (by key), until it has its answer.
+        self._out: dict[tuple[BatchKey, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
@@ -387,10 +441,7 @@ class WriteBatcher:
             self._opened[key] = loop.time()
         existing = pending.get(item.key)
         if existing is not None:
-            existing.properties.update(item.properties)
-            existing.writes.extend(item.writes)
-            existing.links.extend(item.links)
-            existing.trace_ids.extend(item.trace_ids)
+            existing.merge(item)
             existing.waiters.append(future)
             return future
         item.waiters.append(future)
@@ -467,9 +518,12 @@ class WriteBatcher:
                     continue
                 batch = self._next(key)
                 if batch:
-                    task = asyncio.create_task(self._send_with(key, list(batch.values()), slot))
+                    inputs = list(batch.values())
+                    task = asyncio.create_task(self._send_with(key, inputs, slot, self._follow(key, inputs)))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                elif slot is not None and self._release is not None:
+                    await self._release(key, slot)
         except asyncio.CancelledError:
             self._senders.pop(key, None)
             raise
@@ -477,12 +531,45 @@ class WriteBatcher:
         if self._has_work(key):  # work that arrived as the loop ended
             self._wake(key)
 
-    async def _send_with(self, key: BatchKey, inputs: list[BatchInput], slot: str | None) -> None:
+    def _follow(
+        self, key: BatchKey, inputs: list[BatchInput]
+    ) -> tuple[asyncio.Future[None], set[asyncio.Future[None]]]:
+        """Registers a batch about to go: returns its own done-future and those of batches still
+        out that carry one of its records. It is sent only after them, so two calls with the same
+        record are never out at once from this process (HubSpot would apply them in whatever
+        order they arrive, an older value possibly last)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        before: set[asyncio.Future[None]] = set()
+        for item in inputs:
+            previous = self._out.get((key, item.key))
+            if previous is not None and not previous.done():
+                before.add(previous)
+            self._out[(key, item.key)] = done
+        return done, before
+
+    async def _send_with(
+        self,
+        key: BatchKey,
+        inputs: list[BatchInput],
+        slot: str | None,
+        order: tuple[asyncio.Future[None], set[asyncio.Future[None]]],
+    ) -> None:
+        done, before = order
         token = slot_reserved.set(slot)
         try:
+            if before:
+                try:
+                    await asyncio.wait(before)
+                except BaseException as exc:  # cancelled while waiting: its callers hear of it
+                    self._fail(inputs, exc)
+                    raise
             await self._send(key, inputs)
         finally:
             slot_reserved.reset(token)
+            done.set_result(None)
+            for item in inputs:
+                if self._out.get((key, item.key)) is done:
+                    del self._out[(key, item.key)]
 
     @staticmethod
     def _fail(inputs: list[BatchInput], exc: BaseException) -> None:
@@ -510,6 +597,19 @@ class WriteBatcher:
             self._on_due(key)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _record_ref(key: BatchKey, item: BatchInput) -> RecordRef | None:
+    """The record a write names, for ordering: by the upsert's unique value, the update's
+    HubSpot id, or a contact create's email; None for a create with nothing unique to name it."""
+    if key.operation == UPSERT:
+        return RecordRef(key.object_type, key.id_property, _norm(key, item.id))
+    if key.operation == UPDATE:
+        return RecordRef(key.object_type, "hs_object_id", item.id)
+    email = item.properties.get("email", "")
+    if key.operation == CREATE and key.object_type == "contacts" and email:
+        return RecordRef(key.object_type, "email", email.lower())
+    return None
 
 
 def _trace_index(trace: str) -> int | None:

@@ -10,9 +10,9 @@ from typing import Any
 from opentelemetry.trace import Link
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.writer.batches import WriteBatcher
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
+from hubsync.writer.ordering import stamp_now
 from hubsync.writer.queue import WriteQueue
 from hubsync.writer.ratelimit import RateLimiter
 from hubsync.writer.reads import RecordReader
@@ -31,7 +31,6 @@ class WriterGateway:
         dlq: DeadLetterQueue,
         limiter: RateLimiter,
         breakers: CircuitBreakers,
-        batcher: WriteBatcher,
         *,
         pilot_mode: bool = False,
     ) -> None:
@@ -41,7 +40,6 @@ class WriterGateway:
         self.dlq = dlq
         self.limiter = limiter
         self.breakers = breakers
-        self.batcher = batcher
         self.pilot_mode = pilot_mode
 
     async def submit(
@@ -53,6 +51,8 @@ class WriterGateway:
         previous = await self.queue.begin(request, deadline)
         if previous is not None:
             return previous
+        # Accepted now: writes without a version take their place in the record's order here.
+        await stamp_now(self.queue.redis, request.portal_id, request.writes)
         try:
             outcomes = await self.submitter.process(request.portal_id, request.writes)
         except BaseException:
@@ -88,11 +88,12 @@ class WriterGateway:
 
     async def quota_status(self, portal_id: int) -> dict[str, Any]:
         use = await self.limiter.usage(portal_id)
+        limits = await self.limiter.limits(portal_id)
         return {
-            "burst_limit": self.limiter.api.limit,
+            "burst_limit": limits.burst,
             "burst_used": use.burst_used,
-            "burst_window_ms": self.limiter.api.window_ms,
-            "daily_limit": self.limiter.api.daily,
+            "burst_window_ms": limits.window_ms,
+            "daily_limit": limits.daily,
             "daily_used": use.daily_used,
             "hubspot_remaining": use.hubspot_remaining,
             "circuit_state": int(self.breakers.get(portal_id).state),

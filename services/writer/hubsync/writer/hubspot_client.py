@@ -54,6 +54,8 @@ slot_reserved: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "hubsync_writer_slot", default=None
 )
 
+# The shortest HTTP timeout a caller's deadline can give a call.
+MIN_TIMEOUT_S = 0.5
 RETRYABLE = frozenset({423, 429, 477, 500, 503, 521, 522, 523, 524, 525, 526})
 # Answers that say HubSpot (not the request) is failing: they feed the circuit breaker.
 FAILURES = frozenset({500, 502, 503, 504, 521, 522, 523, 524, 525, 526})
@@ -102,11 +104,16 @@ class HubSpotClient:
         policy: RetryPolicy,
         *,
         timeout_s: float = 30.0,
+        deadline_share: float = 0.4,
     ) -> None:
         self.tokens = tokens
         self.limiter = limiter
         self.breakers = breakers
         self.policy = policy
+        self.timeout_s = timeout_s
+        # With a caller's deadline, one call may take this share of the time left (never more
+        # than timeout_s), so a hung call still leaves time to split the batch and retry.
+        self.deadline_share = deadline_share
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout_s,
@@ -137,6 +144,7 @@ class HubSpotClient:
         token: str | None = None
         while True:
             probe = await breaker.admit(deadline)
+            slot: str | None = None
             try:
                 reserved = slot_reserved.get()
                 if reserved and not search:
@@ -147,11 +155,22 @@ class HubSpotClient:
                 if token is None:
                     token = await self.tokens.token(portal_id)
                 response = await self._send(
-                    portal_id, method, path, route, json, params, token, links, records
+                    portal_id,
+                    method,
+                    path,
+                    route,
+                    json,
+                    params,
+                    token,
+                    links,
+                    records,
+                    self._timeout(deadline),
                 )
             except BaseException:
                 if probe:
                     await breaker.record(False, probe)
+                if slot is not None:  # no answer to learn the portal's limits from
+                    await self.limiter.end_probe(portal_id, slot)
                 raise
             status = response.status
             await breaker.record(status not in FAILURES, probe)
@@ -201,6 +220,14 @@ class HubSpotClient:
             )
             await asyncio.sleep(wait)
 
+    def _timeout(self, deadline: float | None) -> float:
+        """This call's HTTP timeout: ``timeout_s``, or less under a caller's deadline (a share
+        of the time left, at least MIN_TIMEOUT_S)."""
+        if deadline is None:
+            return self.timeout_s
+        left = (deadline - time.monotonic()) * self.deadline_share
+        return min(self.timeout_s, max(MIN_TIMEOUT_S, left))
+
     def _retry_wait(self, response: HubSpotResponse, attempt: int) -> float:
         after = _retry_after(response.headers)
         if after is not None:
@@ -218,6 +245,7 @@ class HubSpotClient:
         token: str,
         links: Sequence[Link],
         records: int,
+        timeout: float,
     ) -> HubSpotResponse:
         attrs = {"portal": str(portal_id), "endpoint": f"{method} {route}"}
         with _tracer.start_as_current_span(
@@ -232,7 +260,9 @@ class HubSpotClient:
                 headers["Content-Type"] = "application/json"
             started = time.perf_counter()
             try:
-                raw = await self._http.request(method, path, content=content, params=params, headers=headers)
+                raw = await self._http.request(
+                    method, path, content=content, params=params, headers=headers, timeout=timeout
+                )
             except httpx.TimeoutException:
                 span.set_status(Status(StatusCode.ERROR, "timeout"))
                 _count(attrs, "timeout", started)

@@ -28,6 +28,8 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import HubsyncError, Unavailable
 from hubsync.core.redis import portal_key
 from hubsync.core.telemetry import extract_context, inject_fields
+from hubsync.core.versions import reserve_lua
+from hubsync.writer.ordering import stamp, version_counter_key
 from hubsync.writer.submissions import Ledger
 
 log = logging.getLogger(__name__)
@@ -40,17 +42,24 @@ PORTALS = "hubsync:writer:portals"
 _PENDING = b"pending"
 _PENDING_TTL_S = 300
 
-# KEYS: request key, stream. ARGV: response, ttl, maxlen, request bytes, traceparent, tracestate.
-_ACCEPT = """
+# KEYS: request key, stream, the portal's version counter. ARGV: response, ttl, maxlen, request
+# bytes, traceparent, tracestate, accepted_ms, how many versions to reserve. The reserved
+# versions (the writes' acceptance order, see ordering.py) are stored with the entry.
+_ACCEPT = (
+    """
 local existing = redis.call('GET', KEYS[1])
 if existing then return existing end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-local fields = {'request', ARGV[4], 'accepted_ms', ARGV[7]}
+"""
+    + reserve_lua("KEYS[3]", "ARGV[8]")
+    + """
+local fields = {'request', ARGV[4], 'accepted_ms', ARGV[7], 'version_base', string.format('%d', base)}
 if ARGV[5] ~= '' then table.insert(fields, 'traceparent'); table.insert(fields, ARGV[5]) end
 if ARGV[6] ~= '' then table.insert(fields, 'tracestate'); table.insert(fields, ARGV[6]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 return false
 """
+)
 
 
 def writes_key(portal_id: int) -> str:
@@ -82,7 +91,7 @@ class WriteQueue:
         carrier = inject_fields({})
         await self._ensure_group(portal)
         existing = await self._accept(
-            keys=[request_key(portal, request_id), writes_key(portal)],
+            keys=[request_key(portal, request_id), writes_key(portal), version_counter_key(portal)],
             args=[
                 queued.SerializeToString(),
                 self.request_ttl_s,
@@ -91,6 +100,7 @@ class WriteQueue:
                 carrier.get("traceparent", ""),
                 carrier.get("tracestate", ""),
                 int(time.time() * 1000),
+                max(len(request.writes), 1),
             ],
         )
         if existing:
@@ -240,6 +250,8 @@ class QueueConsumer:
             log.error("unreadable write queue entry dropped", extra={"portal": portal})
             await self.redis.xack(writes_key(portal), GROUP, entry_id)
             return
+        # Writes the caller gave no version get the ones reserved when the entry was accepted.
+        stamp(request.writes, int(fields.get(b"version_base", b"0")))
         parent = extract_context(fields)
         ctx = trace.get_current_span(parent).get_span_context()
         links = [Link(ctx)] if ctx.is_valid else []

@@ -33,24 +33,46 @@ _remaining = _meter.create_gauge(
     "hubsync.ratelimit.remaining", description="Requests left in the portal's burst window"
 )
 
-# KEYS: window zset, daily hash, info hash. ARGV: limit, window_ms, daily_limit, member, the reset
-# zone's UTC offset in ms (days are counted from midnight there). Returns {granted (1|0|-1 daily),
-# wait_ms, used}.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local blocked = tonumber(redis.call('HGET', KEYS[3], 'blocked_until') or '0')
-if blocked > now then return {-1, blocked - now, 0} end
+# The effective limits: what HubSpot's headers said (``learned`` hash), capped by the operator's
+# explicit BURST_LIMIT / DAILY_LIMIT; the preset only until HubSpot has said.
+_EFFECTIVE = """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local daily = tonumber(ARGV[3])
+local learned = redis.call('HMGET', KEYS[4], 'max', 'interval_ms', 'daily_max')
+local lmax = tonumber(learned[1])
+local lint = tonumber(learned[2])
+local ldaily = tonumber(learned[3])
+if lmax and lmax > 0 then
+  if ARGV[6] == '1' and limit < lmax then lmax = limit end
+  limit = lmax
+end
+if lint and lint > 0 then window = lint + tonumber(ARGV[8]) end
+if ldaily and ldaily > 0 then
+  if not (ARGV[7] == '1' and daily > 0 and daily < ldaily) then daily = ldaily end
+end
+"""
+
+# KEYS: window zset, daily hash, info hash, learned hash, probe key. ARGV: limit, window_ms (with
+# the margin), daily_limit, member, the reset zone's UTC offset in ms (days are counted from
+# midnight there), burst is an explicit cap (1|0), daily is an explicit cap (1|0), margin_ms,
+# probe TTL in ms (0: no probe). Returns {granted (1|0|-1 daily), wait_ms, used, limit}.
+# Until HubSpot's headers have told this portal's limits, one request at a time is let through
+# (the probe) so no burst goes out under a preset that may be too high.
+_ACQUIRE = (
+    _EFFECTIVE
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blocked = tonumber(redis.call('HGET', KEYS[3], 'blocked_until') or '0')
+if blocked > now then return {-1, blocked - now, 0, limit} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local used = redis.call('ZCARD', KEYS[1])
 if used >= limit then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   local wait = tonumber(oldest[2]) + window - now + 1
   if wait < 1 then wait = 1 end
-  return {0, wait, used}
+  return {0, wait, used, limit}
 end
 local local_now = now + tonumber(ARGV[5])
 local day = math.floor(local_now / 86400000)
@@ -59,8 +81,11 @@ if daily > 0 then
   local count = 0
   if tonumber(stored[1]) == day then count = tonumber(stored[2]) or 0 end
   if count >= daily then
-    return {-1, (day + 1) * 86400000 - local_now, count}
+    return {-1, (day + 1) * 86400000 - local_now, count, limit}
   end
+end
+if tonumber(ARGV[9]) > 0 and not lmax then
+  if not redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[9], 'NX') then return {0, 50, used, limit} end
 end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], window * 2)
@@ -71,8 +96,9 @@ else
   redis.call('HINCRBY', KEYS[2], 'count', 1)
 end
 redis.call('PEXPIRE', KEYS[2], 2 * 86400000)
-return {1, 0, used + 1}
+return {1, 0, used + 1, limit}
 """
+)
 
 # KEYS: window zset. ARGV: member. Moves a granted stamp to now (the response came back), so the
 # stamp is never earlier than HubSpot's arrival time however long the request took to leave.
@@ -82,9 +108,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
 """
 
-# KEYS: window zset, daily hash, info hash. ARGV: hubspot_used (-1 unknown), fill_to (-1 none),
-# daily_used (-1 unknown), remaining, window_ms, token, the reset zone's UTC offset in ms.
-# Adds phantom stamps so our window holds at least what HubSpot counted.
+# KEYS: window zset, daily hash, info hash, learned hash. ARGV: hubspot_used (-1 unknown), fill_to
+# (-1 none), daily_used (-1 unknown), remaining, window_ms, token, the reset zone's UTC offset in
+# ms, HubSpot's max, interval_ms and daily max (-1 unknown each; 0 max: probed, HubSpot sent no
+# limits). Adds phantom stamps so our window holds at least what HubSpot counted, and keeps the
+# limits HubSpot named (LEARNED_TTL_S) for every replica.
 _CORRECT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -112,7 +140,23 @@ end
 if tonumber(ARGV[4]) >= 0 then
   redis.call('HSET', KEYS[3], 'remaining', ARGV[4], 'at', now)
 end
+local names = {'max', 'interval_ms', 'daily_max'}
+local learned = false
+for i = 1, 3 do
+  local v = tonumber(ARGV[7 + i])
+  if v and v >= 0 then
+    redis.call('HSET', KEYS[4], names[i], ARGV[7 + i])
+    learned = true
+  end
+end
+if learned then redis.call('HSET', KEYS[4], 'at', now); redis.call('EXPIRE', KEYS[4], 604800) end
 return added
+"""
+
+# KEYS: probe key. ARGV: member. Ends the probe this slot held (its response came back).
+_END_PROBE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -133,11 +177,38 @@ class QuotaUse:
     hubspot_remaining: int
 
 
+@dataclass(frozen=True)
+class Limits:
+    """A portal's limits in force: HubSpot's (learned from its headers) or our configured ones."""
+
+    burst: int
+    window_ms: int
+    daily: int
+    learned: bool
+
+
 class RateLimiter:
-    """Grants request slots per portal; every replica shares the counts through Redis."""
+    """Grants request slots per portal; every replica shares the counts through Redis.
+
+    The limits are HubSpot's own once a response has carried its ``X-HubSpot-RateLimit-Max`` /
+    ``-Interval-Milliseconds`` / ``-Daily`` headers (kept per portal in
+    ``hubsync:{<portal>}:rl:learned``, shared by every replica, refreshed by every response);
+    before that, the configured budget, with one request at a time (the probe, ``probe_ttl_ms``
+    > 0) so a preset higher than the portal's real limit never sends a burst past it. Limits set
+    explicitly (``cap_burst``, ``cap_daily``) cap what HubSpot allows; a preset does not.
+    """
 
     def __init__(
-        self, redis: Redis, api: Budget, search: Budget, margin_ms: int = 0, reset_zone: tzinfo = UTC
+        self,
+        redis: Redis,
+        api: Budget,
+        search: Budget,
+        margin_ms: int = 0,
+        reset_zone: tzinfo = UTC,
+        *,
+        cap_burst: bool = False,
+        cap_daily: bool = False,
+        probe_ttl_ms: int = 0,
     ) -> None:
         self.redis = redis
         self.api = api
@@ -145,15 +216,21 @@ class RateLimiter:
         self.margin_ms = margin_ms
         # Where the daily budget's day starts at midnight (HubSpot: the account's time zone).
         self.reset_zone = reset_zone
+        self.cap_burst = cap_burst
+        self.cap_daily = cap_daily
+        self.probe_ttl_ms = probe_ttl_ms
         self._acquire = redis.register_script(_ACQUIRE)
         self._correct = redis.register_script(_CORRECT)
         self._settle = redis.register_script(_SETTLE)
+        self._end_probe = redis.register_script(_END_PROBE)
 
     def _keys(self, portal_id: int, budget: Budget) -> list[str]:
         return [
             portal_key(portal_id, "rl", budget.name),
             portal_key(portal_id, "rl", "daily"),
             portal_key(portal_id, "rl", "info"),
+            portal_key(portal_id, "rl", "learned"),
+            portal_key(portal_id, "rl", "probe"),
         ]
 
     async def acquire(self, portal_id: int, *, search: bool = False, deadline: float | None = None) -> str:
@@ -171,22 +248,34 @@ class RateLimiter:
         keys = self._keys(portal_id, budget)
         if search:
             keys[2] = portal_key(portal_id, "rl", "info", "search")
+            keys[3] = portal_key(portal_id, "rl", "learned", "search")  # never written: search
         window = budget.window_ms + (0 if search else self.margin_ms)
         daily = 0 if search else budget.daily
         waited = False
         while True:
             member = uuid.uuid4().hex
-            granted, wait_ms, used = await self._acquire(
-                keys=keys, args=[budget.limit, window, daily, member, self._offset_ms()]
+            granted, wait_ms, used, limit = await self._acquire(
+                keys=keys,
+                args=[
+                    budget.limit,
+                    window,
+                    daily,
+                    member,
+                    self._offset_ms(),
+                    int(self.cap_burst),
+                    int(self.cap_daily),
+                    0 if search else self.margin_ms,
+                    0 if search else self.probe_ttl_ms,
+                ],
             )
             if int(granted) == 1:
                 if not search:
-                    _remaining.set(budget.limit - int(used), {"portal": str(portal_id), "source": "writer"})
-                return member, waited or int(used) > budget.limit * busy_at
+                    _remaining.set(int(limit) - int(used), {"portal": str(portal_id), "source": "writer"})
+                return member, waited or int(used) > int(limit) * busy_at
             wait = int(wait_ms) / 1000
             if int(granted) == -1:
                 raise ResourceExhausted(
-                    f"portal {portal_id} used its daily budget of {daily} requests",
+                    f"portal {portal_id} used its daily budget",
                     reason="DAILY_LIMIT",
                     retry_after=wait,
                 )
@@ -202,47 +291,78 @@ class RateLimiter:
     async def release(self, portal_id: int, member: str) -> None:
         """Gives an unused slot back (a batch chose to wait for more writes)."""
         await self.redis.zrem(portal_key(portal_id, "rl", self.api.name), member)
+        await self.end_probe(portal_id, member)
+
+    async def end_probe(self, portal_id: int, member: str) -> None:
+        """The slot's request is over (answered, or never sent): another may probe."""
+        if self.probe_ttl_ms:
+            await self._end_probe(keys=[portal_key(portal_id, "rl", "probe")], args=[member])
 
     async def settle(
         self, portal_id: int, member: str, headers: Mapping[str, str], *, search: bool = False
     ) -> None:
         """After the response: re-stamps the slot at the response time, then corrects the
-        counts from HubSpot's headers. A request can leave late (a busy event loop, a full
-        connection pool); HubSpot counts it on arrival, so the stamp must not be earlier."""
+        counts (and learns the limits) from HubSpot's headers. A request can leave late (a busy
+        event loop, a full connection pool); HubSpot counts it on arrival, so the stamp must not
+        be earlier."""
         budget = self.search if search else self.api
         await self._settle(keys=[portal_key(portal_id, "rl", budget.name)], args=[member])
-        if not search and headers:
-            await self.correct(portal_id, headers)
+        if not search:
+            if headers:
+                await self.correct(portal_id, headers, probed=True)
+            await self.end_probe(portal_id, member)
 
-    async def correct(self, portal_id: int, headers: Mapping[str, str]) -> None:
-        """Brings our counts up to what HubSpot's response headers say it counted."""
+    async def correct(self, portal_id: int, headers: Mapping[str, str], *, probed: bool = False) -> None:
+        """Brings our counts up to what HubSpot's response headers say it counted, and keeps the
+        limits they name. ``probed``: an answer of ours (one without limit headers means HubSpot
+        gives none: the configured budget applies, no more probes)."""
         lower = {k.lower(): v for k, v in headers.items()}
         remaining = _int(lower.get("x-hubspot-ratelimit-remaining"))
         maximum = _int(lower.get("x-hubspot-ratelimit-max"))
+        interval = _int(lower.get("x-hubspot-ratelimit-interval-milliseconds"))
         daily = _int(lower.get("x-hubspot-ratelimit-daily"))
         daily_remaining = _int(lower.get("x-hubspot-ratelimit-daily-remaining"))
-        if remaining is None:
+        if remaining is None and maximum is None and not probed:
             return
         hubspot_used = -1
-        if maximum is not None:
-            limit = self.api.limit
-            # HubSpot's limit may be lower than ours (a wrong preset): then only `remaining` is left.
-            hubspot_used = min(limit, maximum - remaining) if maximum >= limit else limit - remaining
-            hubspot_used = max(hubspot_used, 0)
+        if remaining is not None:
+            # What HubSpot leaves us of the limit in force: only `remaining` more may go.
+            limit = self.api.limit if maximum is None else maximum
+            if maximum is not None and self.cap_burst:
+                limit = min(limit, self.api.limit)
+            hubspot_used = max(limit - remaining, 0)
+            _remaining.set(remaining, {"portal": str(portal_id), "source": "hubspot"})
         daily_used = daily - daily_remaining if daily is not None and daily_remaining is not None else -1
-        _remaining.set(remaining, {"portal": str(portal_id), "source": "hubspot"})
+        learned_max = maximum if maximum is not None and maximum > 0 else (0 if probed else -1)
         await self._correct(
-            keys=self._keys(portal_id, self.api),
+            keys=self._keys(portal_id, self.api)[:4],
             args=[
                 hubspot_used,
                 -1,
                 daily_used,
-                remaining,
+                remaining if remaining is not None else -1,
                 self.api.window_ms + self.margin_ms,
                 uuid.uuid4().hex,
                 self._offset_ms(),
+                learned_max,
+                interval if interval is not None and interval > 0 else -1,
+                daily if daily is not None and daily > 0 else -1,
             ],
         )
+
+    async def limits(self, portal_id: int) -> Limits:
+        """The limits in force for the portal (learned from HubSpot, else configured)."""
+        raw: Any = await self.redis.hmget(
+            portal_key(portal_id, "rl", "learned"), ["max", "interval_ms", "daily_max"]
+        )
+        learned_max, interval, daily_max = (int(v) if v is not None else 0 for v in raw)
+        burst = self.api.limit
+        if learned_max > 0:
+            burst = min(burst, learned_max) if self.cap_burst else learned_max
+        daily = self.api.daily
+        if daily_max > 0 and not (self.cap_daily and 0 < daily < daily_max):
+            daily = daily_max
+        return Limits(burst, interval or self.api.window_ms, daily, learned_max > 0)
 
     def _offset_ms(self) -> int:
         """The reset zone's offset from UTC now, in ms (DST included)."""
@@ -266,22 +386,35 @@ class RateLimiter:
 
     async def fill_window(self, portal_id: int) -> None:
         """After a TEN_SECONDLY_ROLLING 429: marks the window full so every replica waits."""
+        limits = await self.limits(portal_id)
         await self._correct(
-            keys=self._keys(portal_id, self.api),
-            args=[-1, self.api.limit, -1, -1, self.api.window_ms + self.margin_ms, uuid.uuid4().hex],
+            keys=self._keys(portal_id, self.api)[:4],
+            args=[
+                -1,
+                limits.burst,
+                -1,
+                -1,
+                limits.window_ms + self.margin_ms,
+                uuid.uuid4().hex,
+                self._offset_ms(),
+                -1,
+                -1,
+                -1,
+            ],
         )
 
     async def usage(self, portal_id: int) -> QuotaUse:
-        window_key, daily_key, info_key = self._keys(portal_id, self.api)
+        window_key, daily_key, info_key = self._keys(portal_id, self.api)[:3]
+        limits = await self.limits(portal_id)
         now_s, now_us = await self.redis.time()
         now = int(now_s) * 1000 + int(now_us) // 1000
-        burst = await self.redis.zcount(window_key, now - self.api.window_ms - self.margin_ms, "+inf")
+        burst = await self.redis.zcount(window_key, now - limits.window_ms - self.margin_ms, "+inf")
         stored: Any = await self.redis.hmget(daily_key, ["day", "count"])
         day, count = stored
         today = (now + self._offset_ms()) // 86_400_000
         daily_used = int(count) if day is not None and int(day) == today else 0
         remaining: Any = await self.redis.hget(info_key, "remaining")
-        left = self.api.limit - int(burst)
+        left = limits.burst - int(burst)
         _remaining.set(left, {"portal": str(portal_id), "source": "writer"})
         return QuotaUse(int(burst), daily_used, int(remaining) if remaining is not None else -1)
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from hubsync.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
 
+T = TypeVar("T")
 OBJECT_TYPES = ("companies", "contacts", "deals")
 SEARCH_OPERATORS = frozenset(
     [
@@ -129,10 +130,44 @@ def raise_for(response: HubSpotResponse, what: str) -> None:
     raise Unavailable(message, reason="HUBSPOT_UNAVAILABLE", retry_after=1.0)
 
 
+async def run_all(coros: Sequence[Coroutine[Any, Any, T]], concurrency: int) -> list[T]:
+    """Runs ``coros`` at most ``concurrency`` at a time; returns their results in order. The
+    first failure cancels the rest (nothing more is sent for a request that already failed) and
+    is raised as itself, not as an exception group."""
+    results: list[T | None] = [None] * len(coros)
+    todo = iter(enumerate(coros))
+
+    async def worker() -> None:
+        for n, coro in todo:
+            results[n] = await coro
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(max(concurrency, 1), len(coros))):
+                group.create_task(worker())
+    except BaseExceptionGroup as failed:
+        raise _first(failed) from None
+    finally:
+        for _, coro in todo:  # never started: close them (no "never awaited" warning)
+            coro.close()
+    return results  # type: ignore[return-value]
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
 class RecordReader:
-    def __init__(self, client: HubSpotClient, chunk: int = 100) -> None:
+    def __init__(self, client: HubSpotClient, chunk: int = 100, concurrency: int = 8) -> None:
         self.client = client
         self.chunk = chunk
+        # batch/read calls one ReadRecords has out at once (its chunks wait their turn).
+        self.concurrency = concurrency
 
     async def read(
         self,
@@ -154,11 +189,12 @@ class RecordReader:
         if id_property and props and id_property not in props:
             props.append(id_property)
         chunks = [unique[n : n + self.chunk] for n in range(0, len(unique), self.chunk)]
-        results = await asyncio.gather(
-            *(
+        results = await run_all(
+            [
                 self._read_chunk(portal_id, object_type, c, id_property, props, archived, deadline)
                 for c in chunks
-            )
+            ],
+            self.concurrency,
         )
         records = [r for chunk in results for r in chunk]
         found: set[str] = set()
@@ -195,13 +231,16 @@ class RecordReader:
         )
         if response.status in (502, 504) and len(ids) > 1:
             mid = len(ids) // 2
-            a, b = await asyncio.gather(
-                self._read_chunk(
-                    portal_id, object_type, ids[:mid], id_property, properties, archived, deadline
-                ),
-                self._read_chunk(
-                    portal_id, object_type, ids[mid:], id_property, properties, archived, deadline
-                ),
+            a, b = await run_all(
+                [
+                    self._read_chunk(
+                        portal_id, object_type, ids[:mid], id_property, properties, archived, deadline
+                    ),
+                    self._read_chunk(
+                        portal_id, object_type, ids[mid:], id_property, properties, archived, deadline
+                    ),
+                ],
+                2,
             )
             return [*a, *b]
         if response.status == 404:

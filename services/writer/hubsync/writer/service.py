@@ -19,6 +19,7 @@ from hubsync.writer.dlq import DeadLetterQueue
 from hubsync.writer.export import RecordExporter
 from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.hubspot_client import HubSpotClient, RetryPolicy
+from hubsync.writer.ordering import RecordVersions
 from hubsync.writer.queue import PORTALS, QueueConsumer, WriteQueue
 from hubsync.writer.ratelimit import Budget, RateLimiter
 from hubsync.writer.reads import RecordReader
@@ -30,6 +31,7 @@ from hubsync.writer.tokens import AuthTokenSource
 log = logging.getLogger(__name__)
 SERVICE = writer_pb2.DESCRIPTOR.services_by_name["WriterService"].full_name
 DEFAULT_PORT = 50054
+PROBE_TTL_MS = 2000
 
 
 def _method(name: str) -> str:
@@ -68,6 +70,11 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         Budget("search", settings.search_per_second, 1000),
         margin_ms=settings.burst_window_margin_ms,
         reset_zone=settings.reset_zone(),
+        cap_burst=settings.explicit_limits()[0],
+        cap_daily=settings.explicit_limits()[1],
+        # Until HubSpot's headers tell a portal's limits, one call at a time, and another only
+        # after 2 s when the first has no answer yet (hung, or its writer died): never a burst.
+        probe_ttl_ms=PROBE_TTL_MS,
     )
     auth_channel = channel_for(core, core.auth_address)
     tokens = AuthTokenSource(auth_pb2_grpc.AuthServiceStub(auth_channel))
@@ -79,6 +86,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         breakers,
         RetryPolicy(settings.max_attempts, settings.backoff_base_s, settings.backoff_max_s),
         timeout_s=settings.http_timeout_s,
+        deadline_share=settings.http_deadline_share,
     )
     dlq = DeadLetterQueue(redis)
     writer = BatchWriter(
@@ -88,6 +96,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         source_tag=settings.source_tag,
         source_property=settings.source_property,
         written_ttl_s=settings.written_ttl_s,
+        versions=RecordVersions(redis, settings.version_ttl_s),
     )
 
     async def slot(key: BatchKey) -> tuple[str, bool]:
@@ -104,14 +113,12 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         release=release,
         max_wait_saturated_s=settings.batch_max_wait_saturated_ms / 1000,
     )
-    reader = RecordReader(client)
+    reader = RecordReader(client, concurrency=settings.read_concurrency)
     submitter = WriteSubmitter(
         batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
     )
     queue = WriteQueue(redis, maxlen=settings.queue_maxlen, request_ttl_s=settings.request_ttl_s)
-    gateway = WriterGateway(
-        submitter, queue, reader, dlq, limiter, breakers, batcher, pilot_mode=settings.pilot_mode
-    )
+    gateway = WriterGateway(submitter, queue, reader, dlq, limiter, breakers, pilot_mode=settings.pilot_mode)
     servicer = WriterServicer(gateway, dlq, RecordExporter(reader, settings.export_lookback_s))
     consumer = QueueConsumer(
         redis,

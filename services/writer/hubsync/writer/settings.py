@@ -73,6 +73,11 @@ class WriterSettings(BaseSettings):
     circuit_failure_threshold: int = Field(default=5, ge=1)
     circuit_open_s: float = Field(default=30.0, ge=0)
     http_timeout_s: float = Field(default=30.0, gt=0)
+    # Under a caller's gRPC deadline (reads, search), one HubSpot call may take at most this share
+    # of the time left, so a hung call is cut while the split-and-retry still fits the deadline.
+    http_deadline_share: float = Field(default=0.4, gt=0, le=1)
+    # batch/read calls (100 ids each) one ReadRecords has out at once.
+    read_concurrency: int = Field(default=8, ge=1)
     # hubsync's source tag: written with each write as objectWriteTraceId "<tag>:<id>", and, when
     # source_property is set, as that property's value. UNSURE how HubSpot exposes an app's
     # identity on webhooks (changeSource INTEGRATION + sourceId is what the sandbox sends), so
@@ -91,6 +96,11 @@ class WriterSettings(BaseSettings):
     request_ttl_s: int = Field(default=86_400, ge=1)
     # Written-values records (ingress's echo check) live this long.
     written_ttl_s: int = Field(default=3_600, ge=1)
+    # Per-record order: how long the highest version written to each property of a record is
+    # remembered (an older write arriving later than this is no longer recognised as older). It
+    # costs about 200 bytes of Redis per record written in that time; reclaims and retries come
+    # within minutes, a day also covers most dead-letter replays.
+    version_ttl_s: int = Field(default=86_400, ge=60)
     # Skip writes whose properties equal what writer last wrote (WRITE_STATUS_UNCHANGED).
     skip_unchanged: bool = False
     # Export: wait this long at the end for search's index lag, then look once more.
@@ -112,6 +122,11 @@ class WriterSettings(BaseSettings):
 
     def reset_zone(self) -> ZoneInfo:
         return ZoneInfo(self.daily_reset_timezone)
+
+    def explicit_limits(self) -> tuple[bool, bool]:
+        """Whether BURST_LIMIT / DAILY_LIMIT were set: they cap what HubSpot's headers allow
+        (a preset only stands in until HubSpot has told the portal's limits)."""
+        return self.burst_limit is not None, self.daily_limit is not None
 
     def limits(self) -> tuple[int, int]:
         """(burst, daily) after overrides."""

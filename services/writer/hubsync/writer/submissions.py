@@ -208,18 +208,34 @@ class WriteSubmitter:
                 if r.operation == UPSERT and r.id_property == "email":
                     dedupe = r.id.lower()
                 item = BatchInput(
-                    dedupe, r.id, dict(r.properties), [writes[n]], list(span_links), [], [trace_id]
+                    dedupe,
+                    r.id,
+                    dict(r.properties),
+                    [writes[n]],
+                    list(span_links),
+                    [],
+                    [trace_id],
+                    versions=dict.fromkeys(r.properties, r.version),
                 )
                 futures.append(self.batcher.submit(key, item))
-            results = await asyncio.gather(*futures)
+            # Every batch of the tier is waited for, even when one fails: a batch that went out
+            # is recorded as finished before the failure is raised, so a retry of the queued
+            # request does not send it (its creates) again.
+            results = await asyncio.gather(*futures, return_exceptions=True)
             sent = [n for n in tiers[tier] if n not in unchanged and outcomes[n] is None]
-            for n, outcome in zip(sent, results, strict=True):
-                outcomes[n] = outcome
+            failure: BaseException | None = None
+            for n, result in zip(sent, results, strict=True):
+                if isinstance(result, BaseException):
+                    failure = failure or result
+                    continue
+                outcomes[n] = result
                 r = writes[n].record
-                if outcome.hubspot_id and r.operation == UPSERT:
-                    known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = outcome.hubspot_id
+                if result.hubspot_id and r.operation == UPSERT:
+                    known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = result.hubspot_id
             if ledger is not None:
                 await ledger.record({n: o for n in tiers[tier] if (o := outcomes[n]) is not None})
+            if failure is not None:
+                raise failure
         if assoc:
             await self._associate(portal_id, writes, assoc, known, outcomes, span_links, trace_id)
         return [o if o is not None else Outcome(writer_pb2.WRITE_STATUS_UNSPECIFIED) for o in outcomes]

@@ -71,6 +71,10 @@ class _WriteStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WriteStat
     """Pilot mode: logged, not sent."""
     WRITE_STATUS_UNCHANGED: _WriteStatus.ValueType  # 5
     """The same properties were written before: nothing sent."""
+    WRITE_STATUS_SUPERSEDED: _WriteStatus.ValueType  # 6
+    """Every property of this write was already written by a newer version of the same record:
+    nothing sent (see RecordWrite.version).
+    """
 
 class WriteStatus(_WriteStatus, metaclass=_WriteStatusEnumTypeWrapper):
     """What happened to one write."""
@@ -87,6 +91,10 @@ WRITE_STATUS_SKIPPED_PILOT: WriteStatus.ValueType  # 4
 """Pilot mode: logged, not sent."""
 WRITE_STATUS_UNCHANGED: WriteStatus.ValueType  # 5
 """The same properties were written before: nothing sent."""
+WRITE_STATUS_SUPERSEDED: WriteStatus.ValueType  # 6
+"""Every property of this write was already written by a newer version of the same record:
+nothing sent (see RecordWrite.version).
+"""
 Global___WriteStatus: _TypeAlias = WriteStatus  # noqa: Y015
 
 class _CircuitState:
@@ -148,6 +156,7 @@ class RecordWrite(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     ID_PROPERTY_FIELD_NUMBER: _builtins.int
     PROPERTIES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     operation: Global___WriteOperation.ValueType
     """What to do."""
     object_type: _builtins.str
@@ -156,6 +165,13 @@ class RecordWrite(_message.Message):
     """For UPSERT: the unique property's value. For UPDATE and ARCHIVE: HubSpot's record id."""
     id_property: _builtins.str
     """For UPSERT: the unique property (hasUniqueValue, or "email" for contacts)."""
+    version: _builtins.int
+    """The version of the change this write comes from (for example microseconds since the epoch
+    when the change was accepted). Writer never applies a property of a record with an older
+    version after the same property with a newer one (per object type, id_property and id);
+    an older write's other properties still land. 0: writer assigns one when it accepts the
+    write (its acceptance order).
+    """
     @_builtins.property
     def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Property values as HubSpot takes them (strings)."""
@@ -168,10 +184,11 @@ class RecordWrite(_message.Message):
         id: _builtins.str = ...,
         id_property: _builtins.str = ...,
         properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "id_property", b"id_property", "object_type", b"object_type", "operation", b"operation", "properties", b"properties"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "id_property", b"id_property", "object_type", b"object_type", "operation", b"operation", "properties", b"properties", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

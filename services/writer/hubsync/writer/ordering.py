@@ -1,0 +1,144 @@
+"""Per-record write order: a property is never written with an older version after a newer one.
+
+Every record write carries a version (``RecordWrite.version``): the caller's (mapper sets the
+push's acceptance stamp) or, when it gives none, one writer assigns when it accepts the write
+(:func:`stamp_now`, or the queue's accept script): Redis's clock in microseconds, strictly
+increasing per portal, taken atomically with the enqueue. Right before a batch goes to HubSpot,
+:meth:`RecordVersions.claim` compares each input's properties with the highest version already
+claimed for that property of that record (``hubsync:{<portal>}:writer:versions:<type>:<id
+property>:<id>``, one hash per record, in Redis so every replica sees it): a property whose
+record already has a newer version is dropped from the input, the rest is claimed and sent. An
+input with nothing left is answered ``SUPERSEDED`` without a call. A retry of the same version
+(a split batch, a reclaimed queue entry) is sent again: equal versions pass.
+
+Per property rather than per record: an older write's properties that no newer write touched
+still land (an old upsert of {firstname, phone} reclaimed after a new one of {firstname} still
+writes phone), so nothing the caller sent is lost, and nothing newer is reverted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from opentelemetry import metrics
+from redis.asyncio import Redis
+
+from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.redis import portal_key
+from hubsync.core.versions import reserve_versions
+
+log = logging.getLogger(__name__)
+
+_superseded = metrics.get_meter("hubsync.writer").create_counter(
+    "hubsync.writes.superseded",
+    description="Properties of writes dropped because a newer version of the record was written",
+)
+
+# KEYS: one version hash per record. ARGV[1]: TTL (s); ARGV[i + 1]: JSON [[property, version]]
+# for KEYS[i] (versions as decimal strings: Lua's numbers print large integers in floating
+# point). Claims each property whose stored version is not newer; returns, per key, the JSON
+# list of properties a newer version already holds.
+_CLAIM = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local stale = {}
+  local touched = false
+  for _, pv in ipairs(cjson.decode(ARGV[i + 1])) do
+    local have = redis.call('HGET', key, pv[1])
+    if have and tonumber(have) > tonumber(pv[2]) then
+      table.insert(stale, pv[1])
+    else
+      redis.call('HSET', key, pv[1], pv[2])
+      touched = true
+    end
+  end
+  if touched then redis.call('EXPIRE', key, ARGV[1]) end
+  if #stale == 0 then out[i] = '[]' else out[i] = cjson.encode(stale) end
+end
+return out
+"""
+
+
+def version_counter_key(portal_id: int) -> str:
+    return portal_key(portal_id, "writer", "version")
+
+
+def stamp(writes: Sequence[writer_pb2.Write], base: int) -> None:
+    """Gives every record write without a version ``base + its index`` (reserved for them)."""
+    if base <= 0:
+        return
+    for n, w in enumerate(writes):
+        if w.WhichOneof("kind") == "record" and w.record.version == 0:
+            w.record.version = base + n
+
+
+async def stamp_now(redis: Redis, portal_id: int, writes: Sequence[writer_pb2.Write]) -> None:
+    """Versions for the writes whose caller gave none, in acceptance order (per portal)."""
+    if any(w.WhichOneof("kind") == "record" and w.record.version == 0 for w in writes):
+        stamp(writes, await reserve_versions(redis, version_counter_key(portal_id), len(writes)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordRef:
+    """How a batch names a record: object type, the property its id is a value of, the id."""
+
+    object_type: str
+    id_property: str
+    id: str
+
+    def key(self, portal_id: int) -> str:
+        return portal_key(portal_id, "writer", "versions", self.object_type, self.id_property, self.id)
+
+
+class RecordVersions:
+    """The claim made right before a batch is sent (shared by every replica through Redis)."""
+
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._claim = redis.register_script(_CLAIM)
+
+    async def claim(
+        self,
+        portal_id: int,
+        object_type: str,
+        items: Sequence[tuple[RecordRef | None, dict[str, int]]],
+    ) -> list[set[str]]:
+        """For each (record, property → version): claims what is not older than the record's
+        stored versions; returns, per item, the properties a newer version already wrote.
+        Items without a record reference or version are not ordered (nothing returned)."""
+        out: list[set[str]] = [set() for _ in items]
+        keys: list[str] = []
+        args: list[Any] = [self.ttl_s]
+        where: list[int] = []
+        for n, (ref, versions) in enumerate(items):
+            pairs = [[p, str(v)] for p, v in versions.items() if v > 0]
+            if ref is None or not pairs:
+                continue
+            keys.append(ref.key(portal_id))
+            args.append(orjson.dumps(pairs).decode())
+            where.append(n)
+        if not keys:
+            return out
+        replies: Any = await self._claim(keys=keys, args=args)
+        dropped = 0
+        for n, raw in zip(where, replies, strict=True):
+            stale = set(orjson.loads(raw))
+            out[n] = stale
+            dropped += len(stale)
+        if dropped:
+            _superseded.add(dropped, {"portal": str(portal_id), "object_type": object_type})
+            log.warning(
+                "older writes superseded: properties a newer version of the record already wrote "
+                "were not sent",
+                extra={
+                    "portal": portal_id,
+                    "object_type": object_type,
+                    "properties_dropped": dropped,
+                    "records": sum(1 for s in out if s),
+                },
+            )
+        return out
