@@ -295,3 +295,13 @@ async def test_stop_gives_up_on_a_task_that_never_ends(
         released.set()
         stopping.cancel()
         await asyncio.wait({leftover, stopping}, timeout=5)
+
+
+async def test_health_watch_streams_the_status(host) -> None:  # type: ignore[no-untyped-def]
+    """grpc.health.v1 Watch (a handler that writes with context.write) passes the interceptors."""
+    _, port = host
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+        first = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING

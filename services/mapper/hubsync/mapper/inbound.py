@@ -34,6 +34,7 @@ from redis.exceptions import ResponseError, WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.core.outage import loop_error
 from hubsync.core.redis import group_lag, portal_key
 from hubsync.core.telemetry import extract_context, trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
@@ -146,6 +147,9 @@ class InboundWorker:
         self.batches = 0
         # The batch being hydrated and published while the next one is read and coalesced.
         self._processing: asyncio.Task[None] | None = None
+        self._loop_error = loop_error(
+            log, "inbound batch failed unexpectedly", "inbound worker: Redis unavailable, retrying"
+        )
 
     async def run(self) -> None:
         """Consumes until cancelled; a failing batch is retried by the visibility timeout. (A
@@ -197,10 +201,11 @@ class InboundWorker:
                 # The entries stay pending and come back after the visibility timeout.
                 log.warning("inbound batch failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(0.5)
-            except Exception:
+            except Exception as exc:
                 _reraise_if_cancelling()
                 # A bug must not stop the pipeline for every portal: log, leave entries pending.
-                log.exception("inbound batch failed unexpectedly")
+                # (A Redis outage is a rate-limited warning: the loop resumes when Redis is back.)
+                self._loop_error(exc)
                 await asyncio.sleep(1.0)
 
     async def _discover(self) -> None:
