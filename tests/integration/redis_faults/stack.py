@@ -55,7 +55,11 @@ class OwnRedis:
             await asyncio.to_thread(proc.wait)
         self.process.stop()  # SIGTERM (or the bookkeeping after the kill)
 
-    async def start(self) -> None:
+    async def start(self, *, data_lost: bool = False) -> None:
+        """Starts Redis again on the same port: with its data, or (``data_lost``) empty, as a Redis
+        without persistence or a failover to a replica that had not caught up comes back."""
+        if data_lost:
+            self.data_dir = self.data_dir.with_name(self.data_dir.name + "-empty")
         self.process = RedisProcess(self.data_dir, port=self.port)
         await asyncio.to_thread(self.process.start)
 
@@ -71,6 +75,7 @@ class Stack:
     services: dict[str, RunningService]
     http_base: str
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    auth_address: str = ""
 
     @property
     def mapper(self) -> mapper_pb2_grpc.MapperServiceStub:
@@ -219,6 +224,7 @@ async def running_stack(
                 result.channels[name] = await stack.enter_async_context(
                     open_channel(f"127.0.0.1:{services[name].port}", caller_tokens[caller])
                 )
+            result.auth_address = auth_address
             yield result
     finally:
         redis.close()

@@ -16,6 +16,7 @@ import pytest
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.api.ingress.v1 import ingress_pb2
 from hubsync.api.mapper.v1 import mapper_pb2
+from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import error_info
 from tests.integration.redis_faults.stack import PORTAL, Stack, retry_delay, running_stack, stacks_logged
 
@@ -33,6 +34,10 @@ def _calls(stack: Stack, ack_id: str) -> dict[str, Callable[[], Awaitable[Any]]]
         ),
         "writer GetQuotaStatus": stack.quota,
         "writer ReadRecords": lambda: stack.read(["1"]),
+        "writer SearchRecords": lambda: stack.writer.SearchRecords(
+            writer_pb2.SearchRecordsRequest(portal_id=PORTAL, object_type="contacts", page_size=10),
+            timeout=30,
+        ),
         "auth GetConnection": lambda: stack.auth.GetConnection(
             auth_pb2.GetConnectionRequest(portal_id=PORTAL), timeout=30
         ),

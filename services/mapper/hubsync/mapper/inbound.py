@@ -198,6 +198,9 @@ class InboundWorker:
                 raise
             except (grpc.aio.AioRpcError, ConnectionError, ResponseError, OSError) as exc:
                 _reraise_if_cancelling()
+                if "NOGROUP" in str(exc):  # Redis came back without its data: groups made again
+                    self._streams.clear()
+                    next_discover = 0.0
                 # The entries stay pending and come back after the visibility timeout.
                 log.warning("inbound batch failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(0.5)

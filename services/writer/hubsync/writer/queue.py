@@ -196,6 +196,8 @@ class QueueConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if "NOGROUP" in str(exc):  # Redis came back without its data: groups made again
+                    self._groups.clear()
                 # A Redis outage is a rate-limited warning; the loop resumes when Redis is back.
                 self._loop_error(exc)
                 await asyncio.sleep(1.0)
