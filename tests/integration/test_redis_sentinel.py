@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from hubsync.core.devredis import RedisProcess, free_port, redis_server_binary
 from hubsync.core.redis import create_redis
@@ -35,6 +36,15 @@ def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisProcess, int]]:
         master.stop()
 
 
+async def _until_answering(client: Redis) -> None:
+    for _ in range(100):  # the sentinel needs a moment to start answering
+        try:
+            await client.ping()
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+
+
 async def test_client_finds_the_master_through_sentinel(sentinel_setup: tuple[RedisProcess, int]) -> None:
     master, port = sentinel_setup
     settings = CoreSettings(
@@ -44,12 +54,7 @@ async def test_client_finds_the_master_through_sentinel(sentinel_setup: tuple[Re
     )
     client = create_redis(settings)
     try:
-        for _ in range(100):  # the sentinel needs a moment to start answering
-            try:
-                await client.ping()
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
+        await _until_answering(client)
         await client.xadd("hubsync:{1}:events", {"event": "x"})
         assert await client.xlen("hubsync:{1}:events") == 1
     finally:
@@ -87,12 +92,7 @@ async def test_a_sentinel_client_recovers_after_the_master_restarts(
     client = create_redis(settings)
     restarted = RedisProcess(master.data_dir, port=master.port)
     try:
-        for _ in range(100):  # the sentinel needs a moment to start answering
-            try:
-                await client.ping()
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
+        await _until_answering(client)
         await asyncio.gather(*(client.blpop(["hubsync:none"], timeout=0.2) for _ in range(8)))
         await asyncio.to_thread(master.stop)
         await asyncio.to_thread(restarted.start)
