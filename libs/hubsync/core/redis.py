@@ -15,9 +15,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from hubsync.core.settings import CoreSettings
 
 # A command that meets a dropped connection (Redis restarted, failed over, or closed an idle
-# one) is sent again on a new connection, up to this many times, after a short jittered wait
-# (50 ms doubling, at most 500 ms: about 0.4 s in all while Redis stays down). Only connection
-# errors: a timeout may mean Redis ran the command, and it already cost SOCKET_TIMEOUT_S.
+# one) is sent again on a new connection, up to this many times, after a jittered wait of up to
+# 0.1, 0.2, 0.4 s (about 0.35 s in all while Redis stays down). Only connection errors: a timeout
+# may mean Redis ran the command, and it already cost SOCKET_TIMEOUT_S.
 CONNECTION_RETRIES = 3
 # A pooled connection idle this long is PINGed before it carries a command.
 HEALTH_CHECK_INTERVAL_S = 10

@@ -588,7 +588,9 @@ class TokenVault:
         interval = self.settings.refresher_interval_s
         if interval <= 0:
             return
-        report = loop_error(log, "background refresher pass failed")
+        report = loop_error(
+            log, "background refresher pass failed", "background refresher: Redis unavailable, retrying"
+        )
         while True:
             try:
                 await self.refresh_due()

@@ -86,7 +86,7 @@ class Reconciler:
         """Background loop: one pass per known portal every ``interval_s`` (0: never)."""
         if self.interval_s <= 0:
             return
-        report = loop_error(log, "reconciliation pass failed")
+        report = loop_error(log, "reconciliation pass failed", "reconciler: Redis unavailable, retrying")
         while True:
             await asyncio.sleep(self.interval_s)
             try:

@@ -174,7 +174,9 @@ class QueueConsumer:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._groups: set[int] = set()
         self._last_claim = 0.0
-        self._loop_error = loop_error(log, "write queue consumer failed; retrying")
+        self._loop_error = loop_error(
+            log, "write queue consumer failed; retrying", "write queue consumer: Redis unavailable, retrying"
+        )
 
     async def _ensure_groups(self) -> list[int]:
         portals = sorted(int(p) for p in await self.redis.smembers(PORTALS))
