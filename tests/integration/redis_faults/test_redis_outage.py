@@ -84,6 +84,7 @@ async def test_redis_down_answers_unavailable_with_retry_info(
     for name, err in failures.items():
         info = error_info(err)
         assert info is not None and info.domain == "hubsync.dev", (name, report[name])
+        assert info.reason == "REDIS_UNAVAILABLE", (name, info.reason)
         assert retry_delay(err), (name, report[name])
     # No call logged an "unhandled error" with its stack (background loops: test_redis_restart).
     calls = [r for r in caplog.records if r.name == "hubsync.core.grpcserver"]

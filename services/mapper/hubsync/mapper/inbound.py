@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError, WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
-from hubsync.core.outage import loop_error
+from hubsync.core.outage import loop_error, redis_outage
 from hubsync.core.redis import group_lag, portal_key
 from hubsync.core.telemetry import extract_context, trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
@@ -202,7 +202,10 @@ class InboundWorker:
                     self._streams.clear()
                     next_discover = 0.0
                 # The entries stay pending and come back after the visibility timeout.
-                log.warning("inbound batch failed", extra={"error": str(exc)[:300]})
+                if redis_outage(exc) is not None:  # READONLY after a failover, LOADING, BUSY
+                    self._loop_error(exc)
+                else:
+                    log.warning("inbound batch failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(0.5)
             except Exception as exc:
                 _reraise_if_cancelling()
