@@ -311,3 +311,41 @@ async def test_stop_gives_up_on_a_task_that_never_ends(
         released.set()
         stopping.cancel()
         await asyncio.wait({leftover, stopping}, timeout=5)
+
+
+async def test_health_watch_streams_the_status(host) -> None:  # type: ignore[no-untyped-def]
+    """grpc.health.v1 Watch (a handler that writes with context.write) passes the interceptors."""
+    _, port = host
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+        first = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_background_task_that_fails_is_started_again(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that dies of an error its loop did not expect (as ingress's reconciler did when
+    Redis was down at the start of a pass) is started again; it does not stay dead."""
+    runs = 0
+    again = asyncio.Event()
+
+    async def worker() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("unexpected")
+        again.set()
+        await asyncio.Event().wait()
+
+    async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
+        return ServiceSpec(service_names=[], register=lambda server: None, port=0, background=[worker])
+
+    service = await start_service("test", CoreSettings(redis_url=redis_url), factory, port=0)
+    try:
+        await asyncio.wait_for(again.wait(), 30)
+    finally:
+        await service.stop()
+    assert runs == 2
+    assert any("starting it again" in r.getMessage() for r in caplog.records)

@@ -1,7 +1,8 @@
 """The grpc.aio server every service runs: interceptors, health, reflection, graceful stop.
 
 Interceptors, outermost first: tracing (opentelemetry-instrumentation-grpc), caller
-authentication and per-method policy, error mapping (domain errors → ``google.rpc.Status``).
+authentication and per-method policy, error mapping (domain errors → ``google.rpc.Status``; a
+Redis outage → ``UNAVAILABLE`` + ``RetryInfo``, see :mod:`hubsync.core.outage`).
 Health (grpc.health.v1) reports SERVING only while Redis answers; on SIGTERM the host marks
 everything NOT_SERVING, stops taking new calls and gives in-flight ones the grace period.
 """
@@ -32,6 +33,7 @@ from hubsync.core.callers import (
     check_policy,
 )
 from hubsync.core.errors import HubsyncError, InvalidArgument
+from hubsync.core.outage import outage_status
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ LIVENESS_SERVICE = "hubsync.liveness"
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns :class:`HubsyncError` into a rich status; anything unexpected into INTERNAL."""
+    """Turns :class:`HubsyncError` into a rich status, a Redis outage into UNAVAILABLE, anything
+    unexpected into INTERNAL."""
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
@@ -64,7 +67,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     await context.abort_with_status(InvalidArgument(str(exc)).to_status())
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
-                except Exception:
+                except Exception as exc:
+                    if (outage := outage_status(exc, method)) is not None:
+                        await context.abort_with_status(outage)
                     log.exception("unhandled error", extra={"method": method})
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
@@ -78,13 +83,19 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    async for item in inner_stream(request, context):
-                        yield item
+                    result = inner_stream(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    else:  # a handler that writes with context.write() (grpc's health Watch)
+                        await result
                 except HubsyncError as exc:
                     await context.abort_with_status(exc.to_status())
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
-                except Exception:
+                except Exception as exc:
+                    if (outage := outage_status(exc, method)) is not None:
+                        await context.abort_with_status(outage)
                     log.exception("unhandled error", extra={"method": method})
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

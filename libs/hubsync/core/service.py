@@ -40,7 +40,8 @@ class ServiceSpec:
     port: int
     # For every method the servicers expose, the callers allowed to call it (deny by default).
     policy: Policy = field(default_factory=dict)
-    # Coroutines started after the server (workers, HTTP servers); cancelled on stop.
+    # Coroutines started after the server (workers, HTTP servers); cancelled on stop; one that
+    # fails is started again.
     background: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     # Awaited on stop, after the gRPC server drained (close clients, flush).
     on_stop: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
@@ -49,6 +50,8 @@ class ServiceSpec:
 SpecFactory = Callable[[CoreSettings, Redis], Awaitable[ServiceSpec]]
 # How long stop() keeps cancelling a background task that has not ended before it gives up on it.
 STOP_TASKS_TIMEOUT_S = 10.0
+# A failed background task is started again after at most this pause.
+RESTART_MAX_S = 30.0
 
 
 class RunningService:
@@ -171,13 +174,24 @@ def _checked_callers(name: str, core: CoreSettings) -> dict[str, str]:
 
 
 async def _guard(job: Callable[[], Awaitable[Any]]) -> None:
-    try:
-        await job()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("background task failed")
-        raise
+    """Runs a background job; one that fails (a bug, an error its own loop did not expect) is
+    started again after a pause (1 s doubling to :data:`RESTART_MAX_S`), so a worker never stays
+    dead until someone restarts the process. A job that returns is done."""
+    loop = asyncio.get_running_loop()
+    pause = 1.0
+    while True:
+        started = loop.time()
+        try:
+            await job()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if loop.time() - started > RESTART_MAX_S:
+                pause = 1.0  # it ran well for a while: this is a new failure, not the same one
+            log.exception("background task failed; starting it again", extra={"in_s": pause})
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, RESTART_MAX_S)
 
 
 def main(name: str, factory: SpecFactory) -> None:

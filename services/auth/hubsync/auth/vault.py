@@ -56,6 +56,7 @@ from hubsync.core.errors import (
     NotFound,
     Unavailable,
 )
+from hubsync.core.outage import loop_error
 from hubsync.core.redis import portal_key
 from hubsync.core.telemetry import trace_id_hex
 
@@ -653,11 +654,14 @@ class TokenVault:
         interval = self.settings.refresher_interval_s
         if interval <= 0:
             return
+        report = loop_error(
+            log, "background refresher pass failed", "background refresher: Redis unavailable, retrying"
+        )
         while True:
             try:
                 await self.refresh_due()
-            except Exception:
-                log.exception("background refresher pass failed")
+            except Exception as exc:  # a Redis outage: a rate-limited warning, the next pass retries
+                report(exc)
             await asyncio.sleep(interval)
 
     # ---- audit and metrics ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import InvalidArgument, Unavailable
+from hubsync.core.outage import loop_error
 from hubsync.core.redis import portal_key
 from hubsync.ingress import metrics
 from hubsync.ingress.committer import PORTALS_KEY, EnqueueFailed, EventCommitter, Outcome
@@ -89,9 +90,14 @@ class Reconciler:
         """Background loop: one pass per known portal every ``interval_s`` (0: never)."""
         if self.interval_s <= 0:
             return
+        report = loop_error(log, "reconciliation pass failed", "reconciler: Redis unavailable, retrying")
         while True:
             await asyncio.sleep(self.interval_s)
-            portals: Any = await self._redis.smembers(PORTALS_KEY)  # type: ignore[misc]
+            try:
+                portals: Any = await self._redis.smembers(PORTALS_KEY)  # type: ignore[misc]
+            except Exception as exc:  # Redis down: the next pass tries again (the loop must live on)
+                report(exc)
+                continue
             for raw in sorted(portals):
                 try:
                     await self.reconcile(int(raw), [])

@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from hubsync.api.writer.v1 import writer_pb2_grpc
+from hubsync.core.outage import loop_error, redis_outage
 from hubsync.core.redis import group_lag, portal_key
 from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper.feed import DISCOVER_INTERVAL_S, PORTALS_KEY, feed_key
@@ -132,6 +133,9 @@ class InboundWorker:
         # (portal, object type, id) → the latest batch task holding the record.
         self._holders: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self.batches = 0
+        self._loop_error = loop_error(
+            log, "inbound step failed unexpectedly", "inbound worker: Redis unavailable, retrying"
+        )
 
     async def run(self) -> None:
         """Consumes until cancelled. (A cancellation lost inside a client library is repeated by
@@ -183,12 +187,20 @@ class InboundWorker:
                 raise
             except (grpc.aio.AioRpcError, ConnectionError, ResponseError, OSError) as exc:
                 _reraise_if_cancelling()
-                log.warning("inbound step failed", extra={"error": str(exc)[:300]})
+                if "NOGROUP" in str(exc):  # Redis came back without its data: groups made again
+                    self._streams.clear()
+                    next_discover = 0.0
+                # The entries stay pending and come back after the visibility timeout.
+                if redis_outage(exc) is not None:  # READONLY after a failover, LOADING, BUSY
+                    self._loop_error(exc)
+                else:
+                    log.warning("inbound step failed", extra={"error": str(exc)[:300]})
                 await asyncio.sleep(0.5)
-            except Exception:
+            except Exception as exc:
                 _reraise_if_cancelling()
                 # A bug must not stop the pipeline for every portal: log, leave entries pending.
-                log.exception("inbound step failed unexpectedly")
+                # (A Redis outage is a rate-limited warning: the loop resumes when Redis is back.)
+                self._loop_error(exc)
                 await asyncio.sleep(1.0)
 
     def _active(self) -> dict[str, str]:

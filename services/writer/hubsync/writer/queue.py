@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import HubsyncError, Unavailable
+from hubsync.core.outage import loop_error
 from hubsync.core.redis import portal_key
 from hubsync.core.telemetry import extract_context, inject_fields
 from hubsync.core.versions import reserve_lua
@@ -183,6 +184,9 @@ class QueueConsumer:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._groups: set[int] = set()
         self._last_claim = 0.0
+        self._loop_error = loop_error(
+            log, "write queue consumer failed; retrying", "write queue consumer: Redis unavailable, retrying"
+        )
 
     async def _ensure_groups(self) -> list[int]:
         portals = sorted(int(p) for p in await self.redis.smembers(PORTALS))
@@ -203,8 +207,11 @@ class QueueConsumer:
                 await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("write queue consumer failed; retrying")
+            except Exception as exc:
+                if "NOGROUP" in str(exc):  # Redis came back without its data: groups made again
+                    self._groups.clear()
+                # A Redis outage is a rate-limited warning; the loop resumes when Redis is back.
+                self._loop_error(exc)
                 await asyncio.sleep(1.0)
 
     async def step(self) -> int:
