@@ -340,9 +340,16 @@ async def test_reconciliation_after_pushes_sends_nothing_to_the_feed(
 
 
 def test_mapper_read_deadline_nests_around_writers_hubspot_timeout() -> None:
-    # Writer's HubSpot call may time out once and be retried (or split) inside mapper's deadline.
-    writer_timeout = WriterSettings().http_timeout_s
-    assert MapperSettings().hydrate_deadline_s > 2 * writer_timeout
+    # Writer's HubSpot call may time out once and be retried (or split) inside mapper's deadline:
+    # the first call is cut at its share of the deadline (or writer's own timeout), and the halves
+    # read again get their share of what is left, all before mapper gives up. On the old settings
+    # the deadline equalled writer's timeout: the hung call used all of it and no retry ran.
+    writer = WriterSettings()
+    deadline = MapperSettings().hydrate_deadline_s
+    first_cut = min(writer.http_timeout_s, writer.http_deadline_share * deadline)
+    retry = min(writer.http_timeout_s, writer.http_deadline_share * (deadline - first_cut))
+    assert first_cut + retry < deadline
+    assert retry >= 2.0  # a real retry, not a token one
 
 
 async def test_a_hung_read_holds_up_only_its_own_batch(redis_url: str, caller_tokens: dict[str, str]) -> None:

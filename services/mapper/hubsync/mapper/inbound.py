@@ -101,7 +101,7 @@ class InboundWorker:
         read_batch_size: int = 500,
         read_block_ms: int = 200,
         hydrate_batch_size: int = 100,
-        hydrate_deadline_s: float = 75.0,
+        hydrate_deadline_s: float = 20.0,
         max_batches_in_flight: int = 8,
         stalled_batch_ms: int = 1000,
         max_attempts: int = 10,

@@ -35,9 +35,10 @@ class MapperSettings(BaseSettings):
     read_block_ms: int = Field(default=200, ge=1, le=60_000)
     # Ids per writer ReadRecords call (writer sends HubSpot at most 100 per batch/read).
     hydrate_batch_size: int = Field(default=100, ge=1, le=100)
-    # Deadline of one ReadRecords call. Deadlines nest: it must exceed writer's HubSpot timeout
-    # (HUBSYNC_WRITER_HTTP_TIMEOUT_S, 30 s) plus one retry, so writer's split-and-retry runs inside it.
-    hydrate_deadline_s: float = Field(default=75.0, gt=0, le=3600)
+    # Deadline of one ReadRecords call. Deadlines nest: writer gives one HubSpot call a share of
+    # the time left (HUBSYNC_WRITER_HTTP_DEADLINE_SHARE, 0.4), so a hung batch/read is cut after
+    # 8 s and its ids read again in halves inside the same 20 s; only that batch waits.
+    hydrate_deadline_s: float = Field(default=20.0, gt=0, le=3600)
     # Batches hydrated and published at once: a slow HubSpot read holds up only its own batch.
     max_batches_in_flight: int = Field(default=8, ge=1, le=256)
     # A batch in flight this long counts as stalled: the next batch starts without waiting for it.
