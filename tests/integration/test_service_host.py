@@ -324,7 +324,7 @@ async def test_health_watch_streams_the_status(host) -> None:  # type: ignore[no
 
 
 async def test_a_background_task_that_fails_is_started_again(
-    redis_url: str, caplog: pytest.LogCaptureFixture
+    redis_url: str, caller_tokens: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A worker that dies of an error its loop did not expect (as ingress's reconciler did when
     Redis was down at the start of a pass) is started again; it does not stay dead."""
@@ -342,7 +342,7 @@ async def test_a_background_task_that_fails_is_started_again(
     async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
         return ServiceSpec(service_names=[], register=lambda server: None, port=0, background=[worker])
 
-    service = await start_service("test", CoreSettings(redis_url=redis_url), factory, port=0)
+    service = await start_service("test", _core(redis_url, caller_tokens), factory, port=0)
     try:
         await asyncio.wait_for(again.wait(), 30)
     finally:
