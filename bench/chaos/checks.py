@@ -17,8 +17,10 @@ Correctness checks (each must be 0; the CI variant asserts them):
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from .load import Delivery, FeedLog, PushLog
@@ -124,35 +126,61 @@ def echoes(deliveries: list[Delivery], outbound_hs: set[str]) -> dict[str, int]:
     return {"soak": out["soak"], "reconcile": out["reconcile"]}
 
 
+@dataclass(frozen=True)
+class Edit:
+    """One UI edit as the sandbox made it (its change log): record, edit number, when."""
+
+    hubspot_id: str
+    number: int
+    occur_s: float  # seconds since the soak's clock
+
+
+def ui_edits(changes: list[dict[str, Any]], inbound_hs: set[str], wall_clock: float) -> list[Edit]:
+    return [
+        Edit(str(c["objectId"]), edit_number(c.get("propertyValue")), c["occurredAt"] / 1000 - wall_clock)
+        for c in changes
+        if c.get("changeSource") == "CRM_UI"
+        and c.get("propertyName") == "firstname"
+        and str(c.get("objectId")) in inbound_hs
+        and edit_number(c.get("propertyValue")) >= 0
+    ]
+
+
 def latency(
-    deliveries: list[Delivery], inbound_hs: set[str], window: tuple[float, float] | None
+    edits: list[Edit], deliveries: list[Delivery], window: tuple[float, float] | None
 ) -> dict[str, Any]:
-    """Webhook → subscriber: receipt minus the change's occurTime, first deliveries of UI edits."""
-    every = []
-    in_window = []
-    for d in deliveries:
-        if d.hubspot_id not in inbound_hs or d.kind != "CHANGE_KIND_UPDATED" or d.attempt > 1:
-            continue
-        if d.occur_s < 0 or d.phase != "soak":
-            continue
-        lat = d.at - d.occur_s
-        every.append(lat)
-        if window and window[0] <= d.occur_s < window[1]:
-            in_window.append(lat)
+    """Webhook → subscriber, per UI edit: from the edit (the sandbox's ``occurredAt``) to the
+    first delivery that shows it or a later edit of the same record. Coalescing merges edits, so
+    a change's own ``occurTime`` (its latest edit) would hide how long the earlier ones waited."""
+    seen: dict[str, tuple[list[float], list[int]]] = {}
+    for d in sorted(deliveries, key=lambda d: d.at):
+        n = edit_number(d.first_name)
+        times, best = seen.setdefault(d.hubspot_id, ([], []))
+        if n > (best[-1] if best else -1):
+            times.append(d.at)
+            best.append(n)
+    every: list[float] = []
+    in_window: list[float] = []
+    never = 0
     buckets: dict[int, list[float]] = defaultdict(list)
-    for d in deliveries:
-        if (
-            d.hubspot_id in inbound_hs
-            and d.kind == "CHANGE_KIND_UPDATED"
-            and d.attempt <= 1
-            and d.occur_s >= 0
-        ):
-            buckets[int(d.occur_s // 5) * 5].append(d.at - d.occur_s)
+    for e in edits:
+        times, best = seen.get(e.hubspot_id, ([], []))
+        i = bisect.bisect_left(best, e.number)
+        if i == len(best):
+            never += 1
+            continue
+        lat = times[i] - e.occur_s
+        every.append(lat)
+        buckets[int(e.occur_s // 5) * 5].append(lat)
+        if window and window[0] <= e.occur_s < window[1]:
+            in_window.append(lat)
     return {
+        "edits": len(edits),
+        "never_seen": never,
         "overall": _quantiles(every),
         "fault_minute": _quantiles(in_window),
         # by when the edit was made (5 s buckets): where the slow ones come from
-        "by_occur_5s": {str(k): _quantiles(v) for k, v in sorted(buckets.items())},
+        "by_edit_time_5s": {str(k): _quantiles(v) for k, v in sorted(buckets.items())},
     }
 
 
@@ -220,6 +248,8 @@ def verdict(
     feed: FeedLog,
     inbound_ids: dict[str, str],
     contacts_raw: list[dict[str, Any]],
+    changes: list[dict[str, Any]],
+    wall_clock: float,
     requests: dict[str, Any],
     events: list[dict[str, Any]],
     health: HealthLog,
@@ -276,7 +306,9 @@ def verdict(
                 "acked": feed.acked,
             },
             "requests": reqs,
-            "latency": latency(feed.deliveries, inbound_hs, profile.fault_window()),
+            "latency": latency(
+                ui_edits(changes, inbound_hs, wall_clock), feed.deliveries, profile.fault_window()
+            ),
             "faults": faults,
             "health_not_serving_samples": health.not_serving(0, 1e9),
             **extra,
@@ -323,6 +355,7 @@ def table(result: dict[str, Any]) -> str:
         rows.append(
             (label, f"p50 {_s(q['p50_s'])}  p99 {_s(q['p99_s'])}  max {_s(q['max_s'])}  (n={q['n']})", "")
         )
+    rows.append(("  UI edits never seen by the subscriber", f"{lat['never_seen']} of {lat['edits']}", ""))
     reqs = d["requests"]
     rows.append(("injected faults by status", _fmt(reqs["injected_by_status"]), ""))
     rows.append(("client gRPC errors on push, by code", _fmt(ob["client_errors_by_code"]), ""))
@@ -340,6 +373,14 @@ def table(result: dict[str, Any]) -> str:
             "drain",
             f"{d.get('drain', {}).get('seconds')} s, settled={d.get('drain', {}).get('settled')}, "
             f"converged={d.get('drain', {}).get('converged')}",
+            "",
+        )
+    )
+    exits = d.get("service_exits", [])
+    rows.append(
+        (
+            "services that exited by themselves (restarted)",
+            ", ".join(f"{e['service']} at {e['at_s']:.0f}s" for e in exits) or "none",
             "",
         )
     )

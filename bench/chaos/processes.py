@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from hubsync.cli.suite import SERVICES, Suite
 from hubsync.core.devredis import RedisProcess
@@ -40,10 +41,17 @@ class HealthLog:
 
 
 class ChaosSuite(Suite):
-    """``hubsync.cli.suite.Suite`` with the soak's process faults."""
+    """``hubsync.cli.suite.Suite`` with the soak's process faults, and a supervisor that starts
+    again any service that exits by itself (as Kubernetes restarts a pod whose process ended)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held: set[str] = set()  # killed by the schedule: the schedule starts it again
+        self.exits: list[dict[str, Any]] = []  # services that ended by themselves
 
     async def kill_service(self, name: str) -> None:
         """``kill -9``: no drain, no cleanup; whatever it held in memory is gone."""
+        self.held.add(name)
         proc = self.procs[name]
         proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(proc.wait)
@@ -53,6 +61,27 @@ class ChaosSuite(Suite):
         """Starts a service again with the same environment (same ports, same Redis)."""
         assert name in SERVICES
         self._spawn(name, [sys.executable, "-m", f"hubsync.{name}"], self.env_for(name))
+        self.held.discard(name)
+
+    async def supervise(self, stop: asyncio.Event, clock: float) -> None:
+        """Restarts (after 1 s) a service whose process ended without the schedule's doing."""
+        while not stop.is_set():
+            for name in SERVICES:
+                proc = self.procs.get(name)
+                if name in self.held or proc is None or proc.poll() is None:
+                    continue
+                self.exits.append(
+                    {
+                        "service": name,
+                        "at_s": round(time.monotonic() - clock, 1),
+                        "exit_code": proc.returncode,
+                    }
+                )
+                self._logs[name].close()
+                await asyncio.sleep(1.0)
+                self._spawn(name, [sys.executable, "-m", f"hubsync.{name}"], self.env_for(name))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
 
     async def wait_serving(self, name: str, timeout: float = 60.0) -> None:
         await self._wait_serving(name, timeout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -26,6 +27,8 @@ from typing import Any
 
 import grpc
 import httpx
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -42,6 +45,7 @@ from bench.chaos.profile import PROFILES, Fault, Profile  # noqa: E402
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc  # noqa: E402
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc  # noqa: E402
 from hubsync.cli.demo import connect_sandbox_portal  # noqa: E402
+from hubsync.core.redis import group_lag, portal_key  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -151,6 +155,21 @@ class Soak:
         except grpc.aio.AioRpcError as exc:
             return {"error": exc.code().name}
 
+    async def backlog(self) -> int | None:
+        """Entries of the portal's webhook event stream that mapper has not finished (not yet
+        delivered to its group, or delivered and not acked); None when Redis cannot say."""
+        assert self.suite.redis is not None
+        key = portal_key(PORTAL, "events")
+        try:
+            async with Redis.from_url(self.suite.redis.url, socket_timeout=5) as redis:
+                groups = await redis.xinfo_groups(key)
+                total = 0
+                for g in groups:
+                    total += await group_lag(redis, key, g) + int(g.get("pending", 0))
+                return total
+        except RedisError:
+            return None
+
     async def contacts(self) -> list[dict[str, Any]]:
         reply = await self.http.get("/_sandbox/objects/contacts", params={"portal": PORTAL})
         reply.raise_for_status()
@@ -177,7 +196,7 @@ class Soak:
                 last_requests, last_move = moved, time.monotonic()
             out = checks.outbound_state(driver.log, contacts)
             inb = checks.inbound_state(inbound_ids, contacts, feed.log)
-            queue_empty = status.get("queued_writes") == 0
+            queue_empty = status.get("queued_writes") == 0 and await self.backlog() == 0
             hooks_idle = hooks["outstandingEvents"] == 0
             delivered = not inb["final_value_not_delivered"]
             if queue_empty and hooks_idle and not out["stale"] and not out["missing"] and delivered:
@@ -209,13 +228,13 @@ class Soak:
             out = {"found": reply.found_count, "scanned": reply.scanned_count}
         except grpc.aio.AioRpcError as exc:
             out = {"error": f"{exc.code().name}: {exc.details()}"}
-        # wait for what the pass enqueued to go through the feed
+        # wait until mapper has handled what the pass enqueued and the feed is quiet
         start = time.monotonic()
         n = len(feed.log.deliveries)
         quiet_since = time.monotonic()
-        while time.monotonic() - start < max(30.0, self.p.quiet_s * 4):
+        while time.monotonic() - start < max(60.0, self.p.quiet_s * 6):
             await asyncio.sleep(1.0)
-            if len(feed.log.deliveries) != n:
+            if len(feed.log.deliveries) != n or await self.backlog() != 0:
                 n, quiet_since = len(feed.log.deliveries), time.monotonic()
             elif time.monotonic() - quiet_since > self.p.quiet_s:
                 break
@@ -244,6 +263,7 @@ async def soak(profile: Profile, workdir: Path) -> dict[str, Any]:
             feed_task = asyncio.create_task(feed.run())
             stop_health = asyncio.Event()
             health_task = asyncio.create_task(suite.poll_health(s.health, stop_health, s.clock))
+            supervisor = asyncio.create_task(suite.supervise(stop_health, s.clock))
             await asyncio.sleep(2)  # the subscription's group exists before the load
             s.clock += 2
             feed.clock = s.clock
@@ -264,15 +284,23 @@ async def soak(profile: Profile, workdir: Path) -> dict[str, Any]:
             requests = (await http.get("/_sandbox/requests")).json()
             s.note_hang(requests, feed.wall_clock)
             hooks = (await http.get("/_sandbox/webhooks")).json()["stats"]
+            changes = (await http.get("/_sandbox/changes")).json()["results"]
             feed.stop()
             stop_health.set()
-            await asyncio.gather(feed_task, health_task, return_exceptions=True)
+            await asyncio.gather(feed_task, health_task, supervisor, return_exceptions=True)
+            # raw material for a closer look (kept with --workdir)
+            with (workdir / "deliveries.jsonl").open("w") as f:
+                f.writelines(json.dumps(dataclasses.asdict(d)) + "\n" for d in feed.log.deliveries)
+            (workdir / "sandbox-changes.json").write_text(json.dumps(changes))
+            (workdir / "events.json").write_text(json.dumps(s.events, indent=1))
             return checks.verdict(
                 profile,
                 driver.log,
                 feed.log,
                 inbound_ids,
                 contacts,
+                changes,
+                feed.wall_clock,
                 requests,
                 s.events,
                 s.health,
@@ -280,6 +308,8 @@ async def soak(profile: Profile, workdir: Path) -> dict[str, Any]:
                     "drain": drain,
                     "reconcile": recon,
                     "churn": churned,
+                    # restarted by the supervisor, as an orchestrator would (not a manual step)
+                    "service_exits": suite.exits,
                     "webhooks": hooks,
                     "wall_seconds": round(time.monotonic() - started, 1),
                 },
