@@ -32,6 +32,9 @@ class Profile:
     create_window_s: tuple[float, float]
     update_window_s: tuple[float, float]
     push_batch: int
+    # the updates go to records among the first this many creates (0: all), so that every updated
+    # record's create was pushed before writer's kill and its update comes before the reclaim
+    update_among_first: int
     # inbound: contacts made in the sandbox "UI", then edited (firstname) at a steady rate
     inbound_records: int
     edit_rate: float
@@ -42,6 +45,8 @@ class Profile:
     # the sandbox's webhook retry schedule (HubSpot: 60 s first) is multiplied by this
     webhook_retry_scale: float = 1.0
     drain_timeout_s: float = 150.0
+    # the longest wait for what the reconciliation pass enqueued to reach the feed
+    reconcile_timeout_s: float = 240.0
     quiet_s: float = 8.0
     push_retry_s: float = 120.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -66,8 +71,9 @@ FULL = Profile(
     creates=5000,
     updates=1000,
     create_window_s=(0, 40),
-    update_window_s=(50, 60),
+    update_window_s=(25, 35),
     push_batch=100,
+    update_among_first=2000,
     inbound_records=500,
     edit_rate=75,
     load_s=190,
@@ -88,6 +94,7 @@ SHORT = Profile(
     create_window_s=(0, 10),
     update_window_s=(16, 19),
     push_batch=50,
+    update_among_first=0,
     inbound_records=150,
     edit_rate=30,
     load_s=80,
@@ -101,6 +108,7 @@ SHORT = Profile(
     ),
     webhook_retry_scale=0.1,
     drain_timeout_s=120.0,
+    reconcile_timeout_s=120.0,
     quiet_s=6.0,
     push_retry_s=60.0,
 )

@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 @pytest.mark.xfail(
     strict=False,
+    raises=AssertionError,  # only a failed check; a broken harness fails the test
     reason="issue 12's defects on main: stale overwrites after a writer kill (1), reconciliation "
     "echoes (2), own-limit 429s (4); the lead removes this mark once their fixes are merged",
 )
@@ -55,7 +56,8 @@ def test_short_chaos_soak_loses_doubles_reverts_and_echoes_nothing(tmp_path: Pat
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # nothing of the soak outlives the test
     report = stdout[-8000:]
-    assert out.exists(), report
+    if proc.returncode not in (0, 1) or not out.exists():
+        pytest.fail(f"the soak itself failed (exit {proc.returncode}):\n{report}")
     result = json.loads(out.read_text())
     checks = {k: result["checks"][k] for k in CORRECTNESS}
     assert checks == dict.fromkeys(CORRECTNESS, 0), report
