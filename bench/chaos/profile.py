@@ -32,8 +32,7 @@ class Profile:
     create_window_s: tuple[float, float]
     update_window_s: tuple[float, float]
     push_batch: int
-    # the updates go to records among the first this many creates (0: all), so that every updated
-    # record's create was pushed before writer's kill and its update comes before the reclaim
+    # the updates go to every k-th of the first this many creates (0: all of them)
     update_among_first: int
     # inbound: contacts made in the sandbox "UI", then edited (firstname) at a steady rate
     inbound_records: int
@@ -70,16 +69,16 @@ FULL = Profile(
     name="full",
     creates=5000,
     updates=1000,
-    create_window_s=(0, 40),
+    create_window_s=(0, 20),
     update_window_s=(25, 35),
     push_batch=100,
-    update_among_first=2000,
+    update_among_first=0,
     inbound_records=500,
     edit_rate=75,
     load_s=190,
     faults=(
-        Fault(20, "kill", "writer", 2),
-        Fault(35, "kill", "ingress", 2),
+        Fault(15, "kill", "writer", 2),
+        Fault(40, "kill", "ingress", 2),
         Fault(70, "inject", down_s=60),
         Fault(75, "hang", down_s=35),
         Fault(140, "kill", "mapper", 2),
