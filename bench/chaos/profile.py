@@ -13,9 +13,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Fault:
-    """One scheduled fault: ``kind`` is ``kill`` (a service, ``kill -9``), ``redis`` (stopped by
-    ``signal``, restarted after ``down_s``), ``inject`` (the sandbox's error rates for ``down_s``)
-    or ``hang`` (one ``batch/read`` held ``down_s``, then 504)."""
+    """One scheduled fault: ``kill`` (a service, ``kill -9``), ``redis`` (stopped by ``signal``,
+    restarted after ``down_s``), ``inject`` (the sandbox's error rates for ``down_s``), ``hang``
+    (one ``batch/read`` held ``down_s``, then 504) or ``slow`` (every ``batch/upsert`` answered
+    1 s late for ``down_s``: a writer killed then is surely holding writes)."""
 
     at_s: float
     kind: str
@@ -77,6 +78,7 @@ FULL = Profile(
     edit_rate=75,
     load_s=190,
     faults=(
+        Fault(11, "slow", down_s=5),
         Fault(15, "kill", "writer", 2),
         Fault(40, "kill", "ingress", 2),
         Fault(70, "inject", down_s=60),
@@ -98,6 +100,7 @@ SHORT = Profile(
     edit_rate=30,
     load_s=80,
     faults=(
+        Fault(3, "slow", down_s=4),
         Fault(6, "kill", "writer", 2),
         Fault(12, "kill", "ingress", 2),
         Fault(20, "inject", down_s=30),

@@ -104,6 +104,12 @@ class Soak:
             for rule in added:
                 await self.http.delete(f"/_sandbox/faults/{rule['id']}")
             ev["ended_s"] = self.t()
+        elif f.kind == "slow":
+            rule = {"endpoint": "POST /crm/v3/objects/{objectType}/batch/upsert", "latency_ms": 1000}
+            added = (await self.http.post("/_sandbox/faults", json=rule)).json()["results"]
+            await asyncio.sleep(f.down_s)
+            await self.http.delete(f"/_sandbox/faults/{added[0]['id']}")
+            ev["ended_s"] = self.t()
         elif f.kind == "hang":
             rule = {
                 "endpoint": "POST /crm/v3/objects/{objectType}/batch/read",
@@ -325,6 +331,15 @@ async def soak(profile: Profile, workdir: Path) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        return ""
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -332,14 +347,9 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    commit = ""
-    with contextlib.suppress(Exception):
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+    commit = _git("rev-parse", "--short", "HEAD")
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += " with uncommitted changes"
     return {
         "cores": os.cpu_count(),
         "cpu": model,
