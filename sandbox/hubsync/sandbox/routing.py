@@ -20,7 +20,7 @@ from starlette.routing import Route
 from .config import OAUTH_APP_BURST, FaultRule
 from .errors import ApiError, error_body, expired, fault, missing_scopes, rate_limited, unauthorized
 from .properties import OBJECT_TYPES
-from .state import SandboxState, Token
+from .state import ORIGIN_API, ORIGIN_FAULT, ORIGIN_RATE_LIMIT, RequestOutcome, SandboxState, Token
 from .store import PortalStore, WriteSource
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,17 @@ def _fault_matches(rule: FaultRule, endpoint: str, template: str, path: str, hub
 
 
 async def apply_faults(
-    state: SandboxState, endpoint: str, template: str, path: str, hub_id: int | None, batch_size: int | None
+    state: SandboxState,
+    endpoint: str,
+    template: str,
+    path: str,
+    hub_id: int | None,
+    batch_size: int | None,
+    fired: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Applies the matching fault rules; raises the injected answer. Each rule that fires is
+    appended to ``fired`` as ``{"id", "kind"}`` (kind: ``status``, ``timeout``, ``batch_limit``
+    or ``latency``; a delay before an injected status adds ``latencyMs``) for the request log."""
     for rule in list(state.faults):
         if not _fault_matches(rule, endpoint, template, path, hub_id):
             continue
@@ -111,6 +120,11 @@ async def apply_faults(
             if rule.remaining <= 0:
                 continue
             rule.remaining -= 1
+        record: dict[str, Any] = {"id": rule.id, "kind": _fault_kind(rule)}
+        if rule.latency_ms:
+            record["latencyMs"] = rule.latency_ms
+        if fired is not None:
+            fired.append(record)
         if rule.latency_ms:
             await asyncio.sleep(rule.latency_ms / 1000)
         if rule.timeout_s is not None:
@@ -122,6 +136,16 @@ async def apply_faults(
             raise rate_limited("TEN_SECONDLY_ROLLING")
         if rule.status is not None:
             raise fault(rule.status)
+
+
+def _fault_kind(rule: FaultRule) -> str:
+    if rule.timeout_s is not None:
+        return "timeout"
+    if rule.batch_limit is not None:
+        return "batch_limit"
+    if rule.status is not None:
+        return "status"
+    return "latency"
 
 
 def authenticate(state: SandboxState, request: Request, now: int) -> Token:
@@ -162,6 +186,8 @@ def api_route(
         headers: dict[str, str] | None = None
         hub_id: int | None = None
         app_id: int | None = None
+        origin = ORIGIN_API
+        outcome = RequestOutcome()
         try:
             if (
                 len(request.scope.get("raw_path") or request.scope["path"])
@@ -181,6 +207,7 @@ def api_route(
                 inputs = call._body.get("inputs") if isinstance(call._body, dict) else None
                 if isinstance(inputs, list):
                     call.batch_size = len(inputs)
+            origin = ORIGIN_RATE_LIMIT
             if kind == "search":
                 limiter.check_search(hub_id, portal.search_per_second, now)
                 if state.config.search_counts_toward_daily:
@@ -189,20 +216,31 @@ def api_route(
                 oauth = tok.kind == "oauth"
                 burst = OAUTH_APP_BURST if oauth and portal.burst_per_10s is None else portal.burst
                 headers = limiter.check_api(hub_id, tok.rate_key(), burst, portal.daily, now, oauth)
+            origin = ORIGIN_FAULT
             if state.faults:
                 await apply_faults(
-                    state, endpoint_name, template, request.scope["path"], hub_id, call.batch_size
+                    state,
+                    endpoint_name,
+                    template,
+                    request.scope["path"],
+                    hub_id,
+                    call.batch_size,
+                    outcome.faults,
                 )
+            origin = ORIGIN_API
             status, body = await handler(call)
             resp = json_response(status, body, headers)
         except ApiError as err:
             status = err.status
+            if origin == ORIGIN_RATE_LIMIT:
+                outcome.policy = err.body.get("policyName")
             h = dict(headers or {})
             h.update(err.headers)
             if status == 429 and state.config.rate_limit_retry_after_s is not None:
                 h.setdefault("Retry-After", str(state.config.rate_limit_retry_after_s))
             resp = json_response(status, err.body, h)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            origin = ORIGIN_API
             # Malformed input that slipped past the handlers' checks (e.g. a string where an
             # object belongs): HubSpot answers such requests with a 400, not a crash.
             logger.debug("bad input on %s", endpoint_name, exc_info=True)
@@ -213,6 +251,7 @@ def api_route(
                 headers,
             )
         except Exception:
+            origin = ORIGIN_API
             logger.exception("sandbox bug on %s", endpoint_name)
             status = 500
             resp = json_response(500, error_body("internal error", "INTERNAL_ERROR"), headers)
@@ -230,6 +269,8 @@ def api_route(
             app_id,
             (time.perf_counter() - t0) * 1000,
             extra,
+            origin,
+            outcome if outcome.faults or outcome.policy else None,
         )
         return resp
 
@@ -264,9 +305,17 @@ def public_route(
     async def endpoint(request: Request) -> Response:
         t0 = time.perf_counter()
         now = state.clock.now_ms()
+        origin = ORIGIN_API
+        outcome = RequestOutcome()
+        # Handlers note what the log should know (an OAuth token request's grant) here.
+        request.state.sandbox_outcome = outcome
         try:
             if state.faults:
-                await apply_faults(state, endpoint_name, template, request.scope["path"], None, None)
+                origin = ORIGIN_FAULT
+                await apply_faults(
+                    state, endpoint_name, template, request.scope["path"], None, None, outcome.faults
+                )
+                origin = ORIGIN_API
             resp = await handler(request)
         except ApiError as err:
             resp = json_response(err.status, err.body, err.headers)
@@ -279,6 +328,8 @@ def public_route(
             None,
             (time.perf_counter() - t0) * 1000,
             None,
+            origin,
+            outcome if outcome.faults or outcome.grant_type else None,
         )
         return resp
 

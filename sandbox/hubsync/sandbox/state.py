@@ -12,6 +12,31 @@ from .ratelimit import RateLimiter
 from .store import Change, Clock, PortalStore, WriteSource
 from .webhooks import WebhookDispatcher
 
+# Where a logged answer came from (``RequestLog`` entries' ``origin``).
+ORIGIN_API = "api"  # the endpoint's own answer (including its 4xx)
+ORIGIN_RATE_LIMIT = "rate_limit"  # the portal's own limiter refused: a genuine 429
+ORIGIN_FAULT = "fault"  # an injected fault rule answered
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    """What the request log needs to know beyond the status: fired fault rules, the limiter's
+    policy for a genuine 429, the grant of an OAuth token request."""
+
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    policy: str | None = None
+    grant_type: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.faults:
+            out["faults"] = self.faults
+        if self.policy is not None:
+            out["rateLimitPolicy"] = self.policy
+        if self.grant_type is not None:
+            out["grantType"] = self.grant_type
+        return out
+
 
 @dataclass(slots=True)
 class Token:
@@ -57,7 +82,13 @@ class AuthCode:
 
 
 class RequestLog:
-    """Counts of every API request by endpoint, status and portal, plus the latest entries."""
+    """Counts of every API request by endpoint, status and portal, plus the latest entries.
+
+    Each entry says where its answer came from (``origin``): ``"api"`` the endpoint itself,
+    ``"rate_limit"`` the portal's own limiter (a genuine 429), ``"fault"`` an injected fault.
+    Fault rules that fired on a request are listed under ``faults`` (a latency-only rule delays a
+    real answer, so its origin stays ``"api"``); OAuth token requests name their ``grantType``.
+    """
 
     def __init__(self, size: int):
         self.entries: deque[tuple[Any, ...]] = deque(maxlen=size)
@@ -65,6 +96,10 @@ class RequestLog:
         self.by_status: dict[int, int] = {}
         self.by_portal: dict[int, int] = {}
         self.by_endpoint_status: dict[str, dict[int, int]] = {}
+        self.by_origin: dict[str, int] = {}
+        self.faults_by_kind: dict[str, int] = {}
+        self.rate_limited_by_policy: dict[str, int] = {}
+        self.by_grant_type: dict[str, dict[int, int]] = {}
         self.total = 0
 
     def add(
@@ -77,11 +112,25 @@ class RequestLog:
         app_id: int | None,
         ms: float,
         extra: dict[str, Any] | None,
+        origin: str = ORIGIN_API,
+        outcome: RequestOutcome | None = None,
     ) -> None:
         self.total += 1
-        self.entries.append((self.total, at, endpoint, path, status, portal, app_id, ms, extra))
+        if outcome is not None:
+            extra = {**(extra or {}), **outcome.to_wire()}
+            for f in outcome.faults:
+                self.faults_by_kind[f["kind"]] = self.faults_by_kind.get(f["kind"], 0) + 1
+            if outcome.policy is not None:
+                self.rate_limited_by_policy[outcome.policy] = (
+                    self.rate_limited_by_policy.get(outcome.policy, 0) + 1
+                )
+            if outcome.grant_type is not None:
+                g = self.by_grant_type.setdefault(outcome.grant_type, {})
+                g[status] = g.get(status, 0) + 1
+        self.entries.append((self.total, at, endpoint, path, status, portal, app_id, ms, origin, extra))
         self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
         self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.by_origin[origin] = self.by_origin.get(origin, 0) + 1
         if portal is not None:
             self.by_portal[portal] = self.by_portal.get(portal, 0) + 1
         es = self.by_endpoint_status.setdefault(endpoint, {})
@@ -93,12 +142,16 @@ class RequestLog:
         self.by_status.clear()
         self.by_portal.clear()
         self.by_endpoint_status.clear()
+        self.by_origin.clear()
+        self.faults_by_kind.clear()
+        self.rate_limited_by_policy.clear()
+        self.by_grant_type.clear()
         self.total = 0
 
     def to_wire(self, limit: int | None = None, since: int = 0) -> dict[str, Any]:
         entries = [e for e in self.entries if e[0] > since]
         if limit is not None:
-            entries = entries[-limit:]
+            entries = entries[-limit:] if limit > 0 else []
         return {
             "total": self.total,
             "counts": {
@@ -108,6 +161,10 @@ class RequestLog:
                 "byEndpointAndStatus": {
                     e: {str(s): n for s, n in d.items()} for e, d in self.by_endpoint_status.items()
                 },
+                "byOrigin": self.by_origin,
+                "faultsByKind": self.faults_by_kind,
+                "rateLimitedByPolicy": self.rate_limited_by_policy,
+                "byGrantType": {g: {str(s): n for s, n in d.items()} for g, d in self.by_grant_type.items()},
             },
             "entries": [
                 {
@@ -119,7 +176,9 @@ class RequestLog:
                     "portalId": e[5],
                     "appId": e[6],
                     "durationMs": round(e[7], 3),
-                    **(e[8] or {}),
+                    "origin": e[8],
+                    "injected": e[8] == ORIGIN_FAULT,
+                    **(e[9] or {}),
                 }
                 for e in entries
             ],
