@@ -99,6 +99,12 @@ def portal_key(portal_id: int | str, *parts: str) -> str:
     return ":".join(["hubsync", f"{{{portal_id}}}", *parts])
 
 
+def written_key(portal_id: int | str, object_type: str, hubspot_id: str) -> str:
+    """What writer last wrote to a record (property -> value, ``WRITTEN_TTL_S``): written by writer
+    after HubSpot took the write, read by ingress and mapper to recognise hubsync's own values."""
+    return portal_key(portal_id, "written", object_type, hubspot_id)
+
+
 # Auth publishes a portal's id here whenever its connection changes (connected, re-authorized,
 # refreshed, revoked); mapper re-checks a portal whose inbound events are parked at once.
 CONNECTION_CHANGES_CHANNEL = "hubsync:auth:connection-changes"

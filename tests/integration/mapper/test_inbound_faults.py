@@ -383,3 +383,52 @@ async def test_a_hung_read_holds_up_only_its_own_batch(redis_url: str, caller_to
         assert sorted(order[:3]) == sorted(others)
         assert changes[-1].external_id == "c-hung"
         call.cancel()
+
+
+async def test_a_reconciled_record_holding_what_writer_wrote_for_a_queued_push_is_not_published(
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+) -> None:
+    # The chaos soak: a dead writer's batch, taken over 30 s later, sent values HubSpot already
+    # held; that moved the records' modification time without a webhook, the reconciler reported
+    # them (it cannot know the values are the same), and mapper published them as UPDATED: it
+    # keeps fingerprints only for pushes answered WRITTEN, not for those answered QUEUED.
+    async with (
+        suite(redis_url, caller_tokens) as s,
+        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address) as mapper,
+        open_channel(mapper.address, caller_tokens["client"]) as channel,
+    ):
+        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        record = mapper_pb2.ExternalRecord(
+            object_type="contacts", external_id="c-q", fields=_fields(email="q@example.com", first_name="Q")
+        )
+        queued = await stub.PushRecords(
+            mapper_pb2.PushRecordsRequest(request_id="queued", portal_id=PORTAL, records=[record])
+        )
+        assert [r.outcome for r in queued.results] == [mapper_pb2.PUSH_OUTCOME_QUEUED]
+
+        async def written() -> bool:
+            return bool((await s.hubspot.get("/_sandbox/objects/contacts")).json()["results"])
+
+        await _until(written, "writer wrote the queued record")
+        (contact,) = (await s.hubspot.get("/_sandbox/objects/contacts")).json()["results"]
+        await s.idle()
+        call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
+        reconciled = {
+            "portalId": PORTAL,
+            "eventId": 0,
+            "objectId": int(contact["id"]),
+            "occurredAt": int(time.time() * 1000),
+            "subscriptionType": "contact.propertyChange",
+            "changeSource": "RECONCILIATION",
+        }
+        await redis.xadd(EVENTS, {"event": orjson.dumps(reconciled), "origin": b"reconcile"})
+        await redis.sadd("hubsync:portals", str(PORTAL))  # type: ignore[misc]
+        # A real change after it is published: the feed works, and nothing came before it.
+        edited = await s.hubspot.post(
+            f"/_sandbox/ui/contacts/{contact['id']}", json={"properties": {"firstname": "Edited"}}
+        )
+        assert edited.status_code < 300, edited.text
+        (change,) = await read_changes(call, 1, 60)
+        assert change.fields["first_name"] == "Edited", change
+        assert list(change.changed_fields) == ["first_name"]
+        call.cancel()

@@ -5,8 +5,11 @@ A change is not published when subscribers would learn nothing from it:
 - it is identical (kind, fields, related ids) to the last change published for the record — a
   duplicate webhook or a redelivered entry (``hubsync:{<portal>}:feedlast:<type>:<id>``);
 - it is a creation or an update and every mapped property has the value hubsync last saw or
-  wrote (the fingerprints, :mod:`hubsync.mapper.fingerprints`) — the echo of hubsync's own write,
-  or a reconciliation of a record hubsync wrote. A property hubsync never saw counts as empty.
+  wrote (the fingerprints, :mod:`hubsync.mapper.fingerprints`) or the value writer last wrote to
+  the record (writer's written-values record, ``hubsync:{<portal>}:written:<type>:<id>``, which
+  also covers pushes answered ``QUEUED``) — the echo of hubsync's own write, or a reconciliation
+  of a record hubsync wrote (a resend of values HubSpot already held moves the record's
+  modification time without a webhook). A property hubsync never saw counts as empty.
 
 So an UPDATED change always names the mapped fields that differ from what hubsync knew
 (``changed_fields``), never none.
@@ -24,7 +27,7 @@ from opentelemetry import trace
 from redis.exceptions import WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
-from hubsync.core.redis import portal_key
+from hubsync.core.redis import portal_key, written_key
 from hubsync.core.telemetry import trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.feed import feed_key
@@ -118,17 +121,20 @@ def _build(portal: str, c: RecordChange, hydration: Hydration, mapping: Compiled
     return _Built(c, change, state, props, mapping)
 
 
-def _differing(built: _Built, known: list[bytes | None]) -> list[str] | None:
-    """The mapped fields whose property differs from what hubsync last saw or wrote, or None when
-    the change is not compared (not a creation/update, or no external id)."""
+def _differing(built: _Built, known: list[bytes | None], written: list[bytes | None]) -> list[str] | None:
+    """The mapped fields whose property differs both from what hubsync last saw or wrote (its
+    fingerprint) and from what writer last wrote to the record, or None when the change is not
+    compared (not a creation/update, or no external id)."""
     if built.proto.kind not in _COMPARED or not built.proto.external_id:
         return None
     mapping = built.mapping
     fields: dict[str, None] = {}
-    for p, old in zip(mapping.read_properties, known, strict=True):
-        if digest(built.props.get(p) or "") != (old or _EMPTY):
-            for f in mapping.fields_of_property.get(p, ()):
-                fields[f] = None
+    for p, old, ours in zip(mapping.read_properties, known, written, strict=True):
+        value = built.props.get(p) or ""
+        if digest(value) == (old or _EMPTY) or (ours is not None and ours.decode() == value):
+            continue
+        for f in mapping.fields_of_property.get(p, ()):
+            fields[f] = None
     return list(fields)
 
 
@@ -168,14 +174,15 @@ class Publisher:
                 try:
                     last: list[Any] = []
                     known: list[list[bytes | None]] = []
+                    written: list[list[bytes | None]] = []
                     if built:
                         fkeys = [_fkey(portal, b) for b in built]
                         await pipe.watch(*last_keys, *{k for k in fkeys if k})
                         # Read in one round trip (on another connection: what changes after the
                         # WATCH above still fails the EXEC).
-                        last, known = await self._read_state(built, last_keys, fkeys)
+                        last, known, written = await self._read_state(portal, built, last_keys, fkeys)
                     pipe.multi()
-                    outcomes = self._queue(pipe, portal, built, last_keys, last, known)
+                    outcomes = self._queue(pipe, portal, built, last_keys, last, known, written)
                     for d in dead:
                         queue_dead_letter(
                             pipe, portal, d.entry.id, d.entry.fields, d.reason, d.detail, d.attempts
@@ -197,21 +204,28 @@ class Publisher:
                 )
 
     async def _read_state(
-        self, built: list[_Built], last_keys: list[str], fkeys: list[str]
-    ) -> tuple[list[Any], list[list[bytes | None]]]:
-        """The last published digests and the fingerprints of the compared records."""
+        self, portal: str, built: list[_Built], last_keys: list[str], fkeys: list[str]
+    ) -> tuple[list[Any], list[list[bytes | None]], list[list[bytes | None]]]:
+        """The last published digests, and the fingerprints and writer's last written values of
+        the compared records."""
         async with self.redis.pipeline(transaction=False) as reads:
             reads.mget(last_keys)
             for b, fkey in zip(built, fkeys, strict=True):
                 if fkey:
                     reads.hmget(fkey, b.mapping.read_properties)
+                    reads.hmget(
+                        written_key(portal, b.change.object_type, b.change.object_id),
+                        b.mapping.read_properties,
+                    )
             replies = await reads.execute()
-        fingerprints = iter(replies[1:])
-        known: list[list[bytes | None]] = [
-            next(fingerprints) if fkey else [None] * len(b.mapping.read_properties)
-            for b, fkey in zip(built, fkeys, strict=True)
-        ]
-        return list(replies[0]), known
+        pairs = iter(replies[1:])
+        known: list[list[bytes | None]] = []
+        written: list[list[bytes | None]] = []
+        for b, fkey in zip(built, fkeys, strict=True):
+            none: list[bytes | None] = [None] * len(b.mapping.read_properties)
+            known.append(next(pairs) if fkey else none)
+            written.append(next(pairs) if fkey else none)
+        return list(replies[0]), known, written
 
     def _queue(
         self,
@@ -221,14 +235,15 @@ class Publisher:
         last_keys: list[str],
         last: list[Any],
         known: list[list[bytes | None]],
+        written: list[list[bytes | None]],
     ) -> list[tuple[RecordChange, str]]:
         outcomes: list[tuple[RecordChange, str]] = []
-        for b, lkey, prev, fps in zip(built, last_keys, last, known, strict=True):
+        for b, lkey, prev, fps, ours in zip(built, last_keys, last, known, written, strict=True):
             c, change = b.change, b.proto
             if prev == b.digest:
                 outcomes.append((c, "duplicate"))
                 continue
-            differing = _differing(b, fps)
+            differing = _differing(b, fps, ours)
             if differing is not None:
                 if not differing:
                     outcomes.append((c, "unchanged"))  # hubsync's own write, or nothing mapped changed

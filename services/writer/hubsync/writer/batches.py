@@ -33,7 +33,7 @@ from opentelemetry.trace import Link
 from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.core.redis import portal_key
+from hubsync.core.redis import portal_key, written_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse, slot_reserved
 from hubsync.writer.ordering import RecordRef, RecordVersions
@@ -97,10 +97,6 @@ class BatchInput:
         self.writes.extend(other.writes)
         self.links.extend(other.links)
         self.trace_ids.extend(other.trace_ids)
-
-
-def written_key(portal_id: int, object_type: str, hubspot_id: str) -> str:
-    return portal_key(portal_id, "written", object_type, hubspot_id)
 
 
 def id_key(portal_id: int, object_type: str, id_property: str, value: str) -> str:
