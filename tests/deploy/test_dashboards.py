@@ -5,6 +5,7 @@ ships them as ConfigMaps for Grafana's dashboard sidecar."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -140,3 +141,39 @@ def test_schema_refuses_unknown_dashboard_settings() -> None:
     values["dashboards"] = {"enabled": True, "folder": "x"}
     with pytest.raises(Exception, match="folder"):
         render_values(values)
+
+
+def documented_labels() -> dict[str, set[str]]:
+    """Each metric's labels as docs/operations.md's metrics reference lists them."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    reference = doc[doc.index("## Metrics reference") :]
+    labels: dict[str, set[str]] = {}
+    for line in reference.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) != 4 or not cells[0].startswith("`hubsync_"):
+            continue
+        metrics = named_metrics(cells[0])
+        groups = [
+            {name.strip() for quoted in re.findall(r"`([^`]+)`", group) for name in quoted.split(",")}
+            for group in cells[2].split(" / ")
+        ]
+        names = re.findall(r"hubsync_[a-z_]+", cells[0])
+        for i, metric in enumerate(names):
+            labels[metric] = groups[i] if len(groups) == len(names) else set().union(*groups)
+        assert metrics == set(names)
+    return labels
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_queries_use_only_labels_the_metrics_carry(name: str) -> None:
+    """A label a metric does not carry makes a panel silently empty (or one line for all)."""
+    known = documented_labels()
+    assert "portal" in known["hubsync_stream_lag"]  # the table is read at all
+    for panel in panels(load(name)):
+        for expr in exprs(panel):
+            (metric,) = {base_name(m) for m in named_metrics(expr)}
+            used = set(re.findall(r"([a-z_]+)=~?\"", expr))
+            for group in re.findall(r"by \(([^)]*)\)", expr):
+                used |= {label.strip() for label in group.split(",")}
+            extra = used - known[metric] - {"namespace", "le"}
+            assert not extra, f"{name} / {panel['title']}: {metric} has no label {sorted(extra)}"
