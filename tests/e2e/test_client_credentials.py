@@ -75,6 +75,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
         yield suite
     finally:
         suite.stop()
+    # the run's tokens die with it, and so does the file
+    assert suite.proc.returncode == 0, suite.output
+    assert not (suite.workdir / "client-credentials.json").exists()
 
 
 def credentials(running: RunningSuite) -> dict[str, Any]:

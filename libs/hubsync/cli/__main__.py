@@ -200,8 +200,10 @@ def _print_client_examples(suite: Any) -> None:
     tls = json.loads(path.read_text())["tls"]
     console.print(f"\nclient credentials (mode 0600, the [bold]client[/] caller's token): {path}")
     console.print("call the suite from your own service, e.g.:")
-    for text in (grpcurl_command(path, suite.address("mapper"), tls), python_snippet(path)):
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    grpcurl = grpcurl_command(path, suite.address("mapper"), tls)
+    console.print(grpcurl, markup=False, highlight=False, soft_wrap=True)
+    console.print("\nor in Python (the hubsync package, or your own code generated from protos/):")
+    console.print(python_snippet(path), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- operating commands ----------------------------------------------------------------------

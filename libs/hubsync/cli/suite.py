@@ -174,7 +174,8 @@ class Suite:
         (the one the policies grant internal services; ``cli``'s too, for operator calls), every
         service's address and, with TLS, the CA and a client certificate of the run's CA.
 
-        The file is created with mode 0600 before any secret is written to it.
+        The file is created with mode 0600 before any secret is written to it, and removed when
+        the suite stops.
         """
         files = self.tls.get("client")
         data = {
@@ -334,3 +335,5 @@ class Suite:
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
             self.redis = None
+        # the run's tokens die with it: leave no credential of theirs behind
+        self.credentials_path.unlink(missing_ok=True)
