@@ -14,7 +14,7 @@ import pytest
 
 from tests.deploy.chart import CHART_DIR, ROOT, load_values, render_values
 from tests.deploy.metrics import base_name, named_metrics, unknown_metrics
-from tests.deploy.opsdoc import anchors
+from tests.deploy.opsdoc import anchor, anchors, sections
 
 DASHBOARDS = CHART_DIR / "dashboards"
 NAMES = ("overview", "auth", "ingress", "mapper", "writer")
@@ -177,3 +177,17 @@ def test_queries_use_only_labels_the_metrics_carry(name: str) -> None:
                 used |= {label.strip() for label in group.split(",")}
             extra = used - known[metric] - {"namespace", "le"}
             assert not extra, f"{name} / {panel['title']}: {metric} has no label {sorted(extra)}"
+
+
+def test_runbook_sections_say_what_it_means_and_what_to_do() -> None:
+    by_anchor = {anchor(heading): body for heading, body in sections().items()}
+    linked = {
+        link["url"].partition("#")[2]
+        for name in NAMES
+        for panel in panels(load(name))
+        for link in panel.get("links", [])
+    }
+    procedures = {"parked-and-dead-lettered-inbound-events"}  # a procedure, with its commands
+    for target in sorted(linked - procedures):
+        body = by_anchor[target]
+        assert "**Means.**" in body and "**Do.**" in body, f"#{target}: say what it means and what to do"
