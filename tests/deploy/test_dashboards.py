@@ -191,3 +191,21 @@ def test_runbook_sections_say_what_it_means_and_what_to_do() -> None:
     for target in sorted(linked - procedures):
         body = by_anchor[target]
         assert "**Means.**" in body and "**Do.**" in body, f"#{target}: say what it means and what to do"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_json_reads_back_as_the_sdk_dashboard_model(name: str) -> None:
+    """The committed JSON parses into grafana-foundation-sdk's typed Dashboard (panels decoded by
+    their plugin's model) and writes back the same, so nothing in it is outside Grafana's schema."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()
+    data = load(name)
+    back = json.loads(json.dumps(Dashboard.from_json(data), cls=JSONEncoder))
+    for panel in back["panels"]:
+        # decoding fills the time series plugin's empty custom field config
+        if panel.get("fieldConfig", {}).get("defaults", {}).get("custom") == {}:
+            del panel["fieldConfig"]["defaults"]["custom"]
+    assert back == data
