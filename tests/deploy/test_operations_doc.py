@@ -8,27 +8,15 @@ import pytest
 
 from hubsync.ingress.committer import COMMIT_SPAN
 from hubsync.ingress.webhooks import SPAN_NAME as WEBHOOK_SPAN
-from tests.deploy.chart import ROOT, render_file
+from tests.deploy.chart import render_file
+from tests.deploy.opsdoc import DOC, anchor, anchors
+from tests.deploy.opsdoc import sections as doc_sections
 from tests.deploy.test_chart_production import alerts
-
-DOC = ROOT / "docs" / "operations.md"
-
-
-def _sections() -> dict[str, str]:
-    """Heading text -> body, for every ## and ### heading."""
-    text = DOC.read_text()
-    parts = re.split(r"^#{2,3} (.+)$", text, flags=re.MULTILINE)
-    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
-
-
-def _anchor(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
-    return re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
 
 
 @pytest.fixture(scope="module")
 def sections() -> dict[str, str]:
-    return _sections()
+    return doc_sections()
 
 
 def test_every_alert_has_a_runbook_section(sections: dict[str, str]) -> None:
@@ -36,14 +24,14 @@ def test_every_alert_has_a_runbook_section(sections: dict[str, str]) -> None:
         assert name in sections, f"docs/operations.md has no section for alert {name}"
         body = sections[name]
         assert "**Means.**" in body and "**Do.**" in body, f"{name}: say what it means and what to do"
-        anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
-        assert anchor == _anchor(name)
+        link = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
+        assert link == anchor(name)
 
 
 def test_internal_links_resolve(sections: dict[str, str]) -> None:
-    anchors = {_anchor(heading) for heading in sections}
+    known = anchors()
     for link in re.findall(r"\]\(#([^)]+)\)", DOC.read_text()):
-        assert link in anchors, f"broken link #{link}"
+        assert link in known, f"broken link #{link}"
 
 
 @pytest.mark.parametrize(

@@ -158,6 +158,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         progress.update(task, description="[green]all services SERVING")
     try:
         _print_endpoints(suite, await suite.health())
+        _print_client_examples(suite)
         if not args.no_demo:
             console.rule("demo")
             result = await run_demo(suite, console.print)
@@ -167,15 +168,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             )
         if args.exit_after_demo:
             return 0
-        if suite.tls:
-            cli = suite.tls["cli"]
-            flags = f"-cacert {cli.ca} -cert {cli.cert} -key {cli.key}"
-        else:
-            flags = "-plaintext"
-        console.print(
-            f"\nThe suite keeps running; try [bold]grpcurl {flags} "
-            f"{suite.address('writer')} list[/]. Press Ctrl-C to stop."
-        )
+        console.print("\nThe suite keeps running. Press Ctrl-C to stop.")
         await asyncio.Event().wait()
     except (asyncio.CancelledError, KeyboardInterrupt):
         pass
@@ -198,6 +191,19 @@ def _print_endpoints(suite: Any, health: dict[str, str]) -> None:
     table.add_row("ingress HTTP", f"{suite.ingress_url}/webhooks/hubspot", "")
     console.print(table)
     console.print(f"logs: {suite.workdir / 'logs'}")
+
+
+def _print_client_examples(suite: Any) -> None:
+    from hubsync.cli.client_examples import grpcurl_command, python_snippet
+
+    path = suite.credentials_path
+    tls = json.loads(path.read_text())["tls"]
+    console.print(f"\nclient credentials (mode 0600, the [bold]client[/] caller's token): {path}")
+    console.print("call the suite from your own service, e.g.:")
+    grpcurl = grpcurl_command(path, suite.address("mapper"), tls)
+    console.print(grpcurl, markup=False, highlight=False, soft_wrap=True)
+    console.print("\nor in Python (the hubsync package, or your own code generated from protos/):")
+    console.print(python_snippet(path), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- operating commands ----------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 What ``hubsync run`` and the end-to-end tests start. Every process gets its configuration through
 environment variables, exactly as in a container; logs go to ``<workdir>/logs/<name>.log``.
-Credentials (caller tokens, the encryption key ring) are generated per run and never printed.
+Credentials (caller tokens, the encryption key ring) are generated per run and never printed;
+the ``client`` and ``cli`` callers' tokens go to ``<workdir>/client-credentials.json`` (mode 0600)
+with the services' addresses, so a service of your own can call the suite
+(:meth:`Suite.write_client_credentials`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from hubsync.core.devredis import RedisProcess, free_port
 from hubsync.core.tls import TLSFiles
 
 SERVICES = ("auth", "writer", "mapper", "ingress")
-CALLERS = ("auth", "ingress", "mapper", "writer", "cli", "demo-client")
+# ``client`` is the caller the services' policies grant to internal services by default (the one
+# handed out in the client credentials file); ``demo-client`` is the demo's own.
+CALLERS = ("auth", "ingress", "mapper", "writer", "cli", "client", "demo-client")
+CREDENTIALS_FILE = "client-credentials.json"
 SANDBOX_PORTAL = 12345
 SANDBOX_APP_ID = 1001
 SANDBOX_PRIVATE_APP_ID = 2001  # the sandbox's default private app in every portal
@@ -98,7 +104,7 @@ class Suite:
         self.tls: dict[str, TLSFiles] = {}
         if tls:
             ca = DevCA("hubsync run CA")
-            for name in (*SERVICES, "cli"):
+            for name in (*SERVICES, "cli", "client"):
                 issued = ca.write(workdir / "tls", name)
                 self.tls[name] = TLSFiles(cert=issued.cert, key=issued.key, ca=issued.ca)
         self.redis: RedisProcess | None = None
@@ -157,6 +163,36 @@ class Suite:
             await self._wait_serving(service)
             self.progress(f"{service} is SERVING")
         await self._wait_http("ingress", f"{self.ingress_url}/healthz")
+        self.write_client_credentials()
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.workdir / CREDENTIALS_FILE
+
+    def write_client_credentials(self) -> Path:
+        """Writes what a client outside the suite needs to call it: the ``client`` caller's token
+        (the one the policies grant internal services; ``cli``'s too, for operator calls), every
+        service's address and, with TLS, the CA and a client certificate of the run's CA.
+
+        The file is created with mode 0600 before any secret is written to it, and removed when
+        the suite stops.
+        """
+        files = self.tls.get("client")
+        data = {
+            "caller": "client",
+            "token": self.tokens["client"],
+            "tokens": {"client": self.tokens["client"], "cli": self.tokens["cli"]},
+            "addresses": {service: self.address(service) for service in SERVICES},
+            "ingress_http": self.ingress_url,
+            "tls": {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)} if files else None,
+        }
+        path = self.credentials_path
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)  # whatever the umask
+            json.dump(data, out, indent=2)
+        return path
 
     def _sandbox_command(self) -> list[str]:
         config = {
@@ -222,7 +258,7 @@ class Suite:
             }
         elif service == "mapper":
             # The demo plays an internal service: it pushes records and reads the change feed.
-            env["HUBSYNC_MAPPER_CLIENT_CALLERS"] = json.dumps(["demo-client"])
+            env["HUBSYNC_MAPPER_CLIENT_CALLERS"] = json.dumps(["demo-client", "client"])
         return env | self.extra_env.get(service, {})
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -299,3 +335,5 @@ class Suite:
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
             self.redis = None
+        # the run's tokens die with it: leave no credential of theirs behind
+        self.credentials_path.unlink(missing_ok=True)
