@@ -30,12 +30,6 @@ CORRECTNESS = (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=AssertionError,  # only a failed check; a broken harness fails the test
-    reason="issue 12's defects on main: stale overwrites after a writer kill (1), reconciliation "
-    "echoes (2), own-limit 429s (4); the lead removes this mark once their fixes are merged",
-)
 def test_short_chaos_soak_loses_doubles_reverts_and_echoes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     # SIGTERM for Redis: with kill -9, Redis's own AOF (fsync every second) may drop the last
