@@ -12,6 +12,10 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import FullJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+# Defined in hubsync.core.keys (the Redis contract); re-exported for existing imports.
+from hubsync.core.keys import CONNECTION_CHANGES_CHANNEL as CONNECTION_CHANGES_CHANNEL
+from hubsync.core.keys import portal_key as portal_key
+from hubsync.core.keys import written_key as written_key
 from hubsync.core.settings import CoreSettings
 from hubsync.core.tls import redis_tls_options
 
@@ -92,22 +96,6 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
         settings.redis_url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S, **options
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
-
-
-def portal_key(portal_id: int | str, *parts: str) -> str:
-    """``hubsync:{<portal>}:<parts>``: the hash tag keeps a portal's keys in one cluster slot."""
-    return ":".join(["hubsync", f"{{{portal_id}}}", *parts])
-
-
-def written_key(portal_id: int | str, object_type: str, hubspot_id: str) -> str:
-    """What writer last wrote to a record (property -> value, ``WRITTEN_TTL_S``): written by writer
-    after HubSpot took the write, read by ingress and mapper to recognise hubsync's own values."""
-    return portal_key(portal_id, "written", object_type, hubspot_id)
-
-
-# Auth publishes a portal's id here whenever its connection changes (connected, re-authorized,
-# refreshed, revoked); mapper re-checks a portal whose inbound events are parked at once.
-CONNECTION_CHANGES_CHANNEL = "hubsync:auth:connection-changes"
 
 
 # Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).

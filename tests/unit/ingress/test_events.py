@@ -80,7 +80,7 @@ def test_identity_separates_what_event_id_alone_does_not() -> None:
 @given(st.integers(min_value=1, max_value=2**62), st.integers(min_value=0, max_value=2**62))
 def test_dedupe_members_are_canonical_int64_strings(object_id: int, occurred: int) -> None:
     [event] = parse_events(body(EVENT | {"objectId": object_id, "occurredAt": occurred}))
-    suffix, member = dedupe_slot(event, 4096)
+    key, member = dedupe_slot(event, 4096)
     assert -(2**63) <= member < 2**63 and str(int(str(member))) == str(member)
-    assert suffix.startswith(f"seen:{occurred // 3_600_000}:")
-    assert 0 <= int(suffix.rsplit(":", 1)[1]) < 4096
+    assert key.startswith(f"hubsync:{{{event.portal_id}}}:seen:{occurred // 3_600_000}:")
+    assert 0 <= int(key.rsplit(":", 1)[1]) < 4096

@@ -23,11 +23,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hubsync.core.redis import CONNECTION_CHANGES_CHANNEL, portal_key
+from hubsync.core.keys import (
+    AUTH_CONNECTIONS_KEY,
+    CONNECTION_CHANGES_CHANNEL,
+    auth_connection_key,
+    auth_refresh_lock_key,
+    oauth_browser_key,
+    oauth_state_key,
+)
 
-INDEX_KEY = "hubsync:auth:connections"
-STATE_PREFIX = "hubsync:auth:oauth-state:"
-BROWSER_PREFIX = "hubsync:auth:oauth-browser:"
+INDEX_KEY = AUTH_CONNECTIONS_KEY
 
 KIND_OAUTH = "oauth"
 KIND_PRIVATE_APP = "private_app"
@@ -129,12 +134,8 @@ class TokenView:
 _VIEW_FIELDS = ("v", "kind", "state", "expires_ms", "sealed")
 
 
-def connection_key(portal_id: int) -> str:
-    return portal_key(portal_id, "auth", "connection")
-
-
-def lock_key(portal_id: int) -> str:
-    return portal_key(portal_id, "auth", "refresh-lock")
+connection_key = auth_connection_key
+lock_key = auth_refresh_lock_key
 
 
 class ConnectionStore:
@@ -195,31 +196,31 @@ class ConnectionStore:
         return [int(x) for x in raw]
 
     async def put_state(self, digest: str, payload: dict[str, Any], ttl_s: int) -> None:
-        await self.redis.set(STATE_PREFIX + digest, json.dumps(payload), ex=ttl_s, nx=True)
+        await self.redis.set(oauth_state_key(digest), json.dumps(payload), ex=ttl_s, nx=True)
 
     async def take_state(self, digest: str) -> dict[str, Any] | None:
         """Returns and deletes a pending state in one step, so it is single use."""
-        raw = await self.redis.getdel(STATE_PREFIX + digest)
+        raw = await self.redis.getdel(oauth_state_key(digest))
         return json.loads(raw) if raw else None
 
     async def get_state(self, digest: str) -> tuple[dict[str, Any], int] | None:
         """A pending state and the milliseconds it has left, without using it up."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(STATE_PREFIX + digest)
-            pipe.pttl(STATE_PREFIX + digest)
+            pipe.get(oauth_state_key(digest))
+            pipe.pttl(oauth_state_key(digest))
             raw, ttl_ms = await pipe.execute()
         return (json.loads(raw), int(ttl_ms)) if raw and int(ttl_ms) > 0 else None
 
     async def bind_state(self, digest: str, browser_digest: str, ttl_ms: int) -> bool:
         """Binds a pending state to a browser, once: False if it was bound already."""
-        return bool(await self.redis.set(BROWSER_PREFIX + digest, browser_digest, px=ttl_ms, nx=True))
+        return bool(await self.redis.set(oauth_browser_key(digest), browser_digest, px=ttl_ms, nx=True))
 
     async def state_browser(self, digest: str) -> str | None:
-        raw = await self.redis.get(BROWSER_PREFIX + digest)
+        raw = await self.redis.get(oauth_browser_key(digest))
         return raw.decode() if isinstance(raw, bytes) else raw
 
     async def forget_browser(self, digest: str) -> None:
-        await self.redis.delete(BROWSER_PREFIX + digest)
+        await self.redis.delete(oauth_browser_key(digest))
 
     async def try_lock(self, portal_id: int, ttl_s: float) -> str | None:
         owner = secrets.token_hex(16)

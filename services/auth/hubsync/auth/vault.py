@@ -56,8 +56,8 @@ from hubsync.core.errors import (
     NotFound,
     Unavailable,
 )
+from hubsync.core.keys import auth_refresh_failed_key
 from hubsync.core.outage import loop_error
-from hubsync.core.redis import portal_key
 from hubsync.core.telemetry import trace_id_hex
 
 log = logging.getLogger(__name__)
@@ -506,7 +506,7 @@ class TokenVault:
             cur = await self.get_connection(portal)
             if cur.generation != seen.generation or cur.state != STATE_ACTIVE:
                 return cur, False
-            failed = await self.store.redis.get(_failed_key(portal))
+            failed = await self.store.redis.get(auth_refresh_failed_key(portal))
             if failed is not None and int(failed) == seen.generation:
                 raise Unavailable(f"HubSpot's token endpoint is failing for portal {portal}", retry_after=2.0)
             # The holder released (or its lock expired) without a new token: try ourselves.
@@ -553,7 +553,7 @@ class TokenVault:
         """Records a transient failure (waiters on other replicas give up instead of piling on)."""
         self._count(conn.portal_id, "transient_failure")
         self._audit("refresh_failed", conn.portal_id, why=str(exc))
-        await self.store.redis.set(_failed_key(conn.portal_id), conn.generation, px=2_000)
+        await self.store.redis.set(auth_refresh_failed_key(conn.portal_id), conn.generation, px=2_000)
         raise Unavailable(str(exc), retry_after=exc.retry_after or 1.0)
 
     async def _needs_reauth_result(self, conn: Connection, why: str) -> Connection:
@@ -700,10 +700,6 @@ def _state_of(ticket: str) -> str:
     """The OAuth state of a start-link ticket: one-way, so the authorize URL reveals no ticket."""
     raw = hashlib.sha256(b"hubsync-oauth-state\0" + ticket.encode()).digest()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _failed_key(portal_id: int) -> str:
-    return portal_key(portal_id, "auth", "refresh-failed")
 
 
 def _check_state(portal_id: int, state: str) -> None:

@@ -44,12 +44,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import PORTALS_KEY, dedupe_key, echoes_key, events_key, written_key
 from hubsync.ingress import metrics
 from hubsync.ingress.events import WebhookEvent
 
 log = logging.getLogger(__name__)
-PORTALS_KEY = "hubsync:portals"
 COMMIT_SPAN = "ingress.commit"
 # The commit span lists the event and object ids of its first events only: tracing backends cap
 # an attribute's size (Tempo's default is 2 KiB), and mapper's spans carry each event's ids.
@@ -169,8 +168,6 @@ class _PortalCall:
     keys: list[str]
     index: dict[str, int]
     args: list[Any]
-    # ``hubsync:{<portal>}:``, what every key of the call starts with.
-    prefix: str
     slots: list[tuple[_Submission, int]] = field(default_factory=list)
 
     def key(self, name: str) -> int:
@@ -194,9 +191,9 @@ def trace_carrier(span: trace.Span) -> dict[str, str]:
 
 
 def dedupe_slot(event: WebhookEvent, buckets: int) -> tuple[str, int]:
-    """The dedupe set suffix and the signed 64-bit member of an event."""
+    """The dedupe set key and the signed 64-bit member of an event."""
     member, bucket = _MEMBER_AND_BUCKET.unpack_from(event.digest())
-    return f"seen:{event.occurred_at // HOUR_MS}:{bucket % buckets}", member
+    return dedupe_key(event.portal_id, event.occurred_at // HOUR_MS, bucket % buckets), member
 
 
 def echo_record(event: WebhookEvent) -> str:
@@ -430,10 +427,10 @@ class EventCommitter:
         def call_of(event: WebhookEvent, origin: str) -> _PortalCall:
             call = calls.get((event.portal_id, origin))
             if call is None:
-                stream = portal_key(event.portal_id, "events")
-                echoes = portal_key(event.portal_id, "echoes")
+                stream = events_key(event.portal_id)
+                echoes = echoes_key(event.portal_id)
                 call = calls[(event.portal_id, origin)] = _PortalCall(
-                    [stream, echoes], {stream: 1, echoes: 2}, [], portal_key(event.portal_id, "")
+                    [stream, echoes], {stream: 1, echoes: 2}, []
                 )
             return call
 
@@ -444,12 +441,12 @@ class EventCommitter:
                 call.slots.append((sub, -1))
             for position, event in enumerate(sub.events):
                 call = call_of(event, sub.origin)
-                suffix, member = dedupe_slot(event, self.dedupe_buckets)
-                set_index = call.key(call.prefix + suffix)
+                set_key, member = dedupe_slot(event, self.dedupe_buckets)
+                set_index = call.key(set_key)
                 written_index = 0
                 object_type = event.object_type
                 if event.property_name is not None and event.property_value is not None and object_type:
-                    written_index = call.key(f"{call.prefix}written:{object_type}:{event.object_id}")
+                    written_index = call.key(written_key(event.portal_id, object_type, str(event.object_id)))
                 call.args.append(
                     (
                         set_index,

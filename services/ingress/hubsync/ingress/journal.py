@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.bounds import check_request_id
 from hubsync.core.errors import InvalidArgument, Unavailable
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import EventEntry, events_key, replays_key
 
 _OFFSET = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 MAX_PAGE = 1000
@@ -30,12 +30,12 @@ class JournalEntry:
 
     @property
     def event(self) -> dict[str, Any]:
-        data = orjson.loads(self.fields.get("event", b"{}"))
+        data = orjson.loads(self.fields.get(EventEntry.EVENT, b"{}"))
         return data if isinstance(data, dict) else {}
 
     @property
     def accepted_ms(self) -> int:
-        raw = self.fields.get("accepted_ms", b"")
+        raw = self.fields.get(EventEntry.ACCEPTED_MS, b"")
         return int(raw) if raw.isdigit() else int(self.offset.split("-")[0])
 
 
@@ -76,7 +76,7 @@ class EventJournal:
         high = f"{end_ms - 1}-18446744073709551615" if end_ms is not None else "+"
         if end_ms is not None and end_ms <= 0:
             return [], ""
-        raw: Any = await self._redis.xrange(portal_key(portal_id, "events"), low, high, count=size + 1)
+        raw: Any = await self._redis.xrange(events_key(portal_id), low, high, count=size + 1)
         entries = [_entry(i, f) for i, f in raw]
         if len(entries) > size:
             return entries[:size], entries[size - 1].offset
@@ -89,7 +89,7 @@ class EventJournal:
         check_offset("start_offset", start_offset)
         check_offset("end_offset", end_offset)
         check_request_id(request_id, required=False)
-        marker = portal_key(portal_id, "replays", request_id) if request_id else None
+        marker = replays_key(portal_id, request_id) if request_id else None
         if marker is not None:
             claimed = await self._redis.set(marker, b"running", nx=True, ex=self.replay_request_ttl_s)
             if not claimed:
@@ -108,7 +108,7 @@ class EventJournal:
         return count
 
     async def _replay(self, portal_id: int, start_offset: str, end_offset: str) -> int:
-        stream = portal_key(portal_id, "events")
+        stream = events_key(portal_id)
         # The range is fixed before appending, so the replayed copies are not replayed again.
         last: Any = await self._redis.xrevrange(stream, "+", "-", count=1)
         if not last:
@@ -126,8 +126,8 @@ class EventJournal:
             pipe = self._redis.pipeline(transaction=False)
             for entry_id, fields in raw:
                 copy = dict(fields)
-                copy[b"origin"] = b"replay"
-                copy[b"replay_of"] = entry_id
+                copy[EventEntry.ORIGIN.encode()] = b"replay"
+                copy[EventEntry.REPLAY_OF.encode()] = entry_id
                 pipe.xadd(stream, copy, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
             await pipe.execute()
             count += len(raw)

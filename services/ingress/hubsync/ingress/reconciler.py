@@ -27,10 +27,10 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import InvalidArgument, Unavailable
+from hubsync.core.keys import PORTALS_KEY, EchoEntry, EventEntry, echoes_key, events_key, reconcile_key
 from hubsync.core.outage import loop_error
-from hubsync.core.redis import portal_key
 from hubsync.ingress import metrics
-from hubsync.ingress.committer import PORTALS_KEY, EnqueueFailed, EventCommitter, Outcome
+from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome
 from hubsync.ingress.events import OBJECT_TYPE_IDS, OBJECT_TYPES, WebhookEvent, parse_events
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Reconciler:
 
     async def _window(self, portal_id: int, object_type: str, now: int) -> tuple[int, int]:
         """[checkpoint, now - settle) for one type; the first pass looks ``lookback_s`` back."""
-        stored = await self._redis.get(portal_key(portal_id, "reconcile", object_type))
+        stored = await self._redis.get(reconcile_key(portal_id, object_type))
         since = int(stored) if stored and stored.isdigit() else now - self.lookback_s * 1000
         return since, now - self.settle_ms
 
@@ -145,7 +145,7 @@ class Reconciler:
         until: int,
         reported: dict[tuple[str, int], int],
     ) -> tuple[int, int, int]:
-        key = portal_key(portal_id, "reconcile", object_type)
+        key = reconcile_key(portal_id, object_type)
         if until <= since:
             return 0, 0, since
         records, checkpoint = await self._search(portal_id, object_type, since, until)
@@ -225,14 +225,14 @@ class Reconciler:
 
     async def _reported(self, portal_id: int, from_ms: int) -> dict[tuple[str, int], int]:
         """Latest occurredAt per (object type, record) in the journal since ``from_ms``."""
-        stream = portal_key(portal_id, "events")
+        stream = events_key(portal_id)
         seen: dict[tuple[str, int], int] = {}
         low = f"{max(from_ms, 0)}-0"
         while True:
             page: Any = await self._redis.xrange(stream, low, "+", count=1000)
             for _entry_id, fields in page:
                 try:
-                    event = orjson.loads(fields.get(b"event", b"{}"))
+                    event = orjson.loads(fields.get(EventEntry.EVENT.encode(), b"{}"))
                 except orjson.JSONDecodeError:
                     continue  # journal entries were validated on the way in
                 if not isinstance(event, dict):
@@ -253,12 +253,12 @@ class Reconciler:
 
     async def _echoed(self, portal_id: int, from_ms: int, seen: dict[tuple[str, int], int]) -> None:
         """Adds the echoes of hubsync's own writes journaled since ``from_ms`` to ``seen``."""
-        stream = portal_key(portal_id, "echoes")
+        stream = echoes_key(portal_id)
         low = f"{max(from_ms, 0)}-0"
         while True:
             page: Any = await self._redis.xrange(stream, low, "+", count=1000)
             for _entry_id, fields in page:
-                object_type, _, rest = fields.get(b"r", b"").decode().partition(":")
+                object_type, _, rest = fields.get(EchoEntry.RECORD.encode(), b"").decode().partition(":")
                 object_id, _, occurred = rest.partition(":")
                 if not object_id.isdigit() or not occurred.isdigit():
                     continue

@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
+from hubsync.core.keys import EventEntry
 from hubsync.ingress.journal import EventJournal, JournalEntry
 from hubsync.ingress.reconciler import Reconciler
 
@@ -44,7 +45,7 @@ def event_pb(entry: JournalEntry) -> ingress_pb2.WebhookEvent:
         occur_time=_ts(_int(event.get("occurredAt"))),
         accept_time=_ts(entry.accepted_ms),
         raw=raw,
-        traceparent=entry.fields.get("traceparent", b"").decode(),
+        traceparent=entry.fields.get(EventEntry.TRACEPARENT, b"").decode(),
     )
 
 

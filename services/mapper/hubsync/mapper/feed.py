@@ -25,24 +25,20 @@ from redis.exceptions import ResponseError
 
 from hubsync.core.bounds import name_problem
 from hubsync.core.errors import InvalidArgument
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import PORTALS_KEY, FeedEntry, feed_key
 from hubsync.mapper.groups import ConsumerGroupLimit
 from hubsync.mapper.mappings import OBJECT_TYPES
 
-PORTALS_KEY = "hubsync:portals"
 # How often new portals' streams are looked for: a new portal's first events wait at most this.
 DISCOVER_INTERVAL_S = 0.25
 DEFAULT_MAX_GROUPS = 64
+_CHANGE = FeedEntry.CHANGE.encode()
 
 _meter = metrics.get_meter("hubsync.mapper")
 _delivered = _meter.create_counter("hubsync.feed.deliveries", description="Changes delivered to subscribers")
 _redelivered = _meter.create_counter(
     "hubsync.feed.redeliveries", description="Changes delivered again after the visibility timeout"
 )
-
-
-def feed_key(portal_id: int | str, object_type: str) -> str:
-    return portal_key(portal_id, "feed", object_type)
 
 
 @dataclass(frozen=True)
@@ -236,7 +232,7 @@ class ChangeFeed:
     def _delivery(self, where: tuple[str, str], entry_id: str, fields: dict, attempt: int) -> Delivery:  # type: ignore[type-arg]
         portal, object_type = where
         _delivered.add(1, {"object_type": object_type})
-        payload = fields.get(b"change") or fields.get("change") or b""
+        payload = fields.get(_CHANGE) or fields.get(FeedEntry.CHANGE) or b""
         return Delivery(f"{portal}/{object_type}/{entry_id}", payload, attempt)
 
     async def ack(self, group: str, ack_ids: Sequence[str]) -> int:

@@ -12,14 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from hubsync.core.redis import portal_key
-
 # Fingerprints outlive any retry horizon; a record untouched for this long is simply re-sent once.
 FINGERPRINT_TTL_S = 90 * 86_400
-
-
-def fingerprint_key(portal: int | str, object_type: str, external_id: str) -> str:
-    return portal_key(portal, "fp", object_type, external_id)
 
 
 def digest(value: str) -> bytes:

@@ -13,8 +13,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from hubsync.core.errors import ResourceExhausted
+from hubsync.core.keys import FEED_GROUPS_KEY
 
-GROUPS_KEY = "hubsync:feed:groups"
+GROUPS_KEY = FEED_GROUPS_KEY
 
 # Admits ARGV[1] when it is known or the set holds fewer than ARGV[2]; 1 admitted, 0 refused.
 _ADMIT_LUA = """

@@ -38,10 +38,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from hubsync.api.writer.v1 import writer_pb2_grpc
+from hubsync.core.keys import PORTALS_KEY, events_key, feed_key
 from hubsync.core.outage import loop_error, redis_outage
-from hubsync.core.redis import group_lag, portal_key
+from hubsync.core.redis import group_lag
 from hubsync.mapper import inbound_queues as queues
-from hubsync.mapper.feed import DISCOVER_INTERVAL_S, PORTALS_KEY, feed_key
+from hubsync.mapper.feed import DISCOVER_INTERVAL_S
 from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange, coalesce, parse_entry
 from hubsync.mapper.publish import GROUP, DeadLetter, Publisher, Source
@@ -65,10 +66,6 @@ __all__ = ["GROUP", "InboundWorker", "events_key"]
 DONE = "done"
 PARKED = "parked"
 PARTIAL = "partial"  # some entries stay (transient failure): retried later
-
-
-def events_key(portal: str) -> str:
-    return portal_key(portal, "events")
 
 
 @dataclass

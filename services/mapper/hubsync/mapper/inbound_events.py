@@ -14,8 +14,12 @@ from typing import Any
 import orjson
 
 from hubsync.api.mapper.v1 import mapper_pb2
+from hubsync.core.keys import EventEntry
 from hubsync.core.telemetry import extract_context
 from hubsync.mapper.transforms import MappingSet
+
+_EVENT = EventEntry.EVENT.encode()
+_TRACEPARENT = EventEntry.TRACEPARENT.encode()
 
 SYNCED_TYPES = {"contact": "contacts", "company": "companies", "deal": "deals"}
 SYNCED_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals"}
@@ -85,7 +89,7 @@ class RecordChange:
             if other is not None and str(other) not in self.related:
                 self.related.append(str(other))
         self.occurred_ms = max(self.occurred_ms, _int(event.get("occurredAt")))
-        if b"traceparent" in entry.fields:
+        if _TRACEPARENT in entry.fields:
             self.contexts.append(extract_context(entry.fields))
         self.entry_ids.append(entry.id)
 
@@ -127,7 +131,7 @@ def parse_entry(entry_id: bytes, fields: Fields) -> ParsedEntry:
     """Parses an entry and says why it can never become a change, if it cannot."""
     entry = ParsedEntry(entry_id, fields)
     try:
-        event = orjson.loads(fields.get(b"event") or b"")
+        event = orjson.loads(fields.get(_EVENT) or b"")
     except orjson.JSONDecodeError:
         entry.reason, entry.detail = "MALFORMED_ENTRY", "the entry's event is not JSON"
         return entry

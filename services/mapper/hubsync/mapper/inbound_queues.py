@@ -28,37 +28,34 @@ from typing import Any
 from redis.asyncio import Redis
 
 from hubsync.core.errors import InvalidArgument, NotFound
-from hubsync.core.redis import CONNECTION_CHANGES_CHANNEL, portal_key
+from hubsync.core.keys import (
+    CONNECTION_CHANGES_CHANNEL,
+    INBOUND_PARKED_PORTALS_KEY,
+    EventEntry,
+    events_key,
+    inbound_dlq_key,
+    inbound_drain_lock_key,
+    inbound_failures_key,
+    inbound_park_key,
+    inbound_parked_key,
+)
 
 __all__ = ["CONNECTION_CHANGES_CHANNEL", "InboundQueues"]
 
-PARKED_PORTALS_KEY = "hubsync:inbound:parked"
+PARKED_PORTALS_KEY = INBOUND_PARKED_PORTALS_KEY
 DEAD_LETTER_MAX_LEN = 100_000
 _FAILURES_TTL_S = 7 * 86_400
-_COPIED = (b"event", b"traceparent", b"tracestate", b"accepted_ms", b"origin")
+_COPIED = tuple(name.encode() for name in EventEntry.COPIED)
 
 PARKED = "parked"
 DEAD_LETTER = "dlq"
 
 
-def parked_key(portal: int | str) -> str:
-    return portal_key(portal, "inbound", "parked")
-
-
-def park_info_key(portal: int | str) -> str:
-    return portal_key(portal, "inbound", "park")
-
-
-def dead_letter_key(portal: int | str) -> str:
-    return portal_key(portal, "inbound", "dlq")
-
-
-def failures_key(portal: int | str) -> str:
-    return portal_key(portal, "inbound", "failures")
-
-
-def drain_lock_key(portal: int | str) -> str:
-    return portal_key(portal, "inbound", "drain-lock")
+parked_key = inbound_parked_key
+park_info_key = inbound_park_key
+dead_letter_key = inbound_dlq_key
+failures_key = inbound_failures_key
+drain_lock_key = inbound_drain_lock_key
 
 
 def copied(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -255,8 +252,8 @@ class InboundQueues:
             return 0
         async with self.redis.pipeline(transaction=True) as pipe:
             for entry_id, fields in rows:
-                entry = copied(fields) | {b"origin": b"inbound-dlq-replay"}
-                pipe.xadd(portal_key(portal_id, "events"), entry)
+                entry = copied(fields) | {EventEntry.ORIGIN.encode(): b"inbound-dlq-replay"}
+                pipe.xadd(events_key(portal_id), entry)
                 pipe.xdel(key, entry_id)
             pipe.hdel(failures_key(portal_id), *[f.get(b"from_id", b"") or b"-" for _i, f in rows])
             await pipe.execute()
@@ -293,7 +290,7 @@ class InboundQueues:
             queued_ms=int(stamp) if stamp.isdigit() else 0,
             attempts=int(fields.get(b"attempts") or 0),
             from_id=_s(fields.get(b"from_id")),
-            raw_event=fields.get(b"event", b""),
+            raw_event=fields.get(EventEntry.EVENT.encode(), b""),
         )
 
     @staticmethod

@@ -24,10 +24,10 @@ import orjson
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.bounds import external_id_problem, request_id_problem
 from hubsync.core.errors import InvalidArgument, Unavailable
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import fingerprint_key, push_done_key, push_lock_key, push_version_key
 from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
-from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest, fingerprint_key
+from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest
 from hubsync.mapper.mappings import WRITE_ORDER
 from hubsync.mapper.transforms import MappingSet, TransformError
 
@@ -105,12 +105,13 @@ class RecordPusher:
     ) -> list[PushResultData]:
         mappings = self.mappings()
         self._validate(request_id, portal_id, records, mappings)
-        done_key = portal_key(portal_id, "push", hashlib.sha256(request_id.encode()).hexdigest()[:32])
+        request_digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
+        done_key = push_done_key(portal_id, request_digest)
         cached = await self.redis.get(done_key)
         if cached:
             return [PushResultData(**r) for r in orjson.loads(cached)]
         # One run per request_id at a time: a concurrent retry waits for the first one's answer.
-        lock_key = done_key + ":run"
+        lock_key = push_lock_key(portal_id, request_digest)
         if not await self.redis.set(lock_key, b"1", nx=True, ex=180):
             for _ in range(300):
                 await asyncio.sleep(0.1)
@@ -122,9 +123,7 @@ class RecordPusher:
         try:
             # The push's place in each record's order (writer never writes a property with an
             # older version after a newer one): accepted now, records in the order given.
-            version = await reserve_versions(
-                self.redis, portal_key(portal_id, "push", "version"), len(records)
-            )
+            version = await reserve_versions(self.redis, push_version_key(portal_id), len(records))
             results = await self._push(done_key, request_id, portal_id, records, wait, mappings, version)
             for object_type in {r.object_type for r in results}:
                 sync_metrics.sync_duration.record(

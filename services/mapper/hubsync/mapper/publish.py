@@ -27,11 +27,10 @@ from opentelemetry import trace
 from redis.exceptions import WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
-from hubsync.core.redis import portal_key, written_key
+from hubsync.core.keys import FeedEntry, feed_key, feed_last_key, fingerprint_key, written_key
 from hubsync.core.telemetry import trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
-from hubsync.mapper.feed import feed_key
-from hubsync.mapper.fingerprints import digest, digest_properties, fingerprint_key
+from hubsync.mapper.fingerprints import digest, digest_properties
 from hubsync.mapper.hydrate import Hydration
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange
 from hubsync.mapper.inbound_queues import queue_dead_letter
@@ -162,7 +161,7 @@ class Publisher:
             mapping = mappings.get(c.object_type)
             assert mapping is not None
             built.append(_build(portal, c, hydration, mapping))
-        last_keys = [portal_key(portal, "feedlast", b.change.object_type, b.change.object_id) for b in built]
+        last_keys = [feed_last_key(portal, b.change.object_type, b.change.object_id) for b in built]
         ids = [*finished, *(i for b in built for i in b.change.entry_ids), *(d.entry.id for d in dead)]
         outcomes: list[tuple[RecordChange, str]] = []
         # Compare-and-publish under WATCH: two replicas holding the same change (a duplicated
@@ -253,7 +252,7 @@ class Publisher:
             outcomes.append((c, "published"))
             pipe.xadd(
                 feed_key(portal, c.object_type),
-                {"change": change.SerializeToString(), "hs": c.object_id},
+                {FeedEntry.CHANGE: change.SerializeToString(), FeedEntry.HUBSPOT_ID: c.object_id},
                 maxlen=self.feed_max_len,
                 approximate=True,
             )

@@ -11,9 +11,10 @@ from redis.asyncio import Redis
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.channels import channel_for
+from hubsync.core.keys import PORTALS_KEY
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
-from hubsync.mapper.feed import PORTALS_KEY, ChangeFeed
+from hubsync.mapper.feed import ChangeFeed
 from hubsync.mapper.inbound import InboundWorker
 from hubsync.mapper.inbound_queues import InboundQueues
 from hubsync.mapper.mappings import MappingError

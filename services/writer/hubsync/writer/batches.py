@@ -33,7 +33,7 @@ from opentelemetry.trace import Link
 from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.core.redis import portal_key, written_key
+from hubsync.core.keys import writer_ids_key, written_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse, slot_reserved
 from hubsync.writer.ordering import RecordRef, RecordVersions
@@ -103,7 +103,7 @@ def id_key(portal_id: int, object_type: str, id_property: str, value: str) -> st
     """Unique value → HubSpot id, as learned from our own upserts (for unchanged detection)."""
     if id_property == "email":
         value = value.lower()
-    return portal_key(portal_id, "writer", "ids", object_type, id_property, value)
+    return writer_ids_key(portal_id, object_type, id_property, value)
 
 
 class BatchWriter:

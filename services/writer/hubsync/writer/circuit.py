@@ -23,7 +23,7 @@ from opentelemetry import metrics
 from redis.exceptions import RedisError
 
 from hubsync.core.errors import Unavailable
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import circuit_closed_key, circuit_open_key, circuit_probe_key
 
 _state_gauge = metrics.get_meter("hubsync.writer").create_gauge(
     "hubsync.circuit.state", description="Circuit breaker per portal: 1 closed, 2 open, 3 half-open"
@@ -49,8 +49,9 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self._state = CircuitState.CLOSED
         self._probe = asyncio.Lock()
-        self._open_key = portal_key(portal_id, "circuit", "open")
-        self._probe_key = portal_key(portal_id, "circuit", "probe")
+        self._open_key = circuit_open_key(portal_id)
+        self._probe_key = circuit_probe_key(portal_id)
+        self._closed_key = circuit_closed_key(portal_id)
 
     @property
     def state(self) -> CircuitState:
@@ -97,7 +98,7 @@ class CircuitBreaker:
             and not probing
             and self._state == CircuitState.OPEN
             and not self._probe.locked()
-            and await self.redis.exists(self._open_key + ":closed")
+            and await self.redis.exists(self._closed_key)
         ):
             self.failures = 0
             self._set(CircuitState.CLOSED)
@@ -140,13 +141,13 @@ class CircuitBreaker:
         if self._state == CircuitState.OPEN and (probe or was != CircuitState.OPEN):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._open_key, b"1", px=max(open_ms, 1))
-                pipe.delete(self._probe_key, self._open_key + ":closed")
+                pipe.delete(self._probe_key, self._closed_key)
                 await pipe.execute()
         elif ok and probe:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._open_key, self._probe_key)
                 # tells replicas still holding an old "open" that a probe closed it
-                pipe.set(self._open_key + ":closed", b"1", px=max(open_ms * 4, 1000))
+                pipe.set(self._closed_key, b"1", px=max(open_ms * 4, 1000))
                 await pipe.execute()
 
     def _set(self, state: CircuitState) -> None:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument, NotFound
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import writer_dlq_key
 
 _meter = metrics.get_meter("hubsync.writer")
 _depth = _meter.create_gauge("hubsync.dlq.depth", description="Entries in the portal's dead-letter queue")
@@ -47,8 +47,7 @@ class DeadLetterEntry:
     created_ms: int
 
 
-def dlq_key(portal_id: int) -> str:
-    return portal_key(portal_id, "dlq")
+dlq_key = writer_dlq_key
 
 
 class DeadLetterQueue:

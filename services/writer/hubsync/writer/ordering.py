@@ -28,7 +28,7 @@ from opentelemetry import metrics
 from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import writer_version_key, writer_versions_key
 from hubsync.core.versions import reserve_versions
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ return out
 """
 
 
-def version_counter_key(portal_id: int) -> str:
-    return portal_key(portal_id, "writer", "version")
+version_counter_key = writer_version_key
 
 
 def stamp(writes: Sequence[writer_pb2.Write], base: int) -> None:
@@ -91,7 +90,7 @@ class RecordRef:
     id: str
 
     def key(self, portal_id: int) -> str:
-        return portal_key(portal_id, "writer", "versions", self.object_type, self.id_property, self.id)
+        return writer_versions_key(portal_id, self.object_type, self.id_property, self.id)
 
 
 class RecordVersions:

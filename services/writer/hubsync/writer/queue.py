@@ -26,8 +26,8 @@ from redis.exceptions import ResponseError
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import HubsyncError, Unavailable
+from hubsync.core.keys import WRITER_PORTALS_KEY, write_ledger_key, write_request_key, writes_key
 from hubsync.core.outage import loop_error
-from hubsync.core.redis import portal_key
 from hubsync.core.telemetry import extract_context, inject_fields
 from hubsync.core.versions import reserve_lua
 from hubsync.writer.ordering import stamp, version_counter_key
@@ -39,7 +39,7 @@ GROUP = "writer"
 _lag = metrics.get_meter("hubsync.writer").create_gauge(
     "hubsync.stream.lag", description="Entries of the durable write queue not yet processed"
 )
-PORTALS = "hubsync:writer:portals"
+PORTALS = WRITER_PORTALS_KEY
 _PENDING = b"pending"
 _PENDING_TTL_S = 300
 
@@ -63,14 +63,6 @@ return false
 )
 
 
-def writes_key(portal_id: int) -> str:
-    return portal_key(portal_id, "writes")
-
-
-def request_key(portal_id: int, request_id: str) -> str:
-    return portal_key(portal_id, "writer", "request", request_id)
-
-
 class WriteQueue:
     def __init__(self, redis: Redis, *, maxlen: int, request_ttl_s: int) -> None:
         self.redis = redis
@@ -92,7 +84,7 @@ class WriteQueue:
         carrier = inject_fields({})
         await self._ensure_group(portal)
         existing = await self._accept(
-            keys=[request_key(portal, request_id), writes_key(portal), version_counter_key(portal)],
+            keys=[write_request_key(portal, request_id), writes_key(portal), version_counter_key(portal)],
             args=[
                 queued.SerializeToString(),
                 self.request_ttl_s,
@@ -125,7 +117,7 @@ class WriteQueue:
         """For wait=true: claims the request id, or returns the first call's answer."""
         if not request.request_id:
             return None
-        key = request_key(request.portal_id, request.request_id)
+        key = write_request_key(request.portal_id, request.request_id)
         while True:
             # Short-lived: if this writer dies mid-call, a retry may claim the id again soon
             # (a second run of the same writes is harmless: upserts by unique value).
@@ -145,7 +137,7 @@ class WriteQueue:
     ) -> None:
         if not request.request_id:
             return
-        key = request_key(request.portal_id, request.request_id)
+        key = write_request_key(request.portal_id, request.request_id)
         if response is None:
             await self.redis.delete(key)
         else:
@@ -264,7 +256,7 @@ class QueueConsumer:
         links = [Link(ctx)] if ctx.is_valid else []
         entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         # What earlier attempts of this entry finished, and whether one was cut off mid-flight.
-        ledger = await Ledger(self.redis, portal_key(portal, "writes", "ledger", entry)).begin()
+        ledger = await Ledger(self.redis, write_ledger_key(portal, entry)).begin()
         token = otel_context.attach(parent)
         try:
             await self.process(portal, request, links, ledger)

@@ -26,7 +26,13 @@ from opentelemetry import metrics
 from redis.asyncio import Redis
 
 from hubsync.core.errors import ResourceExhausted
-from hubsync.core.redis import portal_key
+from hubsync.core.keys import (
+    rate_daily_key,
+    rate_info_key,
+    rate_learned_key,
+    rate_probe_key,
+    rate_window_key,
+)
 
 _meter = metrics.get_meter("hubsync.writer")
 _remaining = _meter.create_gauge(
@@ -226,11 +232,11 @@ class RateLimiter:
 
     def _keys(self, portal_id: int, budget: Budget) -> list[str]:
         return [
-            portal_key(portal_id, "rl", budget.name),
-            portal_key(portal_id, "rl", "daily"),
-            portal_key(portal_id, "rl", "info"),
-            portal_key(portal_id, "rl", "learned"),
-            portal_key(portal_id, "rl", "probe"),
+            rate_window_key(portal_id, budget.name),
+            rate_daily_key(portal_id),
+            rate_info_key(portal_id),
+            rate_learned_key(portal_id),
+            rate_probe_key(portal_id),
         ]
 
     async def acquire(self, portal_id: int, *, search: bool = False, deadline: float | None = None) -> str:
@@ -247,8 +253,8 @@ class RateLimiter:
         budget = self.search if search else self.api
         keys = self._keys(portal_id, budget)
         if search:
-            keys[2] = portal_key(portal_id, "rl", "info", "search")
-            keys[3] = portal_key(portal_id, "rl", "learned", "search")  # never written: search
+            keys[2] = rate_info_key(portal_id, search=True)
+            keys[3] = rate_learned_key(portal_id, search=True)  # never written: search
         window = budget.window_ms + (0 if search else self.margin_ms)
         daily = 0 if search else budget.daily
         waited = False
@@ -290,13 +296,13 @@ class RateLimiter:
 
     async def release(self, portal_id: int, member: str) -> None:
         """Gives an unused slot back (a batch chose to wait for more writes)."""
-        await self.redis.zrem(portal_key(portal_id, "rl", self.api.name), member)
+        await self.redis.zrem(rate_window_key(portal_id, self.api.name), member)
         await self.end_probe(portal_id, member)
 
     async def end_probe(self, portal_id: int, member: str) -> None:
         """The slot's request is over (answered, or never sent): another may probe."""
         if self.probe_ttl_ms:
-            await self._end_probe(keys=[portal_key(portal_id, "rl", "probe")], args=[member])
+            await self._end_probe(keys=[rate_probe_key(portal_id)], args=[member])
 
     async def settle(
         self, portal_id: int, member: str, headers: Mapping[str, str], *, search: bool = False
@@ -306,7 +312,7 @@ class RateLimiter:
         event loop, a full connection pool); HubSpot counts it on arrival, so the stamp must not
         be earlier."""
         budget = self.search if search else self.api
-        await self._settle(keys=[portal_key(portal_id, "rl", budget.name)], args=[member])
+        await self._settle(keys=[rate_window_key(portal_id, budget.name)], args=[member])
         if not search:
             if headers:
                 await self.correct(portal_id, headers, probed=True)
@@ -352,9 +358,7 @@ class RateLimiter:
 
     async def limits(self, portal_id: int) -> Limits:
         """The limits in force for the portal (learned from HubSpot, else configured)."""
-        raw: Any = await self.redis.hmget(
-            portal_key(portal_id, "rl", "learned"), ["max", "interval_ms", "daily_max"]
-        )
+        raw: Any = await self.redis.hmget(rate_learned_key(portal_id), ["max", "interval_ms", "daily_max"])
         learned_max, interval, daily_max = (int(v) if v is not None else 0 for v in raw)
         burst = self.api.limit
         if learned_max > 0:

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from hubsync.api.auth.v1 import auth_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import channel_for
+from hubsync.core.keys import WRITER_PORTALS_KEY
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.writer.batches import BatchKey, BatchWriter, WriteBatcher
@@ -20,7 +21,7 @@ from hubsync.writer.export import RecordExporter
 from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.hubspot_client import HubSpotClient, RetryPolicy
 from hubsync.writer.ordering import RecordVersions
-from hubsync.writer.queue import PORTALS, QueueConsumer, WriteQueue
+from hubsync.writer.queue import QueueConsumer, WriteQueue
 from hubsync.writer.ratelimit import Budget, RateLimiter
 from hubsync.writer.reads import RecordReader
 from hubsync.writer.servicer import WriterServicer
@@ -133,7 +134,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         calls'), so the gauge exists and stays current without a DLQ call."""
         while True:
             try:
-                known = {int(p) for p in await redis.smembers(PORTALS)}  # type: ignore[misc]
+                known = {int(p) for p in await redis.smembers(WRITER_PORTALS_KEY)}  # type: ignore[misc]
                 for portal in sorted(known | set(breakers.portals())):
                     await dlq.depth(portal)
             except (OSError, RedisError) as exc:

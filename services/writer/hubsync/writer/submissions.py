@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument
-from hubsync.core.redis import written_key
+from hubsync.core.keys import written_key
 from hubsync.core.telemetry import trace_id_hex
 from hubsync.writer.batches import (
     ARCHIVE,
