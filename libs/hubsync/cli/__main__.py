@@ -1,6 +1,7 @@
 """``hubsync``: one command for people.
 
     hubsync run                      the whole suite on this machine against the sandbox, with a demo
+    hubsync trace [ID] [--html F]    one change's trace from `hubsync run`'s local store, as a waterfall
     hubsync status                   health of every service
     hubsync connect --tenant T       start OAuth for a portal (prints the authorize URL)
     hubsync connect --portal P --private-app-token-file F
@@ -66,11 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, default=Path(".hubsync"), help="logs and Redis data")
     run.add_argument("--no-demo", action="store_true", help="start everything, skip the demo")
     run.add_argument("--exit-after-demo", action="store_true", help="stop after the demo (CI)")
-    run.add_argument("--otlp-endpoint", help="send traces and metrics to this OTLP/gRPC endpoint")
+    run.add_argument(
+        "--otlp-endpoint",
+        help="send traces and metrics to this OTLP/gRPC endpoint (instead of the local trace store)",
+    )
     run.add_argument(
         "--tls", action="store_true", help="mutual TLS on every gRPC hop, with a CA made for this run"
     )
     run.set_defaults(func=_cmd_run)
+
+    trace = sub.add_parser("trace", help="show one change's trace collected by `hubsync run`")
+    trace.add_argument("id", nargs="?", help="trace id, HubSpot object or event id, or external id")
+    trace.add_argument("--workdir", type=Path, help="the run directory of `hubsync run` (.hubsync)")
+    trace.add_argument("--html", type=Path, help="also write the waterfall as an HTML page here")
+    trace.add_argument("--all", action="store_true", help="show every trace carrying ID, not the latest")
+    trace.set_defaults(func=_cmd_trace)
 
     status = sub.add_parser("status", help="health of every service")
     status.set_defaults(func=_cmd_status)
@@ -135,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _cmd_run(args: argparse.Namespace) -> int:
     from hubsync.cli.demo import run_demo
     from hubsync.cli.suite import Suite, SuiteError
+    from hubsync.cli.trace_command import trace_command
 
     workdir: Path = args.workdir.resolve()
     progress = Progress(
@@ -147,7 +159,13 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         def say(msg: str) -> None:
             progress.update(task, description=msg)
 
-        suite = Suite(workdir, otlp_endpoint=args.otlp_endpoint, progress=say, tls=args.tls)
+        suite = Suite(
+            workdir,
+            otlp_endpoint=args.otlp_endpoint,
+            progress=say,
+            tls=args.tls,
+            traces=not args.otlp_endpoint,
+        )
         try:
             await suite.start()
         except SuiteError as exc:
@@ -161,7 +179,8 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         _print_client_examples(suite)
         if not args.no_demo:
             console.rule("demo")
-            result = await run_demo(suite, console.print)
+            opener = None if args.otlp_endpoint else trace_command(args.workdir)
+            result = await run_demo(suite, console.print, opener)
             console.print(
                 f"[green]both directions worked[/]: outbound {result.seconds['outbound']:.2f} s, "
                 f"inbound {result.seconds['inbound']:.2f} s (webhook → subscriber)"
@@ -204,6 +223,12 @@ def _print_client_examples(suite: Any) -> None:
     console.print(grpcurl, markup=False, highlight=False, soft_wrap=True)
     console.print("\nor in Python (the hubsync package, or your own code generated from protos/):")
     console.print(python_snippet(path), markup=False, highlight=False, soft_wrap=True)
+
+
+async def _cmd_trace(args: argparse.Namespace) -> int:
+    from hubsync.cli.trace_command import DEFAULT_WORKDIR, show_trace
+
+    return show_trace(console, args.workdir or DEFAULT_WORKDIR, args.id, args.html, args.all)
 
 
 # --- operating commands ----------------------------------------------------------------------

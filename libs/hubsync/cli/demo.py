@@ -4,6 +4,8 @@
   writer upserts it into the sandbox by the unique property ``external_id``.
 - inbound: a person edits the contact in the sandbox's "UI"; the sandbox posts a signed webhook
   to ingress; mapper hydrates it through writer and hands it, mapped, to a subscriber.
+
+With the suite's local trace store on, it ends with the commands that open each change's trace.
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ def change_dict(change: mapper_pb2.Change) -> dict[str, Any]:
     return json_format.MessageToDict(change, preserving_proto_field_name=True)
 
 
-async def run_demo(suite: Suite, say: Any = print) -> DemoResult:
+async def run_demo(suite: Suite, say: Any = print, trace_opener: str | None = None) -> DemoResult:
+    """Runs both directions; ``trace_opener`` (``hubsync trace``, with the run's ``--workdir``)
+    makes it print the commands that open each change's trace."""
     external_id = f"ext-{secrets.token_hex(3)}"
     result = DemoResult(external_id=external_id)
     await connect_sandbox_portal(suite)
@@ -159,6 +163,11 @@ async def run_demo(suite: Suite, say: Any = print) -> DemoResult:
         f"{change.hubspot_id}: first_name={_field(change.fields, 'first_name')!r} "
         f"(trace {change.trace_id or 'n/a'})"
     )
+    if trace_opener:
+        say("open each change's trace (a waterfall of its spans; add --html FILE for a browser):")
+        say(f"  outbound: {trace_opener} {external_id}", markup=False, highlight=False)
+        if change.trace_id:
+            say(f"  inbound:  {trace_opener} {change.trace_id}", markup=False, highlight=False)
     return result
 
 

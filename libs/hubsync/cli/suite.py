@@ -6,6 +6,10 @@ Credentials (caller tokens, the encryption key ring) are generated per run and n
 the ``client`` and ``cli`` callers' tokens go to ``<workdir>/client-credentials.json`` (mode 0600)
 with the services' addresses, so a service of your own can call the suite
 (:meth:`Suite.write_client_credentials`).
+
+With ``traces=True`` (``hubsync run``'s default) a collector process
+(:mod:`hubsync.cli.trace_collector`) receives every service's spans over OTLP and keeps them in
+``<workdir>/traces.sqlite3``, where ``hubsync trace`` finds them: traces without a backend.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hubsync.cli.trace_store import STORE_FILE
 from hubsync.core.channels import open_channel
 from hubsync.core.devcerts import DevCA
 from hubsync.core.devredis import RedisProcess, free_port
@@ -60,10 +65,11 @@ class Ports:
     ingress_http: int = 0
     mapper: int = 0
     writer: int = 0
+    traces: int = 0  # the local trace collector (OTLP/gRPC)
     metrics: dict[str, int] = field(default_factory=dict)
 
     def resolve(self) -> Ports:
-        for name in ("redis", "sandbox", "auth", "ingress", "ingress_http", "mapper", "writer"):
+        for name in ("redis", "sandbox", "auth", "ingress", "ingress_http", "mapper", "writer", "traces"):
             if not getattr(self, name):
                 setattr(self, name, free_port())
         for service in SERVICES:
@@ -88,8 +94,10 @@ class Suite:
         extra_env: dict[str, dict[str, str]] | None = None,
         progress: Progress | None = None,
         tls: bool = False,
+        traces: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.traces = traces
         self.ports = (ports or Ports()).resolve()
         self.otlp_endpoint = otlp_endpoint
         self.sandbox_config = sandbox_config or {}
@@ -132,6 +140,10 @@ class Suite:
         """A channel without a caller token (grpc.health.v1 needs none), over TLS when it is on."""
         return open_channel(self.address(service), None, self.tls.get("cli"))
 
+    @property
+    def trace_store_path(self) -> Path:
+        return self.workdir / STORE_FILE
+
     def log_path(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
@@ -153,6 +165,10 @@ class Suite:
         self.progress("starting redis-server")
         self.redis = RedisProcess(self.workdir / "redis", self.ports.redis)
         await asyncio.to_thread(self.redis.start)
+        if self.traces:
+            self.progress("starting the local trace collector")
+            self._spawn("traces", self._collector_command(), {})
+            await self._wait_collector()
         self.progress("starting the HubSpot sandbox")
         self._spawn("sandbox", self._sandbox_command(), {})
         await self._wait_http("sandbox", f"{self.sandbox_url}/_sandbox/requests")
@@ -213,6 +229,28 @@ class Suite:
             "--host", "127.0.0.1", "--port", str(self.ports.sandbox), "--config", str(path),
         ]  # fmt: skip
 
+    def _collector_command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "hubsync.cli.trace_collector",
+            "--db", str(self.trace_store_path), "--port", str(self.ports.traces),
+        ]  # fmt: skip
+
+    async def _wait_collector(self, timeout: float = 60.0) -> None:
+        """Until the collector answers an (empty) OTLP export."""
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports.traces}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            while True:
+                self._check_alive("traces")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.Export(trace_service_pb2.ExportTraceServiceRequest(), timeout=1.0)
+                    return
+                if time.monotonic() > deadline:
+                    raise SuiteError(f"trace collector not answering after {timeout:.0f} s")
+                await asyncio.sleep(0.1)
+
     def env_for(self, service: str) -> dict[str, str]:
         """The environment of one service process, as a Deployment would set it."""
         assert self.redis is not None
@@ -240,6 +278,11 @@ class Suite:
             env["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
             env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
             env["OTEL_METRIC_EXPORT_INTERVAL"] = "2000"
+        if self.traces:
+            # Spans only (metrics stay on /metrics): the collector speaks OTLP's TraceService.
+            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{self.ports.traces}"
+            env["OTEL_EXPORTER_OTLP_TRACES_INSECURE"] = "true"
+            env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
         if service == "auth":
             env |= {
                 "HUBSYNC_AUTH_CLIENT_ID": SANDBOX_CLIENT_ID,
@@ -319,12 +362,15 @@ class Suite:
         return out
 
     async def stop(self) -> None:
-        """SIGTERM every service (graceful drain), then the sandbox and Redis."""
+        """SIGTERM every service (graceful drain), then the sandbox, the trace collector (once
+        the services flushed their last spans to it) and Redis."""
         for name in [*reversed(SERVICES), "sandbox"]:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
+        for name, proc in sorted(self.procs.items(), key=lambda item: item[0] == "traces"):
+            if name == "traces" and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.to_thread(proc.wait, 15)
             except subprocess.TimeoutExpired:

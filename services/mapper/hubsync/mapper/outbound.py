@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import orjson
+from opentelemetry import trace
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.bounds import external_id_problem, request_id_problem
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 WRITTEN, UNCHANGED, QUEUED, FAILED = "WRITTEN", "UNCHANGED", "QUEUED", "FAILED"
 _MAX_RECORDS = 1000
+_LISTED_IDS = 100  # ids listed on a push's span (a push carries up to _MAX_RECORDS)
+tracer = trace.get_tracer("hubsync.mapper")
 
 
 @dataclass
@@ -124,7 +127,14 @@ class RecordPusher:
             # The push's place in each record's order (writer never writes a property with an
             # older version after a newer one): accepted now, records in the order given.
             version = await reserve_versions(self.redis, push_version_key(portal_id), len(records))
-            results = await self._push(done_key, request_id, portal_id, records, wait, mappings, version)
+            with tracer.start_as_current_span(
+                "mapper.outbound", attributes=_push_attributes(portal_id, records)
+            ) as span:
+                results = await self._push(done_key, request_id, portal_id, records, wait, mappings, version)
+                hubspot_ids = [r.hubspot_id for r in results[:_LISTED_IDS] if r.hubspot_id]
+                span.set_attribute("hubsync.outcome", [r.outcome for r in results[:_LISTED_IDS]])
+                if hubspot_ids:
+                    span.set_attribute("hubsync.object_id", hubspot_ids)
             for object_type in {r.object_type for r in results}:
                 sync_metrics.sync_duration.record(
                     time.perf_counter() - started, {"object_type": object_type, "direction": "outbound"}
@@ -299,6 +309,17 @@ class RecordPusher:
                         out.outcome = FAILED
                         out.error = out.error or res.error.message or "association dead-lettered"
             await pipe.execute()
+
+
+def _push_attributes(portal_id: int, records: Sequence[PushRecord]) -> dict[str, Any]:
+    """What a push's span is searched by: the portal, the types and the records' external ids."""
+    listed = records[:_LISTED_IDS]
+    return {
+        "hubsync.portal_id": str(portal_id),
+        "hubsync.object_type": sorted({r.object_type for r in records}),
+        "hubsync.record_count": len(records),
+        "hubsync.external_id": [r.external_id for r in listed],
+    }
 
 
 def _get_path(fields: dict[str, Any], path: str) -> Any:
