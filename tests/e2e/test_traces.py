@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.cli.demo import DemoResult, run_demo, sandbox_contact
 from hubsync.cli.suite import SANDBOX_CLIENT_SECRET, SANDBOX_PORTAL, SANDBOX_PRIVATE_TOKEN, Suite
 from hubsync.cli.trace_store import StoredSpan, TraceSpans, TraceStore
@@ -271,12 +272,53 @@ async def test_inbound_webhook_found_by_event_id_with_its_whole_trace(
 @pytest.mark.asyncio(loop_scope="module")
 async def test_an_object_changed_both_ways_lists_both_traces(changes: Changes) -> None:
     await eventually(
+        found_trace(changes.suite, changes.demo.external_id, has("writer", "POST")), "the outbound trace"
+    )
+    await eventually(
         found_trace(changes.suite, changes.demo.inbound_trace_id, has("writer", "POST")), "the inbound trace"
     )
     shown = hubsync_trace(changes.suite, changes.demo.hubspot_id)
     assert "traces carry" in shown and changes.demo.inbound_trace_id in shown, shown
     listed = hubsync_trace(changes.suite)  # no id: the latest changes
     assert changes.demo.inbound_trace_id in listed
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_dead_letters_trace_shows_hubspots_refusal(changes: Changes) -> None:
+    """From a dead letter (its trace id, as `hubsync dlq list` shows it) to the trace: the HubSpot
+    call that HubSpot refused is shown failed, in red, with its status."""
+    suite = changes.suite
+    bad = writer_pb2.Write(
+        record=writer_pb2.RecordWrite(
+            operation=writer_pb2.WRITE_OPERATION_UPSERT,
+            object_type="contacts",
+            id="traced-dlq@example.com",
+            id_property="email",
+            properties={"no_such_property": "x"},
+        )
+    )
+    async with suite.channel("writer", "mapper") as channel:  # only mapper may submit writes
+        stub = writer_pb2_grpc.WriterServiceStub(channel)
+        reply = await stub.SubmitWrites(
+            writer_pb2.SubmitWritesRequest(
+                request_id="traced-dlq-1", portal_id=SANDBOX_PORTAL, writes=[bad], wait=True
+            ),
+            timeout=30,
+        )
+        assert writer_pb2.WriteStatus.Name(reply.results[0].status) == "WRITE_STATUS_DEAD_LETTERED"
+    async with suite.channel("writer") as channel:
+        listed = await writer_pb2_grpc.WriterServiceStub(channel).ListDeadLetters(
+            writer_pb2.ListDeadLettersRequest(portal_id=SANDBOX_PORTAL)
+        )
+    (entry,) = [dl for dl in listed.dead_letters if dl.write.record.id == "traced-dlq@example.com"]
+    spans = await eventually(
+        found_trace(suite, entry.trace_id, has("writer", "POST")), f"dead letter {entry.id}'s HubSpot call"
+    )
+    assert isinstance(spans, TraceSpans)
+    refused = [s for s in spans.spans if s.name == UPSERT and s.failed]
+    assert refused and refused[0].attributes["http.status_code"] == 400
+    shown = hubsync_trace(suite, entry.trace_id)
+    assert f"{UPSERT} (client)" in shown and "✗ ERROR 400" in shown and "status=400" in shown, shown
 
 
 @pytest.mark.asyncio(loop_scope="module")

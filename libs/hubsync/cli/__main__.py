@@ -208,8 +208,12 @@ def _print_endpoints(suite: Any, health: dict[str, str]) -> None:
     for service in ("auth", "ingress", "mapper", "writer"):
         table.add_row(service, suite.address(service), health.get(service, "?"))
     table.add_row("ingress HTTP", f"{suite.ingress_url}/webhooks/hubspot", "")
+    if suite.traces:
+        table.add_row("trace collector (OTLP)", f"127.0.0.1:{suite.ports.traces}", "")
     console.print(table)
     console.print(f"logs: {suite.workdir / 'logs'}")
+    if suite.traces:
+        console.print(f"traces: {suite.trace_store_path} (open one with `hubsync trace ID`)")
 
 
 def _print_client_examples(suite: Any) -> None:
