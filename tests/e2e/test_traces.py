@@ -153,6 +153,22 @@ def parent_of(spans: TraceSpans, child: StoredSpan) -> str:
     return spans.linked_to.get(child.span_id) or child.parent_span_id
 
 
+def assert_tree(shown: str, root: str, *chain: str) -> None:
+    """``hubsync trace`` printed ``root``, then each span of ``chain`` below the one before, one
+    level deeper (``└─`` under it)."""
+    lines = shown.splitlines()
+    at = [n for n, line in enumerate(lines) if root in line]
+    assert at, shown
+    column = lines[at[0]].index(root)
+    previous = at[0]
+    for name in chain:
+        found = [n for n, line in enumerate(lines) if n > previous and f"└─ {name}" in line]
+        assert found, (name, shown)
+        indent = lines[found[0]].index(f"└─ {name}") + len("└─ ")
+        assert indent > column, (name, shown)
+        previous, column = found[0], indent
+
+
 def url_of(span: StoredSpan) -> str:
     return str(span.attributes.get("url.full", span.attributes.get("http.url", "")))
 
@@ -198,16 +214,15 @@ async def test_outbound_push_found_by_external_id_with_its_whole_trace(changes: 
 
     shown = hubsync_trace(changes.suite, external_id)
     assert f"trace {spans.trace_id}" in shown
-    order = [
+    submits = ("WriterService/SubmitWrites (client)", "WriterService/SubmitWrites (server)")
+    assert_tree(
+        shown,
         "MapperService/PushRecords (server)",
-        "└─ mapper.outbound",
-        "└─ WriterService/SubmitWrites (client)",
-        "└─ WriterService/SubmitWrites (server)",
-        f"└─ {UPSERT} (client)",
-        "└─ POST (client)",
-    ]
-    positions = [shown.find(line) for line in order]
-    assert -1 not in positions and positions == sorted(positions), shown
+        "mapper.outbound",
+        *submits,
+        f"{UPSERT} (client)",
+        "POST (client)",
+    )
     assert f"external_id=[{external_id}]" in shown and "status=200" in shown
 
 
@@ -253,16 +268,15 @@ async def test_inbound_webhook_found_by_event_id_with_its_whole_trace(
 
     page = tmp_path / "inbound.html"
     shown = hubsync_trace(changes.suite, event_id, "--html", str(page))
-    order = [
+    reads = ("WriterService/ReadRecords (client)", "WriterService/ReadRecords (server)")
+    assert_tree(
+        shown,
         "ingress.commit (producer)",
-        "└─ mapper.inbound ⇢redis",
-        "└─ WriterService/ReadRecords (client)",
-        "└─ WriterService/ReadRecords (server)",
-        f"└─ {READ} (client)",
-        "└─ POST (client)",
-    ]
-    positions = [shown.find(line) for line in order]
-    assert -1 not in positions and positions == sorted(positions), shown
+        "mapper.inbound ⇢redis",
+        *reads,
+        f"{READ} (client)",
+        "POST (client)",
+    )
     assert f"file://{page}" in shown
     html = page.read_text()
     assert html.count("<tr data-span=") == len(spans.spans)
