@@ -32,7 +32,7 @@ from hubsync.cli.trace_view import SERVICE_COLOURS
 from tests.e2e.png import read_png
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-SERVER, CLIENT, PRODUCER = 2, 3, 4
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
 UPSERT = "HubSpot POST /crm/v3/objects/{objectType}/batch/upsert"
 READ = "HubSpot POST /crm/v3/objects/{objectType}/batch/read"
 
@@ -173,9 +173,10 @@ def url_of(span: StoredSpan) -> str:
     return str(span.attributes.get("url.full", span.attributes.get("http.url", "")))
 
 
-def outbound_chain(spans: TraceSpans, external_id: str) -> tuple[StoredSpan, StoredSpan]:
+def outbound_chain(spans: TraceSpans, external_id: str, queued: bool = False) -> None:
     """mapper PushRecords → mapper.outbound → SubmitWrites (client → server) → the HubSpot
-    upsert → its HTTP request; returns the writer's server span and the HubSpot call."""
+    upsert → its HTTP request; a queued write reaches the upsert through writer's stream, as
+    the ``writer.queued`` consumer span under the server span."""
     push = one(spans, "mapper", "/hubsync.api.mapper.v1.MapperService/PushRecords", SERVER)
     outbound = one(spans, "mapper", "mapper.outbound")
     submit_client = one(spans, "mapper", "/hubsync.api.writer.v1.WriterService/SubmitWrites", CLIENT)
@@ -188,10 +189,16 @@ def outbound_chain(spans: TraceSpans, external_id: str) -> tuple[StoredSpan, Sto
     assert outbound.attributes["hubsync.external_id"] == [external_id]
     assert submit_client.parent_span_id == outbound.span_id
     assert submit_server.parent_span_id == submit_client.span_id
-    assert parent_of(spans, upsert) == submit_server.span_id
+    if queued:
+        consumer = one(spans, "writer", "writer.queued", CONSUMER)
+        assert consumer.parent_span_id == submit_server.span_id
+        assert consumer.attributes["hubsync.write_count"] == 1
+        assert parent_of(spans, upsert) == consumer.span_id
+    else:
+        assert not [s for s in spans.spans if s.name == "writer.queued"]
+        assert parent_of(spans, upsert) == submit_server.span_id
     assert upsert.attributes["http.status_code"] == 200
     assert url_of(http).endswith("/crm/v3/objects/contacts/batch/upsert")
-    return submit_server, upsert
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -235,9 +242,12 @@ async def test_queued_push_crosses_writers_stream_in_one_trace(changes: Changes)
         found_trace(changes.suite, queued, has("writer", "POST")), f"{queued}'s HubSpot call"
     )
     assert isinstance(spans, TraceSpans)
-    submit_server, upsert = outbound_chain(spans, queued)
+    outbound_chain(spans, queued, queued=True)
     assert one(spans, "mapper", "mapper.outbound").attributes["hubsync.outcome"] == ["QUEUED"]
-    assert upsert.start_ns >= submit_server.start_ns
+    shown = hubsync_trace(changes.suite, queued)
+    submits = ("WriterService/SubmitWrites (client)", "WriterService/SubmitWrites (server)")
+    assert_tree(shown, "MapperService/PushRecords (server)", "mapper.outbound", *submits,
+                "writer.queued (consumer) ⇢redis", f"{UPSERT} (client)", "POST (client)")  # fmt: skip
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -2,8 +2,9 @@
 
 :func:`waterfall` orders a trace's spans as a tree (children under their parent, by start
 time). Spans of other traces that link into this one (writer's batched HubSpot call carrying
-this trace's record) hang under the span they link to, marked ``link``; a child that starts after
-its parent ended, or under a producer span, crossed a Redis stream and is marked ``redis``.
+this trace's record) hang under the span they link to, marked ``link``; a consumer span, a child
+that starts after its parent ended, or one under a producer span crossed a Redis stream and is
+marked ``redis``.
 Each row shows the service, the span, its start offset from the trace's first span, its duration
 as a bar, its key attributes and its errors.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from hubsync.cli.trace_store import KIND_NAMES, StoredSpan, TraceSpans
 
 BAR_WIDTH = 40
-_PRODUCER = 4
+_PRODUCER, _CONSUMER = 4, 5
 # Attributes shown beside a span (besides every ``hubsync.*`` one), with a shorter name.
 _SHOWN = {
     "http.status_code": "status",
@@ -153,7 +154,9 @@ def waterfall(found: TraceSpans) -> Waterfall:
         via = ""
         if span.span_id in found.linked_to:
             via = "link"
-        elif parent is not None and (parent.kind == _PRODUCER or span.start_ns >= parent.end_ns):
+        elif parent is not None and (
+            span.kind == _CONSUMER or parent.kind == _PRODUCER or span.start_ns >= parent.end_ns
+        ):
             via = "redis"
         guide = "" if depth == 0 else lead + ("└─ " if last else "├─ ")
         rows.append(Row(span, depth, via, guide))

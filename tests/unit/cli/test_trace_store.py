@@ -200,13 +200,24 @@ def test_a_batched_call_of_another_trace_hangs_under_the_span_it_carries(store: 
 
 
 def test_a_child_after_a_redis_stream_is_marked() -> None:
+    """Under a producer span, as a consumer span, or starting after its parent ended: the change
+    waited in a stream there. A child inside its parent's time is not marked."""
     c = "c" * 32
     spans = [
         span(c, "01" * 8, "", "hubsync-ingress", "ingress.commit", 0, 2, kind=4),
-        span(c, "02" * 8, "01" * 8, "hubsync-mapper", "mapper.inbound", 5, 20, kind=1),
+        span(c, "02" * 8, "01" * 8, "hubsync-mapper", "mapper.inbound", 5, 20),
+        span(c, "03" * 8, "02" * 8, "hubsync-writer", "SubmitWrites", 6, 8, kind=2),
+        span(c, "04" * 8, "03" * 8, "hubsync-writer", "writer.queued", 7, 19, kind=5),
+        span(c, "05" * 8, "04" * 8, "hubsync-writer", "HubSpot call", 9, 18, kind=3),
     ]
     view = waterfall(TraceSpans(c, spans))
-    assert [r.via for r in view.rows] == ["", "redis"]
+    assert [(r.span.name, r.via) for r in view.rows] == [
+        ("ingress.commit", ""),
+        ("mapper.inbound", "redis"),
+        ("SubmitWrites", ""),
+        ("writer.queued", "redis"),
+        ("HubSpot call", ""),
+    ]
     assert view.duration_ns == 20_000_000
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Link
+from opentelemetry.trace import Link, SpanKind, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -36,6 +36,7 @@ from hubsync.writer.submissions import Ledger
 log = logging.getLogger(__name__)
 
 GROUP = "writer"
+_tracer = trace.get_tracer("hubsync.writer")
 _lag = metrics.get_meter("hubsync.writer").create_gauge(
     "hubsync.stream.lag", description="Entries of the durable write queue not yet processed"
 )
@@ -257,17 +258,26 @@ class QueueConsumer:
         entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         # What earlier attempts of this entry finished, and whether one was cut off mid-flight.
         ledger = await Ledger(self.redis, write_ledger_key(portal, entry)).begin()
-        token = otel_context.attach(parent)
+        # The hop through the stream is a consumer span under the request that queued the entry.
+        span = _tracer.start_span(
+            "writer.queued",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={"hubsync.portal_id": portal, "hubsync.write_count": len(request.writes)},
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             await self.process(portal, request, links, ledger)
         except HubsyncError as exc:
             # HubSpot is down or out of quota (refused before the call went out): leave it
             # pending; XAUTOCLAIM retries it later, skipping what this attempt finished.
+            span.set_status(StatusCode.ERROR, exc.reason)
             await ledger.stopped_before_sending()
             log.warning("queued write not processed yet", extra={"portal": portal, "reason": exc.reason})
             return
         finally:
             otel_context.detach(token)
+            span.end()
         # Processed entries leave the stream: it holds only what is still to do (its length is the
         # queue depth), and Redis memory does not grow with history.
         async with self.redis.pipeline(transaction=True) as pipe:
