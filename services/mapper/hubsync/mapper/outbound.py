@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,7 @@ class RecordPusher:
         self,
         redis: Any,
         writer: writer_pb2_grpc.WriterServiceStub,
-        mappings: Callable[[], MappingSet],
+        mappings: Callable[[int], Awaitable[MappingSet]],
         *,
         idempotency_ttl_s: int = 86_400,
     ):
@@ -103,7 +103,7 @@ class RecordPusher:
     async def push(
         self, request_id: str, portal_id: int, records: Sequence[PushRecord], *, wait: bool
     ) -> list[PushResultData]:
-        mappings = self.mappings()
+        mappings = await self.mappings(portal_id)  # the portal's own (default + overrides)
         self._validate(request_id, portal_id, records, mappings)
         request_digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
         done_key = push_done_key(portal_id, request_digest)

@@ -61,6 +61,11 @@ class PropertyCatalog:
     def invalidate(self) -> None:
         self._cache.clear()
 
+    def forget(self, portal_id: int) -> None:
+        """Drops one portal's cached definitions (the next check reads them afresh)."""
+        for key in [k for k in self._cache if k[0] == portal_id]:
+            self._cache.pop(key, None)
+
     async def check(self, portal_id: int, loaded: Iterable[LoadedMapping]) -> list[str]:
         """Every problem of the mappings against the portal's properties (empty when fine)."""
         errors: list[str] = []
