@@ -19,7 +19,7 @@ import grpc
 from redis.asyncio import Redis
 
 from hubsync.api.common.v1 import config_pb2
-from hubsync.core.errors import HubsyncError, InvalidArgument, NotFound
+from hubsync.core.errors import FailedPrecondition, HubsyncError, InvalidArgument, NotFound, Unavailable
 from hubsync.core.keys import tenant_portals_key
 from hubsync.core.portal_config import (
     HISTORY_MAX,
@@ -39,6 +39,9 @@ from hubsync.mapper.properties import PropertyCatalog
 
 MAX_BURST = 100_000
 MAX_REASON = 200
+# Writer's answers that mean the portal's properties cannot be read until someone acts (connect
+# it, re-authorize it), as opposed to a passing outage (UNAVAILABLE: try again).
+_NOT_READABLE = {"UNAUTHENTICATED", "FAILED_PRECONDITION", "PERMISSION_DENIED", "NOT_FOUND"}
 # The document field each kind is kept in.
 _FIELD = {"mappings": "mappings", "limits": "limits", "pilot": "pilot", "tenant": "tenant"}
 
@@ -228,7 +231,18 @@ class ConfigAdmin:
         for portal in portals:
             # Fresh definitions: a property created a minute ago must count.
             self.catalog.forget(portal)
-            errors += await self.catalog.check(portal, loaded)
+            try:
+                errors += await self.catalog.check(portal, loaded)
+            except Unavailable as exc:
+                if exc.metadata.get("writer_code") not in _NOT_READABLE:
+                    raise
+                raise FailedPrecondition(
+                    f"portal {portal}: its HubSpot properties cannot be read "
+                    f"({exc.metadata['writer_code']}); connect the portal first: mapping overrides are "
+                    "validated against them. Nothing was changed.",
+                    reason="PORTAL_PROPERTIES_UNREADABLE",
+                    metadata={"portal_id": str(portal)},
+                ) from None
         if errors:
             raise InvalidArgument(
                 "the mappings do not fit the portal's HubSpot properties; nothing was changed",

@@ -53,6 +53,7 @@ class PropertyCatalog:
                 raise Unavailable(
                     f"cannot read HubSpot properties of {object_type} through writer: {exc.code().name}",
                     retry_after=1.0,
+                    metadata={"portal_id": str(portal_id), "writer_code": exc.code().name},
                 ) from None
             props = {p.name: p for p in reply.properties}
             self._cache[key] = (time.monotonic() + self.ttl_s, props)

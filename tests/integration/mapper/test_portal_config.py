@@ -1,0 +1,283 @@
+"""Per-portal mapping overrides through the real ConfigService, on two mapper replicas sharing
+one Redis, validated against the sandbox portal's properties through the real writer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2, status_pb2
+from redis.asyncio import Redis
+
+from hubsync.api.common.v1 import common_pb2
+from hubsync.api.common.v1 import config_pb2 as doc_pb2
+from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc, mapper_pb2, mapper_pb2_grpc
+from hubsync.core.channels import open_channel
+from hubsync.core.errors import error_info
+from hubsync.sandbox import PortalConfig, PrivateAppConfig
+from tests.integration.auth.fixtures import SANDBOX_PORTAL, register_sandbox_private_app
+from tests.integration.mapper.fixtures import running_mapper, suite
+
+OTHER = 777  # a second sandbox portal, connected
+OTHER_TOKEN = "pat-na1-00000000-0000-4000-8000-000000000777"
+UNCONNECTED = 888
+MAPPINGS = doc_pb2.CONFIG_KIND_MAPPINGS
+
+GIVEN_NAME = """\
+object_type: contacts
+id: {external: external_id, hubspot: external_id}
+fields:
+  - {hubspot: properties.firstname, external: given_name}
+  - {hubspot: properties.email, external: email}
+"""
+FORENAME = GIVEN_NAME.replace("given_name", "forename")
+# The property does not exist in the portal (line 4: fields[0]).
+MISSING_PROPERTY = GIVEN_NAME.replace("properties.firstname", "properties.first_name_typo")
+# Not a transform (line 5: fields[1].transform).
+BAD_TRANSFORM = GIVEN_NAME.replace("external: email}", "external: email, transform: shout}")
+
+
+@dataclass
+class Replicas:
+    config: config_pb2_grpc.ConfigServiceStub  # on replica A, as the operator (cli)
+    a: mapper_pb2_grpc.MapperServiceStub  # as an internal client
+    b: mapper_pb2_grpc.MapperServiceStub
+    redis: Redis
+
+
+@pytest.fixture
+async def replicas(redis_url: str, caller_tokens: dict[str, str]) -> AsyncIterator[Replicas]:
+    async with AsyncExitStack() as stack:
+        portals = [
+            PortalConfig(burst_per_10s=100_000, search_per_second=1_000),
+            PortalConfig(
+                hub_id=OTHER,
+                burst_per_10s=100_000,
+                search_per_second=1_000,
+                private_apps=[PrivateAppConfig(token=OTHER_TOKEN)],
+            ),
+        ]
+        s = await stack.enter_async_context(suite(redis_url, caller_tokens, portals=portals))
+        await register_sandbox_private_app(s.auth_address, caller_tokens, portal_id=OTHER, token=OTHER_TOKEN)
+        stubs: list[Any] = []
+        for name in ("mapper-a", "mapper-b"):
+            m = await stack.enter_async_context(
+                running_mapper(
+                    redis_url,
+                    caller_tokens,
+                    writer_address=s.writer_address,
+                    consumer_name=name,
+                    inbound_enabled=False,
+                )
+            )
+            client = await stack.enter_async_context(open_channel(m.address, caller_tokens["client"]))
+            stubs.append(mapper_pb2_grpc.MapperServiceStub(client))
+            if not stubs[1:]:
+                cli = await stack.enter_async_context(open_channel(m.address, caller_tokens["cli"]))
+        redis = Redis.from_url(redis_url)
+        stack.push_async_callback(redis.aclose)
+        yield Replicas(config_pb2_grpc.ConfigServiceStub(cli), stubs[0], stubs[1], redis)
+
+
+def _scope(portal: int = SANDBOX_PORTAL) -> config_pb2.ConfigScope:
+    return config_pb2.ConfigScope(portal_id=portal)
+
+
+def _mappings(*files: tuple[str, str]) -> doc_pb2.ConfigDocument:
+    return doc_pb2.ConfigDocument(
+        mappings=doc_pb2.MappingsConfig(files=[doc_pb2.MappingFile(name=n, yaml=y) for n, y in files])
+    )
+
+
+async def _set(r: Replicas, yaml: str, portal: int = SANDBOX_PORTAL) -> int:
+    reply = await r.config.SetConfig(
+        config_pb2.SetConfigRequest(
+            scope=_scope(portal), kind=MAPPINGS, document=_mappings(("contacts.yaml", yaml))
+        ),
+        timeout=60,
+    )
+    return reply.version.version
+
+
+async def _fields(stub: mapper_pb2_grpc.MapperServiceStub, portal: int) -> set[str]:
+    """The company fields a HubSpot contact becomes for ``portal``."""
+    reply = await stub.Transform(
+        mapper_pb2.TransformRequest(
+            direction=mapper_pb2.DIRECTION_INBOUND,
+            portal_id=portal,
+            hubspot_records=[
+                common_pb2.HubSpotRecord(
+                    id="1",
+                    object_type="contacts",
+                    properties={"firstname": "Ada", "email": "ada@example.com", "external_id": "c-1"},
+                )
+            ],
+        ),
+        timeout=30,
+    )
+    return set(json_format.MessageToDict(reply.external_records[0].fields))
+
+
+async def _eventually(stub: mapper_pb2_grpc.MapperServiceStub, portal: int, field: str) -> set[str]:
+    """The portal's fields once ``field`` is among them (a replica applies a change within its
+    cache's life); generous for a loaded machine, no timing asserted."""
+    fields: set[str] = set()
+    for _ in range(600):
+        fields = await _fields(stub, portal)
+        if field in fields:
+            return fields
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"portal {portal} never mapped {field}: {sorted(fields)}")
+
+
+def _violations(exc: grpc.aio.AioRpcError) -> dict[str, str]:
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:  # type: ignore[arg-type]
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    return {v.field: v.description for v in bad.field_violations}
+    return {}
+
+
+async def test_an_override_changes_only_its_portal_on_both_replicas(replicas: Replicas) -> None:
+    r = replicas
+    # Both replicas have read the portal's (absent) override before the change.
+    for stub in (r.a, r.b):
+        assert "first_name" in await _fields(stub, SANDBOX_PORTAL)
+    assert await _set(r, GIVEN_NAME) == 1
+    for stub in (r.a, r.b):
+        fields = await _eventually(stub, SANDBOX_PORTAL, "given_name")
+        assert "first_name" not in fields
+        # Another portal, and the default (portal 0), keep the default mapping.
+        assert {"first_name", "email"} <= await _fields(stub, OTHER)
+        assert "given_name" not in await _fields(stub, 0)
+    shown = await r.config.GetConfig(config_pb2.GetConfigRequest(scope=_scope(), kind=MAPPINGS), timeout=30)
+    layers = {m.object_type: m.layer for m in shown.effective_mappings}
+    assert layers == {"companies": "default", "contacts": f"portal:{SANDBOX_PORTAL}", "deals": "default"}
+
+
+@pytest.mark.parametrize(
+    ("yaml", "where", "what"),
+    [
+        (MISSING_PROPERTY, "contacts.yaml: contacts: fields[0].hubspot", "first_name_typo"),
+        (BAD_TRANSFORM, "contacts.yaml:5: fields.1.transform", "Input should be"),
+    ],
+)
+async def test_a_bad_override_is_refused_and_the_previous_version_stays(
+    replicas: Replicas, yaml: str, where: str, what: str
+) -> None:
+    r = replicas
+    assert await _set(r, GIVEN_NAME) == 1
+    await _eventually(r.b, SANDBOX_PORTAL, "given_name")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _set(r, yaml)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = _violations(refused.value)
+    named = [f for f in violations if f.endswith(where) and f.startswith(f"portal:{SANDBOX_PORTAL}/")]
+    assert named, violations
+    assert what in violations[named[0]]
+    info = error_info(refused.value)
+    assert info is not None and info.reason in ("MAPPING_INVALID", "MAPPING_TARGETS_INVALID")
+    # Nothing stored: version 1 is in force and applied everywhere.
+    shown = await r.config.GetConfig(config_pb2.GetConfigRequest(scope=_scope(), kind=MAPPINGS), timeout=30)
+    assert shown.current.version == 1
+    listed = await r.config.ListConfigVersions(
+        config_pb2.ListConfigVersionsRequest(scope=_scope(), kind=MAPPINGS), timeout=30
+    )
+    assert [v.version for v in listed.versions] == [1]
+    for stub in (r.a, r.b):
+        assert "given_name" in await _fields(stub, SANDBOX_PORTAL)
+
+
+async def test_history_lists_versions_and_rollback_restores(
+    replicas: Replicas, caller_tokens: dict[str, str]
+) -> None:
+    r = replicas
+    assert await _set(r, GIVEN_NAME) == 1
+    assert await _set(r, FORENAME) == 2
+    for stub in (r.a, r.b):
+        await _eventually(stub, SANDBOX_PORTAL, "forename")
+    listed = await r.config.ListConfigVersions(
+        config_pb2.ListConfigVersionsRequest(scope=_scope(), kind=MAPPINGS), timeout=30
+    )
+    assert [v.version for v in listed.versions] == [2, 1]
+    assert {v.author for v in listed.versions} == {"cli"}
+    assert "forename" in listed.versions[0].document.mappings.files[0].yaml
+
+    back = await r.config.RollbackConfig(
+        config_pb2.RollbackConfigRequest(scope=_scope(), kind=MAPPINGS, version=1), timeout=60
+    )
+    assert (back.version.version, back.version.restored_version) == (3, 1)
+    for stub in (r.a, r.b):
+        fields = await _eventually(stub, SANDBOX_PORTAL, "given_name")
+        assert "forename" not in fields
+
+    # Optimistic concurrency: a change based on an old version is refused, nothing stored.
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await r.config.SetConfig(
+            config_pb2.SetConfigRequest(
+                scope=_scope(),
+                kind=MAPPINGS,
+                document=_mappings(("contacts.yaml", FORENAME)),
+                expected_version=2,
+            ),
+            timeout=60,
+        )
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    # Clearing the override is a version too: the default applies again.
+    cleared = await r.config.SetConfig(
+        config_pb2.SetConfigRequest(scope=_scope(), kind=MAPPINGS, expected_version=3), timeout=60
+    )
+    assert cleared.version.version == 4
+    for stub in (r.a, r.b):
+        await _eventually(stub, SANDBOX_PORTAL, "first_name")
+
+    # What Redis holds names the caller, never its credential.
+    for key in await r.redis.keys("*config*"):
+        if await r.redis.type(key) == b"hash":
+            stored = b"".join(v for v in (await r.redis.hgetall(key)).values())
+            assert all(t.encode() not in stored for t in caller_tokens.values())
+
+
+async def test_a_tenant_override_applies_to_its_portals_below_their_own(replicas: Replicas) -> None:
+    r = replicas
+    tenant = config_pb2.ConfigScope(tenant="acme")
+    await r.config.SetConfig(
+        config_pb2.SetConfigRequest(
+            scope=tenant, kind=MAPPINGS, document=_mappings(("contacts.yaml", FORENAME))
+        ),
+        timeout=60,
+    )
+    join = doc_pb2.ConfigDocument(tenant=doc_pb2.TenantConfig(tenant="acme"))
+    for portal in (SANDBOX_PORTAL, OTHER):
+        await r.config.SetConfig(
+            config_pb2.SetConfigRequest(scope=_scope(portal), kind=doc_pb2.CONFIG_KIND_TENANT, document=join),
+            timeout=60,
+        )
+    await _eventually(r.b, OTHER, "forename")
+    await _eventually(r.b, SANDBOX_PORTAL, "forename")
+    # The portal's own override wins over its tenant's.
+    await _set(r, GIVEN_NAME)
+    await _eventually(r.b, SANDBOX_PORTAL, "given_name")
+    assert "forename" in await _fields(r.b, OTHER)
+    # A portal outside the tenant is untouched.
+    assert "first_name" in await _fields(r.b, UNCONNECTED)
+    # A portal whose properties cannot be read cannot join (nothing to validate against).
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await r.config.SetConfig(
+            config_pb2.SetConfigRequest(
+                scope=_scope(UNCONNECTED), kind=doc_pb2.CONFIG_KIND_TENANT, document=join
+            ),
+            timeout=60,
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"portal {UNCONNECTED}" in (refused.value.details() or "")
+    assert "first_name" in await _fields(r.b, UNCONNECTED)
