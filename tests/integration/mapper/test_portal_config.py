@@ -241,10 +241,17 @@ async def test_history_lists_versions_and_rollback_restores(
         await _eventually(stub, SANDBOX_PORTAL, "first_name")
 
     # What Redis holds names the caller, never its credential.
-    for key in await r.redis.keys("*config*"):
-        if await r.redis.type(key) == b"hash":
-            stored = b"".join(v for v in (await r.redis.hgetall(key)).values())
-            assert all(t.encode() not in stored for t in caller_tokens.values())
+    stored: list[bytes] = []
+    client: Any = r.redis
+    for key in await client.keys("*config*"):
+        kind = await client.type(key)
+        if kind == b"hash":
+            stored += (await client.hgetall(key)).values()
+        elif kind == b"stream":
+            stored += [v for _, entry in await client.xrange(key) for v in entry.values()]
+    assert len(stored) >= 4 * 5  # every version's fields, in force and in history
+    assert b"cli" in stored
+    assert not [t for t in caller_tokens.values() if any(t.encode() in v for v in stored)]
 
 
 async def test_a_tenant_override_applies_to_its_portals_below_their_own(replicas: Replicas) -> None:
