@@ -4,16 +4,19 @@ one Redis, validated against the sandbox portal's properties through the real wr
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from redis.asyncio import Redis
+from rich.console import Console
 
 from hubsync.api.common.v1 import common_pb2
 from hubsync.api.common.v1 import config_pb2 as doc_pb2
@@ -46,6 +49,7 @@ BAD_TRANSFORM = GIVEN_NAME.replace("external: email}", "external: email, transfo
 @dataclass
 class Replicas:
     config: config_pb2_grpc.ConfigServiceStub  # on replica A, as the operator (cli)
+    config_channel: grpc.aio.Channel
     a: mapper_pb2_grpc.MapperServiceStub  # as an internal client
     b: mapper_pb2_grpc.MapperServiceStub
     redis: Redis
@@ -82,7 +86,7 @@ async def replicas(redis_url: str, caller_tokens: dict[str, str]) -> AsyncIterat
                 cli = await stack.enter_async_context(open_channel(m.address, caller_tokens["cli"]))
         redis = Redis.from_url(redis_url)
         stack.push_async_callback(redis.aclose)
-        yield Replicas(config_pb2_grpc.ConfigServiceStub(cli), stubs[0], stubs[1], redis)
+        yield Replicas(config_pb2_grpc.ConfigServiceStub(cli), cli, stubs[0], stubs[1], redis)
 
 
 def _scope(portal: int = SANDBOX_PORTAL) -> config_pb2.ConfigScope:
@@ -288,3 +292,91 @@ async def test_a_tenant_override_applies_to_its_portals_below_their_own(replicas
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"portal {UNCONNECTED}" in (refused.value.details() or "")
     assert "first_name" in await _fields(r.b, UNCONNECTED)
+
+
+async def _push(r: Replicas, request_id: str, name: str) -> mapper_pb2.PushRecordsResponse:
+    fields = struct_pb2.Struct()
+    fields.update({"first_name": name, "email": f"{name.lower()}@example.com"})
+    return await r.a.PushRecords(  # type: ignore[no-any-return]
+        mapper_pb2.PushRecordsRequest(
+            request_id=request_id,
+            portal_id=SANDBOX_PORTAL,
+            records=[
+                mapper_pb2.ExternalRecord(object_type="contacts", external_id=f"x-{name}", fields=fields)
+            ],
+            wait=True,
+        ),
+        timeout=60,
+    )
+
+
+async def test_a_pilot_set_through_the_config_service_refuses_pushes(replicas: Replicas) -> None:
+    r = replicas
+    pilot = doc_pb2.ConfigDocument(pilot=doc_pb2.PilotConfig(enabled=True, reason="onboarding"))
+    await r.config.SetConfig(
+        config_pb2.SetConfigRequest(scope=_scope(), kind=doc_pb2.CONFIG_KIND_PILOT, document=pilot),
+        timeout=60,
+    )
+    refused: grpc.aio.AioRpcError | None = None
+    for n in range(600):  # until the writer has the change (no push may slip through after it)
+        try:
+            await _push(r, f"pilot-{n}", f"Probe{n}")
+        except grpc.aio.AioRpcError as exc:
+            refused = exc
+            break
+        await asyncio.sleep(0.05)
+    assert refused is not None and refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "read-only pilot" in (refused.details() or "") and "onboarding" in (refused.details() or "")
+    info = error_info(refused)
+    assert info is not None and info.reason == "PORTAL_PILOT"
+
+    # Cleared (an empty document): writes flow again.
+    await r.config.SetConfig(
+        config_pb2.SetConfigRequest(scope=_scope(), kind=doc_pb2.CONFIG_KIND_PILOT), timeout=60
+    )
+    for n in range(600):
+        try:
+            reply = await _push(r, f"after-{n}", "Grace")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+            await asyncio.sleep(0.05)
+            continue
+        assert reply.results[0].outcome in (
+            mapper_pb2.PUSH_OUTCOME_WRITTEN,
+            mapper_pb2.PUSH_OUTCOME_UNCHANGED,
+        )
+        break
+    else:
+        raise AssertionError("pushes still refused after the pilot was cleared")
+
+
+async def test_the_cli_sets_shows_lists_and_rolls_back(replicas: Replicas, tmp_path: Path) -> None:
+    from hubsync.cli import config as config_cli
+    from hubsync.cli.__main__ import _parser
+
+    good, bad = tmp_path / "contacts.yaml", tmp_path / "broken.yaml"
+    good.write_text(GIVEN_NAME)
+    bad.write_text(MISSING_PROPERTY.replace("contacts.yaml", "broken.yaml"))
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+
+    async def cli(*argv: str) -> int:
+        args = _parser().parse_args(["config", *argv])
+        return await config_cli.run(args, r.config_channel, console)
+
+    r = replicas
+    portal = str(SANDBOX_PORTAL)
+    assert await cli("set", "--portal", portal, "mappings", str(good)) == 0
+    assert await cli("set", "--portal", portal, "mappings", str(bad)) == 1
+    assert await cli("set", "--portal", portal, "limits", "--burst", "40") == 0
+    assert await cli("show", "--portal", portal, "mappings") == 0
+    assert await cli("history", "--portal", portal, "mappings") == 0
+    assert await cli("rollback", "--portal", portal, "mappings", "1") == 0
+    text = out.getvalue()
+    assert f"portal:{portal} mappings: version 1 stored" in text
+    assert "INVALID_ARGUMENT" in text
+    assert f"portal:{portal}/broken.yaml: contacts: fields[0].hubspot" in text  # file and field
+    assert f"portal:{portal} limits: version 1 stored" in text
+    assert f"portal:{portal}/contacts.yaml" in text  # show: where the contacts mapping comes from
+    assert "(rollback to 1)" not in text  # history ran before the rollback
+    assert f"portal:{portal} mappings: version 1 restored as version 2" in text

@@ -23,7 +23,7 @@ import orjson
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.bounds import external_id_problem, request_id_problem
-from hubsync.core.errors import InvalidArgument, Unavailable
+from hubsync.core.errors import FailedPrecondition, InvalidArgument, Unavailable, error_info
 from hubsync.core.keys import fingerprint_key, push_done_key, push_lock_key, push_version_key
 from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
@@ -258,6 +258,14 @@ class RecordPusher:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(f"writer refused the writes: {exc.details()}") from None
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The portal's read-only pilot (or another refusal someone must lift): say so.
+                info = error_info(exc)
+                raise FailedPrecondition(
+                    exc.details() or "writer refused the writes",
+                    reason=info.reason if info is not None else None,
+                    metadata=dict(info.metadata) if info is not None else None,
+                ) from None
             raise Unavailable(f"writer unavailable: {exc.code().name}", retry_after=1.0) from None
         succeeded: dict[int, bool] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
