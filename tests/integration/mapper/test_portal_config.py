@@ -25,7 +25,7 @@ from hubsync.core.channels import open_channel
 from hubsync.core.errors import error_info
 from hubsync.sandbox import PortalConfig, PrivateAppConfig
 from tests.integration.auth.fixtures import SANDBOX_PORTAL, register_sandbox_private_app
-from tests.integration.mapper.fixtures import running_mapper, suite
+from tests.integration.mapper.fixtures import read_changes, running_mapper, suite
 
 OTHER = 777  # a second sandbox portal, connected
 OTHER_TOKEN = "pat-na1-00000000-0000-4000-8000-000000000777"
@@ -380,3 +380,31 @@ async def test_the_cli_sets_shows_lists_and_rolls_back(replicas: Replicas, tmp_p
     assert f"portal:{portal}/contacts.yaml" in text  # show: where the contacts mapping comes from
     assert "(rollback to 1)" not in text  # history ran before the rollback
     assert f"portal:{portal} mappings: version 1 restored as version 2" in text
+
+
+async def test_the_change_feed_of_a_portal_uses_its_override(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    async with (
+        suite(redis_url, caller_tokens) as s,
+        running_mapper(redis_url, caller_tokens, writer_address=s.writer_address) as mapper,
+        open_channel(mapper.address, caller_tokens["cli"]) as cli,
+        open_channel(mapper.address, caller_tokens["client"]) as client,
+    ):
+        await config_pb2_grpc.ConfigServiceStub(cli).SetConfig(
+            config_pb2.SetConfigRequest(
+                scope=_scope(), kind=MAPPINGS, document=_mappings(("contacts.yaml", GIVEN_NAME))
+            ),
+            timeout=60,
+        )
+        call = mapper_pb2_grpc.MapperServiceStub(client).Subscribe(
+            mapper_pb2.SubscribeRequest(consumer_group="crm", consumer="c1", object_types=["contacts"])
+        )
+        hs_id = await s.create_contact(email="ada@example.com", external_id="c-1", firstname="Ada")
+        (change,) = await read_changes(call, 1, timeout=60)
+        assert change.hubspot_id == hs_id and change.external_id == "c-1"
+        assert dict(json_format.MessageToDict(change.fields)) == {
+            "given_name": "Ada",
+            "email": "ada@example.com",
+        }
+        call.cancel()
