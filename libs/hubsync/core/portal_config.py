@@ -272,6 +272,8 @@ class PortalConfigCache:
         # Bumped by every invalidation: a read that started before one is not cached.
         self._epoch = 0
         self.reads = 0
+        # Set while the change subscription is up (and what was cached before it was dropped).
+        self.subscribed = asyncio.Event()
 
     async def get(self, portal_id: int) -> EffectiveConfig:
         hit = self._entries.get(portal_id)
@@ -332,6 +334,7 @@ class PortalConfigCache:
                 await pubsub.subscribe(CONFIG_CHANGES_CHANNEL)
                 # Whatever changed while unsubscribed is unknown: start afresh.
                 self.invalidate("*")
+                self.subscribed.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
@@ -342,6 +345,7 @@ class PortalConfigCache:
                 log.warning("config-change subscription lost", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(1.0)
             finally:
+                self.subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -79,28 +80,43 @@ async def test_a_portal_limit_override_changes_only_that_portals_plan(redis: Red
     assert (await limiter.limits(QUIET)).burst == 100
 
 
-async def test_a_changed_override_reaches_a_running_limiter(redis: Redis) -> None:
-    configs = PortalConfigCache(redis, ("limits", "pilot"))
+async def _until(check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(600):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition never met")
+
+
+async def test_an_announced_change_reaches_a_running_limiter(redis: Redis) -> None:
+    # Entries never expire here: only the announcement can bring the change.
+    configs = PortalConfigCache(redis, ("limits", "pilot"), ttl_s=3600)
     limiter = _limiter(redis, configs)
     listener = asyncio.create_task(configs.listen())
     try:
+        await configs.subscribed.wait()
         assert (await limiter.plan(BUSY)).burst == 10  # read (and cached) before the change
         await store_version(redis, Scope(portal_id=BUSY), "limits", _limits(burst=2), author="cli")
-        for _ in range(600):  # the announcement (or the 5 s expiry) reaches the cache
-            if (await limiter.plan(BUSY)).burst == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert (await limiter.plan(BUSY)).burst == 2
+        await _until(lambda: _burst_is(limiter, BUSY, 2))
         assert (await limiter.plan(QUIET)).burst == 10
         # Cleared: the portal inherits the configured plan again.
         await store_version(redis, Scope(portal_id=BUSY), "limits", config_pb2.ConfigDocument(), author="cli")
-        for _ in range(600):
-            if not (await limiter.plan(BUSY)).overridden:
-                break
-            await asyncio.sleep(0.05)
-        assert (await limiter.plan(BUSY)).burst == 10
+        await _until(lambda: _burst_is(limiter, BUSY, 10))
+        assert not (await limiter.plan(BUSY)).overridden
     finally:
         listener.cancel()
+
+
+async def test_a_missed_announcement_costs_at_most_the_cache_life(redis: Redis) -> None:
+    # No listener at all: the entry's expiry alone brings the change.
+    limiter = _limiter(redis, PortalConfigCache(redis, ("limits", "pilot"), ttl_s=0.2))
+    assert (await limiter.plan(BUSY)).burst == 10
+    await store_version(redis, Scope(portal_id=BUSY), "limits", _limits(burst=2), author="cli")
+    await _until(lambda: _burst_is(limiter, BUSY, 2))
+
+
+async def _burst_is(limiter: RateLimiter, portal: int, burst: int) -> bool:
+    return (await limiter.plan(portal)).burst == burst
 
 
 async def test_a_tenants_limits_apply_to_its_portals_below_their_own(redis: Redis) -> None:
