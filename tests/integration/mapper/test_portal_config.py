@@ -408,3 +408,84 @@ async def test_the_change_feed_of_a_portal_uses_its_override(
             "email": "ada@example.com",
         }
         call.cancel()
+
+
+def _doc(**kind: Any) -> doc_pb2.ConfigDocument:
+    return doc_pb2.ConfigDocument(**kind)
+
+
+BIG = "# " + "x" * 300_000 + "\n" + GIVEN_NAME
+
+
+@pytest.mark.parametrize(
+    ("scope", "kind", "document", "field"),
+    [
+        (config_pb2.ConfigScope(), doc_pb2.CONFIG_KIND_PILOT, _doc(), "scope"),
+        (config_pb2.ConfigScope(portal_id=1, tenant="a"), doc_pb2.CONFIG_KIND_PILOT, _doc(), "scope"),
+        (config_pb2.ConfigScope(tenant="Not OK"), doc_pb2.CONFIG_KIND_PILOT, _doc(), "scope.tenant"),
+        (config_pb2.ConfigScope(tenant="acme"), doc_pb2.CONFIG_KIND_TENANT, _doc(), "kind"),
+        (_scope(1), doc_pb2.CONFIG_KIND_UNSPECIFIED, _doc(), "kind"),
+        (
+            _scope(1),
+            doc_pb2.CONFIG_KIND_PILOT,
+            _doc(limits=doc_pb2.LimitsConfig(burst_limit=5)),
+            "document.limits",
+        ),
+        (_scope(1), doc_pb2.CONFIG_KIND_LIMITS, _doc(limits=doc_pb2.LimitsConfig()), "document.limits"),
+        (
+            _scope(1),
+            doc_pb2.CONFIG_KIND_LIMITS,
+            _doc(limits=doc_pb2.LimitsConfig(burst_limit=0)),
+            "document.limits.burst_limit",
+        ),
+        (
+            _scope(1),
+            doc_pb2.CONFIG_KIND_LIMITS,
+            _doc(limits=doc_pb2.LimitsConfig(daily_limit=-1)),
+            "document.limits.daily_limit",
+        ),
+        (
+            _scope(1),
+            doc_pb2.CONFIG_KIND_PILOT,
+            _doc(pilot=doc_pb2.PilotConfig(reason="a\nb")),
+            "document.pilot.reason",
+        ),
+        (
+            _scope(1),
+            doc_pb2.CONFIG_KIND_TENANT,
+            _doc(tenant=doc_pb2.TenantConfig(tenant="")),
+            "document.tenant.tenant",
+        ),
+        (_scope(1), MAPPINGS, _mappings(), "portal:1: files"),
+        (
+            _scope(1),
+            MAPPINGS,
+            _mappings(("a.yaml", GIVEN_NAME), ("b.yaml", GIVEN_NAME)),
+            "portal:1/b.yaml: object_type",
+        ),
+        (_scope(1), MAPPINGS, _mappings(("big.yaml", BIG)), "document"),
+    ],
+)
+async def test_invalid_changes_name_the_field_and_store_nothing(
+    redis_url: str,
+    caller_tokens: dict[str, str],
+    scope: config_pb2.ConfigScope,
+    kind: int,
+    document: doc_pb2.ConfigDocument,
+    field: str,
+) -> None:
+    async with (
+        running_mapper(redis_url, caller_tokens, inbound_enabled=False) as mapper,
+        open_channel(mapper.address, caller_tokens["cli"]) as channel,
+    ):
+        stub = config_pb2_grpc.ConfigServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.SetConfig(
+                config_pb2.SetConfigRequest(scope=scope, kind=kind, document=document),  # type: ignore[arg-type]
+                timeout=30,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in _violations(refused.value), _violations(refused.value)
+        redis = Redis.from_url(redis_url)
+        assert await redis.keys("*config*") == []
+        await redis.aclose()

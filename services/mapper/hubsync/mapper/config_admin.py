@@ -13,6 +13,7 @@ Validation happens before anything is stored, so a refused change leaves the ver
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import grpc
@@ -39,6 +40,9 @@ from hubsync.mapper.properties import PropertyCatalog
 
 MAX_BURST = 100_000
 MAX_REASON = 200
+# Bounds on what one version stores (every version is kept in Redis, up to HISTORY_MAX).
+MAX_DOCUMENT_BYTES = 256 * 1024
+MAX_FILES = 20
 # Writer's answers that mean the portal's properties cannot be read until someone acts (connect
 # it, re-authorize it), as opposed to a passing outage (UNAVAILABLE: try again).
 _NOT_READABLE = {"UNAUTHENTICATED", "FAILED_PRECONDITION", "PERMISSION_DENIED", "NOT_FOUND"}
@@ -111,8 +115,9 @@ class ConfigAdmin:
             composed = PortalMappings.compose(self.mappings.registry.snapshot(), effective)
             layer_of = {}
             for label, stored in effective.layers(MAPPINGS):
-                for item in parse_override(label, stored.document.mappings):
-                    layer_of[item.mapping.object_type] = label
+                with contextlib.suppress(MappingError):  # compose() skipped it too (and logged)
+                    for item in parse_override(label, stored.document.mappings):
+                        layer_of[item.mapping.object_type] = label
             rows = [
                 EffectiveMapping(m.object_type, layer_of.get(m.object_type, "default"), m.source)
                 for m in composed
@@ -148,6 +153,7 @@ class ConfigAdmin:
                 },
             )
         if set_kind is not None:
+            _check_size(document)
             await self._validate(scope, kind, document)
         previous_tenant = ""
         if kind == "tenant":
@@ -260,6 +266,16 @@ def _parse_or_refuse(layer: str, config: config_pb2.MappingsConfig) -> list[Load
             violations=violations(exc.errors),
             reason="MAPPING_INVALID",
         ) from None
+
+
+def _check_size(document: config_pb2.ConfigDocument) -> None:
+    bad: dict[str, str] = {}
+    if document.ByteSize() > MAX_DOCUMENT_BYTES:
+        bad["document"] = f"at most {MAX_DOCUMENT_BYTES // 1024} KiB"
+    if len(document.mappings.files) > MAX_FILES:
+        bad["document.mappings.files"] = f"at most {MAX_FILES} files"
+    if bad:
+        raise InvalidArgument("configuration document too large", violations=bad)
 
 
 def _validate_limits(limits: config_pb2.LimitsConfig) -> None:

@@ -94,9 +94,10 @@ class WriterGateway:
             return
         reason, layer = pilot
         why = f": {reason}" if reason else ""
+        where, _, name = layer.partition(":")
         raise FailedPrecondition(
             f"portal {portal_id} is in read-only pilot (set on {layer}{why}); writes are refused, "
-            "reads still work; clear it with `hubsync config set pilot off`",
+            f"reads still work; end it with `hubsync config set --{where} {name} pilot off`",
             reason="PORTAL_PILOT",
             metadata={"portal_id": str(portal_id), "pilot": layer},
         )
