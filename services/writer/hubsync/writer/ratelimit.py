@@ -296,7 +296,8 @@ class RateLimiter:
             keys[3] = rate_learned_key(portal_id, search=True)  # never written: search
         window = budget.window_ms + (0 if search else self.margin_ms)
         plan = await self.plan(portal_id) if not search else None
-        limit = plan.burst if plan is not None else budget.limit
+        # The budget asked for (the script answers with the limit in force, learned or this).
+        asked = plan.burst if plan is not None else budget.limit
         daily = plan.daily if plan is not None else 0
         caps = (plan.cap_burst, plan.cap_daily) if plan is not None else (False, False)
         waited = False
@@ -305,7 +306,7 @@ class RateLimiter:
             granted, wait_ms, used, limit = await self._acquire(
                 keys=keys,
                 args=[
-                    limit,
+                    asked,
                     window,
                     daily,
                     member,
