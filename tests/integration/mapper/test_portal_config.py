@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -53,6 +54,7 @@ class Replicas:
     a: mapper_pb2_grpc.MapperServiceStub  # as an internal client
     b: mapper_pb2_grpc.MapperServiceStub
     redis: Redis
+    hubspot: httpx.AsyncClient  # the sandbox's API as portal 12345's private app
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ async def replicas(redis_url: str, caller_tokens: dict[str, str]) -> AsyncIterat
                 cli = await stack.enter_async_context(open_channel(m.address, caller_tokens["cli"]))
         redis = Redis.from_url(redis_url)
         stack.push_async_callback(redis.aclose)
-        yield Replicas(config_pb2_grpc.ConfigServiceStub(cli), cli, stubs[0], stubs[1], redis)
+        yield Replicas(config_pb2_grpc.ConfigServiceStub(cli), cli, stubs[0], stubs[1], redis, s.hubspot)
 
 
 def _scope(portal: int = SANDBOX_PORTAL) -> config_pb2.ConfigScope:
@@ -489,3 +491,50 @@ async def test_invalid_changes_name_the_field_and_store_nothing(
         redis = Redis.from_url(redis_url)
         assert await redis.keys("*config*") == []
         await redis.aclose()
+
+
+SHOE_SIZE = GIVEN_NAME + "  - {hubspot: properties.shoe_size, external: shoe_size, transform: number}\n"
+
+
+async def test_overrides_are_validated_against_each_portals_own_properties(replicas: Replicas) -> None:
+    r = replicas
+    # A custom property only portal 12345 has.
+    created = await r.hubspot.post(
+        "/crm/v3/properties/contacts",
+        json={
+            "name": "shoe_size",
+            "label": "Shoe size",
+            "type": "number",
+            "fieldType": "number",
+            "groupName": "x",
+        },
+    )
+    assert created.status_code == 201, created.text
+    assert await _set(r, SHOE_SIZE) == 1
+    assert "shoe_size" in await _eventually(r.b, SANDBOX_PORTAL, "shoe_size")
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await _set(r, SHOE_SIZE, portal=OTHER)
+    assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(f"portal {OTHER}" in d and "shoe_size" in d for d in _violations(other.value).values())
+
+    # A tenant's override must fit every portal that joined it.
+    join = doc_pb2.ConfigDocument(tenant=doc_pb2.TenantConfig(tenant="acme"))
+    for portal in (SANDBOX_PORTAL, OTHER):
+        await r.config.SetConfig(
+            config_pb2.SetConfigRequest(scope=_scope(portal), kind=doc_pb2.CONFIG_KIND_TENANT, document=join),
+            timeout=60,
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as tenant:
+        await r.config.SetConfig(
+            config_pb2.SetConfigRequest(
+                scope=config_pb2.ConfigScope(tenant="acme"),
+                kind=MAPPINGS,
+                document=_mappings(("contacts.yaml", SHOE_SIZE)),
+            ),
+            timeout=60,
+        )
+    violations = _violations(tenant.value)
+    assert any(f.startswith("tenant:acme/contacts.yaml") for f in violations), violations
+    assert any(f"portal {OTHER}" in d for d in violations.values()), violations
+    assert not any(f"portal {SANDBOX_PORTAL}" in d for d in violations.values()), violations
+    assert "first_name" in await _fields(r.b, OTHER)

@@ -160,8 +160,6 @@ class ConfigAdmin:
             before = await load_version(self.redis, scope, kind)
             if before is not None and not before.empty:
                 previous_tenant = before.document.tenant.tenant
-            if set_kind is not None:
-                await self.redis.sadd(tenant_portals_key(document.tenant.tenant), str(scope.portal_id))  # type: ignore[misc]
         try:
             stored = await store_version(
                 self.redis, scope, kind, document, author=author, expected=expected, restored=restored
@@ -172,6 +170,8 @@ class ConfigAdmin:
                 metadata={"current_version": str(exc.current)},
             ) from None
         new_tenant = document.tenant.tenant if set_kind is not None and kind == "tenant" else ""
+        if new_tenant:
+            await self.redis.sadd(tenant_portals_key(new_tenant), str(scope.portal_id))  # type: ignore[misc]
         if previous_tenant and previous_tenant != new_tenant:
             await self.redis.srem(tenant_portals_key(previous_tenant), str(scope.portal_id))  # type: ignore[misc]
         # This replica applies its own change at once; the others on the announcement.
