@@ -16,11 +16,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import grpc
 from redis.asyncio import Redis
 
 from hubsync.api.common.v1 import config_pb2
-from hubsync.core.errors import FailedPrecondition, HubsyncError, InvalidArgument, NotFound, Unavailable
+from hubsync.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from hubsync.core.keys import tenant_portals_key
 from hubsync.core.portal_config import (
     HISTORY_MAX,
@@ -48,13 +47,6 @@ MAX_FILES = 20
 _NOT_READABLE = {"UNAUTHENTICATED", "FAILED_PRECONDITION", "PERMISSION_DENIED", "NOT_FOUND"}
 # The document field each kind is kept in.
 _FIELD = {"mappings": "mappings", "limits": "limits", "pilot": "pilot", "tenant": "tenant"}
-
-
-class Aborted(HubsyncError):
-    """The version in force changed since the caller read it (AIP-154: read again, retry)."""
-
-    code = grpc.StatusCode.ABORTED
-    default_reason = "CONFIG_VERSION_CHANGED"
 
 
 @dataclass(frozen=True)
@@ -167,6 +159,7 @@ class ConfigAdmin:
         except VersionConflict as exc:
             raise Aborted(
                 f"{scope.label} {kind}: version {exc.current} is in force, not {expected}; read it again",
+                reason="CONFIG_VERSION_CHANGED",
                 metadata={"current_version": str(exc.current)},
             ) from None
         new_tenant = document.tenant.tenant if set_kind is not None and kind == "tenant" else ""
