@@ -154,6 +154,51 @@ async def test_mapping_validate(suite: Suite, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_config_limits_pilot_and_mappings_reach_the_running_services(
+    suite: Suite, tmp_path: Path
+) -> None:
+    portal = str(PORTAL)
+    limits = hubsync(suite, "config", "set", "--portal", portal, "limits", "--burst", "37")
+    assert limits.returncode == 0, limits.stdout + limits.stderr
+    # Writer (another process) applies it: the limit in force for this portal becomes 37.
+    for _ in range(300):
+        quota = json.loads(hubsync(suite, "quota", "--portal", portal).stdout)
+        if int(quota["burst_limit"]) == 37:
+            break
+        await asyncio.sleep(0.1)
+    assert int(quota["burst_limit"]) == 37, quota
+    pilot = hubsync(suite, "config", "set", "--portal", portal, "pilot", "on", "--reason", "e2e")
+    assert pilot.returncode == 0, pilot.stdout + pilot.stderr
+    for _ in range(300):
+        quota = json.loads(hubsync(suite, "quota", "--portal", portal).stdout)
+        if quota.get("pilot_mode"):
+            break
+        await asyncio.sleep(0.1)
+    assert quota.get("pilot_mode") is True, quota
+    assert hubsync(suite, "config", "set", "--portal", portal, "pilot", "--clear").returncode == 0
+
+    override = tmp_path / "contacts.yaml"
+    override.write_text((DEFAULT_MAPPINGS / "contacts.yaml").read_text().replace("first_name", "given_name"))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(override.read_text().replace("firstname", "no_such_hubspot_property", 1))
+    assert hubsync(suite, "config", "set", "--portal", portal, "mappings", str(override)).returncode == 0
+    refused = hubsync(suite, "config", "set", "--portal", portal, "mappings", str(typo))
+    assert refused.returncode == 1
+    assert "INVALID_ARGUMENT" in refused.stdout and f"portal:{portal}/typo.yaml" in refused.stdout
+    shown = hubsync(suite, "config", "show", "--portal", portal)
+    assert shown.returncode == 0 and "version 1" in shown.stdout and f"portal:{portal}" in shown.stdout
+    history = hubsync(suite, "config", "history", "--portal", portal, "mappings")
+    assert history.returncode == 0 and "contacts.yaml" in history.stdout
+    cleared = hubsync(suite, "config", "set", "--portal", portal, "mappings", "--clear")
+    assert cleared.returncode == 0 and "version 2" in cleared.stdout
+    back = hubsync(suite, "config", "rollback", "--portal", portal, "mappings", "1")
+    assert back.returncode == 0 and "restored as version 3" in back.stdout, back.stdout
+    # Leave the suite as it was for the other tests.
+    assert hubsync(suite, "config", "set", "--portal", portal, "mappings", "--clear").returncode == 0
+    assert hubsync(suite, "config", "set", "--portal", portal, "limits", "--clear").returncode == 0
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_connect_prints_the_start_link_and_keys_rotate(suite: Suite) -> None:
     begun = hubsync(suite, "connect", "--tenant", "acme")
     assert begun.returncode == 0, begun.stderr

@@ -10,6 +10,7 @@
     hubsync inbound parked|dlq list|show|replay|purge [--portal P] [--id ID ...] [--all]
     hubsync backfill --portal P --object-type contacts [--since ISO] [--checkpoint C]
     hubsync mapping validate FILE [--portal P] | suggest --portal P --object-type T --schema FILE
+    hubsync config show|set|history|rollback --portal P | --tenant T ...  (per-portal configuration)
     hubsync keys rotate
     hubsync tokens split TOKENS.json --out DIR
 
@@ -35,6 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hubsync.cli import config as config_cli
 from hubsync.core.callers import hashed, own_token
 from hubsync.core.channels import open_channel
 from hubsync.core.settings import CoreSettings, load_settings
@@ -127,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     mapping.add_argument("--object-type", default="contacts")
     mapping.add_argument("--schema", type=Path, help="external schema JSON (suggest)")
     mapping.set_defaults(func=_cmd_mapping)
+
+    config_cli.add_parser(sub, _cmd_config)
 
     keys = sub.add_parser("keys", help="encryption keys of the token vault")
     keys.add_argument("action", choices=["rotate"])
@@ -475,6 +479,11 @@ async def _cmd_mapping(args: argparse.Namespace) -> int:
         if suggested.unmatched_fields:
             console.print(f"unmatched: {', '.join(suggested.unmatched_fields)}", style="yellow")
     return 0
+
+
+async def _cmd_config(args: argparse.Namespace) -> int:
+    async with _channel("mapper") as channel:
+        return await config_cli.run(args, channel, console)
 
 
 async def _cmd_keys(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ Hierarchy::
     ├── NotFound                     NOT_FOUND
     ├── AlreadyExists                ALREADY_EXISTS
     ├── FailedPrecondition           FAILED_PRECONDITION
+    ├── Aborted                      ABORTED            (a concurrent change came first)
     ├── Unauthenticated              UNAUTHENTICATED
     ├── PermissionDenied             PERMISSION_DENIED
     ├── ResourceExhausted            RESOURCE_EXHAUSTED (+ RetryInfo)
@@ -100,6 +101,13 @@ class AlreadyExists(HubsyncError):
 class FailedPrecondition(HubsyncError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(HubsyncError):
+    """A conditional change lost to a concurrent one (AIP-154): read again, then retry."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
 
 
 class Unauthenticated(HubsyncError):

@@ -18,11 +18,13 @@ from typing import Final
 
 __all__ = [
     "AUTH_CONNECTIONS_KEY",
+    "CONFIG_CHANGES_CHANNEL",
     "CONNECTION_CHANGES_CHANNEL",
     "FEED_GROUPS_KEY",
     "INBOUND_PARKED_PORTALS_KEY",
     "PORTALS_KEY",
     "WRITER_PORTALS_KEY",
+    "ConfigEntry",
     "EchoEntry",
     "EventEntry",
     "FeedEntry",
@@ -32,6 +34,8 @@ __all__ = [
     "circuit_closed_key",
     "circuit_open_key",
     "circuit_probe_key",
+    "config_history_key",
+    "config_key",
     "dedupe_key",
     "echoes_key",
     "events_key",
@@ -56,6 +60,9 @@ __all__ = [
     "rate_window_key",
     "reconcile_key",
     "replays_key",
+    "tenant_config_history_key",
+    "tenant_config_key",
+    "tenant_portals_key",
     "write_ledger_key",
     "write_request_key",
     "writer_dlq_key",
@@ -84,6 +91,10 @@ AUTH_CONNECTIONS_KEY: Final = f"{PREFIX}:auth:connections"
 #: Pub/sub channel: auth publishes a portal id whenever its connection changes (connected,
 #: re-authorized, refreshed, revoked); mapper re-checks a portal whose inbound events are parked.
 CONNECTION_CHANGES_CHANNEL: Final = f"{PREFIX}:auth:connection-changes"
+#: Pub/sub channel: mapper's ConfigService publishes ``<scope>|<kind>|<version>`` (scope
+#: ``portal:<id>`` or ``tenant:<name>``) after storing a configuration version; every mapper and
+#: writer replica drops what it cached for that scope.
+CONFIG_CHANGES_CHANNEL: Final = f"{PREFIX}:config:changes"
 
 
 def oauth_state_key(digest: str) -> str:
@@ -94,6 +105,29 @@ def oauth_state_key(digest: str) -> str:
 def oauth_browser_key(digest: str) -> str:
     """The browser binding of a pending authorization, by digest (TTL): auth."""
     return f"{PREFIX}:auth:oauth-browser:{digest}"
+
+
+# ---- a tenant's keys (a named group of portals; hash tag ``{tenant:<name>}``) -------------------
+
+
+def _tenant_key(tenant: str, *parts: str) -> str:
+    return ":".join([PREFIX, f"{{tenant:{tenant}}}", *parts])
+
+
+def tenant_config_key(tenant: str, kind: str) -> str:
+    """Hash of the tenant's configuration version in force (version, document, author, at): mapper's
+    ConfigService writes; mapper and writer read."""
+    return _tenant_key(tenant, "config", kind)
+
+
+def tenant_config_history_key(tenant: str, kind: str) -> str:
+    """Stream of the tenant's stored configuration versions (capped): mapper's ConfigService."""
+    return _tenant_key(tenant, "config", kind, "history")
+
+
+def tenant_portals_key(tenant: str) -> str:
+    """Set of the portals that joined the tenant (validation of its mappings): mapper."""
+    return _tenant_key(tenant, "config", "portals")
 
 
 # ---- a portal's keys -----------------------------------------------------------------------------
@@ -269,6 +303,17 @@ def circuit_probe_key(portal_id: int | str) -> str:
     return portal_key(portal_id, "circuit", "probe")
 
 
+def config_key(portal_id: int | str, kind: str) -> str:
+    """Hash of the portal's configuration version in force (version, document, author, at):
+    mapper's ConfigService writes; mapper and writer read."""
+    return portal_key(portal_id, "config", kind)
+
+
+def config_history_key(portal_id: int | str, kind: str) -> str:
+    """Stream of the portal's stored configuration versions (capped): mapper's ConfigService."""
+    return portal_key(portal_id, "config", kind, "history")
+
+
 def auth_connection_key(portal_id: int | str) -> str:
     """Hash of the portal's connection (kind, state, sealed tokens, expiry, generation): auth."""
     return portal_key(portal_id, "auth", "connection")
@@ -312,3 +357,15 @@ class FeedEntry:
 
     CHANGE: Final = "change"  #: a serialized ``RecordChange``
     HUBSPOT_ID: Final = "hs"  #: the record's HubSpot id
+
+
+class ConfigEntry:
+    """Fields of a configuration version: the hash of :func:`config_key` /
+    :func:`tenant_config_key` and each entry of their history streams (mapper's ConfigService
+    writes; mapper and writer read)."""
+
+    VERSION: Final = "version"  #: 1, 2, 3 ... per scope and kind
+    DOCUMENT: Final = "document"  #: a serialized ``hubsync.api.common.v1.ConfigDocument``
+    AUTHOR: Final = "author"  #: the caller name that stored it (never a credential)
+    AT_MS: Final = "at"  #: when it was stored, Unix ms (Redis's clock)
+    RESTORED: Final = "restored"  #: a rollback's source version (0: none)

@@ -11,20 +11,24 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import message_factory
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.api.ingress.v1 import ingress_pb2
-from hubsync.api.mapper.v1 import mapper_pb2
+from hubsync.api.mapper.v1 import config_pb2, mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2
 from tests.integration.security.stack import running_services
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "security.md"
-SERVICES = {
-    "auth": auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
-    "ingress": ingress_pb2.DESCRIPTOR.services_by_name["IngressService"],
-    "mapper": mapper_pb2.DESCRIPTOR.services_by_name["MapperService"],
-    "writer": writer_pb2.DESCRIPTOR.services_by_name["WriterService"],
+# Each process and the gRPC services it serves.
+SERVICES: dict[str, list[ServiceDescriptor]] = {
+    "auth": [auth_pb2.DESCRIPTOR.services_by_name["AuthService"]],
+    "ingress": [ingress_pb2.DESCRIPTOR.services_by_name["IngressService"]],
+    "mapper": [
+        mapper_pb2.DESCRIPTOR.services_by_name["MapperService"],
+        config_pb2.DESCRIPTOR.services_by_name["ConfigService"],
+    ],
+    "writer": [writer_pb2.DESCRIPTOR.services_by_name["WriterService"]],
 }
 REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 NO_TOKEN, WRONG_TOKEN = "(no token)", "(wrong token)"
@@ -44,7 +48,7 @@ def documented_policy() -> dict[tuple[str, str], set[str]]:
 async def _call(channel: grpc.aio.Channel, service: str, method: MethodDescriptor, token: str | None) -> str:
     """The status of one call with an empty request: "OK" or the code's name."""
     request = message_factory.GetMessageClass(method.input_type)()
-    path = f"/{SERVICES[service].full_name}/{method.name}"
+    path = f"/{method.containing_service.full_name}/{method.name}"
     metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
     try:
         if method.server_streaming:
@@ -60,7 +64,7 @@ async def _call(channel: grpc.aio.Channel, service: str, method: MethodDescripto
 
 
 def test_the_table_names_every_method_of_every_service() -> None:
-    served = {(s, m.name) for s, d in SERVICES.items() for m in d.methods}
+    served = {(s, m.name) for s, ds in SERVICES.items() for d in ds for m in d.methods}
     assert set(documented_policy()) == served
 
 
@@ -72,9 +76,9 @@ async def test_call_matrix(
     identities |= caller_tokens
     wrong: list[str] = []
     async with running_services(redis_url, caller_tokens, monkeypatch) as addresses:
-        for service, descriptor in SERVICES.items():
+        for service, descriptors in SERVICES.items():
             async with grpc.aio.insecure_channel(addresses[service]) as channel:
-                for method in descriptor.methods:
+                for method in (m for d in descriptors for m in d.methods):
                     allowed = policy[(service, method.name)]
                     names = list(identities)
                     got = await asyncio.gather(

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +90,7 @@ class InboundWorker:
         self,
         redis: Redis,
         writer: writer_pb2_grpc.WriterServiceStub,
-        mappings: Callable[[], MappingSet],
+        mappings: Callable[[str], Awaitable[MappingSet]],
         *,
         consumer: str,
         coalesce_window_ms: int = 50,
@@ -362,7 +362,8 @@ class InboundWorker:
         when the portal's connection is unusable. Returns DONE, PARKED or PARTIAL, and the entries
         left (a transient failure: retry them)."""
         self.batches += 1
-        mappings = self.mappings()  # one snapshot for the whole batch, even across a reload
+        # The portal's mappings (default + overrides), one snapshot for the whole batch.
+        mappings = await self.mappings(portal)
         batch = coalesce(entries, mappings)
         spans = {c.key: self._start_span(portal, c) for c in batch.changes}
         try:

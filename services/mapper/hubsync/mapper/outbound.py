@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from opentelemetry import trace
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.bounds import external_id_problem, request_id_problem
-from hubsync.core.errors import InvalidArgument, Unavailable
+from hubsync.core.errors import FailedPrecondition, InvalidArgument, Unavailable, error_info
 from hubsync.core.keys import fingerprint_key, push_done_key, push_lock_key, push_version_key
 from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
@@ -74,7 +74,7 @@ class RecordPusher:
         self,
         redis: Any,
         writer: writer_pb2_grpc.WriterServiceStub,
-        mappings: Callable[[], MappingSet],
+        mappings: Callable[[int], Awaitable[MappingSet]],
         *,
         idempotency_ttl_s: int = 86_400,
     ):
@@ -106,7 +106,7 @@ class RecordPusher:
     async def push(
         self, request_id: str, portal_id: int, records: Sequence[PushRecord], *, wait: bool
     ) -> list[PushResultData]:
-        mappings = self.mappings()
+        mappings = await self.mappings(portal_id)  # the portal's own (default + overrides)
         self._validate(request_id, portal_id, records, mappings)
         request_digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
         done_key = push_done_key(portal_id, request_digest)
@@ -268,6 +268,14 @@ class RecordPusher:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(f"writer refused the writes: {exc.details()}") from None
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The portal's read-only pilot (or another refusal someone must lift): say so.
+                info = error_info(exc)
+                raise FailedPrecondition(
+                    exc.details() or "writer refused the writes",
+                    reason=info.reason if info is not None else None,
+                    metadata=dict(info.metadata) if info is not None else None,
+                ) from None
             raise Unavailable(f"writer unavailable: {exc.code().name}", retry_after=1.0) from None
         succeeded: dict[int, bool] = {}
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -53,6 +53,7 @@ class PropertyCatalog:
                 raise Unavailable(
                     f"cannot read HubSpot properties of {object_type} through writer: {exc.code().name}",
                     retry_after=1.0,
+                    metadata={"portal_id": str(portal_id), "writer_code": exc.code().name},
                 ) from None
             props = {p.name: p for p in reply.properties}
             self._cache[key] = (time.monotonic() + self.ttl_s, props)
@@ -60,6 +61,11 @@ class PropertyCatalog:
 
     def invalidate(self) -> None:
         self._cache.clear()
+
+    def forget(self, portal_id: int) -> None:
+        """Drops one portal's cached definitions (the next check reads them afresh)."""
+        for key in [k for k in self._cache if k[0] == portal_id]:
+            self._cache.pop(key, None)
 
     async def check(self, portal_id: int, loaded: Iterable[LoadedMapping]) -> list[str]:
         """Every problem of the mappings against the portal's properties (empty when fine)."""

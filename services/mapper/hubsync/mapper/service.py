@@ -8,23 +8,28 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc, mapper_pb2, mapper_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.keys import PORTALS_KEY
+from hubsync.core.portal_config import PortalConfigCache
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.mapper.config_admin import ConfigAdmin
+from hubsync.mapper.config_servicer import ConfigServicer
 from hubsync.mapper.feed import ChangeFeed
 from hubsync.mapper.inbound import InboundWorker
 from hubsync.mapper.inbound_queues import InboundQueues
 from hubsync.mapper.mappings import MappingError
 from hubsync.mapper.outbound import RecordPusher
+from hubsync.mapper.portal_mappings import MAPPINGS, PortalMappings
 from hubsync.mapper.properties import PropertyCatalog
 from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.servicer import MapperServicer
 from hubsync.mapper.settings import MapperSettings
 
 SERVICE_NAME = mapper_pb2.DESCRIPTOR.services_by_name["MapperService"].full_name
+CONFIG_SERVICE_NAME = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
 DEFAULT_PORT = 50053
 # Operator-only RPCs: the inbound parked and dead-letter queues.
 ADMIN_METHODS = (
@@ -40,6 +45,7 @@ def caller_policy(settings: MapperSettings) -> dict[str, list[str]]:
     """Who may call each MapperService method: every method is listed (deny by default)."""
     clients, admins = settings.client_callers, settings.admin_callers
     method = f"/{SERVICE_NAME}/{{}}".format
+    config = f"/{CONFIG_SERVICE_NAME}/{{}}".format
     return {
         # The public API of internal services: push records, read the change feed.
         method("PushRecords"): clients,
@@ -52,6 +58,11 @@ def caller_policy(settings: MapperSettings) -> dict[str, list[str]]:
         method("SuggestMapping"): [*clients, *admins],
         # Operators: the inbound parked and dead-letter queues (`hubsync inbound ...`).
         **{method(name): admins for name in ADMIN_METHODS},
+        # Per-portal and per-tenant configuration (`hubsync config ...`): operators only.
+        config("GetConfig"): admins,
+        config("ListConfigVersions"): admins,
+        config("SetConfig"): admins,
+        config("RollbackConfig"): admins,
     }
 
 
@@ -82,12 +93,19 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None
     feed = ChangeFeed(redis, max_groups=settings.max_consumer_groups)
-    pusher = RecordPusher(redis, writer, registry.snapshot, idempotency_ttl_s=settings.push_idempotency_ttl_s)
-    servicer = MapperServicer(registry, pusher, feed, catalog, InboundQueues(redis))
+    configs = PortalConfigCache(redis, (MAPPINGS,))
+    portal_mappings = PortalMappings(registry, configs)
+    pusher = RecordPusher(
+        redis, writer, portal_mappings.for_portal, idempotency_ttl_s=settings.push_idempotency_ttl_s
+    )
+    servicer = MapperServicer(registry, pusher, feed, catalog, InboundQueues(redis), portal_mappings)
+    config_servicer = ConfigServicer(
+        ConfigAdmin(redis, portal_mappings, catalog if settings.validate_properties else None)
+    )
     worker = InboundWorker(
         redis,
         writer,
-        registry.snapshot,
+        portal_mappings.for_portal,
         consumer=settings.consumer_name,
         coalesce_window_ms=settings.coalesce_window_ms,
         visibility_timeout_ms=settings.visibility_timeout_ms,
@@ -102,7 +120,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         parked_recheck_max_s=settings.parked_recheck_max_s,
         feed_max_len=settings.feed_max_len,
     )
-    background: list[Callable[[], Awaitable[Any]]] = []
+    background: list[Callable[[], Awaitable[Any]]] = [configs.listen]
     if settings.inbound_enabled:
         background.append(worker.run)
     if settings.reload_interval_s > 0:
@@ -111,9 +129,13 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     async def close() -> None:
         await channel.close()
 
+    def register(server: Any) -> None:
+        mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
+        config_pb2_grpc.add_ConfigServiceServicer_to_server(config_servicer, server)
+
     return ServiceSpec(
-        service_names=[SERVICE_NAME],
-        register=lambda server: mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server),  # type: ignore[arg-type]
+        service_names=[SERVICE_NAME, CONFIG_SERVICE_NAME],
+        register=register,
         port=DEFAULT_PORT,
         policy=caller_policy(settings),
         background=background,

@@ -15,6 +15,7 @@ from hubsync.mapper.feed import ChangeFeed, Subscription
 from hubsync.mapper.inbound_queues import DEAD_LETTER, PARKED, InboundEvent, InboundQueues
 from hubsync.mapper.mappings import MappingError, parse_mappings
 from hubsync.mapper.outbound import PushRecord, RecordPusher
+from hubsync.mapper.portal_mappings import PortalMappings
 from hubsync.mapper.properties import PropertyCatalog
 from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.suggest import suggest
@@ -48,7 +49,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         feed: ChangeFeed,
         catalog: PropertyCatalog,
         queues: InboundQueues,
+        portal_mappings: PortalMappings,
     ):
+        self.portal_mappings = portal_mappings
         self.registry = registry
         self.pusher = pusher
         self.feed = feed
@@ -58,7 +61,8 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
     async def Transform(
         self, request: mapper_pb2.TransformRequest, context: Any
     ) -> mapper_pb2.TransformResponse:
-        mappings = self.registry.snapshot()
+        # portal_id 0: the default mappings; a portal: its own (default + tenant + portal overrides).
+        mappings = await self.portal_mappings.for_portal(request.portal_id)
         reply = mapper_pb2.TransformResponse()
         bad: dict[str, str] = {}
         if request.direction == mapper_pb2.DIRECTION_INBOUND:

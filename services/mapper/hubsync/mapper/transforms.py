@@ -382,6 +382,13 @@ class MappingSet:
         for item in loaded:
             self.by_type[item.mapping.object_type] = compile_mapping(item)
 
+    def overlay(self, loaded: list[LoadedMapping]) -> MappingSet:
+        """A new set: these mappings replace this set's mappings of their object types (the
+        others are shared, not compiled again)."""
+        merged = MappingSet([])
+        merged.by_type = {**self.by_type, **MappingSet(loaded).by_type}
+        return merged
+
     def get(self, object_type: str) -> CompiledMapping | None:
         return self.by_type.get(object_type)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from opentelemetry.trace import Link
 
 from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.errors import FailedPrecondition
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
 from hubsync.writer.ordering import stamp_now
@@ -20,6 +21,13 @@ from hubsync.writer.results import result_list
 from hubsync.writer.submissions import Ledger, WriteSubmitter, validate
 
 log = logging.getLogger(__name__)
+
+# A portal's read-only pilot in force: (reason, where it is set: "portal:<id>" or "tenant:<name>").
+PilotLookup = Callable[[int], Awaitable[tuple[str, str] | None]]
+
+
+async def _no_pilot(portal_id: int) -> None:
+    return None
 
 
 class WriterGateway:
@@ -33,7 +41,9 @@ class WriterGateway:
         breakers: CircuitBreakers,
         *,
         pilot_mode: bool = False,
+        pilot_of: PilotLookup = _no_pilot,
     ) -> None:
+        self.pilot_of = pilot_of
         self.submitter = submitter
         self.queue = queue
         self.reader = reader
@@ -46,6 +56,7 @@ class WriterGateway:
         self, request: writer_pb2.SubmitWritesRequest, deadline: float | None
     ) -> writer_pb2.SubmitWritesResponse:
         validate(request.writes)
+        await self.refuse_in_pilot(request.portal_id)
         if not request.wait:
             return await self.queue.enqueue(request)
         previous = await self.queue.begin(request, deadline)
@@ -69,10 +80,27 @@ class WriterGateway:
         links: Sequence[Link],
         ledger: Ledger | None = None,
     ) -> None:
+        # Accepted before the pilot began: held (pending) until it ends, not sent, not lost.
+        await self.refuse_in_pilot(portal_id)
         outcomes = await self.submitter.process(portal_id, request.writes, links, ledger)
         if request.request_id:
             response = writer_pb2.SubmitWritesResponse(results=result_list(outcomes))
             await self.queue.finish(request, response)
+
+    async def refuse_in_pilot(self, portal_id: int) -> None:
+        """Raises FAILED_PRECONDITION naming the pilot when the portal is read-only."""
+        pilot = await self.pilot_of(portal_id)
+        if pilot is None:
+            return
+        reason, layer = pilot
+        why = f": {reason}" if reason else ""
+        where, _, name = layer.partition(":")
+        raise FailedPrecondition(
+            f"portal {portal_id} is in read-only pilot (set on {layer}{why}); writes are refused, "
+            f"reads still work; end it with `hubsync config set --{where} {name} pilot off`",
+            reason="PORTAL_PILOT",
+            metadata={"portal_id": str(portal_id), "pilot": layer},
+        )
 
     async def replay(self, portal_id: int, ids: list[str], statuses: list[int], all_: bool) -> int:
         entries = await self.dlq.select(portal_id, ids, statuses, all_)
@@ -99,5 +127,5 @@ class WriterGateway:
             "circuit_state": int(self.breakers.get(portal_id).state),
             "queued_writes": await self.queue.depth(portal_id),
             "dead_letters": await self.dlq.depth(portal_id),
-            "pilot_mode": self.pilot_mode,
+            "pilot_mode": self.pilot_mode or await self.pilot_of(portal_id) is not None,
         }

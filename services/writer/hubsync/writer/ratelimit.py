@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -193,6 +193,29 @@ class Limits:
     learned: bool
 
 
+@dataclass(frozen=True)
+class LimitOverride:
+    """A portal's own limits (per-portal configuration): each set value replaces the configured
+    one and caps what HubSpot's headers allow, like an explicit BURST_LIMIT / DAILY_LIMIT."""
+
+    burst: int | None = None
+    daily: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The budget a portal's requests are granted against before HubSpot's learned limits."""
+
+    burst: int
+    daily: int
+    cap_burst: bool
+    cap_daily: bool
+    overridden: bool = False
+
+
+OverrideLookup = Callable[[int], Awaitable[LimitOverride | None]]
+
+
 class RateLimiter:
     """Grants request slots per portal; every replica shares the counts through Redis.
 
@@ -215,7 +238,9 @@ class RateLimiter:
         cap_burst: bool = False,
         cap_daily: bool = False,
         probe_ttl_ms: int = 0,
+        overrides: OverrideLookup | None = None,
     ) -> None:
+        self.overrides = overrides
         self.redis = redis
         self.api = api
         self.search = search
@@ -229,6 +254,20 @@ class RateLimiter:
         self._correct = redis.register_script(_CORRECT)
         self._settle = redis.register_script(_SETTLE)
         self._end_probe = redis.register_script(_END_PROBE)
+
+    async def plan(self, portal_id: int) -> Plan:
+        """The portal's budget: the configured one, or its per-portal override (which caps)."""
+        plan = Plan(self.api.limit, self.api.daily, self.cap_burst, self.cap_daily)
+        override = await self.overrides(portal_id) if self.overrides is not None else None
+        if override is None or (override.burst is None and override.daily is None):
+            return plan
+        return Plan(
+            override.burst if override.burst is not None else plan.burst,
+            override.daily if override.daily is not None else plan.daily,
+            plan.cap_burst or override.burst is not None,
+            plan.cap_daily or override.daily is not None,
+            overridden=True,
+        )
 
     def _keys(self, portal_id: int, budget: Budget) -> list[str]:
         return [
@@ -256,20 +295,24 @@ class RateLimiter:
             keys[2] = rate_info_key(portal_id, search=True)
             keys[3] = rate_learned_key(portal_id, search=True)  # never written: search
         window = budget.window_ms + (0 if search else self.margin_ms)
-        daily = 0 if search else budget.daily
+        plan = await self.plan(portal_id) if not search else None
+        # The budget asked for (the script answers with the limit in force, learned or this).
+        asked = plan.burst if plan is not None else budget.limit
+        daily = plan.daily if plan is not None else 0
+        caps = (plan.cap_burst, plan.cap_daily) if plan is not None else (False, False)
         waited = False
         while True:
             member = uuid.uuid4().hex
             granted, wait_ms, used, limit = await self._acquire(
                 keys=keys,
                 args=[
-                    budget.limit,
+                    asked,
                     window,
                     daily,
                     member,
                     self._offset_ms(),
-                    int(self.cap_burst),
-                    int(self.cap_daily),
+                    int(caps[0]),
+                    int(caps[1]),
                     0 if search else self.margin_ms,
                     0 if search else self.probe_ttl_ms,
                 ],
@@ -333,9 +376,10 @@ class RateLimiter:
         hubspot_used = -1
         if remaining is not None:
             # What HubSpot leaves us of the limit in force: only `remaining` more may go.
-            limit = self.api.limit if maximum is None else maximum
-            if maximum is not None and self.cap_burst:
-                limit = min(limit, self.api.limit)
+            plan = await self.plan(portal_id)
+            limit = plan.burst if maximum is None else maximum
+            if maximum is not None and plan.cap_burst:
+                limit = min(limit, plan.burst)
             hubspot_used = max(limit - remaining, 0)
             _remaining.set(remaining, {"portal": str(portal_id), "source": "hubspot"})
         daily_used = daily - daily_remaining if daily is not None and daily_remaining is not None else -1
@@ -360,11 +404,12 @@ class RateLimiter:
         """The limits in force for the portal (learned from HubSpot, else configured)."""
         raw: Any = await self.redis.hmget(rate_learned_key(portal_id), ["max", "interval_ms", "daily_max"])
         learned_max, interval, daily_max = (int(v) if v is not None else 0 for v in raw)
-        burst = self.api.limit
+        plan = await self.plan(portal_id)
+        burst = plan.burst
         if learned_max > 0:
-            burst = min(burst, learned_max) if self.cap_burst else learned_max
-        daily = self.api.daily
-        if daily_max > 0 and not (self.cap_daily and 0 < daily < daily_max):
+            burst = min(burst, learned_max) if plan.cap_burst else learned_max
+        daily = plan.daily
+        if daily_max > 0 and not (plan.cap_daily and 0 < daily < daily_max):
             daily = daily_max
         return Limits(burst, interval or self.api.window_ms, daily, learned_max > 0)
 

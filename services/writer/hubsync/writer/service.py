@@ -12,6 +12,7 @@ from hubsync.api.auth.v1 import auth_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.keys import WRITER_PORTALS_KEY
+from hubsync.core.portal_config import PortalConfigCache
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.writer.batches import BatchKey, BatchWriter, WriteBatcher
@@ -22,7 +23,7 @@ from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.hubspot_client import HubSpotClient, RetryPolicy
 from hubsync.writer.ordering import RecordVersions
 from hubsync.writer.queue import QueueConsumer, WriteQueue
-from hubsync.writer.ratelimit import Budget, RateLimiter
+from hubsync.writer.ratelimit import Budget, LimitOverride, RateLimiter
 from hubsync.writer.reads import RecordReader
 from hubsync.writer.servicer import WriterServicer
 from hubsync.writer.settings import WriterSettings
@@ -65,6 +66,21 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     """The writer's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
     settings = load_settings(WriterSettings)
     burst, daily = settings.limits()
+    # Per-portal configuration (mapper's ConfigService stores it): limits and the read-only pilot
+    # of the portals this replica works for, read on use and cached briefly.
+    configs = PortalConfigCache(redis, ("limits", "pilot"))
+
+    async def limit_override(portal_id: int) -> LimitOverride | None:
+        limits = (await configs.get(portal_id)).limits()
+        return LimitOverride(
+            limits.burst_limit if limits.HasField("burst_limit") else None,
+            limits.daily_limit if limits.HasField("daily_limit") else None,
+        )
+
+    async def pilot_of(portal_id: int) -> tuple[str, str] | None:
+        pilot = (await configs.get(portal_id)).pilot()
+        return (pilot[0].reason, pilot[1]) if pilot is not None else None
+
     limiter = RateLimiter(
         redis,
         Budget("burst", burst, settings.burst_window_ms, daily),
@@ -76,6 +92,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         # Until HubSpot's headers tell a portal's limits, one call at a time, and another only
         # after 2 s when the first has no answer yet (hung, or its writer died): never a burst.
         probe_ttl_ms=PROBE_TTL_MS,
+        overrides=limit_override,
     )
     auth_channel = channel_for(core, core.auth_address)
     tokens = AuthTokenSource(auth_pb2_grpc.AuthServiceStub(auth_channel))
@@ -119,7 +136,9 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
     )
     queue = WriteQueue(redis, maxlen=settings.queue_maxlen, request_ttl_s=settings.request_ttl_s)
-    gateway = WriterGateway(submitter, queue, reader, dlq, limiter, breakers, pilot_mode=settings.pilot_mode)
+    gateway = WriterGateway(
+        submitter, queue, reader, dlq, limiter, breakers, pilot_mode=settings.pilot_mode, pilot_of=pilot_of
+    )
     servicer = WriterServicer(gateway, dlq, RecordExporter(reader, settings.export_lookback_s))
     consumer = QueueConsumer(
         redis,
@@ -146,6 +165,6 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         register=lambda server: writer_pb2_grpc.add_WriterServiceServicer_to_server(servicer, server),
         port=DEFAULT_PORT,
         policy=caller_policy(settings),
-        background=[consumer.run, publish_gauges] if settings.consume_queue else [publish_gauges],
+        background=[configs.listen, publish_gauges, *([consumer.run] if settings.consume_queue else [])],
         on_stop=[batcher.close, client.aclose, auth_channel.close],
     )
