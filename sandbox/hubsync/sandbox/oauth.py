@@ -104,6 +104,9 @@ def routes(state: SandboxState) -> list[Route]:
                 "expires_in": state.config.token_ttl_s,
                 "hub_id": rt.hub_id,
                 "scopes": rt.scopes,
+                # Required by the AccessTokenResponse of HubSpot's OAuth v1/v3 specs.
+                "token_use": "access_token",
+                "user_id": rt.user_id,
             },
         )
 
@@ -182,6 +185,15 @@ def routes(state: SandboxState) -> list[Route]:
                     "app_id": tok.app_id,
                     "scope": " ".join(tok.scopes),
                     "exp": (tok.expires_at or now) // 1000,
+                    # The fields HubSpot's v3 spec (PublicAccessTokenInfoResponse) requires;
+                    # the RFC 7662 ones above stay for clients written against the RFC.
+                    "token": tok.token,
+                    "token_use": "access_token",
+                    "scopes": tok.scopes,
+                    "expires_in": max(0, ((tok.expires_at or now) - now) // 1000),
+                    "user_id": tok.user_id,
+                    "is_private_distribution": False,
+                    "signed_access_token": None,
                 },
             )
         rt = state.refresh_tokens.get(value)
@@ -195,6 +207,10 @@ def routes(state: SandboxState) -> list[Route]:
                     "hub_id": rt.hub_id,
                     "app_id": rt.app_id,
                     "scope": " ".join(rt.scopes),
+                    "token": rt.token,
+                    "token_use": "refresh_token",
+                    "scopes": rt.scopes,
+                    "user_id": rt.user_id,
                 },
             )
         return json_response(200, {"active": False})
