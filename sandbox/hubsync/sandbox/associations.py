@@ -30,7 +30,12 @@ def v3_type_name(store: PortalStore, ft: str, tt: str, type_id: int) -> str:
 
 def _spec(store: PortalStore, type_id: int) -> dict[str, Any]:
     d = store.types.assoc_defs[type_id]
-    return {"category": d.category, "typeId": type_id, "label": d.label}
+    out: dict[str, Any] = {"category": d.category, "typeId": type_id}
+    # The v4 spec types ``label`` as a string (not nullable, not required): an unlabelled
+    # type leaves it out rather than sending null.
+    if d.label is not None:
+        out["label"] = d.label
+    return out
 
 
 def _types(call: Call) -> tuple[str, str]:
@@ -268,13 +273,15 @@ def _label_types(call: Call) -> tuple[str, str]:
 
 def _label_spec(store: PortalStore, d: AssociationDef) -> dict[str, Any]:
     types = store.types.types
-    return {
+    out: dict[str, Any] = {
         "category": d.category,
         "typeId": d.type_id,
-        "label": d.label,
         "fromObjectTypeId": types[d.from_type].type_id,
         "toObjectTypeId": types[d.to_type].type_id,
     }
+    if d.label is not None:
+        out["label"] = d.label
+    return out
 
 
 async def list_labels(call: Call) -> tuple[int, Any]:
