@@ -214,6 +214,15 @@ class PortalStore:
                         _prop_problem(n, f"{n} is required", "REQUIRED_PROPERTY_MISSING") for n in missing
                     ],
                 )
+        product = out.get("hs_product_id") if object_type == "line_items" else None
+        if product and self.get("products", product) is None:
+            # A line item's product must exist (HubSpot refuses the write otherwise).
+            raise validation_error(
+                f"hs_product_id {product} does not name an existing product",
+                errors=[
+                    _prop_problem("hs_product_id", f"product {product} does not exist", "INVALID_OPTION")
+                ],
+            )
         pipes = self.pipelines.get(object_type)
         if pipes is not None and (creating or existing is not None or out):
             check_pipeline(object_type, pipes, out, existing.props if existing else None, creating)

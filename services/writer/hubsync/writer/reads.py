@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hubsync.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
 
+if TYPE_CHECKING:
+    from hubsync.writer.objecttypes import ObjectTypes
+
+_CUSTOM_ID = re.compile(r"^2-\d+$")
+
 T = TypeVar("T")
-OBJECT_TYPES = ("companies", "contacts", "deals")
+# The standard object types by canonical name; custom objects are resolved per portal
+# (objecttypes.ObjectTypes).
+OBJECT_TYPES = (
+    "companies",
+    "contacts",
+    "deals",
+    "tickets",
+    "products",
+    "line_items",
+    "quotes",
+    "notes",
+    "calls",
+    "emails",
+    "meetings",
+    "tasks",
+)
 SEARCH_OPERATORS = frozenset(
     [
         "EQ",
@@ -85,7 +106,8 @@ class SearchQuery:
 
 
 def check_object_type(object_type: str, field_name: str = "object_type") -> None:
-    if object_type not in OBJECT_TYPES:
+    """Only for canonical names already resolved (standard, or a custom object's 2-… id)."""
+    if object_type not in OBJECT_TYPES and not _CUSTOM_ID.match(object_type):
         raise InvalidArgument(
             f"unknown object type {object_type!r}",
             violations={field_name: f"must be one of {', '.join(OBJECT_TYPES)}"},
@@ -163,8 +185,18 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 class RecordReader:
-    def __init__(self, client: HubSpotClient, chunk: int = 100, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        client: HubSpotClient,
+        chunk: int = 100,
+        concurrency: int = 8,
+        types: ObjectTypes | None = None,
+    ) -> None:
+        from hubsync.writer.objecttypes import ObjectTypes
+
         self.client = client
+        # Object type names (custom objects through the schemas API), shared with submissions.
+        self.types = types or ObjectTypes(client)
         self.chunk = chunk
         # batch/read calls one ReadRecords has out at once (its chunks wait their turn).
         self.concurrency = concurrency
@@ -181,7 +213,7 @@ class RecordReader:
         deadline: float | None = None,
     ) -> tuple[list[Record], list[str]]:
         """Records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
-        check_object_type(object_type)
+        object_type = await self.types.resolve(portal_id, object_type)
         if any(not i for i in ids):
             raise InvalidArgument("ids must not be empty", violations={"ids": "an id is empty"})
         unique = list(dict.fromkeys(ids))
@@ -250,7 +282,7 @@ class RecordReader:
         return [to_record(object_type, raw) for raw in body_out.get("results") or []]
 
     async def list_properties(self, portal_id: int, object_type: str) -> list[PropertyDef]:
-        check_object_type(object_type)
+        object_type = await self.types.resolve(portal_id, object_type)
         response = await self.client.call(
             portal_id,
             "GET",
@@ -277,7 +309,7 @@ class RecordReader:
     async def search(
         self, portal_id: int, object_type: str, query: SearchQuery, deadline: float | None = None
     ) -> SearchPage:
-        check_object_type(object_type)
+        object_type = await self.types.resolve(portal_id, object_type)
         response = await self.client.call(
             portal_id,
             "POST",
