@@ -28,7 +28,8 @@ from hubsync.core.keys import fingerprint_key, push_done_key, push_lock_key, pus
 from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest
-from hubsync.mapper.mappings import WRITE_ORDER
+from hubsync.mapper.mappings import OBJECT_TYPES, WRITE_ORDER
+from hubsync.mapper.objecttypes import CUSTOM_TYPES
 from hubsync.mapper.transforms import MappingSet, TransformError
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,9 @@ class _Planned:
     index: int
     record: PushRecord
     changed: dict[str, str]
-    associations: list[tuple[str, str, str, int]] = field(
+    associations: list[tuple[str, str, str, int, str]] = field(
         default_factory=list
-    )  # (to type, to id, to prop, type)
+    )  # (to type, to id, to prop, type, label)
     assoc_digests: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -105,6 +106,9 @@ class RecordPusher:
     ) -> list[PushResultData]:
         mappings = self.mappings()
         self._validate(request_id, portal_id, records, mappings)
+        if any(r.object_type not in OBJECT_TYPES for r in records):
+            # HubSpot's events about custom objects name them by id: learn the ids now.
+            await CUSTOM_TYPES.ensure(self.writer, portal_id)
         request_digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
         done_key = push_done_key(portal_id, request_digest)
         cached = await self.redis.get(done_key)
@@ -161,8 +165,9 @@ class RecordPusher:
                 if value in (None, "") or other is None:
                     continue
                 to_id = str(value)
-                plan.associations.append((a.to, to_id, other.id_property, a.association_type_id))
-                plan.assoc_digests[f"assoc:{a.to}:{a.association_type_id}"] = digest(to_id)
+                plan.associations.append((a.to, to_id, other.id_property, a.association_type_id, a.label))
+                kind = f"{a.association_type_id}" + (f":{a.label}" if a.label else "")
+                plan.assoc_digests[f"assoc:{a.to}:{kind}"] = digest(to_id)
             planned.append(plan)
         if bad:
             raise InvalidArgument("records do not fit their mapping", violations=bad)
@@ -233,7 +238,7 @@ class RecordPusher:
         for p in to_send:
             mapping = mappings.get(p.record.object_type)
             assert mapping is not None
-            for to_type, to_id, to_prop, type_id in p.associations:
+            for to_type, to_id, to_prop, type_id, label in p.associations:
                 writes.append(
                     writer_pb2.Write(
                         association=writer_pb2.AssociationWrite(
@@ -244,6 +249,7 @@ class RecordPusher:
                             to_id=to_id,
                             to_id_property=to_prop,
                             association_type_id=type_id,
+                            association_label=label,
                         )
                     )
                 )

@@ -121,6 +121,15 @@ def rank(object_type: str) -> int:
 
 
 @dataclass(frozen=True)
+class CustomType:
+    """A custom object of a portal, as the schemas API describes it."""
+
+    object_type_id: str
+    name: str
+    fully_qualified_name: str
+
+
+@dataclass(frozen=True)
 class AssociationType:
     type_id: int
     category: str  # HUBSPOT_DEFINED | USER_DEFINED
@@ -134,6 +143,7 @@ class ObjectTypes:
         self.client = client
         self.ttl_s = ttl_s
         self._schemas: dict[int, tuple[float, dict[str, str]]] = {}
+        self._custom_types: dict[int, list[CustomType]] = {}
         self._labels: dict[tuple[int, str, str], tuple[float, list[AssociationType]]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
@@ -203,16 +213,25 @@ class ObjectTypes:
 
             raise_for(response, "the schemas API")
             names: dict[str, str] = {}
+            found: list[CustomType] = []
             for s in (response.body or {}).get("results") or []:
                 tid = str(s.get("objectTypeId") or "")
                 if not CUSTOM_ID.match(tid):
                     continue
                 name = str(s.get("name") or "")
-                for alias in (tid, name, f"p_{name}", str(s.get("fullyQualifiedName") or "")):
+                fqn = str(s.get("fullyQualifiedName") or "")
+                found.append(CustomType(tid, name, fqn))
+                for alias in (tid, name, f"p_{name}", fqn):
                     if alias:
                         names[alias.lower()] = tid
             self._schemas[portal_id] = (time.monotonic(), names)
+            self._custom_types[portal_id] = found
             return names
+
+    async def custom_types(self, portal_id: int) -> list[CustomType]:
+        """The portal's custom objects (read fresh: a caller lists them to learn new ones)."""
+        await self._custom(portal_id, refresh=True)
+        return list(self._custom_types.get(portal_id, []))
 
     async def association_types(self, portal_id: int, from_type: str, to_type: str) -> list[AssociationType]:
         """Every association type of a pair, from the labels API (cached)."""

@@ -849,6 +849,96 @@ class ListPropertiesResponse(_message.Message):
 Global___ListPropertiesResponse: _TypeAlias = ListPropertiesResponse  # noqa: Y015
 
 @_typing.final
+class ListObjectTypesRequest(_message.Message):
+    """Request of ListObjectTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    def __init__(
+        self,
+        *,
+        portal_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["portal_id", b"portal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListObjectTypesRequest: _TypeAlias = ListObjectTypesRequest  # noqa: Y015
+
+@_typing.final
+class ObjectType(_message.Message):
+    """One object type of a portal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OBJECT_TYPE_ID_FIELD_NUMBER: _builtins.int
+    SCHEMA_NAME_FIELD_NUMBER: _builtins.int
+    FULLY_QUALIFIED_NAME_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
+    WRITABLE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name writer uses: the plural standard name ("line_items"), or a custom object's
+    object type id ("2-…").
+    """
+    object_type_id: _builtins.str
+    """HubSpot's object type id ("0-1", "2-…")."""
+    schema_name: _builtins.str
+    """A custom object's schema name ("subscription"); empty for standard types."""
+    fully_qualified_name: _builtins.str
+    """A custom object's fully qualified name ("p12345_subscription"); empty for standard types."""
+    custom: _builtins.bool
+    """Whether this is a custom object."""
+    writable: _builtins.bool
+    """Whether hubsync writes records of this type (quotes are read-only)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        object_type_id: _builtins.str = ...,
+        schema_name: _builtins.str = ...,
+        fully_qualified_name: _builtins.str = ...,
+        custom: _builtins.bool = ...,
+        writable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom", b"custom", "fully_qualified_name", b"fully_qualified_name", "name", b"name", "object_type_id", b"object_type_id", "schema_name", b"schema_name", "writable", b"writable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObjectType: _TypeAlias = ObjectType  # noqa: Y015
+
+@_typing.final
+class ListObjectTypesResponse(_message.Message):
+    """Response of ListObjectTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObjectType]:
+        """Standard types first, then custom objects."""
+
+    def __init__(
+        self,
+        *,
+        object_types: _abc.Iterable[Global___ObjectType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_types", b"object_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListObjectTypesResponse: _TypeAlias = ListObjectTypesResponse  # noqa: Y015
+
+@_typing.final
 class DeadLetter(_message.Message):
     """A write HubSpot refused for good."""
 
