@@ -201,6 +201,13 @@ class RecordReader:
         # batch/read calls one ReadRecords has out at once (its chunks wait their turn).
         self.concurrency = concurrency
 
+    async def _names(self, portal_id: int, object_type: str) -> tuple[str, str]:
+        """(the name records are given, the name in HubSpot paths): a standard type's plural for
+        both; a custom object keeps the caller's name (a mapping's) on its records, its 2-… id in
+        paths."""
+        resolved = await self.types.resolve(portal_id, object_type)
+        return (object_type if resolved.startswith("2-") else resolved), resolved
+
     async def read(
         self,
         portal_id: int,
@@ -213,7 +220,7 @@ class RecordReader:
         deadline: float | None = None,
     ) -> tuple[list[Record], list[str]]:
         """Records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
-        object_type = await self.types.resolve(portal_id, object_type)
+        named, object_type = await self._names(portal_id, object_type)
         if any(not i for i in ids):
             raise InvalidArgument("ids must not be empty", violations={"ids": "an id is empty"})
         unique = list(dict.fromkeys(ids))
@@ -229,6 +236,8 @@ class RecordReader:
             self.concurrency,
         )
         records = [r for chunk in results for r in chunk]
+        for r in records:
+            r.object_type = named
         found: set[str] = set()
         for record in records:
             found.add(record.id)
@@ -309,7 +318,7 @@ class RecordReader:
     async def search(
         self, portal_id: int, object_type: str, query: SearchQuery, deadline: float | None = None
     ) -> SearchPage:
-        object_type = await self.types.resolve(portal_id, object_type)
+        named, object_type = await self._names(portal_id, object_type)
         response = await self.client.call(
             portal_id,
             "POST",
@@ -322,7 +331,7 @@ class RecordReader:
         raise_for(response, "search")
         body = response.body if isinstance(response.body, dict) else {}
         after = str(((body.get("paging") or {}).get("next") or {}).get("after") or "")
-        records = [to_record(object_type, raw) for raw in body.get("results") or []]
+        records = [to_record(named, raw) for raw in body.get("results") or []]
         return SearchPage(records, int(body.get("total") or 0), after)
 
 
