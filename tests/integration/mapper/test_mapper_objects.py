@@ -46,6 +46,7 @@ associations:
     "tickets.yaml": """
 object_type: ticket
 id: {external: id, hubspot: external_id}
+deletes: any
 fields:
   - {hubspot: subject, external: title}
   - {hubspot: hs_pipeline_stage, external: status, transform: enum, pipeline: "0",
@@ -54,6 +55,7 @@ fields:
     "notes.yaml": """
 object_type: notes
 id: {external: id, hubspot: external_id}
+deletes: owned
 fields:
   - {hubspot: hs_note_body, external: text}
   - {hubspot: hs_timestamp, external: at, transform: datetime}
@@ -188,3 +190,64 @@ async def test_tickets_with_stage_mapping_and_notes_associated_to_contacts(
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         details = str(err.value.trailing_metadata())
         assert "escalated" in details and "pipeline '0'" in details
+
+
+async def test_pushed_deletions_follow_the_mappings_ownership_rule(
+    redis_url: str, caller_tokens: dict[str, str], tmp_path: Path
+) -> None:
+    async with (
+        suite(redis_url, caller_tokens) as s,
+        running_mapper(
+            redis_url,
+            caller_tokens,
+            writer_address=s.writer_address,
+            mappings_dir=_mappings_dir(tmp_path),
+            inbound_enabled=False,
+        ) as mapper,
+        open_channel(mapper.address, caller_tokens["client"]) as channel,
+    ):
+        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        made = await _push(
+            stub,
+            _record("tickets", "t-1", title="Old", status="open"),
+            _record("notes", "n-1", text="ours", at="2024-05-01T10:00:00Z"),
+        )
+        ticket_id, note_id = made.results[0].hubspot_id, made.results[1].hubspot_id
+        # A note someone else created in HubSpot, with an external id the company also uses.
+        r = await s.hubspot.post(
+            "/crm/v3/objects/notes",
+            json={
+                "properties": {
+                    "hs_note_body": "theirs",
+                    "hs_timestamp": "1700000000000",
+                    "external_id": "n-2",
+                }
+            },
+        )
+        assert r.status_code == 201, r.text
+        theirs = r.json()["id"]
+
+        gone = mapper_pb2.ExternalRecord(object_type="tickets", external_id="t-1", deleted=True)
+        ours = mapper_pb2.ExternalRecord(object_type="notes", external_id="n-1", deleted=True)
+        not_ours = mapper_pb2.ExternalRecord(object_type="notes", external_id="n-2", deleted=True)
+        reply = await _push(stub, gone, ours, not_ours)
+        outcomes = [r.outcome for r in reply.results]
+        assert outcomes == [
+            mapper_pb2.PUSH_OUTCOME_WRITTEN,
+            mapper_pb2.PUSH_OUTCOME_WRITTEN,
+            mapper_pb2.PUSH_OUTCOME_FAILED,
+        ]
+        assert "deletes: owned" in reply.results[2].error
+        assert (await _object(s, "tickets", ticket_id))["archived"] is True
+        assert (await _object(s, "notes", note_id))["archived"] is True
+        assert (await _object(s, "notes", theirs))["archived"] is False
+        log = (await s.hubspot.get("/_sandbox/requests")).json()["counts"]["byEndpointAndStatus"]
+        assert log["POST /crm/v3/objects/{objectType}/batch/archive"] == {"204": 2}
+
+        # The default contacts mapping allows no deletes at all.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _push(
+                stub, mapper_pb2.ExternalRecord(object_type="contacts", external_id="c-1", deleted=True)
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "does not allow deletes" in str(err.value.trailing_metadata())

@@ -174,6 +174,11 @@ class Mapping(BaseModel):
     id: IdPair
     fields: list[FieldMapping] = Field(min_length=1)
     associations: list[AssociationMapping] = Field(default_factory=list)
+    deletes: Literal["never", "owned", "any"] = Field(
+        default="never",
+        description="Which pushed deletions archive the HubSpot record: none, only records hubsync "
+        "created (owned), or any.",
+    )
 
     @field_validator("object_type")
     @classmethod
