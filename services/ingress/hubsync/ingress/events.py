@@ -43,6 +43,8 @@ def type_of_id(type_id: str) -> str | None:
     if type_id.startswith("2-") and type_id[2:].isdigit():
         return type_id
     return OBJECT_TYPE_IDS.get(type_id)
+
+
 # HubSpot sends at most 100 events per request: more is not HubSpot.
 MAX_EVENTS = 100
 
