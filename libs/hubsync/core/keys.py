@@ -66,6 +66,7 @@ __all__ = [
     "write_ledger_key",
     "write_request_key",
     "writer_dlq_key",
+    "writer_gdpr_audit_key",
     "writer_ids_key",
     "writer_version_key",
     "writer_versions_key",
@@ -254,6 +255,11 @@ def writer_version_key(portal_id: int | str) -> str:
 def writer_versions_key(portal_id: int | str, object_type: str, id_property: str, record_id: str) -> str:
     """Hash of the newest version written to each property of a record (older ones are dropped)."""
     return portal_key(portal_id, "writer", "versions", object_type, id_property, record_id)
+
+
+def writer_gdpr_audit_key(portal_id: int | str) -> str:
+    """Stream auditing every GDPR delete writer sent (no personal data: a digest of the id): writer."""
+    return portal_key(portal_id, "writer", "gdpr")
 
 
 def writer_dlq_key(portal_id: int | str) -> str:

@@ -15,7 +15,6 @@ from starlette.routing import Route
 
 from .config import FaultRule, WebhookSubscriptionConfig
 from .errors import ApiError, error_body, validation_error
-from .properties import OBJECT_TYPES
 from .routing import json_response, read_json
 from .state import SandboxState
 from .store import PortalStore
@@ -30,8 +29,8 @@ def _portal(state: SandboxState, request: Request) -> PortalStore:
     return store
 
 
-def _type(raw: str) -> str:
-    t = OBJECT_TYPES.get(raw.lower())
+def _type(store: PortalStore, raw: str) -> str:
+    t = store.types.resolve(raw)
     if t is None:
         raise validation_error(f"Unknown object type {raw}")
     return t
@@ -68,7 +67,7 @@ def routes(state: SandboxState) -> list[Route]:
 
     async def objects(request: Request) -> Any:
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         return {
             "portalId": store.hub_id,
             "objectType": t,
@@ -77,7 +76,7 @@ def routes(state: SandboxState) -> list[Route]:
 
     async def one_object(request: Request) -> Any:
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         obj = store.objects[t].get(int(request.path_params["objectId"]))
         if obj is None:
             raise ApiError(404, error_body("no such object", "OBJECT_NOT_FOUND"))
@@ -158,19 +157,19 @@ def routes(state: SandboxState) -> list[Route]:
 
     async def ui_edit(request: Request) -> Any:
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         body = await read_json(request) or {}
         obj = store.get(t, request.path_params["objectId"])
         if obj is None:
             raise ApiError(404, error_body("no such object", "OBJECT_NOT_FOUND"))
-        store.update(t, obj, store.normalize(t, body.get("properties")), state.ui_source())
+        store.update(t, obj, store.normalize(t, body.get("properties"), existing=obj), state.ui_source())
         return _dump(store, t, obj)
 
     async def ui_create(request: Request) -> Any:
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         body = await read_json(request) or {}
-        obj = store.create(t, store.normalize(t, body.get("properties")), state.ui_source())
+        obj = store.create(t, store.normalize(t, body.get("properties"), creating=True), state.ui_source())
         return _dump(store, t, obj)
 
     async def ui_churn(request: Request) -> Any:
@@ -178,7 +177,7 @@ def routes(state: SandboxState) -> list[Route]:
         per edit). Body: ``{"ids": [...], "property": "firstname", "rate": 500, "seconds": 20}``;
         edit n sets ``property`` to ``"churn-<n>"`` on ``ids[n % len(ids)]``. Answers when done."""
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         body = await read_json(request) or {}
         try:
             ids = [str(i) for i in body["ids"]]
@@ -206,7 +205,7 @@ def routes(state: SandboxState) -> list[Route]:
 
     async def ui_delete(request: Request) -> Any:
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         obj = store.get(t, request.path_params["objectId"])
         if obj is None:
             raise ApiError(404, error_body("no such object", "OBJECT_NOT_FOUND"))
@@ -215,13 +214,13 @@ def routes(state: SandboxState) -> list[Route]:
 
     async def ui_restore(request: Request) -> Any:
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         obj = store.restore(t, int(request.path_params["objectId"]), state.ui_source())
         return _dump(store, t, obj)
 
     async def ui_merge(request: Request) -> Any:
         store = _portal(state, request)
-        t = _type(request.path_params["objectType"])
+        t = _type(store, request.path_params["objectType"])
         body = await read_json(request) or {}
         primary = store.get(t, str(body.get("primaryObjectId")))
         other = store.get(t, str(body.get("objectIdToMerge")))
@@ -232,12 +231,16 @@ def routes(state: SandboxState) -> list[Route]:
     async def ui_associate(request: Request) -> Any:
         store = _portal(state, request)
         body = await read_json(request) or {}
-        ft, tt = _type(body["fromObjectType"]), _type(body["toObjectType"])
+        ft, tt = _type(store, body["fromObjectType"]), _type(store, body["toObjectType"])
         fid, tid = int(body["fromObjectId"]), int(body["toObjectId"])
+        if not store.types.can_associate(ft, tt):
+            raise validation_error(f"{ft} can't be associated with {tt}")
+        # Optional association type ids (labels); none: the pair's default type.
+        types = {int(x) for x in body.get("types") or []} or None
         if body.get("remove"):
-            store.dissociate(ft, fid, tt, tid, None, state.ui_source())
+            store.dissociate(ft, fid, tt, tid, types, state.ui_source())
         else:
-            store.associate(ft, fid, tt, tid, None, state.ui_source())
+            store.associate(ft, fid, tt, tid, types, state.ui_source())
         return {"ok": True}
 
     async def get_webhooks(request: Request) -> Any:

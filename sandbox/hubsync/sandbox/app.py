@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from . import account, admin, associations, crm, oauth, properties_api
+from . import account, admin, associations, crm, oauth, pipelines, properties_api, schemas
 from .config import SandboxConfig
 from .errors import error_body
 from .routing import json_response
@@ -46,6 +46,8 @@ def create_app(config: SandboxConfig | None = None, state: SandboxState | None =
         *crm.routes(state),
         *associations.routes(state),
         *properties_api.routes(state),
+        *schemas.routes(state),
+        *pipelines.routes(state),
         *account.routes(state),
         *oauth.routes(state),
         *admin.routes(state),

@@ -58,6 +58,18 @@ ALL_SCOPES = [
     "crm.schemas.companies.write",
     "crm.schemas.deals.read",
     "crm.schemas.deals.write",
+    "tickets",
+    "e-commerce",
+    "crm.objects.quotes.read",
+    "crm.objects.quotes.write",
+    "crm.objects.line_items.read",
+    "crm.objects.line_items.write",
+    "crm.objects.products.read",
+    "crm.objects.products.write",
+    "crm.objects.custom.read",
+    "crm.objects.custom.write",
+    "crm.schemas.custom.read",
+    "crm.schemas.custom.write",
     "crm.objects.owners.read",
     "crm.lists.read",
     "crm.lists.write",
@@ -120,7 +132,7 @@ class WebhookSubscriptionConfig(_Model):
         default_factory=lambda: (
             [
                 f"{obj}.{kind}"
-                for obj in ("contact", "company", "deal")
+                for obj in ("contact", "company", "deal", "ticket", "product", "line_item")
                 for kind in (
                     "creation",
                     "deletion",

@@ -8,11 +8,10 @@ from typing import Any
 from starlette.routing import Route
 
 from .errors import ApiError, error_body, validation_error
-from .properties import OBJECT_TYPES, UPPER
 from .routing import Call, api_route
 from .search import MAX_BODY_CHARS, SearchError, ms_to_iso
 from .state import SandboxState
-from .store import ASSOCIATION_TYPES, CrmObject, PortalStore
+from .store import CrmObject, PortalStore
 
 MAX_BATCH = 100
 MAX_PAGE = 100
@@ -163,13 +162,14 @@ def _add_associations(call: Call, t: str, obj: CrmObject, out: dict[str, Any]) -
     from .associations import v3_type_name
 
     raw = call.request.query_params.getlist("associations")
-    wanted = [OBJECT_TYPES.get(n.strip().lower()) for part in raw for n in part.split(",") if n.strip()]
+    store = call.portal_store
+    wanted = [store.types.resolve(n.strip()) for part in raw for n in part.split(",") if n.strip()]
     assoc: dict[str, Any] = {}
     for tt in wanted:
-        if tt is None or tt == t or (t, tt) not in ASSOCIATION_TYPES:
+        if tt is None or tt == t or not store.types.can_associate(t, tt):
             continue
         results = [
-            {"id": str(tid), "type": v3_type_name(t, tt, x)}
+            {"id": str(tid), "type": v3_type_name(store, t, tt, x)}
             for tid, types in call.portal_store.associations_of(t, obj.id, tt)
             for x in sorted(types)
         ]
@@ -183,7 +183,8 @@ async def create_object(call: Call) -> tuple[int, Any]:
     t = call.object_type()
     store = call.portal_store
     body = call.body if isinstance(call.body, dict) else {}
-    props = store.normalize(t, body.get("properties"))
+    props = store.normalize(t, body.get("properties"), creating=True)
+    _check_associations(call, t, body.get("associations"))
     obj = store.create(t, props, call.source)
     _create_associations(call, t, obj, body.get("associations"))
     return 201, _full(obj)
@@ -199,7 +200,7 @@ async def update_object(call: Call) -> tuple[int, Any]:
     if obj is None:
         raise _not_found(oid)
     body = call.body if isinstance(call.body, dict) else {}
-    props = store.normalize(t, body.get("properties"))
+    props = store.normalize(t, body.get("properties"), existing=obj)
     store.update(t, obj, props, call.source)
     return 200, _full(obj)
 
@@ -240,20 +241,36 @@ async def merge_objects(call: Call) -> tuple[int, Any]:
     return 200, _full(primary)
 
 
-def _create_associations(call: Call, t: str, obj: CrmObject, assocs: Any) -> None:
+def _parse_associations(call: Call, t: str, assocs: Any) -> list[tuple[str, int, set[int]]]:
     """``associations`` on create: ``[{to:{id}, types:[{associationCategory, associationTypeId}]}]``."""
     if not assocs:
-        return
-    from .associations import TYPE_BY_ID
-
+        return []
+    if not isinstance(assocs, list):
+        raise validation_error("associations must be a list")
     store = call.portal_store
+    defs = store.types.assoc_defs
+    out = []
     for a in assocs:
         to_id = str((a.get("to") or {}).get("id", ""))
         types = {int(x["associationTypeId"]) for x in a.get("types") or []}
-        to_type = next((TYPE_BY_ID[x][1] for x in types if x in TYPE_BY_ID and TYPE_BY_ID[x][0] == t), None)
-        if to_type is None or store.get(to_type, to_id) is None:
+        to_types = {defs[x].to_type for x in types if x in defs and defs[x].from_type == t}
+        if len(to_types) != 1 or len(types) == 0 or any(x not in defs for x in types):
             raise validation_error(f"Invalid association to {to_id} with types {sorted(types)}")
-        store.associate(t, obj.id, to_type, int(to_id), types, call.source)
+        to_type = to_types.pop()
+        if store.get(to_type, to_id) is None:
+            raise validation_error(f"Invalid association: {to_type} {to_id} does not exist")
+        out.append((to_type, int(to_id), types))
+    return out
+
+
+def _check_associations(call: Call, t: str, assocs: Any) -> None:
+    _parse_associations(call, t, assocs)
+
+
+def _create_associations(call: Call, t: str, obj: CrmObject, assocs: Any) -> None:
+    store = call.portal_store
+    for to_type, to_id, types in _parse_associations(call, t, assocs):
+        store.associate(t, obj.id, to_type, to_id, types, call.source)
 
 
 # ---- batches --------------------------------------------------------------------------------------
@@ -295,7 +312,7 @@ async def batch_read(call: Call) -> tuple[int, Any]:
         errors.append(
             _batch_error(
                 "OBJECT_NOT_FOUND",
-                f"Could not get some {UPPER[t]} objects, they may be deleted or not exist. "
+                f"Could not get some {store.type_def(t).upper} objects, they may be deleted or not exist. "
                 "Check that ids are valid.",
                 {"ids": missing},
             )
@@ -348,7 +365,12 @@ async def batch_create(call: Call) -> tuple[int, Any]:
     t = call.object_type()
     store = call.portal_store
     inputs = _inputs(call)
-    items = [(None, store.normalize(t, i.get("properties")), i.get("objectWriteTraceId")) for i in inputs]
+    items = [
+        (None, store.normalize(t, i.get("properties"), creating=True), i.get("objectWriteTraceId"))
+        for i in inputs
+    ]
+    for i in inputs:
+        _check_associations(call, t, i.get("associations"))
     traces = [tr for _, _, tr in items]
     bad, errors = _conflicts_to_errors(call, _conflict_check(store, t, items), traces)
     results = []
@@ -373,7 +395,11 @@ async def batch_update(call: Call) -> tuple[int, Any]:
         store.check_id_property(t, id_prop)
         targets.append(store.get(t, str(i.get("id", "")), id_prop))
     items = [
-        (o.id if o else None, store.normalize(t, i.get("properties")), i.get("objectWriteTraceId"))
+        (
+            o.id if o else None,
+            store.normalize(t, i.get("properties"), existing=o),
+            i.get("objectWriteTraceId"),
+        )
         for o, i in zip(targets, inputs, strict=True)
     ]
     live = [(n, it) for n, it in enumerate(items) if targets[n] is not None]
@@ -393,7 +419,7 @@ async def batch_update(call: Call) -> tuple[int, Any]:
         errors.append(
             _batch_error(
                 "OBJECT_NOT_FOUND",
-                f"Could not update some {UPPER[t]} objects, they may be deleted or not exist. "
+                f"Could not update some {store.type_def(t).upper} objects, they may be deleted or not exist. "
                 "Check that ids are valid.",
                 {"ids": missing},
             )
@@ -419,9 +445,13 @@ async def batch_upsert(call: Call) -> tuple[int, Any]:
     items = []
     targets = []
     for (id_prop, key), i in zip(keys, inputs, strict=True):
-        props = store.normalize(t, i.get("properties"))
-        props[id_prop] = store.normalize(t, {id_prop: key})[id_prop]
         obj = store.get(t, key, id_prop)
+        raw = (
+            dict(i.get("properties") or {}) if isinstance(i.get("properties"), dict) else i.get("properties")
+        )
+        if isinstance(raw, dict):
+            raw[id_prop] = key
+        props = store.normalize(t, raw, existing=obj, creating=obj is None)
         targets.append(obj)
         items.append((obj.id if obj else None, props, i.get("objectWriteTraceId")))
     bad, errors = _conflicts_to_errors(call, _conflict_check(store, t, items), [tr for _, _, tr in items])

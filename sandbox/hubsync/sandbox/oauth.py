@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import Request
@@ -11,7 +14,7 @@ from starlette.routing import Route
 from .config import AppConfig
 from .errors import ApiError, error_body, oauth_error
 from .routing import json_response, public_route
-from .state import AuthCode, SandboxState
+from .state import AuthCode, SandboxState, Token
 
 TOKEN_PATHS = ("/oauth/v1/token", "/oauth/v3/token", "/oauth/2026-03/token")
 GRANT_TYPES = ("authorization_code", "refresh_token")
@@ -104,6 +107,9 @@ def routes(state: SandboxState) -> list[Route]:
                 "expires_in": state.config.token_ttl_s,
                 "hub_id": rt.hub_id,
                 "scopes": rt.scopes,
+                # Required by the AccessTokenResponse of HubSpot's OAuth v1/v3 specs.
+                "token_use": "access_token",
+                "user_id": rt.user_id,
             },
         )
 
@@ -182,6 +188,15 @@ def routes(state: SandboxState) -> list[Route]:
                     "app_id": tok.app_id,
                     "scope": " ".join(tok.scopes),
                     "exp": (tok.expires_at or now) // 1000,
+                    # The fields HubSpot's v3 spec (PublicAccessTokenInfoResponse) requires;
+                    # the RFC 7662 ones above stay for clients written against the RFC.
+                    "token": tok.token,
+                    "token_use": "access_token",
+                    "scopes": tok.scopes,
+                    "expires_in": max(0, ((tok.expires_at or now) - now) // 1000),
+                    "user_id": tok.user_id,
+                    "is_private_distribution": False,
+                    "signed_access_token": _signed_access_token(tok, app.client_secret),
                 },
             )
         rt = state.refresh_tokens.get(value)
@@ -195,6 +210,11 @@ def routes(state: SandboxState) -> list[Route]:
                     "hub_id": rt.hub_id,
                     "app_id": rt.app_id,
                     "scope": " ".join(rt.scopes),
+                    "token": rt.token,
+                    "token_use": "refresh_token",
+                    "hub_domain": state.portals[rt.hub_id].domain,
+                    "scopes": rt.scopes,
+                    "user_id": rt.user_id,
                 },
             )
         return json_response(200, {"active": False})
@@ -230,3 +250,28 @@ def authorize_url(base_url: str, client_id: str, redirect_uri: str, scopes: list
         {"client_id": client_id, "redirect_uri": redirect_uri, "scope": " ".join(scopes), "state": state}
     )
     return f"{base_url}/oauth/authorize?{q}"
+
+
+def _signed_access_token(tok: Token, secret: str) -> dict[str, Any]:
+    """The ``signed_access_token`` object of HubSpot's v3 introspection spec. Its signature
+    scheme is not published (UNSURE): here an HMAC of the token, which nobody should verify."""
+    sig = hmac.new(secret.encode(), tok.token.encode(), hashlib.sha256).hexdigest()
+    return {
+        "appId": tok.app_id,
+        "appInstallId": f"{tok.app_id}-{tok.hub_id}",
+        "audience": "hubspot",
+        "expiresAt": tok.expires_at or 0,
+        "hubId": tok.hub_id,
+        "hublet": "na1",
+        "installingUserId": tok.user_id,
+        "isPrivateDistribution": False,
+        "isServiceAccount": False,
+        "isUserLevel": False,
+        "newSignature": sig,
+        "scopeToScopeGroupPks": "",
+        "scopes": " ".join(tok.scopes),
+        "signature": sig,
+        "trialScopeToScopeGroupPks": "",
+        "trialScopes": "",
+        "userId": tok.user_id,
+    }

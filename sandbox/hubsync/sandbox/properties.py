@@ -5,44 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# objectType path names and ids, as HubSpot accepts them in URLs.
-OBJECT_TYPES: dict[str, str] = {
-    "contacts": "contacts",
-    "contact": "contacts",
-    "0-1": "contacts",
-    "companies": "companies",
-    "company": "companies",
-    "0-2": "companies",
-    "deals": "deals",
-    "deal": "deals",
-    "0-3": "deals",
-}
-OBJECT_TYPE_IDS = {"contacts": "0-1", "companies": "0-2", "deals": "0-3"}
-# Singular names used in webhook subscription types and error messages.
-SINGULAR = {"contacts": "contact", "companies": "company", "deals": "deal"}
-UPPER = {"contacts": "CONTACT", "companies": "COMPANY", "deals": "DEAL"}
+from .objecttypes import STANDARD
 
+# objectType path names and ids of the standard types, as HubSpot accepts them in URLs. Custom
+# objects are per portal: see ``objecttypes.TypeRegistry``.
+OBJECT_TYPES: dict[str, str] = {a: t.name for t in STANDARD for a in t.aliases(0)}
+OBJECT_TYPE_IDS = {t.name: t.type_id for t in STANDARD}
+# Singular names used in webhook subscription types and error messages.
+SINGULAR = {t.name: t.singular for t in STANDARD}
+UPPER = {t.name: t.upper for t in STANDARD}
 # What a read returns when the caller names no properties (HubSpot's defaults).
-DEFAULT_READ_PROPERTIES: dict[str, tuple[str, ...]] = {
-    "contacts": ("createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname"),
-    "companies": ("createdate", "domain", "hs_lastmodifieddate", "hs_object_id", "name"),
-    "deals": (
-        "amount",
-        "closedate",
-        "createdate",
-        "dealname",
-        "dealstage",
-        "hs_lastmodifieddate",
-        "hs_object_id",
-        "pipeline",
-    ),
-}
+DEFAULT_READ_PROPERTIES: dict[str, tuple[str, ...]] = {t.name: t.default_read for t in STANDARD}
 # Properties the free-text `query` of a search looks in.
-QUERY_PROPERTIES: dict[str, tuple[str, ...]] = {
-    "contacts": ("firstname", "lastname", "email", "phone", "company", "hs_additional_emails"),
-    "companies": ("name", "domain", "website", "phone"),
-    "deals": ("dealname",),
-}
+QUERY_PROPERTIES: dict[str, tuple[str, ...]] = {t.name: t.query_props for t in STANDARD}
 # Set by the sandbox, never by a client.
 READ_ONLY = frozenset(
     {
@@ -52,6 +27,7 @@ READ_ONLY = frozenset(
         "hs_lastmodifieddate",
         "hs_createdate",
         "hs_merged_object_ids",
+        "hs_object_source",
     }
 )
 
@@ -180,6 +156,106 @@ _DEFAULTS: dict[str, list[tuple[str, str, str, str, str]]] = {
     ],
 }
 
+
+def _eng(group: str, *extra: tuple[str, str, str, str, str]) -> list[tuple[str, str, str, str, str]]:
+    """Engagements: ``hs_createdate`` instead of ``createdate``, ``hs_timestamp`` required."""
+    return [
+        ("hs_object_id", "Record ID", "number", "number", group),
+        ("hs_createdate", "Create Date", "datetime", "date", group),
+        ("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", group),
+        ("hs_timestamp", "Activity date", "datetime", "date", group),
+        ("hubspot_owner_id", "Activity assigned to", "enumeration", "select", group),
+        ("hs_attachment_ids", "Attachment IDs", "enumeration", "checkbox", group),
+        *extra,
+    ]
+
+
+_DEFAULTS.update(
+    {
+        "tickets": [
+            *_base("ticketinformation"),
+            ("subject", "Ticket name", *_TXT, "ticketinformation"),
+            ("content", "Ticket description", "string", "textarea", "ticketinformation"),
+            ("hs_pipeline", "Pipeline", "enumeration", "select", "ticketinformation"),
+            ("hs_pipeline_stage", "Ticket status", "enumeration", "select", "ticketinformation"),
+            ("hs_ticket_priority", "Priority", "enumeration", "select", "ticketinformation"),
+            ("hs_ticket_category", "Category", "enumeration", "checkbox", "ticketinformation"),
+            ("source_type", "Source", "enumeration", "select", "ticketinformation"),
+            ("closed_date", "Close date", "datetime", "date", "ticketinformation"),
+        ],
+        "products": [
+            *_base("productinformation"),
+            ("name", "Name", *_TXT, "productinformation"),
+            ("description", "Description", "string", "textarea", "productinformation"),
+            ("price", "Unit price", "number", "number", "productinformation"),
+            ("hs_sku", "SKU", *_TXT, "productinformation"),
+            ("hs_cost_of_goods_sold", "Unit cost", "number", "number", "productinformation"),
+            ("recurringbillingfrequency", "Billing frequency", "enumeration", "select", "productinformation"),
+        ],
+        "line_items": [
+            *_base("lineiteminformation"),
+            ("name", "Name", *_TXT, "lineiteminformation"),
+            ("description", "Description", "string", "textarea", "lineiteminformation"),
+            ("quantity", "Quantity", "number", "number", "lineiteminformation"),
+            ("price", "Unit price", "number", "number", "lineiteminformation"),
+            ("amount", "Net price", "number", "number", "lineiteminformation"),
+            ("discount", "Unit discount", "number", "number", "lineiteminformation"),
+            ("hs_product_id", "Product ID", "number", "number", "lineiteminformation"),
+            ("hs_sku", "SKU", *_TXT, "lineiteminformation"),
+            (
+                "recurringbillingfrequency",
+                "Billing frequency",
+                "enumeration",
+                "select",
+                "lineiteminformation",
+            ),
+        ],
+        "quotes": [
+            ("hs_object_id", "Record ID", "number", "number", "quoteinformation"),
+            ("hs_createdate", "Create Date", "datetime", "date", "quoteinformation"),
+            ("hs_lastmodifieddate", "Last Modified Date", "datetime", "date", "quoteinformation"),
+            ("hs_title", "Quote name", *_TXT, "quoteinformation"),
+            ("hs_expiration_date", "Expiration date", "datetime", "date", "quoteinformation"),
+            ("hs_status", "Quote approval status", "enumeration", "select", "quoteinformation"),
+            ("hs_quote_amount", "Quote amount", "number", "number", "quoteinformation"),
+            ("hs_language", "Language", *_TXT, "quoteinformation"),
+            ("hubspot_owner_id", "Owner", "enumeration", "select", "quoteinformation"),
+        ],
+        "notes": _eng("engagement", ("hs_note_body", "Note body", "string", "html", "engagement")),
+        "calls": _eng(
+            "engagement",
+            ("hs_call_title", "Call title", *_TXT, "engagement"),
+            ("hs_call_body", "Call notes", "string", "html", "engagement"),
+            ("hs_call_duration", "Call duration", "number", "number", "engagement"),
+            ("hs_call_direction", "Call direction", "enumeration", "select", "engagement"),
+            ("hs_call_status", "Call status", "enumeration", "select", "engagement"),
+        ),
+        "emails": _eng(
+            "engagement",
+            ("hs_email_subject", "Email subject", *_TXT, "engagement"),
+            ("hs_email_text", "Email body", "string", "textarea", "engagement"),
+            ("hs_email_direction", "Email direction", "enumeration", "select", "engagement"),
+            ("hs_email_status", "Email send status", "enumeration", "select", "engagement"),
+        ),
+        "meetings": _eng(
+            "engagement",
+            ("hs_meeting_title", "Meeting name", *_TXT, "engagement"),
+            ("hs_meeting_body", "Meeting description", "string", "html", "engagement"),
+            ("hs_meeting_start_time", "Start time", "datetime", "date", "engagement"),
+            ("hs_meeting_end_time", "End time", "datetime", "date", "engagement"),
+            ("hs_meeting_outcome", "Meeting outcome", "enumeration", "select", "engagement"),
+        ),
+        "tasks": _eng(
+            "engagement",
+            ("hs_task_subject", "Task title", *_TXT, "engagement"),
+            ("hs_task_body", "Task notes", "string", "html", "engagement"),
+            ("hs_task_status", "Task status", "enumeration", "select", "engagement"),
+            ("hs_task_priority", "Priority", "enumeration", "select", "engagement"),
+            ("hs_task_type", "Task type", "enumeration", "select", "engagement"),
+        ),
+    }
+)
+
 _ENUM_OPTIONS: dict[str, list[dict[str, Any]]] = {
     "lifecyclestage": _LIFECYCLE,
     "dealstage": _opts(
@@ -194,13 +270,70 @@ _ENUM_OPTIONS: dict[str, list[dict[str, Any]]] = {
     "pipeline": _opts("default"),
     "dealtype": _opts("newbusiness", "existingbusiness"),
     "hs_priority": _opts("low", "medium", "high"),
+    "hs_ticket_priority": _opts("LOW", "MEDIUM", "HIGH", "URGENT"),
+    "hs_ticket_category": _opts("PRODUCT_ISSUE", "BILLING_ISSUE", "FEATURE_REQUEST", "GENERAL_INQUIRY"),
+    "source_type": _opts("CHAT", "EMAIL", "FORM", "PHONE"),
+    "recurringbillingfrequency": _opts("monthly", "quarterly", "annually"),
+    "hs_status": _opts("DRAFT", "APPROVAL_NOT_NEEDED", "PENDING_APPROVAL", "APPROVED", "REJECTED"),
+    "hs_call_direction": _opts("INBOUND", "OUTBOUND"),
+    "hs_call_status": _opts("BUSY", "CALLING_CRM_USER", "CANCELED", "COMPLETED", "CONNECTING", "FAILED"),
+    "hs_email_direction": _opts("EMAIL", "INCOMING_EMAIL", "FORWARDED_EMAIL"),
+    "hs_email_status": _opts("BOUNCED", "FAILED", "SCHEDULED", "SENDING", "SENT"),
+    "hs_meeting_outcome": _opts("SCHEDULED", "COMPLETED", "RESCHEDULED", "NO_SHOW", "CANCELED"),
+    "hs_task_status": _opts("NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"),
+    "hs_task_priority": _opts("NONE", "LOW", "MEDIUM", "HIGH"),
+    "hs_task_type": _opts("CALL", "EMAIL", "TODO"),
 }
 # Enumerations whose values are not checked against options (owners, multi-value lists).
-_OPEN_ENUMS = frozenset({"hubspot_owner_id", "hs_additional_emails", "hs_merged_object_ids"})
+_OPEN_ENUMS = frozenset(
+    {"hubspot_owner_id", "hs_additional_emails", "hs_merged_object_ids", "hs_attachment_ids"}
+)
+# Pipeline and stage properties: their values are checked against the portal's pipelines.
+PIPELINE_PROPERTIES: dict[str, tuple[str, str]] = {
+    "deals": ("pipeline", "dealstage"),
+    "tickets": ("hs_pipeline", "hs_pipeline_stage"),
+}
+PIPELINE_ENUMS = frozenset(n for pair in PIPELINE_PROPERTIES.values() for n in pair)
+
+
+@dataclass(slots=True)
+class PropertyGroup:
+    """A property group (``/crm/v3/properties/{objectType}/groups``)."""
+
+    name: str
+    label: str
+    display_order: int = -1
+    archived: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "displayOrder": self.display_order,
+            "archived": self.archived,
+        }
+
+
+def default_groups(object_type: str, props: dict[str, PropertyDef]) -> dict[str, PropertyGroup]:
+    """One group per group name the default properties use (HubSpot's ``…information``)."""
+    out: dict[str, PropertyGroup] = {}
+    for p in props.values():
+        if p.group_name not in out:
+            label = p.group_name.replace("information", " information").strip().capitalize()
+            out[p.group_name] = PropertyGroup(p.group_name, label, len(out))
+    return out
+
+
+def custom_object_properties(group: str) -> dict[str, PropertyDef]:
+    """What every custom object has before its own properties: ids and dates."""
+    out: dict[str, PropertyDef] = {}
+    for name, label, typ, field_type, g in _base(group):
+        out[name] = PropertyDef(name, label, typ, field_type, g)
+    return out
 
 
 def default_properties(object_type: str) -> dict[str, PropertyDef]:
-    """HubSpot's default properties of one object type, plus the custom ``external_id``.
+    """HubSpot's default properties of one standard object type, plus the custom ``external_id``.
 
     ``external_id`` (a string with ``hasUniqueValue``) exists by default so that clients can
     upsert by it, as hubsync does.
@@ -248,7 +381,7 @@ def validate_value(prop: PropertyDef, value: str) -> str | None:
             return f"{value} was not a valid long or ISO 8601 date"
         if t == "date" and ms % 86_400_000 != 0:
             return f"{value} is at {ms % 86_400_000} ms past midnight UTC, dates must be at midnight UTC"
-    elif t == "enumeration" and prop.options and prop.name not in _OPEN_ENUMS:
+    elif t == "enumeration" and prop.options and prop.name not in _OPEN_ENUMS | PIPELINE_ENUMS:
         allowed = {o["value"] for o in prop.options}
         if prop.field_type == "checkbox":
             bad = [v for v in value.split(";") if v not in allowed]

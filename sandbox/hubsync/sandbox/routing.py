@@ -18,14 +18,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .config import OAUTH_APP_BURST, FaultRule
-from .errors import ApiError, error_body, expired, fault, missing_scopes, rate_limited, unauthorized
-from .properties import OBJECT_TYPES
+from .errors import (
+    ApiError,
+    correlation_id,
+    error_body,
+    expired,
+    fault,
+    missing_scopes,
+    rate_limited,
+    unauthorized,
+)
 from .state import ORIGIN_API, ORIGIN_FAULT, ORIGIN_RATE_LIMIT, RequestOutcome, SandboxState, Token
 from .store import PortalStore, WriteSource
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[["Call"], Awaitable[tuple[int, Any]]]
+CORRELATION_HEADER = "X-HubSpot-Correlation-Id"
 
 
 class Call:
@@ -49,7 +58,7 @@ class Call:
 
     def object_type(self, key: str = "objectType") -> str:
         raw = self.params[key]
-        t = OBJECT_TYPES.get(raw) or OBJECT_TYPES.get(raw.lower())
+        t = self.portal_store.types.resolve(raw)
         if t is None:
             raise ApiError(
                 400,
@@ -229,13 +238,17 @@ def api_route(
                 )
             origin = ORIGIN_API
             status, body = await handler(call)
-            resp = json_response(status, body, headers)
+            h = dict(headers or {})
+            h[CORRELATION_HEADER] = correlation_id()
+            resp = json_response(status, body, h)
         except ApiError as err:
             status = err.status
             if origin == ORIGIN_RATE_LIMIT:
                 outcome.policy = err.body.get("policyName")
             h = dict(headers or {})
             h.update(err.headers)
+            # HubSpot sends the body's correlationId as a header as well.
+            h[CORRELATION_HEADER] = str(err.body.get("correlationId") or correlation_id())
             if status == 429 and state.config.rate_limit_retry_after_s is not None:
                 h.setdefault("Retry-After", str(state.config.rate_limit_retry_after_s))
             resp = json_response(status, err.body, h)
@@ -277,20 +290,40 @@ def api_route(
     return Route(template, endpoint, methods=[method], name=endpoint_name)
 
 
+# Scopes that grant access to a standard type besides ``crm.objects.<type>.<action>``.
+_LEGACY_SCOPES = {"tickets": "tickets", "products": "e-commerce", "line_items": "e-commerce"}
+# Engagements are granted by the contacts scopes (HubSpot's engagement API pages list them).
+_ENGAGEMENT_SCOPE = "contacts"
+
+
+def object_scopes(t: str, action: str, custom: bool) -> list[str]:
+    """Scopes any one of which lets a token ``action`` (read/write) records of type ``t``."""
+    if custom:
+        return [f"crm.objects.custom.{action}"]
+    if t in ("notes", "calls", "emails", "meetings", "tasks"):
+        return [f"crm.objects.{_ENGAGEMENT_SCOPE}.{action}"]
+    out = [f"crm.objects.{t}.{action}"]
+    if t in _LEGACY_SCOPES:
+        out.append(_LEGACY_SCOPES[t])
+    return out
+
+
 def _check_scope(call: Call, tok: Token, scope: str) -> None:
     key = "objectType" if "objectType" in call.params else "fromObjectType"
-    t = OBJECT_TYPES.get(call.params[key].lower())
+    t = call.portal_store.types.resolve(call.params[key])
     if t is None:
         return  # the handler answers 400 for an unknown type
+    custom = call.portal_store.type_def(t).custom
     action = scope.split(".")[-1]
-    needed = f"crm.objects.{t}.{action}"
+    allowed = object_scopes(t, action, custom)
     if scope.startswith("schema"):
-        needed = f"crm.schemas.{t}.{action}"
         # Reading property definitions is also allowed with the object read scope.
-        if action == "read" and f"crm.objects.{t}.read" in tok.scopes:
-            return
-    if needed not in tok.scopes:
-        raise missing_scopes([needed])
+        schema = f"crm.schemas.{'custom' if custom else t}.{action}"
+        # Only the three core objects and custom objects have schema scopes of their own.
+        own = custom or t in ("contacts", "companies", "deals")
+        allowed = [schema, *allowed] if action == "read" or not own else [schema]
+    if not any(s in tok.scopes for s in allowed):
+        raise missing_scopes([allowed[0]])
 
 
 def public_route(

@@ -185,8 +185,16 @@ _NUM_CMP: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def compile_search(body: dict[str, Any], props: dict[str, PropertyDef], object_type: str) -> dict[str, Any]:
-    """Validates a search body. Returns the predicate, sort keys, limit and offset."""
+def compile_search(
+    body: dict[str, Any],
+    props: dict[str, PropertyDef],
+    object_type: str,
+    query_props: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Validates a search body. Returns the predicate, sort keys, limit and offset.
+
+    ``query_props``: where the free-text ``query`` looks (default: the standard type's).
+    """
     from .properties import QUERY_PROPERTIES
 
     groups = body.get("filterGroups") or []
@@ -224,7 +232,7 @@ def compile_search(body: dict[str, Any], props: dict[str, PropertyDef], object_t
         )
 
     query = body.get("query")
-    qprops = QUERY_PROPERTIES[object_type]
+    qprops = query_props if query_props is not None else QUERY_PROPERTIES[object_type]
 
     def predicate(p: dict[str, str]) -> bool:
         if compiled and not any(all(f(p) for f in grp) for grp in compiled):

@@ -264,7 +264,7 @@ class SandboxState:
                 **change.extra,
             }
         )
-        self.webhooks.on_change(change)
+        self.webhooks.on_change(change, self.stores[change.portal_id].type_def(change.object_type))
 
     # ---- tokens -----------------------------------------------------------------------------------
 

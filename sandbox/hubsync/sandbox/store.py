@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 
 from .errors import ApiError, conflict, error_body, validation_error
+from .objecttypes import ENGAGEMENTS, ObjectType, TypeRegistry
+from .pipelines import Pipeline, check_pipeline, default_pipelines
 from .properties import (
-    DEFAULT_READ_PROPERTIES,
-    OBJECT_TYPE_IDS,
     READ_ONLY,
-    SINGULAR,
-    UPPER,
     PropertyDef,
+    PropertyGroup,
+    default_groups,
     default_properties,
     validate_value,
 )
@@ -129,27 +129,6 @@ class CrmObject:
         return out
 
 
-# (from, to) → (default type id, reverse default type id); primary (label) ids for companies.
-ASSOCIATION_TYPES: dict[tuple[str, str], tuple[int, int]] = {
-    ("contacts", "companies"): (279, 280),
-    ("companies", "contacts"): (280, 279),
-    ("deals", "contacts"): (3, 4),
-    ("contacts", "deals"): (4, 3),
-    ("deals", "companies"): (341, 342),
-    ("companies", "deals"): (342, 341),
-}
-PRIMARY_TYPES: dict[tuple[str, str], tuple[int, int]] = {
-    ("contacts", "companies"): (1, 2),
-    ("companies", "contacts"): (2, 1),
-    ("deals", "companies"): (5, 6),
-    ("companies", "deals"): (6, 5),
-}
-
-
-def association_label(from_type: str, to_type: str) -> str:
-    return f"{UPPER[from_type]}_TO_{UPPER[to_type]}"
-
-
 class PortalStore:
     """The CRM of one portal."""
 
@@ -169,20 +148,42 @@ class PortalStore:
         self.index_lag_ms = index_lag_ms
         self.property_change_on_creation = property_change_on_creation
         self.merged_id_redirect = merged_id_redirect
+        self.types = TypeRegistry(hub_id)
         # object type → merged-away id → id of the record it was merged into
-        self.merged_into: dict[str, dict[int, int]] = {t: {} for t in OBJECT_TYPE_IDS}
+        self.merged_into: dict[str, dict[int, int]] = {}
         self._next_id = first_id
-        self.objects: dict[str, dict[int, CrmObject]] = {t: {} for t in OBJECT_TYPE_IDS}
-        self.properties: dict[str, dict[str, PropertyDef]] = {
-            t: default_properties(t) for t in OBJECT_TYPE_IDS
-        }
+        self.objects: dict[str, dict[int, CrmObject]] = {}
+        self.properties: dict[str, dict[str, PropertyDef]] = {}
+        self.groups: dict[str, dict[str, PropertyGroup]] = {}
         # object type → unique property → value → object id
-        self.unique: dict[str, dict[str, dict[str, int]]] = {
-            t: {n: {} for n, p in self.properties[t].items() if p.has_unique_value or n == "email"}
-            for t in OBJECT_TYPE_IDS
-        }
+        self.unique: dict[str, dict[str, dict[str, int]]] = {}
+        for t in list(self.types.types):
+            self._init_type(t, default_properties(t))
+        # object type → pipeline id → pipeline (deals and tickets)
+        self.pipelines: dict[str, dict[str, Pipeline]] = default_pipelines(clock.now_ms())
         # (type, id) → (to type, to id) → association type ids
         self.assocs: dict[tuple[str, int], dict[tuple[str, int], set[int]]] = {}
+
+    def _init_type(self, t: str, props: dict[str, PropertyDef]) -> None:
+        self.merged_into[t] = {}
+        self.objects[t] = {}
+        self.properties[t] = props
+        self.groups[t] = default_groups(t, props)
+        self.unique[t] = {n: {} for n, p in props.items() if p.has_unique_value or n == "email"}
+
+    def add_type(self, ot: ObjectType, props: dict[str, PropertyDef]) -> None:
+        """Registers a custom object type (schemas API)."""
+        self.types.add(ot)
+        self._init_type(ot.name, props)
+
+    def remove_type(self, object_type: str) -> None:
+        """Drops a custom object type that has no live records (schema deletion)."""
+        self.types.remove(object_type)
+        for d in (self.objects, self.properties, self.groups, self.unique, self.merged_into):
+            d.pop(object_type, None)
+
+    def type_def(self, object_type: str) -> ObjectType:
+        return self.types.types[object_type]
 
     # ---- properties -------------------------------------------------------------------------
 
@@ -191,8 +192,43 @@ class PortalStore:
         if prop.has_unique_value:
             self.unique[object_type].setdefault(prop.name, {})
 
-    def normalize(self, object_type: str, raw: Any) -> dict[str, str]:
-        """Checks property names and values; returns them as strings. Raises 400 like HubSpot."""
+    def normalize(
+        self,
+        object_type: str,
+        raw: Any,
+        existing: CrmObject | None = None,
+        creating: bool = False,
+    ) -> dict[str, str]:
+        """Checks property names and values; returns them as strings. Raises 400 like HubSpot.
+
+        ``creating``: the values are a new record's (required properties must be there);
+        ``existing``: the record they update (its pipeline decides which stages are valid).
+        """
+        out = self._normalize(object_type, raw)
+        if creating:
+            missing = [n for n in self.type_def(object_type).required if not out.get(n)]
+            if missing:
+                raise validation_error(
+                    f"Missing required properties for {self.type_def(object_type).singular}: {missing}",
+                    errors=[
+                        _prop_problem(n, f"{n} is required", "REQUIRED_PROPERTY_MISSING") for n in missing
+                    ],
+                )
+        product = out.get("hs_product_id") if object_type == "line_items" else None
+        if product and self.get("products", product) is None:
+            # A line item's product must exist (HubSpot refuses the write otherwise).
+            raise validation_error(
+                f"hs_product_id {product} does not name an existing product",
+                errors=[
+                    _prop_problem("hs_product_id", f"product {product} does not exist", "INVALID_OPTION")
+                ],
+            )
+        pipes = self.pipelines.get(object_type)
+        if pipes is not None and (creating or existing is not None or out):
+            check_pipeline(object_type, pipes, out, existing.props if existing else None, creating)
+        return out
+
+    def _normalize(self, object_type: str, raw: Any) -> dict[str, str]:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
@@ -207,7 +243,7 @@ class PortalStore:
                     _prop_problem(name, f'Property "{name}" does not exist', "PROPERTY_DOESNT_EXIST")
                 )
                 continue
-            if name in READ_ONLY and name != "createdate":
+            if name in READ_ONLY and name not in ("createdate", "hs_createdate"):
                 problems.append(_prop_problem(name, f'"{name}" is a read only property', "READ_ONLY_VALUE"))
                 continue
             if value is None:
@@ -251,7 +287,7 @@ class PortalStore:
 
     def read_names(self, object_type: str, requested: list[str] | None) -> tuple[str, ...]:
         if not requested:
-            return DEFAULT_READ_PROPERTIES[object_type]
+            return self.type_def(object_type).default_read
         defs = self.properties[object_type]
         # HubSpot ignores names that do not exist; hs_object_id is always there.
         names = [n for n in requested if n in defs]
@@ -300,10 +336,11 @@ class PortalStore:
                 continue
             other = index.get(value)
             if other is not None and other != self_id:
+                singular = self.type_def(object_type).singular
                 if name == "email":
-                    return conflict(f"{SINGULAR[object_type].title()} already exists. Existing ID: {other}")
+                    return conflict(f"{singular.title()} already exists. Existing ID: {other}")
                 return conflict(
-                    f"A {SINGULAR[object_type]} with the unique value {value!r} for property {name!r} "
+                    f"A {singular} with the unique value {value!r} for property {name!r} "
                     f"already exists. Existing ID: {other}"
                 )
         return None
@@ -333,12 +370,14 @@ class PortalStore:
         iso = ms_to_iso(now)
         full = {k: v for k, v in props.items() if v != ""}
         full["hs_object_id"] = str(oid)
-        full.setdefault("createdate", iso)
+        full.setdefault("hs_createdate" if object_type in ENGAGEMENTS else "createdate", iso)
         full["hs_lastmodifieddate"] = iso
         if object_type == "contacts":
             full["lastmodifieddate"] = iso
         if object_type == "deals":
             full.setdefault("pipeline", "default")
+        if object_type == "tickets":
+            full.setdefault("hs_pipeline", "0")
         obj = CrmObject(oid, full, now)
         self.objects[object_type][oid] = obj
         self._index(object_type, obj, None)
@@ -421,7 +460,10 @@ class PortalStore:
         obj = self.objects[object_type].get(oid)
         if obj is None or not obj.archived or oid in self.merged_into[object_type]:
             # A record merged into another can't be restored.
-            raise ApiError(404, error_body(f"No archived {SINGULAR[object_type]} {oid}", "OBJECT_NOT_FOUND"))
+            raise ApiError(
+                404,
+                error_body(f"No archived {self.type_def(object_type).singular} {oid}", "OBJECT_NOT_FOUND"),
+            )
         err = self.unique_conflict(object_type, obj.props, obj.id)
         if err is not None:
             raise err
@@ -492,19 +534,17 @@ class PortalStore:
         source: WriteSource,
         emit: bool = True,
     ) -> set[int]:
-        default, reverse = ASSOCIATION_TYPES[(from_type, to_type)]
-        wanted = set(type_ids) if type_ids else {default}
-        prim = PRIMARY_TYPES.get((from_type, to_type))
-        rev_types = {reverse if t == default else (prim[1] if prim and t == prim[0] else t) for t in wanted}
+        defs = self.types.assoc_defs
+        wanted = set(type_ids) if type_ids else {self.types.default_assoc[(from_type, to_type)]}
+        rev_types = {defs[t].inverse_id for t in wanted}
         fwd = self.assocs.setdefault((from_type, from_id), {}).setdefault((to_type, to_id), set())
         back = self.assocs.setdefault((to_type, to_id), {}).setdefault((from_type, from_id), set())
         new = wanted - fwd
         fwd |= wanted
         back |= rev_types
         if new and emit:
-            self._assoc_change(
-                from_type, from_id, to_type, to_id, False, bool(prim and prim[0] in new), source
-            )
+            primary = any(defs[t].label == "Primary" and defs[t].category == "HUBSPOT_DEFINED" for t in new)
+            self._assoc_change(from_type, from_id, to_type, to_id, False, primary, source)
         return fwd
 
     def dissociate(
@@ -521,11 +561,12 @@ class PortalStore:
         fwd = fwd_map.get((to_type, to_id))
         if not fwd:
             return False
-        if type_ids:
-            fwd -= type_ids
-        else:
-            fwd.clear()
+        removed = set(fwd) if not type_ids else fwd & type_ids
+        fwd -= removed
         back_map = self.assocs.get((to_type, to_id), {})
+        back = back_map.get((from_type, from_id))
+        if back is not None:
+            back -= {self.types.assoc_defs[t].inverse_id for t in removed}
         if not fwd:
             fwd_map.pop((to_type, to_id), None)
             back_map.pop((from_type, from_id), None)
@@ -547,7 +588,7 @@ class PortalStore:
                     now,
                     source,
                     extra={
-                        "associationType": association_label(a, b),
+                        "associationType": self.types.association_label(a, b),
                         "fromObjectId": aid,
                         "toObjectId": bid,
                         "associationRemoved": removed,
@@ -588,7 +629,7 @@ class PortalStore:
     ) -> tuple[list[tuple[int, dict[str, str]]], int, int]:
         """Returns (page of (id, indexed properties), total, offset after the page or -1)."""
         defs = self.properties[object_type]
-        spec = compile_search(body, defs, object_type)
+        spec = compile_search(body, defs, object_type, self.type_def(object_type).query_props)
         now = self.clock.now_ms()
         pred = spec["predicate"]
         hits: list[tuple[int, dict[str, str]]] = []

@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from .config import SandboxConfig, WebhookSubscriptionConfig
-from .properties import OBJECT_TYPE_IDS, SINGULAR
+from .objecttypes import ObjectType
 from .store import Change
 
 # The escapes HubSpot decodes in the URI before computing a v3 signature (facts file, section 1).
@@ -82,14 +82,26 @@ class Subscriptions:
     def installed(self, hub_id: int) -> bool:
         return not self.installed_in or hub_id in self.installed_in
 
-    def matches(self, object_type: str, kind: str, prop: str | None) -> list[tuple[str, int, bool]]:
-        """(subscriptionType, subscriptionId, generic) for every subscription the change matches."""
-        singular = SINGULAR[object_type]
+    def matches(self, otype: ObjectType, kind: str, prop: str | None) -> list[tuple[str, int, bool]]:
+        """(subscriptionType, subscriptionId, generic) for every subscription the change matches.
+
+        Classic types (``ticket.creation``) exist for contacts, companies, deals, tickets,
+        products and line items; every type, custom objects included, has the generic
+        ``object.*`` ones (whose events carry ``objectTypeId``). ``object.creation@2-123``
+        limits a generic subscription to one object type id, as HubSpot's generic subscriptions
+        are made per object type.
+        """
         out = []
         for t in self.types:
             base, _, only_prop = t.partition(":")
+            base, _, only_type = base.partition("@")
             obj, _, k = base.partition(".")
-            if k != kind or obj not in (singular, "object"):
+            if k != kind:
+                continue
+            if obj == "object":
+                if only_type and only_type != otype.type_id:
+                    continue
+            elif otype.webhook_prefix is None or obj != otype.webhook_prefix:
                 continue
             if only_prop and only_prop != prop:
                 continue
@@ -142,11 +154,11 @@ class WebhookDispatcher:
 
     # ---- events -------------------------------------------------------------------------------
 
-    def on_change(self, change: Change) -> None:
+    def on_change(self, change: Change, otype: ObjectType) -> None:
         for sub in self.subs.values():
             if not sub.target_url or not sub.installed(change.portal_id):
                 continue
-            for stype, sid, generic in sub.matches(change.object_type, change.kind, change.property_name):
+            for stype, sid, generic in sub.matches(otype, change.kind, change.property_name):
                 event: dict[str, Any] = {
                     "eventId": self._next_event_id,
                     "subscriptionId": sid,
@@ -162,7 +174,7 @@ class WebhookDispatcher:
                 if change.source.source_id is not None:
                     event["sourceId"] = change.source.source_id
                 if generic:
-                    event["objectTypeId"] = OBJECT_TYPE_IDS[change.object_type]
+                    event["objectTypeId"] = otype.type_id
                 if change.kind == "propertyChange":
                     event["propertyName"] = change.property_name
                     event["propertyValue"] = change.property_value

@@ -189,7 +189,7 @@ async def test_v3_read_with_associations(client: httpx.AsyncClient) -> None:
             {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 279},
         ],
     )
-    assert r.status_code == 200 and r.json()["labels"] == ["Primary"]
+    assert r.status_code == 201 and r.json()["labels"] == ["Primary"]  # 201 per HubSpot's v4 spec
     r = await client.get(f"{CONTACTS}/{a}", params={"associations": "companies,deals"})
     assert r.json()["associations"] == {
         "companies": {

@@ -102,7 +102,9 @@ async def test_bad_input_is_invalid_argument_with_details(
 ) -> None:
     async with stack(redis_url, caller_tokens) as s:
         bad = writer_pb2.Write(
-            record=writer_pb2.RecordWrite(operation=writer_pb2.WRITE_OPERATION_UPSERT, object_type="tickets")
+            record=writer_pb2.RecordWrite(
+                operation=writer_pb2.WRITE_OPERATION_UPSERT, object_type="spaceships"
+            )
         )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.stub.SubmitWrites(

@@ -34,8 +34,10 @@ def _mappings(*types: str) -> MappingSet:
         ({"subscriptionType": "contact.creation"}, "MALFORMED_ENTRY"),  # no objectId
         ({"subscriptionType": "contact", "objectId": 1}, "MALFORMED_ENTRY"),  # no kind
         ({"subscriptionType": "gizmo.creation", "objectId": 1}, "UNKNOWN_OBJECT_TYPE"),
+        # A custom object: classified here; whether it is mapped is decided when coalescing.
+        ({"subscriptionType": "object.creation", "objectTypeId": "2-99", "objectId": 1}, ""),
         (
-            {"subscriptionType": "object.creation", "objectTypeId": "2-99", "objectId": 1},
+            {"subscriptionType": "object.creation", "objectTypeId": "9-99", "objectId": 1},
             "UNKNOWN_OBJECT_TYPE",
         ),
         ({"subscriptionType": "ticket.creation", "objectId": 1}, ""),  # not synced: simply done
@@ -90,3 +92,42 @@ class _Failed(grpc.aio.AioRpcError):
 )
 def test_what_a_failed_read_means(code: grpc.StatusCode, kind: str) -> None:
     assert classify_error(_Failed(code))[0] == kind
+
+
+def test_every_type_is_classified_and_custom_objects_take_their_mappings_name() -> None:
+    from hubsync.api.writer.v1 import writer_pb2
+    from hubsync.mapper.mappings import LoadedMapping, parse_mappings
+    from hubsync.mapper.objecttypes import CUSTOM_TYPES
+
+    text = (
+        "mappings:\n"
+        "  - {object_type: subscription, id: {external: id, hubspot: sub_key},\n"
+        "     fields: [{hubspot: plan, external: plan}]}\n"
+        "  - {object_type: ticket, id: {external: id, hubspot: external_id},\n"
+        "     fields: [{hubspot: subject, external: s}]}\n"
+    )
+    mappings = MappingSet([LoadedMapping(m, "m.yaml") for m in parse_mappings(text, "m.yaml")])
+    assert mappings.get("tickets") is not None and mappings.get("0-5") is mappings.get("tickets")
+    CUSTOM_TYPES.learn(
+        [writer_pb2.ObjectType(object_type_id="2-777", schema_name="subscription", custom=True)]
+    )
+    CUSTOM_TYPES.learn([writer_pb2.ObjectType(object_type_id="2-778", schema_name="unmapped", custom=True)])
+    entries = [
+        _entry(1, {"subscriptionType": "object.propertyChange", "objectTypeId": "2-777", "objectId": 5}),
+        _entry(2, {"subscriptionType": "ticket.creation", "objectId": 6}),
+        _entry(
+            3, {"subscriptionType": "object.creation", "objectTypeId": "2-778", "objectId": 7}
+        ),  # not mapped
+        _entry(
+            4, {"subscriptionType": "object.creation", "objectTypeId": "2-779", "objectId": 8}
+        ),  # not known
+        _entry(5, {"subscriptionType": "line_item.creation", "objectId": 9}),  # no mapping: done
+        _entry(6, {"subscriptionType": "deal.creation", "objectId": 10}),  # core type, no mapping
+    ]
+    batch = coalesce(entries, mappings)
+    assert sorted(c.key for c in batch.changes) == [("subscription", "5"), ("tickets", "6")]
+    assert sorted(batch.done) == [b"3-0", b"5-0"]
+    assert {e.id: e.reason for e in batch.dead} == {
+        b"4-0": "UNKNOWN_CUSTOM_OBJECT",
+        b"6-0": "UNMAPPED_OBJECT_TYPE",
+    }

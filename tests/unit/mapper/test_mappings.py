@@ -23,8 +23,8 @@ def test_packaged_mappings_load() -> None:
     ("text", "expected"),
     [
         (
-            "object_type: tickets\nid: {external: a, hubspot: b}\nfields: [{hubspot: x, external: y}]\n",
-            "m.yaml:1: object_type: Input should be",
+            "object_type: Tickets!\nid: {external: a, hubspot: b}\nfields: [{hubspot: x, external: y}]\n",
+            "m.yaml:1: object_type: object type 'Tickets!' is neither a standard type",
         ),
         (
             "object_type: deals\nid: {external: a, hubspot: b}\nfields:\n  - {hubspot: x, external: y}\n"
@@ -79,3 +79,27 @@ def test_json_schema_describes_both_shapes() -> None:
     field = schema["$defs"]["FieldMapping"]["properties"]
     assert set(field["owner"]["enum"]) == {"hubspot", "external", "both"}
     assert "split" in field["transform"]["enum"]
+
+
+def test_stage_fields_of_a_pipeline_refuse_unmapped_stages_naming_pipeline_and_stage() -> None:
+    from hubsync.mapper.mappings import LoadedMapping
+    from hubsync.mapper.transforms import TransformError, compile_mapping
+
+    text = (
+        "object_type: ticket\n"
+        "id: {external: id, hubspot: external_id}\n"
+        "fields:\n"
+        "  - {hubspot: subject, external: title}\n"
+        "  - {hubspot: hs_pipeline_stage, external: status, transform: enum, pipeline: '0',\n"
+        "     values: {'1': open, '4': done}}\n"
+    )
+    (m,) = parse_mappings(text, "t.yaml")
+    assert m.object_type == "tickets"
+    compiled = compile_mapping(LoadedMapping(m, "t.yaml"))
+    props = compiled.to_hubspot("t-1", {"title": "x", "status": "done"}, owned_only=True)
+    assert props["hs_pipeline_stage"] == "4" and props["hs_pipeline"] == "0"
+    with pytest.raises(TransformError) as err:
+        compiled.to_hubspot("t-1", {"status": "escalated"}, owned_only=True)
+    assert "'escalated'" in str(err.value) and "pipeline '0'" in str(err.value)
+    with pytest.raises(MappingError):
+        parse_mappings(text.replace("hs_pipeline_stage", "subject2"), "t.yaml")

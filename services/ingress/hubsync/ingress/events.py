@@ -21,7 +21,30 @@ OBJECT_TYPES = {
     "line_item": "line_items",
 }
 # Generic ``object.*`` subscriptions name the type by id.
-OBJECT_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals", "0-5": "tickets"}
+OBJECT_TYPE_IDS = {
+    "0-1": "contacts",
+    "0-2": "companies",
+    "0-3": "deals",
+    "0-5": "tickets",
+    "0-7": "products",
+    "0-8": "line_items",
+    "0-14": "quotes",
+    "0-27": "tasks",
+    "0-46": "notes",
+    "0-47": "meetings",
+    "0-48": "calls",
+    "0-49": "emails",
+}
+
+
+def type_of_id(type_id: str) -> str | None:
+    """A generic event's object type: a standard type's name, or a custom object's ``2-…`` id
+    (writer records its writes to custom objects under that id)."""
+    if type_id.startswith("2-") and type_id[2:].isdigit():
+        return type_id
+    return OBJECT_TYPE_IDS.get(type_id)
+
+
 # HubSpot sends at most 100 events per request: more is not HubSpot.
 MAX_EVENTS = 100
 
@@ -58,7 +81,7 @@ class WebhookEvent(NamedTuple):
     def object_type(self) -> str | None:
         prefix = self.subscription_type.partition(".")[0]
         if prefix == "object":
-            return OBJECT_TYPE_IDS.get(self.object_type_id or "")
+            return type_of_id(self.object_type_id or "")
         return OBJECT_TYPES.get(prefix)
 
     def identity(self) -> bytes:

@@ -31,7 +31,7 @@ from hubsync.core.keys import PORTALS_KEY, EchoEntry, EventEntry, echoes_key, ev
 from hubsync.core.outage import loop_error
 from hubsync.ingress import metrics
 from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome
-from hubsync.ingress.events import OBJECT_TYPE_IDS, OBJECT_TYPES, WebhookEvent, parse_events
+from hubsync.ingress.events import OBJECT_TYPES, WebhookEvent, parse_events, type_of_id
 
 log = logging.getLogger(__name__)
 
@@ -273,5 +273,5 @@ class Reconciler:
 def _object_type(event: dict[str, Any]) -> str | None:
     prefix = str(event.get("subscriptionType", "")).partition(".")[0]
     if prefix == "object":
-        return OBJECT_TYPE_IDS.get(str(event.get("objectTypeId", "")))
+        return type_of_id(str(event.get("objectTypeId", "")))
     return OBJECT_TYPES.get(prefix)

@@ -27,7 +27,8 @@ from hubsync.core.bounds import name_problem
 from hubsync.core.errors import InvalidArgument
 from hubsync.core.keys import PORTALS_KEY, FeedEntry, feed_key
 from hubsync.mapper.groups import ConsumerGroupLimit
-from hubsync.mapper.mappings import OBJECT_TYPES
+from hubsync.mapper.mappings import CORE_TYPES
+from hubsync.mapper.objecttypes import canonical_name, known_object_type
 
 # How often new portals' streams are looked for: a new portal's first events wait at most this.
 DISCOVER_INTERVAL_S = 0.25
@@ -71,8 +72,10 @@ def validate_subscription(sub: Subscription) -> None:
     if problem := name_problem(sub.consumer):
         bad["consumer"] = problem
     for i, t in enumerate(sub.object_types):
-        if t not in OBJECT_TYPES:
-            bad[f"object_types[{i}]"] = f"must be one of {', '.join(OBJECT_TYPES)}"
+        if not known_object_type(t):
+            bad[f"object_types[{i}]"] = "must be a standard object type or a custom object's schema name"
+        elif canonical_name(t) != t:
+            bad[f"object_types[{i}]"] = f"use the mapping's name {canonical_name(t)!r}"
     for i, p in enumerate(sub.portal_ids):
         if p <= 0:
             bad[f"portal_ids[{i}]"] = "must be a positive HubSpot portal id"
@@ -87,7 +90,7 @@ def validate_subscription(sub: Subscription) -> None:
 def parse_ack_id(ack_id: str) -> tuple[str, str]:
     """``<portal>/<type>/<id>`` → (stream key, entry id); raises ValueError."""
     portal, object_type, entry = ack_id.split("/")
-    if not portal.isdigit() or object_type not in OBJECT_TYPES:
+    if not portal.isdigit() or not known_object_type(object_type):
         raise ValueError(ack_id)
     ms, _, seq = entry.partition("-")
     if not ms.isdigit() or not seq.isdigit():
@@ -117,7 +120,8 @@ class ChangeFeed:
         if not portals:
             members = await self.redis.smembers(PORTALS_KEY)  # type: ignore[misc]
             portals = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
-        types = list(sub.object_types) or list(OBJECT_TYPES)
+        # No types named: the core three (other types' feeds are subscribed to by name).
+        types = list(sub.object_types) or list(CORE_TYPES)
         return [(feed_key(p, t), p, t) for p in portals for t in types]
 
     async def _ensure_group(self, key: str, group: str) -> None:

@@ -1,9 +1,11 @@
 """Event-stream entries → per-record changes: parse, classify, coalesce.
 
 An entry that can never become a change (not JSON, not an event, an object type HubSpot does not
-have, a synced type without a mapping) is set aside with the reason, for the inbound dead-letter
-queue. Events of HubSpot types hubsync does not sync (tickets, products, line items) are simply
-done: that is configuration, not a failure.
+have, contacts/companies/deals without a mapping, a custom object id the mapper has not learned
+yet) is set aside with the reason, for the inbound dead-letter queue. Events of the other types
+(tickets, line items, a known custom object, …) without a mapping are simply done: that is
+configuration, not a failure. A change carries its mapping's object type name (a custom object's
+events name it by id).
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ import orjson
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.core.keys import EventEntry
 from hubsync.core.telemetry import extract_context
+from hubsync.mapper.objecttypes import CUSTOM_ID, CUSTOM_TYPES, STANDARD_IDS, WEBHOOK_PREFIX
 from hubsync.mapper.transforms import MappingSet
 
 _EVENT = EventEntry.EVENT.encode()
 _TRACEPARENT = EventEntry.TRACEPARENT.encode()
 
-SYNCED_TYPES = {"contact": "contacts", "company": "companies", "deal": "deals"}
-SYNCED_TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals"}
-# HubSpot object types hubsync does not sync: their events are acknowledged and dropped.
-NOT_SYNCED = frozenset({"ticket", "product", "line_item", "0-5", "0-7", "0-8"})
+SYNCED_TYPES = WEBHOOK_PREFIX
+SYNCED_TYPE_IDS = {tid: name for name, tid in STANDARD_IDS.items()}
+# Without a mapping, events of these types are dead-lettered (hubsync's core objects); of any
+# other type they are done.
+MUST_MAP = frozenset({"contacts", "companies", "deals"})
+
+
+def _type_of_id(type_id: str) -> str | None:
+    """A generic event's objectTypeId: a standard type's name, or a custom object's id."""
+    return SYNCED_TYPE_IDS.get(type_id) or (type_id if CUSTOM_ID.match(type_id) else None)
+
+
 _KIND_RANK = {  # the strongest kind of a coalesced group wins
     "propertyChange": (1, mapper_pb2.CHANGE_KIND_UPDATED),
     "associationChange": (0, mapper_pb2.CHANGE_KIND_ASSOCIATION_CHANGED),
@@ -114,7 +125,7 @@ def classify(event: dict[str, Any]) -> tuple[str, str, str] | None:
     """(object type, record id, event kind) of a webhook event of a synced type, else None."""
     sub = str(event.get("subscriptionType") or "")
     prefix, _, suffix = sub.partition(".")
-    object_type = SYNCED_TYPES.get(prefix) or SYNCED_TYPE_IDS.get(str(event.get("objectTypeId") or ""))
+    object_type = SYNCED_TYPES.get(prefix) or _type_of_id(str(event.get("objectTypeId") or ""))
     if object_type is None or not suffix:
         return None
     object_id = event.get("objectId")
@@ -141,11 +152,9 @@ def parse_entry(entry_id: bytes, fields: Fields) -> ParsedEntry:
     entry.event = event
     sub = str(event.get("subscriptionType") or "")
     prefix = sub.partition(".")[0]
-    if prefix in NOT_SYNCED or str(event.get("objectTypeId") or "") in NOT_SYNCED:
-        return entry  # not synced: done, no reason
     entry.what = classify(event)
     if entry.what is None:
-        if prefix in SYNCED_TYPES or str(event.get("objectTypeId") or "") in SYNCED_TYPE_IDS:
+        if prefix in SYNCED_TYPES or _type_of_id(str(event.get("objectTypeId") or "")):
             entry.reason, entry.detail = "MALFORMED_ENTRY", "the event names no record or no kind"
         else:
             entry.reason = "UNKNOWN_OBJECT_TYPE"
@@ -166,11 +175,20 @@ def coalesce(entries: list[ParsedEntry], mappings: MappingSet) -> Batch:
             done.append(entry.id)
             continue
         object_type, object_id, suffix = entry.what
-        if mappings.get(object_type) is None:
-            entry.reason = "UNMAPPED_OBJECT_TYPE"
-            entry.detail = f"no mapping is loaded for {object_type}"
-            dead.append(entry)
+        mapping = mappings.get(object_type)
+        if mapping is None:
+            if CUSTOM_ID.match(object_type) and CUSTOM_TYPES.name_of(object_type) is None:
+                entry.reason = "UNKNOWN_CUSTOM_OBJECT"
+                entry.detail = f"custom object type {object_type} is not known (yet): replay once it is"
+                dead.append(entry)
+            elif object_type in MUST_MAP:
+                entry.reason = "UNMAPPED_OBJECT_TYPE"
+                entry.detail = f"no mapping is loaded for {object_type}"
+                dead.append(entry)
+            else:
+                done.append(entry.id)  # a type hubsync is not configured to sync
             continue
+        object_type = mapping.object_type
         # Association changes stay apart from property changes of the same record.
         slot = "assoc" if suffix == "associationChange" else "record"
         group = groups.setdefault((object_type, object_id, slot), RecordChange(object_type, object_id))

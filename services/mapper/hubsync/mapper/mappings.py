@@ -15,6 +15,12 @@ A file holds one mapping (one object type) or ``mappings: [...]`` with several::
       - {hubspot: properties.lifecyclestage, external: stage, owner: hubspot, default: lead}
     associations:
       - {external: company_id, to: companies}   # field holding the other record's external id
+      - {external: billing_id, to: companies, label: Billing contact}   # a labelled association
+
+``object_type`` is any standard type (``tickets``, ``line_items``, ``notes``, …) or a custom
+object's schema name (``subscription``). A stage field may name its ``pipeline``: its ``values``
+then are that pipeline's stages, the pipeline property is written with the stage, and a stage
+with no mapping is refused naming pipeline and stage.
 
 ``owner`` says who may change a field: ``hubspot`` (pushes never write it), ``external`` or
 ``both`` (default). A list of HubSpot properties is a concatenation: inbound only.
@@ -30,9 +36,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-OBJECT_TYPES = ("companies", "contacts", "deals")
-# Dependency order of writes: an association needs both ends.
+from hubsync.mapper.objecttypes import STANDARD_IDS, canonical_name
+
+# The standard object types; custom objects are mapped by schema name.
+OBJECT_TYPES = tuple(STANDARD_IDS)
+# What a change-feed subscription that names no types reads.
+CORE_TYPES = ("companies", "contacts", "deals")
+# Writes are ordered by writer (the graph of their associations); this only makes the order of
+# one push's writes stable.
 WRITE_ORDER = {"companies": 0, "contacts": 1, "deals": 2}
+# Stage property → the pipeline property of the same record.
+STAGE_PROPERTIES = {"dealstage": "pipeline", "hs_pipeline_stage": "hs_pipeline"}
 
 TransformName = Literal["string", "number", "integer", "bool", "date", "datetime", "split", "enum"]
 Owner = Literal["hubspot", "external", "both"]
@@ -82,6 +96,11 @@ class FieldMapping(BaseModel):
         default=None, description="For enum: HubSpot value → company value."
     )
     default: Any = Field(default=None, description="Inbound value when HubSpot has none.")
+    pipeline: str | None = Field(
+        default=None,
+        description="For a stage (dealstage, hs_pipeline_stage) with transform enum: the pipeline id "
+        "its values belong to; written with the stage; unmapped stages are refused.",
+    )
 
     @field_validator("hubspot")
     @classmethod
@@ -109,6 +128,10 @@ class FieldMapping(BaseModel):
             raise ValueError("`values` only applies to transform enum")
         if isinstance(self.hubspot, list) and self.transform != "string":
             raise ValueError("a concatenation produces a string: leave transform unset")
+        if self.pipeline is not None and (self.transform != "enum" or self.hubspot not in STAGE_PROPERTIES):
+            raise ValueError(
+                f"`pipeline` applies to a stage property ({', '.join(STAGE_PROPERTIES)}) with transform enum"
+            )
         return self
 
     @property
@@ -127,13 +150,19 @@ class AssociationMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     external: str = Field(description="The company's field holding the other record's external id.")
-    to: Literal["companies", "contacts", "deals"] = Field(description="The other record's object type.")
+    to: str = Field(description="The other record's object type (standard, or a custom object's name).")
     association_type_id: int = Field(default=0, ge=0, description="0: HubSpot's default for the pair.")
+    label: str = Field(default="", description="An association label of the pair (instead of a type id).")
 
     @field_validator("external")
     @classmethod
     def _ext(cls, v: str) -> str:
         return _check_path(v, "field")
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, v: str) -> str:
+        return canonical_name(v)
 
 
 class Mapping(BaseModel):
@@ -141,10 +170,20 @@ class Mapping(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    object_type: Literal["companies", "contacts", "deals"]
+    object_type: str = Field(description="A standard object type or a custom object's schema name.")
     id: IdPair
     fields: list[FieldMapping] = Field(min_length=1)
     associations: list[AssociationMapping] = Field(default_factory=list)
+    deletes: Literal["never", "owned", "any"] = Field(
+        default="never",
+        description="Which pushed deletions archive the HubSpot record: none, only records hubsync "
+        "created (owned), or any.",
+    )
+
+    @field_validator("object_type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        return canonical_name(v)
 
     @model_validator(mode="after")
     def _unique(self) -> Mapping:

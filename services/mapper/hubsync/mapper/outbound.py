@@ -29,7 +29,8 @@ from hubsync.core.keys import fingerprint_key, push_done_key, push_lock_key, pus
 from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest
-from hubsync.mapper.mappings import WRITE_ORDER
+from hubsync.mapper.mappings import OBJECT_TYPES, WRITE_ORDER
+from hubsync.mapper.objecttypes import CUSTOM_TYPES
 from hubsync.mapper.transforms import MappingSet, TransformError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ class PushRecord:
     object_type: str
     external_id: str
     fields: dict[str, Any]
+    deleted: bool = False
+
+
+# Fingerprint-hash field saying hubsync's push created the record (HubSpot property names start
+# with a letter, so it never collides with one): what a mapping's `deletes: owned` checks.
+CREATED_FIELD = "_created"
 
 
 @dataclass
@@ -61,10 +68,11 @@ class _Planned:
     index: int
     record: PushRecord
     changed: dict[str, str]
-    associations: list[tuple[str, str, str, int]] = field(
+    associations: list[tuple[str, str, str, int, str]] = field(
         default_factory=list
-    )  # (to type, to id, to prop, type)
+    )  # (to type, to id, to prop, type, label)
     assoc_digests: dict[str, bytes] = field(default_factory=dict)
+    delete: bool = False
 
 
 class RecordPusher:
@@ -96,8 +104,13 @@ class RecordPusher:
         if len(records) > _MAX_RECORDS:
             bad["records"] = f"at most {_MAX_RECORDS} records per call"
         for i, r in enumerate(records):
-            if mappings.get(r.object_type) is None:
+            mapping = mappings.get(r.object_type)
+            if mapping is None:
                 bad[f"records[{i}].object_type"] = f"no mapping for {r.object_type!r}"
+            elif r.deleted and mapping.mapping.deletes == "never":
+                bad[f"records[{i}].deleted"] = (
+                    f"the mapping of {mapping.object_type} does not allow deletes (deletes: never)"
+                )
             if problem := external_id_problem(r.external_id):
                 bad[f"records[{i}].external_id"] = problem
         if bad:
@@ -108,6 +121,9 @@ class RecordPusher:
     ) -> list[PushResultData]:
         mappings = await self.mappings(portal_id)  # the portal's own (default + overrides)
         self._validate(request_id, portal_id, records, mappings)
+        if any(r.object_type not in OBJECT_TYPES for r in records):
+            # HubSpot's events about custom objects name them by id: learn the ids now.
+            await CUSTOM_TYPES.ensure(self.writer, portal_id)
         request_digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
         done_key = push_done_key(portal_id, request_digest)
         cached = await self.redis.get(done_key)
@@ -159,6 +175,9 @@ class RecordPusher:
         for i, r in enumerate(records):
             mapping = mappings.get(r.object_type)
             assert mapping is not None
+            if r.deleted:
+                planned.append(_Planned(i, r, {}, delete=True))
+                continue
             try:
                 props = mapping.to_hubspot(r.external_id, r.fields, owned_only=True)
             except TransformError as exc:
@@ -171,19 +190,21 @@ class RecordPusher:
                 if value in (None, "") or other is None:
                     continue
                 to_id = str(value)
-                plan.associations.append((a.to, to_id, other.id_property, a.association_type_id))
-                plan.assoc_digests[f"assoc:{a.to}:{a.association_type_id}"] = digest(to_id)
+                plan.associations.append((a.to, to_id, other.id_property, a.association_type_id, a.label))
+                kind = f"{a.association_type_id}" + (f":{a.label}" if a.label else "")
+                plan.assoc_digests[f"assoc:{a.to}:{kind}"] = digest(to_id)
             planned.append(plan)
         if bad:
             raise InvalidArgument("records do not fit their mapping", violations=bad)
 
         # Keep only what differs from the last state seen or written.
+        compared = [p for p in planned if not p.delete]  # a deletion is always sent
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p in planned:
+            for p in compared:
                 names = [*p.changed, *p.assoc_digests]
                 pipe.hmget(fingerprint_key(portal_id, p.record.object_type, p.record.external_id), names)
             known = await pipe.execute()
-        for p, prev in zip(planned, known, strict=True):
+        for p, prev in zip(compared, known, strict=True):
             names = list(p.changed)
             p.changed = {
                 n: v for n, v, old in zip(names, p.changed.values(), prev, strict=False) if digest(v) != old
@@ -198,7 +219,8 @@ class RecordPusher:
             p.associations = keep
 
         results = [PushResultData(r.object_type, r.external_id, UNCHANGED) for r in records]
-        to_send = [p for p in planned if p.changed or p.associations]
+        await self._check_owned(portal_id, planned, results, mappings)
+        to_send = [p for p in planned if p.changed or p.associations or p.delete]
         if to_send:
             await self._write(request_id, portal_id, to_send, results, wait, mappings, version)
         for res in results:
@@ -207,6 +229,35 @@ class RecordPusher:
             )
         await self.redis.set(done_key, orjson.dumps([r.__dict__ for r in results]), ex=self.idempotency_ttl_s)
         return results
+
+    async def _check_owned(
+        self, portal_id: int, planned: list[_Planned], results: list[PushResultData], mappings: MappingSet
+    ) -> None:
+        """Deletions under `deletes: owned` go ahead only for records a push of hubsync created."""
+        owned = [
+            p
+            for p in planned
+            if p.delete
+            and (m := mappings.get(p.record.object_type)) is not None
+            and m.mapping.deletes == "owned"
+        ]
+        if not owned:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in owned:
+                pipe.hget(
+                    fingerprint_key(portal_id, p.record.object_type, p.record.external_id), CREATED_FIELD
+                )
+            created = await pipe.execute()
+        for p, flag in zip(owned, created, strict=True):
+            if not flag:
+                p.delete = False
+                out = results[p.index]
+                out.outcome = FAILED
+                out.error = (
+                    "not deleted: the mapping allows deleting only records hubsync created (deletes: owned), "
+                    "and hubsync did not create this one"
+                )
 
     async def _write(
         self,
@@ -224,7 +275,19 @@ class RecordPusher:
         for p in to_send:
             mapping = mappings.get(p.record.object_type)
             assert mapping is not None
-            if p.changed:
+            if p.delete:
+                writes.append(
+                    writer_pb2.Write(
+                        record=writer_pb2.RecordWrite(
+                            operation=writer_pb2.WRITE_OPERATION_ARCHIVE,
+                            object_type=p.record.object_type,
+                            id=p.record.external_id,
+                            id_property=mapping.id_property,
+                        )
+                    )
+                )
+                owners.append((p, "delete"))
+            elif p.changed:
                 props = dict(p.changed)
                 props.pop(mapping.id_property, None)
                 writes.append(
@@ -243,7 +306,7 @@ class RecordPusher:
         for p in to_send:
             mapping = mappings.get(p.record.object_type)
             assert mapping is not None
-            for to_type, to_id, to_prop, type_id in p.associations:
+            for to_type, to_id, to_prop, type_id, label in p.associations:
                 writes.append(
                     writer_pb2.Write(
                         association=writer_pb2.AssociationWrite(
@@ -254,6 +317,7 @@ class RecordPusher:
                             to_id=to_id,
                             to_id_property=to_prop,
                             association_type_id=type_id,
+                            association_label=label,
                         )
                     )
                 )
@@ -288,6 +352,17 @@ class RecordPusher:
                     writer_pb2.WRITE_STATUS_SUCCEEDED,
                     writer_pb2.WRITE_STATUS_UNCHANGED,
                 )
+                if what == "delete":
+                    if status == writer_pb2.WRITE_STATUS_SUCCEEDED:
+                        out.outcome = WRITTEN
+                        # Gone: a later push of the same id creates the record anew.
+                        pipe.delete(fingerprint_key(portal_id, p.record.object_type, p.record.external_id))
+                    elif status in (writer_pb2.WRITE_STATUS_QUEUED, writer_pb2.WRITE_STATUS_SKIPPED_PILOT):
+                        out.outcome = QUEUED
+                    else:
+                        out.outcome = FAILED
+                        out.error = res.error.message or "dead-lettered"
+                    continue
                 if what == "record":
                     if res.hubspot_id:
                         out.hubspot_id = res.hubspot_id
@@ -304,6 +379,8 @@ class RecordPusher:
                     if ok and not superseded:  # the newer push keeps its own fingerprints
                         fkey = fingerprint_key(portal_id, p.record.object_type, p.record.external_id)
                         pipe.hset(fkey, mapping={n: digest(v) for n, v in p.changed.items()})
+                        if res.created:
+                            pipe.hset(fkey, CREATED_FIELD, b"1")
                         pipe.expire(fkey, FINGERPRINT_TTL_S)
                 else:
                     if ok and succeeded.get(p.index, True):

@@ -21,6 +21,7 @@ from hubsync.mapper.feed import ChangeFeed
 from hubsync.mapper.inbound import InboundWorker
 from hubsync.mapper.inbound_queues import InboundQueues
 from hubsync.mapper.mappings import MappingError
+from hubsync.mapper.objecttypes import CUSTOM_TYPES
 from hubsync.mapper.outbound import RecordPusher
 from hubsync.mapper.portal_mappings import MAPPINGS, PortalMappings
 from hubsync.mapper.properties import PropertyCatalog
@@ -125,6 +126,8 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         background.append(worker.run)
     if settings.reload_interval_s > 0:
         background.append(lambda: registry.watch(settings.reload_interval_s))
+    # Custom objects' type ids (their events name them by id): learned at once, kept current.
+    background.append(lambda: CUSTOM_TYPES.watch(writer, portals, settings.object_types_refresh_s))
 
     async def close() -> None:
         await channel.close()

@@ -98,7 +98,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
     async def PushRecords(
         self, request: mapper_pb2.PushRecordsRequest, context: Any
     ) -> mapper_pb2.PushRecordsResponse:
-        records = [PushRecord(r.object_type, r.external_id, _fields(r.fields)) for r in request.records]
+        records = [
+            PushRecord(r.object_type, r.external_id, _fields(r.fields), r.deleted) for r in request.records
+        ]
         results = await self.pusher.push(request.request_id, request.portal_id, records, wait=request.wait)
         return mapper_pb2.PushRecordsResponse(
             results=[

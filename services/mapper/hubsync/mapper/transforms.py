@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubsync.mapper.mappings import FieldMapping, LoadedMapping, Mapping
+from hubsync.mapper.mappings import STAGE_PROPERTIES, FieldMapping, LoadedMapping, Mapping
+from hubsync.mapper.objecttypes import CUSTOM_TYPES, STANDARD
 
 _DAY_MS = 86_400_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -175,7 +176,7 @@ def _enum_in(values: dict[str, Any]) -> Callable[[str], Any]:
     return enum
 
 
-def _enum_out(values: dict[str, Any]) -> Callable[[Any], str]:
+def _enum_out(values: dict[str, Any], pipeline: str | None = None) -> Callable[[Any], str]:
     back = {str(v) if not isinstance(v, bool) else ("true" if v else "false"): k for k, v in values.items()}
     get = back.get
 
@@ -183,7 +184,17 @@ def _enum_out(values: dict[str, Any]) -> Callable[[Any], str]:
         key = string_out(value)
         return get(key, key)
 
-    return enum
+    def stage(value: Any) -> str:
+        # A stage of a named pipeline: only mapped stages exist there.
+        key = string_out(value)
+        found = get(key)
+        if found is None:
+            raise ValueError(
+                f"stage {key!r} has no mapping in pipeline {pipeline!r} (mapped stages: {sorted(back)})"
+            )
+        return found
+
+    return stage if pipeline is not None else enum
 
 
 _IN: dict[str, Callable[[str], Any]] = {
@@ -215,7 +226,7 @@ def _converter_out(f: FieldMapping) -> Callable[[Any], str]:
     if f.transform == "split":
         return _join_out(f.delimiter)
     if f.transform == "enum":
-        return _enum_out(dict(f.values or {}))
+        return _enum_out(dict(f.values or {}), f.pipeline)
     return _OUT[f.transform]
 
 
@@ -311,6 +322,9 @@ def _compile_outbound(mapping: Mapping, owned_only: bool) -> Outbound:
             f"{body}    except (ValueError, TypeError, OverflowError) as e:",
             f"{body}        raise TE({f.external!r}, str(e)) from None",
         ]
+        if f.pipeline is not None:
+            # The stage's pipeline goes with it (HubSpot checks the stage against it).
+            lines.append(f"{body}    out[{STAGE_PROPERTIES[prop]!r}] = {f.pipeline!r}")
     lines.append("    return out")
     exec(compile("\n".join(lines), f"<mapping {mapping.object_type} outbound>", "exec"), ns)  # noqa: S102
     return ns["outbound"]  # type: ignore[no-any-return]
@@ -390,7 +404,13 @@ class MappingSet:
         return merged
 
     def get(self, object_type: str) -> CompiledMapping | None:
-        return self.by_type.get(object_type)
+        found = self.by_type.get(object_type)
+        if found is None:
+            # A custom object named by its type id (inbound events), or a standard type by a
+            # singular name or 0-… id.
+            alias = CUSTOM_TYPES.name_of(object_type) or STANDARD.get(object_type)
+            found = self.by_type.get(alias) if alias else None
+        return found
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.by_type.values())

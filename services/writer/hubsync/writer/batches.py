@@ -44,7 +44,17 @@ UPSERT = writer_pb2.WRITE_OPERATION_UPSERT
 CREATE = writer_pb2.WRITE_OPERATION_CREATE
 UPDATE = writer_pb2.WRITE_OPERATION_UPDATE
 ARCHIVE = writer_pb2.WRITE_OPERATION_ARCHIVE
-ASSOCIATE = 100  # batches of associations (v4 batch/create); not a proto value
+GDPR_DELETE = writer_pb2.WRITE_OPERATION_GDPR_DELETE  # never batched (submissions.py sends it)
+# Batches of associations; not proto values: create (v4 batch/create), remove one type
+# (batch/labels/archive), remove every type of the pair (batch/archive).
+ASSOCIATE = 100
+ASSOCIATE_REMOVE = 101
+ASSOCIATE_REMOVE_ALL = 102
+_ASSOCIATION_OPS = {
+    ASSOCIATE: "create",
+    ASSOCIATE_REMOVE: "labels/archive",
+    ASSOCIATE_REMOVE_ALL: "archive",
+}
 
 _OPS: dict[int, str] = {UPSERT: "upsert", CREATE: "create", UPDATE: "update", ARCHIVE: "archive"}
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
@@ -80,9 +90,10 @@ class BatchInput:
     links: list[Link] = field(default_factory=list)
     waiters: list[asyncio.Future[Outcome]] = field(default_factory=list)
     trace_ids: list[str] = field(default_factory=list)
-    # For associations: the resolved HubSpot ids and the type.
+    # For associations: the resolved HubSpot ids, the type and its category.
     to_id: str = ""
     type_id: int = 0
+    category: str = "HUBSPOT_DEFINED"
     # Property → version of the write it comes from (0: not ordered), see ordering.py.
     versions: dict[str, int] = field(default_factory=dict)
 
@@ -129,7 +140,7 @@ class BatchWriter:
         self.versions = versions
 
     async def run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int = 1) -> list[Outcome]:
-        if key.operation == ASSOCIATE:
+        if key.operation in _ASSOCIATION_OPS:
             return await self._run_associations(key, inputs, attempt)
         if self.versions is None or key.operation == ARCHIVE:
             return await self._run(key, inputs, attempt)
@@ -354,29 +365,35 @@ class BatchWriter:
         self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int
     ) -> list[Outcome]:
         from_type, to_type = key.object_type.split("/", 1)
-        body = {
-            "inputs": [
-                {
-                    "from": {"id": i.id},
-                    "to": {"id": i.to_id},
-                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": i.type_id}],
-                }
-                for i in inputs
-            ]
-        }
+        op = _ASSOCIATION_OPS[key.operation]
+        body: dict[str, Any]
+        if key.operation == ASSOCIATE_REMOVE_ALL:
+            body = {"inputs": [{"from": {"id": i.id}, "to": [{"id": i.to_id}]} for i in inputs]}
+        else:
+            body = {
+                "inputs": [
+                    {
+                        "from": {"id": i.id},
+                        "to": {"id": i.to_id},
+                        "types": [{"associationCategory": i.category, "associationTypeId": i.type_id}],
+                    }
+                    for i in inputs
+                ]
+            }
         response = await self.client.call(
             key.portal_id,
             "POST",
-            f"/crm/v4/associations/{from_type}/{to_type}/batch/create",
-            route="/crm/v4/associations/{fromObjectType}/{toObjectType}/batch/create",
+            f"/crm/v4/associations/{from_type}/{to_type}/batch/{op}",
+            route=f"/crm/v4/associations/{{fromObjectType}}/{{toObjectType}}/batch/{op}",
             json=body,
             links=[link for item in inputs for link in item.links][:128],
             records=len(inputs),
         )
         has_errors = isinstance(response.body, dict) and bool(response.body.get("errors"))
-        if response.status in (200, 201) or (response.status == 207 and not has_errors):
+        if response.status in (200, 201, 204) or (response.status == 207 and not has_errors):
             return [Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=i.id) for i in inputs]
-        # Creating an association twice changes nothing, so a batch can be split and re-sent.
+        # Creating (or removing) an association twice changes nothing, so a batch can be split
+        # and re-sent.
         if response.status in (207, 400, 409, 502, 504) and len(inputs) > 1:
             mid = len(inputs) // 2
             first, second = await asyncio.gather(

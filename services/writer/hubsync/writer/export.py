@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from hubsync.core.errors import InvalidArgument
-from hubsync.writer.reads import Record, RecordReader, SearchQuery, check_object_type
+from hubsync.writer.reads import Record, RecordReader, SearchQuery
 
 
 @dataclass
@@ -63,7 +63,7 @@ class RecordExporter:
         checkpoint: str = "",
         page_size: int = 0,
     ) -> AsyncIterator[ExportPage]:
-        check_object_type(object_type)
+        object_type = await self.reader.types.resolve(portal_id, object_type)
         if page_size < 0 or page_size > 200:
             raise InvalidArgument("page_size must be 0..200", violations={"page_size": "0..200"})
         if checkpoint:

@@ -55,6 +55,9 @@ class WriterGateway:
     async def submit(
         self, request: writer_pb2.SubmitWritesRequest, deadline: float | None
     ) -> writer_pb2.SubmitWritesResponse:
+        # Object type names become canonical (custom objects by their 2-… id) before anything
+        # is queued or keyed by them.
+        await self.reader.types.canonicalize(request.portal_id, request.writes)
         validate(request.writes)
         await self.refuse_in_pilot(request.portal_id)
         if not request.wait:

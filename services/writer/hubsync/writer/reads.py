@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hubsync.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
 
+if TYPE_CHECKING:
+    from hubsync.writer.objecttypes import ObjectTypes
+
+_CUSTOM_ID = re.compile(r"^2-\d+$")
+
 T = TypeVar("T")
-OBJECT_TYPES = ("companies", "contacts", "deals")
+# The standard object types by canonical name; custom objects are resolved per portal
+# (objecttypes.ObjectTypes).
+OBJECT_TYPES = (
+    "companies",
+    "contacts",
+    "deals",
+    "tickets",
+    "products",
+    "line_items",
+    "quotes",
+    "notes",
+    "calls",
+    "emails",
+    "meetings",
+    "tasks",
+)
 SEARCH_OPERATORS = frozenset(
     [
         "EQ",
@@ -85,7 +106,8 @@ class SearchQuery:
 
 
 def check_object_type(object_type: str, field_name: str = "object_type") -> None:
-    if object_type not in OBJECT_TYPES:
+    """Only for canonical names already resolved (standard, or a custom object's 2-… id)."""
+    if object_type not in OBJECT_TYPES and not _CUSTOM_ID.match(object_type):
         raise InvalidArgument(
             f"unknown object type {object_type!r}",
             violations={field_name: f"must be one of {', '.join(OBJECT_TYPES)}"},
@@ -163,11 +185,28 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 class RecordReader:
-    def __init__(self, client: HubSpotClient, chunk: int = 100, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        client: HubSpotClient,
+        chunk: int = 100,
+        concurrency: int = 8,
+        types: ObjectTypes | None = None,
+    ) -> None:
+        from hubsync.writer.objecttypes import ObjectTypes
+
         self.client = client
+        # Object type names (custom objects through the schemas API), shared with submissions.
+        self.types = types or ObjectTypes(client)
         self.chunk = chunk
         # batch/read calls one ReadRecords has out at once (its chunks wait their turn).
         self.concurrency = concurrency
+
+    async def _names(self, portal_id: int, object_type: str) -> tuple[str, str]:
+        """(the name records are given, the name in HubSpot paths): a standard type's plural for
+        both; a custom object keeps the caller's name (a mapping's) on its records, its 2-… id in
+        paths."""
+        resolved = await self.types.resolve(portal_id, object_type)
+        return (object_type if resolved.startswith("2-") else resolved), resolved
 
     async def read(
         self,
@@ -181,7 +220,7 @@ class RecordReader:
         deadline: float | None = None,
     ) -> tuple[list[Record], list[str]]:
         """Records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
-        check_object_type(object_type)
+        named, object_type = await self._names(portal_id, object_type)
         if any(not i for i in ids):
             raise InvalidArgument("ids must not be empty", violations={"ids": "an id is empty"})
         unique = list(dict.fromkeys(ids))
@@ -197,6 +236,8 @@ class RecordReader:
             self.concurrency,
         )
         records = [r for chunk in results for r in chunk]
+        for r in records:
+            r.object_type = named
         found: set[str] = set()
         for record in records:
             found.add(record.id)
@@ -250,7 +291,7 @@ class RecordReader:
         return [to_record(object_type, raw) for raw in body_out.get("results") or []]
 
     async def list_properties(self, portal_id: int, object_type: str) -> list[PropertyDef]:
-        check_object_type(object_type)
+        object_type = await self.types.resolve(portal_id, object_type)
         response = await self.client.call(
             portal_id,
             "GET",
@@ -277,7 +318,7 @@ class RecordReader:
     async def search(
         self, portal_id: int, object_type: str, query: SearchQuery, deadline: float | None = None
     ) -> SearchPage:
-        check_object_type(object_type)
+        named, object_type = await self._names(portal_id, object_type)
         response = await self.client.call(
             portal_id,
             "POST",
@@ -290,7 +331,7 @@ class RecordReader:
         raise_for(response, "search")
         body = response.body if isinstance(response.body, dict) else {}
         after = str(((body.get("paging") or {}).get("next") or {}).get("after") or "")
-        records = [to_record(object_type, raw) for raw in body.get("results") or []]
+        records = [to_record(named, raw) for raw in body.get("results") or []]
         return SearchPage(records, int(body.get("total") or 0), after)
 
 

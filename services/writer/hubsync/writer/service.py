@@ -52,6 +52,8 @@ def caller_policy(settings: WriterSettings) -> dict[str, list[str]]:
         _method("ReadRecords"): ["mapper", *clients, *admins],
         _method("SearchRecords"): ["ingress", *clients, *admins],
         _method("ListProperties"): ["mapper", *clients, *admins],
+        # The mapper learns custom objects' type ids (inbound events name them by id).
+        _method("ListObjectTypes"): ["mapper", *clients, *admins],
         _method("ExportRecords"): [*clients, *admins],
         # Operators, through the CLI (`hubsync dlq`, `hubsync quota`).
         _method("ListDeadLetters"): admins,

@@ -16,6 +16,7 @@ from hubsync.core.errors import InvalidArgument
 from hubsync.writer.dlq import DeadLetterEntry, DeadLetterQueue
 from hubsync.writer.export import RecordExporter
 from hubsync.writer.gateway import WriterGateway
+from hubsync.writer.objecttypes import READ_ONLY, STANDARD_IDS
 from hubsync.writer.reads import Record, SearchQuery, validate_search
 
 
@@ -169,6 +170,27 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
                 for p in props
             ]
         )
+
+    async def ListObjectTypes(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> writer_pb2.ListObjectTypesResponse:
+        portal = _portal(request.portal_id)
+        out = [
+            writer_pb2.ObjectType(name=n, object_type_id=tid, writable=n not in READ_ONLY)
+            for n, tid in STANDARD_IDS.items()
+        ]
+        for c in await self.gateway.reader.types.custom_types(portal):
+            out.append(
+                writer_pb2.ObjectType(
+                    name=c.object_type_id,
+                    object_type_id=c.object_type_id,
+                    schema_name=c.name,
+                    fully_qualified_name=c.fully_qualified_name,
+                    custom=True,
+                    writable=True,
+                )
+            )
+        return writer_pb2.ListObjectTypesResponse(object_types=out)
 
     async def ListDeadLetters(
         self, request: Any, context: grpc.aio.ServicerContext

@@ -1,15 +1,21 @@
-"""One caller's submission: validated, ordered (companies → contacts → deals → associations),
-fed to the batcher, answered with a result per write.
+"""One caller's submission: validated, ordered by the graph of its associations (graph.py:
+parents before children, associations after both ends, then archives, then GDPR deletes), fed
+to the batcher, answered with a result per write.
 
 An association waits for both ends: ends given by unique value are resolved from this
 submission's own upserts or read from HubSpot; an end that does not exist (or whose write was
-dead-lettered) dead-letters the association with a 404.
+dead-lettered) dead-letters the association with a 404. Its type is the pair's default, a type
+id, or a label resolved through the labels API (objecttypes.py). A GDPR delete is sent on its
+own and audited (``writer_gdpr_audit_key``): when, which record (HubSpot id and a digest of
+the value it was named by, never the value), what HubSpot answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,12 +25,15 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument
-from hubsync.core.keys import written_key
+from hubsync.core.keys import writer_gdpr_audit_key, written_key
 from hubsync.core.telemetry import trace_id_hex
 from hubsync.writer.batches import (
     ARCHIVE,
     ASSOCIATE,
+    ASSOCIATE_REMOVE,
+    ASSOCIATE_REMOVE_ALL,
     CREATE,
+    GDPR_DELETE,
     UPDATE,
     UPSERT,
     BatchInput,
@@ -34,22 +43,25 @@ from hubsync.writer.batches import (
     id_key,
 )
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
-from hubsync.writer.reads import OBJECT_TYPES, RecordReader
+from hubsync.writer.graph import ARCHIVES, ASSOCIATIONS, GDPR, plan
+from hubsync.writer.objecttypes import DEFAULT_ASSOCIATION_TYPES, REFERENCES, STANDARD_IDS
+from hubsync.writer.reads import RecordReader, check_object_type
 from hubsync.writer.results import outcome_from_pb, result_pb
 
 log = logging.getLogger(__name__)
+audit_log = logging.getLogger("hubsync.writer.audit")
 
-ORDER = {"companies": 0, "contacts": 1, "deals": 2}
-# Default association type ids (HUBSPOT_DEFINED), reference §4.
-DEFAULT_ASSOCIATION_TYPES = {
-    ("contacts", "companies"): 279,
-    ("companies", "contacts"): 280,
-    ("deals", "contacts"): 3,
-    ("contacts", "deals"): 4,
-    ("deals", "companies"): 341,
-    ("companies", "deals"): 342,
-}
 MAX_WRITES = 10_000
+# The GDPR audit stream keeps this many entries per portal (approximately).
+GDPR_AUDIT_MAXLEN = 1_000_000
+
+
+def _known_type(t: str) -> bool:
+    try:
+        check_object_type(t)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def validate(writes: Sequence[writer_pb2.Write]) -> None:
@@ -64,42 +76,76 @@ def validate(writes: Sequence[writer_pb2.Write]) -> None:
             v[p] = "set record or association"
         elif kind == "record":
             r = w.record
-            if r.object_type not in OBJECT_TYPES:
-                v[f"{p}.record.object_type"] = f"must be one of {', '.join(OBJECT_TYPES)}"
+            if not _known_type(r.object_type):
+                v[f"{p}.record.object_type"] = "unknown object type"
             if r.operation == writer_pb2.WRITE_OPERATION_UNSPECIFIED or r.operation not in (
                 UPSERT,
                 CREATE,
                 UPDATE,
                 ARCHIVE,
+                GDPR_DELETE,
             ):
                 v[f"{p}.record.operation"] = "required"
-            if r.operation in (UPSERT, UPDATE, ARCHIVE) and not r.id:
-                v[f"{p}.record.id"] = "required for upsert, update and archive"
+            if r.operation in (UPSERT, UPDATE, ARCHIVE, GDPR_DELETE) and not r.id:
+                v[f"{p}.record.id"] = "required for upsert, update, archive and GDPR delete"
             if r.operation == UPSERT and not r.id_property:
                 v[f"{p}.record.id_property"] = "required for upsert"
             if r.operation in (UPSERT, CREATE, UPDATE) and not r.properties:
                 v[f"{p}.record.properties"] = "at least one property"
-            if r.operation in (UPDATE, ARCHIVE) and r.id and not r.id.isdigit():
-                v[f"{p}.record.id"] = "must be a HubSpot id (digits)"
+            if (
+                r.operation in (UPDATE, ARCHIVE, GDPR_DELETE)
+                and r.id
+                and not r.id_property
+                and not r.id.isdigit()
+            ):
+                v[f"{p}.record.id"] = "must be a HubSpot id (digits) unless id_property is set"
+            if r.operation == UPDATE and r.id_property:
+                v[f"{p}.record.id_property"] = "not used by update (use upsert)"
+            if r.operation == GDPR_DELETE:
+                if r.object_type != "contacts":
+                    v[f"{p}.record.object_type"] = "GDPR delete exists for contacts only"
+                if r.id_property not in ("", "email"):
+                    v[f"{p}.record.id_property"] = "GDPR delete takes a HubSpot id or an email"
+                if r.properties:
+                    v[f"{p}.record.properties"] = "GDPR delete takes no properties"
         else:
             a = w.association
             for end in ("from", "to"):
-                if getattr(a, f"{end}_object_type") not in OBJECT_TYPES:
-                    v[f"{p}.association.{end}_object_type"] = f"must be one of {', '.join(OBJECT_TYPES)}"
+                if not _known_type(getattr(a, f"{end}_object_type")):
+                    v[f"{p}.association.{end}_object_type"] = "unknown object type"
                 ident = getattr(a, f"{end}_id")
                 if not ident:
                     v[f"{p}.association.{end}_id"] = "required"
                 elif not getattr(a, f"{end}_id_property") and not ident.isdigit():
                     v[f"{p}.association.{end}_id"] = "a HubSpot id (digits) unless the id property is set"
             pair = (a.from_object_type, a.to_object_type)
+            standard = pair[0] in STANDARD_IDS and pair[1] in STANDARD_IDS
             if (
                 a.association_type_id == 0
+                and not a.association_label
+                and standard
                 and pair not in DEFAULT_ASSOCIATION_TYPES
+                and _reference(pair) is None
                 and not any(k.startswith(f"{p}.association") for k in v)
             ):
+                # Custom objects' pairs are looked up in the labels API when sent.
                 v[f"{p}.association.association_type_id"] = "required: no default for this pair"
+            if _reference(pair) is not None and (a.association_type_id or a.association_label):
+                v[f"{p}.association.association_label"] = (
+                    f"{pair[0]} and {pair[1]} are linked by a property; no types or labels"
+                )
     if v:
         raise InvalidArgument("invalid writes", violations=v)
+
+
+def _reference(pair: tuple[str, str]) -> tuple[str, str, str] | None:
+    """(record type, property, referenced type) when a pair is linked by a property."""
+    if pair in REFERENCES:
+        return pair[0], REFERENCES[pair], pair[1]
+    rev = (pair[1], pair[0])
+    if rev in REFERENCES:
+        return rev[0], REFERENCES[rev], rev[1]
+    return None
 
 
 class Ledger:
@@ -180,65 +226,188 @@ class WriteSubmitter:
                 if n < len(outcomes):
                     outcomes[n] = outcome
         known: dict[tuple[str, str, str], str] = {}  # (type, id_property, value) → HubSpot id
-        tiers: dict[int, list[int]] = {}
-        assoc: list[int] = []
-        for n, w in enumerate(writes):
-            if w.WhichOneof("kind") == "record":
-                tiers.setdefault(ORDER.get(w.record.object_type, 3), []).append(n)
+        for stage in plan(writes):
+            todo = [n for n in stage.writes if outcomes[n] is None]
+            if not todo:
+                continue
+            if stage.kind == ASSOCIATIONS:
+                await self._associate(portal_id, writes, todo, known, outcomes, span_links, trace_id)
+            elif stage.kind == GDPR:
+                for n in todo:
+                    outcomes[n] = await self._gdpr_delete(portal_id, writes[n], span_links, trace_id)
             else:
-                assoc.append(n)
-        for tier in sorted(tiers):
-            futures = []
-            unchanged = await self._unchanged(portal_id, writes, tiers[tier]) if self.skip_unchanged else {}
-            for n, outcome in unchanged.items():
-                outcomes[n] = outcome
-                r = writes[n].record
-                known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = outcome.hubspot_id
-            for n in tiers[tier]:
-                if n in unchanged or outcomes[n] is not None:
-                    continue
-                r = writes[n].record
-                if ledger is not None and ledger.interrupted and r.operation == CREATE:
-                    outcomes[n] = await self._hold_ambiguous(portal_id, writes[n], trace_id)
-                    continue
-                key = BatchKey(
-                    portal_id, r.object_type, r.operation, r.id_property if r.operation == UPSERT else ""
+                if stage.kind == ARCHIVES:
+                    await self._resolve_archives(portal_id, writes, todo, known, outcomes)
+                await self._write_records(
+                    portal_id, writes, todo, known, outcomes, span_links, trace_id, ledger
                 )
-                dedupe = f"{r.id}" if r.operation != CREATE else f"new:{id(writes[n])}:{n}"
-                if r.operation == UPSERT and r.id_property == "email":
-                    dedupe = r.id.lower()
-                item = BatchInput(
-                    dedupe,
-                    r.id,
-                    dict(r.properties),
-                    [writes[n]],
-                    list(span_links),
-                    [],
-                    [trace_id],
-                    versions=dict.fromkeys(r.properties, r.version),
-                )
-                futures.append(self.batcher.submit(key, item))
-            # Every batch of the tier is waited for, even when one fails: a batch that went out
-            # is recorded as finished before the failure is raised, so a retry of the queued
-            # request does not send it (its creates) again.
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            sent = [n for n in tiers[tier] if n not in unchanged and outcomes[n] is None]
-            failure: BaseException | None = None
-            for n, result in zip(sent, results, strict=True):
-                if isinstance(result, BaseException):
-                    failure = failure or result
-                    continue
-                outcomes[n] = result
-                r = writes[n].record
-                if result.hubspot_id and r.operation == UPSERT:
-                    known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = result.hubspot_id
+                continue
             if ledger is not None:
-                await ledger.record({n: o for n in tiers[tier] if (o := outcomes[n]) is not None})
-            if failure is not None:
-                raise failure
-        if assoc:
-            await self._associate(portal_id, writes, assoc, known, outcomes, span_links, trace_id)
+                await ledger.record({n: o for n in todo if (o := outcomes[n]) is not None})
         return [o if o is not None else Outcome(writer_pb2.WRITE_STATUS_UNSPECIFIED) for o in outcomes]
+
+    async def _write_records(
+        self,
+        portal_id: int,
+        writes: Sequence[writer_pb2.Write],
+        tier: list[int],
+        known: dict[tuple[str, str, str], str],
+        outcomes: list[Outcome | None],
+        span_links: list[Link],
+        trace_id: str,
+        ledger: Ledger | None,
+    ) -> None:
+        """One stage of record writes through the batcher (the writes of a stage go together)."""
+        futures = []
+        unchanged = await self._unchanged(portal_id, writes, tier) if self.skip_unchanged else {}
+        for n, outcome in unchanged.items():
+            outcomes[n] = outcome
+            r = writes[n].record
+            known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = outcome.hubspot_id
+        sent: list[int] = []
+        for n in tier:
+            if n in unchanged or outcomes[n] is not None:
+                continue
+            r = writes[n].record
+            if ledger is not None and ledger.interrupted and r.operation == CREATE:
+                outcomes[n] = await self._hold_ambiguous(portal_id, writes[n], trace_id)
+                continue
+            archive = r.operation == ARCHIVE
+            key = BatchKey(
+                portal_id, r.object_type, r.operation, r.id_property if r.operation == UPSERT else ""
+            )
+            dedupe = f"{r.id}" if r.operation != CREATE else f"new:{id(writes[n])}:{n}"
+            if r.operation == UPSERT and r.id_property == "email":
+                dedupe = r.id.lower()
+            record_id = (
+                known.get((r.object_type, r.id_property, _norm(r.id_property, r.id)), "")
+                if (archive and r.id_property)
+                else r.id
+            )
+            item = BatchInput(
+                record_id if archive else dedupe,
+                record_id,
+                dict(r.properties),
+                [writes[n]],
+                list(span_links),
+                [],
+                [trace_id],
+                versions=dict.fromkeys(r.properties, r.version),
+            )
+            futures.append(self.batcher.submit(key, item))
+            sent.append(n)
+        # Every batch of the stage is waited for, even when one fails: a batch that went out is
+        # recorded as finished before the failure is raised, so a retry of the queued request
+        # does not send it (its creates) again.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failure: BaseException | None = None
+        for n, result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+                continue
+            outcomes[n] = result
+            r = writes[n].record
+            if result.hubspot_id and r.operation == UPSERT:
+                known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = result.hubspot_id
+        if ledger is not None:
+            await ledger.record({n: o for n in tier if (o := outcomes[n]) is not None})
+        if failure is not None:
+            raise failure
+
+    async def _resolve_archives(
+        self,
+        portal_id: int,
+        writes: Sequence[writer_pb2.Write],
+        indexes: list[int],
+        known: dict[tuple[str, str, str], str],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        """Archives named by unique value: their HubSpot ids. One that no record holds is already
+        gone: it succeeds without a call (archiving is idempotent)."""
+        ends = [
+            (writes[n].record.object_type, writes[n].record.id, writes[n].record.id_property) for n in indexes
+        ]
+        await self._learn_ids(portal_id, ends, known)
+        for n in indexes:
+            r = writes[n].record
+            if r.id_property and (r.object_type, r.id_property, _norm(r.id_property, r.id)) not in known:
+                outcomes[n] = Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED)
+
+    async def _learn_ids(
+        self,
+        portal_id: int,
+        ends: Sequence[tuple[str, str, str]],
+        known: dict[tuple[str, str, str], str],
+    ) -> None:
+        """Reads the HubSpot ids of records named by unique value that ``known`` lacks."""
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for t, i, p in ends:
+            if p and (t, p, _norm(p, i)) not in known:
+                wanted.setdefault((t, p), set()).add(i)
+        for (t, p), values in wanted.items():
+            records, _missing = await self.reader.read(
+                portal_id, t, sorted(values), id_property=p, properties=[p]
+            )
+            for rec in records:
+                value = rec.properties.get(p, "")
+                if value:
+                    known[(t, p, _norm(p, value))] = rec.id
+
+    async def _gdpr_delete(
+        self, portal_id: int, write: writer_pb2.Write, links: list[Link], trace_id: str
+    ) -> Outcome:
+        """Permanently deletes one contact (``contacts/gdpr-delete``) and audits it. A contact
+        that does not exist is already gone: that succeeds (audited as ``not_found``)."""
+        r = write.record
+        body: dict[str, Any] = {"objectId": r.id}
+        if r.id_property:
+            body["idProperty"] = r.id_property
+        response = await self.reader.client.call(
+            portal_id,
+            "POST",
+            "/crm/v3/objects/contacts/gdpr-delete",
+            route="/crm/v3/objects/{objectType}/gdpr-delete",
+            json=body,
+            links=links,
+            records=1,
+        )
+        if response.status in (200, 204):
+            outcome = Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=r.id if not r.id_property else "")
+            result = "deleted"
+        elif response.status == 404:
+            outcome = Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED)
+            result = "not_found"
+        else:
+            e = response.error()
+            failure = HubSpotFailure(response.status, e["message"], e["category"], e["correlation_id"])
+            dl = await self.dlq.add(portal_id, write, failure, 1, trace_id)
+            outcome = Outcome(writer_pb2.WRITE_STATUS_DEAD_LETTERED, error=failure, dead_letter_id=dl)
+            result = "failed"
+        await self._audit_gdpr(portal_id, r, result, response.status, trace_id)
+        return outcome
+
+    async def _audit_gdpr(
+        self, portal_id: int, r: writer_pb2.RecordWrite, result: str, http_status: int, trace_id: str
+    ) -> None:
+        # The value a contact was named by (an email) is personal data: only its digest is kept.
+        digest = hashlib.sha256(_norm(r.id_property, r.id).encode()).hexdigest()
+        entry = {
+            "at_ms": str(int(time.time() * 1000)),
+            "object_type": r.object_type,
+            "id_property": r.id_property or "hs_object_id",
+            "hubspot_id": r.id if not r.id_property else "",
+            "id_sha256": digest,
+            "result": result,
+            "http_status": str(http_status),
+            "trace_id": trace_id,
+        }
+        await self.redis.xadd(
+            writer_gdpr_audit_key(portal_id),
+            entry,  # type: ignore[arg-type]
+            maxlen=GDPR_AUDIT_MAXLEN,
+            approximate=True,
+        )
+        audit_log.info("gdpr delete", extra={"portal": portal_id, **entry})
 
     async def _hold_ambiguous(self, portal_id: int, write: writer_pb2.Write, trace_id: str) -> Outcome:
         """A create whose earlier attempt was cut off (the writer stopped) after it may have
@@ -293,23 +462,12 @@ class WriteSubmitter:
         trace_id: str,
     ) -> None:
         # Ends named by unique value that this submission did not write: read them from HubSpot.
-        wanted: dict[tuple[str, str], set[str]] = {}
+        ends = []
         for n in indexes:
             a = writes[n].association
-            for t, i, p in (
-                (a.from_object_type, a.from_id, a.from_id_property),
-                (a.to_object_type, a.to_id, a.to_id_property),
-            ):
-                if p and (t, p, _norm(p, i)) not in known:
-                    wanted.setdefault((t, p), set()).add(i)
-        for (t, p), values in wanted.items():
-            records, _missing = await self.reader.read(
-                portal_id, t, sorted(values), id_property=p, properties=[p]
-            )
-            for rec in records:
-                value = rec.properties.get(p, "")
-                if value:
-                    known[(t, p, _norm(p, value))] = rec.id
+            ends.append((a.from_object_type, a.from_id, a.from_id_property))
+            ends.append((a.to_object_type, a.to_id, a.to_id_property))
+        await self._learn_ids(portal_id, ends, known)
         futures: list[tuple[int, asyncio.Future[Outcome]]] = []
         for n in indexes:
             a = writes[n].association
@@ -328,13 +486,42 @@ class WriteSubmitter:
                 failure = HubSpotFailure(
                     404, f"association's {which} record does not exist in HubSpot", "OBJECT_NOT_FOUND"
                 )
-                dl = await self.dlq.add(portal_id, writes[n], failure, 0, trace_id)
-                outcomes[n] = Outcome(writer_pb2.WRITE_STATUS_DEAD_LETTERED, error=failure, dead_letter_id=dl)
+                outcomes[n] = await self._refuse(portal_id, writes[n], failure, trace_id)
                 continue
-            type_id = (
-                a.association_type_id or DEFAULT_ASSOCIATION_TYPES[(a.from_object_type, a.to_object_type)]
-            )
-            key = BatchKey(portal_id, f"{a.from_object_type}/{a.to_object_type}", ASSOCIATE)
+            pair = (a.from_object_type, a.to_object_type)
+            ref = _reference(pair)
+            if ref is not None:
+                # A property of one end (a line item's hs_product_id): an update of that record.
+                record_type, prop, _ = ref
+                holder, target = (from_id, to_id) if pair[0] == record_type else (to_id, from_id)
+                key = BatchKey(portal_id, record_type, UPDATE)
+                item = BatchInput(
+                    holder,
+                    holder,
+                    {prop: "" if a.remove else target},
+                    [writes[n]],
+                    list(links),
+                    [],
+                    [trace_id],
+                )
+                futures.append((n, self.batcher.submit(key, item)))
+                continue
+            op = ASSOCIATE
+            type_id, category = 0, "HUBSPOT_DEFINED"
+            if a.remove and not a.association_type_id and not a.association_label:
+                op = ASSOCIATE_REMOVE_ALL
+            else:
+                op = ASSOCIATE_REMOVE if a.remove else ASSOCIATE
+                try:
+                    t = await self.reader.types.association_type(
+                        portal_id, pair[0], pair[1], a.association_type_id, a.association_label
+                    )
+                except LookupError as exc:
+                    failure = HubSpotFailure(400, str(exc), "VALIDATION_ERROR")
+                    outcomes[n] = await self._refuse(portal_id, writes[n], failure, trace_id)
+                    continue
+                type_id, category = t.type_id, t.category
+            key = BatchKey(portal_id, f"{pair[0]}/{pair[1]}", op)
             item = BatchInput(
                 f"{from_id}:{to_id}:{type_id}",
                 from_id,
@@ -345,11 +532,18 @@ class WriteSubmitter:
                 [trace_id],
                 to_id=to_id,
                 type_id=type_id,
+                category=category,
             )
             futures.append((n, self.batcher.submit(key, item)))
         results = await asyncio.gather(*(f for _, f in futures))
         for (n, _), outcome in zip(futures, results, strict=True):
             outcomes[n] = outcome
+
+    async def _refuse(
+        self, portal_id: int, write: writer_pb2.Write, failure: HubSpotFailure, trace_id: str
+    ) -> Outcome:
+        dl = await self.dlq.add(portal_id, write, failure, 0, trace_id)
+        return Outcome(writer_pb2.WRITE_STATUS_DEAD_LETTERED, error=failure, dead_letter_id=dl)
 
     async def _pilot(self, portal_id: int, writes: Sequence[writer_pb2.Write]) -> list[Outcome]:
         """Pilot mode: log each write with its diff against what writer last wrote; send nothing."""

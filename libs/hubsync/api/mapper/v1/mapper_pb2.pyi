@@ -152,10 +152,16 @@ class ExternalRecord(_message.Message):
     OBJECT_TYPE_FIELD_NUMBER: _builtins.int
     EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
     object_type: _builtins.str
     """"companies", "contacts" or "deals"."""
     external_id: _builtins.str
     """The company's id for the record; maps to HubSpot's unique id property."""
+    deleted: _builtins.bool
+    """Delete (archive) the record in HubSpot instead of writing it (fields are ignored). Allowed
+    only as the mapping's `deletes` says: never (the default), owned (records hubsync created)
+    or any.
+    """
     @_builtins.property
     def fields(self) -> _struct_pb2.Struct:
         """The record's fields, typed."""
@@ -166,10 +172,11 @@ class ExternalRecord(_message.Message):
         object_type: _builtins.str = ...,
         external_id: _builtins.str = ...,
         fields: _struct_pb2.Struct | None = ...,
+        deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "fields", b"fields", "object_type", b"object_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "external_id", b"external_id", "fields", b"fields", "object_type", b"object_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

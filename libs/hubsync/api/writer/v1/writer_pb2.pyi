@@ -36,7 +36,11 @@ class _WriteOperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WriteO
     WRITE_OPERATION_UPDATE: _WriteOperation.ValueType  # 3
     """Update by HubSpot id (batch/update)."""
     WRITE_OPERATION_ARCHIVE: _WriteOperation.ValueType  # 4
-    """Archive by HubSpot id (batch/archive)."""
+    """Archive by HubSpot id, or by a unique value when id_property is set (batch/archive)."""
+    WRITE_OPERATION_GDPR_DELETE: _WriteOperation.ValueType  # 5
+    """Permanently delete a contact and its personal data (contacts/gdpr-delete), by HubSpot id
+    or by email (id_property "email"). Contacts only; audited; never batched.
+    """
 
 class WriteOperation(_WriteOperation, metaclass=_WriteOperationEnumTypeWrapper):
     """The operation of a record write."""
@@ -50,7 +54,11 @@ WRITE_OPERATION_CREATE: WriteOperation.ValueType  # 2
 WRITE_OPERATION_UPDATE: WriteOperation.ValueType  # 3
 """Update by HubSpot id (batch/update)."""
 WRITE_OPERATION_ARCHIVE: WriteOperation.ValueType  # 4
-"""Archive by HubSpot id (batch/archive)."""
+"""Archive by HubSpot id, or by a unique value when id_property is set (batch/archive)."""
+WRITE_OPERATION_GDPR_DELETE: WriteOperation.ValueType  # 5
+"""Permanently delete a contact and its personal data (contacts/gdpr-delete), by HubSpot id
+or by email (id_property "email"). Contacts only; audited; never batched.
+"""
 Global___WriteOperation: _TypeAlias = WriteOperation  # noqa: Y015
 
 class _WriteStatus:
@@ -160,11 +168,17 @@ class RecordWrite(_message.Message):
     operation: Global___WriteOperation.ValueType
     """What to do."""
     object_type: _builtins.str
-    """"companies", "contacts" or "deals"."""
+    """Any standard object type ("contacts", "tickets", "line_items", "notes", ...; singular names
+    and "0-…" ids are accepted) or a custom object by name, fully qualified name or "2-…" id.
+    """
     id: _builtins.str
-    """For UPSERT: the unique property's value. For UPDATE and ARCHIVE: HubSpot's record id."""
+    """For UPSERT: the unique property's value. For UPDATE: HubSpot's record id. For ARCHIVE and
+    GDPR_DELETE: HubSpot's record id, or the unique value when id_property is set.
+    """
     id_property: _builtins.str
-    """For UPSERT: the unique property (hasUniqueValue, or "email" for contacts)."""
+    """For UPSERT: the unique property (hasUniqueValue, or "email" for contacts). For ARCHIVE and
+    GDPR_DELETE: optional, the unique property id is a value of.
+    """
     version: _builtins.int
     """The version of the change this write comes from (for example microseconds since the epoch
     when the change was accepted). Writer never applies a property of a record with an older
@@ -196,7 +210,9 @@ Global___RecordWrite: _TypeAlias = RecordWrite  # noqa: Y015
 
 @_typing.final
 class AssociationWrite(_message.Message):
-    """One association to create (associations v4, default type unless given)."""
+    """One association to create or remove (associations v4, the pair's default type unless a type
+    id or label is given).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -207,6 +223,8 @@ class AssociationWrite(_message.Message):
     TO_ID_FIELD_NUMBER: _builtins.int
     TO_ID_PROPERTY_FIELD_NUMBER: _builtins.int
     ASSOCIATION_TYPE_ID_FIELD_NUMBER: _builtins.int
+    ASSOCIATION_LABEL_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
     from_object_type: _builtins.str
     """From object type, for example "contacts"."""
     from_id: _builtins.str
@@ -220,7 +238,15 @@ class AssociationWrite(_message.Message):
     to_id_property: _builtins.str
     """Set when to_id is a unique property value rather than a HubSpot id."""
     association_type_id: _builtins.int
-    """HubSpot's association type id; 0 means the default for the pair."""
+    """HubSpot's association type id; 0 means the default for the pair (or association_label)."""
+    association_label: _builtins.str
+    """A label of the pair (HUBSPOT_DEFINED such as "Primary", or USER_DEFINED), resolved to its
+    type id through the labels API; used when association_type_id is 0.
+    """
+    remove: _builtins.bool
+    """Remove this association (its type or label only; with neither, every type of the pair)
+    instead of creating it.
+    """
     def __init__(
         self,
         *,
@@ -231,10 +257,12 @@ class AssociationWrite(_message.Message):
         to_id: _builtins.str = ...,
         to_id_property: _builtins.str = ...,
         association_type_id: _builtins.int = ...,
+        association_label: _builtins.str = ...,
+        remove: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["association_type_id", b"association_type_id", "from_id", b"from_id", "from_id_property", b"from_id_property", "from_object_type", b"from_object_type", "to_id", b"to_id", "to_id_property", b"to_id_property", "to_object_type", b"to_object_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["association_label", b"association_label", "association_type_id", b"association_type_id", "from_id", b"from_id", "from_id_property", b"from_id_property", "from_object_type", b"from_object_type", "remove", b"remove", "to_id", b"to_id", "to_id_property", b"to_id_property", "to_object_type", b"to_object_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -819,6 +847,96 @@ class ListPropertiesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPropertiesResponse: _TypeAlias = ListPropertiesResponse  # noqa: Y015
+
+@_typing.final
+class ListObjectTypesRequest(_message.Message):
+    """Request of ListObjectTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORTAL_ID_FIELD_NUMBER: _builtins.int
+    portal_id: _builtins.int
+    """The HubSpot account."""
+    def __init__(
+        self,
+        *,
+        portal_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["portal_id", b"portal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListObjectTypesRequest: _TypeAlias = ListObjectTypesRequest  # noqa: Y015
+
+@_typing.final
+class ObjectType(_message.Message):
+    """One object type of a portal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OBJECT_TYPE_ID_FIELD_NUMBER: _builtins.int
+    SCHEMA_NAME_FIELD_NUMBER: _builtins.int
+    FULLY_QUALIFIED_NAME_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
+    WRITABLE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name writer uses: the plural standard name ("line_items"), or a custom object's
+    object type id ("2-…").
+    """
+    object_type_id: _builtins.str
+    """HubSpot's object type id ("0-1", "2-…")."""
+    schema_name: _builtins.str
+    """A custom object's schema name ("subscription"); empty for standard types."""
+    fully_qualified_name: _builtins.str
+    """A custom object's fully qualified name ("p12345_subscription"); empty for standard types."""
+    custom: _builtins.bool
+    """Whether this is a custom object."""
+    writable: _builtins.bool
+    """Whether hubsync writes records of this type (quotes are read-only)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        object_type_id: _builtins.str = ...,
+        schema_name: _builtins.str = ...,
+        fully_qualified_name: _builtins.str = ...,
+        custom: _builtins.bool = ...,
+        writable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom", b"custom", "fully_qualified_name", b"fully_qualified_name", "name", b"name", "object_type_id", b"object_type_id", "schema_name", b"schema_name", "writable", b"writable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObjectType: _TypeAlias = ObjectType  # noqa: Y015
+
+@_typing.final
+class ListObjectTypesResponse(_message.Message):
+    """Response of ListObjectTypes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object_types(self) -> _containers.RepeatedCompositeFieldContainer[Global___ObjectType]:
+        """Standard types first, then custom objects."""
+
+    def __init__(
+        self,
+        *,
+        object_types: _abc.Iterable[Global___ObjectType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_types", b"object_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListObjectTypesResponse: _TypeAlias = ListObjectTypesResponse  # noqa: Y015
 
 @_typing.final
 class DeadLetter(_message.Message):

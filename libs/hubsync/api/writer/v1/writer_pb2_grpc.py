@@ -63,6 +63,11 @@ class WriterServiceStub:
                 request_serializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListPropertiesRequest.SerializeToString,
                 response_deserializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListPropertiesResponse.FromString,
                 _registered_method=True)
+        self.ListObjectTypes = channel.unary_unary(
+                '/hubsync.api.writer.v1.WriterService/ListObjectTypes',
+                request_serializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListObjectTypesRequest.SerializeToString,
+                response_deserializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListObjectTypesResponse.FromString,
+                _registered_method=True)
         self.ListDeadLetters = channel.unary_unary(
                 '/hubsync.api.writer.v1.WriterService/ListDeadLetters',
                 request_serializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListDeadLettersRequest.SerializeToString,
@@ -135,6 +140,13 @@ class WriterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListObjectTypes(self, request, context):
+        """Lists a portal's object types: the standard ones and its custom objects (schemas API).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeadLetters(self, request, context):
         """Lists dead-lettered writes.
         """
@@ -197,6 +209,11 @@ def add_WriterServiceServicer_to_server(servicer, server):
                     servicer.ListProperties,
                     request_deserializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListPropertiesRequest.FromString,
                     response_serializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListPropertiesResponse.SerializeToString,
+            ),
+            'ListObjectTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListObjectTypes,
+                    request_deserializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListObjectTypesRequest.FromString,
+                    response_serializer=hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListObjectTypesResponse.SerializeToString,
             ),
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
@@ -363,6 +380,33 @@ class WriterService:
             '/hubsync.api.writer.v1.WriterService/ListProperties',
             hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListPropertiesRequest.SerializeToString,
             hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListPropertiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListObjectTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubsync.api.writer.v1.WriterService/ListObjectTypes',
+            hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListObjectTypesRequest.SerializeToString,
+            hubsync_dot_api_dot_writer_dot_v1_dot_writer__pb2.ListObjectTypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class WriterServiceStub:
     """
     ListProperties: _grpc.UnaryUnaryMultiCallable[_writer_pb2.ListPropertiesRequest, _writer_pb2.ListPropertiesResponse]
     """Lists the properties HubSpot defines for an object type (the Properties API)."""
+    ListObjectTypes: _grpc.UnaryUnaryMultiCallable[_writer_pb2.ListObjectTypesRequest, _writer_pb2.ListObjectTypesResponse]
+    """Lists a portal's object types: the standard ones and its custom objects (schemas API)."""
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_writer_pb2.ListDeadLettersRequest, _writer_pb2.ListDeadLettersResponse]
     """Lists dead-lettered writes."""
     GetDeadLetter: _grpc.UnaryUnaryMultiCallable[_writer_pb2.GetDeadLetterRequest, _writer_pb2.GetDeadLetterResponse]
@@ -87,6 +89,8 @@ class WriterServiceAsyncStub(WriterServiceStub):
     """
     ListProperties: _aio.UnaryUnaryMultiCallable[_writer_pb2.ListPropertiesRequest, _writer_pb2.ListPropertiesResponse]  # type: ignore[assignment]
     """Lists the properties HubSpot defines for an object type (the Properties API)."""
+    ListObjectTypes: _aio.UnaryUnaryMultiCallable[_writer_pb2.ListObjectTypesRequest, _writer_pb2.ListObjectTypesResponse]  # type: ignore[assignment]
+    """Lists a portal's object types: the standard ones and its custom objects (schemas API)."""
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_writer_pb2.ListDeadLettersRequest, _writer_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """Lists dead-lettered writes."""
     GetDeadLetter: _aio.UnaryUnaryMultiCallable[_writer_pb2.GetDeadLetterRequest, _writer_pb2.GetDeadLetterResponse]  # type: ignore[assignment]
@@ -149,6 +153,14 @@ class WriterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_writer_pb2.ListPropertiesResponse, _abc.Awaitable[_writer_pb2.ListPropertiesResponse]]:
         """Lists the properties HubSpot defines for an object type (the Properties API)."""
+
+    @_abc_1.abstractmethod
+    def ListObjectTypes(
+        self,
+        request: _writer_pb2.ListObjectTypesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_writer_pb2.ListObjectTypesResponse, _abc.Awaitable[_writer_pb2.ListObjectTypesResponse]]:
+        """Lists a portal's object types: the standard ones and its custom objects (schemas API)."""
 
     @_abc_1.abstractmethod
     def ListDeadLetters(

@@ -1,0 +1,136 @@
+"""Object type names in mappings, and the custom objects' type ids the mapper has learned.
+
+A mapping names its object type as HubSpot's standard plural (``tickets``; singular names and
+``0-…`` ids are accepted and made plural) or, for a custom object, by its schema name
+(``subscription``; ``p_<name>`` and ``p<portal>_<name>`` are accepted). Writer resolves names
+when it writes. Inbound events of custom objects name the type by id (``2-…``), so the mapper
+learns each portal's custom objects (writer's ListObjectTypes) at start-up, at every mapping
+reload and every ``refresh_s``: ``CUSTOM_TYPES`` maps an id to its schema name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+STANDARD_IDS = {
+    "contacts": "0-1",
+    "companies": "0-2",
+    "deals": "0-3",
+    "tickets": "0-5",
+    "products": "0-7",
+    "line_items": "0-8",
+    "quotes": "0-14",
+    "tasks": "0-27",
+    "notes": "0-46",
+    "meetings": "0-47",
+    "calls": "0-48",
+    "emails": "0-49",
+}
+_SINGULAR = {
+    "companies": "company",
+    "line_items": "line_item",
+}
+STANDARD: dict[str, str] = {}
+for _name, _tid in STANDARD_IDS.items():
+    STANDARD[_name] = STANDARD[_tid] = STANDARD[_SINGULAR.get(_name, _name[:-1])] = _name
+# The classic webhook prefix of each standard type that has one (``ticket.creation``).
+WEBHOOK_PREFIX = {
+    "contact": "contacts",
+    "company": "companies",
+    "deal": "deals",
+    "ticket": "tickets",
+    "product": "products",
+    "line_item": "line_items",
+}
+_CUSTOM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+_FQN = re.compile(r"^p\d*_([a-z][a-z0-9_]*)$")
+CUSTOM_ID = re.compile(r"^2-\d+$")
+
+
+def canonical_name(raw: str) -> str:
+    """The name a mapping is kept under; raises ValueError for what cannot be a type name."""
+    name = STANDARD.get(raw) or STANDARD.get(raw.lower())
+    if name is not None:
+        return name
+    low = raw.lower()
+    fqn = _FQN.match(low)
+    if fqn:
+        low = fqn.group(1)
+    if not _CUSTOM_NAME.match(low):
+        raise ValueError(
+            f"object type {raw!r} is neither a standard type ({', '.join(STANDARD_IDS)}) nor a custom "
+            "object's schema name (lowercase letters, digits, '_')"
+        )
+    return low
+
+
+def known_object_type(raw: str) -> bool:
+    try:
+        canonical_name(raw)
+    except ValueError:
+        return False
+    return True
+
+
+class CustomTypeIndex:
+    """Custom object type id → schema name, learned from writer (process-wide)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.portals: set[int] = set()
+
+    def name_of(self, type_id: str) -> str | None:
+        return self.names.get(type_id)
+
+    def learn(self, types: list[writer_pb2.ObjectType]) -> None:
+        for t in types:
+            if t.custom and t.schema_name:
+                self.names[t.object_type_id] = t.schema_name.lower()
+
+    async def refresh(self, writer: writer_pb2_grpc.WriterServiceStub, portals: list[int]) -> None:
+        for portal in portals:
+            try:
+                reply = await writer.ListObjectTypes(
+                    writer_pb2.ListObjectTypesRequest(portal_id=portal), timeout=30
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "custom object types not learned", extra={"portal": portal, "error": exc.code().name}
+                )
+                continue
+            self.learn(list(reply.object_types))
+            self.portals.add(portal)
+
+    async def ensure(self, writer: writer_pb2_grpc.WriterServiceStub, portal: int) -> None:
+        """Learns a portal's custom objects once (a push to a custom object learns its id
+        before HubSpot's webhooks about the record arrive)."""
+        if portal not in self.portals:
+            await self.refresh(writer, [portal])
+
+    async def watch(
+        self,
+        writer: writer_pb2_grpc.WriterServiceStub,
+        portals: Callable[[], Awaitable[list[int]]],
+        refresh_s: float,
+    ) -> None:
+        """Learns every portal's custom objects now, then every ``refresh_s`` (0: only now)."""
+        while True:
+            try:
+                await self.refresh(writer, await portals())
+            except Exception as exc:  # a Redis hiccup must not end the loop
+                log.warning("custom object type refresh failed", extra={"error": str(exc)[:200]})
+            if refresh_s <= 0:
+                return
+            await asyncio.sleep(refresh_s)
+
+
+CUSTOM_TYPES = CustomTypeIndex()
