@@ -233,7 +233,8 @@ HUBSPOT_CALLS = PanelSpec(
 )
 HUBSPOT_429 = PanelSpec(
     "HubSpot 429s by portal",
-    "Rate-limit refusals from HubSpot, top portals. hubsync's limiter aims for none.",
+    "Rate-limit refusals from HubSpot, top portals (one series for all unless "
+    "HUBSYNC_METRICS_PORTAL_LABELS names portals). hubsync's limiter aims for none.",
     (
         _q(
             f"topk($top, sum by (portal) "
@@ -256,7 +257,8 @@ HUBSPOT_LATENCY = PanelSpec(
 )
 QUOTA = PanelSpec(
     "Quota headroom",
-    "Burst requests left per portal: hubsync's limiter (writer) and HubSpot's headers (hubspot).",
+    "Burst requests left per portal (the least over all portals unless HUBSYNC_METRICS_PORTAL_LABELS "
+    "names portals): hubsync's limiter (writer) and HubSpot's headers (hubspot).",
     (
         _q(
             f"bottomk($top, min by (portal, source) (hubsync_ratelimit_remaining{{{NS}, {PORTAL}}}))",
@@ -269,7 +271,8 @@ QUOTA = PanelSpec(
 )
 CIRCUIT = PanelSpec(
     "Circuit state",
-    "Per portal: 1 closed, 2 open (calls to HubSpot held back), 3 half-open.",
+    "Per portal (the highest over all portals unless HUBSYNC_METRICS_PORTAL_LABELS names portals): "
+    "1 closed, 2 open (calls to HubSpot held back), 3 half-open.",
     (_q(f"max by (portal) (hubsync_circuit_state{{{NS}, {PORTAL}}})", "{{portal}}"),),
     "short",
     "hubsynccircuitopen",
@@ -402,7 +405,7 @@ def _variables(dashboard: Dashboard) -> Dashboard:
         )
         .with_variable(
             QueryVariable("portal")
-            .label("Portal (top N by HubSpot calls)")
+            .label("Portal (top N by HubSpot calls; with HUBSYNC_METRICS_PORTAL_LABELS)")
             .datasource(DATASOURCE)
             .query(
                 "query_result(topk($top, sum by (portal) "

@@ -161,7 +161,7 @@ async def dedupe_memory(url: str, events: int, buckets: int) -> dict[str, float]
     try:
         await redis.flushall()
         committer = EventCommitter(
-            redis, stream_maxlen=1000, dedupe_ttl_s=90_000, dedupe_buckets=buckets, timeout_s=30
+            redis, retention_ms=1, dedupe_ttl_s=90_000, dedupe_buckets=buckets, timeout_s=30
         )
         hour = 1_700_000_000_000 // 3_600_000 * 3_600_000
         chunk = 100  # HubSpot sends at most 100 events a request; parse_events refuses more

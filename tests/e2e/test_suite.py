@@ -240,8 +240,8 @@ SYNC_METRICS: dict[str, list[tuple[str, str]]] = {
     "writer": [
         ("hubsync_hubspot_requests_total", 'endpoint="POST /crm/v3/objects/{objectType}/batch/upsert"'),
         ("hubsync_hubspot_request_duration_seconds_bucket", 'status="200"'),
-        ("hubsync_dlq_depth", 'portal="12345"'),
-        ("hubsync_circuit_state", 'portal="12345"'),
+        ("hubsync_dlq_depth", ""),  # no portal label by default (HUBSYNC_METRICS_PORTAL_LABELS)
+        ("hubsync_circuit_state", ""),
         ("hubsync_ratelimit_remaining", 'source="writer"'),  # our limiter's count
         ("hubsync_ratelimit_remaining", 'source="hubspot"'),  # HubSpot's headers
     ],

@@ -339,17 +339,24 @@ def auth_refresh_failed_key(portal_id: int | str) -> str:
 
 
 class EventEntry:
-    """Fields of an entry on :func:`events_key` (ingress's committer and reconciler, and mapper's
-    dead-letter replay write them; mapper, the journal and the reconciler read them)."""
+    """Fields of an entry on :func:`events_key` (ingress's committer, journal replay and reconciler,
+    and mapper's dead-letter replay write them; mapper, the journal and the reconciler read them,
+    always through :func:`hubsync.core.event_entries.decode_entry`).
 
-    EVENT: Final = "event"  #: the webhook event's JSON text
-    TRACEPARENT: Final = "traceparent"  #: W3C trace context of the accepting request (optional)
-    TRACESTATE: Final = "tracestate"  #: W3C trace state (optional)
-    ACCEPTED_MS: Final = "accepted_ms"  #: when ingress accepted it, Unix ms
+    Since the release after 0.1.0 an entry is one field, :attr:`ENTRY`; the others are the format
+    of 0.1.0, still read (entries already in Redis when an install upgrades, or written with
+    ``HUBSYNC_INGRESS_JOURNAL_FORMAT=fields``), and ``origin`` may sit next to :attr:`ENTRY` on a
+    copy sent back to the stream (it overrides the encoded origin)."""
+
+    ENTRY: Final = "e"  #: a serialized ``hubsync.api.internal.v1.JournalEvent``
+    EVENT: Final = "event"  #: 0.1.0's format: the webhook event's JSON text
+    TRACEPARENT: Final = "traceparent"  #: 0.1.0's format: W3C trace context (optional)
+    TRACESTATE: Final = "tracestate"  #: 0.1.0's format: W3C trace state (optional)
+    ACCEPTED_MS: Final = "accepted_ms"  #: 0.1.0's format: when ingress accepted it, Unix ms
     ORIGIN: Final = "origin"  #: webhook, reconcile, replay or inbound-dlq-replay
-    REPLAY_OF: Final = "replay_of"  #: on a journal replay's copy: the id of the entry copied
+    REPLAY_OF: Final = "replay_of"  #: 0.1.0's format, on a journal replay's copy: the entry copied
     #: The fields that travel with an entry copied into mapper's parked and dead-letter streams.
-    COPIED: Final = (EVENT, TRACEPARENT, TRACESTATE, ACCEPTED_MS, ORIGIN)
+    COPIED: Final = (ENTRY, EVENT, TRACEPARENT, TRACESTATE, ACCEPTED_MS, ORIGIN)
 
 
 class EchoEntry:

@@ -20,9 +20,11 @@ from typing import Any
 import grpc
 from redis.asyncio import Redis
 
+from hubsync.core import portal_metrics
 from hubsync.core.callers import TOKENS_VARIABLE, Policy, PolicyError, credential_problems
 from hubsync.core.grpcserver import ServiceHost, redis_probe, run_until_signalled
 from hubsync.core.logging import setup_logging
+from hubsync.core.portal_metrics import PortalLabels
 from hubsync.core.redis import create_redis
 from hubsync.core.settings import CoreSettings, Environment, load_settings
 from hubsync.core.telemetry import setup_metrics, setup_tracing, shutdown_tracing
@@ -199,6 +201,7 @@ def main(name: str, factory: SpecFactory) -> None:
     core = load_settings(CoreSettings)
     setup_logging(name, core.log_level)
     setup_tracing(f"hubsync-{name}")
+    portal_metrics.configure(PortalLabels.parse(core.metrics_portal_labels))
     setup_metrics(f"hubsync-{name}", core.grpc_host, core.metrics_port)
     if core.environment == "production" and (problems := production_problems(core)):
         for problem in problems:

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hubsync.core.callers import HASHED
+from hubsync.core.portal_metrics import PortalLabels
 from hubsync.core.tls import grpc_tls
 
 
@@ -66,6 +67,9 @@ class CoreSettings(BaseSettings):
     # Overrides the service's default gRPC port (containers use one port for every service).
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Which portals metrics name in a ``portal`` attribute: none (default), top:<n> or all
+    # (hubsync.core.portal_metrics).
+    metrics_portal_labels: str = "none"
     auth_address: str = "127.0.0.1:50051"
     ingress_address: str = "127.0.0.1:50052"
     mapper_address: str = "127.0.0.1:50053"
@@ -104,6 +108,11 @@ class CoreSettings(BaseSettings):
         if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return upper
+
+    @field_validator("metrics_portal_labels")
+    @classmethod
+    def _portal_labels(cls, value: str) -> str:
+        return str(PortalLabels.parse(value))
 
     @field_validator("redis_url")
     @classmethod

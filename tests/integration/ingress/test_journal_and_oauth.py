@@ -23,6 +23,7 @@ from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import free_port
 from hubsync.core.errors import error_info
+from hubsync.core.event_entries import decode_entry
 from hubsync.core.telemetry import setup_tracing
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
 from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
@@ -90,8 +91,8 @@ async def test_read_journal_by_time_and_pages_then_replay_once(
                     await ingress_pb2_grpc.IngressServiceStub(other).ReplayJournal(request)
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             entries: Any = await redis.xrange(STREAM)
-            origins = [f[b"origin"] for _i, f in entries]
-            assert origins.count(b"replay") == 3 and len(entries) == 11
+            origins = [decode_entry(i, f).origin for i, f in entries]
+            assert origins.count("replay") == 3 and len(entries) == 11
 
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ReadJournal(
@@ -169,7 +170,8 @@ async def test_reconcile_enqueues_only_what_no_webhook_reported(
                     )
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             entries: Any = await redis.xrange(STREAM)
-            found = [json.loads(f[b"event"]) for _i, f in entries if f[b"origin"] == b"reconcile"]
+            records = [decode_entry(i, f) for i, f in entries]
+            found = [r.event for r in records if r.origin == "reconcile" and r.event is not None]
             assert [e["objectId"] for e in found] == [ids[1]]
             assert found[0]["subscriptionType"] == "contact.propertyChange"
 

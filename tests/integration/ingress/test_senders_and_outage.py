@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from redis.asyncio import Redis
 
 from hubsync.core.devredis import RedisProcess
+from hubsync.core.event_entries import decode_entry
 from hubsync.core.telemetry import setup_tracing
 from hubsync.hubspot.signatures import v3_uri
 from hubsync.sandbox import PortalConfig, SandboxConfig, SandboxServer
@@ -93,7 +94,7 @@ async def test_sandbox_deliveries_are_accepted_and_stale_ones_refused(
         ]
         assert deliveries and all(d["status"] == 200 for d in deliveries), deliveries
         entries: Any = await redis.xrange(STREAM)
-        stored = [json.loads(f[b"event"]) for _i, f in entries]
+        stored = [decode_entry(i, f).event or {} for i, f in entries]
         assert {e["objectId"] for e in stored} == {record_id}
         assert any(e.get("propertyName") == "firstname" and e["propertyValue"] == "Ada" for e in stored)
         before = len(stored)
@@ -151,7 +152,8 @@ async def test_redis_outage_answers_503_and_the_retry_is_processed_once(
                 check = Redis.from_url(own.url)
                 try:
                     entries: Any = await check.xrange(STREAM)
-                    assert [json.loads(f[b"event"])["objectId"] for _i, f in entries] == [1, 2, 3]
+                    stored = [decode_entry(i, f).event or {} for i, f in entries]
+                    assert [e.get("objectId") for e in stored] == [1, 2, 3]
                 finally:
                     await check.aclose()
     finally:

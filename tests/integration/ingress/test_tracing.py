@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from redis.asyncio import Redis
 
 from hubsync.core.devredis import free_port
+from hubsync.core.event_entries import decode_entry
 from hubsync.core.telemetry import setup_tracing
 from hubsync.ingress.committer import COMMIT_SPAN, LISTED_IDS, EnqueueFailed, EventCommitter, Outcome
 from hubsync.ingress.events import parse_events
@@ -47,7 +48,7 @@ def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
 
 async def traceparents(redis: Redis) -> list[str]:
     entries: Any = await redis.xrange(STREAM)
-    return [fields.get(b"traceparent", b"").decode() for _id, fields in entries]
+    return [decode_entry(entry_id, fields).traceparent for entry_id, fields in entries]
 
 
 def traceparent_of(span: ReadableSpan) -> str:
@@ -85,9 +86,10 @@ async def test_request_mode_gives_every_request_its_server_span(  # type: ignore
     }
     assert sorted(by_object) == [0, 1, 2, 3]
     entries: Any = await redis.xrange(STREAM)
-    for _id, fields in entries:
-        object_id = json.loads(fields[b"event"])["objectId"]
-        assert fields[b"traceparent"].decode() == traceparent_of(by_object[object_id])
+    for entry_id, fields in entries:
+        entry = decode_entry(entry_id, fields)
+        assert entry.event is not None
+        assert entry.traceparent == traceparent_of(by_object[entry.event["objectId"]])
 
 
 async def test_off_mode_records_no_span_and_keeps_the_callers_context(  # type: ignore[no-untyped-def]
@@ -110,7 +112,7 @@ async def test_grouped_submissions_of_one_round_trip_share_one_commit_span(  # t
     redis_url, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
     committer = EventCommitter(
-        Redis.from_url(redis_url), stream_maxlen=10_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        Redis.from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
     )
     batches = [parse_events(json.dumps([event(object_id=i)]).encode()) for i in range(3)]
     first = time.time_ns() - 5_000_000  # the earliest request arrived 5 ms ago
@@ -138,7 +140,7 @@ async def test_a_failed_round_trip_marks_its_span_as_an_error(exporter: InMemory
     # nothing listens on this port: the round trip fails
     committer = EventCommitter(
         Redis.from_url(f"redis://127.0.0.1:{free_port()}"),
-        stream_maxlen=10_000,
+        retention_ms=3_600_000,
         dedupe_ttl_s=3600,
         dedupe_buckets=8,
         timeout_s=2,
@@ -154,7 +156,7 @@ async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: igno
     redis_url, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
     committer = EventCommitter(
-        Redis.from_url(redis_url), stream_maxlen=10_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        Redis.from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
     )
     # A round trip carries several requests' events (a request holds at most 100).
     ids = range(LISTED_IDS + 20)
@@ -189,7 +191,7 @@ class _BrokenSpan:
 
 async def test_a_tracing_failure_does_not_keep_events_out_of_redis(redis_url, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     committer = EventCommitter(
-        Redis.from_url(redis_url), stream_maxlen=10_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        Redis.from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
     )
     broken = _BrokenSpan()
     outcomes = await committer.submit(parse_events(json.dumps([event()]).encode()), traced=broken)

@@ -14,6 +14,7 @@ from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
+from hubsync.core.event_entries import decode_entry
 from hubsync.core.telemetry import setup_tracing
 from tests.integration.ingress.fixtures import (
     PORTAL,
@@ -47,7 +48,8 @@ async def post(
 
 async def stream_events(redis: Redis) -> list[dict[str, Any]]:
     entries: Any = await redis.xrange(STREAM)
-    return [json.loads(fields[b"event"]) | {"_fields": fields} for _id, fields in entries]
+    records = [decode_entry(entry_id, fields) for entry_id, fields in entries]
+    return [(r.event or {}) | {"_entry": r} for r in records]
 
 
 async def test_signed_batch_is_enqueued_with_trace_context(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
@@ -62,9 +64,9 @@ async def test_signed_batch_is_enqueued_with_trace_context(ingress, redis: Redis
     stored = await stream_events(redis)
     assert [e["objectId"] for e in stored] == [1, 2]
     assert stored[1]["unknownField"] == 7  # unknown fields travel on
-    fields = stored[0]["_fields"]
-    assert fields[b"origin"] == b"webhook" and int(fields[b"accepted_ms"]) > 0
-    assert fields[b"traceparent"].startswith(b"00-")
+    entry = stored[0]["_entry"]
+    assert entry.origin == "webhook" and entry.accepted_ms > 0
+    assert entry.traceparent.startswith("00-")
     assert await redis.smembers("hubsync:portals") == {str(PORTAL).encode()}
     # the round trip's span is the root of the events' trace; an accepted request without a
     # trace context has no server span of its own
@@ -79,10 +81,10 @@ async def test_signed_batch_is_enqueued_with_trace_context(ingress, redis: Redis
     assert list(attributes["hubsync.object_id"]) == [1, 2]
     assert list(attributes["hubsync.event_id"]) == [e["eventId"] for e in events]
     assert (attributes["hubsync.accepted"], attributes["hubsync.duplicates"]) == (2, 0)
-    _version, trace_id, span_id, _flags = fields[b"traceparent"].decode().split("-")
+    _version, trace_id, span_id, _flags = entry.traceparent.split("-")
     assert trace_id == format(commit.context.trace_id, "032x")
     assert span_id == format(commit.context.span_id, "016x")
-    assert stored[1]["_fields"][b"traceparent"] == fields[b"traceparent"]
+    assert stored[1]["_entry"].traceparent == entry.traceparent
 
 
 async def test_callers_trace_context_is_continued(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
@@ -113,7 +115,7 @@ async def test_callers_trace_context_is_continued(ingress, redis: Redis) -> None
     assert attributes["hubsync.portal_id"] == PORTAL
     assert attributes["hubsync.event_count"] == 2
     assert list(attributes["hubsync.object_id"]) == [5, 6]
-    traceparents = {f["_fields"][b"traceparent"].decode() for f in await stream_events(redis)}
+    traceparents = {f["_entry"].traceparent for f in await stream_events(redis)}
     assert traceparents == {f"00-0af7651916cd43dd8448eb211c80319c-{server.context.span_id:016x}-01"}
 
 
@@ -255,11 +257,11 @@ async def test_signature_covers_the_query_string(ingress, redis: Redis) -> None:
     assert reply.status_code == 401
 
 
-async def test_event_text_is_stored_exactly(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
+async def test_event_comes_back_exactly(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     base, _ = ingress
     value = 'Zoë 🚀 "quoted" \\ back\nslash / \u0000 end'
     sent = event(object_id=5, property_value=value)
     assert (await post(base, json.dumps([sent]).encode())).status_code == 200
     [stored] = await stream_events(redis)
-    stored.pop("_fields")
+    stored.pop("_entry")
     assert stored == sent and stored["propertyValue"] == value

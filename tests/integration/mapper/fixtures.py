@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from hubsync.core.devredis import free_port
+from hubsync.core.event_entries import encode_entry
 from hubsync.core.redis import portal_key
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
@@ -115,6 +116,14 @@ def fast_config(**overrides: Any) -> SandboxConfig:
 
 
 @dataclass
+class StandinFormat:
+    """Which entry format :func:`ingress_standin` writes: the compact one, as ingress does, or
+    (``legacy``) the field format hubsync 0.1.0 wrote."""
+
+    legacy: bool = False
+
+
+@dataclass
 class Suite:
     sandbox: SandboxServer
     hubspot: httpx.AsyncClient
@@ -124,6 +133,8 @@ class Suite:
     auth_address: str = ""
     # The real ingress's gRPC address, when the suite runs it (else ingress_standin stands in).
     ingress_address: str = ""
+    # The entry format ingress_standin writes (the older field format while ``legacy`` is set).
+    standin: StandinFormat = field(default_factory=StandinFormat)
 
     async def idle(self) -> None:
         r = await self.hubspot.post("/_sandbox/webhooks/wait-idle", params={"timeout": 10})
@@ -155,16 +166,19 @@ async def suite(
     connect: bool = True,
     writer_env: Mapping[str, str] | None = None,
     real_ingress: bool = False,
+    entry_format: StandinFormat | None = None,
     **sandbox: Any,
 ) -> AsyncIterator[Suite]:
     """Sandbox, auth, writer in-process, the sandbox's webhooks going to ``ingress_standin`` (or,
     with ``real_ingress``, to a real ingress that reconciles through the writer). ``connect``:
-    the portal's private-app connection is stored in auth (else the portal is not connected)."""
+    the portal's private-app connection is stored in auth (else the portal is not connected).
+    ``entry_format``: the standin's entry format (a test may switch it while the suite runs)."""
     from tests.integration.ingress.fixtures import running_ingress
     from tests.integration.writer.fixtures import running_writer
 
+    standin = entry_format or StandinFormat()
     async with (
-        ingress_standin(redis_url) as receiver,
+        ingress_standin(redis_url, entry_format=standin) as receiver,
         SandboxServer(fast_config(**sandbox)) as sb,
         httpx.AsyncClient(
             base_url=sb.base_url, headers={"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}, timeout=15
@@ -201,7 +215,7 @@ async def suite(
                 )
                 target = f"{base}/webhooks/hubspot"
             sb.state.webhooks.subs[1001].target_url = target
-            yield Suite(sb, hubspot, writer, redis_url, caller_tokens, auth, ingress)
+            yield Suite(sb, hubspot, writer, redis_url, caller_tokens, auth, ingress, standin)
 
 
 async def read_changes(call: Any, n: int, timeout: float = 10.0) -> list[Any]:
@@ -259,12 +273,14 @@ async def mapper_process(
 
 @asynccontextmanager
 async def ingress_standin(
-    redis_url: str, behaviour: ReceiverBehaviour | None = None
+    redis_url: str, behaviour: ReceiverBehaviour | None = None, entry_format: StandinFormat | None = None
 ) -> AsyncIterator[WebhookReceiver]:
     """A webhook target that appends each received event to ``hubsync:{<portal>}:events`` the way
-    ingress does (fields ``event``, ``traceparent``/``tracestate`` of an ``ingress.webhook`` span,
+    ingress does (a compact entry with the context of an ``ingress.webhook`` span, origin webhook;
+    or, with ``entry_format.legacy``, the older fields ``event``, ``traceparent``/``tracestate``,
     ``accepted_ms``, ``origin``; portal added to ``hubsync:portals``). It verifies nothing and
     dedupes nothing: every delivery, duplicates included, reaches the stream."""
+    chosen = entry_format or StandinFormat()
     redis = Redis.from_url(redis_url)
     tracer = trace.get_tracer("tests.ingress-standin")
     receiver = WebhookReceiver(behaviour=behaviour)
@@ -273,13 +289,20 @@ async def ingress_standin(
         for event in request.json():
             portal = event["portalId"]
             with tracer.start_as_current_span("ingress.webhook"):
-                fields = inject_fields(
+                fields: Any = inject_fields(
                     {
                         "event": orjson.dumps(event),
                         "accepted_ms": int(time.time() * 1000),
                         "origin": "webhook",
                     }
                 )
+                if not chosen.legacy:
+                    fields = encode_entry(
+                        event,
+                        origin="webhook",
+                        traceparent=fields.get("traceparent", ""),
+                        tracestate=fields.get("tracestate", ""),
+                    )
                 await redis.xadd(portal_key(portal, "events"), fields)  # type: ignore[arg-type]
             await redis.sadd("hubsync:portals", str(portal))  # type: ignore[misc]
 

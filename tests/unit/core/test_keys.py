@@ -103,8 +103,10 @@ def test_every_registry_key_is_in_the_key_table_and_back() -> None:
 
 def test_the_committer_script_writes_the_registry_fields() -> None:
     # A Lua script cannot import the registry: this pins its field names to it.
-    written = set(re.findall(r"'([a-z_]+)', (?:e\[\d\]|accepted|origin)", committer._ENQUEUE_LUA))
+    written = set(re.findall(r"'([a-z_]+)', (?:e\[\d+\]|entry|accepted)", committer._ENQUEUE_LUA))
+    written |= set(re.findall(r"table.insert\(command, '([a-z_]+)'\)", committer._ENQUEUE_LUA))
     assert written == {
+        keys.EventEntry.ENTRY,
         keys.EventEntry.EVENT,
         keys.EventEntry.TRACEPARENT,
         keys.EventEntry.TRACESTATE,

@@ -58,6 +58,7 @@ from hubsync.core.errors import (
 )
 from hubsync.core.keys import auth_refresh_failed_key
 from hubsync.core.outage import loop_error
+from hubsync.core.portal_metrics import PortalCounter
 from hubsync.core.telemetry import trace_id_hex
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ audit_log = logging.getLogger("hubsync.auth.audit")
 REAUTH_REASON = "CONNECTION_NEEDS_REAUTH"
 MAX_TOKEN_LENGTH = 1024
 _meter = metrics.get_meter("hubsync.auth")
-_refresh_counter = _meter.create_counter(
-    "hubsync.token.refresh", description="Token refreshes at HubSpot by outcome"
+_refresh_counter = PortalCounter(
+    _meter.create_counter("hubsync.token.refresh", description="Token refreshes at HubSpot by outcome")
 )
 # Set by the background refresher's pass over every connection (the latest vault in the process).
 _needing_reauth = [0]
@@ -681,7 +682,7 @@ class TokenVault:
 
     @staticmethod
     def _count(portal_id: int, outcome: str) -> None:
-        _refresh_counter.add(1, {"portal": str(portal_id), "outcome": outcome})
+        _refresh_counter.add(1, portal_id, {"outcome": outcome})
 
 
 def _oauth_failure(exc: Exception) -> HubsyncError:

@@ -17,6 +17,10 @@ Dedupe memory: a 16-byte BLAKE2b digest of the event identity picks a set
 so each small set is a Redis *intset*: 8 bytes per event plus the key's share of overhead
 (``bench/ingress`` measures bytes/event). Sets live ``dedupe_ttl_s`` past their last insert.
 
+Entries: each accepted event is one compact ``JournalEvent`` (``hubsync.core.event_entries``),
+or with ``entry_format="fields"`` the fields of 0.1.0. The stream is trimmed by time and bytes on
+every append (the script's comment says how).
+
 Tracing: every entry stores a W3C trace context. Submissions that ask for it (``grouped``: the
 webhook requests HubSpot sends without one) share one ``ingress.commit`` span per round trip,
 the root of their events' traces; a submission with its own span (``traced``) has it opened and
@@ -44,6 +48,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from hubsync.core.event_entries import encode_event, encode_trace
 from hubsync.core.keys import PORTALS_KEY, dedupe_key, echoes_key, events_key, written_key
 from hubsync.ingress import metrics
 from hubsync.ingress.events import WebhookEvent
@@ -61,24 +66,38 @@ HOUR_MS = 3_600_000
 # A digest's first 8 bytes are the set member (signed), the next 4 pick the bucket.
 _MEMBER_AND_BUCKET = struct.Struct(">qI")
 
-# KEYS[1] the stream, KEYS[2] the echo journal, then dedupe sets and written-hashes; ARGV: maxlen,
-# ttl, accepted_ms, origin, and one JSON array of events, each [set index (0: an echo known by its
-# source, only journaled), member, written index (0: none), property, value, event, traceparent,
-# tracestate, echo record] (one argument: packing thousands of small ones costs the client more
-# than the whole script costs Redis). Returns one digit per event (a string: one reply to parse,
-# not one per event): 0 accepted, 1 duplicate, 2 echo.
+# KEYS[1] the stream, KEYS[2] the echo journal, then dedupe sets and written-hashes; ARGV: the
+# oldest id to keep (MINID), ttl, the stream's byte cap (0: none), one JSON array of events, each
+# [set index (0: an echo known by its source, only journaled), member, written index (0: none),
+# property, value, entry length, echo record, and for the fields format: traceparent, tracestate,
+# origin], the events' entries back to back (compact: serialized JournalEvents; fields: the
+# events' JSON), the format ('e' or 'fields'), accepted_ms. One argument for all events: packing
+# thousands of small ones costs the client more than the whole script costs Redis. Returns one
+# digit per event (a string: one reply to parse, not one per event): 0 accepted, 1 duplicate,
+# 2 echo.
+#
+# Retention: every XADD trims entries older than the retention (MINID ~: whole nodes only, so
+# it costs nothing between nodes). Past the byte cap, the oldest entries go too: MEMORY USAGE
+# (sampled: a few nodes, O(1) in the stream's length) says how far over, XTRIM MAXLEN ~ cuts
+# that share. Both only on a stream the call appended to.
 _ENQUEUE_LUA = """
-local maxlen = ARGV[1]
+local minid = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local accepted = ARGV[3]
-local origin = ARGV[4]
-local batch = cjson.decode(ARGV[5])
+local max_bytes = tonumber(ARGV[3])
+local batch = cjson.decode(ARGV[4])
+local entries = ARGV[5]
+local compact = ARGV[6] == 'e'
+local accepted = ARGV[7]
+local pos = 1
+local added = false
 local out = {}
 local touched = {}
 for i, e in ipairs(batch) do
+  local entry = string.sub(entries, pos, pos + e[6] - 1)
+  pos = pos + e[6]
   local set = KEYS[e[1]]
   if e[1] == 0 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', e[9])
+    redis.call('XADD', KEYS[2], 'MINID', '~', minid, '*', 'r', e[7])
     out[i] = 2
   elseif redis.call('SADD', set, e[2]) == 0 then
     out[i] = 1
@@ -90,19 +109,28 @@ for i, e in ipairs(batch) do
       echo = written ~= false and written == e[5]
     end
     if echo then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'r', e[9])
+      redis.call('XADD', KEYS[2], 'MINID', '~', minid, '*', 'r', e[7])
       out[i] = 2
-    elseif e[7] == '' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', e[6],
-        'accepted_ms', accepted, 'origin', origin)
-      out[i] = 0
-    elseif e[8] == '' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', e[6],
-        'traceparent', e[7], 'accepted_ms', accepted, 'origin', origin)
-      out[i] = 0
     else
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', e[6],
-        'traceparent', e[7], 'tracestate', e[8], 'accepted_ms', accepted, 'origin', origin)
+      if compact then
+        redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'e', entry)
+      else
+        local command = {'XADD', KEYS[1], 'MINID', '~', minid, '*', 'event', entry}
+        if e[8] ~= '' then
+          table.insert(command, 'traceparent')
+          table.insert(command, e[8])
+        end
+        if e[9] ~= '' then
+          table.insert(command, 'tracestate')
+          table.insert(command, e[9])
+        end
+        table.insert(command, 'accepted_ms')
+        table.insert(command, accepted)
+        table.insert(command, 'origin')
+        table.insert(command, e[10])
+        redis.call(unpack(command))
+      end
+      added = true
       out[i] = 0
     end
   end
@@ -110,9 +138,19 @@ end
 for set, _ in pairs(touched) do
   redis.call('EXPIRE', set, ttl)
 end
+if added and max_bytes > 0 then
+  local used = redis.call('MEMORY', 'USAGE', KEYS[1])
+  if used and used > max_bytes then
+    local length = redis.call('XLEN', KEYS[1])
+    redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', math.floor(length * max_bytes / used))
+  end
+end
 return table.concat(out)
 """
 _ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+
+
+ENTRY_FORMATS = ("compact", "fields")
 
 
 class Outcome(IntEnum):
@@ -212,15 +250,25 @@ class EventCommitter:
         self,
         redis: Redis,
         *,
-        stream_maxlen: int,
+        retention_ms: int,
         dedupe_ttl_s: int,
         dedupe_buckets: int,
         timeout_s: float,
         window_s: float = 0.0,
         max_events: int = 2000,
+        max_bytes: int = 0,
+        entry_format: str = "compact",
     ) -> None:
         self._redis = redis
-        self.stream_maxlen = stream_maxlen
+        # Entries older than this are trimmed from the stream (and the echo journal) on append.
+        self.retention_ms = retention_ms
+        # A portal's stream past this many bytes loses its oldest entries (0: no cap).
+        self.max_bytes = max_bytes
+        # "compact" (one field ``e``) or "fields" (0.1.0's format, which mapper replicas of
+        # 0.1.0 read: for a rolling upgrade, see UPGRADING.md).
+        if entry_format not in ENTRY_FORMATS:
+            raise ValueError(f"entry_format must be one of {ENTRY_FORMATS}")
+        self.compact = entry_format == "compact"
         self.dedupe_ttl_s = dedupe_ttl_s
         self.dedupe_buckets = dedupe_buckets
         self.timeout_s = timeout_s
@@ -421,32 +469,43 @@ class EventCommitter:
         return queue[:taken]
 
     async def _commit(self, batch: list[_Submission]) -> dict[_Submission, list[Outcome]]:
-        accepted_ms = str(int(time.time() * 1000))
-        calls: dict[tuple[int, str], _PortalCall] = {}
+        now_ms = int(time.time() * 1000)
+        calls: dict[int, _PortalCall] = {}
+        entries: dict[int, list[bytes]] = {}
 
-        def call_of(event: WebhookEvent, origin: str) -> _PortalCall:
-            call = calls.get((event.portal_id, origin))
+        def call_of(event: WebhookEvent) -> _PortalCall:
+            call = calls.get(event.portal_id)
             if call is None:
                 stream = events_key(event.portal_id)
                 echoes = echoes_key(event.portal_id)
-                call = calls[(event.portal_id, origin)] = _PortalCall(
-                    [stream, echoes], {stream: 1, echoes: 2}, []
-                )
+                call = calls[event.portal_id] = _PortalCall([stream, echoes], {stream: 1, echoes: 2}, [])
+                entries[event.portal_id] = []
             return call
 
         for sub in batch:
             for event in sub.own_echoes:
-                call = call_of(event, sub.origin)
-                call.args.append((0, "0", 0, "", "", "", "", "", echo_record(event)))
+                call = call_of(event)
+                call.args.append((0, "0", 0, "", "", 0, echo_record(event), "", "", ""))
                 call.slots.append((sub, -1))
+            # Serialized messages concatenated are one message: the trace context is encoded once
+            # per submission and appended to each of its events.
+            trace_part = encode_trace(sub.traceparent, sub.tracestate) if self.compact else b""
+            # The fields format carries them as arguments of their own.
+            trace_args = ("", "", "") if self.compact else (sub.traceparent, sub.tracestate, sub.origin)
             for position, event in enumerate(sub.events):
-                call = call_of(event, sub.origin)
+                call = call_of(event)
                 set_key, member = dedupe_slot(event, self.dedupe_buckets)
                 set_index = call.key(set_key)
                 written_index = 0
                 object_type = event.object_type
                 if event.property_name is not None and event.property_value is not None and object_type:
                     written_index = call.key(written_key(event.portal_id, object_type, str(event.object_id)))
+                if self.compact:
+                    data = event.data if event.data is not None else orjson.loads(event.raw)
+                    entry = encode_event(data, sub.origin) + trace_part
+                else:
+                    entry = event.raw
+                entries[event.portal_id].append(entry)
                 call.args.append(
                     (
                         set_index,
@@ -454,20 +513,28 @@ class EventCommitter:
                         written_index,
                         event.property_name or "",
                         event.property_value or "",
-                        event.raw_text,
-                        sub.traceparent,
-                        sub.tracestate,
+                        len(entry),
                         echo_record(event),
+                        *trace_args,
                     )
                 )
                 call.slots.append((sub, position))
         ordered = list(calls.items())
         commands = []
-        for (_portal, origin), call in ordered:
-            payload = orjson.dumps(call.args)
-            args = [self.stream_maxlen, self.dedupe_ttl_s, accepted_ms, origin, payload]
+        minid = max(now_ms - self.retention_ms, 0)
+        fmt = "e" if self.compact else "fields"
+        for portal, call in ordered:
+            args = [
+                minid,
+                self.dedupe_ttl_s,
+                self.max_bytes,
+                orjson.dumps(call.args),
+                b"".join(entries[portal]),
+                fmt,
+                now_ms,
+            ]
             commands.append(["EVALSHA", _ENQUEUE_SHA, len(call.keys), *call.keys, *args])
-        portals = sorted({str(portal) for (portal, _o) in calls})
+        portals = sorted({str(portal) for portal in calls})
         try:
             replies = await self._execute(commands, portals)
         except NoScriptError:

@@ -72,6 +72,8 @@ class WebhookEvent(NamedTuple):
     raw: bytes
     # Generic ``object.*`` subscriptions name the type by id (``0-1``...).
     object_type_id: str | None = None
+    # The event as parsed (what the journal entry encodes; None: parse ``raw`` again).
+    data: dict[str, Any] | None = None
 
     @property
     def raw_text(self) -> str:
@@ -185,6 +187,7 @@ def parse_events(body: bytes) -> list[WebhookEvent]:
                 source_id=_opt_str(item, "sourceId", index),
                 raw=single if single is not None else orjson.dumps(item),
                 object_type_id=_opt_str(item, "objectTypeId", index),
+                data=item,
             )
         )
     return events

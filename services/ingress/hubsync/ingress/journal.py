@@ -2,45 +2,31 @@
 
 Offsets are Redis stream ids (``<ms>-<seq>``), so a time maps to an offset without an index.
 Replays append the chosen entries again with ``origin=replay`` (the stages after ingress are
-idempotent); a replay's ``request_id`` is remembered so the same request replays once.
+idempotent); a replay's ``request_id`` is remembered so the same request replays once. Entries of
+either stored format are read through :func:`hubsync.core.event_entries.decode_entry`; replayed
+copies are written in the compact one, trimmed like the committer's appends.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 
 from hubsync.core.bounds import check_request_id
 from hubsync.core.errors import InvalidArgument, Unavailable
-from hubsync.core.keys import EventEntry, events_key, replays_key
+from hubsync.core.event_entries import EventRecord, decode_entry, replay_copy
+from hubsync.core.keys import events_key, replays_key
 
 _OFFSET = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 MAX_PAGE = 1000
 _CHUNK = 500
 
 
-@dataclass(frozen=True)
-class JournalEntry:
-    offset: str
-    fields: dict[str, bytes]
-
-    @property
-    def event(self) -> dict[str, Any]:
-        data = orjson.loads(self.fields.get(EventEntry.EVENT, b"{}"))
-        return data if isinstance(data, dict) else {}
-
-    @property
-    def accepted_ms(self) -> int:
-        raw = self.fields.get(EventEntry.ACCEPTED_MS, b"")
-        return int(raw) if raw.isdigit() else int(self.offset.split("-")[0])
-
-
-def _entry(entry_id: bytes, raw: dict[bytes, bytes]) -> JournalEntry:
-    return JournalEntry(entry_id.decode(), {k.decode(): v for k, v in raw.items()})
+#: An entry as the journal shows it (``id`` is its offset).
+JournalEntry = EventRecord
 
 
 def check_offset(name: str, value: str) -> None:
@@ -51,9 +37,12 @@ def check_offset(name: str, value: str) -> None:
 class EventJournal:
     """Reads and replays ``hubsync:{<portal>}:events``."""
 
-    def __init__(self, redis: Redis, *, stream_maxlen: int, replay_request_ttl_s: int) -> None:
+    def __init__(
+        self, redis: Redis, *, retention_ms: int, replay_request_ttl_s: int, entry_format: str = "compact"
+    ) -> None:
         self._redis = redis
-        self.stream_maxlen = stream_maxlen
+        self.retention_ms = retention_ms
+        self.compact = entry_format == "compact"
         self.replay_request_ttl_s = replay_request_ttl_s
 
     async def read(
@@ -77,9 +66,9 @@ class EventJournal:
         if end_ms is not None and end_ms <= 0:
             return [], ""
         raw: Any = await self._redis.xrange(events_key(portal_id), low, high, count=size + 1)
-        entries = [_entry(i, f) for i, f in raw]
+        entries = [decode_entry(i, f) for i, f in raw]
         if len(entries) > size:
-            return entries[:size], entries[size - 1].offset
+            return entries[:size], entries[size - 1].id
         return entries, ""
 
     async def replay(self, portal_id: int, start_offset: str, end_offset: str, request_id: str) -> int:
@@ -124,11 +113,10 @@ class EventJournal:
             if not raw:
                 return count
             pipe = self._redis.pipeline(transaction=False)
+            minid = max(int(time.time() * 1000) - self.retention_ms, 0)
             for entry_id, fields in raw:
-                copy = dict(fields)
-                copy[EventEntry.ORIGIN.encode()] = b"replay"
-                copy[EventEntry.REPLAY_OF.encode()] = entry_id
-                pipe.xadd(stream, copy, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+                copy: Any = replay_copy(entry_id, fields, compact=self.compact)
+                pipe.xadd(stream, copy, minid=minid, approximate=True)
             await pipe.execute()
             count += len(raw)
             low = "(" + raw[-1][0].decode()

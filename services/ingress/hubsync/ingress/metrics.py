@@ -6,7 +6,7 @@ from opentelemetry import metrics
 
 _meter = metrics.get_meter("hubsync.ingress")
 
-# Events appended to a portal's stream; attrs portal, origin (webhook|reconcile|replay).
+# Events appended to a portal's stream; attr origin (webhook|reconcile|replay).
 accepted = _meter.create_counter("hubsync.webhook.accepted", unit="{event}", description="events enqueued")
 # Requests refused; attr reason (bad_signature, stale_timestamp, too_large, bad_payload, ...).
 rejected = _meter.create_counter("hubsync.webhook.rejected", unit="{request}", description="requests refused")

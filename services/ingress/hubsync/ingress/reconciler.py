@@ -27,7 +27,8 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import InvalidArgument, Unavailable
-from hubsync.core.keys import PORTALS_KEY, EchoEntry, EventEntry, echoes_key, events_key, reconcile_key
+from hubsync.core.event_entries import decode_entry
+from hubsync.core.keys import PORTALS_KEY, EchoEntry, echoes_key, events_key, reconcile_key
 from hubsync.core.outage import loop_error
 from hubsync.ingress import metrics
 from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome
@@ -230,13 +231,10 @@ class Reconciler:
         low = f"{max(from_ms, 0)}-0"
         while True:
             page: Any = await self._redis.xrange(stream, low, "+", count=1000)
-            for _entry_id, fields in page:
-                try:
-                    event = orjson.loads(fields.get(EventEntry.EVENT.encode(), b"{}"))
-                except orjson.JSONDecodeError:
+            for entry_id, fields in page:
+                event = decode_entry(entry_id, fields).event
+                if event is None:
                     continue  # journal entries were validated on the way in
-                if not isinstance(event, dict):
-                    continue
                 object_type = _object_type(event)
                 object_id = event.get("objectId")
                 occurred = event.get("occurredAt")

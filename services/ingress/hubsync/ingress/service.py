@@ -89,7 +89,9 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     verifier = WebhookVerifier(secrets, accept_v1=settings.accept_v1, accept_v2=settings.accept_v2)
     committer = EventCommitter(
         redis,
-        stream_maxlen=settings.stream_maxlen,
+        retention_ms=settings.journal_retention_s * 1000,
+        max_bytes=settings.journal_max_bytes,
+        entry_format=settings.journal_format,
         dedupe_ttl_s=settings.dedupe_ttl_s,
         dedupe_buckets=settings.dedupe_buckets,
         timeout_s=settings.redis_timeout_s,
@@ -142,7 +144,10 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     # The OAuth browser-binding cookie is __Host-/Secure unless the edge is plain http.
     oauth.secure_cookie = webhook.public_base_url.startswith("https://")
     journal = EventJournal(
-        redis, stream_maxlen=settings.stream_maxlen, replay_request_ttl_s=settings.replay_request_ttl_s
+        redis,
+        retention_ms=settings.journal_retention_s * 1000,
+        replay_request_ttl_s=settings.replay_request_ttl_s,
+        entry_format=settings.journal_format,
     )
     reconciler = Reconciler(
         redis,

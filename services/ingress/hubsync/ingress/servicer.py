@@ -8,7 +8,6 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
-from hubsync.core.keys import EventEntry
 from hubsync.ingress.journal import EventJournal, JournalEntry
 from hubsync.ingress.reconciler import Reconciler
 
@@ -28,12 +27,12 @@ def _int(value: Any) -> int:
 
 
 def event_pb(entry: JournalEntry) -> ingress_pb2.WebhookEvent:
-    event: dict[str, Any] = entry.event
+    event: dict[str, Any] = entry.event or {}
     raw = struct_pb2.Struct()
     # Struct holds numbers as doubles: ids above 2**53 would lose digits, so they go as strings.
     raw.update({k: (str(v) if isinstance(v, int) and abs(v) > 2**53 else v) for k, v in event.items()})
     return ingress_pb2.WebhookEvent(
-        offset=entry.offset,
+        offset=entry.id,
         portal_id=_int(event.get("portalId")),
         event_id=_int(event.get("eventId")),
         subscription_type=_str(event.get("subscriptionType")),
@@ -45,7 +44,7 @@ def event_pb(entry: JournalEntry) -> ingress_pb2.WebhookEvent:
         occur_time=_ts(_int(event.get("occurredAt"))),
         accept_time=_ts(entry.accepted_ms),
         raw=raw,
-        traceparent=entry.fields.get(EventEntry.TRACEPARENT, b"").decode(),
+        traceparent=entry.traceparent,
     )
 
 

@@ -53,8 +53,17 @@ class IngressSettings(BaseSettings):
     # Dedupe digests of one portal's hour are spread over this many Redis sets so each stays a
     # compact intset (<= 512 members by Redis's default): size it to events/hour / 400.
     dedupe_buckets: int = Field(default=4096, ge=1, le=65536)
-    # Approximate length the per-portal event streams are trimmed to (the journal).
-    stream_maxlen: int = Field(default=1_000_000, ge=1000)
+    # How long each portal's event stream (the journal) keeps an entry: past HubSpot's 24 h
+    # retry horizon, so a replay can cover any event HubSpot could still be retrying. Trimmed on
+    # append (XADD MINID ~: whole stream nodes, so a little more may stay).
+    journal_retention_s: int = Field(default=26 * HOUR_S, ge=HOUR_S)
+    # A portal's stream past this many bytes of Redis memory loses its oldest entries, whatever
+    # their age (0: no cap). At ~144 B per event, 512 MiB hold ~3.7 M events.
+    journal_max_bytes: int = Field(default=512 * 1024 * 1024, ge=0)
+    # How entries are stored: ``compact`` (one protobuf field, ~150 B per event) or ``fields``
+    # (0.1.0's format, ~430 B, the only one mapper 0.1.0 reads): set ``fields`` while
+    # upgrading from 0.1.0 with mapper replicas still running, then ``compact`` (UPGRADING.md).
+    journal_format: Literal["compact", "fields"] = "compact"
     # Group commit: how long a flush waits for more requests to join (0: one loop turn; under
     # load the requests arriving during one round trip form the next group anyway).
     commit_window_s: float = Field(default=0.0, ge=0, le=0.05)

@@ -40,6 +40,7 @@ from redis.exceptions import ResponseError
 from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.keys import PORTALS_KEY, events_key, feed_key
 from hubsync.core.outage import loop_error, redis_outage
+from hubsync.core.portal_metrics import PortalGauge
 from hubsync.core.redis import group_lag
 from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper.feed import DISCOVER_INTERVAL_S
@@ -51,13 +52,19 @@ from hubsync.mapper.transforms import MappingSet
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("hubsync.mapper")
 _meter = metrics.get_meter("hubsync.mapper")
-_lag = _meter.create_gauge("hubsync.stream.lag", description="Entries a consumer group has not read yet")
+_lag = PortalGauge("sum")
+_meter.create_observable_gauge(
+    "hubsync.stream.lag", callbacks=[_lag.observe], description="Entries a consumer group has not read yet"
+)
 _parked_events = _meter.create_counter("hubsync.mapper.inbound.parked", description="Inbound events parked")
 _dead_events = _meter.create_counter(
     "hubsync.mapper.inbound.dead_letters", description="Inbound events dead-lettered"
 )
-_depth = _meter.create_gauge(
-    "hubsync.mapper.inbound.depth", description="Inbound events parked or dead-lettered, per portal"
+_depth = PortalGauge("sum")
+_meter.create_observable_gauge(
+    "hubsync.mapper.inbound.depth",
+    callbacks=[_depth.observe],
+    description="Inbound events parked or dead-lettered",
 )
 
 __all__ = ["GROUP", "InboundWorker", "events_key"]
@@ -551,20 +558,21 @@ class InboundWorker:
                 pipe.xlen(queues.parked_key(portal))
                 pipe.xlen(queues.dead_letter_key(portal))
                 parked, dead = await pipe.execute()
-            _depth.set(parked, {"portal": portal, "queue": "parked"})
-            _depth.set(dead, {"portal": portal, "queue": "dlq"})
+            _depth.set(parked, portal, {"queue": "parked"})
+            _depth.set(dead, portal, {"queue": "dlq"})
             with contextlib.suppress(ResponseError):
                 for g in await self.redis.xinfo_groups(key):
                     if _s(g["name"]) == GROUP:
                         lag = await group_lag(self.redis, key, g)
-                        _lag.set(lag, {"stream": "events", "group": GROUP, "portal": portal})
+                        _lag.set(lag, portal, {"stream": "events", "group": GROUP})
             for object_type in ("companies", "contacts", "deals"):
                 with contextlib.suppress(ResponseError):
                     fkey = feed_key(portal, object_type)
                     for g in await self.redis.xinfo_groups(fkey):
                         _lag.set(
                             await group_lag(self.redis, fkey, g),
-                            {"stream": f"feed:{object_type}", "group": _s(g["name"]), "portal": portal},
+                            portal,
+                            {"stream": f"feed:{object_type}", "group": _s(g["name"])},
                         )
 
 

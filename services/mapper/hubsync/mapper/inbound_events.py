@@ -13,16 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from hubsync.api.mapper.v1 import mapper_pb2
-from hubsync.core.keys import EventEntry
+from hubsync.core.event_entries import decode_entry
 from hubsync.core.telemetry import extract_context
 from hubsync.mapper.objecttypes import CUSTOM_ID, CUSTOM_TYPES, STANDARD_IDS, WEBHOOK_PREFIX
 from hubsync.mapper.transforms import MappingSet
-
-_EVENT = EventEntry.EVENT.encode()
-_TRACEPARENT = EventEntry.TRACEPARENT.encode()
 
 SYNCED_TYPES = WEBHOOK_PREFIX
 SYNCED_TYPE_IDS = {tid: name for name, tid in STANDARD_IDS.items()}
@@ -61,6 +56,8 @@ class ParsedEntry:
     # Why it can never become a change ("" when it can, or is merely not synced).
     reason: str = ""
     detail: str = ""
+    # The W3C trace context stored with the event.
+    carrier: dict[str, str] = field(default_factory=dict)
 
     @property
     def record(self) -> tuple[str, str] | None:
@@ -100,8 +97,8 @@ class RecordChange:
             if other is not None and str(other) not in self.related:
                 self.related.append(str(other))
         self.occurred_ms = max(self.occurred_ms, _int(event.get("occurredAt")))
-        if _TRACEPARENT in entry.fields:
-            self.contexts.append(extract_context(entry.fields))
+        if entry.carrier.get("traceparent"):
+            self.contexts.append(extract_context(entry.carrier))
         self.entry_ids.append(entry.id)
 
 
@@ -139,15 +136,13 @@ def classify(event: dict[str, Any]) -> tuple[str, str, str] | None:
 
 
 def parse_entry(entry_id: bytes, fields: Fields) -> ParsedEntry:
-    """Parses an entry and says why it can never become a change, if it cannot."""
-    entry = ParsedEntry(entry_id, fields)
-    try:
-        event = orjson.loads(fields.get(_EVENT) or b"")
-    except orjson.JSONDecodeError:
-        entry.reason, entry.detail = "MALFORMED_ENTRY", "the entry's event is not JSON"
-        return entry
-    if not isinstance(event, dict):
-        entry.reason, entry.detail = "MALFORMED_ENTRY", "the entry's event is not a JSON object"
+    """Parses an entry (either stored format) and says why it can never become a change, if it
+    cannot."""
+    decoded = decode_entry(entry_id, fields)
+    entry = ParsedEntry(entry_id, fields, carrier=decoded.carrier)
+    event = decoded.event
+    if event is None:
+        entry.reason, entry.detail = "MALFORMED_ENTRY", decoded.error
         return entry
     entry.event = event
     sub = str(event.get("subscriptionType") or "")

@@ -28,6 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from hubsync.core.errors import InvalidArgument, NotFound
+from hubsync.core.event_entries import decode_entry
 from hubsync.core.keys import (
     CONNECTION_CHANGES_CHANNEL,
     INBOUND_PARKED_PORTALS_KEY,
@@ -290,7 +291,7 @@ class InboundQueues:
             queued_ms=int(stamp) if stamp.isdigit() else 0,
             attempts=int(fields.get(b"attempts") or 0),
             from_id=_s(fields.get(b"from_id")),
-            raw_event=fields.get(EventEntry.EVENT.encode(), b""),
+            raw_event=decode_entry(fields.get(b"from_id", entry_id), fields).event_json(),
         )
 
     @staticmethod

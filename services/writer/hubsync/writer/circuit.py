@@ -24,9 +24,14 @@ from redis.exceptions import RedisError
 
 from hubsync.core.errors import Unavailable
 from hubsync.core.keys import circuit_closed_key, circuit_open_key, circuit_probe_key
+from hubsync.core.portal_metrics import PortalGauge
 
-_state_gauge = metrics.get_meter("hubsync.writer").create_gauge(
-    "hubsync.circuit.state", description="Circuit breaker per portal: 1 closed, 2 open, 3 half-open"
+# Folded over portals: the highest state (any circuit not closed shows).
+_state_gauge = PortalGauge("max")
+metrics.get_meter("hubsync.writer").create_observable_gauge(
+    "hubsync.circuit.state",
+    callbacks=[_state_gauge.observe],
+    description="Circuit breaker per portal: 1 closed, 2 open, 3 half-open",
 )
 
 
@@ -152,7 +157,7 @@ class CircuitBreaker:
 
     def _set(self, state: CircuitState) -> None:
         self._state = state
-        _state_gauge.set(int(state), {"portal": str(self.portal_id)})
+        _state_gauge.set(int(state), self.portal_id)
 
 
 class CircuitBreakers:

@@ -18,11 +18,17 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument, NotFound
 from hubsync.core.keys import writer_dlq_key
+from hubsync.core.portal_metrics import PortalCounter, PortalGauge
 
 _meter = metrics.get_meter("hubsync.writer")
-_depth = _meter.create_gauge("hubsync.dlq.depth", description="Entries in the portal's dead-letter queue")
-_dead = _meter.create_counter(
-    "hubsync.dlq.entries", description="Writes dead-lettered, by portal and HTTP status"
+_depth = PortalGauge("sum")
+_meter.create_observable_gauge(
+    "hubsync.dlq.depth", callbacks=[_depth.observe], description="Entries in the portal's dead-letter queue"
+)
+_dead = PortalCounter(
+    _meter.create_counter(
+        "hubsync.dlq.entries", description="Writes dead-lettered, by portal and HTTP status"
+    )
 )
 
 
@@ -74,13 +80,13 @@ class DeadLetterQueue:
             maxlen=self.maxlen,
             approximate=True,
         )
-        _dead.add(1, {"portal": str(portal_id), "status": str(error.http_status)})
+        _dead.add(1, portal_id, {"status": str(error.http_status)})
         await self.depth(portal_id)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def depth(self, portal_id: int) -> int:
         n = int(await self.redis.xlen(dlq_key(portal_id)))
-        _depth.set(n, {"portal": str(portal_id)})
+        _depth.set(n, portal_id)
         return n
 
     async def page(
@@ -148,7 +154,7 @@ class DeadLetterQueue:
         if all_:
             n = await self.depth(portal_id)
             await self.redis.delete(dlq_key(portal_id))
-            _depth.set(0, {"portal": str(portal_id)})
+            _depth.set(0, portal_id)
             return n
         return await self.remove(portal_id, ids)
 

@@ -27,6 +27,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from hubsync.core.errors import ResourceExhausted, Unauthenticated, Unavailable
+from hubsync.core.portal_metrics import PortalCounter
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.ratelimit import RateLimiter
 from hubsync.writer.tokens import TokenSource
@@ -34,8 +35,10 @@ from hubsync.writer.tokens import TokenSource
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("hubsync.writer")
 _meter = metrics.get_meter("hubsync.writer")
-_requests = _meter.create_counter(
-    "hubsync.hubspot.requests", description="HubSpot API calls by portal, endpoint and status"
+_requests = PortalCounter(
+    _meter.create_counter(
+        "hubsync.hubspot.requests", description="HubSpot API calls by portal, endpoint and status"
+    )
 )
 _request_duration = _meter.create_histogram(
     "hubsync.hubspot.request.duration",
@@ -44,8 +47,8 @@ _request_duration = _meter.create_histogram(
 )
 
 
-def _count(attrs: dict[str, str], status: str, started: float) -> None:
-    _requests.add(1, attrs | {"status": status})
+def _count(portal_id: int, attrs: dict[str, str], status: str, started: float) -> None:
+    _requests.add(1, portal_id, attrs | {"status": status})
     _request_duration.record(time.perf_counter() - started, {"endpoint": attrs["endpoint"], "status": status})
 
 
@@ -247,7 +250,7 @@ class HubSpotClient:
         records: int,
         timeout: float,
     ) -> HubSpotResponse:
-        attrs = {"portal": str(portal_id), "endpoint": f"{method} {route}"}
+        attrs = {"endpoint": f"{method} {route}"}
         with _tracer.start_as_current_span(
             f"HubSpot {method} {route}",
             kind=SpanKind.CLIENT,
@@ -265,17 +268,17 @@ class HubSpotClient:
                 )
             except httpx.TimeoutException:
                 span.set_status(Status(StatusCode.ERROR, "timeout"))
-                _count(attrs, "timeout", started)
+                _count(portal_id, attrs, "timeout", started)
                 # A timeout is HubSpot's 504 as far as the batch is concerned (halve and retry).
                 return HubSpotResponse(504, {"message": "request to HubSpot timed out"}, {})
             except httpx.TransportError as exc:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                _count(attrs, "error", started)
+                _count(portal_id, attrs, "error", started)
                 return HubSpotResponse(503, {"message": f"cannot reach HubSpot: {type(exc).__name__}"}, {})
             span.set_attribute("http.status_code", raw.status_code)
             if raw.status_code >= 400:
                 span.set_status(Status(StatusCode.ERROR, str(raw.status_code)))
-            _count(attrs, str(raw.status_code), started)
+            _count(portal_id, attrs, str(raw.status_code), started)
             parsed: Any
             try:
                 parsed = orjson.loads(raw.content) if raw.content else None

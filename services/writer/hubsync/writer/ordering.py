@@ -29,13 +29,16 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.keys import writer_version_key, writer_versions_key
+from hubsync.core.portal_metrics import PortalCounter
 from hubsync.core.versions import reserve_versions
 
 log = logging.getLogger(__name__)
 
-_superseded = metrics.get_meter("hubsync.writer").create_counter(
-    "hubsync.writes.superseded",
-    description="Properties of writes dropped because a newer version of the record was written",
+_superseded = PortalCounter(
+    metrics.get_meter("hubsync.writer").create_counter(
+        "hubsync.writes.superseded",
+        description="Properties of writes dropped because a newer version of the record was written",
+    )
 )
 
 # KEYS: one version hash per record. ARGV[1]: TTL (s); ARGV[i + 1]: JSON [[property, version]]
@@ -129,7 +132,7 @@ class RecordVersions:
             out[n] = stale
             dropped += len(stale)
         if dropped:
-            _superseded.add(dropped, {"portal": str(portal_id), "object_type": object_type})
+            _superseded.add(dropped, portal_id, {"object_type": object_type})
             log.warning(
                 "older writes superseded: properties a newer version of the record already wrote "
                 "were not sent",

@@ -28,6 +28,7 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import HubsyncError, Unavailable
 from hubsync.core.keys import WRITER_PORTALS_KEY, write_ledger_key, write_request_key, writes_key
 from hubsync.core.outage import loop_error
+from hubsync.core.portal_metrics import PortalGauge
 from hubsync.core.telemetry import extract_context, inject_fields
 from hubsync.core.versions import reserve_lua
 from hubsync.writer.ordering import stamp, version_counter_key
@@ -37,8 +38,11 @@ log = logging.getLogger(__name__)
 
 GROUP = "writer"
 _tracer = trace.get_tracer("hubsync.writer")
-_lag = metrics.get_meter("hubsync.writer").create_gauge(
-    "hubsync.stream.lag", description="Entries of the durable write queue not yet processed"
+_lag = PortalGauge("sum")
+metrics.get_meter("hubsync.writer").create_observable_gauge(
+    "hubsync.stream.lag",
+    callbacks=[_lag.observe],
+    description="Entries of the durable write queue not yet processed",
 )
 PORTALS = WRITER_PORTALS_KEY
 _PENDING = b"pending"
@@ -241,7 +245,7 @@ class QueueConsumer:
 
     async def _record_lag(self, portal: int) -> None:
         depth = int(await self.redis.xlen(writes_key(portal)))
-        _lag.set(depth, {"stream": "writes", "group": GROUP, "portal": str(portal)})
+        _lag.set(depth, portal, {"stream": "writes", "group": GROUP})
 
     async def _handle(self, portal: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:

@@ -33,10 +33,15 @@ from hubsync.core.keys import (
     rate_probe_key,
     rate_window_key,
 )
+from hubsync.core.portal_metrics import PortalGauge
 
 _meter = metrics.get_meter("hubsync.writer")
-_remaining = _meter.create_gauge(
-    "hubsync.ratelimit.remaining", description="Requests left in the portal's burst window"
+# Folded over portals: the least headroom (the portal closest to its limit).
+_remaining = PortalGauge("min")
+_meter.create_observable_gauge(
+    "hubsync.ratelimit.remaining",
+    callbacks=[_remaining.observe],
+    description="Requests left in the portal's burst window",
 )
 
 # The effective limits: what HubSpot's headers said (``learned`` hash), capped by the operator's
@@ -319,7 +324,7 @@ class RateLimiter:
             )
             if int(granted) == 1:
                 if not search:
-                    _remaining.set(int(limit) - int(used), {"portal": str(portal_id), "source": "writer"})
+                    _remaining.set(int(limit) - int(used), portal_id, {"source": "writer"})
                 return member, waited or int(used) > int(limit) * busy_at
             wait = int(wait_ms) / 1000
             if int(granted) == -1:
@@ -381,7 +386,7 @@ class RateLimiter:
             if maximum is not None and plan.cap_burst:
                 limit = min(limit, plan.burst)
             hubspot_used = max(limit - remaining, 0)
-            _remaining.set(remaining, {"portal": str(portal_id), "source": "hubspot"})
+            _remaining.set(remaining, portal_id, {"source": "hubspot"})
         daily_used = daily - daily_remaining if daily is not None and daily_remaining is not None else -1
         learned_max = maximum if maximum is not None and maximum > 0 else (0 if probed else -1)
         await self._correct(
@@ -464,7 +469,7 @@ class RateLimiter:
         daily_used = int(count) if day is not None and int(day) == today else 0
         remaining: Any = await self.redis.hget(info_key, "remaining")
         left = limits.burst - int(burst)
-        _remaining.set(left, {"portal": str(portal_id), "source": "writer"})
+        _remaining.set(left, portal_id, {"source": "writer"})
         return QuotaUse(int(burst), daily_used, int(remaining) if remaining is not None else -1)
 
 
