@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import FullJitterBackoff
@@ -122,14 +125,64 @@ def create_cluster_client(url: str, **options: Any) -> Redis:
         options["username"] = unquote(user)
     if CLUSTER_SCHEMES[parts.scheme]:
         options["ssl"] = True
-    # A full pool raises MaxConnectionsError (an outage to callers) instead of waiting: the async
-    # cluster client has no blocking pool. The limit is per node.
-    client = RedisCluster(
+    client = _WaitingRedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_seeds(url)],
-        max_connections=POOL_MAX_CONNECTIONS,
+        max_connections=POOL_MAX_CONNECTIONS + _CLUSTER_SPARE_CONNECTIONS,
         **options,
     )
     return cast(Redis, client)
+
+
+# Connections per node beyond the permits below: pub/sub and a WATCH held until its EXEC take a
+# connection without a permit.
+_CLUSTER_SPARE_CONNECTIONS = 20
+# Set while a task holds a permit, so a command a pipeline re-sends itself (after MOVED/ASK)
+# does not wait for a second one.
+_holding_permit: ContextVar[bool] = ContextVar("hubsync_redis_permit", default=False)
+
+
+class _WaitingRedisCluster(RedisCluster):
+    """A cluster client whose commands wait for a connection when the pool is busy, as the
+    single-server client's blocking pool does (redis-py's cluster nodes raise
+    MaxConnectionsError instead). At most ``POOL_MAX_CONNECTIONS`` commands and pipelines run at
+    once; each uses at most one connection per node, so no node's pool runs dry."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(POOL_MAX_CONNECTIONS)
+
+    async def with_permit(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        if _holding_permit.get():
+            return await call()
+        if self._initialize:
+            # Learn the slot map before routing: redis-py routes a command that arrives before it
+            # knows the map to a random node, and the MOVED replies that follow make it close
+            # every connection, cutting the commands in flight (seen with concurrent BLPOPs).
+            await self.initialize()
+        async with self._permits:
+            token = _holding_permit.set(True)
+            try:
+                return await call()
+            finally:
+                _holding_permit.reset(token)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        run = super().execute_command
+        return await self.with_permit(lambda: run(*args, **kwargs))
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # raises as redis-py does
+        return _WaitingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py builds it
+
+
+class _WaitingPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, _WaitingRedisCluster)
+        run = super().execute
+        result: list[Any] = await client.with_permit(lambda: run(raise_on_error, allow_redirections))
+        return result
 
 
 # Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).
