@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         needs = item.get_closest_marker("cluster_needs")
         callspec = getattr(item, "callspec", None)
-        kind = callspec.params.get("redis_kind") if callspec is not None else None
+        kind = callspec.params.get("redis_kind", TEST_REDIS) if callspec is not None else TEST_REDIS
         if needs is not None and kind == CLUSTER:
             branch, reason = [*needs.args, "", ""][:2]
             item.add_marker(pytest.mark.skip(reason=f"on Redis Cluster needs branch {branch!r}: {reason}"))

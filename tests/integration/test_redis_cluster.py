@@ -21,7 +21,7 @@ from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import RedisCluster, RedisProcess
 from hubsync.core.errors import error_info
-from hubsync.core.keys import events_key
+from hubsync.core.keys import events_key, writes_key
 from hubsync.core.redis import redis_from_url
 from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 
@@ -173,3 +173,58 @@ async def test_scripts_are_loaded_again_on_nodes_that_lost_them(
             assert await _journal(address, caller_tokens["cli"]) == [1, 2]
     finally:
         await redis.aclose()
+
+
+def _portal_on_another_node(portal: int, nodes: int = 3) -> int:
+    """A portal id whose slot falls in another node's share of the slots than ``portal``'s
+    (:class:`RedisCluster` splits the slots evenly, in order)."""
+
+    def share(p: int) -> int:
+        return key_slot(events_key(p).encode()) * nodes // 16384
+
+    return next(p for p in range(portal + 1, portal + 1000) if share(p) != share(portal))
+
+
+@pytest.mark.on_cluster
+@pytest.mark.cluster_needs(
+    "queues", "writer's queue reads every portal's write stream in one XREADGROUP, across slots"
+)
+async def test_writer_serves_two_portals_whose_keys_live_on_different_nodes(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    from hubsync.api.writer.v1 import writer_pb2
+    from hubsync.sandbox import PortalConfig, PrivateAppConfig
+    from tests.integration.auth.fixtures import register_sandbox_private_app
+    from tests.integration.writer.helpers import PORTAL as WRITER_PORTAL
+    from tests.integration.writer.helpers import sandbox_config, stack, upsert
+
+    other = _portal_on_another_node(WRITER_PORTAL)
+    token = f"pat-na1-00000000-0000-4000-8000-{other:012d}"
+    config = sandbox_config()
+    config.portals.append(
+        PortalConfig.model_validate(
+            {"hub_id": other, "burst_per_10s": 100_000, "private_apps": [PrivateAppConfig(token=token)]}
+        )
+    )
+    async with stack(redis_url, caller_tokens, config) as s:
+        await register_sandbox_private_app(s.auth_address, caller_tokens, portal_id=other, token=token)
+        for portal in (WRITER_PORTAL, other):
+            # Not waited for: queued, then taken by the queue loop (one XREADGROUP per step).
+            reply = await s.stub.SubmitWrites(
+                writer_pb2.SubmitWritesRequest(
+                    portal_id=portal, writes=[upsert(f"p{portal}@example.com")], request_id=f"r{portal}"
+                ),
+                timeout=30,
+            )
+            assert [r.status for r in reply.results] == [writer_pb2.WRITE_STATUS_QUEUED]
+        # Both portals' queued writes are consumed (acknowledged and removed) by the queue loop.
+        redis = redis_from_url(redis_url)
+        try:
+            for _ in range(400):
+                left = [await redis.xlen(writes_key(p)) for p in (WRITER_PORTAL, other)]
+                if left == [0, 0]:
+                    break
+                await asyncio.sleep(0.05)
+            assert left == [0, 0]
+        finally:
+            await redis.aclose()
