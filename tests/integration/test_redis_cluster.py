@@ -228,3 +228,46 @@ async def test_writer_serves_two_portals_whose_keys_live_on_different_nodes(
             assert left == [0, 0]
         finally:
             await redis.aclose()
+
+
+async def test_writer_answers_a_lost_node_with_unavailable_and_its_queue_recovers(
+    own_cluster: RedisCluster, caller_tokens: dict[str, str]
+) -> None:
+    """Writer (and auth) on the cluster: while the node serving the portal is down a submission
+    answers UNAVAILABLE with RetryInfo; once it is back, a queued write goes through the queue loop
+    (pool and topology recovered without a restart)."""
+    from hubsync.api.writer.v1 import writer_pb2
+    from tests.integration.writer.helpers import PORTAL as WRITER_PORTAL
+    from tests.integration.writer.helpers import stack, upsert
+
+    slot = key_slot(writes_key(WRITER_PORTAL).encode())
+    async with stack(own_cluster.url, caller_tokens) as s:
+
+        async def submit(email: str, *, wait: bool) -> writer_pb2.SubmitWritesResponse:
+            request = writer_pb2.SubmitWritesRequest(
+                portal_id=WRITER_PORTAL, writes=[upsert(email)], wait=wait, request_id=email.split("@")[0]
+            )
+            return await s.stub.SubmitWrites(request, timeout=60)
+
+        first = await submit("before@example.com", wait=True)
+        assert [r.status for r in first.results] == [writer_pb2.WRITE_STATUS_SUCCEEDED]
+        index = _owner(own_cluster, slot)
+        lost = own_cluster.nodes[index]
+        await asyncio.to_thread(lost.stop)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await submit("during@example.com", wait=True)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "RetryInfo" in _detail_types(err.value)
+
+        restarted = RedisProcess(lost.data_dir, port=lost.port, cluster=True)
+        own_cluster.nodes[index] = restarted
+        await asyncio.to_thread(restarted.start)
+        await asyncio.to_thread(own_cluster.wait_ok)
+        queued = await submit("after@example.com", wait=False)
+        assert [r.status for r in queued.results] == [writer_pb2.WRITE_STATUS_QUEUED]
+        for _ in range(600):
+            emails = {o["properties"].get("email") for o in await s.objects()}
+            if "after@example.com" in emails:
+                break
+            await asyncio.sleep(0.1)
+        assert {"before@example.com", "after@example.com"} <= emails

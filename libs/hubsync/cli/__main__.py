@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tls", action="store_true", help="mutual TLS on every gRPC hop, with a CA made for this run"
     )
+    run.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="a local Redis Cluster (three masters) instead of one Redis",
+    )
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", help="health of every service")
@@ -147,7 +152,13 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         def say(msg: str) -> None:
             progress.update(task, description=msg)
 
-        suite = Suite(workdir, otlp_endpoint=args.otlp_endpoint, progress=say, tls=args.tls)
+        suite = Suite(
+            workdir,
+            otlp_endpoint=args.otlp_endpoint,
+            progress=say,
+            tls=args.tls,
+            redis_cluster=args.redis_cluster,
+        )
         try:
             await suite.start()
         except SuiteError as exc:
