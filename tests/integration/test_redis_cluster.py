@@ -271,3 +271,80 @@ async def test_writer_answers_a_lost_node_with_unavailable_and_its_queue_recover
                 break
             await asyncio.sleep(0.1)
         assert {"before@example.com", "after@example.com"} <= emails
+
+
+@pytest.mark.on_cluster
+@pytest.mark.cluster_needs(
+    "feed", "the change feed reads every portal's feed stream in one XREADGROUP, across slots"
+)
+async def test_feed_delivers_changes_of_two_portals_whose_keys_live_on_different_nodes(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    """Changes mapper published for two portals on different nodes both reach one subscriber."""
+    from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+    from hubsync.core.keys import PORTALS_KEY, FeedEntry, feed_key
+    from tests.integration.mapper.fixtures import running_mapper
+
+    portals = [PORTAL, _portal_on_another_node(PORTAL)]
+    redis = redis_from_url(redis_url)
+    try:
+        await redis.sadd(PORTALS_KEY, *[str(p) for p in portals])
+        for portal in portals:
+            change = mapper_pb2.Change(portal_id=portal, object_type="contacts", hubspot_id=str(portal))
+            await redis.xadd(
+                feed_key(portal, "contacts"),
+                {FeedEntry.CHANGE: change.SerializeToString(), FeedEntry.HUBSPOT_ID: str(portal)},
+            )
+        async with (
+            running_mapper(redis_url, caller_tokens, inbound_enabled=False) as mapper,
+            open_channel(mapper.address, caller_tokens["client"]) as channel,
+        ):
+            call = mapper_pb2_grpc.MapperServiceStub(channel).Subscribe(
+                mapper_pb2.SubscribeRequest(consumer_group="two", consumer="c", object_types=["contacts"]),
+                timeout=20,
+            )
+            seen = set()
+            async for reply in call:
+                seen.add(reply.change.portal_id)
+                if len(seen) == 2:
+                    call.cancel()
+                    break
+            assert seen == set(portals)
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.on_cluster
+@pytest.mark.cluster_needs(
+    "queues", "mapper's inbound loop reads every portal's event stream in one XREADGROUP, across slots"
+)
+async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_nodes(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> None:
+    """Events ingress accepted for two portals on different nodes are both taken by mapper's
+    inbound loop (read by its consumer group; what happens next needs writer and auth, absent)."""
+    from hubsync.core.keys import PORTALS_KEY, EventEntry
+    from hubsync.mapper.publish import GROUP
+    from tests.integration.mapper.fixtures import running_mapper
+
+    portals = [PORTAL, _portal_on_another_node(PORTAL)]
+    redis = redis_from_url(redis_url)
+    try:
+        await redis.sadd(PORTALS_KEY, *[str(p) for p in portals])
+        for portal in portals:
+            fields = {EventEntry.EVENT: json.dumps(event(portal_id=portal)), EventEntry.ORIGIN: "webhook"}
+            await redis.xadd(events_key(portal), fields)  # type: ignore[arg-type]
+        async with running_mapper(redis_url, caller_tokens):
+            read: list[bool] = []
+            for _ in range(300):
+                read = []
+                for portal in portals:
+                    groups: Any = await redis.xinfo_groups(events_key(portal))
+                    delivered = [g for g in groups if g["name"] in (GROUP, GROUP.encode())]
+                    read.append(bool(delivered) and delivered[0]["last-delivered-id"] not in (b"0-0", "0-0"))
+                if all(read):
+                    break
+                await asyncio.sleep(0.05)
+            assert read == [True, True]
+    finally:
+        await redis.aclose()
