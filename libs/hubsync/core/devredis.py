@@ -64,9 +64,13 @@ def free_port(*, also: int = 0) -> int:
             port = random.randint(10_000, low - 1 - also)
             if _bindable(port) and (not also or _bindable(port + also)):
                 return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not also or (port + also <= 65_535 and _bindable(port + also)):
+            return port
+    raise OSError("no free loopback port found")
 
 
 class RedisProcess:
