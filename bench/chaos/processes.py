@@ -90,7 +90,7 @@ class ChaosSuite(Suite):
         """``sigterm``: Redis writes its AOF and exits; ``sigkill``: gone at once (AOF fsyncs
         every second, so up to a second of acknowledged writes may be lost: that is Redis's
         documented guarantee, and what hubsync must live with)."""
-        assert self.redis is not None and self.redis.proc is not None
+        assert isinstance(self.redis, RedisProcess) and self.redis.proc is not None
         proc = self.redis.proc
         proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 30)

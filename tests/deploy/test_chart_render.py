@@ -232,14 +232,45 @@ def test_external_redis_with_tls_and_password() -> None:
     assert not rendered.of_kind("ScaledObject")
 
 
-def test_redis_cluster_is_refused() -> None:
-    """Redis Cluster is not supported (multi-portal XREADGROUP spans slots): the schema says so."""
+def test_redis_cluster_url_is_accepted_and_held_to_production_rules() -> None:
+    """Redis Cluster (issue 13): a rediss+cluster:// url reaches every service unchanged, KEDA gets
+    its cluster scaler with every seed node; production still refuses a plaintext cluster, and a
+    cluster url together with Sentinel is refused."""
     from tests.deploy.chart import render_values
 
-    values = load_values(CHART_DIR / "ci" / "external-redis-values.yaml")
-    values["redis"] = {**values["redis"], "cluster": True}
-    with pytest.raises(Exception, match="cluster"):
-        render_values(values)
+    values = load_values(CHART_DIR / "ci" / "production-values.yaml")
+    seeds = "redis-0.redis.data.svc:6379,redis-1.redis.data.svc:6379"
+    values["redis"] = {
+        **values["redis"],
+        "url": f"rediss+cluster://{seeds}/0",
+        "sentinel": {"enabled": False},
+    }
+    rendered = render_values(values)
+    for component in COMPONENTS:
+        env = env_of(rendered, component)
+        assert env["HUBSYNC_REDIS_URL"]["value"] == f"rediss+cluster://{seeds}/0"
+        assert "HUBSYNC_REDIS_SENTINELS" not in env
+        assert "HUBSYNC_REDIS_PASSWORD" in env
+    for component in ("mapper", "writer"):
+        for trigger in rendered.get("ScaledObject", object_name(component))["spec"]["triggers"]:
+            assert trigger["type"] == "redis-cluster-streams"
+            assert trigger["metadata"]["addresses"] == seeds
+            assert trigger["metadata"]["enableTLS"] == "true"
+
+    plaintext = {**values, "redis": {**values["redis"], "url": f"redis+cluster://{seeds}"}}
+    with pytest.raises(Exception, match="rediss\\+cluster://"):
+        render_values(plaintext)
+    with_sentinel = {
+        **values,
+        "redis": {
+            **values["redis"],
+            "sentinel": {**load_values(CHART_DIR / "ci" / "production-values.yaml")["redis"]["sentinel"]},
+        },
+    }
+    with pytest.raises(Exception, match="exclude each other"):
+        render_values(with_sentinel)
+    with pytest.raises(Exception, match="url"):
+        render_values({**values, "redis": {**values["redis"], "url": "redis-cluster://a:1"}})
 
 
 def test_each_pod_holds_only_its_own_credential() -> None:

@@ -26,7 +26,8 @@ DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "services/mapper/hubsyn
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def suite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Suite]:
-    async with Suite(Path(tmp_path_factory.mktemp("cli")), tls=True) as running:
+    cluster = os.environ.get("HUBSYNC_TEST_REDIS") == "cluster"
+    async with Suite(Path(tmp_path_factory.mktemp("cli")), tls=True, redis_cluster=cluster) as running:
         await connect_sandbox_portal(running)
         yield running
 

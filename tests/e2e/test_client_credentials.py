@@ -35,7 +35,8 @@ class RunningSuite:
         env["COLUMNS"] = "250"
         self.workdir = workdir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubsync.cli", "run", "--no-demo", "--tls", "--workdir", str(workdir)],
+            [sys.executable, "-m", "hubsync.cli", "run", "--no-demo", "--tls", "--workdir", str(workdir),
+             *(["--redis-cluster"] if os.environ.get("HUBSYNC_TEST_REDIS") == "cluster" else [])],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         self.lines: list[str] = []

@@ -71,7 +71,11 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tup
             "token_ttl_s": 200,
         }
         async with Suite(
-            workdir, otlp_endpoint=collector.endpoint, sandbox_config=sandbox, tls=True
+            workdir,
+            otlp_endpoint=collector.endpoint,
+            sandbox_config=sandbox,
+            tls=True,
+            redis_cluster=os.environ.get("HUBSYNC_TEST_REDIS") == "cluster",
         ) as suite:
             yield suite, collector
     finally:
@@ -168,11 +172,11 @@ async def test_every_service_refuses_clients_without_a_certificate_of_the_ca(
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_unsigned_webhook_is_refused_and_enqueues_nothing(running: tuple[Suite, Collector]) -> None:
-    from redis.asyncio import Redis
+    from hubsync.core.redis import redis_from_url
 
     suite, _ = running
     assert suite.redis is not None
-    redis = Redis.from_url(suite.redis.url)
+    redis = redis_from_url(suite.redis.url)
     try:
         before = await redis.xlen("hubsync:{12345}:events")
         body = (

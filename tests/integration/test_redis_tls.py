@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hubsync.core.devcerts import DevCA, IssuedFiles
+from hubsync.core.devredis import RedisProcess
 from hubsync.core.redis import create_redis
 from hubsync.core.settings import CoreSettings
 
@@ -36,14 +37,18 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 @pytest.fixture
-async def tls_redis(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[int, DevCA, IssuedFiles]]:
-    """(port of the TLS endpoint, its CA, the server's files)."""
+async def tls_redis(
+    redis_process: RedisProcess, tmp_path: Path
+) -> AsyncIterator[tuple[int, DevCA, IssuedFiles]]:
+    """(port of the TLS endpoint, its CA, the server's files): a TLS proxy in front of the
+    session's single redis-server (also with HUBSYNC_TEST_REDIS=cluster: a cluster's nodes
+    announce their own plaintext ports, which a proxy cannot stand in for)."""
     ca = DevCA("redis CA")
     server = ca.write(tmp_path / "redis", "redis")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(server.ca))
     context.load_cert_chain(str(server.cert), str(server.key))
     context.verify_mode = ssl.CERT_REQUIRED
-    target = urlsplit(redis_url)
+    target = urlsplit(redis_process.url)
     tasks: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -17,6 +17,7 @@ from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.errors import FailedPrecondition, error_info
 from hubsync.core.grpcserver import LIVENESS_SERVICE, ServiceHost, redis_probe
+from hubsync.core.redis import redis_from_url
 from hubsync.core.service import ServiceSpec, start_service
 from hubsync.core.settings import CoreSettings
 
@@ -40,7 +41,7 @@ class _Vault(auth_pb2_grpc.AuthServiceServicer):
 
 @pytest.fixture
 async def host(redis_url: str, caller_tokens: dict[str, str]):  # type: ignore[no-untyped-def]
-    redis = Redis.from_url(redis_url)
+    redis = redis_from_url(redis_url)
     host = ServiceHost(
         "auth",
         [SERVICE],

@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from hubsync.core.devcerts import DevCA
-from hubsync.core.settings import CoreSettings, Environment
+from hubsync.core.settings import CoreSettings, Environment, cluster_seeds
 from hubsync.core.tls import production_problems, redis_tls_options
 
 
@@ -79,6 +79,37 @@ def test_rediss_verifies_the_server_with_the_configured_ca(tmp_path: Path) -> No
         "ssl_keyfile": str(files.key),
     }
     assert redis_tls_options(CoreSettings(redis_url="redis://r:6379/0")) == {}
+
+
+def test_redis_cluster_url_is_checked_and_held_to_the_same_production_rules(tmp_path: Path) -> None:
+    """``redis+cluster://`` selects the cluster client; production still wants TLS and AUTH."""
+    seeds = CoreSettings(redis_url="redis+cluster://a:7000, b:7001,[::1]:7002/0")
+    assert cluster_seeds(seeds.redis_url) == [("a", 7000), ("b", 7001), ("::1", 7002)]
+    for bad, message in (
+        ("redis+cluster://a/0", "each cluster node must be host:port"),
+        ("redis+cluster:///0", "at least one host:port"),
+        ("redis+cluster://a:7000/2", "only database 0"),
+        ("redis-cluster://a:7000", "must start with"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            CoreSettings(redis_url=bad)
+    with pytest.raises(ValidationError, match="exclude each other"):
+        CoreSettings(redis_url="redis+cluster://a:7000", redis_sentinels="s:26379", redis_sentinel_master="m")
+
+    plain = CoreSettings(environment=Environment.PRODUCTION, redis_url="redis+cluster://a:7000,b:7001")
+    text = "\n".join(production_problems(plain))
+    assert "HUBSYNC_REDIS_URL" in text and "HUBSYNC_REDIS_PASSWORD" in text
+    files = DevCA().write(tmp_path, "svc")
+    secured = CoreSettings(
+        environment=Environment.PRODUCTION,
+        redis_url="rediss+cluster://hubsync:secret@a:7000,b:7001/0",
+        redis_tls_ca_file=files.ca,
+        tls_cert_file=files.cert,
+        tls_key_file=files.key,
+        tls_ca_file=files.ca,
+    )
+    assert production_problems(secured) == []  # TLS by scheme, AUTH from the URL's user info
+    assert redis_tls_options(secured)["ssl_ca_certs"] == str(files.ca)
 
 
 @pytest.mark.parametrize("service", ["auth", "ingress", "mapper", "writer"])

@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tls", action="store_true", help="mutual TLS on every gRPC hop, with a CA made for this run"
     )
+    run.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="a local Redis Cluster (three masters) instead of one Redis",
+    )
     run.set_defaults(func=_cmd_run)
 
     trace = sub.add_parser("trace", help="show one change's trace collected by `hubsync run`")
@@ -169,6 +174,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             progress=say,
             tls=args.tls,
             traces=not args.otlp_endpoint,
+            redis_cluster=args.redis_cluster,
         )
         try:
             await suite.start()

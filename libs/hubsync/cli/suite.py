@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hubsync.cli.trace_store import STORE_FILE
 from hubsync.core.channels import open_channel
 from hubsync.core.devcerts import DevCA
-from hubsync.core.devredis import RedisProcess, free_port
+from hubsync.core.devredis import RedisCluster, RedisProcess, free_port
 from hubsync.core.tls import TLSFiles
 
 SERVICES = ("auth", "writer", "mapper", "ingress")
@@ -95,9 +95,12 @@ class Suite:
         progress: Progress | None = None,
         tls: bool = False,
         traces: bool = False,
+        redis_cluster: bool = False,
     ) -> None:
         self.workdir = workdir
         self.traces = traces
+        # A local Redis Cluster (three masters, ports of their own) instead of one redis-server.
+        self.redis_cluster = redis_cluster
         self.ports = (ports or Ports()).resolve()
         self.otlp_endpoint = otlp_endpoint
         self.sandbox_config = sandbox_config or {}
@@ -115,7 +118,7 @@ class Suite:
             for name in (*SERVICES, "cli", "client"):
                 issued = ca.write(workdir / "tls", name)
                 self.tls[name] = TLSFiles(cert=issued.cert, key=issued.key, ca=issued.ca)
-        self.redis: RedisProcess | None = None
+        self.redis: RedisProcess | RedisCluster | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
 
@@ -162,8 +165,12 @@ class Suite:
 
     async def start(self) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        self.progress("starting redis-server")
-        self.redis = RedisProcess(self.workdir / "redis", self.ports.redis)
+        if self.redis_cluster:
+            self.progress("starting a local Redis Cluster")
+            self.redis = RedisCluster(self.workdir / "redis-cluster")
+        else:
+            self.progress("starting redis-server")
+            self.redis = RedisProcess(self.workdir / "redis", self.ports.redis)
         await asyncio.to_thread(self.redis.start)
         if self.traces:
             self.progress("starting the local trace collector")

@@ -42,34 +42,49 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def free_port() -> int:
-    """A free loopback port for a server that binds it a moment later.
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, also: int = 0) -> int:
+    """A free loopback port for a server that binds it a moment later (with ``also``: a port
+    ``also`` above it is free too, as a cluster node's bus port must be).
 
     Picked below the kernel's ephemeral range: a port from that range (what binding port 0
     returns) can be taken meanwhile by any outgoing connection on a busy machine, and the server
     then fails with "address already in use"."""
     low, _high = _ephemeral_range()
-    if low > 11_000:
+    if low > 11_000 + also:
         for _ in range(100):
-            port = random.randint(10_000, low - 1)
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
+            port = random.randint(10_000, low - 1 - also)
+            if _bindable(port) and (not also or _bindable(port + also)):
                 return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not also or (port + also <= 65_535 and _bindable(port + also)):
+            return port
+    raise OSError("no free loopback port found")
 
 
 class RedisProcess:
-    """A redis-server child process on 127.0.0.1."""
+    """A redis-server child process on 127.0.0.1 (with ``cluster``: a Redis Cluster node, see
+    :class:`RedisCluster`)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, appendonly: bool = True, cluster: bool = False
+    ) -> None:
         self.data_dir = data_dir
-        self.port = port or free_port()
+        # A cluster node also listens on its port + 10000 (the cluster bus).
+        self.port = port or free_port(also=CLUSTER_BUS_OFFSET if cluster else 0)
         self.appendonly = appendonly
+        self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,11 +104,20 @@ class RedisProcess:
             "--daemonize", "no",
             "--loglevel", "warning",
         ]  # fmt: skip
+        if self.cluster:
+            # The node's view of the cluster lives in its data directory, so a restarted node
+            # (same directory and port) rejoins with the slots it had.
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+                     "--logfile", "redis.log"]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                log = self.data_dir / "redis.log"
+                if self.cluster and log.exists():
+                    err += log.read_text()[-500:]
                 raise RuntimeError(f"redis-server exited: {err.strip()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                 s.sendall(b"PING\r\n")
@@ -114,3 +138,104 @@ class RedisProcess:
         if self.proc is not None and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+
+
+# How long a cluster node may be unreachable before the others mark it failed. Short, so a test
+# that stops a node sees the cluster react within seconds; a dev cluster has no replicas anyway.
+CLUSTER_NODE_TIMEOUT_MS = 2000
+# A cluster node's bus port is its port plus this.
+CLUSTER_BUS_OFFSET = 10_000
+# Redis Cluster's number of hash slots.
+CLUSTER_SLOTS = 16384
+
+
+def _command(port: int, *args: str, timeout: float = 5.0) -> bytes:
+    """Sends one command to the node on ``port`` and returns the raw reply (enough for the few
+    set-up commands below: no dependency on a client library here)."""
+    body = b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
+        sock.sendall(b"*%d\r\n" % len(args) + body)
+        reply = b""
+        while b"\r\n" not in reply or not _complete(reply):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    if reply.startswith(b"-"):
+        raise RuntimeError(f"redis {' '.join(args[:2])} on port {port}: {reply.decode().strip()}")
+    return reply
+
+
+def _complete(reply: bytes) -> bool:
+    """Whether ``reply`` (a simple string, error, integer or bulk string) has fully arrived."""
+    head, _, rest = reply.partition(b"\r\n")
+    if not head.startswith(b"$") or head == b"$-1":
+        return True
+    return len(rest) >= int(head[1:]) + 2
+
+
+class RedisCluster:
+    """A local Redis Cluster: ``masters`` redis-server nodes in cluster mode on 127.0.0.1, the
+    hash slots split evenly between them, no replicas (for development and the tests).
+
+    Built the way ``redis-cli --cluster create`` does it (``CLUSTER ADDSLOTS`` on each node, then
+    ``CLUSTER MEET``), without needing redis-cli. :attr:`url` is the ``redis+cluster://`` URL of
+    every node, the form ``HUBSYNC_REDIS_URL`` takes for a cluster.
+    """
+
+    def __init__(self, data_dir: Path, masters: int = 3, *, appendonly: bool = True) -> None:
+        self.data_dir = data_dir
+        self.nodes = [
+            RedisProcess(data_dir / f"node-{i}", appendonly=appendonly, cluster=True) for i in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            if not self._formed():
+                self._form()
+            self.wait_ok(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _formed(self) -> bool:
+        """Whether the nodes already hold a cluster (restarted from their data directories)."""
+        return b"cluster_slots_assigned:0\r\n" not in _command(self.nodes[0].port, "CLUSTER", "INFO")
+
+    def _form(self) -> None:
+        count = len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            first, last = CLUSTER_SLOTS * i // count, CLUSTER_SLOTS * (i + 1) // count
+            _command(node.port, "CLUSTER", "ADDSLOTS", *(str(s) for s in range(first, last)))
+        for node in self.nodes[1:]:
+            _command(self.nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", str(node.port))
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Waits until every running node reports ``cluster_state:ok`` and knows every other node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(self._node_ok(n) for n in self.nodes if n.proc is not None):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the local Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def _node_ok(self, node: RedisProcess) -> bool:
+        try:
+            info = _command(node.port, "CLUSTER", "INFO")
+            nodes = _command(node.port, "CLUSTER", "NODES")
+        except (OSError, RuntimeError):
+            return False
+        known = nodes.count(b"master") - nodes.count(b"fail")
+        return b"cluster_state:ok" in info and known >= len(self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

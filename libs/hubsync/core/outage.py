@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 # Errors that go away by themselves: the server is unreachable, restarting, loading its data,
 # a replica after a failover (READONLY), a cluster or master that is down, a busy script, a
-# timeout, a connection pool that is full. Wrong credentials (AuthenticationError, also a
-# ConnectionError) are a configuration error that retrying does not fix: they stay INTERNAL.
+# timeout, a connection pool that is full (MaxConnectionsError, also the cluster client's).
+# Wrong credentials (AuthenticationError, also a ConnectionError) are a configuration error that
+# retrying does not fix: they stay INTERNAL.
 _TRANSIENT: tuple[type[BaseException], ...] = (
     rx.ConnectionError,
     rx.TimeoutError,
@@ -35,7 +36,12 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 _NOT_TRANSIENT: tuple[type[BaseException], ...] = (rx.AuthenticationError, rx.AuthorizationError)
 # Reply prefixes of transient errors redis-py raises as a plain ResponseError.
-_TRANSIENT_REPLIES = ("BUSY ", "LOADING ", "MASTERDOWN ", "TRYAGAIN ")
+_TRANSIENT_REPLIES = ("BUSY ", "LOADING ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+# Redis Cluster: a slot no node serves for now (a node lost, slots being moved). The cluster
+# client's "cannot be connected" (no node answered) carries the connection error as its cause;
+# a script or transaction over keys of several slots (CROSSSLOT) is a bug and stays INTERNAL.
+_TRANSIENT_CLUSTER: tuple[type[BaseException], ...] = (rx.SlotNotCoveredError,)
+_TRANSIENT_CLUSTER_TEXT = ("All slots are not covered",)
 
 # What a caller is told to wait before retrying.
 RETRY_AFTER_S = 1.0
@@ -56,7 +62,9 @@ def redis_outage(exc: BaseException) -> BaseException | None:
             return leaves[0] if leaves and all(leaves) else None
         if isinstance(current, _NOT_TRANSIENT):
             return None
-        if isinstance(current, _TRANSIENT):
+        if isinstance(current, _TRANSIENT + _TRANSIENT_CLUSTER):
+            return current
+        if isinstance(current, rx.RedisClusterException) and str(current).startswith(_TRANSIENT_CLUSTER_TEXT):
             return current
         if isinstance(current, rx.ResponseError) and str(current).startswith(_TRANSIENT_REPLIES):
             return current

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import FullJitterBackoff
@@ -16,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from hubsync.core.keys import CONNECTION_CHANGES_CHANNEL as CONNECTION_CHANGES_CHANNEL
 from hubsync.core.keys import portal_key as portal_key
 from hubsync.core.keys import written_key as written_key
-from hubsync.core.settings import CoreSettings
+from hubsync.core.settings import CLUSTER_SCHEMES, CoreSettings, cluster_seeds, is_cluster_url
 from hubsync.core.tls import redis_tls_options
 
 # Connections per client; past it a command waits up to POOL_TIMEOUT_S for one to come back.
@@ -74,7 +78,8 @@ def connection_options() -> dict[str, Any]:
 
 def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> Redis:
     """Returns a client for ``settings.redis_url`` (password from ``HUBSYNC_REDIS_PASSWORD``), or,
-    with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover).
+    with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover),
+    or, for a ``redis+cluster://`` URL, a Redis Cluster client (:func:`create_cluster_client`).
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     options: dict[str, Any] = {
@@ -83,6 +88,8 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
         **connection_options(),
         **redis_tls_options(settings),
     }
+    if is_cluster_url(settings.redis_url):
+        return create_cluster_client(settings.redis_url, **options)
     sentinels = settings.sentinel_addresses()
     if sentinels:
         db = int(urlsplit(settings.redis_url).path.lstrip("/") or 0)
@@ -96,6 +103,86 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
         settings.redis_url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S, **options
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
+
+
+# ---- Redis Cluster --------------------------------------------------------------------------------
+
+
+def create_cluster_client(url: str, **options: Any) -> Redis:
+    """A Redis Cluster client for a ``redis+cluster://`` URL, with the pool-recovery options of
+    :func:`connection_options` (``options``; a password in ``options`` wins over one in the URL).
+
+    Typed as :class:`Redis`: :class:`RedisCluster` offers the same commands, scripts, pipelines
+    (``transaction=True`` and ``WATCH`` on keys of one slot) and pub/sub, which is all hubsync uses;
+    a script or transaction whose keys span slots fails (``CROSSSLOT``) instead of running.
+    """
+    parts = urlsplit(url)
+    user, _, secret = parts.netloc.rpartition("@")[0].partition(":")
+    options = dict(options)
+    if not options.get("password") and secret:
+        options["password"] = unquote(secret)
+    if user:
+        options["username"] = unquote(user)
+    if CLUSTER_SCHEMES[parts.scheme]:
+        options["ssl"] = True
+    client = _WaitingRedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_seeds(url)],
+        max_connections=POOL_MAX_CONNECTIONS + _CLUSTER_SPARE_CONNECTIONS,
+        **options,
+    )
+    return cast(Redis, client)
+
+
+# Connections per node beyond the permits below: pub/sub and a WATCH held until its EXEC take a
+# connection without a permit.
+_CLUSTER_SPARE_CONNECTIONS = 20
+# Set while a task holds a permit, so a command a pipeline re-sends itself (after MOVED/ASK)
+# does not wait for a second one.
+_holding_permit: ContextVar[bool] = ContextVar("hubsync_redis_permit", default=False)
+
+
+class _WaitingRedisCluster(RedisCluster):
+    """A cluster client whose commands wait for a connection when the pool is busy, as the
+    single-server client's blocking pool does (redis-py's cluster nodes raise
+    MaxConnectionsError instead). At most ``POOL_MAX_CONNECTIONS`` commands and pipelines run at
+    once; each uses at most one connection per node, so no node's pool runs dry."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._permits = asyncio.Semaphore(POOL_MAX_CONNECTIONS)
+
+    async def with_permit(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        if _holding_permit.get():
+            return await call()
+        if self._initialize:
+            # Learn the slot map before routing: redis-py routes a command that arrives before it
+            # knows the map to a random node, and the MOVED replies that follow make it close
+            # every connection, cutting the commands in flight (seen with concurrent BLPOPs).
+            await self.initialize()
+        async with self._permits:
+            token = _holding_permit.set(True)
+            try:
+                return await call()
+            finally:
+                _holding_permit.reset(token)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        run = super().execute_command
+        return await self.with_permit(lambda: run(*args, **kwargs))
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # raises as redis-py does
+        return _WaitingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py builds it
+
+
+class _WaitingPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, _WaitingRedisCluster)
+        run = super().execute
+        result: list[Any] = await client.with_permit(lambda: run(raise_on_error, allow_redirections))
+        return result
 
 
 # Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).
@@ -115,3 +202,12 @@ async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
     last_id = last.decode() if isinstance(last, bytes) else str(last)
     count = await redis.eval(_COUNT_AFTER_LUA, 1, key, f"({last_id}", LAG_COUNT_CAP)  # type: ignore[misc]
     return int(count)
+
+
+def redis_from_url(url: str, **options: Any) -> Redis:
+    """A plain client for ``url`` (no pool-recovery options): a Redis Cluster client for a
+    ``redis+cluster://`` URL, else :meth:`Redis.from_url`. For tools and tests; services use
+    :func:`create_redis`."""
+    if is_cluster_url(url):
+        return create_cluster_client(url, **options)
+    return Redis.from_url(url, **options)

@@ -13,6 +13,7 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,35 @@ def _sentinel_pairs(value: str) -> list[tuple[str, int]]:
     return pairs
 
 
+#: URL schemes that select Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port...]``
+#: (``rediss+cluster://`` for TLS). Every listed node is a seed: the client asks any one that
+#: answers for the slot map, and follows MOVED/ASK redirections and topology changes from there.
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` seed nodes of a ``redis+cluster://`` URL; ValueError names a bad one.
+
+    Parsed by hand: ``urlsplit`` cannot read a port out of a comma-separated host list."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    seeds = []
+    for item in filter(None, (h.strip() for h in hosts.split(","))):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{item!r}: each cluster node must be host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    if not seeds:
+        raise ValueError("a redis+cluster:// URL names at least one host:port")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("Redis Cluster has only database 0")
+    return seeds
+
+
 class CoreSettings(BaseSettings):
     """Values every service reads (``HUBSYNC_*``)."""
 
@@ -45,6 +75,8 @@ class CoreSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     log_level: str = "INFO"
+    # redis://, rediss:// (TLS) or unix:// for one server or Sentinel; redis+cluster://host:port
+    # [,host:port...] (rediss+cluster:// for TLS) for Redis Cluster, every listed node a seed.
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
     # Redis Sentinel: "host:port,host:port" and the monitored master's name. When set, clients
@@ -117,8 +149,14 @@ class CoreSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        ):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
+            )
+        if is_cluster_url(value):
+            cluster_seeds(value)
         return value
 
     @field_validator("redis_sentinels")
@@ -131,6 +169,11 @@ class CoreSettings(BaseSettings):
     def _sentinel_pair(self) -> CoreSettings:
         if bool(self.sentinel_addresses()) != bool(self.redis_sentinel_master):
             raise ValueError("HUBSYNC_REDIS_SENTINELS and HUBSYNC_REDIS_SENTINEL_MASTER must be set together")
+        if self.sentinel_addresses() and is_cluster_url(self.redis_url):
+            raise ValueError(
+                "HUBSYNC_REDIS_SENTINELS and a redis+cluster:// HUBSYNC_REDIS_URL exclude each other: "
+                "Redis Cluster fails over by itself"
+            )
         return self
 
     @model_validator(mode="after")

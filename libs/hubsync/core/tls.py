@@ -306,13 +306,13 @@ def production_problems(settings: CoreSettings) -> list[str]:
             "HUBSYNC_TLS_CA_FILE: production requires client certificates (mutual TLS); set the CA "
             "that signs the services' certificates"
         )
-    scheme = urlsplit(settings.redis_url).scheme
-    if scheme != "rediss" and not settings.redis_tls_by_mesh:
+    if not redis_url_uses_tls(settings.redis_url) and not settings.redis_tls_by_mesh:
         problems.append(
-            "HUBSYNC_REDIS_URL: production talks to Redis over TLS (rediss://...); set "
+            "HUBSYNC_REDIS_URL: production talks to Redis over TLS (rediss://... or "
+            "rediss+cluster://...); set "
             "HUBSYNC_REDIS_TLS_BY_MESH=true only if a service mesh encrypts the hop"
         )
-    if settings.redis_password is None and not urlsplit(settings.redis_url).password:
+    if settings.redis_password is None and not _url_password(settings.redis_url):
         problems.append(
             "HUBSYNC_REDIS_PASSWORD: production needs Redis AUTH (a password, or an ACL user and "
             "password in HUBSYNC_REDIS_URL)"
@@ -320,9 +320,25 @@ def production_problems(settings: CoreSettings) -> list[str]:
     return problems
 
 
+# URL schemes of a Redis reached over TLS: one server (or Sentinel) and Redis Cluster.
+_REDIS_TLS_SCHEMES = ("rediss", "rediss+cluster")
+
+
+def redis_url_uses_tls(url: str) -> bool:
+    return urlsplit(url).scheme in _REDIS_TLS_SCHEMES
+
+
+def _url_password(url: str) -> str:
+    # A cluster URL lists several host:port pairs, which urlsplit cannot parse as one port: the
+    # user info is read on its own.
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    return userinfo.partition(":")[2]
+
+
 def redis_tls_options(settings: CoreSettings) -> dict[str, Any]:
-    """redis-py connection options for ``rediss://`` (CA and client certificate files)."""
-    if urlsplit(settings.redis_url).scheme != "rediss":
+    """redis-py connection options for ``rediss://`` and ``rediss+cluster://`` (CA and client
+    certificate files)."""
+    if not redis_url_uses_tls(settings.redis_url):
         return {}
     # The certificate and its host name are always verified (older redis-py skipped the name).
     options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}

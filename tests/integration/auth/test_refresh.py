@@ -169,6 +169,7 @@ async def test_rejected_private_app_token_needs_a_new_one(auth: str, caller_toke
     assert await _state(auth, caller_tokens) == auth_pb2.CONNECTION_STATE_ACTIVE
 
 
+@pytest.mark.on_cluster
 async def test_a_crashed_lock_holder_blocks_only_until_its_lock_expires(
     auth: str, caller_tokens: dict[str, str], sandbox: SandboxServer, redis: Any
 ) -> None:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.devredis import free_port
 from hubsync.core.event_entries import decode_entry
+from hubsync.core.redis import redis_from_url
 from hubsync.core.telemetry import setup_tracing
 from hubsync.ingress.committer import COMMIT_SPAN, LISTED_IDS, EnqueueFailed, EventCommitter, Outcome
 from hubsync.ingress.events import parse_events
@@ -112,7 +113,7 @@ async def test_grouped_submissions_of_one_round_trip_share_one_commit_span(  # t
     redis_url, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
     committer = EventCommitter(
-        Redis.from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
     )
     batches = [parse_events(json.dumps([event(object_id=i)]).encode()) for i in range(3)]
     first = time.time_ns() - 5_000_000  # the earliest request arrived 5 ms ago
@@ -156,7 +157,7 @@ async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: igno
     redis_url, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
     committer = EventCommitter(
-        Redis.from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
     )
     # A round trip carries several requests' events (a request holds at most 100).
     ids = range(LISTED_IDS + 20)
@@ -191,7 +192,7 @@ class _BrokenSpan:
 
 async def test_a_tracing_failure_does_not_keep_events_out_of_redis(redis_url, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     committer = EventCommitter(
-        Redis.from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
     )
     broken = _BrokenSpan()
     outcomes = await committer.submit(parse_events(json.dumps([event()]).encode()), traced=broken)

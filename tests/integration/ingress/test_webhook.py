@@ -119,6 +119,7 @@ async def test_callers_trace_context_is_continued(ingress, redis: Redis) -> None
     assert traceparents == {f"00-0af7651916cd43dd8448eb211c80319c-{server.context.span_id:016x}-01"}
 
 
+@pytest.mark.on_cluster
 async def test_same_batch_five_times_is_enqueued_once(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     base, _ = ingress
     body = json.dumps([event(object_id=i) for i in range(10)]).encode()
@@ -138,6 +139,7 @@ async def test_same_event_id_other_object_is_not_a_duplicate(ingress, redis: Red
     assert (await post(base, body.encode())).json()["accepted"] == 2
 
 
+@pytest.mark.on_cluster
 async def test_echo_of_our_own_write_is_dropped(ingress, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     base, _ = ingress
     # what writer records after writing firstname=Grace to contact 77

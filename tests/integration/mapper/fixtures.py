@@ -21,11 +21,10 @@ from typing import Any
 import httpx
 import orjson
 from opentelemetry import trace
-from redis.asyncio import Redis
 
 from hubsync.core.devredis import free_port
 from hubsync.core.event_entries import encode_entry
-from hubsync.core.redis import portal_key
+from hubsync.core.redis import portal_key, redis_from_url
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
 from hubsync.core.telemetry import inject_fields
@@ -281,7 +280,7 @@ async def ingress_standin(
     ``accepted_ms``, ``origin``; portal added to ``hubsync:portals``). It verifies nothing and
     dedupes nothing: every delivery, duplicates included, reaches the stream."""
     chosen = entry_format or StandinFormat()
-    redis = Redis.from_url(redis_url)
+    redis = redis_from_url(redis_url)
     tracer = trace.get_tracer("tests.ingress-standin")
     receiver = WebhookReceiver(behaviour=behaviour)
 

@@ -137,6 +137,7 @@ async def test_inbound_span_continues_the_ingress_trace(
     assert change.trace_id in trace_ids
 
 
+@pytest.mark.on_cluster
 async def test_push_writes_and_an_identical_push_costs_nothing(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
@@ -205,6 +206,7 @@ async def test_a_hubspot_owned_field_is_never_overwritten(
         assert props["lifecyclestage"] == "customer"
 
 
+@pytest.mark.on_cluster
 async def test_a_two_way_edit_does_not_loop(redis_url: str, caller_tokens: dict[str, str]) -> None:
     async with mapped_suite(redis_url, caller_tokens) as (s, stub):
         hs_id = await s.create_contact(email="w@example.com", external_id="c-w", firstname="W")

@@ -13,6 +13,7 @@ from hubsync.writer.circuit import CircuitBreakers, CircuitState
 PORTAL = 4242
 
 
+@pytest.mark.on_cluster
 async def test_one_replica_opens_for_all_and_one_probe_closes_for_all(redis: Redis) -> None:
     a = CircuitBreakers(threshold=2, open_s=0.3, redis=redis).get(PORTAL)
     b = CircuitBreakers(threshold=2, open_s=0.3, redis=redis).get(PORTAL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hubsync.api.writer.v1 import writer_pb2
 from tests.integration.writer.fixtures import writer_env
 from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, record, stack, upsert
@@ -23,6 +25,7 @@ def assoc(f: str, fid: str, t: str, tid: str) -> writer_pb2.Write:
     )
 
 
+@pytest.mark.on_cluster
 async def test_companies_then_contacts_then_deals_then_associations(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:

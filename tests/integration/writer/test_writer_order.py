@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
@@ -88,6 +89,7 @@ def versioned(email: str, version: int, **props: str) -> writer_pb2.Write:
     return w
 
 
+@pytest.mark.on_cluster
 async def test_a_callers_older_version_writes_only_what_no_newer_one_wrote(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:

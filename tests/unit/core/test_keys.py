@@ -114,3 +114,24 @@ def test_the_committer_script_writes_the_registry_fields() -> None:
         keys.EventEntry.ORIGIN,
         keys.EchoEntry.RECORD,
     }
+
+
+def test_every_key_of_a_portal_hashes_to_the_portal_slot() -> None:
+    """Redis Cluster: a script or transaction over one portal's keys stays in one slot only if
+    every per-portal key function builds a key of the portal's hash slot (its ``{<portal>}`` tag).
+    Each function is called with made-up arguments; a new one is checked without listing it."""
+    from redis.crc import key_slot
+
+    for portal in (1, 12345, 987_654_321):
+        slot = key_slot(keys.events_key(portal).encode())
+        checked = 0
+        for name in keys.__all__:
+            fn = getattr(keys, name)
+            if not inspect.isfunction(fn) or "portal_id" not in inspect.signature(fn).parameters:
+                continue
+            params = inspect.signature(fn).parameters.values()
+            required = [p for p in params if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]
+            built = fn(portal, *["x:{y}"] * (len(required) - 1))
+            assert key_slot(built.encode()) == slot, f"{name}: {built} is not in portal {portal}'s slot"
+            checked += 1
+        assert checked >= 30

@@ -21,10 +21,30 @@ from hubsync.core.outage import OutageLog, loop_error, redis_outage, unavailable
         rx.MaxConnectionsError("Too many connections"),
         rx.MasterDownError("Link with MASTER is down"),
         rx.ResponseError("BUSY Redis is busy running a script."),
+        # Redis Cluster: the cluster lost a master, a slot has no node for now, a reshard
+        rx.ClusterDownError("The cluster is down"),
+        rx.ResponseError("CLUSTERDOWN Hash slot not served"),
+        rx.SlotNotCoveredError('Slot "42" is not covered by the cluster.'),
+        rx.RedisClusterException("All slots are not covered after query all startup_nodes. 10922 of 16384"),
+        rx.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
     ],
 )
 def test_transient_errors_are_outages(exc: Exception) -> None:
     assert redis_outage(exc) is exc
+
+
+def test_cluster_client_that_reaches_no_node_is_an_outage_unless_credentials_are_wrong() -> None:
+    """The cluster client wraps what stopped every node from answering: an outage when that is a
+    connection error, a configuration error (INTERNAL) when it is a refused password."""
+    for cause, outage in (
+        (rx.ConnectionError("Error 111"), True),
+        (rx.AuthenticationError("WRONGPASS"), False),
+    ):
+        try:
+            raise rx.RedisClusterException("Redis Cluster cannot be connected.") from cause
+        except rx.RedisClusterException as exc:
+            assert (redis_outage(exc) is cause) is outage
+            assert (redis_outage(exc) is None) is not outage
 
 
 def test_outage_found_behind_a_cause_or_in_a_group() -> None:
@@ -44,6 +64,10 @@ def test_outage_found_behind_a_cause_or_in_a_group() -> None:
         rx.AuthenticationError("invalid password"),
         rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
         rx.DataError("bad value"),
+        # keys of several slots in one script or transaction: a bug, not an outage
+        rx.ResponseError("CROSSSLOT Keys in request don't hash to the same slot"),
+        rx.RedisClusterException("EVAL - all keys must map to the same key slot"),
+        rx.CrossSlotTransactionError("All keys involved in a cluster transaction must map to the same slot"),
         KeyError("bug"),
     ],
 )

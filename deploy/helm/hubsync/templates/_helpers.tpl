@@ -175,6 +175,11 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when redis.url names a Redis Cluster (redis+cluster:// or rediss+cluster://). */}}
+{{- define "hubsync.redisCluster" -}}
+{{- if or (hasPrefix "redis+cluster://" .Values.redis.url) (hasPrefix "rediss+cluster://" .Values.redis.url) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Fails rendering with a message naming the value to set. */}}
 {{- define "hubsync.validate" -}}
 {{- if and (not .Values.redis.url) (not .Values.redis.evaluation.enabled) (not .Values.redis.sentinel.enabled) -}}
@@ -182,6 +187,9 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- end -}}
 {{- if and .Values.redis.sentinel.enabled (not .Values.redis.sentinel.sentinels) -}}
 {{- fail "redis.sentinel.sentinels: list host:port of each sentinel" -}}
+{{- end -}}
+{{- if and .Values.redis.sentinel.enabled (include "hubsync.redisCluster" .) -}}
+{{- fail "redis: a redis+cluster:// url and redis.sentinel exclude each other (Redis Cluster fails over by itself)" -}}
 {{- end -}}
 {{- if and .Values.components.auth.enabled (not .Values.auth.keyring.existingSecret) (not .Values.auth.keyring.keys) -}}
 {{- fail "auth.keyring: set existingSecret, or active + keys (see docs/operations.md, rotating the encryption key)" -}}
@@ -257,8 +265,8 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- if $v.redis.evaluation.enabled -}}
 {{- fail "production: the evaluation Redis has no TLS; point redis.url (rediss://) or redis.sentinel at your Redis" -}}
 {{- end -}}
-{{- if not (hasPrefix "rediss://" $v.redis.url) -}}
-{{- fail "production: redis.url must be rediss:// (TLS; with Sentinel too: rediss://<any>/<db>), or set redis.tlsByMesh=true if a service mesh encrypts the hop" -}}
+{{- if not (or (hasPrefix "rediss://" $v.redis.url) (hasPrefix "rediss+cluster://" $v.redis.url)) -}}
+{{- fail "production: redis.url must be rediss:// or rediss+cluster:// (TLS; with Sentinel too: rediss://<any>/<db>), or set redis.tlsByMesh=true if a service mesh encrypts the hop" -}}
 {{- end -}}
 {{- end -}}
 {{- if not (include "hubsync.redisPasswordSet" .) -}}

@@ -517,6 +517,8 @@ spec:
 {{- if $v.redis.sentinel.enabled }}
 addresses: {{ join "," $v.redis.sentinel.sentinels | quote }}
 sentinelMaster: {{ $v.redis.sentinel.master | quote }}
+{{- else if include "hubsync.redisCluster" . }}
+addresses: {{ $url.host | quote }}
 {{- else }}
 address: {{ $url.host | quote }}
 {{- $db := trimPrefix "/" $url.path }}
@@ -524,7 +526,7 @@ address: {{ $url.host | quote }}
 databaseIndex: {{ $db | quote }}
 {{- end }}
 {{- end }}
-{{- if eq $url.scheme "rediss" }}
+{{- if or (eq $url.scheme "rediss") (eq $url.scheme "rediss+cluster") }}
 enableTLS: "true"
 {{- end }}
 {{- end -}}
@@ -534,6 +536,7 @@ enableTLS: "true"
 {{- $a := .c.autoscaling -}}
 {{- $type := "redis-streams" -}}
 {{- if $root.Values.redis.sentinel.enabled }}{{ $type = "redis-sentinel-streams" }}{{ end -}}
+{{- if include "hubsync.redisCluster" $root }}{{ $type = "redis-cluster-streams" }}{{ end -}}
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:

@@ -208,7 +208,9 @@ class Publisher:
         """The last published digests, and the fingerprints and writer's last written values of
         the compared records."""
         async with self.redis.pipeline(transaction=False) as reads:
-            reads.mget(last_keys)
+            # MGET as a raw command: the Redis Cluster client refuses pipe.mget() whatever the keys,
+            # and these are all one portal's keys (one slot), which MGET accepts on a cluster.
+            reads.execute_command("MGET", *last_keys)
             for b, fkey in zip(built, fkeys, strict=True):
                 if fkey:
                     reads.hmget(fkey, b.mapping.read_properties)
