@@ -62,6 +62,7 @@ READY_LEASE_MS = 30_000
 # How often a subscriber looks for stale publications and an unfinished sweep.
 HOUSEKEEPING_S = 30.0
 SWEEP_PAGE = 200
+MIN_WAIT_MS = 20
 SWEEP_LOCK_MS = 30_000
 _CHANGE = FeedEntry.CHANGE.encode()
 
@@ -205,8 +206,13 @@ class ChangeFeed:
                     yield d
                 if not worked:
                     # Nothing due: wait for a nudge (a portal became ready) or the next claim look.
-                    wait_ms = max(min(self.poll_block_ms, int((next_claim - time.monotonic()) * 1000)), 1)
-                    await self.redis.blpop([feed_nudge_key(sub.group)], timeout=wait_ms / 1000)
+                    wait_ms = min(self.poll_block_ms, int((next_claim - time.monotonic()) * 1000))
+                    # Redis reads a tiny timeout such as 0.001 s as 0 (block for ever): a wait
+                    # that short sleeps here instead.
+                    if wait_ms >= MIN_WAIT_MS:
+                        await self.redis.blpop([feed_nudge_key(sub.group)], timeout=wait_ms / 1000)
+                    else:
+                        await asyncio.sleep(max(wait_ms, 1) / 1000)
         finally:
             if sweep is not None and not sweep.done():
                 sweep.cancel()
@@ -419,20 +425,21 @@ class ChangeFeed:
         async with self.redis.pipeline(transaction=False) as pipe:
             for t, p in streams:
                 pipe.xinfo_groups(feed_key(p, t))
+                pipe.xrevrange(feed_key(p, t), count=1)
             replies = await pipe.execute(raise_on_error=False)
         ready: list[tuple[str, str]] = []
         pending: list[tuple[str, str]] = []
-        for where, groups in zip(streams, replies, strict=True):
-            if not isinstance(groups, list):
-                continue  # no such stream
+        for i, where in enumerate(streams):
+            groups, last = replies[2 * i], replies[2 * i + 1]
+            if not isinstance(groups, list) or not isinstance(last, list) or not last:
+                continue  # no such stream, or nothing retained
             mine = next((g for g in groups if _s(g["name"]) == group), None)
             if mine is None:
                 ready.append(where)  # the group has not read this stream: every change is new
                 continue
             if int(mine.get("pending") or 0):
                 pending.append(where)
-            # Redis 7 says how many are unread; before, a ready mark costs one empty read.
-            if mine.get("lag") != 0:
+            if _entry_id(_s(last[0][0])) > _entry_id(_s(mine.get("last-delivered-id") or "0-0")):
                 ready.append(where)
         await self.marks.mark(group, "ready", ready)
         await self.marks.mark(group, "pending", pending)
@@ -459,6 +466,11 @@ class ChangeFeed:
                 pipe.xack(key, group, *entries)
             counts = await pipe.execute(raise_on_error=False)
         return sum(int(c) for c in counts if isinstance(c, int))
+
+
+def _entry_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _s(value: bytes | str) -> str:

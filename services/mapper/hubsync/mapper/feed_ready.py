@@ -174,9 +174,12 @@ class FeedMarks:
         if token is not None:
             await self.redis.zrem(FEED_PUBLISHING_KEY, token)
 
-    async def repair(self, object_types: Sequence[str], limit: int = 100) -> int:
-        """Marks the portals of publications whose publisher died before marking; returns how many."""
-        stale = [_s(m) for m in await self._stale(keys=[FEED_PUBLISHING_KEY], args=[STALE_PUBLISH_MS, limit])]
+    async def repair(
+        self, object_types: Sequence[str], *, age_ms: int = STALE_PUBLISH_MS, limit: int = 100
+    ) -> int:
+        """Marks the portals of publications older than ``age_ms`` (their publisher died before
+        marking); returns how many."""
+        stale = [_s(m) for m in await self._stale(keys=[FEED_PUBLISHING_KEY], args=[age_ms, limit])]
         for member in stale:
             await self.published(member.partition("|")[0], object_types, member)
         return len(stale)
