@@ -59,6 +59,8 @@ TAKE_LIMIT = 16
 QUANTUM = 100
 # A taken ready mark comes back by itself after this long (its subscriber died mid-read).
 READY_LEASE_MS = 30_000
+# An idle subscriber looks at its group's sets at least this often without being nudged.
+IDLE_LOOK_S = 5.0
 # How often a subscriber looks for stale publications and an unfinished sweep.
 HOUSEKEEPING_S = 30.0
 SWEEP_PAGE = 200
@@ -138,6 +140,8 @@ class _Session:
     # Streams this consumer read from, with how many of their changes it may still hold.
     holding: dict[tuple[str, str], int]
     in_flight: int = 0
+    # When to look for unacked changes past their visibility timeout next (monotonic).
+    next_claim: float = 0.0
 
     @property
     def claim_lease_ms(self) -> int:
@@ -177,8 +181,8 @@ class ChangeFeed:
         s = _Session(sub, list(sub.object_types) or list(OBJECT_TYPES), [str(p) for p in sub.portal_ids], {})
         sweep: asyncio.Task[bool] | None = None
         next_housekeeping = 0.0
-        next_claim = 0.0
-        claim_every = min(max(sub.visibility_ms / 4000, 0.05), 1.0)
+        next_ready = 0.0
+        look = True  # nudged, or the last turn found work: look at the ready set now
         try:
             # A restarted consumer gets its own unacked changes back first.
             async for d in self._own_pending(s):
@@ -191,8 +195,7 @@ class ChangeFeed:
                     if sub.group not in self._swept and (sweep is None or sweep.done()):
                         sweep = asyncio.create_task(self.sweep(sub.group))
                 worked = False
-                if now >= next_claim:
-                    next_claim = now + claim_every
+                if now >= s.next_claim:
                     async for d in self._claim(s):
                         worked = True
                         yield d
@@ -201,16 +204,23 @@ class ChangeFeed:
                     if s.in_flight >= sub.max_in_flight:
                         await asyncio.sleep(min(0.05 * (1 + s.in_flight // sub.max_in_flight), 0.5))
                         continue
-                async for d in self._read_ready(s):
-                    worked = True
-                    yield d
+                if look or now >= next_ready:
+                    next_ready = now + IDLE_LOOK_S
+                    async for d in self._read_ready(s):
+                        worked = True
+                        yield d
+                look = worked
                 if not worked:
-                    # Nothing due: wait for a nudge (a portal became ready) or the next claim look.
-                    wait_ms = min(self.poll_block_ms, int((next_claim - time.monotonic()) * 1000))
+                    # Nothing due: wait for a nudge (a portal became ready), the next claim look
+                    # or the next look at the ready set (a lease that ran out).
+                    until = min(s.next_claim, next_ready) - time.monotonic()
+                    wait_ms = min(self.poll_block_ms, int(until * 1000))
                     # Redis reads a tiny timeout such as 0.001 s as 0 (block for ever): a wait
                     # that short sleeps here instead.
                     if wait_ms >= MIN_WAIT_MS:
-                        await self.redis.blpop([feed_nudge_key(sub.group)], timeout=wait_ms / 1000)
+                        look = bool(
+                            await self.redis.blpop([feed_nudge_key(sub.group)], timeout=wait_ms / 1000)
+                        )
                     else:
                         await asyncio.sleep(max(wait_ms, 1) / 1000)
         finally:
@@ -269,6 +279,7 @@ class ChangeFeed:
                 )
                 self._hold(s, t.object_type, t.portal, len(entries))
                 read.append((t, entries))
+                s.next_claim = min(s.next_claim, time.monotonic() + sub.visibility_ms / 1000)
         for t, entries in read:
             for entry_id, fields in entries:
                 yield self._delivery(t.portal, t.object_type, _s(entry_id), fields, 1)
@@ -294,8 +305,14 @@ class ChangeFeed:
     async def _claim(self, s: _Session) -> AsyncIterator[Delivery]:
         """Redelivers changes idle past the visibility timeout, on streams marked pending only."""
         sub = s.sub
-        taken = await self.marks.take(
+        taken, wait = await self.marks.take_or_next(
             sub.group, "pending", s.types, limit=TAKE_LIMIT, lease_ms=s.claim_lease_ms, portals=s.portals
+        )
+        # Next look: soon while there are unacked changes to look at, else when the earliest is
+        # due (at most IDLE_LOOK_S away, so no clock skew or lost mark can delay it for long).
+        soon = min(max(sub.visibility_ms / 4000, 0.05), 1.0)
+        s.next_claim = time.monotonic() + (
+            soon if taken else min(max(wait or IDLE_LOOK_S, soon), IDLE_LOOK_S)
         )
         for t in taken:
             key = feed_key(t.portal, t.object_type)

@@ -79,26 +79,36 @@ return changed
 )
 
 # KEYS: sets. ARGV[1] limit, ARGV[2] lease ms, ARGV[3..] only these members (none: any). Takes the
-# longest-due members (score <= now) and leases them; returns {lease, index, member, ...}.
+# longest-due members (score <= now) and leases them; returns {lease, next, index, member, ...}
+# where next is, when none was due, the earliest time one will be (-1: none marked).
 _TAKE_LUA = (
     _NOW_LUA
     + """
 local limit = tonumber(ARGV[1])
 local found = {}
+local later = -1
+local function seen(score)
+  if later < 0 or score < later then later = score end
+end
 for i = 1, #KEYS do
   if #ARGV > 2 then
     for j = 3, #ARGV do
       local s = redis.call('ZSCORE', KEYS[i], ARGV[j])
       if s and tonumber(s) <= now then table.insert(found, {tonumber(s), i, ARGV[j]}) end
+      if s and tonumber(s) > now then seen(tonumber(s)) end
     end
   else
-    local r = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-    for j = 1, #r, 2 do table.insert(found, {tonumber(r[j + 1]), i, r[j]}) end
+    local r = redis.call('ZRANGE', KEYS[i], 0, limit - 1, 'WITHSCORES')
+    for j = 1, #r, 2 do
+      local s = tonumber(r[j + 1])
+      if s <= now then table.insert(found, {s, i, r[j]}) else seen(s) end
+    end
   end
 end
 table.sort(found, function(a, b) return a[1] < b[1] end)
 local lease = now + tonumber(ARGV[2])
-local out = {lease}
+if #found > 0 then later = -1 end
+local out = {lease, later}
 for k = 1, math.min(limit, #found) do
   redis.call('ZADD', KEYS[found[k][2]], lease, found[k][3])
   table.insert(out, found[k][2])
@@ -221,12 +231,33 @@ class FeedMarks:
     ) -> list[Taken]:
         """Leases up to ``limit`` due streams of ``object_types`` (of ``portals`` only, if given),
         longest due first."""
+        return (
+            await self.take_or_next(
+                group, kind, object_types, limit=limit, lease_ms=lease_ms, portals=portals
+            )
+        )[0]
+
+    async def take_or_next(
+        self,
+        group: str,
+        kind: str,
+        object_types: Sequence[str],
+        *,
+        limit: int,
+        lease_ms: int,
+        portals: Sequence[str] = (),
+    ) -> tuple[list[Taken], float | None]:
+        """:meth:`take`, and when nothing was due, in how many seconds the next mark is (None:
+        nothing marked), so a subscriber need not look before."""
         keys = [_set_key(group, kind, t) for t in object_types]
         reply = await self._take(keys=keys, args=[limit, lease_ms, *portals])
-        lease = int(reply[0])
-        return [
-            Taken(object_types[int(reply[i]) - 1], _s(reply[i + 1]), lease) for i in range(1, len(reply), 2)
+        lease, later = int(reply[0]), int(reply[1])
+        taken = [
+            Taken(object_types[int(reply[i]) - 1], _s(reply[i + 1]), lease) for i in range(2, len(reply), 2)
         ]
+        # The lease is now + lease_ms in server time: the next mark's distance needs no clock here.
+        wait = None if later < 0 else max(later - (lease - lease_ms), 0) / 1000
+        return taken, wait
 
     async def requeue(self, group: str, kind: str, taken: Taken) -> None:
         """Puts a taken stream at the back of the line (it may hold more)."""
