@@ -166,7 +166,6 @@ class ChangeFeed:
         self.poll_block_ms = poll_block_ms
         self.groups = ConsumerGroupLimit(redis, max_groups)
         self.marks = FeedMarks(redis)
-        self._swept: set[str] = set()
 
     async def deliveries(
         self, sub: Subscription, gone: Callable[[], bool] = lambda: False
@@ -192,7 +191,7 @@ class ChangeFeed:
                 if now >= next_housekeeping:
                     next_housekeeping = now + HOUSEKEEPING_S
                     await self.marks.repair(OBJECT_TYPES)
-                    if sub.group not in self._swept and (sweep is None or sweep.done()):
+                    if sweep is None or sweep.done():
                         sweep = asyncio.create_task(self.sweep(sub.group))
                 worked = False
                 if now >= s.next_claim:
@@ -406,12 +405,11 @@ class ChangeFeed:
         """Marks, for ``group``, every known portal's streams that hold changes it has not read
         (ready) or not acked (pending): once per group, by one replica at a time, resumable.
         This is how a new group finds the retained changes and how an upgrade from per-portal
-        polling finds what was published and unacked before. True when the sweep is done."""
-        if group in self._swept:
-            return True
+        polling finds what was published and unacked before. Every subscriber asks every
+        ``HOUSEKEEPING_S`` (one HGET), so deleting the sweep hash makes the group sweep again.
+        True when the sweep is done."""
         sweep_key, lock = feed_sweep_key(group), feed_sweep_lock_key(group)
         if await self.redis.hget(sweep_key, "done"):
-            self._swept.add(group)
             return True
         token = secrets.token_hex(8)
         if not await self.redis.set(lock, token, nx=True, px=SWEEP_LOCK_MS):
@@ -430,7 +428,6 @@ class ChangeFeed:
                 if int(cursor) == 0:
                     break
             await self.redis.hset(sweep_key, "done", int(time.time() * 1000))
-            self._swept.add(group)
             log.info("change-feed group swept", extra={"group": group})
             return True
         finally:
