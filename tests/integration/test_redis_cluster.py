@@ -274,9 +274,6 @@ async def test_writer_answers_a_lost_node_with_unavailable_and_its_queue_recover
 
 
 @pytest.mark.on_cluster
-@pytest.mark.cluster_needs(
-    "feed", "the change feed reads every portal's feed stream in one XREADGROUP, across slots"
-)
 async def test_feed_delivers_changes_of_two_portals_whose_keys_live_on_different_nodes(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "CONFIG_CHANGES_CHANNEL",
     "CONNECTION_CHANGES_CHANNEL",
     "FEED_GROUPS_KEY",
+    "FEED_PUBLISHING_KEY",
     "INBOUND_PARKED_PORTALS_KEY",
     "PORTALS_KEY",
     "WRITER_PORTALS_KEY",
@@ -41,6 +42,11 @@ __all__ = [
     "events_key",
     "feed_key",
     "feed_last_key",
+    "feed_nudge_key",
+    "feed_pending_key",
+    "feed_ready_key",
+    "feed_sweep_key",
+    "feed_sweep_lock_key",
     "fingerprint_key",
     "inbound_dlq_key",
     "inbound_drain_lock_key",
@@ -87,6 +93,10 @@ WRITER_PORTALS_KEY: Final = f"{PREFIX}:writer:portals"
 INBOUND_PARKED_PORTALS_KEY: Final = f"{PREFIX}:inbound:parked"
 #: Set of change-feed consumer group names admitted (bounded count): mapper's feed.
 FEED_GROUPS_KEY: Final = f"{PREFIX}:feed:groups"
+#: Sorted set of feed publications in progress (``<portal>|<token>``, score: start ms): mapper's
+#: publisher adds one before its transaction and removes it once every group is marked; an old
+#: member is a publisher that died in between, and its portal is marked ready again.
+FEED_PUBLISHING_KEY: Final = f"{PREFIX}:feed:publishing"
 #: Sorted set of portal ids with a connection (score: the portal id), for paging: auth.
 AUTH_CONNECTIONS_KEY: Final = f"{PREFIX}:auth:connections"
 #: Pub/sub channel: auth publishes a portal id whenever its connection changes (connected,
@@ -96,6 +106,42 @@ CONNECTION_CHANGES_CHANNEL: Final = f"{PREFIX}:auth:connection-changes"
 #: ``portal:<id>`` or ``tenant:<name>``) after storing a configuration version; every mapper and
 #: writer replica drops what it cached for that scope.
 CONFIG_CHANGES_CHANNEL: Final = f"{PREFIX}:config:changes"
+
+
+def _feed_group_key(group: str, *parts: str) -> str:
+    """``hubsync:{feed:<group>}:<parts>``: one change-feed consumer group's keys share a hash tag,
+    so a script over them (take, mark) stays in one cluster slot."""
+    return ":".join([PREFIX, f"{{feed:{group}}}", *parts])
+
+
+def feed_ready_key(group: str, object_type: str) -> str:
+    """Sorted set of portals whose feed stream of ``object_type`` may hold changes ``group`` has
+    not read (score: due time, ms; a future score is a lease): mapper's publisher marks, the feed
+    takes."""
+    return _feed_group_key(group, "ready", object_type)
+
+
+def feed_pending_key(group: str, object_type: str) -> str:
+    """Sorted set of portals with changes delivered to ``group`` and maybe not acked (score: when
+    to look for ones past their visibility timeout, ms): mapper's feed."""
+    return _feed_group_key(group, "pending", object_type)
+
+
+def feed_nudge_key(group: str) -> str:
+    """List a subscriber of ``group`` blocks on (BLPOP) while nothing is ready; a mark that makes a
+    portal ready pushes to it (capped): mapper."""
+    return _feed_group_key(group, "nudge")
+
+
+def feed_sweep_key(group: str) -> str:
+    """Hash of the one-off pass that marks every known portal's retained changes for a new (or
+    upgraded) ``group`` (``cursor``, ``done``): mapper's feed."""
+    return _feed_group_key(group, "sweep")
+
+
+def feed_sweep_lock_key(group: str) -> str:
+    """Held (TTL) by the replica running ``group``'s sweep: mapper's feed."""
+    return _feed_group_key(group, "sweep", "lock")
 
 
 def oauth_state_key(digest: str) -> str:

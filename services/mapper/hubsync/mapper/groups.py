@@ -32,12 +32,13 @@ class ConsumerGroupLimit:
     def __init__(self, redis: Redis, max_groups: int) -> None:
         self.max_groups = max_groups
         self._admit: Any = redis.register_script(_ADMIT_LUA)
-        self._known: set[str] = set()
 
     async def admit(self, group: str) -> None:
-        """Raises ResourceExhausted when ``group`` is new and the limit is reached."""
-        if group in self._known:
-            return
+        """Raises ResourceExhausted when ``group`` is new and the limit is reached.
+
+        Asks Redis on every subscription, even for a group this replica admitted before: the set
+        is also whom mapper's publisher marks changes for, so a group must be back in it after
+        Redis lost its data."""
         if not await self._admit(keys=[GROUPS_KEY], args=[group, self.max_groups]):
             raise ResourceExhausted(
                 f"at most {self.max_groups} change-feed consumer groups may exist; reuse one or ask an "
@@ -45,4 +46,3 @@ class ConsumerGroupLimit:
                 reason="TOO_MANY_CONSUMER_GROUPS",
                 metadata={"max_groups": str(self.max_groups)},
             )
-        self._known.add(group)

@@ -30,6 +30,7 @@ from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.core.keys import FeedEntry, feed_key, feed_last_key, fingerprint_key, written_key
 from hubsync.core.telemetry import trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
+from hubsync.mapper.feed_ready import FeedMarks
 from hubsync.mapper.fingerprints import digest, digest_properties
 from hubsync.mapper.hydrate import Hydration
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange
@@ -138,11 +139,17 @@ def _differing(built: _Built, known: list[bytes | None], written: list[bytes | N
 
 
 class Publisher:
-    """Writes a batch's outcome to Redis in one MULTI/EXEC (under WATCH, see the module doc)."""
+    """Writes a batch's outcome to Redis in one MULTI/EXEC (under WATCH, see the module doc), then
+    marks the feed streams it appended to ready for every subscriber group. The marks live in the
+    groups' cluster slots, not the portal's, so they follow the transaction (a subscriber that
+    looks in between finds the mark only after the changes are there); the publication is
+    recorded first, so marks a dead replica never made are made by the next subscriber
+    (:mod:`hubsync.mapper.feed_ready`)."""
 
-    def __init__(self, redis: Any, *, feed_max_len: int) -> None:
+    def __init__(self, redis: Any, *, feed_max_len: int, marks: FeedMarks | None = None) -> None:
         self.redis = redis
         self.feed_max_len = feed_max_len
+        self.marks = marks or FeedMarks(redis)
 
     async def publish(
         self,
@@ -164,6 +171,7 @@ class Publisher:
         last_keys = [feed_last_key(portal, b.change.object_type, b.change.object_id) for b in built]
         ids = [*finished, *(i for b in built for i in b.change.entry_ids), *(d.entry.id for d in dead)]
         outcomes: list[tuple[RecordChange, str]] = []
+        publication = await self.marks.begin(portal, {b.change.object_type for b in built}) if built else None
         # Compare-and-publish under WATCH: two replicas holding the same change (a duplicated
         # webhook, a reclaimed entry) cannot both see "not published yet"; the one whose EXEC
         # fails looks again and finds it published. The fingerprints are watched too, so an
@@ -191,6 +199,9 @@ class Publisher:
                     break
                 except WatchError:
                     continue
+        if publication is not None:
+            types = {c.object_type for c, outcome in outcomes if outcome == "published"}
+            await self.marks.published(portal, types, publication)
         now_ms = time.time() * 1000
         for c, outcome in outcomes:
             sync_metrics.sync.add(

@@ -1,0 +1,71 @@
+"""The change feed's ready sets on a real Redis: leases, no lost wake-up, fairness, crash repair."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio import Redis
+
+from hubsync.core.keys import FEED_GROUPS_KEY, FEED_PUBLISHING_KEY, feed_nudge_key
+from hubsync.mapper.feed_ready import FeedMarks
+
+TYPES = ["companies", "contacts", "deals"]
+
+
+async def test_a_taken_mark_comes_back_when_its_subscriber_dies(redis: Redis) -> None:
+    marks = FeedMarks(redis)
+    await marks.mark("g", "ready", [("contacts", "7")])
+    [taken] = await marks.take("g", "ready", TYPES, limit=10, lease_ms=300)
+    assert (taken.object_type, taken.portal) == ("contacts", "7")
+    assert await marks.take("g", "ready", TYPES, limit=10, lease_ms=300) == []
+    # Never settled (the subscriber died mid-read): due again once the lease ends.
+    deadline = time.monotonic() + 30
+    while not (again := await marks.take("g", "ready", TYPES, limit=10, lease_ms=300)):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert [(t.object_type, t.portal) for t in again] == [("contacts", "7")]
+
+
+async def test_a_mark_made_while_the_stream_is_read_survives_the_release(redis: Redis) -> None:
+    marks = FeedMarks(redis)
+    await marks.mark("g", "ready", [("deals", "8")])
+    [taken] = await marks.take("g", "ready", TYPES, limit=10, lease_ms=60_000)
+    # The publisher appended after the subscriber's read and marked the stream again.
+    assert await marks.mark("g", "ready", [("deals", "8")]) == 1
+    assert await marks.release("g", "ready", taken) is False
+    [taken] = await marks.take("g", "ready", TYPES, limit=10, lease_ms=60_000)
+    assert taken.portal == "8"
+    # Without a new mark the release removes it; each mark that made it due woke a waiter.
+    assert await marks.release("g", "ready", taken) is True
+    assert await marks.take("g", "ready", TYPES, limit=10, lease_ms=0) == []
+    assert await redis.llen(feed_nudge_key("g")) == 2
+
+
+async def test_a_requeued_stream_waits_behind_the_others(redis: Redis) -> None:
+    marks = FeedMarks(redis)
+    await marks.mark("g", "ready", [("contacts", "1")])
+    await asyncio.sleep(0.01)
+    await marks.mark("g", "ready", [("companies", "2")])
+    [first] = await marks.take("g", "ready", TYPES, limit=1, lease_ms=60_000)
+    assert first.portal == "1"
+    await marks.requeue("g", "ready", first)  # it read a full quantum: more may wait
+    [second] = await marks.take("g", "ready", TYPES, limit=1, lease_ms=60_000)
+    assert second.portal == "2"
+    # Only the portals a subscriber asked for are taken.
+    assert await marks.take("g", "ready", TYPES, limit=5, lease_ms=60_000, portals=["9"]) == []
+    assert [t.portal for t in await marks.take("g", "ready", TYPES, limit=5, lease_ms=1, portals=["1"])] == [
+        "1"
+    ]
+
+
+async def test_marks_a_dead_publisher_never_made_are_repaired(redis: Redis) -> None:
+    marks = FeedMarks(redis)
+    await redis.sadd(FEED_GROUPS_KEY, "g", "h")
+    await marks.begin("42")  # ... its transaction ran, then the replica died before marking
+    assert await marks.repair(TYPES, age_ms=60_000) == 0  # a live publisher is left alone
+    assert await marks.repair(TYPES, age_ms=0) == 1
+    assert await redis.zcard(FEED_PUBLISHING_KEY) == 0
+    for group in ("g", "h"):
+        taken = await marks.take(group, "ready", TYPES, limit=10, lease_ms=60_000)
+        assert sorted((t.object_type, t.portal) for t in taken) == [(t, "42") for t in TYPES]
