@@ -7,6 +7,10 @@ Keys (``{portal}`` hash tag so a portal's record and lock share a cluster slot):
   descriptive fields, and ``sealed`` (the AES-GCM sealed secrets; never plaintext).
 - ``hubsync:{<portal>}:auth:refresh-lock`` — the cross-replica refresh lock (random owner value).
 - ``hubsync:auth:connections`` — sorted set of portal ids (score = id) for listing and rotation.
+- ``hubsync:auth:refresh-due`` — sorted set of active OAuth connections scored by ``expires_ms``:
+  the background refresher reads only the ones due (its cost follows expiring tokens, not
+  connections). ``hubsync:auth:needs-reauth`` — set of portals needing a new authorization.
+  Both are kept in step by every write (:meth:`ConnectionStore.index`).
 - ``hubsync:auth:oauth-state:<sha256 of state>`` — a pending authorization (JSON, with a TTL).
 - ``hubsync:auth:oauth-browser:<sha256 of state>`` — the SHA-256 of the browser binding its start
   link set (written once: a start link is single use).
@@ -25,6 +29,10 @@ from redis.asyncio import Redis
 
 from hubsync.core.keys import (
     AUTH_CONNECTIONS_KEY,
+    AUTH_NEEDS_REAUTH_KEY,
+    AUTH_REFRESH_DUE_BACKFILLED_KEY,
+    AUTH_REFRESH_DUE_KEY,
+    AUTH_REFRESHER_LOCK_KEY,
     CONNECTION_CHANGES_CHANNEL,
     auth_connection_key,
     auth_refresh_lock_key,
@@ -184,9 +192,72 @@ class ConnectionStore:
         if written and expected_version is None:
             await self.redis.zadd(INDEX_KEY, {str(new.portal_id): new.portal_id})
         if written:
+            await self.index([new])
             # Mapper resumes a portal's parked inbound events when its connection works again.
             await self.redis.publish(CONNECTION_CHANGES_CHANNEL, str(new.portal_id))
         return written
+
+    async def index(self, conns: list[Connection]) -> None:
+        """Brings the refresh-due and needs-reauth registries in step with records just written
+        (or read). Not atomic with the write (the registries live in another slot), so afterwards
+        each record's version is read again: a record someone changed meanwhile is indexed again
+        from its newer state, and the last registry update always follows the newest record."""
+        pending = list(conns)
+        for _ in range(20):
+            if not pending:
+                return
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conn in pending:
+                    member = str(conn.portal_id)
+                    if conn.kind == KIND_OAUTH and conn.state == STATE_ACTIVE and conn.expires_ms:
+                        pipe.zadd(AUTH_REFRESH_DUE_KEY, {member: conn.expires_ms})
+                    else:
+                        pipe.zrem(AUTH_REFRESH_DUE_KEY, member)
+                    if conn.state == STATE_NEEDS_REAUTH:
+                        pipe.sadd(AUTH_NEEDS_REAUTH_KEY, member)
+                    else:
+                        pipe.srem(AUTH_NEEDS_REAUTH_KEY, member)
+                await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conn in pending:
+                    pipe.hget(connection_key(conn.portal_id), "v")
+                versions: list[bytes | None] = await pipe.execute()
+            moved = [c.portal_id for c, v in zip(pending, versions, strict=True) if int(v or 0) != c.version]
+            if not moved:
+                return
+            fresh = {c.portal_id: c for c in await self.get_many(moved)}
+            gone = [p for p in moved if p not in fresh]
+            if gone:
+                await self.unindex(gone)
+            pending = list(fresh.values())
+
+    async def unindex(self, portal_ids: list[int]) -> None:
+        """Drops portals without a record from the refresh-due and needs-reauth registries."""
+        members = [str(p) for p in portal_ids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(AUTH_REFRESH_DUE_KEY, *members)
+            pipe.srem(AUTH_NEEDS_REAUTH_KEY, *members)
+            await pipe.execute()
+
+    async def due(self, low: float | str, high_ms: int, limit: int) -> list[tuple[int, int]]:
+        """(portal, expires_ms) of connections expiring between ``low`` and ``high_ms``, soonest first."""
+        raw: list[tuple[bytes, float]] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+            AUTH_REFRESH_DUE_KEY, low, high_ms, start=0, num=limit, withscores=True
+        )
+        return [(int(member), int(score)) for member, score in raw]
+
+    async def needing_reauth(self) -> int:
+        return int(await self.redis.scard(AUTH_NEEDS_REAUTH_KEY))  # type: ignore[misc]
+
+    async def take_refresher_turn(self, ttl_ms: int) -> bool:
+        """True for the one replica that runs this interval's refresher pass."""
+        return bool(await self.redis.set(AUTH_REFRESHER_LOCK_KEY, secrets.token_hex(8), nx=True, px=ttl_ms))
+
+    async def due_backfilled(self) -> bool:
+        return bool(await self.redis.exists(AUTH_REFRESH_DUE_BACKFILLED_KEY))
+
+    async def mark_due_backfilled(self, now_ms: int) -> None:
+        await self.redis.set(AUTH_REFRESH_DUE_BACKFILLED_KEY, now_ms)
 
     async def portal_ids(self, after: int = -1, limit: int = 100) -> list[int]:
         """Portal ids greater than ``after``, ascending."""
