@@ -58,9 +58,10 @@ def _vault(redis: Redis, keyring: dict[str, object], api_base: str, **settings: 
 
 
 async def _commands(redis: Redis) -> int:
-    """Commands Redis has served since the last reset, not counting the INFO that asks."""
+    """Commands Redis has served since the last reset, not counting the INFO that asks (nor the
+    CONFIG RESETSTAT that reset them)."""
     stats: dict[str, Any] = await redis.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
 
 
 async def _connect_idle(vault: TokenVault, first: int, count: int) -> None:

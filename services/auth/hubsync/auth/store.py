@@ -140,6 +140,7 @@ class TokenView:
 
 
 _VIEW_FIELDS = ("v", "kind", "state", "expires_ms", "sealed")
+_INDEX_FIELDS = ("v", "kind", "state", "expires_ms")
 
 
 connection_key = auth_connection_key
@@ -165,6 +166,25 @@ class ConnectionStore:
                 pipe.hgetall(connection_key(portal_id))
             raws: list[dict[bytes, bytes]] = await pipe.execute()
         return [Connection.from_fields(raw) for raw in raws if raw]
+
+    async def index_views(self, portal_ids: list[int]) -> list[Connection]:
+        """Just what :meth:`index` needs of each existing connection (no secrets, no decoding)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for portal_id in portal_ids:
+                pipe.hmget(connection_key(portal_id), _INDEX_FIELDS)
+            rows: list[list[bytes | None]] = await pipe.execute()
+        return [
+            Connection(
+                portal_id=p,
+                tenant="",
+                kind=(kind or b"").decode(),
+                state=(state or b"").decode(),
+                expires_ms=int(expires or 0),
+                version=int(v),
+            )
+            for p, (v, kind, state, expires) in zip(portal_ids, rows, strict=True)
+            if v is not None
+        ]
 
     async def token_view(self, portal_id: int) -> TokenView | None:
         raw: list[bytes | None] = await self.redis.hmget(  # type: ignore[misc,assignment]
@@ -206,17 +226,22 @@ class ConnectionStore:
         for _ in range(20):
             if not pending:
                 return
+            due = {
+                str(c.portal_id): c.expires_ms
+                for c in pending
+                if c.kind == KIND_OAUTH and c.state == STATE_ACTIVE and c.expires_ms
+            }
+            needs = {str(c.portal_id) for c in pending if c.state == STATE_NEEDS_REAUTH}
+            others = [str(c.portal_id) for c in pending]
             async with self.redis.pipeline(transaction=False) as pipe:
-                for conn in pending:
-                    member = str(conn.portal_id)
-                    if conn.kind == KIND_OAUTH and conn.state == STATE_ACTIVE and conn.expires_ms:
-                        pipe.zadd(AUTH_REFRESH_DUE_KEY, {member: conn.expires_ms})
-                    else:
-                        pipe.zrem(AUTH_REFRESH_DUE_KEY, member)
-                    if conn.state == STATE_NEEDS_REAUTH:
-                        pipe.sadd(AUTH_NEEDS_REAUTH_KEY, member)
-                    else:
-                        pipe.srem(AUTH_NEEDS_REAUTH_KEY, member)
+                if due:
+                    pipe.zadd(AUTH_REFRESH_DUE_KEY, due)
+                if len(due) < len(others):
+                    pipe.zrem(AUTH_REFRESH_DUE_KEY, *(m for m in others if m not in due))
+                if needs:
+                    pipe.sadd(AUTH_NEEDS_REAUTH_KEY, *needs)
+                if len(needs) < len(others):
+                    pipe.srem(AUTH_NEEDS_REAUTH_KEY, *(m for m in others if m not in needs))
                 await pipe.execute()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for conn in pending:

@@ -632,7 +632,7 @@ class TokenVault:
         """
         interval_ms = int(self.settings.refresher_interval_s * 1000)
         refreshed = 0
-        if await self.store.take_refresher_turn(max(interval_ms * 9 // 10, 100)):
+        if await self.store.take_refresher_turn(max(interval_ms * 9 // 10, 1)):
             refreshed = await self._refresh_pass(interval_ms)
         self.needing_reauth = _needing_reauth[0] = await self.store.needing_reauth()
         return refreshed
@@ -685,7 +685,7 @@ class TokenVault:
         after = -1
         while True:
             ids = await self.store.portal_ids(after, _DUE_PAGE)
-            conns = await self.store.get_many(ids)
+            conns = await self.store.index_views(ids)
             await self.store.index(conns)
             count += len(conns)
             if len(ids) < _DUE_PAGE:
