@@ -44,7 +44,7 @@ def _built_keys() -> list[tuple[str, str]]:
 
 
 def test_each_portal_key_is_named_by_the_pattern_of_its_own_function() -> None:
-    patterns = {}
+    patterns: dict[str, set[str]] = {}
     for key, name in _built_keys():
         pattern = key_pattern(key)
         assert "(not in the registry)" not in pattern, key
