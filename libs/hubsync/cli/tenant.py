@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 import grpc
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
@@ -46,7 +47,8 @@ async def cmd_tenant(args: argparse.Namespace) -> int:
     if args.page_size <= 0 or args.page_size > 10_000:
         console.print("[red]error[/]: --page-size must be between 1 and 10000")
         return 2
-    redis = create_redis(load_settings(CoreSettings))
+    settings = load_settings(CoreSettings)
+    redis = create_redis(settings)
     try:
         store = TenantStore(redis)
         if args.action == "list":
@@ -54,6 +56,10 @@ async def cmd_tenant(args: argparse.Namespace) -> int:
         if args.action == "show":
             return await _show(store, args.portal)
         return await _delete(store, args)
+    except RedisError as exc:
+        where = "the sentinels' master" if settings.redis_sentinels else "HUBSYNC_REDIS_URL"
+        console.print(f"[red]error[/]: Redis ({where}): {type(exc).__name__}: {exc}")
+        return 1
     finally:
         await redis.aclose()
 
