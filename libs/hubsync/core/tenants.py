@@ -52,12 +52,13 @@ _CONNECTION_FIELDS = (
     "expires_ms",
     "created_ms",
     "updated_ms",
+    "used_ms",
     "hub_domain",
     "key_id",
     "v",
 )
 _SEALED_FIELD = "sealed"
-_NUMERIC_FIELDS = ("expires_ms", "created_ms", "updated_ms", "v")
+_NUMERIC_FIELDS = ("expires_ms", "created_ms", "updated_ms", "used_ms", "v")
 # Where `list` finds portals, in this order (a portal is listed under the first that holds it).
 _SOURCES = (
     ("connections", keys.AUTH_CONNECTIONS_KEY),

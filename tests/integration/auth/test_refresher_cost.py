@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -30,6 +30,7 @@ from hubsync.core.keys import (
     AUTH_NEEDS_REAUTH_KEY,
     AUTH_REFRESH_DUE_BACKFILLED_KEY,
     AUTH_REFRESH_DUE_KEY,
+    AUTH_REFRESHER_LOCK_KEY,
 )
 from hubsync.sandbox import SandboxServer
 from tests.integration.auth.conftest import sandbox_config
@@ -47,13 +48,21 @@ SIX_HOURS_MS = 6 * 3600 * 1000
 AN_HOUR = duration_pb2.Duration(seconds=3600)
 
 
-def _vault(redis: Redis, keyring: dict[str, object], api_base: str, **settings: Any) -> TokenVault:
+def _vault(
+    redis: Redis,
+    keyring: dict[str, object],
+    api_base: str,
+    *,
+    clock: Callable[[], int] = lambda: int(time.time() * 1000),
+    **settings: Any,
+) -> TokenVault:
     oauth = HubSpotOAuthClient(api_base, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, backoff_s=0.01)
     return TokenVault(
         ConnectionStore(redis),
         KeyRing.from_json(json.dumps(keyring)),
         oauth,
         AuthSettings(client_id=SANDBOX_CLIENT_ID, **settings),
+        clock=clock,
     )
 
 
@@ -197,3 +206,33 @@ async def test_a_stale_registry_entry_heals_and_replicas_refresh_once(
     assert sum(refreshed) == 1
     assert token_calls(await sandbox_requests(sandbox.base_url)) == 2  # the code, one refresh
     assert list(await _due(redis)) == [SANDBOX_PORTAL]
+
+
+async def test_with_refresh_idle_after_an_idle_connection_waits_for_its_next_use(
+    redis: Redis, redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
+) -> None:
+    keyring = await _connected_then_stopped(redis_url, caller_tokens, sandbox)
+    # Two hours later (the vault's clock): the token has expired and nobody asked for it.
+    later = [int(time.time() * 1000) + 2 * 3600 * 1000]
+    vault = _vault(
+        redis,
+        keyring,
+        sandbox.base_url,
+        clock=lambda: later[0],
+        refresh_margin_s=900,
+        refresher_interval_s=60,
+        refresh_idle_after_s=3600,
+    )
+    assert await vault.refresh_due() == 0
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 1  # the code only
+    assert await _due(redis) == {}  # an idle connection costs the refresher nothing
+    # Its next use refreshes on demand and puts it back in the registry.
+    issued = await vault.get_access_token(SANDBOX_PORTAL)
+    assert issued.expires_ms > later[0]
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 2
+    assert list(await _due(redis)) == [SANDBOX_PORTAL]
+    # Used now, so the refresher keeps it fresh again (its 600 s token is inside the window).
+    later[0] += 1000
+    await redis.delete(AUTH_REFRESHER_LOCK_KEY)
+    assert await vault.refresh_due() == 1
+    assert token_calls(await sandbox_requests(sandbox.base_url)) == 3

@@ -56,6 +56,18 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
+# Only on an existing record: a connection deleted meanwhile must not come back as a stub.
+_NOTE_USE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'used_ms', ARGV[1]) end
+return 0
+"""
+
+_DROP_DUE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -74,6 +86,8 @@ class Connection:
     expires_ms: int = 0  # 0: never (private-app tokens)
     created_ms: int = 0
     updated_ms: int = 0
+    # When a token of this connection was last handed out (noted at most every few minutes).
+    used_ms: int = 0
     hub_domain: str = ""
     key_id: str = ""
     version: int = 0
@@ -92,6 +106,7 @@ class Connection:
             "expires_ms": self.expires_ms,
             "created_ms": self.created_ms,
             "updated_ms": self.updated_ms,
+            "used_ms": self.used_ms,
             "hub_domain": self.hub_domain,
             "key_id": self.key_id,
         }
@@ -116,6 +131,7 @@ class Connection:
             expires_ms=n("expires_ms"),
             created_ms=n("created_ms"),
             updated_ms=n("updated_ms"),
+            used_ms=n("used_ms"),
             hub_domain=s("hub_domain"),
             key_id=s("key_id"),
             version=n("v"),
@@ -154,6 +170,8 @@ class ConnectionStore:
         self.redis = redis
         self._cas = redis.register_script(_CAS)
         self._release = redis.register_script(_RELEASE)
+        self._note_use = redis.register_script(_NOTE_USE)
+        self._drop_due = redis.register_script(_DROP_DUE)
 
     async def get(self, portal_id: int) -> Connection | None:
         raw: dict[bytes, bytes] = await self.redis.hgetall(connection_key(portal_id))  # type: ignore[misc,assignment]
@@ -255,6 +273,16 @@ class ConnectionStore:
             if gone:
                 await self.unindex(gone)
             pending = list(fresh.values())
+
+    async def note_use(self, portal_id: int, now_ms: int) -> None:
+        """Records that a token was handed out (advisory: not a versioned write; a concurrent
+        compare-and-swap may carry the previous value, which only makes the portal look idler)."""
+        await self._note_use(keys=[connection_key(portal_id)], args=[now_ms])
+
+    async def drop_due(self, portal_id: int, score: int) -> None:
+        """Takes an idle connection off the refresh-due registry (its next use puts it back),
+        unless a write re-scored it since it was read at ``score``."""
+        await self._drop_due(keys=[AUTH_REFRESH_DUE_KEY], args=[str(portal_id), score])
 
     async def unindex(self, portal_ids: list[int]) -> None:
         """Drops portals without a record from the refresh-due and needs-reauth registries."""

@@ -126,6 +126,8 @@ class TokenVault:
         self._opened: dict[int, tuple[int, str]] = {}
         self.needing_reauth = 0
         self._due_backfilled = False
+        # portal → when this process last noted a use of it (see _note_use).
+        self._noted: dict[int, int] = {}
 
     # ---- secrets ----------------------------------------------------------------------------------
 
@@ -421,6 +423,7 @@ class TokenVault:
         _check_state(portal_id, view.state)
         if view.kind == KIND_PRIVATE_APP:
             return IssuedToken(self._access_token(view), 0)
+        await self._note_use(portal_id)
         margin = self.settings.refresh_margin_s if min_ttl_s is None else min_ttl_s
         if view.expires_ms - self.now_ms() > margin * 1000:
             return IssuedToken(self._access_token(view), view.expires_ms)
@@ -434,6 +437,18 @@ class TokenVault:
                 return IssuedToken(self._access_token(conn), conn.expires_ms)
             raise
         return self._issue(fresh)
+
+    async def _note_use(self, portal_id: int) -> None:
+        """With ``refresh_idle_after_s``: marks the connection used, at most every quarter of it
+        per process, so the refresher can tell idle connections from used ones."""
+        idle_after_ms = int(self.settings.refresh_idle_after_s * 1000)
+        if not idle_after_ms:
+            return
+        now = self.now_ms()
+        if now - self._noted.get(portal_id, -idle_after_ms) < idle_after_ms // 4:
+            return
+        self._noted[portal_id] = now
+        await self.store.note_use(portal_id, now)
 
     async def invalidate_access_token(self, portal_id: int, access_token: str) -> tuple[IssuedToken, bool]:
         if not access_token:
@@ -647,18 +662,24 @@ class TokenVault:
         while True:
             page = await self.store.due(low, self.now_ms() + window_ms, _DUE_PAGE)
             fresh = [(portal, score) for portal, score in page if portal not in seen]
-            for portal, _ in fresh:
+            for portal, score in fresh:
                 seen.add(portal)
-                refreshed += await self._refresh_in_background(portal, window_ms)
+                refreshed += await self._refresh_in_background(portal, score, window_ms)
             if not fresh or len(page) < _DUE_PAGE:
                 break
             low = page[-1][1]
         return refreshed
 
-    async def _refresh_in_background(self, portal: int, window_ms: int) -> bool:
+    async def _refresh_in_background(self, portal: int, score: int, window_ms: int) -> bool:
         conn = await self.store.get(portal)
         if conn is None:
             await self.store.unindex([portal])
+            return False
+        idle_after_ms = int(self.settings.refresh_idle_after_s * 1000)
+        last_use = max(conn.used_ms, conn.created_ms)
+        if idle_after_ms and conn.state == STATE_ACTIVE and self.now_ms() - last_use > idle_after_ms:
+            # Nobody asked for its token lately: let it expire; the next use refreshes on demand.
+            await self.store.drop_due(portal, score)
             return False
         if (
             conn.kind != KIND_OAUTH
