@@ -123,11 +123,26 @@ def _families() -> tuple[_Family, ...]:
     return tuple(sorted(families, key=lambda f: f.rank))
 
 
+@cache
+def _families_by_area() -> dict[str, tuple[_Family, ...]]:
+    """The families by the first part after the portal (``written``, ``fp``...), so a key is
+    matched against a few patterns, not all (a delete may name millions of keys)."""
+    out: dict[str, list[_Family]] = {}
+    for family in _families():
+        out.setdefault(_area(family.pattern), []).append(family)
+    return {area: tuple(found) for area, found in out.items()}
+
+
+def _area(key: str) -> str:
+    return key.split("}:", 1)[-1].split(":", 1)[0]
+
+
 def key_pattern(key: str) -> str:
     """The registry pattern of a portal's key (``hubsync:{p}:fp:<object_type>:<external_id>``),
     or the key with its portal replaced by ``{p}`` when no registry function builds it."""
+    candidates = _families_by_area().get(_area(key), ())
     for attr in ("strict", "loose"):
-        for family in _families():
+        for family in candidates:
             if getattr(family, attr).fullmatch(key):
                 return family.pattern
     return re.sub(r"\{[^}]*\}", "{p}", key, count=1) + " (not in the registry)"
