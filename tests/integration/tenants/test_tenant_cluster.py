@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from hubsync.core import keys
 from hubsync.core.devredis import free_port, redis_server_binary
@@ -66,9 +67,9 @@ def _masters(tmp_path: Path, count: int) -> Iterator[list[int]]:
 async def _form_cluster(ports: list[int]) -> None:
     nodes = [Redis(host="127.0.0.1", port=p) for p in ports]
     try:
-        for node in nodes:
-            for _ in range(100):
-                with contextlib.suppress(ConnectionError, OSError):
+        for node in nodes:  # a loaded machine may take seconds to start them
+            for _ in range(400):
+                with contextlib.suppress(RedisConnectionError):
                     if await node.ping():
                         break
                 await asyncio.sleep(0.05)
@@ -78,9 +79,9 @@ async def _form_cluster(ports: list[int]) -> None:
             await node.execute_command("CLUSTER ADDSLOTS", *slots)
         for port in ports[1:]:
             await nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
-        for _ in range(400):
+        for _ in range(800):
             infos = [_text(await n.execute_command("CLUSTER INFO")) for n in nodes]
-            if all("cluster_state:ok" in i for i in infos):
+            if all("cluster_state:ok" in i and "cluster_known_nodes:3" in i for i in infos):
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the local cluster did not become ok")
