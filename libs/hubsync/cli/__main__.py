@@ -13,6 +13,7 @@
     hubsync config show|set|history|rollback --portal P | --tenant T ...  (per-portal configuration)
     hubsync keys rotate
     hubsync tokens split TOKENS.json --out DIR
+    hubsync tenant list [--json] | show --portal P | delete --portal P [--revoke] --yes
 
 Operating commands talk to the services over gRPC like any internal client: addresses come from
 ``HUBSYNC_<SERVICE>_ADDRESS``, the credential from ``HUBSYNC_CLI_TOKEN`` or the ``cli`` entry of
@@ -146,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
     tokens.add_argument("file", type=Path, help='JSON {"<caller>": "<token>"} of every caller')
     tokens.add_argument("--out", type=Path, required=True, help="writes <component>.json per component")
     tokens.set_defaults(func=_cmd_tokens)
+
+    from hubsync.cli.tenant import add_parser as add_tenant_parser
+
+    add_tenant_parser(sub)
     return parser
 
 

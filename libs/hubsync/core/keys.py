@@ -18,6 +18,10 @@ from typing import Final
 
 __all__ = [
     "AUTH_CONNECTIONS_KEY",
+    "AUTH_NEEDS_REAUTH_KEY",
+    "AUTH_REFRESHER_LOCK_KEY",
+    "AUTH_REFRESH_DUE_BACKFILLED_KEY",
+    "AUTH_REFRESH_DUE_KEY",
     "CONFIG_CHANGES_CHANNEL",
     "CONNECTION_CHANGES_CHANNEL",
     "FEED_GROUPS_KEY",
@@ -55,7 +59,9 @@ __all__ = [
     "inbound_parked_key",
     "oauth_browser_key",
     "oauth_state_key",
+    "portal_indexes",
     "portal_key",
+    "portal_key_pattern",
     "push_done_key",
     "push_lock_key",
     "push_version_key",
@@ -99,6 +105,16 @@ FEED_GROUPS_KEY: Final = f"{PREFIX}:feed:groups"
 FEED_PUBLISHING_KEY: Final = f"{PREFIX}:feed:publishing"
 #: Sorted set of portal ids with a connection (score: the portal id), for paging: auth.
 AUTH_CONNECTIONS_KEY: Final = f"{PREFIX}:auth:connections"
+#: Sorted set of active OAuth connections by access-token expiry (score: ``expires_ms``), so the
+#: refresher reads only the connections due: auth.
+AUTH_REFRESH_DUE_KEY: Final = f"{PREFIX}:auth:refresh-due"
+#: Set when the one-off fill of :data:`AUTH_REFRESH_DUE_KEY` from every connection has run
+#: (upgrade from a release without it); value: when, Unix ms: auth.
+AUTH_REFRESH_DUE_BACKFILLED_KEY: Final = f"{PREFIX}:auth:refresh-due:backfilled"
+#: Set of portal ids whose connection needs a person to authorize again (the gauge's source): auth.
+AUTH_NEEDS_REAUTH_KEY: Final = f"{PREFIX}:auth:needs-reauth"
+#: Held by the auth replica running this interval's refresher pass (PX: the interval): auth.
+AUTH_REFRESHER_LOCK_KEY: Final = f"{PREFIX}:auth:refresher-lock"
 #: Pub/sub channel: auth publishes a portal id whenever its connection changes (connected,
 #: re-authorized, refreshed, revoked); mapper re-checks a portal whose inbound events are parked.
 CONNECTION_CHANGES_CHANNEL: Final = f"{PREFIX}:auth:connection-changes"
@@ -184,6 +200,26 @@ def portal_key(portal_id: int | str, *parts: str) -> str:
     """``hubsync:{<portal>}:<parts>``: the hash tag keeps a portal's keys in one cluster slot.
     Services use the named functions below; this is the one place the layout is spelled."""
     return ":".join([PREFIX, f"{{{portal_id}}}", *parts])
+
+
+def portal_key_pattern(portal_id: int | str) -> str:
+    """The SCAN ``MATCH`` pattern of every key of one portal (they all share its slot)."""
+    return portal_key(portal_id, "*")
+
+
+def portal_indexes(portal_id: int | str) -> tuple[str, ...]:
+    """The keys of no portal that may hold ``portal_id`` as a member (sets, sorted sets, or hash
+    fields named by the portal id): what deleting a tenant must also remove it from. A new
+    registry of portals is added here, or ``hubsync tenant delete`` leaves the portal in it."""
+    del portal_id  # the registries are not sharded today; sharded ones pick theirs by portal
+    return (
+        PORTALS_KEY,
+        WRITER_PORTALS_KEY,
+        INBOUND_PARKED_PORTALS_KEY,
+        AUTH_CONNECTIONS_KEY,
+        AUTH_REFRESH_DUE_KEY,
+        AUTH_NEEDS_REAUTH_KEY,
+    )
 
 
 def events_key(portal_id: int | str) -> str:

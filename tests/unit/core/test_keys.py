@@ -70,6 +70,10 @@ def _pattern(documented: str) -> re.Pattern[str]:
     return re.compile("".join("[^:]+" if p.startswith("<") else re.escape(p) for p in parts))
 
 
+# Helpers of the registry that build no key of their own.
+_NOT_KEYS = ("portal_key", "portal_key_pattern", "portal_indexes")
+
+
 def _registry_keys() -> dict[str, str]:
     """Every key the registry can build, by the name that built it (placeholders for arguments)."""
     built: dict[str, str] = {}
@@ -77,7 +81,7 @@ def _registry_keys() -> dict[str, str]:
         value = getattr(keys, name)
         if isinstance(value, str):
             built[name] = value
-        elif inspect.isfunction(value) and name != "portal_key":
+        elif inspect.isfunction(value) and name not in _NOT_KEYS:
             params = inspect.signature(value).parameters
             args = [
                 "7" if p == "portal_id" else f"x{p}"

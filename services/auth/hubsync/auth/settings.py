@@ -39,6 +39,9 @@ class AuthSettings(BaseSettings):
     refresh_margin_s: float = Field(default=300.0, ge=0)
     # How often the background refresher looks for connections about to expire (0: never).
     refresher_interval_s: float = Field(default=60.0, ge=0)
+    # > 0: the refresher leaves a connection whose token nobody asked for in this long to expire;
+    # its next GetAccessToken refreshes it on demand (0: keep every connection fresh).
+    refresh_idle_after_s: float = Field(default=3600.0, ge=0)
     # How long a BeginAuthorization state is accepted.
     state_ttl_s: int = Field(default=600, ge=10, le=3600)
     # The cross-replica refresh lock expires after this (a crashed holder blocks no longer).

@@ -7,6 +7,10 @@ Keys (``{portal}`` hash tag so a portal's record and lock share a cluster slot):
   descriptive fields, and ``sealed`` (the AES-GCM sealed secrets; never plaintext).
 - ``hubsync:{<portal>}:auth:refresh-lock`` — the cross-replica refresh lock (random owner value).
 - ``hubsync:auth:connections`` — sorted set of portal ids (score = id) for listing and rotation.
+- ``hubsync:auth:refresh-due`` — sorted set of active OAuth connections scored by ``expires_ms``:
+  the background refresher reads only the ones due (its cost follows expiring tokens, not
+  connections). ``hubsync:auth:needs-reauth`` — set of portals needing a new authorization.
+  Both are kept in step by every write (:meth:`ConnectionStore.index`).
 - ``hubsync:auth:oauth-state:<sha256 of state>`` — a pending authorization (JSON, with a TTL).
 - ``hubsync:auth:oauth-browser:<sha256 of state>`` — the SHA-256 of the browser binding its start
   link set (written once: a start link is single use).
@@ -25,6 +29,10 @@ from redis.asyncio import Redis
 
 from hubsync.core.keys import (
     AUTH_CONNECTIONS_KEY,
+    AUTH_NEEDS_REAUTH_KEY,
+    AUTH_REFRESH_DUE_BACKFILLED_KEY,
+    AUTH_REFRESH_DUE_KEY,
+    AUTH_REFRESHER_LOCK_KEY,
     CONNECTION_CHANGES_CHANNEL,
     auth_connection_key,
     auth_refresh_lock_key,
@@ -48,6 +56,18 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
+# Only on an existing record: a connection deleted meanwhile must not come back as a stub.
+_NOTE_USE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'used_ms', ARGV[1]) end
+return 0
+"""
+
+_DROP_DUE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -66,6 +86,8 @@ class Connection:
     expires_ms: int = 0  # 0: never (private-app tokens)
     created_ms: int = 0
     updated_ms: int = 0
+    # When a token of this connection was last handed out (noted at most every few minutes).
+    used_ms: int = 0
     hub_domain: str = ""
     key_id: str = ""
     version: int = 0
@@ -84,6 +106,7 @@ class Connection:
             "expires_ms": self.expires_ms,
             "created_ms": self.created_ms,
             "updated_ms": self.updated_ms,
+            "used_ms": self.used_ms,
             "hub_domain": self.hub_domain,
             "key_id": self.key_id,
         }
@@ -108,6 +131,7 @@ class Connection:
             expires_ms=n("expires_ms"),
             created_ms=n("created_ms"),
             updated_ms=n("updated_ms"),
+            used_ms=n("used_ms"),
             hub_domain=s("hub_domain"),
             key_id=s("key_id"),
             version=n("v"),
@@ -132,6 +156,7 @@ class TokenView:
 
 
 _VIEW_FIELDS = ("v", "kind", "state", "expires_ms", "sealed")
+_INDEX_FIELDS = ("v", "kind", "state", "expires_ms")
 
 
 connection_key = auth_connection_key
@@ -145,6 +170,8 @@ class ConnectionStore:
         self.redis = redis
         self._cas = redis.register_script(_CAS)
         self._release = redis.register_script(_RELEASE)
+        self._note_use = redis.register_script(_NOTE_USE)
+        self._drop_due = redis.register_script(_DROP_DUE)
 
     async def get(self, portal_id: int) -> Connection | None:
         raw: dict[bytes, bytes] = await self.redis.hgetall(connection_key(portal_id))  # type: ignore[misc,assignment]
@@ -157,6 +184,25 @@ class ConnectionStore:
                 pipe.hgetall(connection_key(portal_id))
             raws: list[dict[bytes, bytes]] = await pipe.execute()
         return [Connection.from_fields(raw) for raw in raws if raw]
+
+    async def index_views(self, portal_ids: list[int]) -> list[Connection]:
+        """Just what :meth:`index` needs of each existing connection (no secrets, no decoding)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for portal_id in portal_ids:
+                pipe.hmget(connection_key(portal_id), _INDEX_FIELDS)
+            rows: list[list[bytes | None]] = await pipe.execute()
+        return [
+            Connection(
+                portal_id=p,
+                tenant="",
+                kind=(kind or b"").decode(),
+                state=(state or b"").decode(),
+                expires_ms=int(expires or 0),
+                version=int(v),
+            )
+            for p, (v, kind, state, expires) in zip(portal_ids, rows, strict=True)
+            if v is not None
+        ]
 
     async def token_view(self, portal_id: int) -> TokenView | None:
         raw: list[bytes | None] = await self.redis.hmget(  # type: ignore[misc,assignment]
@@ -184,9 +230,87 @@ class ConnectionStore:
         if written and expected_version is None:
             await self.redis.zadd(INDEX_KEY, {str(new.portal_id): new.portal_id})
         if written:
+            await self.index([new])
             # Mapper resumes a portal's parked inbound events when its connection works again.
             await self.redis.publish(CONNECTION_CHANGES_CHANNEL, str(new.portal_id))
         return written
+
+    async def index(self, conns: list[Connection]) -> None:
+        """Brings the refresh-due and needs-reauth registries in step with records just written
+        (or read). Not atomic with the write (the registries live in another slot), so afterwards
+        each record's version is read again: a record someone changed meanwhile is indexed again
+        from its newer state, and the last registry update always follows the newest record."""
+        pending = list(conns)
+        for _ in range(20):
+            if not pending:
+                return
+            due = {
+                str(c.portal_id): c.expires_ms
+                for c in pending
+                if c.kind == KIND_OAUTH and c.state == STATE_ACTIVE and c.expires_ms
+            }
+            needs = {str(c.portal_id) for c in pending if c.state == STATE_NEEDS_REAUTH}
+            others = [str(c.portal_id) for c in pending]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if due:
+                    pipe.zadd(AUTH_REFRESH_DUE_KEY, due)
+                if len(due) < len(others):
+                    pipe.zrem(AUTH_REFRESH_DUE_KEY, *(m for m in others if m not in due))
+                if needs:
+                    pipe.sadd(AUTH_NEEDS_REAUTH_KEY, *needs)
+                if len(needs) < len(others):
+                    pipe.srem(AUTH_NEEDS_REAUTH_KEY, *(m for m in others if m not in needs))
+                await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conn in pending:
+                    pipe.hget(connection_key(conn.portal_id), "v")
+                versions: list[bytes | None] = await pipe.execute()
+            moved = [c.portal_id for c, v in zip(pending, versions, strict=True) if int(v or 0) != c.version]
+            if not moved:
+                return
+            fresh = {c.portal_id: c for c in await self.get_many(moved)}
+            gone = [p for p in moved if p not in fresh]
+            if gone:
+                await self.unindex(gone)
+            pending = list(fresh.values())
+
+    async def note_use(self, portal_id: int, now_ms: int) -> None:
+        """Records that a token was handed out (advisory: not a versioned write; a concurrent
+        compare-and-swap may carry the previous value, which only makes the portal look idler)."""
+        await self._note_use(keys=[connection_key(portal_id)], args=[now_ms])
+
+    async def drop_due(self, portal_id: int, score: int) -> None:
+        """Takes an idle connection off the refresh-due registry (its next use puts it back),
+        unless a write re-scored it since it was read at ``score``."""
+        await self._drop_due(keys=[AUTH_REFRESH_DUE_KEY], args=[str(portal_id), score])
+
+    async def unindex(self, portal_ids: list[int]) -> None:
+        """Drops portals without a record from the refresh-due and needs-reauth registries."""
+        members = [str(p) for p in portal_ids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(AUTH_REFRESH_DUE_KEY, *members)
+            pipe.srem(AUTH_NEEDS_REAUTH_KEY, *members)
+            await pipe.execute()
+
+    async def due(self, low: float | str, high_ms: int, limit: int) -> list[tuple[int, int]]:
+        """(portal, expires_ms) of connections expiring between ``low`` and ``high_ms``, soonest first."""
+        raw: list[tuple[bytes, float]] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+            AUTH_REFRESH_DUE_KEY, low, high_ms, start=0, num=limit, withscores=True
+        )
+        return [(int(member), int(score)) for member, score in raw]
+
+    async def needing_reauth(self) -> int:
+        return int(await self.redis.scard(AUTH_NEEDS_REAUTH_KEY))  # type: ignore[misc]
+
+    async def take_refresher_turn(self, ttl_ms: int) -> bool:
+        """True for the one replica that runs this interval's refresher pass."""
+        return bool(await self.redis.set(AUTH_REFRESHER_LOCK_KEY, secrets.token_hex(8), nx=True, px=ttl_ms))
+
+    async def due_backfilled(self) -> bool:
+        return bool(await self.redis.exists(AUTH_REFRESH_DUE_BACKFILLED_KEY))
+
+    async def mark_due_backfilled(self, now_ms: int) -> None:
+        await self.redis.set(AUTH_REFRESH_DUE_BACKFILLED_KEY, now_ms)
 
     async def portal_ids(self, after: int = -1, limit: int = 100) -> list[int]:
         """Portal ids greater than ``after``, ascending."""

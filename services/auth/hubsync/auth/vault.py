@@ -66,11 +66,13 @@ audit_log = logging.getLogger("hubsync.auth.audit")
 
 REAUTH_REASON = "CONNECTION_NEEDS_REAUTH"
 MAX_TOKEN_LENGTH = 1024
+# Connections read per page by the refresher and the refresh-due backfill.
+_DUE_PAGE = 500
 _meter = metrics.get_meter("hubsync.auth")
 _refresh_counter = PortalCounter(
     _meter.create_counter("hubsync.token.refresh", description="Token refreshes at HubSpot by outcome")
 )
-# Set by the background refresher's pass over every connection (the latest vault in the process).
+# Set by each background refresher pass from the needs-reauth registry (the latest vault in the process).
 _needing_reauth = [0]
 _meter.create_observable_gauge(
     "hubsync.connections.needing_reauth",
@@ -124,6 +126,9 @@ class TokenVault:
         # in this process's memory only, and only as long as the record's version is current.
         self._opened: dict[int, tuple[int, str]] = {}
         self.needing_reauth = 0
+        self._due_backfilled = False
+        # portal → when this process last noted a use of it (see _note_use).
+        self._noted: dict[int, int] = {}
 
     # ---- secrets ----------------------------------------------------------------------------------
 
@@ -419,6 +424,7 @@ class TokenVault:
         _check_state(portal_id, view.state)
         if view.kind == KIND_PRIVATE_APP:
             return IssuedToken(self._access_token(view), 0)
+        await self._note_use(portal_id)
         margin = self.settings.refresh_margin_s if min_ttl_s is None else min_ttl_s
         if view.expires_ms - self.now_ms() > margin * 1000:
             return IssuedToken(self._access_token(view), view.expires_ms)
@@ -432,6 +438,18 @@ class TokenVault:
                 return IssuedToken(self._access_token(conn), conn.expires_ms)
             raise
         return self._issue(fresh)
+
+    async def _note_use(self, portal_id: int) -> None:
+        """With ``refresh_idle_after_s``: marks the connection used, at most every quarter of it
+        per process, so the refresher can tell idle connections from used ones."""
+        idle_after_ms = int(self.settings.refresh_idle_after_s * 1000)
+        if not idle_after_ms:
+            return
+        now = self.now_ms()
+        if now - self._noted.get(portal_id, -idle_after_ms) < idle_after_ms // 4:
+            return
+        self._noted[portal_id] = now
+        await self.store.note_use(portal_id, now)
 
     async def invalidate_access_token(self, portal_id: int, access_token: str) -> tuple[IssuedToken, bool]:
         if not access_token:
@@ -621,35 +639,84 @@ class TokenVault:
     # ---- background refresher ---------------------------------------------------------------------
 
     async def refresh_due(self) -> int:
-        """Refreshes OAuth connections that would fall inside the margin before the next pass."""
-        window_ms = (self.settings.refresh_margin_s + self.settings.refresher_interval_s) * 1000
+        """Refreshes OAuth connections that would fall inside the margin before the next pass.
+
+        Reads only the connections due (``hubsync:auth:refresh-due``, scored by expiry): an idle
+        pass is a handful of commands whatever the number of connections. One replica per
+        interval runs the pass (a lock with the interval as its life); the per-portal refresh
+        lock still keeps a background refresh and callers' refreshes to one at a time.
+        """
+        interval_ms = int(self.settings.refresher_interval_s * 1000)
         refreshed = 0
-        needing = 0
+        if await self.store.take_refresher_turn(max(interval_ms * 9 // 10, 1)):
+            refreshed = await self._refresh_pass(interval_ms)
+        self.needing_reauth = _needing_reauth[0] = await self.store.needing_reauth()
+        return refreshed
+
+    async def _refresh_pass(self, interval_ms: int) -> int:
+        if not self._due_backfilled:
+            await self.backfill_due()
+        window_ms = int(self.settings.refresh_margin_s * 1000) + interval_ms
+        refreshed = 0
+        seen: set[int] = set()
+        low: float | str = "-inf"
+        while True:
+            page = await self.store.due(low, self.now_ms() + window_ms, _DUE_PAGE)
+            fresh = [(portal, score) for portal, score in page if portal not in seen]
+            for portal, score in fresh:
+                seen.add(portal)
+                refreshed += await self._refresh_in_background(portal, score, window_ms)
+            if not fresh or len(page) < _DUE_PAGE:
+                break
+            low = page[-1][1]
+        return refreshed
+
+    async def _refresh_in_background(self, portal: int, score: int, window_ms: int) -> bool:
+        conn = await self.store.get(portal)
+        if conn is None:
+            await self.store.unindex([portal])
+            return False
+        idle_after_ms = int(self.settings.refresh_idle_after_s * 1000)
+        last_use = max(conn.used_ms, conn.created_ms)
+        if idle_after_ms and conn.state == STATE_ACTIVE and self.now_ms() - last_use > idle_after_ms:
+            # Nobody asked for its token lately: let it expire; the next use refreshes on demand.
+            await self.store.drop_due(portal, score)
+            return False
+        if (
+            conn.kind != KIND_OAUTH
+            or conn.state != STATE_ACTIVE
+            or (conn.expires_ms - self.now_ms() >= window_ms)
+        ):
+            await self.store.index([conn])  # a stale entry (a write raced its registry update)
+            return False
+        try:
+            fresh, _ = await self._refresh_shared(conn)
+        except HubsyncError as exc:
+            log.warning("background refresh failed", extra={"portal_id": portal, "error": exc.message})
+            return False
+        return fresh.generation != conn.generation
+
+    async def backfill_due(self) -> int:
+        """Fills the refresh-due and needs-reauth registries from every connection, once per
+        installation (an upgrade from a release without them), then marks it done. Safe to run
+        again and beside live writes (each record is indexed with a version check)."""
+        if await self.store.due_backfilled():
+            self._due_backfilled = True
+            return 0
+        count = 0
         after = -1
         while True:
-            ids = await self.store.portal_ids(after, 200)
-            for portal in ids:
-                conn = await self.store.get(portal)
-                if conn is None:
-                    continue
-                if conn.state == STATE_NEEDS_REAUTH:
-                    needing += 1
-                if conn.kind != KIND_OAUTH or conn.state != STATE_ACTIVE:
-                    continue
-                if conn.expires_ms - self.now_ms() < window_ms:
-                    try:
-                        fresh, _ = await self._refresh_shared(conn)
-                        refreshed += fresh.generation != conn.generation
-                        needing += fresh.state == STATE_NEEDS_REAUTH
-                    except HubsyncError as exc:
-                        log.warning(
-                            "background refresh failed", extra={"portal_id": portal, "error": exc.message}
-                        )
-            if len(ids) < 200:
+            ids = await self.store.portal_ids(after, _DUE_PAGE)
+            conns = await self.store.index_views(ids)
+            await self.store.index(conns)
+            count += len(conns)
+            if len(ids) < _DUE_PAGE:
                 break
             after = ids[-1]
-        self.needing_reauth = _needing_reauth[0] = needing
-        return refreshed
+        await self.store.mark_due_backfilled(self.now_ms())
+        self._due_backfilled = True
+        log.info("refresh-due registry filled from every connection", extra={"connections": count})
+        return count
 
     async def run_refresher(self) -> None:
         interval = self.settings.refresher_interval_s
