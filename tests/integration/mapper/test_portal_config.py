@@ -506,7 +506,7 @@ async def test_overrides_are_validated_against_each_portals_own_properties(repli
             "label": "Shoe size",
             "type": "number",
             "fieldType": "number",
-            "groupName": "x",
+            "groupName": "contactinformation",
         },
     )
     assert created.status_code == 201, created.text

@@ -24,6 +24,8 @@ _MULTI_KEY = {
     "RPOPLPUSH", "LMOVE", "SMOVE", "RENAME", "RENAMENX", "SUNIONSTORE", "SINTERSTORE", "SDIFFSTORE",
     "ZUNIONSTORE", "ZINTERSTORE", "COPY", "MGET", "DEL", "UNLINK", "EXISTS",
 }  # fmt: skip
+# Commands whose key follows a subcommand (``MEMORY USAGE key``, ``OBJECT ENCODING key``).
+_SUBCOMMAND = {"MEMORY", "OBJECT"}
 _CALL = re.compile(r"redis\.p?call\(\s*'(?P<cmd>[A-Za-z]+)'\s*(?P<args>[^)]*)\)")
 _FROM_KEYS = re.compile(r"^KEYS\[.+\]$")
 
@@ -58,6 +60,8 @@ def bad_key_arguments(script: str) -> list[str]:
         args = [a.strip() for a in call["args"].lstrip(",").split(",") if a.strip()]
         if command in _KEYLESS or not args:
             continue
+        if command in _SUBCOMMAND:
+            args = args[1:]
         candidates = args if command in _MULTI_KEY else args[:1]
         for arg in candidates:
             if not (_FROM_KEYS.match(arg) or arg in bound):

@@ -17,6 +17,10 @@ HOLD_NO_PORTAL = {
     keys.CONNECTION_CHANGES_CHANNEL,  # a pub/sub channel
     keys.AUTH_REFRESH_DUE_BACKFILLED_KEY,  # a time
     keys.AUTH_REFRESHER_LOCK_KEY,  # a lock owner
+    keys.CONFIG_CHANGES_CHANNEL,  # a pub/sub channel
+    # Publications in progress (``<portal>|<token>|<types>``): each lives seconds, removed by the
+    # publisher or repaired by a subscriber; a deleted portal's repair marks streams that are gone.
+    keys.FEED_PUBLISHING_KEY,
 }
 
 

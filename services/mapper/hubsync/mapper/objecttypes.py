@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 
@@ -87,6 +87,9 @@ class CustomTypeIndex:
     def __init__(self) -> None:
         self.names: dict[str, str] = {}
         self.portals: set[int] = set()
+        # Schema names learned per portal: a push naming one not learned yet learns again (a
+        # schema created after the portal was first learned).
+        self.portal_names: dict[int, set[str]] = {}
 
     def name_of(self, type_id: str) -> str | None:
         return self.names.get(type_id)
@@ -109,11 +112,18 @@ class CustomTypeIndex:
                 continue
             self.learn(list(reply.object_types))
             self.portals.add(portal)
+            self.portal_names[portal] = {
+                t.schema_name.lower() for t in reply.object_types if t.custom and t.schema_name
+            }
 
-    async def ensure(self, writer: writer_pb2_grpc.WriterServiceStub, portal: int) -> None:
-        """Learns a portal's custom objects once (a push to a custom object learns its id
-        before HubSpot's webhooks about the record arrive)."""
-        if portal not in self.portals:
+    async def ensure(
+        self, writer: writer_pb2_grpc.WriterServiceStub, portal: int, names: Iterable[str] = ()
+    ) -> None:
+        """Learns a portal's custom objects once, and again when a push names a custom object not
+        learned for it yet (a push learns the id before HubSpot's webhooks about the record
+        arrive, so they are not dead-lettered as unknown)."""
+        known = self.portal_names.get(portal)
+        if portal not in self.portals or known is None or any(n not in known for n in names):
             await self.refresh(writer, [portal])
 
     async def watch(

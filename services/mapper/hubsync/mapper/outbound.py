@@ -121,9 +121,10 @@ class RecordPusher:
     ) -> list[PushResultData]:
         mappings = await self.mappings(portal_id)  # the portal's own (default + overrides)
         self._validate(request_id, portal_id, records, mappings)
-        if any(r.object_type not in OBJECT_TYPES for r in records):
+        custom = {r.object_type for r in records if r.object_type not in OBJECT_TYPES}
+        if custom:
             # HubSpot's events about custom objects name them by id: learn the ids now.
-            await CUSTOM_TYPES.ensure(self.writer, portal_id)
+            await CUSTOM_TYPES.ensure(self.writer, portal_id, custom)
         request_digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
         done_key = push_done_key(portal_id, request_digest)
         cached = await self.redis.get(done_key)
