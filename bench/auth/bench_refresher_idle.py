@@ -32,7 +32,7 @@ from hubsync.core.keys import AUTH_CONNECTIONS_KEY, auth_connection_key
 
 async def _connect(redis: Redis, vault: TokenVault, portals: int) -> None:
     now = int(time.time() * 1000)
-    sealed = vault._seal(1, "access", "refresh")  # the same size as any portal's
+    sealed = vault.records.seal(1, "access", "refresh")  # the same size as any portal's
     for first in range(1, portals + 1, 1000):
         async with redis.pipeline(transaction=False) as pipe:
             for portal in range(first, min(first + 1000, portals + 1)):

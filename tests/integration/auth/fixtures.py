@@ -12,14 +12,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import secrets
-from collections.abc import AsyncIterator, Iterator, Mapping
+import typing
+from collections.abc import AsyncIterator, Mapping
 
 from pydantic import SecretStr
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
-from hubsync.auth.service import build
+from hubsync.auth.service import service_factory
+from hubsync.auth.settings import AuthSettings
 from hubsync.core.channels import open_channel
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings, Environment
@@ -39,6 +40,37 @@ def new_keyring(*kids: str, active: str | None = None) -> dict[str, object]:
     return {"active": active or kids[-1], "keys": keys}
 
 
+def _sandbox_app(
+    hubspot_api_base: str, keyring: Mapping[str, object] | None, refresher_interval_s: float
+) -> dict[str, object]:
+    """Auth settings values for the sandbox's public app (OAuth ready), no periodic work."""
+    return {
+        "client_id": SANDBOX_CLIENT_ID,
+        "client_secret": SANDBOX_CLIENT_SECRET,
+        "authorize_url": f"{hubspot_api_base}/oauth/authorize",
+        "redirect_uri": TEST_REDIRECT_URI,
+        "keyring": json.dumps(keyring or new_keyring()),
+        "refresher_interval_s": refresher_interval_s,
+        "refresh_backoff_s": 0.01,
+    }
+
+
+def auth_settings(
+    hubspot_api_base: str,
+    *,
+    keyring: Mapping[str, object] | None = None,
+    refresher_interval_s: float = 0,
+    **overrides: object,
+) -> AuthSettings:
+    """Auth settings for the sandbox's public app; ``overrides`` by field name.
+
+    Built from values only: the process environment plays no part.
+    """
+    return AuthSettings.model_validate(
+        _sandbox_app(hubspot_api_base, keyring, refresher_interval_s) | overrides
+    )
+
+
 def auth_env(
     hubspot_api_base: str,
     *,
@@ -46,32 +78,24 @@ def auth_env(
     refresher_interval_s: float = 0,
     **overrides: object,
 ) -> dict[str, str]:
-    """The ``HUBSYNC_AUTH_*`` environment for the sandbox's public app (OAuth ready)."""
-    env = {
-        "HUBSYNC_AUTH_CLIENT_ID": SANDBOX_CLIENT_ID,
-        "HUBSYNC_AUTH_CLIENT_SECRET": SANDBOX_CLIENT_SECRET,
-        "HUBSYNC_AUTH_AUTHORIZE_URL": f"{hubspot_api_base}/oauth/authorize",
-        "HUBSYNC_AUTH_REDIRECT_URI": TEST_REDIRECT_URI,
-        "HUBSYNC_AUTH_KEYRING": json.dumps(keyring or new_keyring()),
-        "HUBSYNC_AUTH_REFRESHER_INTERVAL_S": str(refresher_interval_s),
-        "HUBSYNC_AUTH_REFRESH_BACKOFF_S": "0.01",
+    """The same as :func:`auth_settings`, as ``HUBSYNC_AUTH_*`` variables (for a real process)."""
+    values = _sandbox_app(hubspot_api_base, keyring, refresher_interval_s) | overrides
+    return {
+        f"HUBSYNC_AUTH_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)
+        for k, v in values.items()
     }
-    env |= {f"HUBSYNC_AUTH_{k.upper()}": str(v) for k, v in overrides.items()}
-    return env
 
 
-@contextlib.contextmanager
-def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def settings_values_of(env: Mapping[str, str]) -> dict[str, object]:
+    """``HUBSYNC_AUTH_*`` variables as settings values by field name (JSON lists decoded)."""
+    values: dict[str, object] = {}
+    for variable, raw in env.items():
+        name = variable.removeprefix("HUBSYNC_AUTH_").lower()
+        if name not in AuthSettings.model_fields:
+            raise ValueError(f"{variable} is not an auth setting")
+        is_list = typing.get_origin(AuthSettings.model_fields[name].annotation) is list
+        values[name] = json.loads(raw) if is_list else raw
+    return values
 
 
 def core_settings(
@@ -96,13 +120,17 @@ async def running_auth_service(
     env: Mapping[str, str] | None = None,
     keyring: Mapping[str, object] | None = None,
     environment: str = "development",
+    settings: Mapping[str, object] | None = None,
 ) -> AsyncIterator[RunningService]:
-    """An in-process auth service on a free loopback port; yields the RunningService."""
-    full_env = auth_env(hubspot_api_base, keyring=keyring) | dict(env or {})
+    """An in-process auth service on a free loopback port; yields the RunningService.
+
+    ``settings`` override :func:`auth_settings` by field name; ``env`` does the same with
+    ``HUBSYNC_AUTH_*`` names (for callers that have them as variables).
+    """
+    overrides = settings_values_of(env or {}) | dict(settings or {})
+    auth = AuthSettings.model_validate(_sandbox_app(hubspot_api_base, keyring, 0) | overrides)
     core = core_settings(redis_url, caller_tokens, hubspot_api_base, environment)
-    # Settings are read once, while the service is built: the environment is restored after.
-    with _environ(full_env):
-        service = await start_service("auth", core, build, port=0)
+    service = await start_service("auth", core, service_factory(auth), port=0)
     try:
         yield service
     finally:
@@ -118,6 +146,7 @@ async def running_auth(
     env: Mapping[str, str] | None = None,
     keyring: Mapping[str, object] | None = None,
     environment: str = "development",
+    settings: Mapping[str, object] | None = None,
 ) -> AsyncIterator[str]:
     """An in-process auth service; yields its address ``127.0.0.1:<port>``."""
     async with running_auth_service(
@@ -127,6 +156,7 @@ async def running_auth(
         env=env,
         keyring=keyring,
         environment=environment,
+        settings=settings,
     ) as service:
         yield f"127.0.0.1:{service.port}"
 

@@ -33,7 +33,7 @@ async def test_oauth_flow_through_ingress_callback(
         redis_url=redis_url,
         caller_tokens=caller_tokens,
         hubspot_api_base=sandbox.base_url,
-        env={"HUBSYNC_AUTH_REDIRECT_URI": redirect},
+        settings={"redirect_uri": redirect},
     ) as auth:
         channel = open_channel(auth, caller_tokens["ingress"])
         oauth = OAuthCallback(channel, secure_cookie=False)  # development over http

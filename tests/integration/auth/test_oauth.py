@@ -163,7 +163,7 @@ async def test_only_allowed_redirect_uris_are_accepted(
             redis_url=redis_url,
             caller_tokens=caller_tokens,
             hubspot_api_base=sandbox.base_url,
-            env={"HUBSYNC_AUTH_EXTRA_REDIRECT_URIS": f'["{extra}"]'},
+            settings={"extra_redirect_uris": [extra]},
         ) as auth,
         stub(auth, caller_tokens, "cli") as s,
     ):
@@ -199,7 +199,7 @@ async def test_expiry_forces_a_refresh(redis_url: str, caller_tokens: dict[str, 
             redis_url=redis_url,
             caller_tokens=caller_tokens,
             hubspot_api_base=sandbox.base_url,
-            env={"HUBSYNC_AUTH_REFRESH_MARGIN_S": "1"},
+            settings={"refresh_margin_s": 1},
         ) as auth,
     ):
         await connect_oauth(auth, caller_tokens)
@@ -302,7 +302,7 @@ async def test_hub_id_from_token_metadata_when_the_response_has_none(
             redis_url=redis_url,
             caller_tokens=caller_tokens,
             hubspot_api_base=proxy.base_url,
-            env={"HUBSYNC_AUTH_AUTHORIZE_URL": f"{sandbox.base_url}/oauth/authorize"},
+            settings={"authorize_url": f"{sandbox.base_url}/oauth/authorize"},
         ) as auth,
     ):
         conn = await connect_oauth(auth, caller_tokens)
@@ -333,10 +333,10 @@ async def test_http_redirect_refused_outside_development(
         caller_tokens=caller_tokens,
         hubspot_api_base=sandbox.base_url,
         environment="production",
-        env={
-            "HUBSYNC_AUTH_REDIRECT_URI": "",
-            "HUBSYNC_AUTH_EXTRA_REDIRECT_URIS": '["https://hubsync.example.com/cb"]',
-            "HUBSYNC_AUTH_AUTHORIZE_URL": "https://app.hubspot.com/oauth/authorize",
+        settings={
+            "redirect_uri": "",
+            "extra_redirect_uris": ["https://hubsync.example.com/cb"],
+            "authorize_url": "https://app.hubspot.com/oauth/authorize",
         },
     )
     async with production as auth, stub(auth, caller_tokens, "cli") as s:
@@ -359,7 +359,7 @@ async def test_wrong_client_secret_is_a_configuration_error_and_stores_nothing(
         redis_url=redis_url,
         caller_tokens=caller_tokens,
         hubspot_api_base=sandbox.base_url,
-        env={"HUBSYNC_AUTH_CLIENT_SECRET": "not-the-secret"},
+        settings={"client_secret": "not-the-secret"},
     ) as auth:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await connect_oauth(auth, caller_tokens)

@@ -103,7 +103,7 @@ async def test_refresh_without_new_refresh_token_keeps_the_old_one(
             redis_url=redis_url,
             caller_tokens=caller_tokens,
             hubspot_api_base=proxy.base_url,
-            env={"HUBSYNC_AUTH_AUTHORIZE_URL": f"{sandbox.base_url}/oauth/authorize"},
+            settings={"authorize_url": f"{sandbox.base_url}/oauth/authorize"},
         ) as auth,
     ):
         await connect_oauth(auth, caller_tokens)
@@ -123,7 +123,7 @@ async def test_background_refresher_keeps_idle_connections_fresh_and_finds_dead_
             redis_url=redis_url,
             caller_tokens=caller_tokens,
             hubspot_api_base=sandbox.base_url,
-            env={"HUBSYNC_AUTH_REFRESH_MARGIN_S": "1", "HUBSYNC_AUTH_REFRESHER_INTERVAL_S": "0.3"},
+            settings={"refresh_margin_s": 1, "refresher_interval_s": 0.3},
         ) as auth,
     ):
         first = await connect_oauth(auth, caller_tokens)
@@ -193,7 +193,7 @@ async def test_a_hanging_token_endpoint_is_abandoned_before_the_lock_expires(
         redis_url=redis_url,
         caller_tokens=caller_tokens,
         hubspot_api_base=sandbox.base_url,
-        env={"HUBSYNC_AUTH_REFRESH_LOCK_TTL_S": "3"},
+        settings={"refresh_lock_ttl_s": 3},
     ) as auth:
         await connect_oauth(auth, caller_tokens)
         await add_fault(sandbox.base_url, endpoint="POST /oauth/v3/token", timeout_s=4, remaining=1)

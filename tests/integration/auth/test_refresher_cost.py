@@ -88,7 +88,7 @@ async def _connect_idle(vault: TokenVault, first: int, count: int) -> None:
             key_id=vault.keyring.active,
             version=1,
             generation=1,
-            sealed=vault._seal(portal, f"access-{portal}", f"refresh-{portal}"),
+            sealed=vault.records.seal(portal, f"access-{portal}", f"refresh-{portal}"),
         )
         assert await vault.store.swap(conn, None)
 

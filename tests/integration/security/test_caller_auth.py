@@ -15,14 +15,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from redis.asyncio import Redis
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
-from hubsync.auth.service import build as build_auth
 from hubsync.core.callers import CallerAuthInterceptor, CallerRegistry, current_caller, hashed
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import free_port
 from hubsync.core.grpcserver import ServiceHost
 from hubsync.core.service import ServiceSpec, start_service
 from hubsync.core.settings import CoreSettings, Environment
-from tests.integration.security.stack import ENV, NOWHERE, core_settings
+from tests.integration.security.stack import ENV, NOWHERE, build_auth, core_settings
 
 AUTH = "hubsync.api.auth.v1.AuthService"
 AUTH_METHODS = [m.name for m in auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+__all__ = ["KeyRing", "KeyRingError", "SealError", "key_id_of"]
+
 _VERSION = 1
 _NONCE = 12
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -43,6 +45,7 @@ class KeyRing:
     keys: dict[str, bytes]
 
     def __post_init__(self) -> None:
+        """Check the ring: at least one key, valid ids, 32-byte keys, the active one present."""
         if not self.keys:
             raise KeyRingError("no keys")
         for kid, key in self.keys.items():
@@ -55,6 +58,7 @@ class KeyRing:
 
     @classmethod
     def from_json(cls, raw: str) -> KeyRing:
+        """Parse ``{"active": kid, "keys": {kid: base64}}``; raise KeyRingError saying what is wrong."""
         try:
             data = json.loads(raw)
         except ValueError:
@@ -73,10 +77,11 @@ class KeyRing:
 
     @classmethod
     def generate(cls, kid: str = "dev") -> KeyRing:
-        """A fresh single-key ring (development only: it dies with the process)."""
+        """Generate a fresh single-key ring (development only: it dies with the process)."""
         return cls(active=kid, keys={kid: AESGCM.generate_key(bit_length=256)})
 
     def to_json(self) -> str:
+        """Serialize the ring in the form :meth:`from_json` reads."""
         return json.dumps(
             {"active": self.active, "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()}}
         )
@@ -103,7 +108,7 @@ class KeyRing:
 
 
 def key_id_of(sealed: bytes) -> str:
-    """The key id a sealed value names."""
+    """Return the key id a sealed value names."""
     if len(sealed) < 2 or sealed[0] != _VERSION:
         raise SealError("unknown sealed format")
     n = sealed[1]

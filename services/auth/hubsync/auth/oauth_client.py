@@ -22,6 +22,15 @@ from typing import Any
 
 import httpx
 
+__all__ = [
+    "HubSpotOAuthClient",
+    "InvalidGrant",
+    "OAuthError",
+    "OAuthRejected",
+    "OAuthUnavailable",
+    "TokenGrant",
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -30,17 +39,23 @@ class OAuthError(Exception):
 
 
 class InvalidGrant(OAuthError):
-    pass
+    """HubSpot refused the grant (``invalid_grant``): the code or refresh token is dead."""
 
 
 class OAuthRejected(OAuthError):
+    """HubSpot refused the request for another reason (e.g. the client credentials)."""
+
     def __init__(self, message: str, status: int) -> None:
+        """Record the HTTP ``status`` of the refusal."""
         super().__init__(message)
         self.status = status
 
 
 class OAuthUnavailable(OAuthError):
+    """The token endpoint kept failing (429, 5xx, network); worth retrying later."""
+
     def __init__(self, message: str, retry_after: float | None = None) -> None:
+        """Record ``retry_after`` as HubSpot asked, if it did."""
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -73,6 +88,11 @@ class HubSpotOAuthClient:
         attempts: int = 4,
         backoff_s: float = 0.2,
     ) -> None:
+        """Talk to ``base_url``'s OAuth endpoints with the public app's credentials.
+
+        Transient failures (429, 5xx, network) are retried ``attempts`` times with full-jitter
+        backoff from ``backoff_s``.
+        """
         self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
         self._client_id = client_id
         self._client_secret = client_secret
@@ -84,23 +104,29 @@ class HubSpotOAuthClient:
 
     @property
     def configured(self) -> bool:
+        """Return whether a client id and secret are set (the OAuth flow needs both)."""
         return bool(self._client_id and self._client_secret)
 
     async def aclose(self) -> None:
+        """Close the HTTP client."""
         await self._client.aclose()
 
     async def exchange_code(self, code: str, redirect_uri: str) -> TokenGrant:
+        """Exchange an authorization code for tokens."""
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
         return _grant(await self._post(self._token_path, form))
 
     async def refresh(self, refresh_token: str) -> TokenGrant:
+        """Refresh: a new access token (and perhaps a new refresh token)."""
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         return _grant(await self._post(self._token_path, form))
 
     async def introspect(self, token: str) -> dict[str, Any]:
+        """Return what HubSpot knows of ``token`` (its portal, scopes, expiry)."""
         return await self._post(self._introspect_path, {"token": token})
 
     async def revoke(self, token: str) -> None:
+        """Revoke ``token`` (a refresh token) at HubSpot."""
         await self._post(self._revoke_path, {"token": token})
 
     async def _post(self, path: str, form: dict[str, str]) -> dict[str, Any]:

@@ -1,21 +1,37 @@
-"""Wires the auth service: settings, key ring, HubSpot OAuth client, vault, servicer, policy."""
+"""Wires the auth service: key ring, HubSpot OAuth client, vault, servicer, policy.
+
+Settings are loaded at the edge (``__main__``) and passed in: :func:`service_factory` turns them
+into the :data:`~hubsync.core.service.SpecFactory` that ``hubsync.core.service`` starts.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+from opentelemetry import metrics
 from redis.asyncio import Redis
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hubsync.auth._metrics import AuthMetrics
 from hubsync.auth.keyring import KeyRing, KeyRingError
 from hubsync.auth.oauth_client import HubSpotOAuthClient
 from hubsync.auth.servicer import AuthServicer
 from hubsync.auth.settings import AuthSettings
 from hubsync.auth.store import ConnectionStore
 from hubsync.auth.vault import TokenVault
-from hubsync.core.service import ServiceSpec
-from hubsync.core.settings import CoreSettings, Environment, load_settings
+from hubsync.core.service import ServiceSpec, SpecFactory
+from hubsync.core.settings import CoreSettings, Environment
+
+__all__ = [
+    "DEFAULT_PORT",
+    "SERVICE",
+    "build",
+    "caller_policy",
+    "check_settings",
+    "load_keyring",
+    "service_factory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +44,13 @@ def _method(name: str) -> str:
 
 
 def _exit(variable: str, message: str) -> SystemExit:
+    """Say which variable is wrong (the way ``load_settings`` does); the caller raises it."""
     print(f"hubsync: invalid configuration for AuthSettings:\n  {variable}: {message}", file=sys.stderr)
     return SystemExit(2)
 
 
 def load_keyring(settings: AuthSettings, environment: Environment) -> KeyRing:
-    """The configured key ring; in development a generated one (with a loud warning)."""
+    """Load the configured key ring; in development a generated one (with a loud warning)."""
     if settings.keyring_file is not None:
         try:
             raw = settings.keyring_file.read_text()
@@ -58,6 +75,7 @@ def load_keyring(settings: AuthSettings, environment: Environment) -> KeyRing:
 
 
 def check_settings(settings: AuthSettings, environment: Environment) -> None:
+    """Exit 2 naming the variable if a setting is unsafe for ``environment``."""
     if environment == Environment.PRODUCTION:
         if settings.redirect_uri and not settings.redirect_uri.startswith("https://"):
             raise _exit("HUBSYNC_AUTH_REDIRECT_URI", "must be an https URL in production")
@@ -88,9 +106,17 @@ def caller_policy(settings: AuthSettings) -> dict[str, list[str]]:
     }
 
 
-async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
-    """The auth service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
-    settings = load_settings(AuthSettings)
+def service_factory(settings: AuthSettings) -> SpecFactory:
+    """Return the :data:`~hubsync.core.service.SpecFactory` of an auth service with ``settings``."""
+
+    async def factory(core: CoreSettings, redis: Redis) -> ServiceSpec:
+        return await build(core, redis, settings)
+
+    return factory
+
+
+async def build(core: CoreSettings, redis: Redis, settings: AuthSettings) -> ServiceSpec:
+    """Build the auth service's :class:`ServiceSpec` from the core and the auth settings."""
     check_settings(settings, core.environment)
     keyring = load_keyring(settings, core.environment)
     oauth = HubSpotOAuthClient(
@@ -110,6 +136,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         oauth,
         settings,
         development=core.environment == Environment.DEVELOPMENT,
+        metrics=AuthMetrics(metrics.get_meter("hubsync.auth")),
     )
     servicer = AuthServicer(vault)
     return ServiceSpec(

@@ -17,6 +17,8 @@ from hubsync.auth.store import (
 from hubsync.auth.vault import TokenVault
 from hubsync.core.errors import InvalidArgument
 
+__all__ = ["MAX_MIN_TTL_S", "AuthServicer", "connection_proto"]
+
 MAX_MIN_TTL_S = 3600
 _KINDS = {KIND_OAUTH: auth_pb2.CONNECTION_KIND_OAUTH, KIND_PRIVATE_APP: auth_pb2.CONNECTION_KIND_PRIVATE_APP}
 _STATES = {
@@ -33,7 +35,7 @@ def _ts(ms: int) -> timestamp_pb2.Timestamp | None:
 
 
 def connection_proto(conn: Connection) -> auth_pb2.Connection:
-    """A connection without any secret."""
+    """Convert a connection to its proto, without any secret."""
     return auth_pb2.Connection(
         portal_id=conn.portal_id,
         tenant=conn.tenant,
@@ -49,12 +51,16 @@ def connection_proto(conn: Connection) -> auth_pb2.Connection:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """``hubsync.api.auth.v1.AuthService`` over a :class:`TokenVault`."""
+
     def __init__(self, vault: TokenVault) -> None:
+        """Serve ``vault``."""
         self.vault = vault
 
     async def BeginAuthorization(
         self, request: auth_pb2.BeginAuthorizationRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.BeginAuthorizationResponse:
+        """Begin an OAuth authorization: a start link and an authorize URL."""
         pending = await self.vault.begin_authorization(
             request.tenant, list(request.scopes), list(request.optional_scopes), request.redirect_uri
         )
@@ -68,6 +74,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def StartAuthorization(
         self, request: auth_pb2.StartAuthorizationRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.StartAuthorizationResponse:
+        """Redeem a start link, binding its state to the browser."""
         started = await self.vault.start_authorization(request.ticket, request.browser_binding)
         return auth_pb2.StartAuthorizationResponse(
             authorize_url=started.authorize_url, state=started.state, expire_time=_ts(started.expires_ms)
@@ -76,12 +83,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def CompleteAuthorization(
         self, request: auth_pb2.CompleteAuthorizationRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CompleteAuthorizationResponse:
+        """Complete an authorization with the redirect's code and state."""
         conn = await self.vault.complete_authorization(request.code, request.state, request.browser_binding)
         return auth_pb2.CompleteAuthorizationResponse(connection=connection_proto(conn))
 
     async def CreatePrivateAppConnection(
         self, request: auth_pb2.CreatePrivateAppConnectionRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.CreatePrivateAppConnectionResponse:
+        """Store (or rotate) a private-app token."""
         conn = await self.vault.create_private_app(
             request.portal_id, request.tenant, request.access_token, list(request.scopes)
         )
@@ -90,12 +99,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetConnection(
         self, request: auth_pb2.GetConnectionRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.GetConnectionResponse:
+        """Return a connection without secrets."""
         conn = await self.vault.get_connection(request.portal_id)
         return auth_pb2.GetConnectionResponse(connection=connection_proto(conn))
 
     async def ListConnections(
         self, request: auth_pb2.ListConnectionsRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ListConnectionsResponse:
+        """Return a page of connections without secrets."""
         conns, token = await self.vault.list_connections(request.page_size, request.page_token)
         return auth_pb2.ListConnectionsResponse(
             connections=[connection_proto(c) for c in conns], next_page_token=token
@@ -104,12 +115,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeConnection(
         self, request: auth_pb2.RevokeConnectionRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RevokeConnectionResponse:
+        """Revoke a connection at HubSpot and wipe its secrets."""
         conn = await self.vault.revoke(request.portal_id)
         return auth_pb2.RevokeConnectionResponse(connection=connection_proto(conn))
 
     async def GetAccessToken(
         self, request: auth_pb2.GetAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.GetAccessTokenResponse:
+        """Hand out an access token, refreshed first if it lives too short."""
         min_ttl = request.min_ttl.ToTimedelta().total_seconds() if request.HasField("min_ttl") else None
         # Above a token's whole life (HubSpot: 1800 s) every call would refresh; an hour is the cap.
         if min_ttl is not None and not 0 <= min_ttl <= MAX_MIN_TTL_S:
@@ -124,6 +137,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def InvalidateAccessToken(
         self, request: auth_pb2.InvalidateAccessTokenRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.InvalidateAccessTokenResponse:
+        """After a 401: refresh if the caller's token is still the current one."""
         issued, refreshed = await self.vault.invalidate_access_token(request.portal_id, request.access_token)
         return auth_pb2.InvalidateAccessTokenResponse(
             access_token=issued.access_token, expire_time=_ts(issued.expires_ms), refreshed=refreshed
@@ -132,5 +146,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RotateKeys(
         self, request: auth_pb2.RotateKeysRequest, context: grpc.aio.ServicerContext
     ) -> auth_pb2.RotateKeysResponse:
+        """Re-seal every connection under the key ring's active key."""
         active, count = await self.vault.rotate_keys()
         return auth_pb2.RotateKeysResponse(active_key_id=active, reencrypted_count=count)

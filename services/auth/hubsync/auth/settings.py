@@ -12,6 +12,8 @@ DEFAULT_SCOPES = (
     "crm.objects.companies.write crm.objects.deals.read crm.objects.deals.write"
 )
 
+__all__ = ["DEFAULT_SCOPES", "AuthSettings"]
+
 
 class AuthSettings(BaseSettings):
     """Values only the auth service reads."""
@@ -73,9 +75,10 @@ class AuthSettings(BaseSettings):
         return value
 
     def allowed_redirect_uris(self) -> frozenset[str]:
-        """The redirect URIs BeginAuthorization accepts: the configured one and the extra ones."""
+        """Return the redirect URIs BeginAuthorization accepts: the configured one and the extra ones."""
         return frozenset(uri for uri in (self.redirect_uri, *self.extra_redirect_uris) if uri)
 
     @property
     def scope_list(self) -> list[str]:
+        """Return the default scopes as a list."""
         return self.scopes.replace(",", " ").split()

@@ -35,10 +35,23 @@ from hubsync.core.keys import (
     AUTH_REFRESHER_LOCK_KEY,
     CONNECTION_CHANGES_CHANNEL,
     auth_connection_key,
+    auth_refresh_failed_key,
     auth_refresh_lock_key,
     oauth_browser_key,
     oauth_state_key,
 )
+
+__all__ = [
+    "INDEX_KEY",
+    "KIND_OAUTH",
+    "KIND_PRIVATE_APP",
+    "STATE_ACTIVE",
+    "STATE_NEEDS_REAUTH",
+    "STATE_REVOKED",
+    "Connection",
+    "ConnectionStore",
+    "TokenView",
+]
 
 INDEX_KEY = AUTH_CONNECTIONS_KEY
 
@@ -94,8 +107,9 @@ class Connection:
     generation: int = 0
     sealed: bytes = b""
 
-    def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def fields(self) -> dict[str, int | str | bytes]:
+        """Return the record as hash fields."""
+        out: dict[str, int | str | bytes] = {
             "v": self.version,
             "g": self.generation,
             "portal": self.portal_id,
@@ -116,6 +130,8 @@ class Connection:
 
     @classmethod
     def from_fields(cls, raw: dict[bytes, bytes]) -> Connection:
+        """Read a record from its hash fields."""
+
         def s(name: str) -> str:
             return raw.get(name.encode(), b"").decode()
 
@@ -140,6 +156,7 @@ class Connection:
         )
 
     def evolve(self, **changes: Any) -> Connection:
+        """Return a copy with ``changes``."""
         return replace(self, **changes)
 
 
@@ -167,6 +184,7 @@ class ConnectionStore:
     """Reads and compare-and-swaps connection records; the pending-state and lock primitives."""
 
     def __init__(self, redis: Redis) -> None:
+        """Build a store on ``redis`` (its scripts registered)."""
         self.redis = redis
         self._cas = redis.register_script(_CAS)
         self._release = redis.register_script(_RELEASE)
@@ -174,11 +192,12 @@ class ConnectionStore:
         self._drop_due = redis.register_script(_DROP_DUE)
 
     async def get(self, portal_id: int) -> Connection | None:
-        raw: dict[bytes, bytes] = await self.redis.hgetall(connection_key(portal_id))  # type: ignore[misc,assignment]
+        """Read a connection, or None."""
+        raw: dict[bytes, bytes] = await self.redis.hgetall(connection_key(portal_id))  # type: ignore[assignment]
         return Connection.from_fields(raw) if raw else None
 
     async def get_many(self, portal_ids: list[int]) -> list[Connection]:
-        """The connections of ``portal_ids`` that exist, in one round trip."""
+        """Read the connections of ``portal_ids`` that exist, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for portal_id in portal_ids:
                 pipe.hgetall(connection_key(portal_id))
@@ -205,7 +224,8 @@ class ConnectionStore:
         ]
 
     async def token_view(self, portal_id: int) -> TokenView | None:
-        raw: list[bytes | None] = await self.redis.hmget(  # type: ignore[misc,assignment]
+        """Read the few fields GetAccessToken needs, or None."""
+        raw: list[bytes | None] = await self.redis.hmget(  # type: ignore[assignment]
             connection_key(portal_id), _VIEW_FIELDS
         )
         v, kind, state, expires, sealed = raw
@@ -221,9 +241,11 @@ class ConnectionStore:
         )
 
     async def swap(self, new: Connection, expected_version: int | None) -> bool:
-        """Writes ``new`` (its version must be ``expected_version + 1``) if the stored version is
-        still ``expected_version`` (None: no record yet). Returns whether it was written."""
-        args: list[Any] = ["" if expected_version is None else str(expected_version)]
+        """Write ``new`` if the stored version is still ``expected_version``; return whether.
+
+        ``new``'s version must be ``expected_version + 1`` (None: no record yet).
+        """
+        args: list[int | str | bytes] = ["" if expected_version is None else str(expected_version)]
         for k, v in new.fields().items():
             args += [k, v]
         written = bool(await self._cas(keys=[connection_key(new.portal_id)], args=args))
@@ -236,10 +258,12 @@ class ConnectionStore:
         return written
 
     async def index(self, conns: list[Connection]) -> None:
-        """Brings the refresh-due and needs-reauth registries in step with records just written
-        (or read). Not atomic with the write (the registries live in another slot), so afterwards
+        """Bring the refresh-due and needs-reauth registries in step with records written or read.
+
+        Not atomic with the write (the registries live in another slot), so afterwards
         each record's version is read again: a record someone changed meanwhile is indexed again
-        from its newer state, and the last registry update always follows the newest record."""
+        from its newer state, and the last registry update always follows the newest record.
+        """
         pending = list(conns)
         for _ in range(20):
             if not pending:
@@ -275,17 +299,22 @@ class ConnectionStore:
             pending = list(fresh.values())
 
     async def note_use(self, portal_id: int, now_ms: int) -> None:
-        """Records that a token was handed out (advisory: not a versioned write; a concurrent
-        compare-and-swap may carry the previous value, which only makes the portal look idler)."""
+        """Record that a token was handed out.
+
+        Advisory: not a versioned write; a concurrent compare-and-swap may carry the previous
+        value, which only makes the portal look idler.
+        """
         await self._note_use(keys=[connection_key(portal_id)], args=[now_ms])
 
     async def drop_due(self, portal_id: int, score: int) -> None:
-        """Takes an idle connection off the refresh-due registry (its next use puts it back),
-        unless a write re-scored it since it was read at ``score``."""
+        """Take an idle connection off the refresh-due registry (its next use puts it back).
+
+        Unless a write re-scored it since it was read at ``score``.
+        """
         await self._drop_due(keys=[AUTH_REFRESH_DUE_KEY], args=[str(portal_id), score])
 
     async def unindex(self, portal_ids: list[int]) -> None:
-        """Drops portals without a record from the refresh-due and needs-reauth registries."""
+        """Drop portals without a record from the refresh-due and needs-reauth registries."""
         members = [str(p) for p in portal_ids]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(AUTH_REFRESH_DUE_KEY, *members)
@@ -300,16 +329,19 @@ class ConnectionStore:
         return [(int(member), int(score)) for member, score in raw]
 
     async def needing_reauth(self) -> int:
-        return int(await self.redis.scard(AUTH_NEEDS_REAUTH_KEY))  # type: ignore[misc]
+        """Count the connections that need a person."""
+        return int(await self.redis.scard(AUTH_NEEDS_REAUTH_KEY))
 
     async def take_refresher_turn(self, ttl_ms: int) -> bool:
-        """True for the one replica that runs this interval's refresher pass."""
+        """Return True for the one replica that runs this interval's refresher pass."""
         return bool(await self.redis.set(AUTH_REFRESHER_LOCK_KEY, secrets.token_hex(8), nx=True, px=ttl_ms))
 
     async def due_backfilled(self) -> bool:
+        """Return whether the refresh-due registry was filled from every connection once."""
         return bool(await self.redis.exists(AUTH_REFRESH_DUE_BACKFILLED_KEY))
 
     async def mark_due_backfilled(self, now_ms: int) -> None:
+        """Mark the refresh-due registry as filled."""
         await self.redis.set(AUTH_REFRESH_DUE_BACKFILLED_KEY, now_ms)
 
     async def portal_ids(self, after: int = -1, limit: int = 100) -> list[int]:
@@ -320,15 +352,16 @@ class ConnectionStore:
         return [int(x) for x in raw]
 
     async def put_state(self, digest: str, payload: dict[str, Any], ttl_s: int) -> None:
+        """Store a pending authorization state (once: an existing one is kept)."""
         await self.redis.set(oauth_state_key(digest), json.dumps(payload), ex=ttl_s, nx=True)
 
     async def take_state(self, digest: str) -> dict[str, Any] | None:
-        """Returns and deletes a pending state in one step, so it is single use."""
+        """Return and delete a pending state in one step, so it is single use."""
         raw = await self.redis.getdel(oauth_state_key(digest))
         return json.loads(raw) if raw else None
 
     async def get_state(self, digest: str) -> tuple[dict[str, Any], int] | None:
-        """A pending state and the milliseconds it has left, without using it up."""
+        """Read a pending state and the milliseconds it has left, without using it up."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(oauth_state_key(digest))
             pipe.pttl(oauth_state_key(digest))
@@ -340,19 +373,33 @@ class ConnectionStore:
         return bool(await self.redis.set(oauth_browser_key(digest), browser_digest, px=ttl_ms, nx=True))
 
     async def state_browser(self, digest: str) -> str | None:
+        """Return the browser digest a pending state is bound to, or None."""
         raw = await self.redis.get(oauth_browser_key(digest))
         return raw.decode() if isinstance(raw, bytes) else raw
 
     async def forget_browser(self, digest: str) -> None:
+        """Forget a state's browser binding."""
         await self.redis.delete(oauth_browser_key(digest))
 
     async def try_lock(self, portal_id: int, ttl_s: float) -> str | None:
+        """Take ``portal_id``'s refresh lock; return its owner, or None if another holds it."""
         owner = secrets.token_hex(16)
         got = await self.redis.set(lock_key(portal_id), owner, nx=True, px=int(ttl_s * 1000))
         return owner if got else None
 
     async def unlock(self, portal_id: int, owner: str) -> None:
+        """Release the refresh lock if ``owner`` still holds it."""
         await self._release(keys=[lock_key(portal_id)], args=[owner])
 
     async def lock_held(self, portal_id: int) -> bool:
+        """Return whether someone holds ``portal_id``'s refresh lock."""
         return bool(await self.redis.exists(lock_key(portal_id)))
+
+    async def mark_refresh_failed(self, portal_id: int, generation: int, ttl_ms: int) -> None:
+        """Record that the refresh of ``generation`` just failed transiently (for ``ttl_ms``)."""
+        await self.redis.set(auth_refresh_failed_key(portal_id), generation, px=ttl_ms)
+
+    async def refresh_failed(self, portal_id: int) -> int | None:
+        """Return the generation whose refresh just failed transiently, if any."""
+        raw = await self.redis.get(auth_refresh_failed_key(portal_id))
+        return None if raw is None else int(raw)
