@@ -37,38 +37,32 @@ def test_production_without_key_ring_exits_2_naming_the_variable() -> None:
     assert b"HUBSYNC_AUTH_KEYRING_FILE" in proc.stderr
 
 
-def test_bad_values_exit_2_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("HUBSYNC_AUTH_KEYRING", '{"active": "a", "keys": {"a": "c2hvcnQ="}}')
+def test_bad_values_exit_2_naming_the_variable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = AuthSettings.model_validate({"keyring": '{"active": "a", "keys": {"a": "c2hvcnQ="}}'})
     with pytest.raises(SystemExit) as exit_:
-        load_keyring(AuthSettings(), Environment.DEVELOPMENT)
+        load_keyring(bad, Environment.DEVELOPMENT)
     assert exit_.value.code == 2
     assert "HUBSYNC_AUTH_KEYRING: key 'a' must be 32 bytes" in capsys.readouterr().err
 
-    monkeypatch.setenv("HUBSYNC_AUTH_KEYRING_FILE", str(tmp_path / "missing.json"))
+    missing = bad.model_copy(update={"keyring_file": tmp_path / "missing.json"})
     with pytest.raises(SystemExit):
-        load_keyring(AuthSettings(), Environment.PRODUCTION)
+        load_keyring(missing, Environment.PRODUCTION)
     assert "HUBSYNC_AUTH_KEYRING_FILE: cannot be read" in capsys.readouterr().err
 
     ring = KeyRing.generate("file-key")
     (tmp_path / "ring.json").write_text(ring.to_json())
-    monkeypatch.setenv("HUBSYNC_AUTH_KEYRING_FILE", str(tmp_path / "ring.json"))
-    assert load_keyring(AuthSettings(), Environment.PRODUCTION) == ring  # the file wins
+    from_file = bad.model_copy(update={"keyring_file": tmp_path / "ring.json"})
+    assert load_keyring(from_file, Environment.PRODUCTION) == ring  # the file wins
 
-    monkeypatch.setenv("HUBSYNC_AUTH_REDIRECT_URI", "http://example.com/oauth/callback")
+    plain = AuthSettings.model_validate({"redirect_uri": "http://example.com/oauth/callback"})
     with pytest.raises(SystemExit):
-        check_settings(AuthSettings(), Environment.PRODUCTION)
+        check_settings(plain, Environment.PRODUCTION)
     assert "HUBSYNC_AUTH_REDIRECT_URI: must be an https URL" in capsys.readouterr().err
-    check_settings(AuthSettings(), Environment.DEVELOPMENT)
+    check_settings(plain, Environment.DEVELOPMENT)
 
 
-def test_development_without_key_ring_generates_one_and_warns(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.delenv("HUBSYNC_AUTH_KEYRING", raising=False)
-    monkeypatch.delenv("HUBSYNC_AUTH_KEYRING_FILE", raising=False)
+def test_development_without_key_ring_generates_one_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        ring = load_keyring(AuthSettings(), Environment.DEVELOPMENT)
+        ring = load_keyring(AuthSettings.model_validate({}), Environment.DEVELOPMENT)
     assert len(ring.keys[ring.active]) == 32
     assert "NO KEY RING CONFIGURED" in caplog.text
