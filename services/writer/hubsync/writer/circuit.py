@@ -65,9 +65,11 @@ class CircuitBreaker:
         return self._state
 
     async def admit(self, deadline: float | None = None) -> bool:
-        """Returns whether a call may go now (True when it is the half-open probe); while the
-        circuit is open, fails fast with UNAVAILABLE and the time until the next probe, so
-        queued writes stay queued and waiting callers retry later instead of burning quota."""
+        """Return whether a call may go now (True when it is the half-open probe).
+
+        While the circuit is open, fail fast with UNAVAILABLE and the time until the next probe,
+        so queued writes stay queued and waiting callers retry later instead of burning quota.
+        """
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):  # without Redis: this replica's view
                 await self._follow_shared()
@@ -89,8 +91,11 @@ class CircuitBreaker:
         )
 
     async def _follow_shared(self) -> None:
-        """Adopts another replica's decision: open while the shared key lives; closed once a
-        probe succeeded somewhere (the key is gone and no probe is running)."""
+        """Adopt another replica's decision.
+
+        Open while the shared key lives; closed once a probe succeeded somewhere (the key is
+        gone and no probe is running).
+        """
         left_ms, probing = await self._shared_state()
         if left_ms > 0 and self._state != CircuitState.OPEN:
             self.opened_at = time.monotonic() - self.open_s + left_ms / 1000

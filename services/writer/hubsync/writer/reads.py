@@ -136,7 +136,7 @@ def to_record(object_type: str, raw: dict[str, Any]) -> Record:
 
 
 def raise_for(response: HubSpotResponse, what: str) -> None:
-    """Turns a HubSpot refusal of a read into the matching domain error."""
+    """Turn a HubSpot refusal of a read into the matching domain error."""
     if response.ok:
         return
     e = response.error()
@@ -153,9 +153,11 @@ def raise_for(response: HubSpotResponse, what: str) -> None:
 
 
 async def run_all(coros: Sequence[Coroutine[Any, Any, T]], concurrency: int) -> list[T]:
-    """Runs ``coros`` at most ``concurrency`` at a time; returns their results in order. The
-    first failure cancels the rest (nothing more is sent for a request that already failed) and
-    is raised as itself, not as an exception group."""
+    """Run ``coros`` at most ``concurrency`` at a time; returns their results in order.
+
+    The first failure cancels the rest (nothing more is sent for a request that already failed) and is
+    raised as itself, not as an exception group.
+    """
     results: list[T | None] = [None] * len(coros)
     todo = iter(enumerate(coros))
 
@@ -175,7 +177,7 @@ async def run_all(coros: Sequence[Coroutine[Any, Any, T]], concurrency: int) -> 
     return results  # type: ignore[return-value]
 
 
-def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
             return _first(exc)
@@ -202,9 +204,11 @@ class RecordReader:
         self.concurrency = concurrency
 
     async def _names(self, portal_id: int, object_type: str) -> tuple[str, str]:
-        """(the name records are given, the name in HubSpot paths): a standard type's plural for
-        both; a custom object keeps the caller's name (a mapping's) on its records, its 2-… id in
-        paths."""
+        """Return (the name records are given, the name in HubSpot paths).
+
+        A standard type's plural for both; a custom object keeps the caller's name (a mapping's)
+        on its records, its 2-… id in paths.
+        """
         resolved = await self.types.resolve(portal_id, object_type)
         return (object_type if resolved.startswith("2-") else resolved), resolved
 
@@ -219,7 +223,7 @@ class RecordReader:
         archived: bool = False,
         deadline: float | None = None,
     ) -> tuple[list[Record], list[str]]:
-        """Records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
+        """Return records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
         named, object_type = await self._names(portal_id, object_type)
         if any(not i for i in ids):
             raise InvalidArgument("ids must not be empty", violations={"ids": "an id is empty"})

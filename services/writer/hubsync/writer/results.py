@@ -34,7 +34,7 @@ def result_list(outcomes: Sequence[Outcome]) -> list[writer_pb2.WriteResult]:
 
 
 def outcome_from_pb(pb: writer_pb2.WriteResult) -> Outcome:
-    """The inverse of :func:`result_pb` (an outcome kept in Redis between attempts)."""
+    """Return the inverse of :func:`result_pb` (an outcome kept in Redis between attempts)."""
     error = None
     if pb.HasField("error"):
         error = HubSpotFailure(

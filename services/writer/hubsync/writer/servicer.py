@@ -1,10 +1,15 @@
-"""WriterService over gRPC: proto in → domain call → proto out."""
+"""Stage 1: WriterService over gRPC: proto in → domain call → proto out.
+
+Writes go to the :class:`WriterGateway`; reads, search and properties to the
+:class:`RecordReader`; exports to the :class:`RecordExporter`; dead letters to the
+:class:`DeadLetterQueue` (replay through the gateway, which queues them again).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -17,7 +22,7 @@ from hubsync.writer.dlq import DeadLetterEntry, DeadLetterQueue
 from hubsync.writer.export import RecordExporter
 from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.objecttypes import READ_ONLY, STANDARD_IDS
-from hubsync.writer.reads import Record, SearchQuery, validate_search
+from hubsync.writer.reads import Record, RecordReader, SearchQuery, validate_search
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -34,6 +39,7 @@ def _portal(portal_id: int) -> int:
 
 
 def record_pb(record: Record) -> common_pb2.HubSpotRecord:
+    """Return a record as the API returns it."""
     pb = common_pb2.HubSpotRecord(
         id=record.id, object_type=record.object_type, properties=record.properties, archived=record.archived
     )
@@ -45,6 +51,7 @@ def record_pb(record: Record) -> common_pb2.HubSpotRecord:
 
 
 def dead_letter_pb(entry: DeadLetterEntry) -> writer_pb2.DeadLetter:
+    """Return a dead letter as the API returns it."""
     created = timestamp_pb2.Timestamp()
     created.FromMilliseconds(entry.created_ms)
     return writer_pb2.DeadLetter(
@@ -64,13 +71,18 @@ def dead_letter_pb(entry: DeadLetterEntry) -> writer_pb2.DeadLetter:
 
 
 class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
-    def __init__(self, gateway: WriterGateway, dlq: DeadLetterQueue, exporter: RecordExporter) -> None:
+    """The WriterService RPCs; each checks its request and calls the stage that owns it."""
+
+    def __init__(
+        self, gateway: WriterGateway, reader: RecordReader, dlq: DeadLetterQueue, exporter: RecordExporter
+    ) -> None:
         self.gateway = gateway
+        self.reader = reader
         self.dlq = dlq
         self.exporter = exporter
 
     async def SubmitWrites(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.SubmitWritesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.SubmitWritesResponse:
         _portal(request.portal_id)
         # A key part of the idempotency record; mapper's ids carry a "mapper:" prefix.
@@ -78,9 +90,9 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         return await self.gateway.submit(request, _deadline(context))
 
     async def ReadRecords(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ReadRecordsRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ReadRecordsResponse:
-        records, missing = await self.gateway.reader.read(
+        records, missing = await self.reader.read(
             _portal(request.portal_id),
             request.object_type,
             list(request.ids),
@@ -92,7 +104,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         return writer_pb2.ReadRecordsResponse(records=[record_pb(r) for r in records], missing_ids=missing)
 
     async def SearchRecords(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.SearchRecordsRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.SearchRecordsResponse:
         groups = [
             [
@@ -123,7 +135,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
             limit=request.page_size or 100,
             after=request.page_token,
         )
-        page = await self.gateway.reader.search(
+        page = await self.reader.search(
             _portal(request.portal_id), request.object_type, query, _deadline(context)
         )
         return writer_pb2.SearchRecordsResponse(
@@ -131,7 +143,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         )
 
     async def ExportRecords(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ExportRecordsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[writer_pb2.ExportRecordsResponse]:
         after = request.modified_after.ToMilliseconds() if request.HasField("modified_after") else None
         before = request.modified_before.ToMilliseconds() if request.HasField("modified_before") else None
@@ -152,9 +164,9 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
             )
 
     async def ListProperties(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ListPropertiesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListPropertiesResponse:
-        props = await self.gateway.reader.list_properties(_portal(request.portal_id), request.object_type)
+        props = await self.reader.list_properties(_portal(request.portal_id), request.object_type)
         return writer_pb2.ListPropertiesResponse(
             properties=[
                 writer_pb2.Property(
@@ -172,14 +184,14 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         )
 
     async def ListObjectTypes(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ListObjectTypesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListObjectTypesResponse:
         portal = _portal(request.portal_id)
         out = [
             writer_pb2.ObjectType(name=n, object_type_id=tid, writable=n not in READ_ONLY)
             for n, tid in STANDARD_IDS.items()
         ]
-        for c in await self.gateway.reader.types.custom_types(portal):
+        for c in await self.reader.types.custom_types(portal):
             out.append(
                 writer_pb2.ObjectType(
                     name=c.object_type_id,
@@ -193,7 +205,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         return writer_pb2.ListObjectTypesResponse(object_types=out)
 
     async def ListDeadLetters(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ListDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListDeadLettersResponse:
         portal = _portal(request.portal_id)
         entries, token = await self.dlq.page(
@@ -206,13 +218,13 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         )
 
     async def GetDeadLetter(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.GetDeadLetterRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.GetDeadLetterResponse:
         entry = await self.dlq.get(_portal(request.portal_id), request.id)
         return writer_pb2.GetDeadLetterResponse(dead_letter=dead_letter_pb(entry))
 
     async def ReplayDeadLetters(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ReplayDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ReplayDeadLettersResponse:
         n = await self.gateway.replay(
             _portal(request.portal_id), list(request.ids), list(request.http_statuses), request.all
@@ -220,13 +232,13 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         return writer_pb2.ReplayDeadLettersResponse(replayed_count=n)
 
     async def PurgeDeadLetters(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.PurgeDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.PurgeDeadLettersResponse:
         n = await self.dlq.purge(_portal(request.portal_id), list(request.ids), request.all)
         return writer_pb2.PurgeDeadLettersResponse(purged_count=n)
 
     async def GetQuotaStatus(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.GetQuotaStatusRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.GetQuotaStatusResponse:
-        s = await self.gateway.quota_status(_portal(request.portal_id))
-        return writer_pb2.GetQuotaStatusResponse(**s)
+        status = await self.gateway.quota_status(_portal(request.portal_id))
+        return writer_pb2.GetQuotaStatusResponse(**dataclasses.asdict(status))

@@ -124,8 +124,11 @@ class WriterSettings(BaseSettings):
         return ZoneInfo(self.daily_reset_timezone)
 
     def explicit_limits(self) -> tuple[bool, bool]:
-        """Whether BURST_LIMIT / DAILY_LIMIT were set: they cap what HubSpot's headers allow
-        (a preset only stands in until HubSpot has told the portal's limits)."""
+        """Return whether BURST_LIMIT / DAILY_LIMIT were set.
+
+        They cap what HubSpot's headers allow (a preset only stands in until HubSpot has told
+        the portal's limits).
+        """
         return self.burst_limit is not None, self.daily_limit is not None
 
     def limits(self) -> tuple[int, int]:

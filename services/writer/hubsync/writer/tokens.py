@@ -19,11 +19,11 @@ from hubsync.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 
 class TokenSource(Protocol):
     async def token(self, portal_id: int) -> str:
-        """A bearer token for ``portal_id``."""
+        """Return a bearer token for ``portal_id``."""
         ...
 
     async def invalidate(self, portal_id: int, token: str) -> str:
-        """Reports that HubSpot answered 401 to ``token``; returns the token to use now."""
+        """Report that HubSpot answered 401 to ``token``; returns the token to use now."""
         ...
 
 
@@ -62,7 +62,7 @@ class AuthTokenSource:
             if cached and cached[1] > time.monotonic():
                 return cached[0]
             try:
-                reply = await self._stub.GetAccessToken(
+                reply: auth_pb2.GetAccessTokenResponse = await self._stub.GetAccessToken(
                     auth_pb2.GetAccessTokenRequest(portal_id=portal_id), timeout=15
                 )
             except grpc.aio.AioRpcError as exc:
@@ -73,7 +73,7 @@ class AuthTokenSource:
     async def invalidate(self, portal_id: int, token: str) -> str:
         self._cache.pop(portal_id, None)
         try:
-            reply = await self._stub.InvalidateAccessToken(
+            reply: auth_pb2.InvalidateAccessTokenResponse = await self._stub.InvalidateAccessToken(
                 auth_pb2.InvalidateAccessTokenRequest(portal_id=portal_id, access_token=token), timeout=15
             )
         except grpc.aio.AioRpcError as exc:
