@@ -166,6 +166,7 @@ class BatchSender:
         written_ttl_s: int = 3600,
         versions: RecordVersions | None = None,
     ) -> None:
+        """Send through ``client``; dead-letter to ``dlq``; claim ``versions`` when given."""
         self.client = client
         self.redis = redis
         self.dlq = dlq
@@ -498,6 +499,7 @@ class Coalescer:
         fill_above: float = 1.0,
         max_wait_saturated_s: float = 0.0,
     ) -> None:
+        """Batch for ``send``; ``slots`` gives each batch its rate-limit slot (none: unlimited)."""
         self._send_batch = send
         self._slots = slots
         self.fill_above = fill_above

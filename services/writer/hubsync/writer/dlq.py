@@ -44,6 +44,8 @@ class HubSpotFailure:
 
 @dataclass
 class DeadLetterEntry:
+    """One dead letter: the write, HubSpot's error, the attempts and the trace."""
+
     id: str
     portal_id: int
     write: writer_pb2.Write
@@ -57,13 +59,17 @@ dlq_key = writer_dlq_key
 
 
 class DeadLetterQueue:
+    """Each portal's dead letters, in the stream ``hubsync:{<portal>}:dlq``."""
+
     def __init__(self, redis: Redis, maxlen: int = 1_000_000) -> None:
+        """Keep at most about ``maxlen`` entries per portal."""
         self.redis = redis
         self.maxlen = maxlen
 
     async def add(
         self, portal_id: int, write: writer_pb2.Write, error: HubSpotFailure, attempts: int, trace_id: str
     ) -> str:
+        """Add a write HubSpot refused for good; return the entry's id."""
         fields: dict[str, bytes | str | int] = {
             "write": write.SerializeToString(),
             "http_status": error.http_status,
@@ -85,6 +91,7 @@ class DeadLetterQueue:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def depth(self, portal_id: int) -> int:
+        """Return how many entries the portal's queue holds (and update the gauge)."""
         n = int(await self.redis.xlen(dlq_key(portal_id)))
         _depth.set(n, portal_id)
         return n
@@ -92,6 +99,7 @@ class DeadLetterQueue:
     async def page(
         self, portal_id: int, statuses: Iterable[int] = (), page_size: int = 100, page_token: str = ""
     ) -> tuple[list[DeadLetterEntry], str]:
+        """Return one page of entries, oldest first, and the next page's token."""
         if page_size < 0 or page_size > 1000:
             raise InvalidArgument("page_size must be 0..1000", violations={"page_size": "0..1000"})
         size = page_size or 100
@@ -117,6 +125,7 @@ class DeadLetterQueue:
         return out, (last if more and len(out) == size else "")
 
     async def get(self, portal_id: int, entry_id: str) -> DeadLetterEntry:
+        """Return one entry (NOT_FOUND when there is none with this id)."""
         _check_id(entry_id)
         raw: Any = await self.redis.xrange(dlq_key(portal_id), min=entry_id, max=entry_id, count=1)
         if not raw:
@@ -126,6 +135,7 @@ class DeadLetterQueue:
     async def select(
         self, portal_id: int, ids: Sequence[str], statuses: Iterable[int], all_: bool
     ) -> list[DeadLetterEntry]:
+        """Return the entries named by ``ids``, else of ``statuses``, or all with ``all_``."""
         if ids:
             out = []
             for entry_id in ids:
@@ -142,6 +152,7 @@ class DeadLetterQueue:
         return [e for e in entries if all_ or e.error.http_status in wanted]
 
     async def remove(self, portal_id: int, ids: Sequence[str]) -> int:
+        """Remove entries by id; return how many there were."""
         if not ids:
             return 0
         n = int(await self.redis.xdel(dlq_key(portal_id), *ids))
@@ -149,6 +160,7 @@ class DeadLetterQueue:
         return n
 
     async def purge(self, portal_id: int, ids: Sequence[str], all_: bool) -> int:
+        """Delete the entries named by ``ids``, or all with ``all_``; return how many."""
         for entry_id in ids:
             _check_id(entry_id)
         if all_:

@@ -70,6 +70,7 @@ class WriterGateway:
         pilot_mode: bool = False,
         pilot_of: PilotLookup = _no_pilot,
     ) -> None:
+        """Admit into ``submitter`` or ``queue``; the rest serves replay and quota status."""
         self.pilot_of = pilot_of
         self.submitter = submitter
         self.queue = queue

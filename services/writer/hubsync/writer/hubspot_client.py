@@ -60,12 +60,15 @@ FAILURES = frozenset({500, 502, 503, 504, 521, 522, 523, 524, 525, 526})
 
 @dataclass
 class HubSpotResponse:
+    """HubSpot's answer to one call: status, parsed body, headers."""
+
     status: int
     body: Any
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
+        """Return whether the status is 2xx."""
         return 200 <= self.status < 300
 
     def error(self) -> dict[str, str]:
@@ -80,6 +83,8 @@ class HubSpotResponse:
 
 @dataclass
 class RetryPolicy:
+    """How often and how long a retryable answer is retried (exponential, full jitter)."""
+
     max_attempts: int = 6
     base_s: float = 0.5
     max_s: float = 30.0
@@ -103,6 +108,7 @@ class HubSpotClient:
         timeout_s: float = 30.0,
         deadline_share: float = 0.4,
     ) -> None:
+        """Call ``base_url`` with tokens from ``tokens``, under ``limiter`` and ``breakers``."""
         self.tokens = tokens
         self.limiter = limiter
         self.breakers = breakers
@@ -118,6 +124,7 @@ class HubSpotClient:
         )
 
     async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
         await self._http.aclose()
 
     async def call(

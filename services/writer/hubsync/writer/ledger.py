@@ -29,6 +29,7 @@ class Ledger:
     TTL_S = 7 * 86_400
 
     def __init__(self, redis: Redis, key: str) -> None:
+        """Use the ledger stored at ``key`` (see :meth:`of_entry`)."""
         self.redis = redis
         self.key = key
         self.finished: dict[int, Outcome] = {}

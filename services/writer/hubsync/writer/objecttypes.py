@@ -117,6 +117,7 @@ CUSTOM_RANK = 5
 
 
 def rank(object_type: str) -> int:
+    """Return the type's rank in HubSpot's hierarchy (lower: written first)."""
     return PARENT_RANK.get(object_type, CUSTOM_RANK)
 
 
@@ -131,6 +132,8 @@ class CustomType:
 
 @dataclass(frozen=True)
 class AssociationType:
+    """An association type of a pair: its id, category and label."""
+
     type_id: int
     category: str  # HUBSPOT_DEFINED | USER_DEFINED
     label: str  # "" for the unlabelled default
@@ -140,6 +143,7 @@ class ObjectTypes:
     """Resolves object type names per portal (schemas API) and association types (labels API)."""
 
     def __init__(self, client: HubSpotClient, ttl_s: float = 300.0) -> None:
+        """Look custom objects and labels up through ``client``; cache them ``ttl_s``."""
         self.client = client
         self.ttl_s = ttl_s
         self._schemas: dict[int, tuple[float, dict[str, str]]] = {}

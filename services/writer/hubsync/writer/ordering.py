@@ -100,6 +100,7 @@ class RecordVersions:
     """The claim made right before a batch is sent (shared by every replica through Redis)."""
 
     def __init__(self, redis: Redis, ttl_s: int) -> None:
+        """Keep each record's versions in ``redis`` for ``ttl_s``."""
         self.redis = redis
         self.ttl_s = ttl_s
         self._claim = redis.register_script(_CLAIM)

@@ -183,6 +183,8 @@ class Budget:
 
 @dataclass
 class QuotaUse:
+    """A portal's use of its budgets now, and HubSpot's last ``Remaining`` header."""
+
     burst_used: int
     daily_used: int
     hubspot_remaining: int
@@ -232,6 +234,7 @@ class ReservedSlot:
     """
 
     def __init__(self, member: str | None) -> None:
+        """Hold ``member`` (None: no slot was taken)."""
         self._member = member
 
     def take(self) -> str | None:
@@ -264,6 +267,7 @@ class RateLimiter:
         probe_ttl_ms: int = 0,
         overrides: OverrideLookup | None = None,
     ) -> None:
+        """Grant ``api`` and ``search`` budgets' slots in ``redis``; see the class docstring."""
         self.overrides = overrides
         self.redis = redis
         self.api = api
@@ -489,6 +493,7 @@ class RateLimiter:
         )
 
     async def usage(self, portal_id: int) -> QuotaUse:
+        """Return the portal's use of its budgets now."""
         window_key, daily_key, info_key = self._keys(portal_id, self.api)[:3]
         limits = await self.limits(portal_id)
         now_s, now_us = await self.redis.time()

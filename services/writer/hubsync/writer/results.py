@@ -11,6 +11,7 @@ from hubsync.writer.dlq import HubSpotFailure
 
 
 def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
+    """Return the ``WriteResult`` of an outcome."""
     pb = writer_pb2.WriteResult(
         status=outcome.status,  # type: ignore[arg-type]
         hubspot_id=outcome.hubspot_id,
@@ -30,6 +31,7 @@ def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
 
 
 def result_list(outcomes: Sequence[Outcome]) -> list[writer_pb2.WriteResult]:
+    """Return the ``WriteResult`` of each outcome."""
     return [result_pb(o) for o in outcomes]
 
 

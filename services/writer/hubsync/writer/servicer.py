@@ -76,6 +76,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     def __init__(
         self, gateway: WriterGateway, reader: RecordReader, dlq: DeadLetterQueue, exporter: RecordExporter
     ) -> None:
+        """Serve writes through ``gateway``, reads through ``reader``."""
         self.gateway = gateway
         self.reader = reader
         self.dlq = dlq
@@ -84,6 +85,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def SubmitWrites(
         self, request: writer_pb2.SubmitWritesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.SubmitWritesResponse:
+        """Write (``wait``) or queue the submission; answer per write."""
         _portal(request.portal_id)
         # A key part of the idempotency record; mapper's ids carry a "mapper:" prefix.
         check_request_id(request.request_id, required=False, max_length=DERIVED_REQUEST_ID_MAX)
@@ -92,6 +94,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def ReadRecords(
         self, request: writer_pb2.ReadRecordsRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ReadRecordsResponse:
+        """Read records by id or unique value."""
         records, missing = await self.reader.read(
             _portal(request.portal_id),
             request.object_type,
@@ -106,6 +109,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def SearchRecords(
         self, request: writer_pb2.SearchRecordsRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.SearchRecordsResponse:
+        """Answer one validated search page."""
         groups = [
             [
                 {
@@ -145,6 +149,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def ExportRecords(
         self, request: writer_pb2.ExportRecordsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[writer_pb2.ExportRecordsResponse]:
+        """Stream every record of a type, resumably."""
         after = request.modified_after.ToMilliseconds() if request.HasField("modified_after") else None
         before = request.modified_before.ToMilliseconds() if request.HasField("modified_before") else None
         async for page in self.exporter.export(
@@ -166,6 +171,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def ListProperties(
         self, request: writer_pb2.ListPropertiesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListPropertiesResponse:
+        """List an object type's properties."""
         props = await self.reader.list_properties(_portal(request.portal_id), request.object_type)
         return writer_pb2.ListPropertiesResponse(
             properties=[
@@ -186,6 +192,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def ListObjectTypes(
         self, request: writer_pb2.ListObjectTypesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListObjectTypesResponse:
+        """List the portal's standard and custom object types."""
         portal = _portal(request.portal_id)
         out = [
             writer_pb2.ObjectType(name=n, object_type_id=tid, writable=n not in READ_ONLY)
@@ -207,6 +214,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def ListDeadLetters(
         self, request: writer_pb2.ListDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListDeadLettersResponse:
+        """List dead letters, oldest first, paged."""
         portal = _portal(request.portal_id)
         entries, token = await self.dlq.page(
             portal, request.http_statuses, request.page_size, request.page_token
@@ -220,12 +228,14 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def GetDeadLetter(
         self, request: writer_pb2.GetDeadLetterRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.GetDeadLetterResponse:
+        """Return one dead letter."""
         entry = await self.dlq.get(_portal(request.portal_id), request.id)
         return writer_pb2.GetDeadLetterResponse(dead_letter=dead_letter_pb(entry))
 
     async def ReplayDeadLetters(
         self, request: writer_pb2.ReplayDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ReplayDeadLettersResponse:
+        """Queue dead letters again; answer how many."""
         n = await self.gateway.replay(
             _portal(request.portal_id), list(request.ids), list(request.http_statuses), request.all
         )
@@ -234,11 +244,13 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
     async def PurgeDeadLetters(
         self, request: writer_pb2.PurgeDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.PurgeDeadLettersResponse:
+        """Delete dead letters; answer how many."""
         n = await self.dlq.purge(_portal(request.portal_id), list(request.ids), request.all)
         return writer_pb2.PurgeDeadLettersResponse(purged_count=n)
 
     async def GetQuotaStatus(
         self, request: writer_pb2.GetQuotaStatusRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.GetQuotaStatusResponse:
+        """Answer the portal's quota, circuit, queue and DLQ status."""
         status = await self.gateway.quota_status(_portal(request.portal_id))
         return writer_pb2.GetQuotaStatusResponse(**dataclasses.asdict(status))

@@ -30,6 +30,8 @@ PRESETS: dict[RateLimitPreset, tuple[int, int]] = {
 
 
 class AppType(StrEnum):
+    """How hubsync is connected to HubSpot (it decides the default preset)."""
+
     OAUTH = "oauth"
     PRIVATE = "private"
 
@@ -121,6 +123,7 @@ class WriterSettings(BaseSettings):
         return value
 
     def reset_zone(self) -> ZoneInfo:
+        """Return the zone the daily budget restarts at midnight in."""
         return ZoneInfo(self.daily_reset_timezone)
 
     def explicit_limits(self) -> tuple[bool, bool]:

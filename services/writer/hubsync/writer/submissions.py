@@ -157,6 +157,7 @@ class WriteSubmitter:
         pilot_mode: bool = False,
         skip_unchanged: bool = False,
     ) -> None:
+        """Batch through ``coalescer``; read ids through ``reader``; dead-letter to ``dlq``."""
         self.coalescer = coalescer
         self.reader = reader
         self.dlq = dlq
