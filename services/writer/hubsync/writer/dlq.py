@@ -55,9 +55,6 @@ class DeadLetterEntry:
     created_ms: int
 
 
-dlq_key = writer_dlq_key
-
-
 class DeadLetterQueue:
     """Each portal's dead letters, in the stream ``hubsync:{<portal>}:dlq``."""
 
@@ -81,7 +78,7 @@ class DeadLetterQueue:
             "created_ms": int(time.time() * 1000),
         }
         entry_id = await self.redis.xadd(
-            dlq_key(portal_id),
+            writer_dlq_key(portal_id),
             fields,  # type: ignore[arg-type]
             maxlen=self.maxlen,
             approximate=True,
@@ -92,7 +89,7 @@ class DeadLetterQueue:
 
     async def depth(self, portal_id: int) -> int:
         """Return how many entries the portal's queue holds (and update the gauge)."""
-        n = int(await self.redis.xlen(dlq_key(portal_id)))
+        n = int(await self.redis.xlen(writer_dlq_key(portal_id)))
         _depth.set(n, portal_id)
         return n
 
@@ -108,7 +105,7 @@ class DeadLetterQueue:
         out: list[DeadLetterEntry] = []
         last = ""
         while len(out) < size:
-            raw: Any = await self.redis.xrange(dlq_key(portal_id), min=start, max="+", count=size)
+            raw: Any = await self.redis.xrange(writer_dlq_key(portal_id), min=start, max="+", count=size)
             if not raw:
                 break
             for entry_id, fields in raw:
@@ -120,14 +117,14 @@ class DeadLetterQueue:
                         break
             start = f"({last}"
         more = bool(last) and bool(
-            await self.redis.xrange(dlq_key(portal_id), min=f"({last}", max="+", count=1)
+            await self.redis.xrange(writer_dlq_key(portal_id), min=f"({last}", max="+", count=1)
         )
         return out, (last if more and len(out) == size else "")
 
     async def get(self, portal_id: int, entry_id: str) -> DeadLetterEntry:
         """Return one entry (NOT_FOUND when there is none with this id)."""
         _check_id(entry_id)
-        raw: Any = await self.redis.xrange(dlq_key(portal_id), min=entry_id, max=entry_id, count=1)
+        raw: Any = await self.redis.xrange(writer_dlq_key(portal_id), min=entry_id, max=entry_id, count=1)
         if not raw:
             raise NotFound(f"no dead letter {entry_id} for portal {portal_id}")
         return _entry(portal_id, entry_id, raw[0][1])
@@ -147,7 +144,7 @@ class DeadLetterQueue:
         wanted = set(statuses)
         if not wanted and not all_:
             return []
-        everything: Any = await self.redis.xrange(dlq_key(portal_id), min="-", max="+")
+        everything: Any = await self.redis.xrange(writer_dlq_key(portal_id), min="-", max="+")
         entries = [_entry(portal_id, i.decode(), f) for i, f in everything]
         return [e for e in entries if all_ or e.error.http_status in wanted]
 
@@ -155,7 +152,7 @@ class DeadLetterQueue:
         """Remove entries by id; return how many there were."""
         if not ids:
             return 0
-        n = int(await self.redis.xdel(dlq_key(portal_id), *ids))
+        n = int(await self.redis.xdel(writer_dlq_key(portal_id), *ids))
         await self.depth(portal_id)
         return n
 
@@ -165,7 +162,7 @@ class DeadLetterQueue:
             _check_id(entry_id)
         if all_:
             n = await self.depth(portal_id)
-            await self.redis.delete(dlq_key(portal_id))
+            await self.redis.delete(writer_dlq_key(portal_id))
             _depth.set(0, portal_id)
             return n
         return await self.remove(portal_id, ids)

@@ -66,6 +66,7 @@ return out
 """
 
 
+# The name queue.py's accept script uses for the portal's version counter.
 version_counter_key = writer_version_key
 
 
@@ -108,7 +109,7 @@ class RecordVersions:
     async def stamp_now(self, portal_id: int, writes: Sequence[writer_pb2.Write]) -> None:
         """Versions for the writes whose caller gave none, in acceptance order (per portal)."""
         if any(w.WhichOneof("kind") == "record" and w.record.version == 0 for w in writes):
-            base = await reserve_versions(self.redis, version_counter_key(portal_id), len(writes))
+            base = await reserve_versions(self.redis, writer_version_key(portal_id), len(writes))
             stamp(writes, base)
 
     async def claim(
