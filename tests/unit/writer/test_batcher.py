@@ -123,3 +123,11 @@ async def test_when_saturated_a_partial_batch_gives_its_slot_back_and_fills() ->
     futures += [batcher.submit(KEY, item(f"b{n}@x")) for n in range(6)]
     await asyncio.gather(*futures)
     assert [len(b) for b in rec.batches] == [10]
+
+
+def test_a_reserved_slot_serves_one_call_only() -> None:
+    # A split half, a conflict's update or a retry after the first call takes its own slot.
+    slot = ReservedSlot("m")
+    assert slot.take() == "m"
+    assert slot.take() is None
+    assert ReservedSlot(None).take() is None
