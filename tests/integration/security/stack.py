@@ -26,6 +26,7 @@ from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.ingress.service import build as build_ingress
 from hubsync.mapper.service import build as build_mapper
 from hubsync.writer.service import build as build_writer
+from hubsync.writer.settings import WriterSettings
 
 NOWHERE = "127.0.0.1:9"
 
@@ -38,7 +39,8 @@ async def build_auth(core: CoreSettings, redis: Redis) -> ServiceSpec:
 # In start order: writer asks auth for tokens, mapper and ingress call writer.
 FACTORIES: list[tuple[str, SpecFactory]] = [
     ("auth", build_auth),
-    ("writer", build_writer),
+    # Writer's settings are passed in: read from this stack's environment when it is built.
+    ("writer", lambda core, redis: build_writer(core, redis, WriterSettings())),
     ("mapper", build_mapper),
     ("ingress", build_ingress),
 ]

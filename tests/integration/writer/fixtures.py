@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -28,6 +29,7 @@ from hubsync.core.devredis import free_port
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
 from hubsync.writer.service import build
+from hubsync.writer.settings import WriterSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -49,18 +51,18 @@ def writer_env(**overrides: object) -> dict[str, str]:
     return TEST_ENV | {f"HUBSYNC_WRITER_{k.upper()}": str(v) for k, v in overrides.items()}
 
 
-@contextlib.contextmanager
-def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+_PREFIX = "HUBSYNC_WRITER_"
+
+
+def writer_settings(env: Mapping[str, str] | None = None) -> WriterSettings:
+    """Writer settings from ``TEST_ENV`` plus ``env`` (``HUBSYNC_WRITER_*`` names, other names
+    ignored), validated as the service validates its environment; ``os.environ`` is not read."""
+    values = {
+        k.removeprefix(_PREFIX).lower(): v
+        for k, v in (TEST_ENV | dict(env or {})).items()
+        if k.startswith(_PREFIX)
+    }
+    return WriterSettings.model_validate(values)
 
 
 def core_settings(
@@ -84,13 +86,15 @@ async def running_writer_service(
     hubspot_api_base: str,
     auth_address: str,
     env: Mapping[str, str] | None = None,
+    settings: WriterSettings | None = None,
 ) -> AsyncIterator[RunningService]:
-    """An in-process writer on a free loopback port; yields the RunningService."""
-    full_env = TEST_ENV | dict(env or {})
+    """An in-process writer on a free loopback port; yields the RunningService.
+
+    Its settings: ``settings``, else :func:`writer_settings` of ``env``.
+    """
     core = core_settings(redis_url, caller_tokens, hubspot_api_base, auth_address)
-    # Settings are read once, while the service is built: the environment is restored after.
-    with _environ(full_env):
-        service = await start_service("writer", core, build, port=0)
+    factory = functools.partial(build, settings=settings or writer_settings(env))
+    service = await start_service("writer", core, factory, port=0)
     try:
         yield service
     finally:

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import pytest
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.writer.batches import UPSERT, BatchInput, BatchKey, Outcome, WriteBatcher
+from hubsync.writer.batches import BatchInput, BatchKey, BatchOp, Coalescer, Outcome
+from hubsync.writer.ratelimit import ReservedSlot
 
-KEY = BatchKey(1, "contacts", UPSERT, "email")
+KEY = BatchKey(1, "contacts", BatchOp.UPSERT, "email")
 
 
 def item(i: str, **props: str) -> BatchInput:
@@ -20,10 +21,14 @@ def item(i: str, **props: str) -> BatchInput:
 class Recorder:
     def __init__(self, fail: Exception | None = None) -> None:
         self.batches: list[list[BatchInput]] = []
+        self.slots: list[str | None] = []
         self.fail = fail
 
-    async def __call__(self, key: BatchKey, inputs: Sequence[BatchInput]) -> list[Outcome]:
+    async def __call__(
+        self, key: BatchKey, inputs: Sequence[BatchInput], slot: ReservedSlot
+    ) -> list[Outcome]:
         self.batches.append(list(inputs))
+        self.slots.append(slot.take())
         if self.fail:
             raise self.fail
         return [Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=f"hs-{i.id}") for i in inputs]
@@ -31,7 +36,7 @@ class Recorder:
 
 async def test_full_batches_go_at_once_and_the_rest_after_the_wait() -> None:
     rec = Recorder()
-    batcher = WriteBatcher(rec, max_size=100, max_wait_s=0.05)
+    batcher = Coalescer(rec, max_size=100, max_wait_s=0.05)
     futures = [batcher.submit(KEY, item(f"{n}@x")) for n in range(250)]
     await asyncio.sleep(0.01)
     assert [len(b) for b in rec.batches] == [100, 100]
@@ -42,10 +47,10 @@ async def test_full_batches_go_at_once_and_the_rest_after_the_wait() -> None:
 
 async def test_writes_to_one_record_merge_later_value_wins() -> None:
     rec = Recorder()
-    batcher = WriteBatcher(rec, max_wait_s=0.01)
+    batcher = Coalescer(rec, max_wait_s=0.01)
     a = batcher.submit(KEY, item("a@x", firstname="A", lastname="One"))
     b = batcher.submit(KEY, item("a@x", lastname="Two"))
-    c = batcher.submit(BatchKey(1, "contacts", UPSERT, "external_id"), item("a@x", city="X"))
+    c = batcher.submit(BatchKey(1, "contacts", BatchOp.UPSERT, "external_id"), item("a@x", city="X"))
     assert (await a) == (await b)
     await c
     [first, second] = sorted(rec.batches, key=len)
@@ -55,7 +60,7 @@ async def test_writes_to_one_record_merge_later_value_wins() -> None:
 
 
 async def test_a_failed_batch_fails_every_caller_in_it() -> None:
-    batcher = WriteBatcher(Recorder(fail=RuntimeError("down")), max_wait_s=0.01)
+    batcher = Coalescer(Recorder(fail=RuntimeError("down")), max_wait_s=0.01)
     futures = [batcher.submit(KEY, item(f"{n}@x")) for n in range(3)]
     for f in futures:
         with pytest.raises(RuntimeError):
@@ -64,7 +69,7 @@ async def test_a_failed_batch_fails_every_caller_in_it() -> None:
 
 async def test_close_flushes_pending_writes() -> None:
     rec = Recorder()
-    batcher = WriteBatcher(rec, max_wait_s=60)
+    batcher = Coalescer(rec, max_wait_s=60)
     future = batcher.submit(KEY, item("a@x"))
     await batcher.close()
     assert (await future).hubspot_id == "hs-a@x"
@@ -74,10 +79,14 @@ async def test_full_batches_take_slots_before_the_open_one_which_keeps_filling()
     rec = Recorder()
     slots: asyncio.Queue[str] = asyncio.Queue()
 
-    async def ready(key: BatchKey) -> tuple[str, bool]:
-        return await slots.get(), False
+    class Slots:
+        async def acquire_slot(self, portal_id: int, *, busy_at: float) -> tuple[str, bool]:
+            return await slots.get(), False
 
-    batcher = WriteBatcher(rec, max_size=10, max_wait_s=0.01, ready=ready)
+        async def release(self, portal_id: int, member: str) -> None:
+            raise AssertionError("not saturated: no slot is given back")
+
+    batcher = Coalescer(rec, max_size=10, max_wait_s=0.01, slots=Slots())
     futures = [batcher.submit(KEY, item(f"a{n}@x")) for n in range(5)]
     await asyncio.sleep(0.03)  # the open batch of 5 is due, waiting for a slot
     futures += [batcher.submit(KEY, item(f"b{n}@x")) for n in range(27)]  # 3 full, 2 open
@@ -88,6 +97,8 @@ async def test_full_batches_take_slots_before_the_open_one_which_keeps_filling()
     slots.put_nowait("slot3")
     await asyncio.gather(*futures)
     assert [len(b) for b in rec.batches] == [10, 10, 10, 2]
+    # Each batch went out on the slot taken for it (handed to the sender, not through a global).
+    assert rec.slots == ["slot0", "slot1", "slot2", "slot3"]
 
 
 async def test_when_saturated_a_partial_batch_gives_its_slot_back_and_fills() -> None:
@@ -95,21 +106,28 @@ async def test_when_saturated_a_partial_batch_gives_its_slot_back_and_fills() ->
     released: list[str] = []
     count = 0
 
-    async def ready(key: BatchKey) -> tuple[str, bool]:
-        nonlocal count
-        count += 1
-        await asyncio.sleep(0.01)
-        return f"slot{count}", True
+    class Slots:
+        async def acquire_slot(self, portal_id: int, *, busy_at: float) -> tuple[str, bool]:
+            nonlocal count
+            count += 1
+            await asyncio.sleep(0.01)
+            return f"slot{count}", True
 
-    async def release(key: BatchKey, slot: str) -> None:
-        released.append(slot)
+        async def release(self, portal_id: int, member: str) -> None:
+            released.append(member)
 
-    batcher = WriteBatcher(
-        rec, max_size=10, max_wait_s=0.01, ready=ready, release=release, max_wait_saturated_s=5
-    )
+    batcher = Coalescer(rec, max_size=10, max_wait_s=0.01, slots=Slots(), max_wait_saturated_s=5)
     futures = [batcher.submit(KEY, item(f"a{n}@x")) for n in range(4)]
     await asyncio.sleep(0.1)
     assert rec.batches == [] and released  # waiting to fill, slots handed back
     futures += [batcher.submit(KEY, item(f"b{n}@x")) for n in range(6)]
     await asyncio.gather(*futures)
     assert [len(b) for b in rec.batches] == [10]
+
+
+def test_a_reserved_slot_serves_one_call_only() -> None:
+    # A split half, a conflict's update or a retry after the first call takes its own slot.
+    slot = ReservedSlot("m")
+    assert slot.take() == "m"
+    assert slot.take() is None
+    assert ReservedSlot(None).take() is None

@@ -1,9 +1,12 @@
-"""Coalesced batch writes and HubSpot's error table.
+"""Stages 5 and 6 of the write path: coalescing writes into batches, sending a batch.
 
-:class:`WriteBatcher` merges writes for the same (portal, object type, operation, id property)
-from any number of callers into batches of up to 100 inputs, sent when full or after
-``max_wait``; two writes to the same record in one batch merge (the later value wins) and both
-callers get the record's result. :class:`BatchWriter` sends a batch and applies the error table:
+:class:`Coalescer` merges writes for the same :class:`BatchKey` (portal, object type,
+:class:`BatchOp`, id property) from any number of callers into batches of up to 100 inputs,
+sent when full or after ``max_wait``; two writes to the same record in one batch merge (the
+later value wins) and both callers get the record's result. It takes the burst-window slot for
+each batch from its :class:`SlotSource` (the rate limiter) and hands it to the sender as a
+:class:`~hubsync.writer.ratelimit.ReservedSlot`. :class:`BatchSender` claims the inputs'
+versions, sends the batch and applies the error table:
 
 ====================  ===========================================================================
 400                   split the batch in halves until the bad inputs stand alone; dead-letter
@@ -27,7 +30,8 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 
 from opentelemetry.trace import Link
 from redis.asyncio import Redis
@@ -35,28 +39,57 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.keys import writer_ids_key, written_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
-from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse, slot_reserved
-from hubsync.writer.ordering import RecordRef, RecordVersions
+from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
+from hubsync.writer.ordering import RecordRef, RecordVersions, unique_value
+from hubsync.writer.ratelimit import ReservedSlot
 
 log = logging.getLogger(__name__)
 
-UPSERT = writer_pb2.WRITE_OPERATION_UPSERT
-CREATE = writer_pb2.WRITE_OPERATION_CREATE
-UPDATE = writer_pb2.WRITE_OPERATION_UPDATE
-ARCHIVE = writer_pb2.WRITE_OPERATION_ARCHIVE
-GDPR_DELETE = writer_pb2.WRITE_OPERATION_GDPR_DELETE  # never batched (submissions.py sends it)
-# Batches of associations; not proto values: create (v4 batch/create), remove one type
-# (batch/labels/archive), remove every type of the pair (batch/archive).
-ASSOCIATE = 100
-ASSOCIATE_REMOVE = 101
-ASSOCIATE_REMOVE_ALL = 102
-_ASSOCIATION_OPS = {
-    ASSOCIATE: "create",
-    ASSOCIATE_REMOVE: "labels/archive",
-    ASSOCIATE_REMOVE_ALL: "archive",
-}
 
-_OPS: dict[int, str] = {UPSERT: "upsert", CREATE: "create", UPDATE: "update", ARCHIVE: "archive"}
+class BatchOp(StrEnum):
+    """What one batch call does: a v3 record endpoint or a v4 association endpoint.
+
+    A record write's :class:`~hubsync.api.writer.v1.writer_pb2.WriteOperation` maps onto the
+    first four (:meth:`of`); GDPR deletes are never batched (submissions.py sends them one by one).
+    """
+
+    UPSERT = "upsert"
+    CREATE = "create"
+    UPDATE = "update"
+    ARCHIVE = "archive"
+    # v4 associations: create (batch/create), remove one type (batch/labels/archive), remove
+    # every type of the pair (batch/archive).
+    ASSOCIATE = "associate"
+    DISSOCIATE_TYPE = "dissociate_type"
+    DISSOCIATE_ALL = "dissociate_all"
+
+    @classmethod
+    def of(cls, operation: int) -> BatchOp:
+        """Return the batch operation of a record write's ``WriteOperation`` (not GDPR delete)."""
+        return _RECORD_OPS[operation]
+
+    @property
+    def is_association(self) -> bool:
+        """Whether batches of this operation go to the v4 associations API."""
+        return self in _ASSOCIATION_PATHS
+
+    @property
+    def path(self) -> str:
+        """The endpoint's last segments (``batch/<path>``)."""
+        return _ASSOCIATION_PATHS.get(self, self.value)
+
+
+_RECORD_OPS: dict[int, BatchOp] = {
+    writer_pb2.WRITE_OPERATION_UPSERT: BatchOp.UPSERT,
+    writer_pb2.WRITE_OPERATION_CREATE: BatchOp.CREATE,
+    writer_pb2.WRITE_OPERATION_UPDATE: BatchOp.UPDATE,
+    writer_pb2.WRITE_OPERATION_ARCHIVE: BatchOp.ARCHIVE,
+}
+_ASSOCIATION_PATHS: dict[BatchOp, str] = {
+    BatchOp.ASSOCIATE: "create",
+    BatchOp.DISSOCIATE_TYPE: "labels/archive",
+    BatchOp.DISSOCIATE_ALL: "archive",
+}
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 
 
@@ -73,9 +106,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class BatchKey:
+    """What writes must share to go in one batch."""
+
     portal_id: int
     object_type: str  # for associations: "<from>/<to>"
-    operation: int
+    operation: BatchOp
     id_property: str = ""
 
 
@@ -98,8 +133,10 @@ class BatchInput:
     versions: dict[str, int] = field(default_factory=dict)
 
     def merge(self, other: BatchInput) -> None:
-        """Takes another write to the same record: per property, the newer version wins (the
-        later one when versions are equal)."""
+        """Take another write to the same record.
+
+        Per property, the newer version wins (the later one when versions are equal).
+        """
         for name, value in other.properties.items():
             version = other.versions.get(name, 0)
             if version >= self.versions.get(name, 0):
@@ -111,13 +148,11 @@ class BatchInput:
 
 
 def id_key(portal_id: int, object_type: str, id_property: str, value: str) -> str:
-    """Unique value → HubSpot id, as learned from our own upserts (for unchanged detection)."""
-    if id_property == "email":
-        value = value.lower()
-    return writer_ids_key(portal_id, object_type, id_property, value)
+    """Return the key of a unique value's HubSpot id, learned from our upserts (unchanged check)."""
+    return writer_ids_key(portal_id, object_type, id_property, unique_value(id_property, value))
 
 
-class BatchWriter:
+class BatchSender:
     """Sends one batch and applies the error table; returns an outcome per input."""
 
     def __init__(
@@ -131,6 +166,7 @@ class BatchWriter:
         written_ttl_s: int = 3600,
         versions: RecordVersions | None = None,
     ) -> None:
+        """Send through ``client``; dead-letter to ``dlq``; claim ``versions`` when given."""
         self.client = client
         self.redis = redis
         self.dlq = dlq
@@ -139,16 +175,25 @@ class BatchWriter:
         self.written_ttl_s = written_ttl_s
         self.versions = versions
 
-    async def run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int = 1) -> list[Outcome]:
-        if key.operation in _ASSOCIATION_OPS:
-            return await self._run_associations(key, inputs, attempt)
-        if self.versions is None or key.operation == ARCHIVE:
-            return await self._run(key, inputs, attempt)
+    async def run(
+        self,
+        key: BatchKey,
+        inputs: Sequence[BatchInput],
+        slot: ReservedSlot | None = None,
+        *,
+        attempt: int = 1,
+    ) -> list[Outcome]:
+        """Send ``inputs`` (the first call on ``slot`` when given); one outcome per input."""
+        slot = slot or ReservedSlot(None)
+        if key.operation.is_association:
+            return await self._run_associations(key, inputs, slot, attempt)
+        if self.versions is None or key.operation == BatchOp.ARCHIVE:
+            return await self._run(key, inputs, slot, attempt)
         # Claimed right before sending (and again before each resend of a split batch): what a
         # newer version of the record already wrote is not sent.
         claimed = await self._claim(key, inputs)
         live = [i for i in claimed if i is not None]
-        done = iter(await self._run(key, live, attempt) if live else [])
+        done = iter(await self._run(key, live, slot, attempt) if live else [])
         return [next(done) if i is not None else Outcome(writer_pb2.WRITE_STATUS_SUPERSEDED) for i in claimed]
 
     async def _claim(self, key: BatchKey, inputs: Sequence[BatchInput]) -> list[BatchInput | None]:
@@ -175,46 +220,51 @@ class BatchWriter:
             out.append(dataclasses.replace(item, properties=props, versions=versions))
         return out
 
-    async def _run(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int) -> list[Outcome]:
-        response = await self._send(key, inputs)
+    async def _run(
+        self, key: BatchKey, inputs: Sequence[BatchInput], slot: ReservedSlot, attempt: int
+    ) -> list[Outcome]:
+        response = await self._send(key, inputs, slot)
         status = response.status
         if status in (200, 201, 204, 207):
-            return await self._map_results(key, inputs, response)
+            return await self._map_results(key, inputs, response, slot)
         if status in (400, 502, 504) and len(inputs) > 1:
-            return await self._halves(key, inputs, attempt)
+            return await self._halves(key, inputs, slot, attempt)
         if status == 409:
             if len(inputs) > 1:
-                return await self._halves(key, inputs, attempt)
-            return [await self._resolve_conflict(key, inputs[0], response, attempt)]
+                return await self._halves(key, inputs, slot, attempt)
+            return [await self._resolve_conflict(key, inputs[0], response, slot, attempt)]
         # 400/502/504 on a single input, 403, 404, anything else: HubSpot refuses it for good.
         failure = _failure(response)
         if status == 403:
             log.warning("HubSpot refused a write: missing scope", extra={"portal": key.portal_id})
         return [await self._dead_letter(key, i, failure, attempt) for i in inputs]
 
-    async def _halves(self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int) -> list[Outcome]:
+    async def _halves(
+        self, key: BatchKey, inputs: Sequence[BatchInput], slot: ReservedSlot, attempt: int
+    ) -> list[Outcome]:
         mid = len(inputs) // 2
         first, second = await asyncio.gather(
-            self.run(key, inputs[:mid], attempt + 1), self.run(key, inputs[mid:], attempt + 1)
+            self.run(key, inputs[:mid], slot, attempt=attempt + 1),
+            self.run(key, inputs[mid:], slot, attempt=attempt + 1),
         )
         return [*first, *second]
 
-    async def _send(self, key: BatchKey, inputs: Sequence[BatchInput]) -> HubSpotResponse:
-        op = _OPS[key.operation]
+    async def _send(self, key: BatchKey, inputs: Sequence[BatchInput], slot: ReservedSlot) -> HubSpotResponse:
+        op = key.operation.path
         trace_prefix = f"{self.source_tag}:{uuid.uuid4().hex[:8]}"
         body_inputs: list[dict[str, Any]] = []
         for n, item in enumerate(inputs):
             props = dict(item.properties)
-            if self.source_property and key.operation != ARCHIVE:
+            if self.source_property and key.operation != BatchOp.ARCHIVE:
                 props[self.source_property] = self.source_tag
             entry: dict[str, Any] = {}
-            if key.operation == ARCHIVE:
+            if key.operation == BatchOp.ARCHIVE:
                 entry = {"id": item.id}
             else:
                 entry = {"properties": props, "objectWriteTraceId": f"{trace_prefix}:{n}"}
-                if key.operation == UPSERT:
+                if key.operation == BatchOp.UPSERT:
                     entry |= {"id": item.id, "idProperty": key.id_property}
-                elif key.operation == UPDATE:
+                elif key.operation == BatchOp.UPDATE:
                     entry["id"] = item.id
             body_inputs.append(entry)
         route = f"/crm/v3/objects/{{objectType}}/batch/{op}"
@@ -226,13 +276,14 @@ class BatchWriter:
             json={"inputs": body_inputs},
             links=[link for item in inputs for link in item.links][:128],
             records=len(inputs),
+            reserved=slot,
         )
 
     async def _map_results(
-        self, key: BatchKey, inputs: Sequence[BatchInput], response: HubSpotResponse
+        self, key: BatchKey, inputs: Sequence[BatchInput], response: HubSpotResponse, slot: ReservedSlot
     ) -> list[Outcome]:
         body = response.body if isinstance(response.body, dict) else {}
-        if key.operation == ARCHIVE:
+        if key.operation == BatchOp.ARCHIVE:
             return [Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED, hubspot_id=i.id) for i in inputs]
         by_index: dict[int, dict[str, Any]] = {}
         by_id: dict[str, int] = {}
@@ -243,7 +294,7 @@ class BatchWriter:
             n: int | None = _trace_index(trace)
             if n is None:
                 props = result.get("properties") or {}
-                ref = result.get("id") if key.operation == UPDATE else props.get(key.id_property)
+                ref = result.get("id") if key.operation == BatchOp.UPDATE else props.get(key.id_property)
                 n = by_id.get(_norm(key, str(ref or "")))
             if n is not None and 0 <= n < len(inputs):
                 by_index[n] = result
@@ -273,7 +324,7 @@ class BatchWriter:
                 values = dict(item.properties)
                 if self.source_property:
                     values[self.source_property] = self.source_tag
-                if key.operation == UPSERT:
+                if key.operation == BatchOp.UPSERT:
                     values[key.id_property] = item.id
                     learned.append((item.id, hs_id))
                 written.append((hs_id, values))
@@ -288,7 +339,8 @@ class BatchWriter:
                 response.error()["correlation_id"],
             )
             if http == 409:
-                outcomes.append(await self._resolve_conflict(key, item, HubSpotResponse(409, error or {}), 1))
+                conflict = HubSpotResponse(409, error or {})
+                outcomes.append(await self._resolve_conflict(key, item, conflict, slot, 1))
             else:
                 outcomes.append(await self._dead_letter(key, item, failure, 1))
         await self._record_written(key, written, learned)
@@ -300,7 +352,7 @@ class BatchWriter:
         written: list[tuple[str, dict[str, str]]],
         learned: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """What ingress compares webhook values with to drop our own echoes."""
+        """Return what ingress compares webhook values with to drop our own echoes."""
         if not written:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -320,26 +372,26 @@ class BatchWriter:
             await pipe.execute()
 
     async def _resolve_conflict(
-        self, key: BatchKey, item: BatchInput, response: HubSpotResponse, attempt: int
+        self, key: BatchKey, item: BatchInput, response: HubSpotResponse, slot: ReservedSlot, attempt: int
     ) -> Outcome:
         """409: another record holds a unique value; update that record instead."""
         message = _failure(response).message
         match = _EXISTING_ID.search(message)
-        if match is None or key.operation == ARCHIVE:
+        if match is None or key.operation == BatchOp.ARCHIVE:
             return await self._dead_letter(key, item, _failure(response), attempt)
         existing = match.group(1)
         log.info(
             "resolving a unique-value conflict by updating the existing record",
             extra={"portal": key.portal_id, "object_type": key.object_type, "hubspot_id": existing},
         )
-        update_key = BatchKey(key.portal_id, key.object_type, UPDATE)
+        update_key = BatchKey(key.portal_id, key.object_type, BatchOp.UPDATE)
         props = dict(item.properties)
-        if key.operation == UPSERT:
+        if key.operation == BatchOp.UPSERT:
             props.setdefault(key.id_property, item.id)
         update = BatchInput(existing, existing, props, item.writes, item.links)
-        response = await self._send(update_key, [update])
+        response = await self._send(update_key, [update], slot)
         if response.status in (200, 207):
-            [outcome] = await self._map_results(update_key, [update], response)
+            [outcome] = await self._map_results(update_key, [update], response, slot)
             return outcome
         return await self._dead_letter(key, item, _failure(response), attempt + 1)
 
@@ -362,12 +414,12 @@ class BatchWriter:
         return Outcome(writer_pb2.WRITE_STATUS_DEAD_LETTERED, error=failure, dead_letter_id=",".join(ids))
 
     async def _run_associations(
-        self, key: BatchKey, inputs: Sequence[BatchInput], attempt: int
+        self, key: BatchKey, inputs: Sequence[BatchInput], slot: ReservedSlot, attempt: int
     ) -> list[Outcome]:
         from_type, to_type = key.object_type.split("/", 1)
-        op = _ASSOCIATION_OPS[key.operation]
+        op = key.operation.path
         body: dict[str, Any]
-        if key.operation == ASSOCIATE_REMOVE_ALL:
+        if key.operation == BatchOp.DISSOCIATE_ALL:
             body = {"inputs": [{"from": {"id": i.id}, "to": [{"id": i.to_id}]} for i in inputs]}
         else:
             body = {
@@ -388,6 +440,7 @@ class BatchWriter:
             json=body,
             links=[link for item in inputs for link in item.links][:128],
             records=len(inputs),
+            reserved=slot,
         )
         has_errors = isinstance(response.body, dict) and bool(response.body.get("errors"))
         if response.status in (200, 201, 204) or (response.status == 207 and not has_errors):
@@ -397,8 +450,8 @@ class BatchWriter:
         if response.status in (207, 400, 409, 502, 504) and len(inputs) > 1:
             mid = len(inputs) // 2
             first, second = await asyncio.gather(
-                self._run_associations(key, inputs[:mid], attempt + 1),
-                self._run_associations(key, inputs[mid:], attempt + 1),
+                self._run_associations(key, inputs[:mid], slot, attempt + 1),
+                self._run_associations(key, inputs[mid:], slot, attempt + 1),
             )
             return [*first, *second]
         failure = _failure(response)
@@ -410,27 +463,46 @@ class BatchWriter:
         return [await self._dead_letter(key, i, failure, attempt) for i in inputs]
 
 
-class WriteBatcher:
+class SlotSource(Protocol):
+    """Where the coalescer takes each batch's burst-window slot (the rate limiter)."""
+
+    async def acquire_slot(self, portal_id: int, *, busy_at: float) -> tuple[str, bool]:
+        """Wait for a slot; returns its member and whether the window is saturated."""
+        ...
+
+    async def release(self, portal_id: int, member: str) -> None:
+        """Give an unused slot back."""
+        ...
+
+
+# The next stage: sends one batch (its first call on the slot) and answers per input.
+Send = Callable[[BatchKey, Sequence[BatchInput], ReservedSlot], Awaitable[list[Outcome]]]
+
+
+class Coalescer:
     """Coalesces writes into batches of up to ``max_size``.
 
-    One sender per key takes rate-limit slots (``ready``) one at a time and gives each to the
-    oldest full batch, or, when none is waiting, to the open batch once ``max_wait_s`` passed.
-    The open batch keeps taking writes while the sender waits, so under a saturated quota
-    nearly every call carries a full batch, and a partial one never jumps ahead of a full one.
+    One sender task per key takes rate-limit slots from ``slots`` one at a time and gives each
+    to the oldest full batch, or, when none is waiting, to the open batch once ``max_wait_s``
+    passed. The open batch keeps taking writes while the sender waits, so under a saturated
+    quota nearly every call carries a full batch, and a partial one never jumps ahead of a full
+    one. Without ``slots`` (unit tests) batches go without one (the client takes its own).
     """
 
     def __init__(
         self,
-        run: Callable[[BatchKey, Sequence[BatchInput]], Awaitable[list[Outcome]]],
+        send: Send,
         max_size: int = 100,
         max_wait_s: float = 0.05,
-        ready: Callable[[BatchKey], Awaitable[tuple[str, bool]]] | None = None,
-        release: Callable[[BatchKey, str], Awaitable[None]] | None = None,
+        slots: SlotSource | None = None,
+        *,
+        fill_above: float = 1.0,
         max_wait_saturated_s: float = 0.0,
     ) -> None:
-        self._run = run
-        self._ready = ready
-        self._release = release
+        """Batch for ``send``; ``slots`` gives each batch its rate-limit slot (none: unlimited)."""
+        self._send_batch = send
+        self._slots = slots
+        self.fill_above = fill_above
         self.max_wait_saturated_s = max_wait_saturated_s
         self._opened: dict[BatchKey, float] = {}
         self.max_size = max_size
@@ -445,7 +517,7 @@ class WriteBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
-        """Adds one write; the future resolves with its outcome."""
+        """Add one write; the future resolves with its outcome."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         pending = self._pending.get(key)
@@ -506,8 +578,10 @@ class WriteBatcher:
                 slot: str | None = None
                 saturated = False
                 try:
-                    if self._ready is not None:
-                        slot, saturated = await self._ready(key)
+                    if self._slots is not None:
+                        slot, saturated = await self._slots.acquire_slot(
+                            key.portal_id, busy_at=self.fill_above
+                        )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -519,14 +593,14 @@ class WriteBatcher:
                 if (
                     saturated
                     and slot is not None
-                    and self._release is not None
+                    and self._slots is not None
                     and not self._full.get(key)
                     and len(self._pending.get(key) or ()) < self.max_size
                     and loop.time() - self._opened.get(key, 0.0) < self.max_wait_saturated_s
                 ):
                     # The quota, not latency, is the bottleneck: a slot is worth a full batch.
                     # Give it back (another replica may have one full) and let this one fill.
-                    await self._release(key, slot)
+                    await self._slots.release(key.portal_id, slot)
                     await asyncio.sleep(min(0.05, self.max_wait_saturated_s))
                     continue
                 batch = self._next(key)
@@ -535,8 +609,8 @@ class WriteBatcher:
                     task = asyncio.create_task(self._send_with(key, inputs, slot, self._follow(key, inputs)))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                elif slot is not None and self._release is not None:
-                    await self._release(key, slot)
+                elif slot is not None and self._slots is not None:
+                    await self._slots.release(key.portal_id, slot)
         except asyncio.CancelledError:
             self._senders.pop(key, None)
             raise
@@ -547,10 +621,12 @@ class WriteBatcher:
     def _follow(
         self, key: BatchKey, inputs: list[BatchInput]
     ) -> tuple[asyncio.Future[None], set[asyncio.Future[None]]]:
-        """Registers a batch about to go: returns its own done-future and those of batches still
-        out that carry one of its records. It is sent only after them, so two calls with the same
-        record are never out at once from this process (HubSpot would apply them in whatever
-        order they arrive, an older value possibly last)."""
+        """Register a batch about to go; return its done-future and those it must wait for.
+
+        Those are the batches still out that carry one of its records. It is sent only after
+        them, so two calls with the same record are never out at once from this process (HubSpot
+        would apply them in whatever order they arrive, an older value possibly last).
+        """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         before: set[asyncio.Future[None]] = set()
         for item in inputs:
@@ -568,7 +644,6 @@ class WriteBatcher:
         order: tuple[asyncio.Future[None], set[asyncio.Future[None]]],
     ) -> None:
         done, before = order
-        token = slot_reserved.set(slot)
         try:
             if before:
                 try:
@@ -576,9 +651,8 @@ class WriteBatcher:
                 except BaseException as exc:  # cancelled while waiting: its callers hear of it
                     self._fail(inputs, exc)
                     raise
-            await self._send(key, inputs)
+            await self._send(key, inputs, ReservedSlot(slot))
         finally:
-            slot_reserved.reset(token)
             done.set_result(None)
             for item in inputs:
                 if self._out.get((key, item.key)) is done:
@@ -591,9 +665,9 @@ class WriteBatcher:
                 if not waiter.done():
                     waiter.set_exception(exc)
 
-    async def _send(self, key: BatchKey, inputs: list[BatchInput]) -> None:
+    async def _send(self, key: BatchKey, inputs: list[BatchInput], slot: ReservedSlot) -> None:
         try:
-            outcomes = await self._run(key, inputs)
+            outcomes = await self._send_batch(key, inputs, slot)
         except BaseException as exc:
             self._fail(inputs, exc)
             if isinstance(exc, asyncio.CancelledError):
@@ -605,7 +679,7 @@ class WriteBatcher:
                     waiter.set_result(outcome)
 
     async def close(self) -> None:
-        """Sends what is pending and waits for every batch in flight."""
+        """Send what is pending and wait for every batch in flight."""
         for key in list(self._pending):
             self._on_due(key)
         while self._tasks:
@@ -613,15 +687,17 @@ class WriteBatcher:
 
 
 def _record_ref(key: BatchKey, item: BatchInput) -> RecordRef | None:
-    """The record a write names, for ordering: by the upsert's unique value, the update's
-    HubSpot id, or a contact create's email; None for a create with nothing unique to name it."""
-    if key.operation == UPSERT:
+    """Return the record a write names, for ordering (None: a create with nothing unique).
+
+    By the upsert's unique value, the update's HubSpot id, or a contact create's email.
+    """
+    if key.operation == BatchOp.UPSERT:
         return RecordRef(key.object_type, key.id_property, _norm(key, item.id))
-    if key.operation == UPDATE:
+    if key.operation == BatchOp.UPDATE:
         return RecordRef(key.object_type, "hs_object_id", item.id)
     email = item.properties.get("email", "")
-    if key.operation == CREATE and key.object_type == "contacts" and email:
-        return RecordRef(key.object_type, "email", email.lower())
+    if key.operation == BatchOp.CREATE and key.object_type == "contacts" and email:
+        return RecordRef(key.object_type, "email", unique_value("email", email))
     return None
 
 
@@ -632,7 +708,7 @@ def _trace_index(trace: str) -> int | None:
 
 def _norm(key: BatchKey, value: str) -> str:
     # HubSpot lowercases emails; match results to inputs the same way.
-    return value.lower() if key.id_property == "email" else value
+    return unique_value(key.id_property, value)
 
 
 def _failure(response: HubSpotResponse) -> HubSpotFailure:

@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import time
 from enum import IntEnum
-from typing import Any
 
 from opentelemetry import metrics
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hubsync.core.errors import Unavailable
@@ -36,6 +36,8 @@ metrics.get_meter("hubsync.writer").create_observable_gauge(
 
 
 class CircuitState(IntEnum):
+    """A breaker's state; the values match the proto's ``CircuitState``."""
+
     # Values match the proto's CircuitState.
     CLOSED = 1
     OPEN = 2
@@ -45,7 +47,8 @@ class CircuitState(IntEnum):
 class CircuitBreaker:
     """One portal's breaker."""
 
-    def __init__(self, portal_id: int, threshold: int, open_s: float, redis: Any = None) -> None:
+    def __init__(self, portal_id: int, threshold: int, open_s: float, redis: Redis | None = None) -> None:
+        """Open after ``threshold`` consecutive failures, for ``open_s``; shared through ``redis``."""
         self.portal_id = portal_id
         self.threshold = threshold
         self.open_s = open_s
@@ -60,17 +63,20 @@ class CircuitBreaker:
 
     @property
     def state(self) -> CircuitState:
+        """Return the state now (an open breaker whose time is up is half-open)."""
         if self._state == CircuitState.OPEN and time.monotonic() - self.opened_at >= self.open_s:
             return CircuitState.HALF_OPEN
         return self._state
 
     async def admit(self, deadline: float | None = None) -> bool:
-        """Returns whether a call may go now (True when it is the half-open probe); while the
-        circuit is open, fails fast with UNAVAILABLE and the time until the next probe, so
-        queued writes stay queued and waiting callers retry later instead of burning quota."""
+        """Return whether a call may go now (True when it is the half-open probe).
+
+        While the circuit is open, fail fast with UNAVAILABLE and the time until the next probe,
+        so queued writes stay queued and waiting callers retry later instead of burning quota.
+        """
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):  # without Redis: this replica's view
-                await self._follow_shared()
+                await self._follow_shared(self.redis)
         state = self.state
         if state == CircuitState.CLOSED:
             return False
@@ -88,10 +94,13 @@ class CircuitBreaker:
             retry_after=wait,
         )
 
-    async def _follow_shared(self) -> None:
-        """Adopts another replica's decision: open while the shared key lives; closed once a
-        probe succeeded somewhere (the key is gone and no probe is running)."""
-        left_ms, probing = await self._shared_state()
+    async def _follow_shared(self, redis: Redis) -> None:
+        """Adopt another replica's decision.
+
+        Open while the shared key lives; closed once a probe succeeded somewhere (the key is
+        gone and no probe is running).
+        """
+        left_ms, probing = await self._shared_state(redis)
         if left_ms > 0 and self._state != CircuitState.OPEN:
             self.opened_at = time.monotonic() - self.open_s + left_ms / 1000
             self._set(CircuitState.OPEN)
@@ -103,13 +112,13 @@ class CircuitBreaker:
             and not probing
             and self._state == CircuitState.OPEN
             and not self._probe.locked()
-            and await self.redis.exists(self._closed_key)
+            and await redis.exists(self._closed_key)
         ):
             self.failures = 0
             self._set(CircuitState.CLOSED)
 
-    async def _shared_state(self) -> tuple[int, bool]:
-        async with self.redis.pipeline(transaction=False) as pipe:
+    async def _shared_state(self, redis: Redis) -> tuple[int, bool]:
+        async with redis.pipeline(transaction=False) as pipe:
             pipe.pttl(self._open_key)
             pipe.exists(self._probe_key)
             left, probing = await pipe.execute()
@@ -125,6 +134,7 @@ class CircuitBreaker:
         return True
 
     async def record(self, ok: bool, probe: bool) -> None:
+        """Record a call's result (``ok``: not a HubSpot failure); ``probe``: it was the probe."""
         was = self._state
         if ok:
             self.failures = 0
@@ -137,19 +147,19 @@ class CircuitBreaker:
         if self.redis is not None:
             # the local breaker still works without Redis; health reports Redis being down
             with contextlib.suppress(RedisError, OSError):
-                await self._share(ok, probe, was)
+                await self._share(self.redis, ok, probe, was)
         if probe and self._probe.locked():
             self._probe.release()
 
-    async def _share(self, ok: bool, probe: bool, was: CircuitState) -> None:
+    async def _share(self, redis: Redis, ok: bool, probe: bool, was: CircuitState) -> None:
         open_ms = int(self.open_s * 1000)
         if self._state == CircuitState.OPEN and (probe or was != CircuitState.OPEN):
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._open_key, b"1", px=max(open_ms, 1))
                 pipe.delete(self._probe_key, self._closed_key)
                 await pipe.execute()
         elif ok and probe:
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._open_key, self._probe_key)
                 # tells replicas still holding an old "open" that a probe closed it
                 pipe.set(self._closed_key, b"1", px=max(open_ms * 4, 1000))
@@ -161,7 +171,10 @@ class CircuitBreaker:
 
 
 class CircuitBreakers:
-    def __init__(self, threshold: int, open_s: float, redis: Any = None) -> None:
+    """One :class:`CircuitBreaker` per portal, made on first use."""
+
+    def __init__(self, threshold: int, open_s: float, redis: Redis | None = None) -> None:
+        """Give every portal's breaker these settings (and ``redis`` to share it)."""
         self.threshold = threshold
         self.open_s = open_s
         self.redis = redis
@@ -172,6 +185,7 @@ class CircuitBreakers:
         return sorted(self._by_portal)
 
     def get(self, portal_id: int) -> CircuitBreaker:
+        """Return the portal's breaker."""
         breaker = self._by_portal.get(portal_id)
         if breaker is None:
             breaker = self._by_portal[portal_id] = CircuitBreaker(

@@ -44,6 +44,8 @@ class HubSpotFailure:
 
 @dataclass
 class DeadLetterEntry:
+    """One dead letter: the write, HubSpot's error, the attempts and the trace."""
+
     id: str
     portal_id: int
     write: writer_pb2.Write
@@ -53,17 +55,18 @@ class DeadLetterEntry:
     created_ms: int
 
 
-dlq_key = writer_dlq_key
-
-
 class DeadLetterQueue:
+    """Each portal's dead letters, in the stream ``hubsync:{<portal>}:dlq``."""
+
     def __init__(self, redis: Redis, maxlen: int = 1_000_000) -> None:
+        """Keep at most about ``maxlen`` entries per portal."""
         self.redis = redis
         self.maxlen = maxlen
 
     async def add(
         self, portal_id: int, write: writer_pb2.Write, error: HubSpotFailure, attempts: int, trace_id: str
     ) -> str:
+        """Add a write HubSpot refused for good; return the entry's id."""
         fields: dict[str, bytes | str | int] = {
             "write": write.SerializeToString(),
             "http_status": error.http_status,
@@ -75,7 +78,7 @@ class DeadLetterQueue:
             "created_ms": int(time.time() * 1000),
         }
         entry_id = await self.redis.xadd(
-            dlq_key(portal_id),
+            writer_dlq_key(portal_id),
             fields,  # type: ignore[arg-type]
             maxlen=self.maxlen,
             approximate=True,
@@ -85,13 +88,15 @@ class DeadLetterQueue:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def depth(self, portal_id: int) -> int:
-        n = int(await self.redis.xlen(dlq_key(portal_id)))
+        """Return how many entries the portal's queue holds (and update the gauge)."""
+        n = int(await self.redis.xlen(writer_dlq_key(portal_id)))
         _depth.set(n, portal_id)
         return n
 
     async def page(
         self, portal_id: int, statuses: Iterable[int] = (), page_size: int = 100, page_token: str = ""
     ) -> tuple[list[DeadLetterEntry], str]:
+        """Return one page of entries, oldest first, and the next page's token."""
         if page_size < 0 or page_size > 1000:
             raise InvalidArgument("page_size must be 0..1000", violations={"page_size": "0..1000"})
         size = page_size or 100
@@ -100,7 +105,7 @@ class DeadLetterQueue:
         out: list[DeadLetterEntry] = []
         last = ""
         while len(out) < size:
-            raw: Any = await self.redis.xrange(dlq_key(portal_id), min=start, max="+", count=size)
+            raw: Any = await self.redis.xrange(writer_dlq_key(portal_id), min=start, max="+", count=size)
             if not raw:
                 break
             for entry_id, fields in raw:
@@ -112,13 +117,14 @@ class DeadLetterQueue:
                         break
             start = f"({last}"
         more = bool(last) and bool(
-            await self.redis.xrange(dlq_key(portal_id), min=f"({last}", max="+", count=1)
+            await self.redis.xrange(writer_dlq_key(portal_id), min=f"({last}", max="+", count=1)
         )
         return out, (last if more and len(out) == size else "")
 
     async def get(self, portal_id: int, entry_id: str) -> DeadLetterEntry:
+        """Return one entry (NOT_FOUND when there is none with this id)."""
         _check_id(entry_id)
-        raw: Any = await self.redis.xrange(dlq_key(portal_id), min=entry_id, max=entry_id, count=1)
+        raw: Any = await self.redis.xrange(writer_dlq_key(portal_id), min=entry_id, max=entry_id, count=1)
         if not raw:
             raise NotFound(f"no dead letter {entry_id} for portal {portal_id}")
         return _entry(portal_id, entry_id, raw[0][1])
@@ -126,6 +132,7 @@ class DeadLetterQueue:
     async def select(
         self, portal_id: int, ids: Sequence[str], statuses: Iterable[int], all_: bool
     ) -> list[DeadLetterEntry]:
+        """Return the entries named by ``ids``, else of ``statuses``, or all with ``all_``."""
         if ids:
             out = []
             for entry_id in ids:
@@ -137,23 +144,25 @@ class DeadLetterQueue:
         wanted = set(statuses)
         if not wanted and not all_:
             return []
-        everything: Any = await self.redis.xrange(dlq_key(portal_id), min="-", max="+")
+        everything: Any = await self.redis.xrange(writer_dlq_key(portal_id), min="-", max="+")
         entries = [_entry(portal_id, i.decode(), f) for i, f in everything]
         return [e for e in entries if all_ or e.error.http_status in wanted]
 
     async def remove(self, portal_id: int, ids: Sequence[str]) -> int:
+        """Remove entries by id; return how many there were."""
         if not ids:
             return 0
-        n = int(await self.redis.xdel(dlq_key(portal_id), *ids))
+        n = int(await self.redis.xdel(writer_dlq_key(portal_id), *ids))
         await self.depth(portal_id)
         return n
 
     async def purge(self, portal_id: int, ids: Sequence[str], all_: bool) -> int:
+        """Delete the entries named by ``ids``, or all with ``all_``; return how many."""
         for entry_id in ids:
             _check_id(entry_id)
         if all_:
             n = await self.depth(portal_id)
-            await self.redis.delete(dlq_key(portal_id))
+            await self.redis.delete(writer_dlq_key(portal_id))
             _depth.set(0, portal_id)
             return n
         return await self.remove(portal_id, ids)

@@ -24,6 +24,8 @@ from hubsync.writer.reads import Record, RecordReader, SearchQuery
 
 @dataclass
 class ExportPage:
+    """One page of an export and the checkpoint that resumes after it."""
+
     records: list[Record]
     checkpoint: str
     exported: int
@@ -31,10 +33,12 @@ class ExportPage:
 
 
 def encode_checkpoint(state: dict[str, Any]) -> str:
+    """Return the opaque checkpoint of an export's state."""
     return base64.urlsafe_b64encode(orjson.dumps(state)).decode()
 
 
 def decode_checkpoint(token: str) -> dict[str, Any]:
+    """Return the state of a checkpoint; InvalidArgument when it is not one of ours."""
     try:
         state = orjson.loads(base64.urlsafe_b64decode(token.encode()))
         if not isinstance(state, dict) or state.get("v") != 1:
@@ -48,7 +52,10 @@ def decode_checkpoint(token: str) -> dict[str, Any]:
 
 
 class RecordExporter:
+    """Every record of a type, page by page, resumable (see the module docstring)."""
+
     def __init__(self, reader: RecordReader, lookback_s: float = 2.0) -> None:
+        """Read through ``reader``; wait ``lookback_s`` at the end for search's index lag."""
         self.reader = reader
         self.lookback_s = lookback_s
 
@@ -63,6 +70,7 @@ class RecordExporter:
         checkpoint: str = "",
         page_size: int = 0,
     ) -> AsyncIterator[ExportPage]:
+        """Yield the export's pages, each with the checkpoint that resumes after it."""
         object_type = await self.reader.types.resolve(portal_id, object_type)
         if page_size < 0 or page_size > 200:
             raise InvalidArgument("page_size must be 0..200", violations={"page_size": "0..200"})

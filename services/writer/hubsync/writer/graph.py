@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.writer.batches import ARCHIVE, GDPR_DELETE
 from hubsync.writer.objecttypes import rank
 
 RECORDS = "records"
@@ -56,7 +55,7 @@ def type_levels(record_types: set[str], links: Sequence[tuple[str, str]]) -> dic
 
 
 def plan(writes: Sequence[writer_pb2.Write]) -> list[Stage]:
-    """The stages of a submission, in order; empty stages are left out."""
+    """Return the stages of a submission, in order; empty stages are left out."""
     records: list[int] = []
     associations: list[int] = []
     archives: list[int] = []
@@ -64,9 +63,9 @@ def plan(writes: Sequence[writer_pb2.Write]) -> list[Stage]:
     for n, w in enumerate(writes):
         if w.WhichOneof("kind") != "record":
             associations.append(n)
-        elif w.record.operation == ARCHIVE:
+        elif w.record.operation == writer_pb2.WRITE_OPERATION_ARCHIVE:
             archives.append(n)
-        elif w.record.operation == GDPR_DELETE:
+        elif w.record.operation == writer_pb2.WRITE_OPERATION_GDPR_DELETE:
             gdpr.append(n)
         else:
             records.append(n)

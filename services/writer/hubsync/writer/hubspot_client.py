@@ -13,7 +13,6 @@ auth for a fresh token and retries once. Everything else (2xx, 207, 400, 403, 40
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import random
 import time
@@ -29,7 +28,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from hubsync.core.errors import ResourceExhausted, Unauthenticated, Unavailable
 from hubsync.core.portal_metrics import PortalCounter
 from hubsync.writer.circuit import CircuitBreakers
-from hubsync.writer.ratelimit import RateLimiter
+from hubsync.writer.ratelimit import RateLimiter, ReservedSlot
 from hubsync.writer.tokens import TokenSource
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,6 @@ def _count(portal_id: int, attrs: dict[str, str], status: str, started: float) -
     _request_duration.record(time.perf_counter() - started, {"endpoint": attrs["endpoint"], "status": status})
 
 
-# Set by the batcher when it already took a rate-limit slot for the next call of this task.
-slot_reserved: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "hubsync_writer_slot", default=None
-)
-
 # The shortest HTTP timeout a caller's deadline can give a call.
 MIN_TIMEOUT_S = 0.5
 RETRYABLE = frozenset({423, 429, 477, 500, 503, 521, 522, 523, 524, 525, 526})
@@ -66,12 +60,15 @@ FAILURES = frozenset({500, 502, 503, 504, 521, 522, 523, 524, 525, 526})
 
 @dataclass
 class HubSpotResponse:
+    """HubSpot's answer to one call: status, parsed body, headers."""
+
     status: int
     body: Any
     headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
+        """Return whether the status is 2xx."""
         return 200 <= self.status < 300
 
     def error(self) -> dict[str, str]:
@@ -86,6 +83,8 @@ class HubSpotResponse:
 
 @dataclass
 class RetryPolicy:
+    """How often and how long a retryable answer is retried (exponential, full jitter)."""
+
     max_attempts: int = 6
     base_s: float = 0.5
     max_s: float = 30.0
@@ -109,6 +108,7 @@ class HubSpotClient:
         timeout_s: float = 30.0,
         deadline_share: float = 0.4,
     ) -> None:
+        """Call ``base_url`` with tokens from ``tokens``, under ``limiter`` and ``breakers``."""
         self.tokens = tokens
         self.limiter = limiter
         self.breakers = breakers
@@ -124,6 +124,7 @@ class HubSpotClient:
         )
 
     async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
         await self._http.aclose()
 
     async def call(
@@ -139,8 +140,13 @@ class HubSpotClient:
         links: Sequence[Link] = (),
         deadline: float | None = None,
         records: int = 0,
+        reserved: ReservedSlot | None = None,
     ) -> HubSpotResponse:
-        """Sends one request (with its retries); returns HubSpot's final non-transient answer."""
+        """Send one request (with its retries); returns HubSpot's final non-transient answer.
+
+        ``reserved``: a burst-window slot the coalescer already took for this batch; the first
+        attempt that finds it unused goes on it, every other attempt takes its own.
+        """
         breaker = self.breakers.get(portal_id)
         reauthorized = False
         attempt = 0
@@ -149,10 +155,9 @@ class HubSpotClient:
             probe = await breaker.admit(deadline)
             slot: str | None = None
             try:
-                reserved = slot_reserved.get()
-                if reserved and not search:
-                    slot_reserved.set(None)
-                    slot = reserved
+                ahead = reserved.take() if reserved is not None and not search else None
+                if ahead:
+                    slot = ahead
                 else:
                     slot = await self.limiter.acquire(portal_id, search=search, deadline=deadline)
                 if token is None:
@@ -224,8 +229,11 @@ class HubSpotClient:
             await asyncio.sleep(wait)
 
     def _timeout(self, deadline: float | None) -> float:
-        """This call's HTTP timeout: ``timeout_s``, or less under a caller's deadline (a share
-        of the time left, at least MIN_TIMEOUT_S)."""
+        """Return this call's HTTP timeout.
+
+        ``timeout_s``, or less under a caller's deadline (a share of the time left, at least
+        MIN_TIMEOUT_S).
+        """
         if deadline is None:
             return self.timeout_s
         left = (deadline - time.monotonic()) * self.deadline_share

@@ -117,6 +117,7 @@ CUSTOM_RANK = 5
 
 
 def rank(object_type: str) -> int:
+    """Return the type's rank in HubSpot's hierarchy (lower: written first)."""
     return PARENT_RANK.get(object_type, CUSTOM_RANK)
 
 
@@ -131,6 +132,8 @@ class CustomType:
 
 @dataclass(frozen=True)
 class AssociationType:
+    """An association type of a pair: its id, category and label."""
+
     type_id: int
     category: str  # HUBSPOT_DEFINED | USER_DEFINED
     label: str  # "" for the unlabelled default
@@ -140,6 +143,7 @@ class ObjectTypes:
     """Resolves object type names per portal (schemas API) and association types (labels API)."""
 
     def __init__(self, client: HubSpotClient, ttl_s: float = 300.0) -> None:
+        """Look custom objects and labels up through ``client``; cache them ``ttl_s``."""
         self.client = client
         self.ttl_s = ttl_s
         self._schemas: dict[int, tuple[float, dict[str, str]]] = {}
@@ -148,7 +152,7 @@ class ObjectTypes:
         self._locks: dict[int, asyncio.Lock] = {}
 
     async def resolve(self, portal_id: int, raw: str, field_name: str = "object_type") -> str:
-        """The canonical name of a type, or InvalidArgument naming the field."""
+        """Return the canonical name of a type, or InvalidArgument naming the field."""
         name = STANDARD.get(raw) or STANDARD.get(raw.lower())
         if name is not None:
             return name
@@ -169,8 +173,10 @@ class ObjectTypes:
         )
 
     async def canonicalize(self, portal_id: int, writes: Sequence[writer_pb2.Write]) -> None:
-        """Rewrites every object type of ``writes`` to its canonical name (in place); raises one
-        InvalidArgument naming every unknown or read-only type."""
+        """Rewrite every object type of ``writes`` to its canonical name (in place).
+
+        Raises one InvalidArgument naming every unknown or read-only type.
+        """
         violations: dict[str, str] = {}
         for n, w in enumerate(writes):
             kind = w.WhichOneof("kind")
@@ -229,7 +235,7 @@ class ObjectTypes:
             return names
 
     async def custom_types(self, portal_id: int) -> list[CustomType]:
-        """The portal's custom objects (read fresh: a caller lists them to learn new ones)."""
+        """Return the portal's custom objects (read fresh: a caller lists them to learn new ones)."""
         await self._custom(portal_id, refresh=True)
         return list(self._custom_types.get(portal_id, []))
 
@@ -261,7 +267,7 @@ class ObjectTypes:
     async def association_type(
         self, portal_id: int, from_type: str, to_type: str, type_id: int, label: str
     ) -> AssociationType:
-        """The type to write: the given id, the given label, or the pair's default (unlabelled)."""
+        """Return the type to write: the given id, the given label, or the pair's default (unlabelled)."""
         pair = (from_type, to_type)
         if not type_id and not label and pair in DEFAULT_ASSOCIATION_TYPES:
             return AssociationType(DEFAULT_ASSOCIATION_TYPES[pair], "HUBSPOT_DEFINED", "")

@@ -2,7 +2,7 @@
 
 Every record write carries a version (``RecordWrite.version``): the caller's (mapper sets the
 push's acceptance stamp) or, when it gives none, one writer assigns when it accepts the write
-(:func:`stamp_now`, or the queue's accept script): Redis's clock in microseconds, strictly
+(:meth:`RecordVersions.stamp_now`, or the queue's accept script): Redis's clock in microseconds, strictly
 increasing per portal, taken atomically with the enqueue. Right before a batch goes to HubSpot,
 :meth:`RecordVersions.claim` compares each input's properties with the highest version already
 claimed for that property of that record (``hubsync:{<portal>}:writer:versions:<type>:<id
@@ -66,11 +66,12 @@ return out
 """
 
 
+# The name queue.py's accept script uses for the portal's version counter.
 version_counter_key = writer_version_key
 
 
 def stamp(writes: Sequence[writer_pb2.Write], base: int) -> None:
-    """Gives every record write without a version ``base + its index`` (reserved for them)."""
+    """Give every record write without a version ``base + its index`` (reserved for them)."""
     if base <= 0:
         return
     for n, w in enumerate(writes):
@@ -78,10 +79,9 @@ def stamp(writes: Sequence[writer_pb2.Write], base: int) -> None:
             w.record.version = base + n
 
 
-async def stamp_now(redis: Redis, portal_id: int, writes: Sequence[writer_pb2.Write]) -> None:
-    """Versions for the writes whose caller gave none, in acceptance order (per portal)."""
-    if any(w.WhichOneof("kind") == "record" and w.record.version == 0 for w in writes):
-        stamp(writes, await reserve_versions(redis, version_counter_key(portal_id), len(writes)))
+def unique_value(id_property: str, value: str) -> str:
+    """Return the form a record's unique value is compared in: HubSpot matches emails ignoring case."""
+    return value.lower() if id_property == "email" else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,7 @@ class RecordRef:
     id: str
 
     def key(self, portal_id: int) -> str:
+        """Return the Redis hash of this record's property versions."""
         return writer_versions_key(portal_id, self.object_type, self.id_property, self.id)
 
 
@@ -100,8 +101,16 @@ class RecordVersions:
     """The claim made right before a batch is sent (shared by every replica through Redis)."""
 
     def __init__(self, redis: Redis, ttl_s: int) -> None:
+        """Keep each record's versions in ``redis`` for ``ttl_s``."""
+        self.redis = redis
         self.ttl_s = ttl_s
         self._claim = redis.register_script(_CLAIM)
+
+    async def stamp_now(self, portal_id: int, writes: Sequence[writer_pb2.Write]) -> None:
+        """Versions for the writes whose caller gave none, in acceptance order (per portal)."""
+        if any(w.WhichOneof("kind") == "record" and w.record.version == 0 for w in writes):
+            base = await reserve_versions(self.redis, writer_version_key(portal_id), len(writes))
+            stamp(writes, base)
 
     async def claim(
         self,
@@ -109,9 +118,12 @@ class RecordVersions:
         object_type: str,
         items: Sequence[tuple[RecordRef | None, dict[str, int]]],
     ) -> list[set[str]]:
-        """For each (record, property → version): claims what is not older than the record's
-        stored versions; returns, per item, the properties a newer version already wrote.
-        Items without a record reference or version are not ordered (nothing returned)."""
+        """Claim each item's property versions; return, per item, what a newer version wrote.
+
+        For each (record, property → version): claims what is not older than the record's
+        stored versions. Items without a record reference or version are not ordered (nothing
+        returned).
+        """
         out: list[set[str]] = [set() for _ in items]
         keys: list[str] = []
         args: list[Any] = [self.ttl_s]

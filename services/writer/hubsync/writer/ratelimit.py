@@ -183,6 +183,8 @@ class Budget:
 
 @dataclass
 class QuotaUse:
+    """A portal's use of its budgets now, and HubSpot's last ``Remaining`` header."""
+
     burst_used: int
     daily_used: int
     hubspot_remaining: int
@@ -200,8 +202,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class LimitOverride:
-    """A portal's own limits (per-portal configuration): each set value replaces the configured
-    one and caps what HubSpot's headers allow, like an explicit BURST_LIMIT / DAILY_LIMIT."""
+    """A portal's own limits (per-portal configuration).
+
+    Each set value replaces the configured one and caps what HubSpot's headers allow, like an
+    explicit BURST_LIMIT / DAILY_LIMIT.
+    """
 
     burst: int | None = None
     daily: int | None = None
@@ -219,6 +224,23 @@ class Plan:
 
 
 OverrideLookup = Callable[[int], Awaitable[LimitOverride | None]]
+
+
+class ReservedSlot:
+    """A burst-window slot taken ahead of a call (the coalescer takes one per batch).
+
+    Passed down to :meth:`~hubsync.writer.hubspot_client.HubSpotClient.call`: the first call
+    that takes it goes on it; a retry, a split half or a conflict's update takes its own.
+    """
+
+    def __init__(self, member: str | None) -> None:
+        """Hold ``member`` (None: no slot was taken)."""
+        self._member = member
+
+    def take(self) -> str | None:
+        """Return the slot's member, once; None after that (or when no slot was taken)."""
+        member, self._member = self._member, None
+        return member
 
 
 class RateLimiter:
@@ -245,6 +267,7 @@ class RateLimiter:
         probe_ttl_ms: int = 0,
         overrides: OverrideLookup | None = None,
     ) -> None:
+        """Grant ``api`` and ``search`` budgets' slots in ``redis``; see the class docstring."""
         self.overrides = overrides
         self.redis = redis
         self.api = api
@@ -261,7 +284,7 @@ class RateLimiter:
         self._end_probe = redis.register_script(_END_PROBE)
 
     async def plan(self, portal_id: int) -> Plan:
-        """The portal's budget: the configured one, or its per-portal override (which caps)."""
+        """Return the portal's budget: the configured one, or its per-portal override (which caps)."""
         plan = Plan(self.api.limit, self.api.daily, self.cap_burst, self.cap_daily)
         override = await self.overrides(portal_id) if self.overrides is not None else None
         if override is None or (override.burst is None and override.daily is None):
@@ -284,16 +307,22 @@ class RateLimiter:
         ]
 
     async def acquire(self, portal_id: int, *, search: bool = False, deadline: float | None = None) -> str:
-        """Waits for a slot and returns its id (for :meth:`settle`); raises ResourceExhausted
-        when none comes before ``deadline`` (``time.monotonic()`` seconds)."""
+        """Wait for a slot and return its id (for :meth:`settle`).
+
+        Raises ResourceExhausted when none comes before ``deadline`` (``time.monotonic()``
+        seconds).
+        """
         member, _waited = await self.acquire_slot(portal_id, search=search, deadline=deadline)
         return member
 
     async def acquire_slot(
         self, portal_id: int, *, search: bool = False, deadline: float | None = None, busy_at: float = 1.0
     ) -> tuple[str, bool]:
-        """Like :meth:`acquire`; also says whether the window is busy: the slot had to be waited
-        for, or more than ``busy_at`` of the window's budget is used."""
+        """Wait for a slot like :meth:`acquire`; also say whether the window is busy.
+
+        Busy: the slot had to be waited for, or more than ``busy_at`` of the window's budget is
+        used.
+        """
         budget = self.search if search else self.api
         keys = self._keys(portal_id, budget)
         if search:
@@ -343,22 +372,24 @@ class RateLimiter:
             await asyncio.sleep(wait)
 
     async def release(self, portal_id: int, member: str) -> None:
-        """Gives an unused slot back (a batch chose to wait for more writes)."""
+        """Give an unused slot back (a batch chose to wait for more writes)."""
         await self.redis.zrem(rate_window_key(portal_id, self.api.name), member)
         await self.end_probe(portal_id, member)
 
     async def end_probe(self, portal_id: int, member: str) -> None:
-        """The slot's request is over (answered, or never sent): another may probe."""
+        """End the slot's probe: its request is over (answered, or never sent); another may probe."""
         if self.probe_ttl_ms:
             await self._end_probe(keys=[rate_probe_key(portal_id)], args=[member])
 
     async def settle(
         self, portal_id: int, member: str, headers: Mapping[str, str], *, search: bool = False
     ) -> None:
-        """After the response: re-stamps the slot at the response time, then corrects the
-        counts (and learns the limits) from HubSpot's headers. A request can leave late (a busy
+        """Re-stamp the slot at the response time, then correct the counts from the headers.
+
+        Called after the response; also learns the limits. A request can leave late (a busy
         event loop, a full connection pool); HubSpot counts it on arrival, so the stamp must not
-        be earlier."""
+        be earlier.
+        """
         budget = self.search if search else self.api
         await self._settle(keys=[rate_window_key(portal_id, budget.name)], args=[member])
         if not search:
@@ -367,9 +398,11 @@ class RateLimiter:
             await self.end_probe(portal_id, member)
 
     async def correct(self, portal_id: int, headers: Mapping[str, str], *, probed: bool = False) -> None:
-        """Brings our counts up to what HubSpot's response headers say it counted, and keeps the
-        limits they name. ``probed``: an answer of ours (one without limit headers means HubSpot
-        gives none: the configured budget applies, no more probes)."""
+        """Bring our counts up to what HubSpot's headers say it counted; keep the limits named.
+
+        ``probed``: an answer of ours (one without limit headers means HubSpot gives none: the
+        configured budget applies, no more probes).
+        """
         lower = {k.lower(): v for k, v in headers.items()}
         remaining = _int(lower.get("x-hubspot-ratelimit-remaining"))
         maximum = _int(lower.get("x-hubspot-ratelimit-max"))
@@ -406,7 +439,7 @@ class RateLimiter:
         )
 
     async def limits(self, portal_id: int) -> Limits:
-        """The limits in force for the portal (learned from HubSpot, else configured)."""
+        """Return the limits in force for the portal (learned from HubSpot, else configured)."""
         raw: Any = await self.redis.hmget(rate_learned_key(portal_id), ["max", "interval_ms", "daily_max"])
         learned_max, interval, daily_max = (int(v) if v is not None else 0 for v in raw)
         plan = await self.plan(portal_id)
@@ -419,18 +452,20 @@ class RateLimiter:
         return Limits(burst, interval or self.api.window_ms, daily, learned_max > 0)
 
     def _offset_ms(self) -> int:
-        """The reset zone's offset from UTC now, in ms (DST included)."""
+        """Return the reset zone's offset from UTC now, in ms (DST included)."""
         offset = datetime.now(self.reset_zone).utcoffset()
         return int(offset.total_seconds() * 1000) if offset is not None else 0
 
     def next_reset(self) -> float:
-        """The next midnight in the reset zone (epoch seconds)."""
+        """Return the next midnight in the reset zone (epoch seconds)."""
         return next_midnight(self.reset_zone, time.time())
 
     async def block_until_daily_reset(self, portal_id: int) -> float:
-        """After a DAILY 429: no replica sends to this portal before the next midnight in the
-        reset zone (set it to the account's time zone, or this lifts early or late). Returns the
-        seconds until then."""
+        """Stop every replica sending to this portal until the daily reset (after a DAILY 429).
+
+        That is the next midnight in the reset zone (set it to the account's time zone, or this
+        lifts early or late). Returns the seconds until then.
+        """
         reset = self.next_reset()
         until = int(reset * 1000)
         info = self._keys(portal_id, self.api)[2]
@@ -458,6 +493,7 @@ class RateLimiter:
         )
 
     async def usage(self, portal_id: int) -> QuotaUse:
+        """Return the portal's use of its budgets now."""
         window_key, daily_key, info_key = self._keys(portal_id, self.api)[:3]
         limits = await self.limits(portal_id)
         now_s, now_us = await self.redis.time()
@@ -474,7 +510,7 @@ class RateLimiter:
 
 
 def next_midnight(zone: tzinfo, now: float) -> float:
-    """The epoch seconds of the first midnight in ``zone`` after ``now`` (DST-aware)."""
+    """Return the epoch seconds of the first midnight in ``zone`` after ``now`` (DST-aware)."""
     local = datetime.fromtimestamp(now, zone)
     midnight = datetime(local.year, local.month, local.day, tzinfo=zone) + timedelta(days=1)
     return midnight.timestamp()

@@ -55,6 +55,8 @@ SEARCH_OPERATORS = frozenset(
 
 @dataclass
 class Record:
+    """A HubSpot record as the writer returns it."""
+
     id: str
     object_type: str
     properties: dict[str, str]
@@ -65,6 +67,8 @@ class Record:
 
 @dataclass
 class PropertyDef:
+    """One property of an object type (the Properties API)."""
+
     name: str
     label: str
     type: str
@@ -77,6 +81,8 @@ class PropertyDef:
 
 @dataclass
 class SearchPage:
+    """One page of search results and the token of the next."""
+
     records: list[Record]
     total: int
     after: str
@@ -84,6 +90,8 @@ class SearchPage:
 
 @dataclass
 class SearchQuery:
+    """A search request's filter groups, sorts, properties, text, page size and cursor."""
+
     filter_groups: list[list[dict[str, Any]]] = field(default_factory=list)
     sorts: list[dict[str, str]] = field(default_factory=list)
     properties: list[str] = field(default_factory=list)
@@ -92,6 +100,7 @@ class SearchQuery:
     after: str = ""
 
     def body(self) -> dict[str, Any]:
+        """Return the search request's JSON body."""
         body: dict[str, Any] = {
             "filterGroups": [{"filters": group} for group in self.filter_groups],
             "sorts": self.sorts,
@@ -124,6 +133,7 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def to_record(object_type: str, raw: dict[str, Any]) -> Record:
+    """Return the record of one HubSpot result."""
     props = {k: ("" if v is None else str(v)) for k, v in (raw.get("properties") or {}).items()}
     return Record(
         id=str(raw.get("id", "")),
@@ -136,7 +146,7 @@ def to_record(object_type: str, raw: dict[str, Any]) -> Record:
 
 
 def raise_for(response: HubSpotResponse, what: str) -> None:
-    """Turns a HubSpot refusal of a read into the matching domain error."""
+    """Turn a HubSpot refusal of a read into the matching domain error."""
     if response.ok:
         return
     e = response.error()
@@ -153,9 +163,11 @@ def raise_for(response: HubSpotResponse, what: str) -> None:
 
 
 async def run_all(coros: Sequence[Coroutine[Any, Any, T]], concurrency: int) -> list[T]:
-    """Runs ``coros`` at most ``concurrency`` at a time; returns their results in order. The
-    first failure cancels the rest (nothing more is sent for a request that already failed) and
-    is raised as itself, not as an exception group."""
+    """Run ``coros`` at most ``concurrency`` at a time; returns their results in order.
+
+    The first failure cancels the rest (nothing more is sent for a request that already failed) and is
+    raised as itself, not as an exception group.
+    """
     results: list[T | None] = [None] * len(coros)
     todo = iter(enumerate(coros))
 
@@ -175,7 +187,7 @@ async def run_all(coros: Sequence[Coroutine[Any, Any, T]], concurrency: int) -> 
     return results  # type: ignore[return-value]
 
 
-def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
             return _first(exc)
@@ -185,6 +197,8 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 class RecordReader:
+    """Reads, properties and search pages of any object type (standard or custom)."""
+
     def __init__(
         self,
         client: HubSpotClient,
@@ -192,6 +206,7 @@ class RecordReader:
         concurrency: int = 8,
         types: ObjectTypes | None = None,
     ) -> None:
+        """Read through ``client``, ``chunk`` ids a call, ``concurrency`` calls at once."""
         from hubsync.writer.objecttypes import ObjectTypes
 
         self.client = client
@@ -202,9 +217,11 @@ class RecordReader:
         self.concurrency = concurrency
 
     async def _names(self, portal_id: int, object_type: str) -> tuple[str, str]:
-        """(the name records are given, the name in HubSpot paths): a standard type's plural for
-        both; a custom object keeps the caller's name (a mapping's) on its records, its 2-… id in
-        paths."""
+        """Return (the name records are given, the name in HubSpot paths).
+
+        A standard type's plural for both; a custom object keeps the caller's name (a mapping's)
+        on its records, its 2-… id in paths.
+        """
         resolved = await self.types.resolve(portal_id, object_type)
         return (object_type if resolved.startswith("2-") else resolved), resolved
 
@@ -219,7 +236,7 @@ class RecordReader:
         archived: bool = False,
         deadline: float | None = None,
     ) -> tuple[list[Record], list[str]]:
-        """Records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
+        """Return records by HubSpot id or unique value, 100 a call; returns (found, missing ids)."""
         named, object_type = await self._names(portal_id, object_type)
         if any(not i for i in ids):
             raise InvalidArgument("ids must not be empty", violations={"ids": "an id is empty"})
@@ -291,6 +308,7 @@ class RecordReader:
         return [to_record(object_type, raw) for raw in body_out.get("results") or []]
 
     async def list_properties(self, portal_id: int, object_type: str) -> list[PropertyDef]:
+        """Return the object type's properties."""
         object_type = await self.types.resolve(portal_id, object_type)
         response = await self.client.call(
             portal_id,
@@ -318,6 +336,7 @@ class RecordReader:
     async def search(
         self, portal_id: int, object_type: str, query: SearchQuery, deadline: float | None = None
     ) -> SearchPage:
+        """Return one search page (under the search budget)."""
         named, object_type = await self._names(portal_id, object_type)
         response = await self.client.call(
             portal_id,
@@ -336,6 +355,7 @@ class RecordReader:
 
 
 def validate_search(filter_groups: list[list[dict[str, Any]]], limit: int, max_limit: int = 200) -> None:
+    """Raise InvalidArgument naming every limit a search exceeds."""
     violations: dict[str, str] = {}
     if len(filter_groups) > 5:
         violations["filter_groups"] = "at most 5 filter groups"

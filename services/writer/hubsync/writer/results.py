@@ -11,6 +11,7 @@ from hubsync.writer.dlq import HubSpotFailure
 
 
 def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
+    """Return the ``WriteResult`` of an outcome."""
     pb = writer_pb2.WriteResult(
         status=outcome.status,  # type: ignore[arg-type]
         hubspot_id=outcome.hubspot_id,
@@ -30,11 +31,12 @@ def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
 
 
 def result_list(outcomes: Sequence[Outcome]) -> list[writer_pb2.WriteResult]:
+    """Return the ``WriteResult`` of each outcome."""
     return [result_pb(o) for o in outcomes]
 
 
 def outcome_from_pb(pb: writer_pb2.WriteResult) -> Outcome:
-    """The inverse of :func:`result_pb` (an outcome kept in Redis between attempts)."""
+    """Return the inverse of :func:`result_pb` (an outcome kept in Redis between attempts)."""
     error = None
     if pb.HasField("error"):
         error = HubSpotFailure(

@@ -1,4 +1,4 @@
-"""Wires the writer: settings, token source (auth), limiter, client, batcher, queue, servicer."""
+"""Wires the writer's stages (see the package docstring) from settings passed in."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hubsync.core.channels import channel_for
 from hubsync.core.keys import WRITER_PORTALS_KEY
 from hubsync.core.portal_config import PortalConfigCache
 from hubsync.core.service import ServiceSpec
-from hubsync.core.settings import CoreSettings, load_settings
-from hubsync.writer.batches import BatchKey, BatchWriter, WriteBatcher
+from hubsync.core.settings import CoreSettings
+from hubsync.writer.batches import BatchSender, Coalescer
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
 from hubsync.writer.export import RecordExporter
@@ -64,9 +64,12 @@ def caller_policy(settings: WriterSettings) -> dict[str, list[str]]:
     }
 
 
-async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
-    """The writer's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
-    settings = load_settings(WriterSettings)
+async def build(core: CoreSettings, redis: Redis, settings: WriterSettings) -> ServiceSpec:
+    """Return the writer's :class:`ServiceSpec`, built from ``settings`` passed in.
+
+    ``functools.partial(build, settings=…)`` is a ``hubsync.core.service.SpecFactory``
+    (``__main__`` loads the settings from the environment; tests construct them).
+    """
     burst, daily = settings.limits()
     # Per-portal configuration (mapper's ConfigService stores it): limits and the read-only pilot
     # of the portals this replica works for, read on use and cached briefly.
@@ -109,39 +112,41 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         deadline_share=settings.http_deadline_share,
     )
     dlq = DeadLetterQueue(redis)
-    writer = BatchWriter(
+    versions = RecordVersions(redis, settings.version_ttl_s)
+    sender = BatchSender(
         client,
         redis,
         dlq,
         source_tag=settings.source_tag,
         source_property=settings.source_property,
         written_ttl_s=settings.written_ttl_s,
-        versions=RecordVersions(redis, settings.version_ttl_s),
+        versions=versions,
     )
-
-    async def slot(key: BatchKey) -> tuple[str, bool]:
-        return await limiter.acquire_slot(key.portal_id, busy_at=settings.batch_fill_above)
-
-    async def release(key: BatchKey, member: str) -> None:
-        await limiter.release(key.portal_id, member)
-
-    batcher = WriteBatcher(
-        writer.run,
+    coalescer = Coalescer(
+        sender.run,
         settings.batch_max_size,
         settings.batch_max_wait_ms / 1000,
-        ready=slot,
-        release=release,
+        slots=limiter,
+        fill_above=settings.batch_fill_above,
         max_wait_saturated_s=settings.batch_max_wait_saturated_ms / 1000,
     )
     reader = RecordReader(client, concurrency=settings.read_concurrency)
     submitter = WriteSubmitter(
-        batcher, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
+        coalescer, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
     )
     queue = WriteQueue(redis, maxlen=settings.queue_maxlen, request_ttl_s=settings.request_ttl_s)
     gateway = WriterGateway(
-        submitter, queue, reader, dlq, limiter, breakers, pilot_mode=settings.pilot_mode, pilot_of=pilot_of
+        submitter,
+        queue,
+        reader.types,
+        versions,
+        dlq,
+        limiter,
+        breakers,
+        pilot_mode=settings.pilot_mode,
+        pilot_of=pilot_of,
     )
-    servicer = WriterServicer(gateway, dlq, RecordExporter(reader, settings.export_lookback_s))
+    servicer = WriterServicer(gateway, reader, dlq, RecordExporter(reader, settings.export_lookback_s))
     consumer = QueueConsumer(
         redis,
         gateway.process_queued,
@@ -151,11 +156,14 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     )
 
     async def publish_gauges() -> None:
-        """Every 5 s: DLQ depth of every portal this writer knows (its queue's or its HubSpot
-        calls'), so the gauge exists and stays current without a DLQ call."""
+        """Every 5 s: DLQ depth of every portal this writer knows.
+
+        Its queue's portals or its HubSpot calls', so the gauge exists and stays current
+        without a DLQ call.
+        """
         while True:
             try:
-                known = {int(p) for p in await redis.smembers(WRITER_PORTALS_KEY)}  # type: ignore[misc]
+                known = {int(p) for p in await redis.smembers(WRITER_PORTALS_KEY)}
                 for portal in sorted(known | set(breakers.portals())):
                     await dlq.depth(portal)
             except (OSError, RedisError) as exc:
@@ -168,5 +176,5 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         port=DEFAULT_PORT,
         policy=caller_policy(settings),
         background=[configs.listen, publish_gauges, *([consumer.run] if settings.consume_queue else [])],
-        on_stop=[batcher.close, client.aclose, auth_channel.close],
+        on_stop=[coalescer.close, client.aclose, auth_channel.close],
     )

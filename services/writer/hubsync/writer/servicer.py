@@ -1,10 +1,15 @@
-"""WriterService over gRPC: proto in → domain call → proto out."""
+"""Stage 1: WriterService over gRPC: proto in → domain call → proto out.
+
+Writes go to the :class:`WriterGateway`; reads, search and properties to the
+:class:`RecordReader`; exports to the :class:`RecordExporter`; dead letters to the
+:class:`DeadLetterQueue` (replay through the gateway, which queues them again).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -17,7 +22,7 @@ from hubsync.writer.dlq import DeadLetterEntry, DeadLetterQueue
 from hubsync.writer.export import RecordExporter
 from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.objecttypes import READ_ONLY, STANDARD_IDS
-from hubsync.writer.reads import Record, SearchQuery, validate_search
+from hubsync.writer.reads import Record, RecordReader, SearchQuery, validate_search
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -34,6 +39,7 @@ def _portal(portal_id: int) -> int:
 
 
 def record_pb(record: Record) -> common_pb2.HubSpotRecord:
+    """Return a record as the API returns it."""
     pb = common_pb2.HubSpotRecord(
         id=record.id, object_type=record.object_type, properties=record.properties, archived=record.archived
     )
@@ -45,6 +51,7 @@ def record_pb(record: Record) -> common_pb2.HubSpotRecord:
 
 
 def dead_letter_pb(entry: DeadLetterEntry) -> writer_pb2.DeadLetter:
+    """Return a dead letter as the API returns it."""
     created = timestamp_pb2.Timestamp()
     created.FromMilliseconds(entry.created_ms)
     return writer_pb2.DeadLetter(
@@ -64,23 +71,31 @@ def dead_letter_pb(entry: DeadLetterEntry) -> writer_pb2.DeadLetter:
 
 
 class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
-    def __init__(self, gateway: WriterGateway, dlq: DeadLetterQueue, exporter: RecordExporter) -> None:
+    """The WriterService RPCs; each checks its request and calls the stage that owns it."""
+
+    def __init__(
+        self, gateway: WriterGateway, reader: RecordReader, dlq: DeadLetterQueue, exporter: RecordExporter
+    ) -> None:
+        """Serve writes through ``gateway``, reads through ``reader``."""
         self.gateway = gateway
+        self.reader = reader
         self.dlq = dlq
         self.exporter = exporter
 
     async def SubmitWrites(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.SubmitWritesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.SubmitWritesResponse:
+        """Write (``wait``) or queue the submission; answer per write."""
         _portal(request.portal_id)
         # A key part of the idempotency record; mapper's ids carry a "mapper:" prefix.
         check_request_id(request.request_id, required=False, max_length=DERIVED_REQUEST_ID_MAX)
         return await self.gateway.submit(request, _deadline(context))
 
     async def ReadRecords(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ReadRecordsRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ReadRecordsResponse:
-        records, missing = await self.gateway.reader.read(
+        """Read records by id or unique value."""
+        records, missing = await self.reader.read(
             _portal(request.portal_id),
             request.object_type,
             list(request.ids),
@@ -92,8 +107,9 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         return writer_pb2.ReadRecordsResponse(records=[record_pb(r) for r in records], missing_ids=missing)
 
     async def SearchRecords(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.SearchRecordsRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.SearchRecordsResponse:
+        """Answer one validated search page."""
         groups = [
             [
                 {
@@ -123,7 +139,7 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
             limit=request.page_size or 100,
             after=request.page_token,
         )
-        page = await self.gateway.reader.search(
+        page = await self.reader.search(
             _portal(request.portal_id), request.object_type, query, _deadline(context)
         )
         return writer_pb2.SearchRecordsResponse(
@@ -131,8 +147,9 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         )
 
     async def ExportRecords(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ExportRecordsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[writer_pb2.ExportRecordsResponse]:
+        """Stream every record of a type, resumably."""
         after = request.modified_after.ToMilliseconds() if request.HasField("modified_after") else None
         before = request.modified_before.ToMilliseconds() if request.HasField("modified_before") else None
         async for page in self.exporter.export(
@@ -152,9 +169,10 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
             )
 
     async def ListProperties(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ListPropertiesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListPropertiesResponse:
-        props = await self.gateway.reader.list_properties(_portal(request.portal_id), request.object_type)
+        """List an object type's properties."""
+        props = await self.reader.list_properties(_portal(request.portal_id), request.object_type)
         return writer_pb2.ListPropertiesResponse(
             properties=[
                 writer_pb2.Property(
@@ -172,14 +190,15 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         )
 
     async def ListObjectTypes(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ListObjectTypesRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListObjectTypesResponse:
+        """List the portal's standard and custom object types."""
         portal = _portal(request.portal_id)
         out = [
             writer_pb2.ObjectType(name=n, object_type_id=tid, writable=n not in READ_ONLY)
             for n, tid in STANDARD_IDS.items()
         ]
-        for c in await self.gateway.reader.types.custom_types(portal):
+        for c in await self.reader.types.custom_types(portal):
             out.append(
                 writer_pb2.ObjectType(
                     name=c.object_type_id,
@@ -193,8 +212,9 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         return writer_pb2.ListObjectTypesResponse(object_types=out)
 
     async def ListDeadLetters(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ListDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ListDeadLettersResponse:
+        """List dead letters, oldest first, paged."""
         portal = _portal(request.portal_id)
         entries, token = await self.dlq.page(
             portal, request.http_statuses, request.page_size, request.page_token
@@ -206,27 +226,31 @@ class WriterServicer(writer_pb2_grpc.WriterServiceServicer):
         )
 
     async def GetDeadLetter(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.GetDeadLetterRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.GetDeadLetterResponse:
+        """Return one dead letter."""
         entry = await self.dlq.get(_portal(request.portal_id), request.id)
         return writer_pb2.GetDeadLetterResponse(dead_letter=dead_letter_pb(entry))
 
     async def ReplayDeadLetters(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.ReplayDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.ReplayDeadLettersResponse:
+        """Queue dead letters again; answer how many."""
         n = await self.gateway.replay(
             _portal(request.portal_id), list(request.ids), list(request.http_statuses), request.all
         )
         return writer_pb2.ReplayDeadLettersResponse(replayed_count=n)
 
     async def PurgeDeadLetters(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.PurgeDeadLettersRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.PurgeDeadLettersResponse:
+        """Delete dead letters; answer how many."""
         n = await self.dlq.purge(_portal(request.portal_id), list(request.ids), request.all)
         return writer_pb2.PurgeDeadLettersResponse(purged_count=n)
 
     async def GetQuotaStatus(
-        self, request: Any, context: grpc.aio.ServicerContext
+        self, request: writer_pb2.GetQuotaStatusRequest, context: grpc.aio.ServicerContext
     ) -> writer_pb2.GetQuotaStatusResponse:
-        s = await self.gateway.quota_status(_portal(request.portal_id))
-        return writer_pb2.GetQuotaStatusResponse(**s)
+        """Answer the portal's quota, circuit, queue and DLQ status."""
+        status = await self.gateway.quota_status(_portal(request.portal_id))
+        return writer_pb2.GetQuotaStatusResponse(**dataclasses.asdict(status))

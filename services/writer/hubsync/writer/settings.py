@@ -30,6 +30,8 @@ PRESETS: dict[RateLimitPreset, tuple[int, int]] = {
 
 
 class AppType(StrEnum):
+    """How hubsync is connected to HubSpot (it decides the default preset)."""
+
     OAUTH = "oauth"
     PRIVATE = "private"
 
@@ -121,11 +123,15 @@ class WriterSettings(BaseSettings):
         return value
 
     def reset_zone(self) -> ZoneInfo:
+        """Return the zone the daily budget restarts at midnight in."""
         return ZoneInfo(self.daily_reset_timezone)
 
     def explicit_limits(self) -> tuple[bool, bool]:
-        """Whether BURST_LIMIT / DAILY_LIMIT were set: they cap what HubSpot's headers allow
-        (a preset only stands in until HubSpot has told the portal's limits)."""
+        """Return whether BURST_LIMIT / DAILY_LIMIT were set.
+
+        They cap what HubSpot's headers allow (a preset only stands in until HubSpot has told
+        the portal's limits).
+        """
         return self.burst_limit is not None, self.daily_limit is not None
 
     def limits(self) -> tuple[int, int]:

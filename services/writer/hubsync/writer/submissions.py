@@ -1,4 +1,7 @@
-"""One caller's submission: validated, ordered by the graph of its associations (graph.py:
+"""Stages 2 and 4 of the write path: validating a submission, then planning and feeding it.
+
+:func:`validate` checks a submission before it is accepted. :class:`WriteSubmitter` takes one
+accepted submission: validated, ordered by the graph of its associations (graph.py:
 parents before children, associations after both ends, then archives, then GDPR deletes), fed
 to the batcher, answered with a result per write.
 
@@ -27,29 +30,22 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument
 from hubsync.core.keys import writer_gdpr_audit_key, written_key
 from hubsync.core.telemetry import trace_id_hex
-from hubsync.writer.batches import (
-    ARCHIVE,
-    ASSOCIATE,
-    ASSOCIATE_REMOVE,
-    ASSOCIATE_REMOVE_ALL,
-    CREATE,
-    GDPR_DELETE,
-    UPDATE,
-    UPSERT,
-    BatchInput,
-    BatchKey,
-    Outcome,
-    WriteBatcher,
-    id_key,
-)
+from hubsync.writer.batches import BatchInput, BatchKey, BatchOp, Coalescer, Outcome, id_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
 from hubsync.writer.graph import ARCHIVES, ASSOCIATIONS, GDPR, plan
+from hubsync.writer.ledger import Ledger as Ledger  # queue.py imports it from here
 from hubsync.writer.objecttypes import DEFAULT_ASSOCIATION_TYPES, REFERENCES, STANDARD_IDS
+from hubsync.writer.ordering import unique_value
 from hubsync.writer.reads import RecordReader, check_object_type
-from hubsync.writer.results import outcome_from_pb, result_pb
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("hubsync.writer.audit")
+
+UPSERT = writer_pb2.WRITE_OPERATION_UPSERT
+CREATE = writer_pb2.WRITE_OPERATION_CREATE
+UPDATE = writer_pb2.WRITE_OPERATION_UPDATE
+ARCHIVE = writer_pb2.WRITE_OPERATION_ARCHIVE
+GDPR_DELETE = writer_pb2.WRITE_OPERATION_GDPR_DELETE
 
 MAX_WRITES = 10_000
 # The GDPR audit stream keeps this many entries per portal (approximately).
@@ -65,7 +61,7 @@ def _known_type(t: str) -> bool:
 
 
 def validate(writes: Sequence[writer_pb2.Write]) -> None:
-    """Raises InvalidArgument naming every bad field."""
+    """Raise InvalidArgument naming every bad field."""
     v: dict[str, str] = {}
     if len(writes) > MAX_WRITES:
         v["writes"] = f"at most {MAX_WRITES} writes a call"
@@ -148,50 +144,12 @@ def _reference(pair: tuple[str, str]) -> tuple[str, str, str] | None:
     return None
 
 
-class Ledger:
-    """What earlier attempts of one queued request finished (``hubsync:{p}:writes:ledger:<entry>``):
-    each write's outcome once its tier is done, and whether an attempt was cut off mid-flight
-    (started, neither finished nor stopped cleanly before sending)."""
-
-    TTL_S = 7 * 86_400
-
-    def __init__(self, redis: Redis, key: str) -> None:
-        self.redis = redis
-        self.key = key
-        self.finished: dict[int, Outcome] = {}
-        self.interrupted = False
-
-    async def begin(self) -> Ledger:
-        stored: Any = await self.redis.hgetall(self.key)  # type: ignore[misc]
-        self.interrupted = stored.get(b"inflight") == b"1"
-        for field_name, raw in stored.items():
-            if field_name.startswith(b"w:"):
-                self.finished[int(field_name[2:])] = outcome_from_pb(writer_pb2.WriteResult.FromString(raw))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key, "inflight", "1")
-            pipe.expire(self.key, self.TTL_S)
-            await pipe.execute()
-        return self
-
-    async def record(self, outcomes: dict[int, Outcome]) -> None:
-        if outcomes:
-            await self.redis.hset(  # type: ignore[misc]
-                self.key, mapping={f"w:{n}": result_pb(o).SerializeToString() for n, o in outcomes.items()}
-            )
-
-    async def stopped_before_sending(self) -> None:
-        """The attempt gave up on a refusal raised before its calls went out (circuit open, no
-        quota): nothing of it is in flight."""
-        await self.redis.hset(self.key, "inflight", "0")  # type: ignore[misc]
-
-    async def close(self) -> None:
-        await self.redis.delete(self.key)
-
-
 class WriteSubmitter:
+    """Writes one accepted submission in its graph's order; one outcome per write."""
+
     def __init__(
         self,
-        batcher: WriteBatcher,
+        coalescer: Coalescer,
         reader: RecordReader,
         dlq: DeadLetterQueue,
         redis: Redis,
@@ -199,7 +157,8 @@ class WriteSubmitter:
         pilot_mode: bool = False,
         skip_unchanged: bool = False,
     ) -> None:
-        self.batcher = batcher
+        """Batch through ``coalescer``; read ids through ``reader``; dead-letter to ``dlq``."""
+        self.coalescer = coalescer
         self.reader = reader
         self.dlq = dlq
         self.redis = redis
@@ -213,9 +172,12 @@ class WriteSubmitter:
         links: Sequence[Link] = (),
         ledger: Ledger | None = None,
     ) -> list[Outcome]:
-        """Writes everything in order; returns one outcome per write. With a ``ledger`` (a queued
-        request being retried) writes finished by an earlier attempt are not sent again, and
-        creates an interrupted attempt may have sent are dead-lettered instead of doubled."""
+        """Write everything in order; returns one outcome per write.
+
+        With a ``ledger`` (a queued request being retried) writes finished by an earlier attempt are
+        not sent again, and creates an interrupted attempt may have sent are dead-lettered instead of
+        doubled.
+        """
         if self.pilot_mode:
             return await self._pilot(portal_id, writes)
         span_links = list(links) or _current_link()
@@ -263,7 +225,7 @@ class WriteSubmitter:
         for n, outcome in unchanged.items():
             outcomes[n] = outcome
             r = writes[n].record
-            known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = outcome.hubspot_id
+            known[_named(r.object_type, r.id_property, r.id)] = outcome.hubspot_id
         sent: list[int] = []
         for n in tier:
             if n in unchanged or outcomes[n] is not None:
@@ -274,13 +236,16 @@ class WriteSubmitter:
                 continue
             archive = r.operation == ARCHIVE
             key = BatchKey(
-                portal_id, r.object_type, r.operation, r.id_property if r.operation == UPSERT else ""
+                portal_id,
+                r.object_type,
+                BatchOp.of(r.operation),
+                r.id_property if r.operation == UPSERT else "",
             )
             dedupe = f"{r.id}" if r.operation != CREATE else f"new:{id(writes[n])}:{n}"
-            if r.operation == UPSERT and r.id_property == "email":
-                dedupe = r.id.lower()
+            if r.operation == UPSERT:
+                dedupe = unique_value(r.id_property, r.id)
             record_id = (
-                known.get((r.object_type, r.id_property, _norm(r.id_property, r.id)), "")
+                known.get(_named(r.object_type, r.id_property, r.id), "")
                 if (archive and r.id_property)
                 else r.id
             )
@@ -294,7 +259,7 @@ class WriteSubmitter:
                 [trace_id],
                 versions=dict.fromkeys(r.properties, r.version),
             )
-            futures.append(self.batcher.submit(key, item))
+            futures.append(self.coalescer.submit(key, item))
             sent.append(n)
         # Every batch of the stage is waited for, even when one fails: a batch that went out is
         # recorded as finished before the failure is raised, so a retry of the queued request
@@ -308,7 +273,7 @@ class WriteSubmitter:
             outcomes[n] = result
             r = writes[n].record
             if result.hubspot_id and r.operation == UPSERT:
-                known[(r.object_type, r.id_property, _norm(r.id_property, r.id))] = result.hubspot_id
+                known[_named(r.object_type, r.id_property, r.id)] = result.hubspot_id
         if ledger is not None:
             await ledger.record({n: o for n in tier if (o := outcomes[n]) is not None})
         if failure is not None:
@@ -322,15 +287,18 @@ class WriteSubmitter:
         known: dict[tuple[str, str, str], str],
         outcomes: list[Outcome | None],
     ) -> None:
-        """Archives named by unique value: their HubSpot ids. One that no record holds is already
-        gone: it succeeds without a call (archiving is idempotent)."""
+        """Resolve archives named by unique value to their HubSpot ids.
+
+        One that no record holds is already gone: it succeeds without a call (archiving is
+        idempotent).
+        """
         ends = [
             (writes[n].record.object_type, writes[n].record.id, writes[n].record.id_property) for n in indexes
         ]
         await self._learn_ids(portal_id, ends, known)
         for n in indexes:
             r = writes[n].record
-            if r.id_property and (r.object_type, r.id_property, _norm(r.id_property, r.id)) not in known:
+            if r.id_property and _named(r.object_type, r.id_property, r.id) not in known:
                 outcomes[n] = Outcome(writer_pb2.WRITE_STATUS_SUCCEEDED)
 
     async def _learn_ids(
@@ -339,10 +307,10 @@ class WriteSubmitter:
         ends: Sequence[tuple[str, str, str]],
         known: dict[tuple[str, str, str], str],
     ) -> None:
-        """Reads the HubSpot ids of records named by unique value that ``known`` lacks."""
+        """Read the HubSpot ids of records named by unique value that ``known`` lacks."""
         wanted: dict[tuple[str, str], set[str]] = {}
         for t, i, p in ends:
-            if p and (t, p, _norm(p, i)) not in known:
+            if p and _named(t, p, i) not in known:
                 wanted.setdefault((t, p), set()).add(i)
         for (t, p), values in wanted.items():
             records, _missing = await self.reader.read(
@@ -351,13 +319,15 @@ class WriteSubmitter:
             for rec in records:
                 value = rec.properties.get(p, "")
                 if value:
-                    known[(t, p, _norm(p, value))] = rec.id
+                    known[_named(t, p, value)] = rec.id
 
     async def _gdpr_delete(
         self, portal_id: int, write: writer_pb2.Write, links: list[Link], trace_id: str
     ) -> Outcome:
-        """Permanently deletes one contact (``contacts/gdpr-delete``) and audits it. A contact
-        that does not exist is already gone: that succeeds (audited as ``not_found``)."""
+        """Permanently deletes one contact (``contacts/gdpr-delete``) and audits it.
+
+        A contact that does not exist is already gone: that succeeds (audited as ``not_found``).
+        """
         r = write.record
         body: dict[str, Any] = {"objectId": r.id}
         if r.id_property:
@@ -390,7 +360,7 @@ class WriteSubmitter:
         self, portal_id: int, r: writer_pb2.RecordWrite, result: str, http_status: int, trace_id: str
     ) -> None:
         # The value a contact was named by (an email) is personal data: only its digest is kept.
-        digest = hashlib.sha256(_norm(r.id_property, r.id).encode()).hexdigest()
+        digest = hashlib.sha256(unique_value(r.id_property, r.id).encode()).hexdigest()
         entry = {
             "at_ms": str(int(time.time() * 1000)),
             "object_type": r.object_type,
@@ -410,9 +380,12 @@ class WriteSubmitter:
         audit_log.info("gdpr delete", extra={"portal": portal_id, **entry})
 
     async def _hold_ambiguous(self, portal_id: int, write: writer_pb2.Write, trace_id: str) -> Outcome:
-        """A create whose earlier attempt was cut off (the writer stopped) after it may have
-        reached HubSpot: sending it again could make a second record, HubSpot has no idempotency
-        key for creates. It goes to the dead-letter queue for a person to check and replay."""
+        """Dead-letter a create whose earlier attempt was cut off after it may have gone out.
+
+        The writer stopped after the create may have reached HubSpot: sending it again could
+        make a second record, HubSpot has no idempotency key for creates. It goes to the
+        dead-letter queue for a person to check and replay.
+        """
         error = HubSpotFailure(
             0,
             "writer stopped while this create may have been in flight; HubSpot may hold the record "
@@ -425,10 +398,12 @@ class WriteSubmitter:
     async def _unchanged(
         self, portal_id: int, writes: Sequence[writer_pb2.Write], indexes: list[int]
     ) -> dict[int, Outcome]:
-        """Upserts whose every property equals what writer last wrote to that record (within
-        the written-values record's life): answered UNCHANGED, not sent. Off by default: a
+        """Find the upserts whose every property equals what writer last wrote to the record.
+
+        Within the written-values record's life: answered UNCHANGED, not sent. Off by default: a
         change made in HubSpot since our write is not seen here (mapper's fingerprints are the
-        primary unchanged check)."""
+        primary unchanged check).
+        """
         upserts = [n for n in indexes if writes[n].record.operation == UPSERT]
         if not upserts:
             return {}
@@ -472,12 +447,12 @@ class WriteSubmitter:
         for n in indexes:
             a = writes[n].association
             from_id = (
-                known.get((a.from_object_type, a.from_id_property, _norm(a.from_id_property, a.from_id)))
+                known.get(_named(a.from_object_type, a.from_id_property, a.from_id))
                 if a.from_id_property
                 else a.from_id
             )
             to_id = (
-                known.get((a.to_object_type, a.to_id_property, _norm(a.to_id_property, a.to_id)))
+                known.get(_named(a.to_object_type, a.to_id_property, a.to_id))
                 if a.to_id_property
                 else a.to_id
             )
@@ -494,7 +469,7 @@ class WriteSubmitter:
                 # A property of one end (a line item's hs_product_id): an update of that record.
                 record_type, prop, _ = ref
                 holder, target = (from_id, to_id) if pair[0] == record_type else (to_id, from_id)
-                key = BatchKey(portal_id, record_type, UPDATE)
+                key = BatchKey(portal_id, record_type, BatchOp.UPDATE)
                 item = BatchInput(
                     holder,
                     holder,
@@ -504,14 +479,13 @@ class WriteSubmitter:
                     [],
                     [trace_id],
                 )
-                futures.append((n, self.batcher.submit(key, item)))
+                futures.append((n, self.coalescer.submit(key, item)))
                 continue
-            op = ASSOCIATE
             type_id, category = 0, "HUBSPOT_DEFINED"
             if a.remove and not a.association_type_id and not a.association_label:
-                op = ASSOCIATE_REMOVE_ALL
+                op = BatchOp.DISSOCIATE_ALL
             else:
-                op = ASSOCIATE_REMOVE if a.remove else ASSOCIATE
+                op = BatchOp.DISSOCIATE_TYPE if a.remove else BatchOp.ASSOCIATE
                 try:
                     t = await self.reader.types.association_type(
                         portal_id, pair[0], pair[1], a.association_type_id, a.association_label
@@ -534,7 +508,7 @@ class WriteSubmitter:
                 type_id=type_id,
                 category=category,
             )
-            futures.append((n, self.batcher.submit(key, item)))
+            futures.append((n, self.coalescer.submit(key, item)))
         results = await asyncio.gather(*(f for _, f in futures))
         for (n, _), outcome in zip(futures, results, strict=True):
             outcomes[n] = outcome
@@ -580,10 +554,11 @@ class WriteSubmitter:
         return out
 
 
-def _norm(id_property: str, value: str) -> str:
-    return value.lower() if id_property == "email" else value
-
-
 def _current_link() -> list[Link]:
     ctx = trace.get_current_span().get_span_context()
     return [Link(ctx)] if ctx.is_valid else []
+
+
+def _named(object_type: str, id_property: str, value: str) -> tuple[str, str, str]:
+    """How ``known`` names a record: (type, id property, unique value as HubSpot compares it)."""
+    return object_type, id_property, unique_value(id_property, value)

@@ -18,12 +18,14 @@ from hubsync.core.errors import FailedPrecondition, Unauthenticated, Unavailable
 
 
 class TokenSource(Protocol):
+    """What the HubSpot client needs of a token provider."""
+
     async def token(self, portal_id: int) -> str:
-        """A bearer token for ``portal_id``."""
+        """Return a bearer token for ``portal_id``."""
         ...
 
     async def invalidate(self, portal_id: int, token: str) -> str:
-        """Reports that HubSpot answered 401 to ``token``; returns the token to use now."""
+        """Report that HubSpot answered 401 to ``token``; returns the token to use now."""
         ...
 
 
@@ -31,15 +33,18 @@ class StaticTokenSource:
     """One fixed token per portal (unit tests, scripts)."""
 
     def __init__(self, tokens: dict[int, str]) -> None:
+        """Serve the given token of each portal."""
         self.tokens = dict(tokens)
 
     async def token(self, portal_id: int) -> str:
+        """Return the portal's token (FAILED_PRECONDITION when there is none)."""
         try:
             return self.tokens[portal_id]
         except KeyError:
             raise FailedPrecondition(f"no connection for portal {portal_id}") from None
 
     async def invalidate(self, portal_id: int, token: str) -> str:
+        """Return the same token (a static source cannot refresh)."""
         return await self.token(portal_id)
 
 
@@ -47,12 +52,14 @@ class AuthTokenSource:
     """Tokens from auth's vault, cached per portal until ``refresh_margin_s`` before expiry."""
 
     def __init__(self, stub: auth_pb2_grpc.AuthServiceStub, refresh_margin_s: float = 120.0) -> None:
+        """Ask auth through ``stub``; keep each token until ``refresh_margin_s`` before it expires."""
         self._stub = stub
         self._margin = refresh_margin_s
         self._cache: dict[int, tuple[str, float]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
     async def token(self, portal_id: int) -> str:
+        """Return the portal's token, from the cache or from auth."""
         cached = self._cache.get(portal_id)
         if cached and cached[1] > time.monotonic():
             return cached[0]
@@ -62,7 +69,7 @@ class AuthTokenSource:
             if cached and cached[1] > time.monotonic():
                 return cached[0]
             try:
-                reply = await self._stub.GetAccessToken(
+                reply: auth_pb2.GetAccessTokenResponse = await self._stub.GetAccessToken(
                     auth_pb2.GetAccessTokenRequest(portal_id=portal_id), timeout=15
                 )
             except grpc.aio.AioRpcError as exc:
@@ -71,9 +78,10 @@ class AuthTokenSource:
             return reply.access_token
 
     async def invalidate(self, portal_id: int, token: str) -> str:
+        """Tell auth the token was refused; return the new one."""
         self._cache.pop(portal_id, None)
         try:
-            reply = await self._stub.InvalidateAccessToken(
+            reply: auth_pb2.InvalidateAccessTokenResponse = await self._stub.InvalidateAccessToken(
                 auth_pb2.InvalidateAccessTokenRequest(portal_id=portal_id, access_token=token), timeout=15
             )
         except grpc.aio.AioRpcError as exc:

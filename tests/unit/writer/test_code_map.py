@@ -1,0 +1,18 @@
+"""docs/writer.md's code map names every module of the writer package, and only those."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_code_map_matches_the_package() -> None:
+    doc = (ROOT / "docs" / "writer.md").read_text()
+    section = doc.split("\n## Code map\n", 1)[1].split("\n## ", 1)[0]
+    mapped = re.findall(r"^- `(hubsync/writer/[\w/]+\.py)`: \S", section, flags=re.M)
+    package = ROOT / "services" / "writer"
+    modules = sorted(str(p.relative_to(package)) for p in (package / "hubsync" / "writer").rglob("*.py"))
+    assert len(mapped) == len(set(mapped)), "a module is listed twice"
+    assert sorted(mapped) == modules
