@@ -47,6 +47,7 @@ console = Console()
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs the ``hubsync`` command with ``argv`` (default: the process's arguments)."""
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
