@@ -34,7 +34,8 @@ RUN /opt/hubsync/bin/pip install --require-hashes --no-deps -r requirements/runt
 COPY pyproject.toml README.md ./
 COPY libs/ libs/
 COPY services/ services/
-COPY sandbox/ sandbox/
+# The wheel holds the runtime only: the local suite (`hubsync run`, the sandbox, a local Redis)
+# is development tooling, left out by pyproject.toml's wheel target.
 # The wheel is built with the locked backend (no build isolation: nothing unpinned is fetched)
 # and installed without dependencies: they are all in the lock already.
 RUN /opt/build/bin/pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \

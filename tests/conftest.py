@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.devredis import RedisCluster, RedisProcess
 from hubsync.core.redis import redis_from_url
+from tests.markers import mark_item
 
 SINGLE, CLUSTER = "single", "cluster"
 # The Redis every test runs on unless marked on_cluster: "single" (default) or "cluster".
@@ -103,3 +104,8 @@ def caller_tokens() -> dict[str, str]:
     """Fresh credentials per session for every caller of the suite."""
     names = ["auth", "ingress", "mapper", "writer", "cli", "client"]
     return {name: secrets.token_urlsafe(24) for name in names}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Markers by path and by measured cost (``e2e``, ``slow``): see tests/markers.py."""
+    mark_item(item)

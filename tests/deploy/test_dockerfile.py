@@ -176,7 +176,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "**" in ignore, "deny by default"
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "requirements", "libs", "services", "sandbox"}
+    assert allowed == {"pyproject.toml", "README.md", "requirements", "libs", "services"}
 
 
 # --- supply chain ----------------------------------------------------------------------------

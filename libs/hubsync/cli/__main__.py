@@ -47,6 +47,7 @@ console = Console()
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs the ``hubsync`` command with ``argv`` (default: the process's arguments)."""
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -158,8 +159,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from hubsync.cli.demo import run_demo
-    from hubsync.cli.suite import Suite, SuiteError
+    try:
+        from hubsync.cli.demo import run_demo
+        from hubsync.cli.suite import Suite, SuiteError
+    except ModuleNotFoundError as exc:
+        # The local suite is development tooling, not in the runtime wheel (pyproject.toml).
+        console.print(
+            f"[red]error[/]: `hubsync run` needs a development install ({exc.name} is missing): "
+            "in a clone of hubsync, run ./dev setup (or pip install -e '.[dev]')"
+        )
+        return 2
     from hubsync.cli.trace_command import trace_command
 
     workdir: Path = args.workdir.resolve()

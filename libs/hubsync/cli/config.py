@@ -142,7 +142,7 @@ def field_violations(exc: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
     for key, value in exc.trailing_metadata() or ():
         if key != "grpc-status-details-bin":
             continue
-        for detail in status_pb2.Status.FromString(value).details:  # type: ignore[arg-type]
+        for detail in status_pb2.Status.FromString(value).details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +50,11 @@ async def connect_sandbox_portal(suite: Suite) -> None:
 
 
 async def push_contact(suite: Suite, external_id: str, fields: dict[str, Any]) -> mapper_pb2.PushResult:
+    """Pushes one contact in the company's shape through mapper and returns its result."""
     record = mapper_pb2.ExternalRecord(object_type="contacts", external_id=external_id)
     record.fields.update(fields)
     async with suite.channel("mapper", "demo-client") as channel:
-        reply = await mapper_pb2_grpc.MapperServiceStub(channel).PushRecords(
+        reply: mapper_pb2.PushRecordsResponse = await mapper_pb2_grpc.MapperServiceStub(channel).PushRecords(
             mapper_pb2.PushRecordsRequest(
                 request_id=secrets.token_hex(8), portal_id=SANDBOX_PORTAL, records=[record], wait=True
             ),
@@ -85,7 +87,9 @@ async def ui_edit(suite: Suite, hubspot_id: str, properties: dict[str, str]) -> 
         reply.raise_for_status()
 
 
-async def next_change(suite: Suite, group: str, predicate: Any, timeout: float = 30.0) -> mapper_pb2.Change:
+async def next_change(
+    suite: Suite, group: str, predicate: Callable[[mapper_pb2.Change], bool], timeout: float = 30.0
+) -> mapper_pb2.Change:
     """Subscribes as ``group`` and returns (and acks) the first change matching ``predicate``."""
     async with suite.channel("mapper", "demo-client") as channel:
         stub = mapper_pb2_grpc.MapperServiceStub(channel)
@@ -99,7 +103,7 @@ async def next_change(suite: Suite, group: str, predicate: Any, timeout: float =
         )
         try:
             async for message in call:
-                change = message.change
+                change: mapper_pb2.Change = message.change
                 await stub.Ack(mapper_pb2.AckRequest(consumer_group=group, ack_ids=[change.ack_id]))
                 if predicate(change):
                     return change
@@ -109,6 +113,7 @@ async def next_change(suite: Suite, group: str, predicate: Any, timeout: float =
 
 
 def change_dict(change: mapper_pb2.Change) -> dict[str, Any]:
+    """A change as a plain dict, proto field names kept (for printing)."""
     return json_format.MessageToDict(change, preserving_proto_field_name=True)
 
 

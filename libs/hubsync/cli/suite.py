@@ -69,6 +69,7 @@ class Ports:
     metrics: dict[str, int] = field(default_factory=dict)
 
     def resolve(self) -> Ports:
+        """Picks a free loopback port for every port left at 0; returns self."""
         for name in ("redis", "sandbox", "auth", "ingress", "ingress_http", "mapper", "writer", "traces"):
             if not getattr(self, name):
                 setattr(self, name, free_port())
@@ -126,13 +127,16 @@ class Suite:
 
     @property
     def sandbox_url(self) -> str:
+        """The sandbox's base URL (HubSpot for the suite)."""
         return f"http://127.0.0.1:{self.ports.sandbox}"
 
     @property
     def ingress_url(self) -> str:
+        """The base URL of ingress's HTTP server (webhooks, OAuth callback)."""
         return f"http://127.0.0.1:{self.ports.ingress_http}"
 
     def address(self, service: str) -> str:
+        """``host:port`` of ``service``'s gRPC server."""
         return f"127.0.0.1:{getattr(self.ports, service)}"
 
     def channel(self, service: str, caller: str = "cli") -> grpc.aio.Channel:
@@ -145,9 +149,11 @@ class Suite:
 
     @property
     def trace_store_path(self) -> Path:
+        """The SQLite file the suite's trace collector writes."""
         return self.workdir / STORE_FILE
 
     def log_path(self, name: str) -> Path:
+        """The log file of the process ``name``."""
         return self.workdir / "logs" / f"{name}.log"
 
     # --- life cycle ------------------------------------------------------------------------
@@ -164,6 +170,7 @@ class Suite:
         await self.stop()
 
     async def start(self) -> None:
+        """Starts Redis, the sandbox, the trace collector and the four services, each waited for."""
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         if self.redis_cluster:
             self.progress("starting a local Redis Cluster")
@@ -190,6 +197,7 @@ class Suite:
 
     @property
     def credentials_path(self) -> Path:
+        """Where :meth:`write_client_credentials` writes the client's credentials."""
         return self.workdir / CREDENTIALS_FILE
 
     def write_client_credentials(self) -> Path:
@@ -248,7 +256,7 @@ class Suite:
 
         deadline = time.monotonic() + timeout
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports.traces}") as channel:
-            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
             while True:
                 self._check_alive("traces")
                 with contextlib.suppress(grpc.aio.AioRpcError):

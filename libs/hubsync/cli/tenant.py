@@ -26,6 +26,7 @@ console = Console()
 
 
 def add_parser(sub: Any) -> None:
+    """Adds the ``tenant`` subcommand to the CLI's subparsers ``sub``."""
     tenant = sub.add_parser("tenant", help="portals hubsync knows: list, show one, delete one's data")
     tenant.add_argument("action", choices=["list", "show", "delete"])
     tenant.add_argument("--portal", type=int, default=0, help="show, delete: the portal (HubSpot account id)")
@@ -41,6 +42,7 @@ def add_parser(sub: Any) -> None:
 
 
 async def cmd_tenant(args: argparse.Namespace) -> int:
+    """Runs ``hubsync tenant list|show|delete``; returns the exit status."""
     if args.action != "list" and args.portal <= 0:
         console.print("[red]error[/]: --portal must be a positive HubSpot account id")
         return 2

@@ -36,6 +36,7 @@ class SpanReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
+        """Stores the spans of one OTLP export."""
         spans = spans_from_otlp(request)
         with self._lock:
             self.store.add(spans)
@@ -43,11 +44,12 @@ class SpanReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 def serve(db: Path, host: str, port: int, keep_hours: float) -> None:
+    """Receives OTLP spans on ``host:port`` into the store ``db`` until interrupted."""
     store = TraceStore(db)
     pruned = store.prune(keep_hours * 3600)
     # One worker: the store has one connection, and exports are small and rare.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(SpanReceiver(store), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(SpanReceiver(store), server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
     log.warning("trace collector on %s:%d, store %s (%d old spans pruned)", host, bound, db, pruned)
@@ -61,6 +63,7 @@ def serve(db: Path, host: str, port: int, keep_hours: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line of the trace collector process (``python -m hubsync.cli.trace_collector``)."""
     parser = argparse.ArgumentParser(prog="python -m hubsync.cli.trace_collector")
     parser.add_argument("--db", type=Path, required=True, help="the SQLite file")
     parser.add_argument("--host", default="127.0.0.1")

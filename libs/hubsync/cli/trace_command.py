@@ -26,6 +26,7 @@ def trace_command(workdir: Path) -> str:
 def show_trace(
     console: Console, workdir: Path, ident: str | None, html_out: Path | None, show_all: bool
 ) -> int:
+    """Prints (or writes as HTML) the trace ``ident`` names; returns the exit status."""
     path = workdir / STORE_FILE
     try:
         store = TraceStore(path, readonly=True)

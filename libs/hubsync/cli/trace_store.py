@@ -85,11 +85,14 @@ class StoredSpan:
 
     @property
     def failed(self) -> bool:
+        """Whether the span ended with an error status."""
         return self.status_code == STATUS_ERROR
 
 
 @dataclass(frozen=True)
 class TraceSummary:
+    """One trace at a glance: its time span, size, root and whether anything failed."""
+
     trace_id: str
     start_ns: int
     end_ns: int
@@ -215,11 +218,13 @@ class TraceStore:
         self._db.execute("PRAGMA busy_timeout=5000")
 
     def close(self) -> None:
+        """Closes the database."""
         self._db.close()
 
     # --- writing -----------------------------------------------------------------------------
 
     def add(self, spans: Sequence[StoredSpan]) -> None:
+        """Stores ``spans`` (a span stored again replaces the earlier copy)."""
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -294,6 +299,7 @@ class TraceStore:
         return sorted((self.summary(r[0]) for r in rows), key=lambda s: s.start_ns)
 
     def summary(self, trace_id: str) -> TraceSummary:
+        """The summary of the trace ``trace_id``."""
         spans = self._spans(trace_id)
         ids = {s.span_id for s in spans}
         roots = [s for s in spans if s.parent_span_id not in ids] or spans
@@ -361,7 +367,7 @@ class TraceStore:
                 status_message=r[9],
                 attributes=json.loads(r[10]),
                 events=json.loads(r[11]),
-                links=tuple(tuple(link) for link in json.loads(r[12])),  # type: ignore[misc]
+                links=tuple(tuple(link) for link in json.loads(r[12])),
             )
             for r in rows
         ]

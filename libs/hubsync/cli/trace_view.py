@@ -49,6 +49,8 @@ _RICH_COLOURS = {"ingress": "blue", "mapper": "green", "writer": "dark_orange", 
 
 @dataclass(frozen=True)
 class Row:
+    """One line of a waterfall: a span, its depth in the tree and how it was reached."""
+
     span: StoredSpan
     depth: int
     via: str  # "", "link" (a span of another trace linking here) or "redis" (a stream hop)
@@ -56,15 +58,19 @@ class Row:
 
     @property
     def service(self) -> str:
+        """The span's service, without the ``hubsync-`` prefix."""
         return self.span.service.removeprefix("hubsync-")
 
     @property
     def name(self) -> str:
+        """The span's name as displayed."""
         return display_name(self.span)
 
 
 @dataclass(frozen=True)
 class Waterfall:
+    """A trace laid out as rows in tree order, with the time span they cover."""
+
     trace_id: str
     rows: list[Row]
     start_ns: int
@@ -72,13 +78,16 @@ class Waterfall:
 
     @property
     def duration_ns(self) -> int:
+        """The waterfall's duration in nanoseconds (at least 1)."""
         return max(self.end_ns - self.start_ns, 1)
 
     @property
     def services(self) -> list[str]:
+        """The services that appear in the waterfall, sorted."""
         return sorted({r.service for r in self.rows})
 
     def offset_ms(self, row: Row) -> float:
+        """Milliseconds from the waterfall's start to ``row``'s start."""
         return (row.span.start_ns - self.start_ns) / 1e6
 
 
@@ -136,6 +145,7 @@ def _short(value: Any) -> str:
 
 
 def waterfall(found: TraceSpans) -> Waterfall:
+    """Lays out ``found``'s spans as a waterfall: parents before children, by start time."""
     spans = found.spans
     ids = {s.span_id for s in spans}
     children: dict[str, list[StoredSpan]] = {}
@@ -181,6 +191,7 @@ def _ms(ns: int) -> str:
 
 
 def headline(w: Waterfall) -> str:
+    """The one-line title of a waterfall: trace id, span counts, duration."""
     own = sum(1 for r in w.rows if r.span.trace_id == w.trace_id)
     linked = len(w.rows) - own
     extra = f" + {linked} linked" if linked else ""

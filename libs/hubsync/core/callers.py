@@ -101,9 +101,11 @@ class CallerRegistry:
 
     @property
     def enabled(self) -> bool:
+        """Whether any caller credential is configured."""
         return bool(self._digests)
 
     def identify(self, token: str) -> str | None:
+        """The caller whose token this is, or None (compares with every entry, in constant time)."""
         presented = _digest(token)
         found = None
         # Compare against every entry so the time taken does not tell which one matched.
@@ -140,10 +142,12 @@ class PolicyRecorder:
         self.unnamed = 0
 
     def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        """Registers ``handlers`` and records the service as served (for the policy check)."""
         self.served.setdefault(service, []).extend(handlers)
-        self._server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+        self._server.add_registered_method_handlers(service, handlers)
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        """Registers generic handlers, refusing one that names no service."""
         handlers = tuple(handlers)
         for handler in handlers:
             # Generated code registers each service both ways; a handler that names no service
@@ -180,7 +184,7 @@ class _Throttle:
         return self._skipped.pop(key, 0)
 
 
-class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
+class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Rejects unauthenticated calls (UNAUTHENTICATED) and calls the policy does not allow,
     including calls to a method it does not name (PERMISSION_DENIED). Failures are logged at
     most once per ``log_interval_s`` and method, never with token material.
@@ -211,6 +215,7 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """Admits or refuses the call by its caller's credential and the policy."""
         method = details.method
         if method.startswith(OPEN_PREFIXES):
             return await continuation(details)
@@ -335,7 +340,7 @@ def _rebuild(
     )
     for behaviour, make, wrap in kinds:
         if behaviour:
-            return make(  # type: ignore[no-any-return]
+            return make(
                 wrap(behaviour),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
@@ -347,7 +352,7 @@ def _rebuild(
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-class CallerCredentials(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class CallerCredentials(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     """Client side: adds this caller's bearer token to every outgoing call."""
 
     def __init__(self, token: str) -> None:
@@ -361,13 +366,15 @@ class CallerCredentials(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStre
         )
 
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        """Adds the caller's token to a unary call."""
         return await continuation(self._details(details), request)
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        """Adds the caller's token to a server-streaming call."""
         return await continuation(self._details(details), request)
 
 
-class CallerStreamCredentials(grpc.aio.UnaryStreamClientInterceptor):
+class CallerStreamCredentials(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     """The same for server-streaming calls: grpc.aio files an interceptor under its first
     matching kind only, so :class:`CallerCredentials` is never asked about streaming calls."""
 
@@ -375,4 +382,5 @@ class CallerStreamCredentials(grpc.aio.UnaryStreamClientInterceptor):
         self._inner = CallerCredentials(token)
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        """Adds the caller's token to a server-streaming call."""
         return await continuation(self._inner._details(details), request)

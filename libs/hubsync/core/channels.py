@@ -38,7 +38,7 @@ def target(address: str) -> str:
 def open_channel(address: str, token: str | None = None, tls: TLSFiles | None = None) -> grpc.aio.Channel:
     """A channel to ``address`` carrying ``token`` as credentials: over (mutual) TLS with ``tls``
     (a new connection set when the files rotate), else plaintext (loopback, development)."""
-    interceptors: list[grpc.aio.ClientInterceptor] = list(aio_client_interceptors())
+    interceptors: list[grpc.aio.ClientInterceptor] = list(aio_client_interceptors())  # type: ignore[no-untyped-call]
     if token:
         interceptors += [CallerCredentials(token), CallerStreamCredentials(token)]
     options: list[tuple[str, Any]] = [

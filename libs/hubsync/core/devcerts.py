@@ -67,6 +67,7 @@ class DevCA:
 
     @property
     def cert_pem(self) -> bytes:
+        """The certificate in PEM."""
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def issue(

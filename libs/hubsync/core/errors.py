@@ -50,6 +50,7 @@ class HubsyncError(Exception):
         self.retry_after = retry_after
 
     def details(self) -> list[any_pb2.Any]:
+        """The status details: an ``ErrorInfo`` (reason, domain, metadata), plus subclasses' own."""
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
         packed = [_pack(info)]
         if self.retry_after is not None:
@@ -59,6 +60,7 @@ class HubsyncError(Exception):
         return packed
 
     def to_status(self) -> grpc.Status:
+        """The error as a rich gRPC status (``google.rpc.Status`` in the trailers)."""
         status = status_pb2.Status(
             code=getattr(code_pb2, self.code.name), message=self.message, details=self.details()
         )
@@ -76,6 +78,7 @@ class InvalidArgument(HubsyncError):
         self.violations = dict(violations or {})
 
     def details(self) -> list[any_pb2.Any]:
+        """The base details plus a ``BadRequest`` with the field violations."""
         packed = super().details()
         if self.violations:
             bad = error_details_pb2.BadRequest(
@@ -89,16 +92,22 @@ class InvalidArgument(HubsyncError):
 
 
 class NotFound(HubsyncError):
+    """NOT_FOUND: the thing asked for does not exist."""
+
     code = grpc.StatusCode.NOT_FOUND
     default_reason = "NOT_FOUND"
 
 
 class AlreadyExists(HubsyncError):
+    """ALREADY_EXISTS: the thing to create exists."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
     default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(HubsyncError):
+    """FAILED_PRECONDITION: the system is not in a state where this can succeed."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
 
@@ -111,21 +120,29 @@ class Aborted(HubsyncError):
 
 
 class Unauthenticated(HubsyncError):
+    """UNAUTHENTICATED: no valid credential (the caller's, or the portal's)."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
     default_reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(HubsyncError):
+    """PERMISSION_DENIED: the credential does not allow this."""
+
     code = grpc.StatusCode.PERMISSION_DENIED
     default_reason = "PERMISSION_DENIED"
 
 
 class ResourceExhausted(HubsyncError):
+    """RESOURCE_EXHAUSTED: a limit or quota is reached."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(HubsyncError):
+    """UNAVAILABLE: a dependency is down; retrying later may succeed."""
+
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
 
@@ -139,7 +156,7 @@ def _pack(message: object) -> any_pb2.Any:
 def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """Returns the ErrorInfo detail of a failed call, if it carries one (for clients and tests)."""
     raw = None
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[union-attr]
+    for key, value in exc.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             raw = value
     if raw is None:

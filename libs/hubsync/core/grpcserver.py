@@ -45,11 +45,12 @@ HealthProbe = Callable[[], Awaitable[bool]]
 LIVENESS_SERVICE = "hubsync.liveness"
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Turns :class:`HubsyncError` into a rich status, a Redis outage into UNAVAILABLE, anything
     unexpected into INTERNAL."""
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        """Wraps the handler so its errors become statuses (see the class docstring)."""
         handler = await continuation(details)
         if handler is None:
             return None
@@ -153,14 +154,14 @@ class ServiceHost:
             options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))
         self.server = grpc.aio.server(
             interceptors=[
-                aio_server_interceptor(),
+                aio_server_interceptor(),  # type: ignore[no-untyped-call]
                 CallerAuthInterceptor(registry, policy, anonymous=anonymous),
                 ErrorMappingInterceptor(),
             ],
             options=options,
         )
         recorder = PolicyRecorder(self.server)
-        register(recorder)  # type: ignore[arg-type]
+        register(recorder)
         if recorder.unnamed:
             raise PolicyError(f"{name}: a generic handler that names no service cannot be checked")
         check_policy(_served_methods(recorder.served), policy or {})
@@ -257,6 +258,7 @@ class ServiceHost:
         log.info("stopped", extra={"service_name": self.name})
 
     async def wait_for_termination(self) -> None:
+        """Waits until the server stops."""
         await self.server.wait_for_termination()
 
 

@@ -86,12 +86,15 @@ class Scope:
 
     @property
     def label(self) -> str:
+        """``tenant:<name>`` or ``portal:<id>``, for messages and metrics."""
         return f"tenant:{self.tenant}" if self.tenant else f"portal:{self.portal_id}"
 
     def key(self, kind: str) -> str:
+        """The Redis key of this scope's current ``kind`` configuration."""
         return tenant_config_key(self.tenant, kind) if self.tenant else config_key(self.portal_id, kind)
 
     def history_key(self, kind: str) -> str:
+        """The Redis key of this scope's ``kind`` version history."""
         if self.tenant:
             return tenant_config_history_key(self.tenant, kind)
         return config_history_key(self.portal_id, kind)
@@ -165,7 +168,7 @@ return {{v, now}}
 
 async def load_version(redis: Redis, scope: Scope, kind: str) -> StoredVersion | None:
     """The version in force at ``scope`` (None: nothing ever stored)."""
-    return _parse(await redis.hgetall(scope.key(kind)))  # type: ignore[misc]
+    return _parse(await redis.hgetall(scope.key(kind)))
 
 
 async def store_version(
@@ -181,7 +184,7 @@ async def store_version(
     """Stores ``document`` as the next version and announces it; raises :class:`VersionConflict`
     when ``expected`` is given and is not the version in force."""
     raw = document.SerializeToString()
-    version, at = await redis.eval(  # type: ignore[misc]
+    version, at = await redis.eval(
         _STORE,
         2,
         scope.key(kind),
@@ -276,6 +279,7 @@ class PortalConfigCache:
         self.subscribed = asyncio.Event()
 
     async def get(self, portal_id: int) -> EffectiveConfig:
+        """The portal's effective configuration (cached until it changes or expires)."""
         hit = self._entries.get(portal_id)
         if hit is not None and time.monotonic() < hit[0]:
             self._entries.move_to_end(portal_id)
@@ -347,7 +351,7 @@ class PortalConfigCache:
             finally:
                 self.subscribed.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 def _row(values: list[Any]) -> StoredVersion | None:

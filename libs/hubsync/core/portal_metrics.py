@@ -78,6 +78,7 @@ def configure(policy: PortalLabels) -> None:
 
 
 def current() -> PortalLabels:
+    """The portal-label policy in force."""
     return _policy[0]
 
 
@@ -165,6 +166,7 @@ class PortalGauge:
         self._values: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
 
     def set(self, value: float, portal: int | str, attributes: Attributes | None = None) -> None:
+        """Sets the gauge for ``portal`` (and ``attributes``) to ``value``."""
         key = tuple(sorted((attributes or {}).items()))
         with self._lock:
             self._values.setdefault(key, {})[str(portal)] = value

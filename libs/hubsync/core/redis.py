@@ -93,10 +93,13 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
     sentinels = settings.sentinel_addresses()
     if sentinels:
         db = int(urlsplit(settings.redis_url).path.lstrip("/") or 0)
-        sentinel = Sentinel(sentinels, socket_connect_timeout=2.0, socket_timeout=2.0)
+        sentinel = Sentinel(sentinels, socket_connect_timeout=2.0, socket_timeout=2.0)  # type: ignore[no-untyped-call]
         if "ssl_cert_reqs" in options:
             options["ssl"] = True
-        return sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis, db=db, **options)
+        master: Redis = sentinel.master_for(
+            settings.redis_sentinel_master, redis_class=Redis, db=db, **options
+        )
+        return master
     # A full pool makes a command wait for a connection (up to POOL_TIMEOUT_S) instead of failing
     # with MaxConnectionsError under a burst of concurrent work.
     pool = BlockingConnectionPool.from_url(
@@ -200,7 +203,7 @@ async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
         return int(lag)
     last = group.get("last-delivered-id", group.get(b"last-delivered-id", b"0-0"))
     last_id = last.decode() if isinstance(last, bytes) else str(last)
-    count = await redis.eval(_COUNT_AFTER_LUA, 1, key, f"({last_id}", LAG_COUNT_CAP)  # type: ignore[misc]
+    count = await redis.eval(_COUNT_AFTER_LUA, 1, key, f"({last_id}", LAG_COUNT_CAP)
     return int(count)
 
 

@@ -67,9 +67,11 @@ class RunningService:
 
     @property
     def port(self) -> int:
+        """The gRPC port the service listens on."""
         return self.host.port
 
     async def stop(self) -> None:
+        """Stops the server, then cancels and awaits the background tasks."""
         await self.host.stop()
         for task in self.tasks:
             task.cancel()

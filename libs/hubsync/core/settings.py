@@ -24,6 +24,8 @@ from hubsync.core.tls import grpc_tls
 
 
 class Environment(StrEnum):
+    """``HUBSYNC_ENVIRONMENT``: production turns on the secure-by-default checks."""
+
     DEVELOPMENT = "development"
     PRODUCTION = "production"
 
@@ -46,6 +48,7 @@ CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 
 
 def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
     return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
@@ -187,6 +190,7 @@ class CoreSettings(BaseSettings):
         return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``HUBSYNC_REDIS_SENTINELS`` as ``(host, port)`` pairs."""
         return _sentinel_pairs(self.redis_sentinels)
 
     @field_validator("hubspot_api_base")
@@ -197,6 +201,7 @@ class CoreSettings(BaseSettings):
         return value.rstrip("/")
 
     def reflection_enabled(self) -> bool:
+        """Whether gRPC reflection is on: as set, else on in development only."""
         if self.grpc_reflection is not None:
             return self.grpc_reflection
         return self.environment != Environment.PRODUCTION

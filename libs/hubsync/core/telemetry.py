@@ -58,6 +58,7 @@ def scrub_url_attributes(span: trace.Span, *_: Any) -> None:
 
 
 async def scrub_url_attributes_async(span: trace.Span, *_: Any) -> None:
+    """Async form of :func:`scrub_url_attributes`, for hooks that await."""
     scrub_url_attributes(span)
 
 
@@ -65,6 +66,7 @@ class UrlScrubber(SpanProcessor):
     """Strips query strings from the URL attributes a span starts with (any instrumentation)."""
 
     def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        """Scrubs the span's URL attributes as it starts."""
         scrub_url_attributes(span)
 
 

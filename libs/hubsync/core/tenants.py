@@ -27,6 +27,7 @@ from functools import cache
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from hubsync.core import keys
 
@@ -151,13 +152,13 @@ def key_pattern(key: str) -> str:
 # ---- finding a portal's keys ------------------------------------------------------------------------
 
 
-async def portal_key_batches(redis: Any, portal_id: int) -> AsyncIterator[list[bytes]]:
+async def portal_key_batches(redis: Redis, portal_id: int) -> AsyncIterator[list[bytes]]:
     """Every key of the portal, in batches: ``SCAN MATCH hubsync:{<portal>}:*`` over the keyspace
     of a single Redis (or Sentinel's master). On Redis Cluster the keys live on the node that owns
     the portal's slot only: there the slot's keys are asked for (``CLUSTER COUNTKEYSINSLOT`` /
     ``GETKEYSINSLOT``) and filtered, a cost of the slot's keys, not of the keyspace."""
     pattern = keys.portal_key_pattern(portal_id)
-    if hasattr(redis, "keyslot") and hasattr(redis, "get_node_from_key"):
+    if isinstance(redis, RedisCluster):  # create_cluster_client types it as Redis
         async for batch in _cluster_slot_keys(redis, portal_id, pattern):
             yield batch
         return
@@ -165,12 +166,12 @@ async def portal_key_batches(redis: Any, portal_id: int) -> AsyncIterator[list[b
     while True:
         cursor, found = await redis.scan(cursor, match=pattern, count=_SCAN_COUNT)
         if found:
-            yield list(found)
+            yield [k if isinstance(k, bytes) else k.encode() for k in found]
         if not cursor:
             return
 
 
-async def _cluster_slot_keys(redis: Any, portal_id: int, pattern: str) -> AsyncIterator[list[bytes]]:
+async def _cluster_slot_keys(redis: RedisCluster, portal_id: int, pattern: str) -> AsyncIterator[list[bytes]]:
     anchor = keys.auth_connection_key(portal_id)  # any key of the portal names its slot
     slot = redis.keyslot(anchor)
     node = redis.get_node_from_key(anchor)
@@ -204,6 +205,8 @@ class PortalSummary:
 
 @dataclass(frozen=True)
 class StreamState:
+    """A stream's length and the time of its last entry."""
+
     length: int
     last_entry_ms: int
     # consumer group -> {"pending": entries delivered, not acked; "lag": not yet read (-1: unknown)}
@@ -236,6 +239,7 @@ class DeleteReport:
 
     @property
     def total(self) -> int:
+        """How many keys in all."""
         return sum(self.keys.values())
 
 
@@ -268,7 +272,7 @@ class TenantStore:
                 cursor, pairs = await self.redis.zscan(key, cursor, count=page_size)
                 raw = [m for m, _ in pairs]
             else:
-                cursor, raw = await self.redis.sscan(key, cursor, count=page_size)  # type: ignore[misc]
+                cursor, raw = await self.redis.sscan(key, cursor, count=page_size)
             ids = sorted({int(m) for m in raw if _text(m).isdigit()})
             ids = await self._first_seen_here(ids, source)
             if not cursor:
@@ -321,7 +325,7 @@ class TenantStore:
         state = {name: await self._stream(key) for name, key in sorted(streams.items())}
         versions: dict[str, str] = {}
         for k in configs:
-            version = await self.redis.hget(k, "version")  # type: ignore[misc]
+            version = await self.redis.hget(k, "version")
             if version is not None:
                 versions[_text(k)] = _text(version)
         connection = await self._connection(portal_id)

@@ -57,6 +57,7 @@ class TLSFiles:
     server_name: str = ""
 
     def paths(self) -> list[Path]:
+        """The files set, to watch for rotation."""
         return [p for p in (self.cert, self.key, self.ca) if p is not None]
 
     def stamp(self) -> tuple[tuple[int, int, int], ...]:
@@ -190,12 +191,14 @@ def server_credentials(files: TLSFiles) -> grpc.ServerCredentials:
 
 
 def channel_credentials(material: TLSMaterial) -> grpc.ChannelCredentials:
+    """Channel credentials for gRPC over mutual TLS from ``material``."""
     return grpc.ssl_channel_credentials(
         root_certificates=material.ca, private_key=material.key, certificate_chain=material.cert
     )
 
 
 def channel_options(files: TLSFiles) -> list[tuple[str, Any]]:
+    """Channel options: the name to check in servers' certificates, when set."""
     return [("grpc.ssl_target_name_override", files.server_name)] if files.server_name else []
 
 
@@ -213,7 +216,7 @@ class _Method:
         return factory(*self._args, **self._kwargs)(*args, **kwargs)
 
 
-class ReloadingChannel(grpc.aio.Channel):
+class ReloadingChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A secure channel that opens a new inner channel when its certificate files change.
 
     grpc's channel credentials are fixed at creation; cert-manager renews a certificate long
@@ -230,6 +233,7 @@ class ReloadingChannel(grpc.aio.Channel):
         self._retiring: set[asyncio.Task[None]] = set()
 
     def current(self) -> grpc.aio.Channel:
+        """The inner channel, replaced first if the certificate files changed."""
         now = time.monotonic()
         if now - self._checked >= CLIENT_RELOAD_CHECK_S:
             self._checked = now
@@ -263,29 +267,37 @@ class ReloadingChannel(grpc.aio.Channel):
         await self.close()
 
     async def close(self, grace: float | None = None) -> None:
+        """Closes the current and the retiring inner channels."""
         for task in list(self._retiring):
             task.cancel()
         await self._inner.close(grace)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """The current inner channel's connectivity state."""
         return self.current().get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Waits for the current inner channel's state to change."""
         await self.current().wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
+        """Waits until the current inner channel is ready."""
         await self.current().channel_ready()
 
     def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        """A unary-unary method bound to whichever inner channel is current at call time."""
         return _Method(self, "unary_unary", args, kwargs)
 
     def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        """A unary-stream method bound to whichever inner channel is current at call time."""
         return _Method(self, "unary_stream", args, kwargs)
 
     def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        """A stream-unary method bound to whichever inner channel is current at call time."""
         return _Method(self, "stream_unary", args, kwargs)
 
     def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        """A stream-stream method bound to whichever inner channel is current at call time."""
         return _Method(self, "stream_stream", args, kwargs)
 
 
@@ -325,6 +337,7 @@ _REDIS_TLS_SCHEMES = ("rediss", "rediss+cluster")
 
 
 def redis_url_uses_tls(url: str) -> bool:
+    """Whether ``url`` asks for TLS to Redis (``rediss://``, ``rediss+cluster://``)."""
     return urlsplit(url).scheme in _REDIS_TLS_SCHEMES
 
 

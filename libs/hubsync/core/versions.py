@@ -26,4 +26,4 @@ _RESERVE = reserve_lua("KEYS[1]", "ARGV[1]") + "return base\n"
 
 async def reserve_versions(redis: Redis, counter_key: str, count: int) -> int:
     """Reserves ``count`` consecutive versions; returns the first."""
-    return int(await redis.eval(_RESERVE, 1, counter_key, max(count, 1)))  # type: ignore[misc]
+    return int(await redis.eval(_RESERVE, 1, counter_key, max(count, 1)))

@@ -38,10 +38,12 @@ def v3_uri(uri: str) -> str:
 
 
 def sign_v1(secret: str, body: bytes) -> str:
+    """HubSpot's v1 webhook signature: hex SHA-256 of secret + body."""
     return hashlib.sha256(secret.encode() + body).hexdigest()
 
 
 def sign_v2(secret: str, method: str, uri: str, body: bytes) -> str:
+    """HubSpot's v2 webhook signature: hex SHA-256 of secret + method + URI + body."""
     return hashlib.sha256(secret.encode() + method.encode() + uri.encode() + body).hexdigest()
 
 
@@ -57,6 +59,7 @@ def v3_signature(key: bytes, message: bytes) -> bytes:
 
 
 def sign_v3(secret: str, method: str, uri: str, body: bytes, timestamp_ms: int | str) -> str:
+    """HubSpot's v3 webhook signature (HMAC-SHA256, base64) of method, URI, body, timestamp."""
     return v3_signature(secret.encode(), v3_message(method, uri, body, timestamp_ms)).decode()
 
 
@@ -66,4 +69,5 @@ def timestamp_fresh(timestamp_ms: int, now_ms: int, max_skew_ms: int = MAX_SKEW_
 
 
 def constant_time_equal(a: str, b: str) -> bool:
+    """Compares two signatures in constant time."""
     return hmac.compare_digest(a.encode(), b.encode())
