@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.event_entries import decode_entry, encode_entry
 from hubsync.core.keys import events_key
-from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.committer import CallerContext, EventAppender, EventCommitter
 from hubsync.ingress.events import parse_events
 from hubsync.ingress.journal import EventJournal
 from hubsync.ingress.reconciler import Reconciler
@@ -80,13 +80,14 @@ async def test_entries_older_than_the_retention_are_trimmed_newer_ones_kept(
 async def test_a_portals_stream_stays_within_its_byte_cap(redis_url: str, redis: Redis) -> None:
     cap = 64 * 1024
     committer = EventCommitter(
-        redis, retention_ms=26 * HOUR_MS, max_bytes=cap, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=30
+        EventAppender(redis, retention_ms=26 * HOUR_MS, max_bytes=cap, dedupe_ttl_s=3600, dedupe_buckets=8),
+        timeout_s=30,
     )
     sent = 0
     for _ in range(30):
         batch = [event(object_id=sent + i) for i in range(100)]
         sent += len(batch)
-        await committer.submit(parse_events(orjson.dumps(batch)), {"traceparent": TRACEPARENT})
+        await committer.submit(parse_events(orjson.dumps(batch)), tracing=CallerContext(TRACEPARENT))
         used = await redis.memory_usage(STREAM, samples=0)
         assert used is not None and used <= cap + 8 * 1024  # a node's worth of slack: trims are ~
     length = await redis.xlen(STREAM)
@@ -126,7 +127,7 @@ async def test_entries_of_the_older_format_are_read_replayed_and_reconciled(
 
     async with grpc.aio.insecure_channel("127.0.0.1:9") as unused:  # the pass below searches nothing
         committer = EventCommitter(
-            redis, retention_ms=26 * HOUR_MS, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=30
+            EventAppender(redis, retention_ms=26 * HOUR_MS, dedupe_ttl_s=3600, dedupe_buckets=8), timeout_s=30
         )
         reconciler = Reconciler(
             redis, committer, unused, object_types=["contacts"], lookback_s=0, interval_s=0

@@ -31,7 +31,7 @@ from hubsync.core.event_entries import decode_entry
 from hubsync.core.keys import PORTALS_KEY, EchoEntry, echoes_key, events_key, reconcile_key
 from hubsync.core.outage import loop_error
 from hubsync.ingress import metrics
-from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome
+from hubsync.ingress.committer import CommitOutcome, EnqueueFailed, EventCommitter
 from hubsync.ingress.events import OBJECT_TYPES, WebhookEvent, parse_events, type_of_id
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Reconciler:
                 outcomes = await self._committer.submit(missing[start : start + 500], origin="reconcile")
             except EnqueueFailed as exc:
                 raise Unavailable("redis did not take the reconciled events", retry_after=1.0) from exc
-            found += sum(1 for o in outcomes if o == Outcome.ACCEPTED)
+            found += sum(1 for o in outcomes if o == CommitOutcome.ACCEPTED)
         if found:
             metrics.reconcile_found.add(found, {"object_type": object_type})
             metrics.accepted.add(found, {"origin": "reconcile"})

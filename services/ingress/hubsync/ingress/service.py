@@ -12,7 +12,7 @@ from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, Environment, load_settings
-from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.committer import EventAppender, EventCommitter
 from hubsync.ingress.http_protocol import EdgeLimits
 from hubsync.ingress.http_server import HttpServer, build_app
 from hubsync.ingress.journal import EventJournal
@@ -87,13 +87,16 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
             raise _exit("HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE", "at least one webhook secret is required")
         log.warning("no webhook secret configured: every webhook will be answered 401")
     verifier = WebhookVerifier(secrets, accept_v1=settings.accept_v1, accept_v2=settings.accept_v2)
-    committer = EventCommitter(
+    appender = EventAppender(
         redis,
         retention_ms=settings.journal_retention_s * 1000,
         max_bytes=settings.journal_max_bytes,
         entry_format=settings.journal_format,
         dedupe_ttl_s=settings.dedupe_ttl_s,
         dedupe_buckets=settings.dedupe_buckets,
+    )
+    committer = EventCommitter(
+        appender,
         timeout_s=settings.redis_timeout_s,
         window_s=settings.commit_window_s,
         max_events=settings.commit_max_events,
