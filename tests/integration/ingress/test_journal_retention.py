@@ -66,8 +66,11 @@ async def test_entries_older_than_the_retention_are_trimmed_newer_ones_kept(
     for i in range(150):
         fields = encode_entry(event(object_id=1000 + i, occurred_at=recent), origin="webhook")
         await redis.xadd(STREAM, fields, id=f"{recent}-{i}")
-    env = {"HUBSYNC_INGRESS_JOURNAL_RETENTION_S": str(26 * 3600)}
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    settings = {"journal_retention_s": 26 * 3600}
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         assert (await _post(base, [event(object_id=9999)])).status_code == 200
     stamps = await _ids_ms(redis)
     # MINID ~ drops whole stream nodes (100 entries each): of the 250 older than 26 h, at most the
@@ -139,9 +142,12 @@ async def test_entries_of_the_older_format_are_read_replayed_and_reconciled(
 async def test_the_fields_format_is_written_while_older_mappers_still_run(
     redis_url: str, caller_tokens: dict[str, str], redis: Redis
 ) -> None:
-    env = {"HUBSYNC_INGRESS_JOURNAL_FORMAT": "fields"}
+    settings = {"journal_format": "fields"}
     sent = [event(object_id=1), event(object_id=2, unknownField=[1, 2])]
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         assert (await _post(base, sent)).status_code == 200
     raw: Any = await redis.xrange(STREAM)
     # what mapper 0.3 reads: the event's JSON and its context, field by field

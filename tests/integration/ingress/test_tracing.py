@@ -83,8 +83,11 @@ async def test_refused_request_gets_a_server_span_with_its_status(  # type: igno
 async def test_request_mode_gives_every_request_its_server_span(  # type: ignore[no-untyped-def]
     redis_url, caller_tokens, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
-    env = {"HUBSYNC_INGRESS_WEBHOOK_SPANS": "request"}
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    settings = {"webhook_spans": "request"}
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         bodies = [json.dumps([event(object_id=i)]).encode() for i in range(4)]
         replies = await asyncio.gather(*(post_as_hubspot(base, body) for body in bodies))
     assert [r.status_code for r in replies] == [200] * 4
@@ -105,9 +108,12 @@ async def test_request_mode_gives_every_request_its_server_span(  # type: ignore
 async def test_off_mode_records_no_span_and_keeps_the_callers_context(  # type: ignore[no-untyped-def]
     redis_url, caller_tokens, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
-    env = {"HUBSYNC_INGRESS_WEBHOOK_SPANS": "off"}
+    settings = {"webhook_spans": "off"}
     caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         plain = json.dumps([event(object_id=1)]).encode()
         assert (await post_as_hubspot(base, plain)).status_code == 200
         traced = json.dumps([event(object_id=2)]).encode()
