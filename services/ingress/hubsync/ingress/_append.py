@@ -46,15 +46,17 @@ _NO_TRACE_ARGS = ("", "", "")
 
 
 def echo_record(event: WebhookEvent) -> str:
-    """What the echo journal keeps of an echo: ``<object type>:<object id>:<occurredAt>``."""
+    """Return what the echo journal keeps of an echo: ``<object type>:<object id>:<occurredAt>``."""
     return f"{event.object_type or ''}:{event.object_id}:{event.occurred_at}"
 
 
 @dataclass
 class _PortalCall:
-    """One portal's script call: its keys (1-based indexes in the events' arguments), the
-    events' arguments and entries, and where each event's answer goes (position -1: an echo known
-    by its source, which gets no outcome)."""
+    """One portal's script call.
+
+    Its keys (1-based indexes in the events' arguments), the events' arguments and entries, and
+    where each event's answer goes (position -1: an echo known by its source, no outcome).
+    """
 
     keys: list[str]
     index: dict[str, int]
@@ -83,7 +85,7 @@ class EventAppender:
         max_bytes: int = 0,
         entry_format: EntryFormat = "compact",
     ) -> None:
-        """Sets up the appender.
+        """Set up the appender.
 
         Args:
             redis: The client (a cluster client too: each call stays in its portal's slot).
@@ -94,6 +96,7 @@ class EventAppender:
             max_bytes: A portal's stream past this many bytes loses its oldest entries (0: no cap).
             entry_format: ``compact`` (one field ``e``) or ``fields`` (0.1.0's format, which mapper
                 replicas of 0.1.0 read: for a rolling upgrade, see UPGRADING.md).
+
         """
         if entry_format not in ENTRY_FORMATS:
             raise ValueError(f"entry_format must be one of {ENTRY_FORMATS}")
@@ -105,7 +108,7 @@ class EventAppender:
         self.compact = entry_format == "compact"
 
     async def append(self, batch: Sequence[Submission]) -> dict[Submission, list[CommitOutcome]]:
-        """Appends every submission's events in one round trip; returns each one's outcomes.
+        """Append every submission's events in one round trip; returns each one's outcomes.
 
         Raises whatever the client raises when Redis does not answer (the committer answers every
         waiter :class:`~hubsync.ingress.committer.EnqueueFailed`).

@@ -23,7 +23,7 @@ _MEMBER_AND_BUCKET = struct.Struct(">qI")
 
 
 def dedupe_slot(event: WebhookEvent, buckets: int) -> tuple[str, int]:
-    """The dedupe set key and the signed 64-bit member of an event.
+    """Return the dedupe set key and the signed 64-bit member of an event.
 
     Args:
         event: The event to remember.
@@ -31,6 +31,7 @@ def dedupe_slot(event: WebhookEvent, buckets: int) -> tuple[str, int]:
 
     Returns:
         The set's key and the member to add to it.
+
     """
     member, bucket = _MEMBER_AND_BUCKET.unpack_from(event.digest())
     return dedupe_key(event.portal_id, event.occurred_at // HOUR_MS, bucket % buckets), member

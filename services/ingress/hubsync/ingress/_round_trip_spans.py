@@ -35,7 +35,7 @@ _ROOT = Context()
 
 
 def trace_context(span: trace.Span) -> CallerContext:
-    """The W3C trace context of ``span`` (empty when it has none).
+    """Return the W3C trace context of ``span`` (empty when it has none).
 
     Formatted as the ``TraceContextTextMapPropagator`` would, without its generic machinery.
     """
@@ -47,8 +47,10 @@ def trace_context(span: trace.Span) -> CallerContext:
 
 
 class RoundTripSpans:
-    """The spans :func:`open_spans` opened for one round trip, closed by :meth:`succeeded` or
-    :meth:`failed`."""
+    """The spans :func:`open_spans` opened for one round trip.
+
+    Closed by :meth:`succeeded` or :meth:`failed`.
+    """
 
     __slots__ = ("commit", "grouped", "own")
 
@@ -60,7 +62,7 @@ class RoundTripSpans:
         self.own = own
 
     def succeeded(self, results: Mapping[Submission, list[CommitOutcome]]) -> None:
-        """Ends every span: the events are in Redis; the commit span gets its outcome counts."""
+        """End every span: the events are in Redis; the commit span gets its outcome counts."""
         commit = self.commit
         if commit is not None:
             counts = [0, 0, 0]
@@ -79,7 +81,7 @@ class RoundTripSpans:
             span.close(None)
 
     def failed(self, reason: str) -> None:
-        """Ends every span as an error: Redis did not take the events (``reason`` says why)."""
+        """End every span as an error: Redis did not take the events (``reason`` says why)."""
         if self.commit is not None:
             self.commit.set_status(StatusCode.ERROR, reason)
             self.commit.end()
@@ -88,7 +90,7 @@ class RoundTripSpans:
 
 
 def open_spans(batch: Sequence[Submission]) -> RoundTripSpans:
-    """Opens the round trip's spans and sets the context each submission's entries carry.
+    """Open the round trip's spans and sets the context each submission's entries carry.
 
     Args:
         batch: The round trip's submissions, in order.
@@ -97,6 +99,7 @@ def open_spans(batch: Sequence[Submission]) -> RoundTripSpans:
         The spans to close once Redis answered. When opening one fails, the submissions not
         traced yet carry no context (tracing must not keep events out of Redis), and every
         request span is still closed.
+
     """
     grouped: list[Submission] = []
     # The earliest grouped request's arrival starts the commit span.

@@ -49,7 +49,7 @@ class CallerContext:
 
     @classmethod
     def of(cls, carrier: Mapping[str, str]) -> CallerContext:
-        """The context in a carrier's ``traceparent`` and ``tracestate`` (either may be absent)."""
+        """Return the context in a carrier's ``traceparent`` and ``tracestate`` (either may be absent)."""
         return cls(carrier.get("traceparent", ""), carrier.get("tracestate", ""))
 
 
@@ -58,8 +58,11 @@ NO_CONTEXT = CallerContext()
 
 
 class RoundTripSpan:
-    """Join the round trip's ``ingress.commit`` span, which starts when the earliest joined
-    request arrived (``received_ns``, epoch ns; 0: unknown)."""
+    """Join the round trip's ``ingress.commit`` span.
+
+    The span starts when the earliest joined request arrived (``received_ns``, epoch ns; 0:
+    unknown).
+    """
 
     __slots__ = ("received_ns",)
 
@@ -76,11 +79,11 @@ class RequestSpan(Protocol):
     """
 
     def open(self) -> CallerContext:
-        """Starts the span; returns the W3C trace context the submission's entries carry."""
+        """Start the span; returns the W3C trace context the submission's entries carry."""
         ...
 
     def close(self, error: str | None) -> None:
-        """Ends the span: the events are in Redis (``error`` None) or not (``error`` says why)."""
+        """End the span: the events are in Redis (``error`` None) or not (``error`` says why)."""
         ...
 
 

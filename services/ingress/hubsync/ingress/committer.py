@@ -65,13 +65,14 @@ class EventCommitter:
     def __init__(
         self, appender: EventAppender, *, timeout_s: float, window_s: float = 0.0, max_events: int = 2000
     ) -> None:
-        """Sets up the committer; the flusher starts with the first submission.
+        """Set up the committer; the flusher starts with the first submission.
 
         Args:
             appender: Appends a round trip's events to Redis (dedupe, echoes, retention).
             timeout_s: How long a round trip may take before its callers get :class:`EnqueueFailed`.
             window_s: Extra wait for a group to fill (0: one loop turn).
             max_events: Most events in one round trip.
+
         """
         self._appender = appender
         self.timeout_s = timeout_s
@@ -94,7 +95,7 @@ class EventCommitter:
         started: float = 0.0,
         own_echoes: Sequence[WebhookEvent] = (),
     ) -> list[CommitOutcome]:
-        """Commits ``events`` (deduped, echoes dropped); returns one outcome per event.
+        """Commit ``events`` (deduped, echoes dropped); returns one outcome per event.
 
         Args:
             events: The events to store, of any portals.
@@ -113,6 +114,7 @@ class EventCommitter:
         Raises:
             EnqueueFailed: Redis could not take the events within the timeout, or the committer
                 is closed.
+
         """
         if self._closed:
             raise EnqueueFailed("ingress is shutting down")
@@ -126,7 +128,7 @@ class EventCommitter:
         return await sub.future
 
     async def close(self) -> None:
-        """Waits for queued work to be committed (or to fail), then refuses new work."""
+        """Wait for queued work to be committed (or to fail), then refuses new work."""
         self._closed = True
         if self._flusher is not None:
             with contextlib.suppress(Exception):
@@ -158,8 +160,10 @@ class EventCommitter:
                     sub.future.set_result(outcomes)
 
     def _take(self) -> list[Submission]:
-        """The next round trip's submissions: all queued, or as many as ``max_events`` allow
-        (always at least one)."""
+        """Take the next round trip's submissions: all, or as many as ``max_events`` allow.
+
+        Always at least one.
+        """
         queue = self._queue
         if self._queued_events <= self.max_events:
             self._queue = []

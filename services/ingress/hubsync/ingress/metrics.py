@@ -46,7 +46,7 @@ _WRITTEN = {"kind": "written"}
 
 
 def record_round_trip(results: Mapping[Submission, list[CommitOutcome]]) -> None:
-    """Records a round trip that Redis took: webhook outcomes and each timed accept duration.
+    """Record a round trip that Redis took: webhook outcomes and each timed accept duration.
 
     The outcome counters are added once per round trip, not once per request (each ``add`` costs
     about as much as verifying a signature); the totals are the same, and they are recorded

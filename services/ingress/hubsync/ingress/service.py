@@ -46,6 +46,7 @@ def check_settings(settings: IngressSettings, environment: Environment) -> list[
             (:func:`hubsync.core.settings.invalid_configuration`): what production refuses
             (:meth:`IngressSettings.problems`), a secrets file that cannot be read, no secret in
             production.
+
     """
     problems = settings.problems(environment)
     secrets_file = IngressSettings.variable("webhook_secrets_file")
@@ -84,6 +85,7 @@ async def build(core: CoreSettings, redis: Redis, settings: IngressSettings) -> 
     Raises:
         SystemExit: Exit 2 naming the variable, for settings that cannot work (see
             :func:`check_settings`) or an HTTP port that cannot be listened on.
+
     """
     secrets = check_settings(settings, core.environment)
     verifier = WebhookVerifier(secrets, accept_v1=settings.accept_v1, accept_v2=settings.accept_v2)

@@ -111,11 +111,11 @@ class IngressSettings(BaseSettings):
 
     @classmethod
     def variable(cls, name: str) -> str:
-        """The environment variable of setting ``name`` (``HUBSYNC_INGRESS_<NAME>``)."""
+        """Return the environment variable of setting ``name`` (``HUBSYNC_INGRESS_<NAME>``)."""
         return f"{cls.model_config.get('env_prefix', '')}{name}".upper()
 
     def problems(self, environment: Environment) -> list[tuple[str, str]]:
-        """What ``environment`` refuses in these settings, as ``(variable, why)`` pairs.
+        """Return what ``environment`` refuses in these settings, as ``(variable, why)`` pairs.
 
         Production refuses a public URL that is not https (HubSpot would send webhooks and the
         OAuth redirect in clear) and signatures without a timestamp (replayable forever) unless
@@ -144,6 +144,7 @@ class IngressSettings(BaseSettings):
         Raises:
             OSError: The file cannot be read.
             ValueError: The file's JSON is not a list of strings.
+
         """
         found = [s.get_secret_value() for s in self.webhook_secrets if s.get_secret_value()]
         if self.webhook_secrets_file is not None:

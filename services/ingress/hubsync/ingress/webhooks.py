@@ -86,7 +86,7 @@ def _error(status: int, reason: str, message: str, headers: RawHeaders = _JSON_H
 
 
 async def read_bounded(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The request body, or :class:`BodyTooLarge` as soon as it passes ``limit`` bytes."""
+    """Return the request body; raise :class:`BodyTooLarge` as soon as it passes ``limit`` bytes."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     message = await receive()
@@ -134,6 +134,7 @@ class WebhookEndpoint:
         public_base_url: str = "",
         spans: SpanMode = "round_trip",
     ) -> None:
+        """Set up the endpoint; ``spans`` is ``WEBHOOK_SPANS``."""
         self.verifier = verifier
         self.committer = committer
         self.max_body_bytes = max_body_bytes
@@ -150,10 +151,10 @@ class WebhookEndpoint:
         )
 
     def public_uri(self, scope: Scope) -> str:
-        """The URL HubSpot called: public base + the raw path and query as they arrived."""
-        raw_path = scope.get("raw_path") or scope["path"].encode()
+        """Return the URL HubSpot called: public base + the raw path and query as they arrived."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         uri = self.public_base_url + raw_path.decode("latin-1")
-        query = scope.get("query_string") or b""
+        query: bytes = scope.get("query_string") or b""
         if query:
             uri += "?" + query.decode("latin-1")
         return uri
@@ -163,6 +164,7 @@ class WebhookEndpoint:
         return event.change_source == "INTEGRATION" and event.source_id in self.own_source_ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ``POST /webhooks/hubspot``."""
         started = time.perf_counter()
         start_ns = time.time_ns()
         # Only the headers the endpoint reads, decoded once. ASGI header names are lower case;
@@ -255,9 +257,11 @@ class WebhookEndpoint:
 
 
 class _RequestSpan:
-    """One webhook request's server span (a committer :class:`~hubsync.ingress.committer.RequestSpan`):
-    opened and closed by the committer around the round trip that stores the request's events, or
-    by the endpoint for a request that is refused or commits nothing."""
+    """One webhook request's server span (a :class:`~hubsync.ingress.committer.RequestSpan`).
+
+    Opened and closed by the committer around the round trip that stores the request's events, or
+    by the endpoint for a request that is refused or commits nothing.
+    """
 
     __slots__ = (
         "closed",
@@ -287,14 +291,14 @@ class _RequestSpan:
         self.own_span = mode == "request" or (mode == "round_trip" and "traceparent" in headers)
 
     def caller_context(self) -> CallerContext:
-        """The caller's W3C trace context, as the entries carry it when no span is recorded."""
+        """Return the caller's W3C trace context, as the entries carry it when no span is recorded."""
         headers = self.headers
         if "traceparent" not in headers and "tracestate" not in headers:
             return NO_CONTEXT
         return CallerContext.of(headers)
 
     def open(self) -> CallerContext:
-        """Starts the server span (child of the caller's context, if any); returns its context."""
+        """Start the server span (child of the caller's context, if any); returns its context."""
         trace_headers = self.endpoint.trace_headers
         carrier = {k: v for k, v in self.headers.items() if k in trace_headers}
         # The parent is the caller's context or none (never whatever this task happens to hold).
@@ -308,14 +312,14 @@ class _RequestSpan:
         return trace_context(self.span)
 
     def close(self, error: str | None) -> None:
-        """Ends the span after the round trip: 200, or 503 with ``error``."""
+        """End the span after the round trip: 200, or 503 with ``error``."""
         if error is None:
             self.finish(200, "")
         else:
             self.finish(503, error)
 
     def finish(self, status: int, reason: str) -> None:
-        """Ends the span (if one was opened) with the answer's status."""
+        """End the span (if one was opened) with the answer's status."""
         self.closed = True
         span = self.span
         if span is None:
