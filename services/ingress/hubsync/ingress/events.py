@@ -11,6 +11,17 @@ from typing import Any, NamedTuple
 
 import orjson
 
+__all__ = [
+    "MAX_EVENTS",
+    "OBJECT_TYPES",
+    "OBJECT_TYPE_IDS",
+    "PayloadRejected",
+    "WebhookEvent",
+    "object_type_of",
+    "parse_events",
+    "type_of_id",
+]
+
 # subscriptionType prefix → the CRM object type writer records its writes under.
 OBJECT_TYPES = {
     "contact": "contacts",

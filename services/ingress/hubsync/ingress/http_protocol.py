@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+__all__ = ["EdgeLimits", "EdgeProtocol", "edge_protocol"]
+
 log = logging.getLogger(__name__)
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2

@@ -25,6 +25,8 @@ from hubsync.core.telemetry import scrub_url_attributes
 from hubsync.ingress.http_protocol import EdgeLimits, edge_protocol
 from hubsync.ingress.webhooks import PATH as WEBHOOK_PATH
 
+__all__ = ["HttpServer", "build_app"]
+
 log = logging.getLogger(__name__)
 
 

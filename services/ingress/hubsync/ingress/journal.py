@@ -22,6 +22,8 @@ from hubsync.core.event_entries import EventRecord, decode_entry, replay_copy
 from hubsync.core.keys import events_key, replays_key
 from hubsync.ingress._stream_reads import stream_range
 
+__all__ = ["MAX_PAGE", "EventJournal", "JournalEntry", "check_offset"]
+
 _OFFSET = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 MAX_PAGE = 1000
 _CHUNK = 500

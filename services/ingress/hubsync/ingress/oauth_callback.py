@@ -29,6 +29,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 
+__all__ = ["OAuthCallback", "page"]
+
 log = logging.getLogger(__name__)
 
 _PAGE = """<!doctype html>

@@ -35,6 +35,8 @@ from hubsync.ingress._stream_reads import stream_range
 from hubsync.ingress.committer import CommitOutcome, EnqueueFailed, EventCommitter
 from hubsync.ingress.events import OBJECT_TYPES, WebhookEvent, parse_events, type_of_id
 
+__all__ = ["ReconcileResult", "Reconciler"]
+
 log = logging.getLogger(__name__)
 
 SINGULAR = {"contacts": "contact", "companies": "company", "deals": "deal"}

@@ -11,6 +11,8 @@ from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.ingress.journal import EventJournal, JournalEntry
 from hubsync.ingress.reconciler import Reconciler
 
+__all__ = ["IngressServicer", "event_pb"]
+
 
 def _ts(ms: int) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()

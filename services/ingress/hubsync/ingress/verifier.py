@@ -22,6 +22,8 @@ from hubsync.hubspot.signatures import (
     v3_signature,
 )
 
+__all__ = ["SignatureRejected", "VerifiedRequest", "WebhookVerifier"]
+
 
 class SignatureRejected(Exception):
     """The request is not signed by an active secret; ``reason`` is a metric label."""

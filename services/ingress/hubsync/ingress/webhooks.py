@@ -42,6 +42,8 @@ from hubsync.ingress.committer import (
 from hubsync.ingress.events import PayloadRejected, WebhookEvent, parse_events
 from hubsync.ingress.verifier import SignatureRejected, WebhookVerifier
 
+__all__ = ["PATH", "SPAN_NAME", "BodyTooLarge", "SpanMode", "WebhookEndpoint", "read_bounded"]
+
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("hubsync.ingress")
 _ROOT = Context()
