@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from hubsync.core.devredis import RedisProcess
 from hubsync.core.event_entries import decode_entry, encode_entry
 from hubsync.core.keys import events_key
-from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.committer import CallerContext, EventAppender, EventCommitter
 from hubsync.ingress.events import parse_events
 
 HERE = Path(__file__).parent
@@ -120,7 +120,8 @@ async def fill(url: str, events: int) -> dict[str, Any]:
         rnd = random.Random(13)
         now = int(time.time() * 1000)
         committer = EventCommitter(
-            redis, retention_ms=26 * 3_600_000, dedupe_ttl_s=90_000, dedupe_buckets=64, timeout_s=60
+            EventAppender(redis, retention_ms=26 * 3_600_000, dedupe_ttl_s=90_000, dedupe_buckets=64),
+            timeout_s=60,
         )
         json_bytes = entry_bytes = 0
         samples: list[dict[str, Any]] = []
@@ -128,7 +129,9 @@ async def fill(url: str, events: int) -> dict[str, Any]:
             batch = [realistic_event(rnd, start + i, NEW_PORTAL, now) for i in range(CHUNK)]
             samples.extend(batch[:2])
             carrier = {"traceparent": traceparent()}
-            outcomes = await committer.submit(parse_events(orjson.dumps(batch)), carrier)
+            outcomes = await committer.submit(
+                parse_events(orjson.dumps(batch)), tracing=CallerContext.of(carrier)
+            )
             assert all(o == 0 for o in outcomes), "every event must be new"
             old = [dict(e, portalId=OLD_PORTAL) for e in batch]
             async with redis.pipeline(transaction=False) as pipe:

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.devredis import RedisProcess, free_port
 from hubsync.hubspot.signatures import sign_v3
-from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.committer import EventAppender, EventCommitter
 from hubsync.ingress.events import parse_events
 
 HERE = Path(__file__).parent
@@ -161,7 +161,7 @@ async def dedupe_memory(url: str, events: int, buckets: int) -> dict[str, float]
     try:
         await redis.flushall()
         committer = EventCommitter(
-            redis, retention_ms=1, dedupe_ttl_s=90_000, dedupe_buckets=buckets, timeout_s=30
+            EventAppender(redis, retention_ms=1, dedupe_ttl_s=90_000, dedupe_buckets=buckets), timeout_s=30
         )
         hour = 1_700_000_000_000 // 3_600_000 * 3_600_000
         chunk = 100  # HubSpot sends at most 100 events a request; parse_events refuses more

@@ -116,9 +116,12 @@ async def test_a_lost_node_is_an_outage_and_its_return_ends_it(
     """The node serving the portal's slot stops: webhooks get 503 (HubSpot retries), gRPC calls
     UNAVAILABLE with RetryInfo; the node restarts from its AOF and both work again, each event
     journaled once."""
-    env = {"HUBSYNC_INGRESS_REDIS_TIMEOUT_S": "1.0"}
+    settings = {"redis_timeout_s": 1.0}
     async with (
-        running_ingress(redis_url=own_cluster.url, caller_tokens=caller_tokens, env=env) as (base, address),
+        running_ingress(redis_url=own_cluster.url, caller_tokens=caller_tokens, settings=settings) as (
+            base,
+            address,
+        ),
         httpx.AsyncClient(timeout=30) as client,
     ):
         await _deliver(client, base, [event(object_id=1)])

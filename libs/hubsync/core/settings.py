@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -229,20 +230,33 @@ class CoreSettings(BaseSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 
+def invalid_configuration(owner: str, problems: Sequence[tuple[str, str]]) -> SystemExit:
+    """Report settings that cannot work, the one way every service does: print each variable
+    (never its value) and why on stderr, and return the ``SystemExit(2)`` for the caller to raise.
+
+    Args:
+        owner: The settings class the variables belong to (``IngressSettings``).
+        problems: ``(variable, message)`` pairs; an empty variable: the message names them.
+    """
+    lines = [f"hubsync: invalid configuration for {owner}:"]
+    lines += [f"  {variable}: {message}" if variable else f"  {message}" for variable, message in problems]
+    print("\n".join(lines), file=sys.stderr)
+    return SystemExit(2)
+
+
 def load_settings(cls: type[S]) -> S:
     """Builds ``cls`` from the environment; on a bad value prints the variable and exits 2."""
     try:
         return cls()
     except ValidationError as exc:
         prefix = str(cls.model_config.get("env_prefix", ""))
-        lines = [f"hubsync: invalid configuration for {cls.__name__}:"]
+        problems: list[tuple[str, str]] = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            # The input is left out on purpose: it may be a secret.
+            # The input is left out on purpose: it may be a secret. A check across variables
+            # (no field) has a message that names them.
             if field:
-                lines.append(f"  {prefix}{field}".upper() + f": {err['msg']}")
+                problems.append((f"{prefix}{field}".upper(), err["msg"]))
             else:
-                # A check across variables: its message names them.
-                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
-        print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(2) from None
+                problems.append(("", err["msg"].removeprefix("Value error, ")))
+        raise invalid_configuration(cls.__name__, problems) from None

@@ -11,10 +11,10 @@ Plain async context managers (no pytest dependency), so other engineers can comp
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import SecretStr
@@ -23,6 +23,7 @@ from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
 from hubsync.hubspot.signatures import sign_v1, sign_v3
 from hubsync.ingress.service import IngressSpec, build
+from hubsync.ingress.settings import IngressSettings
 
 TEST_SECRET = "ingress-test-client-secret"
 TEST_APP_ID = "1001"
@@ -30,31 +31,17 @@ TEST_PRIVATE_APP_ID = "2001"  # a private app whose token writer uses: its write
 PORTAL = 12345
 
 
-@contextlib.contextmanager
-def _environ(env: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def ingress_env(secrets: Sequence[str] = (TEST_SECRET,), **overrides: object) -> dict[str, str]:
-    """The ``HUBSYNC_INGRESS_*`` environment: HTTP on a free loopback port, no periodic reconcile."""
-    env = {
-        "HUBSYNC_INGRESS_HTTP_HOST": "127.0.0.1",
-        "HUBSYNC_INGRESS_HTTP_PORT": "0",
-        "HUBSYNC_INGRESS_WEBHOOK_SECRETS": json.dumps(list(secrets)),
-        "HUBSYNC_INGRESS_APP_ID": f"{TEST_APP_ID}, {TEST_PRIVATE_APP_ID}",
-        "HUBSYNC_INGRESS_RECONCILE_INTERVAL_SECONDS": "0",
+def ingress_settings(secrets: Sequence[str] = (TEST_SECRET,), **overrides: object) -> IngressSettings:
+    """Ingress settings for tests: HTTP on a free loopback port, no periodic reconcile, our app ids;
+    ``overrides`` by field name (they take precedence over any ``HUBSYNC_INGRESS_*`` variable)."""
+    values: dict[str, object] = {
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "webhook_secrets": list(secrets),
+        "app_id": f"{TEST_APP_ID}, {TEST_PRIVATE_APP_ID}",
+        "reconcile_interval_seconds": 0,
     }
-    env |= {f"HUBSYNC_INGRESS_{k.upper()}": str(v) for k, v in overrides.items()}
-    return env
+    return IngressSettings.model_validate(values | overrides)
 
 
 @contextlib.asynccontextmanager
@@ -64,11 +51,14 @@ async def running_ingress_service(
     caller_tokens: Mapping[str, str],
     hubspot_api_base: str = "http://127.0.0.1:9",
     secrets: Sequence[str] = (TEST_SECRET,),
-    env: Mapping[str, str] | None = None,
+    settings: Mapping[str, object] | None = None,
     auth_address: str = "127.0.0.1:9",
     writer_address: str = "127.0.0.1:9",
 ) -> AsyncIterator[tuple[RunningService, IngressSpec]]:
-    """An in-process ingress (HTTP and gRPC on free loopback ports); yields the service and spec."""
+    """An in-process ingress (HTTP and gRPC on free loopback ports); yields the service and spec.
+
+    ``settings`` override :func:`ingress_settings` by field name (``{"redis_timeout_s": 1.0}``).
+    """
     core = CoreSettings(
         redis_url=redis_url,
         caller_name="ingress",
@@ -78,8 +68,8 @@ async def running_ingress_service(
         writer_address=writer_address,
         shutdown_grace_seconds=1.0,
     )
-    with _environ(ingress_env(secrets) | dict(env or {})):
-        service = await start_service("ingress", core, build, port=0)
+    ingress = ingress_settings(secrets, **dict(settings or {}))
+    service = await start_service("ingress", core, functools.partial(build, settings=ingress), port=0)
     assert isinstance(service.spec, IngressSpec)
     try:
         yield service, service.spec

@@ -34,7 +34,7 @@ def ingress_in_thread(
         async with running_ingress(
             redis_url=redis_process.url,
             caller_tokens=caller_tokens,
-            env={"HUBSYNC_INGRESS_MAX_BODY_BYTES": "4096"},
+            settings={"max_body_bytes": 4096},
         ) as (base, _grpc_address):
             ready["base"] = base
             started.set()

@@ -126,9 +126,9 @@ async def test_reconcile_enqueues_only_what_no_webhook_reported(
                 caller_tokens=caller_tokens,
                 hubspot_api_base=sb.base_url,
                 writer_address=writer,
-                env={
-                    "HUBSYNC_INGRESS_RECONCILE_LOOKBACK_S": "600",
-                    "HUBSYNC_INGRESS_RECONCILE_SETTLE_MS": "0",
+                settings={
+                    "reconcile_lookback_s": 600,
+                    "reconcile_settle_ms": 0,
                 },
             ) as (base, address),
             httpx.AsyncClient(
@@ -178,7 +178,7 @@ async def test_reconcile_enqueues_only_what_no_webhook_reported(
 
 @contextlib.asynccontextmanager
 async def oauth_begun(
-    redis_url: str, caller_tokens: dict[str, str], public: str, ingress_env: dict[str, str]
+    redis_url: str, caller_tokens: dict[str, str], public: str, ingress: dict[str, object]
 ) -> AsyncIterator[tuple[str, auth_pb2.BeginAuthorizationResponse]]:
     """The sandbox, auth (redirect URI ``public``/oauth/callback), ingress, and a begun flow;
     yields ingress's base URL and the BeginAuthorization reply."""
@@ -195,7 +195,7 @@ async def oauth_begun(
             caller_tokens=caller_tokens,
             hubspot_api_base=sb.base_url,
             auth_address=auth,
-            env=ingress_env,
+            settings=ingress,
         ) as (base, _),
         open_channel(auth, caller_tokens["cli"]) as channel,
     ):
@@ -209,9 +209,10 @@ async def test_oauth_callback_completes_through_auth(redis_url, caller_tokens) -
     port = free_port()
     redirect = f"http://127.0.0.1:{port}/oauth/callback"
     async with (
-        oauth_begun(
-            redis_url, caller_tokens, f"http://127.0.0.1:{port}", {"HUBSYNC_INGRESS_HTTP_PORT": str(port)}
-        ) as (base, begun),
+        oauth_begun(redis_url, caller_tokens, f"http://127.0.0.1:{port}", {"http_port": port}) as (
+            base,
+            begun,
+        ),
         httpx.AsyncClient() as browser,
         httpx.AsyncClient() as attacker,
     ):
@@ -254,7 +255,7 @@ async def test_oauth_callback_completes_through_auth(redis_url, caller_tokens) -
 async def test_oauth_start_cookie_is_host_only_and_secure_behind_https(redis_url, caller_tokens) -> None:  # type: ignore[no-untyped-def]
     public = "https://hubsync.example.com"
     async with (
-        oauth_begun(redis_url, caller_tokens, public, {"HUBSYNC_INGRESS_PUBLIC_BASE_URL": public}) as (
+        oauth_begun(redis_url, caller_tokens, public, {"public_base_url": public}) as (
             base,
             begun,
         ),

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.event_entries import decode_entry, encode_entry
 from hubsync.core.keys import events_key
-from hubsync.ingress.committer import EventCommitter
+from hubsync.ingress.committer import CallerContext, EventAppender, EventCommitter
 from hubsync.ingress.events import parse_events
 from hubsync.ingress.journal import EventJournal
 from hubsync.ingress.reconciler import Reconciler
@@ -66,8 +66,11 @@ async def test_entries_older_than_the_retention_are_trimmed_newer_ones_kept(
     for i in range(150):
         fields = encode_entry(event(object_id=1000 + i, occurred_at=recent), origin="webhook")
         await redis.xadd(STREAM, fields, id=f"{recent}-{i}")
-    env = {"HUBSYNC_INGRESS_JOURNAL_RETENTION_S": str(26 * 3600)}
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    settings = {"journal_retention_s": 26 * 3600}
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         assert (await _post(base, [event(object_id=9999)])).status_code == 200
     stamps = await _ids_ms(redis)
     # MINID ~ drops whole stream nodes (100 entries each): of the 250 older than 26 h, at most the
@@ -80,13 +83,14 @@ async def test_entries_older_than_the_retention_are_trimmed_newer_ones_kept(
 async def test_a_portals_stream_stays_within_its_byte_cap(redis_url: str, redis: Redis) -> None:
     cap = 64 * 1024
     committer = EventCommitter(
-        redis, retention_ms=26 * HOUR_MS, max_bytes=cap, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=30
+        EventAppender(redis, retention_ms=26 * HOUR_MS, max_bytes=cap, dedupe_ttl_s=3600, dedupe_buckets=8),
+        timeout_s=30,
     )
     sent = 0
     for _ in range(30):
         batch = [event(object_id=sent + i) for i in range(100)]
         sent += len(batch)
-        await committer.submit(parse_events(orjson.dumps(batch)), {"traceparent": TRACEPARENT})
+        await committer.submit(parse_events(orjson.dumps(batch)), tracing=CallerContext(TRACEPARENT))
         used = await redis.memory_usage(STREAM, samples=0)
         assert used is not None and used <= cap + 8 * 1024  # a node's worth of slack: trims are ~
     length = await redis.xlen(STREAM)
@@ -126,7 +130,7 @@ async def test_entries_of_the_older_format_are_read_replayed_and_reconciled(
 
     async with grpc.aio.insecure_channel("127.0.0.1:9") as unused:  # the pass below searches nothing
         committer = EventCommitter(
-            redis, retention_ms=26 * HOUR_MS, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=30
+            EventAppender(redis, retention_ms=26 * HOUR_MS, dedupe_ttl_s=3600, dedupe_buckets=8), timeout_s=30
         )
         reconciler = Reconciler(
             redis, committer, unused, object_types=["contacts"], lookback_s=0, interval_s=0
@@ -138,9 +142,12 @@ async def test_entries_of_the_older_format_are_read_replayed_and_reconciled(
 async def test_the_fields_format_is_written_while_older_mappers_still_run(
     redis_url: str, caller_tokens: dict[str, str], redis: Redis
 ) -> None:
-    env = {"HUBSYNC_INGRESS_JOURNAL_FORMAT": "fields"}
+    settings = {"journal_format": "fields"}
     sent = [event(object_id=1), event(object_id=2, unknownField=[1, 2])]
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         assert (await _post(base, sent)).status_code == 200
     raw: Any = await redis.xrange(STREAM)
     # what mapper 0.3 reads: the event's JSON and its context, field by field

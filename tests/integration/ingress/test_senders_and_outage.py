@@ -36,9 +36,9 @@ def sdk_headers(version: str, url: str, body: bytes, ts: str) -> dict[str, str]:
 
 
 async def test_signatures_by_hubspots_sdk_are_accepted(redis_url, caller_tokens, redis: Redis) -> None:  # type: ignore[no-untyped-def]
-    env = {"HUBSYNC_INGRESS_ACCEPT_V1": "true", "HUBSYNC_INGRESS_ACCEPT_V2": "true"}
+    settings = {"accept_v1": True, "accept_v2": True}
     async with (
-        running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _),
+        running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (base, _),
         httpx.AsyncClient() as client,
     ):
         for n, version in enumerate(("v3", "v1", "v2")):
@@ -118,8 +118,11 @@ async def test_redis_outage_answers_503_and_the_retry_is_processed_once(
     own = RedisProcess(tmp_path / "redis").start()
     port = own.port
     try:
-        env = {"HUBSYNC_INGRESS_REDIS_TIMEOUT_S": "1.0"}
-        async with running_ingress(redis_url=own.url, caller_tokens=caller_tokens, env=env) as (base, _):
+        settings = {"redis_timeout_s": 1.0}
+        async with running_ingress(redis_url=own.url, caller_tokens=caller_tokens, settings=settings) as (
+            base,
+            _,
+        ):
             url = base + "/webhooks/hubspot"
             body = json.dumps([event(object_id=1), event(object_id=2)]).encode()
             async with httpx.AsyncClient(timeout=10) as client:

@@ -15,8 +15,10 @@ from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, runni
 
 async def test_in_flight_request_finishes_during_stop(redis_url, caller_tokens, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     # a 50 ms commit window keeps the request in flight while the stop begins
-    env = {"HUBSYNC_INGRESS_COMMIT_WINDOW_S": "0.05"}
-    async with running_ingress_service(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (
+    settings = {"commit_window_s": 0.05}
+    async with running_ingress_service(
+        redis_url=redis_url, caller_tokens=caller_tokens, settings=settings
+    ) as (
         service,
         spec,
     ):

@@ -25,8 +25,11 @@ GIVE_UP_S = 60.0
 
 @pytest.fixture
 async def ingress(redis_url: str, caller_tokens: dict[str, str]) -> AsyncIterator[str]:
-    env = {"HUBSYNC_INGRESS_HEADER_TIMEOUT_S": "1", "HUBSYNC_INGRESS_BODY_TIMEOUT_S": "1"}
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (http, _):
+    settings = {"header_timeout_s": 1, "body_timeout_s": 1}
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        http,
+        _,
+    ):
         yield http
 
 
@@ -224,9 +227,9 @@ async def test_headers_under_the_limit_arriving_in_pieces_are_accepted(ingress: 
 async def test_past_max_connections_requests_are_503_until_some_close(
     redis_url: str, caller_tokens: dict[str, str], redis: Redis
 ) -> None:
-    env = {"HUBSYNC_INGRESS_MAX_CONNECTIONS": "3"}
+    settings = {"max_connections": 3}
     async with (
-        running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _),
+        running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (base, _),
         httpx.AsyncClient() as client,
     ):
         held = [await asyncio.open_connection("127.0.0.1", _port(base)) for _ in range(2)]

@@ -18,7 +18,16 @@ from hubsync.core.devredis import free_port
 from hubsync.core.event_entries import decode_entry
 from hubsync.core.redis import redis_from_url
 from hubsync.core.telemetry import setup_tracing
-from hubsync.ingress.committer import COMMIT_SPAN, LISTED_IDS, EnqueueFailed, EventCommitter, Outcome
+from hubsync.ingress.committer import (
+    COMMIT_SPAN,
+    LISTED_IDS,
+    CallerContext,
+    CommitOutcome,
+    EnqueueFailed,
+    EventAppender,
+    EventCommitter,
+    RoundTripSpan,
+)
 from hubsync.ingress.events import parse_events
 from hubsync.ingress.webhooks import SPAN_NAME
 from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
@@ -74,8 +83,11 @@ async def test_refused_request_gets_a_server_span_with_its_status(  # type: igno
 async def test_request_mode_gives_every_request_its_server_span(  # type: ignore[no-untyped-def]
     redis_url, caller_tokens, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
-    env = {"HUBSYNC_INGRESS_WEBHOOK_SPANS": "request"}
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    settings = {"webhook_spans": "request"}
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         bodies = [json.dumps([event(object_id=i)]).encode() for i in range(4)]
         replies = await asyncio.gather(*(post_as_hubspot(base, body) for body in bodies))
     assert [r.status_code for r in replies] == [200] * 4
@@ -96,9 +108,12 @@ async def test_request_mode_gives_every_request_its_server_span(  # type: ignore
 async def test_off_mode_records_no_span_and_keeps_the_callers_context(  # type: ignore[no-untyped-def]
     redis_url, caller_tokens, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
-    env = {"HUBSYNC_INGRESS_WEBHOOK_SPANS": "off"}
+    settings = {"webhook_spans": "off"}
     caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, env=env) as (base, _):
+    async with running_ingress(redis_url=redis_url, caller_tokens=caller_tokens, settings=settings) as (
+        base,
+        _,
+    ):
         plain = json.dumps([event(object_id=1)]).encode()
         assert (await post_as_hubspot(base, plain)).status_code == 200
         traced = json.dumps([event(object_id=2)]).encode()
@@ -113,7 +128,8 @@ async def test_grouped_submissions_of_one_round_trip_share_one_commit_span(  # t
     redis_url, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
     committer = EventCommitter(
-        redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        EventAppender(redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8),
+        timeout_s=3,
     )
     batches = [parse_events(json.dumps([event(object_id=i)]).encode()) for i in range(3)]
     first = time.time_ns() - 5_000_000  # the earliest request arrived 5 ms ago
@@ -121,13 +137,13 @@ async def test_grouped_submissions_of_one_round_trip_share_one_commit_span(  # t
     # submitted in one loop turn: one round trip
     outcomes = await asyncio.gather(
         *(
-            committer.submit(batch, grouped=True, received_ns=at)
+            committer.submit(batch, tracing=RoundTripSpan(at))
             for batch, at in zip(batches, received, strict=True)
         ),
-        committer.submit(batches[0], grouped=True),  # a duplicate in the same round trip
+        committer.submit(batches[0], tracing=RoundTripSpan()),  # a duplicate in the same round trip
     )
     assert committer.round_trips == 1
-    assert outcomes == [[Outcome.ACCEPTED]] * 3 + [[Outcome.DUPLICATE]]
+    assert outcomes == [[CommitOutcome.ACCEPTED]] * 3 + [[CommitOutcome.DUPLICATE]]
     [commit] = named(exporter, COMMIT_SPAN)
     attributes: Any = commit.attributes
     assert attributes["hubsync.request_count"] == 4 and attributes["hubsync.event_count"] == 4
@@ -140,14 +156,16 @@ async def test_grouped_submissions_of_one_round_trip_share_one_commit_span(  # t
 async def test_a_failed_round_trip_marks_its_span_as_an_error(exporter: InMemorySpanExporter) -> None:
     # nothing listens on this port: the round trip fails
     committer = EventCommitter(
-        Redis.from_url(f"redis://127.0.0.1:{free_port()}"),
-        retention_ms=3_600_000,
-        dedupe_ttl_s=3600,
-        dedupe_buckets=8,
+        EventAppender(
+            Redis.from_url(f"redis://127.0.0.1:{free_port()}"),
+            retention_ms=3_600_000,
+            dedupe_ttl_s=3600,
+            dedupe_buckets=8,
+        ),
         timeout_s=2,
     )
     with pytest.raises(EnqueueFailed):
-        await committer.submit(parse_events(json.dumps([event()]).encode()), grouped=True)
+        await committer.submit(parse_events(json.dumps([event()]).encode()), tracing=RoundTripSpan())
     [commit] = named(exporter, COMMIT_SPAN)
     assert commit.status.status_code.name == "ERROR"
     assert "redis did not take the events" in (commit.status.description or "")
@@ -157,7 +175,8 @@ async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: igno
     redis_url, redis: Redis, exporter: InMemorySpanExporter
 ) -> None:
     committer = EventCommitter(
-        redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        EventAppender(redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8),
+        timeout_s=3,
     )
     # A round trip carries several requests' events (a request holds at most 100).
     ids = range(LISTED_IDS + 20)
@@ -166,7 +185,7 @@ async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: igno
         for part in (ids[:100], ids[100:])
         for e in parse_events(json.dumps([event(object_id=i) for i in part]).encode())
     ]
-    await committer.submit(events, grouped=True)
+    await committer.submit(events, tracing=RoundTripSpan())
     [commit] = named(exporter, COMMIT_SPAN)
     attributes: Any = commit.attributes
     assert attributes["hubsync.event_count"] == LISTED_IDS + 20
@@ -176,14 +195,14 @@ async def test_commit_span_lists_the_ids_of_the_first_events_only(  # type: igno
 
 
 class _BrokenSpan:
-    """A Traced whose span cannot be opened."""
+    """A RequestSpan whose span cannot be opened."""
 
     closed: list[str | None]
 
     def __init__(self) -> None:
         self.closed = []
 
-    def open(self) -> dict[str, str]:
+    def open(self) -> CallerContext:
         raise RuntimeError("tracing is broken")
 
     def close(self, error: str | None) -> None:
@@ -192,11 +211,12 @@ class _BrokenSpan:
 
 async def test_a_tracing_failure_does_not_keep_events_out_of_redis(redis_url, redis: Redis) -> None:  # type: ignore[no-untyped-def]
     committer = EventCommitter(
-        redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=3
+        EventAppender(redis_from_url(redis_url), retention_ms=3_600_000, dedupe_ttl_s=3600, dedupe_buckets=8),
+        timeout_s=3,
     )
     broken = _BrokenSpan()
-    outcomes = await committer.submit(parse_events(json.dumps([event()]).encode()), traced=broken)
-    assert outcomes == [Outcome.ACCEPTED]
+    outcomes = await committer.submit(parse_events(json.dumps([event()]).encode()), tracing=broken)
+    assert outcomes == [CommitOutcome.ACCEPTED]
     assert await redis.xlen(STREAM) == 1
     assert broken.closed == [None]
     await committer.close()

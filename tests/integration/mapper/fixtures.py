@@ -206,9 +206,9 @@ async def suite(
                         secrets=[DEFAULT_CLIENT_SECRET],
                         writer_address=writer,
                         auth_address=auth,
-                        env={
-                            "HUBSYNC_INGRESS_RECONCILE_LOOKBACK_S": "600",
-                            "HUBSYNC_INGRESS_RECONCILE_SETTLE_MS": "0",
+                        settings={
+                            "reconcile_lookback_s": 600,
+                            "reconcile_settle_ms": 0,
                         },
                     )
                 )

@@ -166,7 +166,7 @@ async def running_stack(
     tmp_path: Path,
     caller_tokens: Mapping[str, str],
     *,
-    ingress_env: Mapping[str, str] | None = None,
+    ingress_settings: Mapping[str, object] | None = None,
     auth_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
     """Redis, the sandbox, auth (the sandbox's private app connected), writer, mapper (inbound on)
@@ -213,7 +213,7 @@ async def running_stack(
                     secrets=[DEFAULT_CLIENT_SECRET],
                     auth_address=auth_address,
                     writer_address=writer_address,
-                    env=ingress_env,
+                    settings=ingress_settings,
                 )
             )
             http_base = f"http://127.0.0.1:{spec.http_port}"

@@ -102,13 +102,15 @@ async def test_workers_resume_after_a_restart_and_log_warnings(
     data_lost: bool, tmp_path: Path, caller_tokens: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    ingress_env = {
-        "HUBSYNC_INGRESS_RECONCILE_INTERVAL_SECONDS": "0.5",
-        "HUBSYNC_INGRESS_RECONCILE_SETTLE_MS": "0",
-        "HUBSYNC_INGRESS_RECONCILE_OBJECT_TYPES": '["contacts"]',
+    ingress_settings: dict[str, object] = {
+        "reconcile_interval_seconds": 0.5,
+        "reconcile_settle_ms": 0,
+        "reconcile_object_types": ["contacts"],
     }
     auth_env = {"HUBSYNC_AUTH_REFRESHER_INTERVAL_S": "0.2"}
-    async with running_stack(tmp_path, caller_tokens, ingress_env=ingress_env, auth_env=auth_env) as stack:
+    async with running_stack(
+        tmp_path, caller_tokens, ingress_settings=ingress_settings, auth_env=auth_env
+    ) as stack:
         feed = stack.mapper.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         await stack.create_contact("before@example.com")
         first = (await asyncio.wait_for(feed.read(), 30)).change

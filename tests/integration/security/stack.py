@@ -23,7 +23,8 @@ from hubsync.auth.service import build as build_auth_service
 from hubsync.auth.settings import AuthSettings
 from hubsync.core.service import RunningService, ServiceSpec, SpecFactory, start_service
 from hubsync.core.settings import CoreSettings, load_settings
-from hubsync.ingress.service import build as build_ingress
+from hubsync.ingress.service import build as build_ingress_service
+from hubsync.ingress.settings import IngressSettings
 from hubsync.mapper.service import build as build_mapper
 from hubsync.writer.service import build as build_writer
 from hubsync.writer.settings import WriterSettings
@@ -34,6 +35,11 @@ NOWHERE = "127.0.0.1:9"
 async def build_auth(core: CoreSettings, redis: Redis) -> ServiceSpec:
     """Auth with its settings read from the environment the test set (as its ``__main__`` does)."""
     return await build_auth_service(core, redis, load_settings(AuthSettings))
+
+
+async def build_ingress(core: CoreSettings, redis: Redis) -> ServiceSpec:
+    """Ingress with its settings read from the environment the test set (as its ``__main__`` does)."""
+    return await build_ingress_service(core, redis, load_settings(IngressSettings))
 
 
 # In start order: writer asks auth for tokens, mapper and ingress call writer.

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hubsync.core import keys
-from hubsync.ingress import committer
+from hubsync.ingress import _enqueue_script
 
 ROOT = Path(__file__).resolve().parents[3]
 REGISTRY = ROOT / "libs" / "hubsync" / "core" / "keys.py"
@@ -107,8 +107,8 @@ def test_every_registry_key_is_in_the_key_table_and_back() -> None:
 
 def test_the_committer_script_writes_the_registry_fields() -> None:
     # A Lua script cannot import the registry: this pins its field names to it.
-    written = set(re.findall(r"'([a-z_]+)', (?:e\[\d+\]|entry|accepted)", committer._ENQUEUE_LUA))
-    written |= set(re.findall(r"table.insert\(command, '([a-z_]+)'\)", committer._ENQUEUE_LUA))
+    written = set(re.findall(r"'([a-z_]+)', (?:e\[\d+\]|entry|accepted)", _enqueue_script.ENQUEUE_LUA))
+    written |= set(re.findall(r"table.insert\(command, '([a-z_]+)'\)", _enqueue_script.ENQUEUE_LUA))
     assert written == {
         keys.EventEntry.ENTRY,
         keys.EventEntry.EVENT,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubsync.ingress.committer import dedupe_slot
+from hubsync.ingress._dedupe import dedupe_slot
 from hubsync.ingress.events import PayloadRejected, object_type_of, parse_events
 
 EVENT = {

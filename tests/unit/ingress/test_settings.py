@@ -12,7 +12,7 @@ from hubsync.ingress.settings import IngressSettings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTP_PORT", "WEBHOOK_SECRETS", "PUBLIC_BASE_URL", "ACCEPT_V1", "WEBHOOK_SPANS"):
+    for name in ("HTTP_PORT", "WEBHOOK_SECRETS", "PUBLIC_BASE_URL", "ACCEPT_V1", "WEBHOOK_SPANS", "UVLOOP"):
         monkeypatch.delenv(f"HUBSYNC_INGRESS_{name}", raising=False)
     settings = load_settings(IngressSettings)
     assert (settings.http_host, settings.http_port, settings.public_base_url) == ("127.0.0.1", 8080, None)
@@ -25,6 +25,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_connections == 500
     assert not settings.accept_v1 and not settings.accept_v2
     assert settings.webhook_spans == "round_trip"
+    assert settings.uvloop
 
 
 def test_secrets_inline_and_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -49,6 +50,7 @@ def test_secrets_inline_and_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path
         ("MAX_BODY_BYTES", "10"),
         ("DEDUPE_TTL_S", "abc"),
         ("WEBHOOK_SPANS", "per_request"),
+        ("UVLOOP", "maybe"),
     ],
 )
 def test_bad_value_exits_2_naming_the_variable(
@@ -62,66 +64,66 @@ def test_bad_value_exits_2_naming_the_variable(
 
 
 async def test_production_refuses_to_start_without_a_webhook_secret(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from redis.asyncio import Redis
 
     from hubsync.core.settings import CoreSettings, Environment
     from hubsync.ingress.service import build
 
-    monkeypatch.delenv("HUBSYNC_INGRESS_WEBHOOK_SECRETS", raising=False)
-    monkeypatch.delenv("HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE", raising=False)
-    monkeypatch.setenv("HUBSYNC_INGRESS_PUBLIC_BASE_URL", "https://hubsync.example.com")
+    settings = IngressSettings.model_validate({"public_base_url": "https://hubsync.example.com"})
     redis = Redis.from_url("redis://127.0.0.1:1/0")  # never reached: start-up stops first
     with pytest.raises(SystemExit) as exit_:
-        await build(CoreSettings(environment=Environment.PRODUCTION), redis)
+        await build(CoreSettings(environment=Environment.PRODUCTION), redis, settings)
     assert exit_.value.code == 2
     assert "HUBSYNC_INGRESS_WEBHOOK_SECRETS" in capsys.readouterr().err
     await redis.aclose()
 
 
 @pytest.mark.parametrize(
-    ("env", "variable"),
+    ("values", "variable"),
     [
-        ({}, "HUBSYNC_INGRESS_PUBLIC_BASE_URL"),  # defaults to http://<host>:<port>
-        ({"PUBLIC_BASE_URL": "http://hubsync.example.com"}, "HUBSYNC_INGRESS_PUBLIC_BASE_URL"),
-        ({"ACCEPT_V1": "true"}, "HUBSYNC_INGRESS_ACCEPT_V1"),
-        ({"ACCEPT_V2": "true"}, "HUBSYNC_INGRESS_ACCEPT_V2"),
+        ({"public_base_url": None}, "HUBSYNC_INGRESS_PUBLIC_BASE_URL"),  # defaults to http://<host>:<port>
+        ({"public_base_url": "http://hubsync.example.com"}, "HUBSYNC_INGRESS_PUBLIC_BASE_URL"),
+        ({"accept_v1": True}, "HUBSYNC_INGRESS_ACCEPT_V1"),
+        ({"accept_v2": True}, "HUBSYNC_INGRESS_ACCEPT_V2"),
     ],
 )
 async def test_production_refuses_http_public_url_and_untimed_signatures(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str], variable: str
+    capsys: pytest.CaptureFixture[str], values: dict[str, object], variable: str
 ) -> None:
     from redis.asyncio import Redis
 
     from hubsync.core.settings import CoreSettings, Environment
     from hubsync.ingress.service import build
 
-    for name in ("PUBLIC_BASE_URL", "ACCEPT_V1", "ACCEPT_V2", "UNTIMED_SIGNATURES_IN_PRODUCTION"):
-        monkeypatch.delenv(f"HUBSYNC_INGRESS_{name}", raising=False)
-    monkeypatch.setenv("HUBSYNC_INGRESS_WEBHOOK_SECRETS", json.dumps(["s3cr3t"]))
-    monkeypatch.setenv("HUBSYNC_INGRESS_HTTP_PORT", "0")
-    monkeypatch.setenv("HUBSYNC_INGRESS_PUBLIC_BASE_URL", "https://hubsync.example.com")
-    for name, value in env.items():
-        monkeypatch.setenv(f"HUBSYNC_INGRESS_{name}", value)
-    if not env:
-        monkeypatch.delenv("HUBSYNC_INGRESS_PUBLIC_BASE_URL")
+    settings = IngressSettings.model_validate(
+        {"webhook_secrets": ["s3cr3t"], "http_port": 0, "public_base_url": "https://hubsync.example.com"}
+        | values
+    )
     redis = Redis.from_url("redis://127.0.0.1:1/0")  # never reached: start-up stops first
     with pytest.raises(SystemExit) as exit_:
-        await build(CoreSettings(environment=Environment.PRODUCTION), redis)
+        await build(CoreSettings(environment=Environment.PRODUCTION), redis, settings)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert variable in err and ("https" in err or "replayed" in err), err
     await redis.aclose()
 
 
-def test_untimed_signatures_need_an_explicit_opt_in_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_untimed_signatures_need_an_explicit_opt_in_in_production() -> None:
     from hubsync.core.settings import Environment
     from hubsync.ingress.service import check_settings
 
-    monkeypatch.setenv("HUBSYNC_INGRESS_PUBLIC_BASE_URL", "https://hubsync.example.com")
-    monkeypatch.setenv("HUBSYNC_INGRESS_ACCEPT_V1", "true")
-    monkeypatch.setenv("HUBSYNC_INGRESS_UNTIMED_SIGNATURES_IN_PRODUCTION", "true")
-    check_settings(load_settings(IngressSettings), Environment.PRODUCTION)  # allowed, with a warning
-    monkeypatch.setenv("HUBSYNC_INGRESS_PUBLIC_BASE_URL", "http://127.0.0.1:8080")
-    check_settings(load_settings(IngressSettings), Environment.DEVELOPMENT)  # development: anything
+    opted_in = IngressSettings.model_validate(
+        {
+            "webhook_secrets": ["s3cr3t"],
+            "public_base_url": "https://hubsync.example.com",
+            "accept_v1": True,
+            "untimed_signatures_in_production": True,
+        }
+    )
+    assert check_settings(opted_in, Environment.PRODUCTION) == ["s3cr3t"]  # allowed, with a warning
+    development = IngressSettings.model_validate(
+        {"public_base_url": "http://127.0.0.1:8080", "accept_v1": True}
+    )
+    assert check_settings(development, Environment.DEVELOPMENT) == []  # development: anything

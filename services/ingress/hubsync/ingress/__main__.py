@@ -1,13 +1,17 @@
+"""``python -m hubsync.ingress``: loads the ingress settings from the environment and serves."""
+
 import asyncio
+import functools
 import gc
-import os
 
 from hubsync.core.service import main
+from hubsync.core.settings import load_settings
 from hubsync.ingress.service import build
+from hubsync.ingress.settings import IngressSettings
 
-# uvloop (shipped with uvicorn[standard]) roughly halves the per-request cost of the socket work
-# the webhook edge is made of; HUBSYNC_INGRESS_UVLOOP=false keeps the stock loop.
-if os.environ.get("HUBSYNC_INGRESS_UVLOOP", "true").lower() not in ("0", "false", "no"):
+# Settings are read from the environment here, at the edge, and passed in.
+settings = load_settings(IngressSettings)
+if settings.uvloop:
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -21,4 +25,4 @@ if os.environ.get("HUBSYNC_INGRESS_UVLOOP", "true").lower() not in ("0", "false"
 gc.freeze()
 gc.set_threshold(20_000, 20, 20)
 
-main("ingress", build)
+main("ingress", functools.partial(build, settings=settings))

@@ -11,6 +11,17 @@ from typing import Any, NamedTuple
 
 import orjson
 
+__all__ = [
+    "MAX_EVENTS",
+    "OBJECT_TYPES",
+    "OBJECT_TYPE_IDS",
+    "PayloadRejected",
+    "WebhookEvent",
+    "object_type_of",
+    "parse_events",
+    "type_of_id",
+]
+
 # subscriptionType prefix → the CRM object type writer records its writes under.
 OBJECT_TYPES = {
     "contact": "contacts",
@@ -38,8 +49,11 @@ OBJECT_TYPE_IDS = {
 
 
 def type_of_id(type_id: str) -> str | None:
-    """A generic event's object type: a standard type's name, or a custom object's ``2-…`` id
-    (writer records its writes to custom objects under that id)."""
+    """Return a generic event's object type: a standard type's name, or a custom object's id.
+
+    A custom object's type is its ``2-…`` id (writer records its writes to custom objects under
+    that id).
+    """
     if type_id.startswith("2-") and type_id[2:].isdigit():
         return type_id
     return OBJECT_TYPE_IDS.get(type_id)
@@ -77,17 +91,19 @@ class WebhookEvent(NamedTuple):
 
     @property
     def raw_text(self) -> str:
+        """Return the raw event as text."""
         return self.raw.decode()
 
     @property
     def object_type(self) -> str | None:
+        """Return the CRM object type (``contacts``...), generic ``object.*`` events included."""
         prefix = self.subscription_type.partition(".")[0]
         if prefix == "object":
             return type_of_id(self.object_type_id or "")
         return OBJECT_TYPES.get(prefix)
 
     def identity(self) -> bytes:
-        """What makes this event unique: eventId alone is not (HubSpot says so)."""
+        """Return what makes this event unique: eventId alone is not (HubSpot says so)."""
         return (
             f"{self.portal_id}|{self.event_id}|{self.subscription_type}|{self.object_id}|"
             f"{self.occurred_at}|{self.property_name or ''}"
@@ -127,7 +143,7 @@ def _opt_str(item: dict[str, Any], name: str, index: int) -> str | None:
 
 
 def parse_events(body: bytes) -> list[WebhookEvent]:
-    """Parses and validates a webhook body; raises :class:`PayloadRejected` with the reason."""
+    """Parse and validates a webhook body; raises :class:`PayloadRejected` with the reason."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -194,5 +210,5 @@ def parse_events(body: bytes) -> list[WebhookEvent]:
 
 
 def object_type_of(event: WebhookEvent) -> str | None:
-    """The CRM object type (``contacts``...) of an event, generic ``object.*`` ones included."""
+    """Return the CRM object type (``contacts``...) of an event, generic ``object.*`` ones included."""
     return event.object_type

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+__all__ = ["EdgeLimits", "EdgeProtocol", "edge_protocol"]
+
 log = logging.getLogger(__name__)
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2
@@ -59,6 +61,7 @@ class EdgeProtocol(HttpToolsProtocol):
     limits: ClassVar[EdgeLimits]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the connection's header deadline."""
         super().connection_made(transport)
         self._phase = _IDLE
         self._header_bytes = 0
@@ -70,10 +73,12 @@ class EdgeProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout_s, self._headers_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the deadline with the connection."""
         self._disarm()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Feed the parser; refuse headers past the size limit, arm the header or body deadline."""
         # A read that continues a header block is counted whole: the parser buffers an
         # unfinished header without telling us. In a read that starts a request the callbacks
         # below count each finished part instead.
@@ -95,30 +100,36 @@ class EdgeProtocol(HttpToolsProtocol):
     # Parser callbacks (httptools calls them during ``feed_data``).
 
     def on_message_begin(self) -> None:
+        """Start counting a request's header bytes."""
         super().on_message_begin()
         self._phase = _HEADERS
         self._header_bytes = 0
         self._counted_raw = False
 
     def on_url(self, url: bytes) -> None:
+        """Count the request line."""
         self._count(len(url))
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Count one header."""
         self._count(len(name) + len(value) + 4)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        """End the header deadline; the body deadline starts with the next read."""
         self._phase = _BODY
         self._disarm()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        """End the body deadline."""
         self._phase = _IDLE
         self._disarm()
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
+        """Answer a parser error: 431 when the headers were too large, else uvicorn's 400."""
         # A callback's exception reaches uvicorn as a parser error, answered 400: say 431 instead.
         if self._too_large:
             self._refuse_headers()
@@ -181,5 +192,5 @@ class EdgeProtocol(HttpToolsProtocol):
 
 
 def edge_protocol(limits: EdgeLimits) -> type[EdgeProtocol]:
-    """An :class:`EdgeProtocol` class bound to ``limits`` (uvicorn builds one per connection)."""
+    """Return an :class:`EdgeProtocol` class bound to ``limits`` (uvicorn builds one per connection)."""
     return type("BoundEdgeProtocol", (EdgeProtocol,), {"limits": limits})

@@ -25,6 +25,8 @@ from hubsync.core.telemetry import scrub_url_attributes
 from hubsync.ingress.http_protocol import EdgeLimits, edge_protocol
 from hubsync.ingress.webhooks import PATH as WEBHOOK_PATH
 
+__all__ = ["HttpServer", "build_app"]
+
 log = logging.getLogger(__name__)
 
 
@@ -37,10 +39,13 @@ def build_app(
     *,
     server_spans: bool = True,
 ) -> ASGIApp:
-    """``POST /webhooks/hubspot`` goes straight to ``webhook`` (it opens its own server span);
+    """Return the ingress ASGI app: the webhook route first, Starlette for the rest.
+
+    ``POST /webhooks/hubspot`` goes straight to ``webhook`` (it opens its own server span);
     every other request goes through Starlette (405 for a wrong method, 404, the OAuth start link
     and callback, health), with the OpenTelemetry ASGI middleware's server span unless
-    ``server_spans`` is off."""
+    ``server_spans`` is off.
+    """
 
     async def healthz(_request: Request) -> Response:
         if await health():
@@ -99,6 +104,7 @@ class HttpServer:
         limits: EdgeLimits,
         max_connections: int | None = None,
     ) -> None:
+        """Configure uvicorn with the edge protocol's limits; nothing listens until :meth:`bind`."""
         config = uvicorn.Config(
             app,
             host=host,
@@ -120,7 +126,7 @@ class HttpServer:
         self.port = 0
 
     async def bind(self) -> int:
-        """Opens the listening socket; returns the bound port."""
+        """Open the listening socket; returns the bound port."""
         config = self.server.config
         if not config.loaded:
             config.load()
@@ -131,7 +137,7 @@ class HttpServer:
         return self.port
 
     async def serve(self) -> None:
-        """Runs until cancelled; then drains in-flight requests and closes."""
+        """Run until cancelled; then drains in-flight requests and closes."""
         try:
             await self.server.main_loop()
         finally:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import cast
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from hubsync.core.bounds import check_request_id
 from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.event_entries import EventRecord, decode_entry, replay_copy
 from hubsync.core.keys import events_key, replays_key
+from hubsync.ingress._stream_reads import stream_range
+
+__all__ = ["MAX_PAGE", "EventJournal", "JournalEntry", "check_offset"]
 
 _OFFSET = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 MAX_PAGE = 1000
@@ -30,6 +34,7 @@ JournalEntry = EventRecord
 
 
 def check_offset(name: str, value: str) -> None:
+    """Raise ``INVALID_ARGUMENT`` unless ``value`` is empty or a stream id (``<ms>-<seq>``)."""
     if value and not _OFFSET.match(value):
         raise InvalidArgument(f"{name} is not a journal offset", violations={name: "expected <ms>-<seq>"})
 
@@ -40,6 +45,7 @@ class EventJournal:
     def __init__(
         self, redis: Redis, *, retention_ms: int, replay_request_ttl_s: int, entry_format: str = "compact"
     ) -> None:
+        """Set up the journal over ``redis``; replayed copies are trimmed to ``retention_ms`` like appends."""
         self._redis = redis
         self.retention_ms = retention_ms
         self.compact = entry_format == "compact"
@@ -48,7 +54,7 @@ class EventJournal:
     async def read(
         self, portal_id: int, start_ms: int | None, end_ms: int | None, page_size: int, page_token: str
     ) -> tuple[list[JournalEntry], str]:
-        """A page of entries accepted in ``[start_ms, end_ms)``, oldest first, and the next token."""
+        """Return a page of entries accepted in ``[start_ms, end_ms)``, oldest first, and the next token."""
         if portal_id <= 0:
             raise InvalidArgument("portal_id must be positive", violations={"portal_id": "must be > 0"})
         if page_size < 0 or page_size > MAX_PAGE:
@@ -65,14 +71,14 @@ class EventJournal:
         high = f"{end_ms - 1}-18446744073709551615" if end_ms is not None else "+"
         if end_ms is not None and end_ms <= 0:
             return [], ""
-        raw: Any = await self._redis.xrange(events_key(portal_id), low, high, count=size + 1)
+        raw = await stream_range(self._redis, events_key(portal_id), low, high, count=size + 1)
         entries = [decode_entry(i, f) for i, f in raw]
         if len(entries) > size:
             return entries[:size], entries[size - 1].id
         return entries, ""
 
     async def replay(self, portal_id: int, start_offset: str, end_offset: str, request_id: str) -> int:
-        """Appends the entries in ``[start_offset, end_offset]`` again; returns how many."""
+        """Append the entries in ``[start_offset, end_offset]`` again; returns how many."""
         if portal_id <= 0:
             raise InvalidArgument("portal_id must be positive", violations={"portal_id": "must be > 0"})
         check_offset("start_offset", start_offset)
@@ -99,7 +105,7 @@ class EventJournal:
     async def _replay(self, portal_id: int, start_offset: str, end_offset: str) -> int:
         stream = events_key(portal_id)
         # The range is fixed before appending, so the replayed copies are not replayed again.
-        last: Any = await self._redis.xrevrange(stream, "+", "-", count=1)
+        last = await stream_range(self._redis, stream, "-", "+", count=1, newest_first=True)
         if not last:
             return 0
         newest = last[0][0].decode()
@@ -109,13 +115,14 @@ class EventJournal:
         low = start_offset or "-"
         count = 0
         while True:
-            raw: Any = await self._redis.xrange(stream, low, high, count=_CHUNK)
+            raw = await stream_range(self._redis, stream, low, high, count=_CHUNK)
             if not raw:
                 return count
             pipe = self._redis.pipeline(transaction=False)
             minid = max(int(time.time() * 1000) - self.retention_ms, 0)
             for entry_id, fields in raw:
-                copy: Any = replay_copy(entry_id, fields, compact=self.compact)
+                # XADD's field type is wider than the copy's: re-typed, not converted.
+                copy = cast("dict[FieldT, EncodableT]", replay_copy(entry_id, fields, compact=self.compact))
                 pipe.xadd(stream, copy, minid=minid, approximate=True)
             await pipe.execute()
             count += len(raw)
@@ -125,7 +132,7 @@ class EventJournal:
 
 
 def _after(a: str, b: str) -> bool:
-    """True when stream id ``a`` sorts after ``b``."""
+    """Return whether stream id ``a`` sorts after ``b``."""
 
     def key(value: str) -> tuple[int, int]:
         ms, _, seq = value.partition("-")

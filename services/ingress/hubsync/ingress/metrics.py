@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+
 from opentelemetry import metrics
+
+from hubsync.ingress._submission import CommitOutcome, Submission
+
+__all__ = [
+    "accept_duration",
+    "accepted",
+    "duplicates",
+    "echoes",
+    "reconcile_found",
+    "record_round_trip",
+    "rejected",
+]
 
 _meter = metrics.get_meter("hubsync.ingress")
 
@@ -24,3 +39,30 @@ reconcile_found = _meter.create_counter(
     unit="{record}",
     description="changes reconciliation found that no webhook reported",
 )
+
+# Metric attributes, built once (the SDK keys its aggregations by them).
+_WEBHOOK = {"origin": "webhook"}
+_WRITTEN = {"kind": "written"}
+
+
+def record_round_trip(results: Mapping[Submission, list[CommitOutcome]]) -> None:
+    """Record a round trip that Redis took: webhook outcomes and each timed accept duration.
+
+    The outcome counters are added once per round trip, not once per request (each ``add`` costs
+    about as much as verifying a signature); the totals are the same, and they are recorded
+    before any of the round trip's requests is answered.
+    """
+    counts = [0, 0, 0]
+    now = time.perf_counter()
+    for sub, outcomes in results.items():
+        if sub.origin == "webhook":
+            for outcome in outcomes:
+                counts[outcome] += 1
+        if sub.started:
+            accept_duration.record(now - sub.started)
+    if counts[CommitOutcome.ACCEPTED]:
+        accepted.add(counts[CommitOutcome.ACCEPTED], _WEBHOOK)
+    if counts[CommitOutcome.DUPLICATE]:
+        duplicates.add(counts[CommitOutcome.DUPLICATE])
+    if counts[CommitOutcome.ECHO]:
+        echoes.add(counts[CommitOutcome.ECHO], _WRITTEN)

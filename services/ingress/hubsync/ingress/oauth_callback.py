@@ -29,6 +29,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 
+__all__ = ["OAuthCallback", "page"]
+
 log = logging.getLogger(__name__)
 
 _PAGE = """<!doctype html>
@@ -51,7 +53,7 @@ The connection can only be finished in the browser that continues here.</p>
 
 
 async def _form_ticket(request: Request) -> str:
-    """The ``ticket`` of a small url-encoded form body ("" if missing, malformed or too large)."""
+    """Return the ``ticket`` of a small url-encoded form body ("" if missing, malformed or too large)."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -70,6 +72,7 @@ def _now_s() -> float:
 
 
 def page(status: int, title: str, message: str) -> HTMLResponse:
+    """Return an escaped HTML page, never cached."""
     body = _PAGE.format(title=html.escape(title), message=html.escape(message))
     return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
@@ -95,17 +98,21 @@ class OAuthCallback:
     def __init__(
         self, auth_channel: grpc.aio.Channel, timeout_s: float = 10.0, *, secure_cookie: bool = True
     ) -> None:
+        """Set up the handlers; ``secure_cookie`` makes the binding cookie ``__Host-``/``Secure``."""
         self._stub = auth_pb2_grpc.AuthServiceStub(auth_channel)
         self._timeout_s = timeout_s
         self.secure_cookie = secure_cookie
 
     def cookie_name(self, state: str) -> str:
+        """Return the name of the browser-binding cookie of ``state``."""
         prefix = "__Host-" if self.secure_cookie else ""
         return f"{prefix}hubsync-oauth-{_cookie_suffix(state)}"
 
     async def start_page(self, request: Request) -> HTMLResponse:
-        """``GET /oauth/start``: a page whose button redeems the link (a POST), so a chat app's
-        or mail scanner's preview fetch of the link does not use it up."""
+        """Answer ``GET /oauth/start``: a page whose button redeems the link (a POST).
+
+        So a chat app's or mail scanner's preview fetch of the link does not use it up.
+        """
         ticket = request.query_params.get("ticket", "")
         if not ticket or len(ticket) > _MAX_PARAM:
             return page(400, "This link is not valid", _INCOMPLETE)
@@ -155,6 +162,7 @@ class OAuthCallback:
         return reply
 
     async def handle(self, request: Request) -> HTMLResponse:
+        """Answer ``GET /oauth/callback``: complete the authorization through auth, bound to this browser."""
         params = request.query_params
         if "error" in params:
             # The user declined, or HubSpot refused: say so, in HubSpot's words (escaped).

@@ -31,8 +31,11 @@ from hubsync.core.event_entries import decode_entry
 from hubsync.core.keys import PORTALS_KEY, EchoEntry, echoes_key, events_key, reconcile_key
 from hubsync.core.outage import loop_error
 from hubsync.ingress import metrics
-from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome
+from hubsync.ingress._stream_reads import stream_range
+from hubsync.ingress.committer import CommitOutcome, EnqueueFailed, EventCommitter
 from hubsync.ingress.events import OBJECT_TYPES, WebhookEvent, parse_events, type_of_id
+
+__all__ = ["ReconcileResult", "Reconciler"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ JOURNAL_MARGIN_MS = 5 * 60_000
 
 @dataclass(frozen=True)
 class ReconcileResult:
+    """What one reconciliation pass found."""
+
     found: int
     scanned: int
     checkpoint_ms: int
@@ -78,6 +83,7 @@ class Reconciler:
         interval_s: float,
         settle_ms: int = SETTLE_MS,
     ) -> None:
+        """Set up the reconciler (``interval_s`` 0: passes only on demand)."""
         self._redis = redis
         self._committer = committer
         self._writer = writer_pb2_grpc.WriterServiceStub(writer_channel)
@@ -95,17 +101,18 @@ class Reconciler:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                portals: Any = await self._redis.smembers(PORTALS_KEY)  # type: ignore[misc]
+                portals = await self._redis.smembers(PORTALS_KEY)
             except Exception as exc:  # Redis down: the next pass tries again (the loop must live on)
                 report(exc)
                 continue
-            for raw in sorted(portals):
+            for raw in sorted(p.decode() if isinstance(p, bytes) else p for p in portals):
                 try:
                     await self.reconcile(int(raw), [])
                 except Exception as exc:
-                    log.warning("reconciliation of portal %s failed: %s", raw.decode(), type(exc).__name__)
+                    log.warning("reconciliation of portal %s failed: %s", raw, type(exc).__name__)
 
     async def reconcile(self, portal_id: int, object_types: Sequence[str]) -> ReconcileResult:
+        """Run one pass for a portal now; returns what it found and the checkpoint it stored."""
         if portal_id <= 0:
             raise InvalidArgument("portal_id must be positive", violations={"portal_id": "must be > 0"})
         unknown = [t for t in object_types if t not in SINGULAR]
@@ -171,7 +178,7 @@ class Reconciler:
                 outcomes = await self._committer.submit(missing[start : start + 500], origin="reconcile")
             except EnqueueFailed as exc:
                 raise Unavailable("redis did not take the reconciled events", retry_after=1.0) from exc
-            found += sum(1 for o in outcomes if o == Outcome.ACCEPTED)
+            found += sum(1 for o in outcomes if o == CommitOutcome.ACCEPTED)
         if found:
             metrics.reconcile_found.add(found, {"object_type": object_type})
             metrics.accepted.add(found, {"origin": "reconcile"})
@@ -181,7 +188,7 @@ class Reconciler:
     async def _search(
         self, portal_id: int, object_type: str, since: int, until: int
     ) -> tuple[list[tuple[int, int]], int]:
-        """Records modified in ``[since, until)`` and the checkpoint to store (capped windows stop early)."""
+        """Record modified in ``[since, until)`` and the checkpoint to store (capped windows stop early)."""
         records: list[tuple[int, int]] = []
         token = ""
         request = writer_pb2.SearchRecordsRequest(
@@ -230,7 +237,7 @@ class Reconciler:
         seen: dict[tuple[str, int], int] = {}
         low = f"{max(from_ms, 0)}-0"
         while True:
-            page: Any = await self._redis.xrange(stream, low, "+", count=1000)
+            page = await stream_range(self._redis, stream, low, "+", count=1000)
             for entry_id, fields in page:
                 event = decode_entry(entry_id, fields).event
                 if event is None:
@@ -250,11 +257,11 @@ class Reconciler:
         return seen
 
     async def _echoed(self, portal_id: int, from_ms: int, seen: dict[tuple[str, int], int]) -> None:
-        """Adds the echoes of hubsync's own writes journaled since ``from_ms`` to ``seen``."""
+        """Add the echoes of hubsync's own writes journaled since ``from_ms`` to ``seen``."""
         stream = echoes_key(portal_id)
         low = f"{max(from_ms, 0)}-0"
         while True:
-            page: Any = await self._redis.xrange(stream, low, "+", count=1000)
+            page = await stream_range(self._redis, stream, low, "+", count=1000)
             for _entry_id, fields in page:
                 object_type, _, rest = fields.get(EchoEntry.RECORD.encode(), b"").decode().partition(":")
                 object_id, _, occurred = rest.partition(":")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -11,8 +10,8 @@ from redis.asyncio import Redis
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.service import ServiceSpec
-from hubsync.core.settings import CoreSettings, Environment, load_settings
-from hubsync.ingress.committer import EventCommitter
+from hubsync.core.settings import CoreSettings, Environment, invalid_configuration
+from hubsync.ingress.committer import EventAppender, EventCommitter
 from hubsync.ingress.http_protocol import EdgeLimits
 from hubsync.ingress.http_server import HttpServer, build_app
 from hubsync.ingress.journal import EventJournal
@@ -22,6 +21,8 @@ from hubsync.ingress.servicer import IngressServicer
 from hubsync.ingress.settings import IngressSettings
 from hubsync.ingress.verifier import WebhookVerifier
 from hubsync.ingress.webhooks import WebhookEndpoint
+
+__all__ = ["DEFAULT_PORT", "SERVICE", "IngressSpec", "build", "caller_policy", "check_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -37,63 +38,67 @@ class IngressSpec(ServiceSpec):
     public_base_url: str = ""
 
 
-def _exit(variable: str, message: str) -> SystemExit:
-    print(f"hubsync: invalid configuration for IngressSettings:\n  {variable}: {message}", file=sys.stderr)
-    return SystemExit(2)
+def check_settings(settings: IngressSettings, environment: Environment) -> list[str]:
+    """Return the active webhook secrets, once the settings are fit for ``environment``.
 
+    Raises:
+        SystemExit: Exit 2, after every problem is reported
+            (:func:`hubsync.core.settings.invalid_configuration`): what production refuses
+            (:meth:`IngressSettings.problems`), a secrets file that cannot be read, no secret in
+            production.
 
-def load_secrets(settings: IngressSettings) -> list[str]:
+    """
+    problems = settings.problems(environment)
+    secrets_file = IngressSettings.variable("webhook_secrets_file")
     try:
         secrets = settings.secrets()
     except (OSError, ValueError) as exc:
-        raise _exit(
-            "HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE", f"cannot be read ({type(exc).__name__})"
-        ) from None
+        problems.append((secrets_file, f"cannot be read ({type(exc).__name__})"))
+        secrets = []
+    else:
+        if not secrets and environment == Environment.PRODUCTION:
+            problems.append((secrets_file, "at least one webhook secret is required"))
+    if problems:
+        raise invalid_configuration(IngressSettings.__name__, problems)
+    if not secrets:
+        log.warning("no webhook secret configured: every webhook will be answered 401")
+    if environment == Environment.PRODUCTION and (settings.accept_v1 or settings.accept_v2):
+        log.warning("production accepts v1/v2 webhook signatures: a captured webhook can be replayed")
     return secrets
 
 
-def check_settings(settings: IngressSettings, environment: Environment) -> None:
-    """What production refuses: a public URL that is not https (HubSpot would send webhooks and
-    the OAuth redirect in clear), and signatures without a timestamp (replayable forever)."""
-    if environment != Environment.PRODUCTION:
-        return
-    if not (settings.public_base_url or "").startswith("https://"):
-        raise _exit("HUBSYNC_INGRESS_PUBLIC_BASE_URL", "must be set to an https URL in production")
-    for variable, enabled in (("ACCEPT_V1", settings.accept_v1), ("ACCEPT_V2", settings.accept_v2)):
-        if enabled and not settings.untimed_signatures_in_production:
-            raise _exit(
-                f"HUBSYNC_INGRESS_{variable}",
-                "v1/v2 signatures carry no timestamp, so a captured webhook can be replayed forever: "
-                "refused in production unless HUBSYNC_INGRESS_UNTIMED_SIGNATURES_IN_PRODUCTION=true",
-            )
-    if settings.accept_v1 or settings.accept_v2:
-        log.warning("production accepts v1/v2 webhook signatures: a captured webhook can be replayed")
-
-
 def caller_policy(settings: IngressSettings) -> dict[str, list[str]]:
-    """Who may call each IngressService method: every method is listed (deny by default).
-    The journal holds every accepted event; only operators (the CLI) read and replay it."""
+    """Return who may call each IngressService method: every method is listed (deny by default).
+
+    The journal holds every accepted event; only operators (the CLI) read and replay it.
+    """
     admins = settings.admin_callers
     return {f"/{SERVICE}/{name}": admins for name in ("ReadJournal", "ReplayJournal", "Reconcile")}
 
 
-async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
-    """The ingress service's :class:`ServiceSpec` (a ``hubsync.core.service.SpecFactory``)."""
-    settings = load_settings(IngressSettings)
-    check_settings(settings, core.environment)
-    secrets = load_secrets(settings)
-    if not secrets:
-        if core.environment == Environment.PRODUCTION:
-            raise _exit("HUBSYNC_INGRESS_WEBHOOK_SECRETS_FILE", "at least one webhook secret is required")
-        log.warning("no webhook secret configured: every webhook will be answered 401")
+async def build(core: CoreSettings, redis: Redis, settings: IngressSettings) -> IngressSpec:
+    """Return the ingress service's :class:`ServiceSpec`, built from ``settings`` passed in.
+
+    ``functools.partial(build, settings=…)`` is a ``hubsync.core.service.SpecFactory``
+    (``__main__`` loads the settings from the environment; tests construct them).
+
+    Raises:
+        SystemExit: Exit 2 naming the variable, for settings that cannot work (see
+            :func:`check_settings`) or an HTTP port that cannot be listened on.
+
+    """
+    secrets = check_settings(settings, core.environment)
     verifier = WebhookVerifier(secrets, accept_v1=settings.accept_v1, accept_v2=settings.accept_v2)
-    committer = EventCommitter(
+    appender = EventAppender(
         redis,
         retention_ms=settings.journal_retention_s * 1000,
         max_bytes=settings.journal_max_bytes,
         entry_format=settings.journal_format,
         dedupe_ttl_s=settings.dedupe_ttl_s,
         dedupe_buckets=settings.dedupe_buckets,
+    )
+    committer = EventCommitter(
+        appender,
         timeout_s=settings.redis_timeout_s,
         window_s=settings.commit_window_s,
         max_events=settings.commit_max_events,
@@ -109,6 +114,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     writer_channel = channel_for(core, core.writer_address)
 
     async def redis_ok() -> bool:
+        """Whether Redis answers a PING (``/healthz``)."""
         try:
             return bool(await redis.ping())
         except Exception:
@@ -139,7 +145,8 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     try:
         port = await http.bind()
     except OSError as exc:
-        raise _exit("HUBSYNC_INGRESS_HTTP_PORT", f"cannot listen ({exc.strerror})") from None
+        problem = (IngressSettings.variable("http_port"), f"cannot listen ({exc.strerror})")
+        raise invalid_configuration(IngressSettings.__name__, [problem]) from None
     webhook.public_base_url = settings.public_base_url or f"http://{settings.http_host}:{port}"
     # The OAuth browser-binding cookie is __Host-/Secure unless the edge is plain http.
     oauth.secure_cookie = webhook.public_base_url.startswith("https://")
@@ -161,6 +168,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     servicer = IngressServicer(journal, reconciler)
 
     async def close_channels() -> None:
+        """Close the gRPC channels to auth and writer."""
         await auth_channel.close()
         await writer_channel.close()
 

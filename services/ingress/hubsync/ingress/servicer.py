@@ -11,6 +11,8 @@ from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.ingress.journal import EventJournal, JournalEntry
 from hubsync.ingress.reconciler import Reconciler
 
+__all__ = ["IngressServicer", "event_pb"]
+
 
 def _ts(ms: int) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
@@ -27,6 +29,7 @@ def _int(value: Any) -> int:
 
 
 def event_pb(entry: JournalEntry) -> ingress_pb2.WebhookEvent:
+    """Return the journal entry as the API's ``WebhookEvent``."""
     event: dict[str, Any] = entry.event or {}
     raw = struct_pb2.Struct()
     # Struct holds numbers as doubles: ids above 2**53 would lose digits, so they go as strings.
@@ -49,13 +52,17 @@ def event_pb(entry: JournalEntry) -> ingress_pb2.WebhookEvent:
 
 
 class IngressServicer(ingress_pb2_grpc.IngressServiceServicer):
+    """``hubsync.api.ingress.v1.IngressService``: the journal and reconciliation."""
+
     def __init__(self, journal: EventJournal, reconciler: Reconciler) -> None:
+        """Serve ``journal`` and ``reconciler``."""
         self._journal = journal
         self._reconciler = reconciler
 
     async def ReadJournal(
         self, request: ingress_pb2.ReadJournalRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingress_pb2.ReadJournalResponse:
+        """Return a page of a portal's journal."""
         start = request.start_time.ToMilliseconds() if request.HasField("start_time") else None
         end = request.end_time.ToMilliseconds() if request.HasField("end_time") else None
         entries, token = await self._journal.read(
@@ -66,6 +73,7 @@ class IngressServicer(ingress_pb2_grpc.IngressServiceServicer):
     async def ReplayJournal(
         self, request: ingress_pb2.ReplayJournalRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingress_pb2.ReplayJournalResponse:
+        """Append a range of the journal again (idempotent with ``request_id``)."""
         count = await self._journal.replay(
             request.portal_id, request.start_offset, request.end_offset, request.request_id
         )
@@ -74,6 +82,7 @@ class IngressServicer(ingress_pb2_grpc.IngressServiceServicer):
     async def Reconcile(
         self, request: ingress_pb2.ReconcileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingress_pb2.ReconcileResponse:
+        """Run one reconciliation pass now."""
         result = await self._reconciler.reconcile(request.portal_id, list(request.object_types))
         return ingress_pb2.ReconcileResponse(
             found_count=result.found, scanned_count=result.scanned, checkpoint_time=_ts(result.checkpoint_ms)

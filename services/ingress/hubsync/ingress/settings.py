@@ -9,6 +9,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hubsync.core.settings import Environment
+
+__all__ = ["IngressSettings"]
+
 HOUR_S = 3600
 
 
@@ -92,6 +96,9 @@ class IngressSettings(BaseSettings):
     # Callers allowed ReplayJournal and Reconcile (people, through the CLI); ReadJournal is open
     # to every authenticated caller.
     admin_callers: list[str] = Field(default_factory=lambda: ["cli"])
+    # Run on uvloop (shipped with uvicorn[standard]): it roughly halves the per-request cost of
+    # the socket work the webhook edge is made of. Read by ``__main__`` only, before the loop starts.
+    uvloop: bool = True
 
     @field_validator("public_base_url")
     @classmethod
@@ -102,8 +109,43 @@ class IngressSettings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """Return the environment variable of setting ``name`` (``HUBSYNC_INGRESS_<NAME>``)."""
+        return f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+
+    def problems(self, environment: Environment) -> list[tuple[str, str]]:
+        """Return what ``environment`` refuses in these settings, as ``(variable, why)`` pairs.
+
+        Production refuses a public URL that is not https (HubSpot would send webhooks and the
+        OAuth redirect in clear) and signatures without a timestamp (replayable forever) unless
+        explicitly opted into.
+        """
+        if environment != Environment.PRODUCTION:
+            return []
+        found: list[tuple[str, str]] = []
+        if not (self.public_base_url or "").startswith("https://"):
+            found.append((self.variable("public_base_url"), "must be set to an https URL in production"))
+        for name, enabled in (("accept_v1", self.accept_v1), ("accept_v2", self.accept_v2)):
+            if enabled and not self.untimed_signatures_in_production:
+                found.append(
+                    (
+                        self.variable(name),
+                        "v1/v2 signatures carry no timestamp, so a captured webhook can be replayed "
+                        "forever: refused in production unless "
+                        f"{self.variable('untimed_signatures_in_production')}=true",
+                    )
+                )
+        return found
+
     def secrets(self) -> list[str]:
-        """Every active client secret: the inline list, then the file's."""
+        """Every active client secret: the inline list, then the file's.
+
+        Raises:
+            OSError: The file cannot be read.
+            ValueError: The file's JSON is not a list of strings.
+
+        """
         found = [s.get_secret_value() for s in self.webhook_secrets if s.get_secret_value()]
         if self.webhook_secrets_file is not None:
             raw = self.webhook_secrets_file.read_text().strip()

@@ -22,17 +22,22 @@ from hubsync.hubspot.signatures import (
     v3_signature,
 )
 
+__all__ = ["SignatureRejected", "VerifiedRequest", "WebhookVerifier"]
+
 
 class SignatureRejected(Exception):
     """The request is not signed by an active secret; ``reason`` is a metric label."""
 
     def __init__(self, reason: str, message: str) -> None:
+        """Say why (``reason``, a metric label) and what (``message``, safe to show the sender)."""
         super().__init__(message)
         self.reason = reason
 
 
 @dataclass(frozen=True)
 class VerifiedRequest:
+    """Which signature version a request was verified with."""
+
     version: str
 
 
@@ -56,6 +61,7 @@ class WebhookVerifier:
         max_skew_ms: int = MAX_SKEW_MS,
         now_ms: Callable[[], int] | None = None,
     ) -> None:
+        """Set up the verifier with the active client secrets and the legacy versions allowed."""
         self._secrets = list(secrets)
         self._keys = [s.encode() for s in self._secrets]
         self.accept_v1 = accept_v1
@@ -64,7 +70,7 @@ class WebhookVerifier:
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
 
     def verify(self, method: str, uri: str, body: bytes, headers: Mapping[str, str]) -> VerifiedRequest:
-        """Raises :class:`SignatureRejected` unless one active secret signed this request.
+        """Raise :class:`SignatureRejected` unless one active secret signed this request.
 
         ``uri`` is the full URL HubSpot called (public base URL + raw path + query); ``headers``
         must look names up case-insensitively (Starlette's Headers do).

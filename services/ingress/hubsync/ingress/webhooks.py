@@ -29,9 +29,20 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import Receive, Scope, Send
 
 from hubsync.ingress import metrics
-from hubsync.ingress.committer import EnqueueFailed, EventCommitter, Outcome, trace_carrier
+from hubsync.ingress.committer import (
+    NO_CONTEXT,
+    CallerContext,
+    CommitOutcome,
+    EnqueueFailed,
+    EventCommitter,
+    RoundTripSpan,
+    Tracing,
+    trace_context,
+)
 from hubsync.ingress.events import PayloadRejected, WebhookEvent, parse_events
 from hubsync.ingress.verifier import SignatureRejected, WebhookVerifier
+
+__all__ = ["PATH", "SPAN_NAME", "BodyTooLarge", "SpanMode", "WebhookEndpoint", "read_bounded"]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("hubsync.ingress")
@@ -48,11 +59,11 @@ _REASONS: dict[str, dict[str, str]] = {}
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The body passed ``MAX_BODY_BYTES`` (declared, or counted while reading)."""
 
 
 class _Disconnected(Exception):
-    pass
+    """The client went away before the body was read."""
 
 
 class _Reply:
@@ -77,7 +88,7 @@ def _error(status: int, reason: str, message: str, headers: RawHeaders = _JSON_H
 
 
 async def read_bounded(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The request body, or :class:`BodyTooLarge` as soon as it passes ``limit`` bytes."""
+    """Return the request body; raise :class:`BodyTooLarge` as soon as it passes ``limit`` bytes."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     message = await receive()
@@ -125,6 +136,7 @@ class WebhookEndpoint:
         public_base_url: str = "",
         spans: SpanMode = "round_trip",
     ) -> None:
+        """Set up the endpoint; ``spans`` is ``WEBHOOK_SPANS``."""
         self.verifier = verifier
         self.committer = committer
         self.max_body_bytes = max_body_bytes
@@ -141,18 +153,20 @@ class WebhookEndpoint:
         )
 
     def public_uri(self, scope: Scope) -> str:
-        """The URL HubSpot called: public base + the raw path and query as they arrived."""
-        raw_path = scope.get("raw_path") or scope["path"].encode()
+        """Return the URL HubSpot called: public base + the raw path and query as they arrived."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         uri = self.public_base_url + raw_path.decode("latin-1")
-        query = scope.get("query_string") or b""
+        query: bytes = scope.get("query_string") or b""
         if query:
             uri += "?" + query.decode("latin-1")
         return uri
 
     def is_own_echo(self, event: WebhookEvent) -> bool:
+        """Whether ``event`` is an echo of hubsync's own write, known by its source."""
         return event.change_source == "INTEGRATION" and event.source_id in self.own_source_ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ``POST /webhooks/hubspot``."""
         started = time.perf_counter()
         start_ns = time.time_ns()
         # Only the headers the endpoint reads, decoded once. ASGI header names are lower case;
@@ -205,28 +219,22 @@ class WebhookEndpoint:
         own_echoes = len(echoed)
         if own_echoes:
             metrics.echoes.add(own_echoes, _SOURCE)
-        outcomes: Sequence[Outcome] = ()
+        outcomes: Sequence[CommitOutcome] = ()
         if events:
-            # Echoes are not enqueued, but journaled as echoes so reconciliation knows them.
+            # The committer records the accept duration, and opens the request's own span (if
+            # any) right before the round trip and closes it right after (see ``RequestSpan``).
+            tracing: Tracing
+            if request.own_span:
+                tracing = request
+            elif self.spans == "round_trip":
+                tracing = RoundTripSpan(request.start_ns)
+            else:
+                tracing = request.caller_context()
             try:
-                # The committer records the accept duration, and opens the request's span right
-                # before the round trip and closes it right after (see ``Traced``).
-                if request.own_span:
-                    outcomes = await self.committer.submit(
-                        kept, traced=request, started=request.started, own_echoes=echoed
-                    )
-                elif self.spans == "round_trip":
-                    outcomes = await self.committer.submit(
-                        kept,
-                        grouped=True,
-                        received_ns=request.start_ns,
-                        started=request.started,
-                        own_echoes=echoed,
-                    )
-                else:
-                    outcomes = await self.committer.submit(
-                        kept, request.caller_context(), started=request.started, own_echoes=echoed
-                    )
+                # Echoes are not enqueued, but journaled as echoes so reconciliation knows them.
+                outcomes = await self.committer.submit(
+                    kept, tracing=tracing, started=request.started, own_echoes=echoed
+                )
             except EnqueueFailed as exc:
                 if request.span is None and self.spans != "off":
                     request.open()  # a 503 gets a span of its own (ended in ``__call__``)
@@ -240,9 +248,9 @@ class WebhookEndpoint:
         # The committer counts them in the metrics, once per round trip.
         accepted = duplicates = echoes = 0
         for outcome in outcomes:
-            if outcome is Outcome.ACCEPTED:
+            if outcome is CommitOutcome.ACCEPTED:
                 accepted += 1
-            elif outcome is Outcome.DUPLICATE:
+            elif outcome is CommitOutcome.DUPLICATE:
                 duplicates += 1
             else:
                 echoes += 1
@@ -251,9 +259,11 @@ class WebhookEndpoint:
 
 
 class _RequestSpan:
-    """One webhook request's server span (a committer :class:`~hubsync.ingress.committer.Traced`):
-    opened and closed by the committer around the round trip that stores the request's events, or
-    by the endpoint for a request that is refused or commits nothing."""
+    """One webhook request's server span (a :class:`~hubsync.ingress.committer.RequestSpan`).
+
+    Opened and closed by the committer around the round trip that stores the request's events, or
+    by the endpoint for a request that is refused or commits nothing.
+    """
 
     __slots__ = (
         "closed",
@@ -282,12 +292,15 @@ class _RequestSpan:
         mode = endpoint.spans
         self.own_span = mode == "request" or (mode == "round_trip" and "traceparent" in headers)
 
-    def caller_context(self) -> dict[str, str]:
-        """The caller's W3C trace context, as the entries carry it when no span is recorded."""
+    def caller_context(self) -> CallerContext:
+        """Return the caller's W3C trace context, as the entries carry it when no span is recorded."""
         headers = self.headers
-        return {key: headers[key] for key in ("traceparent", "tracestate") if key in headers}
+        if "traceparent" not in headers and "tracestate" not in headers:
+            return NO_CONTEXT
+        return CallerContext.of(headers)
 
-    def open(self) -> dict[str, str]:
+    def open(self) -> CallerContext:
+        """Start the server span (child of the caller's context, if any); returns its context."""
         trace_headers = self.endpoint.trace_headers
         carrier = {k: v for k, v in self.headers.items() if k in trace_headers}
         # The parent is the caller's context or none (never whatever this task happens to hold).
@@ -298,15 +311,17 @@ class _RequestSpan:
         self.span = _tracer.start_span(
             SPAN_NAME, context=context, kind=SpanKind.SERVER, attributes=attributes, start_time=self.start_ns
         )
-        return trace_carrier(self.span)
+        return trace_context(self.span)
 
     def close(self, error: str | None) -> None:
+        """End the span after the round trip: 200, or 503 with ``error``."""
         if error is None:
             self.finish(200, "")
         else:
             self.finish(503, error)
 
     def finish(self, status: int, reason: str) -> None:
+        """End the span (if one was opened) with the answer's status."""
         self.closed = True
         span = self.span
         if span is None:

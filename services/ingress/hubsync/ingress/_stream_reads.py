@@ -1,0 +1,34 @@
+"""Typed range reads of Redis streams, as ingress's client returns them (bytes, not decoded)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from redis.asyncio import Redis
+
+__all__ = ["StreamEntry", "stream_range"]
+
+#: An entry: its id and its fields.
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def stream_range(
+    redis: Redis, key: str, low: str, high: str, *, count: int, newest_first: bool = False
+) -> list[StreamEntry]:
+    """Return up to ``count`` entries of stream ``key`` between ids ``low`` and ``high``.
+
+    Args:
+        redis: A client without ``decode_responses`` (every ingress client): ids and fields are
+            bytes, which the library's return type (bytes or str, maybe None) does not say.
+        key: The stream.
+        low: The lowest id (``-``, ``<ms>-<seq>``, or ``(`` + an id to exclude it).
+        high: The highest id (``+`` or an id).
+        count: Most entries returned.
+        newest_first: ``XREVRANGE`` instead of ``XRANGE``.
+
+    """
+    if newest_first:
+        raw = await redis.xrevrange(key, high, low, count=count)
+    else:
+        raw = await redis.xrange(key, low, high, count=count)
+    return cast("list[StreamEntry]", raw or [])
