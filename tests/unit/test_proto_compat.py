@@ -91,3 +91,34 @@ def test_breaking_change_in_a_new_package_version_passes(released: Path) -> None
     v2.write_text(changed, encoding="utf-8")
     result = breaking(released)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_committed_release_image_matches_the_tag(tmp_path: Path) -> None:
+    """A clone without the tag compares against protos/releases/<tag>.binpb: it must be the
+    tag's protos, and today's protos must be compatible with it."""
+    if not BUF.exists():
+        pytest.skip("needs buf (buf-bin, installed by ./dev setup)")
+    tag = release_tag()
+    image = ROOT / "protos" / "releases" / f"{tag}.binpb"
+    assert image.is_file(), f"missing {image}: buf build '.git#tag={tag},subdir=protos' -o {image}"
+    has_tag = subprocess.run(
+        ["git", "rev-parse", "-q", "--verify", f"refs/tags/{tag}"], cwd=ROOT, capture_output=True
+    )
+    if has_tag.returncode == 0:
+        built = tmp_path / "from-tag.binpb"
+        subprocess.run(
+            [str(BUF), "build", f".git#tag={tag},subdir=protos", "-o", str(built)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        assert built.read_bytes() == image.read_bytes(), f"{image} is not the build of tag {tag}"
+    against = subprocess.run(
+        [str(BUF), "breaking", "protos", "--against", str(image)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert against.returncode == 0, against.stdout + against.stderr
