@@ -20,8 +20,10 @@ __all__ = [
     "AUTH_CONNECTIONS_KEY",
     "CONNECTION_CHANGES_CHANNEL",
     "FEED_GROUPS_KEY",
+    "INBOUND_DLQ_PORTALS_KEY",
     "INBOUND_PARKED_PORTALS_KEY",
     "PORTALS_KEY",
+    "WRITER_DLQ_PORTALS_KEY",
     "WRITER_PORTALS_KEY",
     "EchoEntry",
     "EventEntry",
@@ -54,6 +56,13 @@ __all__ = [
     "rate_learned_key",
     "rate_probe_key",
     "rate_window_key",
+    "ready_channel",
+    "ready_consumers_key",
+    "ready_key",
+    "ready_lease_key",
+    "ready_pending_key",
+    "ready_sweep_lease_key",
+    "ready_swept_key",
     "reconcile_key",
     "replays_key",
     "write_ledger_key",
@@ -86,6 +95,14 @@ AUTH_CONNECTIONS_KEY: Final = f"{PREFIX}:auth:connections"
 CONNECTION_CHANGES_CHANNEL: Final = f"{PREFIX}:auth:connection-changes"
 
 
+#: Set of portals with writer dead letters (writer adds when it dead-letters; its depth gauge
+#: drops members whose dead-letter stream is empty).
+WRITER_DLQ_PORTALS_KEY: Final = f"{PREFIX}:writer:dlq-portals"
+#: Set of portals with inbound dead letters (mapper adds when it dead-letters; its depth gauge
+#: drops members whose dead-letter stream is empty): the gauge never walks every known portal.
+INBOUND_DLQ_PORTALS_KEY: Final = f"{PREFIX}:inbound:dlq-portals"
+
+
 def oauth_state_key(digest: str) -> str:
     """A pending OAuth authorization, by the digest of its ``state`` (one use, TTL): auth."""
     return f"{PREFIX}:auth:oauth-state:{digest}"
@@ -94,6 +111,48 @@ def oauth_state_key(digest: str) -> str:
 def oauth_browser_key(digest: str) -> str:
     """The browser binding of a pending authorization, by digest (TTL): auth."""
     return f"{PREFIX}:auth:oauth-browser:{digest}"
+
+
+# ---- ready sets: which portals have work (hubsync.core.ready) ----------------------------------
+# A queue (``events``: mapper's inbound, ``writes``: writer's durable queue) has S shards; a shard's
+# keys share the hash tag ``{ready:<queue>:<shard>}`` so a script over one shard stays in one slot.
+
+
+def ready_key(queue: str, shard: int | str) -> str:
+    """Sorted set of portals with work on ``queue`` in one shard, scored by when they are due (ms):
+    producers add (NX) after appending, the shard's lease holder takes turns and removes."""
+    return f"{PREFIX}:{{ready:{queue}:{shard}}}"
+
+
+def ready_lease_key(queue: str, shard: int | str) -> str:
+    """The replica consuming one shard of ``queue`` (its owner id, PX TTL, renewed)."""
+    return f"{ready_key(queue, shard)}:lease"
+
+
+def ready_pending_key(queue: str, shard: int | str) -> str:
+    """Sorted set of portals of one shard with entries delivered and maybe not acknowledged,
+    scored by when to look for entries a dead consumer left (XAUTOCLAIM)."""
+    return f"{ready_key(queue, shard)}:pending"
+
+
+def ready_channel(queue: str) -> str:
+    """Pub/sub channel: a producer publishes the shard number when a portal became newly ready."""
+    return f"{PREFIX}:ready:{queue}"
+
+
+def ready_consumers_key(queue: str) -> str:
+    """Sorted set of live consumers of ``queue`` (score: heartbeat expiry, ms): leases balance."""
+    return f"{PREFIX}:ready:{queue}:consumers"
+
+
+def ready_sweep_lease_key(queue: str) -> str:
+    """The replica running the sweep of ``queue`` (owner id, PX TTL)."""
+    return f"{PREFIX}:ready:{queue}:sweep"
+
+
+def ready_swept_key(queue: str) -> str:
+    """When the last complete sweep of ``queue`` ended (Unix ms)."""
+    return f"{PREFIX}:ready:{queue}:swept"
 
 
 # ---- a portal's keys -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from hubsync.core.bounds import check_request_id
 from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.keys import EventEntry, events_key, replays_key
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 
 _OFFSET = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 MAX_PAGE = 1000
@@ -51,7 +52,15 @@ def check_offset(name: str, value: str) -> None:
 class EventJournal:
     """Reads and replays ``hubsync:{<portal>}:events``."""
 
-    def __init__(self, redis: Redis, *, stream_maxlen: int, replay_request_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        stream_maxlen: int,
+        replay_request_ttl_s: int,
+        ready_shards: int = DEFAULT_SHARDS,
+    ) -> None:
+        self._ready = ReadySets(redis, EVENTS, ready_shards)
         self._redis = redis
         self.stream_maxlen = stream_maxlen
         self.replay_request_ttl_s = replay_request_ttl_s
@@ -130,6 +139,7 @@ class EventJournal:
                 copy[EventEntry.REPLAY_OF.encode()] = entry_id
                 pipe.xadd(stream, copy, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
             await pipe.execute()
+            await self._ready.mark([portal_id])  # after the append: mapper consumes the copies
             count += len(raw)
             low = "(" + raw[-1][0].decode()
             if len(raw) < _CHUNK:

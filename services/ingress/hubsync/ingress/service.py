@@ -95,6 +95,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         timeout_s=settings.redis_timeout_s,
         window_s=settings.commit_window_s,
         max_events=settings.commit_max_events,
+        ready_shards=core.ready_shards,
     )
     webhook = WebhookEndpoint(
         verifier,
@@ -142,7 +143,10 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
     # The OAuth browser-binding cookie is __Host-/Secure unless the edge is plain http.
     oauth.secure_cookie = webhook.public_base_url.startswith("https://")
     journal = EventJournal(
-        redis, stream_maxlen=settings.stream_maxlen, replay_request_ttl_s=settings.replay_request_ttl_s
+        redis,
+        stream_maxlen=settings.stream_maxlen,
+        replay_request_ttl_s=settings.replay_request_ttl_s,
+        ready_shards=core.ready_shards,
     )
     reconciler = Reconciler(
         redis,

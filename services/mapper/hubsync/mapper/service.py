@@ -83,7 +83,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         raise SystemExit(2) from None
     feed = ChangeFeed(redis, max_groups=settings.max_consumer_groups)
     pusher = RecordPusher(redis, writer, registry.snapshot, idempotency_ttl_s=settings.push_idempotency_ttl_s)
-    servicer = MapperServicer(registry, pusher, feed, catalog, InboundQueues(redis))
+    servicer = MapperServicer(registry, pusher, feed, catalog, InboundQueues(redis, shards=core.ready_shards))
     worker = InboundWorker(
         redis,
         writer,
@@ -92,15 +92,18 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         coalesce_window_ms=settings.coalesce_window_ms,
         visibility_timeout_ms=settings.visibility_timeout_ms,
         read_batch_size=settings.read_batch_size,
-        read_block_ms=settings.read_block_ms,
         hydrate_batch_size=settings.hydrate_batch_size,
         hydrate_deadline_s=settings.hydrate_deadline_s,
         max_batches_in_flight=settings.max_batches_in_flight,
-        stalled_batch_ms=settings.stalled_batch_ms,
         max_attempts=settings.inbound_max_attempts,
         parked_recheck_s=settings.parked_recheck_s,
         parked_recheck_max_s=settings.parked_recheck_max_s,
         feed_max_len=settings.feed_max_len,
+        shards=core.ready_shards,
+        poll_s=core.ready_poll_s,
+        lease_ttl_ms=core.ready_lease_ttl_ms,
+        sweep_interval_s=core.ready_sweep_interval_s,
+        sweep_rate=core.ready_sweep_rate,
     )
     background: list[Callable[[], Awaitable[Any]]] = []
     if settings.inbound_enabled:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument, NotFound
-from hubsync.core.keys import writer_dlq_key
+from hubsync.core.keys import WRITER_DLQ_PORTALS_KEY, writer_dlq_key
 
 _meter = metrics.get_meter("hubsync.writer")
 _depth = _meter.create_gauge("hubsync.dlq.depth", description="Entries in the portal's dead-letter queue")
@@ -75,8 +75,21 @@ class DeadLetterQueue:
             approximate=True,
         )
         _dead.add(1, {"portal": str(portal_id), "status": str(error.http_status)})
+        # Known to the depth gauge, which looks at portals with dead letters only.
+        await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal_id))  # type: ignore[misc]
         await self.depth(portal_id)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def refresh_depths(self) -> None:
+        """The depth gauge of every portal with dead letters (a portal whose queue is empty again
+        leaves the set): the cost follows the portals with dead letters, not every portal."""
+        members = await self.redis.smembers(WRITER_DLQ_PORTALS_KEY)  # type: ignore[misc]
+        for raw in sorted(members):
+            portal = int(raw)
+            if await self.depth(portal) == 0:
+                await self.redis.srem(WRITER_DLQ_PORTALS_KEY, str(portal))  # type: ignore[misc]
+                if await self.depth(portal):  # one was added meanwhile
+                    await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal))  # type: ignore[misc]
 
     async def depth(self, portal_id: int) -> int:
         n = int(await self.redis.xlen(dlq_key(portal_id)))
