@@ -99,6 +99,7 @@ class InboundWorker:
         hydrate_batch_size: int = 100,
         hydrate_deadline_s: float = 20.0,
         max_batches_in_flight: int = 8,
+        stalled_batch_ms: int = 1000,
         max_attempts: int = 10,
         parked_recheck_s: float = 60.0,
         parked_recheck_max_s: float = 900.0,
@@ -116,6 +117,7 @@ class InboundWorker:
         self.visibility_ms = visibility_timeout_ms
         self.batch_size = read_batch_size
         self.max_in_flight = max_batches_in_flight
+        self.stall_s = stalled_batch_ms / 1000
         self.max_attempts = max_attempts
         self.recheck_s = parked_recheck_s
         self.recheck_max_s = max(parked_recheck_max_s, parked_recheck_s)
@@ -212,11 +214,15 @@ class InboundWorker:
         return now_ms() + max(int((state.next_probe - time.monotonic()) * 1000), 1000)
 
     async def _turn(self, portal: str, rows: list[tuple[bytes, dict[bytes, bytes]]]) -> Blocked | None:
-        """One portal's turn: its entries, in order, as batches (records a batch of this turn
-        holds wait for it); returns Blocked when the portal got parked meanwhile."""
+        """One portal's turn: its entries as batches (entries of records that an earlier batch
+        still holds wait for it); returns Blocked when the portal got parked meanwhile."""
+        if len(self._tasks) >= 2 * self.max_in_flight:  # stalled batches pile up: wait for one
+            await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
         tasks = self._dispatch(portal, Source(events_key(portal)), [parse_entry(i, f) for i, f in rows])
         if tasks:
-            await asyncio.wait(tasks)
+            # A batch still in flight after the stall time goes on alone (its records' later
+            # events wait for it); the portal's next turn may start.
+            await asyncio.wait(tasks, timeout=self.stall_s)
         until = self._gate(portal)
         return None if until is None else Blocked(until)
 

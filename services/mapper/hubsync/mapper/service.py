@@ -95,6 +95,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         hydrate_batch_size=settings.hydrate_batch_size,
         hydrate_deadline_s=settings.hydrate_deadline_s,
         max_batches_in_flight=settings.max_batches_in_flight,
+        stalled_batch_ms=settings.stalled_batch_ms,
         max_attempts=settings.inbound_max_attempts,
         parked_recheck_s=settings.parked_recheck_s,
         parked_recheck_max_s=settings.parked_recheck_max_s,

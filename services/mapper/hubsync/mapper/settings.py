@@ -41,6 +41,10 @@ class MapperSettings(BaseSettings):
     # Portals whose turns run at once (one turn per portal at a time): a slow HubSpot read holds
     # up only its own portal.
     max_batches_in_flight: int = Field(default=8, ge=1, le=256)
+    # A portal's turn waits this long for its batches; a batch still in flight then (a hung read,
+    # writer's retries) no longer holds the portal's next turn back (its records' later events
+    # wait for it: order per record is kept).
+    stalled_batch_ms: int = Field(default=1000, ge=1, le=600_000)
     # Non-transient failures of an event (INTERNAL, a HubSpot refusal) before it is dead-lettered.
     inbound_max_attempts: int = Field(default=10, ge=1, le=1000)
     # A parked portal (unusable connection) is checked again after this long, doubling each time
