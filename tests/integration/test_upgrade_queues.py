@@ -43,13 +43,19 @@ async def old_layout_write(redis: Redis, name: str) -> None:
         writes=[
             writer_pb2.Write(
                 record=writer_pb2.RecordWrite(
-                    operation=writer_pb2.WRITE_OPERATION_CREATE, object_type="companies", properties={"name": name}
+                    operation=writer_pb2.WRITE_OPERATION_CREATE,
+                    object_type="companies",
+                    properties={"name": name},
                 )
             )
         ],
     )
     base = await reserve_versions(redis, version_counter_key(PORTAL), 1)
-    fields = {"request": request.SerializeToString(), "accepted_ms": int(time.time() * 1000), "version_base": base}
+    fields = {
+        "request": request.SerializeToString(),
+        "accepted_ms": int(time.time() * 1000),
+        "version_base": base,
+    }
     await redis.xadd(writes_key(PORTAL), fields, maxlen=1_000_000, approximate=True)  # type: ignore[arg-type]
 
 
@@ -72,7 +78,9 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
 ) -> None:
     async with suite(redis_url, caller_tokens, writer_env=writer_env(consume_queue="false")) as s:
         # Events: records created in HubSpot, their webhooks appended to the portal's stream.
-        contacts = [await s.create_contact(email=f"up{i}@example.com", external_id=f"up-{i}") for i in range(6)]
+        contacts = [
+            await s.create_contact(email=f"up{i}@example.com", external_id=f"up-{i}") for i in range(6)
+        ]
         await s.idle()
         # Ingress's dedupe: one more event committed through the committer (dedupe set written).
         committer = EventCommitter(
@@ -115,7 +123,9 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
                 auth_address=s.auth_address,
                 env=writer_env(queue_claim_idle_ms=500),
             ),
-            running_mapper(redis_url, caller_tokens, writer_address=s.writer_address, visibility_timeout_ms=500),
+            running_mapper(
+                redis_url, caller_tokens, writer_address=s.writer_address, visibility_timeout_ms=500
+            ),
         ):
 
             async def writes_done() -> bool:
