@@ -79,7 +79,7 @@ _lag = _meter.create_gauge(
 )
 _ready_portals = _meter.create_gauge("hubsync.queue.ready_portals", description="Portals with work due")
 _oldest = _meter.create_gauge(
-    "hubsync.queue.oldest_age", unit="ms", description="How long the longest-waiting due portal has waited"
+    "hubsync.queue.oldest_age", unit="s", description="How long the longest-waiting due portal has waited"
 )
 
 # KEYS[1] a ready shard. ARGV: score, portal, channel, shard, mode (NX: keep an existing score;
@@ -578,7 +578,7 @@ class ReadyConsumer:
             if rows:
                 oldest = max(oldest, now - rows[0][1])
         _ready_portals.set(len(ready), queue)
-        _oldest.set(oldest, queue)
+        _oldest.set(oldest / 1000, queue)
         if self.lag is not None:
             _lag.set(await self.lag(ready[:1000]), queue)
 

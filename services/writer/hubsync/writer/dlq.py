@@ -54,6 +54,7 @@ class DeadLetterQueue:
     def __init__(self, redis: Redis, maxlen: int = 1_000_000) -> None:
         self.redis = redis
         self.maxlen = maxlen
+        self._shown: set[int] = set()
 
     async def add(
         self, portal_id: int, write: writer_pb2.Write, error: HubSpotFailure, attempts: int, trace_id: str
@@ -80,10 +81,16 @@ class DeadLetterQueue:
         await self.depth(portal_id)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    async def refresh_depths(self) -> None:
+    async def refresh_depths(self, seen: Sequence[int] = ()) -> None:
         """The depth gauge of every portal with dead letters (a portal whose queue is empty again
-        leaves the set): the cost follows the portals with dead letters, not every portal."""
+        leaves the set): the cost follows the portals with dead letters, not every portal. The
+        portals in ``seen`` (this process worked for them) not in the set show 0, once, at no
+        cost in Redis."""
         members = await self.redis.smembers(WRITER_DLQ_PORTALS_KEY)  # type: ignore[misc]
+        for portal in seen:
+            if portal not in self._shown and str(portal).encode() not in members:
+                _depth.set(0, {"portal": str(portal)})
+            self._shown.add(portal)
         for raw in sorted(members):
             portal = int(raw)
             if await self.depth(portal) == 0:

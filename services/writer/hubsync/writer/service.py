@@ -140,7 +140,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         current without a DLQ call (idle portals are not looked at)."""
         while True:
             try:
-                await dlq.refresh_depths()
+                await dlq.refresh_depths(breakers.portals())
             except (OSError, RedisError) as exc:
                 log.warning("gauge refresh failed", extra={"error": str(exc)[:200]})
             await asyncio.sleep(5)
