@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -103,7 +104,7 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
         assert await committer.submit([parsed]) == [Outcome.ACCEPTED]
         # The old mapper's group, from the stream's start; a replica read two and died.
         await redis.xgroup_create(events_key(PORTAL), "mapper", id="0")
-        taken = await redis.xreadgroup("mapper", "old-replica", {events_key(PORTAL): ">"}, count=2)
+        taken: Any = await redis.xreadgroup("mapper", "old-replica", {events_key(PORTAL): ">"}, count=2)
         assert len(taken[0][1]) == 2
         # Writes: three queued, one of them delivered to a writer that died.
         await redis.sadd(WRITER_PORTALS_KEY, str(PORTAL))  # type: ignore[misc]
@@ -136,7 +137,7 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
 
             await until(writes_done)
             await until(events_done)
-            feed = await redis.xrange(feed_key(PORTAL, "contacts"))
+            feed: Any = await redis.xrange(feed_key(PORTAL, "contacts"))
         # Every queued write went to HubSpot once.
         r = await s.hubspot.get("/_sandbox/objects/companies", params={"portal": PORTAL})
         body = r.json()
