@@ -156,6 +156,8 @@ class InboundWorker:
         # by another replica, or an operator's replay; the next discovery re-checks them at once.
         self._announced: dict[str, float] = {}
         self._tasks: dict[asyncio.Task[None], _Held] = {}
+        # The batches of each portal's last turn (the next turn waits for them).
+        self._previous: dict[str, list[asyncio.Task[None]]] = {}
         # (portal, object type, id) → the latest batch task holding the record.
         self._holders: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self.batches = 0
@@ -199,6 +201,7 @@ class InboundWorker:
                     next_beat = now + max(self.visibility_ms / 3000, 0.05)
                     await self._heartbeat()
                 self._probe_parked(now)
+                self._previous = {p: t for p, t in self._previous.items() if not all(x.done() for x in t)}
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -219,10 +222,17 @@ class InboundWorker:
         if len(self._tasks) >= 2 * self.max_in_flight:  # stalled batches pile up: wait for one
             await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
         tasks = self._dispatch(portal, Source(events_key(portal)), [parse_entry(i, f) for i, f in rows])
-        if tasks:
-            # A batch still in flight after the stall time goes on alone (its records' later
-            # events wait for it); the portal's next turn may start.
-            await asyncio.wait(tasks, timeout=self.stall_s)
+        # The portal's next turn is read while this one is hydrated and published (its entries of
+        # records this one holds wait for it), but not before the turn before this one is done:
+        # at most two turns of a portal in flight, and the next read gathers what arrived
+        # meanwhile. A batch still in flight after the stall time goes on alone.
+        previous = self._previous.get(portal, [])
+        self._previous[portal] = tasks
+        waiting = [t for t in previous if not t.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.stall_s)
+        if not tasks:
+            self._previous.pop(portal, None)
         until = self._gate(portal)
         return None if until is None else Blocked(until)
 
