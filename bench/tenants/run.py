@@ -49,6 +49,7 @@ from hubsync.core.keys import (
     WRITER_PORTALS_KEY,
     dedupe_key,
     events_key,
+    feed_key,
     writes_key,
 )
 
@@ -103,6 +104,20 @@ async def idle_phase(suite: Suite, redis: Redis, seconds: float) -> dict[str, An
     }
 
 
+async def where_it_waits(redis: Redis) -> dict[str, Any]:
+    """After the busy phase: the busy portal's events not yet consumed by mapper's inbound (its
+    group's pending and undelivered) and what its change feed holds, to tell whether changes wait
+    in the inbound pipeline or on the way to the subscriber (the feed)."""
+    rows = await redis.xinfo_groups(events_key(PORTAL))
+    group = next((g for g in rows if g["name"] in (b"mapper", "mapper")), None)
+    last: Any = await redis.xrevrange(events_key(PORTAL), "+", "-", count=1)
+    return {
+        "inbound_pending": int(group["pending"]) if group else None,
+        "inbound_caught_up": bool(group and last and group["last-delivered-id"] == last[0][0]),
+        "feed_entries": int(await redis.xlen(feed_key(PORTAL, "contacts"))),
+    }
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sandbox = {
         "portals": [{"hub_id": PORTAL, "plan": "professional", "burst_per_10s": 190}],
@@ -129,6 +144,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     await http.post("/_sandbox/webhooks/wait-idle", params={"timeout": 60})
                     await asyncio.sleep(11)  # the rate window refills
                     result["busy"] = await _measure(suite, http, ids, args.rate, args.seconds)
+                    result["busy"]["after"] = await where_it_waits(redis)
         finally:
             await redis.aclose()
     return result

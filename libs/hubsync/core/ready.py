@@ -635,7 +635,7 @@ class Sweeper:
         *,
         owner: str,
         interval_s: float = 3600.0,
-        rate: float = 200.0,
+        rate: float = 20.0,
         page: int = 500,
         visibility_ms: int = 30_000,
     ) -> None:
@@ -669,8 +669,11 @@ class Sweeper:
         hold_ms = 60_000
         if not await self.redis.set(lease, self.owner, nx=True, px=hold_ms):
             return None
+        # The first pass of an install (or right after the upgrade to the ready sets) finds the
+        # work queued before: it runs ten times as fast as the maintenance passes.
+        rate = self.rate * 10 if last is None else self.rate
         try:
-            marked = await self.sweep(lambda: self.redis.pexpire(lease, hold_ms))
+            marked = await self.sweep(lambda: self.redis.pexpire(lease, hold_ms), rate=rate)
             await self.redis.set(ready_swept_key(self.sets.queue), now_ms())
             self.passes += 1
             return marked
@@ -678,8 +681,11 @@ class Sweeper:
             if _s(await self.redis.get(lease) or b"") == self.owner:
                 await self.redis.delete(lease)
 
-    async def sweep(self, keep: Callable[[], Awaitable[Any]] | None = None) -> int:
+    async def sweep(
+        self, keep: Callable[[], Awaitable[Any]] | None = None, *, rate: float | None = None
+    ) -> int:
         """One full pass; returns how many portals it marked ready or pending."""
+        rate = rate or self.rate
         cursor: Any = 0
         marked = 0
         while True:
@@ -697,7 +703,7 @@ class Sweeper:
                 marked += len(set(ready) | set(pending))
                 if keep is not None:
                     await keep()
-                await asyncio.sleep(max(len(portals) / self.rate - (time.monotonic() - started), 0.0))
+                await asyncio.sleep(max(len(portals) / rate - (time.monotonic() - started), 0.0))
             if int(cursor) == 0:
                 return marked
 

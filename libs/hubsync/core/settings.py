@@ -104,7 +104,7 @@ class CoreSettings(BaseSettings):
     ready_poll_s: float = Field(default=5.0, gt=0, le=300)
     ready_lease_ttl_ms: int = Field(default=30_000, ge=300)
     ready_sweep_interval_s: float = Field(default=3600.0, gt=0)
-    ready_sweep_rate: float = Field(default=200.0, gt=0)
+    ready_sweep_rate: float = Field(default=20.0, gt=0)
 
     @field_validator("log_level")
     @classmethod

@@ -108,7 +108,7 @@ class InboundWorker:
         poll_s: float = 5.0,
         lease_ttl_ms: int = 30_000,
         sweep_interval_s: float = 3600.0,
-        sweep_rate: float = 200.0,
+        sweep_rate: float = 20.0,
     ):
         self.redis: Any = redis
         self.mappings = mappings

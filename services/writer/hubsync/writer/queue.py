@@ -179,7 +179,7 @@ class QueueConsumer:
         lease_ttl_ms: int = 30_000,
         max_turns: int = 16,
         sweep_interval_s: float = 3600.0,
-        sweep_rate: float = 200.0,
+        sweep_rate: float = 20.0,
     ) -> None:
         self.redis = redis
         self.process = process
