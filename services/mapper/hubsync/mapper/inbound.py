@@ -265,9 +265,12 @@ class InboundWorker:
         for portal, until in list(self._announced.items()):
             if until <= now:
                 del self._announced[portal]
-        for portal in list(self._parked):
-            if portal not in parked and portal not in self._draining:
-                del self._parked[portal]  # another replica unparked it
+        unparked = [p for p in self._parked if p not in parked and p not in self._draining]
+        for portal in unparked:
+            del self._parked[portal]  # another replica unparked it
+        if unparked:
+            # This replica may have scored their marks to a re-check meanwhile: read them now.
+            await self.ready.sets.mark(unparked, mode="LT")
 
     async def _heartbeat(self) -> None:
         """Keeps the entries of batches in flight: their idle time restarts, so no other replica
