@@ -50,6 +50,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from hubsync.core.event_entries import encode_event, encode_trace
 from hubsync.core.keys import PORTALS_KEY, dedupe_key, echoes_key, events_key, written_key
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 from hubsync.ingress import metrics
 from hubsync.ingress.events import WebhookEvent
 
@@ -258,8 +259,11 @@ class EventCommitter:
         max_events: int = 2000,
         max_bytes: int = 0,
         entry_format: str = "compact",
+        ready_shards: int = DEFAULT_SHARDS,
     ) -> None:
         self._redis = redis
+        # Mapper's ``events`` ready set: a portal is marked after its entries are appended.
+        self._ready = ReadySets(redis, EVENTS, ready_shards)
         # Entries older than this are trimmed from the stream (and the echo journal) on append.
         self.retention_ms = retention_ms
         # A portal's stream past this many bytes loses its oldest entries (0: no cap).
@@ -541,6 +545,14 @@ class EventCommitter:
             # Redis restarted (or flushed its scripts): load the script once and go again.
             await self._redis.script_load(_ENQUEUE_LUA)
             replies = await self._execute(commands, portals)
+        # Marked after the append (one more round trip, only ZADD NX per portal): the mapper
+        # replica leasing the portal's shard is nudged when it became newly ready. A portal whose
+        # events were all duplicates is marked too: a commit that failed after its append and is
+        # retried by HubSpot finds its events duplicates, and they must still be consumed.
+        marked = sorted(
+            {str(portal) for (portal, _c), reply in zip(ordered, replies, strict=False) if _queued(reply)}
+        )
+        await self._ready.mark(marked)
         self.round_trips += 1
         self.submissions += len(batch)
         outcomes = {sub: [Outcome.ACCEPTED] * len(sub.events) for sub in batch}
@@ -550,3 +562,9 @@ class EventCommitter:
                 if position >= 0:
                     outcomes[sub][position] = _OUTCOMES[code - 48]
         return outcomes
+
+
+def _queued(reply: Any) -> bool:
+    """Whether a script's reply says an event of the portal is (or was already) on its stream."""
+    codes = reply if isinstance(reply, bytes) else str(reply).encode()
+    return b"0" in codes or b"1" in codes

@@ -97,6 +97,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         timeout_s=settings.redis_timeout_s,
         window_s=settings.commit_window_s,
         max_events=settings.commit_max_events,
+        ready_shards=core.ready_shards,
     )
     webhook = WebhookEndpoint(
         verifier,
@@ -148,6 +149,7 @@ async def build(core: CoreSettings, redis: Redis) -> IngressSpec:
         retention_ms=settings.journal_retention_s * 1000,
         replay_request_ttl_s=settings.replay_request_ttl_s,
         entry_format=settings.journal_format,
+        ready_shards=core.ready_shards,
     )
     reconciler = Reconciler(
         redis,
