@@ -44,6 +44,7 @@ from latency_bench import PORTAL, _create, _measure  # type: ignore[import-not-f
 
 from hubsync.cli.demo import connect_sandbox_portal
 from hubsync.cli.suite import Suite
+from hubsync.core.devredis import RedisProcess
 from hubsync.core.keys import (
     PORTALS_KEY,
     WRITER_PORTALS_KEY,
@@ -85,7 +86,8 @@ async def commandstats(redis: Redis) -> dict[str, int]:
 
 async def idle_phase(suite: Suite, redis: Redis, seconds: float) -> dict[str, Any]:
     pids = {name: proc.pid for name, proc in suite.procs.items()}
-    assert suite.redis is not None and suite.redis.proc is not None
+    # The bench runs one Redis server (not `hubsync run --redis-cluster`): its CPU is measured.
+    assert isinstance(suite.redis, RedisProcess) and suite.redis.proc is not None
     pids["redis"] = suite.redis.proc.pid
     ticks0 = {n: cpu_ticks(p) for n, p in pids.items()}
     cmds0 = await commandstats(redis)

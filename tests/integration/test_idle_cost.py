@@ -5,6 +5,7 @@ the number of known portals (a count from ``INFO commandstats``, not a timing)."
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
@@ -14,9 +15,10 @@ from redis.asyncio import Redis
 from hubsync.core.keys import PORTALS_KEY, WRITER_PORTALS_KEY, events_key, ready_swept_key, writes_key
 from hubsync.core.ready import EVENTS, WRITES
 from hubsync.core.service import RunningService, start_service
-from hubsync.core.settings import CoreSettings
+from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.mapper.service import build as build_mapper
 from hubsync.writer.service import build as build_writer
+from hubsync.writer.settings import WriterSettings
 
 WINDOW_S = 10.0
 pytestmark = pytest.mark.timeout(300)
@@ -65,7 +67,12 @@ async def start_both(redis_url: str, caller_tokens: dict[str, str]) -> list[Runn
             shutdown_grace_seconds=0.5,
         )
 
-    writer = await start_service("writer", core("writer"), build_writer, port=0)
+    writer = await start_service(
+        "writer",
+        core("writer"),
+        functools.partial(build_writer, settings=load_settings(WriterSettings)),
+        port=0,
+    )
     mapper = await start_service("mapper", core("mapper", f"127.0.0.1:{writer.port}"), build_mapper, port=0)
     return [writer, mapper]
 

@@ -85,7 +85,7 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
         await s.idle()
         # Ingress's dedupe: one more event committed through the committer (dedupe set written).
         committer = EventCommitter(
-            redis, stream_maxlen=100_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=10
+            redis, retention_ms=86_400_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=10
         )
         event = {
             "eventId": 77,
