@@ -135,14 +135,9 @@ RECONCILE = PanelSpec(
     "steadily above 0: webhooks are being lost before ingress",
 )
 STREAM_LAG = PanelSpec(
-    "Stream lag",
-    "Entries each consumer group has not processed yet (inbound events, writes, the change feed).",
-    (
-        _q(
-            f"topk($top, max by (stream, group) (hubsync_stream_lag{{{NS}, {PORTAL}}}))",
-            "{{stream}} / {{group}}",
-        ),
-    ),
+    "Queue lag",
+    "Entries not processed yet, summed over the portals with work (inbound events, writes).",
+    (_q(f"sum by (queue) (hubsync_queue_lag{{{NS}}})", "{{queue}}"),),
     "short",
     "hubsyncstreamlaggrowing",
     "grows for 10 minutes and more",
@@ -213,7 +208,7 @@ INBOUND_ENTRIES = PanelSpec(
 INBOUND_DEPTH = PanelSpec(
     "Inbound parked and dead-letter depth",
     "Inbound events waiting in the mapper's parked and dead-letter queues.",
-    (_q(f"sum by (queue) (hubsync_mapper_inbound_depth{{{NS}, {PORTAL}}})", "{{queue}}"),),
+    (_q(f"sum by (queue) (hubsync_mapper_inbound_depth{{{NS}}})", "{{queue}}"),),
     "short",
     "parked-and-dead-lettered-inbound-events",
     "above 0: a portal needs re-authorizing, or events need a replay",
@@ -284,7 +279,7 @@ DLQ_DEPTH = PanelSpec(
     (
         _q(f"topk($top, sum by (portal) (hubsync_dlq_depth{{{NS}, {PORTAL}}}))", "writer {{portal}}"),
         _q(
-            f'sum by (queue) (hubsync_mapper_inbound_depth{{{NS}, {PORTAL}, queue="dlq"}})',
+            f'sum by (queue) (hubsync_mapper_inbound_depth{{{NS}, queue="dlq"}})',
             "mapper inbound",
         ),
     ),
@@ -393,7 +388,7 @@ def _variables(dashboard: Dashboard) -> Dashboard:
             QueryVariable("namespace")
             .label("Namespace")
             .datasource(DATASOURCE)
-            .query("label_values(hubsync_stream_lag, namespace)")
+            .query("label_values(hubsync_queue_lag, namespace)")
             .refresh(VariableRefresh.ON_DASHBOARD_LOAD)
             .sort(VariableSort.ALPHABETICAL_ASC)
         )

@@ -77,26 +77,23 @@ def test_ingress_hpa_scales_on_cpu_and_requests(prod: Rendered) -> None:
 
 
 @pytest.mark.parametrize(
-    ("component", "suffix", "group"), [("mapper", "events", "mapper"), ("writer", "writes", "writer")]
+    ("component", "queue", "per_replica"), [("mapper", "events", "1000"), ("writer", "writes", "200")]
 )
-def test_keda_scales_workers_on_their_streams(
-    prod: Rendered, component: str, suffix: str, group: str
+def test_keda_scales_workers_on_their_queues_total_lag(
+    prod: Rendered, component: str, queue: str, per_replica: str
 ) -> None:
     scaled = prod.get("ScaledObject", object_name(component))
-    triggers = scaled["spec"]["triggers"]
-    assert len(triggers) == 2, "one trigger per portal stream listed in values"
-    for trigger in triggers:
-        # Sentinel in this combination: KEDA asks the sentinels for the master.
-        assert trigger["type"] == "redis-sentinel-streams"
-        meta = trigger["metadata"]
-        assert re.fullmatch(r"hubsync:\{\d+\}:" + suffix, meta["stream"])
-        assert meta["consumerGroup"] == group
-        assert meta["sentinelMaster"] == "hubsync"
-        assert {"pendingEntriesCount", "lagCount"} & set(meta)
-        assert trigger["authenticationRef"]["name"] == object_name("redis-keda")
-    auth = prod.get("TriggerAuthentication", object_name("redis-keda"))
-    (ref,) = auth["spec"]["secretTargetRef"]
-    assert (ref["name"], ref["key"], ref["parameter"]) == ("hubsync-redis", "password", "password")
+    # One aggregate signal, whatever the number of portals: no per-portal stream in values.
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    meta = trigger["metadata"]
+    assert meta["serverAddress"] == "http://prometheus-operated.monitoring:9090"
+    assert re.fullmatch(
+        r'sum\(hubsync_queue_lag\{namespace="[a-z-]+", queue="' + queue + r'"\}\)', meta["query"]
+    )
+    assert meta["threshold"] == per_replica
+    # KEDA no longer reads Redis: no credentials for it.
+    assert prod.find("TriggerAuthentication", object_name("redis-keda")) is None
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -212,7 +209,7 @@ def test_alerts_cover_the_issue(prod: Rendered) -> None:
             "histogram_quantile(0.99",
             "> 1",
         ),
-        "HubsyncStreamLagGrowing": ("hubsync_stream_lag", "delta(", "> 0"),
+        "HubsyncStreamLagGrowing": ("hubsync_queue_lag", "delta(", "> 0"),
     }
     assert set(expected) <= set(found)
     for name, fragments in expected.items():

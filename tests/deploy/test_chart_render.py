@@ -233,9 +233,9 @@ def test_external_redis_with_tls_and_password() -> None:
 
 
 def test_redis_cluster_url_is_accepted_and_held_to_production_rules() -> None:
-    """Redis Cluster (issue 13): a rediss+cluster:// url reaches every service unchanged, KEDA gets
-    its cluster scaler with every seed node; production still refuses a plaintext cluster, and a
-    cluster url together with Sentinel is refused."""
+    """Redis Cluster (issue 13): a rediss+cluster:// url reaches every service unchanged, KEDA's
+    Prometheus trigger is the same as for one Redis; production still refuses a plaintext
+    cluster, and a cluster url together with Sentinel is refused."""
     from tests.deploy.chart import render_values
 
     values = load_values(CHART_DIR / "ci" / "production-values.yaml")
@@ -251,11 +251,12 @@ def test_redis_cluster_url_is_accepted_and_held_to_production_rules() -> None:
         assert env["HUBSYNC_REDIS_URL"]["value"] == f"rediss+cluster://{seeds}/0"
         assert "HUBSYNC_REDIS_SENTINELS" not in env
         assert "HUBSYNC_REDIS_PASSWORD" in env
-    for component in ("mapper", "writer"):
-        for trigger in rendered.get("ScaledObject", object_name(component))["spec"]["triggers"]:
-            assert trigger["type"] == "redis-cluster-streams"
-            assert trigger["metadata"]["addresses"] == seeds
-            assert trigger["metadata"]["enableTLS"] == "true"
+    # KEDA scales on the aggregate queue lag in Prometheus: nothing of it depends on the Redis
+    # topology, so a cluster renders the same trigger.
+    for component, queue in (("mapper", "events"), ("writer", "writes")):
+        (trigger,) = rendered.get("ScaledObject", object_name(component))["spec"]["triggers"]
+        assert trigger["type"] == "prometheus"
+        assert f'queue="{queue}"' in trigger["metadata"]["query"]
 
     plaintext = {**values, "redis": {**values["redis"], "url": f"redis+cluster://{seeds}"}}
     with pytest.raises(Exception, match="rediss\\+cluster://"):

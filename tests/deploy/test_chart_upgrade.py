@@ -18,6 +18,7 @@ from tests.deploy.chart import CHART_DIR, ROOT
 from tests.deploy.chart_history import chart_at, has_commit, recorded_versions, render_chart
 
 PREVIOUS = "0.1.0"
+DELETE = object()  # a step that removes a value
 Manifests = dict[tuple[str, str], Any]
 
 # What an operator adds to each example's previous values, as UPGRADING.md says (value path ->
@@ -33,6 +34,9 @@ STEPS: dict[str, dict[str, Any]] = {
         "tls.certManager.issuerRef": {"kind": "ClusterIssuer", "name": "hubsync-internal-ca"},
         "redis.url": "rediss://hubsync-master:6379/0",
         "redis.tls.existingSecret": "hubsync-redis-ca",
+        "components.mapper.autoscaling.streams": DELETE,
+        "components.writer.autoscaling.streams": DELETE,
+        "keda.prometheus.serverAddress": "http://prometheus-operated.monitoring:9090",
     },
 }
 
@@ -51,7 +55,10 @@ def _set(values: dict[str, Any], path: str, value: Any) -> None:
     node = values
     for key in parents:
         node = node.setdefault(key, {})
-    node[leaf] = value
+    if value is DELETE:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +88,7 @@ def test_every_step_is_in_upgrading() -> None:
     section = _upgrading_section()
     for name, steps in STEPS.items():
         for path in steps:
-            named = path.removesuffix(".enabled").removesuffix(".issuerRef")
+            named = path.removesuffix(".enabled").removesuffix(".issuerRef").removesuffix(".serverAddress")
             assert f"`{named}" in section, f"{name}: UPGRADING.md does not name {path}"
 
 
@@ -129,5 +136,5 @@ def test_objects_the_upgrade_adds_are_expected(previous_chart: Path, name: str) 
 
 def test_production_values_need_the_steps(previous_chart: Path) -> None:
     """Without the steps, the previous production values are refused with the value to set."""
-    with pytest.raises(Exception, match=r"tls\.certManager"):
+    with pytest.raises(Exception, match=r"tls\.certManager|streams"):
         _renders(previous_chart, "production-values.yaml", steps=False)

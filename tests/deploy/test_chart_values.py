@@ -45,9 +45,9 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "unknown-top-level-key": ({"replicaCount": 3}, "replicaCount"),
     "unknown-component-key": ({"components": {"writer": {"replicaz": 3}}}, "replicaz"),
     "misspelt-default-key": ({"default": {"podAntiAfinity": "hard"}}, "podAntiAfinity"),
-    "keda-stream-on-ingress": (
-        {"components": {"ingress": {"autoscaling": {"streams": [{"stream": "s", "consumerGroup": "g"}]}}}},
-        "streams",
+    "keda-lag-on-ingress": (
+        {"components": {"ingress": {"autoscaling": {"lagPerReplica": 10}}}},
+        "lagPerReplica",
     ),
     "wrong-type-replicas": ({"components": {"writer": {"replicas": "two"}}}, "want integer"),
     "wrong-type-flag": ({"keda": {"enabled": "yes"}}, "want boolean"),
@@ -114,7 +114,7 @@ REQUIRED: dict[str, tuple[dict[str, Any], str]] = {
     "no-webhook-secrets": ({"ingress": {"webhookSecrets": {"secrets": []}}}, "ingress.webhookSecrets"),
     "production-without-public-url": ({"environment": "production"}, "ingress.publicBaseUrl"),
     "two-redis": ({"redis": {"url": "redis://elsewhere:6379/0"}}, "exclusive"),
-    "keda-on-the-placeholder-stream": ({"keda": {"enabled": True}}, "replace <portal>"),
+    "keda-without-prometheus": ({"keda": {"enabled": True}}, "keda.prometheus.serverAddress"),
 }
 
 

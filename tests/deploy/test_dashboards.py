@@ -92,7 +92,7 @@ def test_overview_shows_what_the_issue_asks_for() -> None:
         "hubsync_webhook_accepted_total",
         "hubsync_webhook_rejected_total",
         "hubsync_webhook_accept_duration_seconds",
-        "hubsync_stream_lag",
+        "hubsync_queue_lag",
         "hubsync_sync_total",
         "hubsync_sync_duration_seconds",
         "hubsync_hubspot_requests_total",
@@ -168,7 +168,7 @@ def documented_labels() -> dict[str, set[str]]:
 def test_queries_use_only_labels_the_metrics_carry(name: str) -> None:
     """A label a metric does not carry makes a panel silently empty (or one line for all)."""
     known = documented_labels()
-    assert "portal" in known["hubsync_stream_lag"]  # the table is read at all
+    assert "portal" in known["hubsync_dlq_depth"]  # the table is read at all
     for panel in panels(load(name)):
         for expr in exprs(panel):
             (metric,) = {base_name(m) for m in named_metrics(expr)}

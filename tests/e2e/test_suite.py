@@ -239,7 +239,7 @@ SYNC_METRICS: dict[str, list[tuple[str, str]]] = {
         ("hubsync_sync_total", 'direction="inbound"'),
         ("hubsync_sync_duration_seconds_bucket", 'direction="inbound"'),
         ("hubsync_sync_duration_seconds_bucket", 'direction="outbound"'),
-        ("hubsync_stream_lag", 'stream="events"'),
+        ("hubsync_queue_lag", 'queue="events"'),
     ],
     "writer": [
         ("hubsync_hubspot_requests_total", 'endpoint="POST /crm/v3/objects/{objectType}/batch/upsert"'),
@@ -279,7 +279,7 @@ async def test_metrics_endpoint_after_sync(running: tuple[Suite, Collector]) -> 
                     gaps[service] = absent
         return gaps
 
-    # gauges are refreshed every few seconds (stream lag and DLQ depth every 5 s)
+    # gauges are refreshed every few seconds (DLQ depth every 5 s, queue lag every 30 s)
     for _ in range(40):
         if not await missing():
             break

@@ -189,9 +189,6 @@ def _portal_on_another_node(portal: int, nodes: int = 3) -> int:
 
 
 @pytest.mark.on_cluster
-@pytest.mark.cluster_needs(
-    "queues", "writer's queue reads every portal's write stream in one XREADGROUP, across slots"
-)
 async def test_writer_serves_two_portals_whose_keys_live_on_different_nodes(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
@@ -212,7 +209,7 @@ async def test_writer_serves_two_portals_whose_keys_live_on_different_nodes(
     async with stack(redis_url, caller_tokens, config) as s:
         await register_sandbox_private_app(s.auth_address, caller_tokens, portal_id=other, token=token)
         for portal in (WRITER_PORTAL, other):
-            # Not waited for: queued, then taken by the queue loop (one XREADGROUP per step).
+            # Not waited for: queued (the portal marked ready), then taken by its shard's consumer.
             reply = await s.stub.SubmitWrites(
                 writer_pb2.SubmitWritesRequest(
                     portal_id=portal, writes=[upsert(f"p{portal}@example.com")], request_id=f"r{portal}"
@@ -315,9 +312,6 @@ async def test_feed_delivers_changes_of_two_portals_whose_keys_live_on_different
 
 
 @pytest.mark.on_cluster
-@pytest.mark.cluster_needs(
-    "queues", "mapper's inbound loop reads every portal's event stream in one XREADGROUP, across slots"
-)
 async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_nodes(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
@@ -325,7 +319,7 @@ async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_
     inbound loop (read by its consumer group; what happens next needs writer and auth, absent)."""
     from hubsync.core.keys import PORTALS_KEY, EventEntry
     from hubsync.mapper.publish import GROUP
-    from tests.integration.mapper.fixtures import running_mapper
+    from tests.integration.mapper.fixtures import mark_ready, running_mapper
 
     portals = [PORTAL, _portal_on_another_node(PORTAL)]
     redis = redis_from_url(redis_url)
@@ -334,6 +328,7 @@ async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_
         for portal in portals:
             fields = {EventEntry.EVENT: json.dumps(event(portal_id=portal)), EventEntry.ORIGIN: "webhook"}
             await redis.xadd(events_key(portal), fields)  # type: ignore[arg-type]
+            await mark_ready(redis, portal)  # after the append, as ingress's committer does
         async with running_mapper(redis_url, caller_tokens):
             read: list[bool] = []
             for _ in range(300):

@@ -52,7 +52,7 @@ async def cmd_tenant(args: argparse.Namespace) -> int:
     settings = load_settings(CoreSettings)
     redis = create_redis(settings)
     try:
-        store = TenantStore(redis)
+        store = TenantStore(redis, ready_shards=settings.ready_shards)
         if args.action == "list":
             return await _list(store, args)
         if args.action == "show":

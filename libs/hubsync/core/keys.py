@@ -14,6 +14,7 @@ change here needs a migration (see the design doc's migration plan).
 
 from __future__ import annotations
 
+import zlib
 from typing import Final
 
 __all__ = [
@@ -26,8 +27,10 @@ __all__ = [
     "CONNECTION_CHANGES_CHANNEL",
     "FEED_GROUPS_KEY",
     "FEED_PUBLISHING_KEY",
+    "INBOUND_DLQ_PORTALS_KEY",
     "INBOUND_PARKED_PORTALS_KEY",
     "PORTALS_KEY",
+    "WRITER_DLQ_PORTALS_KEY",
     "WRITER_PORTALS_KEY",
     "ConfigEntry",
     "EchoEntry",
@@ -70,6 +73,13 @@ __all__ = [
     "rate_learned_key",
     "rate_probe_key",
     "rate_window_key",
+    "ready_channel",
+    "ready_consumers_key",
+    "ready_key",
+    "ready_lease_key",
+    "ready_pending_key",
+    "ready_sweep_lease_key",
+    "ready_swept_key",
     "reconcile_key",
     "replays_key",
     "tenant_config_history_key",
@@ -160,6 +170,14 @@ def feed_sweep_lock_key(group: str) -> str:
     return _feed_group_key(group, "sweep", "lock")
 
 
+#: Set of portals with writer dead letters (writer adds when it dead-letters; its depth gauge
+#: drops members whose dead-letter stream is empty).
+WRITER_DLQ_PORTALS_KEY: Final = f"{PREFIX}:writer:dlq-portals"
+#: Set of portals with inbound dead letters (mapper adds when it dead-letters; its depth gauge
+#: drops members whose dead-letter stream is empty): the gauge never walks every known portal.
+INBOUND_DLQ_PORTALS_KEY: Final = f"{PREFIX}:inbound:dlq-portals"
+
+
 def oauth_state_key(digest: str) -> str:
     """A pending OAuth authorization, by the digest of its ``state`` (one use, TTL): auth."""
     return f"{PREFIX}:auth:oauth-state:{digest}"
@@ -193,6 +211,48 @@ def tenant_portals_key(tenant: str) -> str:
     return _tenant_key(tenant, "config", "portals")
 
 
+# ---- ready sets: which portals have work (hubsync.core.ready) ----------------------------------
+# A queue (``events``: mapper's inbound, ``writes``: writer's durable queue) has S shards; a shard's
+# keys share the hash tag ``{ready:<queue>:<shard>}`` so a script over one shard stays in one slot.
+
+
+def ready_key(queue: str, shard: int | str) -> str:
+    """Sorted set of portals with work on ``queue`` in one shard, scored by when they are due (ms):
+    producers add (NX) after appending, the shard's lease holder takes turns and removes."""
+    return f"{PREFIX}:{{ready:{queue}:{shard}}}"
+
+
+def ready_lease_key(queue: str, shard: int | str) -> str:
+    """The replica consuming one shard of ``queue`` (its owner id, PX TTL, renewed)."""
+    return f"{ready_key(queue, shard)}:lease"
+
+
+def ready_pending_key(queue: str, shard: int | str) -> str:
+    """Sorted set of portals of one shard with entries delivered and maybe not acknowledged,
+    scored by when to look for entries a dead consumer left (XAUTOCLAIM)."""
+    return f"{ready_key(queue, shard)}:pending"
+
+
+def ready_channel(queue: str) -> str:
+    """Pub/sub channel: a producer publishes the shard number when a portal became newly ready."""
+    return f"{PREFIX}:ready:{queue}"
+
+
+def ready_consumers_key(queue: str) -> str:
+    """Sorted set of live consumers of ``queue`` (score: heartbeat expiry, ms): leases balance."""
+    return f"{PREFIX}:ready:{queue}:consumers"
+
+
+def ready_sweep_lease_key(queue: str) -> str:
+    """The replica running the sweep of ``queue`` (owner id, PX TTL)."""
+    return f"{PREFIX}:ready:{queue}:sweep"
+
+
+def ready_swept_key(queue: str) -> str:
+    """When the last complete sweep of ``queue`` ended (Unix ms)."""
+    return f"{PREFIX}:ready:{queue}:swept"
+
+
 # ---- a portal's keys -----------------------------------------------------------------------------
 
 
@@ -207,18 +267,35 @@ def portal_key_pattern(portal_id: int | str) -> str:
     return portal_key(portal_id, "*")
 
 
-def portal_indexes(portal_id: int | str) -> tuple[str, ...]:
+#: The queues with ready sets (``hubsync.core.ready``): mapper's inbound events, writer's writes.
+READY_QUEUES: Final = ("events", "writes")
+
+
+def ready_shard(portal_id: int | str, shards: int) -> int:
+    """The ready-set shard of ``portal_id`` among ``shards`` (CRC-32 of its decimal id)."""
+    return zlib.crc32(str(portal_id).encode()) % shards
+
+
+def portal_indexes(portal_id: int | str, ready_shards: int = 64) -> tuple[str, ...]:
     """The keys of no portal that may hold ``portal_id`` as a member (sets, sorted sets, or hash
     fields named by the portal id): what deleting a tenant must also remove it from. A new
-    registry of portals is added here, or ``hubsync tenant delete`` leaves the portal in it."""
-    del portal_id  # the registries are not sharded today; sharded ones pick theirs by portal
+    registry of portals is added here, or ``hubsync tenant delete`` leaves the portal in it.
+    Sharded registries (the ready and pending sets, ``ready_shards`` shards: the
+    ``HUBSYNC_READY_SHARDS`` setting) give the portal's own shard."""
+    shard = ready_shard(portal_id, ready_shards)
+    ready = tuple(
+        key for queue in READY_QUEUES for key in (ready_key(queue, shard), ready_pending_key(queue, shard))
+    )
     return (
         PORTALS_KEY,
         WRITER_PORTALS_KEY,
         INBOUND_PARKED_PORTALS_KEY,
+        WRITER_DLQ_PORTALS_KEY,
+        INBOUND_DLQ_PORTALS_KEY,
         AUTH_CONNECTIONS_KEY,
         AUTH_REFRESH_DUE_KEY,
         AUTH_NEEDS_REAUTH_KEY,
+        *ready,
     )
 
 

@@ -136,6 +136,15 @@ class CoreSettings(BaseSettings):
     redis_tls_ca_file: Path | None = None
     redis_tls_cert_file: Path | None = None
     redis_tls_key_file: Path | None = None
+    # Ready sets (hubsync.core.ready): how many shards each queue's set of portals with work has
+    # (the same for every service; changing it strands marks until the sweeper's next pass), how
+    # often a consumer polls its leased shards when no nudge came, the shard lease's TTL, and the
+    # sweeper that re-marks portals with work (a pass at most every interval, portals per second).
+    ready_shards: int = Field(default=64, ge=1, le=16_384)
+    ready_poll_s: float = Field(default=5.0, gt=0, le=300)
+    ready_lease_ttl_ms: int = Field(default=30_000, ge=300)
+    ready_sweep_interval_s: float = Field(default=3600.0, gt=0)
+    ready_sweep_rate: float = Field(default=20.0, gt=0)
 
     @field_validator("log_level")
     @classmethod

@@ -249,8 +249,15 @@ class DeleteReport:
 class TenantStore:
     """Lists, shows and deletes portals' data in Redis (see the module docstring)."""
 
-    def __init__(self, redis: Redis, *, key_batches: Callable[..., AsyncIterator[list[bytes]]] | None = None):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        key_batches: Callable[..., AsyncIterator[list[bytes]]] | None = None,
+        ready_shards: int = 64,
+    ):
         self.redis = redis
+        self.ready_shards = ready_shards
         self._key_batches = key_batches or portal_key_batches
 
     # -- list --
@@ -380,7 +387,7 @@ class TenantStore:
 
     async def _indexes(self, portal_id: int) -> list[tuple[str, str]]:
         """(key, type) of every registry of portals that exists (see ``keys.portal_indexes``)."""
-        indexes = keys.portal_indexes(portal_id)
+        indexes = keys.portal_indexes(portal_id, self.ready_shards)
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in indexes:
                 pipe.type(key)

@@ -24,6 +24,8 @@ from opentelemetry import trace
 
 from hubsync.core.devredis import free_port
 from hubsync.core.event_entries import encode_entry
+from hubsync.core.ready import EVENTS as EVENTS_QUEUE
+from hubsync.core.ready import ReadySets
 from hubsync.core.redis import portal_key, redis_from_url
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
@@ -74,7 +76,6 @@ async def running_mapper(
         "HUBSYNC_MAPPER_COALESCE_WINDOW_MS": str(coalesce_window_ms),
         "HUBSYNC_MAPPER_VISIBILITY_TIMEOUT_MS": str(visibility_timeout_ms),
         "HUBSYNC_MAPPER_INBOUND_ENABLED": "true" if inbound_enabled else "false",
-        "HUBSYNC_MAPPER_READ_BLOCK_MS": "50",
         **(extra_env or {}),
     }
     if mappings_dir is not None:
@@ -89,6 +90,8 @@ async def running_mapper(
             hubspot_api_base=hubspot_api_base,
             writer_address=writer_address,
             shutdown_grace_seconds=1.0,
+            ready_lease_ttl_ms=3000,
+            ready_poll_s=1.0,
         )
         service = await start_service("mapper", core, build, port=0)
     finally:
@@ -253,6 +256,8 @@ async def mapper_process(
         "HUBSYNC_WRITER_ADDRESS": writer_address,
         "HUBSYNC_GRPC_PORT": str(port),
         "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "1",
+        "HUBSYNC_READY_LEASE_TTL_MS": "3000",
+        "HUBSYNC_READY_POLL_S": "1",
         "HUBSYNC_MAPPER_CONSUMER_NAME": consumer_name,
         **(env or {}),
     }
@@ -268,6 +273,11 @@ async def mapper_process(
             proc.kill()
             await proc.wait()
         log.close()
+
+
+async def mark_ready(redis: Any, portal: int | str) -> None:
+    """Marks a portal in the ``events`` ready set, as ingress does after appending its events."""
+    await ReadySets(redis, EVENTS_QUEUE).mark([portal])
 
 
 @asynccontextmanager
@@ -304,6 +314,7 @@ async def ingress_standin(
                     )
                 await redis.xadd(portal_key(portal, "events"), fields)  # type: ignore[arg-type]
             await redis.sadd("hubsync:portals", str(portal))  # type: ignore[misc]
+            await mark_ready(redis, portal)  # after the append, as ingress's committer does
 
     receiver.on_request = on_request
     try:

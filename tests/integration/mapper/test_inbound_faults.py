@@ -32,7 +32,7 @@ from hubsync.core.telemetry import setup_tracing
 from hubsync.mapper.settings import PACKAGED_MAPPINGS, MapperSettings
 from hubsync.writer.settings import WriterSettings
 from tests.integration.auth.fixtures import SANDBOX_PORTAL, register_sandbox_private_app
-from tests.integration.mapper.fixtures import no_more_changes, read_changes, running_mapper, suite
+from tests.integration.mapper.fixtures import mark_ready, no_more_changes, read_changes, running_mapper, suite
 from tests.integration.writer.fixtures import writer_env
 
 PORTAL = SANDBOX_PORTAL
@@ -192,6 +192,7 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
         await redis.xadd(EVENTS, {"event": b"{not json", "origin": b"webhook"})
         unknown = {"portalId": PORTAL, "objectId": 5, "subscriptionType": "gizmo.creation", "occurredAt": 1}
         await redis.xadd(EVENTS, {"event": orjson.dumps(unknown), "origin": b"webhook"})
+        await mark_ready(redis, PORTAL)
         # The pipeline goes on around them.
         call = feed.Subscribe(mapper_pb2.SubscribeRequest(consumer_group="g", consumer="c"))
         contact = await s.create_contact(email="ok@example.com", external_id="c-ok")
@@ -331,6 +332,7 @@ async def test_reconciliation_after_pushes_sends_nothing_to_the_feed(
         }
         await redis.xadd(EVENTS, {"event": orjson.dumps(synthetic), "origin": b"reconcile"})
         await redis.sadd("hubsync:portals", str(PORTAL))  # type: ignore[misc]
+        await mark_ready(redis, PORTAL)
 
         async def consumed() -> bool:
             return await _consumed(redis)
@@ -423,6 +425,7 @@ async def test_a_reconciled_record_holding_what_writer_wrote_for_a_queued_push_i
         }
         await redis.xadd(EVENTS, {"event": orjson.dumps(reconciled), "origin": b"reconcile"})
         await redis.sadd("hubsync:portals", str(PORTAL))  # type: ignore[misc]
+        await mark_ready(redis, PORTAL)
         # A real change after it is published: the feed works, and nothing came before it.
         edited = await s.hubspot.post(
             f"/_sandbox/ui/contacts/{contact['id']}", json={"properties": {"firstname": "Edited"}}

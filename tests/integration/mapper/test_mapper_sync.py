@@ -75,7 +75,7 @@ async def test_ui_edit_reaches_subscriber_once_despite_duplicates_and_a_killed_m
             writer_address=s.writer_address,
             log_dir=tmp_path,
             consumer_name="doomed",
-            env={"HUBSYNC_MAPPER_COALESCE_WINDOW_MS": "60000", "HUBSYNC_MAPPER_READ_BLOCK_MS": "20"},
+            env={"HUBSYNC_MAPPER_COALESCE_WINDOW_MS": "60000"},
         ) as proc:
             for _ in range(200):
                 pending = await redis.xpending(stream, "mapper") if await redis.exists(stream) else None

@@ -39,7 +39,6 @@ TEST_ENV = {
     "HUBSYNC_WRITER_BACKOFF_BASE_S": "0.01",
     "HUBSYNC_WRITER_BACKOFF_MAX_S": "0.2",
     "HUBSYNC_WRITER_BATCH_MAX_WAIT_MS": "20",
-    "HUBSYNC_WRITER_QUEUE_BLOCK_MS": "100",
     "HUBSYNC_WRITER_EXPORT_LOOKBACK_S": "0.2",
     # Partial batches wait to fill only when the window is truly full (tests want low latency).
     "HUBSYNC_WRITER_BATCH_FILL_ABOVE": "1.0",
@@ -75,6 +74,9 @@ def core_settings(
         hubspot_api_base=hubspot_api_base,
         auth_address=auth_address,
         shutdown_grace_seconds=0.5,
+        # A killed writer's ready shards move to another within a few seconds.
+        ready_lease_ttl_ms=3000,
+        ready_poll_s=1.0,
     )
 
 
@@ -157,6 +159,8 @@ async def writer_process(
         "HUBSYNC_AUTH_ADDRESS": auth_address,
         "HUBSYNC_GRPC_PORT": str(port),
         "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "HUBSYNC_READY_LEASE_TTL_MS": "3000",
+        "HUBSYNC_READY_POLL_S": "1",
         "HUBSYNC_LOG_LEVEL": full.get("HUBSYNC_LOG_LEVEL", "WARNING"),
     }
     proc = await asyncio.create_subprocess_exec(

@@ -203,17 +203,8 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- if and (eq .Values.environment "production") .Values.components.ingress.enabled (not .Values.ingress.publicBaseUrl) -}}
 {{- fail "ingress.publicBaseUrl: the public https URL HubSpot calls (webhook signatures cover it)" -}}
 {{- end -}}
-{{- if .Values.keda.enabled -}}
-{{- range $name := list "mapper" "writer" -}}
-{{- $component := index $.Values.components $name -}}
-{{- if and $component.enabled $component.autoscaling.enabled -}}
-{{- range $component.autoscaling.streams -}}
-{{- if contains "<portal>" .stream -}}
-{{- fail (printf "components.%s.autoscaling.streams: replace <portal> in %q with your portal id (one entry per portal)" $name .stream) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
+{{- if and .Values.keda.enabled (not .Values.keda.prometheus.serverAddress) -}}
+{{- fail "keda.prometheus.serverAddress: KEDA scales mapper and writer on hubsync_queue_lag, read from this Prometheus" -}}
 {{- end -}}
 {{- if and .Values.publicIngress.enabled (not .Values.components.ingress.enabled) -}}
 {{- fail "publicIngress needs components.ingress.enabled" -}}

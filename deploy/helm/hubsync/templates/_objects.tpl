@@ -510,33 +510,10 @@ spec:
   {{- end }}
 {{- end -}}
 
-{{/* KEDA redis-streams address parameters for the configured Redis. */}}
-{{- define "hubsync.kedaRedisMetadata" -}}
-{{- $v := .Values -}}
-{{- $url := urlParse (include "hubsync.redisUrl" . | default "redis://localhost:6379/0") -}}
-{{- if $v.redis.sentinel.enabled }}
-addresses: {{ join "," $v.redis.sentinel.sentinels | quote }}
-sentinelMaster: {{ $v.redis.sentinel.master | quote }}
-{{- else if include "hubsync.redisCluster" . }}
-addresses: {{ $url.host | quote }}
-{{- else }}
-address: {{ $url.host | quote }}
-{{- $db := trimPrefix "/" $url.path }}
-{{- if $db }}
-databaseIndex: {{ $db | quote }}
-{{- end }}
-{{- end }}
-{{- if or (eq $url.scheme "rediss") (eq $url.scheme "rediss+cluster") }}
-enableTLS: "true"
-{{- end }}
-{{- end -}}
-
 {{- define "hubsync.scaledObject" -}}
 {{- $root := .root -}}
 {{- $a := .c.autoscaling -}}
-{{- $type := "redis-streams" -}}
-{{- if $root.Values.redis.sentinel.enabled }}{{ $type = "redis-sentinel-streams" }}{{ end -}}
-{{- if include "hubsync.redisCluster" $root }}{{ $type = "redis-cluster-streams" }}{{ end -}}
+{{- $queue := ternary "events" "writes" (eq .name "mapper") -}}
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:
@@ -560,23 +537,14 @@ spec:
         {{- toYaml . | nindent 8 }}
   {{- end }}
   triggers:
-    {{- range $a.streams }}
-    - type: {{ $type }}
+    # One aggregate signal: each replica exports the lag of the ready shards it leases, the sum
+    # is the queue's (docs/operations.md, Scaling).
+    - type: prometheus
       metadata:
-        {{- include "hubsync.kedaRedisMetadata" $root | trim | nindent 8 }}
-        stream: {{ .stream | quote }}
-        consumerGroup: {{ .consumerGroup | quote }}
-        {{- if .lagCount }}
-        lagCount: {{ .lagCount | int | quote }}
-        {{- else }}
-        pendingEntriesCount: {{ .pendingEntriesCount | int | quote }}
-        {{- end }}
-      {{- if include "hubsync.redisPasswordSet" $root }}
-      authenticationRef:
-        name: {{ include "hubsync.objectName" (list $root "redis-keda") }}
-      {{- end }}
-    {{- end }}
-{{- end -}}
+        serverAddress: {{ $root.Values.keda.prometheus.serverAddress | quote }}
+        query: {{ printf "sum(hubsync_queue_lag{namespace=%q, queue=%q})" $root.Release.Namespace $queue | quote }}
+        threshold: {{ $a.lagPerReplica | int | quote }}
+{{ end -}}
 
 {{- define "hubsync.pdb" -}}
 apiVersion: policy/v1

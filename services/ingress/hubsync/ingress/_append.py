@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -29,6 +29,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from hubsync.core.event_entries import encode_event, encode_trace
 from hubsync.core.keys import PORTALS_KEY, echoes_key, events_key, written_key
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 from hubsync.ingress._dedupe import dedupe_slot
 from hubsync.ingress._enqueue_script import ENQUEUE_LUA, ENQUEUE_SHA
 from hubsync.ingress._submission import CommitOutcome, Submission
@@ -84,6 +85,7 @@ class EventAppender:
         dedupe_buckets: int,
         max_bytes: int = 0,
         entry_format: EntryFormat = "compact",
+        ready_shards: int = DEFAULT_SHARDS,
     ) -> None:
         """Set up the appender.
 
@@ -96,6 +98,8 @@ class EventAppender:
             max_bytes: A portal's stream past this many bytes loses its oldest entries (0: no cap).
             entry_format: ``compact`` (one field ``e``) or ``fields`` (0.1.0's format, which mapper
                 replicas of 0.1.0 read: for a rolling upgrade, see UPGRADING.md).
+            ready_shards: Shards of mapper's ``events`` ready set (``HUBSYNC_READY_SHARDS``): a
+                portal is marked ready after its entries are appended.
 
         """
         if entry_format not in ENTRY_FORMATS:
@@ -106,6 +110,7 @@ class EventAppender:
         self.dedupe_buckets = dedupe_buckets
         self.max_bytes = max_bytes
         self.compact = entry_format == "compact"
+        self._ready = ReadySets(redis, EVENTS, ready_shards)
 
     async def append(self, batch: Sequence[Submission]) -> dict[Submission, list[CommitOutcome]]:
         """Append every submission's events in one round trip; returns each one's outcomes.
@@ -141,6 +146,14 @@ class EventAppender:
             # Redis restarted (or flushed its scripts): load the script once and go again.
             await self._redis.script_load(ENQUEUE_LUA)
             replies = await self._execute(commands, portals)
+        # Marked after the append (one more round trip, only ZADD NX per portal): the mapper
+        # replica leasing the portal's shard is nudged when it became newly ready. A portal whose
+        # events were all duplicates is marked too: a commit that failed after its append and is
+        # retried by HubSpot finds its events duplicates, and they must still be consumed.
+        marked = sorted(
+            {str(portal) for (portal, _call), reply in zip(ordered, replies, strict=False) if _queued(reply)}
+        )
+        await self._ready.mark(marked)
         outcomes = {sub: [CommitOutcome.ACCEPTED] * len(sub.events) for sub in batch}
         for (_portal, call), reply in zip(ordered, replies, strict=False):
             codes = reply if isinstance(reply, bytes) else str(reply).encode()
@@ -215,3 +228,9 @@ class EventAppender:
                 raise NoScriptError(str(exc)) from None
             raise
         return replies
+
+
+def _queued(reply: Any) -> bool:
+    """Tell whether a script's reply says an event of the portal is (or was already) on its stream."""
+    codes = reply if isinstance(reply, bytes) else str(reply).encode()
+    return b"0" in codes or b"1" in codes

@@ -20,6 +20,7 @@ from hubsync.core.bounds import check_request_id
 from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.event_entries import EventRecord, decode_entry, replay_copy
 from hubsync.core.keys import events_key, replays_key
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 from hubsync.ingress._stream_reads import stream_range
 
 __all__ = ["MAX_PAGE", "EventJournal", "JournalEntry", "check_offset"]
@@ -43,9 +44,16 @@ class EventJournal:
     """Reads and replays ``hubsync:{<portal>}:events``."""
 
     def __init__(
-        self, redis: Redis, *, retention_ms: int, replay_request_ttl_s: int, entry_format: str = "compact"
+        self,
+        redis: Redis,
+        *,
+        retention_ms: int,
+        replay_request_ttl_s: int,
+        entry_format: str = "compact",
+        ready_shards: int = DEFAULT_SHARDS,
     ) -> None:
         """Set up the journal over ``redis``; replayed copies are trimmed to ``retention_ms`` like appends."""
+        self._ready = ReadySets(redis, EVENTS, ready_shards)
         self._redis = redis
         self.retention_ms = retention_ms
         self.compact = entry_format == "compact"
@@ -125,6 +133,7 @@ class EventJournal:
                 copy = cast("dict[FieldT, EncodableT]", replay_copy(entry_id, fields, compact=self.compact))
                 pipe.xadd(stream, copy, minid=minid, approximate=True)
             await pipe.execute()
+            await self._ready.mark([portal_id])  # after the append: mapper consumes the copies
             count += len(raw)
             low = "(" + raw[-1][0].decode()
             if len(raw) < _CHUNK:

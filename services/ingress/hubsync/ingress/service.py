@@ -96,6 +96,7 @@ async def build(core: CoreSettings, redis: Redis, settings: IngressSettings) -> 
         entry_format=settings.journal_format,
         dedupe_ttl_s=settings.dedupe_ttl_s,
         dedupe_buckets=settings.dedupe_buckets,
+        ready_shards=core.ready_shards,
     )
     committer = EventCommitter(
         appender,
@@ -155,6 +156,7 @@ async def build(core: CoreSettings, redis: Redis, settings: IngressSettings) -> 
         retention_ms=settings.journal_retention_s * 1000,
         replay_request_ttl_s=settings.replay_request_ttl_s,
         entry_format=settings.journal_format,
+        ready_shards=core.ready_shards,
     )
     reconciler = Reconciler(
         redis,

@@ -1,25 +1,24 @@
 """The inbound pipeline: ingress's event streams → hydrate through writer → transform → feed.
 
-Every replica reads each portal's ``hubsync:{<portal>}:events`` stream in the consumer group
-``mapper`` (portals are discovered from the set ``hubsync:portals``). Entries a dead replica read
-but never acknowledged are claimed after the visibility timeout (XAUTOCLAIM); a live replica
-keeps the entries it is still working on (XCLAIM JUSTID, every third of the timeout), so a slow
-read is never taken over. Events of one record read within the coalesce window become one
-change; the records are read back from HubSpot through writer so the feed carries each record as
-it is now (:mod:`hubsync.mapper.hydrate`), and published with the ack of the input in one
-transaction (:mod:`hubsync.mapper.publish`).
-
-Normally one batch is in flight and the next is read and coalesced meanwhile; a batch in flight
-longer than ``stalled_batch_ms`` no longer holds the next ones back, so batches then run
-concurrently (up to ``max_batches_in_flight``) and one slow HubSpot read holds up only its own
-batch. Order per record is kept: entries of a record that a batch in flight holds wait for that
-batch and form a batch of their own after it.
+Each portal's ``hubsync:{<portal>}:events`` stream is read in the consumer group ``mapper``, but
+only while the portal has work: ingress marks it in the ``events`` ready set after appending
+(:mod:`hubsync.core.ready`), and the replica leasing the portal's shard gives it turns of at most
+``read_batch_size`` entries (a portal with a backlog goes to the back of the line after each turn,
+so the others keep flowing). One turn per portal at a time: entries are processed in order, and
+the next turn starts once the previous one is published. Entries a dead replica read but never
+acknowledged are claimed after the visibility timeout (XAUTOCLAIM, only for portals in the
+pending set); a live replica keeps the entries it is still working on (XCLAIM JUSTID, every third
+of the timeout), so a slow read is never taken over. Events of one record read within the
+coalesce window become one change; the records are read back from HubSpot through writer so the
+feed carries each record as it is now (:mod:`hubsync.mapper.hydrate`), and published with the
+ack of the input in one transaction (:mod:`hubsync.mapper.publish`). Idle portals cost nothing.
 
 A portal whose connection is unusable is parked (:mod:`hubsync.mapper.inbound_queues`): its
-entries move to its parked stream and no replica reads its events until the connection works
-again — announced by auth on ``hubsync:auth:connection-changes``, or found by a re-check every
-``parked_recheck_s`` (doubling up to ``parked_recheck_max_s``). Then one replica replays the
-parked entries in order and unparks the portal. What can never succeed is dead-lettered.
+entries move to its parked stream and its ready mark is scored to its next re-check, so no
+replica reads its events until the connection works again — announced by auth on
+``hubsync:auth:connection-changes``, or found by a re-check every ``parked_recheck_s`` (doubling
+up to ``parked_recheck_max_s``). Then one replica replays the parked entries in order, unparks
+the portal and marks it ready again. What can never succeed is dead-lettered.
 """
 
 from __future__ import annotations
@@ -38,12 +37,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from hubsync.api.writer.v1 import writer_pb2_grpc
-from hubsync.core.keys import PORTALS_KEY, events_key, feed_key
-from hubsync.core.outage import loop_error, redis_outage
-from hubsync.core.portal_metrics import PortalGauge
+from hubsync.core.keys import INBOUND_DLQ_PORTALS_KEY, PORTALS_KEY, events_key
+from hubsync.core.outage import loop_error
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer, group_work, now_ms
 from hubsync.core.redis import group_lag
 from hubsync.mapper import inbound_queues as queues
-from hubsync.mapper.feed import DISCOVER_INTERVAL_S
 from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange, coalesce, parse_entry
 from hubsync.mapper.publish import GROUP, DeadLetter, Publisher, Source
@@ -52,20 +50,15 @@ from hubsync.mapper.transforms import MappingSet
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("hubsync.mapper")
 _meter = metrics.get_meter("hubsync.mapper")
-_lag = PortalGauge("sum")
-_meter.create_observable_gauge(
-    "hubsync.stream.lag", callbacks=[_lag.observe], description="Entries a consumer group has not read yet"
-)
 _parked_events = _meter.create_counter("hubsync.mapper.inbound.parked", description="Inbound events parked")
 _dead_events = _meter.create_counter(
     "hubsync.mapper.inbound.dead_letters", description="Inbound events dead-lettered"
 )
-_depth = PortalGauge("sum")
-_meter.create_observable_gauge(
-    "hubsync.mapper.inbound.depth",
-    callbacks=[_depth.observe],
-    description="Inbound events parked or dead-lettered",
+_depth = _meter.create_gauge(
+    "hubsync.mapper.inbound.depth", description="Inbound events parked or dead-lettered, all portals"
 )
+# How often the set of parked portals is read (parking replicas announce it too).
+PARKED_DISCOVER_S = 5.0
 
 __all__ = ["GROUP", "InboundWorker", "events_key"]
 
@@ -102,8 +95,7 @@ class InboundWorker:
         consumer: str,
         coalesce_window_ms: int = 50,
         visibility_timeout_ms: int = 30_000,
-        read_batch_size: int = 500,
-        read_block_ms: int = 200,
+        read_batch_size: int = 100,
         hydrate_batch_size: int = 100,
         hydrate_deadline_s: float = 20.0,
         max_batches_in_flight: int = 8,
@@ -112,6 +104,11 @@ class InboundWorker:
         parked_recheck_s: float = 60.0,
         parked_recheck_max_s: float = 900.0,
         feed_max_len: int = 1_000_000,
+        shards: int = DEFAULT_SHARDS,
+        poll_s: float = 5.0,
+        lease_ttl_ms: int = 30_000,
+        sweep_interval_s: float = 3600.0,
+        sweep_rate: float = 20.0,
     ):
         self.redis: Any = redis
         self.mappings = mappings
@@ -119,7 +116,6 @@ class InboundWorker:
         self.coalesce_s = coalesce_window_ms / 1000
         self.visibility_ms = visibility_timeout_ms
         self.batch_size = read_batch_size
-        self.block_ms = read_block_ms
         self.max_in_flight = max_batches_in_flight
         self.stall_s = stalled_batch_ms / 1000
         self.max_attempts = max_attempts
@@ -127,13 +123,34 @@ class InboundWorker:
         self.recheck_max_s = max(parked_recheck_max_s, parked_recheck_s)
         self.hydrator = Hydrator(writer, batch_size=hydrate_batch_size, deadline_s=hydrate_deadline_s)
         self.publisher = Publisher(redis, feed_max_len=feed_max_len)
-        self._streams: dict[str, str] = {}  # stream key → portal
+        self.ready = ReadyConsumer(
+            redis,
+            EVENTS,
+            stream=events_key,
+            group=GROUP,
+            consumer=consumer,
+            handle=self._turn,
+            shards=shards,
+            quantum=read_batch_size,
+            max_turns=max_batches_in_flight,
+            visibility_ms=visibility_timeout_ms,
+            poll_s=poll_s,
+            lease_ttl_ms=lease_ttl_ms,
+            coalesce_s=self.coalesce_s,
+            lag=self._lag,
+            gate=self._gate,
+        )
+        self.sweeper = self.ready.sweeper(
+            PORTALS_KEY, self._probe, interval_s=sweep_interval_s, rate=sweep_rate
+        )
         self._parked: dict[str, _Parked] = {}
         self._draining: dict[str, asyncio.Task[None]] = {}
         # Portals announced while not parked here (until when the announcement counts): parked
         # by another replica, or an operator's replay; the next discovery re-checks them at once.
         self._announced: dict[str, float] = {}
         self._tasks: dict[asyncio.Task[None], _Held] = {}
+        # The batches of each portal's last turn (the next turn waits for them).
+        self._previous: dict[str, list[asyncio.Task[None]]] = {}
         # (portal, object type, id) → the latest batch task holding the record.
         self._holders: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self.batches = 0
@@ -144,11 +161,15 @@ class InboundWorker:
     async def run(self) -> None:
         """Consumes until cancelled. (A cancellation lost inside a client library is repeated by
         the service's stop.)"""
-        listener = asyncio.create_task(self._listen(), name="mapper-connection-changes")
+        side = [
+            asyncio.create_task(self._listen(), name="mapper-connection-changes"),
+            asyncio.create_task(self._housekeeping(), name="mapper-inbound-housekeeping"),
+            asyncio.create_task(self.sweeper.run(), name="mapper-inbound-sweeper"),
+        ]
         try:
-            await self._run()
+            await self.ready.run()
         finally:
-            pending = [listener, *self._tasks, *self._draining.values()]
+            pending = [*side, *self._tasks, *self._draining.values()]
             for task in pending:
                 task.cancel()
             # their entries stay pending: another consumer (or this one, restarted) reclaims them
@@ -156,80 +177,79 @@ class InboundWorker:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _run(self) -> None:
-        next_discover = next_claim = next_lag = next_beat = 0.0
-        every = max(self.visibility_ms / 4000, 0.05)
+    async def _housekeeping(self) -> None:
+        """Parked portals (discovery, re-checks), the heartbeat of entries in flight, the depth
+        gauge: work proportional to parked portals and batches in flight, not to all portals."""
+        next_discover = next_depth = next_beat = 0.0
         while True:
             try:
                 now = time.monotonic()
                 if now >= next_discover:
                     await self._discover()
-                    next_discover = now + DISCOVER_INTERVAL_S
-                if now >= next_lag:
-                    next_lag = now + 5.0
-                    await self.record_lag()
+                    next_discover = now + PARKED_DISCOVER_S
+                if now >= next_depth:
+                    next_depth = now + 15.0
+                    await self.record_depth()
                 if now >= next_beat:
                     next_beat = now + max(self.visibility_ms / 3000, 0.05)
                     await self._heartbeat()
                 self._probe_parked(now)
-                if len(self._tasks) >= self.max_in_flight:
-                    await asyncio.wait(
-                        list(self._tasks), timeout=self.block_ms / 1000, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    continue
-                if now >= next_claim:
-                    next_claim = now + every
-                    for key, portal in self._active().items():
-                        claimed = await self._claim(key)
-                        if claimed:
-                            self._dispatch(portal, Source(key), [parse_entry(i, f) for i, f in claimed])
-                if not self._active():
-                    await asyncio.sleep(0.1)
-                    continue
-                await self.step()
+                self._previous = {p: t for p, t in self._previous.items() if not all(x.done() for x in t)}
             except asyncio.CancelledError:
                 raise
-            except (grpc.aio.AioRpcError, ConnectionError, ResponseError, OSError) as exc:
-                _reraise_if_cancelling()
-                if "NOGROUP" in str(exc):  # Redis came back without its data: groups made again
-                    self._streams.clear()
-                    next_discover = 0.0
-                # The entries stay pending and come back after the visibility timeout.
-                if redis_outage(exc) is not None:  # READONLY after a failover, LOADING, BUSY
-                    self._loop_error(exc)
-                else:
-                    log.warning("inbound step failed", extra={"error": str(exc)[:300]})
-                await asyncio.sleep(0.5)
             except Exception as exc:
                 _reraise_if_cancelling()
-                # A bug must not stop the pipeline for every portal: log, leave entries pending.
-                # (A Redis outage is a rate-limited warning: the loop resumes when Redis is back.)
                 self._loop_error(exc)
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(0.1 if self._parked else 0.5)
 
-    def _active(self) -> dict[str, str]:
-        """The event streams read now: every known portal's, except parked portals'."""
-        if not self._parked:
-            return self._streams
-        return {k: p for k, p in self._streams.items() if p not in self._parked}
+    def _gate(self, portal: str) -> int | None:
+        """A parked portal's events are not read: its mark waits for the next re-check."""
+        state = self._parked.get(portal)
+        if state is None:
+            return None
+        return now_ms() + max(int((state.next_probe - time.monotonic()) * 1000), 1000)
+
+    async def _turn(self, portal: str, rows: list[tuple[bytes, dict[bytes, bytes]]]) -> Blocked | None:
+        """One portal's turn: its entries as batches (entries of records that an earlier batch
+        still holds wait for it); returns Blocked when the portal got parked meanwhile."""
+        if len(self._tasks) >= 2 * self.max_in_flight:  # stalled batches pile up: wait for one
+            await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+        tasks = self._dispatch(portal, Source(events_key(portal)), [parse_entry(i, f) for i, f in rows])
+        # The portal's next turn is read while this one is hydrated and published (its entries of
+        # records this one holds wait for it), but not before the turn before this one is done:
+        # at most two turns of a portal in flight, and the next read gathers what arrived
+        # meanwhile. A batch still in flight after the stall time goes on alone.
+        previous = self._previous.get(portal, [])
+        self._previous[portal] = tasks
+        waiting = [t for t in previous if not t.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.stall_s)
+        if not tasks:
+            self._previous.pop(portal, None)
+        until = self._gate(portal)
+        return None if until is None else Blocked(until)
+
+    async def _lag(self, portals: list[str]) -> int:
+        """Undelivered plus pending entries of the portals with work (group mapper)."""
+        if not portals:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for portal in portals:
+                pipe.xinfo_groups(events_key(portal))
+            replies = await pipe.execute(raise_on_error=False)
+        total = 0
+        for portal, rows in zip(portals, replies, strict=True):
+            for g in rows if isinstance(rows, list) else []:
+                if _s(g["name"]) == GROUP:
+                    total += await group_lag(self.redis, events_key(portal), g) + int(g.get("pending") or 0)
+        return total
+
+    async def _probe(self, portals: list[str]) -> list[tuple[bool, bool]]:
+        """The sweeper's look at a page of portals (undelivered entries, pending entries)."""
+        return await group_work(self.redis, [events_key(p) for p in portals], GROUP)
 
     async def _discover(self) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.smembers(PORTALS_KEY)
-            pipe.smembers(queues.PARKED_PORTALS_KEY)
-            members, parked_raw = await pipe.execute()
-        for raw in members:
-            portal = _s(raw)
-            key = events_key(portal)
-            if key in self._streams:
-                continue
-            try:
-                await self.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            self._streams[key] = portal
-        parked = {_s(p) for p in parked_raw}
+        parked = {_s(p) for p in await self.redis.smembers(queues.PARKED_PORTALS_KEY)}
         now = time.monotonic()
         for portal in parked:
             if portal not in self._parked:
@@ -238,15 +258,12 @@ class InboundWorker:
         for portal, until in list(self._announced.items()):
             if until <= now:
                 del self._announced[portal]
-        for portal in list(self._parked):
-            if portal not in parked and portal not in self._draining:
-                del self._parked[portal]  # another replica unparked it
-
-    async def _claim(self, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        reply = await self.redis.xautoclaim(
-            key, GROUP, self.consumer, min_idle_time=self.visibility_ms, start_id="0-0", count=self.batch_size
-        )
-        return [e for e in reply[1] if e and e[1]]
+        unparked = [p for p in self._parked if p not in parked and p not in self._draining]
+        for portal in unparked:
+            del self._parked[portal]  # another replica unparked it
+        if unparked:
+            # This replica may have scored their marks to a re-check meanwhile: read them now.
+            await self.ready.sets.mark(unparked, mode="LT")
 
     async def _heartbeat(self) -> None:
         """Keeps the entries of batches in flight: their idle time restarts, so no other replica
@@ -259,43 +276,9 @@ class InboundWorker:
             for i in range(0, len(ids), 500):
                 await self.redis.xclaim(key, GROUP, self.consumer, 0, ids[i : i + 500], justid=True)
 
-    async def step(self) -> int:
-        """Reads one batch (blocking up to the read block time), coalesces, dispatches it."""
-        streams = dict.fromkeys(self._active(), ">")
-        reply = await self.redis.xreadgroup(
-            GROUP, self.consumer, streams, count=self.batch_size, block=self.block_ms
-        )
-        if not reply:
-            return 0
-        if self.coalesce_s > 0:
-            # Let events of the same records gather, then take what arrived meanwhile.
-            await asyncio.sleep(self.coalesce_s)
-            more = await self.redis.xreadgroup(GROUP, self.consumer, streams, count=self.batch_size)
-            reply = list(reply) + list(more or [])
-        by_key: dict[str, list[ParsedEntry]] = {}
-        for key_raw, entries in reply:
-            by_key.setdefault(_s(key_raw), []).extend(parse_entry(i, f) for i, f in entries)
-        await self._wait_unless_stalled()
-        for key, parsed in by_key.items():
-            self._dispatch(self._streams[key], Source(key), parsed)
-        return sum(len(p) for p in by_key.values())
-
-    async def _wait_unless_stalled(self) -> None:
-        """Waits for the batches in flight, but not past the point where they count as stalled.
-
-        Normally one batch is in flight and the next is read and coalesced meanwhile: the next
-        read carries every event that arrived (reads are HubSpot quota). A batch still in flight
-        after ``stalled_batch_ms`` (a hung read, writer's retries) no longer holds the others back.
-        """
-        loop = asyncio.get_running_loop()
-        fresh = [t for t, h in self._tasks.items() if loop.time() - h.started < self.stall_s]
-        if fresh:
-            youngest = max(self._tasks[t].started for t in fresh)
-            await asyncio.wait(fresh, timeout=max(youngest + self.stall_s - loop.time(), 0.0))
-
-    def _dispatch(self, portal: str, source: Source, entries: list[ParsedEntry]) -> None:
+    def _dispatch(self, portal: str, source: Source, entries: list[ParsedEntry]) -> list[asyncio.Task[None]]:
         """Starts a batch for the entries whose records no batch in flight holds, and one that
-        waits for those batches for the others."""
+        waits for those batches for the others; returns the batches started."""
         free: list[ParsedEntry] = []
         blocked: list[ParsedEntry] = []
         waits: set[asyncio.Task[None]] = set()
@@ -307,13 +290,15 @@ class InboundWorker:
                 waits.add(holder)
             else:
                 free.append(e)
+        started = []
         for part, after in ((free, set()), (blocked, waits)):
             if part:
-                self._launch(portal, source, part, after)
+                started.append(self._launch(portal, source, part, after))
+        return started
 
     def _launch(
         self, portal: str, source: Source, entries: list[ParsedEntry], after: set[asyncio.Task[None]]
-    ) -> None:
+    ) -> asyncio.Task[None]:
         task = asyncio.create_task(self._batch(portal, source, entries, after), name="mapper-inbound-batch")
         self._tasks[task] = _Held(source, [e.id for e in entries], asyncio.get_running_loop().time())
         records = {(portal, *e.record) for e in entries if e.record}
@@ -327,6 +312,7 @@ class InboundWorker:
                     del self._holders[r]
 
         task.add_done_callback(done)
+        return task
 
     async def _batch(
         self, portal: str, source: Source, entries: list[ParsedEntry], after: set[asyncio.Task[None]]
@@ -410,6 +396,8 @@ class InboundWorker:
             await self.publisher.publish(
                 portal, source, ok, hydration, mappings, finished=batch.done, dead=dead
             )
+            if dead:  # the depth gauge looks at portals with dead letters only
+                await self.redis.sadd(INBOUND_DLQ_PORTALS_KEY, portal)
             for d in dead:
                 _dead_events.add(1, {"reason": d.reason})
                 log.warning(
@@ -507,6 +495,9 @@ class InboundWorker:
                     if not rows:
                         if await queues.unpark_if_empty(self.redis, portal):
                             self._parked.pop(portal, None)
+                            # Its events waiting on the stream are read now (the mark was
+                            # scored to the re-check: brought forward).
+                            await self.ready.sets.mark([portal], mode="LT")
                             log.info(
                                 "portal unparked: its parked events are replayed", extra={"portal": portal}
                             )
@@ -550,30 +541,24 @@ class InboundWorker:
             },
         )
 
-    async def record_lag(self) -> None:
-        """``hubsync.stream.lag`` of the event streams (group mapper) and of every feed group;
-        ``hubsync.mapper.inbound.depth`` of the parked and dead-letter queues."""
-        for key, portal in list(self._streams.items()):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xlen(queues.parked_key(portal))
-                pipe.xlen(queues.dead_letter_key(portal))
-                parked, dead = await pipe.execute()
-            _depth.set(parked, portal, {"queue": "parked"})
-            _depth.set(dead, portal, {"queue": "dlq"})
-            with contextlib.suppress(ResponseError):
-                for g in await self.redis.xinfo_groups(key):
-                    if _s(g["name"]) == GROUP:
-                        lag = await group_lag(self.redis, key, g)
-                        _lag.set(lag, portal, {"stream": "events", "group": GROUP})
-            for object_type in ("companies", "contacts", "deals"):
-                with contextlib.suppress(ResponseError):
-                    fkey = feed_key(portal, object_type)
-                    for g in await self.redis.xinfo_groups(fkey):
-                        _lag.set(
-                            await group_lag(self.redis, fkey, g),
-                            portal,
-                            {"stream": f"feed:{object_type}", "group": _s(g["name"])},
-                        )
+    async def record_depth(self) -> None:
+        """``hubsync.mapper.inbound.depth`` of the parked and dead-letter queues, summed over the
+        parked portals and the portals with dead letters (no per-portal label, no pass over every
+        portal; a portal whose dead letters are gone leaves the set)."""
+        parked = 0
+        for portal in list(self._parked):
+            parked += int(await self.redis.xlen(queues.parked_key(portal)))
+        dead = 0
+        for raw in await self.redis.smembers(INBOUND_DLQ_PORTALS_KEY):
+            portal = _s(raw)
+            n = int(await self.redis.xlen(queues.dead_letter_key(portal)))
+            if n == 0:
+                await self.redis.srem(INBOUND_DLQ_PORTALS_KEY, portal)
+                if await self.redis.xlen(queues.dead_letter_key(portal)):  # added meanwhile
+                    await self.redis.sadd(INBOUND_DLQ_PORTALS_KEY, portal)
+            dead += n
+        _depth.set(parked, {"queue": "parked"})
+        _depth.set(dead, {"queue": "dlq"})
 
 
 def _entries(change: RecordChange, entries: list[ParsedEntry]) -> list[ParsedEntry]:

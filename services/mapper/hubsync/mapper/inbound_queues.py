@@ -40,6 +40,7 @@ from hubsync.core.keys import (
     inbound_park_key,
     inbound_parked_key,
 )
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 
 __all__ = ["CONNECTION_CHANGES_CHANNEL", "InboundQueues"]
 
@@ -179,8 +180,9 @@ def _s(value: bytes | str | None) -> str:
 class InboundQueues:
     """The operator's view of parked and dead-lettered inbound events (list, show, replay, purge)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, shards: int = DEFAULT_SHARDS) -> None:
         self.redis: Any = redis
+        self.ready = ReadySets(redis, EVENTS, shards)
 
     @staticmethod
     def _key(portal_id: int, queue: str) -> str:
@@ -258,6 +260,7 @@ class InboundQueues:
                 pipe.xdel(key, entry_id)
             pipe.hdel(failures_key(portal_id), *[f.get(b"from_id", b"") or b"-" for _i, f in rows])
             await pipe.execute()
+        await self.ready.mark([portal_id])  # after the append: the mapper reads them again
         return len(rows)
 
     async def purge(self, portal_id: int, queue: str, ids: Sequence[str], everything: bool) -> int:

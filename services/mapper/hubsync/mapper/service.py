@@ -99,7 +99,9 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     pusher = RecordPusher(
         redis, writer, portal_mappings.for_portal, idempotency_ttl_s=settings.push_idempotency_ttl_s
     )
-    servicer = MapperServicer(registry, pusher, feed, catalog, InboundQueues(redis), portal_mappings)
+    servicer = MapperServicer(
+        registry, pusher, feed, catalog, InboundQueues(redis, shards=core.ready_shards), portal_mappings
+    )
     config_servicer = ConfigServicer(
         ConfigAdmin(redis, portal_mappings, catalog if settings.validate_properties else None)
     )
@@ -111,7 +113,6 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         coalesce_window_ms=settings.coalesce_window_ms,
         visibility_timeout_ms=settings.visibility_timeout_ms,
         read_batch_size=settings.read_batch_size,
-        read_block_ms=settings.read_block_ms,
         hydrate_batch_size=settings.hydrate_batch_size,
         hydrate_deadline_s=settings.hydrate_deadline_s,
         max_batches_in_flight=settings.max_batches_in_flight,
@@ -120,6 +121,11 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         parked_recheck_s=settings.parked_recheck_s,
         parked_recheck_max_s=settings.parked_recheck_max_s,
         feed_max_len=settings.feed_max_len,
+        shards=core.ready_shards,
+        poll_s=core.ready_poll_s,
+        lease_ttl_ms=core.ready_lease_ttl_ms,
+        sweep_interval_s=core.ready_sweep_interval_s,
+        sweep_rate=core.ready_sweep_rate,
     )
     background: list[Callable[[], Awaitable[Any]]] = [configs.listen]
     if settings.inbound_enabled:

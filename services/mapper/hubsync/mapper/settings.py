@@ -29,20 +29,21 @@ class MapperSettings(BaseSettings):
     coalesce_window_ms: int = Field(default=50, ge=0, le=60_000)
     # Event-stream entries unacked this long by a (dead) replica are claimed by another.
     visibility_timeout_ms: int = Field(default=30_000, ge=100)
-    # Most event-stream entries read per XREADGROUP call.
-    read_batch_size: int = Field(default=500, ge=1, le=10_000)
-    # How long one XREADGROUP blocks waiting for events.
-    read_block_ms: int = Field(default=200, ge=1, le=60_000)
+    # Most event-stream entries of one portal per turn (one XREADGROUP of that portal's stream);
+    # a portal with more goes to the back of the line, so a backlog never holds up the others.
+    read_batch_size: int = Field(default=100, ge=1, le=10_000)
     # Ids per writer ReadRecords call (writer sends HubSpot at most 100 per batch/read).
     hydrate_batch_size: int = Field(default=100, ge=1, le=100)
     # Deadline of one ReadRecords call. Deadlines nest: writer gives one HubSpot call a share of
     # the time left (HUBSYNC_WRITER_HTTP_DEADLINE_SHARE, 0.4), so a hung batch/read is cut after
     # 8 s and its ids read again in halves inside the same 20 s; only that batch waits.
     hydrate_deadline_s: float = Field(default=20.0, gt=0, le=3600)
-    # Batches hydrated and published at once: a slow HubSpot read holds up only its own batch.
+    # Portals whose turns run at once (one turn per portal at a time): a slow HubSpot read holds
+    # up only its own portal.
     max_batches_in_flight: int = Field(default=8, ge=1, le=256)
-    # A batch in flight this long counts as stalled: the next batch starts without waiting for it.
-    # (Until then the next batch is read and coalesced meanwhile, so reads carry many events.)
+    # A portal's turn waits this long for its batches; a batch still in flight then (a hung read,
+    # writer's retries) no longer holds the portal's next turn back (its records' later events
+    # wait for it: order per record is kept).
     stalled_batch_ms: int = Field(default=1000, ge=1, le=600_000)
     # Non-transient failures of an event (INTERNAL, a HubSpot refusal) before it is dead-lettered.
     inbound_max_attempts: int = Field(default=10, ge=1, le=1000)

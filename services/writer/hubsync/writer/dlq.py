@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument, NotFound
-from hubsync.core.keys import writer_dlq_key
+from hubsync.core.keys import WRITER_DLQ_PORTALS_KEY, writer_dlq_key
 from hubsync.core.portal_metrics import PortalCounter, PortalGauge
 
 _meter = metrics.get_meter("hubsync.writer")
@@ -62,6 +62,7 @@ class DeadLetterQueue:
         """Keep at most about ``maxlen`` entries per portal."""
         self.redis = redis
         self.maxlen = maxlen
+        self._shown: set[int] = set()
 
     async def add(
         self, portal_id: int, write: writer_pb2.Write, error: HubSpotFailure, attempts: int, trace_id: str
@@ -84,8 +85,27 @@ class DeadLetterQueue:
             approximate=True,
         )
         _dead.add(1, portal_id, {"status": str(error.http_status)})
+        # Known to the depth gauge, which looks at portals with dead letters only.
+        await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal_id))  # type: ignore[misc]
         await self.depth(portal_id)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def refresh_depths(self, seen: Sequence[int] = ()) -> None:
+        """The depth gauge of every portal with dead letters (a portal whose queue is empty again
+        leaves the set): the cost follows the portals with dead letters, not every portal. The
+        portals in ``seen`` (this process worked for them) not in the set show 0, once, at no
+        cost in Redis."""
+        members = await self.redis.smembers(WRITER_DLQ_PORTALS_KEY)  # type: ignore[misc]
+        for portal in seen:
+            if portal not in self._shown and str(portal).encode() not in members:
+                _depth.set(0, portal)
+            self._shown.add(portal)
+        for raw in sorted(members):
+            portal = int(raw)
+            if await self.depth(portal) == 0:
+                await self.redis.srem(WRITER_DLQ_PORTALS_KEY, str(portal))  # type: ignore[misc]
+                if await self.depth(portal):  # one was added meanwhile
+                    await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal))  # type: ignore[misc]
 
     async def depth(self, portal_id: int) -> int:
         """Return how many entries the portal's queue holds (and update the gauge)."""

@@ -1,15 +1,20 @@
 """The durable outbound queue and SubmitWrites' idempotency.
 
 An asynchronous submission (``wait=false``) is appended to ``hubsync:{<portal>}:writes``
-together with its idempotency record in one Lua script, before the RPC returns; consumers in
-group ``writer`` process entries concurrently (so the batcher coalesces across submissions),
-acknowledge them only once HubSpot has answered, and reclaim entries a dead consumer left
-pending (XAUTOCLAIM). A request id is accepted once; a repeat answers with the first result.
+together with its idempotency record in one Lua script, before the RPC returns, and the portal is
+then marked in the ``writes`` ready set (:mod:`hubsync.core.ready`). Consumers in group ``writer``
+take turns on the portals with work in the shards they lease (at most ``quantum`` entries a turn,
+processed concurrently so the batcher coalesces across submissions), acknowledge entries only
+once HubSpot has answered, and reclaim entries a dead consumer left pending (XAUTOCLAIM, only for
+portals in the pending set). A portal out of quota or behind an open circuit is put aside until
+its retry time; idle portals cost nothing. A request id is accepted once; a repeat answers with
+the first result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -19,32 +24,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import HubsyncError, Unavailable
-from hubsync.core.keys import WRITER_PORTALS_KEY, write_ledger_key, write_request_key, writes_key
-from hubsync.core.outage import loop_error
-from hubsync.core.portal_metrics import PortalGauge
+from hubsync.core.keys import WRITER_PORTALS_KEY, write_request_key, writes_key
+from hubsync.core.ready import DEFAULT_SHARDS, WRITES, Blocked, ReadyConsumer, ReadySets, now_ms
 from hubsync.core.telemetry import extract_context, inject_fields
 from hubsync.core.versions import reserve_lua
+from hubsync.writer.ledger import Ledger
 from hubsync.writer.ordering import stamp, version_counter_key
-from hubsync.writer.submissions import Ledger
 
 log = logging.getLogger(__name__)
 
 GROUP = "writer"
 _tracer = trace.get_tracer("hubsync.writer")
-_lag = PortalGauge("sum")
-metrics.get_meter("hubsync.writer").create_observable_gauge(
-    "hubsync.stream.lag",
-    callbacks=[_lag.observe],
-    description="Entries of the durable write queue not yet processed",
-)
-PORTALS = WRITER_PORTALS_KEY
+QUEUE = WRITES
 _PENDING = b"pending"
 _PENDING_TTL_S = 300
 
@@ -69,8 +67,11 @@ return false
 
 
 class WriteQueue:
-    def __init__(self, redis: Redis, *, maxlen: int, request_ttl_s: int) -> None:
+    def __init__(
+        self, redis: Redis, *, maxlen: int, request_ttl_s: int, shards: int = DEFAULT_SHARDS
+    ) -> None:
         self.redis = redis
+        self.ready = ReadySets(redis, QUEUE, shards)
         self.maxlen = maxlen
         self.request_ttl_s = request_ttl_s
         self._accept = redis.register_script(_ACCEPT)
@@ -103,12 +104,14 @@ class WriteQueue:
         )
         if existing:
             return _previous(existing, len(request.writes))
+        # After the append (a crash in between is repaired by the sweeper): consumers see it.
+        await self.ready.mark([portal])
         return queued
 
     async def _ensure_group(self, portal: int) -> None:
         if portal in self._grouped:
             return
-        await self.redis.sadd(PORTALS, str(portal))
+        await self.redis.sadd(WRITER_PORTALS_KEY, str(portal))
         try:
             await self.redis.xgroup_create(writes_key(portal), GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -162,98 +165,88 @@ def _previous(value: bytes, n: int) -> writer_pb2.SubmitWritesResponse:
 
 
 class QueueConsumer:
-    """Processes the durable queue of every portal (group ``writer``)."""
+    """Processes the durable queues of the portals with work, in the ready shards it leases."""
 
     def __init__(
         self,
         redis: Redis,
         process: Callable[[int, writer_pb2.SubmitWritesRequest, list[Link], Ledger], Awaitable[None]],
         *,
-        count: int = 50,
-        block_ms: int = 500,
+        count: int = 100,
         claim_idle_ms: int = 30_000,
+        shards: int = DEFAULT_SHARDS,
+        poll_s: float = 5.0,
+        lease_ttl_ms: int = 30_000,
+        max_turns: int = 16,
+        sweep_interval_s: float = 3600.0,
+        sweep_rate: float = 20.0,
     ) -> None:
         self.redis = redis
         self.process = process
-        self.count = count
-        self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._groups: set[int] = set()
-        self._last_claim = 0.0
-        self._loop_error = loop_error(
-            log, "write queue consumer failed; retrying", "write queue consumer: Redis unavailable, retrying"
+        self.ready = ReadyConsumer(
+            redis,
+            QUEUE,
+            stream=writes_key,
+            group=GROUP,
+            consumer=self.consumer,
+            handle=self._turn,
+            shards=shards,
+            quantum=count,
+            max_turns=max_turns,
+            visibility_ms=claim_idle_ms,
+            poll_s=poll_s,
+            lease_ttl_ms=lease_ttl_ms,
+            lag=self._lag,
+        )
+        self.sweeper = self.ready.sweeper(
+            WRITER_PORTALS_KEY, self._probe, interval_s=sweep_interval_s, rate=sweep_rate
         )
 
-    async def _ensure_groups(self) -> list[int]:
-        portals = sorted(int(p) for p in await self.redis.smembers(PORTALS))
-        for portal in portals:
-            if portal in self._groups:
-                continue
-            try:
-                await self.redis.xgroup_create(writes_key(portal), GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            self._groups.add(portal)
-        return portals
-
     async def run(self) -> None:
-        while True:
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if "NOGROUP" in str(exc):  # Redis came back without its data: groups made again
-                    self._groups.clear()
-                # A Redis outage is a rate-limited warning; the loop resumes when Redis is back.
-                self._loop_error(exc)
-                await asyncio.sleep(1.0)
+        sweeper = asyncio.create_task(self.sweeper.run(), name="writer-queue-sweeper")
+        try:
+            await self.ready.run()
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(BaseException):
+                await sweeper
 
-    async def step(self) -> int:
-        """One round: reclaim stale entries now and then, read new ones, process them."""
-        portals = await self._ensure_groups()
+    async def _turn(self, portal_id: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> Blocked | None:
+        portal = int(portal_id)
+        waits = await asyncio.gather(*(self._handle(portal, i, f) for i, f in entries))
+        retry = [w for w in waits if w is not None]
+        if not retry:
+            return None
+        # HubSpot is out of quota or down for this portal: nothing more of it is read until then.
+        return Blocked(now_ms() + int(max(retry) * 1000))
+
+    async def _lag(self, portals: list[str]) -> int:
         if not portals:
-            await asyncio.sleep(self.block_ms / 1000)
             return 0
-        entries: list[tuple[int, bytes, dict[bytes, bytes]]] = []
-        if time.monotonic() - self._last_claim > self.claim_idle_ms / 2000:
-            self._last_claim = time.monotonic()
+        async with self.redis.pipeline(transaction=False) as pipe:
             for portal in portals:
-                await self._record_lag(portal)
-                _next, claimed, *_ = await self.redis.xautoclaim(
-                    writes_key(portal), GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.count
-                )
-                entries += [(portal, i, f) for i, f in claimed if f]
-        if not entries:
-            streams = {writes_key(p): ">" for p in portals}
-            reply: Any = await self.redis.xreadgroup(
-                GROUP,
-                self.consumer,
-                streams,  # type: ignore[arg-type]
-                count=self.count,
-                block=self.block_ms,
-            )
-            for stream, items in reply or []:
-                name = stream.decode() if isinstance(stream, bytes) else stream
-                portal = int(name.split("{", 1)[1].split("}", 1)[0])
-                entries += [(portal, i, f) for i, f in items]
-        if entries:
-            await asyncio.gather(*(self._handle(p, i, f) for p, i, f in entries))
-        return len(entries)
+                pipe.xlen(writes_key(portal))
+            return sum(int(n) for n in await pipe.execute())
 
-    async def _record_lag(self, portal: int) -> None:
-        depth = int(await self.redis.xlen(writes_key(portal)))
-        _lag.set(depth, portal, {"stream": "writes", "group": GROUP})
+    async def _probe(self, portals: list[str]) -> list[tuple[bool, bool]]:
+        """The sweeper's look at a page of portals: processed entries leave the stream, so any
+        entry is work (undelivered, or pending for a consumer that may be dead)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for portal in portals:
+                pipe.xlen(writes_key(portal))
+            lengths = await pipe.execute()
+        return [(int(n) > 0, int(n) > 0) for n in lengths]
 
-    async def _handle(self, portal: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _handle(self, portal: int, entry_id: bytes, fields: dict[bytes, bytes]) -> float | None:
+        """Processes one entry; returns seconds to wait when HubSpot refused before the call."""
         try:
             request = writer_pb2.SubmitWritesRequest.FromString(fields[b"request"])
         except Exception:
             log.error("unreadable write queue entry dropped", extra={"portal": portal})
             await self.redis.xack(writes_key(portal), GROUP, entry_id)
-            return
+            return None
         # Writes the caller gave no version get the ones reserved when the entry was accepted.
         stamp(request.writes, int(fields.get(b"version_base", b"0")))
         parent = extract_context(fields)
@@ -261,7 +254,7 @@ class QueueConsumer:
         links = [Link(ctx)] if ctx.is_valid else []
         entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         # What earlier attempts of this entry finished, and whether one was cut off mid-flight.
-        ledger = await Ledger(self.redis, write_ledger_key(portal, entry)).begin()
+        ledger = await Ledger.of_entry(self.redis, portal, entry).begin()
         # The hop through the stream is a consumer span under the request that queued the entry.
         span = _tracer.start_span(
             "writer.queued",
@@ -274,11 +267,11 @@ class QueueConsumer:
             await self.process(portal, request, links, ledger)
         except HubsyncError as exc:
             # HubSpot is down or out of quota (refused before the call went out): leave it
-            # pending; XAUTOCLAIM retries it later, skipping what this attempt finished.
+            # pending; it is claimed again after the retry time, skipping what this attempt finished.
             span.set_status(StatusCode.ERROR, exc.reason)
             await ledger.stopped_before_sending()
             log.warning("queued write not processed yet", extra={"portal": portal, "reason": exc.reason})
-            return
+            return exc.retry_after if exc.retry_after is not None else self.claim_idle_ms / 1000
         finally:
             otel_context.detach(token)
             span.end()
@@ -289,3 +282,4 @@ class QueueConsumer:
             pipe.xdel(writes_key(portal), entry_id)
             pipe.delete(ledger.key)
             await pipe.execute()
+        return None

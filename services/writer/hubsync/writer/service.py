@@ -11,7 +11,6 @@ from redis.exceptions import RedisError
 from hubsync.api.auth.v1 import auth_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import channel_for
-from hubsync.core.keys import WRITER_PORTALS_KEY
 from hubsync.core.portal_config import PortalConfigCache
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings
@@ -134,7 +133,9 @@ async def build(core: CoreSettings, redis: Redis, settings: WriterSettings) -> S
     submitter = WriteSubmitter(
         coalescer, reader, dlq, redis, pilot_mode=settings.pilot_mode, skip_unchanged=settings.skip_unchanged
     )
-    queue = WriteQueue(redis, maxlen=settings.queue_maxlen, request_ttl_s=settings.request_ttl_s)
+    queue = WriteQueue(
+        redis, maxlen=settings.queue_maxlen, request_ttl_s=settings.request_ttl_s, shards=core.ready_shards
+    )
     gateway = WriterGateway(
         submitter,
         queue,
@@ -151,21 +152,21 @@ async def build(core: CoreSettings, redis: Redis, settings: WriterSettings) -> S
         redis,
         gateway.process_queued,
         count=settings.queue_read_count,
-        block_ms=settings.queue_block_ms,
         claim_idle_ms=settings.queue_claim_idle_ms,
+        shards=core.ready_shards,
+        poll_s=core.ready_poll_s,
+        lease_ttl_ms=core.ready_lease_ttl_ms,
+        max_turns=settings.queue_max_turns,
+        sweep_interval_s=core.ready_sweep_interval_s,
+        sweep_rate=core.ready_sweep_rate,
     )
 
     async def publish_gauges() -> None:
-        """Every 5 s: DLQ depth of every portal this writer knows.
-
-        Its queue's portals or its HubSpot calls', so the gauge exists and stays current
-        without a DLQ call.
-        """
+        """Every 5 s: DLQ depth of every portal with dead letters, so the gauge exists and stays
+        current without a DLQ call (idle portals are not looked at)."""
         while True:
             try:
-                known = {int(p) for p in await redis.smembers(WRITER_PORTALS_KEY)}
-                for portal in sorted(known | set(breakers.portals())):
-                    await dlq.depth(portal)
+                await dlq.refresh_depths(breakers.portals())
             except (OSError, RedisError) as exc:
                 log.warning("gauge refresh failed", extra={"error": str(exc)[:200]})
             await asyncio.sleep(5)

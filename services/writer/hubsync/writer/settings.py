@@ -86,11 +86,12 @@ class WriterSettings(BaseSettings):
     # the property is optional and off by default.
     source_tag: str = "hubsync"
     source_property: str = ""
-    # Durable queue: consumer batch size, how long an entry may stay pending before another
-    # consumer reclaims it (XAUTOCLAIM), and the stream's approximate max length.
-    queue_read_count: int = Field(default=50, ge=1)
+    # Durable queue: most entries of one portal per turn (then the portal goes to the back of the
+    # line), how long an entry may stay pending before another consumer reclaims it (XAUTOCLAIM),
+    # portals processed at once, and the stream's approximate max length.
+    queue_read_count: int = Field(default=100, ge=1)
     queue_claim_idle_ms: int = Field(default=30_000, ge=10)
-    queue_block_ms: int = Field(default=500, ge=1)
+    queue_max_turns: int = Field(default=16, ge=1, le=1024)
     queue_maxlen: int = Field(default=1_000_000, ge=100)
     # Run the durable-queue consumer in this process.
     consume_queue: bool = True

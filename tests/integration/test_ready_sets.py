@@ -1,0 +1,186 @@
+"""Ready sets (hubsync.core.ready) on a real Redis: fairness between portals, no lost wake-up,
+the sweeper's repair, shard leases shared by consumers. The consumers here run the real loop
+with a handler that acknowledges what it gets and records the order of completion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.asyncio import Redis
+
+from hubsync.core.keys import PORTALS_KEY, events_key
+from hubsync.core.ready import Blocked, ReadyConsumer, ReadySets, Sweeper, group_work, now_ms
+
+GROUP = "mapper"
+QUEUE = "events"
+
+
+class Recorder:
+    """A turn handler that acknowledges every entry and remembers (portal, entry) in order."""
+
+    def __init__(self, redis: Redis, block: dict[str, int] | None = None) -> None:
+        self.redis = redis
+        self.done: list[tuple[str, bytes]] = []
+        self.block = block or {}
+
+    async def __call__(self, portal: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> Blocked | None:
+        if portal in self.block:
+            return Blocked(self.block.pop(portal))  # leaves its entries pending
+        await asyncio.sleep(0)
+        await self.redis.xack(events_key(portal), GROUP, *[i for i, _ in entries])
+        self.done += [(portal, i) for i, _ in entries]
+        return None
+
+    def of(self, portal: str) -> list[bytes]:
+        return [i for p, i in self.done if p == portal]
+
+
+async def append(redis: Redis, portal: str, n: int) -> list[bytes]:
+    """Entries appended as ingress does (group made, portal known), without the ready mark."""
+    with contextlib.suppress(Exception):
+        await redis.xgroup_create(events_key(portal), GROUP, id="0", mkstream=True)
+    await redis.sadd(PORTALS_KEY, portal)  # type: ignore[misc]
+    ids: list[bytes] = []
+    for start in range(0, n, 1000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for k in range(start, min(n, start + 1000)):
+                pipe.xadd(events_key(portal), {"event": str(k)})
+            ids += await pipe.execute()
+    return ids
+
+
+@contextlib.asynccontextmanager
+async def consuming(redis: Redis, handler: Any, **kw: Any) -> AsyncIterator[ReadyConsumer]:
+    options: dict[str, Any] = {
+        "shards": 8,
+        "quantum": 100,
+        "max_turns": 4,
+        "poll_s": 0.5,
+        "lease_ttl_ms": 3000,
+    }
+    options |= kw
+    consumer = ReadyConsumer(
+        redis, QUEUE, stream=events_key, group=GROUP, consumer=f"c-{id(handler)}", handle=handler, **options
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(check: Any, tries: int = 600) -> None:
+    for _ in range(tries):
+        if await check() if asyncio.iscoroutinefunction(check) else check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_small_portal_is_served_before_a_big_backlog_drains_beside_idle_portals(redis: Redis) -> None:
+    sets = ReadySets(redis, QUEUE, 8)
+    # Thousands of idle portals: known, their one event processed long ago (not ready).
+    async with redis.pipeline(transaction=False) as pipe:
+        for p in range(1, 3001):
+            pipe.sadd(PORTALS_KEY, f"9{p}")
+        await pipe.execute()
+    big = await append(redis, "500", 5000)
+    await sets.mark(["500"])
+    recorder = Recorder(redis)
+    async with consuming(redis, recorder):
+        await until(lambda: len(recorder.of("500")) >= 100)  # the backlog is being worked on
+        small = await append(redis, "600", 1)
+        await sets.mark(["600"])
+        await until(lambda: recorder.of("600") == small)
+        done_big_when_small_done = len(recorder.of("500"))
+        await until(lambda: len(recorder.of("500")) == len(big))
+    # Fairness: the small portal got its turn long before the backlog drained.
+    assert done_big_when_small_done < len(big) // 2
+    # Order per portal is kept, and nothing is processed twice.
+    assert recorder.of("500") == big
+    assert len(recorder.done) == len(set(recorder.done))
+    # Drained portals leave the ready set; idle ones were never in it.
+    assert all([await redis.zcard(sets.key(s)) == 0 for s in range(8)])
+
+
+async def test_an_append_without_its_mark_is_found_by_the_sweeper(redis: Redis) -> None:
+    sets = ReadySets(redis, QUEUE, 8)
+    recorder = Recorder(redis)
+    async with consuming(redis, recorder):
+        ids = await append(redis, "700", 3)  # the producer died before marking
+        await asyncio.sleep(1.5)  # three polls: nothing reads an unmarked portal
+        assert recorder.done == []
+        sweeper = Sweeper(redis, sets, PORTALS_KEY, _probe(redis), owner="s1", interval_s=3600, rate=10_000)
+        assert await sweeper.maybe_sweep() == 1
+        await until(lambda: recorder.of("700") == ids)
+        # A second sweep within the interval is not run.
+        assert await sweeper.maybe_sweep() is None
+
+
+async def test_no_wake_up_is_lost_while_portals_drain_and_refill(redis: Redis) -> None:
+    sets = ReadySets(redis, QUEUE, 8)
+    recorder = Recorder(redis)
+    appended: dict[str, list[bytes]] = {}
+    async with consuming(redis, recorder, quantum=3, coalesce_s=0.0):
+        # Appends race with turns that drain the same portals (append first, mark second).
+        for round_ in range(40):
+            for p in ("801", "802", "803"):
+                appended.setdefault(p, []).extend(await append(redis, p, 1 + round_ % 4))
+                await sets.mark([p])
+            await asyncio.sleep(0.01 * (round_ % 3))
+        await until(lambda: all(recorder.of(p) == ids for p, ids in appended.items()))
+
+
+async def test_a_blocked_portal_waits_until_its_time_and_its_entries_come_back(redis: Redis) -> None:
+    sets = ReadySets(redis, QUEUE, 8)
+    recorder = Recorder(redis, block={"900": now_ms() + 1500})
+    async with consuming(redis, recorder, visibility_ms=500):
+        blocked = await append(redis, "900", 2)
+        other = await append(redis, "901", 2)
+        await sets.mark(["900", "901"])
+        await until(lambda: recorder.of("901") == other)
+        # Scored into the future: not due now.
+        assert await redis.zscore(sets.key(sets.shard("900")), "900") is not None
+        # After its time its pending entries are claimed and processed (exactly once).
+        await until(lambda: recorder.of("900") == blocked)
+    assert len(recorder.done) == len(set(recorder.done))
+
+
+async def test_two_consumers_share_the_shards_and_a_dead_ones_entries_are_claimed(redis: Redis) -> None:
+    sets = ReadySets(redis, QUEUE, 8)
+    first, second = Recorder(redis), Recorder(redis)
+    async with (
+        consuming(redis, first, visibility_ms=500) as a,
+        consuming(redis, second, visibility_ms=500) as b,
+    ):
+        # Every shard held, by one consumer each (rendezvous hashing may give one of them all 8).
+        await until(lambda: len(a.leases.members) == 2 and len(a.leases.held | b.leases.held) == 8)
+        assert not (a.leases.held & b.leases.held)
+        portals = [str(1000 + k) for k in range(40)]
+        ids = {p: await append(redis, p, 2) for p in portals}
+        await sets.mark(portals)
+        await until(lambda: all(sorted(first.of(p) + second.of(p)) == ids[p] for p in portals))
+    # A consumer that read entries and died: they are pending for it, the portal in the pending set.
+    dead = await append(redis, "2000", 2)
+    await redis.xreadgroup(GROUP, "dead", {events_key("2000"): ">"})
+    await sets.pending("2000", now_ms())
+    third = Recorder(redis)
+    async with consuming(redis, third, visibility_ms=300):
+        await until(lambda: third.of("2000") == dead)
+
+        async def forgotten() -> bool:  # nothing pending any more: it leaves the pending set
+            return await redis.zscore(sets.pending_key(sets.shard("2000")), "2000") is None
+
+        await until(forgotten)
+
+
+def _probe(redis: Redis) -> Any:
+    async def probe(portals: list[str]) -> list[tuple[bool, bool]]:
+        return await group_work(redis, [events_key(p) for p in portals], GROUP)
+
+    return probe
