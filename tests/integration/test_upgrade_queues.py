@@ -25,7 +25,7 @@ from hubsync.core.keys import (
 )
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, WRITES, group_work
 from hubsync.core.versions import reserve_versions
-from hubsync.ingress.committer import EventCommitter, Outcome
+from hubsync.ingress.committer import CommitOutcome, EventAppender, EventCommitter
 from hubsync.ingress.events import parse_events
 from hubsync.writer.ordering import version_counter_key
 from tests.integration.auth.fixtures import SANDBOX_PORTAL
@@ -85,7 +85,7 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
         await s.idle()
         # Ingress's dedupe: one more event committed through the committer (dedupe set written).
         committer = EventCommitter(
-            redis, retention_ms=86_400_000, dedupe_ttl_s=3600, dedupe_buckets=8, timeout_s=10
+            EventAppender(redis, retention_ms=86_400_000, dedupe_ttl_s=3600, dedupe_buckets=8), timeout_s=10
         )
         event = {
             "eventId": 77,
@@ -101,7 +101,7 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
             "changeSource": "CRM_UI",
         }
         (parsed,) = parse_events(orjson.dumps([event]))
-        assert await committer.submit([parsed]) == [Outcome.ACCEPTED]
+        assert await committer.submit([parsed]) == [CommitOutcome.ACCEPTED]
         # The old mapper's group, from the stream's start; a replica read two and died.
         await redis.xgroup_create(events_key(PORTAL), "mapper", id="0")
         taken: Any = await redis.xreadgroup("mapper", "old-replica", {events_key(PORTAL): ">"}, count=2)
@@ -151,5 +151,5 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
         assert sorted(set(published)) == sorted(contacts)
         assert len(published) <= len(contacts) + 1  # contact 0 changed once more ("Upgraded")
         # Ingress's dedupe sets were kept: the same delivery again is a duplicate.
-        assert await committer.submit([parsed]) == [Outcome.DUPLICATE]
+        assert await committer.submit([parsed]) == [CommitOutcome.DUPLICATE]
         await committer.close()

@@ -125,12 +125,15 @@ class ReadySets:
         self.channel = ready_channel(queue)
 
     def shard(self, portal: int | str) -> int:
+        """Return the shard of ``portal``."""
         return shard_of(portal, self.shards)
 
     def key(self, shard: int) -> str:
+        """Return the ready set's key of ``shard``."""
         return ready_key(self.queue, shard)
 
     def pending_key(self, shard: int) -> str:
+        """Return the pending set's key of ``shard``."""
         return ready_pending_key(self.queue, shard)
 
     def mark_command(self, portal: int | str, score_ms: int | None = None, *, mode: str = "NX") -> list[Any]:
@@ -167,9 +170,11 @@ class ReadySets:
         await self.redis.zadd(self.key(self.shard(portal)), {portal: at_ms})
 
     async def unmark(self, portal: str) -> None:
+        """Remove ``portal``'s ready mark."""
         await self.redis.zrem(self.key(self.shard(portal)), portal)
 
     async def pending_due(self, shard: int, limit: int) -> list[str]:
+        """Return up to ``limit`` portals of ``shard`` whose pending entries are due for a claim."""
         rows = await self.redis.zrangebyscore(self.pending_key(shard), "-inf", now_ms(), start=0, num=limit)
         return [_s(p) for p in rows]
 
@@ -179,9 +184,11 @@ class ReadySets:
         return ["ZADD", self.pending_key(self.shard(portal)), *flags, at_ms, portal]
 
     async def pending(self, portal: str, at_ms: int, *, earliest: bool = True) -> None:
+        """Note that ``portal`` has entries delivered and not acknowledged, due for a claim at ``at_ms``."""
         await self.redis.execute_command(*self.pending_command(portal, at_ms, earliest=earliest))
 
     async def pending_done(self, portal: str) -> None:
+        """Forget ``portal``'s pending mark (nothing of it is pending any more)."""
         await self.redis.zrem(self.pending_key(self.shard(portal)), portal)
 
 
@@ -224,9 +231,11 @@ class ShardLeases:
 
     @property
     def renew_s(self) -> float:
+        """Return how often leases are renewed: a third of their time to live."""
         return self.ttl_ms / 3000
 
     def mine(self) -> set[int]:
+        """Return the shards this replica owns: rendezvous hashing over the live members."""
         members = self.members or [self.owner]
         return {s for s in range(self.shards) if max(members, key=lambda m: _weight(s, m)) == self.owner}
 
@@ -336,6 +345,7 @@ class ReadyConsumer:
     # ---- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Run the consumer until cancelled: hold leases, take ready portals' turns, claim pending entries."""
         tasks = [
             asyncio.create_task(self._lease_loop(), name=f"ready-{self.sets.queue}-leases"),
             asyncio.create_task(self._listen(), name=f"ready-{self.sets.queue}-nudges"),
@@ -490,6 +500,7 @@ class ReadyConsumer:
         return [(i, f) for _k, items in reply or [] for i, f in items if f]
 
     async def ensure_group(self, key: str, *, force: bool = False) -> None:
+        """Create the consumer group on ``key`` (once per process unless ``force``)."""
         if key in self._grouped and not force:
             return
         try:
@@ -670,6 +681,10 @@ class Sweeper:
         self.passes = 0
 
     async def run(self) -> None:
+        """Run the sweeper until cancelled.
+
+        A rate-limited pass over the known portals re-marks those with work.
+        """
         while True:
             try:
                 await self.maybe_sweep()

@@ -86,7 +86,7 @@ class DeadLetterQueue:
         )
         _dead.add(1, portal_id, {"status": str(error.http_status)})
         # Known to the depth gauge, which looks at portals with dead letters only.
-        await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal_id))  # type: ignore[misc]
+        await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal_id))
         await self.depth(portal_id)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
@@ -95,7 +95,7 @@ class DeadLetterQueue:
         leaves the set): the cost follows the portals with dead letters, not every portal. The
         portals in ``seen`` (this process worked for them) not in the set show 0, once, at no
         cost in Redis."""
-        members = await self.redis.smembers(WRITER_DLQ_PORTALS_KEY)  # type: ignore[misc]
+        members = await self.redis.smembers(WRITER_DLQ_PORTALS_KEY)
         for portal in seen:
             if portal not in self._shown and str(portal).encode() not in members:
                 _depth.set(0, portal)
@@ -103,9 +103,9 @@ class DeadLetterQueue:
         for raw in sorted(members):
             portal = int(raw)
             if await self.depth(portal) == 0:
-                await self.redis.srem(WRITER_DLQ_PORTALS_KEY, str(portal))  # type: ignore[misc]
+                await self.redis.srem(WRITER_DLQ_PORTALS_KEY, str(portal))
                 if await self.depth(portal):  # one was added meanwhile
-                    await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal))  # type: ignore[misc]
+                    await self.redis.sadd(WRITER_DLQ_PORTALS_KEY, str(portal))
 
     async def depth(self, portal_id: int) -> int:
         """Return how many entries the portal's queue holds (and update the gauge)."""

@@ -67,6 +67,8 @@ return false
 
 
 class WriteQueue:
+    """The durable write queue: one stream per portal, a ledger per entry, ready marks for the consumer."""
+
     def __init__(
         self, redis: Redis, *, maxlen: int, request_ttl_s: int, shards: int = DEFAULT_SHARDS
     ) -> None:
@@ -143,6 +145,8 @@ class WriteQueue:
     async def finish(
         self, request: writer_pb2.SubmitWritesRequest, response: writer_pb2.SubmitWritesResponse | None
     ) -> None:
+        """Record a request's answer under its request id (idempotent retries get it), or forget the
+        request when there is none (it failed before an answer)."""
         if not request.request_id:
             return
         key = write_request_key(request.portal_id, request.request_id)
@@ -205,6 +209,7 @@ class QueueConsumer:
         )
 
     async def run(self) -> None:
+        """Run the consumer until cancelled: take ready portals' turns of queued writes."""
         sweeper = asyncio.create_task(self.sweeper.run(), name="writer-queue-sweeper")
         try:
             await self.ready.run()
