@@ -166,9 +166,10 @@ async def test_reconcile_enqueues_only_what_no_webhook_reported(
                 assert again.found_count == 0
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.Reconcile(
-                        ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["tickets"])
+                        ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["widgets"])
                     )
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "object_types" in str(err.value.trailing_metadata())
             entries: Any = await redis.xrange(STREAM)
             records = [decode_entry(i, f) for i, f in entries]
             found = [r.event for r in records if r.origin == "reconcile" and r.event is not None]
