@@ -177,6 +177,72 @@ async def test_reconcile_enqueues_only_what_no_webhook_reported(
             assert found[0]["subscriptionType"] == "contact.propertyChange"
 
 
+# One record of each standard type the sandbox creates, and the event HubSpot sends for it.
+STANDARD_RECORDS = {
+    "tickets": ({"subject": "s", "hs_pipeline_stage": "1"}, "ticket.propertyChange", None),
+    "products": ({"name": "p"}, "product.propertyChange", None),
+    "line_items": ({"name": "l"}, "line_item.propertyChange", None),
+    "quotes": ({"hs_title": "q", "hs_expiration_date": "1900000000000"}, "object.propertyChange", "0-14"),
+    "notes": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-46"),
+    "calls": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-48"),
+    "emails": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-49"),
+    "meetings": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-47"),
+    "tasks": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-27"),
+}
+
+
+async def test_reconcile_takes_every_standard_type_by_name_or_id(
+    redis_url, caller_tokens, redis: Redis
+) -> None:  # type: ignore[no-untyped-def]
+    async with (
+        SandboxServer(sandbox_config()) as sb,
+        running_auth(redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url) as auth,
+    ):
+        await register_sandbox_private_app(auth, caller_tokens)
+        async with (
+            running_writer(
+                redis_url=redis_url,
+                caller_tokens=caller_tokens,
+                hubspot_api_base=sb.base_url,
+                auth_address=auth,
+            ) as writer,
+            running_ingress(
+                redis_url=redis_url,
+                caller_tokens=caller_tokens,
+                hubspot_api_base=sb.base_url,
+                writer_address=writer,
+                settings={"reconcile_lookback_s": 600, "reconcile_settle_ms": 0},
+            ) as (_base, address),
+            httpx.AsyncClient(
+                base_url=sb.base_url, headers={"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}
+            ) as hs,
+        ):
+            # One record of each type, and no webhook for any of them.
+            ids = {}
+            for object_type, (properties, _s, _t) in STANDARD_RECORDS.items():
+                created = await hs.post(f"/crm/v3/objects/{object_type}", json={"properties": properties})
+                assert created.status_code == 201, created.text
+                ids[object_type] = int(created.json()["id"])
+            await asyncio.sleep(0.01)  # the window ends before now: let the clock pass the writes
+            # Names and 0-… ids alike (notes by its id), each type once.
+            asked = [t for t in STANDARD_RECORDS if t != "notes"] + ["0-46", "notes"]
+            async with open_channel(address, caller_tokens["cli"]) as channel:
+                reply = await ingress_pb2_grpc.IngressServiceStub(channel).Reconcile(
+                    ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=asked)
+                )
+            assert (reply.scanned_count, reply.found_count) == (len(ids), len(ids))
+        entries: Any = await redis.xrange(STREAM)
+        found = {
+            r.event["objectId"]: r.event
+            for r in (decode_entry(i, f) for i, f in entries)
+            if r.origin == "reconcile" and r.event
+        }
+        for object_type, (_p, subscription_type, type_id) in STANDARD_RECORDS.items():
+            synthetic = found[ids[object_type]]
+            assert synthetic["subscriptionType"] == subscription_type, object_type
+            assert synthetic.get("objectTypeId") == type_id, object_type
+
+
 @contextlib.asynccontextmanager
 async def oauth_begun(
     redis_url: str, caller_tokens: dict[str, str], public: str, ingress: dict[str, object]
