@@ -106,9 +106,12 @@ async def test_read_journal_by_time_and_pages_then_replay_once(
             assert info is not None and info.reason == "INVALID_ARGUMENT"
 
 
-async def test_reconcile_enqueues_only_what_no_webhook_reported(
-    redis_url, caller_tokens, redis: Redis
-) -> None:  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def reconciling(
+    redis_url: str, caller_tokens: dict[str, str]
+) -> AsyncIterator[tuple[str, str, httpx.AsyncClient]]:
+    """The sandbox, auth, writer and an ingress that reconciles through it (10 min back, no
+    settling); yields ingress's base URL and gRPC address, and a client of the sandbox's API."""
     async with (
         SandboxServer(sandbox_config()) as sb,
         running_auth(redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sb.base_url) as auth,
@@ -126,54 +129,101 @@ async def test_reconcile_enqueues_only_what_no_webhook_reported(
                 caller_tokens=caller_tokens,
                 hubspot_api_base=sb.base_url,
                 writer_address=writer,
-                settings={
-                    "reconcile_lookback_s": 600,
-                    "reconcile_settle_ms": 0,
-                },
+                settings={"reconcile_lookback_s": 600, "reconcile_settle_ms": 0},
             ) as (base, address),
             httpx.AsyncClient(
                 base_url=sb.base_url, headers={"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}
             ) as hs,
         ):
-            # two contacts changed in HubSpot; only the first one's webhook reached ingress
-            ids = []
-            for email in ("a@x.com", "b@x.com"):
-                created = await hs.post("/crm/v3/objects/contacts", json={"properties": {"email": email}})
-                assert created.status_code == 201, created.text
-                ids.append(int(created.json()["id"]))
-            params = {"properties": "hs_lastmodifieddate"}
-            record = (await hs.get(f"/crm/v3/objects/contacts/{ids[0]}", params=params)).json()
-            modified = record["properties"]["hs_lastmodifieddate"]
-            modified_ms = (
-                int(modified)
-                if modified.isdigit()
-                else int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() * 1000)
+            yield base, address, hs
+
+
+async def test_reconcile_enqueues_only_what_no_webhook_reported(
+    redis_url, caller_tokens, redis: Redis
+) -> None:  # type: ignore[no-untyped-def]
+    async with reconciling(redis_url, caller_tokens) as (base, address, hs):
+        # two contacts changed in HubSpot; only the first one's webhook reached ingress
+        ids = []
+        for email in ("a@x.com", "b@x.com"):
+            created = await hs.post("/crm/v3/objects/contacts", json={"properties": {"email": email}})
+            assert created.status_code == 201, created.text
+            ids.append(int(created.json()["id"]))
+        params = {"properties": "hs_lastmodifieddate"}
+        record = (await hs.get(f"/crm/v3/objects/contacts/{ids[0]}", params=params)).json()
+        modified = record["properties"]["hs_lastmodifieddate"]
+        modified_ms = (
+            int(modified)
+            if modified.isdigit()
+            else int(datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp() * 1000)
+        )
+        await deliver(
+            base, [event(object_id=ids[0], subscription_type="contact.creation", occurred_at=modified_ms)]
+        )
+        time.sleep(0.01)
+        async with open_channel(address, caller_tokens["cli"]) as channel:
+            stub = ingress_pb2_grpc.IngressServiceStub(channel)
+            await asyncio.sleep(0.01)  # the window ends before now: let the clock pass the writes
+            first = await stub.Reconcile(
+                ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["contacts"])
             )
-            await deliver(
-                base, [event(object_id=ids[0], subscription_type="contact.creation", occurred_at=modified_ms)]
+            assert (first.scanned_count, first.found_count) == (2, 1)
+            again = await stub.Reconcile(
+                ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["contacts"])
             )
-            time.sleep(0.01)
-            async with open_channel(address, caller_tokens["cli"]) as channel:
-                stub = ingress_pb2_grpc.IngressServiceStub(channel)
-                await asyncio.sleep(0.01)  # the window ends before now: let the clock pass the writes
-                first = await stub.Reconcile(
-                    ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["contacts"])
-                )
-                assert (first.scanned_count, first.found_count) == (2, 1)
-                again = await stub.Reconcile(
-                    ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["contacts"])
-                )
-                assert again.found_count == 0
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub.Reconcile(
-                        ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["tickets"])
-                    )
-                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            entries: Any = await redis.xrange(STREAM)
-            records = [decode_entry(i, f) for i, f in entries]
-            found = [r.event for r in records if r.origin == "reconcile" and r.event is not None]
-            assert [e["objectId"] for e in found] == [ids[1]]
-            assert found[0]["subscriptionType"] == "contact.propertyChange"
+            assert again.found_count == 0
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Reconcile(ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=["widgets"]))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "object_types" in str(err.value.trailing_metadata())
+        entries: Any = await redis.xrange(STREAM)
+        records = [decode_entry(i, f) for i, f in entries]
+        found = [r.event for r in records if r.origin == "reconcile" and r.event is not None]
+        assert [e["objectId"] for e in found] == [ids[1]]
+        assert found[0]["subscriptionType"] == "contact.propertyChange"
+
+
+# One record of each standard type the sandbox creates, and the event HubSpot sends for it.
+STANDARD_RECORDS = {
+    "tickets": ({"subject": "s", "hs_pipeline_stage": "1"}, "ticket.propertyChange", None),
+    "products": ({"name": "p"}, "product.propertyChange", None),
+    "line_items": ({"name": "l"}, "line_item.propertyChange", None),
+    "quotes": ({"hs_title": "q", "hs_expiration_date": "1900000000000"}, "object.propertyChange", "0-14"),
+    "notes": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-46"),
+    "calls": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-48"),
+    "emails": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-49"),
+    "meetings": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-47"),
+    "tasks": ({"hs_timestamp": "1700000000000"}, "object.propertyChange", "0-27"),
+}
+
+
+async def test_reconcile_takes_every_standard_type_by_name_or_id(
+    redis_url, caller_tokens, redis: Redis
+) -> None:  # type: ignore[no-untyped-def]
+    async with reconciling(redis_url, caller_tokens) as (_base, address, hs):
+        # One record of each type, and no webhook for any of them.
+        ids = {}
+        for object_type, (properties, _s, _t) in STANDARD_RECORDS.items():
+            created = await hs.post(f"/crm/v3/objects/{object_type}", json={"properties": properties})
+            assert created.status_code == 201, created.text
+            ids[object_type] = int(created.json()["id"])
+        await asyncio.sleep(0.01)  # the window ends before now: let the clock pass the writes
+        # Names and 0-… ids alike (notes by its id), each type once.
+        asked = [t for t in STANDARD_RECORDS if t != "notes"] + ["0-46", "notes"]
+        async with open_channel(address, caller_tokens["cli"]) as channel:
+            reply = await ingress_pb2_grpc.IngressServiceStub(channel).Reconcile(
+                ingress_pb2.ReconcileRequest(portal_id=PORTAL, object_types=asked)
+            )
+        assert (reply.scanned_count, reply.found_count) == (len(ids), len(ids))
+        entries: Any = await redis.xrange(STREAM)
+        found = {
+            r.event["objectId"]: r.event
+            for r in (decode_entry(i, f) for i, f in entries)
+            if r.origin == "reconcile" and r.event
+        }
+        for object_type, (_p, subscription_type, type_id) in STANDARD_RECORDS.items():
+            synthetic = found[ids[object_type]]
+            assert synthetic["subscriptionType"] == subscription_type, object_type
+            assert synthetic.get("objectTypeId") == type_id, object_type
 
 
 @contextlib.asynccontextmanager

@@ -102,16 +102,22 @@ async def _object(s: Suite, object_type: str, hs_id: str) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
+async def define_subscription(s: Suite) -> str:
+    """Defines the subscription custom object and subscribes to its generic events: its type id."""
+    made = await s.hubspot.post("/crm/v3/schemas", json=SCHEMA)
+    assert made.status_code == 201, made.text
+    type_id: str = made.json()["objectTypeId"]
+    # Custom objects' events come through the generic subscriptions, by type id.
+    sub = s.sandbox.state.webhooks.subs[1001]
+    sub.set_types([*sub.types, f"object.creation@{type_id}", f"object.propertyChange@{type_id}"])
+    return type_id
+
+
 async def test_custom_object_mapped_pushed_edited_in_the_ui_and_delivered_on_the_feed(
     redis_url: str, caller_tokens: dict[str, str], tmp_path: Path
 ) -> None:
     async with suite(redis_url, caller_tokens) as s:
-        made = await s.hubspot.post("/crm/v3/schemas", json=SCHEMA)
-        assert made.status_code == 201, made.text
-        type_id = made.json()["objectTypeId"]
-        # Custom objects' events come through the generic subscriptions, by type id.
-        sub = s.sandbox.state.webhooks.subs[1001]
-        sub.set_types([*sub.types, f"object.creation@{type_id}", f"object.propertyChange@{type_id}"])
+        type_id = await define_subscription(s)
         async with (
             running_mapper(
                 redis_url,

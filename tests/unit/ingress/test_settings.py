@@ -42,6 +42,12 @@ def test_secrets_inline_and_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert load_settings(IngressSettings).secrets() == ["s3cr3t-inline", "one", "two"]
 
 
+def test_reconcile_object_types_take_names_and_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    types = ["tickets", "0-46", "2-1001", "quotes"]
+    monkeypatch.setenv("HUBSYNC_INGRESS_RECONCILE_OBJECT_TYPES", json.dumps(types))
+    assert load_settings(IngressSettings).reconcile_object_types == types
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -51,6 +57,7 @@ def test_secrets_inline_and_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path
         ("DEDUPE_TTL_S", "abc"),
         ("WEBHOOK_SPANS", "per_request"),
         ("UVLOOP", "maybe"),
+        ("RECONCILE_OBJECT_TYPES", '["tickets", "subscription"]'),  # custom objects by 2-… id only
     ],
 )
 def test_bad_value_exits_2_naming_the_variable(

@@ -19,6 +19,8 @@ __all__ = [
     "WebhookEvent",
     "object_type_of",
     "parse_events",
+    "reconcilable_type",
+    "synthetic_change",
     "type_of_id",
 ]
 
@@ -57,6 +59,36 @@ def type_of_id(type_id: str) -> str | None:
     if type_id.startswith("2-") and type_id[2:].isdigit():
         return type_id
     return OBJECT_TYPE_IDS.get(type_id)
+
+
+# The other way round: a type's classic prefix (where HubSpot has one) and its ``0-…`` id.
+_CLASSIC_PREFIX = {name: prefix for prefix, name in OBJECT_TYPES.items()}
+_TYPE_ID = {name: type_id for type_id, name in OBJECT_TYPE_IDS.items()}
+
+
+def reconcilable_type(raw: str) -> str | None:
+    """Return the object type a reconciliation pass searches for ``raw``, or None.
+
+    A standard type's plural name (``tickets``) or ``0-…`` id, or a custom object's ``2-…`` id.
+    A custom object's name would need HubSpot's schemas to resolve: ingress takes ids only.
+    """
+    return raw if raw in _TYPE_ID else type_of_id(raw)
+
+
+def synthetic_change(object_type: str) -> dict[str, str]:
+    """The subscription fields of a synthetic property change of ``object_type``.
+
+    A type with a classic subscription gets ``<singular>.propertyChange``; the others (engagements,
+    quotes, custom objects) the generic ``object.propertyChange`` with their ``objectTypeId``,
+    as HubSpot sends them.
+    """
+    prefix = _CLASSIC_PREFIX.get(object_type)
+    if prefix is not None:
+        return {"subscriptionType": f"{prefix}.propertyChange"}
+    return {
+        "subscriptionType": "object.propertyChange",
+        "objectTypeId": _TYPE_ID.get(object_type, object_type),
+    }
 
 
 # HubSpot sends at most 100 events per request: more is not HubSpot.

@@ -1,10 +1,13 @@
 """Reconciliation: the safety net under webhooks.
 
-Periodically (and on demand) searches each portal for records whose ``hs_lastmodifieddate`` is
-after the last checkpoint, through writer's SearchRecords (writer owns the quota; search has its
-own 5/s limit). A record that no journal event reported since just before its change is fed into
-the same stream as a synthetic ``<type>.propertyChange`` event (``changeSource: RECONCILIATION``),
-deduped like any webhook, so a second pass finds nothing new.
+Periodically (and on demand) searches each portal for records whose last-modified date
+(``lastmodifieddate`` for contacts, ``hs_lastmodifieddate`` for every other type) is after the
+last checkpoint, through writer's SearchRecords (writer owns the quota; search has its own 5/s
+limit). Any object type: a standard type by name or ``0-…`` id, a custom object by ``2-…`` id. A
+record that no journal event reported since just before its change is fed into the same stream
+as a synthetic property change (``changeSource: RECONCILIATION``): ``<singular>.propertyChange``
+for the types with a classic subscription, else ``object.propertyChange`` with the
+``objectTypeId``; deduped like any webhook, so a second pass finds nothing new.
 
 hubsync's own writes count as reported: their webhook echoes are dropped before the event
 stream, but ingress journals them in ``hubsync:{<portal>}:echoes``, which the pass reads along
@@ -33,15 +36,25 @@ from hubsync.core.outage import loop_error
 from hubsync.ingress import metrics
 from hubsync.ingress._stream_reads import stream_range
 from hubsync.ingress.committer import CommitOutcome, EnqueueFailed, EventCommitter
-from hubsync.ingress.events import OBJECT_TYPES, WebhookEvent, parse_events, type_of_id
+from hubsync.ingress.events import (
+    OBJECT_TYPE_IDS,
+    OBJECT_TYPES,
+    WebhookEvent,
+    parse_events,
+    reconcilable_type,
+    synthetic_change,
+    type_of_id,
+)
 
-__all__ = ["ReconcileResult", "Reconciler"]
+__all__ = ["ReconcileResult", "Reconciler", "object_types_to_reconcile"]
 
 log = logging.getLogger(__name__)
 
-SINGULAR = {"contacts": "contact", "companies": "company", "deals": "deal"}
+# The search's last-modified property: HubSpot's contacts keep theirs in ``lastmodifieddate``.
+MODIFIED_PROPERTY = {"contacts": "lastmodifieddate"}
+DEFAULT_MODIFIED_PROPERTY = "hs_lastmodifieddate"
 SEARCH_CAP = 10_000
-# A webhook's occurredAt and the record's hs_lastmodifieddate may differ by a little.
+# A webhook's occurredAt and the record's last-modified date may differ by a little.
 REPORT_TOLERANCE_MS = 2_000
 # Search results lag writes by seconds: the window ends this long before now.
 SETTLE_MS = 5_000
@@ -87,7 +100,7 @@ class Reconciler:
         self._redis = redis
         self._committer = committer
         self._writer = writer_pb2_grpc.WriterServiceStub(writer_channel)
-        self.object_types = list(object_types)
+        self.object_types = object_types_to_reconcile(object_types, field="reconcile_object_types")
         self.lookback_s = lookback_s
         self.interval_s = interval_s
         self.settle_ms = settle_ms
@@ -115,12 +128,7 @@ class Reconciler:
         """Run one pass for a portal now; returns what it found and the checkpoint it stored."""
         if portal_id <= 0:
             raise InvalidArgument("portal_id must be positive", violations={"portal_id": "must be > 0"})
-        unknown = [t for t in object_types if t not in SINGULAR]
-        if unknown:
-            raise InvalidArgument(
-                "unknown object type",
-                violations={"object_types": f"not one of {sorted(SINGULAR)}: {unknown}"},
-            )
+        object_types = object_types_to_reconcile(object_types, field="object_types")
         lock = self._locks.setdefault(portal_id, asyncio.Lock())
         async with lock:
             now = int(time.time() * 1000)
@@ -166,7 +174,7 @@ class Reconciler:
                 "eventId": 0,
                 "objectId": record_id,
                 "occurredAt": modified,
-                "subscriptionType": f"{SINGULAR[object_type]}.propertyChange",
+                **synthetic_change(object_type),
                 "changeSource": "RECONCILIATION",
                 "attemptNumber": 0,
             }
@@ -191,23 +199,20 @@ class Reconciler:
         """Record modified in ``[since, until)`` and the checkpoint to store (capped windows stop early)."""
         records: list[tuple[int, int]] = []
         token = ""
+        modified_property = MODIFIED_PROPERTY.get(object_type, DEFAULT_MODIFIED_PROPERTY)
         request = writer_pb2.SearchRecordsRequest(
             portal_id=portal_id,
             object_type=object_type,
             filter_groups=[
                 writer_pb2.FilterGroup(
                     filters=[
-                        writer_pb2.Filter(
-                            property_name="hs_lastmodifieddate", operator="GTE", value=str(since)
-                        ),
-                        writer_pb2.Filter(
-                            property_name="hs_lastmodifieddate", operator="LT", value=str(until)
-                        ),
+                        writer_pb2.Filter(property_name=modified_property, operator="GTE", value=str(since)),
+                        writer_pb2.Filter(property_name=modified_property, operator="LT", value=str(until)),
                     ]
                 )
             ],
-            sorts=[writer_pb2.Sort(property_name="hs_lastmodifieddate")],
-            properties=["hs_lastmodifieddate"],
+            sorts=[writer_pb2.Sort(property_name=modified_property)],
+            properties=[modified_property],
             page_size=200,
         )
         while True:
@@ -219,7 +224,7 @@ class Reconciler:
                     f"writer's SearchRecords failed: {exc.code().name}", retry_after=5.0
                 ) from None
             for record in reply.records:
-                modified = _modified_ms(record.properties.get("hs_lastmodifieddate", ""))
+                modified = _modified_ms(record.properties.get(modified_property, ""))
                 if modified is None and record.HasField("update_time"):
                     modified = record.update_time.ToMilliseconds()
                 if record.id.isdigit() and modified is not None:
@@ -273,6 +278,30 @@ class Reconciler:
             if len(page) < 1000:
                 return
             low = "(" + page[-1][0].decode()
+
+
+def object_types_to_reconcile(raw: Sequence[str], *, field: str) -> list[str]:
+    """The object types ``raw`` names (standard names, ``0-…`` or ``2-…`` ids), in order, once each.
+
+    Raises InvalidArgument naming ``field`` for anything else.
+    """
+    types: list[str] = []
+    unknown: list[str] = []
+    for name in raw:
+        object_type = reconcilable_type(name)
+        if object_type is None:
+            unknown.append(name)
+        elif object_type not in types:
+            types.append(object_type)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown object type in {field}",
+            violations={
+                field: f"{unknown}: not a standard type ({', '.join(OBJECT_TYPE_IDS.values())}, or its "
+                "0-… id) nor a custom object's 2-… id (custom objects' names are not resolved here)"
+            },
+        )
+    return types
 
 
 def _object_type(event: dict[str, Any]) -> str | None:

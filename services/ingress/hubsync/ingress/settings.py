@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hubsync.core.settings import Environment
+from hubsync.ingress.events import reconcilable_type
 
 __all__ = ["IngressSettings"]
 
@@ -77,7 +78,8 @@ class IngressSettings(BaseSettings):
     redis_timeout_s: float = Field(default=3.0, gt=0, le=4.5)
     # Reconciliation: seconds between delta polls per known portal (0: only on demand).
     reconcile_interval_seconds: float = Field(default=900.0, ge=0)
-    # Object types a reconciliation pass covers when the request names none.
+    # Object types a reconciliation pass covers when the request names none: standard types by
+    # name (tickets, notes...) or 0-… id, custom objects by their 2-… id (not by name).
     reconcile_object_types: list[str] = Field(default_factory=lambda: ["companies", "contacts", "deals"])
     # Search results lag writes by seconds: a pass covers changes up to this long before now.
     reconcile_settle_ms: int = Field(default=5000, ge=0)
@@ -99,6 +101,16 @@ class IngressSettings(BaseSettings):
     # Run on uvloop (shipped with uvicorn[standard]): it roughly halves the per-request cost of
     # the socket work the webhook edge is made of. Read by ``__main__`` only, before the loop starts.
     uvloop: bool = True
+
+    @field_validator("reconcile_object_types")
+    @classmethod
+    def _reconcilable(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if reconcilable_type(name) is None]
+        if unknown:
+            raise ValueError(
+                f"{unknown}: not a standard object type (or its 0-… id) nor a custom object's 2-… id"
+            )
+        return value
 
     @field_validator("public_base_url")
     @classmethod

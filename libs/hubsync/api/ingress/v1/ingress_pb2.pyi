@@ -234,7 +234,9 @@ class ReconcileRequest(_message.Message):
     """The HubSpot account id."""
     @_builtins.property
     def object_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Object types to reconcile; empty means every mapped type."""
+        """Object types to reconcile: standard types by plural name or 0-… id, custom objects by their
+        2-… id; empty means the RECONCILE_OBJECT_TYPES setting.
+        """
 
     def __init__(
         self,
