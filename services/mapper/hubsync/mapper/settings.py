@@ -64,8 +64,11 @@ class MapperSettings(BaseSettings):
     feed_max_len: int = Field(default=1_000_000, ge=1000)
     # Check mapping targets against HubSpot's properties (through writer) at start-up and reload.
     validate_properties: bool = True
-    # Portals checked; empty means every portal hubsync knows (the set hubsync:portals).
+    # Portals checked; empty means a sample of the portals hubsync knows (hubsync:portals), at
+    # most VALIDATE_MAX_PORTALS of them: a start-up check of every portal would keep a restarted
+    # mapper from serving for minutes at 10,000 portals (one writer call each).
     validate_portal_ids: list[int] = Field(default_factory=list)
+    validate_max_portals: int = Field(default=10, ge=0)
     # Run the inbound worker (event streams → change feed) in this process.
     inbound_enabled: bool = True
     # Internal services allowed to push records, subscribe to the change feed and use mappings.
