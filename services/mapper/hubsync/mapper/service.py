@@ -82,7 +82,8 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         # A random sample (SRANDMEMBER: O(count), not O(portals)); the others' problems show at
         # use, and an override is checked against its own portal when it is set.
         members = await redis.srandmember(PORTALS_KEY, settings.validate_max_portals)  # type: ignore[misc]
-        return sorted(int(m) for m in members or [] if m.isdigit())
+        names = (m.decode() if isinstance(m, bytes) else str(m) for m in members or [])
+        return sorted(int(n) for n in names if n.isdigit())
 
     registry = MappingRegistry(
         settings.mappings_dir,
