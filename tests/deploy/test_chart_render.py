@@ -7,6 +7,7 @@ small schemas in crd_schemas.py. A kind that neither knows fails the test rather
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import helm_python as helm
@@ -299,3 +300,17 @@ def test_each_pod_holds_only_its_own_credential() -> None:
                     component,
                     caller,
                 )
+
+
+def test_templates_read_the_component_table_not_component_names() -> None:
+    """What differs between components lives in hubsync.componentTable (_components.tpl) alone."""
+    table = (CHART_DIR / "templates" / "_components.tpl").read_text()
+    for name in COMPONENTS:
+        assert f'"name": "{name}"' in table, name
+    for template in sorted((CHART_DIR / "templates").iterdir()):
+        if template.name == "_components.tpl":
+            continue
+        text = template.read_text()
+        branches = re.findall(r'eq \$?\.?name "\w+"|has \$?\.?name \(list', text)
+        assert not branches, f"{template.name} branches on a component's name: {branches}"
+        assert 'list "auth" "ingress"' not in text, f"{template.name} lists the components itself"

@@ -213,21 +213,21 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- fail "tls.certManager.issuerRef.name: the cert-manager Issuer (a CA issuer, so Secrets carry ca.crt) that signs the components' certificates" -}}
 {{- end -}}
 {{- if .Values.callerTokens.existingSecret -}}
-{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- range $name := include "hubsync.componentNames" $ | fromJsonArray -}}
 {{- if not (get $.Values.callerTokens.componentKeys $name) -}}
 {{- fail (printf "callerTokens.componentKeys.%s: the key of callerTokens.existingSecret holding %s's view of the caller tokens" $name $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.callerTokens.existingSecrets (not .Values.callerTokens.existingSecret) -}}
-{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- range $name := include "hubsync.componentNames" $ | fromJsonArray -}}
 {{- if and (index $.Values.components $name).enabled (not (get $.Values.callerTokens.existingSecrets $name)) -}}
 {{- fail (printf "callerTokens.existingSecrets.%s: each enabled component needs its own Secret (or set callerTokens.existingSecret with one key per component)" $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.tls.existingSecrets (not .Values.tls.certManager.enabled) -}}
-{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- range $name := include "hubsync.componentNames" $ | fromJsonArray -}}
 {{- if and (index $.Values.components $name).enabled (not (get $.Values.tls.existingSecrets $name)) -}}
 {{- fail (printf "tls.existingSecrets.%s: every component needs a certificate once one has (a TLS server refuses plaintext clients), or enable tls.certManager for the others" $name) -}}
 {{- end -}}
@@ -242,7 +242,7 @@ Sentinel and no URL: the master comes from the sentinels). */}}
 {{- define "hubsync.validateProduction" -}}
 {{- $v := .Values -}}
 {{- $enabled := list -}}
-{{- range $name := list "auth" "ingress" "mapper" "writer" -}}
+{{- range $name := include "hubsync.componentNames" $ | fromJsonArray -}}
 {{- if (index $v.components $name).enabled -}}{{- $enabled = append $enabled $name -}}{{- end -}}
 {{- end -}}
 {{- if not $v.tls.mesh -}}

@@ -1,13 +1,15 @@
 {{/*
-The objects of one component. Every template takes (dict "root" $ "name" "<component>" "c" <config>)
-where <config> is `default` merged with components.<component> (hubsync.componentConfig).
+The objects of one component. Every template takes (dict "root" $ "name" "<component>" "c" <config> "spec" <spec>)
+where <config> is `default` merged with components.<component> (hubsync.componentConfig) and
+<spec> the component's entry of hubsync.componentTable (_components.tpl): what differs between
+components comes from those two, not from the component's name.
 components.yaml loops over the components and calls these.
 */}}
 
 {{/* "hpa", "keda" or "" : how the component scales. */}}
 {{- define "hubsync.scaler" -}}
 {{- if .c.autoscaling.enabled -}}
-{{- if and (has .name (list "mapper" "writer")) .root.Values.keda.enabled -}}keda{{- else -}}hpa{{- end -}}
+{{- if and .spec.queue .root.Values.keda.enabled -}}keda{{- else -}}hpa{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -46,8 +48,10 @@ spec:
       annotations:
         # Secrets created from values: a change rolls the pods (files are read at start-up).
         checksum/secrets: {{ toJson (list $root.Values.callerTokens $root.Values.auth $root.Values.ingress.webhookSecrets $root.Values.redis.password) | sha256sum }}
-        {{- if eq $name "mapper" }}
-        checksum/mappings: {{ toJson $root.Values.mapper.mappings | sha256sum }}
+        {{- range $volume := .spec.volumes }}
+        {{- with $volume.checksum }}
+        checksum/{{ $volume.name }}: {{ include "hubsync.valueAt" (list $root .) | sha256sum }}
+        {{- end }}
         {{- end }}
         {{- with $c.podAnnotations }}
         {{- toYaml . | nindent 8 }}
@@ -82,7 +86,7 @@ spec:
             - name: health
               containerPort: {{ $ports.health | int }}
               protocol: TCP
-            {{- if eq $name "ingress" }}
+            {{- if .spec.http }}
             - name: http
               containerPort: {{ $ports.http | int }}
               protocol: TCP
@@ -125,19 +129,9 @@ spec:
               mountPath: /etc/hubsync/redis-tls
               readOnly: true
             {{- end }}
-            {{- if eq $name "auth" }}
-            - name: keyring
-              mountPath: /etc/hubsync/keyring
-              readOnly: true
-            {{- end }}
-            {{- if eq $name "ingress" }}
-            - name: webhook-secrets
-              mountPath: /etc/hubsync/webhook
-              readOnly: true
-            {{- end }}
-            {{- if eq $name "mapper" }}
-            - name: mappings
-              mountPath: /etc/hubsync/mappings
+            {{- range $volume := .spec.volumes }}
+            - name: {{ $volume.name }}
+              mountPath: {{ $volume.mountPath }}
               readOnly: true
             {{- end }}
       volumes:
@@ -174,26 +168,18 @@ spec:
               {{- end }}
         {{- end }}
         {{- end }}
-        {{- if eq $name "auth" }}
-        - name: keyring
+        {{- range $volume := .spec.volumes }}
+        - name: {{ $volume.name }}
+          {{- if $volume.secret }}
           secret:
-            secretName: {{ include "hubsync.keyringSecret" $root }}
+            secretName: {{ include $volume.secret $root }}
             items:
-              - key: keyring.json
-                path: keyring.json
-        {{- end }}
-        {{- if eq $name "ingress" }}
-        - name: webhook-secrets
-          secret:
-            secretName: {{ include "hubsync.webhookSecret" $root }}
-            items:
-              - key: webhook-secrets.json
-                path: webhook-secrets.json
-        {{- end }}
-        {{- if eq $name "mapper" }}
-        - name: mappings
+              - key: {{ $volume.key }}
+                path: {{ $volume.key }}
+          {{- else }}
           configMap:
-            name: {{ include "hubsync.mappingsConfigMap" $root }}
+            name: {{ include $volume.configMap $root }}
+          {{- end }}
         {{- end }}
       {{- $anti := dict -}}
       {{- $selector := dict "matchLabels" (fromYaml (include "hubsync.selectorLabels" (list $root $name))) -}}
@@ -277,7 +263,7 @@ spec:
   value: /etc/hubsync/redis-tls/{{ .keyKey }}
 {{- end }}
 {{- end }}
-{{- range $peer := list "auth" "ingress" "mapper" "writer" }}
+{{- range $peer := include "hubsync.componentNames" $root | fromJsonArray }}
 - name: HUBSYNC_{{ upper $peer }}_ADDRESS
   value: {{ include "hubsync.address" (list $root $peer) | quote }}
 {{- end }}
@@ -322,7 +308,17 @@ spec:
 {{- end }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ join "," $attributes | quote }}
-{{- if eq $name "auth" }}
+{{- include .spec.env . }}
+{{- with .c.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+
+{{/* The variables only one component reads (hubsync.componentTable's "env"). */}}
+{{- define "hubsync.env.auth" }}
+{{- $root := .root }}
+{{- $v := .root.Values }}
 {{- if include "hubsync.oauthSet" $root }}
 - name: HUBSYNC_AUTH_CLIENT_ID
   valueFrom:
@@ -347,7 +343,10 @@ spec:
   value: {{ $v.auth.oauth.scopes | quote }}
 - name: HUBSYNC_AUTH_KEYRING_FILE
   value: /etc/hubsync/keyring/keyring.json
-{{- else if eq $name "ingress" }}
+{{- end -}}
+
+{{- define "hubsync.env.ingress" }}
+{{- $v := .root.Values }}
 - name: HUBSYNC_INGRESS_HTTP_HOST
   value: "0.0.0.0"
 - name: HUBSYNC_INGRESS_HTTP_PORT
@@ -366,10 +365,15 @@ spec:
   value: {{ $v.ingress.maxBodyBytes | int | quote }}
 - name: HUBSYNC_INGRESS_WEBHOOK_SPANS
   value: {{ $v.ingress.webhookSpans | quote }}
-{{- else if eq $name "mapper" }}
+{{- end -}}
+
+{{- define "hubsync.env.mapper" }}
 - name: HUBSYNC_MAPPER_MAPPINGS_DIR
   value: /etc/hubsync/mappings
-{{- else if eq $name "writer" }}
+{{- end -}}
+
+{{- define "hubsync.env.writer" }}
+{{- $v := .root.Values }}
 - name: HUBSYNC_WRITER_RATE_LIMIT_PRESET
   value: {{ $v.writer.rateLimitPreset | quote }}
 - name: HUBSYNC_WRITER_PILOT_MODE
@@ -378,10 +382,6 @@ spec:
   value: {{ $v.writer.batchMaxWaitMs | int | quote }}
 - name: HUBSYNC_WRITER_DAILY_RESET_TIMEZONE
   value: {{ $v.writer.dailyResetTimezone | quote }}
-{{- end }}
-{{- with .c.env }}
-{{ toYaml . }}
-{{- end }}
 {{- end -}}
 
 {{- define "hubsync.service" -}}
@@ -417,7 +417,7 @@ spec:
       port: {{ $ports.metrics | int }}
       targetPort: metrics
       protocol: TCP
-    {{- if eq $name "ingress" }}
+    {{- if .spec.http }}
     - name: http
       port: {{ $ports.http | int }}
       targetPort: http
@@ -513,7 +513,6 @@ spec:
 {{- define "hubsync.scaledObject" -}}
 {{- $root := .root -}}
 {{- $a := .c.autoscaling -}}
-{{- $queue := ternary "events" "writes" (eq .name "mapper") -}}
 apiVersion: keda.sh/v1alpha1
 kind: ScaledObject
 metadata:
@@ -542,7 +541,7 @@ spec:
     - type: prometheus
       metadata:
         serverAddress: {{ $root.Values.keda.prometheus.serverAddress | quote }}
-        query: {{ printf "sum(hubsync_queue_lag{namespace=%q, queue=%q})" $root.Release.Namespace $queue | quote }}
+        query: {{ printf "sum(hubsync_queue_lag{namespace=%q, queue=%q})" $root.Release.Namespace .spec.queue | quote }}
         threshold: {{ $a.lagPerReplica | int | quote }}
 {{ end -}}
 
@@ -577,11 +576,6 @@ podSelector:
       values: {{ toJson .components }}
 {{- end -}}
 
-{{/* Who calls whom over gRPC (the services' own channels); docs/security.md. */}}
-{{- define "hubsync.grpcCalls" -}}
-{"ingress": ["auth", "writer"], "mapper": ["writer"], "writer": ["auth"], "auth": []}
-{{- end -}}
-
 {{- define "hubsync.networkPolicy" -}}
 {{- $root := .root -}}
 {{- $name := .name -}}
@@ -600,11 +594,11 @@ spec:
       {{- include "hubsync.selectorLabels" (list $root $name) | nindent 6 }}
   policyTypes: [Ingress, Egress]
   ingress:
-    {{- $calls := include "hubsync.grpcCalls" $root | fromJson }}
+    {{- $table := include "hubsync.componentTable" $root | fromJsonArray }}
     {{- $callers := list }}
-    {{- range $caller := list "auth" "ingress" "mapper" "writer" }}
-    {{- if or (has $name (get $calls $caller)) (eq $caller $np.cliComponent) }}
-    {{- $callers = append $callers $caller }}
+    {{- range $caller := $table }}
+    {{- if or (has $name $caller.calls) (eq $caller.name $np.cliComponent) }}
+    {{- $callers = append $callers $caller.name }}
     {{- end }}
     {{- end }}
     {{- if $callers }}
@@ -614,7 +608,7 @@ spec:
       ports:
         - port: grpc
     {{- end }}
-    {{- if and (has $name (list "ingress" "mapper" "writer")) $np.clients }}
+    {{- if and .spec.apiClients $np.clients }}
     # Internal services calling the gRPC API (they still present a caller token).
     - from:
         {{- toYaml $np.clients | nindent 8 }}
@@ -629,7 +623,7 @@ spec:
             {{- toYaml $np.prometheus.podSelector | nindent 12 }}
       ports:
         - port: metrics
-    {{- if eq $name "ingress" }}
+    {{- if .spec.http }}
     # Outside traffic (HubSpot webhooks, OAuth redirects): from anywhere, or from the ingress
     # controller when networkPolicy.ingressController names it.
     - {{- if or $np.ingressController.namespaceSelector $np.ingressController.podSelector }}
@@ -653,9 +647,9 @@ spec:
           protocol: UDP
         - port: 53
           protocol: TCP
-    {{- $callees := get $calls $name }}
+    {{- $callees := .spec.calls }}
     {{- if eq $name $np.cliComponent }}
-    {{- $callees = list "auth" "ingress" "mapper" "writer" }}
+    {{- $callees = include "hubsync.componentNames" $root | fromJsonArray }}
     {{- end }}
     {{- if $callees }}
     # The components this one calls over gRPC (all of them from the CLI's pods).
@@ -691,7 +685,7 @@ spec:
       ports:
         - port: {{ $v.otel.networkPolicyPort | int }}
     {{- end }}
-    {{- if has $name (list "auth" "writer") }}
+    {{- if .spec.hubspotEgress }}
     # HubSpot's API: only auth and writer call it.
     - to:
         - ipBlock:
