@@ -39,14 +39,6 @@ this holds what the code needs, which values must not change). Fields:
 {{- toJson $names -}}
 {{- end -}}
 
-{{/* The table entry of one component, as JSON. Takes (list $ "writer"). */}}
-{{- define "hubsync.componentSpec" -}}
-{{- $name := index . 1 -}}
-{{- range $spec := include "hubsync.componentTable" (index . 0) | fromJsonArray -}}
-{{- if eq $spec.name $name -}}{{- toJson $spec -}}{{- end -}}
-{{- end -}}
-{{- end -}}
-
 {{/* A value of .Values by dotted path ("mapper.mappings"). Takes (list $ "a.b"). */}}
 {{- define "hubsync.valueAt" -}}
 {{- $value := (index . 0).Values -}}
