@@ -164,6 +164,7 @@ async def busy_costs(suite: Suite, measure: Any) -> dict[str, Any]:
     µs of every process, Redis commands (by command) and Redis network bytes in and out. The
     window includes the subscriber's wait for the tail and the idle cost of the same seconds."""
     pids = process_pids(suite)
+    pids["bench (load, subscriber)"] = os.getpid()
     ticks0 = {n: cpu_ticks(p) for n, p in pids.items()}
     stats0 = await node_stats(suite)
     t0 = time.monotonic()
