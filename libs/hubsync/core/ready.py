@@ -360,6 +360,7 @@ class ReadyConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _reraise_if_cancelling()
                 log.warning("ready shard leases not renewed", extra={"error": str(exc)[:200]})
             await asyncio.sleep(self.leases.renew_s)
 
@@ -371,6 +372,7 @@ class ReadyConsumer:
                 await pubsub.subscribe(self.sets.channel)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    _reraise_if_cancelling()  # a client library may lose a cancellation
                     if message is None:
                         continue
                     raw = _s(message.get("data") or b"")
@@ -380,6 +382,7 @@ class ReadyConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the periodic poll still runs; subscribe again soon
+                _reraise_if_cancelling()
                 log.warning("ready nudge subscription lost", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(1.0)
             finally:
@@ -403,8 +406,12 @@ class ReadyConsumer:
                 await self._round()
                 timeout = max(min(next_poll, next_pending) - time.monotonic(), 0.0)
                 if not self._dirty or len(self.busy) >= self.max_turns:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+                    # that arrives as the event is set, and the loop would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
+                _reraise_if_cancelling()
                 self._wake.clear()
             except asyncio.CancelledError:
                 raise
@@ -443,6 +450,7 @@ class ReadyConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the portal stays marked (or pending): tried again later
+                _reraise_if_cancelling()
                 log.warning(
                     "ready queue turn failed",
                     extra={"queue": self.sets.queue, "portal": portal, "error": str(exc)[:300]},
@@ -453,6 +461,19 @@ class ReadyConsumer:
                 self._wake.set()
 
         self.busy[portal] = asyncio.create_task(run(), name=f"ready-{self.sets.queue}-turn")
+
+    def sweeper(
+        self,
+        known_key: str,
+        probe: Callable[[list[str]], Awaitable[list[tuple[bool, bool]]]],
+        *,
+        interval_s: float,
+        rate: float,
+    ) -> Sweeper:
+        """The sweeper of this consumer's queue over ``known_key`` (run it beside :meth:`run`)."""
+        return Sweeper(
+            self.redis, self.sets, known_key, probe, owner=self.leases.owner, interval_s=interval_s, rate=rate
+        )
 
     # ---- a turn -----------------------------------------------------------------------------
 
@@ -637,7 +658,6 @@ class Sweeper:
         interval_s: float = 3600.0,
         rate: float = 20.0,
         page: int = 500,
-        visibility_ms: int = 30_000,
     ) -> None:
         self.redis = redis
         self.sets = sets
@@ -647,7 +667,6 @@ class Sweeper:
         self.interval_s = interval_s
         self.rate = rate
         self.page = page
-        self.visibility_ms = visibility_ms
         self.passes = 0
 
     async def run(self) -> None:
@@ -657,6 +676,7 @@ class Sweeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _reraise_if_cancelling()
                 log.warning("ready sweep failed", extra={"queue": self.sets.queue, "error": str(exc)[:300]})
             await asyncio.sleep(min(60.0, max(self.interval_s / 4, 0.05)))
 

@@ -39,7 +39,7 @@ from redis.exceptions import ResponseError
 from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.keys import INBOUND_DLQ_PORTALS_KEY, PORTALS_KEY, events_key
 from hubsync.core.outage import loop_error
-from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer, Sweeper, group_work, now_ms
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer, group_work, now_ms
 from hubsync.core.redis import group_lag
 from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
@@ -140,15 +140,8 @@ class InboundWorker:
             lag=self._lag,
             gate=self._gate,
         )
-        self.sweeper = Sweeper(
-            redis,
-            self.ready.sets,
-            PORTALS_KEY,
-            self._probe,
-            owner=self.ready.leases.owner,
-            interval_s=sweep_interval_s,
-            rate=sweep_rate,
-            visibility_ms=visibility_timeout_ms,
+        self.sweeper = self.ready.sweeper(
+            PORTALS_KEY, self._probe, interval_s=sweep_interval_s, rate=sweep_rate
         )
         self._parked: dict[str, _Parked] = {}
         self._draining: dict[str, asyncio.Task[None]] = {}

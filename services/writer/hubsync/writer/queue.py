@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import HubsyncError, Unavailable
 from hubsync.core.keys import WRITER_PORTALS_KEY, write_request_key, writes_key
-from hubsync.core.ready import DEFAULT_SHARDS, WRITES, Blocked, ReadyConsumer, ReadySets, Sweeper, now_ms
+from hubsync.core.ready import DEFAULT_SHARDS, WRITES, Blocked, ReadyConsumer, ReadySets, now_ms
 from hubsync.core.telemetry import extract_context, inject_fields
 from hubsync.core.versions import reserve_lua
 from hubsync.writer.ledger import Ledger
@@ -200,15 +200,8 @@ class QueueConsumer:
             lease_ttl_ms=lease_ttl_ms,
             lag=self._lag,
         )
-        self.sweeper = Sweeper(
-            redis,
-            self.ready.sets,
-            WRITER_PORTALS_KEY,
-            self._probe,
-            owner=self.ready.leases.owner,
-            interval_s=sweep_interval_s,
-            rate=sweep_rate,
-            visibility_ms=claim_idle_ms,
+        self.sweeper = self.ready.sweeper(
+            WRITER_PORTALS_KEY, self._probe, interval_s=sweep_interval_s, rate=sweep_rate
         )
 
     async def run(self) -> None:
