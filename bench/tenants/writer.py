@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -77,7 +78,10 @@ async def connect(suite: Suite, limits: dict[int, int]) -> None:
             )
 
 
-async def submit(suite: Suite, portals: list[int], records: int, per_call: int, concurrency: int) -> float:
+async def submit(
+    suite: Suite, portals: list[int], records: int, per_call: int, concurrency: int, failures: dict[str, int]
+) -> float:
+    """Submits every portal's records; failed submissions are counted in ``failures``."""
     sem = asyncio.Semaphore(concurrency)
     async with suite.channel("writer", "mapper") as channel:
         stub = writer_pb2_grpc.WriterServiceStub(channel)
@@ -96,12 +100,19 @@ async def submit(suite: Suite, portals: list[int], records: int, per_call: int, 
                 for i in range(n * per_call, min(records, (n + 1) * per_call))
             ]
             async with sem:
-                reply = await stub.SubmitWrites(
-                    writer_pb2.SubmitWritesRequest(portal_id=portal, writes=writes, wait=True), timeout=900
-                )
-            bad = [r for r in reply.results if r.status not in (2, 5)]
-            if bad:
-                raise RuntimeError(f"write failed: {bad[0]}")
+                try:
+                    reply = await stub.SubmitWrites(
+                        writer_pb2.SubmitWritesRequest(portal_id=portal, writes=writes, wait=True),
+                        timeout=900,
+                    )
+                except grpc.aio.AioRpcError as exc:  # counted and reported, the run goes on
+                    key = f"{exc.code().name}: {exc.details()}"[:120]
+                    failures[key] = failures.get(key, 0) + 1
+                    return
+            for r in reply.results:
+                if r.status not in (2, 5):
+                    key = f"result status {r.status}"
+                    failures[key] = failures.get(key, 0) + 1
 
         start = time.perf_counter()
         # interleaved: every portal's first submission, then every portal's second, ...
@@ -136,7 +147,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ) as suite:
         await connect(suite, limits)
         await asyncio.sleep(6)  # writer's per-portal config cache (5 s) holds the limits
-        elapsed = await submit(suite, list(limits), args.records, args.per_call, args.concurrency)
+        failures: dict[str, int] = {}
+        elapsed = await submit(suite, list(limits), args.records, args.per_call, args.concurrency, failures)
         async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
             log = (await http.get("/_sandbox/requests", params={"limit": 0})).json()
     by = log["counts"]["byEndpointAndStatus"].get(UPSERT, {})
@@ -155,6 +167,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "upsert_calls_by_status": by,
         "429s": int(by.get("429", 0)),
         "rate_limited_by_policy": log["counts"].get("rateLimitedByPolicy", {}),
+        "failed_submissions": failures,
         "elapsed_s": round(elapsed, 1),
         "slowest_portal_floor_s": floor,
         "over_floor_pct": round(100 * (elapsed - floor) / floor, 1) if floor else None,
@@ -168,7 +181,9 @@ def main() -> None:
     parser.add_argument("--min-burst", type=int, default=3, help="the slowest portal's burst per 10 s")
     parser.add_argument("--max-burst", type=int, default=20)
     parser.add_argument("--per-call", type=int, default=10, help="writes per SubmitWrites")
-    parser.add_argument("--concurrency", type=int, default=1000, help="submissions in flight")
+    parser.add_argument(
+        "--concurrency", type=int, default=20_000, help="submissions in flight (default: all at once)"
+    )
     parser.add_argument("--redis-cluster", action="store_true")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--out", type=Path)
