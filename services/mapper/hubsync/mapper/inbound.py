@@ -44,6 +44,7 @@ from hubsync.core.redis import group_lag
 from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange, coalesce, parse_entry
+from hubsync.mapper.objecttypes import CUSTOM_TYPES
 from hubsync.mapper.publish import GROUP, DeadLetter, Publisher, Source
 from hubsync.mapper.transforms import MappingSet
 
@@ -121,6 +122,7 @@ class InboundWorker:
         self.max_attempts = max_attempts
         self.recheck_s = parked_recheck_s
         self.recheck_max_s = max(parked_recheck_max_s, parked_recheck_s)
+        self.writer = writer
         self.hydrator = Hydrator(writer, batch_size=hydrate_batch_size, deadline_s=hydrate_deadline_s)
         self.publisher = Publisher(redis, feed_max_len=feed_max_len)
         self.ready = ReadyConsumer(
@@ -214,6 +216,10 @@ class InboundWorker:
         still holds wait for it); returns Blocked when the portal got parked meanwhile."""
         if len(self._tasks) >= 2 * self.max_in_flight:  # stalled batches pile up: wait for one
             await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+        if int(portal) not in CUSTOM_TYPES.portals:
+            # Its custom object types, learned at its first turn (not by a pass over every known
+            # portal: idle portals cost nothing), before its events are classified.
+            await CUSTOM_TYPES.ensure(self.writer, int(portal))
         tasks = self._dispatch(portal, Source(events_key(portal)), [parse_entry(i, f) for i, f in rows])
         # The portal's next turn is read while this one is hydrated and published (its entries of
         # records this one holds wait for it), but not before the turn before this one is done:

@@ -132,8 +132,14 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         background.append(worker.run)
     if settings.reload_interval_s > 0:
         background.append(lambda: registry.watch(settings.reload_interval_s))
+
     # Custom objects' type ids (their events name them by id): learned at once, kept current.
-    background.append(lambda: CUSTOM_TYPES.watch(writer, portals, settings.object_types_refresh_s))
+    # Kept current for the portals already learned (inbound learns a portal at its first turn,
+    # a push naming a custom object at once): the refresh never walks every known portal.
+    async def learned() -> list[int]:
+        return sorted(CUSTOM_TYPES.portals)
+
+    background.append(lambda: CUSTOM_TYPES.watch(writer, learned, settings.object_types_refresh_s))
 
     async def close() -> None:
         await channel.close()
