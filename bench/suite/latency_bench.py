@@ -93,6 +93,10 @@ async def _measure(
     suite: Suite, http: httpx.AsyncClient, ids: list[str], rate: int, seconds: float
 ) -> dict[str, Any]:
     latencies: list[float] = []
+    # The two halves of each latency, split at the change's feed entry (its id's milliseconds):
+    # webhook → feed entry (ingress, inbound, mapping) and feed entry → subscriber (the feed).
+    to_feed: list[float] = []
+    from_feed: list[float] = []
     expected = int(rate * seconds)
     done = asyncio.Event()
     received_ids: set[str] = set()
@@ -111,6 +115,9 @@ async def _measure(
                     acks.append(c.ack_id)
                     continue
                 latencies.append(now - c.occur_time.ToMilliseconds() / 1000)
+                entry_s = int(c.ack_id.rsplit("/", 1)[1].split("-")[0]) / 1000
+                to_feed.append(entry_s - c.occur_time.ToMilliseconds() / 1000)
+                from_feed.append(now - entry_s)
                 received_ids.add(c.hubspot_id)
                 acks.append(c.ack_id)
                 if len(acks) >= 200:
@@ -150,9 +157,19 @@ async def _measure(
         "p90_ms": round(q[89] * 1000, 1),
         "p99_ms": round(q[98] * 1000, 1),
         "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+        "to_feed_ms": _quantiles(to_feed),
+        "feed_to_subscriber_ms": _quantiles(from_feed),
         "batch_read_calls": reads,
         "events_per_batch_read": round(sent / reads, 1) if reads else None,
     }
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    """p50 and p99 in ms (0 without values)."""
+    if len(values) < 2:
+        return {"p50": 0.0, "p99": 0.0}
+    q = statistics.quantiles(sorted(values), n=100)
+    return {"p50": round(q[49] * 1000, 1), "p99": round(q[98] * 1000, 1)}
 
 
 def main() -> None:

@@ -42,17 +42,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite"))
 
 from latency_bench import PORTAL, _create, _measure  # type: ignore[import-not-found]
 
+from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.cli.demo import connect_sandbox_portal
 from hubsync.cli.suite import Suite
-from hubsync.core.devredis import RedisProcess
+from hubsync.core.devredis import RedisCluster, RedisProcess
 from hubsync.core.keys import (
     PORTALS_KEY,
     WRITER_PORTALS_KEY,
     dedupe_key,
     events_key,
     feed_key,
+    feed_sweep_key,
     writes_key,
 )
+from hubsync.core.redis import redis_from_url
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -79,22 +82,58 @@ async def lay_idle_portals(redis: Redis, first: int, count: int) -> None:
             await pipe.execute()
 
 
-async def commandstats(redis: Redis) -> dict[str, int]:
-    stats = await redis.info("commandstats")
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"}
+def redis_nodes(suite: Suite) -> list[RedisProcess]:
+    """The redis-server processes of the run: one, or every master of the local cluster."""
+    if isinstance(suite.redis, RedisCluster):
+        return list(suite.redis.nodes)
+    assert isinstance(suite.redis, RedisProcess)
+    return [suite.redis]
 
 
-async def idle_phase(suite: Suite, redis: Redis, seconds: float) -> dict[str, Any]:
+async def node_stats(suite: Suite) -> dict[str, int]:
+    """Commands by name (INFO itself excluded), ``used_memory`` and network bytes, summed over
+    every node (each asked directly, so a cluster's nodes are all counted)."""
+    total: dict[str, int] = {}
+    for node in redis_nodes(suite):
+        client = Redis(host="127.0.0.1", port=node.port)
+        try:
+            stats = await client.info("commandstats")
+            other = await client.info("all")
+        finally:
+            await client.aclose()
+        for k, v in stats.items():
+            if k != "cmdstat_info":
+                name = k.removeprefix("cmdstat_")
+                total[name] = total.get(name, 0) + int(v["calls"])
+        for k in ("used_memory", "total_net_input_bytes", "total_net_output_bytes"):
+            total[":" + k] = total.get(":" + k, 0) + int(other[k])
+    return total
+
+
+async def commandstats(suite: Suite) -> dict[str, int]:
+    return {k: v for k, v in (await node_stats(suite)).items() if not k.startswith(":")}
+
+
+async def used_memory(suite: Suite) -> int:
+    return (await node_stats(suite))[":used_memory"]
+
+
+def process_pids(suite: Suite) -> dict[str, int]:
     pids = {name: proc.pid for name, proc in suite.procs.items()}
-    # The bench runs one Redis server (not `hubsync run --redis-cluster`): its CPU is measured.
-    assert isinstance(suite.redis, RedisProcess) and suite.redis.proc is not None
-    pids["redis"] = suite.redis.proc.pid
+    for i, node in enumerate(redis_nodes(suite)):
+        assert node.proc is not None
+        pids["redis" if len(redis_nodes(suite)) == 1 else f"redis-{i}"] = node.proc.pid
+    return pids
+
+
+async def idle_phase(suite: Suite, seconds: float) -> dict[str, Any]:
+    pids = process_pids(suite)
     ticks0 = {n: cpu_ticks(p) for n, p in pids.items()}
-    cmds0 = await commandstats(redis)
+    cmds0 = await commandstats(suite)
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - t0
-    cmds1 = await commandstats(redis)
+    cmds1 = await commandstats(suite)
     ticks1 = {n: cpu_ticks(p) for n, p in pids.items()}
     per_command = {k: round((v - cmds0.get(k, 0)) / elapsed, 1) for k, v in cmds1.items()}
     per_command = {k: v for k, v in sorted(per_command.items(), key=lambda kv: -kv[1]) if v > 0}
@@ -120,24 +159,84 @@ async def where_it_waits(redis: Redis) -> dict[str, Any]:
     }
 
 
+async def busy_costs(suite: Suite, measure: Any) -> dict[str, Any]:
+    """Runs the busy phase (``measure``, a coroutine) and adds what it cost per change made: CPU
+    µs of every process, Redis commands (by command) and Redis network bytes in and out. The
+    window includes the subscriber's wait for the tail and the idle cost of the same seconds."""
+    pids = process_pids(suite)
+    pids["bench (load, subscriber)"] = os.getpid()
+    ticks0 = {n: cpu_ticks(p) for n, p in pids.items()}
+    stats0 = await node_stats(suite)
+    t0 = time.monotonic()
+    result: dict[str, Any] = await measure
+    elapsed = time.monotonic() - t0
+    stats1 = await node_stats(suite)
+    ticks1 = {n: cpu_ticks(p) for n, p in pids.items()}
+    made = max(int(result["changes_made"]), 1)
+    delta = {k: v - stats0.get(k, 0) for k, v in stats1.items()}
+    ordered = sorted(delta.items(), key=lambda kv: -kv[1])
+    commands = {k: v for k, v in ordered if v > 0 and not k.startswith(":")}
+    result["window_seconds"] = round(elapsed, 1)
+    # Other engineers' test runs share the machine: the 1-minute load average after the window.
+    result["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    result["per_change"] = {
+        "cpu_us": {n: round(1e6 * (ticks1[n] - ticks0[n]) / TICKS / made) for n in pids},
+        "redis_commands": round(sum(commands.values()) / made, 2),
+        "redis_commands_by_command": {k: round(v / made, 3) for k, v in commands.items() if v / made >= 0.01},
+        "redis_net_in_bytes": round(delta[":total_net_input_bytes"] / made),
+        "redis_net_out_bytes": round(delta[":total_net_output_bytes"] / made),
+    }
+    result["cpu_percent_of_a_core"] = {
+        n: round(100 * (ticks1[n] - ticks0[n]) / TICKS / elapsed, 1) for n in pids
+    }
+    return result
+
+
+async def warm_feed_group(suite: Suite, redis: Redis, group: str = "bench") -> float:
+    """Subscribes once as the busy phase's group and waits for the group's one-time sweep (a new
+    group looks at every known portal's feed streams once, for retained changes). A deployment's
+    subscriber group exists long before a burst; without this the sweep of N portals would run
+    inside the measured window. Returns the seconds it took."""
+    t0 = time.monotonic()
+    async with suite.channel("mapper", "demo-client") as channel:
+        stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        call = stub.Subscribe(mapper_pb2.SubscribeRequest(consumer_group=group, consumer="b"))
+        try:
+            while not await redis.hget(feed_sweep_key(group), "done"):
+                await asyncio.sleep(0.5)
+        finally:
+            call.cancel()
+    return round(time.monotonic() - t0, 1)
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sandbox = {
         "portals": [{"hub_id": PORTAL, "plan": "professional", "burst_per_10s": 190}],
         "webhook_retry_jitter": 0.0,
     }
-    extra_env = {"writer": {"HUBSYNC_WRITER_BURST_LIMIT": "190"}}
+    extra_env: dict[str, dict[str, str]] = {"writer": {"HUBSYNC_WRITER_BURST_LIMIT": "190"}}
+    for setting in args.env:
+        service, _, assignment = setting.partition(":")
+        name, _, value = assignment.partition("=")
+        extra_env.setdefault(service, {})[name] = value
     result: dict[str, Any] = {"portals": args.portals}
-    async with Suite(workdir, sandbox_config=sandbox, extra_env=extra_env) as suite:
+    result["redis_cluster"] = args.redis_cluster
+    async with Suite(
+        workdir, sandbox_config=sandbox, extra_env=extra_env, redis_cluster=args.redis_cluster
+    ) as suite:
         await connect_sandbox_portal(suite)
         assert suite.redis is not None
-        redis = Redis.from_url(suite.redis.url)
+        redis = redis_from_url(suite.redis.url)
         try:
-            memory0 = int((await redis.info("memory"))["used_memory"])
+            memory0 = await used_memory(suite)
+            t_lay = time.monotonic()
             await lay_idle_portals(redis, 1_000_000, args.portals)
-            memory1 = int((await redis.info("memory"))["used_memory"])
+            result["lay_seconds"] = round(time.monotonic() - t_lay, 1)
+            memory1 = await used_memory(suite)
             result["redis_bytes_per_idle_portal"] = round((memory1 - memory0) / max(args.portals, 1))
+            result["feed_group_sweep_seconds"] = await warm_feed_group(suite, redis)
             await asyncio.sleep(args.settle)
-            result["idle"] = await idle_phase(suite, redis, args.idle_seconds)
+            result["idle"] = await idle_phase(suite, args.idle_seconds)
             if args.rate > 0:
                 async with httpx.AsyncClient(
                     base_url=suite.sandbox_url, timeout=30, limits=httpx.Limits(max_connections=32)
@@ -145,7 +244,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     ids = await _create(http, args.records)
                     await http.post("/_sandbox/webhooks/wait-idle", params={"timeout": 60})
                     await asyncio.sleep(11)  # the rate window refills
-                    result["busy"] = await _measure(suite, http, ids, args.rate, args.seconds)
+                    measure = _measure(suite, http, ids, args.rate, args.seconds)
+                    result["busy"] = await busy_costs(suite, measure)
                     result["busy"]["after"] = await where_it_waits(redis)
         finally:
             await redis.aclose()
@@ -162,6 +262,16 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=20, help="how long the busy portal is edited")
     parser.add_argument("--records", type=int, default=2000, help="contacts the edits rotate over")
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="the local 3-master Redis Cluster, not one Redis"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="SERVICE:NAME=VALUE",
+        help="an extra setting of one service, e.g. mapper:HUBSYNC_MAPPER_OBJECT_TYPES_REFRESH_S=0",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the suite's logs here")
     parser.add_argument("--out", type=Path, help="also write the result JSON here")
     args = parser.parse_args()

@@ -1,0 +1,204 @@
+"""Writer across many portals, each at its own quota (issue 13): 100 portals x 2,000 upserts.
+
+The whole suite as separate processes (``hubsync.cli.suite.Suite``, optionally on the local
+Redis Cluster). The sandbox holds ``--portals`` portals (hub ids from 20001), each with a
+private app and its own burst limit (``--min-burst`` .. ``--max-burst`` requests per rolling
+10 s, spread over the portals); each portal's connection is stored through auth's
+``CreatePrivateAppConnection`` and its limit set through mapper's ``ConfigService`` (as
+``hubsync config set --portal P limits --burst N`` does), so writer plans every portal at its own
+quota. Callers then submit ``--records`` upserts per portal (submissions of ``--per-call``
+writes, ``wait=true``, ``--concurrency`` in flight over all portals, interleaved).
+
+Reported from the sandbox's request log: upsert calls (goal <= 1.02 x ceil(records/100) per
+portal, summed), 429s (goal 0), elapsed against the slowest portal's quota floor (the earliest
+its rolling window allows its calls: 10 s x floor((calls - 1) / burst); goal within 10 %).
+
+    .venv/bin/python bench/tenants/writer.py --out bench/tenants/results/writer-100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
+from hubsync.api.common.v1 import config_pb2 as doc_pb2
+from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.cli.suite import Suite
+
+UPSERT = "POST /crm/v3/objects/{objectType}/batch/upsert"
+FIRST_PORTAL = 20_001
+
+
+def token(portal: int) -> str:
+    return f"pat-na1-00000000-0000-4000-8000-{portal:012d}"
+
+
+def bursts(portals: int, low: int, high: int) -> dict[int, int]:
+    """Each portal's burst per 10 s, spread evenly from ``low`` to ``high``."""
+    return {FIRST_PORTAL + i: low + (high - low) * i // max(portals - 1, 1) for i in range(portals)}
+
+
+async def connect(suite: Suite, limits: dict[int, int]) -> None:
+    """Each portal's private-app connection (auth) and its burst limit (mapper's ConfigService)."""
+    async with suite.channel("auth") as a, suite.channel("mapper") as m:
+        auth = auth_pb2_grpc.AuthServiceStub(a)
+        config = config_pb2_grpc.ConfigServiceStub(m)
+        for portal, burst in limits.items():
+            await auth.CreatePrivateAppConnection(
+                auth_pb2.CreatePrivateAppConnectionRequest(
+                    portal_id=portal, tenant="bench", access_token=token(portal)
+                ),
+                timeout=30,
+            )
+            doc = doc_pb2.ConfigDocument()
+            doc.limits.burst_limit = burst
+            await config.SetConfig(
+                config_pb2.SetConfigRequest(
+                    scope=config_pb2.ConfigScope(portal_id=portal),
+                    kind=doc_pb2.CONFIG_KIND_LIMITS,
+                    document=doc,
+                ),
+                timeout=60,
+            )
+
+
+async def submit(
+    suite: Suite, portals: list[int], records: int, per_call: int, concurrency: int, failures: dict[str, int]
+) -> float:
+    """Submits every portal's records; failed submissions are counted in ``failures``."""
+    sem = asyncio.Semaphore(concurrency)
+    async with suite.channel("writer", "mapper") as channel:
+        stub = writer_pb2_grpc.WriterServiceStub(channel)
+
+        async def one(portal: int, n: int) -> None:
+            writes = [
+                writer_pb2.Write(
+                    record=writer_pb2.RecordWrite(
+                        operation=writer_pb2.WRITE_OPERATION_UPSERT,
+                        object_type="contacts",
+                        id=f"bench{i}@example.com",
+                        id_property="email",
+                        properties={"firstname": f"F{i}", "lastname": "Bench"},
+                    )
+                )
+                for i in range(n * per_call, min(records, (n + 1) * per_call))
+            ]
+            async with sem:
+                try:
+                    reply = await stub.SubmitWrites(
+                        writer_pb2.SubmitWritesRequest(portal_id=portal, writes=writes, wait=True),
+                        timeout=900,
+                    )
+                except grpc.aio.AioRpcError as exc:  # counted and reported, the run goes on
+                    key = f"{exc.code().name}: {exc.details()}"[:120]
+                    failures[key] = failures.get(key, 0) + 1
+                    return
+            for r in reply.results:
+                if r.status not in (2, 5):
+                    key = f"result status {r.status}"
+                    failures[key] = failures.get(key, 0) + 1
+
+        start = time.perf_counter()
+        # interleaved: every portal's first submission, then every portal's second, ...
+        jobs = [one(p, n) for n in range(math.ceil(records / per_call)) for p in portals]
+        await asyncio.gather(*jobs)
+        return time.perf_counter() - start
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    limits = bursts(args.portals, args.min_burst, args.max_burst)
+    sandbox: dict[str, object] = {
+        "portals": [
+            {
+                "hub_id": p,
+                "plan": "professional",
+                "burst_per_10s": b,
+                "daily_limit": 100_000_000,
+                "private_apps": [{"token": token(p)}],
+            }
+            for p, b in limits.items()
+        ],
+    }
+    env = {
+        "HUBSYNC_WRITER_RATE_LIMIT_PRESET": "public_app",
+        # Production batching defaults, as bench/writer.
+        "HUBSYNC_WRITER_BATCH_MAX_WAIT_MS": "50",
+        "HUBSYNC_WRITER_BATCH_FILL_ABOVE": "0.25",
+        "HUBSYNC_WRITER_BATCH_MAX_WAIT_SATURATED_MS": "1000",
+    }
+    async with Suite(
+        workdir, sandbox_config=sandbox, extra_env={"writer": env}, redis_cluster=args.redis_cluster
+    ) as suite:
+        await connect(suite, limits)
+        await asyncio.sleep(6)  # writer's per-portal config cache (5 s) holds the limits
+        failures: dict[str, int] = {}
+        elapsed = await submit(suite, list(limits), args.records, args.per_call, args.concurrency, failures)
+        async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
+            log = (await http.get("/_sandbox/requests", params={"limit": 0})).json()
+    by = log["counts"]["byEndpointAndStatus"].get(UPSERT, {})
+    calls = sum(by.values())
+    per_portal_calls = math.ceil(args.records / 100)
+    # The slowest portal's floor: its calls at its burst per rolling 10 s.
+    floors = {p: 10.0 * ((per_portal_calls - 1) // b) for p, b in limits.items()}
+    floor = max(floors.values())
+    return {
+        "portals": args.portals,
+        "records_per_portal": args.records,
+        "redis_cluster": args.redis_cluster,
+        "bursts_per_10s": {"min": min(limits.values()), "max": max(limits.values())},
+        "upsert_calls": calls,
+        "upsert_calls_goal": math.floor(1.02 * per_portal_calls * args.portals),
+        "upsert_calls_by_status": by,
+        "429s": int(by.get("429", 0)),
+        "rate_limited_by_policy": log["counts"].get("rateLimitedByPolicy", {}),
+        "failed_submissions": failures,
+        "elapsed_s": round(elapsed, 1),
+        "slowest_portal_floor_s": floor,
+        "over_floor_pct": round(100 * (elapsed - floor) / floor, 1) if floor else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--portals", type=int, default=100)
+    parser.add_argument("--records", type=int, default=2000, help="upserts per portal")
+    parser.add_argument("--min-burst", type=int, default=3, help="the slowest portal's burst per 10 s")
+    parser.add_argument("--max-burst", type=int, default=20)
+    parser.add_argument("--per-call", type=int, default=10, help="writes per SubmitWrites")
+    parser.add_argument(
+        "--concurrency", type=int, default=20_000, help="submissions in flight (default: all at once)"
+    )
+    parser.add_argument("--redis-cluster", action="store_true")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        where = args.workdir or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(run(args, where))
+    result["command"] = " ".join([".venv/bin/python bench/tenants/writer.py", *sys.argv[1:]])
+    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
