@@ -50,6 +50,7 @@ from hubsync.core.keys import (
     ready_sweep_lease_key,
     ready_swept_key,
 )
+from hubsync.core.outage import loop_error
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +319,14 @@ class ReadyConsumer:
         coalesce_s: float = 0.0,
         lag: Callable[[list[str]], Awaitable[int]] | None = None,
         gate: Callable[[str], int | None] | None = None,
+        name: str = "",
     ) -> None:
         self.redis = redis
         self.sets = ReadySets(redis, queue, shards)
+        # Who logs: a Redis outage met by the loop or a turn is one rate-limited WARNING
+        # "<name>: Redis unavailable, retrying" (operations.md), anything else an ERROR.
+        label = name or f"ready {queue} consumer"
+        self._loop_error = loop_error(log, f"{label}: step failed", f"{label}: Redis unavailable, retrying")
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -427,9 +433,7 @@ class ReadyConsumer:
                 raise
             except Exception as exc:
                 _reraise_if_cancelling()
-                log.warning(
-                    "ready queue step failed", extra={"queue": self.sets.queue, "error": str(exc)[:300]}
-                )
+                self._loop_error(exc)
                 await asyncio.sleep(0.5)
 
     async def _round(self) -> None:
@@ -461,10 +465,7 @@ class ReadyConsumer:
                 raise
             except Exception as exc:  # the portal stays marked (or pending): tried again later
                 _reraise_if_cancelling()
-                log.warning(
-                    "ready queue turn failed",
-                    extra={"queue": self.sets.queue, "portal": portal, "error": str(exc)[:300]},
-                )
+                self._loop_error(exc)
             finally:
                 self.busy.pop(portal, None)
                 self._dirty.add(self.sets.shard(portal))

@@ -128,6 +128,7 @@ class InboundWorker:
         self.ready = ReadyConsumer(
             redis,
             EVENTS,
+            name="inbound worker",
             stream=events_key,
             group=GROUP,
             consumer=consumer,

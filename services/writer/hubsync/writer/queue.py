@@ -192,6 +192,7 @@ class QueueConsumer:
         self.ready = ReadyConsumer(
             redis,
             QUEUE,
+            name="write queue consumer",
             stream=writes_key,
             group=GROUP,
             consumer=self.consumer,
