@@ -33,14 +33,14 @@ from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import RedisProcess
 from hubsync.sandbox import PortalConfig, SandboxConfig, SandboxServer
-from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
-from tests.integration.mapper.fixtures import ingress_standin, running_mapper
+from tests.helpers.auth import register_sandbox_private_app, running_auth
+from tests.helpers.mapper import ingress_standin, running_mapper
 
 PORTAL = 12345
 
 
 async def run(rate: int, seconds: float, records: int, burst: int, coalesce_ms: int) -> dict[str, object]:
-    from tests.integration.writer.fixtures import running_writer
+    from tests.helpers.writer import running_writer
 
     tokens = {n: secrets.token_urlsafe(16) for n in ["auth", "ingress", "mapper", "writer", "cli", "client"]}
     with tempfile.TemporaryDirectory() as tmp:

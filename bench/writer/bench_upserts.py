@@ -37,8 +37,8 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc  # noqa: E402
 from hubsync.core.channels import open_channel  # noqa: E402
 from hubsync.core.devredis import RedisProcess  # noqa: E402
 from hubsync.sandbox import PortalConfig, SandboxConfig, SandboxServer  # noqa: E402
-from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth  # noqa: E402
-from tests.integration.writer.fixtures import writer_process  # noqa: E402
+from tests.helpers.auth import register_sandbox_private_app, running_auth  # noqa: E402
+from tests.helpers.writer import writer_process  # noqa: E402
 
 PORTAL = 12345
 UPSERT = "POST /crm/v3/objects/{objectType}/batch/upsert"

@@ -87,3 +87,9 @@ def container(rendered: Rendered, component: str) -> dict[str, Any]:
 
 def env_of(rendered: Rendered, component: str) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in container(rendered, component)["env"]}
+
+
+def alerts(prod: Rendered) -> dict[str, dict[str, Any]]:
+    """The PrometheusRule's alerts of a rendered chart, by name."""
+    (rule,) = prod.of_kind("PrometheusRule")
+    return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}

@@ -14,6 +14,7 @@ from tests.deploy.chart import (
     NAMESPACE,
     RELEASE,
     Rendered,
+    alerts,
     container,
     object_name,
     pod_spec,
@@ -191,11 +192,6 @@ def test_service_monitor_scrapes_every_component(prod: Rendered) -> None:
 
 
 # Metric names the services export (issue 8); an alert on any other name would never fire.
-def alerts(prod: Rendered) -> dict[str, dict[str, Any]]:
-    (rule,) = prod.of_kind("PrometheusRule")
-    return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
-
-
 def test_alerts_cover_the_issue(prod: Rendered) -> None:
     found = alerts(prod)
     expected = {

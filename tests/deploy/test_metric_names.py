@@ -7,9 +7,8 @@ import re
 
 import pytest
 
-from tests.deploy.chart import ROOT, render_file
+from tests.deploy.chart import ROOT, alerts, render_file
 from tests.deploy.metrics import exported_names, named_metrics, unknown_metrics
-from tests.deploy.test_chart_production import alerts
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import pytest
 
 from hubsync.ingress.committer import COMMIT_SPAN
 from hubsync.ingress.webhooks import SPAN_NAME as WEBHOOK_SPAN
-from tests.deploy.chart import render_file
+from tests.deploy.chart import alerts, render_file
 from tests.deploy.opsdoc import DOC, anchor, anchors
 from tests.deploy.opsdoc import sections as doc_sections
-from tests.deploy.test_chart_production import alerts
 
 
 @pytest.fixture(scope="module")

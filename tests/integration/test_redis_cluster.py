@@ -23,7 +23,7 @@ from hubsync.core.devredis import RedisCluster, RedisProcess
 from hubsync.core.errors import error_info
 from hubsync.core.keys import events_key, writes_key
 from hubsync.core.redis import redis_from_url
-from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 
 STREAM = events_key(PORTAL)
 SLOT = key_slot(STREAM.encode())
@@ -194,9 +194,9 @@ async def test_writer_serves_two_portals_whose_keys_live_on_different_nodes(
 ) -> None:
     from hubsync.api.writer.v1 import writer_pb2
     from hubsync.sandbox import PortalConfig, PrivateAppConfig
-    from tests.integration.auth.fixtures import register_sandbox_private_app
-    from tests.integration.writer.helpers import PORTAL as WRITER_PORTAL
-    from tests.integration.writer.helpers import sandbox_config, stack, upsert
+    from tests.helpers.auth import register_sandbox_private_app
+    from tests.helpers.writer_stack import PORTAL as WRITER_PORTAL
+    from tests.helpers.writer_stack import sandbox_config, stack, upsert
 
     other = _portal_on_another_node(WRITER_PORTAL)
     token = f"pat-na1-00000000-0000-4000-8000-{other:012d}"
@@ -237,8 +237,8 @@ async def test_writer_answers_a_lost_node_with_unavailable_and_its_queue_recover
     answers UNAVAILABLE with RetryInfo; once it is back, a queued write goes through the queue loop
     (pool and topology recovered without a restart)."""
     from hubsync.api.writer.v1 import writer_pb2
-    from tests.integration.writer.helpers import PORTAL as WRITER_PORTAL
-    from tests.integration.writer.helpers import stack, upsert
+    from tests.helpers.writer_stack import PORTAL as WRITER_PORTAL
+    from tests.helpers.writer_stack import stack, upsert
 
     slot = key_slot(writes_key(WRITER_PORTAL).encode())
     async with stack(own_cluster.url, caller_tokens) as s:
@@ -280,7 +280,7 @@ async def test_feed_delivers_changes_of_two_portals_whose_keys_live_on_different
     """Changes mapper published for two portals on different nodes both reach one subscriber."""
     from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
     from hubsync.core.keys import PORTALS_KEY, FeedEntry, feed_key
-    from tests.integration.mapper.fixtures import running_mapper
+    from tests.helpers.mapper import running_mapper
 
     portals = [PORTAL, _portal_on_another_node(PORTAL)]
     redis = redis_from_url(redis_url)
@@ -319,7 +319,7 @@ async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_
     inbound loop (read by its consumer group; what happens next needs writer and auth, absent)."""
     from hubsync.core.keys import PORTALS_KEY, EventEntry
     from hubsync.mapper.publish import GROUP
-    from tests.integration.mapper.fixtures import mark_ready, running_mapper
+    from tests.helpers.mapper import mark_ready, running_mapper
 
     portals = [PORTAL, _portal_on_another_node(PORTAL)]
     redis = redis_from_url(redis_url)

@@ -28,9 +28,9 @@ from hubsync.core.versions import reserve_versions
 from hubsync.ingress.committer import CommitOutcome, EventAppender, EventCommitter
 from hubsync.ingress.events import parse_events
 from hubsync.writer.ordering import version_counter_key
-from tests.integration.auth.fixtures import SANDBOX_PORTAL
-from tests.integration.mapper.fixtures import running_mapper, suite
-from tests.integration.writer.fixtures import running_writer, writer_env
+from tests.helpers.auth import SANDBOX_PORTAL
+from tests.helpers.mapper import running_mapper, suite
+from tests.helpers.writer import running_writer, writer_env
 
 PORTAL = SANDBOX_PORTAL
 pytestmark = pytest.mark.timeout(300)

@@ -6,13 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from hubsync.sandbox import PortalConfig, SandboxConfig, SandboxServer
-
-
-def sandbox_config(**overrides: object) -> SandboxConfig:
-    base: dict[str, object] = {"portals": [PortalConfig(burst_per_10s=100_000)]}
-    base.update(overrides)
-    return SandboxConfig.model_validate(base)
+from hubsync.sandbox import SandboxServer
+from tests.helpers.auth_sandbox import sandbox_config
 
 
 @pytest.fixture

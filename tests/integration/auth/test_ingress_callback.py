@@ -19,9 +19,9 @@ from hubsync.core.devredis import free_port
 from hubsync.ingress.oauth_callback import OAuthCallback
 from hubsync.sandbox import SandboxServer
 from hubsync.sandbox.server import AsgiServer
-from tests.integration.auth.fixtures import SANDBOX_PORTAL, running_auth
-from tests.integration.auth.helpers import stub
-from tests.integration.auth.oauth_flow import browse_start_link
+from tests.helpers.auth import SANDBOX_PORTAL, running_auth
+from tests.helpers.auth_oauth import browse_start_link
+from tests.helpers.auth_sandbox import stub
 
 
 async def test_oauth_flow_through_ingress_callback(

@@ -10,14 +10,14 @@ import pytest
 
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.sandbox import SandboxServer
-from tests.integration.auth.fixtures import (
+from tests.helpers.auth import (
     SANDBOX_PORTAL,
     new_keyring,
     register_sandbox_private_app,
     running_auth,
 )
-from tests.integration.auth.helpers import stub
-from tests.integration.auth.oauth_flow import connect_oauth
+from tests.helpers.auth_oauth import connect_oauth
+from tests.helpers.auth_sandbox import stub
 
 PRIVATE = {10: "pat-na1-ten", 20: "pat-na1-twenty"}
 

@@ -15,10 +15,8 @@ from redis.asyncio import Redis
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.core.errors import error_info
 from hubsync.sandbox import SandboxServer
-from tests.integration.auth.conftest import sandbox_config
-from tests.integration.auth.fixtures import SANDBOX_CLIENT_ID, SANDBOX_PORTAL, TEST_REDIRECT_URI, running_auth
-from tests.integration.auth.helpers import sandbox_requests, stub, token_calls, violations
-from tests.integration.auth.oauth_flow import (
+from tests.helpers.auth import SANDBOX_CLIENT_ID, SANDBOX_PORTAL, TEST_REDIRECT_URI, running_auth
+from tests.helpers.auth_oauth import (
     complete,
     connect_oauth,
     consent,
@@ -26,7 +24,8 @@ from tests.integration.auth.oauth_flow import (
     sandbox_tokens,
     ticket_of,
 )
-from tests.integration.auth.proxy import TokenRewritingProxy
+from tests.helpers.auth_proxy import TokenRewritingProxy
+from tests.helpers.auth_sandbox import sandbox_config, sandbox_requests, stub, token_calls, violations
 
 
 @pytest.fixture

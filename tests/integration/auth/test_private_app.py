@@ -10,13 +10,13 @@ from redis.asyncio import Redis
 
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.sandbox import SandboxServer
-from tests.integration.auth.fixtures import (
+from tests.helpers.auth import (
     SANDBOX_PORTAL,
     SANDBOX_PRIVATE_TOKEN,
     register_sandbox_private_app,
     running_auth,
 )
-from tests.integration.auth.helpers import stub, violations
+from tests.helpers.auth_sandbox import stub, violations
 
 
 @pytest.fixture

@@ -15,16 +15,15 @@ from google.protobuf import duration_pb2
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.core.errors import error_info
 from hubsync.sandbox import SandboxServer
-from tests.integration.auth.conftest import sandbox_config
-from tests.integration.auth.fixtures import (
+from tests.helpers.auth import (
     SANDBOX_PORTAL,
     SANDBOX_PRIVATE_TOKEN,
     register_sandbox_private_app,
     running_auth,
 )
-from tests.integration.auth.helpers import sandbox_requests, stub, token_calls
-from tests.integration.auth.oauth_flow import connect_oauth, sandbox_tokens
-from tests.integration.auth.proxy import TokenRewritingProxy
+from tests.helpers.auth_oauth import connect_oauth, sandbox_tokens
+from tests.helpers.auth_proxy import TokenRewritingProxy
+from tests.helpers.auth_sandbox import sandbox_config, sandbox_requests, stub, token_calls
 
 AN_HOUR = duration_pb2.Duration(seconds=3600)
 FORCE = auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL, min_ttl=AN_HOUR)

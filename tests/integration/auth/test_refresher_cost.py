@@ -33,16 +33,15 @@ from hubsync.core.keys import (
     AUTH_REFRESHER_LOCK_KEY,
 )
 from hubsync.sandbox import SandboxServer
-from tests.integration.auth.conftest import sandbox_config
-from tests.integration.auth.fixtures import (
+from tests.helpers.auth import (
     SANDBOX_CLIENT_ID,
     SANDBOX_CLIENT_SECRET,
     SANDBOX_PORTAL,
     new_keyring,
     running_auth,
 )
-from tests.integration.auth.helpers import sandbox_requests, stub, token_calls
-from tests.integration.auth.oauth_flow import connect_oauth, sandbox_tokens
+from tests.helpers.auth_oauth import connect_oauth, sandbox_tokens
+from tests.helpers.auth_sandbox import sandbox_config, sandbox_requests, stub, token_calls
 
 SIX_HOURS_MS = 6 * 3600 * 1000
 AN_HOUR = duration_pb2.Duration(seconds=3600)

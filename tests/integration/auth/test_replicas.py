@@ -13,11 +13,10 @@ from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import free_port
 from hubsync.sandbox import SandboxServer
-from tests.integration.auth.conftest import sandbox_config
-from tests.integration.auth.fixtures import SANDBOX_PORTAL, auth_env
-from tests.integration.auth.helpers import sandbox_requests, token_calls
-from tests.integration.auth.oauth_flow import connect_oauth, sandbox_tokens
-from tests.integration.auth.processes import auth_processes
+from tests.helpers.auth import SANDBOX_PORTAL, auth_env
+from tests.helpers.auth_oauth import connect_oauth, sandbox_tokens
+from tests.helpers.auth_processes import auth_processes
+from tests.helpers.auth_sandbox import sandbox_config, sandbox_requests, token_calls
 
 
 async def test_fifty_calls_over_three_processes_refresh_once(

@@ -19,14 +19,14 @@ from hubsync.api.auth.v1 import auth_pb2
 from hubsync.core.logging import JsonFormatter
 from hubsync.core.telemetry import setup_tracing
 from hubsync.sandbox import DEFAULT_CLIENT_SECRET, SandboxServer
-from tests.integration.auth.fixtures import (
+from tests.helpers.auth import (
     SANDBOX_PORTAL,
     SANDBOX_PRIVATE_TOKEN,
     register_sandbox_private_app,
     running_auth,
 )
-from tests.integration.auth.helpers import stub
-from tests.integration.auth.oauth_flow import connect_oauth, sandbox_tokens
+from tests.helpers.auth_oauth import connect_oauth, sandbox_tokens
+from tests.helpers.auth_sandbox import stub
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hubsync.core.devredis import RedisProcess
-from tests.integration.ingress.fixtures import TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.ingress import TEST_SECRET, event, running_ingress, v3_headers
 
 OK = {200, 400, 401, 405, 413}
 

@@ -26,10 +26,10 @@ from hubsync.core.errors import error_info
 from hubsync.core.event_entries import decode_entry
 from hubsync.core.telemetry import setup_tracing
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
-from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
-from tests.integration.auth.oauth_flow import browse_start_link, consent
-from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
-from tests.integration.writer.fixtures import running_writer
+from tests.helpers.auth import register_sandbox_private_app, running_auth
+from tests.helpers.auth_oauth import browse_start_link, consent
+from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.writer import running_writer
 
 STREAM = f"hubsync:{{{PORTAL}}}:events"
 

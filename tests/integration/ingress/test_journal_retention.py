@@ -24,7 +24,7 @@ from hubsync.ingress.events import parse_events
 from hubsync.ingress.journal import EventJournal
 from hubsync.ingress.reconciler import Reconciler
 from hubsync.ingress.servicer import event_pb
-from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 
 STREAM = events_key(PORTAL)
 HOUR_MS = 3_600_000

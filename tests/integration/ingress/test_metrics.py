@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.asyncio import Redis
 
-from tests.integration.ingress.fixtures import TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.ingress import TEST_SECRET, event, running_ingress, v3_headers
 
 _reader: InMemoryMetricReader | None = None
 

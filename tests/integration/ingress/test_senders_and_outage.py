@@ -20,7 +20,7 @@ from hubsync.core.telemetry import setup_tracing
 from hubsync.hubspot.signatures import v3_uri
 from hubsync.sandbox import PortalConfig, SandboxConfig, SandboxServer
 from hubsync.sandbox.config import DEFAULT_CLIENT_SECRET
-from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 
 STREAM = f"hubsync:{{{PORTAL}}}:events"
 

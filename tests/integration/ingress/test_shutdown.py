@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress_service, v3_headers
+from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress_service, v3_headers
 
 
 async def test_in_flight_request_finishes_during_stop(redis_url, caller_tokens, redis: Redis) -> None:  # type: ignore[no-untyped-def]

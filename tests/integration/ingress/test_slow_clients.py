@@ -16,7 +16,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 
 STREAM = f"hubsync:{{{PORTAL}}}:events"
 # How long a test waits for ingress to cut a trickling client off before calling it a failure.

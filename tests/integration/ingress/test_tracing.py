@@ -30,7 +30,7 @@ from hubsync.ingress.committer import (
 )
 from hubsync.ingress.events import parse_events
 from hubsync.ingress.webhooks import SPAN_NAME
-from tests.integration.ingress.fixtures import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
+from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 
 STREAM = f"hubsync:{{{PORTAL}}}:events"
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hubsync.core.telemetry import setup_tracing
-from tests.integration.ingress.fixtures import running_ingress
+from tests.helpers.ingress import running_ingress
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.event_entries import decode_entry
 from hubsync.core.telemetry import setup_tracing
-from tests.integration.ingress.fixtures import (
+from tests.helpers.ingress import (
     PORTAL,
     TEST_SECRET,
     event,

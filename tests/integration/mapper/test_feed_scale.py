@@ -22,7 +22,8 @@ from hubsync.core import keys
 from hubsync.core.channels import open_channel
 from hubsync.core.keys import FEED_GROUPS_KEY, PORTALS_KEY, feed_key
 from hubsync.mapper.transforms import MappingSet
-from tests.integration.mapper.feed_layout import (
+from tests.helpers.mapper import running_mapper
+from tests.helpers.mapper_feed_layout import (
     TYPES,
     change_fields,
     command_counts,
@@ -31,7 +32,6 @@ from tests.integration.mapper.feed_layout import (
     mappings,
     publish,
 )
-from tests.integration.mapper.fixtures import running_mapper
 
 # Thousands of streams to set up, and a mapper started per case: generous on a loaded machine.
 pytestmark = pytest.mark.timeout(480)

@@ -31,9 +31,9 @@ from hubsync.core.channels import open_channel
 from hubsync.core.telemetry import setup_tracing
 from hubsync.mapper.settings import PACKAGED_MAPPINGS, MapperSettings
 from hubsync.writer.settings import WriterSettings
-from tests.integration.auth.fixtures import SANDBOX_PORTAL, register_sandbox_private_app
-from tests.integration.mapper.fixtures import mark_ready, no_more_changes, read_changes, running_mapper, suite
-from tests.integration.writer.fixtures import writer_env
+from tests.helpers.auth import SANDBOX_PORTAL, register_sandbox_private_app
+from tests.helpers.mapper import mark_ready, no_more_changes, read_changes, running_mapper, suite
+from tests.helpers.writer import writer_env
 
 PORTAL = SANDBOX_PORTAL
 EVENTS = f"hubsync:{{{PORTAL}}}:events"

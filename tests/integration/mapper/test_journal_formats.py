@@ -16,8 +16,8 @@ from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.keys import events_key
 from hubsync.core.telemetry import setup_tracing
-from tests.integration.auth.fixtures import SANDBOX_PORTAL
-from tests.integration.mapper.fixtures import no_more_changes, read_changes, running_mapper, suite
+from tests.helpers.auth import SANDBOX_PORTAL
+from tests.helpers.mapper import no_more_changes, read_changes, running_mapper, suite
 
 
 async def test_entries_of_both_formats_reach_the_feed_once(

@@ -13,7 +13,7 @@ from hubsync.api.common.v1 import common_pb2
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.redis import portal_key
-from tests.integration.mapper.fixtures import running_mapper
+from tests.helpers.mapper import running_mapper
 
 
 @pytest.fixture

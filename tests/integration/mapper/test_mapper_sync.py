@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.telemetry import setup_tracing
-from tests.integration.auth.fixtures import SANDBOX_PORTAL
-from tests.integration.mapper.fixtures import (
+from tests.helpers.auth import SANDBOX_PORTAL
+from tests.helpers.mapper import (
     Suite,
     mapper_process,
     no_more_changes,

@@ -25,8 +25,8 @@ from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc, mapper_pb2, mappe
 from hubsync.core.channels import open_channel
 from hubsync.core.errors import error_info
 from hubsync.sandbox import PortalConfig, PrivateAppConfig
-from tests.integration.auth.fixtures import SANDBOX_PORTAL, register_sandbox_private_app
-from tests.integration.mapper.fixtures import read_changes, running_mapper, suite
+from tests.helpers.auth import SANDBOX_PORTAL, register_sandbox_private_app
+from tests.helpers.mapper import read_changes, running_mapper, suite
 
 OTHER = 777  # a second sandbox portal, connected
 OTHER_TOKEN = "pat-na1-00000000-0000-4000-8000-000000000777"

@@ -21,14 +21,14 @@ from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.event_entries import decode_entry
 from hubsync.ingress.reconciler import REPORT_TOLERANCE_MS, _modified_ms
-from tests.integration.mapper.fixtures import no_more_changes, read_changes, running_mapper, suite
-from tests.integration.mapper.test_mapper_objects import (
+from tests.helpers.mapper import no_more_changes, read_changes, running_mapper, suite
+from tests.helpers.mapper_objects import (
     PORTAL,
-    _mappings_dir,
-    _object,
-    _push,
-    _record,
     define_subscription,
+    hubspot_object,
+    mappings_dir,
+    push,
+    record,
 )
 
 EVENTS = f"hubsync:{{{PORTAL}}}:events"
@@ -46,7 +46,7 @@ async def test_tickets_and_custom_objects_changed_without_a_webhook_are_reconcil
                 redis_url,
                 caller_tokens,
                 writer_address=s.writer_address,
-                mappings_dir=_mappings_dir(tmp_path),
+                mappings_dir=mappings_dir(tmp_path),
             ) as mapper,
             open_channel(mapper.address, caller_tokens["client"]) as channel,
             open_channel(s.ingress_address, caller_tokens["cli"]) as ingress_channel,
@@ -59,10 +59,10 @@ async def test_tickets_and_custom_objects_changed_without_a_webhook_are_reconcil
                 )
             )
             # hubsync writes a ticket and a subscription: their webhooks come back as echoes.
-            reply = await _push(
+            reply = await push(
                 stub,
-                _record("tickets", "t-1", title="Printer on fire", status="open"),
-                _record("subscription", "s-1", plan="pro", seats=5),
+                record("tickets", "t-1", title="Printer on fire", status="open"),
+                record("subscription", "s-1", plan="pro", seats=5),
             )
             assert [r.outcome for r in reply.results] == [mapper_pb2.PUSH_OUTCOME_WRITTEN] * 2, reply
             ticket, subscription = reply.results[0].hubspot_id, reply.results[1].hubspot_id
@@ -76,7 +76,7 @@ async def test_tickets_and_custom_objects_changed_without_a_webhook_are_reconcil
             # A person edits both in HubSpot, and HubSpot sends no webhook for either. The edits
             # come past the tolerance of the echoes' times (else they count as reported).
             written = [
-                (await _object(s, t, i))["properties"]["hs_lastmodifieddate"]
+                (await hubspot_object(s, t, i))["properties"]["hs_lastmodifieddate"]
                 for t, i in (("tickets", ticket), (type_id, subscription))
             ]
             edit_after = max(_modified_ms(w) or 0 for w in written) + REPORT_TOLERANCE_MS

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from hubsync.core.keys import PORTALS_KEY
-from tests.integration.mapper.fixtures import running_mapper
+from tests.helpers.mapper import running_mapper
 
 UNVERIFIED = "mapping targets not verified"
 

@@ -18,7 +18,7 @@ from hubsync.api.ingress.v1 import ingress_pb2
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import error_info
-from tests.integration.redis_faults.stack import PORTAL, Stack, retry_delay, running_stack, stacks_logged
+from tests.helpers.redis_faults_stack import PORTAL, Stack, retry_delay, running_stack, stacks_logged
 
 
 async def _first_change(call: Any, timeout: float = 30.0) -> mapper_pb2.Change:

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2
 
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.api.mapper.v1 import mapper_pb2
-from tests.integration.auth.fixtures import register_sandbox_private_app
-from tests.integration.redis_faults.stack import PORTAL, Stack, running_stack, stacks_logged
+from tests.helpers.auth import register_sandbox_private_app
+from tests.helpers.redis_faults_stack import PORTAL, Stack, running_stack, stacks_logged
 
 # How long ingress's health is watched after Redis is back (longer than the probe interval and
 # the pool's health-check interval, so a connection the restart left behind would be met).

@@ -7,20 +7,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
+from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, SandboxServer
 from hubsync.sandbox.testing import WebhookReceiver
-
-
-def fast_config(**overrides: object) -> SandboxConfig:
-    """Default portal and app, generous limits, a retry schedule compressed to milliseconds."""
-    base: dict[str, object] = {
-        "portals": [PortalConfig(burst_per_10s=100_000, search_per_second=1_000)],
-        "webhook_retry_scale": 0.00001,  # 24 h of retries in under a second
-        "webhook_retry_jitter": 0.0,
-        "webhook_batch_window_ms": 2.0,
-    }
-    base.update(overrides)
-    return SandboxConfig.model_validate(base)
+from tests.helpers.sandbox import fast_config
 
 
 @pytest.fixture

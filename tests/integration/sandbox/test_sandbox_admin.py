@@ -7,8 +7,7 @@ import time
 import httpx
 
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, PrivateAppConfig, SandboxServer
-
-from .conftest import fast_config
+from tests.helpers.sandbox import fast_config
 
 CONTACTS = "/crm/v3/objects/contacts"
 

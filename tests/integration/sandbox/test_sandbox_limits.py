@@ -16,8 +16,7 @@ from hubsync.sandbox import (
     PrivateAppConfig,
     SandboxServer,
 )
-
-from .conftest import fast_config
+from tests.helpers.sandbox import fast_config
 
 CONTACTS = "/crm/v3/objects/contacts"
 AUTH = {"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}

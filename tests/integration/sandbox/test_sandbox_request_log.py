@@ -12,8 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxServer
-
-from .conftest import fast_config
+from tests.helpers.sandbox import fast_config
 
 CONTACTS = "/crm/v3/objects/contacts"
 CLIENT = {"client_id": "hubsync-sandbox-client-id", "client_secret": "hubsync-sandbox-client-secret"}

@@ -20,8 +20,7 @@ from hubspot.utils.signature import Signature
 
 from hubsync.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_PRIVATE_TOKEN
 from hubsync.sandbox.testing import ThreadedSandbox, WebhookReceiver
-
-from .conftest import fast_config
+from tests.helpers.sandbox import fast_config
 
 
 @pytest.fixture

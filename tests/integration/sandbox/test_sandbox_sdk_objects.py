@@ -16,8 +16,7 @@ from hubspot.crm.tickets.exceptions import ApiException as TicketsApiException
 
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN
 from hubsync.sandbox.testing import ThreadedSandbox
-
-from .conftest import fast_config
+from tests.helpers.sandbox import fast_config
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ from typing import Any
 import httpx
 
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, SandboxServer
-
-from .conftest import fast_config
+from tests.helpers.sandbox import fast_config
 
 CONTACTS = "/crm/v3/objects/contacts"
 

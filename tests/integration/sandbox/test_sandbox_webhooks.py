@@ -11,8 +11,7 @@ import httpx
 
 from hubsync.sandbox import DEFAULT_CLIENT_SECRET, DEFAULT_PRIVATE_TOKEN, SandboxServer, sign_v3
 from hubsync.sandbox.testing import ReceiverBehaviour, WebhookReceiver
-
-from .conftest import fast_config
+from tests.helpers.sandbox import fast_config
 
 CONTACTS = "/crm/v3/objects/contacts"
 AUTH = {"Authorization": f"Bearer {DEFAULT_PRIVATE_TOKEN}"}

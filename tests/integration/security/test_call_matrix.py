@@ -17,7 +17,7 @@ from hubsync.api.auth.v1 import auth_pb2
 from hubsync.api.ingress.v1 import ingress_pb2
 from hubsync.api.mapper.v1 import config_pb2, mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2
-from tests.integration.security.stack import running_services
+from tests.helpers.security_stack import running_services
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "security.md"
 # Each process and the gRPC services it serves.

@@ -21,7 +21,7 @@ from hubsync.core.devredis import free_port
 from hubsync.core.grpcserver import ServiceHost
 from hubsync.core.service import ServiceSpec, start_service
 from hubsync.core.settings import CoreSettings, Environment
-from tests.integration.security.stack import ENV, NOWHERE, build_auth, core_settings
+from tests.helpers.security_stack import ENV, NOWHERE, build_auth, core_settings
 
 AUTH = "hubsync.api.auth.v1.AuthService"
 AUTH_METHODS = [m.name for m in auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods]

@@ -18,7 +18,7 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.errors import error_info
 from hubsync.core.redis import portal_key
-from tests.integration.security.stack import running_services
+from tests.helpers.security_stack import running_services
 
 PORTAL = 4242
 

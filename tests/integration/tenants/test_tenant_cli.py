@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.core import keys
 from hubsync.core.tenants import TenantStore, key_pattern
-from tests.integration.redis_faults.stack import PORTAL, Stack, running_stack
+from tests.helpers.redis_faults_stack import PORTAL, Stack, running_stack
 
 NEIGHBOURS = (1234, 123456)
 

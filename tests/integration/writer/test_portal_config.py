@@ -16,7 +16,7 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import ResourceExhausted, error_info
 from hubsync.core.portal_config import PortalConfigCache, Scope, store_version
 from hubsync.writer.ratelimit import Budget, LimitOverride, RateLimiter
-from tests.integration.writer.helpers import PORTAL, Stack, stack, upsert
+from tests.helpers.writer_stack import PORTAL, Stack, stack, upsert
 
 BUSY, QUIET = 101, 202
 

@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.redis import portal_key
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import (
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import (
     PORTAL,
     UPSERT_ROUTE,
     Stack,

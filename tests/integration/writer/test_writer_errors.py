@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import error_info
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PrivateAppConfig
-from tests.integration.auth.fixtures import register_sandbox_private_app
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import (
+from tests.helpers.auth import register_sandbox_private_app
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import (
     PORTAL,
     UPSERT_ROUTE,
     Stack,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from hubsync.api.writer.v1 import writer_pb2
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import PORTAL, Stack, sandbox_config, stack, upsert
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import PORTAL, Stack, sandbox_config, stack, upsert
 
 SEARCH = "POST /crm/v3/objects/{objectType}/search"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hubsync.api.writer.v1 import writer_pb2
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, record, stack, upsert
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import PORTAL, UPSERT_ROUTE, record, stack, upsert
 
 UPSERT = writer_pb2.WRITE_OPERATION_UPSERT
 SUCCEEDED = writer_pb2.WRITE_STATUS_SUCCEEDED

@@ -9,8 +9,8 @@ import httpx
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import free_port
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, stack, upsert
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import PORTAL, UPSERT_ROUTE, stack, upsert
 
 
 async def test_requests_dead_letters_and_headroom_are_exported(

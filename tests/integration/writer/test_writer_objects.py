@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.keys import writer_gdpr_audit_key
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import PORTAL, Stack, record, sandbox_config, stack
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import PORTAL, Stack, record, sandbox_config, stack
 
 UPSERT = writer_pb2.WRITE_OPERATION_UPSERT
 ARCHIVE = writer_pb2.WRITE_OPERATION_ARCHIVE

@@ -11,8 +11,8 @@ import pytest
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.redis import POOL_MAX_CONNECTIONS, create_redis
 from hubsync.core.settings import CoreSettings
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import PORTAL, stack
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import PORTAL, stack
 
 READ_ROUTE = "POST /crm/v3/objects/{objectType}/batch/read"
 

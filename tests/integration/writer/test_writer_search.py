@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from hubsync.api.writer.v1 import writer_pb2
-from tests.integration.writer.helpers import PORTAL, stack, upsert
+from tests.helpers.writer_stack import PORTAL, stack, upsert
 
 SEARCH = "POST /crm/v3/objects/{objectType}/search"
 

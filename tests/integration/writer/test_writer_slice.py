@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.redis import portal_key
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import PORTAL, UPSERT_ROUTE, stack, upsert
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import PORTAL, UPSERT_ROUTE, stack, upsert
 
 
 async def test_upserts_coalesce_into_batches_and_answer_per_record(

@@ -9,8 +9,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.telemetry import setup_tracing
-from tests.integration.writer.fixtures import writer_env
-from tests.integration.writer.helpers import PORTAL, stack, upsert
+from tests.helpers.writer import writer_env
+from tests.helpers.writer_stack import PORTAL, stack, upsert
 
 SPAN = "HubSpot POST /crm/v3/objects/{objectType}/batch/upsert"
 

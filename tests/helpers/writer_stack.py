@@ -16,8 +16,8 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.redis import portal_key
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
-from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
-from tests.integration.writer.fixtures import WriterProcess, running_writer, writer_process
+from tests.helpers.auth import register_sandbox_private_app, running_auth
+from tests.helpers.writer import WriterProcess, running_writer, writer_process
 
 PORTAL = 12345
 UPSERT_ROUTE = "POST /crm/v3/objects/{objectType}/batch/upsert"

@@ -25,14 +25,14 @@ from hubsync.core.devredis import RedisProcess
 from hubsync.core.service import RunningService
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, PortalConfig, SandboxConfig, SandboxServer
 from hubsync.sandbox.config import DEFAULT_CLIENT_SECRET
-from tests.integration.auth.fixtures import (
+from tests.helpers.auth import (
     SANDBOX_PORTAL,
     register_sandbox_private_app,
     running_auth_service,
 )
-from tests.integration.ingress.fixtures import running_ingress_service
-from tests.integration.mapper.fixtures import running_mapper
-from tests.integration.writer.fixtures import running_writer_service
+from tests.helpers.ingress import running_ingress_service
+from tests.helpers.mapper import running_mapper
+from tests.helpers.writer import running_writer_service
 
 PORTAL = SANDBOX_PORTAL
 

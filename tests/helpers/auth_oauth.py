@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from hubsync.api.auth.v1 import auth_pb2
-from tests.integration.auth.helpers import stub
+from tests.helpers.auth_sandbox import stub
 
 
 async def consent(authorize_url: str, portal_id: int | None = None) -> tuple[str, str]:

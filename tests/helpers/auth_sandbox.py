@@ -1,4 +1,4 @@
-"""Small helpers of the auth integration tests."""
+"""Small helpers of the auth integration tests: stubs, sandbox config and request logs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from hubsync.api.auth.v1 import auth_pb2_grpc
 from hubsync.core.channels import open_channel
+from hubsync.sandbox import PortalConfig, SandboxConfig
 
 
 @asynccontextmanager
@@ -44,3 +45,10 @@ def token_calls(log: Mapping[str, object]) -> int:
     """How many times the token endpoint answered (any version, any status)."""
     counts = log["counts"]["byEndpoint"]  # type: ignore[index]
     return sum(n for ep, n in counts.items() if ep.startswith("POST /oauth/") and ep.endswith("/token"))
+
+
+def sandbox_config(**overrides: object) -> SandboxConfig:
+    """A sandbox with a generous burst limit, for auth tests."""
+    base: dict[str, object] = {"portals": [PortalConfig(burst_per_10s=100_000)]}
+    base.update(overrides)
+    return SandboxConfig.model_validate(base)

@@ -39,7 +39,7 @@ from hubsync.sandbox import (
     SandboxServer,
 )
 from hubsync.sandbox.testing import ReceivedRequest, ReceiverBehaviour, WebhookReceiver
-from tests.integration.auth.fixtures import register_sandbox_private_app, running_auth
+from tests.helpers.auth import register_sandbox_private_app, running_auth
 
 
 @dataclass
@@ -175,8 +175,8 @@ async def suite(
     with ``real_ingress``, to a real ingress that reconciles through the writer). ``connect``:
     the portal's private-app connection is stored in auth (else the portal is not connected).
     ``entry_format``: the standin's entry format (a test may switch it while the suite runs)."""
-    from tests.integration.ingress.fixtures import running_ingress
-    from tests.integration.writer.fixtures import running_writer
+    from tests.helpers.ingress import running_ingress
+    from tests.helpers.writer import running_writer
 
     standin = entry_format or StandinFormat()
     async with (
@@ -245,7 +245,7 @@ async def mapper_process(
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """A real ``python -m hubsync.mapper`` process (stderr to ``log_dir/<consumer>.log``)."""
-    from tests.integration.auth.processes import wait_serving
+    from tests.helpers.auth_processes import wait_serving
 
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
