@@ -38,6 +38,7 @@ from hubsync.core.keys import (
     tenant_config_history_key,
     tenant_config_key,
 )
+from hubsync.core.redis import as_str
 
 __all__ = [
     "HISTORY_MAX",
@@ -124,19 +125,15 @@ class VersionConflict(Exception):
         self.current = current
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
-
-
 def _parse(fields: dict[Any, Any]) -> StoredVersion | None:
-    got = {_s(k): v for k, v in fields.items()}
+    got = {as_str(k): v for k, v in fields.items()}
     if not got.get(ConfigEntry.VERSION):
         return None
     raw = got.get(ConfigEntry.DOCUMENT) or b""
     return StoredVersion(
         version=int(got[ConfigEntry.VERSION]),
         document=config_pb2.ConfigDocument.FromString(raw if isinstance(raw, bytes) else raw.encode()),
-        author=_s(got.get(ConfigEntry.AUTHOR)),
+        author=as_str(got.get(ConfigEntry.AUTHOR)),
         at_ms=int(got.get(ConfigEntry.AT_MS) or 0),
         restored=int(got.get(ConfigEntry.RESTORED) or 0),
     )
@@ -342,7 +339,7 @@ class PortalConfigCache:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
-                        self.invalidate(_s(message.get("data")).split("|", 1)[0])
+                        self.invalidate(as_str(message.get("data")).split("|", 1)[0])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -51,6 +51,7 @@ from hubsync.core.keys import (
     ready_swept_key,
 )
 from hubsync.core.outage import loop_error
+from hubsync.core.redis import as_str
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class ReadySets:
     """One queue's S ready shards and pending sets; every call names keys of one shard."""
 
@@ -163,7 +160,7 @@ class ReadySets:
         rows = await self.redis.zrangebyscore(
             self.key(shard), "-inf", now_ms() if at_ms is None else at_ms, start=0, num=limit, withscores=True
         )
-        return [(_s(p), int(score)) for p, score in rows]
+        return [(as_str(p), int(score)) for p, score in rows]
 
     async def requeue(self, portal: str, at_ms: int) -> None:
         """Sets a portal's turn to ``at_ms``: the back of the line (now), or a blocked portal's
@@ -177,7 +174,7 @@ class ReadySets:
     async def pending_due(self, shard: int, limit: int) -> list[str]:
         """Return up to ``limit`` portals of ``shard`` whose pending entries are due for a claim."""
         rows = await self.redis.zrangebyscore(self.pending_key(shard), "-inf", now_ms(), start=0, num=limit)
-        return [_s(p) for p in rows]
+        return [as_str(p) for p in rows]
 
     def pending_command(self, portal: str, at_ms: int, *, earliest: bool = True) -> list[Any]:
         """``ZADD`` of a portal to its shard's pending set (LT: keep an earlier check time)."""
@@ -249,7 +246,7 @@ class ShardLeases:
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zrange(key, 0, -1)
             *_, members = await pipe.execute()
-        self.members = sorted(_s(m) for m in members)
+        self.members = sorted(as_str(m) for m in members)
         wanted = self.mine()
         keep = sorted(self.held & wanted)
         if keep:
@@ -260,7 +257,7 @@ class ShardLeases:
                     pipe.getex(ready_lease_key(self.queue, shard), px=self.ttl_ms)
                 holders = await pipe.execute()
             for shard, holder in zip(keep, holders, strict=True):
-                if holder is None or _s(holder) != self.owner:
+                if holder is None or as_str(holder) != self.owner:
                     self.held.discard(shard)
         for shard in sorted(self.held - wanted):  # now another consumer's: let go at once
             await self._renew(keys=[ready_lease_key(self.queue, shard)], args=[self.owner, 0, "del"])
@@ -391,7 +388,7 @@ class ReadyConsumer:
                     _reraise_if_cancelling()  # a client library may lose a cancellation
                     if message is None:
                         continue
-                    raw = _s(message.get("data") or b"")
+                    raw = as_str(message.get("data") or b"")
                     if raw.isdigit() and int(raw) in self.leases.held:
                         self._dirty.add(int(raw))
                         self._wake.set()
@@ -617,7 +614,7 @@ class ReadyConsumer:
 
 
 def _id(value: bytes | str) -> tuple[int, int]:
-    ms, _, seq = _s(value).partition("-")
+    ms, _, seq = as_str(value).partition("-")
     return int(ms or 0), int(seq or 0)
 
 
@@ -637,7 +634,7 @@ async def group_work(redis: Any, keys: Sequence[str], group: str) -> list[tuple[
         if not isinstance(rows, list):  # no such stream
             found.append((False, False))
             continue
-        row = next((g for g in rows if _s(g["name"]) == group), None)
+        row = next((g for g in rows if as_str(g["name"]) == group), None)
         if row is None:
             found.append((bool(last), False))
             continue
@@ -714,7 +711,7 @@ class Sweeper:
             self.passes += 1
             return marked
         finally:
-            if _s(await self.redis.get(lease) or b"") == self.owner:
+            if as_str(await self.redis.get(lease) or b"") == self.owner:
                 await self.redis.delete(lease)
 
     async def sweep(
@@ -727,7 +724,7 @@ class Sweeper:
         while True:
             started = time.monotonic()
             cursor, members = await self.redis.sscan(self.known_key, cursor, count=self.page)
-            portals = sorted({_s(m) for m in members})
+            portals = sorted({as_str(m) for m in members})
             if portals:
                 found = await self.probe(portals)
                 ready = [p for p, (undelivered, _pending) in zip(portals, found, strict=True) if undelivered]

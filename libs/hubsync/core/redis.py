@@ -207,6 +207,13 @@ async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
     return int(count)
 
 
+def as_str(value: bytes | str | None) -> str:
+    """A Redis reply field as text: bytes decoded as UTF-8 (bad bytes replaced), ``None`` as ""."""
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def redis_from_url(url: str, **options: Any) -> Redis:
     """A plain client for ``url`` (no pool-recovery options): a Redis Cluster client for a
     ``redis+cluster://`` URL, else :meth:`Redis.from_url`. For tools and tests; services use

@@ -45,6 +45,7 @@ from hubsync.core.keys import (
     feed_sweep_key,
     feed_sweep_lock_key,
 )
+from hubsync.core.redis import as_str
 from hubsync.mapper.feed_ready import FeedMarks, Taken
 from hubsync.mapper.groups import ConsumerGroupLimit
 from hubsync.mapper.mappings import CORE_TYPES
@@ -248,9 +249,9 @@ class ChangeFeed:
                         continue
                     raise
                 entries = [e for e in (reply[0][1] if reply else []) if e[1]]  # empty: trimmed away
-                attempts = await self._attempts(key, sub.group, sub.consumer, [_s(e[0]) for e in entries])
+                attempts = await self._attempts(key, sub.group, sub.consumer, [as_str(e[0]) for e in entries])
                 for entry_id, fields in entries:
-                    eid = _s(entry_id)
+                    eid = as_str(entry_id)
                     self._hold(s, object_type, portal, 1)
                     yield self._delivery(portal, object_type, eid, fields, attempts.get(eid, 2))
 
@@ -284,7 +285,7 @@ class ChangeFeed:
                 s.next_claim = min(s.next_claim, time.monotonic() + sub.visibility_ms / 1000)
         for t, entries in read:
             for entry_id, fields in entries:
-                yield self._delivery(t.portal, t.object_type, _s(entry_id), fields, 1)
+                yield self._delivery(t.portal, t.object_type, as_str(entry_id), fields, 1)
 
     async def _read_new(self, sub: Subscription, t: Taken, count: int) -> list[Any] | None:
         """Up to ``count`` changes of the stream no one in the group read yet (None: no stream)."""
@@ -330,11 +331,13 @@ class ChangeFeed:
                         start_id=start,
                         count=100,
                     )
-                    start = _s(reply[0])
+                    start = as_str(reply[0])
                     entries = [e for e in reply[1] if e and e[1]]
-                    attempts = await self._attempts(key, sub.group, sub.consumer, [_s(e[0]) for e in entries])
+                    attempts = await self._attempts(
+                        key, sub.group, sub.consumer, [as_str(e[0]) for e in entries]
+                    )
                     for entry_id, fields in entries:
-                        eid = _s(entry_id)
+                        eid = as_str(entry_id)
                         claimed += 1
                         self._hold(s, t.object_type, t.portal, 1)
                         _redelivered.add(1, {"group": sub.group})
@@ -378,7 +381,7 @@ class ChangeFeed:
             mine = 0
             if isinstance(info, dict):
                 for c in info.get("consumers", []) or []:
-                    if _s(c["name"]) == s.sub.consumer:
+                    if as_str(c["name"]) == s.sub.consumer:
                         mine = int(c["pending"])
             if mine:
                 s.holding[where] = mine
@@ -397,7 +400,7 @@ class ChangeFeed:
         rows = await self.redis.xpending_range(
             key, group, min=ids[0], max=ids[-1], count=len(ids) + 1000, consumername=consumer
         )
-        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        return {as_str(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     def _delivery(self, portal: str, object_type: str, entry_id: str, fields: dict, attempt: int) -> Delivery:  # type: ignore[type-arg]
         _delivered.add(1, {"object_type": object_type})
@@ -421,7 +424,7 @@ class ChangeFeed:
             cursor = int(await self.redis.hget(sweep_key, "cursor") or 0)
             while True:
                 cursor, members = await self.redis.sscan(PORTALS_KEY, cursor, count=SWEEP_PAGE)
-                portals = sorted({_s(m) for m in members if _s(m).isdigit()})
+                portals = sorted({as_str(m) for m in members if as_str(m).isdigit()})
                 if portals:
                     await self._sweep_page(group, portals)
                 async with self.redis.pipeline(transaction=False) as pipe:
@@ -450,13 +453,13 @@ class ChangeFeed:
             groups, last = replies[2 * i], replies[2 * i + 1]
             if not isinstance(groups, list) or not isinstance(last, list) or not last:
                 continue  # no such stream, or nothing retained
-            mine = next((g for g in groups if _s(g["name"]) == group), None)
+            mine = next((g for g in groups if as_str(g["name"]) == group), None)
             if mine is None:
                 ready.append(where)  # the group has not read this stream: every change is new
                 continue
             if int(mine.get("pending") or 0):
                 pending.append(where)
-            if _entry_id(_s(last[0][0])) > _entry_id(_s(mine.get("last-delivered-id") or "0-0")):
+            if _entry_id(as_str(last[0][0])) > _entry_id(as_str(mine.get("last-delivered-id") or "0-0")):
                 ready.append(where)
         await self.marks.mark(group, "ready", ready)
         await self.marks.mark(group, "pending", pending)
@@ -488,7 +491,3 @@ class ChangeFeed:
 def _entry_id(value: str) -> tuple[int, int]:
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -47,6 +47,7 @@ from hubsync.core.keys import (
     feed_pending_key,
     feed_ready_key,
 )
+from hubsync.core.redis import as_str
 
 # A publication recorded longer ago than this is a publisher that died before marking.
 STALE_PUBLISH_MS = 60_000
@@ -180,7 +181,7 @@ class FeedMarks:
         types = sorted(set(object_types))
         if types:
             groups = await self.redis.smembers(FEED_GROUPS_KEY)
-            for group in sorted(_s(g) for g in groups):
+            for group in sorted(as_str(g) for g in groups):
                 await self.mark(group, "ready", [(t, portal) for t in types])
         if token is not None:
             await self.redis.zrem(FEED_PUBLISHING_KEY, token)
@@ -190,7 +191,7 @@ class FeedMarks:
     ) -> int:
         """Marks the portals of publications older than ``age_ms`` (their publisher died before
         marking); returns how many."""
-        stale = [_s(m) for m in await self._stale(keys=[FEED_PUBLISHING_KEY], args=[age_ms, limit])]
+        stale = [as_str(m) for m in await self._stale(keys=[FEED_PUBLISHING_KEY], args=[age_ms, limit])]
         for member in stale:
             portal, _, rest = member.partition("|")
             named = [t for t in rest.partition("|")[2].split(",") if t]
@@ -256,7 +257,8 @@ class FeedMarks:
         reply = await self._take(keys=keys, args=[limit, lease_ms, *portals])
         lease, later = int(reply[0]), int(reply[1])
         taken = [
-            Taken(object_types[int(reply[i]) - 1], _s(reply[i + 1]), lease) for i in range(2, len(reply), 2)
+            Taken(object_types[int(reply[i]) - 1], as_str(reply[i + 1]), lease)
+            for i in range(2, len(reply), 2)
         ]
         # The lease is now + lease_ms in server time: the next mark's distance needs no clock here.
         wait = None if later < 0 else max(later - (lease - lease_ms), 0) / 1000
@@ -276,7 +278,7 @@ class FeedMarks:
     async def members(self, group: str, kind: str, object_type: str, limit: int) -> list[str]:
         """Up to ``limit`` marked portals, longest due first (a restarted subscriber's look for
         its own unacked changes)."""
-        return [_s(m) for m in await self.redis.zrange(_set_key(group, kind, object_type), 0, limit - 1)]
+        return [as_str(m) for m in await self.redis.zrange(_set_key(group, kind, object_type), 0, limit - 1)]
 
 
 def _set_key(group: str, kind: str, object_type: str) -> str:
@@ -296,7 +298,3 @@ def _indexed(group: str, kind: str, streams: Sequence[tuple[str, str]]) -> tuple
             index[key] = len(keys) + 1
         args += [index[key], portal]
     return keys, args
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

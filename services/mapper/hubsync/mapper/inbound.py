@@ -40,7 +40,7 @@ from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.keys import INBOUND_DLQ_PORTALS_KEY, PORTALS_KEY, events_key
 from hubsync.core.outage import loop_error
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer, group_work, now_ms
-from hubsync.core.redis import group_lag
+from hubsync.core.redis import as_str, group_lag
 from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange, coalesce, parse_entry
@@ -247,7 +247,7 @@ class InboundWorker:
         total = 0
         for portal, rows in zip(portals, replies, strict=True):
             for g in rows if isinstance(rows, list) else []:
-                if _s(g["name"]) == GROUP:
+                if as_str(g["name"]) == GROUP:
                     total += await group_lag(self.redis, events_key(portal), g) + int(g.get("pending") or 0)
         return total
 
@@ -256,7 +256,7 @@ class InboundWorker:
         return await group_work(self.redis, [events_key(p) for p in portals], GROUP)
 
     async def _discover(self) -> None:
-        parked = {_s(p) for p in await self.redis.smembers(queues.PARKED_PORTALS_KEY)}
+        parked = {as_str(p) for p in await self.redis.smembers(queues.PARKED_PORTALS_KEY)}
         now = time.monotonic()
         for portal in parked:
             if portal not in self._parked:
@@ -457,7 +457,7 @@ class InboundWorker:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
                         continue
-                    portal = _s(message.get("data") or b"")
+                    portal = as_str(message.get("data") or b"")
                     state = self._parked.get(portal)
                     if state is not None:
                         state.next_probe = 0.0
@@ -557,7 +557,7 @@ class InboundWorker:
             parked += int(await self.redis.xlen(queues.parked_key(portal)))
         dead = 0
         for raw in await self.redis.smembers(INBOUND_DLQ_PORTALS_KEY):
-            portal = _s(raw)
+            portal = as_str(raw)
             n = int(await self.redis.xlen(queues.dead_letter_key(portal)))
             if n == 0:
                 await self.redis.srem(INBOUND_DLQ_PORTALS_KEY, portal)
@@ -571,10 +571,6 @@ class InboundWorker:
 def _entries(change: RecordChange, entries: list[ParsedEntry]) -> list[ParsedEntry]:
     ids = set(change.entry_ids)
     return [e for e in entries if e.id in ids]
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _reraise_if_cancelling() -> None:

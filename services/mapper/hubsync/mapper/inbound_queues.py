@@ -41,6 +41,7 @@ from hubsync.core.keys import (
     inbound_parked_key,
 )
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
+from hubsync.core.redis import as_str
 
 __all__ = ["CONNECTION_CHANGES_CHANNEL", "InboundQueues"]
 
@@ -171,12 +172,6 @@ class ParkedPortal:
     event_count: int
 
 
-def _s(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
 class InboundQueues:
     """The operator's view of parked and dead-lettered inbound events (list, show, replay, purge)."""
 
@@ -195,7 +190,7 @@ class InboundQueues:
         raise InvalidArgument("invalid queue", violations={"queue": "must be PARKED or DEAD_LETTER"})
 
     async def parked_portals(self) -> list[ParkedPortal]:
-        members = sorted(int(m) for m in await self.redis.smembers(PARKED_PORTALS_KEY) if _s(m).isdigit())
+        members = sorted(int(m) for m in await self.redis.smembers(PARKED_PORTALS_KEY) if as_str(m).isdigit())
         out = []
         for portal in members:
             info = await self.redis.hgetall(park_info_key(portal))
@@ -203,8 +198,8 @@ class InboundQueues:
             out.append(
                 ParkedPortal(
                     portal,
-                    _s(info.get(b"reason")),
-                    _s(info.get(b"detail")),
+                    as_str(info.get(b"reason")),
+                    as_str(info.get(b"detail")),
                     int(info.get(b"since_ms") or 0),
                     int(count),
                 )
@@ -287,19 +282,19 @@ class InboundQueues:
     def _event(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> InboundEvent:
         stamp = fields.get(b"dead_ms") or fields.get(b"parked_ms") or b"0"
         return InboundEvent(
-            id=_s(entry_id),
+            id=as_str(entry_id),
             queue=queue,
-            reason=_s(fields.get(b"reason")),
-            detail=_s(fields.get(b"detail")),
+            reason=as_str(fields.get(b"reason")),
+            detail=as_str(fields.get(b"detail")),
             queued_ms=int(stamp) if stamp.isdigit() else 0,
             attempts=int(fields.get(b"attempts") or 0),
-            from_id=_s(fields.get(b"from_id")),
+            from_id=as_str(fields.get(b"from_id")),
             raw_event=decode_entry(fields.get(b"from_id", entry_id), fields).event_json(),
         )
 
     @staticmethod
     def _with_park_reason(event: InboundEvent, info: dict[bytes, bytes]) -> InboundEvent:
-        return replace(event, reason=_s(info.get(b"reason")), detail=_s(info.get(b"detail")))
+        return replace(event, reason=as_str(info.get(b"reason")), detail=as_str(info.get(b"detail")))
 
 
 def _check_ids(ids: Sequence[str], name: str) -> None:
