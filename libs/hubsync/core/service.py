@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from hubsync.core.grpcserver import ServiceHost, redis_probe, run_until_signalle
 from hubsync.core.logging import setup_logging
 from hubsync.core.portal_metrics import PortalLabels
 from hubsync.core.redis import create_redis
-from hubsync.core.settings import CoreSettings, Environment, load_settings
+from hubsync.core.settings import CoreSettings, Environment, invalid_configuration, load_settings
 from hubsync.core.telemetry import setup_metrics, setup_tracing, shutdown_tracing
 from hubsync.core.tls import grpc_tls, production_problems, server_credentials
 
@@ -134,8 +133,7 @@ async def start_service(
         )
     except PolicyError as exc:
         await _close(spec, redis)
-        print(f"hubsync {name}: refusing to start: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise invalid_configuration(f"{name} (caller policy)", [("", str(exc))]) from None
     except BaseException:
         await _close(spec, redis)
         raise
@@ -171,9 +169,7 @@ def _checked_callers(name: str, core: CoreSettings) -> dict[str, str]:
             insecure_opt_in=core.insecure_no_caller_auth,
         )
     if problems:
-        lines = [f"hubsync {name}: refusing to start:"] + [f"  {var}: {msg}" for var, msg in problems]
-        print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(2)
+        raise invalid_configuration(f"{name} (caller credentials)", problems)
     return callers
 
 

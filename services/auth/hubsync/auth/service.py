@@ -7,7 +7,6 @@ into the :data:`~hubsync.core.service.SpecFactory` that ``hubsync.core.service``
 from __future__ import annotations
 
 import logging
-import sys
 
 from opentelemetry import metrics
 from redis.asyncio import Redis
@@ -21,7 +20,7 @@ from hubsync.auth.settings import AuthSettings
 from hubsync.auth.store import ConnectionStore
 from hubsync.auth.vault import TokenVault
 from hubsync.core.service import ServiceSpec, SpecFactory
-from hubsync.core.settings import CoreSettings, Environment
+from hubsync.core.settings import CoreSettings, Environment, invalid_configuration
 
 __all__ = [
     "DEFAULT_PORT",
@@ -44,9 +43,8 @@ def _method(name: str) -> str:
 
 
 def _exit(variable: str, message: str) -> SystemExit:
-    """Say which variable is wrong (the way ``load_settings`` does); the caller raises it."""
-    print(f"hubsync: invalid configuration for AuthSettings:\n  {variable}: {message}", file=sys.stderr)
-    return SystemExit(2)
+    """Report one bad auth setting the way every service does; the caller raises the result."""
+    return invalid_configuration(AuthSettings.__name__, [(variable, message)])
 
 
 def load_keyring(settings: AuthSettings, environment: Environment) -> KeyRing:
