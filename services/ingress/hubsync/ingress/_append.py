@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -150,13 +150,12 @@ class EventAppender:
         # replica leasing the portal's shard is nudged when it became newly ready. A portal whose
         # events were all duplicates is marked too: a commit that failed after its append and is
         # retried by HubSpot finds its events duplicates, and they must still be consumed.
-        marked = sorted(
-            {str(portal) for (portal, _call), reply in zip(ordered, replies, strict=False) if _queued(reply)}
-        )
-        await self._ready.mark(marked)
+        # The pipeline's last reply is the SADD of known portals.
+        scripts = zip(ordered, replies[: len(ordered)], strict=True)
+        answered = [(portal, call, _codes(reply)) for (portal, call), reply in scripts]
+        await self._ready.mark(sorted({str(portal) for portal, _call, codes in answered if _queued(codes)}))
         outcomes = {sub: [CommitOutcome.ACCEPTED] * len(sub.events) for sub in batch}
-        for (_portal, call), reply in zip(ordered, replies, strict=False):
-            codes = reply if isinstance(reply, bytes) else str(reply).encode()
+        for _portal, call, codes in answered:
             for (sub, position), code in zip(call.slots, codes, strict=True):
                 if position >= 0:
                     outcomes[sub][position] = _OUTCOMES[code - 48]
@@ -230,7 +229,11 @@ class EventAppender:
         return replies
 
 
-def _queued(reply: Any) -> bool:
-    """Tell whether a script's reply says an event of the portal is (or was already) on its stream."""
-    codes = reply if isinstance(reply, bytes) else str(reply).encode()
+def _codes(reply: object) -> bytes:
+    """A script's reply: one ASCII digit per argument row (see :data:`_OUTCOMES`)."""
+    return reply if isinstance(reply, bytes) else str(reply).encode()
+
+
+def _queued(codes: bytes) -> bool:
+    """Tell whether a script's codes say an event of the portal is (or was already) on its stream."""
     return b"0" in codes or b"1" in codes
