@@ -203,6 +203,10 @@ class MarkSets:
         rows = await self.redis.zrangebyscore(key, "-inf", at_ms, start=0, num=limit, withscores=True)
         return [(as_str(m), int(score)) for m, score in rows]
 
+    async def members(self, key: str, limit: int) -> list[str]:
+        """Up to ``limit`` members of ``key`` by score (due or not), earliest first."""
+        return [as_str(m) for m in await self.redis.zrange(key, 0, limit - 1)]
+
     async def take(self, keys: Sequence[str], *, limit: int, lease_ms: int, only: Sequence[str] = ()) -> Took:
         """Leases up to ``limit`` due members of ``keys`` (of ``only``, if given), longest due first."""
         reply = await self._take(keys=list(keys), args=[limit, lease_ms, *only])

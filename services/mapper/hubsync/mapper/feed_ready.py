@@ -195,7 +195,7 @@ class FeedMarks:
     async def members(self, group: str, kind: str, object_type: str, limit: int) -> list[str]:
         """Up to ``limit`` marked portals, longest due first (a restarted subscriber's look for
         its own unacked changes)."""
-        return [as_str(m) for m in await self.redis.zrange(_set_key(group, kind, object_type), 0, limit - 1)]
+        return await self.sets.members(_set_key(group, kind, object_type), limit)
 
 
 def _set_key(group: str, kind: str, object_type: str) -> str:
