@@ -15,6 +15,7 @@ change here needs a migration (see the design doc's migration plan).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from typing import Final
 
 __all__ = [
@@ -276,15 +277,32 @@ def ready_shard(portal_id: int | str, shards: int) -> int:
     return zlib.crc32(str(portal_id).encode()) % shards
 
 
-def portal_indexes(portal_id: int | str, ready_shards: int = 64) -> tuple[str, ...]:
-    """The keys of no portal that may hold ``portal_id`` as a member (sets, sorted sets, or hash
-    fields named by the portal id): what deleting a tenant must also remove it from. A new
-    registry of portals is added here, or ``hubsync tenant delete`` leaves the portal in it.
-    Sharded registries (the ready and pending sets, ``ready_shards`` shards: the
-    ``HUBSYNC_READY_SHARDS`` setting) give the portal's own shard."""
+def portal_indexes(
+    portal_id: int | str,
+    ready_shards: int = 64,
+    *,
+    feed_groups: Iterable[str] = (),
+    feed_types: Iterable[str] = (),
+) -> tuple[str, ...]:
+    """The keys of no portal that may hold ``portal_id`` as a member.
+
+    Sets, sorted sets, or hash fields named by the portal id: what deleting a tenant must also
+    remove it from. A new registry of portals is added here, or ``hubsync tenant delete`` leaves
+    the portal in it. Sharded registries (the ready and pending sets, ``ready_shards`` shards: the
+    ``HUBSYNC_READY_SHARDS`` setting) give the portal's own shard. The change feed's ready and
+    pending sets are per subscriber group and object type: those of ``feed_groups`` (the members
+    of :data:`FEED_GROUPS_KEY`) and ``feed_types`` (the types of the portal's feed streams).
+    """
     shard = ready_shard(portal_id, ready_shards)
     ready = tuple(
         key for queue in READY_QUEUES for key in (ready_key(queue, shard), ready_pending_key(queue, shard))
+    )
+    types = sorted(set(feed_types))
+    feed = tuple(
+        key
+        for group in sorted(set(feed_groups))
+        for t in types
+        for key in (feed_ready_key(group, t), feed_pending_key(group, t))
     )
     return (
         PORTALS_KEY,
@@ -296,6 +314,7 @@ def portal_indexes(portal_id: int | str, ready_shards: int = 64) -> tuple[str, .
         AUTH_REFRESH_DUE_KEY,
         AUTH_NEEDS_REAUTH_KEY,
         *ready,
+        *feed,
     )
 
 

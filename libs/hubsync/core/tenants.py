@@ -7,7 +7,9 @@ key registry (:mod:`hubsync.core.keys`) only, so a key added there is found here
   with ``SCAN MATCH hubsync:{<portal>}:*`` on a single Redis, and on Redis Cluster on the one node
   that owns the slot (:func:`portal_key_batches` is the seam the cluster client plugs into).
 - Keys of no portal that hold portal ids (the registries of known portals) are named by
-  :func:`hubsync.core.keys.portal_indexes`; deleting a portal removes it from each.
+  :func:`hubsync.core.keys.portal_indexes`; deleting a portal removes it from each. Among them
+  the change feed's ready and pending sets of every subscriber group, for the object types of
+  the portal's feed streams (found among its keys).
 - Each key found is told apart by the registry function that builds it (its *pattern*, e.g.
   ``hubsync:{42}:seen:<hour>:<bucket>``), so ``show`` and ``delete`` report counts by pattern.
 
@@ -21,7 +23,7 @@ import inspect
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -350,7 +352,7 @@ class TenantStore:
             streams=state,
             dead_letters=dlq,
             config_versions=versions,
-            registries=await self._registries_holding(portal_id),
+            registries=await self._registries_holding(portal_id, _feed_types(portal_id, names)),
             keys=dict(sorted(census.items())),
             last_activity_ms=last,
         )
@@ -385,17 +387,22 @@ class TenantStore:
         out["holds_credentials"] = bool(sealed)
         return out
 
-    async def _indexes(self, portal_id: int) -> list[tuple[str, str]]:
-        """(key, type) of every registry of portals that exists (see ``keys.portal_indexes``)."""
-        indexes = keys.portal_indexes(portal_id, self.ready_shards)
+    async def _indexes(self, portal_id: int, feed_types: set[str]) -> list[tuple[str, str]]:
+        """(key, type) of every registry of portals that exists (see ``keys.portal_indexes``).
+
+        ``feed_types``: the object types of the portal's feed streams, whose marks every
+        subscriber group (``FEED_GROUPS_KEY``) may hold.
+        """
+        groups = {_text(g) for g in await self.redis.smembers(keys.FEED_GROUPS_KEY)} if feed_types else set()
+        indexes = keys.portal_indexes(portal_id, self.ready_shards, feed_groups=groups, feed_types=feed_types)
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in indexes:
                 pipe.type(key)
             types = [_text(t) for t in await pipe.execute()]
         return [(key, kind) for key, kind in zip(indexes, types, strict=True) if kind in _MEMBER_OPS]
 
-    async def _registries_holding(self, portal_id: int) -> list[str]:
-        indexes = await self._indexes(portal_id)
+    async def _registries_holding(self, portal_id: int, feed_types: set[str]) -> list[str]:
+        indexes = await self._indexes(portal_id, feed_types)
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, kind in indexes:
                 getattr(pipe, _MEMBER_OPS[kind])(key, str(portal_id))
@@ -407,12 +414,14 @@ class TenantStore:
     async def census(self, portal_id: int) -> DeleteReport:
         """What a delete would remove now (nothing is changed)."""
         report = DeleteReport(portal_id)
+        feed_types: set[str] = set()
         async for batch in self._key_batches(self.redis, portal_id):
+            feed_types |= _feed_types(portal_id, batch)
             for k in batch:
                 pattern = key_pattern(_text(k))
                 report.keys[pattern] = report.keys.get(pattern, 0) + 1
         report.keys = dict(sorted(report.keys.items()))
-        report.registries = await self._registries_holding(portal_id)
+        report.registries = await self._registries_holding(portal_id, feed_types)
         return report
 
     async def delete(self, portal_id: int) -> DeleteReport:
@@ -420,24 +429,29 @@ class TenantStore:
 
         The portal leaves the registries first (consumers stop finding it), then its keys go
         (``UNLINK``, batches in its one slot), then the registries are cleaned once more and the
-        keys counted again: a service still writing for the portal shows as ``remaining``.
+        keys counted again: a service still writing for the portal shows as ``remaining``. The
+        feed's marks of the portal's streams go in that second cleaning (per subscriber group,
+        for the object types of the feed streams just removed; a subscriber that takes such a
+        mark meanwhile finds no stream and releases it).
         Idempotent: a second run removes nothing and reports zeros."""
         report = DeleteReport(portal_id)
-        report.registries = await self._unregister(portal_id)
+        report.registries = await self._unregister(portal_id, set())
         counts: Counter[str] = Counter()
+        feed_types: set[str] = set()
         async for batch in self._key_batches(self.redis, portal_id):
             counts.update(key_pattern(_text(k)) for k in batch)
+            feed_types |= _feed_types(portal_id, batch)
             await self.redis.unlink(*batch)
         report.keys = dict(sorted(counts.items()))
-        for key in await self._unregister(portal_id):
+        for key in await self._unregister(portal_id, feed_types):
             if key not in report.registries:
                 report.registries.append(key)
         report.remaining = sum([len(b) async for b in self._key_batches(self.redis, portal_id)])
         return report
 
-    async def _unregister(self, portal_id: int) -> list[str]:
+    async def _unregister(self, portal_id: int, feed_types: set[str]) -> list[str]:
         removed: list[str] = []
-        for key, kind in await self._indexes(portal_id):
+        for key, kind in await self._indexes(portal_id, feed_types):
             if await getattr(self.redis, _REMOVE_OPS[kind])(key, str(portal_id)):
                 removed.append(key)
         return removed
@@ -445,6 +459,12 @@ class TenantStore:
 
 _MEMBER_OPS = {"set": "sismember", "zset": "zscore", "hash": "hexists"}
 _REMOVE_OPS = {"set": "srem", "zset": "zrem", "hash": "hdel"}
+
+
+def _feed_types(portal_id: int, names: Iterable[bytes]) -> set[str]:
+    """The object types of the portal's feed streams among ``names`` (``hubsync:{p}:feed:<type>``)."""
+    prefix = keys.feed_key(portal_id, "").encode()
+    return {_text(k[len(prefix) :]) for k in names if k.startswith(prefix) and b":" not in k[len(prefix) :]}
 
 
 def _json_list(text: str) -> Any:

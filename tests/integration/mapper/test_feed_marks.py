@@ -8,6 +8,7 @@ import time
 from redis.asyncio import Redis
 
 from hubsync.core.keys import FEED_GROUPS_KEY, FEED_PUBLISHING_KEY, feed_nudge_key
+from hubsync.core.ready import EVENTS, ReadySets
 from hubsync.mapper.feed_ready import FeedMarks
 
 TYPES = ["companies", "contacts", "deals"]
@@ -69,3 +70,11 @@ async def test_marks_a_dead_publisher_never_made_are_repaired(redis: Redis) -> N
     for group in ("g", "h"):
         taken = await marks.take(group, "ready", TYPES, limit=10, lease_ms=60_000)
         assert sorted((t.object_type, t.portal) for t in taken) == [(t, "42") for t in TYPES]
+
+
+async def test_the_feed_marks_with_the_queues_script(redis: Redis) -> None:
+    """One ready-set implementation: a feed mark runs (and loads) the script the queues mark with."""
+    await redis.script_flush()
+    await FeedMarks(redis).mark("g", "ready", [("contacts", "7")])
+    sha = ReadySets(redis, EVENTS).mark_command("7")[1]
+    assert all(await redis.script_exists(sha))

@@ -213,3 +213,29 @@ async def test_show_and_delete_of_an_unknown_portal_say_so(redis: Redis) -> None
     assert report.total == 0 and report.registries == [] and report.remaining == 0
     with pytest.raises(ValueError):
         await store.list_portals(10, "not-a-token")
+
+
+async def test_delete_removes_the_portals_feed_marks_of_every_group(redis: Redis) -> None:
+    portal, neighbour = 42, 4242
+    for p in (portal, neighbour):
+        await redis.xadd(keys.feed_key(p, "contacts"), {"v": "1"})
+        await redis.xadd(keys.feed_key(p, "p_cars"), {"v": "1"})
+    await redis.sadd(keys.FEED_GROUPS_KEY, "crm", "billing")  # type: ignore[misc]
+    marked = sorted(
+        key
+        for group in ("crm", "billing")
+        for t in ("contacts", "p_cars")
+        for key in (keys.feed_ready_key(group, t), keys.feed_pending_key(group, t))
+    )
+    for key in marked:
+        await redis.zadd(key, {str(portal): 1, str(neighbour): 1})
+    store = TenantStore(redis)
+    assert set(marked) <= set((await store.census(portal)).registries)
+
+    report = await store.delete(portal)
+    # It says so, and every group's marks of the portal are gone; the neighbour keeps its own.
+    assert set(marked) <= set(report.registries), report.registries
+    for key in marked:
+        assert await redis.zscore(key, str(portal)) is None, key
+        assert await redis.zscore(key, str(neighbour)) == 1, key
+    assert (await store.census(portal)).registries == []

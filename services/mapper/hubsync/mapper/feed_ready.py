@@ -28,9 +28,10 @@ its transaction and its marks would leave changes no one looks for. It therefore
 publication in ``hubsync:feed:publishing`` first and removes it after marking; a member older than
 ``STALE_PUBLISH_MS`` is repaired by any subscriber (every group marked for that portal).
 
-This is the feed's instance of the ready-set pattern of the design doc (§3). The inbound and
-writer queues get theirs in ``hubsync.core.ready``; the two differ in what a mark covers (a
-portal per queue there, a portal per group and object type here) and can share the scripts later.
+This is the feed's family of the shared ready sets (:mod:`hubsync.core.ready`, design doc §3):
+the scripts (mark, take with a lease, settle) are :class:`hubsync.core.ready.MarkSets`; what is
+the feed's own is the member shape (a portal per group and object type), the keys, the nudge list
+and the publication records.
 """
 
 from __future__ import annotations
@@ -47,101 +48,23 @@ from hubsync.core.keys import (
     feed_pending_key,
     feed_ready_key,
 )
+from hubsync.core.ready import MarkSets, Nudge
+from hubsync.core.ready.marks import SERVER_NOW_LUA
 from hubsync.core.redis import as_str
+
+__all__ = ["NUDGE_CAP", "STALE_PUBLISH_MS", "FeedMarks", "Taken"]
 
 # A publication recorded longer ago than this is a publisher that died before marking.
 STALE_PUBLISH_MS = 60_000
 # Waiting subscribers are woken by at most this many queued nudges per group.
 NUDGE_CAP = 64
 
-_NOW_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS[1] nudge list, KEYS[2..] sets. ARGV[1] 'LT' (due: a new member, or a lease lowered) or
-# 'NX' (only a new member), ARGV[2] delay ms, ARGV[3] nudge cap (0: none), then pairs of (index
-# into KEYS, member). Returns how many marks were added or moved.
-_MARK_LUA = (
-    _NOW_LUA
-    + """
-local due = now + tonumber(ARGV[2])
-local changed = 0
-for i = 4, #ARGV, 2 do
-  changed = changed + redis.call('ZADD', KEYS[tonumber(ARGV[i])], ARGV[1], 'CH', due, ARGV[i + 1])
-end
-local cap = tonumber(ARGV[3])
-if changed > 0 and cap > 0 then
-  redis.call('LPUSH', KEYS[1], '1')
-  redis.call('LTRIM', KEYS[1], 0, cap - 1)
-end
-return changed
-"""
-)
-
-# KEYS: sets. ARGV[1] limit, ARGV[2] lease ms, ARGV[3..] only these members (none: any). Takes the
-# longest-due members (score <= now) and leases them; returns {lease, next, index, member, ...}
-# where next is, when none was due, the earliest time one will be (-1: none marked).
-_TAKE_LUA = (
-    _NOW_LUA
-    + """
-local limit = tonumber(ARGV[1])
-local found = {}
-local later = -1
-local function seen(score)
-  if later < 0 or score < later then later = score end
-end
-for i = 1, #KEYS do
-  if #ARGV > 2 then
-    for j = 3, #ARGV do
-      local s = redis.call('ZSCORE', KEYS[i], ARGV[j])
-      if s and tonumber(s) <= now then table.insert(found, {tonumber(s), i, ARGV[j]}) end
-      if s and tonumber(s) > now then seen(tonumber(s)) end
-    end
-  else
-    local r = redis.call('ZRANGE', KEYS[i], 0, limit - 1, 'WITHSCORES')
-    for j = 1, #r, 2 do
-      local s = tonumber(r[j + 1])
-      if s <= now then table.insert(found, {s, i, r[j]}) else seen(s) end
-    end
-  end
-end
-table.sort(found, function(a, b) return a[1] < b[1] end)
-local lease = now + tonumber(ARGV[2])
-if #found > 0 then later = -1 end
-local out = {lease, later}
-for k = 1, math.min(limit, #found) do
-  redis.call('ZADD', KEYS[found[k][2]], lease, found[k][3])
-  table.insert(out, found[k][2])
-  table.insert(out, found[k][3])
-end
-return out
-"""
-)
-
-# KEYS[1] set; ARGV[1] lease, ARGV[2] member, ARGV[3] 'requeue' (due now, at the back of the
-# line) or 'release' (removed). Only while the score is still the lease: a publisher that marked
-# the member since keeps it due. Returns 1 when applied.
-_SETTLE_LUA = (
-    _NOW_LUA
-    + """
-local s = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if not s or tonumber(s) ~= tonumber(ARGV[1]) then return 0 end
-if ARGV[3] == 'requeue' then
-  redis.call('ZADD', KEYS[1], now, ARGV[2])
-else
-  redis.call('ZREM', KEYS[1], ARGV[2])
-end
-return 1
-"""
-)
-
 # KEYS[1] publishing set; ARGV[1] member. Records a publication at server time.
-_BEGIN_LUA = _NOW_LUA + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
+_BEGIN_LUA = SERVER_NOW_LUA + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
 
 # KEYS[1] publishing set; ARGV[1] age ms, ARGV[2] limit: publications older than age.
 _STALE_LUA = (
-    _NOW_LUA
+    SERVER_NOW_LUA
     + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, ARGV[2])"
 )
 
@@ -160,9 +83,7 @@ class FeedMarks:
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
-        self._mark: Any = redis.register_script(_MARK_LUA)
-        self._take: Any = redis.register_script(_TAKE_LUA)
-        self._settle: Any = redis.register_script(_SETTLE_LUA)
+        self.sets = MarkSets(redis)
         self._begin: Any = redis.register_script(_BEGIN_LUA)
         self._stale: Any = redis.register_script(_STALE_LUA)
 
@@ -214,14 +135,14 @@ class FeedMarks:
         waiting subscriber."""
         if not streams:
             return 0
-        keys, args = _indexed(group, kind, streams)
-        nudge = NUDGE_CAP if kind == "ready" else 0
-        return int(
-            await self._mark(
-                keys=[feed_nudge_key(group), *keys],
-                args=["NX" if only_new else "LT", delay_ms, nudge, *args],
-            )
+        nudge = Nudge(list_key=feed_nudge_key(group), cap=NUDGE_CAP) if kind == "ready" else Nudge()
+        command = MarkSets.mark_command(
+            [(_set_key(group, kind, t), p) for t, p in streams],
+            mode="NX" if only_new else "LT",
+            delay_ms=delay_ms,
+            nudge=nudge,
         )
+        return sum(await self.sets.mark([command]))
 
     async def take(
         self,
@@ -254,47 +175,28 @@ class FeedMarks:
         """:meth:`take`, and when nothing was due, in how many seconds the next mark is (None:
         nothing marked), so a subscriber need not look before."""
         keys = [_set_key(group, kind, t) for t in object_types]
-        reply = await self._take(keys=keys, args=[limit, lease_ms, *portals])
-        lease, later = int(reply[0]), int(reply[1])
-        taken = [
-            Taken(object_types[int(reply[i]) - 1], as_str(reply[i + 1]), lease)
-            for i in range(2, len(reply), 2)
-        ]
+        took = await self.sets.take(keys, limit=limit, lease_ms=lease_ms, only=portals)
+        taken = [Taken(object_types[i], portal, took.lease) for i, portal in took.members]
         # The lease is now + lease_ms in server time: the next mark's distance needs no clock here.
-        wait = None if later < 0 else max(later - (lease - lease_ms), 0) / 1000
+        wait = None if took.next_ms is None else max(took.next_ms - (took.lease - lease_ms), 0) / 1000
         return taken, wait
 
     async def requeue(self, group: str, kind: str, taken: Taken) -> None:
-        """Puts a taken stream at the back of the line (it may hold more)."""
-        await self._settle(
-            keys=[_set_key(group, kind, taken.object_type)], args=[taken.lease, taken.portal, "requeue"]
+        """Put a taken stream at the back of the line (it may hold more)."""
+        await self.sets.settle(
+            _set_key(group, kind, taken.object_type), taken.portal, taken.lease, requeue=True
         )
 
     async def release(self, group: str, kind: str, taken: Taken) -> bool:
-        """Removes a taken mark unless it was marked again since; True when removed."""
+        """Remove a taken mark unless it was marked again since; return True when removed."""
         key = _set_key(group, kind, taken.object_type)
-        return bool(await self._settle(keys=[key], args=[taken.lease, taken.portal, "release"]))
+        return await self.sets.settle(key, taken.portal, taken.lease, requeue=False)
 
     async def members(self, group: str, kind: str, object_type: str, limit: int) -> list[str]:
         """Up to ``limit`` marked portals, longest due first (a restarted subscriber's look for
         its own unacked changes)."""
-        return [as_str(m) for m in await self.redis.zrange(_set_key(group, kind, object_type), 0, limit - 1)]
+        return await self.sets.members(_set_key(group, kind, object_type), limit)
 
 
 def _set_key(group: str, kind: str, object_type: str) -> str:
     return feed_ready_key(group, object_type) if kind == "ready" else feed_pending_key(group, object_type)
-
-
-def _indexed(group: str, kind: str, streams: Sequence[tuple[str, str]]) -> tuple[list[str], list[Any]]:
-    """The set keys ``streams`` touch and the (index, member) pairs for the mark script (KEYS[1]
-    is the nudge list, so set indexes start at 2)."""
-    keys: list[str] = []
-    index: dict[str, int] = {}
-    args: list[Any] = []
-    for object_type, portal in streams:
-        key = _set_key(group, kind, object_type)
-        if key not in index:
-            keys.append(key)
-            index[key] = len(keys) + 1
-        args += [index[key], portal]
-    return keys, args
