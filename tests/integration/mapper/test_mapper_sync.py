@@ -7,7 +7,6 @@ the event streams as ingress does, without its dedupe), so duplicates do reach t
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.helpers.mapper import (
     running_mapper,
     suite,
 )
+from tests.helpers.mapper_objects import push, record
 
 PORTAL = SANDBOX_PORTAL
 
@@ -185,20 +185,7 @@ async def test_a_hubspot_owned_field_is_never_overwritten(
 ) -> None:
     async with mapped_suite(redis_url, caller_tokens, inbound=False) as (s, stub):
         hs_id = await s.create_contact(email="o@example.com", external_id="c-o", lifecyclestage="customer")
-        reply = await stub.PushRecords(
-            mapper_pb2.PushRecordsRequest(
-                request_id=str(uuid.uuid4()),
-                portal_id=PORTAL,
-                wait=True,
-                records=[
-                    mapper_pb2.ExternalRecord(
-                        object_type="contacts",
-                        external_id="c-o",
-                        fields=_fields(first_name="Olga", lifecycle_stage="lead"),
-                    )
-                ],
-            )
-        )
+        reply = await push(stub, record("contacts", "c-o", first_name="Olga", lifecycle_stage="lead"))
         assert reply.results[0].outcome == mapper_pb2.PUSH_OUTCOME_WRITTEN
         assert reply.results[0].hubspot_id == hs_id
         props = (await s.contact(hs_id))["properties"]
@@ -230,18 +217,7 @@ async def test_a_two_way_edit_does_not_loop(redis_url: str, caller_tokens: dict[
             assert rounds < 10, "changes keep coming: a loop"
             fields = dict(change.fields)
             fields["job_title"] = "Engineer"  # the client's own edit, made once
-            reply = await stub.PushRecords(
-                mapper_pb2.PushRecordsRequest(
-                    request_id=str(uuid.uuid4()),
-                    portal_id=PORTAL,
-                    wait=True,
-                    records=[
-                        mapper_pb2.ExternalRecord(
-                            object_type="contacts", external_id=change.external_id, fields=_fields(**fields)
-                        )
-                    ],
-                )
-            )
+            reply = await push(stub, record("contacts", change.external_id, **fields))
             assert reply.results[0].outcome != mapper_pb2.PUSH_OUTCOME_FAILED, reply
             await stub.Ack(mapper_pb2.AckRequest(consumer_group="two-way", ack_ids=[change.ack_id]))
             await s.idle()
