@@ -16,14 +16,13 @@ import secrets
 import typing
 from collections.abc import AsyncIterator, Mapping
 
-from pydantic import SecretStr
-
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.auth.service import service_factory
 from hubsync.auth.settings import AuthSettings
 from hubsync.core.channels import open_channel
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings, Environment
+from tests.helpers.core_settings import service_core
 
 SANDBOX_PORTAL = 12345
 SANDBOX_PRIVATE_TOKEN = "pat-na1-00000000-0000-4000-8000-000000012345"
@@ -101,13 +100,8 @@ def settings_values_of(env: Mapping[str, str]) -> dict[str, object]:
 def core_settings(
     redis_url: str, caller_tokens: Mapping[str, str], hubspot_api_base: str, environment: str = "development"
 ) -> CoreSettings:
-    return CoreSettings(
-        redis_url=redis_url,
-        caller_name="auth",
-        caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
-        hubspot_api_base=hubspot_api_base,
-        shutdown_grace_seconds=0.5,
-        environment=Environment(environment),
+    return service_core(
+        "auth", redis_url, caller_tokens, hubspot_api_base, environment=Environment(environment)
     )
 
 

@@ -28,7 +28,6 @@ from hubsync.core.ready import EVENTS as EVENTS_QUEUE
 from hubsync.core.ready import ReadySets
 from hubsync.core.redis import portal_key, redis_from_url
 from hubsync.core.service import RunningService, start_service
-from hubsync.core.settings import CoreSettings
 from hubsync.core.telemetry import inject_fields
 from hubsync.mapper.service import build
 from hubsync.sandbox import (
@@ -40,6 +39,7 @@ from hubsync.sandbox import (
 )
 from hubsync.sandbox.testing import ReceivedRequest, ReceiverBehaviour, WebhookReceiver
 from tests.helpers.auth import register_sandbox_private_app, running_auth
+from tests.helpers.core_settings import service_core
 
 
 @dataclass
@@ -83,11 +83,11 @@ async def running_mapper(
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        core = CoreSettings(
-            redis_url=redis_url,
-            caller_name="mapper",
-            caller_tokens=json.dumps(dict(caller_tokens)),  # type: ignore[arg-type]
-            hubspot_api_base=hubspot_api_base,
+        core = service_core(
+            "mapper",
+            redis_url,
+            caller_tokens,
+            hubspot_api_base,
             writer_address=writer_address,
             shutdown_grace_seconds=1.0,
             ready_lease_ttl_ms=3000,

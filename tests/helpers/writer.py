@@ -23,13 +23,12 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from hubsync.core.devredis import free_port
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
 from hubsync.writer.service import build
 from hubsync.writer.settings import WriterSettings
+from tests.helpers.core_settings import service_core
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -67,13 +66,12 @@ def writer_settings(env: Mapping[str, str] | None = None) -> WriterSettings:
 def core_settings(
     redis_url: str, caller_tokens: Mapping[str, str], hubspot_api_base: str, auth_address: str
 ) -> CoreSettings:
-    return CoreSettings(
-        redis_url=redis_url,
-        caller_name="writer",
-        caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
-        hubspot_api_base=hubspot_api_base,
+    return service_core(
+        "writer",
+        redis_url,
+        caller_tokens,
+        hubspot_api_base,
         auth_address=auth_address,
-        shutdown_grace_seconds=0.5,
         # A killed writer's ready shards move to another within a few seconds.
         ready_lease_ttl_ms=3000,
         ready_poll_s=1.0,

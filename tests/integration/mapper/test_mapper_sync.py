@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
@@ -29,7 +28,7 @@ from tests.helpers.mapper import (
     running_mapper,
     suite,
 )
-from tests.helpers.mapper_objects import push, record
+from tests.helpers.mapper_objects import fields_struct, push, record
 
 PORTAL = SANDBOX_PORTAL
 
@@ -47,12 +46,6 @@ async def mapped_suite(
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):
         yield s, mapper_pb2_grpc.MapperServiceStub(channel)
-
-
-def _fields(**values: Any) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(values)
-    return s
 
 
 async def test_ui_edit_reaches_subscriber_once_despite_duplicates_and_a_killed_mapper(
@@ -144,12 +137,12 @@ async def test_push_writes_and_an_identical_push_costs_nothing(
     async with mapped_suite(redis_url, caller_tokens, inbound=False) as (s, stub):
         records = [
             mapper_pb2.ExternalRecord(
-                object_type="companies", external_id="co-1", fields=_fields(name="Acme")
+                object_type="companies", external_id="co-1", fields=fields_struct(name="Acme")
             ),
             mapper_pb2.ExternalRecord(
                 object_type="contacts",
                 external_id="c-1",
-                fields=_fields(
+                fields=fields_struct(
                     first_name="Ada",
                     email="ada@example.com",
                     company_id="co-1",
@@ -357,7 +350,9 @@ async def test_concurrent_retries_of_one_push_write_once(
             portal_id=PORTAL,
             wait=True,
             records=[
-                mapper_pb2.ExternalRecord(object_type="deals", external_id="d-1", fields=_fields(name="Big"))
+                mapper_pb2.ExternalRecord(
+                    object_type="deals", external_id="d-1", fields=fields_struct(name="Big")
+                )
             ],
         )
         replies = await asyncio.gather(*(stub.PushRecords(request) for _ in range(5)))
