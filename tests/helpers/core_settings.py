@@ -23,3 +23,18 @@ def service_core(
         hubspot_api_base=hubspot_api_base,
         **({"shutdown_grace_seconds": 0.5} | values),
     )
+
+
+def process_env(
+    name: str, redis_url: str, caller_tokens: Mapping[str, str], port: int, **values: str
+) -> dict[str, str]:
+    """The core ``HUBSYNC_*`` variables of a ``python -m hubsync.<name>`` process under test: its
+    caller name, every caller's token, Redis, gRPC on ``port``, a 1 s shutdown grace; ``values``
+    add or override core settings by field name (``ready_poll_s="1"``)."""
+    return {
+        "HUBSYNC_REDIS_URL": redis_url,
+        "HUBSYNC_CALLER_NAME": name,
+        "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
+        "HUBSYNC_GRPC_PORT": str(port),
+        "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "1",
+    } | {f"HUBSYNC_{field.upper()}": value for field, value in values.items()}

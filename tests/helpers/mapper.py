@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ from hubsync.sandbox import (
 )
 from hubsync.sandbox.testing import ReceivedRequest, ReceiverBehaviour, WebhookReceiver
 from tests.helpers.auth import register_sandbox_private_app, running_auth
-from tests.helpers.core_settings import service_core
+from tests.helpers.core_settings import process_env, service_core
 
 
 @dataclass
@@ -249,18 +248,17 @@ async def mapper_process(
 
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
-    full |= {
-        "HUBSYNC_REDIS_URL": redis_url,
-        "HUBSYNC_CALLER_NAME": "mapper",
-        "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
-        "HUBSYNC_WRITER_ADDRESS": writer_address,
-        "HUBSYNC_GRPC_PORT": str(port),
-        "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "1",
-        "HUBSYNC_READY_LEASE_TTL_MS": "3000",
-        "HUBSYNC_READY_POLL_S": "1",
-        "HUBSYNC_MAPPER_CONSUMER_NAME": consumer_name,
-        **(env or {}),
-    }
+    full |= process_env(
+        "mapper",
+        redis_url,
+        caller_tokens,
+        port,
+        writer_address=writer_address,
+        ready_lease_ttl_ms="3000",
+        ready_poll_s="1",
+        mapper_consumer_name=consumer_name,
+    )
+    full |= env or {}
     log = (log_dir / f"{consumer_name}.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hubsync.mapper", env=full, stdout=log, stderr=log

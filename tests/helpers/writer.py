@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -28,7 +27,7 @@ from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
 from hubsync.writer.service import build
 from hubsync.writer.settings import WriterSettings
-from tests.helpers.core_settings import service_core
+from tests.helpers.core_settings import process_env, service_core
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -149,18 +148,18 @@ async def writer_process(
 
     port = free_port()
     full = dict(os.environ) | TEST_ENV | dict(env or {})
-    full |= {
-        "HUBSYNC_REDIS_URL": redis_url,
-        "HUBSYNC_CALLER_NAME": "writer",
-        "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
-        "HUBSYNC_HUBSPOT_API_BASE": hubspot_api_base,
-        "HUBSYNC_AUTH_ADDRESS": auth_address,
-        "HUBSYNC_GRPC_PORT": str(port),
-        "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "0.5",
-        "HUBSYNC_READY_LEASE_TTL_MS": "3000",
-        "HUBSYNC_READY_POLL_S": "1",
-        "HUBSYNC_LOG_LEVEL": full.get("HUBSYNC_LOG_LEVEL", "WARNING"),
-    }
+    full |= process_env(
+        "writer",
+        redis_url,
+        caller_tokens,
+        port,
+        hubspot_api_base=hubspot_api_base,
+        auth_address=auth_address,
+        shutdown_grace_seconds="0.5",
+        ready_lease_ttl_ms="3000",
+        ready_poll_s="1",
+        log_level=full.get("HUBSYNC_LOG_LEVEL", "WARNING"),
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hubsync.writer", env=full, cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL
     )
