@@ -19,6 +19,7 @@ import contextlib
 import functools
 import os
 import sys
+import typing
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -77,23 +78,28 @@ def core_settings(
     )
 
 
-@contextlib.asynccontextmanager
-async def running_writer_service(
-    *,
-    redis_url: str,
-    caller_tokens: Mapping[str, str],
-    hubspot_api_base: str,
-    auth_address: str,
-    env: Mapping[str, str] | None = None,
-    settings: WriterSettings | None = None,
-) -> AsyncIterator[RunningService]:
-    """An in-process writer on a free loopback port; yields the RunningService.
+class WriterOptions(typing.TypedDict, total=False):
+    """What :func:`running_writer_service` and :func:`running_writer` take.
 
-    Its settings: ``settings``, else :func:`writer_settings` of ``env``.
+    The writer's settings: ``settings``, else :func:`writer_settings` of ``env``.
     """
-    core = core_settings(redis_url, caller_tokens, hubspot_api_base, auth_address)
-    factory = functools.partial(build, settings=settings or writer_settings(env))
-    service = await start_service("writer", core, factory, port=0)
+
+    redis_url: typing.Required[str]
+    caller_tokens: typing.Required[Mapping[str, str]]
+    hubspot_api_base: typing.Required[str]
+    auth_address: typing.Required[str]
+    env: Mapping[str, str] | None
+    settings: WriterSettings | None
+
+
+@contextlib.asynccontextmanager
+async def running_writer_service(**options: typing.Unpack[WriterOptions]) -> AsyncIterator[RunningService]:
+    """An in-process writer on a free loopback port; yields the RunningService."""
+    core = core_settings(
+        options["redis_url"], options["caller_tokens"], options["hubspot_api_base"], options["auth_address"]
+    )
+    settings = options.get("settings") or writer_settings(options.get("env"))
+    service = await start_service("writer", core, functools.partial(build, settings=settings), port=0)
     try:
         yield service
     finally:
@@ -101,22 +107,9 @@ async def running_writer_service(
 
 
 @contextlib.asynccontextmanager
-async def running_writer(
-    *,
-    redis_url: str,
-    caller_tokens: Mapping[str, str],
-    hubspot_api_base: str,
-    auth_address: str,
-    env: Mapping[str, str] | None = None,
-) -> AsyncIterator[str]:
+async def running_writer(**options: typing.Unpack[WriterOptions]) -> AsyncIterator[str]:
     """An in-process writer; yields its address ``127.0.0.1:<port>``."""
-    async with running_writer_service(
-        redis_url=redis_url,
-        caller_tokens=caller_tokens,
-        hubspot_api_base=hubspot_api_base,
-        auth_address=auth_address,
-        env=env,
-    ) as service:
+    async with running_writer_service(**options) as service:
         yield f"127.0.0.1:{service.port}"
 
 
