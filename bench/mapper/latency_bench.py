@@ -19,17 +19,18 @@ import asyncio
 import json
 import random
 import secrets
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import contextlib
 
-from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from bench.feed_latency import latency_ms, subscribe
+from hubsync.api.mapper.v1 import mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import RedisProcess
 from hubsync.sandbox import PortalConfig, SandboxConfig, SandboxServer
@@ -93,25 +94,12 @@ async def _measure(sb, store, ids, channel, rate: int, seconds: float) -> dict[s
     expected = int(rate * seconds)
     done = asyncio.Event()
 
-    async def subscriber() -> None:
-        call = stub.Subscribe(
-            mapper_pb2.SubscribeRequest(consumer_group="bench", consumer="b", max_in_flight=5000)
-        )
-        acks: list[str] = []
-        async for msg in call:
-            now = time.time()
-            c = msg.change
-            occurred = c.occur_time.ToMilliseconds() / 1000
-            latencies.append(now - occurred)
-            arrivals.append((occurred, now - occurred))
-            acks.append(c.ack_id)
-            if len(acks) >= 200:
-                await stub.Ack(mapper_pb2.AckRequest(consumer_group="bench", ack_ids=acks))
-                acks = []
-            if len(latencies) >= expected:
-                done.set()
+    def received(change: Any, now: float) -> None:
+        occurred = change.occur_time.ToMilliseconds() / 1000
+        latencies.append(now - occurred)
+        arrivals.append((occurred, now - occurred))
 
-    sub = asyncio.create_task(subscriber())
+    sub = asyncio.create_task(subscribe(stub, expected, done, received))
     await asyncio.sleep(1.5)  # the subscriber's group exists before the first change
     before = dict(sb.state.requests.by_endpoint)
     start = time.perf_counter()
@@ -131,8 +119,6 @@ async def _measure(sb, store, ids, channel, rate: int, seconds: float) -> dict[s
     sub.cancel()
     after = dict(sb.state.requests.by_endpoint)
     reads = sum(v - before.get(k, 0) for k, v in after.items() if "batch/read" in k)
-    lat = sorted(latencies)
-    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
     first = min(o for o, _ in arrivals) if arrivals else 0.0
     by_second: dict[int, list[float]] = {}
     for o, lat_s in arrivals:
@@ -142,10 +128,8 @@ async def _measure(sb, store, ids, channel, rate: int, seconds: float) -> dict[s
         "worst_ms_by_second": worst_by_second,
         "changes_made": sent,
         "achieved_rate_per_s": round(sent / elapsed, 1),
-        "changes_received": len(lat),
-        "p50_ms": round(q[49] * 1000, 1),
-        "p99_ms": round(q[98] * 1000, 1),
-        "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+        "changes_received": len(latencies),
+        **latency_ms(latencies, 50, 99),
         "batch_read_calls": reads,
         "events_per_batch_read": round(sent / reads, 1) if reads else None,
     }

@@ -23,10 +23,8 @@ import asyncio
 import contextlib
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.feed_latency import latency_ms, percentiles_ms, subscribe
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.cli.demo import connect_sandbox_portal
 from hubsync.cli.suite import Suite
@@ -101,30 +100,17 @@ async def _measure(
     done = asyncio.Event()
     received_ids: set[str] = set()
 
+    def received(c: Any, now: float) -> None:
+        latencies.append(now - c.occur_time.ToMilliseconds() / 1000)
+        entry_s = int(c.ack_id.rsplit("/", 1)[1].split("-")[0]) / 1000
+        to_feed.append(entry_s - c.occur_time.ToMilliseconds() / 1000)
+        from_feed.append(now - entry_s)
+        received_ids.add(c.hubspot_id)
+
     async def subscriber() -> None:
         async with suite.channel("mapper", "demo-client") as channel:
             stub = mapper_pb2_grpc.MapperServiceStub(channel)
-            call = stub.Subscribe(
-                mapper_pb2.SubscribeRequest(consumer_group="bench", consumer="b", max_in_flight=5000)
-            )
-            acks: list[str] = []
-            async for msg in call:
-                now = time.time()
-                c = msg.change
-                if c.kind != mapper_pb2.CHANGE_KIND_UPDATED:
-                    acks.append(c.ack_id)
-                    continue
-                latencies.append(now - c.occur_time.ToMilliseconds() / 1000)
-                entry_s = int(c.ack_id.rsplit("/", 1)[1].split("-")[0]) / 1000
-                to_feed.append(entry_s - c.occur_time.ToMilliseconds() / 1000)
-                from_feed.append(now - entry_s)
-                received_ids.add(c.hubspot_id)
-                acks.append(c.ack_id)
-                if len(acks) >= 200:
-                    await stub.Ack(mapper_pb2.AckRequest(consumer_group="bench", ack_ids=acks))
-                    acks = []
-                if len(latencies) >= expected:
-                    done.set()
+            await subscribe(stub, expected, done, received, kind=mapper_pb2.CHANGE_KIND_UPDATED)
 
     sub = asyncio.create_task(subscriber())
     await asyncio.sleep(1.5)  # the subscriber's group exists before the first change
@@ -145,31 +131,18 @@ async def _measure(
     with contextlib.suppress(asyncio.CancelledError):
         await sub
     reads = await _reads(http) - reads_before
-    lat = sorted(latencies)
-    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [0.0] * 99
     return {
         "changes_made": sent,
         "achieved_rate_per_s": round(sent / elapsed, 1),
-        "changes_received": len(lat),
+        "changes_received": len(latencies),
         "records_edited": len(set(ids[n % len(ids)] for n in range(sent))),
         "records_received": len(received_ids),
-        "p50_ms": round(q[49] * 1000, 1),
-        "p90_ms": round(q[89] * 1000, 1),
-        "p99_ms": round(q[98] * 1000, 1),
-        "max_ms": round(lat[-1] * 1000, 1) if lat else None,
-        "to_feed_ms": _quantiles(to_feed),
-        "feed_to_subscriber_ms": _quantiles(from_feed),
+        **latency_ms(latencies, 50, 90, 99),
+        "to_feed_ms": percentiles_ms(to_feed, 50, 99),
+        "feed_to_subscriber_ms": percentiles_ms(from_feed, 50, 99),
         "batch_read_calls": reads,
         "events_per_batch_read": round(sent / reads, 1) if reads else None,
     }
-
-
-def _quantiles(values: list[float]) -> dict[str, float]:
-    """p50 and p99 in ms (0 without values)."""
-    if len(values) < 2:
-        return {"p50": 0.0, "p99": 0.0}
-    q = statistics.quantiles(sorted(values), n=100)
-    return {"p50": round(q[49] * 1000, 1), "p99": round(q[98] * 1000, 1)}
 
 
 def main() -> None:

@@ -16,16 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos.checks import CORRECTNESS  # the checks that must be 0
+
 ROOT = Path(__file__).resolve().parents[2]
-CORRECTNESS = (
-    "lost",
-    "duplicated",
-    "stale",
-    "echo_during_soak",
-    "echo_after_reconcile",
-    "own_429",
-    "order_regressions",
-)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

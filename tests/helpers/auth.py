@@ -16,14 +16,13 @@ import secrets
 import typing
 from collections.abc import AsyncIterator, Mapping
 
-from pydantic import SecretStr
-
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.auth.service import service_factory
 from hubsync.auth.settings import AuthSettings
 from hubsync.core.channels import open_channel
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings, Environment
+from tests.helpers.core_settings import service_core
 
 SANDBOX_PORTAL = 12345
 SANDBOX_PRIVATE_TOKEN = "pat-na1-00000000-0000-4000-8000-000000012345"
@@ -101,35 +100,35 @@ def settings_values_of(env: Mapping[str, str]) -> dict[str, object]:
 def core_settings(
     redis_url: str, caller_tokens: Mapping[str, str], hubspot_api_base: str, environment: str = "development"
 ) -> CoreSettings:
-    return CoreSettings(
-        redis_url=redis_url,
-        caller_name="auth",
-        caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
-        hubspot_api_base=hubspot_api_base,
-        shutdown_grace_seconds=0.5,
-        environment=Environment(environment),
+    return service_core(
+        "auth", redis_url, caller_tokens, hubspot_api_base, environment=Environment(environment)
     )
 
 
-@contextlib.asynccontextmanager
-async def running_auth_service(
-    *,
-    redis_url: str,
-    caller_tokens: Mapping[str, str],
-    hubspot_api_base: str,
-    env: Mapping[str, str] | None = None,
-    keyring: Mapping[str, object] | None = None,
-    environment: str = "development",
-    settings: Mapping[str, object] | None = None,
-) -> AsyncIterator[RunningService]:
-    """An in-process auth service on a free loopback port; yields the RunningService.
+class AuthOptions(typing.TypedDict, total=False):
+    """What :func:`running_auth_service` and :func:`running_auth` take.
 
     ``settings`` override :func:`auth_settings` by field name; ``env`` does the same with
     ``HUBSYNC_AUTH_*`` names (for callers that have them as variables).
     """
-    overrides = settings_values_of(env or {}) | dict(settings or {})
-    auth = AuthSettings.model_validate(_sandbox_app(hubspot_api_base, keyring, 0) | overrides)
-    core = core_settings(redis_url, caller_tokens, hubspot_api_base, environment)
+
+    redis_url: typing.Required[str]
+    caller_tokens: typing.Required[Mapping[str, str]]
+    hubspot_api_base: typing.Required[str]
+    env: Mapping[str, str] | None
+    keyring: Mapping[str, object] | None
+    environment: str
+    settings: Mapping[str, object] | None
+
+
+@contextlib.asynccontextmanager
+async def running_auth_service(**options: typing.Unpack[AuthOptions]) -> AsyncIterator[RunningService]:
+    """An in-process auth service on a free loopback port; yields the RunningService."""
+    base = options["hubspot_api_base"]
+    overrides = settings_values_of(options.get("env") or {}) | dict(options.get("settings") or {})
+    auth = AuthSettings.model_validate(_sandbox_app(base, options.get("keyring"), 0) | overrides)
+    environment = options.get("environment", "development")
+    core = core_settings(options["redis_url"], options["caller_tokens"], base, environment)
     service = await start_service("auth", core, service_factory(auth), port=0)
     try:
         yield service
@@ -138,26 +137,9 @@ async def running_auth_service(
 
 
 @contextlib.asynccontextmanager
-async def running_auth(
-    *,
-    redis_url: str,
-    caller_tokens: Mapping[str, str],
-    hubspot_api_base: str,
-    env: Mapping[str, str] | None = None,
-    keyring: Mapping[str, object] | None = None,
-    environment: str = "development",
-    settings: Mapping[str, object] | None = None,
-) -> AsyncIterator[str]:
+async def running_auth(**options: typing.Unpack[AuthOptions]) -> AsyncIterator[str]:
     """An in-process auth service; yields its address ``127.0.0.1:<port>``."""
-    async with running_auth_service(
-        redis_url=redis_url,
-        caller_tokens=caller_tokens,
-        hubspot_api_base=hubspot_api_base,
-        env=env,
-        keyring=keyring,
-        environment=environment,
-        settings=settings,
-    ) as service:
+    async with running_auth_service(**options) as service:
         yield f"127.0.0.1:{service.port}"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -15,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubsync.core.devredis import free_port
+from tests.helpers.core_settings import process_env
 
 
 async def wait_serving(address: str, timeout: float = 30.0) -> None:
@@ -57,16 +57,15 @@ async def auth_processes(
         for i in range(count):
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
-            env |= {
-                "HUBSYNC_REDIS_URL": redis_url,
-                "HUBSYNC_CALLER_NAME": "auth",
-                "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
-                "HUBSYNC_HUBSPOT_API_BASE": hubspot_api_base,
-                "HUBSYNC_GRPC_PORT": str(port),
-                "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "1",
-                "HUBSYNC_METRICS_PORT": str(metrics_ports[i] if metrics_ports else 0),
-                **auth_env,
-            }
+            env |= process_env(
+                "auth",
+                redis_url,
+                caller_tokens,
+                port,
+                hubspot_api_base=hubspot_api_base,
+                metrics_port=str(metrics_ports[i] if metrics_ports else 0),
+            )
+            env |= auth_env
             log = (log_dir / f"auth-{i}.log").open("wb")
             files.append(log)
             procs.append(

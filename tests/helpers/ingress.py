@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from pydantic import SecretStr
-
 from hubsync.core.service import RunningService, start_service
-from hubsync.core.settings import CoreSettings
 from hubsync.hubspot.signatures import sign_v1, sign_v3
 from hubsync.ingress.service import IngressSpec, build
 from hubsync.ingress.settings import IngressSettings
+from tests.helpers.core_settings import service_core
 
 TEST_SECRET = "ingress-test-client-secret"
 TEST_APP_ID = "1001"
@@ -59,11 +56,11 @@ async def running_ingress_service(
 
     ``settings`` override :func:`ingress_settings` by field name (``{"redis_timeout_s": 1.0}``).
     """
-    core = CoreSettings(
-        redis_url=redis_url,
-        caller_name="ingress",
-        caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
-        hubspot_api_base=hubspot_api_base,
+    core = service_core(
+        "ingress",
+        redis_url,
+        caller_tokens,
+        hubspot_api_base,
         auth_address=auth_address,
         writer_address=writer_address,
         shutdown_grace_seconds=1.0,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import time
@@ -28,7 +27,6 @@ from hubsync.core.ready import EVENTS as EVENTS_QUEUE
 from hubsync.core.ready import ReadySets
 from hubsync.core.redis import portal_key, redis_from_url
 from hubsync.core.service import RunningService, start_service
-from hubsync.core.settings import CoreSettings
 from hubsync.core.telemetry import inject_fields
 from hubsync.mapper.service import build
 from hubsync.sandbox import (
@@ -40,6 +38,7 @@ from hubsync.sandbox import (
 )
 from hubsync.sandbox.testing import ReceivedRequest, ReceiverBehaviour, WebhookReceiver
 from tests.helpers.auth import register_sandbox_private_app, running_auth
+from tests.helpers.core_settings import process_env, service_core
 
 
 @dataclass
@@ -83,11 +82,11 @@ async def running_mapper(
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        core = CoreSettings(
-            redis_url=redis_url,
-            caller_name="mapper",
-            caller_tokens=json.dumps(dict(caller_tokens)),  # type: ignore[arg-type]
-            hubspot_api_base=hubspot_api_base,
+        core = service_core(
+            "mapper",
+            redis_url,
+            caller_tokens,
+            hubspot_api_base,
             writer_address=writer_address,
             shutdown_grace_seconds=1.0,
             ready_lease_ttl_ms=3000,
@@ -249,18 +248,17 @@ async def mapper_process(
 
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("HUBSYNC_")}
-    full |= {
-        "HUBSYNC_REDIS_URL": redis_url,
-        "HUBSYNC_CALLER_NAME": "mapper",
-        "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
-        "HUBSYNC_WRITER_ADDRESS": writer_address,
-        "HUBSYNC_GRPC_PORT": str(port),
-        "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "1",
-        "HUBSYNC_READY_LEASE_TTL_MS": "3000",
-        "HUBSYNC_READY_POLL_S": "1",
-        "HUBSYNC_MAPPER_CONSUMER_NAME": consumer_name,
-        **(env or {}),
-    }
+    full |= process_env(
+        "mapper",
+        redis_url,
+        caller_tokens,
+        port,
+        writer_address=writer_address,
+        ready_lease_ttl_ms="3000",
+        ready_poll_s="1",
+        mapper_consumer_name=consumer_name,
+    )
+    full |= env or {}
     log = (log_dir / f"{consumer_name}.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hubsync.mapper", env=full, stdout=log, stderr=log

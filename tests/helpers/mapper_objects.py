@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import struct_pb2
 
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from hubsync.core.channels import open_channel
 from hubsync.mapper.settings import PACKAGED_MAPPINGS
 from tests.helpers.auth import SANDBOX_PORTAL
-from tests.helpers.mapper import Suite
+from tests.helpers.custom_objects import subscription_schema
+from tests.helpers.mapper import Suite, running_mapper
 
 PORTAL = SANDBOX_PORTAL
 
-SCHEMA = {
-    "name": "subscription",
-    "labels": {"singular": "Subscription", "plural": "Subscriptions"},
-    "primaryDisplayProperty": "plan",
-    "requiredProperties": ["plan"],
-    "properties": [
-        {"name": "plan", "label": "Plan", "type": "string", "fieldType": "text"},
-        {"name": "seats", "label": "Seats", "type": "number", "fieldType": "number"},
-        {"name": "sub_key", "label": "Key", "type": "string", "fieldType": "text", "hasUniqueValue": True},
-    ],
-    "associatedObjects": ["CONTACT"],
-}
+SCHEMA = subscription_schema(
+    {"name": "sub_key", "label": "Key", "type": "string", "fieldType": "text", "hasUniqueValue": True}
+)
 
 MAPPINGS = {
     "subscription.yaml": """
@@ -106,3 +101,22 @@ async def define_subscription(s: Suite) -> str:
     sub = s.sandbox.state.webhooks.subs[1001]
     sub.set_types([*sub.types, f"object.creation@{type_id}", f"object.propertyChange@{type_id}"])
     return type_id
+
+
+@asynccontextmanager
+async def objects_mapper(
+    s: Suite, redis_url: str, caller_tokens: Mapping[str, str], tmp_path: Path, **options: Any
+) -> AsyncIterator[mapper_pb2_grpc.MapperServiceStub]:
+    """A mapper writing through ``s``'s writer with these tests' mappings (``options`` go to
+    :func:`running_mapper`): a stub on it, called as the client."""
+    async with (
+        running_mapper(
+            redis_url,
+            caller_tokens,
+            writer_address=s.writer_address,
+            mappings_dir=mappings_dir(tmp_path),
+            **options,
+        ) as mapper,
+        open_channel(mapper.address, caller_tokens["client"]) as channel,
+    ):
+        yield mapper_pb2_grpc.MapperServiceStub(channel)

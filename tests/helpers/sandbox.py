@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from hubsync.sandbox import PortalConfig, SandboxConfig
 
+# The properties HubSpot returns for a contact when the request names none (reads and searches).
+DEFAULT_CONTACT_PROPERTIES = frozenset(
+    {"createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname"}
+)
+
 
 def fast_config(**overrides: object) -> SandboxConfig:
     """Default portal and app, generous limits, a retry schedule compressed to milliseconds."""

@@ -16,7 +16,6 @@ import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
-from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from hubsync.auth.service import build as build_auth_service
@@ -28,6 +27,7 @@ from hubsync.ingress.settings import IngressSettings
 from hubsync.mapper.service import build as build_mapper
 from hubsync.writer.service import build as build_writer
 from hubsync.writer.settings import WriterSettings
+from tests.helpers.core_settings import service_core
 
 NOWHERE = "127.0.0.1:9"
 
@@ -73,14 +73,7 @@ ENV = {
 def core_settings(
     redis_url: str, caller_tokens: Mapping[str, str], name: str, **values: object
 ) -> CoreSettings:
-    return CoreSettings(
-        redis_url=redis_url,
-        caller_name=name,
-        caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
-        hubspot_api_base=f"http://{NOWHERE}",
-        shutdown_grace_seconds=0.5,
-        **values,  # type: ignore[arg-type]
-    )
+    return service_core(name, redis_url, caller_tokens, f"http://{NOWHERE}", **values)
 
 
 @contextlib.asynccontextmanager

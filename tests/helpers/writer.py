@@ -17,19 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import sys
+import typing
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-
-from pydantic import SecretStr
 
 from hubsync.core.devredis import free_port
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings
 from hubsync.writer.service import build
 from hubsync.writer.settings import WriterSettings
+from tests.helpers.core_settings import process_env, service_core
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -67,36 +66,40 @@ def writer_settings(env: Mapping[str, str] | None = None) -> WriterSettings:
 def core_settings(
     redis_url: str, caller_tokens: Mapping[str, str], hubspot_api_base: str, auth_address: str
 ) -> CoreSettings:
-    return CoreSettings(
-        redis_url=redis_url,
-        caller_name="writer",
-        caller_tokens=SecretStr(json.dumps(dict(caller_tokens))),
-        hubspot_api_base=hubspot_api_base,
+    return service_core(
+        "writer",
+        redis_url,
+        caller_tokens,
+        hubspot_api_base,
         auth_address=auth_address,
-        shutdown_grace_seconds=0.5,
         # A killed writer's ready shards move to another within a few seconds.
         ready_lease_ttl_ms=3000,
         ready_poll_s=1.0,
     )
 
 
-@contextlib.asynccontextmanager
-async def running_writer_service(
-    *,
-    redis_url: str,
-    caller_tokens: Mapping[str, str],
-    hubspot_api_base: str,
-    auth_address: str,
-    env: Mapping[str, str] | None = None,
-    settings: WriterSettings | None = None,
-) -> AsyncIterator[RunningService]:
-    """An in-process writer on a free loopback port; yields the RunningService.
+class WriterOptions(typing.TypedDict, total=False):
+    """What :func:`running_writer_service` and :func:`running_writer` take.
 
-    Its settings: ``settings``, else :func:`writer_settings` of ``env``.
+    The writer's settings: ``settings``, else :func:`writer_settings` of ``env``.
     """
-    core = core_settings(redis_url, caller_tokens, hubspot_api_base, auth_address)
-    factory = functools.partial(build, settings=settings or writer_settings(env))
-    service = await start_service("writer", core, factory, port=0)
+
+    redis_url: typing.Required[str]
+    caller_tokens: typing.Required[Mapping[str, str]]
+    hubspot_api_base: typing.Required[str]
+    auth_address: typing.Required[str]
+    env: Mapping[str, str] | None
+    settings: WriterSettings | None
+
+
+@contextlib.asynccontextmanager
+async def running_writer_service(**options: typing.Unpack[WriterOptions]) -> AsyncIterator[RunningService]:
+    """An in-process writer on a free loopback port; yields the RunningService."""
+    core = core_settings(
+        options["redis_url"], options["caller_tokens"], options["hubspot_api_base"], options["auth_address"]
+    )
+    settings = options.get("settings") or writer_settings(options.get("env"))
+    service = await start_service("writer", core, functools.partial(build, settings=settings), port=0)
     try:
         yield service
     finally:
@@ -104,22 +107,9 @@ async def running_writer_service(
 
 
 @contextlib.asynccontextmanager
-async def running_writer(
-    *,
-    redis_url: str,
-    caller_tokens: Mapping[str, str],
-    hubspot_api_base: str,
-    auth_address: str,
-    env: Mapping[str, str] | None = None,
-) -> AsyncIterator[str]:
+async def running_writer(**options: typing.Unpack[WriterOptions]) -> AsyncIterator[str]:
     """An in-process writer; yields its address ``127.0.0.1:<port>``."""
-    async with running_writer_service(
-        redis_url=redis_url,
-        caller_tokens=caller_tokens,
-        hubspot_api_base=hubspot_api_base,
-        auth_address=auth_address,
-        env=env,
-    ) as service:
+    async with running_writer_service(**options) as service:
         yield f"127.0.0.1:{service.port}"
 
 
@@ -151,18 +141,18 @@ async def writer_process(
 
     port = free_port()
     full = dict(os.environ) | TEST_ENV | dict(env or {})
-    full |= {
-        "HUBSYNC_REDIS_URL": redis_url,
-        "HUBSYNC_CALLER_NAME": "writer",
-        "HUBSYNC_CALLER_TOKENS": json.dumps(dict(caller_tokens)),
-        "HUBSYNC_HUBSPOT_API_BASE": hubspot_api_base,
-        "HUBSYNC_AUTH_ADDRESS": auth_address,
-        "HUBSYNC_GRPC_PORT": str(port),
-        "HUBSYNC_SHUTDOWN_GRACE_SECONDS": "0.5",
-        "HUBSYNC_READY_LEASE_TTL_MS": "3000",
-        "HUBSYNC_READY_POLL_S": "1",
-        "HUBSYNC_LOG_LEVEL": full.get("HUBSYNC_LOG_LEVEL", "WARNING"),
-    }
+    full |= process_env(
+        "writer",
+        redis_url,
+        caller_tokens,
+        port,
+        hubspot_api_base=hubspot_api_base,
+        auth_address=auth_address,
+        shutdown_grace_seconds="0.5",
+        ready_lease_ttl_ms="3000",
+        ready_poll_s="1",
+        log_level=full.get("HUBSYNC_LOG_LEVEL", "WARNING"),
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hubsync.writer", env=full, cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL
     )

@@ -31,6 +31,13 @@ async def _check(channel: grpc.aio.Channel) -> int:
     return int(reply.status)
 
 
+async def _refused(channel: grpc.aio.Channel) -> None:
+    """The server refuses the channel's connection: its calls fail UNAVAILABLE."""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _check(channel)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 @pytest.fixture
 def ca() -> DevCA:
     return DevCA()
@@ -74,9 +81,7 @@ async def test_client_without_a_certificate_is_refused(
     host, _ = server
     credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem)
     async with grpc.aio.secure_channel(f"127.0.0.1:{host.port}", credentials) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await _check(channel)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        await _refused(channel)
 
 
 async def test_client_with_a_certificate_of_another_ca_is_refused(
@@ -87,17 +92,13 @@ async def test_client_with_a_certificate_of_another_ca_is_refused(
     # It trusts the real CA, so the server's certificate passes; its own does not.
     intruder.ca.write_bytes(ca.cert_pem)
     async with open_channel(f"127.0.0.1:{host.port}", tls=_tls(intruder)) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await _check(channel)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        await _refused(channel)
 
 
 async def test_plaintext_client_is_refused(server: tuple[ServiceHost, IssuedFiles]) -> None:
     host, _ = server
     async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await _check(channel)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        await _refused(channel)
 
 
 async def test_rotated_files_are_used_without_a_restart(

@@ -45,6 +45,27 @@ HealthProbe = Callable[[], Awaitable[bool]]
 LIVENESS_SERVICE = "hubsync.liveness"
 
 
+async def _abort(
+    context: grpc.aio.ServicerContext, method: str, exc: Exception, *, malformed_is_invalid: bool
+) -> None:
+    """Ends the call with the status ``exc`` stands for (called from the handler's ``except``).
+
+    A :class:`HubsyncError` becomes its own status; a ``ValueError``/``TypeError`` (malformed
+    protobuf content that slipped past validation) INVALID_ARGUMENT where
+    ``malformed_is_invalid``; a Redis outage UNAVAILABLE; anything else INTERNAL, logged.
+    """
+    if isinstance(exc, HubsyncError):
+        await context.abort_with_status(exc.to_status())
+        return
+    if malformed_is_invalid and isinstance(exc, (ValueError, TypeError)):
+        await context.abort_with_status(InvalidArgument(str(exc)).to_status())
+        return
+    if (outage := outage_status(exc, method)) is not None:
+        await context.abort_with_status(outage)
+    log.exception("unhandled error", extra={"method": method})
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Turns :class:`HubsyncError` into a rich status, a Redis outage into UNAVAILABLE, anything
     unexpected into INTERNAL."""
@@ -61,18 +82,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     return await inner(request, context)
-                except HubsyncError as exc:
-                    await context.abort_with_status(exc.to_status())
-                except (ValueError, TypeError) as exc:
-                    # Malformed protobuf content that slipped past validation.
-                    await context.abort_with_status(InvalidArgument(str(exc)).to_status())
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    if (outage := outage_status(exc, method)) is not None:
-                        await context.abort_with_status(outage)
-                    log.exception("unhandled error", extra={"method": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                    await _abort(context, method, exc, malformed_is_invalid=True)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -90,15 +103,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             yield item
                     else:  # a handler that writes with context.write() (grpc's health Watch)
                         await result
-                except HubsyncError as exc:
-                    await context.abort_with_status(exc.to_status())
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    if (outage := outage_status(exc, method)) is not None:
-                        await context.abort_with_status(outage)
-                    log.exception("unhandled error", extra={"method": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                    await _abort(context, method, exc, malformed_is_invalid=False)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,

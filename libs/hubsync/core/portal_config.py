@@ -25,7 +25,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from redis.asyncio import Redis
 
@@ -46,6 +46,7 @@ __all__ = [
     "EffectiveConfig",
     "PortalConfigCache",
     "Scope",
+    "StoreOptions",
     "StoredVersion",
     "VersionConflict",
     "announce",
@@ -168,18 +169,26 @@ async def load_version(redis: Redis, scope: Scope, kind: str) -> StoredVersion |
     return _parse(await redis.hgetall(scope.key(kind)))
 
 
+class StoreOptions(TypedDict, total=False):
+    """How a version is stored: by whom, on which version in force, restoring which one."""
+
+    author: Required[str]
+    # The version the change was made on (None: whatever is in force).
+    expected: int | None
+    # The earlier version this one restores (0: none, a change of its own).
+    restored: int
+
+
 async def store_version(
     redis: Redis,
     scope: Scope,
     kind: str,
     document: config_pb2.ConfigDocument,
-    *,
-    author: str,
-    expected: int | None = None,
-    restored: int = 0,
+    **options: Unpack[StoreOptions],
 ) -> StoredVersion:
     """Stores ``document`` as the next version and announces it; raises :class:`VersionConflict`
     when ``expected`` is given and is not the version in force."""
+    author, expected, restored = options["author"], options.get("expected"), options.get("restored", 0)
     raw = document.SerializeToString()
     version, at = await redis.eval(
         _STORE,

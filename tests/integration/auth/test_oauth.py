@@ -24,16 +24,8 @@ from tests.helpers.auth_oauth import (
     sandbox_tokens,
     ticket_of,
 )
-from tests.helpers.auth_proxy import TokenRewritingProxy
+from tests.helpers.auth_proxy import auth_behind_proxy
 from tests.helpers.auth_sandbox import sandbox_config, sandbox_requests, stub, token_calls, violations
-
-
-@pytest.fixture
-async def auth(redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer):  # type: ignore[no-untyped-def]
-    async with running_auth(
-        redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
-    ) as address:
-        yield address
 
 
 async def crm_status(base_url: str, token: str) -> int:
@@ -295,15 +287,7 @@ async def test_hub_id_from_token_metadata_when_the_response_has_none(
         data.pop("hub_id")
         return data
 
-    async with (
-        TokenRewritingProxy(sandbox.base_url, drop_hub_id) as proxy,
-        running_auth(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=proxy.base_url,
-            settings={"authorize_url": f"{sandbox.base_url}/oauth/authorize"},
-        ) as auth,
-    ):
+    async with auth_behind_proxy(redis_url, caller_tokens, sandbox.base_url, drop_hub_id) as auth:
         conn = await connect_oauth(auth, caller_tokens)
     assert conn.portal_id == SANDBOX_PORTAL
     counts = (await sandbox_requests(sandbox.base_url))["counts"]["byEndpoint"]  # type: ignore[index]

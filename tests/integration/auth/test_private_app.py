@@ -14,17 +14,8 @@ from tests.helpers.auth import (
     SANDBOX_PORTAL,
     SANDBOX_PRIVATE_TOKEN,
     register_sandbox_private_app,
-    running_auth,
 )
 from tests.helpers.auth_sandbox import stub, violations
-
-
-@pytest.fixture
-async def auth(redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer):  # type: ignore[no-untyped-def]
-    async with running_auth(
-        redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
-    ) as address:
-        yield address
 
 
 async def test_writer_gets_the_private_app_token_and_it_works_at_hubspot(

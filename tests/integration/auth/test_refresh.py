@@ -4,7 +4,6 @@ the background refresher, and a private-app token HubSpot rejects."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,19 +21,11 @@ from tests.helpers.auth import (
     running_auth,
 )
 from tests.helpers.auth_oauth import connect_oauth, sandbox_tokens
-from tests.helpers.auth_proxy import TokenRewritingProxy
+from tests.helpers.auth_proxy import auth_behind_proxy
 from tests.helpers.auth_sandbox import sandbox_config, sandbox_requests, stub, token_calls
 
 AN_HOUR = duration_pb2.Duration(seconds=3600)
 FORCE = auth_pb2.GetAccessTokenRequest(portal_id=SANDBOX_PORTAL, min_ttl=AN_HOUR)
-
-
-@pytest.fixture
-async def auth(redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer) -> AsyncIterator[str]:
-    async with running_auth(
-        redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
-    ) as address:
-        yield address
 
 
 async def add_fault(base_url: str, **rule: object) -> None:
@@ -96,15 +87,7 @@ def drop_refresh_token(grant: str, data: dict[str, Any]) -> dict[str, Any]:
 async def test_refresh_without_new_refresh_token_keeps_the_old_one(
     redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer
 ) -> None:
-    async with (
-        TokenRewritingProxy(sandbox.base_url, drop_refresh_token) as proxy,
-        running_auth(
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=proxy.base_url,
-            settings={"authorize_url": f"{sandbox.base_url}/oauth/authorize"},
-        ) as auth,
-    ):
+    async with auth_behind_proxy(redis_url, caller_tokens, sandbox.base_url, drop_refresh_token) as auth:
         await connect_oauth(auth, caller_tokens)
         async with stub(auth, caller_tokens, "writer") as s:
             seen = {(await s.GetAccessToken(FORCE)).access_token for _ in range(3)}

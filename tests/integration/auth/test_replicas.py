@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -19,21 +20,33 @@ from tests.helpers.auth_processes import auth_processes
 from tests.helpers.auth_sandbox import sandbox_config, sandbox_requests, token_calls
 
 
+def replicas(
+    sandbox: SandboxServer,
+    env: dict[str, str],
+    metrics_ports: list[int],
+    redis_url: str,
+    caller_tokens: dict[str, str],
+    log_dir: Path,
+) -> AbstractAsyncContextManager[list[str]]:
+    """One auth process on ``sandbox`` per metrics port (logs in ``log_dir``): their addresses."""
+    return auth_processes(
+        len(metrics_ports),
+        redis_url=redis_url,
+        caller_tokens=caller_tokens,
+        hubspot_api_base=sandbox.base_url,
+        auth_env=env,
+        log_dir=log_dir,
+        metrics_ports=metrics_ports,
+    )
+
+
 async def test_fifty_calls_over_three_processes_refresh_once(
     redis_url: str, caller_tokens: dict[str, str], tmp_path: Path
 ) -> None:
     async with SandboxServer(sandbox_config()) as sandbox:
         env = auth_env(sandbox.base_url)
         metrics_ports = [free_port() for _ in range(3)]
-        async with auth_processes(
-            3,
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=sandbox.base_url,
-            auth_env=env,
-            log_dir=tmp_path,
-            metrics_ports=metrics_ports,
-        ) as addresses:
+        async with replicas(sandbox, env, metrics_ports, redis_url, caller_tokens, tmp_path) as addresses:
             connected_at = time.monotonic()
             conn = await connect_oauth(addresses[0], caller_tokens)
             assert conn.state == auth_pb2.CONNECTION_STATE_ACTIVE
@@ -81,15 +94,7 @@ async def test_needing_reauth_gauge_counts_dead_connections(
             "HUBSYNC_AUTH_REFRESHER_INTERVAL_S": "0.3",
         }
         port = free_port()
-        async with auth_processes(
-            1,
-            redis_url=redis_url,
-            caller_tokens=caller_tokens,
-            hubspot_api_base=sandbox.base_url,
-            auth_env=env,
-            log_dir=tmp_path,
-            metrics_ports=[port],
-        ) as (address,):
+        async with replicas(sandbox, env, [port], redis_url, caller_tokens, tmp_path) as (address,):
             await connect_oauth(address, caller_tokens)
             refresh = (await sandbox_tokens(sandbox.base_url))["refreshTokens"][0]["token"]
             async with httpx.AsyncClient() as client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,7 +23,6 @@ from tests.helpers.auth import (
     SANDBOX_PORTAL,
     SANDBOX_PRIVATE_TOKEN,
     register_sandbox_private_app,
-    running_auth,
 )
 from tests.helpers.auth_oauth import connect_oauth, sandbox_tokens
 from tests.helpers.auth_sandbox import stub
@@ -50,14 +49,6 @@ def spans() -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     setup_tracing("hubsync-auth-test", exporter)
     return exporter
-
-
-@pytest.fixture
-async def auth(redis_url: str, caller_tokens: dict[str, str], sandbox: SandboxServer) -> AsyncIterator[str]:
-    async with running_auth(
-        redis_url=redis_url, caller_tokens=caller_tokens, hubspot_api_base=sandbox.base_url
-    ) as address:
-        yield address
 
 
 async def dump_redis(client: Redis) -> bytes:

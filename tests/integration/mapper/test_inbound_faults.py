@@ -21,7 +21,6 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from google.protobuf import struct_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
@@ -33,6 +32,7 @@ from hubsync.mapper.settings import PACKAGED_MAPPINGS, MapperSettings
 from hubsync.writer.settings import WriterSettings
 from tests.helpers.auth import SANDBOX_PORTAL, register_sandbox_private_app
 from tests.helpers.mapper import mark_ready, no_more_changes, read_changes, running_mapper, suite
+from tests.helpers.mapper_objects import fields_struct
 from tests.helpers.writer import writer_env
 
 PORTAL = SANDBOX_PORTAL
@@ -72,12 +72,6 @@ async def _hubsync(mapper_address: str, token: str, *args: str) -> str:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, (out + err).decode()
     return out.decode()
-
-
-def _fields(**values: Any) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(values)
-    return s
 
 
 async def test_an_unconnected_portal_is_parked_then_delivered_once_when_connected(
@@ -287,7 +281,7 @@ async def test_reconciliation_after_pushes_sends_nothing_to_the_feed(
             mapper_pb2.ExternalRecord(
                 object_type="contacts",
                 external_id=f"c-{i}",
-                fields=_fields(email=f"r{i}@example.com", first_name=f"R{i}"),
+                fields=fields_struct(email=f"r{i}@example.com", first_name=f"R{i}"),
             )
             for i in range(n)
         ]
@@ -401,7 +395,9 @@ async def test_a_reconciled_record_holding_what_writer_wrote_for_a_queued_push_i
     ):
         stub = mapper_pb2_grpc.MapperServiceStub(channel)
         record = mapper_pb2.ExternalRecord(
-            object_type="contacts", external_id="c-q", fields=_fields(email="q@example.com", first_name="Q")
+            object_type="contacts",
+            external_id="c-q",
+            fields=fields_struct(email="q@example.com", first_name="Q"),
         )
         queued = await stub.PushRecords(
             mapper_pb2.PushRecordsRequest(request_id="queued", portal_id=PORTAL, records=[record])

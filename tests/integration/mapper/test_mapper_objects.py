@@ -10,13 +10,12 @@ from typing import Any
 import grpc
 import pytest
 
-from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
-from hubsync.core.channels import open_channel
-from tests.helpers.mapper import read_changes, running_mapper, suite
+from hubsync.api.mapper.v1 import mapper_pb2
+from tests.helpers.mapper import read_changes, suite
 from tests.helpers.mapper_objects import (
     define_subscription,
     hubspot_object,
-    mappings_dir,
+    objects_mapper,
     push,
     record,
 )
@@ -27,16 +26,7 @@ async def test_custom_object_mapped_pushed_edited_in_the_ui_and_delivered_on_the
 ) -> None:
     async with suite(redis_url, caller_tokens) as s:
         type_id = await define_subscription(s)
-        async with (
-            running_mapper(
-                redis_url,
-                caller_tokens,
-                writer_address=s.writer_address,
-                mappings_dir=mappings_dir(tmp_path),
-            ) as mapper,
-            open_channel(mapper.address, caller_tokens["client"]) as channel,
-        ):
-            stub = mapper_pb2_grpc.MapperServiceStub(channel)
+        async with objects_mapper(s, redis_url, caller_tokens, tmp_path) as stub:
             feed = stub.Subscribe(
                 mapper_pb2.SubscribeRequest(
                     consumer_group="billing", consumer="b1", object_types=["subscription"]
@@ -75,16 +65,8 @@ async def test_tickets_with_stage_mapping_and_notes_associated_to_contacts(
 ) -> None:
     async with (
         suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url,
-            caller_tokens,
-            writer_address=s.writer_address,
-            mappings_dir=mappings_dir(tmp_path),
-            inbound_enabled=False,
-        ) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
+        objects_mapper(s, redis_url, caller_tokens, tmp_path, inbound_enabled=False) as stub,
     ):
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
         reply = await push(
             stub,
             record("tickets", "t-1", title="Printer on fire", status="done"),
@@ -112,16 +94,8 @@ async def test_pushed_deletions_follow_the_mappings_ownership_rule(
 ) -> None:
     async with (
         suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url,
-            caller_tokens,
-            writer_address=s.writer_address,
-            mappings_dir=mappings_dir(tmp_path),
-            inbound_enabled=False,
-        ) as mapper,
-        open_channel(mapper.address, caller_tokens["client"]) as channel,
+        objects_mapper(s, redis_url, caller_tokens, tmp_path, inbound_enabled=False) as stub,
     ):
-        stub = mapper_pb2_grpc.MapperServiceStub(channel)
         made = await push(
             stub,
             record("tickets", "t-1", title="Old", status="open"),

@@ -7,11 +7,9 @@ the event streams as ingress does, without its dedupe), so duplicates do reach t
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
@@ -30,6 +28,7 @@ from tests.helpers.mapper import (
     running_mapper,
     suite,
 )
+from tests.helpers.mapper_objects import fields_struct, push, record
 
 PORTAL = SANDBOX_PORTAL
 
@@ -47,12 +46,6 @@ async def mapped_suite(
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):
         yield s, mapper_pb2_grpc.MapperServiceStub(channel)
-
-
-def _fields(**values: Any) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(values)
-    return s
 
 
 async def test_ui_edit_reaches_subscriber_once_despite_duplicates_and_a_killed_mapper(
@@ -144,12 +137,12 @@ async def test_push_writes_and_an_identical_push_costs_nothing(
     async with mapped_suite(redis_url, caller_tokens, inbound=False) as (s, stub):
         records = [
             mapper_pb2.ExternalRecord(
-                object_type="companies", external_id="co-1", fields=_fields(name="Acme")
+                object_type="companies", external_id="co-1", fields=fields_struct(name="Acme")
             ),
             mapper_pb2.ExternalRecord(
                 object_type="contacts",
                 external_id="c-1",
-                fields=_fields(
+                fields=fields_struct(
                     first_name="Ada",
                     email="ada@example.com",
                     company_id="co-1",
@@ -185,20 +178,7 @@ async def test_a_hubspot_owned_field_is_never_overwritten(
 ) -> None:
     async with mapped_suite(redis_url, caller_tokens, inbound=False) as (s, stub):
         hs_id = await s.create_contact(email="o@example.com", external_id="c-o", lifecyclestage="customer")
-        reply = await stub.PushRecords(
-            mapper_pb2.PushRecordsRequest(
-                request_id=str(uuid.uuid4()),
-                portal_id=PORTAL,
-                wait=True,
-                records=[
-                    mapper_pb2.ExternalRecord(
-                        object_type="contacts",
-                        external_id="c-o",
-                        fields=_fields(first_name="Olga", lifecycle_stage="lead"),
-                    )
-                ],
-            )
-        )
+        reply = await push(stub, record("contacts", "c-o", first_name="Olga", lifecycle_stage="lead"))
         assert reply.results[0].outcome == mapper_pb2.PUSH_OUTCOME_WRITTEN
         assert reply.results[0].hubspot_id == hs_id
         props = (await s.contact(hs_id))["properties"]
@@ -230,18 +210,7 @@ async def test_a_two_way_edit_does_not_loop(redis_url: str, caller_tokens: dict[
             assert rounds < 10, "changes keep coming: a loop"
             fields = dict(change.fields)
             fields["job_title"] = "Engineer"  # the client's own edit, made once
-            reply = await stub.PushRecords(
-                mapper_pb2.PushRecordsRequest(
-                    request_id=str(uuid.uuid4()),
-                    portal_id=PORTAL,
-                    wait=True,
-                    records=[
-                        mapper_pb2.ExternalRecord(
-                            object_type="contacts", external_id=change.external_id, fields=_fields(**fields)
-                        )
-                    ],
-                )
-            )
+            reply = await push(stub, record("contacts", change.external_id, **fields))
             assert reply.results[0].outcome != mapper_pb2.PUSH_OUTCOME_FAILED, reply
             await stub.Ack(mapper_pb2.AckRequest(consumer_group="two-way", ack_ids=[change.ack_id]))
             await s.idle()
@@ -381,7 +350,9 @@ async def test_concurrent_retries_of_one_push_write_once(
             portal_id=PORTAL,
             wait=True,
             records=[
-                mapper_pb2.ExternalRecord(object_type="deals", external_id="d-1", fields=_fields(name="Big"))
+                mapper_pb2.ExternalRecord(
+                    object_type="deals", external_id="d-1", fields=fields_struct(name="Big")
+                )
             ],
         )
         replies = await asyncio.gather(*(stub.PushRecords(request) for _ in range(5)))

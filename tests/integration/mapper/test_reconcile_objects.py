@@ -17,16 +17,16 @@ import pytest
 from redis.asyncio import Redis
 
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
-from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.core.channels import open_channel
 from hubsync.core.event_entries import decode_entry
 from hubsync.ingress.reconciler import REPORT_TOLERANCE_MS, _modified_ms
-from tests.helpers.mapper import no_more_changes, read_changes, running_mapper, suite
+from tests.helpers.mapper import no_more_changes, read_changes, suite
 from tests.helpers.mapper_objects import (
     PORTAL,
     define_subscription,
     hubspot_object,
-    mappings_dir,
+    objects_mapper,
     push,
     record,
 )
@@ -42,16 +42,9 @@ async def test_tickets_and_custom_objects_changed_without_a_webhook_are_reconcil
         before = list(sub.types)
         type_id = await define_subscription(s)
         async with (
-            running_mapper(
-                redis_url,
-                caller_tokens,
-                writer_address=s.writer_address,
-                mappings_dir=mappings_dir(tmp_path),
-            ) as mapper,
-            open_channel(mapper.address, caller_tokens["client"]) as channel,
+            objects_mapper(s, redis_url, caller_tokens, tmp_path) as stub,
             open_channel(s.ingress_address, caller_tokens["cli"]) as ingress_channel,
         ):
-            stub = mapper_pb2_grpc.MapperServiceStub(channel)
             reconciler = ingress_pb2_grpc.IngressServiceStub(ingress_channel)
             feed = stub.Subscribe(
                 mapper_pb2.SubscribeRequest(

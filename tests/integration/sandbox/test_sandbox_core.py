@@ -8,6 +8,7 @@ import httpx
 
 from hubsync.sandbox import DEFAULT_CLIENT_SECRET, SandboxServer
 from hubsync.sandbox.testing import WebhookReceiver
+from tests.helpers.sandbox import DEFAULT_CONTACT_PROPERTIES
 
 CONTACTS = "/crm/v3/objects/contacts"
 
@@ -93,14 +94,7 @@ async def test_batch_read_partial_is_207(client: httpx.AsyncClient) -> None:
 
     r = await client.post(f"{CONTACTS}/batch/read", json={"inputs": [{"id": i} for i in ids]})
     assert r.status_code == 200
-    assert set(r.json()["results"][0]["properties"]) == {
-        "createdate",
-        "email",
-        "firstname",
-        "hs_object_id",
-        "lastmodifieddate",
-        "lastname",
-    }
+    assert set(r.json()["results"][0]["properties"]) == DEFAULT_CONTACT_PROPERTIES
 
     r = await client.post(
         f"{CONTACTS}/batch/read", json={"inputs": [{"id": "c1@x.com"}], "idProperty": "email"}

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from hubsync.sandbox import DEFAULT_PRIVATE_TOKEN, SandboxServer
-from tests.helpers.sandbox import fast_config
+from tests.helpers.sandbox import DEFAULT_CONTACT_PROPERTIES, fast_config
 
 CONTACTS = "/crm/v3/objects/contacts"
 
@@ -87,14 +87,7 @@ async def test_sorts_query_and_default_properties(client: httpx.AsyncClient) -> 
     r = await client.post(f"{CONTACTS}/search", json={})
     body = r.json()
     assert body["total"] == 4 and "paging" not in body
-    assert set(body["results"][0]["properties"]) == {
-        "createdate",
-        "email",
-        "firstname",
-        "hs_object_id",
-        "lastmodifieddate",
-        "lastname",
-    }
+    assert set(body["results"][0]["properties"]) == DEFAULT_CONTACT_PROPERTIES
 
 
 async def test_backfill_pattern_by_modified_date_and_object_id(client: httpx.AsyncClient) -> None:

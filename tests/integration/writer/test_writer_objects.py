@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.keys import writer_gdpr_audit_key
+from tests.helpers.custom_objects import subscription_schema
 from tests.helpers.writer import writer_env
 from tests.helpers.writer_stack import PORTAL, Stack, record, sandbox_config, stack
 
@@ -21,17 +22,7 @@ GDPR = writer_pb2.WRITE_OPERATION_GDPR_DELETE
 SUCCEEDED = writer_pb2.WRITE_STATUS_SUCCEEDED
 EXT = "external_id"
 
-SCHEMA = {
-    "name": "subscription",
-    "labels": {"singular": "Subscription", "plural": "Subscriptions"},
-    "primaryDisplayProperty": "plan",
-    "requiredProperties": ["plan"],
-    "properties": [
-        {"name": "plan", "label": "Plan", "type": "string", "fieldType": "text"},
-        {"name": "seats", "label": "Seats", "type": "number", "fieldType": "number"},
-    ],
-    "associatedObjects": ["CONTACT"],
-}
+SCHEMA = subscription_schema()
 
 
 def link(f: str, fid: str, t: str, tid: str, *, label: str = "", remove: bool = False) -> writer_pb2.Write:

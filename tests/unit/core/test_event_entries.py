@@ -9,21 +9,10 @@ import orjson
 import pytest
 
 from hubsync.core.event_entries import decode_entry, encode_entry, replay_copy
+from tests.helpers.hubspot_events import documented_event
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-HUBSPOT_EVENT: dict[str, Any] = {  # the documented example delivery
-    "objectId": 1246965,
-    "propertyName": "lifecyclestage",
-    "propertyValue": "subscriber",
-    "changeSource": "CRM_UI",
-    "eventId": 3816279340,
-    "subscriptionId": 25,
-    "portalId": 33,
-    "appId": 1160452,
-    "occurredAt": 1462216307945,
-    "subscriptionType": "contact.propertyChange",
-    "attemptNumber": 0,
-}
+HUBSPOT_EVENT: dict[str, Any] = documented_event()  # the documented example delivery
 
 
 @pytest.mark.parametrize(

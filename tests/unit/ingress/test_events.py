@@ -10,20 +10,9 @@ from hypothesis import strategies as st
 
 from hubsync.ingress._dedupe import dedupe_slot
 from hubsync.ingress.events import PayloadRejected, object_type_of, parse_events
+from tests.helpers.hubspot_events import documented_event
 
-EVENT = {
-    "objectId": 1246965,
-    "propertyName": "lifecyclestage",
-    "propertyValue": "subscriber",
-    "changeSource": "CRM_UI",
-    "eventId": 3816279340,
-    "subscriptionId": 25,
-    "portalId": 33,
-    "appId": 1160452,
-    "occurredAt": 1462216307945,
-    "subscriptionType": "contact.propertyChange",
-    "attemptNumber": 0,
-}
+EVENT = documented_event()  # the documented example delivery
 
 
 def body(*events: object) -> bytes:

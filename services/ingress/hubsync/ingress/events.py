@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from hubsync.hubspot import objecttypes as _hubspot_types
+
 __all__ = [
     "MAX_EVENTS",
     "OBJECT_TYPES",
@@ -25,29 +27,9 @@ __all__ = [
 ]
 
 # subscriptionType prefix → the CRM object type writer records its writes under.
-OBJECT_TYPES = {
-    "contact": "contacts",
-    "company": "companies",
-    "deal": "deals",
-    "ticket": "tickets",
-    "product": "products",
-    "line_item": "line_items",
-}
+OBJECT_TYPES = _hubspot_types.WEBHOOK_PREFIXES
 # Generic ``object.*`` subscriptions name the type by id.
-OBJECT_TYPE_IDS = {
-    "0-1": "contacts",
-    "0-2": "companies",
-    "0-3": "deals",
-    "0-5": "tickets",
-    "0-7": "products",
-    "0-8": "line_items",
-    "0-14": "quotes",
-    "0-27": "tasks",
-    "0-46": "notes",
-    "0-47": "meetings",
-    "0-48": "calls",
-    "0-49": "emails",
-}
+OBJECT_TYPE_IDS = _hubspot_types.TYPES_BY_ID
 
 
 def type_of_id(type_id: str) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Unpack
 
 from redis.asyncio import Redis
 
@@ -27,6 +28,7 @@ from hubsync.core.portal_config import (
     PortalConfigCache,
     Scope,
     StoredVersion,
+    StoreOptions,
     VersionConflict,
     check_tenant_name,
     load_version,
@@ -129,10 +131,7 @@ class ConfigAdmin:
         scope: Scope,
         kind: str,
         document: config_pb2.ConfigDocument,
-        *,
-        author: str,
-        expected: int | None = None,
-        restored: int = 0,
+        **options: Unpack[StoreOptions],
     ) -> StoredVersion:
         """Validates ``document`` for ``scope`` and stores it as the next version."""
         _check_scope(scope, kind)
@@ -153,12 +152,11 @@ class ConfigAdmin:
             if before is not None and not before.empty:
                 previous_tenant = before.document.tenant.tenant
         try:
-            stored = await store_version(
-                self.redis, scope, kind, document, author=author, expected=expected, restored=restored
-            )
+            stored = await store_version(self.redis, scope, kind, document, **options)
         except VersionConflict as exc:
             raise Aborted(
-                f"{scope.label} {kind}: version {exc.current} is in force, not {expected}; read it again",
+                f"{scope.label} {kind}: version {exc.current} is in force, not {options.get('expected')}; "
+                "read it again",
                 reason="CONFIG_VERSION_CHANGED",
                 metadata={"current_version": str(exc.current)},
             ) from None

@@ -18,39 +18,15 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
+from hubsync.hubspot import objecttypes as _hubspot_types
 
 log = logging.getLogger(__name__)
 
-STANDARD_IDS = {
-    "contacts": "0-1",
-    "companies": "0-2",
-    "deals": "0-3",
-    "tickets": "0-5",
-    "products": "0-7",
-    "line_items": "0-8",
-    "quotes": "0-14",
-    "tasks": "0-27",
-    "notes": "0-46",
-    "meetings": "0-47",
-    "calls": "0-48",
-    "emails": "0-49",
-}
-_SINGULAR = {
-    "companies": "company",
-    "line_items": "line_item",
-}
-STANDARD: dict[str, str] = {}
-for _name, _tid in STANDARD_IDS.items():
-    STANDARD[_name] = STANDARD[_tid] = STANDARD[_SINGULAR.get(_name, _name[:-1])] = _name
+# HubSpot's standard types (one table for all services: hubsync.hubspot.objecttypes).
+STANDARD_IDS = _hubspot_types.STANDARD_IDS
+STANDARD = _hubspot_types.STANDARD_NAMES
 # The classic webhook prefix of each standard type that has one (``ticket.creation``).
-WEBHOOK_PREFIX = {
-    "contact": "contacts",
-    "company": "companies",
-    "deal": "deals",
-    "ticket": "tickets",
-    "product": "products",
-    "line_item": "line_items",
-}
+WEBHOOK_PREFIX = _hubspot_types.WEBHOOK_PREFIXES
 _CUSTOM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 _FQN = re.compile(r"^p\d*_([a-z][a-z0-9_]*)$")
 CUSTOM_ID = re.compile(r"^2-\d+$")

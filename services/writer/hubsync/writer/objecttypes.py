@@ -19,40 +19,13 @@ from dataclasses import dataclass
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument
+from hubsync.hubspot import objecttypes as _hubspot_types
 from hubsync.writer.hubspot_client import HubSpotClient
 
-# Canonical plural name → HubSpot's object type id.
-STANDARD_IDS: dict[str, str] = {
-    "contacts": "0-1",
-    "companies": "0-2",
-    "deals": "0-3",
-    "tickets": "0-5",
-    "products": "0-7",
-    "line_items": "0-8",
-    "quotes": "0-14",
-    "tasks": "0-27",
-    "notes": "0-46",
-    "meetings": "0-47",
-    "calls": "0-48",
-    "emails": "0-49",
-}
-_SINGULAR = {
-    "contacts": "contact",
-    "companies": "company",
-    "deals": "deal",
-    "tickets": "ticket",
-    "products": "product",
-    "line_items": "line_item",
-    "quotes": "quote",
-    "tasks": "task",
-    "notes": "note",
-    "meetings": "meeting",
-    "calls": "call",
-    "emails": "email",
-}
-STANDARD: dict[str, str] = {}
-for _name, _tid in STANDARD_IDS.items():
-    STANDARD[_name] = STANDARD[_tid] = STANDARD[_SINGULAR[_name]] = _name
+# Canonical plural name → HubSpot's object type id, and every accepted spelling → that name
+# (one table for all services: hubsync.hubspot.objecttypes).
+STANDARD_IDS = _hubspot_types.STANDARD_IDS
+STANDARD = _hubspot_types.STANDARD_NAMES
 ENGAGEMENTS = frozenset({"notes", "calls", "emails", "meetings", "tasks"})
 # hubsync reads these but never writes them.
 READ_ONLY = frozenset({"quotes"})
