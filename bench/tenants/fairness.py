@@ -160,6 +160,23 @@ async def stream_state(redis: Redis, portal: int) -> dict[str, int]:
     }
 
 
+async def others_state(redis: Redis, portals: list[int]) -> dict[str, int]:
+    """Every other portal's inbound streams summed: entries not yet delivered to mapper, entries
+    read by mapper but not acknowledged, and the longest time (ms) such an entry has been idle (a
+    read entry nobody works on waits for the visibility timeout)."""
+    total = {"undelivered": 0, "pending": 0, "portals_with_pending": 0, "max_pending_idle_ms": 0}
+    for p in portals:
+        state = await stream_state(redis, p)
+        total["undelivered"] += state["undelivered"]
+        total["pending"] += state["pending"]
+        if state["pending"]:
+            total["portals_with_pending"] += 1
+            rows = await redis.xpending_range(events_key(p), "mapper", "-", "+", 100)
+            idle = max((int(r["time_since_delivered"]) for r in rows), default=0)
+            total["max_pending_idle_ms"] = max(total["max_pending_idle_ms"], idle)
+    return total
+
+
 async def wait_drained(redis: Redis, portals: list[int], timeout: float) -> float:
     """Waits until every portal's inbound stream is consumed and acknowledged; returns seconds."""
     t0 = time.monotonic()
@@ -233,8 +250,8 @@ class Subscriber:
 
     def __init__(self, suite: Suite) -> None:
         self.suite = suite
-        # portal → [(occurred s, received s, record id, churn value or "")]
-        self.changes: dict[int, list[tuple[float, float, str, str]]] = {}
+        # portal → [(occurred s, received s, record id, churn value or "", feed entry s)]
+        self.changes: dict[int, list[tuple[float, float, str, str, float]]] = {}
         self.other_kinds = 0
         self.task: asyncio.Task[None] | None = None
 
@@ -264,8 +281,10 @@ class Subscriber:
                     for v in c.fields.fields.values():
                         if v.HasField("string_value") and v.string_value.startswith("churn-"):
                             value = v.string_value
+                    # The feed entry's id (the ack id's tail) holds when mapper published it.
+                    entry_s = int(c.ack_id.rsplit("/", 1)[1].split("-")[0]) / 1000
                     self.changes.setdefault(c.portal_id, []).append(
-                        (c.occur_time.ToMilliseconds() / 1000, now, c.hubspot_id, value)
+                        (c.occur_time.ToMilliseconds() / 1000, now, c.hubspot_id, value, entry_s)
                     )
                 else:
                     self.other_kinds += 1
@@ -302,16 +321,20 @@ def summarize(
         made[p] = made.get(p, 0) + 1
         last_value[(p, oid)] = f"churn-{n}"
     others: list[float] = []
+    to_feed: list[float] = []
+    from_feed: list[float] = []
     per_portal: dict[int, dict[str, Any]] = {}
     final_seen: set[tuple[int, str]] = set()
     for p, rows in sub.changes.items():
         window = [r for r in rows if r[0] >= t0 - 0.001]
         lat = [r[1] - r[0] for r in window]
-        for _occ, _rec, oid, value in window:
+        for _occ, _rec, oid, value, _entry in window:
             if value and last_value.get((p, oid)) == value:
                 final_seen.add((p, oid))
         if p not in excluded:
             others.extend(lat)
+            to_feed.extend(r[4] - r[0] for r in window)
+            from_feed.extend(r[1] - r[4] for r in window)
         if lat:
             per_portal[p] = {"changes": len(lat), **quantiles(lat)}
     worst = sorted(
@@ -333,10 +356,35 @@ def summarize(
                 1 for p, v in per_portal.items() if p not in excluded and v["p99_ms"] > 1000
             ),
         },
+        # The latency split at the change's feed entry: webhook → published (ingress, mapper's
+        # inbound turns, hydration) and published → subscriber (the change feed).
+        "every_other_portal_to_feed": quantiles(to_feed),
+        "every_other_portal_feed_to_subscriber": quantiles(from_feed),
         "worst_portals_by_p99": [{"portal": p, **v} for p, v in worst[:10]],
         "_made": made,
         "_final": final_seen,
         "_last": last_value,
+    }
+
+
+def deliveries_summary(log: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+    """The sandbox's webhook deliveries from the window's start: attempts, failures by status or
+    error (a failed attempt is retried by HubSpot's schedule: 60 s later, the first time), and how
+    long ingress took to answer."""
+    rows = [d for d in log if d["at"] >= t0 * 1000]
+    failed: dict[str, int] = {}
+    for d in rows:
+        if not d["ok"]:
+            key = str(d["status"] or d["error"])[:80]
+            failed[key] = failed.get(key, 0) + 1
+    first_failure = min((d["at"] for d in rows if not d["ok"]), default=None)
+    return {
+        "attempts": len(rows),
+        "events": sum(len(d["eventIds"]) for d in rows),
+        "failed_attempts": failed,
+        "retry_attempts": sum(1 for d in rows if d["attemptNumber"] > 0),
+        "first_failure_s_after_start": round(first_failure / 1000 - t0, 1) if first_failure else None,
+        "answer": quantiles([d["durationMs"] / 1000 for d in rows]),
     }
 
 
@@ -347,7 +395,7 @@ def timeline(sub: Subscriber, t0: float, excluded: set[int], step: float = 5.0) 
     for p, rows in sub.changes.items():
         if p in excluded:
             continue
-        for occurred, received, _oid, _value in rows:
+        for occurred, received, _oid, _value, _entry in rows:
             if occurred >= t0 - 0.001:
                 buckets.setdefault(int((occurred - t0) // step), []).append(received - occurred)
     return [{"from_s": b * step, "changes": len(v), **quantiles(v)} for b, v in sorted(buckets.items())]
@@ -370,6 +418,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for p in portals
         ],
         "webhook_retry_jitter": 0.0,
+        # Every delivery attempt of the run stays in the log the result sums up.
+        "delivery_log_size": 200_000,
     }
     extra_env: dict[str, dict[str, str]] = {"writer": {"HUBSYNC_WRITER_BURST_LIMIT": "190"}}
     for setting in args.env:
@@ -442,6 +492,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 result["churn"] = churn.json()
                 churn_seconds = time.monotonic() - w0
                 backlog_at_churn_end = await stream_state(redis, backlog_portal)
+                others = [p for p in portals if p not in (backlog_portal, blocked_portal)]
+                result["every_other_portal_inbound"] = {"at_churn_end": await others_state(redis, others)}
                 # The tail: wait until every other portal's records show their last edit.
                 excluded = {backlog_portal, blocked_portal}
                 deadline = time.monotonic() + args.tail_timeout
@@ -450,12 +502,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     o = s["every_other_portal"]
                     if o["records_whose_last_edit_arrived"] >= o["records_edited"]:
                         break
+                    if "20_s_after_churn" not in result["every_other_portal_inbound"] and (
+                        time.monotonic() - w0 > churn_seconds + 20
+                    ):
+                        sample = await others_state(redis, others)
+                        result["every_other_portal_inbound"]["20_s_after_churn"] = sample
                     await asyncio.sleep(1)
                 window = time.monotonic() - w0
                 ticks1 = {n: cpu_ticks(pid) for n, pid in pids.items()}
                 backlog_end = await stream_state(redis, backlog_portal)
+                result["every_other_portal_inbound"]["at_end"] = await others_state(redis, others)
                 blocked_end = await stream_state(redis, blocked_portal) if blocked_portal else {}
                 requests = (await http.get("/_sandbox/requests", params={"limit": 0})).json()["counts"]
+                log = (await http.get("/_sandbox/webhooks/deliveries", params={"body": "false"})).json()
+                result["webhook_deliveries"] = deliveries_summary(log["results"], t0)
         finally:
             await sub.stop()
             await redis.aclose()
