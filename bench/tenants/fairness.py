@@ -124,20 +124,25 @@ async def create_records(
     made: dict[int, list[str]] = {p: [] for p in wanted}
 
     async def one(portal: int, i: int) -> None:
+        email = f"{tag}{i}@p{portal}.example"
+        body = {"properties": {"email": email, "external_id": f"{tag}{i}", "firstname": tag}}
         async with sem:
-            reply = await http.post(
-                "/_sandbox/ui/contacts",
-                params={"portal": portal},
-                json={
-                    "properties": {
-                        "email": f"{tag}{i}@p{portal}.example",
-                        "external_id": f"{tag}{i}",
-                        "firstname": tag,
-                    }
-                },
-            )
-            reply.raise_for_status()
-            made[portal].append(str(reply.json()["id"]))
+            for attempt in range(5):
+                try:
+                    reply = await http.post("/_sandbox/ui/contacts", params={"portal": portal}, json=body)
+                except httpx.TransportError:
+                    # A kept-alive connection the sandbox closed meanwhile (a loaded machine): the
+                    # request may or may not have been made; a repeat finds the contact by email.
+                    await asyncio.sleep(0.5 * (attempt + 1))
+                    continue
+                if reply.status_code == 409 and attempt:
+                    message = str(reply.json().get("message", ""))
+                    made[portal].append(message.rsplit("Existing ID:", 1)[1].strip().rstrip("."))
+                    return
+                reply.raise_for_status()
+                made[portal].append(str(reply.json()["id"]))
+                return
+            raise RuntimeError(f"contact {email} not created after 5 attempts")
 
     await asyncio.gather(*(one(p, i) for p, n in wanted.items() for i in range(n)))
     return made
