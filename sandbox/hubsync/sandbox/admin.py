@@ -203,6 +203,45 @@ def routes(state: SandboxState) -> list[Route]:
         elapsed = time.perf_counter() - start
         return {"made": made, "elapsedSeconds": round(elapsed, 3), "ratePerSecond": round(made / elapsed, 1)}
 
+    async def ui_churn_portals(request: Request) -> Any:
+        """Load over many portals for benchmarks: UI edits at a steady total rate, made inside the
+        sandbox. Body: ``{"edits": [[portal, id], ...], "property": "firstname", "rate": 500}``;
+        edit n sets ``property`` to ``"churn-<n>"`` on that portal's object ``id``, in list order
+        (the caller draws the portals, e.g. Zipf-distributed). Answers when done."""
+        body = await read_json(request) or {}
+        try:
+            edits = [(int(p), str(i)) for p, i in body["edits"]]
+            prop = str(body.get("property", "firstname"))
+            rate = float(body.get("rate", 100))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise validation_error(
+                f"churn needs edits ([portal, id] pairs) and a numeric rate: {exc}"
+            ) from exc
+        t = "contacts"
+        targets = []
+        for portal, oid in edits:
+            store = state.stores.get(portal)
+            if store is None:
+                raise validation_error(f"no portal {portal}")
+            t = _type(store, request.path_params["objectType"])
+            obj = store.get(t, oid)
+            if obj is None:
+                raise validation_error(f"no object {oid} in portal {portal}")
+            targets.append((store, obj))
+        if not targets or rate <= 0:
+            raise validation_error("edits must not be empty; rate must be positive")
+        start = time.perf_counter()
+        made = 0
+        while made < len(targets):
+            due = min(int((time.perf_counter() - start) * rate) + 1, len(targets))
+            while made < due:
+                store, obj = targets[made]
+                store.update(t, obj, {prop: f"churn-{made}"}, state.ui_source())
+                made += 1
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        return {"made": made, "elapsedSeconds": round(elapsed, 3), "ratePerSecond": round(made / elapsed, 1)}
+
     async def ui_delete(request: Request) -> Any:
         store = _portal(state, request)
         t = _type(store, request.path_params["objectType"])
@@ -331,6 +370,7 @@ def routes(state: SandboxState) -> list[Route]:
         r("POST", "/ui/{objectType}", ui_create),
         r("POST", "/ui/{objectType}/merge", ui_merge),
         r("POST", "/ui/{objectType}/churn", ui_churn),
+        r("POST", "/ui/{objectType}/churn-portals", ui_churn_portals),
         r("POST", "/ui/{objectType}/{objectId}", ui_edit),
         r("DELETE", "/ui/{objectType}/{objectId}", ui_delete),
         r("POST", "/ui/{objectType}/{objectId}/restore", ui_restore),

@@ -293,3 +293,33 @@ async def test_churn_makes_ui_edits_that_reach_webhooks() -> None:
         assert {str(e["objectId"]) for e in edits} == set(ids)
         bad = await c.post("/_sandbox/ui/contacts/churn", json={"ids": ["999999"], "rate": 1, "seconds": 1})
         assert bad.status_code == 400
+
+
+async def test_churn_portals_edits_many_portals_in_the_given_order() -> None:
+    portals = [{"hub_id": 501}, {"hub_id": 502}]
+    async with wired(portals=portals) as (_, c, rx):
+        ids = {
+            p: (await c.post("/_sandbox/ui/contacts", params={"portal": p}, json={"properties": {}})).json()[
+                "id"
+            ]
+            for p in (501, 502)
+        }
+        await _idle(c)
+        rx.requests.clear()
+        order = [501, 502, 502, 501, 502]
+        r = await c.post(
+            "/_sandbox/ui/contacts/churn-portals",
+            json={"edits": [[p, ids[p]] for p in order], "property": "lastname", "rate": 200},
+        )
+        assert r.status_code == 200 and r.json()["made"] == 5
+        await _idle(c)
+        edits = sorted(
+            (e for e in rx.events() if e["changeSource"] == "CRM_UI"), key=lambda e: e["propertyValue"]
+        )
+        assert [(e["portalId"], e["propertyValue"]) for e in edits] == [
+            (p, f"churn-{n}") for n, p in enumerate(order)
+        ]
+        unknown = await c.post("/_sandbox/ui/contacts/churn-portals", json={"edits": [[999, "1"]], "rate": 1})
+        assert unknown.status_code == 400
+        empty = await c.post("/_sandbox/ui/contacts/churn-portals", json={"edits": [], "rate": 1})
+        assert empty.status_code == 400
