@@ -1,3 +1,5 @@
+"""``python -m hubsync.mapper``: runs the mapper service."""
+
 from hubsync.core.service import main
 from hubsync.mapper.service import build
 

@@ -17,8 +17,10 @@ FINGERPRINT_TTL_S = 90 * 86_400
 
 
 def digest(value: str) -> bytes:
+    """Return the short digest of one property value."""
     return hashlib.blake2b(value.encode(), digest_size=8).digest()
 
 
 def digest_properties(properties: Mapping[str, str]) -> dict[str, bytes]:
+    """Return the digest of each property value, by name."""
     return {name: digest(value) for name, value in properties.items()}

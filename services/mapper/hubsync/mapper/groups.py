@@ -8,9 +8,8 @@ new group beyond the limit is refused with RESOURCE_EXHAUSTED, a known one alway
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from hubsync.core.errors import ResourceExhausted
 from hubsync.core.keys import FEED_GROUPS_KEY
@@ -31,7 +30,7 @@ class ConsumerGroupLimit:
 
     def __init__(self, redis: Redis, max_groups: int) -> None:
         self.max_groups = max_groups
-        self._admit: Any = redis.register_script(_ADMIT_LUA)
+        self._admit: AsyncScript = redis.register_script(_ADMIT_LUA)
 
     async def admit(self, group: str) -> None:
         """Raises ResourceExhausted when ``group`` is new and the limit is reached.

@@ -66,6 +66,8 @@ class PortalUnusable(Exception):
 
 @dataclass(frozen=True)
 class ReadFailure:
+    """Why a record's read failed, and what that means for its events (``kind``)."""
+
     kind: str  # TRANSIENT, PERMANENT or COUNTED
     reason: str
     detail: str
@@ -73,11 +75,14 @@ class ReadFailure:
 
 @dataclass
 class Hydration:
+    """The records a batch read: found, archived (deleted records), and the failed reads."""
+
     found: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     archived: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     failures: dict[tuple[str, str, bool], ReadFailure] = field(default_factory=dict)
 
     def failure_of(self, change: RecordChange) -> ReadFailure | None:
+        """Return the failed read of a change's record, or None when it was read."""
         archived = change.kind == mapper_pb2.CHANGE_KIND_DELETED
         return self.failures.get((change.object_type, change.object_id, archived))
 

@@ -61,6 +61,7 @@ class ParsedEntry:
 
     @property
     def record(self) -> tuple[str, str] | None:
+        """The (object type, record id) of a synced record, else None."""
         return (self.what[0], self.what[1]) if self.what else None
 
 
@@ -80,9 +81,11 @@ class RecordChange:
 
     @property
     def key(self) -> tuple[str, str]:
+        """The (object type, record id) of the change's record."""
         return self.object_type, self.object_id
 
     def add(self, suffix: str, event: dict[str, Any], entry: ParsedEntry) -> None:
+        """Add one event of the record (``suffix``: its kind) to this change."""
         rank, kind = _KIND_RANK.get(suffix, (1, mapper_pb2.CHANGE_KIND_UPDATED))
         if rank > self.rank:
             self.rank, self.kind = rank, kind

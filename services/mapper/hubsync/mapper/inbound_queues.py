@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from hubsync.core.errors import InvalidArgument, NotFound
 from hubsync.core.event_entries import decode_entry
@@ -42,6 +43,7 @@ from hubsync.core.keys import (
 )
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 from hubsync.core.redis import as_str
+from hubsync.core.streams import StreamEntry, stream_range
 
 __all__ = ["CONNECTION_CHANGES_CHANNEL", "InboundQueues"]
 
@@ -61,7 +63,7 @@ failures_key = inbound_failures_key
 drain_lock_key = inbound_drain_lock_key
 
 
-def copied(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+def copied(fields: dict[bytes, bytes]) -> dict[FieldT, EncodableT]:
     """The fields of an event entry that travel with it into another stream."""
     return {k: v for k, v in fields.items() if k in _COPIED}
 
@@ -88,7 +90,7 @@ def queue_dead_letter(
     pipe.xadd(dead_letter_key(portal), entry, maxlen=DEAD_LETTER_MAX_LEN, approximate=True)
 
 
-async def count_failures(redis: Any, portal: str, entry_ids: Sequence[bytes]) -> list[int]:
+async def count_failures(redis: Redis, portal: str, entry_ids: Sequence[bytes]) -> list[int]:
     """Counts one more non-transient failure of each entry; returns the counts."""
     if not entry_ids:
         return []
@@ -102,7 +104,7 @@ async def count_failures(redis: Any, portal: str, entry_ids: Sequence[bytes]) ->
 
 
 async def park(
-    redis: Any,
+    redis: Redis,
     portal: str,
     entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
     *,
@@ -131,15 +133,15 @@ async def park(
     await redis.sadd(PARKED_PORTALS_KEY, portal)
 
 
-async def unpark_if_empty(redis: Any, portal: str) -> bool:
+async def unpark_if_empty(redis: Redis, portal: str) -> bool:
     """Unparks the portal if its parked stream is empty; returns whether it did."""
     key = parked_key(portal)
     async with redis.pipeline(transaction=True) as pipe:
         await pipe.watch(key)
         if await pipe.xlen(key):
-            await pipe.unwatch()
+            await pipe.unwatch()  # type: ignore[no-untyped-call]
             return False
-        pipe.multi()
+        pipe.multi()  # type: ignore[no-untyped-call]
         pipe.delete(park_info_key(portal))
         await pipe.execute()
     await redis.srem(PARKED_PORTALS_KEY, portal)
@@ -176,7 +178,7 @@ class InboundQueues:
     """The operator's view of parked and dead-lettered inbound events (list, show, replay, purge)."""
 
     def __init__(self, redis: Redis, *, shards: int = DEFAULT_SHARDS) -> None:
-        self.redis: Any = redis
+        self.redis = redis
         self.ready = ReadySets(redis, EVENTS, shards)
 
     @staticmethod
@@ -190,6 +192,7 @@ class InboundQueues:
         raise InvalidArgument("invalid queue", violations={"queue": "must be PARKED or DEAD_LETTER"})
 
     async def parked_portals(self) -> list[ParkedPortal]:
+        """Return the parked portals, each with why it was parked, since when, and its event count."""
         members = sorted(int(m) for m in await self.redis.smembers(PARKED_PORTALS_KEY) if as_str(m).isdigit())
         out = []
         for portal in members:
@@ -209,13 +212,14 @@ class InboundQueues:
     async def page(
         self, portal_id: int, queue: str, page_size: int, page_token: str
     ) -> tuple[list[InboundEvent], str]:
+        """Return a page of a portal's parked or dead-lettered events, and the next page's token."""
         key = self._key(portal_id, queue)
         size = page_size if 0 < page_size <= 1000 else 100
         start = "-"
         if page_token:
             _check_ids([page_token], "page_token")
             start = "(" + page_token
-        rows = await self.redis.xrange(key, start, "+", count=size + 1)
+        rows = await stream_range(self.redis, key, start, "+", count=size + 1)
         events = [self._event(queue, r[0], r[1]) for r in rows[:size]]
         token = events[-1].id if len(rows) > size else ""
         if queue == PARKED:
@@ -224,9 +228,10 @@ class InboundQueues:
         return events, token
 
     async def get(self, portal_id: int, queue: str, entry_id: str) -> InboundEvent:
+        """Return one parked or dead-lettered event; NotFound when there is none."""
         key = self._key(portal_id, queue)
         _check_ids([entry_id], "id")
-        rows = await self.redis.xrange(key, entry_id, entry_id)
+        rows = await stream_range(self.redis, key, entry_id, entry_id, count=1)
         if not rows:
             raise NotFound(f"no {queue} inbound event {entry_id} for portal {portal_id}")
         event = self._event(queue, rows[0][0], rows[0][1])
@@ -259,6 +264,7 @@ class InboundQueues:
         return len(rows)
 
     async def purge(self, portal_id: int, queue: str, ids: Sequence[str], everything: bool) -> int:
+        """Delete the named events (or all) of a portal's queue; return how many were deleted."""
         key = self._key(portal_id, queue)
         rows = await self._select(key, ids, everything)
         if not rows:
@@ -271,11 +277,11 @@ class InboundQueues:
         if everything == bool(ids):
             raise InvalidArgument("name the events", violations={"ids": "give ids, or all (not both)"})
         if everything:
-            return list(await self.redis.xrange(key, "-", "+"))
+            return await stream_range(self.redis, key, "-", "+", count=None)
         _check_ids(ids, "ids")
-        rows = []
+        rows: list[StreamEntry] = []
         for entry_id in ids:
-            rows += await self.redis.xrange(key, entry_id, entry_id)
+            rows += await stream_range(self.redis, key, entry_id, entry_id, count=1)
         return rows
 
     @staticmethod
@@ -293,7 +299,7 @@ class InboundQueues:
         )
 
     @staticmethod
-    def _with_park_reason(event: InboundEvent, info: dict[bytes, bytes]) -> InboundEvent:
+    def _with_park_reason(event: InboundEvent, info: dict[bytes | str, bytes | str]) -> InboundEvent:
         return replace(event, reason=as_str(info.get(b"reason")), detail=as_str(info.get(b"detail")))
 
 

@@ -136,6 +136,7 @@ class FieldMapping(BaseModel):
 
     @property
     def properties(self) -> list[str]:
+        """The HubSpot properties of this field (one, or several for a split field)."""
         return list(self.hubspot) if isinstance(self.hubspot, list) else [self.hubspot]
 
     @property

@@ -24,6 +24,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import trace
+from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
@@ -52,6 +53,7 @@ class Source:
     parked: bool = False
 
     def finish(self, pipe: Any, ids: list[bytes]) -> None:
+        """Queue the finishing of ``ids`` on ``pipe``: XACK on the event stream, XDEL when parked."""
         if not ids:
             return
         if self.parked:
@@ -71,6 +73,8 @@ class _Built:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """An entry to dead-letter: why, and after how many attempts."""
+
     entry: ParsedEntry
     reason: str
     detail: str
@@ -146,7 +150,7 @@ class Publisher:
     recorded first, so marks a dead replica never made are made by the next subscriber
     (:mod:`hubsync.mapper.feed_ready`)."""
 
-    def __init__(self, redis: Any, *, feed_max_len: int, marks: FeedMarks | None = None) -> None:
+    def __init__(self, redis: Redis, *, feed_max_len: int, marks: FeedMarks | None = None) -> None:
         self.redis = redis
         self.feed_max_len = feed_max_len
         self.marks = marks or FeedMarks(redis)
@@ -188,7 +192,7 @@ class Publisher:
                         # Read in one round trip (on another connection: what changes after the
                         # WATCH above still fails the EXEC).
                         last, known, written = await self._read_state(portal, built, last_keys, fkeys)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     outcomes = self._queue(pipe, portal, built, last_keys, last, known, written)
                     for d in dead:
                         queue_dead_letter(

@@ -41,6 +41,7 @@ class MappingRegistry:
         self._stamp: tuple[tuple[str, int, int], ...] = ()
 
     def snapshot(self) -> MappingSet:
+        """Return the mappings in force."""
         return self.current
 
     async def load(self) -> None:

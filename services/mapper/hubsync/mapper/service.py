@@ -81,7 +81,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
             return []
         # A random sample (SRANDMEMBER: O(count), not O(portals)); the others' problems show at
         # use, and an override is checked against its own portal when it is set.
-        members = await redis.srandmember(PORTALS_KEY, settings.validate_max_portals)  # type: ignore[misc]
+        members = await redis.srandmember(PORTALS_KEY, settings.validate_max_portals)
         names = (m.decode() if isinstance(m, bytes) else str(m) for m in members or [])
         return sorted(int(n) for n in names if n.isdigit())
 
@@ -150,7 +150,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         await channel.close()
 
     def register(server: Any) -> None:
-        mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
+        mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(config_servicer, server)
 
     return ServiceSpec(
