@@ -10,11 +10,10 @@ from __future__ import annotations
 from opentelemetry import metrics
 from redis.asyncio import Redis
 
-from hubsync.core.keys import INBOUND_DLQ_PORTALS_KEY, events_key
+from hubsync.core.keys import INBOUND_DLQ_PORTALS_KEY, events_key, inbound_dlq_key, inbound_parked_key
 from hubsync.core.ready import group_work
 from hubsync.core.redis import as_str, group_lag
-from hubsync.mapper import inbound_queues as queues
-from hubsync.mapper.publish import GROUP
+from hubsync.mapper.publish import EVENTS_GROUP
 
 __all__ = ["lag", "probe", "record_depth"]
 
@@ -35,14 +34,14 @@ async def lag(redis: Redis, portals: list[str]) -> int:
     total = 0
     for portal, rows in zip(portals, replies, strict=True):
         for g in rows if isinstance(rows, list) else []:
-            if as_str(g["name"]) == GROUP:
+            if as_str(g["name"]) == EVENTS_GROUP:
                 total += await group_lag(redis, events_key(portal), g) + int(g.get("pending") or 0)
     return total
 
 
 async def probe(redis: Redis, portals: list[str]) -> list[tuple[bool, bool]]:
     """The sweeper's look at a page of portals: (undelivered entries, pending entries) each."""
-    return await group_work(redis, [events_key(p) for p in portals], GROUP)
+    return await group_work(redis, [events_key(p) for p in portals], EVENTS_GROUP)
 
 
 async def record_depth(redis: Redis, parked_portals: list[str]) -> None:
@@ -51,14 +50,14 @@ async def record_depth(redis: Redis, parked_portals: list[str]) -> None:
     letters are gone leaves the set)."""
     parked = 0
     for portal in parked_portals:
-        parked += int(await redis.xlen(queues.parked_key(portal)))
+        parked += int(await redis.xlen(inbound_parked_key(portal)))
     dead = 0
     for raw in await redis.smembers(INBOUND_DLQ_PORTALS_KEY):
         portal = as_str(raw)
-        n = int(await redis.xlen(queues.dead_letter_key(portal)))
+        n = int(await redis.xlen(inbound_dlq_key(portal)))
         if n == 0:
             await redis.srem(INBOUND_DLQ_PORTALS_KEY, portal)
-            if await redis.xlen(queues.dead_letter_key(portal)):  # added meanwhile
+            if await redis.xlen(inbound_dlq_key(portal)):  # added meanwhile
                 await redis.sadd(INBOUND_DLQ_PORTALS_KEY, portal)
         dead += n
     _depth.set(parked, {"queue": "parked"})

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from hubsync.mapper._inbound_process import BatchOutcome, BatchResult
 from hubsync.mapper.inbound_events import ParsedEntry
-from hubsync.mapper.publish import GROUP, Source
+from hubsync.mapper.publish import EVENTS_GROUP, Source
 
 __all__ = ["InFlightBatches", "Process", "reraise_if_cancelling"]
 
@@ -116,7 +116,7 @@ class InFlightBatches:
         for key, ids in by_key.items():
             for i in range(0, len(ids), _CLAIM_CHUNK):
                 chunk = ids[i : i + _CLAIM_CHUNK]
-                await self.redis.xclaim(key, GROUP, self.consumer, 0, chunk, justid=True)  # type: ignore[arg-type]
+                await self.redis.xclaim(key, EVENTS_GROUP, self.consumer, 0, chunk, justid=True)  # type: ignore[arg-type]
 
     def _dispatch(self, portal: str, source: Source, entries: list[ParsedEntry]) -> list[asyncio.Task[None]]:
         """Starts a batch for the entries whose records no batch in flight holds, and one that

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from opentelemetry import metrics
 from redis.asyncio import Redis
 
+from hubsync.core.keys import INBOUND_PARKED_PORTALS_KEY, inbound_drain_lock_key, inbound_parked_key
 from hubsync.core.ready import ReadySets, now_ms
 from hubsync.core.redis import as_str
 from hubsync.core.streams import stream_range
@@ -28,7 +29,7 @@ from hubsync.mapper._inbound_batches import Process, reraise_if_cancelling
 from hubsync.mapper._inbound_process import BatchOutcome
 from hubsync.mapper.hydrate import PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, parse_entry
-from hubsync.mapper.publish import GROUP, Source
+from hubsync.mapper.publish import EVENTS_GROUP, Source
 
 __all__ = ["PARKED_DISCOVER_S", "ParkedPortals"]
 
@@ -124,7 +125,7 @@ class ParkedPortals:
             portal,
             rows,
             from_stream=None if source.parked else source.key,
-            group=GROUP,
+            group=EVENTS_GROUP,
             reason=exc.reason,
             detail=exc.detail,
         )
@@ -140,7 +141,7 @@ class ParkedPortals:
     async def discover(self) -> None:
         """Read the set of parked portals: gate those parked by another replica, forget those
         unparked by another."""
-        members = await self.redis.smembers(queues.PARKED_PORTALS_KEY)
+        members = await self.redis.smembers(INBOUND_PARKED_PORTALS_KEY)
         parked = {as_str(p) for p in members}
         now = time.monotonic()
         for portal in parked:
@@ -204,14 +205,14 @@ class ParkedPortals:
         if state is None:
             return
         state.poked = False
-        lock = queues.drain_lock_key(portal)
+        lock = inbound_drain_lock_key(portal)
         owner = f"{self.consumer}:{time.monotonic()}"
         try:
             if not await self.redis.set(lock, owner, nx=True, px=self.hold_ms):
                 state.next_probe = time.monotonic() + state.interval
                 return
             try:
-                source = Source(queues.parked_key(portal), parked=True)
+                source = Source(inbound_parked_key(portal), parked=True)
                 while True:
                     await self.redis.pexpire(lock, self.hold_ms)
                     rows = await stream_range(self.redis, source.key, "-", "+", count=self.batch_size)

@@ -37,6 +37,8 @@ from hubsync.mapper.mappings import LoadedMapping, MappingError
 from hubsync.mapper.portal_mappings import MAPPINGS, PortalMappings, parse_override
 from hubsync.mapper.properties import PropertyCatalog
 
+__all__ = ["ConfigAdmin", "EffectiveMapping"]
+
 MAX_BURST = 100_000
 MAX_REASON = 200
 # Bounds on what one version stores (every version is kept in Redis, up to HISTORY_MAX).

@@ -10,6 +10,8 @@ from hubsync.core.errors import InvalidArgument
 from hubsync.core.portal_config import KIND_NAMES, Scope, StoredVersion
 from hubsync.mapper.config_admin import ConfigAdmin
 
+__all__ = ["ConfigServicer"]
+
 
 def _scope(scope: config_pb2.ConfigScope) -> Scope:
     return Scope(portal_id=scope.portal_id, tenant=scope.tenant)

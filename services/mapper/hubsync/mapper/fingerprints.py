@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+__all__ = ["FINGERPRINT_TTL_S", "digest", "digest_properties"]
+
 # Fingerprints outlive any retry horizon; a record untouched for this long is simply re-sent once.
 FINGERPRINT_TTL_S = 90 * 86_400
 

@@ -14,7 +14,7 @@ from redis.commands.core import AsyncScript
 from hubsync.core.errors import ResourceExhausted
 from hubsync.core.keys import FEED_GROUPS_KEY
 
-GROUPS_KEY = FEED_GROUPS_KEY
+__all__ = ["ConsumerGroupLimit"]
 
 # Admits ARGV[1] when it is known or the set holds fewer than ARGV[2]; 1 admitted, 0 refused.
 _ADMIT_LUA = """
@@ -38,7 +38,7 @@ class ConsumerGroupLimit:
         Asks Redis on every subscription, even for a group this replica admitted before: the set
         is also whom mapper's publisher marks changes for, so a group must be back in it after
         Redis lost its data."""
-        if not await self._admit(keys=[GROUPS_KEY], args=[group, self.max_groups]):
+        if not await self._admit(keys=[FEED_GROUPS_KEY], args=[group, self.max_groups]):
             raise ResourceExhausted(
                 f"at most {self.max_groups} change-feed consumer groups may exist; reuse one or ask an "
                 "operator to remove an unused one (HUBSYNC_MAPPER_MAX_CONSUMER_GROUPS)",

@@ -31,6 +31,17 @@ from hubsync.core.errors import error_info
 from hubsync.mapper.inbound_events import RecordChange
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
 
+__all__ = [
+    "COUNTED",
+    "PERMANENT",
+    "TRANSIENT",
+    "Hydration",
+    "Hydrator",
+    "PortalUnusable",
+    "ReadFailure",
+    "classify_error",
+]
+
 _meter = metrics.get_meter("hubsync.mapper")
 _reads = _meter.create_counter("hubsync.mapper.hydrate.calls", description="ReadRecords calls made")
 

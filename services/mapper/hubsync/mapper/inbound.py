@@ -51,7 +51,7 @@ from hubsync.mapper._inbound_process import BatchProcessor, BatchResult
 from hubsync.mapper.hydrate import Hydrator
 from hubsync.mapper.inbound_events import ParsedEntry, parse_entry
 from hubsync.mapper.objecttypes import CUSTOM_TYPES
-from hubsync.mapper.publish import GROUP, Publisher, Source
+from hubsync.mapper.publish import EVENTS_GROUP, Publisher, Source
 from hubsync.mapper.transforms import MappingSet
 
 __all__ = ["InboundWorker"]
@@ -97,7 +97,7 @@ class InboundWorker:
             EVENTS,
             name="inbound worker",
             stream=events_key,
-            group=GROUP,
+            group=EVENTS_GROUP,
             consumer=consumer,
             handle=self._turn,
             shards=shards,

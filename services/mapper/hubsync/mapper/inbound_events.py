@@ -19,6 +19,8 @@ from hubsync.core.telemetry import extract_context
 from hubsync.mapper.objecttypes import CUSTOM_ID, CUSTOM_TYPES, STANDARD_IDS, WEBHOOK_PREFIX
 from hubsync.mapper.transforms import MappingSet
 
+__all__ = ["Batch", "ParsedEntry", "RecordChange", "classify", "coalesce", "parse_entry"]
+
 SYNCED_TYPES = WEBHOOK_PREFIX
 SYNCED_TYPE_IDS = {tid: name for name, tid in STANDARD_IDS.items()}
 # Without a mapping, events of these types are dead-lettered (hubsync's core objects); of any

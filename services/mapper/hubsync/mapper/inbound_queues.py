@@ -36,7 +36,6 @@ from hubsync.core.keys import (
     EventEntry,
     events_key,
     inbound_dlq_key,
-    inbound_drain_lock_key,
     inbound_failures_key,
     inbound_park_key,
     inbound_parked_key,
@@ -45,22 +44,27 @@ from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 from hubsync.core.redis import as_str
 from hubsync.core.streams import StreamEntry, stream_range
 
-__all__ = ["CONNECTION_CHANGES_CHANNEL", "InboundQueues"]
+__all__ = [
+    "CONNECTION_CHANGES_CHANNEL",
+    "DEAD_LETTER",
+    "DEAD_LETTER_MAX_LEN",
+    "PARKED",
+    "InboundEvent",
+    "InboundQueues",
+    "ParkedPortal",
+    "copied",
+    "count_failures",
+    "park",
+    "queue_dead_letter",
+    "unpark_if_empty",
+]
 
-PARKED_PORTALS_KEY = INBOUND_PARKED_PORTALS_KEY
 DEAD_LETTER_MAX_LEN = 100_000
 _FAILURES_TTL_S = 7 * 86_400
 _COPIED = tuple(name.encode() for name in EventEntry.COPIED)
 
 PARKED = "parked"
 DEAD_LETTER = "dlq"
-
-
-parked_key = inbound_parked_key
-park_info_key = inbound_park_key
-dead_letter_key = inbound_dlq_key
-failures_key = inbound_failures_key
-drain_lock_key = inbound_drain_lock_key
 
 
 def copied(fields: dict[bytes, bytes]) -> dict[FieldT, EncodableT]:
@@ -87,14 +91,14 @@ def queue_dead_letter(
         b"dead_ms": str(int(time.time() * 1000)).encode(),
         b"attempts": str(attempts).encode(),
     }
-    pipe.xadd(dead_letter_key(portal), entry, maxlen=DEAD_LETTER_MAX_LEN, approximate=True)
+    pipe.xadd(inbound_dlq_key(portal), entry, maxlen=DEAD_LETTER_MAX_LEN, approximate=True)
 
 
 async def count_failures(redis: Redis, portal: str, entry_ids: Sequence[bytes]) -> list[int]:
     """Counts one more non-transient failure of each entry; returns the counts."""
     if not entry_ids:
         return []
-    key = failures_key(portal)
+    key = inbound_failures_key(portal)
     async with redis.pipeline(transaction=False) as pipe:
         for entry_id in entry_ids:
             pipe.hincrby(key, entry_id, 1)
@@ -117,36 +121,37 @@ async def park(
     portal parked. With ``from_stream`` None the entries are parked already: only the reason is
     updated."""
     now = str(int(time.time() * 1000))
-    await redis.sadd(PARKED_PORTALS_KEY, portal)
+    await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)
     async with redis.pipeline(transaction=True) as pipe:
         if from_stream is not None:
             for entry_id, fields in entries:
                 pipe.xadd(
-                    parked_key(portal), copied(fields) | {b"from_id": entry_id, b"parked_ms": now.encode()}
+                    inbound_parked_key(portal),
+                    copied(fields) | {b"from_id": entry_id, b"parked_ms": now.encode()},
                 )
             if entries:
                 pipe.xack(from_stream, group, *[e[0] for e in entries])
-        info = park_info_key(portal)
+        info = inbound_park_key(portal)
         pipe.hset(info, mapping={"reason": reason, "detail": detail[:500]})
         pipe.hsetnx(info, "since_ms", now)
         await pipe.execute()
-    await redis.sadd(PARKED_PORTALS_KEY, portal)
+    await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)
 
 
 async def unpark_if_empty(redis: Redis, portal: str) -> bool:
     """Unparks the portal if its parked stream is empty; returns whether it did."""
-    key = parked_key(portal)
+    key = inbound_parked_key(portal)
     async with redis.pipeline(transaction=True) as pipe:
         await pipe.watch(key)
         if await pipe.xlen(key):
             await pipe.unwatch()  # type: ignore[no-untyped-call]
             return False
         pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.delete(park_info_key(portal))
+        pipe.delete(inbound_park_key(portal))
         await pipe.execute()
-    await redis.srem(PARKED_PORTALS_KEY, portal)
+    await redis.srem(INBOUND_PARKED_PORTALS_KEY, portal)
     if await redis.xlen(key):  # parked again meanwhile: stay parked
-        await redis.sadd(PARKED_PORTALS_KEY, portal)
+        await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)
         return False
     return True
 
@@ -167,6 +172,8 @@ class InboundEvent:
 
 @dataclass(frozen=True)
 class ParkedPortal:
+    """A parked portal, as the API shows it: why, since when, how many events wait."""
+
     portal_id: int
     reason: str
     detail: str
@@ -186,18 +193,20 @@ class InboundQueues:
         if portal_id <= 0:
             raise InvalidArgument("invalid portal", violations={"portal_id": "must be a positive portal id"})
         if queue == PARKED:
-            return parked_key(portal_id)
+            return inbound_parked_key(portal_id)
         if queue == DEAD_LETTER:
-            return dead_letter_key(portal_id)
+            return inbound_dlq_key(portal_id)
         raise InvalidArgument("invalid queue", violations={"queue": "must be PARKED or DEAD_LETTER"})
 
     async def parked_portals(self) -> list[ParkedPortal]:
         """Return the parked portals, each with why it was parked, since when, and its event count."""
-        members = sorted(int(m) for m in await self.redis.smembers(PARKED_PORTALS_KEY) if as_str(m).isdigit())
+        members = sorted(
+            int(m) for m in await self.redis.smembers(INBOUND_PARKED_PORTALS_KEY) if as_str(m).isdigit()
+        )
         out = []
         for portal in members:
-            info = await self.redis.hgetall(park_info_key(portal))
-            count = await self.redis.xlen(parked_key(portal))
+            info = await self.redis.hgetall(inbound_park_key(portal))
+            count = await self.redis.xlen(inbound_parked_key(portal))
             out.append(
                 ParkedPortal(
                     portal,
@@ -223,7 +232,7 @@ class InboundQueues:
         events = [self._event(queue, r[0], r[1]) for r in rows[:size]]
         token = events[-1].id if len(rows) > size else ""
         if queue == PARKED:
-            info = await self.redis.hgetall(park_info_key(portal_id))
+            info = await self.redis.hgetall(inbound_park_key(portal_id))
             events = [self._with_park_reason(e, info) for e in events]
         return events, token
 
@@ -236,7 +245,7 @@ class InboundQueues:
             raise NotFound(f"no {queue} inbound event {entry_id} for portal {portal_id}")
         event = self._event(queue, rows[0][0], rows[0][1])
         if queue == PARKED:
-            event = self._with_park_reason(event, await self.redis.hgetall(park_info_key(portal_id)))
+            event = self._with_park_reason(event, await self.redis.hgetall(inbound_park_key(portal_id)))
         return event
 
     async def replay(self, portal_id: int, queue: str, ids: Sequence[str], everything: bool) -> int:
@@ -247,7 +256,7 @@ class InboundQueues:
             count = int(await self.redis.xlen(key))
             if count:
                 # Marked parked first (if it somehow was not), so every replica re-checks it.
-                await self.redis.sadd(PARKED_PORTALS_KEY, str(portal_id))
+                await self.redis.sadd(INBOUND_PARKED_PORTALS_KEY, str(portal_id))
             await self.redis.publish(CONNECTION_CHANGES_CHANNEL, str(portal_id))
             return count
         rows = await self._select(key, ids, everything)
@@ -258,7 +267,7 @@ class InboundQueues:
                 entry = copied(fields) | {EventEntry.ORIGIN.encode(): b"inbound-dlq-replay"}
                 pipe.xadd(events_key(portal_id), entry)
                 pipe.xdel(key, entry_id)
-            pipe.hdel(failures_key(portal_id), *[f.get(b"from_id", b"") or b"-" for _i, f in rows])
+            pipe.hdel(inbound_failures_key(portal_id), *[f.get(b"from_id", b"") or b"-" for _i, f in rows])
             await pipe.execute()
         await self.ready.mark([portal_id])  # after the append: the mapper reads them again
         return len(rows)

@@ -30,9 +30,11 @@ from hubsync.core.keys import fingerprint_key, push_done_key, push_lock_key, pus
 from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest
-from hubsync.mapper.mappings import OBJECT_TYPES, WRITE_ORDER
+from hubsync.mapper.mappings import STANDARD_TYPES, WRITE_ORDER
 from hubsync.mapper.objecttypes import CUSTOM_TYPES
 from hubsync.mapper.transforms import MappingSet, TransformError
+
+__all__ = ["PushRecord", "PushResultData", "RecordPusher"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ class RecordPusher:
         """Push records to HubSpot through writer; return each record's outcome."""
         mappings = await self.mappings(portal_id)  # the portal's own (default + overrides)
         self._validate(request_id, portal_id, records, mappings)
-        custom = {r.object_type for r in records if r.object_type not in OBJECT_TYPES}
+        custom = {r.object_type for r in records if r.object_type not in STANDARD_TYPES}
         if custom:
             # HubSpot's events about custom objects name them by id: learn the ids now.
             await CUSTOM_TYPES.ensure(self.writer, portal_id, custom)

@@ -13,6 +13,8 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import Unavailable
 from hubsync.mapper.mappings import LoadedMapping
 
+__all__ = ["PropertyCatalog"]
+
 # Which HubSpot property types each transform can write to (and read from).
 COMPATIBLE: dict[str, frozenset[str]] = {
     "string": frozenset({"string", "phone_number", "enumeration"}),

@@ -38,7 +38,10 @@ from hubsync.mapper.inbound_events import ParsedEntry, RecordChange
 from hubsync.mapper.inbound_queues import queue_dead_letter
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
 
-GROUP = "mapper"
+__all__ = ["EVENTS_GROUP", "DeadLetter", "Publisher", "Source"]
+
+# The consumer group mapper reads ingress's event streams in.
+EVENTS_GROUP = "mapper"
 _LAST_TTL_S = 7 * 86_400
 _EMPTY = digest("")
 _COMPARED = (mapper_pb2.CHANGE_KIND_UPDATED, mapper_pb2.CHANGE_KIND_CREATED)
@@ -59,7 +62,7 @@ class Source:
         if self.parked:
             pipe.xdel(self.key, *ids)
         else:
-            pipe.xack(self.key, GROUP, *ids)
+            pipe.xack(self.key, EVENTS_GROUP, *ids)
 
 
 @dataclass

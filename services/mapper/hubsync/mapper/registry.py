@@ -18,6 +18,8 @@ from hubsync.mapper.mappings import LoadedMapping, MappingError, directory_stamp
 from hubsync.mapper.properties import PropertyCatalog
 from hubsync.mapper.transforms import MappingSet
 
+__all__ = ["MappingRegistry"]
+
 log = logging.getLogger(__name__)
 
 

@@ -29,6 +29,8 @@ from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.servicer import MapperServicer
 from hubsync.mapper.settings import MapperSettings
 
+__all__ = ["ADMIN_METHODS", "CONFIG_SERVICE_NAME", "DEFAULT_PORT", "SERVICE_NAME", "build", "caller_policy"]
+
 SERVICE_NAME = mapper_pb2.DESCRIPTOR.services_by_name["MapperService"].full_name
 CONFIG_SERVICE_NAME = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
 DEFAULT_PORT = 50053

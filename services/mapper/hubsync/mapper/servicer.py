@@ -21,6 +21,8 @@ from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.suggest import suggest
 from hubsync.mapper.transforms import TransformError
 
+__all__ = ["MapperServicer"]
+
 _QUEUES = {mapper_pb2.INBOUND_QUEUE_PARKED: PARKED, mapper_pb2.INBOUND_QUEUE_DEAD_LETTER: DEAD_LETTER}
 _QUEUE_ENUMS = {v: k for k, v in _QUEUES.items()}
 _OUTCOMES = {

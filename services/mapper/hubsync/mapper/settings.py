@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = ["PACKAGED_MAPPINGS", "MapperSettings"]
+
 PACKAGED_MAPPINGS = Path(__file__).parent / "default_mappings"
 
 

@@ -25,6 +25,8 @@ from typing import Any
 from hubsync.mapper.mappings import STAGE_PROPERTIES, FieldMapping, LoadedMapping, Mapping
 from hubsync.mapper.objecttypes import CUSTOM_TYPES, STANDARD
 
+__all__ = ["CompiledMapping", "Inbound", "MappingSet", "Outbound", "TransformError", "compile_mapping"]
+
 _DAY_MS = 86_400_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MISSING = object()
