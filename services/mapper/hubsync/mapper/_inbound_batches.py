@@ -42,6 +42,12 @@ class HeldRecord:
     object_type: str
     object_id: str
 
+    @classmethod
+    def of(cls, portal: str, entry: ParsedEntry) -> HeldRecord:
+        """Return the record of an entry of a synced type (``entry.what`` set)."""
+        assert entry.what is not None
+        return cls(portal, entry.what.object_type, entry.what.object_id)
+
 
 @dataclass
 class HeldBatch:
@@ -125,8 +131,7 @@ class InFlightBatches:
         blocked: list[ParsedEntry] = []
         waits: set[asyncio.Task[None]] = set()
         for e in entries:
-            record = e.record
-            holder = self._holders.get(HeldRecord(portal, *record)) if record else None
+            holder = self._holders.get(HeldRecord.of(portal, e)) if e.what else None
             if holder is not None and not holder.done():
                 blocked.append(e)
                 waits.add(holder)
@@ -143,7 +148,7 @@ class InFlightBatches:
     ) -> asyncio.Task[None]:
         task = asyncio.create_task(self._batch(portal, source, entries, after), name="mapper-inbound-batch")
         self._tasks[task] = HeldBatch(source, [e.id for e in entries], asyncio.get_running_loop().time())
-        records = {HeldRecord(portal, *e.record) for e in entries if e.record}
+        records = {HeldRecord.of(portal, e) for e in entries if e.what}
         for r in records:
             self._holders[r] = task
 
