@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from hubsync.core.redis import portal_key, redis_from_url
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.telemetry import inject_fields
 from hubsync.mapper.service import build
+from hubsync.mapper.settings import MapperSettings
 from hubsync.sandbox import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_PRIVATE_TOKEN,
@@ -63,42 +65,35 @@ async def running_mapper(
     coalesce_window_ms: int = 20,
     visibility_timeout_ms: int = 2_000,
     inbound_enabled: bool = True,
-    extra_env: Mapping[str, str] | None = None,
+    settings: Mapping[str, object] | None = None,
 ) -> AsyncIterator[RunningMapper]:
     """Starts the mapper on a free loopback port with the given settings; stops it on exit.
 
-    Settings are passed through ``HUBSYNC_MAPPER_*`` variables, set only while the service is
-    being built (the mapper reads them once, at build).
+    ``settings``: further :class:`MapperSettings` values by setting name
+    (``{"parked_recheck_s": 3600}``), validated as the service validates its environment;
+    ``os.environ`` is not read.
     """
-    env = {
-        "HUBSYNC_MAPPER_CONSUMER_NAME": consumer_name,
-        "HUBSYNC_MAPPER_COALESCE_WINDOW_MS": str(coalesce_window_ms),
-        "HUBSYNC_MAPPER_VISIBILITY_TIMEOUT_MS": str(visibility_timeout_ms),
-        "HUBSYNC_MAPPER_INBOUND_ENABLED": "true" if inbound_enabled else "false",
-        **(extra_env or {}),
+    values: dict[str, object] = {
+        "consumer_name": consumer_name,
+        "coalesce_window_ms": coalesce_window_ms,
+        "visibility_timeout_ms": visibility_timeout_ms,
+        "inbound_enabled": inbound_enabled,
+        **(settings or {}),
     }
     if mappings_dir is not None:
-        env["HUBSYNC_MAPPER_MAPPINGS_DIR"] = str(mappings_dir)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        core = service_core(
-            "mapper",
-            redis_url,
-            caller_tokens,
-            hubspot_api_base,
-            writer_address=writer_address,
-            shutdown_grace_seconds=1.0,
-            ready_lease_ttl_ms=3000,
-            ready_poll_s=1.0,
-        )
-        service = await start_service("mapper", core, build, port=0)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        values["mappings_dir"] = mappings_dir
+    core = service_core(
+        "mapper",
+        redis_url,
+        caller_tokens,
+        hubspot_api_base,
+        writer_address=writer_address,
+        shutdown_grace_seconds=1.0,
+        ready_lease_ttl_ms=3000,
+        ready_poll_s=1.0,
+    )
+    factory = functools.partial(build, settings=MapperSettings.model_validate(values))
+    service = await start_service("mapper", core, factory, port=0)
     try:
         yield RunningMapper(service, f"127.0.0.1:{service.port}")
     finally:

@@ -24,7 +24,8 @@ from hubsync.core.service import RunningService, ServiceSpec, SpecFactory, start
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.ingress.service import build as build_ingress_service
 from hubsync.ingress.settings import IngressSettings
-from hubsync.mapper.service import build as build_mapper
+from hubsync.mapper.service import build as build_mapper_service
+from hubsync.mapper.settings import MapperSettings
 from hubsync.writer.service import build as build_writer
 from hubsync.writer.settings import WriterSettings
 from tests.helpers.core_settings import service_core
@@ -40,6 +41,11 @@ async def build_auth(core: CoreSettings, redis: Redis) -> ServiceSpec:
 async def build_ingress(core: CoreSettings, redis: Redis) -> ServiceSpec:
     """Ingress with its settings read from the environment the test set (as its ``__main__`` does)."""
     return await build_ingress_service(core, redis, load_settings(IngressSettings))
+
+
+async def build_mapper(core: CoreSettings, redis: Redis) -> ServiceSpec:
+    """Mapper with its settings read from the environment the test set (as its ``__main__`` does)."""
+    return await build_mapper_service(core, redis, load_settings(MapperSettings))
 
 
 # In start order: writer asks auth for tokens, mapper and ingress call writer.

@@ -17,6 +17,7 @@ from hubsync.core.ready import EVENTS, WRITES
 from hubsync.core.service import RunningService, start_service
 from hubsync.core.settings import CoreSettings, load_settings
 from hubsync.mapper.service import build as build_mapper
+from hubsync.mapper.settings import MapperSettings
 from hubsync.writer.service import build as build_writer
 from hubsync.writer.settings import WriterSettings
 
@@ -73,14 +74,15 @@ async def start_both(redis_url: str, caller_tokens: dict[str, str]) -> list[Runn
         functools.partial(build_writer, settings=load_settings(WriterSettings)),
         port=0,
     )
-    mapper = await start_service("mapper", core("mapper", f"127.0.0.1:{writer.port}"), build_mapper, port=0)
+    settings = MapperSettings.model_validate({"validate_properties": False})
+    factory = functools.partial(build_mapper, settings=settings)
+    mapper = await start_service("mapper", core("mapper", f"127.0.0.1:{writer.port}"), factory, port=0)
     return [writer, mapper]
 
 
 async def test_idle_commands_do_not_grow_with_known_portals(
-    redis_url: str, caller_tokens: dict[str, str], redis: Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis
 ) -> None:
-    monkeypatch.setenv("HUBSYNC_MAPPER_VALIDATE_PROPERTIES", "false")
     counts = {}
     known = 0
     for n in (10, 2000):

@@ -318,7 +318,7 @@ async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_
     """Events ingress accepted for two portals on different nodes are both taken by mapper's
     inbound loop (read by its consumer group; what happens next needs writer and auth, absent)."""
     from hubsync.core.keys import PORTALS_KEY, EventEntry
-    from hubsync.mapper.publish import GROUP
+    from hubsync.mapper.publish import EVENTS_GROUP
     from tests.helpers.mapper import mark_ready, running_mapper
 
     portals = [PORTAL, _portal_on_another_node(PORTAL)]
@@ -335,7 +335,7 @@ async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_
                 read = []
                 for portal in portals:
                     groups: Any = await redis.xinfo_groups(events_key(portal))
-                    delivered = [g for g in groups if g["name"] in (GROUP, GROUP.encode())]
+                    delivered = [g for g in groups if g["name"] in (EVENTS_GROUP, EVENTS_GROUP.encode())]
                     read.append(bool(delivered) and delivered[0]["last-delivered-id"] not in (b"0-0", "0-0"))
                 if all(read):
                     break

@@ -37,7 +37,7 @@ from tests.helpers.mapper_feed_layout import (
 pytestmark = pytest.mark.timeout(480)
 
 BUSY = 7
-NO_VALIDATION = {"HUBSYNC_MAPPER_VALIDATE_PROPERTIES": "false"}
+NO_VALIDATION: dict[str, object] = {"validate_properties": False}
 
 
 async def _wait_until(check, timeout: float = 120.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +78,7 @@ async def _idle_commands(
     await idle_portals(redis, 1000, portals, "g")
     mapping_set = await mappings()
     async with (
-        running_mapper(redis_url, caller_tokens, inbound_enabled=False, extra_env=NO_VALIDATION) as mapper,
+        running_mapper(redis_url, caller_tokens, inbound_enabled=False, settings=NO_VALIDATION) as mapper,
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):
         stub = mapper_pb2_grpc.MapperServiceStub(channel)
@@ -120,7 +120,7 @@ async def test_a_busy_portals_changes_reach_a_subscriber_beside_2000_idle_portal
     await idle_portals(redis, 1000, 2000, "g")
     mapping_set = await mappings()
     async with (
-        running_mapper(redis_url, caller_tokens, inbound_enabled=False, extra_env=NO_VALIDATION) as mapper,
+        running_mapper(redis_url, caller_tokens, inbound_enabled=False, settings=NO_VALIDATION) as mapper,
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):
         stub = mapper_pb2_grpc.MapperServiceStub(channel)
@@ -176,7 +176,7 @@ async def test_an_upgrade_delivers_every_change_left_on_the_per_portal_feed_exac
     # A subscriber acks one change the old consumer held, with the ack id it was given before.
     early = old_ids[::7]
     async with (
-        running_mapper(redis_url, caller_tokens, inbound_enabled=False, extra_env=NO_VALIDATION) as mapper,
+        running_mapper(redis_url, caller_tokens, inbound_enabled=False, settings=NO_VALIDATION) as mapper,
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):
         stub = mapper_pb2_grpc.MapperServiceStub(channel)

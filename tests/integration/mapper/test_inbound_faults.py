@@ -87,7 +87,7 @@ async def test_an_unconnected_portal_is_parked_then_delivered_once_when_connecte
             writer_address=s.writer_address,
             visibility_timeout_ms=200,
             # Only auth's announcement can resume it within the test: no periodic re-check.
-            extra_env={"HUBSYNC_MAPPER_PARKED_RECHECK_S": "3600"},
+            settings={"parked_recheck_s": 3600},
         ) as mapper,
         open_channel(mapper.address, caller_tokens["cli"]) as channel,
         open_channel(mapper.address, caller_tokens["client"]) as feed_channel,
@@ -170,7 +170,7 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
             writer_address=s.writer_address,
             mappings_dir=mappings,
             visibility_timeout_ms=200,
-            extra_env={"HUBSYNC_MAPPER_RELOAD_INTERVAL_S": "0.2"},
+            settings={"reload_interval_s": 0.2},
         ) as mapper,
         open_channel(mapper.address, caller_tokens["cli"]) as channel,
         open_channel(mapper.address, caller_tokens["client"]) as feed_channel,
@@ -355,7 +355,7 @@ async def test_a_hung_read_holds_up_only_its_own_batch(redis_url: str, caller_to
             redis_url,
             caller_tokens,
             writer_address=s.writer_address,
-            extra_env={"HUBSYNC_MAPPER_STALLED_BATCH_MS": "200"},
+            settings={"stalled_batch_ms": 200},
         ) as mapper,
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):

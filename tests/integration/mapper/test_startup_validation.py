@@ -29,7 +29,7 @@ async def test_start_up_checks_a_sample_of_the_known_portals_not_all(
         redis_url,
         caller_tokens,
         inbound_enabled=False,
-        extra_env={"HUBSYNC_MAPPER_VALIDATE_PROPERTIES": "true", "HUBSYNC_MAPPER_VALIDATE_MAX_PORTALS": "5"},
+        settings={"validate_properties": True, "validate_max_portals": 5},
     ):
         pass
     checked = [r for r in caplog.records if r.getMessage() == UNVERIFIED]

@@ -21,7 +21,7 @@ from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.event_entries import EventRecord, decode_entry, replay_copy
 from hubsync.core.keys import events_key, replays_key
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
-from hubsync.ingress._stream_reads import stream_range
+from hubsync.core.streams import stream_range
 
 __all__ = ["MAX_PAGE", "EventJournal", "JournalEntry", "check_offset"]
 

@@ -33,8 +33,8 @@ from hubsync.core.errors import InvalidArgument, Unavailable
 from hubsync.core.event_entries import decode_entry
 from hubsync.core.keys import PORTALS_KEY, EchoEntry, echoes_key, events_key, reconcile_key
 from hubsync.core.outage import loop_error
+from hubsync.core.streams import stream_range
 from hubsync.ingress import metrics
-from hubsync.ingress._stream_reads import stream_range
 from hubsync.ingress.committer import CommitOutcome, EnqueueFailed, EventCommitter
 from hubsync.ingress.events import (
     OBJECT_TYPE_IDS,

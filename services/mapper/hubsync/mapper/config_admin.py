@@ -39,6 +39,8 @@ from hubsync.mapper.mappings import LoadedMapping, MappingError
 from hubsync.mapper.portal_mappings import MAPPINGS, PortalMappings, parse_override
 from hubsync.mapper.properties import PropertyCatalog
 
+__all__ = ["ConfigAdmin", "EffectiveMapping"]
+
 MAX_BURST = 100_000
 MAX_REASON = 200
 # Bounds on what one version stores (every version is kept in Redis, up to HISTORY_MAX).
@@ -53,6 +55,8 @@ _FIELD = {"mappings": "mappings", "limits": "limits", "pilot": "pilot", "tenant"
 
 @dataclass(frozen=True)
 class EffectiveMapping:
+    """One layer's mapping of an object type in force for a portal: the layer and its source."""
+
     object_type: str
     layer: str
     source: str
@@ -91,6 +95,7 @@ class ConfigAdmin:
 
     @property
     def configs(self) -> PortalConfigCache:
+        """The portal configuration cache the mappings read."""
         return self.mappings.configs
 
     # ---- reads -----------------------------------------------------------------------------------
@@ -119,6 +124,7 @@ class ConfigAdmin:
         return current, effective.tenant, rows
 
     async def history(self, scope: Scope, kind: str, limit: int = 0) -> list[StoredVersion]:
+        """Return the stored versions of a scope's configuration, newest first."""
         _check_scope(scope, kind)
         if limit < 0:
             raise InvalidArgument("invalid page size", violations={"page_size": "must not be negative"})
@@ -162,9 +168,9 @@ class ConfigAdmin:
             ) from None
         new_tenant = document.tenant.tenant if set_kind is not None and kind == "tenant" else ""
         if new_tenant:
-            await self.redis.sadd(tenant_portals_key(new_tenant), str(scope.portal_id))  # type: ignore[misc]
+            await self.redis.sadd(tenant_portals_key(new_tenant), str(scope.portal_id))
         if previous_tenant and previous_tenant != new_tenant:
-            await self.redis.srem(tenant_portals_key(previous_tenant), str(scope.portal_id))  # type: ignore[misc]
+            await self.redis.srem(tenant_portals_key(previous_tenant), str(scope.portal_id))
         # This replica applies its own change at once; the others on the announcement.
         self.configs.invalidate(scope.label)
         return stored
@@ -217,7 +223,7 @@ class ConfigAdmin:
         if scope.portal_id:
             portals = [scope.portal_id]
         else:
-            members = await self.redis.smembers(tenant_portals_key(scope.tenant))  # type: ignore[misc]
+            members = await self.redis.smembers(tenant_portals_key(scope.tenant))
             portals = sorted(int(m) for m in members if m.isdigit())
         await self._check_properties(portals, loaded)
 

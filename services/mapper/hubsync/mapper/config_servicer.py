@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import grpc
 
 from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc
 from hubsync.core.callers import current_caller
 from hubsync.core.errors import InvalidArgument
 from hubsync.core.portal_config import KIND_NAMES, Scope, StoredVersion
 from hubsync.mapper.config_admin import ConfigAdmin
+
+__all__ = ["ConfigServicer"]
 
 
 def _scope(scope: config_pb2.ConfigScope) -> Scope:
@@ -46,12 +48,15 @@ def _author() -> str:
 
 
 class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
+    """ConfigService: proto in → :class:`ConfigAdmin` → proto out."""
+
     def __init__(self, admin: ConfigAdmin) -> None:
         self.admin = admin
 
     async def GetConfig(
-        self, request: config_pb2.GetConfigRequest, context: Any
+        self, request: config_pb2.GetConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.GetConfigResponse:
+        """Return a scope's current configuration, its tenant and the mappings in force."""
         current, tenant, effective = await self.admin.get(_scope(request.scope), _kind(request.kind))
         return config_pb2.GetConfigResponse(
             current=_version(current),
@@ -63,8 +68,9 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         )
 
     async def SetConfig(
-        self, request: config_pb2.SetConfigRequest, context: Any
+        self, request: config_pb2.SetConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.SetConfigResponse:
+        """Store a new version of a scope's configuration (checked first)."""
         stored = await self.admin.set(
             _scope(request.scope),
             _kind(request.kind),
@@ -75,14 +81,16 @@ class ConfigServicer(config_pb2_grpc.ConfigServiceServicer):
         return config_pb2.SetConfigResponse(version=_version(stored))
 
     async def ListConfigVersions(
-        self, request: config_pb2.ListConfigVersionsRequest, context: Any
+        self, request: config_pb2.ListConfigVersionsRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.ListConfigVersionsResponse:
+        """Return the stored versions of a scope's configuration, newest first."""
         versions = await self.admin.history(_scope(request.scope), _kind(request.kind), request.page_size)
         return config_pb2.ListConfigVersionsResponse(versions=[_version(v) for v in versions])
 
     async def RollbackConfig(
-        self, request: config_pb2.RollbackConfigRequest, context: Any
+        self, request: config_pb2.RollbackConfigRequest, context: grpc.aio.ServicerContext
     ) -> config_pb2.RollbackConfigResponse:
+        """Make an earlier version of a scope's configuration current again."""
         stored = await self.admin.rollback(
             _scope(request.scope),
             _kind(request.kind),

@@ -12,13 +12,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+__all__ = ["FINGERPRINT_TTL_S", "digest", "digest_properties"]
+
 # Fingerprints outlive any retry horizon; a record untouched for this long is simply re-sent once.
 FINGERPRINT_TTL_S = 90 * 86_400
 
 
 def digest(value: str) -> bytes:
+    """Return the short digest of one property value."""
     return hashlib.blake2b(value.encode(), digest_size=8).digest()
 
 
 def digest_properties(properties: Mapping[str, str]) -> dict[str, bytes]:
+    """Return the digest of each property value, by name."""
     return {name: digest(value) for name, value in properties.items()}

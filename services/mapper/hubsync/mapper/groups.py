@@ -8,14 +8,13 @@ new group beyond the limit is refused with RESOURCE_EXHAUSTED, a known one alway
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from hubsync.core.errors import ResourceExhausted
 from hubsync.core.keys import FEED_GROUPS_KEY
 
-GROUPS_KEY = FEED_GROUPS_KEY
+__all__ = ["ConsumerGroupLimit"]
 
 # Admits ARGV[1] when it is known or the set holds fewer than ARGV[2]; 1 admitted, 0 refused.
 _ADMIT_LUA = """
@@ -31,7 +30,7 @@ class ConsumerGroupLimit:
 
     def __init__(self, redis: Redis, max_groups: int) -> None:
         self.max_groups = max_groups
-        self._admit: Any = redis.register_script(_ADMIT_LUA)
+        self._admit: AsyncScript = redis.register_script(_ADMIT_LUA)
 
     async def admit(self, group: str) -> None:
         """Raises ResourceExhausted when ``group`` is new and the limit is reached.
@@ -39,7 +38,7 @@ class ConsumerGroupLimit:
         Asks Redis on every subscription, even for a group this replica admitted before: the set
         is also whom mapper's publisher marks changes for, so a group must be back in it after
         Redis lost its data."""
-        if not await self._admit(keys=[GROUPS_KEY], args=[group, self.max_groups]):
+        if not await self._admit(keys=[FEED_GROUPS_KEY], args=[group, self.max_groups]):
             raise ResourceExhausted(
                 f"at most {self.max_groups} change-feed consumer groups may exist; reuse one or ask an "
                 "operator to remove an unused one (HUBSYNC_MAPPER_MAX_CONSUMER_GROUPS)",

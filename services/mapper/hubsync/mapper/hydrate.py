@@ -20,16 +20,28 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from opentelemetry import metrics, trace
 
+from hubsync.api.common.v1 import common_pb2
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import error_info
 from hubsync.mapper.inbound_events import RecordChange
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
+
+__all__ = [
+    "COUNTED",
+    "PERMANENT",
+    "TRANSIENT",
+    "UNUSABLE",
+    "Hydration",
+    "Hydrator",
+    "PortalUnusable",
+    "ReadFailure",
+    "classify_error",
+]
 
 _meter = metrics.get_meter("hubsync.mapper")
 _reads = _meter.create_counter("hubsync.mapper.hydrate.calls", description="ReadRecords calls made")
@@ -53,6 +65,7 @@ _NOT_CONNECTION = frozenset({"HUBSPOT_REFUSED"})
 TRANSIENT = "transient"
 PERMANENT = "permanent"  # dead-letter now
 COUNTED = "counted"  # dead-letter after the most attempts
+UNUSABLE = "unusable"  # the connection: park the portal (never a record's failure)
 
 
 class PortalUnusable(Exception):
@@ -66,35 +79,49 @@ class PortalUnusable(Exception):
 
 @dataclass(frozen=True)
 class ReadFailure:
-    kind: str  # TRANSIENT, PERMANENT or COUNTED
+    """Why a record's read failed, and what that means for its events (``kind``)."""
+
+    kind: str  # TRANSIENT, PERMANENT or COUNTED (UNUSABLE only from classify_error)
     reason: str
     detail: str
 
 
 @dataclass
 class Hydration:
+    """The records a batch read: found, archived (deleted records), and the failed reads."""
+
     found: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     archived: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     failures: dict[tuple[str, str, bool], ReadFailure] = field(default_factory=dict)
 
     def failure_of(self, change: RecordChange) -> ReadFailure | None:
+        """Return the failed read of a change's record, or None when it was read."""
         archived = change.kind == mapper_pb2.CHANGE_KIND_DELETED
         return self.failures.get((change.object_type, change.object_id, archived))
 
 
-def classify_error(exc: grpc.aio.AioRpcError) -> tuple[str, str, str]:
-    """(kind, reason, detail) of a failed read; kind ``unusable`` for a connection problem."""
+@dataclass(frozen=True)
+class ChunkRead:
+    """One ReadRecords chunk's outcome: the records read, the ids that failed, which kind."""
+
+    records: list[common_pb2.HubSpotRecord]
+    failures: dict[tuple[str, str, bool], ReadFailure]
+    archived: bool
+
+
+def classify_error(exc: grpc.aio.AioRpcError) -> ReadFailure:
+    """Return what a failed read means; kind ``UNUSABLE`` for a connection problem."""
     info = error_info(exc)
     code = exc.code()
     reason = info.reason if info is not None and info.reason else code.name
     detail = f"{code.name}: {(exc.details() or '')[:300]}"
     if code in _UNUSABLE or (code == grpc.StatusCode.FAILED_PRECONDITION and reason not in _NOT_CONNECTION):
-        return "unusable", reason, detail
+        return ReadFailure(UNUSABLE, reason, detail)
     if code in _TRANSIENT:
-        return TRANSIENT, reason, detail
+        return ReadFailure(TRANSIENT, reason, detail)
     if code in _REFUSED:
-        return PERMANENT, reason, detail
-    return COUNTED, reason, detail
+        return ReadFailure(PERMANENT, reason, detail)
+    return ReadFailure(COUNTED, reason, detail)
 
 
 class Hydrator:
@@ -135,38 +162,39 @@ class Hydrator:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        for records, failures, archived in outcomes:  # type: ignore[misc]
-            for r in records:
-                (result.archived if archived else result.found)[(r.object_type, r.id)] = dict(r.properties)
-            result.failures.update(failures)
+        for read in outcomes:
+            assert isinstance(read, ChunkRead)
+            into = result.archived if read.archived else result.found
+            for r in read.records:
+                into[(r.object_type, r.id)] = dict(r.properties)
+            result.failures.update(read.failures)
         return result
 
     async def _read_chunk(
         self, portal: str, mapping: CompiledMapping, ids: list[str], archived: bool, span: trace.Span
-    ) -> tuple[list[Any], dict[tuple[str, str, bool], ReadFailure], bool]:
+    ) -> ChunkRead:
         try:
-            return await self._read(portal, mapping, ids, archived, span), {}, archived
+            return ChunkRead(await self._read(portal, mapping, ids, archived, span), {}, archived)
         except grpc.aio.AioRpcError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError from None
-            kind, reason, detail = classify_error(exc)
-        if kind == "unusable":
-            raise PortalUnusable(reason, detail)
-        if kind == PERMANENT and len(ids) > 1:
+            failure = classify_error(exc)
+        if failure.kind == UNUSABLE:
+            raise PortalUnusable(failure.reason, failure.detail)
+        if failure.kind == PERMANENT and len(ids) > 1:
             # Some records are refused: halve until they are alone, so the others go on.
             half = len(ids) // 2
             left, right = await asyncio.gather(
                 self._read_chunk(portal, mapping, ids[:half], archived, span),
                 self._read_chunk(portal, mapping, ids[half:], archived, span),
             )
-            return left[0] + right[0], left[1] | right[1], archived
-        failure = ReadFailure(kind, reason, detail)
-        return [], {(mapping.object_type, i, archived): failure for i in ids}, archived
+            return ChunkRead(left.records + right.records, left.failures | right.failures, archived)
+        return ChunkRead([], {(mapping.object_type, i, archived): failure for i in ids}, archived)
 
     async def _read(
         self, portal: str, mapping: CompiledMapping, ids: list[str], archived: bool, span: trace.Span
-    ) -> list[Any]:
+    ) -> list[common_pb2.HubSpotRecord]:
         _reads.add(1, {"object_type": mapping.object_type})
         request = writer_pb2.ReadRecordsRequest(
             portal_id=int(portal),

@@ -19,6 +19,8 @@ from hubsync.core.telemetry import extract_context
 from hubsync.mapper.objecttypes import CUSTOM_ID, CUSTOM_TYPES, STANDARD_IDS, WEBHOOK_PREFIX
 from hubsync.mapper.transforms import MappingSet
 
+__all__ = ["Batch", "EventTarget", "ParsedEntry", "RecordChange", "classify", "coalesce", "parse_entry"]
+
 SYNCED_TYPES = WEBHOOK_PREFIX
 SYNCED_TYPE_IDS = {tid: name for name, tid in STANDARD_IDS.items()}
 # Without a mapping, events of these types are dead-lettered (hubsync's core objects); of any
@@ -44,6 +46,16 @@ _KIND_RANK = {  # the strongest kind of a coalesced group wins
 Fields = dict[bytes, bytes]
 
 
+@dataclass(frozen=True)
+class EventTarget:
+    """What a webhook event of a synced type is about: its record and its kind."""
+
+    object_type: str
+    object_id: str
+    # The subscription type's suffix: creation, propertyChange, merge, deletion, …
+    kind: str
+
+
 @dataclass
 class ParsedEntry:
     """One stream entry, parsed once (for scheduling and for processing)."""
@@ -51,17 +63,13 @@ class ParsedEntry:
     id: bytes
     fields: Fields
     event: dict[str, Any] | None = None
-    # (object type, record id, event kind) of a synced record, else None.
-    what: tuple[str, str, str] | None = None
+    # The record and kind of an event of a synced type, else None.
+    what: EventTarget | None = None
     # Why it can never become a change ("" when it can, or is merely not synced).
     reason: str = ""
     detail: str = ""
     # The W3C trace context stored with the event.
     carrier: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def record(self) -> tuple[str, str] | None:
-        return (self.what[0], self.what[1]) if self.what else None
 
 
 @dataclass
@@ -80,9 +88,11 @@ class RecordChange:
 
     @property
     def key(self) -> tuple[str, str]:
+        """The (object type, record id) of the change's record."""
         return self.object_type, self.object_id
 
     def add(self, suffix: str, event: dict[str, Any], entry: ParsedEntry) -> None:
+        """Add one event of the record (``suffix``: its kind) to this change."""
         rank, kind = _KIND_RANK.get(suffix, (1, mapper_pb2.CHANGE_KIND_UPDATED))
         if rank > self.rank:
             self.rank, self.kind = rank, kind
@@ -118,8 +128,8 @@ def _int(value: Any) -> int:
         return 0
 
 
-def classify(event: dict[str, Any]) -> tuple[str, str, str] | None:
-    """(object type, record id, event kind) of a webhook event of a synced type, else None."""
+def classify(event: dict[str, Any]) -> EventTarget | None:
+    """Return the record and kind of a webhook event of a synced type, else None."""
     sub = str(event.get("subscriptionType") or "")
     prefix, _, suffix = sub.partition(".")
     object_type = SYNCED_TYPES.get(prefix) or _type_of_id(str(event.get("objectTypeId") or ""))
@@ -132,7 +142,7 @@ def classify(event: dict[str, Any]) -> tuple[str, str, str] | None:
         object_id = event.get("fromObjectId") or object_id
     if object_id is None:
         return None
-    return object_type, str(object_id), suffix
+    return EventTarget(object_type, str(object_id), suffix)
 
 
 def parse_entry(entry_id: bytes, fields: Fields) -> ParsedEntry:
@@ -169,7 +179,7 @@ def coalesce(entries: list[ParsedEntry], mappings: MappingSet) -> Batch:
         if entry.what is None or entry.event is None:
             done.append(entry.id)
             continue
-        object_type, object_id, suffix = entry.what
+        object_type, object_id, suffix = entry.what.object_type, entry.what.object_id, entry.what.kind
         mapping = mappings.get(object_type)
         if mapping is None:
             if CUSTOM_ID.match(object_type) and CUSTOM_TYPES.name_of(object_type) is None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from hubsync.core.errors import InvalidArgument, NotFound
 from hubsync.core.event_entries import decode_entry
@@ -35,17 +36,29 @@ from hubsync.core.keys import (
     EventEntry,
     events_key,
     inbound_dlq_key,
-    inbound_drain_lock_key,
     inbound_failures_key,
     inbound_park_key,
     inbound_parked_key,
 )
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
 from hubsync.core.redis import as_str
+from hubsync.core.streams import StreamEntry, stream_range
 
-__all__ = ["CONNECTION_CHANGES_CHANNEL", "InboundQueues"]
+__all__ = [
+    "CONNECTION_CHANGES_CHANNEL",
+    "DEAD_LETTER",
+    "DEAD_LETTER_MAX_LEN",
+    "PARKED",
+    "InboundEvent",
+    "InboundQueues",
+    "ParkedPortal",
+    "copied",
+    "count_failures",
+    "park",
+    "queue_dead_letter",
+    "unpark_if_empty",
+]
 
-PARKED_PORTALS_KEY = INBOUND_PARKED_PORTALS_KEY
 DEAD_LETTER_MAX_LEN = 100_000
 _FAILURES_TTL_S = 7 * 86_400
 _COPIED = tuple(name.encode() for name in EventEntry.COPIED)
@@ -54,14 +67,7 @@ PARKED = "parked"
 DEAD_LETTER = "dlq"
 
 
-parked_key = inbound_parked_key
-park_info_key = inbound_park_key
-dead_letter_key = inbound_dlq_key
-failures_key = inbound_failures_key
-drain_lock_key = inbound_drain_lock_key
-
-
-def copied(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+def copied(fields: dict[bytes, bytes]) -> dict[FieldT, EncodableT]:
     """The fields of an event entry that travel with it into another stream."""
     return {k: v for k, v in fields.items() if k in _COPIED}
 
@@ -85,14 +91,14 @@ def queue_dead_letter(
         b"dead_ms": str(int(time.time() * 1000)).encode(),
         b"attempts": str(attempts).encode(),
     }
-    pipe.xadd(dead_letter_key(portal), entry, maxlen=DEAD_LETTER_MAX_LEN, approximate=True)
+    pipe.xadd(inbound_dlq_key(portal), entry, maxlen=DEAD_LETTER_MAX_LEN, approximate=True)
 
 
-async def count_failures(redis: Any, portal: str, entry_ids: Sequence[bytes]) -> list[int]:
+async def count_failures(redis: Redis, portal: str, entry_ids: Sequence[bytes]) -> list[int]:
     """Counts one more non-transient failure of each entry; returns the counts."""
     if not entry_ids:
         return []
-    key = failures_key(portal)
+    key = inbound_failures_key(portal)
     async with redis.pipeline(transaction=False) as pipe:
         for entry_id in entry_ids:
             pipe.hincrby(key, entry_id, 1)
@@ -102,7 +108,7 @@ async def count_failures(redis: Any, portal: str, entry_ids: Sequence[bytes]) ->
 
 
 async def park(
-    redis: Any,
+    redis: Redis,
     portal: str,
     entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
     *,
@@ -115,36 +121,37 @@ async def park(
     portal parked. With ``from_stream`` None the entries are parked already: only the reason is
     updated."""
     now = str(int(time.time() * 1000))
-    await redis.sadd(PARKED_PORTALS_KEY, portal)
+    await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)
     async with redis.pipeline(transaction=True) as pipe:
         if from_stream is not None:
             for entry_id, fields in entries:
                 pipe.xadd(
-                    parked_key(portal), copied(fields) | {b"from_id": entry_id, b"parked_ms": now.encode()}
+                    inbound_parked_key(portal),
+                    copied(fields) | {b"from_id": entry_id, b"parked_ms": now.encode()},
                 )
             if entries:
                 pipe.xack(from_stream, group, *[e[0] for e in entries])
-        info = park_info_key(portal)
+        info = inbound_park_key(portal)
         pipe.hset(info, mapping={"reason": reason, "detail": detail[:500]})
         pipe.hsetnx(info, "since_ms", now)
         await pipe.execute()
-    await redis.sadd(PARKED_PORTALS_KEY, portal)
+    await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)
 
 
-async def unpark_if_empty(redis: Any, portal: str) -> bool:
+async def unpark_if_empty(redis: Redis, portal: str) -> bool:
     """Unparks the portal if its parked stream is empty; returns whether it did."""
-    key = parked_key(portal)
+    key = inbound_parked_key(portal)
     async with redis.pipeline(transaction=True) as pipe:
         await pipe.watch(key)
         if await pipe.xlen(key):
-            await pipe.unwatch()
+            await pipe.unwatch()  # type: ignore[no-untyped-call]
             return False
-        pipe.multi()
-        pipe.delete(park_info_key(portal))
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.delete(inbound_park_key(portal))
         await pipe.execute()
-    await redis.srem(PARKED_PORTALS_KEY, portal)
+    await redis.srem(INBOUND_PARKED_PORTALS_KEY, portal)
     if await redis.xlen(key):  # parked again meanwhile: stay parked
-        await redis.sadd(PARKED_PORTALS_KEY, portal)
+        await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)
         return False
     return True
 
@@ -165,6 +172,8 @@ class InboundEvent:
 
 @dataclass(frozen=True)
 class ParkedPortal:
+    """A parked portal, as the API shows it: why, since when, how many events wait."""
+
     portal_id: int
     reason: str
     detail: str
@@ -176,7 +185,7 @@ class InboundQueues:
     """The operator's view of parked and dead-lettered inbound events (list, show, replay, purge)."""
 
     def __init__(self, redis: Redis, *, shards: int = DEFAULT_SHARDS) -> None:
-        self.redis: Any = redis
+        self.redis = redis
         self.ready = ReadySets(redis, EVENTS, shards)
 
     @staticmethod
@@ -184,17 +193,20 @@ class InboundQueues:
         if portal_id <= 0:
             raise InvalidArgument("invalid portal", violations={"portal_id": "must be a positive portal id"})
         if queue == PARKED:
-            return parked_key(portal_id)
+            return inbound_parked_key(portal_id)
         if queue == DEAD_LETTER:
-            return dead_letter_key(portal_id)
+            return inbound_dlq_key(portal_id)
         raise InvalidArgument("invalid queue", violations={"queue": "must be PARKED or DEAD_LETTER"})
 
     async def parked_portals(self) -> list[ParkedPortal]:
-        members = sorted(int(m) for m in await self.redis.smembers(PARKED_PORTALS_KEY) if as_str(m).isdigit())
+        """Return the parked portals, each with why it was parked, since when, and its event count."""
+        members = sorted(
+            int(m) for m in await self.redis.smembers(INBOUND_PARKED_PORTALS_KEY) if as_str(m).isdigit()
+        )
         out = []
         for portal in members:
-            info = await self.redis.hgetall(park_info_key(portal))
-            count = await self.redis.xlen(parked_key(portal))
+            info = await self.redis.hgetall(inbound_park_key(portal))
+            count = await self.redis.xlen(inbound_parked_key(portal))
             out.append(
                 ParkedPortal(
                     portal,
@@ -209,29 +221,31 @@ class InboundQueues:
     async def page(
         self, portal_id: int, queue: str, page_size: int, page_token: str
     ) -> tuple[list[InboundEvent], str]:
+        """Return a page of a portal's parked or dead-lettered events, and the next page's token."""
         key = self._key(portal_id, queue)
         size = page_size if 0 < page_size <= 1000 else 100
         start = "-"
         if page_token:
             _check_ids([page_token], "page_token")
             start = "(" + page_token
-        rows = await self.redis.xrange(key, start, "+", count=size + 1)
+        rows = await stream_range(self.redis, key, start, "+", count=size + 1)
         events = [self._event(queue, r[0], r[1]) for r in rows[:size]]
         token = events[-1].id if len(rows) > size else ""
         if queue == PARKED:
-            info = await self.redis.hgetall(park_info_key(portal_id))
+            info = await self.redis.hgetall(inbound_park_key(portal_id))
             events = [self._with_park_reason(e, info) for e in events]
         return events, token
 
     async def get(self, portal_id: int, queue: str, entry_id: str) -> InboundEvent:
+        """Return one parked or dead-lettered event; NotFound when there is none."""
         key = self._key(portal_id, queue)
         _check_ids([entry_id], "id")
-        rows = await self.redis.xrange(key, entry_id, entry_id)
+        rows = await stream_range(self.redis, key, entry_id, entry_id, count=1)
         if not rows:
             raise NotFound(f"no {queue} inbound event {entry_id} for portal {portal_id}")
         event = self._event(queue, rows[0][0], rows[0][1])
         if queue == PARKED:
-            event = self._with_park_reason(event, await self.redis.hgetall(park_info_key(portal_id)))
+            event = self._with_park_reason(event, await self.redis.hgetall(inbound_park_key(portal_id)))
         return event
 
     async def replay(self, portal_id: int, queue: str, ids: Sequence[str], everything: bool) -> int:
@@ -242,7 +256,7 @@ class InboundQueues:
             count = int(await self.redis.xlen(key))
             if count:
                 # Marked parked first (if it somehow was not), so every replica re-checks it.
-                await self.redis.sadd(PARKED_PORTALS_KEY, str(portal_id))
+                await self.redis.sadd(INBOUND_PARKED_PORTALS_KEY, str(portal_id))
             await self.redis.publish(CONNECTION_CHANGES_CHANNEL, str(portal_id))
             return count
         rows = await self._select(key, ids, everything)
@@ -253,12 +267,13 @@ class InboundQueues:
                 entry = copied(fields) | {EventEntry.ORIGIN.encode(): b"inbound-dlq-replay"}
                 pipe.xadd(events_key(portal_id), entry)
                 pipe.xdel(key, entry_id)
-            pipe.hdel(failures_key(portal_id), *[f.get(b"from_id", b"") or b"-" for _i, f in rows])
+            pipe.hdel(inbound_failures_key(portal_id), *[f.get(b"from_id", b"") or b"-" for _i, f in rows])
             await pipe.execute()
         await self.ready.mark([portal_id])  # after the append: the mapper reads them again
         return len(rows)
 
     async def purge(self, portal_id: int, queue: str, ids: Sequence[str], everything: bool) -> int:
+        """Delete the named events (or all) of a portal's queue; return how many were deleted."""
         key = self._key(portal_id, queue)
         rows = await self._select(key, ids, everything)
         if not rows:
@@ -271,11 +286,11 @@ class InboundQueues:
         if everything == bool(ids):
             raise InvalidArgument("name the events", violations={"ids": "give ids, or all (not both)"})
         if everything:
-            return list(await self.redis.xrange(key, "-", "+"))
+            return await stream_range(self.redis, key, "-", "+", count=None)
         _check_ids(ids, "ids")
-        rows = []
+        rows: list[StreamEntry] = []
         for entry_id in ids:
-            rows += await self.redis.xrange(key, entry_id, entry_id)
+            rows += await stream_range(self.redis, key, entry_id, entry_id, count=1)
         return rows
 
     @staticmethod
@@ -293,7 +308,7 @@ class InboundQueues:
         )
 
     @staticmethod
-    def _with_park_reason(event: InboundEvent, info: dict[bytes, bytes]) -> InboundEvent:
+    def _with_park_reason(event: InboundEvent, info: dict[bytes | str, bytes | str]) -> InboundEvent:
         return replace(event, reason=as_str(info.get(b"reason")), detail=as_str(info.get(b"detail")))
 
 

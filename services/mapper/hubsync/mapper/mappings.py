@@ -38,8 +38,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hubsync.mapper.objecttypes import STANDARD_IDS, canonical_name
 
+__all__ = [
+    "CORE_TYPES",
+    "STAGE_PROPERTIES",
+    "STANDARD_TYPES",
+    "WRITE_ORDER",
+    "AssociationMapping",
+    "FieldMapping",
+    "IdPair",
+    "LoadedMapping",
+    "Mapping",
+    "MappingError",
+    "MappingFile",
+    "directory_stamp",
+    "json_schema",
+    "load_directory",
+    "parse_mappings",
+]
+
 # The standard object types; custom objects are mapped by schema name.
-OBJECT_TYPES = tuple(STANDARD_IDS)
+STANDARD_TYPES = tuple(STANDARD_IDS)
 # What a change-feed subscription that names no types reads.
 CORE_TYPES = ("companies", "contacts", "deals")
 # Writes are ordered by writer (the graph of their associations); this only makes the order of
@@ -136,6 +154,7 @@ class FieldMapping(BaseModel):
 
     @property
     def properties(self) -> list[str]:
+        """The HubSpot properties of this field (one, or several for a split field)."""
         return list(self.hubspot) if isinstance(self.hubspot, list) else [self.hubspot]
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from opentelemetry import metrics
 
+__all__ = ["meter", "sync", "sync_duration"]
+
 meter = metrics.get_meter("hubsync.mapper")
 sync = meter.create_counter(
     "hubsync.sync", description="Records synced, by object type, direction and outcome"

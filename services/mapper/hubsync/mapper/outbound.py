@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import orjson
 from opentelemetry import trace
+from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.bounds import external_id_problem, request_id_problem
@@ -29,9 +30,11 @@ from hubsync.core.keys import fingerprint_key, push_done_key, push_lock_key, pus
 from hubsync.core.versions import reserve_versions
 from hubsync.mapper import metrics as sync_metrics
 from hubsync.mapper.fingerprints import FINGERPRINT_TTL_S, digest
-from hubsync.mapper.mappings import OBJECT_TYPES, WRITE_ORDER
+from hubsync.mapper.mappings import STANDARD_TYPES, WRITE_ORDER
 from hubsync.mapper.objecttypes import CUSTOM_TYPES
 from hubsync.mapper.transforms import MappingSet, TransformError
+
+__all__ = ["PushRecord", "PushResultData", "RecordPusher"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ tracer = trace.get_tracer("hubsync.mapper")
 
 @dataclass
 class PushRecord:
+    """One record of a PushRecords request: its external id and fields, or a deletion."""
+
     object_type: str
     external_id: str
     fields: dict[str, Any]
@@ -56,6 +61,8 @@ CREATED_FIELD = "_created"
 
 @dataclass
 class PushResultData:
+    """What became of one pushed record (written, unchanged, queued or failed)."""
+
     object_type: str
     external_id: str
     outcome: str
@@ -80,7 +87,7 @@ class RecordPusher:
 
     def __init__(
         self,
-        redis: Any,
+        redis: Redis,
         writer: writer_pb2_grpc.WriterServiceStub,
         mappings: Callable[[int], Awaitable[MappingSet]],
         *,
@@ -119,9 +126,10 @@ class RecordPusher:
     async def push(
         self, request_id: str, portal_id: int, records: Sequence[PushRecord], *, wait: bool
     ) -> list[PushResultData]:
+        """Push records to HubSpot through writer; return each record's outcome."""
         mappings = await self.mappings(portal_id)  # the portal's own (default + overrides)
         self._validate(request_id, portal_id, records, mappings)
-        custom = {r.object_type for r in records if r.object_type not in OBJECT_TYPES}
+        custom = {r.object_type for r in records if r.object_type not in STANDARD_TYPES}
         if custom:
             # HubSpot's events about custom objects name them by id: learn the ids now.
             await CUSTOM_TYPES.ensure(self.writer, portal_id, custom)
@@ -388,7 +396,7 @@ class RecordPusher:
                         if out.outcome == UNCHANGED and status == writer_pb2.WRITE_STATUS_SUCCEEDED:
                             out.outcome = WRITTEN
                         fkey = fingerprint_key(portal_id, p.record.object_type, p.record.external_id)
-                        pipe.hset(fkey, mapping=p.assoc_digests)
+                        pipe.hset(fkey, mapping=dict(p.assoc_digests.items()))
                     elif status == writer_pb2.WRITE_STATUS_QUEUED and out.outcome == UNCHANGED:
                         out.outcome = QUEUED
                     elif not ok and status != writer_pb2.WRITE_STATUS_QUEUED:

@@ -18,6 +18,8 @@ from hubsync.mapper.mappings import LoadedMapping, MappingError, parse_mappings
 from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.transforms import MappingSet
 
+__all__ = ["MAPPINGS", "PortalMappings", "parse_override"]
+
 log = logging.getLogger(__name__)
 
 MAPPINGS = "mappings"

@@ -13,6 +13,8 @@ from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import Unavailable
 from hubsync.mapper.mappings import LoadedMapping
 
+__all__ = ["PropertyCatalog"]
+
 # Which HubSpot property types each transform can write to (and read from).
 COMPATIBLE: dict[str, frozenset[str]] = {
     "string": frozenset({"string", "phone_number", "enumeration"}),
@@ -36,6 +38,7 @@ class PropertyCatalog:
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
 
     async def get(self, portal_id: int, object_type: str) -> dict[str, writer_pb2.Property]:
+        """Return the property definitions of a portal's object type (cached for the TTL)."""
         key = (portal_id, object_type)
         hit = self._cache.get(key)
         if hit and time.monotonic() < hit[0]:
@@ -60,6 +63,7 @@ class PropertyCatalog:
             return props
 
     def invalidate(self) -> None:
+        """Drop every cached definition (the next checks read them afresh)."""
         self._cache.clear()
 
     def forget(self, portal_id: int) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import trace
+from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
@@ -37,7 +38,10 @@ from hubsync.mapper.inbound_events import ParsedEntry, RecordChange
 from hubsync.mapper.inbound_queues import queue_dead_letter
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
 
-GROUP = "mapper"
+__all__ = ["EVENTS_GROUP", "DeadLetter", "Publisher", "Source"]
+
+# The consumer group mapper reads ingress's event streams in.
+EVENTS_GROUP = "mapper"
 _LAST_TTL_S = 7 * 86_400
 _EMPTY = digest("")
 _COMPARED = (mapper_pb2.CHANGE_KIND_UPDATED, mapper_pb2.CHANGE_KIND_CREATED)
@@ -52,12 +56,13 @@ class Source:
     parked: bool = False
 
     def finish(self, pipe: Any, ids: list[bytes]) -> None:
+        """Queue the finishing of ``ids`` on ``pipe``: XACK on the event stream, XDEL when parked."""
         if not ids:
             return
         if self.parked:
             pipe.xdel(self.key, *ids)
         else:
-            pipe.xack(self.key, GROUP, *ids)
+            pipe.xack(self.key, EVENTS_GROUP, *ids)
 
 
 @dataclass
@@ -71,6 +76,8 @@ class _Built:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """An entry to dead-letter: why, and after how many attempts."""
+
     entry: ParsedEntry
     reason: str
     detail: str
@@ -146,7 +153,7 @@ class Publisher:
     recorded first, so marks a dead replica never made are made by the next subscriber
     (:mod:`hubsync.mapper.feed_ready`)."""
 
-    def __init__(self, redis: Any, *, feed_max_len: int, marks: FeedMarks | None = None) -> None:
+    def __init__(self, redis: Redis, *, feed_max_len: int, marks: FeedMarks | None = None) -> None:
         self.redis = redis
         self.feed_max_len = feed_max_len
         self.marks = marks or FeedMarks(redis)
@@ -188,7 +195,7 @@ class Publisher:
                         # Read in one round trip (on another connection: what changes after the
                         # WATCH above still fails the EXEC).
                         last, known, written = await self._read_state(portal, built, last_keys, fkeys)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     outcomes = self._queue(pipe, portal, built, last_keys, last, known, written)
                     for d in dead:
                         queue_dead_letter(

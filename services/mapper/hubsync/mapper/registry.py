@@ -18,6 +18,8 @@ from hubsync.mapper.mappings import LoadedMapping, MappingError, directory_stamp
 from hubsync.mapper.properties import PropertyCatalog
 from hubsync.mapper.transforms import MappingSet
 
+__all__ = ["MappingRegistry"]
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +43,7 @@ class MappingRegistry:
         self._stamp: tuple[tuple[str, int, int], ...] = ()
 
     def snapshot(self) -> MappingSet:
+        """Return the mappings in force."""
         return self.current
 
     async def load(self) -> None:

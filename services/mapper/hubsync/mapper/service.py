@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 from redis.asyncio import Redis
 
 from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc, mapper_pb2, mapper_pb2_grpc
@@ -14,7 +14,7 @@ from hubsync.core.channels import channel_for
 from hubsync.core.keys import PORTALS_KEY
 from hubsync.core.portal_config import PortalConfigCache
 from hubsync.core.service import ServiceSpec
-from hubsync.core.settings import CoreSettings, load_settings
+from hubsync.core.settings import CoreSettings, invalid_configuration
 from hubsync.mapper.config_admin import ConfigAdmin
 from hubsync.mapper.config_servicer import ConfigServicer
 from hubsync.mapper.feed import ChangeFeed
@@ -28,6 +28,8 @@ from hubsync.mapper.properties import PropertyCatalog
 from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.servicer import MapperServicer
 from hubsync.mapper.settings import MapperSettings
+
+__all__ = ["ADMIN_METHODS", "CONFIG_SERVICE_NAME", "DEFAULT_PORT", "SERVICE_NAME", "build", "caller_policy"]
 
 SERVICE_NAME = mapper_pb2.DESCRIPTOR.services_by_name["MapperService"].full_name
 CONFIG_SERVICE_NAME = config_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name
@@ -67,9 +69,19 @@ def caller_policy(settings: MapperSettings) -> dict[str, list[str]]:
     }
 
 
-async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
-    """The mapper's :class:`ServiceSpec` (a ``SpecFactory``)."""
-    settings = load_settings(MapperSettings)
+async def build(core: CoreSettings, redis: Redis, settings: MapperSettings) -> ServiceSpec:
+    """Build the mapper's :class:`ServiceSpec` (with ``settings`` bound, a ``SpecFactory``).
+
+    Args:
+        core: The settings every service shares.
+        redis: The client (the caller owns it).
+        settings: The mapper's settings, loaded by the caller (``__main__`` reads the
+            environment; tests construct them).
+
+    Raises:
+        SystemExit: The mappings directory holds invalid mappings
+            (:func:`hubsync.core.settings.invalid_configuration` names every problem).
+    """
     channel = channel_for(core, core.writer_address)
     writer = writer_pb2_grpc.WriterServiceStub(channel)
     catalog = PropertyCatalog(writer, settings.property_cache_ttl_s)
@@ -81,7 +93,7 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
             return []
         # A random sample (SRANDMEMBER: O(count), not O(portals)); the others' problems show at
         # use, and an override is checked against its own portal when it is set.
-        members = await redis.srandmember(PORTALS_KEY, settings.validate_max_portals)  # type: ignore[misc]
+        members = await redis.srandmember(PORTALS_KEY, settings.validate_max_portals)
         names = (m.decode() if isinstance(m, bytes) else str(m) for m in members or [])
         return sorted(int(n) for n in names if n.isdigit())
 
@@ -94,10 +106,10 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
         await registry.load()
     except MappingError as exc:
         await channel.close()
-        print("hubsync mapper: invalid mappings (HUBSYNC_MAPPER_MAPPINGS_DIR):", file=sys.stderr)
-        for line in exc.errors:
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+        variable = MapperSettings.variable("mappings_dir")
+        raise invalid_configuration(
+            MapperSettings.__name__, [(variable, line) for line in exc.errors]
+        ) from None
     feed = ChangeFeed(redis, max_groups=settings.max_consumer_groups)
     configs = PortalConfigCache(redis, (MAPPINGS,))
     portal_mappings = PortalMappings(registry, configs)
@@ -149,8 +161,8 @@ async def build(core: CoreSettings, redis: Redis) -> ServiceSpec:
     async def close() -> None:
         await channel.close()
 
-    def register(server: Any) -> None:
-        mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server)  # type: ignore[arg-type]
+    def register(server: grpc.aio.Server) -> None:
+        mapper_pb2_grpc.add_MapperServiceServicer_to_server(servicer, server)
         config_pb2_grpc.add_ConfigServiceServicer_to_server(config_servicer, server)
 
     return ServiceSpec(

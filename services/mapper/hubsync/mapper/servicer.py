@@ -21,6 +21,8 @@ from hubsync.mapper.registry import MappingRegistry
 from hubsync.mapper.suggest import suggest
 from hubsync.mapper.transforms import TransformError
 
+__all__ = ["MapperServicer"]
+
 _QUEUES = {mapper_pb2.INBOUND_QUEUE_PARKED: PARKED, mapper_pb2.INBOUND_QUEUE_DEAD_LETTER: DEAD_LETTER}
 _QUEUE_ENUMS = {v: k for k, v in _QUEUES.items()}
 _OUTCOMES = {
@@ -42,6 +44,8 @@ def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
 
 
 class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
+    """MapperService: proto in → domain call → proto out."""
+
     def __init__(
         self,
         registry: MappingRegistry,
@@ -59,8 +63,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         self.queues = queues
 
     async def Transform(
-        self, request: mapper_pb2.TransformRequest, context: Any
+        self, request: mapper_pb2.TransformRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.TransformResponse:
+        """Transform records one way with a portal's mappings (no side effects)."""
         # portal_id 0: the default mappings; a portal: its own (default + tenant + portal overrides).
         mappings = await self.portal_mappings.for_portal(request.portal_id)
         reply = mapper_pb2.TransformResponse()
@@ -96,8 +101,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         return reply
 
     async def PushRecords(
-        self, request: mapper_pb2.PushRecordsRequest, context: Any
+        self, request: mapper_pb2.PushRecordsRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.PushRecordsResponse:
+        """Push records to HubSpot through the portal's mappings."""
         records = [
             PushRecord(r.object_type, r.external_id, _fields(r.fields), r.deleted) for r in request.records
         ]
@@ -118,6 +124,7 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
     async def Subscribe(
         self, request: mapper_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[mapper_pb2.SubscribeResponse]:
+        """Stream the change feed to a consumer group (redelivering what it has not acked)."""
         visibility = 30_000
         if request.HasField("visibility_timeout"):
             visibility = int(request.visibility_timeout.ToMilliseconds())
@@ -135,13 +142,17 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
             change.delivery_attempt = delivery.attempt
             yield mapper_pb2.SubscribeResponse(change=change)
 
-    async def Ack(self, request: mapper_pb2.AckRequest, context: Any) -> mapper_pb2.AckResponse:
+    async def Ack(
+        self, request: mapper_pb2.AckRequest, context: grpc.aio.ServicerContext
+    ) -> mapper_pb2.AckResponse:
+        """Acknowledge change-feed entries of a consumer group."""
         count = await self.feed.ack(request.consumer_group, list(request.ack_ids))
         return mapper_pb2.AckResponse(acked_count=count)
 
     async def ListMappings(
-        self, request: mapper_pb2.ListMappingsRequest, context: Any
+        self, request: mapper_pb2.ListMappingsRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.ListMappingsResponse:
+        """Return a summary of each mapping in force."""
         return mapper_pb2.ListMappingsResponse(
             mappings=[
                 mapper_pb2.MappingSummary(
@@ -156,8 +167,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         )
 
     async def ValidateMapping(
-        self, request: mapper_pb2.ValidateMappingRequest, context: Any
+        self, request: mapper_pb2.ValidateMappingRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.ValidateMappingResponse:
+        """Check a mapping document without storing it."""
         from hubsync.mapper.mappings import LoadedMapping
 
         source = request.source or "<request>"
@@ -171,8 +183,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         return mapper_pb2.ValidateMappingResponse(valid=not errors, errors=errors)
 
     async def SuggestMapping(
-        self, request: mapper_pb2.SuggestMappingRequest, context: Any
+        self, request: mapper_pb2.SuggestMappingRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.SuggestMappingResponse:
+        """Propose a mapping from an external schema."""
         bad: dict[str, str] = {}
         if request.portal_id <= 0:
             bad["portal_id"] = "must be a positive HubSpot portal id"
@@ -187,8 +200,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         return mapper_pb2.SuggestMappingResponse(yaml=text, unmatched_fields=unmatched)
 
     async def ListParkedPortals(
-        self, request: mapper_pb2.ListParkedPortalsRequest, context: Any
+        self, request: mapper_pb2.ListParkedPortalsRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.ListParkedPortalsResponse:
+        """Return the portals whose inbound events are parked."""
         return mapper_pb2.ListParkedPortalsResponse(
             portals=[
                 mapper_pb2.ParkedPortal(
@@ -203,8 +217,9 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         )
 
     async def ListInboundEvents(
-        self, request: mapper_pb2.ListInboundEventsRequest, context: Any
+        self, request: mapper_pb2.ListInboundEventsRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.ListInboundEventsResponse:
+        """Return a page of a portal's parked or dead-lettered inbound events."""
         events, token = await self.queues.page(
             request.portal_id, _queue(request.queue), request.page_size, request.page_token
         )
@@ -213,22 +228,25 @@ class MapperServicer(mapper_pb2_grpc.MapperServiceServicer):
         )
 
     async def GetInboundEvent(
-        self, request: mapper_pb2.GetInboundEventRequest, context: Any
+        self, request: mapper_pb2.GetInboundEventRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.GetInboundEventResponse:
+        """Return one parked or dead-lettered inbound event."""
         event = await self.queues.get(request.portal_id, _queue(request.queue), request.id)
         return mapper_pb2.GetInboundEventResponse(event=_inbound_event(request.portal_id, event))
 
     async def ReplayInboundEvents(
-        self, request: mapper_pb2.ReplayInboundEventsRequest, context: Any
+        self, request: mapper_pb2.ReplayInboundEventsRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.ReplayInboundEventsResponse:
+        """Replay parked or dead-lettered inbound events."""
         count = await self.queues.replay(
             request.portal_id, _queue(request.queue), list(request.ids), request.all
         )
         return mapper_pb2.ReplayInboundEventsResponse(replayed_count=count)
 
     async def PurgeInboundEvents(
-        self, request: mapper_pb2.PurgeInboundEventsRequest, context: Any
+        self, request: mapper_pb2.PurgeInboundEventsRequest, context: grpc.aio.ServicerContext
     ) -> mapper_pb2.PurgeInboundEventsResponse:
+        """Delete parked or dead-lettered inbound events."""
         count = await self.queues.purge(
             request.portal_id, _queue(request.queue), list(request.ids), request.all
         )
@@ -241,7 +259,7 @@ def _queue(value: int) -> str:
         raise InvalidArgument(
             "invalid queue", violations={"queue": "must be INBOUND_QUEUE_PARKED or INBOUND_QUEUE_DEAD_LETTER"}
         )
-    return name
+    return str(name)
 
 
 def _time(ms: int) -> timestamp_pb2.Timestamp:

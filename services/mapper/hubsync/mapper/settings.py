@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = ["PACKAGED_MAPPINGS", "MapperSettings"]
+
 PACKAGED_MAPPINGS = Path(__file__).parent / "default_mappings"
 
 
@@ -79,3 +81,8 @@ class MapperSettings(BaseSettings):
     # Operators (people, through the CLI): list, validate and suggest mappings besides the
     # clients, and alone the inbound parked/dead-letter RPCs.
     admin_callers: list[str] = Field(default_factory=lambda: ["cli"])
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """Return the environment variable of setting ``name`` (``HUBSYNC_MAPPER_<NAME>``)."""
+        return f"{cls.model_config.get('env_prefix', '')}{name}".upper()

@@ -11,6 +11,8 @@ import yaml
 
 from hubsync.api.writer.v1 import writer_pb2
 
+__all__ = ["suggest"]
+
 _ID_NAMES = ("external_id", "id", "uuid", "key")
 # Common company-side names for HubSpot's default properties.
 _SYNONYMS = {

@@ -25,6 +25,8 @@ from typing import Any
 from hubsync.mapper.mappings import STAGE_PROPERTIES, FieldMapping, LoadedMapping, Mapping
 from hubsync.mapper.objecttypes import CUSTOM_TYPES, STANDARD
 
+__all__ = ["CompiledMapping", "Inbound", "MappingSet", "Outbound", "TransformError", "compile_mapping"]
+
 _DAY_MS = 86_400_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MISSING = object()
@@ -56,6 +58,7 @@ def _ms(value: str) -> int:
 
 
 def number_in(value: str) -> int | float:
+    """Return a HubSpot number as an int when it is a whole number (exact), else a float."""
     number = float(value)
     if number.is_integer() and abs(number) < 2**53:
         return int(number)
@@ -63,10 +66,12 @@ def number_in(value: str) -> int | float:
 
 
 def integer_in(value: str) -> int:
+    """Return a HubSpot number as an int."""
     return int(float(value))
 
 
 def bool_in(value: str) -> bool:
+    """Return a HubSpot boolean (``true``/``false``) as a bool."""
     low = value.lower()
     if low == "true":
         return True
@@ -76,17 +81,20 @@ def bool_in(value: str) -> bool:
 
 
 def date_in(value: str) -> str:
+    """Return a HubSpot date (ms at midnight UTC) as an ISO date."""
     return (_EPOCH + dt.timedelta(milliseconds=_ms(value))).date().isoformat()
 
 
 def datetime_in(value: str) -> str:
+    """Return a HubSpot datetime (ms) as an ISO datetime in UTC, to the millisecond."""
     moment = _EPOCH + dt.timedelta(milliseconds=_ms(value))
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def string_out(value: Any) -> str:
+    """Return a field value as a HubSpot string property value."""
     if value.__class__ is str:
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -95,6 +103,7 @@ def string_out(value: Any) -> str:
 
 
 def number_out(value: Any) -> str:
+    """Return a field value as a HubSpot number property value."""
     if isinstance(value, bool):
         raise ValueError("expected a number, got a boolean")
     if isinstance(value, str):
@@ -111,6 +120,7 @@ def number_out(value: Any) -> str:
 
 
 def integer_out(value: Any) -> str:
+    """Return a field value as a HubSpot integer property value."""
     if isinstance(value, bool):
         raise ValueError("expected an integer, got a boolean")
     if isinstance(value, float) and value.is_integer():
@@ -123,6 +133,7 @@ def integer_out(value: Any) -> str:
 
 
 def bool_out(value: Any) -> str:
+    """Return a field value as a HubSpot boolean property value (``true``/``false``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -131,6 +142,7 @@ def bool_out(value: Any) -> str:
 
 
 def date_out(value: Any) -> str:
+    """Return a field value (ISO date or ms at midnight UTC) as a HubSpot date value."""
     if isinstance(value, str):
         day = dt.date.fromisoformat(value[:10])
         return str((day - _EPOCH.date()).days * _DAY_MS)
@@ -140,6 +152,7 @@ def date_out(value: Any) -> str:
 
 
 def datetime_out(value: Any) -> str:
+    """Return a field value (ISO datetime or ms) as a HubSpot datetime value."""
     if isinstance(value, str):
         return str(_ms(value))
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -346,14 +359,17 @@ class CompiledMapping:
 
     @property
     def object_type(self) -> str:
+        """The HubSpot object type this mapping maps."""
         return self.mapping.object_type
 
     @property
     def id_property(self) -> str:
+        """The HubSpot property that holds the external id."""
         return self.mapping.id.hubspot
 
     @property
     def external_id_field(self) -> str:
+        """The external field that holds the record's id."""
         return self.mapping.id.external
 
     def to_external(self, properties: dict[str, str]) -> tuple[str, dict[str, Any]]:
@@ -404,6 +420,7 @@ class MappingSet:
         return merged
 
     def get(self, object_type: str) -> CompiledMapping | None:
+        """Return the mapping of an object type (by name, singular name or type id), or None."""
         found = self.by_type.get(object_type)
         if found is None:
             # A custom object named by its type id (inbound events), or a standard type by a

@@ -1,4 +1,4 @@
-"""Typed range reads of Redis streams, as ingress's client returns them (bytes, not decoded)."""
+"""Typed range reads of Redis streams, as the services' clients return them (bytes, not decoded)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 async def stream_range(
-    redis: Redis, key: str, low: str, high: str, *, count: int, newest_first: bool = False
+    redis: Redis, key: str, low: str, high: str, *, count: int | None, newest_first: bool = False
 ) -> list[StreamEntry]:
     """Return up to ``count`` entries of stream ``key`` between ids ``low`` and ``high``.
 
     Args:
-        redis: A client without ``decode_responses`` (every ingress client): ids and fields are
+        redis: A client without ``decode_responses`` (every service's client): ids and fields are
             bytes, which the library's return type (bytes or str, maybe None) does not say.
         key: The stream.
         low: The lowest id (``-``, ``<ms>-<seq>``, or ``(`` + an id to exclude it).
         high: The highest id (``+`` or an id).
-        count: Most entries returned.
+        count: Most entries returned (None: all).
         newest_first: ``XREVRANGE`` instead of ``XRANGE``.
 
     """
