@@ -85,10 +85,11 @@ class ReadyConsumer:
     ) -> None:
         self.redis = redis
         self.sets = ReadySets(redis, queue, shards)
-        # Who logs: a Redis outage met by the loop or a turn is one rate-limited WARNING
+        # Who logs (report_error, shared with the owner's housekeeping): a Redis outage met by the
+        # loop or a turn is one rate-limited WARNING
         # "<name>: Redis unavailable, retrying" (operations.md), anything else an ERROR.
         label = name or f"ready {queue} consumer"
-        self._loop_error = loop_error(log, f"{label}: step failed", f"{label}: Redis unavailable, retrying")
+        self.report_error = loop_error(log, f"{label}: step failed", f"{label}: Redis unavailable, retrying")
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -195,7 +196,7 @@ class ReadyConsumer:
                 raise
             except Exception as exc:
                 _reraise_if_cancelling()
-                self._loop_error(exc)
+                self.report_error(exc)
                 await asyncio.sleep(0.5)
 
     async def _round(self) -> None:
@@ -227,7 +228,7 @@ class ReadyConsumer:
                 raise
             except Exception as exc:  # the portal stays marked (or pending): tried again later
                 _reraise_if_cancelling()
-                self._loop_error(exc)
+                self.report_error(exc)
             finally:
                 self.busy.pop(portal, None)
                 self._dirty.add(self.sets.shard(portal))

@@ -142,7 +142,7 @@ class InboundWorker:
         )
         # One reporter for this worker's loops and the ready consumer's: a Redis outage is one
         # rate-limited "inbound worker: Redis unavailable, retrying", not one per loop.
-        self._loop_error = self.ready._loop_error
+        self._loop_error = self.ready.report_error
 
     @property
     def batches(self) -> int:
