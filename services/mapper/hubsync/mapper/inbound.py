@@ -217,11 +217,11 @@ class InboundWorker:
         still holds wait for it); returns Blocked when the portal got parked meanwhile."""
         if len(self._tasks) >= 2 * self.max_in_flight:  # stalled batches pile up: wait for one
             await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
-        if int(portal) not in CUSTOM_TYPES.portals:
-            # Its custom object types, learned at its first turn (not by a pass over every known
-            # portal: idle portals cost nothing), before its events are classified.
-            await CUSTOM_TYPES.ensure(self.writer, int(portal))
-        tasks = self._dispatch(portal, Source(events_key(portal)), [parse_entry(i, f) for i, f in rows])
+        entries = [parse_entry(i, f) for i, f in rows]
+        # A custom object type id not learned for this portal: its types are learned now, before
+        # the events are classified (on demand: no pass over known portals, no call otherwise).
+        await CUSTOM_TYPES.ensure_ids(self.writer, int(portal), (e.what[0] for e in entries if e.what))
+        tasks = self._dispatch(portal, Source(events_key(portal)), entries)
         # The portal's next turn is read while this one is hydrated and published (its entries of
         # records this one holds wait for it), but not before the turn before this one is done:
         # at most two turns of a portal in flight, and the next read gathers what arrived

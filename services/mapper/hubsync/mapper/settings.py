@@ -51,8 +51,8 @@ class MapperSettings(BaseSettings):
     # up to the max; auth's announcement of a connection change re-checks it at once.
     parked_recheck_s: float = Field(default=60.0, gt=0)
     parked_recheck_max_s: float = Field(default=900.0, gt=0)
-    # How often each portal's custom objects (their type ids) are learned again from writer
-    # (0 disables; they are still learned at start-up and on a portal's first push).
+    # How often the custom objects (their type ids) of the portals that used one since the last
+    # pass are learned again from writer (0 disables; they are still learned on demand).
     object_types_refresh_s: float = Field(default=60.0, ge=0)
     # How long discovered HubSpot property definitions are trusted.
     property_cache_ttl_s: float = Field(default=300.0, ge=0)
