@@ -21,6 +21,9 @@ class MapperSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUBSYNC_MAPPER_", extra="ignore")
 
+    # Run on uvloop (shipped with uvicorn[standard]): less CPU per change, most of which is socket
+    # and event-loop work. Read by ``__main__`` only, before the loop starts.
+    uvloop: bool = True
     # Directory of mapping YAML files; the packaged default mappings when unset.
     mappings_dir: Path = PACKAGED_MAPPINGS
     # This replica's consumer name in the `mapper` group of the event streams.
