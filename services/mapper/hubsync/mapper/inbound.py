@@ -212,10 +212,10 @@ class InboundWorker:
         """One portal's turn: its entries as batches (entries of records that an earlier batch
         still holds wait for it); returns Blocked when the portal got parked meanwhile."""
         await self.in_flight.wait_for_room()
-        if int(portal) not in CUSTOM_TYPES.portals:
-            # Its custom object types, learned at its first turn (not by a pass over every known
-            # portal: idle portals cost nothing), before its events are classified.
-            await CUSTOM_TYPES.ensure(self.writer, int(portal))
-        await self.in_flight.turn(portal, Source(events_key(portal)), [parse_entry(i, f) for i, f in rows])
+        entries = [parse_entry(i, f) for i, f in rows]
+        # A custom object type id not learned for this portal: its types are learned now, before
+        # the events are classified (on demand: no pass over known portals, no call otherwise).
+        await CUSTOM_TYPES.ensure_ids(self.writer, int(portal), (e.what[0] for e in entries if e.what))
+        await self.in_flight.turn(portal, Source(events_key(portal)), entries)
         until = self._gate(portal)
         return None if until is None else Blocked(until)
