@@ -14,6 +14,7 @@ import gc
 import importlib.util
 import io
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any

@@ -215,7 +215,9 @@ class InboundWorker:
         entries = [parse_entry(i, f) for i, f in rows]
         # A custom object type id not learned for this portal: its types are learned now, before
         # the events are classified (on demand: no pass over known portals, no call otherwise).
-        await CUSTOM_TYPES.ensure_ids(self.writer, int(portal), (e.what[0] for e in entries if e.what))
+        await CUSTOM_TYPES.ensure_ids(
+            self.writer, int(portal), (e.what.object_type for e in entries if e.what)
+        )
         await self.in_flight.turn(portal, Source(events_key(portal)), entries)
         until = self._gate(portal)
         return None if until is None else Blocked(until)
