@@ -32,7 +32,7 @@ async def test_standard_events_cost_no_type_listing_and_new_custom_types_are_lea
             writer_address=s.writer_address,
             mappings_dir=mappings_dir(tmp_path),
             # A short refresh period: a per-portal refresh loop would show in the count.
-            extra_env={"HUBSYNC_MAPPER_OBJECT_TYPES_REFRESH_S": "0.05"},
+            settings={"object_types_refresh_s": 0.05},
         ) as mapper,
         open_channel(mapper.address, caller_tokens["client"]) as channel,
     ):

@@ -10,6 +10,7 @@ retry time. Entries a dead consumer left are claimed through the pending sets.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -107,6 +108,9 @@ class ReadyConsumer:
         )
         self.busy: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[int] = set()
+        # The shard whose portal got the last turn: the next round starts after it, so shards take
+        # turns when turns are scarce (a backlog in a low shard must not starve the shards above).
+        self._last_shard = -1
         self._wake = asyncio.Event()
         self._grouped: set[str] = set()
         self.turns = 0
@@ -200,8 +204,11 @@ class ReadyConsumer:
                 await asyncio.sleep(0.5)
 
     async def _round(self) -> None:
-        """Starts turns for due portals of the shards that may have some."""
-        for shard in sorted(self._dirty):
+        """Starts turns for due portals of the shards that may have some, shards in turn from the
+        one after the shard served last (within a shard, the earliest due portal first)."""
+        shards = sorted(self._dirty)
+        after = bisect.bisect_right(shards, self._last_shard)
+        for shard in shards[after:] + shards[:after]:
             free = self.max_turns - len(self.busy)
             if free <= 0:
                 return
@@ -217,8 +224,10 @@ class ReadyConsumer:
                     break
                 self._start(portal, self._turn(portal))
                 started += 1
-            if started and len(due) >= free:
-                self._dirty.add(shard)  # maybe more due there
+            if started:
+                self._last_shard = shard
+                if len(due) >= free:
+                    self._dirty.add(shard)  # maybe more due there
 
     def _start(self, portal: str, work: Awaitable[None]) -> None:
         async def run() -> None:
