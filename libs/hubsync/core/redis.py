@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -22,6 +26,8 @@ from hubsync.core.keys import portal_key as portal_key
 from hubsync.core.keys import written_key as written_key
 from hubsync.core.settings import CLUSTER_SCHEMES, CoreSettings, cluster_seeds, is_cluster_url
 from hubsync.core.tls import redis_tls_options
+
+log = logging.getLogger(__name__)
 
 # Connections per client; past it a command waits up to POOL_TIMEOUT_S for one to come back.
 POOL_MAX_CONNECTIONS = 100
@@ -186,6 +192,101 @@ class _WaitingPipeline(ClusterPipeline):
         run = super().execute
         result: list[Any] = await client.with_permit(lambda: run(raise_on_error, allow_redirections))
         return result
+
+
+# ---- Pub/sub -------------------------------------------------------------------------------------
+
+# After a lost subscription, wait this long before subscribing again (a restarting Redis, a node
+# being replaced): whoever follows a channel also polls, so the gap costs latency, not data.
+RESUBSCRIBE_S = 1.0
+# How long one wait for a message lasts (then the loop checks the connection's health again).
+_MESSAGE_WAIT_S = 1.0
+# Which cluster node the next subscription goes to (they take turns, so a failed node is left).
+_next_node = itertools.count()
+
+
+@contextlib.asynccontextmanager
+async def subscription(redis: Redis, channel: str) -> AsyncIterator[PubSub]:
+    """A :class:`PubSub` subscribed to ``channel``, closed on exit.
+
+    On a single Redis or Sentinel it is the client's own. On Redis Cluster a PUBLISH reaches
+    every node, so it holds a plain connection to one node of the cluster, with the cluster
+    client's TLS, credentials and timeouts (redis-py's asyncio cluster client has no pub/sub
+    before 8.x, and its 8.x one picks a node by the channel's slot and needs the slot map
+    loaded first). Each call takes the next node of the cluster's current topology, so a
+    subscriber whose node failed moves on to another one when it subscribes again.
+    """
+    if isinstance(redis, RedisCluster):
+        pubsub, pool = await _node_pubsub(redis)
+    else:
+        pubsub, pool = redis.pubsub(), None
+    try:
+        await pubsub.subscribe(channel)
+        yield pubsub
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect()
+
+
+async def _node_pubsub(cluster: RedisCluster) -> tuple[PubSub, ConnectionPool]:
+    if cluster._initialize:  # the topology is learnt at the first command
+        await cluster.initialize()
+    nodes = {
+        node.name: node for node in [*cluster.get_nodes(), *cluster.nodes_manager.startup_nodes.values()]
+    }
+    ordered = sorted(nodes.values(), key=lambda node: node.name)
+    node = ordered[next(_next_node) % len(ordered)]
+    pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+    return PubSub(connection_pool=pool), pool
+
+
+async def follow_channel(
+    redis: Redis,
+    channel: str,
+    on_message: Callable[[str], None],
+    *,
+    what: str,
+    on_subscribed: Callable[[], None] | None = None,
+    on_lost: Callable[[], None] | None = None,
+) -> None:
+    """Calls ``on_message`` with each message published on ``channel`` (as text) until cancelled.
+
+    A lost subscription (Redis restarted, the cluster node failed) is logged as ``what`` and
+    taken up again :data:`RESUBSCRIBE_S` later, on another node of a cluster; messages published
+    in between are lost, so every follower also polls. ``on_subscribed`` runs each time the
+    subscription is up, ``on_lost`` each time it ends.
+    """
+    while True:
+        try:
+            async with subscription(redis, channel) as pubsub:
+                if on_subscribed is not None:
+                    on_subscribed()
+                try:
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=_MESSAGE_WAIT_S
+                        )
+                        _reraise_if_cancelling()  # a client library may lose a cancellation
+                        if message is not None:
+                            on_message(as_str(message.get("data")))
+                finally:
+                    if on_lost is not None:
+                        on_lost()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _reraise_if_cancelling()
+            log.warning("%s subscription lost", what, extra={"channel": channel, "error": str(exc)[:200]})
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+
+def _reraise_if_cancelling() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 # Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).

@@ -40,7 +40,7 @@ from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.keys import INBOUND_DLQ_PORTALS_KEY, PORTALS_KEY, events_key
 from hubsync.core.outage import loop_error
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer, group_work, now_ms
-from hubsync.core.redis import as_str, group_lag
+from hubsync.core.redis import as_str, follow_channel, group_lag
 from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange, coalesce, parse_entry
@@ -448,31 +448,20 @@ class InboundWorker:
                 self._draining[portal] = task
 
     async def _listen(self) -> None:
-        """Re-checks a parked portal as soon as its connection changes (auth announces it)."""
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(queues.CONNECTION_CHANGES_CHANNEL)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None:
-                        continue
-                    portal = as_str(message.get("data") or b"")
-                    state = self._parked.get(portal)
-                    if state is not None:
-                        state.next_probe = 0.0
-                        state.interval = self.recheck_s
-                        state.poked = True
-                    elif len(self._announced) < 10_000:
-                        self._announced[portal] = time.monotonic() + 5.0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the periodic re-check still runs; subscribe again soon
-                log.warning("connection-change subscription lost", extra={"error": str(exc)[:200]})
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """Re-checks a parked portal as soon as its connection changes (auth announces it; the
+        periodic re-check covers a lost subscription)."""
+        await follow_channel(
+            self.redis, queues.CONNECTION_CHANGES_CHANNEL, self._connection_changed, what="connection-change"
+        )
+
+    def _connection_changed(self, portal: str) -> None:
+        state = self._parked.get(portal)
+        if state is not None:
+            state.next_probe = 0.0
+            state.interval = self.recheck_s
+            state.poked = True
+        elif len(self._announced) < 10_000:
+            self._announced[portal] = time.monotonic() + 5.0
 
     async def _drain(self, portal: str) -> None:
         """Replays a parked portal's entries in order (one replica at a time); unparks it once
