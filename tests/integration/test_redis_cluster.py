@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,13 +22,13 @@ from pydantic import SecretStr
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis as AsyncRedis
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import AskError, MovedError, RedisError
 
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import RedisCluster, RedisProcess
 from hubsync.core.errors import error_info
-from hubsync.core.keys import events_key, writes_key
+from hubsync.core.keys import events_key, portal_key, writes_key
 from hubsync.core.redis import create_redis, follow_channel, redis_from_url
 from hubsync.core.settings import CoreSettings
 from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
@@ -445,3 +446,64 @@ async def test_a_subscriber_moves_to_another_node_when_its_node_is_killed(own_cl
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         await redis.aclose()
+
+
+async def _bump(redis: Any, key: str) -> None:
+    """Compare-and-set under WATCH, as mapper's publish and writer's ledger do."""
+    async with redis.pipeline(transaction=True) as pipe:
+        await pipe.watch(key)
+        value = int(await pipe.get(key) or 0)
+        pipe.multi()
+        pipe.set(key, value + 1)
+        await pipe.execute()
+
+
+@pytest.mark.on_cluster
+async def test_a_watched_transaction_runs_on_the_event_loop(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compare-and-set under WATCH starts no thread: redis-py's cluster transaction ran every
+    command sent while WATCHing in a new thread with its own event loop and joined it, holding
+    the service's event loop for each round trip (and 4x the client CPU: bench/redis_client)."""
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    redis = redis_from_url(redis_url)
+    try:
+        await redis.set(KEY, 0)  # connections and slot map made before counting
+        monkeypatch.setattr(threading.Thread, "start", counting_start)
+        for _ in range(3):
+            await _bump(redis, KEY)
+        monkeypatch.undo()
+        assert started == []
+        assert await redis.get(KEY) == b"3"
+    finally:
+        await redis.aclose()
+
+
+async def test_a_transaction_follows_its_slot_to_another_node(own_cluster: RedisCluster) -> None:
+    """A transaction is sent to the node serving its keys; after the slot moved, the attempt
+    that met the redirection fails and the next one runs on the new node."""
+    redis = redis_from_url(own_cluster.url)
+    try:
+        await _bump(redis, KEY)
+        slot = key_slot(KEY.encode())
+        await asyncio.to_thread(move_slot, own_cluster, slot, (_owner(own_cluster, slot) + 1) % 3)
+        failed = 0
+        while True:
+            try:
+                await _bump(redis, KEY)
+                break
+            except (MovedError, AskError):
+                failed += 1
+                assert failed < 3
+        assert await redis.get(KEY) == b"2"
+    finally:
+        await redis.aclose()
+
+
+KEY = portal_key(PORTAL, "cluster-test-counter")
