@@ -123,9 +123,10 @@ def create_cluster_client(url: str, **options: Any) -> Redis:
     """A Redis Cluster client for a ``redis+cluster://`` URL, with the pool-recovery options of
     :func:`connection_options` (``options``; a password in ``options`` wins over one in the URL).
 
-    Typed as :class:`Redis`: :class:`RedisCluster` offers the same commands, scripts, pipelines
-    (``transaction=True`` and ``WATCH`` on keys of one slot) and pub/sub, which is all hubsync uses;
-    a script or transaction whose keys span slots fails (``CROSSSLOT``) instead of running.
+    Typed as :class:`Redis`: :class:`RedisCluster` offers the same commands, scripts and
+    pipelines (``transaction=True`` and ``WATCH`` on keys of one slot, run on that slot's node:
+    :class:`_NodeTransaction`), which is all hubsync uses; a script or transaction whose keys span
+    slots fails (``CROSSSLOT``) instead of running. Pub/sub goes through :func:`subscription`.
     """
     parts = urlsplit(url)
     user, _, secret = parts.netloc.rpartition("@")[0].partition(":")
@@ -144,8 +145,8 @@ def create_cluster_client(url: str, **options: Any) -> Redis:
     return cast(Redis, client)
 
 
-# Connections per node beyond the permits below: pub/sub and a WATCH held until its EXEC take a
-# connection without a permit.
+# Connections per node beyond the permits below (slack; pub/sub and transactions have their own
+# connections: subscription, _NodeTransaction).
 _CLUSTER_SPARE_CONNECTIONS = 20
 # Set while a task holds a permit, so a command a pipeline re-sends itself (after MOVED/ASK)
 # does not wait for a second one.
