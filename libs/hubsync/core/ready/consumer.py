@@ -27,7 +27,7 @@ from hubsync.core.ready.leases import ShardLeases
 from hubsync.core.ready.sets import DEFAULT_SHARDS, ReadySets, now_ms
 from hubsync.core.ready.sweep import Probe, Sweeper
 from hubsync.core.ready.sweep import reraise_if_cancelling as _reraise_if_cancelling
-from hubsync.core.redis import as_str
+from hubsync.core.redis import follow_channel
 
 log = logging.getLogger("hubsync.core.ready")
 
@@ -148,29 +148,14 @@ class ReadyConsumer:
             await asyncio.sleep(self.leases.renew_s)
 
     async def _listen(self) -> None:
-        """Nudges: a producer made a portal newly ready in a shard; read it at once."""
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.sets.channel)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    _reraise_if_cancelling()  # a client library may lose a cancellation
-                    if message is None:
-                        continue
-                    raw = as_str(message.get("data") or b"")
-                    if raw.isdigit() and int(raw) in self.leases.held:
-                        self._dirty.add(int(raw))
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the periodic poll still runs; subscribe again soon
-                _reraise_if_cancelling()
-                log.warning("ready nudge subscription lost", extra={"error": str(exc)[:200]})
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """Nudges: a producer made a portal newly ready in a shard; read it at once (the periodic
+        poll covers a lost subscription)."""
+        await follow_channel(self.redis, self.sets.channel, self._nudged, what="ready nudge")
+
+    def _nudged(self, raw: str) -> None:
+        if raw.isdigit() and int(raw) in self.leases.held:
+            self._dirty.add(int(raw))
+            self._wake.set()
 
     async def _loop(self) -> None:
         next_poll = next_pending = next_lag = 0.0
