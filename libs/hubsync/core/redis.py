@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from hubsync.core.keys import CONNECTION_CHANGES_CHANNEL as CONNECTION_CHANGES_CHANNEL
 from hubsync.core.keys import portal_key as portal_key
 from hubsync.core.keys import written_key as written_key
+from hubsync.core.outage import reraise_if_cancelling as _reraise_if_cancelling
 from hubsync.core.settings import CLUSTER_SCHEMES, CoreSettings, cluster_seeds, is_cluster_url
 from hubsync.core.tls import redis_tls_options
 
@@ -309,12 +310,6 @@ async def follow_channel(
             _reraise_if_cancelling()
             log.warning("%s subscription lost", what, extra={"channel": channel, "error": str(exc)[:200]})
             await asyncio.sleep(RESUBSCRIBE_S)
-
-
-def _reraise_if_cancelling() -> None:
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class _NodeTransaction(Pipeline):

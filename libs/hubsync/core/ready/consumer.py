@@ -23,10 +23,10 @@ from opentelemetry import metrics
 from redis.exceptions import ResponseError
 
 from hubsync.core.outage import loop_error
+from hubsync.core.outage import reraise_if_cancelling as _reraise_if_cancelling
 from hubsync.core.ready.leases import ShardLeases
 from hubsync.core.ready.sets import DEFAULT_SHARDS, ReadySets, now_ms
 from hubsync.core.ready.sweep import Probe, Sweeper
-from hubsync.core.ready.sweep import reraise_if_cancelling as _reraise_if_cancelling
 from hubsync.core.redis import follow_channel
 
 log = logging.getLogger("hubsync.core.ready")

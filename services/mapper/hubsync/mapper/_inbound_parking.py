@@ -20,11 +20,12 @@ from opentelemetry import metrics
 from redis.asyncio import Redis
 
 from hubsync.core.keys import INBOUND_PARKED_PORTALS_KEY, inbound_drain_lock_key, inbound_parked_key
+from hubsync.core.outage import reraise_if_cancelling
 from hubsync.core.ready import ReadySets, now_ms
 from hubsync.core.redis import as_str, follow_channel
 from hubsync.core.streams import stream_range
 from hubsync.mapper import inbound_queues as queues
-from hubsync.mapper._inbound_batches import Process, reraise_if_cancelling
+from hubsync.mapper._inbound_batches import Process
 from hubsync.mapper._inbound_process import BatchOutcome
 from hubsync.mapper.hydrate import PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, parse_entry

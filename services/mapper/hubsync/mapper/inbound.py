@@ -43,9 +43,10 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.keys import PORTALS_KEY, events_key
+from hubsync.core.outage import reraise_if_cancelling
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer
 from hubsync.mapper import _inbound_backlog as backlog
-from hubsync.mapper._inbound_batches import InFlightBatches, reraise_if_cancelling
+from hubsync.mapper._inbound_batches import InFlightBatches
 from hubsync.mapper._inbound_parking import PARKED_DISCOVER_S, ParkedPortals
 from hubsync.mapper._inbound_process import BatchProcessor, BatchResult
 from hubsync.mapper.hydrate import Hydrator
