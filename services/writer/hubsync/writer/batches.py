@@ -45,6 +45,19 @@ from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
 from hubsync.writer.ordering import RecordRef, RecordVersions, unique_value
 from hubsync.writer.ratelimit import ReservedSlot
 
+__all__ = [
+    "RATE_TAU_S",
+    "BatchInput",
+    "BatchKey",
+    "BatchOp",
+    "BatchSender",
+    "Coalescer",
+    "Outcome",
+    "Send",
+    "SlotSource",
+    "id_key",
+]
+
 log = logging.getLogger(__name__)
 
 

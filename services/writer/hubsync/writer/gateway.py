@@ -18,15 +18,21 @@ from opentelemetry.trace import Link
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import FailedPrecondition
+from hubsync.writer._ledger import Ledger
+from hubsync.writer._results import result_list
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
-from hubsync.writer.ledger import Ledger
 from hubsync.writer.objecttypes import ObjectTypes
 from hubsync.writer.ordering import RecordVersions
 from hubsync.writer.queue import WriteQueue
 from hubsync.writer.ratelimit import RateLimiter
-from hubsync.writer.results import result_list
 from hubsync.writer.submissions import WriteSubmitter, validate
+
+__all__ = [
+    "PilotLookup",
+    "QuotaStatus",
+    "WriterGateway",
+]
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,22 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument
 from hubsync.writer.hubspot_client import HubSpotClient
 
+__all__ = [
+    "CUSTOM_ID",
+    "CUSTOM_RANK",
+    "DEFAULT_ASSOCIATION_TYPES",
+    "ENGAGEMENTS",
+    "PARENT_RANK",
+    "READ_ONLY",
+    "REFERENCES",
+    "STANDARD",
+    "STANDARD_IDS",
+    "AssociationType",
+    "CustomType",
+    "ObjectTypes",
+    "rank",
+]
+
 # Canonical plural name → HubSpot's object type id.
 STANDARD_IDS: dict[str, str] = {
     "contacts": "0-1",

@@ -35,6 +35,18 @@ from hubsync.core.keys import (
 )
 from hubsync.core.portal_metrics import PortalGauge
 
+__all__ = [
+    "Budget",
+    "LimitOverride",
+    "Limits",
+    "OverrideLookup",
+    "Plan",
+    "QuotaUse",
+    "RateLimiter",
+    "ReservedSlot",
+    "next_midnight",
+]
+
 _meter = metrics.get_meter("hubsync.writer")
 # Folded over portals: the least headroom (the portal closest to its limit).
 _remaining = PortalGauge("min")
