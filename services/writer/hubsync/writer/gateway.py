@@ -9,6 +9,7 @@ status are here too: both read or feed the same queue.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -105,7 +106,20 @@ class WriterGateway:
         await self.versions.stamp_now(request.portal_id, request.writes)
         try:
             outcomes = await self.submitter.process(request.portal_id, request.writes)
-        except BaseException:
+        except BaseException as exc:
+            # Answered with the error's status by the servicer's host; said here too, so a
+            # waited submission that was not written never goes unlogged.
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            log.log(
+                logging.INFO if cancelled else logging.WARNING,
+                "waited submission ended by its caller" if cancelled else "waited submission failed",
+                extra={
+                    "portal": request.portal_id,
+                    "writes": len(request.writes),
+                    "error": type(exc).__name__,
+                    "reason": getattr(exc, "reason", ""),
+                },
+            )
             await self.queue.finish(request, None)
             raise
         response = writer_pb2.SubmitWritesResponse(results=result_list(outcomes))
