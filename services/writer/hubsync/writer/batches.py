@@ -546,6 +546,19 @@ class Coalescer:
         # Per key: (time of the last arrival, arrivals per second decayed to that time).
         self._rates: dict[BatchKey, tuple[float, float]] = {}
         self._arrivals = 0
+        # Set when a key's open batch becomes full (its sender may be holding a partial one).
+        self._filled: dict[BatchKey, asyncio.Event] = {}
+
+    async def _until_full(self, key: BatchKey, timeout: float) -> None:
+        """Wait until the key's open batch is full, or ``timeout`` seconds."""
+        filled = self._filled[key] = asyncio.Event()
+        try:
+            await asyncio.wait_for(filled.wait(), timeout=max(timeout, 0.001))
+        except TimeoutError:
+            pass
+        finally:
+            if self._filled.get(key) is filled:
+                del self._filled[key]
 
     def _arrived(self, key: BatchKey, now: float) -> None:
         last, rate = self._rates.get(key, (now, 0.0))
@@ -581,6 +594,9 @@ class Coalescer:
         if len(pending) >= self.max_size:
             self._take_open(key)
             self._full.setdefault(key, deque()).append(pending)
+            filled = self._filled.get(key)
+            if filled is not None:
+                filled.set()
             self._wake(key)
         elif key not in self._timers and key not in self._due:
             self._timers[key] = loop.call_later(self.max_wait_s, self._on_due, key)
@@ -646,9 +662,12 @@ class Coalescer:
                     and loop.time() - self._opened.get(key, 0.0) < self.max_wait_saturated_s
                 ):
                     # The quota, not latency, is the bottleneck: a slot is worth a full batch.
-                    # Give it back (another replica may have one full) and let this one fill.
+                    # Give it back (another replica may have one full) and let this one fill:
+                    # until it is full or has waited max_wait_saturated, one wake-up (not a poll
+                    # of the limiter every few ms for every held key).
                     await self._slots.release(key.portal_id, slot)
-                    await asyncio.sleep(min(0.05, self.max_wait_saturated_s))
+                    left = self.max_wait_saturated_s - (loop.time() - self._opened.get(key, 0.0))
+                    await self._until_full(key, left)
                     continue
                 batch = self._next(key)
                 if batch:
