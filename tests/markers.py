@@ -141,6 +141,7 @@ SLOW: tuple[str, ...] = (
     "tests/integration/test_service_host.py::test_stop_gives_up_on_a_task_that_never_ends",
     "tests/integration/test_tls.py::test_half_written_rotation_keeps_the_previous_certificate",
     "tests/integration/writer/test_circuit_shared.py::test_one_replica_opens_for_all_and_one_probe_closes_for_all",
+    "tests/integration/writer/test_writer_many_waiting.py",
     "tests/integration/writer/test_portal_config.py::test_a_pilot_refuses_writes_of_its_portal_only",
     "tests/integration/writer/test_writer_durability.py::test_a_create_cut_off_by_a_killed_writer_is_never_sent_twice",
     "tests/integration/writer/test_writer_durability.py::test_a_refusal_before_sending_does_not_resend_a_create_batch_that_went",

@@ -121,6 +121,19 @@ async def submit(
         return time.perf_counter() - start
 
 
+async def held_by_hubspot(http: httpx.AsyncClient, portals: list[int], records: int) -> dict[str, int]:
+    """The witness: what the sandbox holds of the bench's contacts, over every portal."""
+    held = {"contacts": 0, "missing": 0, "doubled": 0}
+    for portal in portals:
+        r = await http.get("/_sandbox/objects/contacts", params={"portal": portal})
+        emails = [c["properties"].get("email", "") for c in r.json()["results"]]
+        wanted = {f"bench{i}@example.com" for i in range(records)}
+        held["contacts"] += len(emails)
+        held["missing"] += len(wanted - set(emails))
+        held["doubled"] += len(emails) - len(set(emails))
+    return held
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     limits = bursts(args.portals, args.min_burst, args.max_burst)
     sandbox: dict[str, object] = {
@@ -151,6 +164,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         elapsed = await submit(suite, list(limits), args.records, args.per_call, args.concurrency, failures)
         async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
             log = (await http.get("/_sandbox/requests", params={"limit": 0})).json()
+            witness = await held_by_hubspot(http, list(limits), args.records)
     by = log["counts"]["byEndpointAndStatus"].get(UPSERT, {})
     calls = sum(by.values())
     per_portal_calls = math.ceil(args.records / 100)
@@ -168,6 +182,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "429s": int(by.get("429", 0)),
         "rate_limited_by_policy": log["counts"].get("rateLimitedByPolicy", {}),
         "failed_submissions": failures,
+        "hubspot_holds": witness,
         "elapsed_s": round(elapsed, 1),
         "slowest_portal_floor_s": floor,
         "over_floor_pct": round(100 * (elapsed - floor) / floor, 1) if floor else None,
@@ -188,10 +203,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         where = args.workdir or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
         result = asyncio.run(run(args, where))
+    # The machine is shared: its load (1, 5, 15 min averages, as `uptime`) frames the numbers.
+    result["load_average_before"] = [round(x, 2) for x in load_before]
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["command"] = " ".join([".venv/bin/python bench/tenants/writer.py", *sys.argv[1:]])
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
     text = json.dumps(result, indent=2)

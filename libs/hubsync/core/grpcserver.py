@@ -40,6 +40,19 @@ log = logging.getLogger(__name__)
 HealthProbe = Callable[[], Awaitable[bool]]
 
 
+# grpc.aio takes calls from gRPC core one at a time, one event-loop turn each; a burst of calls
+# (thousands of waited SubmitWrites) waits in core's queue of calls not yet taken. Core's defaults
+# cancel such a call, silently and with a plain CANCELLED (the handler never runs, nothing is
+# logged): at random beyond 1,000 waiting, always beyond 3,000, and any that waited 30 s. Raised
+# so a call waits until the handler takes it or the caller's own deadline ends it
+# (DEADLINE_EXCEEDED, a truthful answer); only a backlog beyond PENDING_CALLS_MAX is still cut.
+PENDING_CALLS_MAX = 1_000_000
+PENDING_CALL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.server.max_pending_requests", PENDING_CALLS_MAX),
+    ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
+    ("grpc.server_max_unrequested_time_in_server", 24 * 3600),
+]
+
 # The health "service" the liveness probe asks for: SERVING while the process serves, whatever
 # Redis does. The overall status ("") and each API service follow Redis (readiness).
 LIVENESS_SERVICE = "hubsync.liveness"
@@ -155,7 +168,7 @@ class ServiceHost:
         self.anonymous = not registry.enabled
         if self.anonymous:
             _warn_anonymous(name)
-        options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+        options: list[tuple[str, int]] = [("grpc.so_reuseport", 0), *PENDING_CALL_OPTIONS]
         if max_connection_age_s:
             # GOAWAY after this age makes clients reconnect and re-resolve; no grace limit, so
             # streams in flight (a Subscribe) run on until they end.

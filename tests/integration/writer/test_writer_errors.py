@@ -201,7 +201,7 @@ async def test_dead_letters_replay_and_purge(redis_url: str, caller_tokens: dict
 
 
 async def test_daily_limit_fails_with_resource_exhausted_and_queued_writes_wait(
-    redis_url: str, caller_tokens: dict[str, str], redis: Redis
+    redis_url: str, caller_tokens: dict[str, str], redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = writer_env(rate_limit_preset="free_starter", queue_claim_idle_ms=200)
     async with stack(
@@ -218,6 +218,9 @@ async def test_daily_limit_fails_with_resource_exhausted_and_queued_writes_wait(
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         info = error_info(err.value)
         assert info is not None and info.reason == "HUBSPOT_DAILY_LIMIT"
+        # Not written, answered with a truthful status, and said in writer's log.
+        failed = [r for r in caplog.records if r.getMessage() == "waited submission failed"]
+        assert [getattr(r, "reason", "") for r in failed] == ["HUBSPOT_DAILY_LIMIT"]
         status = await s.cli.GetQuotaStatus(writer_pb2.GetQuotaStatusRequest(portal_id=PORTAL))
         assert status.daily_used >= 2
         before = await s.count(UPSERT_ROUTE)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.errors import Unavailable
 from hubsync.writer.batches import BatchInput, BatchKey, BatchOp, Coalescer, Outcome
 from hubsync.writer.ratelimit import ReservedSlot
 
@@ -19,7 +20,7 @@ def item(i: str, **props: str) -> BatchInput:
 
 
 class Recorder:
-    def __init__(self, fail: Exception | None = None) -> None:
+    def __init__(self, fail: BaseException | None = None) -> None:
         self.batches: list[list[BatchInput]] = []
         self.slots: list[str | None] = []
         self.fail = fail
@@ -80,7 +81,9 @@ async def test_full_batches_take_slots_before_the_open_one_which_keeps_filling()
     slots: asyncio.Queue[str] = asyncio.Queue()
 
     class Slots:
-        async def acquire_slot(self, portal_id: int, *, busy_at: float) -> tuple[str, bool]:
+        async def acquire_slot(
+            self, portal_id: int, *, busy_at: float, demand_per_s: float = 0.0
+        ) -> tuple[str, bool]:
             return await slots.get(), False
 
         async def release(self, portal_id: int, member: str) -> None:
@@ -107,7 +110,9 @@ async def test_when_saturated_a_partial_batch_gives_its_slot_back_and_fills() ->
     count = 0
 
     class Slots:
-        async def acquire_slot(self, portal_id: int, *, busy_at: float) -> tuple[str, bool]:
+        async def acquire_slot(
+            self, portal_id: int, *, busy_at: float, demand_per_s: float = 0.0
+        ) -> tuple[str, bool]:
             nonlocal count
             count += 1
             await asyncio.sleep(0.01)
@@ -131,3 +136,27 @@ def test_a_reserved_slot_serves_one_call_only() -> None:
     assert slot.take() == "m"
     assert slot.take() is None
     assert ReservedSlot(None).take() is None
+
+
+async def test_the_demand_follows_how_fast_writes_arrive() -> None:
+    # A bulk load (hundreds of writes at once) asks for calls; one write now and then does not.
+    batcher = Coalescer(Recorder(), max_size=100, max_wait_s=60)
+    bulk, quiet = KEY, BatchKey(2, "contacts", BatchOp.UPSERT, "email")
+    futures = [batcher.submit(bulk, item(f"a{n}@x")) for n in range(300)]
+    futures.append(batcher.submit(quiet, item("q@x")))
+    assert batcher.demand(bulk) > 2.5  # ~300 writes/s: 3 full batches a second
+    assert batcher.demand(quiet) < 0.02
+    assert batcher.demand(BatchKey(3, "contacts", BatchOp.UPSERT, "email")) == 0.0
+    await batcher.close()
+    await asyncio.gather(*futures)
+
+
+async def test_a_send_cut_off_by_cancellation_answers_its_callers_unavailable() -> None:
+    # Only the send was cancelled (the writer stopping), not the callers' calls: they must hear a
+    # truthful UNAVAILABLE, not a CancelledError that gRPC would turn into a bare CANCELLED.
+    batcher = Coalescer(Recorder(fail=asyncio.CancelledError()), max_wait_s=0.01)
+    future = batcher.submit(KEY, item("a@x"))
+    with pytest.raises(Unavailable) as err:
+        await future
+    assert err.value.reason == "WRITER_INTERRUPTED"
+    await batcher.close()

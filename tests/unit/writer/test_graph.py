@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hubsync.api.writer.v1 import writer_pb2
-from hubsync.writer.graph import ARCHIVES, ASSOCIATIONS, GDPR, RECORDS, plan, type_levels
+from hubsync.writer._graph import ARCHIVES, ASSOCIATIONS, GDPR, RECORDS, plan, type_levels
 
 
 def rec(t: str, op: int = writer_pb2.WRITE_OPERATION_UPSERT) -> writer_pb2.Write:

@@ -135,3 +135,13 @@ async def test_until_the_limits_are_known_one_request_probes_at_a_time(redis: Re
     await lim.settle(7, first, {"X-HubSpot-RateLimit-Max": "10", "X-HubSpot-RateLimit-Remaining": "9"})
     for _ in range(9):
         await lim.acquire(7, deadline=time.monotonic() + 1)
+
+
+async def test_a_window_is_busy_when_the_demand_coming_would_fill_it(redis: Redis) -> None:
+    # A free window of 20 per 10 s: one call a second coming (10 per window) is more than a
+    # quarter of it; one call every 10 s is not.
+    lim = limiter(redis, limit=20, window_ms=10_000)
+    _, busy = await lim.acquire_slot(7, busy_at=0.25, demand_per_s=1.0)
+    assert busy
+    _, busy = await lim.acquire_slot(8, busy_at=0.25, demand_per_s=0.1)
+    assert not busy

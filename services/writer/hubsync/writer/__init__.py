@@ -12,9 +12,9 @@ plain value:
 3. :class:`~hubsync.writer.queue.WriteQueue` / ``QueueConsumer`` (``queue.py``): the durable
    queue ``hubsync:{<portal>}:writes`` and SubmitWrites' idempotency records; the consumer gives
    each entry back to the gateway (``process_queued``) with its
-   :class:`~hubsync.writer.ledger.Ledger` (what earlier attempts finished).
+   :class:`~hubsync.writer._ledger.Ledger` (what earlier attempts finished).
 4. :class:`~hubsync.writer.submissions.WriteSubmitter` (``submissions.py``): one submission in
-   the order its association graph draws (``graph.py``), record ids resolved, GDPR deletes
+   the order its association graph draws (``_graph.py``), record ids resolved, GDPR deletes
    sent and audited; every batchable write becomes a :class:`~hubsync.writer.batches.BatchInput`
    under a :class:`~hubsync.writer.batches.BatchKey`.
 5. :class:`~hubsync.writer.batches.Coalescer` (``batches.py``): merges inputs of one key from
@@ -29,4 +29,9 @@ plain value:
 
 ``service.py`` builds the stages from :class:`~hubsync.writer.settings.WriterSettings` passed
 in (``__main__`` loads them from the environment); ``docs/writer.md`` has the code map.
+
+The package's surface for the rest of hubsync is ``service.build`` and ``settings.WriterSettings``
+(``python -m hubsync.writer`` runs them); each module's ``__all__`` names what its neighbouring
+stages and the tests may use, and modules with a leading underscore (``_graph``, ``_ledger``,
+``_results``) are helpers of one stage, not a stage of their own.
 """

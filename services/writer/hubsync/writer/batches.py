@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import re
 import uuid
 from collections import deque
@@ -37,11 +38,25 @@ from opentelemetry.trace import Link
 from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
+from hubsync.core.errors import Unavailable
 from hubsync.core.keys import writer_ids_key, written_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
 from hubsync.writer.ordering import RecordRef, RecordVersions, unique_value
 from hubsync.writer.ratelimit import ReservedSlot
+
+__all__ = [
+    "RATE_TAU_S",
+    "BatchInput",
+    "BatchKey",
+    "BatchOp",
+    "BatchSender",
+    "Coalescer",
+    "Outcome",
+    "Send",
+    "SlotSource",
+    "id_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +106,8 @@ _ASSOCIATION_PATHS: dict[BatchOp, str] = {
     BatchOp.DISSOCIATE_ALL: "archive",
 }
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
+# The time constant of the coalescer's per-key arrival rate (seconds).
+RATE_TAU_S = 1.0
 
 
 @dataclass
@@ -466,8 +483,12 @@ class BatchSender:
 class SlotSource(Protocol):
     """Where the coalescer takes each batch's burst-window slot (the rate limiter)."""
 
-    async def acquire_slot(self, portal_id: int, *, busy_at: float) -> tuple[str, bool]:
-        """Wait for a slot; returns its member and whether the window is saturated."""
+    async def acquire_slot(self, portal_id: int, *, busy_at: float, demand_per_s: float) -> tuple[str, bool]:
+        """Wait for a slot; returns its member and whether the window is saturated.
+
+        Saturated also when ``demand_per_s`` (the calls per second the writes arriving now need
+        in full batches) would use more than ``busy_at`` of the window's budget.
+        """
         ...
 
     async def release(self, portal_id: int, member: str) -> None:
@@ -487,6 +508,13 @@ class Coalescer:
     passed. The open batch keeps taking writes while the sender waits, so under a saturated
     quota nearly every call carries a full batch, and a partial one never jumps ahead of a full
     one. Without ``slots`` (unit tests) batches go without one (the client takes its own).
+
+    The window also counts as saturated when the writes arriving for the key (a decaying
+    rate, :data:`RATE_TAU_S`) would, in full batches, take more than ``fill_above`` of it: a
+    bulk load starting on a free window then fills its first batches too, instead of spending
+    the window's first slots on partial ones that full batches need a moment later. A portal
+    whose writes trickle in (or that has quota to spare) is not held: its writes go after
+    ``max_wait_s`` as before.
     """
 
     def __init__(
@@ -515,11 +543,43 @@ class Coalescer:
         # The last batch sent with each record (by key), until it has its answer.
         self._out: dict[tuple[BatchKey, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Per key: (time of the last arrival, arrivals per second decayed to that time).
+        self._rates: dict[BatchKey, tuple[float, float]] = {}
+        self._arrivals = 0
+        # Set when a key's open batch becomes full (its sender may be holding a partial one).
+        self._filled: dict[BatchKey, asyncio.Event] = {}
+
+    async def _until_full(self, key: BatchKey, timeout: float) -> None:
+        """Wait until the key's open batch is full, or ``timeout`` seconds."""
+        filled = self._filled[key] = asyncio.Event()
+        try:
+            await asyncio.wait_for(filled.wait(), timeout=max(timeout, 0.001))
+        except TimeoutError:
+            pass
+        finally:
+            if self._filled.get(key) is filled:
+                del self._filled[key]
+
+    def _arrived(self, key: BatchKey, now: float) -> None:
+        last, rate = self._rates.get(key, (now, 0.0))
+        self._rates[key] = (now, rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S)
+        self._arrivals += 1
+        if self._arrivals % 4096 == 0:  # forget keys quiet for a while (their rate is ~0)
+            stale = now - 20 * RATE_TAU_S
+            for k in [k for k, (t, _) in self._rates.items() if t < stale]:
+                del self._rates[k]
+
+    def demand(self, key: BatchKey) -> float:
+        """Return the calls per second the key's recent writes need in full batches."""
+        now = asyncio.get_running_loop().time()
+        last, rate = self._rates.get(key, (now, 0.0))
+        return rate * math.exp((last - now) / RATE_TAU_S) / self.max_size
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
         """Add one write; the future resolves with its outcome."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
+        self._arrived(key, loop.time())
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = {}
@@ -534,6 +594,9 @@ class Coalescer:
         if len(pending) >= self.max_size:
             self._take_open(key)
             self._full.setdefault(key, deque()).append(pending)
+            filled = self._filled.get(key)
+            if filled is not None:
+                filled.set()
             self._wake(key)
         elif key not in self._timers and key not in self._due:
             self._timers[key] = loop.call_later(self.max_wait_s, self._on_due, key)
@@ -580,7 +643,7 @@ class Coalescer:
                 try:
                     if self._slots is not None:
                         slot, saturated = await self._slots.acquire_slot(
-                            key.portal_id, busy_at=self.fill_above
+                            key.portal_id, busy_at=self.fill_above, demand_per_s=self.demand(key)
                         )
                 except asyncio.CancelledError:
                     raise
@@ -599,9 +662,12 @@ class Coalescer:
                     and loop.time() - self._opened.get(key, 0.0) < self.max_wait_saturated_s
                 ):
                     # The quota, not latency, is the bottleneck: a slot is worth a full batch.
-                    # Give it back (another replica may have one full) and let this one fill.
+                    # Give it back (another replica may have one full) and let this one fill:
+                    # until it is full or has waited max_wait_saturated, one wake-up (not a poll
+                    # of the limiter every few ms for every held key).
                     await self._slots.release(key.portal_id, slot)
-                    await asyncio.sleep(min(0.05, self.max_wait_saturated_s))
+                    left = self.max_wait_saturated_s - (loop.time() - self._opened.get(key, 0.0))
+                    await self._until_full(key, left)
                     continue
                 batch = self._next(key)
                 if batch:
@@ -660,6 +726,16 @@ class Coalescer:
 
     @staticmethod
     def _fail(inputs: list[BatchInput], exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            # The send was cancelled (the writer is stopping), not the callers' calls: they hear
+            # a truthful UNAVAILABLE (the batch may have been written; a retry upserts it again),
+            # never a bare CancelledError that gRPC would answer as CANCELLED.
+            log.warning("batch interrupted before its answer", extra={"inputs": len(inputs)})
+            exc = Unavailable(
+                "writer stopped while this write's batch was out; it may have been written, retry",
+                reason="WRITER_INTERRUPTED",
+                retry_after=1.0,
+            )
         for item in inputs:
             for waiter in item.waiters:
                 if not waiter.done():

@@ -26,6 +26,12 @@ from hubsync.core.errors import Unavailable
 from hubsync.core.keys import circuit_closed_key, circuit_open_key, circuit_probe_key
 from hubsync.core.portal_metrics import PortalGauge
 
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakers",
+    "CircuitState",
+]
+
 # Folded over portals: the highest state (any circuit not closed shows).
 _state_gauge = PortalGauge("max")
 metrics.get_meter("hubsync.writer").create_observable_gauge(

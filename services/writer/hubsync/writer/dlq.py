@@ -20,6 +20,12 @@ from hubsync.core.errors import InvalidArgument, NotFound
 from hubsync.core.keys import WRITER_DLQ_PORTALS_KEY, writer_dlq_key
 from hubsync.core.portal_metrics import PortalCounter, PortalGauge
 
+__all__ = [
+    "DeadLetterEntry",
+    "DeadLetterQueue",
+    "HubSpotFailure",
+]
+
 _meter = metrics.get_meter("hubsync.writer")
 _depth = PortalGauge("sum")
 _meter.create_observable_gauge(

@@ -21,6 +21,13 @@ import orjson
 from hubsync.core.errors import InvalidArgument
 from hubsync.writer.reads import Record, RecordReader, SearchQuery
 
+__all__ = [
+    "ExportPage",
+    "RecordExporter",
+    "decode_checkpoint",
+    "encode_checkpoint",
+]
+
 
 @dataclass
 class ExportPage:

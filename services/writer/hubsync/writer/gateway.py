@@ -9,6 +9,7 @@ status are here too: both read or feed the same queue.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,15 +19,21 @@ from opentelemetry.trace import Link
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import FailedPrecondition
+from hubsync.writer._ledger import Ledger
+from hubsync.writer._results import result_list
 from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.dlq import DeadLetterQueue
-from hubsync.writer.ledger import Ledger
 from hubsync.writer.objecttypes import ObjectTypes
 from hubsync.writer.ordering import RecordVersions
 from hubsync.writer.queue import WriteQueue
 from hubsync.writer.ratelimit import RateLimiter
-from hubsync.writer.results import result_list
 from hubsync.writer.submissions import WriteSubmitter, validate
+
+__all__ = [
+    "PilotLookup",
+    "QuotaStatus",
+    "WriterGateway",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +106,20 @@ class WriterGateway:
         await self.versions.stamp_now(request.portal_id, request.writes)
         try:
             outcomes = await self.submitter.process(request.portal_id, request.writes)
-        except BaseException:
+        except BaseException as exc:
+            # Answered with the error's status by the servicer's host; said here too, so a
+            # waited submission that was not written never goes unlogged.
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            log.log(
+                logging.INFO if cancelled else logging.WARNING,
+                "waited submission ended by its caller" if cancelled else "waited submission failed",
+                extra={
+                    "portal": request.portal_id,
+                    "writes": len(request.writes),
+                    "error": type(exc).__name__,
+                    "reason": getattr(exc, "reason", ""),
+                },
+            )
             await self.queue.finish(request, None)
             raise
         response = writer_pb2.SubmitWritesResponse(results=result_list(outcomes))

@@ -31,6 +31,15 @@ from hubsync.writer.circuit import CircuitBreakers
 from hubsync.writer.ratelimit import RateLimiter, ReservedSlot
 from hubsync.writer.tokens import TokenSource
 
+__all__ = [
+    "FAILURES",
+    "MIN_TIMEOUT_S",
+    "RETRYABLE",
+    "HubSpotClient",
+    "HubSpotResponse",
+    "RetryPolicy",
+]
+
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("hubsync.writer")
 _meter = metrics.get_meter("hubsync.writer")

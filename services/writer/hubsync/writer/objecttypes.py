@@ -22,6 +22,22 @@ from hubsync.core.errors import InvalidArgument
 from hubsync.hubspot import objecttypes as _hubspot_types
 from hubsync.writer.hubspot_client import HubSpotClient
 
+__all__ = [
+    "CUSTOM_ID",
+    "CUSTOM_RANK",
+    "DEFAULT_ASSOCIATION_TYPES",
+    "ENGAGEMENTS",
+    "PARENT_RANK",
+    "READ_ONLY",
+    "REFERENCES",
+    "STANDARD",
+    "STANDARD_IDS",
+    "AssociationType",
+    "CustomType",
+    "ObjectTypes",
+    "rank",
+]
+
 # Canonical plural name → HubSpot's object type id, and every accepted spelling → that name
 # (one table for all services: hubsync.hubspot.objecttypes).
 STANDARD_IDS = _hubspot_types.STANDARD_IDS

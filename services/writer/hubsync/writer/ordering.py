@@ -32,6 +32,14 @@ from hubsync.core.keys import writer_version_key, writer_versions_key
 from hubsync.core.portal_metrics import PortalCounter
 from hubsync.core.versions import reserve_versions
 
+__all__ = [
+    "RecordRef",
+    "RecordVersions",
+    "stamp",
+    "unique_value",
+    "version_counter_key",
+]
+
 log = logging.getLogger(__name__)
 
 _superseded = PortalCounter(

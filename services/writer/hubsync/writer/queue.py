@@ -35,8 +35,15 @@ from hubsync.core.keys import WRITER_PORTALS_KEY, write_request_key, writes_key
 from hubsync.core.ready import DEFAULT_SHARDS, WRITES, Blocked, ReadyConsumer, ReadySets, now_ms
 from hubsync.core.telemetry import extract_context, inject_fields
 from hubsync.core.versions import reserve_lua
-from hubsync.writer.ledger import Ledger
+from hubsync.writer._ledger import Ledger
 from hubsync.writer.ordering import stamp, version_counter_key
+
+__all__ = [
+    "GROUP",
+    "QUEUE",
+    "QueueConsumer",
+    "WriteQueue",
+]
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,18 @@ from hubsync.core.keys import (
 )
 from hubsync.core.portal_metrics import PortalGauge
 
+__all__ = [
+    "Budget",
+    "LimitOverride",
+    "Limits",
+    "OverrideLookup",
+    "Plan",
+    "QuotaUse",
+    "RateLimiter",
+    "ReservedSlot",
+    "next_midnight",
+]
+
 _meter = metrics.get_meter("hubsync.writer")
 # Folded over portals: the least headroom (the portal closest to its limit).
 _remaining = PortalGauge("min")
@@ -316,12 +328,18 @@ class RateLimiter:
         return member
 
     async def acquire_slot(
-        self, portal_id: int, *, search: bool = False, deadline: float | None = None, busy_at: float = 1.0
+        self,
+        portal_id: int,
+        *,
+        search: bool = False,
+        deadline: float | None = None,
+        busy_at: float = 1.0,
+        demand_per_s: float = 0.0,
     ) -> tuple[str, bool]:
         """Wait for a slot like :meth:`acquire`; also say whether the window is busy.
 
         Busy: the slot had to be waited for, or more than ``busy_at`` of the window's budget is
-        used.
+        used, or would be by ``demand_per_s`` calls per second (what the caller sees coming).
         """
         budget = self.search if search else self.api
         keys = self._keys(portal_id, budget)
@@ -354,7 +372,8 @@ class RateLimiter:
             if int(granted) == 1:
                 if not search:
                     _remaining.set(int(limit) - int(used), portal_id, {"source": "writer"})
-                return member, waited or int(used) > int(limit) * busy_at
+                coming = demand_per_s * window / 1000
+                return member, waited or max(int(used), coming) > int(limit) * busy_at
             wait = int(wait_ms) / 1000
             if int(granted) == -1:
                 raise ResourceExhausted(

@@ -12,6 +12,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hubsync.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from hubsync.writer.hubspot_client import HubSpotClient, HubSpotResponse
 
+__all__ = [
+    "OBJECT_TYPES",
+    "SEARCH_OPERATORS",
+    "PropertyDef",
+    "Record",
+    "RecordReader",
+    "SearchPage",
+    "SearchQuery",
+    "check_object_type",
+    "raise_for",
+    "run_all",
+    "to_record",
+    "validate_search",
+]
+
 if TYPE_CHECKING:
     from hubsync.writer.objecttypes import ObjectTypes
 

@@ -29,6 +29,14 @@ from hubsync.writer.settings import WriterSettings
 from hubsync.writer.submissions import WriteSubmitter
 from hubsync.writer.tokens import AuthTokenSource
 
+__all__ = [
+    "DEFAULT_PORT",
+    "PROBE_TTL_MS",
+    "SERVICE",
+    "build",
+    "caller_policy",
+]
+
 log = logging.getLogger(__name__)
 SERVICE = writer_pb2.DESCRIPTOR.services_by_name["WriterService"].full_name
 DEFAULT_PORT = 50054

@@ -24,6 +24,12 @@ from hubsync.writer.gateway import WriterGateway
 from hubsync.writer.objecttypes import READ_ONLY, STANDARD_IDS
 from hubsync.writer.reads import Record, RecordReader, SearchQuery, validate_search
 
+__all__ = [
+    "WriterServicer",
+    "dead_letter_pb",
+    "record_pb",
+]
+
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()

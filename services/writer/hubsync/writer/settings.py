@@ -8,6 +8,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = [
+    "PRESETS",
+    "AppType",
+    "RateLimitPreset",
+    "WriterSettings",
+]
+
 
 class RateLimitPreset(StrEnum):
     """HubSpot's published limits (reference §5): requests per 10 s and per day."""

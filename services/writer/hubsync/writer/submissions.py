@@ -1,7 +1,7 @@
 """Stages 2 and 4 of the write path: validating a submission, then planning and feeding it.
 
 :func:`validate` checks a submission before it is accepted. :class:`WriteSubmitter` takes one
-accepted submission: validated, ordered by the graph of its associations (graph.py:
+accepted submission: validated, ordered by the graph of its associations (_graph.py:
 parents before children, associations after both ends, then archives, then GDPR deletes), fed
 to the batcher, answered with a result per write.
 
@@ -30,13 +30,25 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument
 from hubsync.core.keys import writer_gdpr_audit_key, written_key
 from hubsync.core.telemetry import trace_id_hex
+from hubsync.writer._graph import ARCHIVES, ASSOCIATIONS, GDPR, plan
+from hubsync.writer._ledger import Ledger
 from hubsync.writer.batches import BatchInput, BatchKey, BatchOp, Coalescer, Outcome, id_key
 from hubsync.writer.dlq import DeadLetterQueue, HubSpotFailure
-from hubsync.writer.graph import ARCHIVES, ASSOCIATIONS, GDPR, plan
-from hubsync.writer.ledger import Ledger as Ledger  # queue.py imports it from here
 from hubsync.writer.objecttypes import DEFAULT_ASSOCIATION_TYPES, REFERENCES, STANDARD_IDS
 from hubsync.writer.ordering import unique_value
 from hubsync.writer.reads import RecordReader, check_object_type
+
+__all__ = [
+    "ARCHIVE",
+    "CREATE",
+    "GDPR_AUDIT_MAXLEN",
+    "GDPR_DELETE",
+    "MAX_WRITES",
+    "UPDATE",
+    "UPSERT",
+    "WriteSubmitter",
+    "validate",
+]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("hubsync.writer.audit")

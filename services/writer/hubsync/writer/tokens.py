@@ -16,6 +16,12 @@ import grpc
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.core.errors import FailedPrecondition, Unauthenticated, Unavailable, error_info
 
+__all__ = [
+    "AuthTokenSource",
+    "StaticTokenSource",
+    "TokenSource",
+]
+
 
 class TokenSource(Protocol):
     """What the HubSpot client needs of a token provider."""

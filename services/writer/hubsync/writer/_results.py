@@ -9,6 +9,12 @@ from hubsync.api.writer.v1 import writer_pb2
 from hubsync.writer.batches import Outcome
 from hubsync.writer.dlq import HubSpotFailure
 
+__all__ = [
+    "outcome_from_pb",
+    "result_list",
+    "result_pb",
+]
+
 
 def result_pb(outcome: Outcome) -> writer_pb2.WriteResult:
     """Return the ``WriteResult`` of an outcome."""

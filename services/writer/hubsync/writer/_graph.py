@@ -20,6 +20,16 @@ from functools import cache
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.writer.objecttypes import rank
 
+__all__ = [
+    "ARCHIVES",
+    "ASSOCIATIONS",
+    "GDPR",
+    "RECORDS",
+    "Stage",
+    "plan",
+    "type_levels",
+]
+
 RECORDS = "records"
 ASSOCIATIONS = "associations"
 ARCHIVES = "archives"

@@ -15,8 +15,12 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.keys import write_ledger_key
+from hubsync.writer._results import outcome_from_pb, result_pb
 from hubsync.writer.batches import Outcome
-from hubsync.writer.results import outcome_from_pb, result_pb
+
+__all__ = [
+    "Ledger",
+]
 
 
 class Ledger:
