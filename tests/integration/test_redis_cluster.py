@@ -1,12 +1,16 @@
 """Redis Cluster: a service on a local three-master cluster follows a portal's slot when it moves
 to another node (MOVED/ASK), answers a lost node with 503 / UNAVAILABLE + RetryInfo and carries on
-once the node is back, and reloads its scripts on a node that lost them."""
+once the node is back, reloads its scripts on a node that lost them, and keeps hearing
+announcements (pub/sub) when the node it listens on is killed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +18,19 @@ import grpc
 import httpx
 import pytest
 from google.rpc import error_details_pb2
+from pydantic import SecretStr
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
 from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, RedisError
 
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.devredis import RedisCluster, RedisProcess
 from hubsync.core.errors import error_info
-from hubsync.core.keys import events_key, writes_key
-from hubsync.core.redis import redis_from_url
+from hubsync.core.keys import events_key, portal_key, writes_key
+from hubsync.core.redis import create_redis, follow_channel, redis_from_url
+from hubsync.core.settings import CoreSettings
 from tests.helpers.ingress import PORTAL, TEST_SECRET, event, running_ingress, v3_headers
 
 STREAM = events_key(PORTAL)
@@ -343,3 +351,159 @@ async def test_inbound_reads_events_of_two_portals_whose_keys_live_on_different_
             assert read == [True, True]
     finally:
         await redis.aclose()
+
+
+async def _subscribed_node(cluster: RedisCluster, channel: str) -> int | None:
+    """Index of the running node a subscriber of ``channel`` is connected to (PUBSUB NUMSUB)."""
+    for index, node in enumerate(cluster.nodes):
+        if node.proc is None:
+            continue
+        client = AsyncRedis(port=node.port, password=PASSWORD)
+        try:
+            [(_, count)] = await client.pubsub_numsub(channel)
+        finally:
+            await client.aclose()
+        if count:
+            return index
+    return None
+
+
+async def _heard(publish: Callable[[str], Awaitable[Any]], heard: list[str], message: str) -> None:
+    """Publishes ``message`` until the follower has it (it may be subscribing again meanwhile)."""
+    for _ in range(120):
+        with contextlib.suppress(RedisError):
+            await publish(message)
+        for _ in range(20):
+            if message in heard:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{message!r} never heard; heard {heard}")
+
+
+def _require_password(node: RedisProcess) -> None:
+    with SyncRedis(port=node.port) as client:
+        client.config_set("requirepass", PASSWORD)
+
+
+def _wait_ok_with_password(cluster: RedisCluster) -> None:
+    """:meth:`RedisCluster.wait_ok` for nodes that require :data:`PASSWORD`."""
+    for _ in range(600):
+        states = []
+        for node in cluster.nodes:
+            with SyncRedis(port=node.port, password=PASSWORD) as client:
+                states.append(client.execute_command("CLUSTER INFO")["cluster_state"])
+        if states == ["ok"] * len(cluster.nodes):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the cluster did not become ok: {states}")
+
+
+PASSWORD = "cluster-secret"
+CHANNEL = "cluster-test-announcements"
+
+
+async def test_a_subscriber_moves_to_another_node_when_its_node_is_killed(own_cluster: RedisCluster) -> None:
+    """Announcements on a cluster: the follower holds a plain connection to one node (any node
+    hears every PUBLISH), with the service client's credentials. When that node is killed
+    (SIGKILL), it subscribes on another node and hears what is published there; once the node is
+    back, a PUBLISH through the cluster client still reaches it."""
+    for node in own_cluster.nodes:
+        _require_password(node)
+    redis = create_redis(CoreSettings(redis_url=own_cluster.url, redis_password=SecretStr(PASSWORD)))
+    heard: list[str] = []
+    subscribed = asyncio.Event()
+    follower = asyncio.create_task(
+        follow_channel(redis, CHANNEL, heard.append, what="test", on_subscribed=subscribed.set)
+    )
+    try:
+        await subscribed.wait()
+        first = await _subscribed_node(own_cluster, CHANNEL)
+        assert first is not None
+        other = (first + 1) % len(own_cluster.nodes)
+        plain = AsyncRedis(port=own_cluster.nodes[other].port, password=PASSWORD)
+        try:
+            # Published on another node than the follower's: the cluster bus carries it.
+            await _heard(lambda m: plain.publish(CHANNEL, m), heard, "before")
+            subscribed.clear()
+            killed = own_cluster.nodes[first]
+            assert killed.proc is not None
+            killed.proc.kill()
+            await asyncio.to_thread(killed.stop)
+            await subscribed.wait()
+            await _heard(lambda m: plain.publish(CHANNEL, m), heard, "while one node is down")
+            assert await _subscribed_node(own_cluster, CHANNEL) not in (None, first)
+        finally:
+            await plain.aclose()
+
+        restarted = RedisProcess(killed.data_dir, port=killed.port, cluster=True)
+        own_cluster.nodes[first] = restarted
+        await asyncio.to_thread(restarted.start)
+        _require_password(restarted)
+        await asyncio.to_thread(_wait_ok_with_password, own_cluster)
+        await _heard(lambda m: redis.publish(CHANNEL, m), heard, "after")
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await redis.aclose()
+
+
+async def _bump(redis: Any, key: str) -> None:
+    """Compare-and-set under WATCH, as mapper's publish and writer's ledger do."""
+    async with redis.pipeline(transaction=True) as pipe:
+        await pipe.watch(key)
+        value = int(await pipe.get(key) or 0)
+        pipe.multi()
+        pipe.set(key, value + 1)
+        await pipe.execute()
+
+
+@pytest.mark.on_cluster
+async def test_a_watched_transaction_runs_on_the_event_loop(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compare-and-set under WATCH starts no thread: redis-py's cluster transaction ran every
+    command sent while WATCHing in a new thread with its own event loop and joined it, holding
+    the service's event loop for each round trip (and 4x the client CPU: bench/redis_client)."""
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    redis = redis_from_url(redis_url)
+    try:
+        await redis.set(KEY, 0)  # connections and slot map made before counting
+        monkeypatch.setattr(threading.Thread, "start", counting_start)
+        for _ in range(3):
+            await _bump(redis, KEY)
+        monkeypatch.undo()
+        assert started == []
+        assert await redis.get(KEY) == b"3"
+    finally:
+        await redis.aclose()
+
+
+async def test_a_transaction_follows_its_slot_to_another_node(own_cluster: RedisCluster) -> None:
+    """A transaction is sent to the node serving its keys; after the slot moved, the attempt
+    that met the redirection fails and the next one runs on the new node."""
+    redis = redis_from_url(own_cluster.url)
+    try:
+        await _bump(redis, KEY)
+        slot = key_slot(KEY.encode())
+        await asyncio.to_thread(move_slot, own_cluster, slot, (_owner(own_cluster, slot) + 1) % 3)
+        failed = 0
+        while True:
+            try:
+                await _bump(redis, KEY)
+                break
+            except (MovedError, AskError):
+                failed += 1
+                assert failed < 3
+        assert await redis.get(KEY) == b"2"
+    finally:
+        await redis.aclose()
+
+
+KEY = portal_key(PORTAL, "cluster-test-counter")

@@ -10,6 +10,7 @@ background loop that meets one logs a WARNING at most every :data:`OUTAGE_LOG_IN
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -153,3 +154,12 @@ def outage_status(exc: BaseException, method: str) -> grpc.Status | None:
         _call_logs[method] = OutageLog(log, "call failed: Redis unavailable", interval_s=5.0)
     _call_logs[method](cause, method=method)
     return unavailable(cause).to_status()
+
+
+def reraise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if the current task is being cancelled: a cancellation that
+    surfaced as another error (a gRPC call reports CANCELLED; a client library swallowed it) must
+    stop the task, not be retried."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -19,7 +19,6 @@ Documents never hold a secret: mappings, limits, a pilot flag and reason, a tena
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -38,7 +37,7 @@ from hubsync.core.keys import (
     tenant_config_history_key,
     tenant_config_key,
 )
-from hubsync.core.redis import as_str
+from hubsync.core.redis import as_str, follow_channel
 
 __all__ = [
     "HISTORY_MAX",
@@ -338,26 +337,19 @@ class PortalConfigCache:
     async def listen(self) -> None:
         """Applies change announcements until cancelled (resubscribes after a lost connection;
         the TTL bounds what a gap costs)."""
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(CONFIG_CHANGES_CHANNEL)
-                # Whatever changed while unsubscribed is unknown: start afresh.
-                self.invalidate("*")
-                self.subscribed.set()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
-                        self.invalidate(as_str(message.get("data")).split("|", 1)[0])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("config-change subscription lost", extra={"error": str(exc)[:200]})
-                await asyncio.sleep(1.0)
-            finally:
-                self.subscribed.clear()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await follow_channel(
+            self.redis,
+            CONFIG_CHANGES_CHANNEL,
+            lambda data: self.invalidate(data.split("|", 1)[0]),
+            what="config-change",
+            on_subscribed=self._subscribed,
+            on_lost=self.subscribed.clear,
+        )
+
+    def _subscribed(self) -> None:
+        # Whatever changed while unsubscribed is unknown: start afresh.
+        self.invalidate("*")
+        self.subscribed.set()
 
 
 def _row(values: list[Any]) -> StoredVersion | None:

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import FullJitterBackoff
+from redis.exceptions import AskError, MovedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 # Defined in hubsync.core.keys (the Redis contract); re-exported for existing imports.
 from hubsync.core.keys import CONNECTION_CHANGES_CHANNEL as CONNECTION_CHANGES_CHANNEL
 from hubsync.core.keys import portal_key as portal_key
 from hubsync.core.keys import written_key as written_key
+from hubsync.core.outage import reraise_if_cancelling as _reraise_if_cancelling
 from hubsync.core.settings import CLUSTER_SCHEMES, CoreSettings, cluster_seeds, is_cluster_url
 from hubsync.core.tls import redis_tls_options
+
+log = logging.getLogger(__name__)
 
 # Connections per client; past it a command waits up to POOL_TIMEOUT_S for one to come back.
 POOL_MAX_CONNECTIONS = 100
@@ -115,9 +124,10 @@ def create_cluster_client(url: str, **options: Any) -> Redis:
     """A Redis Cluster client for a ``redis+cluster://`` URL, with the pool-recovery options of
     :func:`connection_options` (``options``; a password in ``options`` wins over one in the URL).
 
-    Typed as :class:`Redis`: :class:`RedisCluster` offers the same commands, scripts, pipelines
-    (``transaction=True`` and ``WATCH`` on keys of one slot) and pub/sub, which is all hubsync uses;
-    a script or transaction whose keys span slots fails (``CROSSSLOT``) instead of running.
+    Typed as :class:`Redis`: :class:`RedisCluster` offers the same commands, scripts and
+    pipelines (``transaction=True`` and ``WATCH`` on keys of one slot, run on that slot's node:
+    :class:`_NodeTransaction`), which is all hubsync uses; a script or transaction whose keys span
+    slots fails (``CROSSSLOT``) instead of running. Pub/sub goes through :func:`subscription`.
     """
     parts = urlsplit(url)
     user, _, secret = parts.netloc.rpartition("@")[0].partition(":")
@@ -136,8 +146,8 @@ def create_cluster_client(url: str, **options: Any) -> Redis:
     return cast(Redis, client)
 
 
-# Connections per node beyond the permits below: pub/sub and a WATCH held until its EXEC take a
-# connection without a permit.
+# Connections per node beyond the permits below (slack; pub/sub and transactions have their own
+# connections: subscription, _NodeTransaction).
 _CLUSTER_SPARE_CONNECTIONS = 20
 # Set while a task holds a permit, so a command a pipeline re-sends itself (after MOVED/ASK)
 # does not wait for a second one.
@@ -153,6 +163,7 @@ class _WaitingRedisCluster(RedisCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._permits = asyncio.Semaphore(POOL_MAX_CONNECTIONS)
+        self._node_clients: dict[str, Redis] = {}
 
     async def with_permit(self, call: Callable[[], Awaitable[Any]]) -> Any:
         if _holding_permit.get():
@@ -173,10 +184,34 @@ class _WaitingRedisCluster(RedisCluster):
         run = super().execute_command
         return await self.with_permit(lambda: run(*args, **kwargs))
 
-    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
         if shard_hint:
             return super().pipeline(transaction, shard_hint)  # raises as redis-py does
+        if transaction:
+            return _NodeTransaction(self)
         return _WaitingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py builds it
+
+    def node_client(self, node: ClusterNode) -> Redis:
+        """A plain client of ``node`` (its own blocking pool, the cluster client's connection
+        settings: TLS, credentials, timeouts), made once per node."""
+        client = self._node_clients.get(node.name)
+        if client is None:
+            pool = BlockingConnectionPool(
+                connection_class=node.connection_class,
+                max_connections=POOL_MAX_CONNECTIONS,
+                timeout=POOL_TIMEOUT_S,
+                **node.connection_kwargs,
+            )
+            client = self._node_clients[node.name] = Redis.from_pool(pool)
+        return client
+
+    async def aclose(self) -> None:
+        """Closes the cluster's connections and the node clients' ones."""
+        clients, self._node_clients = list(self._node_clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        await super().aclose()
 
 
 class _WaitingPipeline(ClusterPipeline):
@@ -186,6 +221,161 @@ class _WaitingPipeline(ClusterPipeline):
         run = super().execute
         result: list[Any] = await client.with_permit(lambda: run(raise_on_error, allow_redirections))
         return result
+
+
+# ---- Pub/sub -------------------------------------------------------------------------------------
+
+# After a lost subscription, wait this long before subscribing again (a restarting Redis, a node
+# being replaced): whoever follows a channel also polls, so the gap costs latency, not data.
+RESUBSCRIBE_S = 1.0
+# How long one wait for a message lasts (then the loop checks the connection's health again).
+_MESSAGE_WAIT_S = 1.0
+# Which cluster node the next subscription goes to (they take turns, so a failed node is left).
+_next_node = itertools.count()
+
+
+@contextlib.asynccontextmanager
+async def subscription(redis: Redis, channel: str) -> AsyncIterator[PubSub]:
+    """A :class:`PubSub` subscribed to ``channel``, closed on exit.
+
+    On a single Redis or Sentinel it is the client's own. On Redis Cluster a PUBLISH reaches
+    every node, so it holds a plain connection to one node of the cluster, with the cluster
+    client's TLS, credentials and timeouts (redis-py's asyncio cluster client has no pub/sub
+    before 8.x, and its 8.x one picks a node by the channel's slot and needs the slot map
+    loaded first). Each call takes the next node of the cluster's current topology, so a
+    subscriber whose node failed moves on to another one when it subscribes again.
+    """
+    if isinstance(redis, RedisCluster):
+        pubsub, pool = await _node_pubsub(redis)
+    else:
+        pubsub, pool = redis.pubsub(), None
+    try:
+        await pubsub.subscribe(channel)
+        yield pubsub
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.disconnect()
+
+
+async def _node_pubsub(cluster: RedisCluster) -> tuple[PubSub, ConnectionPool]:
+    if cluster._initialize:  # the topology is learnt at the first command
+        await cluster.initialize()
+    nodes = {
+        node.name: node for node in [*cluster.get_nodes(), *cluster.nodes_manager.startup_nodes.values()]
+    }
+    ordered = sorted(nodes.values(), key=lambda node: node.name)
+    node = ordered[next(_next_node) % len(ordered)]
+    pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+    return PubSub(connection_pool=pool), pool
+
+
+async def follow_channel(
+    redis: Redis,
+    channel: str,
+    on_message: Callable[[str], None],
+    *,
+    what: str,
+    on_subscribed: Callable[[], None] | None = None,
+    on_lost: Callable[[], None] | None = None,
+) -> None:
+    """Calls ``on_message`` with each message published on ``channel`` (as text) until cancelled.
+
+    A lost subscription (Redis restarted, the cluster node failed) is logged as ``what`` and
+    taken up again :data:`RESUBSCRIBE_S` later, on another node of a cluster; messages published
+    in between are lost, so every follower also polls. ``on_subscribed`` runs each time the
+    subscription is up, ``on_lost`` each time it ends.
+    """
+    while True:
+        try:
+            async with subscription(redis, channel) as pubsub:
+                if on_subscribed is not None:
+                    on_subscribed()
+                try:
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=_MESSAGE_WAIT_S
+                        )
+                        _reraise_if_cancelling()  # a client library may lose a cancellation
+                        if message is not None:
+                            on_message(as_str(message.get("data")))
+                finally:
+                    if on_lost is not None:
+                        on_lost()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _reraise_if_cancelling()
+            log.warning("%s subscription lost", what, extra={"channel": channel, "error": str(exc)[:200]})
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+
+class _NodeTransaction(Pipeline):
+    """A ``transaction=True`` pipeline (MULTI/EXEC, with or without WATCH) on a cluster, run as
+    on a single Redis on the node serving its keys' slot (found from its first command), through
+    :meth:`_WaitingRedisCluster.node_client`.
+
+    redis-py's cluster transaction runs every command sent while WATCHing (the WATCH, the reads
+    before MULTI, the UNWATCH) in a new thread with its own event loop, blocking the caller's loop
+    until it returns: 4.3x the client CPU of a single Redis per command (bench/redis_client).
+    Keys of several slots are refused by Redis (CROSSSLOT), as before. A redirection (the slot
+    moved) updates the cluster client's slot map and is raised: the caller's retry goes to the
+    new node.
+    """
+
+    def __init__(self, cluster: _WaitingRedisCluster) -> None:
+        # The pool and the reply callbacks are the node's, set by _route before the first use.
+        super().__init__(None, {}, True, None)  # type: ignore[arg-type]
+        self._cluster = cluster
+        self._routed = False
+
+    async def _route(self, args: tuple[Any, ...]) -> None:
+        if self._routed:
+            return
+        if self._cluster._initialize:
+            await self._cluster.initialize()
+        # redis-py's own key parsing (EVAL/EVALSHA key counts, key positions per command).
+        slot = await self._cluster._determine_slot(*args)
+        client = self._cluster.node_client(self._cluster.nodes_manager.get_node_from_slot(slot))
+        self.connection_pool = client.connection_pool
+        self.response_callbacks = client.response_callbacks
+        self._routed = True
+
+    async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        """A command sent at once (WATCH and what is read before MULTI), on the keys' node."""
+        await self._route(args)
+        try:
+            return await super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except (MovedError, AskError) as exc:
+            await self._redirected(exc)
+            raise
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Sends MULTI, the queued commands and EXEC to the node of the first command's keys."""
+        if self.command_stack:
+            await self._route(self.command_stack[0][0])
+        try:
+            result: list[Any] = await super().execute(raise_on_error)
+        except (MovedError, AskError) as exc:
+            await self._redirected(exc)
+            raise
+        return result
+
+    async def reset(self) -> None:  # type: ignore[override]
+        """Releases the connection; the next use is routed again."""
+        try:
+            await super().reset()  # type: ignore[no-untyped-call]
+        finally:
+            self._routed = False
+
+    async def _redirected(self, exc: MovedError | AskError) -> None:
+        if isinstance(exc, MovedError):
+            with contextlib.suppress(Exception):
+                moved = self._cluster.nodes_manager.move_slot(exc)
+                if inspect.isawaitable(moved):  # async in redis-py 8, plain before
+                    await moved
 
 
 # Beyond this many undelivered entries, Redis < 7 lag is reported as this number (a floor).

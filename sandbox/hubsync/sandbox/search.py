@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -58,7 +59,14 @@ def parse_datetime_ms(value: str) -> int | None:
 
 
 def ms_to_iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """``2024-05-01T10:00:00.123Z`` for epoch milliseconds (the second's text is cached: every
+    record served formats its timestamps)."""
+    return _second_to_iso(ms // 1000) + f"{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_to_iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def _num(prop: PropertyDef | None, value: Any) -> float | None:

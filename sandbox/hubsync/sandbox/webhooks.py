@@ -60,6 +60,14 @@ def sign_v3(client_secret: str, method: str, uri: str, body: str, timestamp_ms: 
     return base64.b64encode(hmac.new(client_secret.encode(), msg, hashlib.sha256).digest()).decode()
 
 
+def _parse_type(t: str) -> tuple[str, str, str, str, str, str]:
+    """``object.creation@2-123:prop`` → (itself, base, object, kind, type id, property)."""
+    base, _, only_prop = t.partition(":")
+    base, _, only_type = base.partition("@")
+    obj, _, k = base.partition(".")
+    return t, base, obj, k, only_type, only_prop
+
+
 class Subscriptions:
     """Runtime webhook settings of one app (mutable through the admin API)."""
 
@@ -76,6 +84,8 @@ class Subscriptions:
 
     def set_types(self, types: list[str]) -> None:
         self.types = list(types)
+        self._parsed_from: list[str] = []
+        self._parsed: list[tuple[str, str, str, str, str, str]] = []
         for t in self.types:
             self.ids.setdefault(t, self.app_id * 1000 + len(self.ids) + 1)
 
@@ -91,11 +101,11 @@ class Subscriptions:
         limits a generic subscription to one object type id, as HubSpot's generic subscriptions
         are made per object type.
         """
+        if self._parsed_from != self.types:  # parsed once per set of types, not per change
+            self._parsed = [_parse_type(t) for t in self.types]
+            self._parsed_from = list(self.types)
         out = []
-        for t in self.types:
-            base, _, only_prop = t.partition(":")
-            base, _, only_type = base.partition("@")
-            obj, _, k = base.partition(".")
+        for t, base, obj, k, only_type, only_prop in self._parsed:
             if k != kind:
                 continue
             if obj == "object":

@@ -24,6 +24,7 @@ from hubsync.api.common.v1 import config_pb2 as doc_pb2
 from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc, mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.errors import error_info
+from hubsync.core.redis import redis_from_url
 from hubsync.sandbox import PortalConfig, PrivateAppConfig
 from tests.helpers.auth import SANDBOX_PORTAL, register_sandbox_private_app
 from tests.helpers.mapper import read_changes, running_mapper, suite
@@ -86,7 +87,7 @@ async def replicas(redis_url: str, caller_tokens: dict[str, str]) -> AsyncIterat
             stubs.append(mapper_pb2_grpc.MapperServiceStub(client))
             if not stubs[1:]:
                 cli = await stack.enter_async_context(open_channel(m.address, caller_tokens["cli"]))
-        redis = Redis.from_url(redis_url)
+        redis = redis_from_url(redis_url)
         stack.push_async_callback(redis.aclose)
         yield Replicas(config_pb2_grpc.ConfigServiceStub(cli), cli, stubs[0], stubs[1], redis, s.hubspot)
 
@@ -488,7 +489,7 @@ async def test_invalid_changes_name_the_field_and_store_nothing(
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in _violations(refused.value), _violations(refused.value)
-        redis = Redis.from_url(redis_url)
+        redis = redis_from_url(redis_url)
         assert await redis.keys("*config*") == []
         await redis.aclose()
 

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.auth.v1 import auth_pb2
 from hubsync.core import keys
+from hubsync.core.redis import redis_from_url
 from hubsync.core.tenants import TenantStore, key_pattern
 from tests.helpers.redis_faults_stack import PORTAL, Stack, running_stack
 
@@ -133,7 +134,7 @@ async def registries_holding(redis: Redis, portal: int) -> list[str]:
 async def test_delete_removes_every_key_of_the_portal_and_nothing_else(
     stack: Stack, caller_tokens: dict[str, str]
 ) -> None:
-    redis = Redis.from_url(stack.redis.url)
+    redis = redis_from_url(stack.redis.url)
     try:
         patterns = await fill_portal(stack, redis)
         copies = await copy_to_neighbours(redis)

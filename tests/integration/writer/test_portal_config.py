@@ -15,6 +15,7 @@ from hubsync.api.common.v1 import config_pb2
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import ResourceExhausted, error_info
 from hubsync.core.portal_config import PortalConfigCache, Scope, store_version
+from hubsync.core.redis import redis_from_url
 from hubsync.writer.ratelimit import Budget, LimitOverride, RateLimiter
 from tests.helpers.writer_stack import PORTAL, Stack, stack, upsert
 
@@ -88,6 +89,7 @@ async def _until(check: Callable[[], Awaitable[bool]]) -> None:
     raise AssertionError("condition never met")
 
 
+@pytest.mark.on_cluster
 async def test_an_announced_change_reaches_a_running_limiter(redis: Redis) -> None:
     # Entries never expire here: only the announcement can bring the change.
     configs = PortalConfigCache(redis, ("limits", "pilot"), ttl_s=3600)
@@ -158,7 +160,7 @@ async def _refused(stub: object, portal: int, email: str) -> grpc.aio.AioRpcErro
 async def test_a_pilot_refuses_writes_of_its_portal_only(
     redis_url: str, caller_tokens: dict[str, str]
 ) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = redis_from_url(redis_url)
     async with stack(redis_url, caller_tokens) as s:
         # Another portal in pilot: this one's writes go through.
         await store_version(redis, Scope(portal_id=QUIET), "pilot", _pilot(True), author="cli")

@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
-from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.keys import writer_gdpr_audit_key
+from hubsync.core.redis import redis_from_url
 from tests.helpers.custom_objects import subscription_schema
 from tests.helpers.writer import writer_env
 from tests.helpers.writer_stack import PORTAL, Stack, record, sandbox_config, stack
@@ -228,7 +228,7 @@ async def test_archive_by_unique_value_and_gdpr_delete_are_in_the_request_log(
         assert ticket["archived"] is True
         gone = await s.admin.get(f"/_sandbox/objects/contacts/{contact_id}", params={"portal": PORTAL})
         assert gone.status_code == 404
-        redis = Redis.from_url(s.redis_url)
+        redis = redis_from_url(s.redis_url)
         try:
             audit: Any = await redis.xrange(writer_gdpr_audit_key(PORTAL))
         finally:

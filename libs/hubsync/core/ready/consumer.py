@@ -10,6 +10,7 @@ retry time. Entries a dead consumer left are claimed through the pending sets.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -22,11 +23,11 @@ from opentelemetry import metrics
 from redis.exceptions import ResponseError
 
 from hubsync.core.outage import loop_error
+from hubsync.core.outage import reraise_if_cancelling as _reraise_if_cancelling
 from hubsync.core.ready.leases import ShardLeases
 from hubsync.core.ready.sets import DEFAULT_SHARDS, ReadySets, now_ms
 from hubsync.core.ready.sweep import Probe, Sweeper
-from hubsync.core.ready.sweep import reraise_if_cancelling as _reraise_if_cancelling
-from hubsync.core.redis import as_str
+from hubsync.core.redis import follow_channel
 
 log = logging.getLogger("hubsync.core.ready")
 
@@ -107,6 +108,9 @@ class ReadyConsumer:
         )
         self.busy: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[int] = set()
+        # The shard whose portal got the last turn: the next round starts after it, so shards take
+        # turns when turns are scarce (a backlog in a low shard must not starve the shards above).
+        self._last_shard = -1
         self._wake = asyncio.Event()
         self._grouped: set[str] = set()
         self.turns = 0
@@ -144,29 +148,14 @@ class ReadyConsumer:
             await asyncio.sleep(self.leases.renew_s)
 
     async def _listen(self) -> None:
-        """Nudges: a producer made a portal newly ready in a shard; read it at once."""
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.sets.channel)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    _reraise_if_cancelling()  # a client library may lose a cancellation
-                    if message is None:
-                        continue
-                    raw = as_str(message.get("data") or b"")
-                    if raw.isdigit() and int(raw) in self.leases.held:
-                        self._dirty.add(int(raw))
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the periodic poll still runs; subscribe again soon
-                _reraise_if_cancelling()
-                log.warning("ready nudge subscription lost", extra={"error": str(exc)[:200]})
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """Nudges: a producer made a portal newly ready in a shard; read it at once (the periodic
+        poll covers a lost subscription)."""
+        await follow_channel(self.redis, self.sets.channel, self._nudged, what="ready nudge")
+
+    def _nudged(self, raw: str) -> None:
+        if raw.isdigit() and int(raw) in self.leases.held:
+            self._dirty.add(int(raw))
+            self._wake.set()
 
     async def _loop(self) -> None:
         next_poll = next_pending = next_lag = 0.0
@@ -200,8 +189,11 @@ class ReadyConsumer:
                 await asyncio.sleep(0.5)
 
     async def _round(self) -> None:
-        """Starts turns for due portals of the shards that may have some."""
-        for shard in sorted(self._dirty):
+        """Starts turns for due portals of the shards that may have some, shards in turn from the
+        one after the shard served last (within a shard, the earliest due portal first)."""
+        shards = sorted(self._dirty)
+        after = bisect.bisect_right(shards, self._last_shard)
+        for shard in shards[after:] + shards[:after]:
             free = self.max_turns - len(self.busy)
             if free <= 0:
                 return
@@ -217,8 +209,10 @@ class ReadyConsumer:
                     break
                 self._start(portal, self._turn(portal))
                 started += 1
-            if started and len(due) >= free:
-                self._dirty.add(shard)  # maybe more due there
+            if started:
+                self._last_shard = shard
+                if len(due) >= free:
+                    self._dirty.add(shard)  # maybe more due there
 
     def _start(self, portal: str, work: Awaitable[None]) -> None:
         async def run() -> None:

@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from hubsync.core.keys import ready_sweep_lease_key, ready_swept_key
+from hubsync.core.outage import reraise_if_cancelling
 from hubsync.core.ready.sets import ReadySets, now_ms
 from hubsync.core.redis import as_str
 
 log = logging.getLogger("hubsync.core.ready")
 
-__all__ = ["Sweeper", "group_work", "reraise_if_cancelling"]
+__all__ = ["Sweeper", "group_work"]
 
 Probe = Callable[[list[str]], Awaitable[list[tuple[bool, bool]]]]
 
@@ -150,10 +151,3 @@ class Sweeper:
                 await asyncio.sleep(max(len(portals) / rate - (time.monotonic() - started), 0.0))
             if int(cursor) == 0:
                 return marked
-
-
-def reraise_if_cancelling() -> None:
-    """Raise CancelledError if the current task is being cancelled (a library may swallow it)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

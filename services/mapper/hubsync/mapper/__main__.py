@@ -2,10 +2,13 @@
 
 import functools
 
-from hubsync.core.service import main
+from hubsync.core.service import main, tune_runtime
 from hubsync.core.settings import load_settings
 from hubsync.mapper.service import build
 from hubsync.mapper.settings import MapperSettings
 
 # Settings are read from the environment here, at the edge, and passed in.
-main("mapper", functools.partial(build, settings=load_settings(MapperSettings)))
+settings = load_settings(MapperSettings)
+# uvloop, and the start-up objects out of the collector's sight.
+tune_runtime(uvloop=settings.uvloop)
+main("mapper", functools.partial(build, settings=settings))

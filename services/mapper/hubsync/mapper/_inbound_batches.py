@@ -20,11 +20,12 @@ import grpc
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from hubsync.core.outage import reraise_if_cancelling
 from hubsync.mapper._inbound_process import BatchOutcome, BatchResult
 from hubsync.mapper.inbound_events import ParsedEntry
 from hubsync.mapper.publish import EVENTS_GROUP, Source
 
-__all__ = ["InFlightBatches", "Process", "reraise_if_cancelling"]
+__all__ = ["InFlightBatches", "Process"]
 
 log = logging.getLogger("hubsync.mapper.inbound")
 
@@ -195,11 +196,3 @@ class InFlightBatches:
         except Exception:
             reraise_if_cancelling()
             log.exception("inbound batch failed unexpectedly", extra={"portal": portal})
-
-
-def reraise_if_cancelling() -> None:
-    """Stop a cancelled task whose cancellation surfaced as another error (a gRPC call reports
-    CANCELLED): it must stop, not retry."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

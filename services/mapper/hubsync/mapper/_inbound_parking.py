@@ -18,7 +18,6 @@ is parked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -33,11 +32,12 @@ from hubsync.core.keys import (
     inbound_park_key,
     inbound_parked_key,
 )
+from hubsync.core.outage import reraise_if_cancelling
 from hubsync.core.ready import ReadySets, now_ms
-from hubsync.core.redis import as_str
+from hubsync.core.redis import as_str, follow_channel
 from hubsync.core.streams import stream_range
 from hubsync.mapper import inbound_queues as queues
-from hubsync.mapper._inbound_batches import Process, reraise_if_cancelling
+from hubsync.mapper._inbound_batches import Process
 from hubsync.mapper._inbound_process import BatchOutcome
 from hubsync.mapper.hydrate import PortalBlocked, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, parse_entry
@@ -212,31 +212,20 @@ class ParkedPortals:
                 self._draining[portal] = task
 
     async def listen(self) -> None:
-        """Re-check a parked portal as soon as its connection changes (auth announces it)."""
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(queues.CONNECTION_CHANGES_CHANNEL)
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None:
-                        continue
-                    portal = as_str(message.get("data") or b"")
-                    state = self._parked.get(portal)
-                    if state is not None:
-                        state.next_probe = 0.0
-                        state.interval = self.recheck_s
-                        state.poked = True
-                    elif len(self._announced) < _ANNOUNCED_MAX:
-                        self._announced[portal] = time.monotonic() + _ANNOUNCED_S
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the periodic re-check still runs; subscribe again soon
-                log.warning("connection-change subscription lost", extra={"error": str(exc)[:200]})
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        """Re-check a parked portal as soon as its connection changes (auth announces it; the
+        periodic re-check covers a lost subscription)."""
+        await follow_channel(
+            self.redis, queues.CONNECTION_CHANGES_CHANNEL, self._connection_changed, what="connection-change"
+        )
+
+    def _connection_changed(self, portal: str) -> None:
+        state = self._parked.get(portal)
+        if state is not None:
+            state.next_probe = 0.0
+            state.interval = self.recheck_s
+            state.poked = True
+        elif len(self._announced) < _ANNOUNCED_MAX:
+            self._announced[portal] = time.monotonic() + _ANNOUNCED_S
 
     async def _drain(self, portal: str) -> None:
         """Replays a parked portal's entries in order (one replica at a time); unparks it once

@@ -33,6 +33,7 @@ from hubsync.api.common.v1 import common_pb2
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.core.errors import error_info, retry_delay
+from hubsync.core.outage import reraise_if_cancelling
 from hubsync.mapper.inbound_events import RecordChange
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
 
@@ -204,9 +205,7 @@ class Hydrator:
         try:
             return ChunkRead(await self._read(portal, mapping, ids, archived, span), {}, archived)
         except grpc.aio.AioRpcError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError from None
+            reraise_if_cancelling()
             failure = classify_error(exc)
         if failure.kind == UNUSABLE:
             raise PortalUnusable(failure.reason, failure.detail)

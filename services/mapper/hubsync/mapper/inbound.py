@@ -13,7 +13,8 @@ coalesce window become one change; the records are read back from HubSpot throug
 feed carries each record as it is now (:mod:`hubsync.mapper.hydrate`), and published with the
 ack of the input in one transaction (:mod:`hubsync.mapper.publish`). Idle portals cost nothing.
 
-A portal whose connection is unusable is parked (:mod:`hubsync.mapper.inbound_queues`): its
+A portal whose connection is unusable (or whose daily HubSpot quota is spent: until the
+reset writer names, with no re-check before) is parked (:mod:`hubsync.mapper.inbound_queues`): its
 entries move to its parked stream and its ready mark is scored to its next re-check, so no
 replica reads its events until the connection works again — announced by auth on
 ``hubsync:auth:connection-changes``, or found by a re-check every ``parked_recheck_s`` (doubling
@@ -43,9 +44,10 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.keys import PORTALS_KEY, events_key
+from hubsync.core.outage import reraise_if_cancelling
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer
 from hubsync.mapper import _inbound_backlog as backlog
-from hubsync.mapper._inbound_batches import InFlightBatches, reraise_if_cancelling
+from hubsync.mapper._inbound_batches import InFlightBatches
 from hubsync.mapper._inbound_parking import PARKED_DISCOVER_S, ParkedPortals
 from hubsync.mapper._inbound_process import BatchProcessor, BatchResult
 from hubsync.mapper.hydrate import Hydrator
@@ -212,10 +214,12 @@ class InboundWorker:
         """One portal's turn: its entries as batches (entries of records that an earlier batch
         still holds wait for it); returns Blocked when the portal got parked meanwhile."""
         await self.in_flight.wait_for_room()
-        if int(portal) not in CUSTOM_TYPES.portals:
-            # Its custom object types, learned at its first turn (not by a pass over every known
-            # portal: idle portals cost nothing), before its events are classified.
-            await CUSTOM_TYPES.ensure(self.writer, int(portal))
-        await self.in_flight.turn(portal, Source(events_key(portal)), [parse_entry(i, f) for i, f in rows])
+        entries = [parse_entry(i, f) for i, f in rows]
+        # A custom object type id not learned for this portal: its types are learned now, before
+        # the events are classified (on demand: no pass over known portals, no call otherwise).
+        await CUSTOM_TYPES.ensure_ids(
+            self.writer, int(portal), (e.what.object_type for e in entries if e.what)
+        )
+        await self.in_flight.turn(portal, Source(events_key(portal)), entries)
         until = self._gate(portal)
         return None if until is None else Blocked(until)

@@ -150,13 +150,10 @@ async def build(core: CoreSettings, redis: Redis, settings: MapperSettings) -> S
     if settings.reload_interval_s > 0:
         background.append(lambda: registry.watch(settings.reload_interval_s))
 
-    # Custom objects' type ids (their events name them by id): learned at once, kept current.
-    # Kept current for the portals already learned (inbound learns a portal at its first turn,
-    # a push naming a custom object at once): the refresh never walks every known portal.
-    async def learned() -> list[int]:
-        return sorted(CUSTOM_TYPES.portals)
-
-    background.append(lambda: CUSTOM_TYPES.watch(writer, learned, settings.object_types_refresh_s))
+    # Custom objects' type ids (their events name them by id) are learned on demand (an event or
+    # push naming one not learned for its portal); this refreshes the portals that used one
+    # lately, at a bounded rate: it never walks the known portals.
+    background.append(lambda: CUSTOM_TYPES.watch(writer, settings.object_types_refresh_s))
 
     async def close() -> None:
         await channel.close()

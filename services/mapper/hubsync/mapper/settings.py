@@ -23,6 +23,9 @@ class MapperSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUBSYNC_MAPPER_", extra="ignore")
 
+    # Run on uvloop (shipped with uvicorn[standard]): less CPU per change, most of which is socket
+    # and event-loop work. Read by ``__main__`` only, before the loop starts.
+    uvloop: bool = True
     # Directory of mapping YAML files; the packaged default mappings when unset.
     mappings_dir: Path = PACKAGED_MAPPINGS
     # This replica's consumer name in the `mapper` group of the event streams.
@@ -53,8 +56,8 @@ class MapperSettings(BaseSettings):
     # up to the max; auth's announcement of a connection change re-checks it at once.
     parked_recheck_s: float = Field(default=60.0, gt=0)
     parked_recheck_max_s: float = Field(default=900.0, gt=0)
-    # How often each portal's custom objects (their type ids) are learned again from writer
-    # (0 disables; they are still learned at start-up and on a portal's first push).
+    # How often the custom objects (their type ids) of the portals that used one since the last
+    # pass are learned again from writer (0 disables; they are still learned on demand).
     object_types_refresh_s: float = Field(default=60.0, ge=0)
     # How long discovered HubSpot property definitions are trusted.
     property_cache_ttl_s: float = Field(default=300.0, ge=0)
