@@ -153,18 +153,32 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """Returns the ErrorInfo detail of a failed call, if it carries one (for clients and tests)."""
+def _status_of(exc: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` a failed call carries in its trailers, if any."""
     raw = None
     for key, value in exc.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             raw = value
-    if raw is None:
-        return None
-    status = status_pb2.Status.FromString(raw)
-    for detail in status.details:
+    return None if raw is None else status_pb2.Status.FromString(raw)
+
+
+def error_info(exc: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """Returns the ErrorInfo detail of a failed call, if it carries one (for clients and tests)."""
+    status = _status_of(exc)
+    for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info
+    return None
+
+
+def retry_delay(exc: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
+    """Returns the seconds a failed call's ``RetryInfo`` says to wait, if it carries one."""
+    status = _status_of(exc)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -9,7 +10,8 @@ import orjson
 import pytest
 
 from hubsync.api.mapper.v1 import mapper_pb2
-from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, classify_error
+from hubsync.core.errors import ResourceExhausted
+from hubsync.mapper.hydrate import BLOCKED, COUNTED, PERMANENT, TRANSIENT, classify_error
 from hubsync.mapper.inbound_events import coalesce, parse_entry
 from hubsync.mapper.mappings import load_directory
 from hubsync.mapper.settings import PACKAGED_MAPPINGS
@@ -92,6 +94,30 @@ class _Failed(grpc.aio.AioRpcError):
 )
 def test_what_a_failed_read_means(code: grpc.StatusCode, kind: str) -> None:
     assert classify_error(_Failed(code)).kind == kind
+
+
+class _Exhausted(grpc.aio.AioRpcError):
+    """RESOURCE_EXHAUSTED as writer answers it: the rich status in the trailers."""
+
+    def __init__(self, reason: str, retry_after: float | None) -> None:
+        status = ResourceExhausted("spent", reason=reason, retry_after=retry_after).to_status()
+        trailers = grpc.aio.Metadata(*status.trailing_metadata)
+        super().__init__(status.code, grpc.aio.Metadata(), trailers, details="spent")
+
+
+def test_a_spent_daily_quota_blocks_the_portal_until_the_time_writer_names() -> None:
+    before = int(time.time() * 1000)
+    for reason in ("DAILY_LIMIT", "HUBSPOT_DAILY_LIMIT"):
+        failure = classify_error(_Exhausted(reason, 120.0))
+        assert failure.kind == BLOCKED and failure.reason == reason
+        assert failure.until_ms is not None
+        assert before + 120_000 <= failure.until_ms <= int(time.time() * 1000) + 120_000
+    # Writer named no time: the next UTC midnight (HubSpot's default reset).
+    failure = classify_error(_Exhausted("HUBSPOT_DAILY_LIMIT", None))
+    assert failure.until_ms is not None and failure.until_ms % 86_400_000 == 0
+    assert 0 < failure.until_ms - before <= 86_400_000
+    # Any other exhaustion (a burst window) is transient: retried soon.
+    assert classify_error(_Exhausted("RATE_LIMITED", 1.0)).kind == TRANSIENT
 
 
 def test_every_type_is_classified_and_custom_objects_take_their_mappings_name() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.errors import InvalidArgument, Unavailable
@@ -113,6 +115,17 @@ def test_a_bad_setting_exits_2_naming_the_variable(
 
 def test_the_daily_reset_zone_is_utc_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HUBSYNC_WRITER_DAILY_RESET_TIMEZONE", raising=False)
-    assert WriterSettings().reset_zone().key == "UTC"
+    assert str(WriterSettings().reset_zone()) == "UTC"
     monkeypatch.setenv("HUBSYNC_WRITER_DAILY_RESET_TIMEZONE", "America/New_York")
-    assert WriterSettings().reset_zone().key == "America/New_York"
+    assert str(WriterSettings().reset_zone()) == "America/New_York"
+
+
+def test_the_daily_reset_zone_may_be_a_fixed_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    for value, offset in (("UTC+05:30", 19_800), ("UTC-03:00", -10_800), ("UTC+00:01:02", 62)):
+        monkeypatch.setenv("HUBSYNC_WRITER_DAILY_RESET_TIMEZONE", value)
+        zone = WriterSettings().reset_zone()
+        assert zone.utcoffset(at) == timedelta(seconds=offset)
+    for bad in ("UTC+24:00", "UTC+05:60", "+05:30", "UTC+5"):
+        with pytest.raises(ValidationError):
+            WriterSettings(daily_reset_timezone=bad)

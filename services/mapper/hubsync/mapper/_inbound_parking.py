@@ -1,4 +1,5 @@
-"""Parked portals: a portal whose connection is unusable waits, then its parked events replay.
+"""Parked portals: a portal whose connection is unusable (or whose daily HubSpot quota is spent)
+waits, then its parked events replay.
 
 Its batch's entries move to its parked stream (:mod:`hubsync.mapper.inbound_queues`) and its
 ready mark is scored to its next re-check (:meth:`ParkedPortals.gate`), so no replica reads its
@@ -7,6 +8,11 @@ events until the connection works again — announced by auth on
 ``recheck_s`` (doubling up to ``recheck_max_s``). Then one replica (the drain lock) replays the
 parked entries in order, unparks the portal and marks it ready again. The set of parked portals
 is read every :data:`PARKED_DISCOVER_S` (a portal parked by another replica is gated here too).
+
+A portal whose daily quota is spent (:class:`~hubsync.mapper.hydrate.PortalBlocked`) is parked
+the same way, but re-checked only at the time writer named (kept in the park hash, so every
+replica waits for it): no read, no retry and no warning per batch until then, one WARNING when it
+is parked.
 """
 
 from __future__ import annotations
@@ -15,11 +21,17 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from opentelemetry import metrics
 from redis.asyncio import Redis
 
-from hubsync.core.keys import INBOUND_PARKED_PORTALS_KEY, inbound_drain_lock_key, inbound_parked_key
+from hubsync.core.keys import (
+    INBOUND_PARKED_PORTALS_KEY,
+    inbound_drain_lock_key,
+    inbound_park_key,
+    inbound_parked_key,
+)
 from hubsync.core.outage import reraise_if_cancelling
 from hubsync.core.ready import ReadySets, now_ms
 from hubsync.core.redis import as_str, follow_channel
@@ -27,7 +39,7 @@ from hubsync.core.streams import stream_range
 from hubsync.mapper import inbound_queues as queues
 from hubsync.mapper._inbound_batches import Process
 from hubsync.mapper._inbound_process import BatchOutcome
-from hubsync.mapper.hydrate import PortalUnusable
+from hubsync.mapper.hydrate import PortalBlocked, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, parse_entry
 from hubsync.mapper.publish import EVENTS_GROUP, Source
 
@@ -53,6 +65,8 @@ class ParkedState:
     interval: float
     # Announced while a re-check was running: that re-check's failure must not defer the next.
     poked: bool = False
+    # The daily quota is spent: re-checked at ``next_probe`` (the reset), never doubled.
+    blocked: bool = False
 
 
 class ParkedPortals:
@@ -120,6 +134,7 @@ class ParkedPortals:
     ) -> None:
         """Move a batch's entries to the portal's parked stream; the portal is parked here."""
         rows = [(e.id, e.fields) for e in entries]
+        until_ms = exc.until_ms if isinstance(exc, PortalBlocked) else None
         await queues.park(
             self.redis,
             portal,
@@ -128,15 +143,32 @@ class ParkedPortals:
             group=EVENTS_GROUP,
             reason=exc.reason,
             detail=exc.detail,
+            until_ms=until_ms,
         )
         if not source.parked:
             _parked_events.add(len(rows))
-        if portal not in self._parked:
+        state = self._parked.get(portal)
+        if until_ms is not None:
+            if state is None or not state.blocked:
+                log.warning(
+                    "portal blocked: its HubSpot daily limit is spent; its events wait until %s",
+                    _iso(until_ms),
+                    extra={"portal": portal, "reason": exc.reason, "until": _iso(until_ms)},
+                )
+            probe_at = _monotonic_at(until_ms)
+            if state is None:
+                self._parked[portal] = ParkedState(probe_at, self.recheck_s, blocked=True)
+            else:
+                state.next_probe, state.blocked = probe_at, True
+            return
+        if state is None:
             log.warning(
                 "portal parked: its connection is unusable; its events wait until it works again",
                 extra={"portal": portal, "reason": exc.reason, "detail": exc.detail[:200]},
             )
             self._parked[portal] = ParkedState(time.monotonic() + self.recheck_s, self.recheck_s)
+        else:
+            state.blocked = False
 
     async def discover(self) -> None:
         """Read the set of parked portals: gate those parked by another replica, forget those
@@ -144,10 +176,24 @@ class ParkedPortals:
         members = await self.redis.smembers(INBOUND_PARKED_PORTALS_KEY)
         parked = {as_str(p) for p in members}
         now = time.monotonic()
-        for portal in parked:
-            if portal not in self._parked:
+        new = [p for p in parked if p not in self._parked]
+        if new:
+            # A portal blocked by its daily quota is re-checked at the time its parker stored.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for portal in new:
+                    pipe.hget(inbound_park_key(portal), queues.PARK_UNTIL_FIELD)
+                untils = await pipe.execute()
+            for portal, raw in zip(new, untils, strict=True):
                 announced = self._announced.pop(portal, 0.0) > now
-                self._parked[portal] = ParkedState(now if announced else now + self.recheck_s, self.recheck_s)
+                stored = as_str(raw) if raw is not None else ""
+                if stored.isdigit():
+                    self._parked[portal] = ParkedState(
+                        _monotonic_at(int(stored)), self.recheck_s, blocked=True
+                    )
+                else:
+                    self._parked[portal] = ParkedState(
+                        now if announced else now + self.recheck_s, self.recheck_s
+                    )
         for portal, until in list(self._announced.items()):
             if until <= now:
                 del self._announced[portal]
@@ -218,6 +264,8 @@ class ParkedPortals:
                         continue
                     result = await self.process(portal, source, [parse_entry(i, f) for i, f in rows])
                     if result.outcome == BatchOutcome.PARKED:
+                        if result.until_ms is not None:
+                            return  # the daily quota is still spent: park set the next re-check
                         if not state.poked:
                             state.interval = min(state.interval * 2, self.recheck_max_s)
                             state.next_probe = time.monotonic() + state.interval
@@ -234,3 +282,13 @@ class ParkedPortals:
             reraise_if_cancelling()
             log.warning("replaying parked events failed", extra={"portal": portal, "error": str(exc)[:300]})
             state.next_probe = time.monotonic() + state.interval
+
+
+def _monotonic_at(unix_ms: int) -> float:
+    """The ``time.monotonic()`` value at a Unix time (ms)."""
+    return time.monotonic() + max(unix_ms - now_ms(), 0) / 1000
+
+
+def _iso(unix_ms: int) -> str:
+    """A Unix time (ms) as an ISO 8601 UTC timestamp, to the second."""
+    return datetime.fromtimestamp(unix_ms / 1000, UTC).isoformat(timespec="seconds")

@@ -5,7 +5,8 @@ the records read back through writer (:mod:`hubsync.mapper.hydrate`), and each c
 sorted by what its failure means: none (published), transient (its entries are retried),
 permanent (dead-lettered now) or counted (dead-lettered after ``max_attempts``). The changes, the
 dead letters and the ack of the input are one transaction (:mod:`hubsync.mapper.publish`). A
-portal whose connection is unusable has the whole batch parked instead (``park``).
+portal whose connection is unusable, or whose daily HubSpot quota is spent, has the whole batch
+parked instead (``park``; no retry here, no warning per batch).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from redis.asyncio import Redis
 
 from hubsync.core.keys import INBOUND_DLQ_PORTALS_KEY
 from hubsync.mapper import inbound_queues as queues
-from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalUnusable
+from hubsync.mapper.hydrate import COUNTED, PERMANENT, TRANSIENT, Hydrator, PortalBlocked, PortalUnusable
 from hubsync.mapper.inbound_events import ParsedEntry, RecordChange, coalesce
 from hubsync.mapper.publish import DeadLetter, Publisher, Source
 from hubsync.mapper.transforms import MappingSet
@@ -34,7 +35,8 @@ _dead_events = _meter.create_counter(
     "hubsync.mapper.inbound.dead_letters", description="Inbound events dead-lettered"
 )
 
-# Parks a batch of a portal whose connection is unusable (portal, source, entries, why).
+# Parks a batch of a portal whose connection is unusable or whose daily quota is spent
+# (portal, source, entries, why: a PortalBlocked says until when).
 Park = Callable[[str, Source, list[ParsedEntry], PortalUnusable], Awaitable[None]]
 
 
@@ -53,6 +55,8 @@ class BatchResult:
 
     outcome: BatchOutcome
     left: list[ParsedEntry] = field(default_factory=list)
+    # PARKED because the portal's daily quota is spent: when it may be read again (Unix ms).
+    until_ms: int | None = None
 
 
 class BatchProcessor:
@@ -103,7 +107,8 @@ class BatchProcessor:
                 hydration = await self.hydrator.hydrate(portal, batch.changes, mappings, spans)
             except PortalUnusable as exc:
                 await self.park(portal, source, entries, exc)
-                return BatchResult(BatchOutcome.PARKED)
+                until = exc.until_ms if isinstance(exc, PortalBlocked) else None
+                return BatchResult(BatchOutcome.PARKED, until_ms=until)
             ok: list[RecordChange] = []
             retry: list[RecordChange] = []
             counted: list[RecordChange] = []

@@ -5,6 +5,10 @@ A failed ``ReadRecords`` is one of:
 - the portal's connection is unusable (UNAUTHENTICATED: none, or it needs re-authorization;
   PERMISSION_DENIED: a scope is missing; FAILED_PRECONDITION from auth): nothing of this portal
   can succeed until someone fixes the connection → :class:`PortalUnusable`, the batch is parked;
+- the portal's daily HubSpot quota is spent (RESOURCE_EXHAUSTED with reason ``DAILY_LIMIT``,
+  writer's own daily budget, or ``HUBSPOT_DAILY_LIMIT``, HubSpot's DAILY 429): no read of it can
+  succeed before the reset writer names in the status's ``RetryInfo`` (the next UTC midnight
+  if it names none) → :class:`PortalBlocked`, the batch is parked until then;
 - transient (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, CANCELLED): retried
   after the visibility timeout, as often as it takes;
 - refused for some records (INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE): the chunk is halved until
@@ -19,6 +23,7 @@ writer's own timeout, split and retry happen inside it (deadlines nest).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -27,18 +32,20 @@ from opentelemetry import metrics, trace
 from hubsync.api.common.v1 import common_pb2
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
-from hubsync.core.errors import error_info
+from hubsync.core.errors import error_info, retry_delay
 from hubsync.core.outage import reraise_if_cancelling
 from hubsync.mapper.inbound_events import RecordChange
 from hubsync.mapper.transforms import CompiledMapping, MappingSet
 
 __all__ = [
+    "BLOCKED",
     "COUNTED",
     "PERMANENT",
     "TRANSIENT",
     "UNUSABLE",
     "Hydration",
     "Hydrator",
+    "PortalBlocked",
     "PortalUnusable",
     "ReadFailure",
     "classify_error",
@@ -60,6 +67,10 @@ _REFUSED = frozenset(
     {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OUT_OF_RANGE}
 )
 _UNUSABLE = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# RESOURCE_EXHAUSTED reasons that mean the portal's daily quota is spent (writer's daily budget,
+# HubSpot's DAILY 429): nothing of the portal can be read before the reset.
+_DAILY = frozenset({"DAILY_LIMIT", "HUBSPOT_DAILY_LIMIT"})
+_DAY_MS = 86_400_000
 # FAILED_PRECONDITION reasons that are HubSpot refusing one call, not the connection.
 _NOT_CONNECTION = frozenset({"HUBSPOT_REFUSED"})
 
@@ -67,6 +78,7 @@ TRANSIENT = "transient"
 PERMANENT = "permanent"  # dead-letter now
 COUNTED = "counted"  # dead-letter after the most attempts
 UNUSABLE = "unusable"  # the connection: park the portal (never a record's failure)
+BLOCKED = "blocked"  # the daily quota: park the portal until ``until_ms`` (never a record's)
 
 
 class PortalUnusable(Exception):
@@ -78,13 +90,26 @@ class PortalUnusable(Exception):
         self.detail = detail
 
 
+class PortalBlocked(PortalUnusable):
+    """The portal's daily HubSpot quota is spent: no read can succeed before ``until_ms``.
+
+    Parked as an unusable portal is, but re-checked at ``until_ms`` (Unix ms), not before.
+    """
+
+    def __init__(self, reason: str, detail: str, until_ms: int) -> None:
+        super().__init__(reason, detail)
+        self.until_ms = until_ms
+
+
 @dataclass(frozen=True)
 class ReadFailure:
     """Why a record's read failed, and what that means for its events (``kind``)."""
 
-    kind: str  # TRANSIENT, PERMANENT or COUNTED (UNUSABLE only from classify_error)
+    kind: str  # TRANSIENT, PERMANENT or COUNTED (UNUSABLE, BLOCKED only from classify_error)
     reason: str
     detail: str
+    # BLOCKED: when the portal may be read again (Unix ms).
+    until_ms: int | None = None
 
 
 @dataclass
@@ -111,13 +136,16 @@ class ChunkRead:
 
 
 def classify_error(exc: grpc.aio.AioRpcError) -> ReadFailure:
-    """Return what a failed read means; kind ``UNUSABLE`` for a connection problem."""
+    """Return what a failed read means; kind ``UNUSABLE`` for a connection problem, ``BLOCKED``
+    (with ``until_ms``) for a spent daily quota."""
     info = error_info(exc)
     code = exc.code()
     reason = info.reason if info is not None and info.reason else code.name
     detail = f"{code.name}: {(exc.details() or '')[:300]}"
     if code in _UNUSABLE or (code == grpc.StatusCode.FAILED_PRECONDITION and reason not in _NOT_CONNECTION):
         return ReadFailure(UNUSABLE, reason, detail)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason in _DAILY:
+        return ReadFailure(BLOCKED, reason, detail, _blocked_until(retry_delay(exc)))
     if code in _TRANSIENT:
         return ReadFailure(TRANSIENT, reason, detail)
     if code in _REFUSED:
@@ -181,6 +209,9 @@ class Hydrator:
             failure = classify_error(exc)
         if failure.kind == UNUSABLE:
             raise PortalUnusable(failure.reason, failure.detail)
+        if failure.kind == BLOCKED:
+            assert failure.until_ms is not None
+            raise PortalBlocked(failure.reason, failure.detail, failure.until_ms)
         if failure.kind == PERMANENT and len(ids) > 1:
             # Some records are refused: halve until they are alone, so the others go on.
             half = len(ids) // 2
@@ -208,3 +239,12 @@ class Hydrator:
             if not r.object_type:
                 r.object_type = mapping.object_type
         return list(reply.records)
+
+
+def _blocked_until(delay_s: float | None) -> int:
+    """When a portal whose daily quota is spent may be read again (Unix ms): after the delay
+    writer named, else at the next UTC midnight (HubSpot's default reset)."""
+    now = int(time.time() * 1000)
+    if delay_s is not None and delay_s > 0:
+        return now + int(delay_s * 1000)
+    return (now // _DAY_MS + 1) * _DAY_MS

@@ -13,7 +13,8 @@ coalesce window become one change; the records are read back from HubSpot throug
 feed carries each record as it is now (:mod:`hubsync.mapper.hydrate`), and published with the
 ack of the input in one transaction (:mod:`hubsync.mapper.publish`). Idle portals cost nothing.
 
-A portal whose connection is unusable is parked (:mod:`hubsync.mapper.inbound_queues`): its
+A portal whose connection is unusable (or whose daily HubSpot quota is spent: until the
+reset writer names, with no re-check before) is parked (:mod:`hubsync.mapper.inbound_queues`): its
 entries move to its parked stream and its ready mark is scored to its next re-check, so no
 replica reads its events until the connection works again — announced by auth on
 ``hubsync:auth:connection-changes``, or found by a re-check every ``parked_recheck_s`` (doubling

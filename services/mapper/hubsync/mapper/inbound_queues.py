@@ -49,6 +49,7 @@ __all__ = [
     "DEAD_LETTER",
     "DEAD_LETTER_MAX_LEN",
     "PARKED",
+    "PARK_UNTIL_FIELD",
     "InboundEvent",
     "InboundQueues",
     "ParkedPortal",
@@ -65,6 +66,8 @@ _COPIED = tuple(name.encode() for name in EventEntry.COPIED)
 
 PARKED = "parked"
 DEAD_LETTER = "dlq"
+#: The park hash's field naming until when a portal whose daily quota is spent waits (Unix ms).
+PARK_UNTIL_FIELD = "until_ms"
 
 
 def copied(fields: dict[bytes, bytes]) -> dict[FieldT, EncodableT]:
@@ -116,10 +119,12 @@ async def park(
     group: str,
     reason: str,
     detail: str,
+    until_ms: int | None = None,
 ) -> None:
     """Moves entries of ``from_stream`` (acked there) to the portal's parked stream and marks the
     portal parked. With ``from_stream`` None the entries are parked already: only the reason is
-    updated."""
+    updated. ``until_ms``: the portal's daily quota is spent, no re-check before then (kept in
+    the park hash for every replica)."""
     now = str(int(time.time() * 1000))
     await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)
     async with redis.pipeline(transaction=True) as pipe:
@@ -133,6 +138,10 @@ async def park(
                 pipe.xack(from_stream, group, *[e[0] for e in entries])
         info = inbound_park_key(portal)
         pipe.hset(info, mapping={"reason": reason, "detail": detail[:500]})
+        if until_ms is not None:
+            pipe.hset(info, PARK_UNTIL_FIELD, str(until_ms))
+        else:
+            pipe.hdel(info, PARK_UNTIL_FIELD)
         pipe.hsetnx(info, "since_ms", now)
         await pipe.execute()
     await redis.sadd(INBOUND_PARKED_PORTALS_KEY, portal)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta, timezone, tzinfo
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -14,6 +16,21 @@ __all__ = [
     "RateLimitPreset",
     "WriterSettings",
 ]
+
+# A fixed offset from UTC ("UTC+05:30", "UTC-03:00", to the second: "UTC+01:02:03").
+_FIXED_OFFSET = re.compile(r"UTC([+-])(\d{2}):(\d{2})(?::(\d{2}))?")
+
+
+def _fixed_offset(value: str) -> timezone | None:
+    """The fixed-offset zone ``value`` names, or None when it names none."""
+    match = _FIXED_OFFSET.fullmatch(value)
+    if match is None:
+        return None
+    sign, hours, minutes, seconds = match.groups()
+    offset = timedelta(hours=int(hours), minutes=int(minutes), seconds=int(seconds or 0))
+    if int(minutes) > 59 or int(seconds or 0) > 59 or offset >= timedelta(hours=24):
+        return None
+    return timezone(-offset if sign == "-" else offset)
 
 
 class RateLimitPreset(StrEnum):
@@ -55,7 +72,8 @@ class WriterSettings(BaseSettings):
     daily_limit: int | None = Field(default=None, ge=0)
     burst_window_ms: int = Field(default=10_000, ge=100)
     # HubSpot resets the daily limit at midnight in the account's time zone (an IANA name such as
-    # America/New_York): when the daily budget restarts, and until when a DAILY 429 stops sends.
+    # America/New_York, or a fixed offset such as UTC+05:30): when the daily budget restarts, and
+    # until when a DAILY 429 stops sends.
     daily_reset_timezone: str = "UTC"
     # Added to the window. A slot is re-stamped when the response comes back (never earlier than
     # HubSpot's arrival time), so this only covers requests still in flight a whole window later.
@@ -124,15 +142,19 @@ class WriterSettings(BaseSettings):
     @field_validator("daily_reset_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
+        if _fixed_offset(value) is not None:
+            return value
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("must be an IANA time zone name, such as America/New_York") from None
+            raise ValueError(
+                "must be an IANA time zone name (America/New_York) or a fixed offset (UTC+05:30)"
+            ) from None
         return value
 
-    def reset_zone(self) -> ZoneInfo:
+    def reset_zone(self) -> tzinfo:
         """Return the zone the daily budget restarts at midnight in."""
-        return ZoneInfo(self.daily_reset_timezone)
+        return _fixed_offset(self.daily_reset_timezone) or ZoneInfo(self.daily_reset_timezone)
 
     def explicit_limits(self) -> tuple[bool, bool]:
         """Return whether BURST_LIMIT / DAILY_LIMIT were set.
