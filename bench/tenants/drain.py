@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite"))
 from latency_bench import PORTAL, _create  # type: ignore[import-not-found]
 from run import TICKS, cpu_ticks, redis_nodes  # type: ignore[import-not-found]
 
+from bench.tenants._common import add_output_options, report, run_in_workdir
 from hubsync.cli.demo import connect_sandbox_portal
 from hubsync.cli.suite import Suite
 from hubsync.core.devredis import free_port
@@ -128,19 +126,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=2000, help="contacts the edits rotate over")
     parser.add_argument("--edits", type=int, default=10_000, help="UI edits in the backlog")
     parser.add_argument("--rate", type=float, default=500, help="edits per second while making the backlog")
-    parser.add_argument("--workdir", type=Path, help="keep the suite's logs here")
-    parser.add_argument("--out", type=Path, help="also write the result JSON here")
+    add_output_options(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        where = args.workdir or Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(run(args, where))
-    result["command"] = " ".join([".venv/bin/python bench/tenants/drain.py", *sys.argv[1:]])
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(run_in_workdir(args, run), "bench/tenants/drain.py", args.out)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import cpu_ticks, process_pids, warm_feed_group  # type: ignore[import-not-found]
 
+from bench.tenants._common import add_env_option, add_output_options, report, run_in_workdir
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.cli.suite import SANDBOX_APP_ID, Suite
@@ -602,28 +600,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--drain-timeout", type=float, default=900, help="setup: seconds for the creations")
     parser.add_argument("--tail-timeout", type=float, default=60, help="seconds to wait for last edits")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="SERVICE:NAME=VALUE",
-        help="an extra setting of one service, e.g. mapper:HUBSYNC_MAPPER_OBJECT_TYPES_REFRESH_S=0",
-    )
-    parser.add_argument("--workdir", type=Path, help="keep the suite's logs here")
-    parser.add_argument("--out", type=Path, help="also write the result JSON here")
+    add_env_option(parser)
+    add_output_options(parser)
     args = parser.parse_args()
     if args.backlog_rank == args.blocked_rank or max(args.backlog_rank, args.blocked_rank) > args.portals:
         parser.error("--backlog-rank and --blocked-rank must differ and be at most --portals")
-    with tempfile.TemporaryDirectory() as tmp:
-        where = args.workdir or Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(run(args, where))
-    result["command"] = " ".join([".venv/bin/python bench/tenants/fairness.py", *sys.argv[1:]])
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(run_in_workdir(args, run), "bench/tenants/fairness.py", args.out)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "suite"))
 
 from latency_bench import PORTAL, _create, _measure  # type: ignore[import-not-found]
 
+from bench.tenants._common import add_env_option, add_output_options, report, run_in_workdir
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.cli.demo import connect_sandbox_portal
 from hubsync.cli.suite import Suite
@@ -295,26 +294,10 @@ def main() -> None:
     parser.add_argument(
         "--redis-cluster", action="store_true", help="the local 3-master Redis Cluster, not one Redis"
     )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="SERVICE:NAME=VALUE",
-        help="an extra setting of one service, e.g. mapper:HUBSYNC_MAPPER_OBJECT_TYPES_REFRESH_S=0",
-    )
-    parser.add_argument("--workdir", type=Path, help="keep the suite's logs here")
-    parser.add_argument("--out", type=Path, help="also write the result JSON here")
+    add_env_option(parser)
+    add_output_options(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        where = args.workdir or Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(run(args, where))
-    result["command"] = " ".join([".venv/bin/python bench/tenants/run.py", *sys.argv[1:]])
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(run_in_workdir(args, run), "bench/tenants/run.py", args.out)
 
 
 if __name__ == "__main__":

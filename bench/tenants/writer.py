@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.tenants._common import add_output_options, report, run_in_workdir
+from bench.writer._writes import contact_upserts
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.api.common.v1 import config_pb2 as doc_pb2
 from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc
@@ -87,18 +86,7 @@ async def submit(
         stub = writer_pb2_grpc.WriterServiceStub(channel)
 
         async def one(portal: int, n: int) -> None:
-            writes = [
-                writer_pb2.Write(
-                    record=writer_pb2.RecordWrite(
-                        operation=writer_pb2.WRITE_OPERATION_UPSERT,
-                        object_type="contacts",
-                        id=f"bench{i}@example.com",
-                        id_property="email",
-                        properties={"firstname": f"F{i}", "lastname": "Bench"},
-                    )
-                )
-                for i in range(n * per_call, min(records, (n + 1) * per_call))
-            ]
+            writes = contact_upserts(n * per_call, min(records, (n + 1) * per_call))
             async with sem:
                 try:
                     reply = await stub.SubmitWrites(
@@ -200,23 +188,14 @@ def main() -> None:
         "--concurrency", type=int, default=20_000, help="submissions in flight (default: all at once)"
     )
     parser.add_argument("--redis-cluster", action="store_true")
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path)
+    add_output_options(parser)
     args = parser.parse_args()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        where = args.workdir or Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(run(args, where))
+    result = run_in_workdir(args, run)
     # The machine is shared: its load (1, 5, 15 min averages, as `uptime`) frames the numbers.
     result["load_average_before"] = [round(x, 2) for x in load_before]
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    result["command"] = " ".join([".venv/bin/python bench/tenants/writer.py", *sys.argv[1:]])
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(result, "bench/tenants/writer.py", args.out)
 
 
 if __name__ == "__main__":

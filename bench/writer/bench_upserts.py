@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.writer._writes import contact_upserts  # noqa: E402
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc  # noqa: E402
 from hubsync.core.channels import open_channel  # noqa: E402
 from hubsync.core.devredis import RedisProcess  # noqa: E402
@@ -77,18 +78,7 @@ async def run_once(
         ]
 
         async def one(n: int) -> None:
-            writes = [
-                writer_pb2.Write(
-                    record=writer_pb2.RecordWrite(
-                        operation=writer_pb2.WRITE_OPERATION_UPSERT,
-                        object_type="contacts",
-                        id=f"bench{i}@example.com",
-                        id_property="email",
-                        properties={"firstname": f"F{i}", "lastname": "Bench"},
-                    )
-                )
-                for i in range(n * per_call, min(records, (n + 1) * per_call))
-            ]
+            writes = contact_upserts(n * per_call, min(records, (n + 1) * per_call))
             async with sem:
                 reply = await stubs[n % len(stubs)].SubmitWrites(
                     writer_pb2.SubmitWritesRequest(portal_id=PORTAL, writes=writes, wait=True), timeout=900
