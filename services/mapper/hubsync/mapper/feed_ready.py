@@ -39,7 +39,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from hubsync.core.keys import (
     FEED_GROUPS_KEY,
@@ -52,7 +52,7 @@ from hubsync.core.ready import MarkSets, Nudge
 from hubsync.core.ready.marks import SERVER_NOW_LUA
 from hubsync.core.redis import as_str
 
-__all__ = ["NUDGE_CAP", "STALE_PUBLISH_MS", "FeedMarks", "Taken"]
+__all__ = ["NUDGE_CAP", "STALE_PUBLISH_MS", "FeedMarks", "TakeOptions", "Taken"]
 
 # A publication recorded longer ago than this is a publisher that died before marking.
 STALE_PUBLISH_MS = 60_000
@@ -67,6 +67,15 @@ _STALE_LUA = (
     SERVER_NOW_LUA
     + "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, ARGV[2])"
 )
+
+
+class TakeOptions(TypedDict, total=False):
+    """What :meth:`FeedMarks.take` leases: up to ``limit`` streams for ``lease_ms``, of
+    ``portals`` only if given (default: every portal)."""
+
+    limit: Required[int]
+    lease_ms: Required[int]
+    portals: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -145,37 +154,22 @@ class FeedMarks:
         return sum(await self.sets.mark([command]))
 
     async def take(
-        self,
-        group: str,
-        kind: str,
-        object_types: Sequence[str],
-        *,
-        limit: int,
-        lease_ms: int,
-        portals: Sequence[str] = (),
+        self, group: str, kind: str, object_types: Sequence[str], **lease: Unpack[TakeOptions]
     ) -> list[Taken]:
         """Leases up to ``limit`` due streams of ``object_types`` (of ``portals`` only, if given),
         longest due first."""
-        return (
-            await self.take_or_next(
-                group, kind, object_types, limit=limit, lease_ms=lease_ms, portals=portals
-            )
-        )[0]
+        return (await self.take_or_next(group, kind, object_types, **lease))[0]
 
     async def take_or_next(
-        self,
-        group: str,
-        kind: str,
-        object_types: Sequence[str],
-        *,
-        limit: int,
-        lease_ms: int,
-        portals: Sequence[str] = (),
+        self, group: str, kind: str, object_types: Sequence[str], **lease: Unpack[TakeOptions]
     ) -> tuple[list[Taken], float | None]:
         """:meth:`take`, and when nothing was due, in how many seconds the next mark is (None:
         nothing marked), so a subscriber need not look before."""
         keys = [_set_key(group, kind, t) for t in object_types]
-        took = await self.sets.take(keys, limit=limit, lease_ms=lease_ms, only=portals)
+        lease_ms = lease["lease_ms"]
+        took = await self.sets.take(
+            keys, limit=lease["limit"], lease_ms=lease_ms, only=lease.get("portals", ())
+        )
         taken = [Taken(object_types[i], portal, took.lease) for i, portal in took.members]
         # The lease is now + lease_ms in server time: the next mark's distance needs no clock here.
         wait = None if took.next_ms is None else max(took.next_ms - (took.lease - lease_ms), 0) / 1000
