@@ -277,9 +277,9 @@ def routes(state: SandboxState) -> list[Route]:
         # Optional association type ids (labels); none: the pair's default type.
         types = {int(x) for x in body.get("types") or []} or None
         if body.get("remove"):
-            store.dissociate(ft, fid, tt, tid, types, state.ui_source())
+            store.dissociate((ft, fid), (tt, tid), types, state.ui_source())
         else:
-            store.associate(ft, fid, tt, tid, types, state.ui_source())
+            store.associate((ft, fid), (tt, tid), types, state.ui_source())
         return {"ok": True}
 
     async def get_webhooks(request: Request) -> Any:

@@ -129,7 +129,7 @@ async def put_default(call: Call) -> tuple[int, Any]:
     fid = _exists(call, ft, call.params["fromObjectId"])
     tid = _exists(call, tt, call.params["toObjectId"])
     store = call.portal_store
-    store.associate(ft, fid, tt, tid, None, call.source)
+    store.associate((ft, fid), (tt, tid), None, call.source)
     result = _default_result(store, ft, tt, str(fid), str(tid))
     return _batch(call, [result], [], 200)
 
@@ -142,14 +142,16 @@ async def put_labelled(call: Call) -> tuple[int, Any]:
         raise validation_error("The body must be a non-empty list of association types")
     store = call.portal_store
     ids = _check_type_ids(store, ft, tt, call.body)
-    types = store.associate(ft, fid, tt, tid, ids, call.source)
+    types = store.associate((ft, fid), (tt, tid), ids, call.source)
     return 201, _labels_pair(store, ft, fid, tt, tid, types)
 
 
 async def delete_pair(call: Call) -> tuple[int, Any]:
     ft, tt = _types(call)
     store = call.portal_store
-    store.dissociate(ft, int(call.params["objectId"]), tt, int(call.params["toObjectId"]), None, call.source)
+    store.dissociate(
+        (ft, int(call.params["objectId"])), (tt, int(call.params["toObjectId"])), None, call.source
+    )
     return 204, None
 
 
@@ -189,7 +191,7 @@ async def batch_create(call: Call) -> tuple[int, Any]:
         if store.get(ft, fid) is None or store.get(tt, tid) is None:
             missing.append(fid if store.get(ft, fid) is None else tid)
             continue
-        types = store.associate(ft, int(fid), tt, int(tid), ids, call.source)
+        types = store.associate((ft, int(fid)), (tt, int(tid)), ids, call.source)
         results.append(_labels_pair(store, ft, int(fid), tt, int(tid), types))
     errors = [_error("OBJECT_NOT_FOUND", "Some objects do not exist", missing)] if missing else []
     return _batch(call, results, errors, 201)
@@ -204,7 +206,7 @@ async def batch_default(call: Call) -> tuple[int, Any]:
         if store.get(ft, fid) is None or store.get(tt, tid) is None:
             missing.append(fid if store.get(ft, fid) is None else tid)
             continue
-        store.associate(ft, int(fid), tt, int(tid), None, call.source)
+        store.associate((ft, int(fid)), (tt, int(tid)), None, call.source)
         results.append(_default_result(store, ft, tt, fid, tid))
     errors = [_error("OBJECT_NOT_FOUND", "Some objects do not exist", missing)] if missing else []
     return _batch(call, results, errors, 200)
@@ -246,7 +248,7 @@ async def batch_archive(call: Call) -> tuple[int, Any]:
         for to in i.get("to") or []:
             tid = _id(to)
             if fid.isdigit() and tid.isdigit():
-                store.dissociate(ft, int(fid), tt, int(tid), None, call.source)
+                store.dissociate((ft, int(fid)), (tt, int(tid)), None, call.source)
     return 204, None
 
 
@@ -257,7 +259,7 @@ async def batch_labels_archive(call: Call) -> tuple[int, Any]:
         fid, tid = _id(i.get("from")), _id(i.get("to"))
         ids = _check_type_ids(store, ft, tt, i.get("types") or [])
         if fid.isdigit() and tid.isdigit():
-            store.dissociate(ft, int(fid), tt, int(tid), ids, call.source)
+            store.dissociate((ft, int(fid)), (tt, int(tid)), ids, call.source)
     return 204, None
 
 
@@ -348,7 +350,9 @@ async def delete_label(call: Call) -> tuple[int, Any]:
     for (a, aid), targets in list(store.assocs.items()):
         for (b, bid), types in list(targets.items()):
             if d.type_id in types or d.inverse_id in types:
-                store.dissociate(a, aid, b, bid, {d.type_id, d.inverse_id} & types, call.source, emit=False)
+                store.dissociate(
+                    (a, aid), (b, bid), {d.type_id, d.inverse_id} & types, call.source, emit=False
+                )
     del store.types.assoc_defs[d.type_id]
     store.types.assoc_defs.pop(d.inverse_id, None)
     return 204, None

@@ -270,7 +270,7 @@ def _check_associations(call: Call, t: str, assocs: Any) -> None:
 def _create_associations(call: Call, t: str, obj: CrmObject, assocs: Any) -> None:
     store = call.portal_store
     for to_type, to_id, types in _parse_associations(call, t, assocs):
-        store.associate(t, obj.id, to_type, to_id, types, call.source)
+        store.associate((t, obj.id), (to_type, to_id), types, call.source)
 
 
 # ---- batches --------------------------------------------------------------------------------------

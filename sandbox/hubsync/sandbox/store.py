@@ -26,6 +26,9 @@ from .properties import (
 )
 from .search import compile_search, ms_to_iso, parse_datetime_ms, sort_objects
 
+# One end of an association: (object type, object id).
+ObjectRef = tuple[str, int]
+
 
 class Clock:
     """Wall-clock milliseconds with an adjustable offset, so tests can expire tokens instantly.
@@ -162,7 +165,7 @@ class PortalStore:
         # object type → pipeline id → pipeline (deals and tickets)
         self.pipelines: dict[str, dict[str, Pipeline]] = default_pipelines(clock.now_ms())
         # (type, id) → (to type, to id) → association type ids
-        self.assocs: dict[tuple[str, int], dict[tuple[str, int], set[int]]] = {}
+        self.assocs: dict[ObjectRef, dict[ObjectRef, set[int]]] = {}
 
     def _init_type(self, t: str, props: dict[str, PropertyDef]) -> None:
         self.merged_into[t] = {}
@@ -452,7 +455,7 @@ class PortalStore:
         self._index(object_type, obj, old)
         del self.objects[object_type][obj.id]
         for tt, tid in list(self.assocs.get((object_type, obj.id), {})):
-            self.dissociate(object_type, obj.id, tt, tid, None, source, emit=False)
+            self.dissociate((object_type, obj.id), (tt, tid), None, source, emit=False)
         self.assocs.pop((object_type, obj.id), None)
         self.emit(Change(self.hub_id, object_type, obj.id, "privacyDeletion", now, source))
 
@@ -502,8 +505,8 @@ class PortalStore:
         self._version(primary, now)
         self._version(other, now)
         for (tt, tid), types in list(self.assocs.get((object_type, other.id), {}).items()):
-            self.associate(object_type, primary.id, tt, tid, types, source, emit=False)
-            self.dissociate(object_type, other.id, tt, tid, None, source, emit=False)
+            self.associate((object_type, primary.id), (tt, tid), types, source, emit=False)
+            self.dissociate((object_type, other.id), (tt, tid), None, source, emit=False)
         self.emit(
             Change(
                 self.hub_id,
@@ -525,53 +528,39 @@ class PortalStore:
     # ---- associations -------------------------------------------------------------------------
 
     def associate(
-        self,
-        from_type: str,
-        from_id: int,
-        to_type: str,
-        to_id: int,
-        type_ids: set[int] | None,
-        source: WriteSource,
-        emit: bool = True,
+        self, a: ObjectRef, b: ObjectRef, type_ids: set[int] | None, source: WriteSource, emit: bool = True
     ) -> set[int]:
         defs = self.types.assoc_defs
-        wanted = set(type_ids) if type_ids else {self.types.default_assoc[(from_type, to_type)]}
+        wanted = set(type_ids) if type_ids else {self.types.default_assoc[(a[0], b[0])]}
         rev_types = {defs[t].inverse_id for t in wanted}
-        fwd = self.assocs.setdefault((from_type, from_id), {}).setdefault((to_type, to_id), set())
-        back = self.assocs.setdefault((to_type, to_id), {}).setdefault((from_type, from_id), set())
+        fwd = self.assocs.setdefault(a, {}).setdefault(b, set())
+        back = self.assocs.setdefault(b, {}).setdefault(a, set())
         new = wanted - fwd
         fwd |= wanted
         back |= rev_types
         if new and emit:
             primary = any(defs[t].label == "Primary" and defs[t].category == "HUBSPOT_DEFINED" for t in new)
-            self._assoc_change(from_type, from_id, to_type, to_id, False, primary, source)
+            self._assoc_change(*a, *b, False, primary, source)
         return fwd
 
     def dissociate(
-        self,
-        from_type: str,
-        from_id: int,
-        to_type: str,
-        to_id: int,
-        type_ids: set[int] | None,
-        source: WriteSource,
-        emit: bool = True,
+        self, a: ObjectRef, b: ObjectRef, type_ids: set[int] | None, source: WriteSource, emit: bool = True
     ) -> bool:
-        fwd_map = self.assocs.get((from_type, from_id), {})
-        fwd = fwd_map.get((to_type, to_id))
+        fwd_map = self.assocs.get(a, {})
+        fwd = fwd_map.get(b)
         if not fwd:
             return False
         removed = set(fwd) if not type_ids else fwd & type_ids
         fwd -= removed
-        back_map = self.assocs.get((to_type, to_id), {})
-        back = back_map.get((from_type, from_id))
+        back_map = self.assocs.get(b, {})
+        back = back_map.get(a)
         if back is not None:
             back -= {self.types.assoc_defs[t].inverse_id for t in removed}
         if not fwd:
-            fwd_map.pop((to_type, to_id), None)
-            back_map.pop((from_type, from_id), None)
+            fwd_map.pop(b, None)
+            back_map.pop(a, None)
         if emit:
-            self._assoc_change(from_type, from_id, to_type, to_id, True, False, source)
+            self._assoc_change(*a, *b, True, False, source)
         return True
 
     def _assoc_change(
