@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from hubsync.sandbox import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_PRIVATE_TOKEN,
     PortalConfig,
+    PrivateAppConfig,
     SandboxConfig,
     SandboxServer,
 )
@@ -100,10 +101,22 @@ async def running_mapper(
         await service.stop()
 
 
+_FAST_LIMITS: dict[str, Any] = {"burst_per_10s": 100_000, "search_per_second": 1_000}
+
+
+def fast_portals(other: int, other_token: str) -> list[PortalConfig]:
+    """The sandbox's portal and a second one, ``other``, whose private app's token is
+    ``other_token``, both with :func:`fast_config`'s generous limits."""
+    return [
+        PortalConfig(**_FAST_LIMITS),
+        PortalConfig(hub_id=other, **_FAST_LIMITS, private_apps=[PrivateAppConfig(token=other_token)]),
+    ]
+
+
 def fast_config(**overrides: Any) -> SandboxConfig:
     """Generous limits, webhook retries compressed to milliseconds."""
     base: dict[str, Any] = {
-        "portals": [PortalConfig(burst_per_10s=100_000, search_per_second=1_000)],
+        "portals": [PortalConfig(**_FAST_LIMITS)],
         "webhook_retry_scale": 0.00001,
         "webhook_retry_jitter": 0.0,
         "webhook_batch_window_ms": 2.0,
@@ -152,6 +165,24 @@ class Suite:
         r = await self.hubspot.get(f"/_sandbox/objects/contacts/{hs_id}")
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
+
+    def running_writer(self, env: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[str]:
+        """Another in-process writer on this suite's Redis, sandbox and auth; yields its address."""
+        from tests.helpers.writer import running_writer
+
+        return running_writer(
+            redis_url=self.redis_url,
+            caller_tokens=self.caller_tokens,
+            hubspot_api_base=self.sandbox.base_url,
+            auth_address=self.auth_address,
+            env=env,
+        )
+
+    def running_mapper(self, **options: Any) -> AbstractAsyncContextManager[RunningMapper]:
+        """:func:`running_mapper` on this suite's Redis and writer, with ``options`` beside."""
+        return running_mapper(
+            self.redis_url, self.caller_tokens, writer_address=self.writer_address, **options
+        )
 
 
 @asynccontextmanager

@@ -30,7 +30,7 @@ from hubsync.ingress.events import parse_events
 from hubsync.writer.ordering import version_counter_key
 from tests.helpers.auth import SANDBOX_PORTAL
 from tests.helpers.mapper import running_mapper, suite
-from tests.helpers.writer import running_writer, writer_env
+from tests.helpers.writer import writer_env
 
 PORTAL = SANDBOX_PORTAL
 pytestmark = pytest.mark.timeout(300)
@@ -117,13 +117,7 @@ async def test_work_queued_by_the_old_layout_is_processed_once_after_the_upgrade
 
         # The upgrade: the new writer and mapper start.
         async with (
-            running_writer(
-                redis_url=redis_url,
-                caller_tokens=caller_tokens,
-                hubspot_api_base=s.sandbox.base_url,
-                auth_address=s.auth_address,
-                env=writer_env(queue_claim_idle_ms=500),
-            ),
+            s.running_writer(writer_env(queue_claim_idle_ms=500)),
             running_mapper(
                 redis_url, caller_tokens, writer_address=s.writer_address, visibility_timeout_ms=500
             ),

@@ -9,7 +9,7 @@ from pathlib import Path
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.mapper.objecttypes import CUSTOM_TYPES
-from tests.helpers.mapper import Suite, read_changes, running_mapper, suite
+from tests.helpers.mapper import Suite, read_changes, suite
 from tests.helpers.mapper_objects import define_subscription, mappings_dir
 
 SCHEMAS = "GET /crm-object-schemas/v3/schemas"
@@ -26,10 +26,7 @@ async def test_standard_events_cost_no_type_listing_and_new_custom_types_are_lea
     CUSTOM_TYPES.reset()  # process-wide: what earlier tests learned must not count here
     async with (
         suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url,
-            caller_tokens,
-            writer_address=s.writer_address,
+        s.running_mapper(
             mappings_dir=mappings_dir(tmp_path),
             # A short refresh period: a per-portal refresh loop would show in the count.
             settings={"object_types_refresh_s": 0.05},

@@ -26,10 +26,9 @@ from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
 from hubsync.core.channels import open_channel
 from hubsync.core.keys import events_key, inbound_parked_key
 from hubsync.core.telemetry import setup_tracing
-from hubsync.sandbox.config import PortalConfig, PrivateAppConfig
 from tests.helpers.auth import SANDBOX_PORTAL, register_sandbox_private_app
-from tests.helpers.mapper import mark_ready, running_mapper, suite
-from tests.helpers.writer import running_writer, writer_env
+from tests.helpers.mapper import fast_portals, mark_ready, running_mapper, suite
+from tests.helpers.writer import writer_env
 
 BLOCKED = SANDBOX_PORTAL
 OTHER = 23456
@@ -95,16 +94,7 @@ async def test_a_portal_out_of_daily_quota_waits_for_the_reset_and_the_others_fl
     exporter = InMemorySpanExporter()
     setup_tracing("tests", exporter)
     caplog.set_level(logging.INFO, logger="hubsync.mapper")
-    portals = [
-        PortalConfig(burst_per_10s=100_000, search_per_second=1_000),
-        PortalConfig(
-            hub_id=OTHER,
-            burst_per_10s=100_000,
-            search_per_second=1_000,
-            private_apps=[PrivateAppConfig(token=OTHER_TOKEN)],
-        ),
-    ]
-    async with suite(redis_url, caller_tokens, portals=portals) as s:
+    async with suite(redis_url, caller_tokens, portals=fast_portals(OTHER, OTHER_TOKEN)) as s:
         await register_sandbox_private_app(s.auth_address, caller_tokens, portal_id=OTHER, token=OTHER_TOKEN)
         blocked_ids = [await s.create_contact(email=f"b{n}@example.com", firstname=f"B{n}") for n in range(3)]
         other = {"Authorization": f"Bearer {OTHER_TOKEN}"}
@@ -127,13 +117,7 @@ async def test_a_portal_out_of_daily_quota_waits_for_the_reset_and_the_others_fl
         reset_at = int(time.time()) + RESET_IN_S
         env = writer_env(daily_reset_timezone=_reset_zone(reset_at))
         async with (
-            running_writer(
-                redis_url=redis_url,
-                caller_tokens=caller_tokens,
-                hubspot_api_base=s.sandbox.base_url,
-                auth_address=s.auth_address,
-                env=env,
-            ) as writer,
+            s.running_writer(env) as writer,
             running_mapper(
                 redis_url,
                 caller_tokens,

@@ -164,10 +164,7 @@ async def test_what_can_never_succeed_is_dead_lettered_and_replays(
     shutil.copy(PACKAGED_MAPPINGS / "contacts.yaml", mappings)  # no deals mapping yet
     async with (
         suite(redis_url, caller_tokens) as s,
-        running_mapper(
-            redis_url,
-            caller_tokens,
-            writer_address=s.writer_address,
+        s.running_mapper(
             mappings_dir=mappings,
             visibility_timeout_ms=200,
             settings={"reload_interval_s": 0.2},

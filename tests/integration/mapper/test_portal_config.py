@@ -25,9 +25,8 @@ from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc, mapper_pb2, mappe
 from hubsync.core.channels import open_channel
 from hubsync.core.errors import error_info
 from hubsync.core.redis import redis_from_url
-from hubsync.sandbox import PortalConfig, PrivateAppConfig
 from tests.helpers.auth import SANDBOX_PORTAL, register_sandbox_private_app
-from tests.helpers.mapper import read_changes, running_mapper, suite
+from tests.helpers.mapper import fast_portals, read_changes, running_mapper, suite
 
 OTHER = 777  # a second sandbox portal, connected
 OTHER_TOKEN = "pat-na1-00000000-0000-4000-8000-000000000777"
@@ -61,16 +60,9 @@ class Replicas:
 @pytest.fixture
 async def replicas(redis_url: str, caller_tokens: dict[str, str]) -> AsyncIterator[Replicas]:
     async with AsyncExitStack() as stack:
-        portals = [
-            PortalConfig(burst_per_10s=100_000, search_per_second=1_000),
-            PortalConfig(
-                hub_id=OTHER,
-                burst_per_10s=100_000,
-                search_per_second=1_000,
-                private_apps=[PrivateAppConfig(token=OTHER_TOKEN)],
-            ),
-        ]
-        s = await stack.enter_async_context(suite(redis_url, caller_tokens, portals=portals))
+        s = await stack.enter_async_context(
+            suite(redis_url, caller_tokens, portals=fast_portals(OTHER, OTHER_TOKEN))
+        )
         await register_sandbox_private_app(s.auth_address, caller_tokens, portal_id=OTHER, token=OTHER_TOKEN)
         stubs: list[Any] = []
         for name in ("mapper-a", "mapper-b"):
