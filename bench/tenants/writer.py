@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ from hubsync.api.common.v1 import config_pb2 as doc_pb2
 from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.cli.suite import Suite
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import TICKS, commandstats, cpu_ticks, process_pids  # type: ignore[import-not-found]
 
 UPSERT = "POST /crm/v3/objects/{objectType}/batch/upsert"
 FIRST_PORTAL = 20_001
@@ -149,13 +153,44 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         await connect(suite, limits)
         await asyncio.sleep(6)  # writer's per-portal config cache (5 s) holds the limits
         failures: dict[str, int] = {}
+        pids = process_pids(suite)
+        writer_pid = pids["writer"]
+        # BENCH_PYSPY=<file.svg>: a py-spy profile of writer over the submissions (py-spy on PATH).
+        profiler = None
+        if os.environ.get("BENCH_PYSPY"):
+            profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(writer_pid),
+                    "--output",
+                    os.environ["BENCH_PYSPY"],
+                    "--rate",
+                    "50",
+                    *os.environ.get("BENCH_PYSPY_ARGS", "").split(),
+                ]
+            )
+        ticks = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        bench_cpu = time.process_time()
+        redis_before = await commandstats(suite)
         elapsed = await submit(suite, list(limits), args.records, args.per_call, args.concurrency, failures)
+        ticks = {name: cpu_ticks(pid) - ticks[name] for name, pid in pids.items()}
+        bench_cpu = time.process_time() - bench_cpu
+        writer_ticks = ticks["writer"]
+        redis_after = await commandstats(suite)
+        redis_calls = {k: v - redis_before.get(k, 0) for k, v in redis_after.items()}
+        redis_calls = {k: v for k, v in sorted(redis_calls.items(), key=lambda kv: -kv[1]) if v > 0}
+        if profiler is not None:
+            profiler.send_signal(2)
+            profiler.wait(timeout=120)
         async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
             log = (await http.get("/_sandbox/requests", params={"limit": 0})).json()
             witness = await held_by_hubspot(http, list(limits), args.records)
     by = log["counts"]["byEndpointAndStatus"].get(UPSERT, {})
     calls = sum(by.values())
     per_portal_calls = math.ceil(args.records / 100)
+    submissions = args.portals * math.ceil(args.records / args.per_call)
     # The slowest portal's floor: its calls at its burst per rolling 10 s.
     floors = {p: 10.0 * ((per_portal_calls - 1) // b) for p, b in limits.items()}
     floor = max(floors.values())
@@ -172,6 +207,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "failed_submissions": failures,
         "hubspot_holds": witness,
         "elapsed_s": round(elapsed, 1),
+        "submissions": submissions,
+        "submissions_per_s": round(submissions / elapsed, 1),
+        "writer_cpu_s": round(writer_ticks / TICKS, 2),
+        "writer_cpu_us_per_submission": round(1e6 * writer_ticks / TICKS / submissions),
+        # CPU seconds of each process over the submissions ("bench": this script, the callers).
+        "cpu_s": {**{n: round(t / TICKS, 2) for n, t in ticks.items()}, "bench": round(bench_cpu, 2)},
+        # Over every process of the run (writer's share dominates: it is the one writing).
+        "redis_commands_per_submission": round(sum(redis_calls.values()) / submissions, 2),
+        "redis_commands": redis_calls,
         "slowest_portal_floor_s": floor,
         "over_floor_pct": round(100 * (elapsed - floor) / floor, 1) if floor else None,
     }

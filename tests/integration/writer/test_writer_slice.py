@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.core.redis import portal_key
+from hubsync.writer.batches import id_key
 from tests.helpers.writer import writer_env
 from tests.helpers.writer_stack import PORTAL, UPSERT_ROUTE, stack, upsert
 
@@ -41,6 +42,10 @@ async def test_upserts_coalesce_into_batches_and_answer_per_record(
         written = await redis.hgetall(portal_key(PORTAL, "written", "contacts", first))
         assert written[b"lastname"] == b"L0" and written[b"email"] == b"p0-0@example.com"
         assert 0 < await redis.ttl(portal_key(PORTAL, "written", "contacts", first)) <= 3600
+        # And the HubSpot id each upsert's unique value was learned to hold (same batch, same TTL).
+        learned = id_key(PORTAL, "contacts", "email", "p0-0@example.com")
+        assert await redis.get(learned) == first.encode()
+        assert 0 < await redis.ttl(learned) <= 3600
 
         # The same request id again: the first answer, nothing sent.
         again = await one(0)

@@ -169,6 +169,34 @@ def id_key(portal_id: int, object_type: str, id_property: str, value: str) -> st
     return writer_ids_key(portal_id, object_type, id_property, unique_value(id_property, value))
 
 
+# What a batch wrote, in one call: SET <id key> <HubSpot id> EX ttl for each upsert's learned id
+# (KEYS[1..n]), then HSET <written hash> <field> <value> ... and EXPIRE ttl for each record (the
+# rest of KEYS). ARGV: ttl, n, the n HubSpot ids, then per hash its pair count and pairs. One
+# command and one reply instead of three per record: redis-py's per-command packing and reply
+# parsing was about a tenth of writer's CPU under load (bench/tenants/writer.py).
+_RECORD_WRITTEN = """
+local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
+local a = 3
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[a], 'EX', ttl)
+  a = a + 1
+end
+for i = n + 1, #KEYS do
+  local pairs_left = tonumber(ARGV[a])
+  a = a + 1
+  while pairs_left > 0 do
+    local take = math.min(pairs_left, 256)
+    redis.call('HSET', KEYS[i], unpack(ARGV, a, a + 2 * take - 1))
+    a = a + 2 * take
+    pairs_left = pairs_left - take
+  end
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return 0
+"""
+
+
 class BatchSender:
     """Sends one batch and applies the error table; returns an outcome per input."""
 
@@ -191,6 +219,7 @@ class BatchSender:
         self.source_property = source_property
         self.written_ttl_s = written_ttl_s
         self.versions = versions
+        self._record_written_script = redis.register_script(_RECORD_WRITTEN)
 
     async def run(
         self,
@@ -370,23 +399,18 @@ class BatchSender:
         learned: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Return what ingress compares webhook values with to drop our own echoes."""
-        if not written:
+        ids = [(value, hs_id) for value, hs_id in learned if hs_id]
+        hashes = [(hs_id, values) for hs_id, values in written if hs_id and values]
+        if not ids and not hashes:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for value, hs_id in learned:
-                if hs_id:
-                    pipe.set(
-                        id_key(key.portal_id, key.object_type, key.id_property, value),
-                        hs_id,
-                        ex=self.written_ttl_s,
-                    )
-            for hs_id, values in written:
-                if not hs_id or not values:
-                    continue
-                name = written_key(key.portal_id, key.object_type, hs_id)
-                pipe.hset(name, mapping=values)  # type: ignore[arg-type]
-                pipe.expire(name, self.written_ttl_s)
-            await pipe.execute()
+        keys = [id_key(key.portal_id, key.object_type, key.id_property, value) for value, _ in ids]
+        args: list[str | int] = [self.written_ttl_s, len(ids), *(hs_id for _, hs_id in ids)]
+        for hs_id, values in hashes:
+            keys.append(written_key(key.portal_id, key.object_type, hs_id))
+            args.append(len(values))
+            for field_name, value in values.items():
+                args += (field_name, value)
+        await self._record_written_script(keys=keys, args=args)
 
     async def _resolve_conflict(
         self, key: BatchKey, item: BatchInput, response: HubSpotResponse, slot: ReservedSlot, attempt: int
