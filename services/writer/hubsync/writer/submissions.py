@@ -20,6 +20,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
@@ -156,6 +157,19 @@ def _reference(pair: tuple[str, str]) -> tuple[str, str, str] | None:
     return None
 
 
+@dataclass
+class _Run:
+    """One submission being written: its writes, the ids its stages learned, the outcomes so far."""
+
+    portal_id: int
+    writes: Sequence[writer_pb2.Write]
+    links: list[Link]
+    trace_id: str
+    outcomes: list[Outcome | None]
+    # (type, id_property, value) → HubSpot id, learned by earlier stages or read from HubSpot.
+    known: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+
 class WriteSubmitter:
     """Writes one accepted submission in its graph's order; one outcome per write."""
 
@@ -192,46 +206,34 @@ class WriteSubmitter:
         """
         if self.pilot_mode:
             return await self._pilot(portal_id, writes)
-        span_links = list(links) or _current_link()
-        trace_id = trace_id_hex()
-        outcomes: list[Outcome | None] = [None] * len(writes)
+        run = _Run(portal_id, writes, list(links) or _current_link(), trace_id_hex(), [None] * len(writes))
+        outcomes = run.outcomes
         if ledger is not None:
             for n, outcome in ledger.finished.items():
                 if n < len(outcomes):
                     outcomes[n] = outcome
-        known: dict[tuple[str, str, str], str] = {}  # (type, id_property, value) → HubSpot id
         for stage in plan(writes):
             todo = [n for n in stage.writes if outcomes[n] is None]
             if not todo:
                 continue
             if stage.kind == ASSOCIATIONS:
-                await self._associate(portal_id, writes, todo, known, outcomes, span_links, trace_id)
+                await self._associate(run, todo)
             elif stage.kind == GDPR:
                 for n in todo:
-                    outcomes[n] = await self._gdpr_delete(portal_id, writes[n], span_links, trace_id)
+                    outcomes[n] = await self._gdpr_delete(portal_id, writes[n], run.links, run.trace_id)
             else:
                 if stage.kind == ARCHIVES:
-                    await self._resolve_archives(portal_id, writes, todo, known, outcomes)
-                await self._write_records(
-                    portal_id, writes, todo, known, outcomes, span_links, trace_id, ledger
-                )
+                    await self._resolve_archives(run, todo)
+                await self._write_records(run, todo, ledger)
                 continue
             if ledger is not None:
                 await ledger.record({n: o for n in todo if (o := outcomes[n]) is not None})
         return [o if o is not None else Outcome(writer_pb2.WRITE_STATUS_UNSPECIFIED) for o in outcomes]
 
-    async def _write_records(
-        self,
-        portal_id: int,
-        writes: Sequence[writer_pb2.Write],
-        tier: list[int],
-        known: dict[tuple[str, str, str], str],
-        outcomes: list[Outcome | None],
-        span_links: list[Link],
-        trace_id: str,
-        ledger: Ledger | None,
-    ) -> None:
+    async def _write_records(self, run: _Run, tier: list[int], ledger: Ledger | None) -> None:
         """One stage of record writes through the batcher (the writes of a stage go together)."""
+        portal_id, writes, known, outcomes = run.portal_id, run.writes, run.known, run.outcomes
+        span_links, trace_id = run.links, run.trace_id
         futures = []
         unchanged = await self._unchanged(portal_id, writes, tier) if self.skip_unchanged else {}
         for n, outcome in unchanged.items():
@@ -291,19 +293,13 @@ class WriteSubmitter:
         if failure is not None:
             raise failure
 
-    async def _resolve_archives(
-        self,
-        portal_id: int,
-        writes: Sequence[writer_pb2.Write],
-        indexes: list[int],
-        known: dict[tuple[str, str, str], str],
-        outcomes: list[Outcome | None],
-    ) -> None:
+    async def _resolve_archives(self, run: _Run, indexes: list[int]) -> None:
         """Resolve archives named by unique value to their HubSpot ids.
 
         One that no record holds is already gone: it succeeds without a call (archiving is
         idempotent).
         """
+        portal_id, writes, known, outcomes = run.portal_id, run.writes, run.known, run.outcomes
         ends = [
             (writes[n].record.object_type, writes[n].record.id, writes[n].record.id_property) for n in indexes
         ]
@@ -438,16 +434,10 @@ class WriteSubmitter:
                 out[n] = Outcome(writer_pb2.WRITE_STATUS_UNCHANGED, hubspot_id=hs_id)
         return out
 
-    async def _associate(
-        self,
-        portal_id: int,
-        writes: Sequence[writer_pb2.Write],
-        indexes: list[int],
-        known: dict[tuple[str, str, str], str],
-        outcomes: list[Outcome | None],
-        links: list[Link],
-        trace_id: str,
-    ) -> None:
+    async def _associate(self, run: _Run, indexes: list[int]) -> None:
+        """One stage of associations, their ends named by id or resolved by unique value."""
+        portal_id, writes, known, outcomes = run.portal_id, run.writes, run.known, run.outcomes
+        links, trace_id = run.links, run.trace_id
         # Ends named by unique value that this submission did not write: read them from HubSpot.
         ends = []
         for n in indexes:
