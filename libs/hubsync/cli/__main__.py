@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -211,15 +212,31 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             )
         if args.exit_after_demo:
             return 0
-        console.print("\nThe suite keeps running. Press Ctrl-C to stop.")
-        await asyncio.Event().wait()
+        await _until_signalled("\nThe suite keeps running. Press Ctrl-C to stop.")
     except (asyncio.CancelledError, KeyboardInterrupt):
         pass
     finally:
-        with console.status("stopping (draining in-flight work)"):
-            await asyncio.shield(suite.stop())
+        console.print("stopping (draining in-flight work)")
+        await asyncio.shield(suite.stop())
         console.print("stopped cleanly")
     return 0
+
+
+async def _until_signalled(message: str) -> None:
+    """Says ``message`` and waits for Ctrl-C or SIGTERM, taken by the event loop itself (its
+    wake-up fd set, so a signal never waits for the loop's next timeout); a second one after that
+    interrupts the stop as Python does by default."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        console.print(message)
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def _print_endpoints(suite: Any, health: dict[str, str]) -> None:
