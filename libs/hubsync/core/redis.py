@@ -8,7 +8,7 @@ import inspect
 import itertools
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -19,7 +19,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import FullJitterBackoff
-from redis.exceptions import AskError, MovedError
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 # Defined in hubsync.core.keys (the Redis contract); re-exported for existing imports.
@@ -395,6 +395,22 @@ async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
     last_id = last.decode() if isinstance(last, bytes) else str(last)
     count = await redis.eval(_COUNT_AFTER_LUA, 1, key, f"({last_id}", LAG_COUNT_CAP)
     return int(count)
+
+
+async def pipelined(redis: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Sends ``commands`` in one pipeline (no transaction) and returns their replies; a script not
+    loaded (Redis restarted or flushed its scripts) raises ``NoScriptError`` for the caller to
+    load it and go again."""
+    pipe = redis.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    try:
+        replies: list[Any] = await pipe.execute()
+    except ResponseError as exc:
+        if "NOSCRIPT" in str(exc):
+            raise NoScriptError(str(exc)) from None
+        raise
+    return replies
 
 
 def as_str(value: bytes | str | None) -> str:

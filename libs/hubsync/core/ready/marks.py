@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from hubsync.core.redis import as_str
+from hubsync.core.redis import as_str, pipelined
 
 __all__ = ["SERVER_NOW_LUA", "MarkSets", "Nudge", "Took"]
 
@@ -192,10 +192,10 @@ class MarkSets:
         if not commands:
             return []
         try:
-            replies = await _pipeline(self.redis, commands)
+            replies = await pipelined(self.redis, commands)
         except NoScriptError:
             await self.redis.script_load(_MARK_LUA)
-            replies = await _pipeline(self.redis, commands)
+            replies = await pipelined(self.redis, commands)
         return [int(r) for r in replies]
 
     async def due(self, key: str, limit: int, at_ms: int) -> list[tuple[str, int]]:
@@ -231,16 +231,3 @@ class MarkSets:
     async def remove(self, key: str, member: str) -> None:
         """Removes ``member``'s mark."""
         await self.redis.zrem(key, member)
-
-
-async def _pipeline(redis: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    pipe = redis.pipeline(transaction=False)
-    for command in commands:
-        pipe.execute_command(*command)
-    try:
-        replies: list[Any] = await pipe.execute()
-    except ResponseError as exc:
-        if "NOSCRIPT" in str(exc):
-            raise NoScriptError(str(exc)) from None
-        raise
-    return replies

@@ -25,11 +25,12 @@ from typing import Literal
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from hubsync.core.event_entries import encode_event, encode_trace
 from hubsync.core.keys import PORTALS_KEY, echoes_key, events_key, written_key
 from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, ReadySets
+from hubsync.core.redis import pipelined
 from hubsync.ingress._dedupe import dedupe_slot
 from hubsync.ingress._enqueue_script import ENQUEUE_LUA, ENQUEUE_SHA
 from hubsync.ingress._submission import CommitOutcome, Submission
@@ -216,17 +217,7 @@ class EventAppender:
         return calls
 
     async def _execute(self, commands: list[list[object]], portals: list[str]) -> list[object]:
-        pipe = self._redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        pipe.sadd(PORTALS_KEY, *portals)
-        try:
-            replies: list[object] = await pipe.execute()
-        except ResponseError as exc:
-            if "NOSCRIPT" in str(exc):
-                raise NoScriptError(str(exc)) from None
-            raise
-        return replies
+        return await pipelined(self._redis, [*commands, ["SADD", PORTALS_KEY, *portals]])
 
 
 def _codes(reply: object) -> bytes:
