@@ -100,7 +100,7 @@ class ChaosSuite(Suite):
 
     async def start_redis(self) -> None:
         """Same port, same data directory: the AOF brings the data back."""
-        self.redis = RedisProcess(self.workdir / "redis", self.ports.redis)
+        self.redis = RedisProcess(self.workdir / "redis", self.ports.redis, die_with_parent=True)
         started = time.monotonic()
         while True:
             try:

@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hubsync.cli.trace_store import STORE_FILE
 from hubsync.core.channels import open_channel
 from hubsync.core.devcerts import DevCA
-from hubsync.core.devredis import RedisCluster, RedisProcess, free_port
+from hubsync.core.devredis import RedisCluster, RedisProcess, die_with_parent, free_port
 from hubsync.core.tls import TLSFiles
 
 SERVICES = ("auth", "writer", "mapper", "ingress")
@@ -174,10 +174,10 @@ class Suite:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         if self.redis_cluster:
             self.progress("starting a local Redis Cluster")
-            self.redis = RedisCluster(self.workdir / "redis-cluster")
+            self.redis = RedisCluster(self.workdir / "redis-cluster", die_with_parent=True)
         else:
             self.progress("starting redis-server")
-            self.redis = RedisProcess(self.workdir / "redis", self.ports.redis)
+            self.redis = RedisProcess(self.workdir / "redis", self.ports.redis, die_with_parent=True)
         await asyncio.to_thread(self.redis.start)
         if self.traces:
             self.progress("starting the local trace collector")
@@ -324,8 +324,14 @@ class Suite:
         self._logs[name] = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBSYNC_", "OTEL_"))}
         full_env |= env
+        # Spawned from the event loop's thread; none outlives the suite's process (kill -9 too).
         self.procs[name] = subprocess.Popen(
-            argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
 
     def _check_alive(self, name: str) -> None:

@@ -8,12 +8,42 @@ assume Redis keeps what it acknowledged.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+# Resolved before any fork: the child may only call it (no loader lock taken after fork).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a development child process: SIGTERM when this process dies.
+
+    So a ``hubsync run`` or a test killed with ``kill -9`` leaves no redis-server or service
+    behind holding its port. Linux only (``None`` elsewhere). The signal follows the thread that
+    spawned the child: spawn from the main thread or a thread that lives as long as the process
+    (asyncio's default executor does).
+    """
+    if _prctl is None:
+        return None
+    parent = os.getpid()
+    prctl = _prctl
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def redis_server_binary() -> str:
@@ -78,9 +108,16 @@ class RedisProcess:
     :class:`RedisCluster`)."""
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, appendonly: bool = True, cluster: bool = False
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = True,
+        cluster: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.die_with_parent = die_with_parent
         # A cluster node also listens on its port + 10000 (the cluster bus).
         self.port = port or free_port(also=CLUSTER_BUS_OFFSET if cluster else 0)
         self.appendonly = appendonly
@@ -112,7 +149,12 @@ class RedisProcess:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                      "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
                      "--logfile", "redis.log"]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent() if self.die_with_parent else None,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -186,10 +228,15 @@ class RedisCluster:
     every node, the form ``HUBSYNC_REDIS_URL`` takes for a cluster.
     """
 
-    def __init__(self, data_dir: Path, masters: int = 3, *, appendonly: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, masters: int = 3, *, appendonly: bool = True, die_with_parent: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.nodes = [
-            RedisProcess(data_dir / f"node-{i}", appendonly=appendonly, cluster=True) for i in range(masters)
+            RedisProcess(
+                data_dir / f"node-{i}", appendonly=appendonly, cluster=True, die_with_parent=die_with_parent
+            )
+            for i in range(masters)
         ]
 
     @property
