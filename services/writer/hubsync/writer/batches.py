@@ -108,6 +108,10 @@ _ASSOCIATION_PATHS: dict[BatchOp, str] = {
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # The time constant of the coalescer's per-key arrival rate (seconds).
 RATE_TAU_S = 1.0
+# Writes that arrive within this long of each other are one group (one submission's).
+_TICK_S = 0.001
+# Groups a key's writes must have come in recently (decayed, per RATE_TAU_S) to count as a stream.
+_STREAM_TICKS = 1.5
 
 
 @dataclass
@@ -210,8 +214,14 @@ class BatchSender:
         source_property: str = "",
         written_ttl_s: int = 3600,
         versions: RecordVersions | None = None,
+        learn_ids: bool = True,
     ) -> None:
-        """Send through ``client``; dead-letter to ``dlq``; claim ``versions`` when given."""
+        """Send through ``client``; dead-letter to ``dlq``; claim ``versions`` when given.
+
+        ``learn_ids``: keep each upsert's unique value → HubSpot id (only the unchanged check,
+        ``skip_unchanged``, reads them; without it they are a command per record for nothing).
+        """
+        self.learn_ids = learn_ids
         self.client = client
         self.redis = redis
         self.dlq = dlq
@@ -399,7 +409,7 @@ class BatchSender:
         learned: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Return what ingress compares webhook values with to drop our own echoes."""
-        ids = [(value, hs_id) for value, hs_id in learned if hs_id]
+        ids = [(value, hs_id) for value, hs_id in learned if hs_id] if self.learn_ids else []
         hashes = [(hs_id, values) for hs_id, values in written if hs_id and values]
         if not ids and not hashes:
             return
@@ -533,6 +543,10 @@ class Coalescer:
     quota nearly every call carries a full batch, and a partial one never jumps ahead of a full
     one. Without ``slots`` (unit tests) batches go without one (the client takes its own).
 
+    Under a saturated window the open batch fills while its key's writes keep arriving (each
+    less than ``max_wait_saturated_s`` after the one before), for up to ``max_hold_saturated_s``
+    since it opened; it goes ``max_wait_saturated_s`` after the last write when they stop.
+
     The window also counts as saturated when the writes arriving for the key (a decaying
     rate, :data:`RATE_TAU_S`) would, in full batches, take more than ``fill_above`` of it: a
     bulk load starting on a free window then fills its first batches too, instead of spending
@@ -550,12 +564,14 @@ class Coalescer:
         *,
         fill_above: float = 1.0,
         max_wait_saturated_s: float = 0.0,
+        max_hold_saturated_s: float = 0.0,
     ) -> None:
         """Batch for ``send``; ``slots`` gives each batch its rate-limit slot (none: unlimited)."""
         self._send_batch = send
         self._slots = slots
         self.fill_above = fill_above
         self.max_wait_saturated_s = max_wait_saturated_s
+        self.max_hold_saturated_s = max_hold_saturated_s
         self._opened: dict[BatchKey, float] = {}
         self.max_size = max_size
         self.max_wait_s = max_wait_s
@@ -567,8 +583,9 @@ class Coalescer:
         # The last batch sent with each record (by key), until it has its answer.
         self._out: dict[tuple[BatchKey, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # Per key: (time of the last arrival, arrivals per second decayed to that time).
-        self._rates: dict[BatchKey, tuple[float, float]] = {}
+        # Per key: (time of the last arrival, arrivals per second decayed to that time, time of
+        # the last group of arrivals, groups per second decayed to that time).
+        self._rates: dict[BatchKey, tuple[float, float, float, float]] = {}
         self._arrivals = 0
         # Set when a key's open batch becomes full (its sender may be holding a partial one).
         self._filled: dict[BatchKey, asyncio.Event] = {}
@@ -585,19 +602,33 @@ class Coalescer:
                 del self._filled[key]
 
     def _arrived(self, key: BatchKey, now: float) -> None:
-        last, rate = self._rates.get(key, (now, 0.0))
-        self._rates[key] = (now, rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S)
+        last, rate, tick, ticks = self._rates.get(key, (now, 0.0, -1.0, 0.0))
+        decay = math.exp((last - now) / RATE_TAU_S)
+        if now - tick > _TICK_S:  # a new group of writes (one submission's arrive together)
+            ticks = ticks * math.exp((tick - now) / RATE_TAU_S) + 1 / RATE_TAU_S
+            tick = now
+        self._rates[key] = (now, rate * decay + 1 / RATE_TAU_S, tick, ticks)
         self._arrivals += 1
         if self._arrivals % 4096 == 0:  # forget keys quiet for a while (their rate is ~0)
             stale = now - 20 * RATE_TAU_S
-            for k in [k for k, (t, _) in self._rates.items() if t < stale]:
+            for k in [k for k, r in self._rates.items() if r[0] < stale]:
                 del self._rates[k]
 
     def demand(self, key: BatchKey) -> float:
-        """Return the calls per second the key's recent writes need in full batches."""
+        """Return the calls per second the key's recent writes need.
+
+        In full batches, or, once its writes come in groups one after another (two groups
+        within about a second: not a lone submission), the calls sending each group alone after
+        ``max_wait`` would make: a stream of small submissions would otherwise spend a call on
+        each of them before the window looks busy.
+        """
         now = asyncio.get_running_loop().time()
-        last, rate = self._rates.get(key, (now, 0.0))
-        return rate * math.exp((last - now) / RATE_TAU_S) / self.max_size
+        last, rate, tick, ticks = self._rates.get(key, (now, 0.0, now, 0.0))
+        full = rate * math.exp((last - now) / RATE_TAU_S) / self.max_size
+        groups = ticks * math.exp((tick - now) / RATE_TAU_S)
+        if groups < _STREAM_TICKS / RATE_TAU_S:
+            return full
+        return max(full, min(groups, 1 / max(self.max_wait_s, 1e-3)))
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
         """Add one write; the future resolves with its outcome."""
@@ -648,6 +679,23 @@ class Coalescer:
             return self._take_open(key)
         return None
 
+    def _hold_for(self, key: BatchKey, now: float) -> float:
+        """How long a saturated key's partial open batch should keep filling (0: send it now).
+
+        While the key's writes keep arriving (the last one less than ``max_wait_saturated_s``
+        ago) it fills, up to ``max_hold_saturated_s`` since it opened: a partial batch sent
+        while more of its writes are on the way costs a call a full one would not. Once they
+        stop, it goes ``max_wait_saturated_s`` after the last one.
+        """
+        pending = self._pending.get(key)
+        if not pending or len(pending) >= self.max_size:
+            return 0.0
+        last = self._rates[key][0] if key in self._rates else 0.0
+        opened = self._opened.get(key, now)
+        quiet_left = self.max_wait_saturated_s - (now - last)
+        cap_left = max(self.max_hold_saturated_s, self.max_wait_saturated_s) - (now - opened)
+        return max(0.0, min(quiet_left, cap_left))
+
     def _has_work(self, key: BatchKey) -> bool:
         return bool(self._full.get(key)) or key in self._due
 
@@ -677,21 +725,14 @@ class Coalescer:
                     if batch:
                         self._fail(list(batch.values()), exc)
                     continue
-                if (
-                    saturated
-                    and slot is not None
-                    and self._slots is not None
-                    and not self._full.get(key)
-                    and len(self._pending.get(key) or ()) < self.max_size
-                    and loop.time() - self._opened.get(key, 0.0) < self.max_wait_saturated_s
-                ):
+                hold = self._hold_for(key, loop.time()) if saturated and not self._full.get(key) else 0.0
+                if hold > 0 and slot is not None and self._slots is not None:
                     # The quota, not latency, is the bottleneck: a slot is worth a full batch.
                     # Give it back (another replica may have one full) and let this one fill:
-                    # until it is full or has waited max_wait_saturated, one wake-up (not a poll
-                    # of the limiter every few ms for every held key).
+                    # until it is full, or its writes stop arriving, one wake-up (not a poll of
+                    # the limiter every few ms for every held key).
                     await self._slots.release(key.portal_id, slot)
-                    left = self.max_wait_saturated_s - (loop.time() - self._opened.get(key, 0.0))
-                    await self._until_full(key, left)
+                    await self._until_full(key, hold)
                     continue
                 batch = self._next(key)
                 if batch:
