@@ -218,8 +218,24 @@ async def test_a_stream_of_small_submissions_is_demand_a_lone_one_is_not() -> No
     futures = [batcher.submit(lone, item(f"l{n}@x")) for n in range(10)]
     for g in range(5):
         futures += [batcher.submit(stream, item(f"s{g}-{n}@x")) for n in range(10)]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # each group past max_wait: a call of its own
     assert batcher.demand(lone) < 0.2
     assert batcher.demand(stream) > 1.0
     await batcher.close()
     await asyncio.gather(*futures)
+
+
+async def test_when_saturated_a_stream_slower_than_the_quiet_time_still_fills() -> None:
+    # Submissions reaching writer more slowly than max_wait_saturated apart (a busy writer's
+    # intake): once they are a stream, the wait for the next follows its pace (twice its
+    # interval). The first goes alone: until a second comes, it is a lone submission.
+    rec = Recorder()
+    batcher = Coalescer(
+        rec, max_size=4, max_wait_s=0.01, slots=Saturated(), max_wait_saturated_s=0.2, max_hold_saturated_s=60
+    )
+    futures = []
+    for n in range(5):
+        futures.append(batcher.submit(KEY, item(f"a{n}@x")))
+        await asyncio.sleep(0.3)
+    await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [1, 4]

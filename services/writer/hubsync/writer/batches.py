@@ -47,6 +47,7 @@ from hubsync.writer.ratelimit import ReservedSlot
 
 __all__ = [
     "RATE_TAU_S",
+    "STREAM_GAP_S",
     "BatchInput",
     "BatchKey",
     "BatchOp",
@@ -108,10 +109,9 @@ _ASSOCIATION_PATHS: dict[BatchOp, str] = {
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # The time constant of the coalescer's per-key arrival rate (seconds).
 RATE_TAU_S = 1.0
-# Writes that arrive within this long of each other are one group (one submission's).
-_TICK_S = 0.001
-# Groups a key's writes must have come in recently (decayed, per RATE_TAU_S) to count as a stream.
-_STREAM_TICKS = 1.5
+# A key's groups of writes (what arrives within max_wait: one call's worth) are a stream while
+# each comes less than this long after the one before (one burst window).
+STREAM_GAP_S = 10.0
 
 
 @dataclass
@@ -583,8 +583,8 @@ class Coalescer:
         # The last batch sent with each record (by key), until it has its answer.
         self._out: dict[tuple[BatchKey, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # Per key: (time of the last arrival, arrivals per second decayed to that time, time of
-        # the last group of arrivals, groups per second decayed to that time).
+        # Per key: (time of the last arrival, arrivals per second decayed to that time, start of
+        # the last group of arrivals, seconds between groups while a stream (0: not one)).
         self._rates: dict[BatchKey, tuple[float, float, float, float]] = {}
         self._arrivals = 0
         # Set when a key's open batch becomes full (its sender may be holding a partial one).
@@ -602,33 +602,44 @@ class Coalescer:
                 del self._filled[key]
 
     def _arrived(self, key: BatchKey, now: float) -> None:
-        last, rate, tick, ticks = self._rates.get(key, (now, 0.0, -1.0, 0.0))
-        decay = math.exp((last - now) / RATE_TAU_S)
-        if now - tick > _TICK_S:  # a new group of writes (one submission's arrive together)
-            ticks = ticks * math.exp((tick - now) / RATE_TAU_S) + 1 / RATE_TAU_S
-            tick = now
-        self._rates[key] = (now, rate * decay + 1 / RATE_TAU_S, tick, ticks)
+        last, rate, group, interval = self._rates.get(key, (now, 0.0, -math.inf, 0.0))
+        gap = now - group
+        if gap > self.max_wait_s:
+            # A new group: writes arriving within max_wait of each other go in one call anyway.
+            if gap > STREAM_GAP_S:
+                interval = 0.0  # the first group of a (possible) stream
+            else:
+                interval = gap if interval == 0.0 else interval + (gap - interval) / 2
+            group = now
+        self._rates[key] = (now, rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S, group, interval)
         self._arrivals += 1
         if self._arrivals % 4096 == 0:  # forget keys quiet for a while (their rate is ~0)
-            stale = now - 20 * RATE_TAU_S
+            stale = now - max(20 * RATE_TAU_S, STREAM_GAP_S)
             for k in [k for k, r in self._rates.items() if r[0] < stale]:
                 del self._rates[k]
+
+    def _interval(self, key: BatchKey, now: float) -> float:
+        """Seconds between the key's groups of writes while they come as a stream, else 0."""
+        r = self._rates.get(key)
+        if r is None or now - r[2] > STREAM_GAP_S:
+            return 0.0
+        return r[3]
 
     def demand(self, key: BatchKey) -> float:
         """Return the calls per second the key's recent writes need.
 
-        In full batches, or, once its writes come in groups one after another (two groups
-        within about a second: not a lone submission), the calls sending each group alone after
-        ``max_wait`` would make: a stream of small submissions would otherwise spend a call on
-        each of them before the window looks busy.
+        In full batches, or, while its writes come as a stream of groups (submissions one after
+        another, not a lone one), one call per group: what sending each group after
+        ``max_wait`` would make, so a bulk load of small submissions makes the window busy
+        before it has spent calls on partial batches.
         """
         now = asyncio.get_running_loop().time()
-        last, rate, tick, ticks = self._rates.get(key, (now, 0.0, now, 0.0))
+        last, rate, _, _ = self._rates.get(key, (now, 0.0, now, 0.0))
         full = rate * math.exp((last - now) / RATE_TAU_S) / self.max_size
-        groups = ticks * math.exp((tick - now) / RATE_TAU_S)
-        if groups < _STREAM_TICKS / RATE_TAU_S:
+        interval = self._interval(key, now)
+        if interval <= 0.0:
             return full
-        return max(full, min(groups, 1 / max(self.max_wait_s, 1e-3)))
+        return max(full, 1 / max(interval, self.max_wait_s, 1e-3))
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
         """Add one write; the future resolves with its outcome."""
@@ -692,7 +703,9 @@ class Coalescer:
             return 0.0
         last = self._rates[key][0] if key in self._rates else 0.0
         opened = self._opened.get(key, now)
-        quiet_left = self.max_wait_saturated_s - (now - last)
+        # Writes coming as a stream: the next group is due about one interval after the last.
+        quiet = max(self.max_wait_saturated_s, 2 * self._interval(key, now))
+        quiet_left = quiet - (now - last)
         cap_left = max(self.max_hold_saturated_s, self.max_wait_saturated_s) - (now - opened)
         return max(0.0, min(quiet_left, cap_left))
 
