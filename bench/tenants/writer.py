@@ -193,7 +193,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if profiler is not None:
             profiler.send_signal(2)
             profiler.wait(timeout=120)
-        async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
+        # Generous: with echo webhooks the sandbox may still be delivering a backlog of them.
+        async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=600) as http:
             log = (await http.get("/_sandbox/requests", params={"limit": 0})).json()
             witness = await held_by_hubspot(http, list(limits), args.records)
     by = log["counts"]["byEndpointAndStatus"].get(UPSERT, {})
