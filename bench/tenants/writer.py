@@ -13,6 +13,11 @@ Reported from the sandbox's request log: upsert calls (goal <= 1.02 x ceil(recor
 portal, summed), 429s (goal 0), elapsed against the slowest portal's quota floor (the earliest
 its rolling window allows its calls: 10 s x floor((calls - 1) / burst); goal within 10 %).
 
+``--no-echo-webhooks``: the sandbox sends no webhooks (by default it sends one for every contact
+the writer creates or changes, as HubSpot does, to ingress, which journals them and drops them as
+our own echoes). In production that echo work is HubSpot's and ingress's replicas'; on a small
+machine it competes with writer for the same cores, so the run without it isolates writer's cost.
+
     .venv/bin/python bench/tenants/writer.py --out bench/tenants/results/writer-100.json
 """
 
@@ -39,7 +44,7 @@ from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.api.common.v1 import config_pb2 as doc_pb2
 from hubsync.api.mapper.v1 import config_pb2, config_pb2_grpc
 from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
-from hubsync.cli.suite import Suite
+from hubsync.cli.suite import SANDBOX_APP_ID, Suite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import TICKS, commandstats, cpu_ticks, process_pids  # type: ignore[import-not-found]
@@ -151,6 +156,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         workdir, sandbox_config=sandbox, extra_env={"writer": env}, redis_cluster=args.redis_cluster
     ) as suite:
         await connect(suite, limits)
+        if not args.echo_webhooks:
+            async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
+                r = await http.put(f"/_sandbox/webhooks/{SANDBOX_APP_ID}", json={"target_url": None})
+                r.raise_for_status()
         await asyncio.sleep(6)  # writer's per-portal config cache (5 s) holds the limits
         failures: dict[str, int] = {}
         pids = process_pids(suite)
@@ -184,7 +193,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if profiler is not None:
             profiler.send_signal(2)
             profiler.wait(timeout=120)
-        async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
+        # Generous: with echo webhooks the sandbox may still be delivering a backlog of them.
+        async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=600) as http:
             log = (await http.get("/_sandbox/requests", params={"limit": 0})).json()
             witness = await held_by_hubspot(http, list(limits), args.records)
     by = log["counts"]["byEndpointAndStatus"].get(UPSERT, {})
@@ -198,6 +208,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "portals": args.portals,
         "records_per_portal": args.records,
         "redis_cluster": args.redis_cluster,
+        "echo_webhooks": args.echo_webhooks,
         "bursts_per_10s": {"min": min(limits.values()), "max": max(limits.values())},
         "upsert_calls": calls,
         "upsert_calls_goal": math.floor(1.02 * per_portal_calls * args.portals),
@@ -232,6 +243,12 @@ def main() -> None:
         "--concurrency", type=int, default=20_000, help="submissions in flight (default: all at once)"
     )
     parser.add_argument("--redis-cluster", action="store_true")
+    parser.add_argument(
+        "--echo-webhooks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the sandbox sends webhooks for the writer's own changes (as HubSpot does)",
+    )
     add_output_options(parser)
     args = parser.parse_args()
     load_before = os.getloadavg()

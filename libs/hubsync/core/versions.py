@@ -4,6 +4,9 @@ replica of any service on one Redis compare in the order they were taken."""
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 from redis.asyncio import Redis
 
 
@@ -24,6 +27,14 @@ redis.call('SET', {counter_key}, string.format('%d', base + tonumber({count}) - 
 _RESERVE = reserve_lua("KEYS[1]", "ARGV[1]") + "return base\n"
 
 
+# The reserve script registered with each client: sent by its SHA (EVALSHA), not its text (an EVAL
+# per stamp made Redis hash the script's text every time and cost the caller its packing).
+_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 async def reserve_versions(redis: Redis, counter_key: str, count: int) -> int:
     """Reserves ``count`` consecutive versions; returns the first."""
-    return int(await redis.eval(_RESERVE, 1, counter_key, max(count, 1)))
+    script = _scripts.get(redis)
+    if script is None:
+        script = _scripts[redis] = redis.register_script(_RESERVE)
+    return int(await script(keys=[counter_key], args=[max(count, 1)]))

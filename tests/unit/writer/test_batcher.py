@@ -160,3 +160,82 @@ async def test_a_send_cut_off_by_cancellation_answers_its_callers_unavailable() 
         await future
     assert err.value.reason == "WRITER_INTERRUPTED"
     await batcher.close()
+
+
+class Saturated:
+    """A window that is always saturated: every slot is granted, as busy."""
+
+    async def acquire_slot(
+        self, portal_id: int, *, busy_at: float, demand_per_s: float = 0.0
+    ) -> tuple[str, bool]:
+        await asyncio.sleep(0.005)
+        return "slot", True
+
+    async def release(self, portal_id: int, member: str) -> None:
+        pass
+
+
+def saturated(rec: Recorder, *, quiet_s: float) -> Coalescer:
+    """Batches of 10 on a saturated window: filled until writes stop for ``quiet_s``."""
+    return Coalescer(
+        rec,
+        max_size=10,
+        max_wait_s=0.01,
+        slots=Saturated(),
+        max_wait_saturated_s=quiet_s,
+        max_hold_saturated_s=60,
+    )
+
+
+async def test_when_saturated_a_batch_fills_while_its_writes_keep_arriving() -> None:
+    # A quota-bound portal whose writes trickle in (submissions arriving one by one): the partial
+    # batch keeps filling past max_wait_saturated since it opened, as long as each write comes
+    # less than max_wait_saturated after the one before: a partial call would waste quota.
+    rec = Recorder()
+    batcher = saturated(rec, quiet_s=1.0)
+    futures = []
+    for n in range(10):
+        futures.append(batcher.submit(KEY, item(f"a{n}@x")))
+        await asyncio.sleep(0.15)  # 1.35 s in all, each write well within 1 s of the last
+    await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [10]
+
+
+async def test_when_saturated_a_partial_batch_goes_once_its_writes_stop() -> None:
+    rec = Recorder()
+    batcher = saturated(rec, quiet_s=0.05)
+    futures = [batcher.submit(KEY, item(f"a{n}@x")) for n in range(4)]
+    await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [4]
+
+
+async def test_a_stream_of_small_submissions_is_demand_a_lone_one_is_not() -> None:
+    # Submissions of 10 writes one after another would each take a call of their own (after
+    # max_wait): that is the demand the window sees, not 10 writes' tenth of a full batch. A lone
+    # submission is not a stream: its batch goes after max_wait, as on an idle portal.
+    batcher = Coalescer(Recorder(), max_size=100, max_wait_s=0.05)
+    stream, lone = KEY, BatchKey(2, "contacts", BatchOp.UPSERT, "email")
+    futures = [batcher.submit(lone, item(f"l{n}@x")) for n in range(10)]
+    for g in range(5):
+        futures += [batcher.submit(stream, item(f"s{g}-{n}@x")) for n in range(10)]
+        await asyncio.sleep(0.1)  # each group past max_wait: a call of its own
+    assert batcher.demand(lone) < 0.2
+    assert batcher.demand(stream) > 1.0
+    await batcher.close()
+    await asyncio.gather(*futures)
+
+
+async def test_when_saturated_a_stream_slower_than_the_quiet_time_still_fills() -> None:
+    # Submissions reaching writer more slowly than max_wait_saturated apart (a busy writer's
+    # intake): once they are a stream, the wait for the next follows its pace (twice its
+    # interval). The first goes alone: until a second comes, it is a lone submission.
+    rec = Recorder()
+    batcher = Coalescer(
+        rec, max_size=4, max_wait_s=0.01, slots=Saturated(), max_wait_saturated_s=0.2, max_hold_saturated_s=60
+    )
+    futures = []
+    for n in range(5):
+        futures.append(batcher.submit(KEY, item(f"a{n}@x")))
+        await asyncio.sleep(0.3)
+    await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [1, 4]

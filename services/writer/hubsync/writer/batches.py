@@ -47,6 +47,7 @@ from hubsync.writer.ratelimit import ReservedSlot
 
 __all__ = [
     "RATE_TAU_S",
+    "STREAM_GAP_S",
     "BatchInput",
     "BatchKey",
     "BatchOp",
@@ -108,6 +109,9 @@ _ASSOCIATION_PATHS: dict[BatchOp, str] = {
 _EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # The time constant of the coalescer's per-key arrival rate (seconds).
 RATE_TAU_S = 1.0
+# A key's groups of writes (what arrives within max_wait: one call's worth) are a stream while
+# each comes less than this long after the one before (one burst window).
+STREAM_GAP_S = 10.0
 
 
 @dataclass
@@ -210,8 +214,14 @@ class BatchSender:
         source_property: str = "",
         written_ttl_s: int = 3600,
         versions: RecordVersions | None = None,
+        learn_ids: bool = True,
     ) -> None:
-        """Send through ``client``; dead-letter to ``dlq``; claim ``versions`` when given."""
+        """Send through ``client``; dead-letter to ``dlq``; claim ``versions`` when given.
+
+        ``learn_ids``: keep each upsert's unique value → HubSpot id (only the unchanged check,
+        ``skip_unchanged``, reads them; without it they are a command per record for nothing).
+        """
+        self.learn_ids = learn_ids
         self.client = client
         self.redis = redis
         self.dlq = dlq
@@ -399,7 +409,7 @@ class BatchSender:
         learned: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Return what ingress compares webhook values with to drop our own echoes."""
-        ids = [(value, hs_id) for value, hs_id in learned if hs_id]
+        ids = [(value, hs_id) for value, hs_id in learned if hs_id] if self.learn_ids else []
         hashes = [(hs_id, values) for hs_id, values in written if hs_id and values]
         if not ids and not hashes:
             return
@@ -533,6 +543,10 @@ class Coalescer:
     quota nearly every call carries a full batch, and a partial one never jumps ahead of a full
     one. Without ``slots`` (unit tests) batches go without one (the client takes its own).
 
+    Under a saturated window the open batch fills while its key's writes keep arriving (each
+    less than ``max_wait_saturated_s`` after the one before), for up to ``max_hold_saturated_s``
+    since it opened; it goes ``max_wait_saturated_s`` after the last write when they stop.
+
     The window also counts as saturated when the writes arriving for the key (a decaying
     rate, :data:`RATE_TAU_S`) would, in full batches, take more than ``fill_above`` of it: a
     bulk load starting on a free window then fills its first batches too, instead of spending
@@ -550,12 +564,14 @@ class Coalescer:
         *,
         fill_above: float = 1.0,
         max_wait_saturated_s: float = 0.0,
+        max_hold_saturated_s: float = 0.0,
     ) -> None:
         """Batch for ``send``; ``slots`` gives each batch its rate-limit slot (none: unlimited)."""
         self._send_batch = send
         self._slots = slots
         self.fill_above = fill_above
         self.max_wait_saturated_s = max_wait_saturated_s
+        self.max_hold_saturated_s = max_hold_saturated_s
         self._opened: dict[BatchKey, float] = {}
         self.max_size = max_size
         self.max_wait_s = max_wait_s
@@ -567,8 +583,9 @@ class Coalescer:
         # The last batch sent with each record (by key), until it has its answer.
         self._out: dict[tuple[BatchKey, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # Per key: (time of the last arrival, arrivals per second decayed to that time).
-        self._rates: dict[BatchKey, tuple[float, float]] = {}
+        # Per key: (time of the last arrival, arrivals per second decayed to that time, start of
+        # the last group of arrivals, seconds between groups while a stream (0: not one)).
+        self._rates: dict[BatchKey, tuple[float, float, float, float]] = {}
         self._arrivals = 0
         # Set when a key's open batch becomes full (its sender may be holding a partial one).
         self._filled: dict[BatchKey, asyncio.Event] = {}
@@ -585,19 +602,44 @@ class Coalescer:
                 del self._filled[key]
 
     def _arrived(self, key: BatchKey, now: float) -> None:
-        last, rate = self._rates.get(key, (now, 0.0))
-        self._rates[key] = (now, rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S)
+        last, rate, group, interval = self._rates.get(key, (now, 0.0, -math.inf, 0.0))
+        gap = now - group
+        if gap > self.max_wait_s:
+            # A new group: writes arriving within max_wait of each other go in one call anyway.
+            if gap > STREAM_GAP_S:
+                interval = 0.0  # the first group of a (possible) stream
+            else:
+                interval = gap if interval == 0.0 else interval + (gap - interval) / 2
+            group = now
+        self._rates[key] = (now, rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S, group, interval)
         self._arrivals += 1
         if self._arrivals % 4096 == 0:  # forget keys quiet for a while (their rate is ~0)
-            stale = now - 20 * RATE_TAU_S
-            for k in [k for k, (t, _) in self._rates.items() if t < stale]:
+            stale = now - max(20 * RATE_TAU_S, STREAM_GAP_S)
+            for k in [k for k, r in self._rates.items() if r[0] < stale]:
                 del self._rates[k]
 
+    def _interval(self, key: BatchKey, now: float) -> float:
+        """Seconds between the key's groups of writes while they come as a stream, else 0."""
+        r = self._rates.get(key)
+        if r is None or now - r[2] > STREAM_GAP_S:
+            return 0.0
+        return r[3]
+
     def demand(self, key: BatchKey) -> float:
-        """Return the calls per second the key's recent writes need in full batches."""
+        """Return the calls per second the key's recent writes need.
+
+        In full batches, or, while its writes come as a stream of groups (submissions one after
+        another, not a lone one), one call per group: what sending each group after
+        ``max_wait`` would make, so a bulk load of small submissions makes the window busy
+        before it has spent calls on partial batches.
+        """
         now = asyncio.get_running_loop().time()
-        last, rate = self._rates.get(key, (now, 0.0))
-        return rate * math.exp((last - now) / RATE_TAU_S) / self.max_size
+        last, rate, _, _ = self._rates.get(key, (now, 0.0, now, 0.0))
+        full = rate * math.exp((last - now) / RATE_TAU_S) / self.max_size
+        interval = self._interval(key, now)
+        if interval <= 0.0:
+            return full
+        return max(full, 1 / max(interval, self.max_wait_s, 1e-3))
 
     def submit(self, key: BatchKey, item: BatchInput) -> asyncio.Future[Outcome]:
         """Add one write; the future resolves with its outcome."""
@@ -648,6 +690,25 @@ class Coalescer:
             return self._take_open(key)
         return None
 
+    def _hold_for(self, key: BatchKey, now: float) -> float:
+        """How long a saturated key's partial open batch should keep filling (0: send it now).
+
+        While the key's writes keep arriving (the last one less than ``max_wait_saturated_s``
+        ago) it fills, up to ``max_hold_saturated_s`` since it opened: a partial batch sent
+        while more of its writes are on the way costs a call a full one would not. Once they
+        stop, it goes ``max_wait_saturated_s`` after the last one.
+        """
+        pending = self._pending.get(key)
+        if not pending or len(pending) >= self.max_size:
+            return 0.0
+        last = self._rates[key][0] if key in self._rates else 0.0
+        opened = self._opened.get(key, now)
+        # Writes coming as a stream: the next group is due about one interval after the last.
+        quiet = max(self.max_wait_saturated_s, 2 * self._interval(key, now))
+        quiet_left = quiet - (now - last)
+        cap_left = max(self.max_hold_saturated_s, self.max_wait_saturated_s) - (now - opened)
+        return max(0.0, min(quiet_left, cap_left))
+
     def _has_work(self, key: BatchKey) -> bool:
         return bool(self._full.get(key)) or key in self._due
 
@@ -677,21 +738,14 @@ class Coalescer:
                     if batch:
                         self._fail(list(batch.values()), exc)
                     continue
-                if (
-                    saturated
-                    and slot is not None
-                    and self._slots is not None
-                    and not self._full.get(key)
-                    and len(self._pending.get(key) or ()) < self.max_size
-                    and loop.time() - self._opened.get(key, 0.0) < self.max_wait_saturated_s
-                ):
+                hold = self._hold_for(key, loop.time()) if saturated and not self._full.get(key) else 0.0
+                if hold > 0 and slot is not None and self._slots is not None:
                     # The quota, not latency, is the bottleneck: a slot is worth a full batch.
                     # Give it back (another replica may have one full) and let this one fill:
-                    # until it is full or has waited max_wait_saturated, one wake-up (not a poll
-                    # of the limiter every few ms for every held key).
+                    # until it is full, or its writes stop arriving, one wake-up (not a poll of
+                    # the limiter every few ms for every held key).
                     await self._slots.release(key.portal_id, slot)
-                    left = self.max_wait_saturated_s - (loop.time() - self._opened.get(key, 0.0))
-                    await self._until_full(key, left)
+                    await self._until_full(key, hold)
                     continue
                 batch = self._next(key)
                 if batch:

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from opentelemetry import metrics
 from redis.asyncio import Redis
 
@@ -49,26 +48,47 @@ _superseded = PortalCounter(
     )
 )
 
-# KEYS: one version hash per record. ARGV[1]: TTL (s); ARGV[i + 1]: JSON [[property, version]]
-# for KEYS[i] (versions as decimal strings: Lua's numbers print large integers in floating
-# point). Claims each property whose stored version is not newer; returns, per key, the JSON
-# list of properties a newer version already holds.
+# KEYS: one version hash per record. ARGV[1]: TTL (s); then per key its pair count and the
+# pairs (property, version; versions as decimal strings: Lua's numbers print large integers in
+# floating point). Claims each property whose stored version is not newer; returns, per key, the
+# properties a newer version already holds. Per record one HMGET, and (when anything is claimed)
+# one HSET and one EXPIRE, however many properties it has: the commands per record, not per
+# property, were most of writer's Redis load (bench/tenants/writer.py).
 _CLAIM = """
+local ttl = ARGV[1]
 local out = {}
+local a = 2
 for i, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[a])
+  local first = a + 1
+  a = first + 2 * n
   local stale = {}
-  local touched = false
-  for _, pv in ipairs(cjson.decode(ARGV[i + 1])) do
-    local have = redis.call('HGET', key, pv[1])
-    if have and tonumber(have) > tonumber(pv[2]) then
-      table.insert(stale, pv[1])
-    else
-      redis.call('HSET', key, pv[1], pv[2])
-      touched = true
+  local claim = {}
+  local from = 0
+  while from < n do
+    local take = math.min(n - from, 256)
+    local names = {}
+    for j = 1, take do names[j] = ARGV[first + 2 * (from + j - 1)] end
+    local have = redis.call('HMGET', key, unpack(names))
+    for j = 1, take do
+      local at = first + 2 * (from + j - 1)
+      local h = have[j]
+      if h and tonumber(h) > tonumber(ARGV[at + 1]) then
+        table.insert(stale, ARGV[at])
+      else
+        table.insert(claim, ARGV[at])
+        table.insert(claim, ARGV[at + 1])
+      end
     end
+    from = from + take
   end
-  if touched then redis.call('EXPIRE', key, ARGV[1]) end
-  if #stale == 0 then out[i] = '[]' else out[i] = cjson.encode(stale) end
+  local c = 1
+  while c <= #claim do
+    redis.call('HSET', key, unpack(claim, c, math.min(c + 511, #claim)))
+    c = c + 512
+  end
+  if #claim > 0 then redis.call('EXPIRE', key, ttl) end
+  out[i] = stale
 end
 return out
 """
@@ -137,20 +157,25 @@ class RecordVersions:
         args: list[Any] = [self.ttl_s]
         where: list[int] = []
         for n, (ref, versions) in enumerate(items):
-            pairs = [[p, str(v)] for p, v in versions.items() if v > 0]
-            if ref is None or not pairs:
+            if ref is None:
+                continue
+            pairs = [(p, v) for p, v in versions.items() if v > 0]
+            if not pairs:
                 continue
             keys.append(ref.key(portal_id))
-            args.append(orjson.dumps(pairs).decode())
+            args.append(len(pairs))
+            for p, v in pairs:
+                args += (p, v)
             where.append(n)
         if not keys:
             return out
         replies: Any = await self._claim(keys=keys, args=args)
         dropped = 0
         for n, raw in zip(where, replies, strict=True):
-            stale = set(orjson.loads(raw))
-            out[n] = stale
-            dropped += len(stale)
+            if raw:
+                stale = {p.decode() for p in raw}
+                out[n] = stale
+                dropped += len(stale)
         if dropped:
             _superseded.add(dropped, portal_id, {"object_type": object_type})
             log.warning(

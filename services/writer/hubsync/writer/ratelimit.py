@@ -79,7 +79,8 @@ end
 # KEYS: window zset, daily hash, info hash, learned hash, probe key. ARGV: limit, window_ms (with
 # the margin), daily_limit, member, the reset zone's UTC offset in ms (days are counted from
 # midnight there), burst is an explicit cap (1|0), daily is an explicit cap (1|0), margin_ms,
-# probe TTL in ms (0: no probe). Returns {granted (1|0|-1 daily), wait_ms, used, limit}.
+# probe TTL in ms (0: no probe). Returns {granted (1|0|-1 daily), wait_ms, used, limit} and, when
+# granted, whether the slot is the probe (1|0).
 # Until HubSpot's headers have told this portal's limits, one request at a time is let through
 # (the probe) so no burst goes out under a preset that may be too high.
 _ACQUIRE = (
@@ -107,8 +108,10 @@ if daily > 0 then
     return {-1, (day + 1) * 86400000 - local_now, count, limit}
   end
 end
+local probe = 0
 if tonumber(ARGV[9]) > 0 and not lmax then
   if not redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[9], 'NX') then return {0, 50, used, limit} end
+  probe = 1
 end
 redis.call('ZADD', KEYS[1], now, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], window * 2)
@@ -119,7 +122,7 @@ else
   redis.call('HINCRBY', KEYS[2], 'count', 1)
 end
 redis.call('PEXPIRE', KEYS[2], 2 * 86400000)
-return {1, 0, used + 1, limit}
+return {1, 0, used + 1, limit, probe}
 """
 )
 
@@ -294,6 +297,8 @@ class RateLimiter:
         self._correct = redis.register_script(_CORRECT)
         self._settle = redis.register_script(_SETTLE)
         self._end_probe = redis.register_script(_END_PROBE)
+        # The slots this replica was granted as a portal's probe: only those have one to end.
+        self._probes: set[str] = set()
 
     async def plan(self, portal_id: int) -> Plan:
         """Return the portal's budget: the configured one, or its per-portal override (which caps)."""
@@ -355,7 +360,7 @@ class RateLimiter:
         waited = False
         while True:
             member = uuid.uuid4().hex
-            granted, wait_ms, used, limit = await self._acquire(
+            granted, wait_ms, used, limit, *probe = await self._acquire(
                 keys=keys,
                 args=[
                     asked,
@@ -370,6 +375,8 @@ class RateLimiter:
                 ],
             )
             if int(granted) == 1:
+                if probe and int(probe[0]) == 1:
+                    self._probes.add(member)
                 if not search:
                     _remaining.set(int(limit) - int(used), portal_id, {"source": "writer"})
                 coming = demand_per_s * window / 1000
@@ -397,7 +404,8 @@ class RateLimiter:
 
     async def end_probe(self, portal_id: int, member: str) -> None:
         """End the slot's probe: its request is over (answered, or never sent); another may probe."""
-        if self.probe_ttl_ms:
+        if member in self._probes:
+            self._probes.discard(member)
             await self._end_probe(keys=[rate_probe_key(portal_id)], args=[member])
 
     async def settle(

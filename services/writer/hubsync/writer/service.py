@@ -128,6 +128,7 @@ async def build(core: CoreSettings, redis: Redis, settings: WriterSettings) -> S
         source_property=settings.source_property,
         written_ttl_s=settings.written_ttl_s,
         versions=versions,
+        learn_ids=settings.skip_unchanged,
     )
     coalescer = Coalescer(
         sender.run,
@@ -136,6 +137,7 @@ async def build(core: CoreSettings, redis: Redis, settings: WriterSettings) -> S
         slots=limiter,
         fill_above=settings.batch_fill_above,
         max_wait_saturated_s=settings.batch_max_wait_saturated_ms / 1000,
+        max_hold_saturated_s=settings.batch_max_hold_saturated_ms / 1000,
     )
     reader = RecordReader(client, concurrency=settings.read_concurrency)
     submitter = WriteSubmitter(

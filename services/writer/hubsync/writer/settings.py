@@ -83,9 +83,12 @@ class WriterSettings(BaseSettings):
     batch_max_wait_ms: int = Field(default=50, ge=0)
     batch_max_size: int = Field(default=100, ge=1, le=100)
     # When the portal's window is saturated (a slot had to be waited for), a partial batch gives
-    # its slot back and keeps filling for up to this long since it opened: quota, not latency,
-    # is the bottleneck then, and every call should carry a full batch.
+    # its slot back and keeps filling while its key's writes keep arriving (it goes this long
+    # after the last one): quota, not latency, is the bottleneck then, and every call should
+    # carry a full batch.
     batch_max_wait_saturated_ms: int = Field(default=1000, ge=0)
+    # ... but a saturated partial batch fills at most this long since it opened.
+    batch_max_hold_saturated_ms: int = Field(default=10_000, ge=0)
     # The window counts as saturated once this fraction of its budget is used (or a slot had to
     # be waited for): below it partial batches go at once (low latency), above it they fill.
     batch_fill_above: float = Field(default=0.25, ge=0, le=1)

@@ -263,15 +263,16 @@ class WriteSubmitter:
                 if (archive and r.id_property)
                 else r.id
             )
+            props = dict(r.properties)
             item = BatchInput(
                 record_id if archive else dedupe,
                 record_id,
-                dict(r.properties),
+                props,
                 [writes[n]],
                 list(span_links),
                 [],
                 [trace_id],
-                versions=dict.fromkeys(r.properties, r.version),
+                versions=dict.fromkeys(props, r.version),
             )
             futures.append(self.coalescer.submit(key, item))
             sent.append(n)
