@@ -404,6 +404,38 @@ def timeline(sub: Subscriber, t0: float, excluded: set[int], step: float = 5.0) 
     return [{"from_s": b * step, "changes": len(v), **quantiles(v)} for b, v in sorted(buckets.items())]
 
 
+def start_py_spy(out: Path | None, pids: dict[str, int], seconds: float) -> list[subprocess.Popen[bytes]]:
+    """With ``--py-spy DIR``: py-spy samples every process (collapsed stacks, one file each) over
+    the edits' window, without pausing them (``--nonblocking``)."""
+    if out is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out / f"{name.split()[0]}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+        if name != "redis"
+    ]
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     portals = [FIRST_PORTAL + i for i in range(args.portals)]
     rates = zipf_rates(args.portals, args.rate, args.zipf)
@@ -484,6 +516,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 pids["bench (subscriber)"] = os.getpid()
                 ticks0 = {n: cpu_ticks(pid) for n, pid in pids.items()}
                 backlog_start = await stream_state(redis, backlog_portal)
+                spies = start_py_spy(args.py_spy, pids, args.seconds + 5)
                 t0 = time.time()
                 w0 = time.monotonic()
                 churn = await http.post(
@@ -493,6 +526,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 )
                 churn.raise_for_status()
                 result["churn"] = churn.json()
+                for spy in spies:
+                    spy.wait()
                 churn_seconds = time.monotonic() - w0
                 backlog_at_churn_end = await stream_state(redis, backlog_portal)
                 others = [p for p in portals if p not in (backlog_portal, blocked_portal)]
@@ -530,6 +565,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     result["cpu_percent_of_a_core"] = {
         n: round(100 * (ticks1[n] - ticks0[n]) / os.sysconf("SC_CLK_TCK") / window, 1) for n in pids
     }
+    # CPU per UI edit made (µs of a core): robust to the machine's load, unlike the latencies.
+    # The window includes the tail and the backlog's draining, both counted against the edits.
+    result["cpu_us_per_edit"] = {
+        n: round(1e6 * (ticks1[n] - ticks0[n]) / os.sysconf("SC_CLK_TCK") / max(1, len(edits))) for n in pids
+    }
+    result["cpu_us_per_edit"]["total"] = sum(result["cpu_us_per_edit"].values())
 
     def waiting(state: dict[str, int]) -> int:
         return state["undelivered"] + state["pending"] + state["parked"]
@@ -600,6 +641,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--drain-timeout", type=float, default=900, help="setup: seconds for the creations")
     parser.add_argument("--tail-timeout", type=float, default=60, help="seconds to wait for last edits")
+    parser.add_argument(
+        "--py-spy", type=Path, default=None, help="sample every process with py-spy into this folder"
+    )
     add_env_option(parser)
     add_output_options(parser)
     args = parser.parse_args()
