@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 from redis.asyncio import Redis
@@ -256,6 +257,7 @@ class Subscriber:
         # portal → [(occurred s, received s, record id, churn value or "", feed entry s)]
         self.changes: dict[int, list[tuple[float, float, str, str, float]]] = {}
         self.other_kinds = 0
+        self.errors: list[str] = []
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -268,6 +270,17 @@ class Subscriber:
                 await self.task
 
     async def _run(self) -> None:
+        """Subscribes again after an error (an overloaded mapper answers UNAVAILABLE when its
+        Redis pool is exhausted): a subscriber in production retries, and what it had not acked
+        is delivered again (counted as received twice, not lost)."""
+        while True:
+            try:
+                await self._subscribe()
+            except grpc.aio.AioRpcError as exc:
+                self.errors.append(f"{exc.code().name}: {exc.details()}"[:200])
+                await asyncio.sleep(1)
+
+    async def _subscribe(self) -> None:
         async with self.suite.channel("mapper", "demo-client") as channel:
             stub = mapper_pb2_grpc.MapperServiceStub(channel)
             call = stub.Subscribe(
@@ -456,7 +469,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # Every delivery attempt of the run stays in the log the result sums up.
         "delivery_log_size": 200_000,
     }
-    extra_env: dict[str, dict[str, str]] = {"writer": {"HUBSYNC_WRITER_BURST_LIMIT": "190"}}
+    extra_env: dict[str, dict[str, str]] = {
+        "writer": {"HUBSYNC_WRITER_BURST_LIMIT": "190"},
+        # Turns at once: with many active portals each turn holds a change or two and waits on
+        # its hydration round trip, so 8 turns in flight (the default, sized for a few busy
+        # portals) cap the throughput at 8 / turn latency, far below 1,000 portals' need.
+        # 32: with 64 an overloaded mapper ran out of its 100 pooled Redis connections (each
+        # held from a command's send until its reply is read, stretched by a starved loop).
+        "mapper": {"HUBSYNC_MAPPER_MAX_BATCHES_IN_FLIGHT": str(args.turns)},
+    }
     for setting in args.env:
         service, _, assignment = setting.partition(":")
         name, _, value = assignment.partition("=")
@@ -618,6 +639,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     result["records_whose_last_edit_arrived_all_portals"] = len(final)
     result["records_edited_all_portals"] = len(last)
     result["subscriber_other_kinds"] = sub.other_kinds
+    result["subscriber_errors"] = sub.errors
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["uptime_after"] = uptime()
     return result
@@ -641,6 +663,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--drain-timeout", type=float, default=900, help="setup: seconds for the creations")
     parser.add_argument("--tail-timeout", type=float, default=60, help="seconds to wait for last edits")
+    parser.add_argument("--turns", type=int, default=32, help="mapper's HUBSYNC_MAPPER_MAX_BATCHES_IN_FLIGHT")
     parser.add_argument(
         "--py-spy", type=Path, default=None, help="sample every process with py-spy into this folder"
     )
