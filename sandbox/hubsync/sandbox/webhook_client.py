@@ -115,9 +115,10 @@ class _Connection(asyncio.Protocol):
 
 
 class WebhookClient:
-    """POSTs over kept-alive connections, at most ``max_idle`` idle ones kept per origin."""
+    """POSTs over kept-alive connections, at most ``max_idle`` idle ones kept per origin (a
+    receiver such as uvicorn counts idle connections against its concurrency limit)."""
 
-    def __init__(self, max_idle: int = 256) -> None:
+    def __init__(self, max_idle: int = 64) -> None:
         self.max_idle = max_idle
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._busy: set[_Connection] = set()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from hubsync.core.keys import FEED_GROUPS_KEY, FEED_PUBLISHING_KEY, feed_nudge_key
 from hubsync.core.ready import EVENTS, ReadySets
 from hubsync.core.redis import redis_from_url
-from hubsync.mapper.feed import ChangeFeed, Subscription
+from hubsync.mapper.feed import ChangeFeed, Delivery, Subscription
 from hubsync.mapper.feed_ready import FeedMarks
 from tests.helpers.mapper_feed_layout import mappings, publish
 
@@ -105,7 +106,7 @@ async def test_a_subscriber_reads_the_taken_streams_at_once(redis_url: str) -> N
     client.xreadgroup = counting  # type: ignore[method-assign]
     feed = ChangeFeed(client)
     sub = Subscription(group="g", consumer="c", portal_ids=[], object_types=["contacts"], max_in_flight=1000)
-    stream = feed.deliveries(sub)
+    stream = cast(AsyncGenerator[Delivery, None], feed.deliveries(sub))
     try:
         await publish(client, mapping_set, 1, {"probe": "P"})
         first = await asyncio.wait_for(anext(stream), 60)  # the group exists from here on
