@@ -18,6 +18,7 @@ import orjson
 from .config import SandboxConfig, WebhookSubscriptionConfig
 from .objecttypes import ObjectType
 from .store import Change
+from .webhook_client import WebhookClient, WebhookClientError
 
 # The escapes HubSpot decodes in the URI before computing a v3 signature (facts file, section 1).
 # Deliberately not shared with hubsync.hubspot.signatures: the sandbox is the independent ground
@@ -148,6 +149,8 @@ class WebhookDispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Plain http:// targets (every local one) go through the lean client; others through httpx.
+        self._lean_client: WebhookClient | None = None
         self._client: httpx.AsyncClient | None = None
         self.log: deque[dict[str, Any]] = deque(maxlen=config.delivery_log_size)
         self._delivery_seq = 0
@@ -309,11 +312,16 @@ class WebhookDispatcher:
             try:
                 # HubSpot's 5 s is for the whole request, not per connect/read like httpx's timeout.
                 async with asyncio.timeout(self.config.webhook_timeout_s):
-                    resp = await self._http().post(url, content=body.encode(), headers=headers, timeout=None)
-                status = resp.status_code
+                    if WebhookClient.handles(url):
+                        status = await self._lean().post(url, body.encode(), headers)
+                    else:
+                        resp = await self._http().post(
+                            url, content=body.encode(), headers=headers, timeout=None
+                        )
+                        status = resp.status_code
             except (TimeoutError, httpx.TimeoutException):
                 error = "timeout"
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, WebhookClientError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             finally:
                 self._in_flight_by_portal[portal_id] -= 1
@@ -339,6 +347,11 @@ class WebhookDispatcher:
             }
         )
         return ok
+
+    def _lean(self) -> WebhookClient:
+        if self._lean_client is None:
+            self._lean_client = WebhookClient()
+        return self._lean_client
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -391,3 +404,6 @@ class WebhookDispatcher:
         if self._client is not None and not keep_client:
             await self._client.aclose()
             self._client = None
+        if self._lean_client is not None and not keep_client:
+            await self._lean_client.aclose()
+            self._lean_client = None

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from hubsync.core.keys import FEED_GROUPS_KEY, FEED_PUBLISHING_KEY, feed_nudge_key
 from hubsync.core.ready import EVENTS, ReadySets
+from hubsync.core.redis import redis_from_url
+from hubsync.mapper.feed import ChangeFeed, Delivery, Subscription
 from hubsync.mapper.feed_ready import FeedMarks
+from tests.helpers.mapper_feed_layout import mappings, publish
 
 TYPES = ["companies", "contacts", "deals"]
 
@@ -78,3 +83,41 @@ async def test_the_feed_marks_with_the_queues_script(redis: Redis) -> None:
     await FeedMarks(redis).mark("g", "ready", [("contacts", "7")])
     sha = ReadySets(redis, EVENTS).mark_command("7")[1]
     assert all(await redis.script_exists(sha))
+
+
+async def test_a_subscriber_reads_the_taken_streams_at_once(redis_url: str) -> None:
+    """With many portals holding a change or two each, one read after the other (~3 round trips
+    per stream, 16 streams a turn) kept the feed seconds behind mapper (bench/tenants
+    fairness.py at 1,000 portals). The taken streams are read concurrently, each in order, and
+    every change is delivered once."""
+    client = redis_from_url(redis_url)
+    mapping_set = await mappings()
+    reads = {"now": 0, "most": 0}
+    xreadgroup = client.xreadgroup
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        reads["now"] += 1
+        reads["most"] = max(reads["most"], reads["now"])
+        try:
+            return await xreadgroup(*args, **kwargs)
+        finally:
+            reads["now"] -= 1
+
+    client.xreadgroup = counting  # type: ignore[method-assign]
+    feed = ChangeFeed(client)
+    sub = Subscription(group="g", consumer="c", portal_ids=[], object_types=["contacts"], max_in_flight=1000)
+    stream = cast(AsyncGenerator[Delivery, None], feed.deliveries(sub))
+    try:
+        await publish(client, mapping_set, 1, {"probe": "P"})
+        first = await asyncio.wait_for(anext(stream), 60)  # the group exists from here on
+        assert first.ack_id.startswith("1/contacts/")
+        portals = list(range(100, 116))
+        for p in portals:
+            await publish(client, mapping_set, p, {f"r{p}": f"n{p}"})
+        reads["most"] = 0
+        got = [await asyncio.wait_for(anext(stream), 60) for _ in portals]
+        assert sorted(int(d.ack_id.split("/")[0]) for d in got) == portals
+        assert reads["most"] > 1
+    finally:
+        await stream.aclose()
+        await client.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -323,3 +325,50 @@ async def test_churn_portals_edits_many_portals_in_the_given_order() -> None:
         assert unknown.status_code == 400
         empty = await c.post("/_sandbox/ui/contacts/churn-portals", json={"edits": [], "rate": 1})
         assert empty.status_code == 400
+
+
+async def test_many_portals_deliver_at_once_without_a_shared_connection_cap() -> None:
+    """HubSpot delivers to every installing portal at once (up to 10 requests each); the sandbox
+    used to share 200 pooled connections among all portals, so beyond 200 portals a delivery
+    waited inside the sandbox for a connection (inside its 5 s) and its timeout looked like the
+    receiver's. 250 portals' batches, each held by the receiver until all 250 are in flight."""
+    count = 250
+    portals = [{"hub_id": 700 + i} for i in range(count)]
+    all_in = asyncio.Event()
+    async with wired(portals=portals, webhook_timeout_s=120.0) as (sb, c, rx):
+
+        async def hold(_req: object) -> None:
+            if rx.in_flight >= count:
+                all_in.set()
+            # A generous fallback, so the old code fails the assert below instead of hanging.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_in.wait(), 30)
+
+        await c.post("/_sandbox/webhooks/pause")
+        for p in portals:
+            r = await c.post("/_sandbox/ui/contacts", params={"portal": p["hub_id"]}, json={"properties": {}})
+            assert r.status_code == 200
+        rx.on_request = hold
+        await c.post("/_sandbox/webhooks/resume")
+        r = await c.post("/_sandbox/webhooks/wait-idle", params={"timeout": 100}, timeout=120)
+        assert r.json()["idle"] is True
+        assert rx.max_in_flight == count
+        assert {e["portalId"] for e in rx.events()} == {p["hub_id"] for p in portals}
+        assert all(d["ok"] and d["attemptNumber"] == 0 for d in sb.state.webhooks.log)
+
+
+async def test_a_kept_alive_connection_closed_by_the_receiver_is_not_a_failed_delivery() -> None:
+    """The receiver closes idle kept-alive connections (uvicorn after 5 s; here after each
+    answer): the next delivery opens a new connection instead of failing on the closed one."""
+    async with wired() as (sb, c, rx):
+        for n in range(3):
+            r = await c.post("/_sandbox/ui/contacts", json={"properties": {"email": f"k{n}@x.com"}})
+            assert r.status_code == 200
+            await _idle(c)
+            # Every connection the receiver holds is closed under the sandbox's pooled one.
+            assert rx._server is not None
+            for conn in list(rx._server.server_state.connections):
+                conn.shutdown()
+            await asyncio.sleep(0.05)
+        assert len(rx.requests) == 3
+        assert all(d["ok"] and d["attemptNumber"] == 0 for d in sb.state.webhooks.log)

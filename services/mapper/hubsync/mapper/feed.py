@@ -261,13 +261,19 @@ class ChangeFeed:
         taken = await self.marks.take(
             sub.group, "ready", s.types, limit=TAKE_LIMIT, lease_ms=READY_LEASE_MS, portals=s.portals
         )
-        read: list[tuple[Taken, list[Any]]] = []
-        for t in taken:
-            count = max(min(sub.max_in_flight - s.in_flight, QUANTUM), 1)
+        if not taken:
+            return
+        # The taken streams are read at once (each stream's own steps in order): one by one, a
+        # turn over 16 streams took ~50 sequential round trips, and with many portals each
+        # holding a change or two the feed fell seconds behind the mapper's loop. Their room is
+        # shared out so the subscriber's max_in_flight holds as before (at least 1 each).
+        count = max(min((sub.max_in_flight - s.in_flight) // len(taken), QUANTUM), 1)
+
+        async def one(t: Taken) -> list[Any]:
             entries = await self._read_new(sub, t, count)
             if entries is None:
                 await self.marks.release(sub.group, "ready", t)  # the stream is gone
-                continue
+                return []
             if len(entries) >= count:
                 await self.marks.requeue(sub.group, "ready", t)
             else:
@@ -280,10 +286,14 @@ class ChangeFeed:
                     delay_ms=sub.visibility_ms,
                     only_new=True,
                 )
+            return entries
+
+        results = await asyncio.gather(*(one(t) for t in taken))
+        for t, entries in zip(taken, results, strict=True):
+            if entries:
                 self._hold(s, t.object_type, t.portal, len(entries))
-                read.append((t, entries))
                 s.next_claim = min(s.next_claim, time.monotonic() + sub.visibility_ms / 1000)
-        for t, entries in read:
+        for t, entries in zip(taken, results, strict=True):
             for entry_id, fields in entries:
                 yield self._delivery(t.portal, t.object_type, as_str(entry_id), fields, 1)
 
