@@ -10,21 +10,11 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2
 from hubsync.writer import ordering
 from hubsync.writer.ordering import RecordVersions
+from tests.helpers.writer_stack import upsert
 
 
 def upserts(n: int) -> list[writer_pb2.Write]:
-    return [
-        writer_pb2.Write(
-            record=writer_pb2.RecordWrite(
-                operation=writer_pb2.WRITE_OPERATION_UPSERT,
-                object_type="contacts",
-                id=f"s{i}@example.com",
-                id_property="email",
-                properties={"firstname": "S"},
-            )
-        )
-        for i in range(n)
-    ]
+    return [upsert(f"s{i}@example.com") for i in range(n)]
 
 
 async def test_submissions_accepted_together_share_one_reservation_in_order(
