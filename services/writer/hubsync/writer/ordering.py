@@ -18,7 +18,6 @@ writes phone), so nothing the caller sent is lost, and nothing newer is reverted
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -134,47 +133,12 @@ class RecordVersions:
         self.redis = redis
         self.ttl_s = ttl_s
         self._claim = redis.register_script(_CLAIM)
-        # Per portal, the stamps asked for in this event-loop turn: (how many, the first's future).
-        self._asked: dict[int, list[tuple[int, asyncio.Future[int]]]] = {}
-        self._reserving: set[asyncio.Task[None]] = set()
 
     async def stamp_now(self, portal_id: int, writes: Sequence[writer_pb2.Write]) -> None:
         """Versions for the writes whose caller gave none, in acceptance order (per portal)."""
         if any(w.WhichOneof("kind") == "record" and w.record.version == 0 for w in writes):
-            stamp(writes, await self._reserve(portal_id, len(writes)))
-
-    def _reserve(self, portal_id: int, count: int) -> asyncio.Future[int]:
-        """The first of ``count`` fresh versions of the portal.
-
-        Submissions accepted in the same event-loop turn (grpc.aio hands calls over in bursts)
-        share one reservation: one script call for all of them, each its own consecutive range,
-        in the order they asked.
-        """
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        asked = self._asked.get(portal_id)
-        if asked is None:
-            asked = self._asked[portal_id] = []
-            task = asyncio.create_task(self._reserve_asked(portal_id))
-            self._reserving.add(task)
-            task.add_done_callback(self._reserving.discard)
-        asked.append((max(count, 1), future))
-        return future
-
-    async def _reserve_asked(self, portal_id: int) -> None:
-        asked = self._asked.pop(portal_id)
-        try:
-            base = await reserve_versions(self.redis, writer_version_key(portal_id), sum(n for n, _ in asked))
-        except BaseException as exc:
-            for _, future in asked:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for n, future in asked:
-            if not future.done():  # a caller that went away leaves its versions unused
-                future.set_result(base)
-            base += n
+            base = await reserve_versions(self.redis, writer_version_key(portal_id), len(writes))
+            stamp(writes, base)
 
     async def claim(
         self,
