@@ -194,6 +194,8 @@ SLOW: tuple[str, ...] = (
     "tests/unit/test_security.py::test_policy_table_is_the_code",
     "tests/unit/test_tokens_split.py::test_each_component_file_holds_its_own_token_and_digests_of_the_others",
     "tests/unit/test_transport_settings.py::test_production_service_refuses_plaintext_transport",
+    "tests/unit/writer/test_batcher.py::test_when_saturated_a_batch_fills_while_its_writes_keep_arriving",
+    "tests/unit/writer/test_batcher.py::test_when_saturated_a_stream_slower_than_the_quiet_time_still_fills",
     "tests/unit/writer/test_ratelimit.py::test_no_window_holds_more_than_the_limit",
 )
 

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from opentelemetry.trace import Link
 from redis.asyncio import Redis
@@ -125,9 +125,12 @@ class Outcome:
     dead_letter_id: str = ""
 
 
-@dataclass(frozen=True)
-class BatchKey:
-    """What writes must share to go in one batch."""
+class BatchKey(NamedTuple):
+    """What writes must share to go in one batch.
+
+    A named tuple rather than a frozen dataclass: the coalescer looks every write's key up in
+    several dicts, and a tuple hashes in C (a dataclass's ``__hash__`` is Python code each time).
+    """
 
     portal_id: int
     object_type: str  # for associations: "<from>/<to>"
