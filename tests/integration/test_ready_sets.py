@@ -189,3 +189,19 @@ def _probe(redis: Redis) -> Any:
         return await group_work(redis, [events_key(p) for p in portals], GROUP)
 
     return probe
+
+
+async def test_the_coalesce_window_runs_from_the_first_entrys_append(redis: Redis) -> None:
+    """A turn that starts after its entries' window has passed (the consumer was busy) does not
+    wait the window again: before, every partial turn slept the whole window, holding a turn
+    slot idle, so a replica behind on many small portals fell further behind."""
+    sets = ReadySets(redis, QUEUE, 8)
+    recorder = Recorder(redis)
+    # A window far longer than the test's wait; the entry was appended two minutes ago.
+    async with consuming(redis, recorder, coalesce_s=120.0):
+        with contextlib.suppress(Exception):
+            await redis.xgroup_create(events_key("950"), GROUP, id="0", mkstream=True)
+        await redis.sadd(PORTALS_KEY, "950")  # type: ignore[misc]
+        old = await redis.xadd(events_key("950"), {"event": "0"}, id=f"{now_ms() - 120_000}-0")
+        await sets.mark(["950"])
+        await until(lambda: recorder.of("950") == [old])
