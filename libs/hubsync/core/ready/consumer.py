@@ -30,11 +30,11 @@ from hubsync.core.ready.sweep import Probe, Sweeper
 from hubsync.core.redis import follow_channel
 
 
-
 def _entry_ms(entry_id: bytes | str) -> int:
     """The milliseconds part of a stream entry id (``<ms>-<seq>``)."""
     raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(raw.partition("-")[0])
+
 
 log = logging.getLogger("hubsync.core.ready")
 
