@@ -244,14 +244,14 @@ class RedisCluster:
         """The ``redis+cluster://`` URL naming every node as a seed."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
 
-    def start(self, timeout: float = 30.0) -> RedisCluster:
+    def start(self, timeout: float = 60.0) -> RedisCluster:
         """Starts the nodes, forms the cluster and waits until every slot is served."""
         try:
             for node in self.nodes:
                 node.start()
             if not self._formed():
                 self._form()
-            self.wait_ok(timeout)
+            self.wait_formed(timeout)
         except BaseException:
             self.stop()
             raise
@@ -268,6 +268,34 @@ class RedisCluster:
             _command(node.port, "CLUSTER", "ADDSLOTS", *(str(s) for s in range(first, last)))
         for node in self.nodes[1:]:
             _command(self.nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", str(node.port))
+
+    def wait_formed(self, timeout: float = 60.0) -> None:
+        """:meth:`wait_ok`, meeting again every few seconds a node the first node does not know.
+
+        A ``CLUSTER MEET`` handshake that does not finish within the node timeout (2 s: a loaded
+        machine) is dropped by Redis and never retried, so the cluster would never form."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.wait_ok(min(5.0, max(0.1, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                self._meet_missing()
+
+    def _meet_missing(self) -> None:
+        """``CLUSTER MEET`` from the first node to each running node it lists neither as known
+        nor as in handshake."""
+        first = self.nodes[0]
+        try:
+            listed = _command(first.port, "CLUSTER", "NODES")
+        except (OSError, RuntimeError):
+            return
+        for node in self.nodes[1:]:
+            if node.proc is not None and f"127.0.0.1:{node.port}@".encode() not in listed:
+                with contextlib.suppress(OSError, RuntimeError):
+                    _command(first.port, "CLUSTER", "MEET", "127.0.0.1", str(node.port))
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Waits until every running node reports ``cluster_state:ok`` and knows every other node."""
