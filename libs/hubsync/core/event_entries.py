@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 
 from hubsync.api.internal.v1 import journal_pb2
 from hubsync.core.keys import EventEntry
+from hubsync.core.streams import entry_ms
 
 __all__ = [
     "ORIGINS",
@@ -167,11 +168,6 @@ class EventRecord:
         return orjson.dumps(self.event) if self.event is not None else b""
 
 
-def _id_ms(entry_id: str) -> int:
-    ms = entry_id.partition("-")[0]
-    return int(ms) if ms.isdigit() else 0
-
-
 def encode_event(event: Mapping[str, Any], origin: str) -> bytes:
     """The serialized ``JournalEvent`` of a webhook event (its trace context apart: see
     :func:`encode_trace`; serialized messages concatenated are one message)."""
@@ -254,7 +250,7 @@ def decode_entry(entry_id: bytes | str, fields: Fields) -> EventRecord:
         message.ParseFromString(blob)
     except DecodeError:
         origin = _text(fields.get(_ORIGIN)) or "webhook"
-        return EventRecord(ident, None, origin, _id_ms(ident), error="the entry is not a JournalEvent")
+        return EventRecord(ident, None, origin, entry_ms(ident), error="the entry is not a JournalEvent")
     has: Any = message.HasField
     # HasField per optional field costs a third of ListFields (which builds descriptors).
     event: dict[str, Any] = {json: getattr(message, field) for field, json in _JSON_ITEMS if has(field)}
@@ -265,7 +261,11 @@ def decode_entry(entry_id: bytes | str, fields: Fields) -> EventRecord:
             extra = None
         if not isinstance(extra, dict):
             return EventRecord(
-                ident, None, "webhook", _id_ms(ident), error="the entry's extra fields are not a JSON object"
+                ident,
+                None,
+                "webhook",
+                entry_ms(ident),
+                error="the entry's extra fields are not a JSON object",
             )
         event = extra | event
     code = int(message.subscription_type)
@@ -286,7 +286,7 @@ def decode_entry(entry_id: bytes | str, fields: Fields) -> EventRecord:
         ident,
         event,
         origin,
-        message.accepted_ms if has("accepted_ms") else _id_ms(ident),
+        message.accepted_ms if has("accepted_ms") else entry_ms(ident),
         traceparent,
         message.tracestate,
         message.replay_of,
@@ -335,7 +335,7 @@ def _decode_fields(ident: str, fields: Fields) -> EventRecord:
         ident,
         event,
         _text(fields.get(_ORIGIN)) or "webhook",
-        int(accepted) if accepted.isdigit() else _id_ms(ident),
+        int(accepted) if accepted.isdigit() else entry_ms(ident),
         _text(fields.get(_TRACEPARENT)),
         _text(fields.get(_TRACESTATE)),
         _text(fields.get(_REPLAY_OF)),

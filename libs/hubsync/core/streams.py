@@ -6,10 +6,18 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-__all__ = ["StreamEntry", "stream_range"]
+__all__ = ["StreamEntry", "entry_ms", "stream_range"]
 
 #: An entry: its id and its fields.
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """The milliseconds part of a stream entry id (``<ms>-<seq>``: Redis' clock when it was
+    appended, for an id Redis assigned), or 0 for an id that has none."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms = raw.partition("-")[0]
+    return int(ms) if ms.isdigit() else 0
 
 
 async def stream_range(

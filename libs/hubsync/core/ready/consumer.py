@@ -28,13 +28,7 @@ from hubsync.core.ready.leases import ShardLeases
 from hubsync.core.ready.sets import DEFAULT_SHARDS, ReadySets, now_ms
 from hubsync.core.ready.sweep import Probe, Sweeper
 from hubsync.core.redis import follow_channel
-
-
-def _entry_ms(entry_id: bytes | str) -> int:
-    """The milliseconds part of a stream entry id (``<ms>-<seq>``)."""
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(raw.partition("-")[0])
-
+from hubsync.core.streams import entry_ms
 
 log = logging.getLogger("hubsync.core.ready")
 
@@ -289,7 +283,7 @@ class ReadyConsumer:
             # Let a burst's events gather into this turn. The window runs from the first entry's
             # append (its id's milliseconds, Redis' clock): a turn that starts late, because the
             # consumer was busy, waits only what is left of it, and holds no turn slot idle.
-            left = self.coalesce_s - (now_ms() - _entry_ms(entries[0][0])) / 1000
+            left = self.coalesce_s - (now_ms() - entry_ms(entries[0][0])) / 1000
             if left > 0:
                 await asyncio.sleep(min(left, self.coalesce_s))
         await self.sets.unmark(portal)
