@@ -26,7 +26,7 @@ from redis.exceptions import AskError, MovedError, RedisError
 
 from hubsync.api.ingress.v1 import ingress_pb2, ingress_pb2_grpc
 from hubsync.core.channels import open_channel
-from hubsync.core.devredis import CLUSTER_SLOTS, RedisCluster, RedisProcess, _command
+from hubsync.core.devredis import RedisCluster, RedisProcess, _command
 from hubsync.core.errors import error_info
 from hubsync.core.keys import events_key, portal_key, writes_key
 from hubsync.core.redis import create_redis, follow_channel, redis_from_url
@@ -517,10 +517,7 @@ def test_a_lost_meet_handshake_is_met_again(tmp_path: Path) -> None:
     try:
         for node in cluster.nodes:
             node.start()
-        count = len(cluster.nodes)
-        for i, node in enumerate(cluster.nodes):
-            first, last = CLUSTER_SLOTS * i // count, CLUSTER_SLOTS * (i + 1) // count
-            _command(node.port, "CLUSTER", "ADDSLOTS", *(str(s) for s in range(first, last)))
+        cluster._add_slots()
         # Only the second node is met: the third node's handshake was "lost".
         _command(cluster.nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", str(cluster.nodes[1].port))
         cluster.wait_formed(timeout=60)

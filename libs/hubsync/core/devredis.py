@@ -262,12 +262,16 @@ class RedisCluster:
         return b"cluster_slots_assigned:0\r\n" not in _command(self.nodes[0].port, "CLUSTER", "INFO")
 
     def _form(self) -> None:
+        self._add_slots()
+        for node in self.nodes[1:]:
+            _command(self.nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", str(node.port))
+
+    def _add_slots(self) -> None:
+        """Split the hash slots evenly between the nodes (``CLUSTER ADDSLOTS`` on each)."""
         count = len(self.nodes)
         for i, node in enumerate(self.nodes):
             first, last = CLUSTER_SLOTS * i // count, CLUSTER_SLOTS * (i + 1) // count
             _command(node.port, "CLUSTER", "ADDSLOTS", *(str(s) for s in range(first, last)))
-        for node in self.nodes[1:]:
-            _command(self.nodes[0].port, "CLUSTER", "MEET", "127.0.0.1", str(node.port))
 
     def wait_formed(self, timeout: float = 60.0) -> None:
         """:meth:`wait_ok`, meeting again every few seconds a node the first node does not know.
