@@ -36,10 +36,13 @@ and the publication records.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Required, TypedDict, Unpack
+
+from redis.exceptions import NoScriptError
 
 from hubsync.core.keys import (
     FEED_GROUPS_KEY,
@@ -50,7 +53,7 @@ from hubsync.core.keys import (
 )
 from hubsync.core.ready import MarkSets, Nudge
 from hubsync.core.ready.marks import SERVER_NOW_LUA
-from hubsync.core.redis import as_str
+from hubsync.core.redis import as_str, pipelined
 
 __all__ = ["NUDGE_CAP", "STALE_PUBLISH_MS", "FeedMarks", "TakeOptions", "Taken"]
 
@@ -61,6 +64,7 @@ NUDGE_CAP = 64
 
 # KEYS[1] publishing set; ARGV[1] member. Records a publication at server time.
 _BEGIN_LUA = SERVER_NOW_LUA + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
+_BEGIN_SHA = hashlib.sha1(_BEGIN_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
 
 # KEYS[1] publishing set; ARGV[1] age ms, ARGV[2] limit: publications older than age.
 _STALE_LUA = (
@@ -93,26 +97,64 @@ class FeedMarks:
     def __init__(self, redis: Any) -> None:
         self.redis = redis
         self.sets = MarkSets(redis)
-        self._begin: Any = redis.register_script(_BEGIN_LUA)
+        # The groups this replica marked for at its last publication (see :meth:`published`).
+        self._groups: tuple[str, ...] = ()
         self._stale: Any = redis.register_script(_STALE_LUA)
 
     # ---- the publisher's side --------------------------------------------------------------
 
+    @staticmethod
+    def token(portal: str, object_types: Iterable[str] = ()) -> str:
+        """A publication's token for ``portal`` of ``object_types`` (it names the types, so a
+        repair marks exactly those)."""
+        return f"{portal}|{secrets.token_hex(6)}|{','.join(sorted(set(object_types)))}"
+
+    @staticmethod
+    def begin_command(token: str) -> list[Any]:
+        """The ``EVALSHA`` recording publication ``token`` (for a caller's pipeline: see
+        :meth:`run_with_begin`)."""
+        return ["EVALSHA", _BEGIN_SHA, 1, FEED_PUBLISHING_KEY, token]
+
+    async def run_with_begin(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Runs ``commands`` (which may hold a :meth:`begin_command`) in one pipeline; returns
+        their replies (the begin script loaded again if Redis lost it)."""
+        try:
+            return await pipelined(self.redis, commands)
+        except NoScriptError:
+            await self.redis.script_load(_BEGIN_LUA)
+            return await pipelined(self.redis, commands)
+
     async def begin(self, portal: str, object_types: Iterable[str] = ()) -> str:
         """Records a publication for ``portal`` of ``object_types`` before its transaction;
-        returns its token (which names the types, so a repair marks exactly those)."""
-        member = f"{portal}|{secrets.token_hex(6)}|{','.join(sorted(set(object_types)))}"
-        await self._begin(keys=[FEED_PUBLISHING_KEY], args=[member])
+        returns its token."""
+        member = self.token(portal, object_types)
+        await self.run_with_begin([self.begin_command(member)])
         return member
 
     async def published(self, portal: str, object_types: Iterable[str], token: str | None) -> None:
         """Marks ``portal``'s streams of ``object_types`` ready for every group (after the
-        transaction), then forgets the publication ``token``."""
+        transaction), then forgets the publication ``token``.
+
+        The groups are read in the round trip that marks the groups known from the last time
+        (so one group costs one round trip, not two); a group new since is marked in a second one.
+        Groups are read after the transaction: a group created later sweeps the streams itself.
+        """
         types = sorted(set(object_types))
         if types:
-            groups = await self.redis.smembers(FEED_GROUPS_KEY)
-            for group in sorted(as_str(g) for g in groups):
-                await self.mark(group, "ready", [(t, portal) for t in types])
+            streams = [(t, portal) for t in types]
+            marked = self._groups
+            commands: list[Sequence[Any]] = [["SMEMBERS", FEED_GROUPS_KEY]]
+            commands += [self._mark_command(group, "ready", streams) for group in marked]
+            try:
+                found = (await pipelined(self.redis, commands))[0]
+            except NoScriptError:  # Redis lost the mark script: loaded again by the marks below
+                await self.sets.mark(commands[1:])
+                found = await self.redis.smembers(FEED_GROUPS_KEY)
+            groups = sorted(as_str(g) for g in found)
+            self._groups = tuple(groups)
+            late = [self._mark_command(group, "ready", streams) for group in groups if group not in marked]
+            if late:
+                await self.sets.mark(late)
         if token is not None:
             await self.redis.zrem(FEED_PUBLISHING_KEY, token)
 
@@ -144,14 +186,19 @@ class FeedMarks:
         waiting subscriber."""
         if not streams:
             return 0
+        return sum(await self.sets.mark([self._mark_command(group, kind, streams, delay_ms, only_new)]))
+
+    @staticmethod
+    def _mark_command(
+        group: str, kind: str, streams: Sequence[tuple[str, str]], delay_ms: int = 0, only_new: bool = False
+    ) -> list[Any]:
         nudge = Nudge(list_key=feed_nudge_key(group), cap=NUDGE_CAP) if kind == "ready" else Nudge()
-        command = MarkSets.mark_command(
+        return MarkSets.mark_command(
             [(_set_key(group, kind, t), p) for t, p in streams],
             mode="NX" if only_new else "LT",
             delay_ms=delay_ms,
             nudge=nudge,
         )
-        return sum(await self.sets.mark([command]))
 
     async def take(
         self, group: str, kind: str, object_types: Sequence[str], **lease: Unpack[TakeOptions]
