@@ -233,6 +233,16 @@ class FeedMarks:
         key = _set_key(group, kind, taken.object_type)
         return await self.sets.settle(key, taken.portal, taken.lease, requeue=False)
 
+    async def settle_and_hold(self, group: str, taken: Taken, *, requeue: bool, hold_ms: int | None) -> None:
+        """:meth:`requeue` (or :meth:`release`) a taken ready mark and, with ``hold_ms``, mark the
+        stream pending (due then, an existing mark's time kept), in one round trip."""
+        key = _set_key(group, "ready", taken.object_type)
+        commands = [MarkSets.settle_command(key, taken.portal, taken.lease, requeue=requeue)]
+        if hold_ms is not None:
+            streams = [(taken.object_type, taken.portal)]
+            commands.append(self._mark_command(group, "pending", streams, hold_ms, only_new=True))
+        await self.sets.mark(commands)
+
     async def members(self, group: str, kind: str, object_type: str, limit: int) -> list[str]:
         """Up to ``limit`` marked portals, longest due first (a restarted subscriber's look for
         its own unacked changes)."""
