@@ -331,26 +331,12 @@ class ChangeFeed:
                 while claimed < sub.max_in_flight:
                     if start == "0-0":
                         async with self.redis.pipeline(transaction=False) as pipe:
-                            pipe.xautoclaim(
-                                key,
-                                sub.group,
-                                sub.consumer,
-                                min_idle_time=sub.visibility_ms,
-                                start_id=start,
-                                count=100,
-                            )
+                            _autoclaim(pipe, key, sub, start)
                             pipe.xpending(key, sub.group)
                             reply, info = await pipe.execute()
                         pending = int(info.get("pending", 0) or 0)
                     else:
-                        reply = await self.redis.xautoclaim(
-                            key,
-                            sub.group,
-                            sub.consumer,
-                            min_idle_time=sub.visibility_ms,
-                            start_id=start,
-                            count=100,
-                        )
+                        reply = await _autoclaim(self.redis, key, sub, start)
                     start = as_str(reply[0])
                     entries = [e for e in reply[1] if e and e[1]]
                     attempts = await self._attempts(
@@ -506,6 +492,14 @@ class ChangeFeed:
                 pipe.xack(key, group, *entries)
             counts = await pipe.execute(raise_on_error=False)
         return sum(int(c) for c in counts if isinstance(c, int))
+
+
+def _autoclaim(client: Any, key: str, sub: Subscription, start: str) -> Any:
+    """``XAUTOCLAIM`` of up to 100 of ``key``'s changes idle past the subscriber's visibility
+    timeout, from ``start`` (on a client: awaitable; on a pipeline: queued)."""
+    return client.xautoclaim(
+        key, sub.group, sub.consumer, min_idle_time=sub.visibility_ms, start_id=start, count=100
+    )
 
 
 def _entry_id(value: str) -> tuple[int, int]:
