@@ -1,19 +1,15 @@
-"""Redis commands one process sends, counted by command (and key family), while a benchmark runs.
+"""The mapper's Redis commands per turn, counted while ``bench/tenants/fairness.py`` runs.
 
-Runs ``MONITOR`` on the benchmark's Redis and keeps the commands whose client address is a socket
-of the watched process (its TCP connections, from ``/proc``), for ``--seconds`` from when the
-benchmark's measured window starts (``--after-child py-spy``: the first ``py-spy`` child of the
-benchmark, which ``fairness.py --py-spy`` starts as the window opens). ``MONITOR`` costs Redis
-some CPU (every command is copied to this client): count in a run of its own, not the one whose
-CPU you report.
+Runs ``fairness.py`` (its own arguments follow ``--count-seconds``) and, as its measured window
+opens, ``MONITOR`` on its Redis for ``--count-seconds``, keeping the commands whose client address
+is a socket of the mapper process (its TCP connections, from ``/proc``). The counts go into the
+result as ``mapper_redis_commands``: per command and key family (digits elided), per turn. Turns
+are counted by the ``ZADD`` of a portal to the ``events`` queue's pending set (one per turn of
+:meth:`hubsync.core.ready.ReadyConsumer.take`). ``MONITOR`` costs Redis (every command is copied
+to this client) and this process some CPU, not the mapper's.
 
-Per turn: the mapper's turns are counted by the ``ZADD`` of its portal to the ``events`` queue's
-pending set (one per turn of :meth:`hubsync.core.ready.ReadyConsumer.take`).
-
-Run beside ``bench/tenants/fairness.py --py-spy DIR`` (same machine)::
-
-    .venv/bin/python bench/mapper/redis_by_process.py --bench-pid PID --process hubsync.mapper \
-        --seconds 30 --out /tmp/mapper-commands.json
+Run: ``.venv/bin/python bench/mapper/redis_by_process.py --count-seconds 30 --rate 100
+--out bench/tenants/results/fairness-1000-rate100-x.json``
 """
 
 from __future__ import annotations
@@ -22,6 +18,8 @@ import argparse
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,27 +28,6 @@ from pathlib import Path
 import redis
 
 _SOCKET = re.compile(r"socket:\[(\d+)\]")
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid``."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            kids = (task / "children").read_text().split() if (task / "children").exists() else []
-            for k in kids:
-                out.append(int(k))
-                todo.append(int(k))
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
 
 
 def local_ports(pid: int) -> set[int]:
@@ -90,32 +67,18 @@ def family(command: str) -> str:
     return f"{name} {key}".strip()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--bench-pid", type=int, required=True)
-    parser.add_argument("--process", default="hubsync.mapper", help="the watched child's module")
-    parser.add_argument("--after-child", default="py-spy", help="start counting once this child runs")
-    parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    while True:
-        kids = children(args.bench_pid)
-        if any(args.after_child in cmdline(k) for k in kids):
-            break
-        time.sleep(0.5)
-    watched = next(k for k in kids if f"-m {args.process}" in cmdline(k))
-    server = next(k for k in kids if "redis-server" in cmdline(k))
-    port = int(cmdline(server).split()[1].rsplit(":", 1)[1])
+def count(port: int, pid: int, seconds: float) -> dict[str, object]:
+    """The commands process ``pid`` sends to the Redis on ``port`` over ``seconds`` (MONITOR)."""
     client = redis.Redis(port=port)
-    ports = local_ports(watched)
+    ports = local_ports(pid)
     counts: Counter[str] = Counter()
     total = 0
-    stop = time.monotonic() + args.seconds
+    stop = time.monotonic() + seconds
 
     def refresh() -> None:
         nonlocal ports
         while time.monotonic() < stop:
-            ports = local_ports(watched)
+            ports = local_ports(pid)
             time.sleep(0.5)
 
     threading.Thread(target=refresh, daemon=True).start()
@@ -128,21 +91,58 @@ def main() -> None:
             if int(event.get("client_port") or 0) in ports:
                 counts[family(event["command"])] += 1
     elapsed = time.monotonic() - t0
+    client.close()
     turns = sum(n for k, n in counts.items() if k.startswith("ZADD hubsync:{ready:events:N}:pending"))
-    watched_total = sum(counts.values())
-    result = {
-        "process": args.process,
+    watched = sum(counts.values())
+    return {
         "seconds": round(elapsed, 1),
-        "commands": watched_total,
+        "commands": watched,
         "commands_all_processes": total,
         "turns": turns,
-        "commands_per_turn": round(watched_total / turns, 2) if turns else None,
+        "commands_per_turn": round(watched / turns, 2) if turns else None,
         "by_command_per_turn": {k: round(n / max(turns, 1), 2) for k, n in counts.most_common()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+
+
+def main() -> None:
+    """``fairness.py`` with the mapper's Redis commands counted over the first ``--count-seconds``
+    of its window (arguments: ``--count-seconds S`` then fairness.py's own)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--count-seconds", type=float, default=30)
+    args, rest = parser.parse_known_args()
+    sys.argv = [sys.argv[0], *rest]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tenants"))
+    import fairness  # type: ignore[import-not-found]
+
+    counted: dict[str, object] = {}
+    spy = fairness.start_py_spy
+
+    def start(out: Path | None, pids: dict[str, int], seconds: float) -> list[subprocess.Popen[bytes]]:
+        server = pids["redis"]
+        port = int(Path(f"/proc/{server}/cmdline").read_text().split("\0")[1].rsplit(":", 1)[1])
+
+        def run() -> None:
+            counted.update(count(port, pids["mapper"], min(args.count_seconds, seconds)))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        threads.append(thread)
+        return spy(out, pids, seconds)  # type: ignore[no-any-return]
+
+    threads: list[threading.Thread] = []
+    fairness.start_py_spy = start
+    fairness.main()
+    for thread in threads:
+        thread.join()
+    out = next((Path(rest[i + 1]) for i, a in enumerate(rest) if a == "--out"), None)
+    if out is not None:
+        result = json.loads(out.read_text())
+        result["mapper_redis_commands"] = counted
+        result["command"] += (
+            f" (through bench/mapper/redis_by_process.py --count-seconds {args.count_seconds})"
+        )
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(counted, indent=2))
 
 
 if __name__ == "__main__":
