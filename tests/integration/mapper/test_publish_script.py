@@ -103,3 +103,19 @@ async def test_publishing_a_change_takes_no_watch_and_marks_the_group(redis: Red
     await redis.sadd(FEED_GROUPS_KEY, "h")
     await _publish(publisher, {"3": "Cy"})
     assert await redis.zscore(feed_ready_key("h", "contacts"), str(PORTAL)) is not None
+
+
+async def test_a_publication_record_is_forgotten_in_the_next_round_trip(redis: Redis) -> None:
+    # The inbound worker's publisher forgets a publication (marks made) in the next one's reads.
+    await redis.sadd(FEED_GROUPS_KEY, "g")
+    publisher = Publisher(redis, feed_max_len=1000, forget_later=True)
+    await _publish(publisher, {"1": "Ada"})
+    [first] = await redis.zrange(FEED_PUBLISHING_KEY, 0, -1)
+    await _publish(publisher, {"2": "Bea"})
+    left = await redis.zrange(FEED_PUBLISHING_KEY, 0, -1)
+    assert first not in left and len(left) == 1
+    # The worker's housekeeping forgets the last one; a publisher that died before would have
+    # left it to the repair, which marks its streams again (a subscriber finds nothing new).
+    await publisher.marks.forget()
+    assert await redis.zcard(FEED_PUBLISHING_KEY) == 0
+    assert await redis.zscore(feed_ready_key("g", "contacts"), str(PORTAL)) is not None

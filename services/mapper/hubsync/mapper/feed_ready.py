@@ -99,6 +99,8 @@ class FeedMarks:
         self.sets = MarkSets(redis)
         # The groups this replica marked for at its last publication (see :meth:`published`).
         self._groups: tuple[str, ...] = ()
+        # Publications marked, to forget later (see :meth:`published`).
+        self._done: list[str] = []
         self._stale: Any = redis.register_script(_STALE_LUA)
 
     # ---- the publisher's side --------------------------------------------------------------
@@ -131,9 +133,24 @@ class FeedMarks:
         await self.run_with_begin([self.begin_command(member)])
         return member
 
-    async def published(self, portal: str, object_types: Iterable[str], token: str | None) -> None:
+    def forget_commands(self) -> list[list[Any]]:
+        """The ``ZREM`` of the publications whose marks are made and whose forgetting was left
+        for later (:meth:`published` with ``later``), for a caller's pipeline; they are taken."""
+        done, self._done = self._done, []
+        return [["ZREM", FEED_PUBLISHING_KEY, *done]] if done else []
+
+    async def forget(self) -> None:
+        """Forgets now the publications left for later (the publisher's housekeeping)."""
+        if commands := self.forget_commands():
+            await self.redis.execute_command(*commands[0])
+
+    async def published(
+        self, portal: str, object_types: Iterable[str], token: str | None, *, later: bool = False
+    ) -> None:
         """Marks ``portal``'s streams of ``object_types`` ready for every group (after the
-        transaction), then forgets the publication ``token``.
+        transaction), then forgets the publication ``token`` (``later``: in the pipeline of the
+        next publication's reads, or at the next :meth:`forget`; until then a crash leaves the
+        record to :meth:`repair`, which marks those streams again: a look that finds nothing).
 
         The groups are read in the round trip that marks the groups known from the last time
         (so one group costs one round trip, not two); a group new since is marked in a second one.
@@ -156,7 +173,10 @@ class FeedMarks:
             if late:
                 await self.sets.mark(late)
         if token is not None:
-            await self.redis.zrem(FEED_PUBLISHING_KEY, token)
+            if later:
+                self._done.append(token)
+            else:
+                await self.redis.zrem(FEED_PUBLISHING_KEY, token)
 
     async def repair(
         self, object_types: Sequence[str], *, age_ms: int = STALE_PUBLISH_MS, limit: int = 100

@@ -153,10 +153,23 @@ class Publisher:
     recorded first, so marks a dead replica never made are made by the next subscriber
     (:mod:`hubsync.mapper.feed_ready`)."""
 
-    def __init__(self, redis: Redis, *, feed_max_len: int, marks: FeedMarks | None = None) -> None:
+    def __init__(
+        self, redis: Redis, *, feed_max_len: int, marks: FeedMarks | None = None, forget_later: bool = False
+    ) -> None:
+        """Set up the publisher.
+
+        Args:
+            redis: The client.
+            feed_max_len: Approximate entries kept per feed stream.
+            marks: The feed's ready sets (default: its own).
+            forget_later: Forget a publication's record in the next publication's first round
+                trip (or at ``marks.forget()``, which the owner then calls every second or so),
+                not in one of its own.
+        """
         self.redis = redis
         self.feed_max_len = feed_max_len
         self.marks = marks or FeedMarks(redis)
+        self.forget_later = forget_later
 
     async def publish(
         self,
@@ -205,7 +218,7 @@ class Publisher:
                 break
         if publication is not None:
             types = {c.object_type for c, outcome in outcomes if outcome == "published"}
-            await self.marks.published(portal, types, publication)
+            await self.marks.published(portal, types, publication, later=self.forget_later)
         now_ms = time.time() * 1000
         for c, outcome in outcomes:
             sync_metrics.sync.add(
@@ -225,7 +238,9 @@ class Publisher:
         trip: before the publish script, as the repair needs)."""
         if not built:
             return [], [], []
-        commands: list[list[Any]] = [self.marks.begin_command(begin)] if begin else []
+        prefix: list[list[Any]] = [self.marks.begin_command(begin)] if begin else []
+        prefix += self.marks.forget_commands()  # earlier publications, marked since
+        commands = list(prefix)
         # MGET as a raw command: the Redis Cluster client refuses pipe.mget() whatever the keys,
         # and these are all one portal's keys (one slot), which MGET accepts on a cluster.
         commands.append(["MGET", *last_keys])
@@ -235,7 +250,7 @@ class Publisher:
                 ours = written_key(portal, b.change.object_type, b.change.object_id)
                 commands.append(["HMGET", ours, *b.mapping.read_properties])
         replies = await self.marks.run_with_begin(commands)
-        pairs = iter(replies[1 if begin else 0 :])
+        pairs = iter(replies[len(prefix) :])
         last = list(next(pairs))
         known: list[list[bytes | None]] = []
         written: list[list[bytes | None]] = []
