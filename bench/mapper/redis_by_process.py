@@ -119,7 +119,9 @@ def main() -> None:
 
     def start(out: Path | None, pids: dict[str, int], seconds: float) -> list[subprocess.Popen[bytes]]:
         server = pids["redis"]
-        port = int(Path(f"/proc/{server}/cmdline").read_text().split("\0")[1].rsplit(":", 1)[1])
+        # redis-server rewrites its title: "redis-server 127.0.0.1:<port>" (one argument or two)
+        words = Path(f"/proc/{server}/cmdline").read_text().replace("\0", " ").split()
+        port = int(next(w for w in words if ":" in w).rsplit(":", 1)[1])
 
         def run() -> None:
             counted.update(count(port, pids["mapper"], min(args.count_seconds, seconds)))
