@@ -49,6 +49,12 @@ def local_ports(pid: int) -> set[int]:
     return ports
 
 
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def family(command: str) -> str:
     """``COMMAND key-family``: the command and the shape of its first key (digits elided)."""
     words = command.split()
@@ -83,6 +89,7 @@ def count(port: int, pid: int, seconds: float) -> dict[str, object]:
 
     threading.Thread(target=refresh, daemon=True).start()
     t0 = time.monotonic()
+    ticks0 = cpu_ticks(pid)
     with client.monitor() as m:
         for event in m.listen():
             if time.monotonic() >= stop:
@@ -91,6 +98,7 @@ def count(port: int, pid: int, seconds: float) -> dict[str, object]:
             if int(event.get("client_port") or 0) in ports:
                 counts[family(event["command"])] += 1
     elapsed = time.monotonic() - t0
+    cpu_s = (cpu_ticks(pid) - ticks0) / os.sysconf("SC_CLK_TCK")
     client.close()
     turns = sum(n for k, n in counts.items() if k.startswith("ZADD hubsync:{ready:events:N}:pending"))
     watched = sum(counts.values())
@@ -100,6 +108,9 @@ def count(port: int, pid: int, seconds: float) -> dict[str, object]:
         "commands_all_processes": total,
         "turns": turns,
         "commands_per_turn": round(watched / turns, 2) if turns else None,
+        # The watched process's CPU over the same seconds (utime + stime), per turn.
+        "cpu_percent_of_a_core": round(100 * cpu_s / elapsed, 1),
+        "cpu_us_per_turn": round(1e6 * cpu_s / turns) if turns else None,
         "by_command_per_turn": {k: round(n / max(turns, 1), 2) for k, n in counts.most_common()},
     }
 
