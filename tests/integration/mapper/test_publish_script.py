@@ -91,7 +91,7 @@ async def test_publishing_a_change_takes_no_watch_and_marks_the_group(redis: Red
     await _publish(publisher, {"2": "Bea"}, finished=(entry,))
     used = delta(before, await command_counts(redis))
     if redis_kind == "single":  # a cluster client's INFO is one node's
-        # Was: WATCH, the reads, MULTI ... EXEC, UNWATCH, and SMEMBERS and the mark apart.
+        # Was: WATCH, the reads, MULTI ... EXEC, and SMEMBERS and the mark apart.
         assert not {"watch", "multi", "exec", "unwatch"} & set(used), used
         # The record of the publication, the publish script, the group's mark.
         assert used.get("evalsha") == 3, used

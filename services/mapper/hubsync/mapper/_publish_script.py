@@ -6,9 +6,9 @@ the fingerprints of the compared ones), decides in Python what to publish, and h
 the expected values and the writes. The script compares each expected value with what Redis holds
 now and, when all match, runs the writes; else it writes nothing and answers 0, and the publisher
 reads and decides again. That is what ``WATCH`` + ``MULTI``/``EXEC`` did, in one round trip
-instead of three (``WATCH``, ``EXEC``, and the ``UNWATCH`` redis-py sends after it), and it is
-stricter than needed in no case that matters: a write that leaves the compared values as they were
-(``WATCH`` would have failed on it) cannot change the decision.
+instead of two (``WATCH``, then ``MULTI``/``EXEC``), and it misses no conflict that matters: a
+write that leaves the compared values as they were (``WATCH`` failed on it) cannot change the
+decision.
 
 Every key is one portal's (hash tag ``{<portal>}``): one cluster slot.
 """

@@ -200,7 +200,7 @@ class Publisher:
         # fingerprints, compared value by value inside the script): two replicas holding the
         # same change (a duplicated webhook, a reclaimed entry) cannot both see "not published
         # yet", and an outbound write racing with the comparison makes it run again. (It was
-        # WATCH, the reads, MULTI/EXEC and redis-py's UNWATCH: four round trips, now two.)
+        # WATCH, the reads and MULTI/EXEC: three round trips, now two.)
         while True:
             last, known, written = await self._read_state(portal, built, last_keys, fkeys, begin)
             begin = None
