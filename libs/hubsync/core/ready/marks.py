@@ -128,6 +128,9 @@ return 1
 )
 
 
+_SETTLE_SHA = hashlib.sha1(_SETTLE_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+
+
 @dataclass(frozen=True)
 class Nudge:
     """How a mark that made a member due wakes consumers: ``PUBLISH channel message``, or an
@@ -195,6 +198,7 @@ class MarkSets:
             replies = await pipelined(self.redis, commands)
         except NoScriptError:
             await self.redis.script_load(_MARK_LUA)
+            await self.redis.script_load(_SETTLE_LUA)
             replies = await pipelined(self.redis, commands)
         return [int(r) for r in replies]
 
@@ -213,6 +217,12 @@ class MarkSets:
         lease, later = int(reply[0]), int(reply[1])
         members = [(int(reply[i]) - 1, as_str(reply[i + 1])) for i in range(2, len(reply), 2)]
         return Took(lease, members, None if later < 0 else later)
+
+    @staticmethod
+    def settle_command(key: str, member: str, lease: int, *, requeue: bool) -> list[Any]:
+        """The ``EVALSHA`` of :meth:`settle` (for a caller's pipeline: run it with
+        :meth:`mark`, which loads the scripts again if Redis lost them)."""
+        return ["EVALSHA", _SETTLE_SHA, 1, key, lease, member, "requeue" if requeue else "release"]
 
     async def settle(self, key: str, member: str, lease: int, *, requeue: bool) -> bool:
         """Requeues (due now) or removes a taken member unless it was marked since; True if done."""

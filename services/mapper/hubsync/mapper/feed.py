@@ -274,18 +274,11 @@ class ChangeFeed:
             if entries is None:
                 await self.marks.release(sub.group, "ready", t)  # the stream is gone
                 return []
-            if len(entries) >= count:
-                await self.marks.requeue(sub.group, "ready", t)
-            else:
-                await self.marks.release(sub.group, "ready", t)
-            if entries:
-                await self.marks.mark(
-                    sub.group,
-                    "pending",
-                    [(t.object_type, t.portal)],
-                    delay_ms=sub.visibility_ms,
-                    only_new=True,
-                )
+            # The ready mark settled and, when changes were read, the pending mark made: both in
+            # the group's slot, one round trip.
+            await self.marks.settle_and_hold(
+                sub.group, t, requeue=len(entries) >= count, hold_ms=sub.visibility_ms if entries else None
+            )
             return entries
 
         results = await asyncio.gather(*(one(t) for t in taken))
@@ -331,16 +324,19 @@ class ChangeFeed:
             key = feed_key(t.portal, t.object_type)
             claimed = 0
             start = "0-0"
+            # The stream's pending count, read with the first claim (one stream, one round trip):
+            # what the look needs when it claims nothing (acked: release; not idle yet: keep).
+            pending = 0
             try:
                 while claimed < sub.max_in_flight:
-                    reply = await self.redis.xautoclaim(
-                        key,
-                        sub.group,
-                        sub.consumer,
-                        min_idle_time=sub.visibility_ms,
-                        start_id=start,
-                        count=100,
-                    )
+                    if start == "0-0":
+                        async with self.redis.pipeline(transaction=False) as pipe:
+                            _autoclaim(pipe, key, sub, start)
+                            pipe.xpending(key, sub.group)
+                            reply, info = await pipe.execute()
+                        pending = int(info.get("pending", 0) or 0)
+                    else:
+                        reply = await _autoclaim(self.redis, key, sub, start)
                     start = as_str(reply[0])
                     entries = [e for e in reply[1] if e and e[1]]
                     attempts = await self._attempts(
@@ -361,7 +357,7 @@ class ChangeFeed:
                 continue
             if claimed:
                 continue  # still pending (to this consumer now): looked at again after the lease
-            if await self._pending_count(key, sub.group):
+            if pending:
                 continue  # not idle long enough yet: looked at again after the lease
             # Released only when no one holds a change; a delivery between the count and the
             # release found the mark there and added none, so count again once released.
@@ -496,6 +492,14 @@ class ChangeFeed:
                 pipe.xack(key, group, *entries)
             counts = await pipe.execute(raise_on_error=False)
         return sum(int(c) for c in counts if isinstance(c, int))
+
+
+def _autoclaim(client: Any, key: str, sub: Subscription, start: str) -> Any:
+    """``XAUTOCLAIM`` of up to 100 of ``key``'s changes idle past the subscriber's visibility
+    timeout, from ``start`` (on a client: awaitable; on a pipeline: queued)."""
+    return client.xautoclaim(
+        key, sub.group, sub.consumer, min_idle_time=sub.visibility_ms, start_id=start, count=100
+    )
 
 
 def _entry_id(value: str) -> tuple[int, int]:

@@ -36,10 +36,13 @@ and the publication records.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Required, TypedDict, Unpack
+
+from redis.exceptions import NoScriptError
 
 from hubsync.core.keys import (
     FEED_GROUPS_KEY,
@@ -50,7 +53,7 @@ from hubsync.core.keys import (
 )
 from hubsync.core.ready import MarkSets, Nudge
 from hubsync.core.ready.marks import SERVER_NOW_LUA
-from hubsync.core.redis import as_str
+from hubsync.core.redis import as_str, pipelined
 
 __all__ = ["NUDGE_CAP", "STALE_PUBLISH_MS", "FeedMarks", "TakeOptions", "Taken"]
 
@@ -61,6 +64,7 @@ NUDGE_CAP = 64
 
 # KEYS[1] publishing set; ARGV[1] member. Records a publication at server time.
 _BEGIN_LUA = SERVER_NOW_LUA + "return redis.call('ZADD', KEYS[1], now, ARGV[1])"
+_BEGIN_SHA = hashlib.sha1(_BEGIN_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
 
 # KEYS[1] publishing set; ARGV[1] age ms, ARGV[2] limit: publications older than age.
 _STALE_LUA = (
@@ -93,28 +97,86 @@ class FeedMarks:
     def __init__(self, redis: Any) -> None:
         self.redis = redis
         self.sets = MarkSets(redis)
-        self._begin: Any = redis.register_script(_BEGIN_LUA)
+        # The groups this replica marked for at its last publication (see :meth:`published`).
+        self._groups: tuple[str, ...] = ()
+        # Publications marked, to forget later (see :meth:`published`).
+        self._done: list[str] = []
         self._stale: Any = redis.register_script(_STALE_LUA)
 
     # ---- the publisher's side --------------------------------------------------------------
 
+    @staticmethod
+    def token(portal: str, object_types: Iterable[str] = ()) -> str:
+        """A publication's token for ``portal`` of ``object_types`` (it names the types, so a
+        repair marks exactly those)."""
+        return f"{portal}|{secrets.token_hex(6)}|{','.join(sorted(set(object_types)))}"
+
+    @staticmethod
+    def begin_command(token: str) -> list[Any]:
+        """The ``EVALSHA`` recording publication ``token`` (for a caller's pipeline: see
+        :meth:`run_with_begin`)."""
+        return ["EVALSHA", _BEGIN_SHA, 1, FEED_PUBLISHING_KEY, token]
+
+    async def run_with_begin(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Runs ``commands`` (which may hold a :meth:`begin_command`) in one pipeline; returns
+        their replies (the begin script loaded again if Redis lost it)."""
+        try:
+            return await pipelined(self.redis, commands)
+        except NoScriptError:
+            await self.redis.script_load(_BEGIN_LUA)
+            return await pipelined(self.redis, commands)
+
     async def begin(self, portal: str, object_types: Iterable[str] = ()) -> str:
         """Records a publication for ``portal`` of ``object_types`` before its transaction;
-        returns its token (which names the types, so a repair marks exactly those)."""
-        member = f"{portal}|{secrets.token_hex(6)}|{','.join(sorted(set(object_types)))}"
-        await self._begin(keys=[FEED_PUBLISHING_KEY], args=[member])
+        returns its token."""
+        member = self.token(portal, object_types)
+        await self.run_with_begin([self.begin_command(member)])
         return member
 
-    async def published(self, portal: str, object_types: Iterable[str], token: str | None) -> None:
+    def forget_commands(self) -> list[list[Any]]:
+        """The ``ZREM`` of the publications whose marks are made and whose forgetting was left
+        for later (:meth:`published` with ``later``), for a caller's pipeline; they are taken."""
+        done, self._done = self._done, []
+        return [["ZREM", FEED_PUBLISHING_KEY, *done]] if done else []
+
+    async def forget(self) -> None:
+        """Forgets now the publications left for later (the publisher's housekeeping)."""
+        if commands := self.forget_commands():
+            await self.redis.execute_command(*commands[0])
+
+    async def published(
+        self, portal: str, object_types: Iterable[str], token: str | None, *, later: bool = False
+    ) -> None:
         """Marks ``portal``'s streams of ``object_types`` ready for every group (after the
-        transaction), then forgets the publication ``token``."""
+        transaction), then forgets the publication ``token`` (``later``: in the pipeline of the
+        next publication's reads, or at the next :meth:`forget`; until then a crash leaves the
+        record to :meth:`repair`, which marks those streams again: a look that finds nothing).
+
+        The groups are read in the round trip that marks the groups known from the last time
+        (so one group costs one round trip, not two); a group new since is marked in a second one.
+        Groups are read after the transaction: a group created later sweeps the streams itself.
+        """
         types = sorted(set(object_types))
         if types:
-            groups = await self.redis.smembers(FEED_GROUPS_KEY)
-            for group in sorted(as_str(g) for g in groups):
-                await self.mark(group, "ready", [(t, portal) for t in types])
+            streams = [(t, portal) for t in types]
+            marked = self._groups
+            commands: list[Sequence[Any]] = [["SMEMBERS", FEED_GROUPS_KEY]]
+            commands += [self._mark_command(group, "ready", streams) for group in marked]
+            try:
+                found = (await pipelined(self.redis, commands))[0]
+            except NoScriptError:  # Redis lost the mark script: loaded again by the marks below
+                await self.sets.mark(commands[1:])
+                found = await self.redis.smembers(FEED_GROUPS_KEY)
+            groups = sorted(as_str(g) for g in found)
+            self._groups = tuple(groups)
+            late = [self._mark_command(group, "ready", streams) for group in groups if group not in marked]
+            if late:
+                await self.sets.mark(late)
         if token is not None:
-            await self.redis.zrem(FEED_PUBLISHING_KEY, token)
+            if later:
+                self._done.append(token)
+            else:
+                await self.redis.zrem(FEED_PUBLISHING_KEY, token)
 
     async def repair(
         self, object_types: Sequence[str], *, age_ms: int = STALE_PUBLISH_MS, limit: int = 100
@@ -144,14 +206,19 @@ class FeedMarks:
         waiting subscriber."""
         if not streams:
             return 0
+        return sum(await self.sets.mark([self._mark_command(group, kind, streams, delay_ms, only_new)]))
+
+    @staticmethod
+    def _mark_command(
+        group: str, kind: str, streams: Sequence[tuple[str, str]], delay_ms: int = 0, only_new: bool = False
+    ) -> list[Any]:
         nudge = Nudge(list_key=feed_nudge_key(group), cap=NUDGE_CAP) if kind == "ready" else Nudge()
-        command = MarkSets.mark_command(
+        return MarkSets.mark_command(
             [(_set_key(group, kind, t), p) for t, p in streams],
             mode="NX" if only_new else "LT",
             delay_ms=delay_ms,
             nudge=nudge,
         )
-        return sum(await self.sets.mark([command]))
 
     async def take(
         self, group: str, kind: str, object_types: Sequence[str], **lease: Unpack[TakeOptions]
@@ -185,6 +252,16 @@ class FeedMarks:
         """Remove a taken mark unless it was marked again since; return True when removed."""
         key = _set_key(group, kind, taken.object_type)
         return await self.sets.settle(key, taken.portal, taken.lease, requeue=False)
+
+    async def settle_and_hold(self, group: str, taken: Taken, *, requeue: bool, hold_ms: int | None) -> None:
+        """:meth:`requeue` (or :meth:`release`) a taken ready mark and, with ``hold_ms``, mark the
+        stream pending (due then, an existing mark's time kept), in one round trip."""
+        key = _set_key(group, "ready", taken.object_type)
+        commands = [MarkSets.settle_command(key, taken.portal, taken.lease, requeue=requeue)]
+        if hold_ms is not None:
+            streams = [(taken.object_type, taken.portal)]
+            commands.append(self._mark_command(group, "pending", streams, hold_ms, only_new=True))
+        await self.sets.mark(commands)
 
     async def members(self, group: str, kind: str, object_type: str, limit: int) -> list[str]:
         """Up to ``limit`` marked portals, longest due first (a restarted subscriber's look for

@@ -131,7 +131,7 @@ class InboundWorker:
             redis,
             mappings,
             Hydrator(writer, batch_size=hydrate_batch_size, deadline_s=hydrate_deadline_s),
-            Publisher(redis, feed_max_len=feed_max_len),
+            Publisher(redis, feed_max_len=feed_max_len, forget_later=True),
             max_attempts=max_attempts,
             park=self.parking.park,
         )
@@ -199,6 +199,8 @@ class InboundWorker:
                     await self.in_flight.heartbeat()
                 self.parking.probe(now)
                 self.in_flight.forget_finished_turns()
+                # Publications marked and not yet forgotten in a later publication's round trip.
+                await self.processor.publisher.marks.forget()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

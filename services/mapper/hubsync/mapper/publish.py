@@ -25,12 +25,12 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 from opentelemetry import trace
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from hubsync.api.mapper.v1 import mapper_pb2
 from hubsync.core.keys import FeedEntry, feed_key, feed_last_key, fingerprint_key, written_key
 from hubsync.core.telemetry import trace_id_hex
 from hubsync.mapper import metrics as sync_metrics
+from hubsync.mapper._publish_script import PUBLISH_SCRIPT, Writes
 from hubsync.mapper.feed_ready import FeedMarks
 from hubsync.mapper.fingerprints import digest, digest_properties
 from hubsync.mapper.hydrate import Hydration
@@ -146,17 +146,30 @@ def _differing(built: _Built, known: list[bytes | None], written: list[bytes | N
 
 
 class Publisher:
-    """Writes a batch's outcome to Redis in one MULTI/EXEC (under WATCH, see the module doc), then
-    marks the feed streams it appended to ready for every subscriber group. The marks live in the
-    groups' cluster slots, not the portal's, so they follow the transaction (a subscriber that
+    """Writes a batch's outcome to Redis atomically (the publish script, see the module doc),
+    then marks the feed streams it appended to ready for every subscriber group. The marks live in
+    the groups' cluster slots, not the portal's, so they follow the script (a subscriber that
     looks in between finds the mark only after the changes are there); the publication is
     recorded first, so marks a dead replica never made are made by the next subscriber
     (:mod:`hubsync.mapper.feed_ready`)."""
 
-    def __init__(self, redis: Redis, *, feed_max_len: int, marks: FeedMarks | None = None) -> None:
+    def __init__(
+        self, redis: Redis, *, feed_max_len: int, marks: FeedMarks | None = None, forget_later: bool = False
+    ) -> None:
+        """Set up the publisher.
+
+        Args:
+            redis: The client.
+            feed_max_len: Approximate entries kept per feed stream.
+            marks: The feed's ready sets (default: its own).
+            forget_later: Forget a publication's record in the next publication's first round
+                trip (or at ``marks.forget()``, which the owner then calls every second or so),
+                not in one of its own.
+        """
         self.redis = redis
         self.feed_max_len = feed_max_len
         self.marks = marks or FeedMarks(redis)
+        self.forget_later = forget_later
 
     async def publish(
         self,
@@ -176,39 +189,36 @@ class Publisher:
             assert mapping is not None
             built.append(_build(portal, c, hydration, mapping))
         last_keys = [feed_last_key(portal, b.change.object_type, b.change.object_id) for b in built]
+        fkeys = [_fkey(portal, b) for b in built]
         ids = [*finished, *(i for b in built for i in b.change.entry_ids), *(d.entry.id for d in dead)]
         outcomes: list[tuple[RecordChange, str]] = []
-        publication = await self.marks.begin(portal, {b.change.object_type for b in built}) if built else None
-        # Compare-and-publish under WATCH: two replicas holding the same change (a duplicated
-        # webhook, a reclaimed entry) cannot both see "not published yet"; the one whose EXEC
-        # fails looks again and finds it published. The fingerprints are watched too, so an
-        # outbound write racing with the comparison makes it run again.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    last: list[Any] = []
-                    known: list[list[bytes | None]] = []
-                    written: list[list[bytes | None]] = []
-                    if built:
-                        fkeys = [_fkey(portal, b) for b in built]
-                        await pipe.watch(*last_keys, *{k for k in fkeys if k})
-                        # Read in one round trip (on another connection: what changes after the
-                        # WATCH above still fails the EXEC).
-                        last, known, written = await self._read_state(portal, built, last_keys, fkeys)
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    outcomes = self._queue(pipe, portal, built, last_keys, last, known, written)
-                    for d in dead:
-                        queue_dead_letter(
-                            pipe, portal, d.entry.id, d.entry.fields, d.reason, d.detail, d.attempts
-                        )
-                    source.finish(pipe, ids)
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
+        publication = self.marks.token(portal, {b.change.object_type for b in built}) if built else None
+        begin = publication
+        # Compare-and-publish: the state is read (in one round trip with the publication's record,
+        # the first time), the outcome decided here, and the publish script applies it only if
+        # what it was decided on is still what Redis holds (the last published digests and the
+        # fingerprints, compared value by value inside the script): two replicas holding the
+        # same change (a duplicated webhook, a reclaimed entry) cannot both see "not published
+        # yet", and an outbound write racing with the comparison makes it run again. (It was
+        # WATCH, the reads and MULTI/EXEC: three round trips, now two.)
+        while True:
+            last, known, written = await self._read_state(portal, built, last_keys, fkeys, begin)
+            begin = None
+            writes = Writes()
+            for lkey, prev in zip(last_keys, last, strict=True):
+                writes.expect(lkey, (), [prev])
+            for b, fkey, fps in zip(built, fkeys, known, strict=True):
+                if fkey:
+                    writes.expect(fkey, b.mapping.read_properties, fps)
+            outcomes = self._queue(writes, portal, built, last_keys, last, known, written)
+            for d in dead:
+                queue_dead_letter(writes, portal, d.entry.id, d.entry.fields, d.reason, d.detail, d.attempts)
+            source.finish(writes, ids)
+            if await PUBLISH_SCRIPT.run(self.redis, writes):
+                break
         if publication is not None:
             types = {c.object_type for c, outcome in outcomes if outcome == "published"}
-            await self.marks.published(portal, types, publication)
+            await self.marks.published(portal, types, publication, later=self.forget_later)
         now_ms = time.time() * 1000
         for c, outcome in outcomes:
             sync_metrics.sync.add(
@@ -221,30 +231,34 @@ class Publisher:
                 )
 
     async def _read_state(
-        self, portal: str, built: list[_Built], last_keys: list[str], fkeys: list[str]
+        self, portal: str, built: list[_Built], last_keys: list[str], fkeys: list[str], begin: str | None
     ) -> tuple[list[Any], list[list[bytes | None]], list[list[bytes | None]]]:
         """The last published digests, and the fingerprints and writer's last written values of
-        the compared records."""
-        async with self.redis.pipeline(transaction=False) as reads:
-            # MGET as a raw command: the Redis Cluster client refuses pipe.mget() whatever the keys,
-            # and these are all one portal's keys (one slot), which MGET accepts on a cluster.
-            reads.execute_command("MGET", *last_keys)
-            for b, fkey in zip(built, fkeys, strict=True):
-                if fkey:
-                    reads.hmget(fkey, b.mapping.read_properties)
-                    reads.hmget(
-                        written_key(portal, b.change.object_type, b.change.object_id),
-                        b.mapping.read_properties,
-                    )
-            replies = await reads.execute()
-        pairs = iter(replies[1:])
+        the compared records (and, with ``begin``, the publication recorded, in the same round
+        trip: before the publish script, as the repair needs)."""
+        if not built:
+            return [], [], []
+        prefix: list[list[Any]] = [self.marks.begin_command(begin)] if begin else []
+        prefix += self.marks.forget_commands()  # earlier publications, marked since
+        commands = list(prefix)
+        # MGET as a raw command: the Redis Cluster client refuses pipe.mget() whatever the keys,
+        # and these are all one portal's keys (one slot), which MGET accepts on a cluster.
+        commands.append(["MGET", *last_keys])
+        for b, fkey in zip(built, fkeys, strict=True):
+            if fkey:
+                commands.append(["HMGET", fkey, *b.mapping.read_properties])
+                ours = written_key(portal, b.change.object_type, b.change.object_id)
+                commands.append(["HMGET", ours, *b.mapping.read_properties])
+        replies = await self.marks.run_with_begin(commands)
+        pairs = iter(replies[len(prefix) :])
+        last = list(next(pairs))
         known: list[list[bytes | None]] = []
         written: list[list[bytes | None]] = []
         for b, fkey in zip(built, fkeys, strict=True):
             none: list[bytes | None] = [None] * len(b.mapping.read_properties)
-            known.append(next(pairs) if fkey else none)
-            written.append(next(pairs) if fkey else none)
-        return list(replies[0]), known, written
+            known.append(list(next(pairs)) if fkey else none)
+            written.append(list(next(pairs)) if fkey else none)
+        return last, known, written
 
     def _queue(
         self,
