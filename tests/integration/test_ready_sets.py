@@ -257,9 +257,9 @@ async def test_a_backlog_takes_no_more_than_its_share_of_the_work_while_others_a
         # Once the others are done, nobody else has work: the backlog drains at full speed.
         await until(lambda: len(recorder.of("900")) == len(backlog), tries=2400)
     trickled = 40 * len(trickles)
-    # At most as many as the late portals did, plus its first turn (before any was seen late)
-    # and the turn it may be in.
-    assert recorder.seen is not None and recorder.seen <= trickled + 2 * 20, recorder.seen
+    # At most as many as the late portals did, plus its turns before three of theirs were seen
+    # late, and the turn it may be in.
+    assert recorder.seen is not None and recorder.seen <= trickled + 3 * 20, recorder.seen
     assert consumer.shares.rests > 0
     # Order per portal, nothing lost or doubled.
     assert recorder.of("900") == backlog

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hubsync.core.ready import FairShare, WorkShares
+from hubsync.core.ready.fairshare import LATE_TURNS
 
 # Nothing ends by time in these tests: contention holds and rests last far beyond them.
 LONG = FairShare(share=0.5, late_ms=250, hold_s=3600, max_rest_s=3600)
@@ -15,14 +16,19 @@ def test_a_full_turn_rests_only_while_flowing_portals_are_late() -> None:
     shares.flowed(2, latency_ms=100)  # on time: no contention
     shares.filled("big", 100)
     assert not shares.holds("big", others_busy=True) and shares.rests == 0
-    shares.flowed(1, latency_ms=900)  # late
+    shares.flowed(1, latency_ms=900)  # one late turn: its own portal's slow read, maybe
+    shares.filled("big", 100)
+    assert not shares.holds("big", others_busy=True)
+    for _ in range(LATE_TURNS - 1):
+        shares.flowed(1, latency_ms=900)
     shares.filled("big", 100)
     assert shares.holds("big", others_busy=True)
 
 
 def test_a_rest_lasts_until_the_others_did_their_share_of_the_work() -> None:
     shares = WorkShares(FairShare(share=0.25, late_ms=0, hold_s=3600, max_rest_s=3600))
-    shares.flowed(1, latency_ms=1)
+    for _ in range(LATE_TURNS):
+        shares.flowed(1, latency_ms=1)
     shares.filled("big", 100)  # share 0.25: the others owe 300 entries
     shares.flowed(299, latency_ms=1)
     assert shares.holds("big", others_busy=True)
@@ -35,7 +41,8 @@ def test_a_rest_ends_when_no_other_portal_is_in_a_turn_and_blocked_turns_are_not
     shares = WorkShares(LONG)
     shares.flowed(1, latency_ms=None)  # blocked: its delay is its own
     assert not shares.contended()
-    shares.flowed(1, latency_ms=10_000)
+    for _ in range(LATE_TURNS):
+        shares.flowed(1, latency_ms=10_000)
     shares.filled("big", 100)
     assert shares.worth_a_look(others_busy=True) == []
     assert shares.worth_a_look(others_busy=False) == ["big"]

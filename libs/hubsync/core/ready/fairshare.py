@@ -10,8 +10,10 @@ The rule, per consumer (so per replica, over the shards it leases):
 
 - **Contention** is what the flowing portals see, not a guess at capacity: a turn that did *not*
   fill its quantum and finished more than ``late_ms`` after its first entry was appended (the
-  entry id's milliseconds) means a flowing portal is late; the consumer counts as contended for
-  ``hold_s`` after the last such turn. Blocked turns do not count (their delay is their own).
+  entry id's milliseconds) means a flowing portal is late; after ``LATE_TURNS`` (3) such turns
+  within ``hold_s`` the consumer counts as contended, until ``hold_s`` after the last one (one
+  slow turn, its own portal's slow read, does not throttle anyone). Blocked turns do not count
+  (their delay is their own).
 - **Work clock**: the entries of the flowing turns, summed.
 - A portal whose turn **filled its quantum while contended rests**: its mark stays due in Redis
   (nothing is lost if the replica dies), but this consumer gives it no turn until the flowing
@@ -29,9 +31,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["FairShare", "WorkShares"]
+__all__ = ["LATE_TURNS", "FairShare", "WorkShares"]
+
+#: Late flowing turns within ``hold_s`` that make a consumer contended.
+LATE_TURNS = 3
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,14 @@ class WorkShares:
         self.policy = policy
         self.work = 0
         self.contended_until = 0.0
+        self._late: deque[float] = deque(maxlen=LATE_TURNS)
         self.resting: dict[str, _Rest] = {}
         # What the rule did (tests, and what a profile of a run can be compared with).
         self.rests = 0
         self.late_turns = 0
 
     def contended(self, now: float | None = None) -> bool:
-        """Whether a flowing portal was late within the last ``hold_s``."""
+        """Whether flowing portals are late (``LATE_TURNS`` late turns, the last within ``hold_s``)."""
         return (time.monotonic() if now is None else now) < self.contended_until
 
     def flowed(self, entries: int, latency_ms: int | None) -> None:
@@ -78,7 +85,10 @@ class WorkShares:
         self.work += entries
         if latency_ms is not None and latency_ms > self.policy.late_ms:
             self.late_turns += 1
-            self.contended_until = time.monotonic() + self.policy.hold_s
+            now = time.monotonic()
+            self._late.append(now)
+            if len(self._late) == LATE_TURNS and now - self._late[0] <= self.policy.hold_s:
+                self.contended_until = now + self.policy.hold_s
 
     def filled(self, portal: str, entries: int) -> None:
         """A turn that filled its quantum: while contended, the portal rests (module doc)."""
