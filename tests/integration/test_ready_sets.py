@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from hubsync.core.keys import PORTALS_KEY, events_key
-from hubsync.core.ready import Blocked, ReadyConsumer, ReadySets, Sweeper, group_work, now_ms
+from hubsync.core.ready import Blocked, FairShare, ReadyConsumer, ReadySets, Sweeper, group_work, now_ms
 
 GROUP = "mapper"
 QUEUE = "events"
@@ -205,3 +205,77 @@ async def test_the_coalesce_window_runs_from_the_first_entrys_append(redis: Redi
         old = await redis.xadd(events_key("950"), {"event": "0"}, id=f"{now_ms() - 120_000}-0")
         await sets.mark(["950"])
         await until(lambda: recorder.of("950") == [old])
+
+
+class Trickle(Recorder):
+    """A recorder whose ``trickles`` portals get their next entry (and mark) at the end of each of
+    their turns, as ingress would, until each made ``per_portal``; their entries carry ids of a
+    minute ago, so every one of their turns ends late whatever the machine's speed. ``seen``:
+    how many entries of ``watch`` were done when the last trickle entry was."""
+
+    def __init__(self, redis: Redis, trickles: list[str], per_portal: int, watch: str) -> None:
+        super().__init__(redis)
+        self.sets = ReadySets(redis, QUEUE, 1)
+        self.made = dict.fromkeys(trickles, 0)
+        self.per_portal = per_portal
+        self.total = per_portal * len(trickles)
+        self.watch = watch
+        self.seen: int | None = None
+        self.old_ms = now_ms() - 60_000
+
+    async def add(self, portal: str) -> None:
+        self.made[portal] += 1
+        await self.redis.xadd(events_key(portal), {"event": "t"}, id=f"{self.old_ms}-{self.made[portal]}")
+        await self.sets.mark([portal])
+
+    async def __call__(self, portal: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> Blocked | None:
+        await super().__call__(portal, entries)
+        if portal in self.made:
+            if self.made[portal] < self.per_portal:
+                await self.add(portal)
+            elif self.seen is None and len(self.done) - len(self.of(self.watch)) == self.total:
+                self.seen = len(self.of(self.watch))
+        return None
+
+
+async def test_a_backlog_takes_no_more_than_its_share_of_the_work_while_others_are_late(redis: Redis) -> None:
+    """Fair by work, not only by turns: while flowing portals are late, a portal that fills its
+    quantum rests until they have done as much work as it did (share 0.5). Before, it got a turn
+    whenever it was due: 20 entries a turn against their one each, about 800 of its entries
+    while three late portals did 120. Counted in entries, whatever the machine's speed."""
+    trickles = ["901", "902", "903"]
+    recorder = Trickle(redis, trickles, per_portal=40, watch="900")
+    backlog = await append(redis, "900", 2000)
+    for p in trickles:
+        await append(redis, p, 0)
+        await recorder.add(p)
+    await recorder.sets.mark(["900"])
+    # No rest ends by time here (hold and max rest far beyond the test): only by work.
+    fair = FairShare(share=0.5, late_ms=1000, hold_s=600, max_rest_s=600)
+    async with consuming(redis, recorder, shards=1, quantum=20, max_turns=4, fair=fair) as consumer:
+        await until(lambda: recorder.seen is not None, tries=2400)
+        # Once the others are done, nobody else has work: the backlog drains at full speed.
+        await until(lambda: len(recorder.of("900")) == len(backlog), tries=2400)
+    trickled = 40 * len(trickles)
+    # At most as many as the late portals did, plus its turns before three of theirs were seen
+    # late, and the turn it may be in.
+    assert recorder.seen is not None and recorder.seen <= trickled + 3 * 20, recorder.seen
+    assert consumer.shares.rests > 0
+    # Order per portal, nothing lost or doubled.
+    assert recorder.of("900") == backlog
+    assert len(recorder.done) == len(set(recorder.done)) == len(backlog) + trickled
+
+
+async def test_a_backlog_beside_portals_on_time_is_not_held_back(redis: Redis) -> None:
+    """Work-conserving: flowing portals that are on time cost the backlog nothing (no rest)."""
+    sets = ReadySets(redis, QUEUE, 1)
+    recorder = Recorder(redis)
+    backlog = await append(redis, "910", 1000)
+    small = {p: await append(redis, p, 3) for p in ("911", "912")}
+    await sets.mark(["910", "911", "912"])
+    fair = FairShare(share=0.5, late_ms=600_000, hold_s=600, max_rest_s=600)
+    async with consuming(redis, recorder, shards=1, quantum=20, max_turns=4, fair=fair) as consumer:
+        await until(lambda: len(recorder.of("910")) == len(backlog), tries=2400)
+        await until(lambda: all(recorder.of(p) == ids for p, ids in small.items()))
+    assert consumer.shares.rests == 0 and consumer.shares.late_turns == 0
+    assert recorder.of("910") == backlog

@@ -145,6 +145,11 @@ class CoreSettings(BaseSettings):
     ready_lease_ttl_ms: int = Field(default=30_000, ge=300)
     ready_sweep_interval_s: float = Field(default=3600.0, gt=0)
     ready_sweep_rate: float = Field(default=20.0, gt=0)
+    # Fair share by work (hubsync.core.ready.fairshare; mapper's inbound turns): while a flowing
+    # portal's turn ends more than READY_FAIR_LATE_MS after its first event was appended, a portal
+    # that fills its quantum takes at most READY_FAIR_SHARE of the entries (1 turns it off).
+    ready_fair_share: float = Field(default=0.5, gt=0, le=1)
+    ready_fair_late_ms: int = Field(default=250, ge=0, le=600_000)
 
     @field_validator("log_level")
     @classmethod

@@ -11,6 +11,8 @@ hold it:
 - :mod:`hubsync.core.ready.leases` — which replica consumes which shard (rendezvous hashing).
 - :mod:`hubsync.core.ready.consumer` — the queues' loop: turns with a quantum, per-portal fairness,
   blocked portals scored to their retry time, claims of a dead consumer's entries.
+- :mod:`hubsync.core.ready.fairshare` — fair share by work: a portal that fills its quantum
+  while flowing portals are late rests until they have done their share of the work.
 - :mod:`hubsync.core.ready.sweep` — the slow pass that finds work no mark names (a crash between
   append and mark, or an upgrade).
 
@@ -20,6 +22,7 @@ members cost nothing but their keys.
 """
 
 from hubsync.core.ready.consumer import Blocked, Entry, Handler, ReadyConsumer
+from hubsync.core.ready.fairshare import FairShare, WorkShares
 from hubsync.core.ready.leases import ShardLeases
 from hubsync.core.ready.marks import MarkSets, Nudge, Took
 from hubsync.core.ready.sets import DEFAULT_SHARDS, EVENTS, WRITES, ReadySets, now_ms
@@ -31,6 +34,7 @@ __all__ = [
     "WRITES",
     "Blocked",
     "Entry",
+    "FairShare",
     "Handler",
     "MarkSets",
     "Nudge",
@@ -39,6 +43,7 @@ __all__ = [
     "ShardLeases",
     "Sweeper",
     "Took",
+    "WorkShares",
     "group_work",
     "now_ms",
 ]

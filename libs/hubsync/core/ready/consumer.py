@@ -4,7 +4,10 @@ The loop takes due portals of leased shards (:class:`~hubsync.core.ready.sets.Re
 each a *turn* (one single-stream ``XREADGROUP`` of at most ``quantum`` entries), puts a portal
 that filled its quantum at the back of the line, removes one that looked drained and re-checks
 (no lost wake-up: producers append first and mark second), and scores a blocked portal to its
-retry time. Entries a dead consumer left are claimed through the pending sets.
+retry time. Entries a dead consumer left are claimed through the pending sets. With a
+:class:`~hubsync.core.ready.fairshare.FairShare`, a portal that filled its quantum while flowing
+portals are late rests until they have done their share of the work (fair by work, not only by
+turns).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from redis.exceptions import ResponseError
 
 from hubsync.core.outage import loop_error
 from hubsync.core.outage import reraise_if_cancelling as _reraise_if_cancelling
+from hubsync.core.ready.fairshare import FairShare, WorkShares
 from hubsync.core.ready.leases import ShardLeases
 from hubsync.core.ready.sets import DEFAULT_SHARDS, ReadySets, now_ms
 from hubsync.core.ready.sweep import Probe, Sweeper
@@ -63,6 +67,7 @@ class ReadyConsumer:
     ``handle(portal, entries)`` processes one turn's entries in order (and acknowledges them);
     it returns :class:`Blocked` to put the portal aside until a retry time. One turn per portal
     at a time (and one consumer per shard: the lease), at most ``max_turns`` turns at once.
+    ``fair``: the fair share by work (:mod:`hubsync.core.ready.fairshare`); None: by turns only.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class ReadyConsumer:
         coalesce_s: float = 0.0,
         lag: Callable[[list[str]], Awaitable[int]] | None = None,
         gate: Callable[[str], int | None] | None = None,
+        fair: FairShare | None = None,
         name: str = "",
     ) -> None:
         self.redis = redis
@@ -104,6 +110,7 @@ class ReadyConsumer:
         self.lag = lag
         # A portal that must not be read now (parked): when to look again (Unix ms), else None.
         self.gate = gate
+        self.shares = WorkShares(fair or FairShare(share=1.0))
         self.leases = ShardLeases(
             redis, queue, shards, f"{consumer}/{uuid.uuid4().hex[:8]}", ttl_ms=lease_ttl_ms
         )
@@ -172,8 +179,10 @@ class ReadyConsumer:
                 if now >= next_lag:
                     next_lag = now + 30.0
                     await self.measure()
+                self._wake_rested()
                 await self._round()
-                timeout = max(min(next_poll, next_pending) - time.monotonic(), 0.0)
+                wake_at = min(next_poll, next_pending, self.shares.next_end() or next_poll)
+                timeout = max(wake_at - time.monotonic(), 0.0)
                 if not self._dirty or len(self.busy) >= self.max_turns:
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
                     # that arrives as the event is set, and the loop would never stop.
@@ -191,9 +200,11 @@ class ReadyConsumer:
 
     async def _round(self) -> None:
         """Starts turns for due portals of the shards that may have some, shards in turn from the
-        one after the shard served last (within a shard, the earliest due portal first)."""
+        one after the shard served last (within a shard, the earliest due portal first); then
+        the resting portals' (fair share) whose rest is over once the others have started."""
         shards = sorted(self._dirty)
         after = bisect.bisect_right(shards, self._last_shard)
+        resting: list[str] = []
         for shard in shards[after:] + shards[:after]:
             free = self.max_turns - len(self.busy)
             if free <= 0:
@@ -201,10 +212,13 @@ class ReadyConsumer:
             self._dirty.discard(shard)
             if shard not in self.leases.held:
                 continue
-            due = await self.sets.due(shard, free + len(self.busy))
+            due = await self.sets.due(shard, free + len(self.busy) + len(self.shares.resting))
             started = 0
             for portal, _score in due:
                 if portal in self.busy:
+                    continue
+                if portal in self.shares.resting:
+                    resting.append(portal)
                     continue
                 if len(self.busy) >= self.max_turns:
                     break
@@ -214,6 +228,11 @@ class ReadyConsumer:
                 self._last_shard = shard
                 if len(due) >= free:
                     self._dirty.add(shard)  # maybe more due there
+        for portal in resting:
+            if len(self.busy) >= self.max_turns:
+                self._dirty.add(self.sets.shard(portal))
+            elif not self.shares.holds(portal, others_busy=bool(self.busy)):
+                self._start(portal, self._turn(portal))
 
     def _start(self, portal: str, work: Awaitable[None]) -> None:
         async def run() -> None:
@@ -227,9 +246,16 @@ class ReadyConsumer:
             finally:
                 self.busy.pop(portal, None)
                 self._dirty.add(self.sets.shard(portal))
+                self._wake_rested()
                 self._wake.set()
 
         self.busy[portal] = asyncio.create_task(run(), name=f"ready-{self.sets.queue}-turn")
+
+    def _wake_rested(self) -> None:
+        """The shards of resting portals whose rest is over are looked at again."""
+        if self.shares.resting:
+            for portal in self.shares.worth_a_look(others_busy=bool(self.busy)):
+                self._dirty.add(self.sets.shard(portal))
 
     def sweeper(
         self,
@@ -300,13 +326,19 @@ class ReadyConsumer:
             await self.sets.requeue(portal, until)
             return
         entries = await self.take(portal)
-        if entries:
-            await self._finish(portal, entries)
-
-    async def _finish(self, portal: str, entries: list[Entry]) -> None:
+        if not entries:
+            return
         blocked = await self.handle(portal, entries)
         if blocked is not None:
             await self.block(portal, blocked.until_ms)
+        if len(entries) >= self.quantum:
+            if blocked is None:
+                self.shares.filled(portal, len(entries))
+        else:
+            # How late a flowing portal is: from its first entry's append (the id's ms, Redis'
+            # clock) to the end of its turn; a blocked turn's delay is its own, not contention.
+            late = None if blocked is not None else now_ms() - entry_ms(entries[0][0])
+            self.shares.flowed(len(entries), late)
 
     async def block(self, portal: str, until_ms: int) -> None:
         """No new entry of the portal is read before ``until_ms``. What the turn left pending is

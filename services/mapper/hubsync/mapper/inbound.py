@@ -45,7 +45,7 @@ from redis.asyncio import Redis
 from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.keys import PORTALS_KEY, events_key
 from hubsync.core.outage import reraise_if_cancelling
-from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, ReadyConsumer
+from hubsync.core.ready import DEFAULT_SHARDS, EVENTS, Blocked, FairShare, ReadyConsumer
 from hubsync.mapper import _inbound_backlog as backlog
 from hubsync.mapper._inbound_batches import InFlightBatches
 from hubsync.mapper._inbound_parking import PARKED_DISCOVER_S, ParkedPortals
@@ -89,6 +89,7 @@ class InboundWorker:
         lease_ttl_ms: int = 30_000,
         sweep_interval_s: float = 3600.0,
         sweep_rate: float = 20.0,
+        fair: FairShare | None = FairShare(),
     ) -> None:
         """Wire the stages (the keyword arguments are the mapper's and core's settings)."""
         self.redis = redis
@@ -111,6 +112,7 @@ class InboundWorker:
             coalesce_s=coalesce_window_ms / 1000,
             lag=functools.partial(backlog.lag, redis),
             gate=self._gate,
+            fair=fair,
         )
         self.sweeper = self.ready.sweeper(
             PORTALS_KEY, functools.partial(backlog.probe, redis), interval_s=sweep_interval_s, rate=sweep_rate

@@ -13,6 +13,7 @@ from hubsync.api.writer.v1 import writer_pb2_grpc
 from hubsync.core.channels import channel_for
 from hubsync.core.keys import PORTALS_KEY
 from hubsync.core.portal_config import PortalConfigCache
+from hubsync.core.ready import FairShare
 from hubsync.core.service import ServiceSpec
 from hubsync.core.settings import CoreSettings, invalid_configuration
 from hubsync.mapper.config_admin import ConfigAdmin
@@ -143,6 +144,7 @@ async def build(core: CoreSettings, redis: Redis, settings: MapperSettings) -> S
         lease_ttl_ms=core.ready_lease_ttl_ms,
         sweep_interval_s=core.ready_sweep_interval_s,
         sweep_rate=core.ready_sweep_rate,
+        fair=FairShare(share=core.ready_fair_share, late_ms=core.ready_fair_late_ms),
     )
     background: list[Callable[[], Awaitable[Any]]] = [configs.listen]
     if settings.inbound_enabled:
