@@ -8,6 +8,9 @@ private app and its own burst limit (``--min-burst`` .. ``--max-burst`` requests
 ``hubsync config set --portal P limits --burst N`` does), so writer plans every portal at its own
 quota. Callers then submit ``--records`` upserts per portal (submissions of ``--per-call``
 writes, ``wait=true``, ``--concurrency`` in flight over all portals, interleaved).
+``--writer-replicas N`` runs N writer processes (as the chart's Deployment scales writer) and
+spreads the submissions over them call by call, as a Service's per-call balancing would: the
+replicas share each portal's quota through Redis, and each batches only what it was given.
 
 Reported from the sandbox's request log: upsert calls (goal <= 1.02 x ceil(records/100) per
 portal, summed), 429s (goal 0), elapsed against the slowest portal's quota floor (the earliest
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import subprocess
@@ -87,14 +91,27 @@ async def connect(suite: Suite, limits: dict[int, int]) -> None:
 
 
 async def submit(
-    suite: Suite, portals: list[int], records: int, per_call: int, concurrency: int, failures: dict[str, int]
+    suite: Suite,
+    writers: list[str],
+    portals: list[int],
+    records: int,
+    per_call: int,
+    concurrency: int,
+    failures: dict[str, int],
+    finished: dict[int, float],
 ) -> float:
-    """Submits every portal's records; failed submissions are counted in ``failures``."""
+    """Submits every portal's records, submission ``i`` to ``writers[i % len(writers)]``;
+    failed submissions are counted in ``failures``, each portal's last answer in ``finished``
+    (seconds since the start)."""
     sem = asyncio.Semaphore(concurrency)
-    async with suite.channel("writer", "mapper") as channel:
-        stub = writer_pb2_grpc.WriterServiceStub(channel)
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = [
+            writer_pb2_grpc.WriterServiceStub(await stack.enter_async_context(suite.channel(w, "mapper")))
+            for w in writers
+        ]
+        start = time.perf_counter()
 
-        async def one(portal: int, n: int) -> None:
+        async def one(portal: int, n: int, stub: writer_pb2_grpc.WriterServiceStub) -> None:
             writes = contact_upserts(n * per_call, min(records, (n + 1) * per_call))
             async with sem:
                 try:
@@ -106,16 +123,52 @@ async def submit(
                     key = f"{exc.code().name}: {exc.details()}"[:120]
                     failures[key] = failures.get(key, 0) + 1
                     return
+                finally:
+                    finished[portal] = max(finished.get(portal, 0.0), time.perf_counter() - start)
             for r in reply.results:
                 if r.status not in (2, 5):
                     key = f"result status {r.status}"
                     failures[key] = failures.get(key, 0) + 1
 
-        start = time.perf_counter()
         # interleaved: every portal's first submission, then every portal's second, ...
-        jobs = [one(p, n) for n in range(math.ceil(records / per_call)) for p in portals]
-        await asyncio.gather(*jobs)
+        order = [(p, n) for n in range(math.ceil(records / per_call)) for p in portals]
+        await asyncio.gather(*(one(p, n, stubs[i % len(stubs)]) for i, (p, n) in enumerate(order)))
         return time.perf_counter() - start
+
+
+async def batch_sizes(suite: Suite, writers: list[str]) -> dict[str, Any]:
+    """Records per upsert call, from every writer's ``hubsync_writer_batch_size`` histogram
+    (Prometheus ``/metrics``): by size range and by why each went; and the open batches held
+    once more for a late timer."""
+    buckets: dict[str, float] = {}
+    why: dict[str, dict[str, int]] = {}
+    late = 0.0
+    async with httpx.AsyncClient(timeout=30) as http:
+        for w in writers:
+            text = (await http.get(f"http://127.0.0.1:{suite.ports.metrics[w]}/metrics")).text
+            for line in text.splitlines():
+                if line.startswith("hubsync_writer_batch_late_holds_total"):
+                    late += float(line.rsplit(" ", 1)[1])
+                if not line.startswith("hubsync_writer_batch_size") or 'operation="upsert"' not in line:
+                    continue
+                name, value = line.rsplit(" ", 1)
+                reason = name.split('why="')[1].split('"')[0] if 'why="' in name else "?"
+                if name.startswith("hubsync_writer_batch_size_bucket"):
+                    le = name.split('le="')[1].split('"')[0]
+                    buckets[le] = buckets.get(le, 0.0) + float(value)
+                elif name.startswith(("hubsync_writer_batch_size_count", "hubsync_writer_batch_size_sum")):
+                    field = "calls" if "_count" in name else "records"
+                    row = why.setdefault(reason, {"calls": 0, "records": 0})
+                    row[field] += int(float(value))
+    # cumulative counts per upper bound -> calls per range
+    bounds = sorted(buckets, key=lambda b: math.inf if b == "+Inf" else float(b))
+    ranges: dict[str, int] = {}
+    below = 0.0
+    for b in bounds:
+        if buckets[b] - below:
+            ranges[f"<= {b}"] = int(buckets[b] - below)
+        below = buckets[b]
+    return {"calls_by_size": ranges, "by_why": why, "late_holds": int(late)}
 
 
 async def held_by_hubspot(http: httpx.AsyncClient, portals: list[int], records: int) -> dict[str, int]:
@@ -162,6 +215,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 r.raise_for_status()
         await asyncio.sleep(6)  # writer's per-portal config cache (5 s) holds the limits
         failures: dict[str, int] = {}
+        writers = ["writer"] + [await suite.add_replica("writer") for _ in range(args.writer_replicas - 1)]
         pids = process_pids(suite)
         writer_pid = pids["writer"]
         # BENCH_PYSPY=<file.svg>: a py-spy profile of writer over the submissions (py-spy on PATH).
@@ -183,10 +237,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ticks = {name: cpu_ticks(pid) for name, pid in pids.items()}
         bench_cpu = time.process_time()
         redis_before = await commandstats(suite)
-        elapsed = await submit(suite, list(limits), args.records, args.per_call, args.concurrency, failures)
+        finished: dict[int, float] = {}
+        async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
+            counts = (await http.get("/_sandbox/requests", params={"limit": 0})).json()["counts"]
+            before_by_portal = counts.get("byPortal", {})
+        elapsed = await submit(
+            suite, writers, list(limits), args.records, args.per_call, args.concurrency, failures, finished
+        )
         ticks = {name: cpu_ticks(pid) - ticks[name] for name, pid in pids.items()}
         bench_cpu = time.process_time() - bench_cpu
-        writer_ticks = ticks["writer"]
+        writer_ticks = sum(ticks[w] for w in writers)
+        sizes = await batch_sizes(suite, writers)
         redis_after = await commandstats(suite)
         redis_calls = {k: v - redis_before.get(k, 0) for k, v in redis_after.items()}
         redis_calls = {k: v for k, v in sorted(redis_calls.items(), key=lambda kv: -kv[1]) if v > 0}
@@ -204,15 +265,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # The slowest portal's floor: its calls at its burst per rolling 10 s.
     floors = {p: 10.0 * ((per_portal_calls - 1) // b) for p, b in limits.items()}
     floor = max(floors.values())
+    # The portal that answered last (it sets elapsed), with its own floor and calls.
+    last = max(finished, key=lambda p: finished[p]) if finished else None
+    by_portal = {k: v - before_by_portal.get(k, 0) for k, v in log["counts"].get("byPortal", {}).items()}
     return {
         "portals": args.portals,
         "records_per_portal": args.records,
         "redis_cluster": args.redis_cluster,
+        "writer_replicas": args.writer_replicas,
         "echo_webhooks": args.echo_webhooks,
         "bursts_per_10s": {"min": min(limits.values()), "max": max(limits.values())},
         "upsert_calls": calls,
         "upsert_calls_goal": math.floor(1.02 * per_portal_calls * args.portals),
         "upsert_calls_by_status": by,
+        "upsert_batches": sizes,
         "429s": int(by.get("429", 0)),
         "rate_limited_by_policy": log["counts"].get("rateLimitedByPolicy", {}),
         "failed_submissions": failures,
@@ -229,6 +295,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "redis_commands": redis_calls,
         "slowest_portal_floor_s": floor,
         "over_floor_pct": round(100 * (elapsed - floor) / floor, 1) if floor else None,
+        "last_to_finish": None
+        if last is None
+        else {
+            "portal": last,
+            "burst_per_10s": limits[last],
+            "finished_s": round(finished[last], 1),
+            "floor_s": floors[last],
+            "calls": by_portal.get(str(last)),
+        },
+        # Calls per portal during the submissions (the sandbox's count), for the lowest bursts.
+        "calls_per_portal_by_burst": {
+            str(b): sorted(by_portal.get(str(p), 0) for p in limits if limits[p] == b)
+            for b in sorted(set(limits.values()))[:3]
+        },
     }
 
 
@@ -243,6 +323,9 @@ def main() -> None:
         "--concurrency", type=int, default=20_000, help="submissions in flight (default: all at once)"
     )
     parser.add_argument("--redis-cluster", action="store_true")
+    parser.add_argument(
+        "--writer-replicas", type=int, default=1, help="writer processes, submissions spread call by call"
+    )
     parser.add_argument(
         "--echo-webhooks",
         action=argparse.BooleanOptionalAction,

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
 from hubsync.api.mapper.v1 import mapper_pb2, mapper_pb2_grpc
+from hubsync.api.writer.v1 import writer_pb2, writer_pb2_grpc
 from hubsync.cli.demo import run_demo
 from hubsync.cli.suite import Suite
 from hubsync.core.channels import open_channel
@@ -248,6 +249,7 @@ SYNC_METRICS: dict[str, list[tuple[str, str]]] = {
         ("hubsync_circuit_state", ""),
         ("hubsync_ratelimit_remaining", 'source="writer"'),  # our limiter's count
         ("hubsync_ratelimit_remaining", 'source="hubspot"'),  # HubSpot's headers
+        ("hubsync_writer_batch_size_bucket", 'operation="upsert"'),  # records per call, and why
     ],
     "ingress": [
         ("hubsync_webhook_accept_duration_seconds_bucket", ""),
@@ -285,6 +287,40 @@ async def test_metrics_endpoint_after_sync(running: tuple[Suite, Collector]) -> 
             break
         await asyncio.sleep(0.5)
     assert await missing() == {}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_second_writer_replica_serves_and_writes(running: tuple[Suite, Collector]) -> None:
+    """Suite.add_replica: another writer process on its own ports, same Redis and settings (mTLS
+    too), whose writes reach HubSpot; the suite stops it with the rest."""
+    suite, _ = running
+    name = await suite.add_replica("writer")
+    assert name == "writer-2" and suite.address(name) != suite.address("writer")
+    async with suite.channel(name, "mapper") as channel:
+        reply = await writer_pb2_grpc.WriterServiceStub(channel).SubmitWrites(
+            writer_pb2.SubmitWritesRequest(
+                portal_id=12345,
+                wait=True,
+                writes=[
+                    writer_pb2.Write(
+                        record=writer_pb2.RecordWrite(
+                            object_type="contacts",
+                            operation=writer_pb2.WRITE_OPERATION_UPSERT,
+                            id_property="email",
+                            id="replica@example.com",
+                            properties={"firstname": "Second"},
+                        )
+                    )
+                ],
+            ),
+            timeout=60,
+        )
+    assert reply.results[0].status == writer_pb2.WRITE_STATUS_SUCCEEDED, reply
+    async with httpx.AsyncClient(base_url=suite.sandbox_url) as http:
+        found = await http.get(
+            "/_sandbox/objects/contacts", params={"portal": 12345, "email": "replica@example.com"}
+        )
+    assert "Second" in found.text
 
 
 @pytest.mark.asyncio(loop_scope="module")

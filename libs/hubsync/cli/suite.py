@@ -121,6 +121,8 @@ class Suite:
                 self.tls[name] = TLSFiles(cert=issued.cert, key=issued.key, ca=issued.ca)
         self.redis: RedisProcess | RedisCluster | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # gRPC ports of replicas started by add_replica, by name ("writer-2").
+        self.replica_ports: dict[str, int] = {}
         self._logs: dict[str, IO[bytes]] = {}
 
     # --- addresses -------------------------------------------------------------------------
@@ -136,7 +138,9 @@ class Suite:
         return f"http://127.0.0.1:{self.ports.ingress_http}"
 
     def address(self, service: str) -> str:
-        """``host:port`` of ``service``'s gRPC server."""
+        """``host:port`` of ``service``'s gRPC server (or of a replica, ``writer-2``)."""
+        if service in self.replica_ports:
+            return f"127.0.0.1:{self.replica_ports[service]}"
         return f"127.0.0.1:{getattr(self.ports, service)}"
 
     def channel(self, service: str, caller: str = "cli") -> grpc.aio.Channel:
@@ -146,6 +150,25 @@ class Suite:
     def health_channel(self, service: str) -> grpc.aio.Channel:
         """A channel without a caller token (grpc.health.v1 needs none), over TLS when it is on."""
         return open_channel(self.address(service), None, self.tls.get("cli"))
+
+    async def add_replica(self, service: str) -> str:
+        """Start one more replica of ``service`` (its own gRPC and metrics ports, the same Redis
+        and settings, as a Deployment's second pod); return its name (``writer-2``, ...).
+
+        The other services keep calling the first replica; callers reach this one through
+        :meth:`channel` with its name.
+        """
+        n = 2 + sum(1 for name in self.replica_ports if name.startswith(f"{service}-"))
+        name = f"{service}-{n}"
+        self.replica_ports[name] = free_port()
+        self.ports.metrics[name] = free_port()
+        env = self.env_for(service) | {
+            "HUBSYNC_GRPC_PORT": str(self.replica_ports[name]),
+            "HUBSYNC_METRICS_PORT": str(self.ports.metrics[name]),
+        }
+        self._spawn(name, [sys.executable, "-m", f"hubsync.{service}"], env)
+        await self._wait_serving(name)
+        return name
 
     @property
     def trace_store_path(self) -> Path:
@@ -395,7 +418,8 @@ class Suite:
     async def stop(self) -> None:
         """SIGTERM every service (graceful drain), then the sandbox, the trace collector (once
         the services flushed their last spans to it) and Redis."""
-        for name in [*reversed(SERVICES), "sandbox"]:
+        replicas = sorted(self.replica_ports, reverse=True)
+        for name in [*replicas, *reversed(SERVICES), "sandbox"]:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -239,3 +239,20 @@ async def test_when_saturated_a_stream_slower_than_the_quiet_time_still_fills() 
         await asyncio.sleep(0.3)
     await asyncio.gather(*futures)
     assert [len(b) for b in rec.batches] == [1, 4]
+
+
+async def test_when_saturated_irregular_gaps_are_not_taken_for_the_writes_stopping() -> None:
+    # Many portals' submissions share a connection and a writer's intake, so one portal's gaps
+    # vary. A gap longer than twice its interval (and than max_wait_saturated) is not its writes
+    # stopping when its gaps have varied that much: the batch waits the interval plus four times
+    # the gaps' spread (here about 0.7 s), as TCP waits for an ACK.
+    rec = Recorder()
+    batcher = Coalescer(
+        rec, max_size=6, max_wait_s=0.01, slots=Saturated(), max_wait_saturated_s=0.3, max_hold_saturated_s=60
+    )
+    futures = []
+    for n, gap in enumerate([0.18, 0.06, 0.36, 0.06, 0.5, 0.0]):
+        futures.append(batcher.submit(KEY, item(f"a{n}@x")))
+        await asyncio.sleep(gap)
+    await asyncio.gather(*futures)
+    assert [len(b) for b in rec.batches] == [6]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+from opentelemetry import metrics
 from opentelemetry.trace import Link
 from redis.asyncio import Redis
 
@@ -112,6 +113,16 @@ RATE_TAU_S = 1.0
 # A key's groups of writes (what arrives within max_wait: one call's worth) are a stream while
 # each comes less than this long after the one before (one burst window).
 STREAM_GAP_S = 10.0
+
+_meter = metrics.get_meter("hubsync.writer")
+_batch_size = _meter.create_histogram(
+    "hubsync.writer.batch.size",
+    unit="{record}",
+    description="Records per batch the coalescer sent, by operation and why it went then "
+    "(full; wait: its max wait passed, the window not saturated; quiet: its writes stopped; "
+    "cap: held max_hold_saturated; close: shutdown)",
+    explicit_bucket_boundaries_advisory=[1, 2, 5, 10, 20, 50, 90, 99, 100],
+)
 
 
 @dataclass
@@ -590,6 +601,9 @@ class Coalescer:
         # the last group of arrivals, seconds between groups while a stream (0: not one)).
         self._rates: dict[BatchKey, tuple[float, float, float, float]] = {}
         self._arrivals = 0
+        # Per key streaming: the mean deviation of its gaps from its interval (seconds).
+        self._spread: dict[BatchKey, float] = {}
+        self._closing = False
         # Set when a key's open batch becomes full (its sender may be holding a partial one).
         self._filled: dict[BatchKey, asyncio.Event] = {}
 
@@ -611,8 +625,17 @@ class Coalescer:
             # A new group: writes arriving within max_wait of each other go in one call anyway.
             if gap > STREAM_GAP_S:
                 interval = 0.0  # the first group of a (possible) stream
+                self._spread.pop(key, None)
+            elif interval == 0.0:
+                interval = gap
+                self._spread[key] = gap / 2
             else:
-                interval = gap if interval == 0.0 else interval + (gap - interval) / 2
+                # How far gaps stray from the interval (as TCP's RTTVAR): with many portals'
+                # submissions in one connection, a portal's next one may come well after its
+                # usual interval without its writes having stopped.
+                spread = self._spread.get(key, gap / 2)
+                self._spread[key] = spread + (abs(gap - interval) - spread) / 4
+                interval = interval + (gap - interval) / 2
             group = now
         self._rates[key] = (now, rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S, group, interval)
         self._arrivals += 1
@@ -620,6 +643,7 @@ class Coalescer:
             stale = now - max(20 * RATE_TAU_S, STREAM_GAP_S)
             for k in [k for k, r in self._rates.items() if r[0] < stale]:
                 del self._rates[k]
+                self._spread.pop(k, None)
 
     def _interval(self, key: BatchKey, now: float) -> float:
         """Seconds between the key's groups of writes while they come as a stream, else 0."""
@@ -685,32 +709,37 @@ class Coalescer:
             timer.cancel()
         return batch
 
-    def _next(self, key: BatchKey) -> dict[str, BatchInput] | None:
+    def _next(self, key: BatchKey) -> tuple[dict[str, BatchInput] | None, bool]:
+        """The batch to send next, and whether it is a full one."""
         full = self._full.get(key)
         if full:
-            return full.popleft()
+            return full.popleft(), True
         if key in self._due:
-            return self._take_open(key)
-        return None
+            return self._take_open(key), False
+        return None, False
 
-    def _hold_for(self, key: BatchKey, now: float) -> float:
+    def _hold_for(self, key: BatchKey, now: float) -> tuple[float, str]:
         """How long a saturated key's partial open batch should keep filling (0: send it now).
 
         While the key's writes keep arriving (the last one less than ``max_wait_saturated_s``
         ago) it fills, up to ``max_hold_saturated_s`` since it opened: a partial batch sent
         while more of its writes are on the way costs a call a full one would not. Once they
-        stop, it goes ``max_wait_saturated_s`` after the last one.
+        stop, it goes ``max_wait_saturated_s`` after the last one. Also says what ends the
+        hold: "quiet" (its writes stopped) or "cap".
         """
         pending = self._pending.get(key)
         if not pending or len(pending) >= self.max_size:
-            return 0.0
+            return 0.0, "quiet"
         last = self._rates[key][0] if key in self._rates else 0.0
         opened = self._opened.get(key, now)
-        # Writes coming as a stream: the next group is due about one interval after the last.
-        quiet = max(self.max_wait_saturated_s, 2 * self._interval(key, now))
+        # Writes coming as a stream: the next group is due about one interval after the last,
+        # give or take four times the gaps' spread (as TCP's retransmission timeout).
+        interval = self._interval(key, now)
+        spread = self._spread.get(key, 0.0) if interval > 0 else 0.0
+        quiet = max(self.max_wait_saturated_s, 2 * interval, interval + 4 * spread)
         quiet_left = quiet - (now - last)
         cap_left = max(self.max_hold_saturated_s, self.max_wait_saturated_s) - (now - opened)
-        return max(0.0, min(quiet_left, cap_left))
+        return max(0.0, min(quiet_left, cap_left)), "cap" if cap_left <= quiet_left else "quiet"
 
     def _has_work(self, key: BatchKey) -> bool:
         return bool(self._full.get(key)) or key in self._due
@@ -737,11 +766,13 @@ class Coalescer:
                     raise
                 except Exception as exc:
                     # No slot (daily budget spent): fail the batch that was next, go on.
-                    batch = self._next(key)
+                    batch, _ = self._next(key)
                     if batch:
                         self._fail(list(batch.values()), exc)
                     continue
-                hold = self._hold_for(key, loop.time()) if saturated and not self._full.get(key) else 0.0
+                hold, why = 0.0, "close" if self._closing else "wait"
+                if saturated and not self._full.get(key):
+                    hold, why = self._hold_for(key, loop.time())
                 if hold > 0 and slot is not None and self._slots is not None:
                     # The quota, not latency, is the bottleneck: a slot is worth a full batch.
                     # Give it back (another replica may have one full) and let this one fill:
@@ -750,9 +781,11 @@ class Coalescer:
                     await self._slots.release(key.portal_id, slot)
                     await self._until_full(key, hold)
                     continue
-                batch = self._next(key)
+                batch, full = self._next(key)
                 if batch:
                     inputs = list(batch.values())
+                    why = "full" if full else why
+                    _batch_size.record(len(inputs), {"operation": key.operation.value, "why": why})
                     task = asyncio.create_task(self._send_with(key, inputs, slot, self._follow(key, inputs)))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -837,6 +870,7 @@ class Coalescer:
 
     async def close(self) -> None:
         """Send what is pending and wait for every batch in flight."""
+        self._closing = True
         for key in list(self._pending):
             self._on_due(key)
         while self._tasks:
