@@ -598,11 +598,10 @@ class Coalescer:
         self._out: dict[tuple[BatchKey, str], asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Per key: (time of the last arrival, arrivals per second decayed to that time, start of
-        # the last group of arrivals, seconds between groups while a stream (0: not one)).
-        self._rates: dict[BatchKey, tuple[float, float, float, float]] = {}
+        # the last group of arrivals, seconds between groups while a stream (0: not one), the
+        # mean deviation of those gaps from that interval).
+        self._rates: dict[BatchKey, tuple[float, float, float, float, float]] = {}
         self._arrivals = 0
-        # Per key streaming: the mean deviation of its gaps from its interval (seconds).
-        self._spread: dict[BatchKey, float] = {}
         self._closing = False
         # Set when a key's open batch becomes full (its sender may be holding a partial one).
         self._filled: dict[BatchKey, asyncio.Event] = {}
@@ -619,31 +618,28 @@ class Coalescer:
                 del self._filled[key]
 
     def _arrived(self, key: BatchKey, now: float) -> None:
-        last, rate, group, interval = self._rates.get(key, (now, 0.0, -math.inf, 0.0))
+        last, rate, group, interval, spread = self._rates.get(key, (now, 0.0, -math.inf, 0.0, 0.0))
         gap = now - group
         if gap > self.max_wait_s:
             # A new group: writes arriving within max_wait of each other go in one call anyway.
             if gap > STREAM_GAP_S:
-                interval = 0.0  # the first group of a (possible) stream
-                self._spread.pop(key, None)
+                interval = spread = 0.0  # the first group of a (possible) stream
             elif interval == 0.0:
-                interval = gap
-                self._spread[key] = gap / 2
+                interval, spread = gap, gap / 2
             else:
                 # How far gaps stray from the interval (as TCP's RTTVAR): with many portals'
                 # submissions in one connection, a portal's next one may come well after its
                 # usual interval without its writes having stopped.
-                spread = self._spread.get(key, gap / 2)
-                self._spread[key] = spread + (abs(gap - interval) - spread) / 4
-                interval = interval + (gap - interval) / 2
+                spread += (abs(gap - interval) - spread) / 4
+                interval += (gap - interval) / 2
             group = now
-        self._rates[key] = (now, rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S, group, interval)
+        rate = rate * math.exp((last - now) / RATE_TAU_S) + 1 / RATE_TAU_S
+        self._rates[key] = (now, rate, group, interval, spread)
         self._arrivals += 1
         if self._arrivals % 4096 == 0:  # forget keys quiet for a while (their rate is ~0)
             stale = now - max(20 * RATE_TAU_S, STREAM_GAP_S)
             for k in [k for k, r in self._rates.items() if r[0] < stale]:
                 del self._rates[k]
-                self._spread.pop(k, None)
 
     def _interval(self, key: BatchKey, now: float) -> float:
         """Seconds between the key's groups of writes while they come as a stream, else 0."""
@@ -661,7 +657,7 @@ class Coalescer:
         before it has spent calls on partial batches.
         """
         now = asyncio.get_running_loop().time()
-        last, rate, _, _ = self._rates.get(key, (now, 0.0, now, 0.0))
+        last, rate, _, _, _ = self._rates.get(key, (now, 0.0, now, 0.0, 0.0))
         full = rate * math.exp((last - now) / RATE_TAU_S) / self.max_size
         interval = self._interval(key, now)
         if interval <= 0.0:
@@ -735,7 +731,7 @@ class Coalescer:
         # Writes coming as a stream: the next group is due about one interval after the last,
         # give or take four times the gaps' spread (as TCP's retransmission timeout).
         interval = self._interval(key, now)
-        spread = self._spread.get(key, 0.0) if interval > 0 else 0.0
+        spread = self._rates[key][4] if interval > 0 else 0.0
         quiet = max(self.max_wait_saturated_s, 2 * interval, interval + 4 * spread)
         quiet_left = quiet - (now - last)
         cap_left = max(self.max_hold_saturated_s, self.max_wait_saturated_s) - (now - opened)
