@@ -397,10 +397,24 @@ async def group_lag(redis: Redis, key: str, group: dict[Any, Any]) -> int:
     return int(count)
 
 
-async def pipelined(redis: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """Sends ``commands`` in one pipeline (no transaction) and returns their replies; a script not
-    loaded (Redis restarted or flushed its scripts) raises ``NoScriptError`` for the caller to
-    load it and go again."""
+async def pipelined(redis: Any, commands: Sequence[Sequence[Any]], scripts: Sequence[str] = ()) -> list[Any]:
+    """Sends ``commands`` in one pipeline (no transaction) and returns their replies.
+
+    A script not loaded (Redis restarted or flushed its scripts) raises ``NoScriptError``, unless
+    ``scripts`` names the Lua the commands' ``EVALSHA`` run: then those are loaded and the
+    pipeline is sent once more.
+    """
+    try:
+        return await _pipelined(redis, commands)
+    except NoScriptError:
+        if not scripts:
+            raise
+    for script in scripts:
+        await redis.script_load(script)
+    return await _pipelined(redis, commands)
+
+
+async def _pipelined(redis: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
     pipe = redis.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)

@@ -30,8 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from hubsync.core.redis import as_str, pipelined
 
 __all__ = ["SERVER_NOW_LUA", "MarkSets", "Nudge", "Took"]
@@ -194,12 +192,7 @@ class MarkSets:
         """Runs mark commands (of any slots) in one pipeline; returns each one's marks changed."""
         if not commands:
             return []
-        try:
-            replies = await pipelined(self.redis, commands)
-        except NoScriptError:
-            await self.redis.script_load(_MARK_LUA)
-            await self.redis.script_load(_SETTLE_LUA)
-            replies = await pipelined(self.redis, commands)
+        replies = await pipelined(self.redis, commands, scripts=(_MARK_LUA, _SETTLE_LUA))
         return [int(r) for r in replies]
 
     async def due(self, key: str, limit: int, at_ms: int) -> list[tuple[str, int]]:

@@ -120,11 +120,7 @@ class FeedMarks:
     async def run_with_begin(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Runs ``commands`` (which may hold a :meth:`begin_command`) in one pipeline; returns
         their replies (the begin script loaded again if Redis lost it)."""
-        try:
-            return await pipelined(self.redis, commands)
-        except NoScriptError:
-            await self.redis.script_load(_BEGIN_LUA)
-            return await pipelined(self.redis, commands)
+        return await pipelined(self.redis, commands, scripts=(_BEGIN_LUA,))
 
     async def begin(self, portal: str, object_types: Iterable[str] = ()) -> str:
         """Records a publication for ``portal`` of ``object_types`` before its transaction;
