@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
+import orjson
 from opentelemetry import metrics
 from opentelemetry.trace import Link
 from redis.asyncio import Redis
@@ -189,27 +190,27 @@ def id_key(portal_id: int, object_type: str, id_property: str, value: str) -> st
 
 # What a batch wrote, in one call: SET <id key> <HubSpot id> EX ttl for each upsert's learned id
 # (KEYS[1..n]), then HSET <written hash> <field> <value> ... and EXPIRE ttl for each record (the
-# rest of KEYS). ARGV: ttl, n, the n HubSpot ids, then per hash its pair count and pairs. One
-# command and one reply instead of three per record: redis-py's per-command packing and reply
-# parsing was about a tenth of writer's CPU under load (bench/tenants/writer.py).
+# rest of KEYS). ARGV[1]: ttl; ARGV[2]: a JSON array [the n HubSpot ids, per hash its pairs as
+# one flat array]. One command and one reply instead of three per record: redis-py's
+# per-command packing and reply parsing was about a tenth of writer's CPU under load
+# (bench/tenants/writer.py); and one JSON argument instead of one per field and value, for the
+# same reason (bench/writer/script_args.py).
 _RECORD_WRITTEN = """
 local ttl = ARGV[1]
-local n = tonumber(ARGV[2])
-local a = 3
+local data = cjson.decode(ARGV[2])
+local ids, hashes = data[1], data[2]
+local n = #ids
 for i = 1, n do
-  redis.call('SET', KEYS[i], ARGV[a], 'EX', ttl)
-  a = a + 1
+  redis.call('SET', KEYS[i], ids[i], 'EX', ttl)
 end
-for i = n + 1, #KEYS do
-  local pairs_left = tonumber(ARGV[a])
-  a = a + 1
-  while pairs_left > 0 do
-    local take = math.min(pairs_left, 256)
-    redis.call('HSET', KEYS[i], unpack(ARGV, a, a + 2 * take - 1))
-    a = a + 2 * take
-    pairs_left = pairs_left - take
+for j = 1, #hashes do
+  local fields = hashes[j]
+  local c = 1
+  while c <= #fields do
+    redis.call('HSET', KEYS[n + j], unpack(fields, c, math.min(c + 511, #fields)))
+    c = c + 512
   end
-  redis.call('EXPIRE', KEYS[i], ttl)
+  redis.call('EXPIRE', KEYS[n + j], ttl)
 end
 return 0
 """
@@ -428,13 +429,12 @@ class BatchSender:
         if not ids and not hashes:
             return
         keys = [id_key(key.portal_id, key.object_type, key.id_property, value) for value, _ in ids]
-        args: list[str | int] = [self.written_ttl_s, len(ids), *(hs_id for _, hs_id in ids)]
-        for hs_id, values in hashes:
-            keys.append(written_key(key.portal_id, key.object_type, hs_id))
-            args.append(len(values))
-            for field_name, value in values.items():
-                args += (field_name, value)
-        await self._record_written_script(keys=keys, args=args)
+        keys += [written_key(key.portal_id, key.object_type, hs_id) for hs_id, _ in hashes]
+        data = [
+            [hs_id for _, hs_id in ids],
+            [[x for pair in values.items() for x in pair] for _, values in hashes],
+        ]
+        await self._record_written_script(keys=keys, args=[self.written_ttl_s, orjson.dumps(data)])
 
     async def _resolve_conflict(
         self, key: BatchKey, item: BatchInput, response: HubSpotResponse, slot: ReservedSlot, attempt: int

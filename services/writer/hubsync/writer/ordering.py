@@ -23,6 +23,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from opentelemetry import metrics
 from redis.asyncio import Redis
 
@@ -48,36 +49,38 @@ _superseded = PortalCounter(
     )
 )
 
-# KEYS: one version hash per record. ARGV[1]: TTL (s); then per key its pair count and the
-# pairs (property, version; versions as decimal strings: Lua's numbers print large integers in
-# floating point). Claims each property whose stored version is not newer; returns, per key, the
-# properties a newer version already holds. Per record one HMGET, and (when anything is claimed)
-# one HSET and one EXPIRE, however many properties it has: the commands per record, not per
-# property, were most of writer's Redis load (bench/tenants/writer.py).
+# KEYS: one version hash per record. ARGV[1]: TTL (s); ARGV[2]: a JSON array with, per key, its
+# pairs as one flat array (property, version, ...; versions as decimal strings: Lua's numbers
+# print large integers in floating point). Claims each property whose stored version is not
+# newer; returns, per key, the properties a newer version already holds. Per record one HMGET,
+# and (when anything is claimed) one HSET and one EXPIRE, however many properties it has: the
+# commands per record, not per property, were most of writer's Redis load
+# (bench/tenants/writer.py). The pairs travel as one JSON argument, not one argument each:
+# redis-py packs every argument in Python, which cost writer more CPU than encoding the JSON
+# (bench/writer/script_args.py).
 _CLAIM = """
 local ttl = ARGV[1]
+local claims = cjson.decode(ARGV[2])
 local out = {}
-local a = 2
 for i, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[a])
-  local first = a + 1
-  a = first + 2 * n
+  local pairs_in = claims[i]
+  local n = #pairs_in / 2
   local stale = {}
   local claim = {}
   local from = 0
   while from < n do
     local take = math.min(n - from, 256)
     local names = {}
-    for j = 1, take do names[j] = ARGV[first + 2 * (from + j - 1)] end
+    for j = 1, take do names[j] = pairs_in[2 * (from + j) - 1] end
     local have = redis.call('HMGET', key, unpack(names))
     for j = 1, take do
-      local at = first + 2 * (from + j - 1)
+      local at = 2 * (from + j) - 1
       local h = have[j]
-      if h and tonumber(h) > tonumber(ARGV[at + 1]) then
-        table.insert(stale, ARGV[at])
+      if h and tonumber(h) > tonumber(pairs_in[at + 1]) then
+        table.insert(stale, pairs_in[at])
       else
-        table.insert(claim, ARGV[at])
-        table.insert(claim, ARGV[at + 1])
+        table.insert(claim, pairs_in[at])
+        table.insert(claim, pairs_in[at + 1])
       end
     end
     from = from + take
@@ -154,7 +157,7 @@ class RecordVersions:
         """
         out: list[set[str]] = [set() for _ in items]
         keys: list[str] = []
-        args: list[Any] = [self.ttl_s]
+        claims: list[list[str]] = []
         where: list[int] = []
         for n, (ref, versions) in enumerate(items):
             if ref is None:
@@ -163,13 +166,11 @@ class RecordVersions:
             if not pairs:
                 continue
             keys.append(ref.key(portal_id))
-            args.append(len(pairs))
-            for p, v in pairs:
-                args += (p, v)
+            claims.append([x for p, v in pairs for x in (p, str(v))])
             where.append(n)
         if not keys:
             return out
-        replies: Any = await self._claim(keys=keys, args=args)
+        replies: Any = await self._claim(keys=keys, args=[self.ttl_s, orjson.dumps(claims)])
         dropped = 0
         for n, raw in zip(where, replies, strict=True):
             if raw:
