@@ -1,0 +1,210 @@
+"""rediss+cluster:// against a real three-master Redis Cluster reachable only over TLS.
+
+Each node announces the port of its own TLS terminator (``cluster-announce-port``), so the slot
+map and every MOVED reply name TLS ports: the services' client (create_redis) must take TLS, its
+CA and its client certificate to every node, for commands, scripts, pipelines, transactions
+(:class:`_NodeTransaction`, its own connections) and pub/sub (:func:`subscription`, its own
+connection), and refuse a cluster whose certificate another CA signed. That nothing reached a
+node's plaintext port is checked on the nodes: every client connection ``CLIENT LIST`` shows is
+one the proxies opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
+
+from hubsync.core.devcerts import DevCA, IssuedFiles
+from hubsync.core.devredis import CLUSTER_SLOTS, _command
+from hubsync.core.redis import create_redis, subscription
+from hubsync.core.settings import CoreSettings
+from tests.helpers.redis_tls import TLSRedisCluster, client_addresses
+from tests.helpers.writer import writer_process
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRedisCluster]:
+    cluster = TLSRedisCluster(Path(tmp_path_factory.mktemp("tls-cluster"))).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def client_files(tls_cluster: TLSRedisCluster, tmp_path_factory: pytest.TempPathFactory) -> IssuedFiles:
+    return tls_cluster.ca.write(Path(tmp_path_factory.mktemp("client")), "hubsync")
+
+
+def _settings(cluster: TLSRedisCluster, client: IssuedFiles, ca: Path | None = None) -> CoreSettings:
+    return CoreSettings(
+        redis_url=cluster.url,
+        redis_tls_ca_file=ca or client.ca,
+        redis_tls_cert_file=client.cert,
+        redis_tls_key_file=client.key,
+    )
+
+
+@pytest.fixture
+async def redis(tls_cluster: TLSRedisCluster, client_files: IssuedFiles) -> AsyncIterator[Redis]:
+    client = create_redis(_settings(tls_cluster, client_files))
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def _key_on_each_node(cluster: TLSRedisCluster) -> list[str]:
+    """A key (a hash tag) whose slot each node serves, in node order."""
+    slots = [CLUSTER_SLOTS * i // len(cluster.nodes) for i in range(len(cluster.nodes))]
+    keys: list[str] = []
+    n = 0
+    while len(keys) < len(slots):
+        key = f"{{t{n}}}"
+        slot = key_slot(key.encode())
+        if slots[len(keys)] <= slot < CLUSTER_SLOTS * (len(keys) + 1) // len(slots):
+            keys.append(key)
+        n += 1
+    return keys
+
+
+def assert_only_tls_clients(cluster: TLSRedisCluster, *, on_every_node: bool = True) -> None:
+    """Every client connection of every node came from its TLS proxy (and, ``on_every_node``,
+    each node has some)."""
+    seen = 0
+    for node, proxy in zip(cluster.nodes, cluster.proxies, strict=True):
+        ports = {int(a.rpartition(":")[2]) for a in client_addresses(node.port)}
+        assert ports or not on_every_node, f"no client connection on node {node.port}"
+        stray = sorted(ports - proxy.upstream_ports)
+        assert not stray, f"node {node.port} has connections the TLS proxy did not open: {stray}"
+        seen += len(ports)
+    assert seen, "no client connection on any node"
+
+
+async def test_commands_scripts_pipelines_and_transactions_go_over_tls(
+    tls_cluster: TLSRedisCluster, redis: Redis
+) -> None:
+    # The slot map names the proxies' ports only.
+    slot_map = await redis.execute_command("CLUSTER SLOTS")  # {(first, last): {"primary": (host, port)}}
+    slot_ports = {int(served["primary"][1]) for served in slot_map.values()}
+    assert slot_ports == {p.port for p in tls_cluster.proxies}
+
+    keys = _key_on_each_node(tls_cluster)
+    for key in keys:
+        await redis.set(f"{key}:a", key)
+    assert [await redis.get(f"{key}:a") for key in keys] == [k.encode() for k in keys]
+
+    # A script with two keys of one slot, on each node.
+    script = "redis.call('SET', KEYS[2], ARGV[1]); return redis.call('GET', KEYS[1])"
+    for key in keys:
+        assert await redis.eval(script, 2, f"{key}:a", f"{key}:b", "b") == key.encode()
+        assert await redis.get(f"{key}:b") == b"b"
+
+    # A transaction (WATCH, a read, MULTI/EXEC) on one slot of each node: _NodeTransaction.
+    for key in keys:
+        async with redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(f"{key}:n")
+            before = await pipe.get(f"{key}:n")
+            pipe.multi()
+            pipe.set(f"{key}:n", 1 if before is None else int(before) + 1)
+            pipe.incr(f"{key}:n")
+            assert await pipe.execute() == [True, 2]
+
+    # A pipeline spanning every node's slots.
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.incr(f"{key}:n")
+        pipe.get(f"{key}:a")
+    assert await pipe.execute() == [v for key in keys for v in (3, key.encode())]
+
+    for proxy in tls_cluster.proxies:
+        assert proxy.connections > 0
+    assert_only_tls_clients(tls_cluster)
+
+
+async def test_a_moved_reply_sends_the_client_to_a_tls_port(
+    tls_cluster: TLSRedisCluster, redis: Redis
+) -> None:
+    """MOVED names the announced (TLS) port, so a redirection stays on TLS."""
+    key = _key_on_each_node(tls_cluster)[1]
+    wrong = tls_cluster.nodes[0].port  # serves slots of key 0, not key 1
+    reply = _command_error(wrong, "GET", key)
+    assert reply.startswith("MOVED ") and reply.endswith(f":{tls_cluster.proxies[1].port}")
+    await redis.set(key, b"x")
+    assert await redis.get(key) == b"x"
+    assert_only_tls_clients(tls_cluster)
+
+
+def _command_error(port: int, *args: str) -> str:
+    try:
+        _command(port, *args)
+    except RuntimeError as exc:
+        return str(exc).rpartition(": -")[2]
+    raise AssertionError(f"{args} on port {port} did not fail")
+
+
+async def test_pub_sub_on_every_node_goes_over_tls(tls_cluster: TLSRedisCluster, redis: Redis) -> None:
+    """subscription() opens its own connection to a node (a different one each time)."""
+    before = [p.connections for p in tls_cluster.proxies]
+    for n in range(len(tls_cluster.proxies)):
+        channel = f"tls-announcements-{n}"
+        async with subscription(redis, channel) as pubsub:
+            message = None
+            for _ in range(50):
+                await redis.publish(channel, f"hello {n}")
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                if message is not None:
+                    break
+            assert message is not None and message["data"] == f"hello {n}".encode()
+            assert_only_tls_clients(tls_cluster)
+    # One subscription per node: each proxy saw a new connection.
+    assert all(p.connections > b for p, b in zip(tls_cluster.proxies, before, strict=True))
+
+
+async def test_a_cluster_of_another_ca_is_refused_without_plaintext(
+    tls_cluster: TLSRedisCluster, client_files: IssuedFiles, tmp_path: Path
+) -> None:
+    other = DevCA("not the redis CA").write(tmp_path / "other", "x")
+    received = [_connections_received(n.port) for n in tls_cluster.nodes]
+    client = create_redis(_settings(tls_cluster, client_files, ca=other.ca))
+    try:
+        # No node answered: redis-py's "cannot be connected", caused by the failed verification.
+        with pytest.raises(RedisClusterException, match="CERTIFICATE_VERIFY_FAILED") as refused:
+            await asyncio.wait_for(client.get("anything"), 30)
+        assert isinstance(refused.value.__cause__, RedisConnectionError)
+    finally:
+        await client.aclose()
+    # Nothing reached a node: only the INFO of this check is new on each.
+    assert [_connections_received(n.port) for n in tls_cluster.nodes] == [r + 1 for r in received]
+
+
+def _connections_received(port: int) -> int:
+    info = _command(port, "INFO", "stats").decode()
+    return int(info.split("total_connections_received:", 1)[1].split()[0])
+
+
+async def test_a_writer_process_runs_on_the_tls_cluster(
+    tls_cluster: TLSRedisCluster, client_files: IssuedFiles, caller_tokens: dict[str, str]
+) -> None:
+    """``python -m hubsync.writer`` with the TLS settings in its environment: it becomes SERVING
+    (its ready lease, scripts and ready-nudge subscription live in Redis) over TLS only."""
+    env = {
+        "HUBSYNC_REDIS_TLS_CA_FILE": str(client_files.ca),
+        "HUBSYNC_REDIS_TLS_CERT_FILE": str(client_files.cert),
+        "HUBSYNC_REDIS_TLS_KEY_FILE": str(client_files.key),
+    }
+    before = sum(p.connections for p in tls_cluster.proxies)
+    async with writer_process(
+        redis_url=tls_cluster.url,
+        caller_tokens=caller_tokens,
+        hubspot_api_base="http://127.0.0.1:9",
+        auth_address="127.0.0.1:9",
+        env=env,
+        ready_timeout=60,
+    ):
+        assert sum(p.connections for p in tls_cluster.proxies) > before
+        assert_only_tls_clients(tls_cluster, on_every_node=False)
