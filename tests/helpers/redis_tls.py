@@ -56,7 +56,8 @@ class TLSProxy:
         self.port = port
         self.connections = 0
         self.upstream_ports: set[int] = set()
-        self._context = context
+        # The proxy's TLS context: a test may load another certificate into it (new connections).
+        self.context = context
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"tls-proxy-{target}", daemon=True
@@ -72,7 +73,7 @@ class TLSProxy:
         return self
 
     async def _listen(self) -> asyncio.Server:
-        return await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self._context)
+        return await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.context)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -142,8 +143,10 @@ class TLSRedisCluster:
         """Starts the proxies (so their ports are taken), then the nodes, each told to announce
         its proxy's port, and forms the cluster."""
         try:
-            context = server_context(self.server)
-            self.proxies = [TLSProxy(target=0, context=context).start() for _ in range(self.masters)]
+            # A context per proxy, so a test can give one node another certificate.
+            self.proxies = [
+                TLSProxy(target=0, context=server_context(self.server)).start() for _ in range(self.masters)
+            ]
             self.cluster = RedisCluster(
                 self.data_dir / "cluster", self.masters, announce_ports=[p.port for p in self.proxies]
             )

@@ -12,6 +12,7 @@ one the proxies opened.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -180,6 +181,32 @@ async def test_a_cluster_of_another_ca_is_refused_without_plaintext(
         await client.aclose()
     # Nothing reached a node: only the INFO of this check is new on each.
     assert [_connections_received(n.port) for n in tls_cluster.nodes] == [r + 1 for r in received]
+
+
+async def test_a_node_whose_certificate_names_another_address_is_refused(
+    tls_cluster: TLSRedisCluster, client_files: IssuedFiles, tmp_path: Path
+) -> None:
+    """The host name is verified for every node the slot map names, not only the seeds: a node
+    (the third) presenting a certificate of the right CA for another address is refused, while
+    the nodes whose certificates name them keep working."""
+    keys = _key_on_each_node(tls_cluster)
+    cert, key = tls_cluster.ca.issue("redis", ("redis.elsewhere.test",), ip_addresses=())
+    (tmp_path / "elsewhere.crt").write_bytes(cert)
+    (tmp_path / "elsewhere.key").write_bytes(key)
+    proxy = tls_cluster.proxies[2]
+    proxy.context.load_cert_chain(tmp_path / "elsewhere.crt", tmp_path / "elsewhere.key")
+    client = create_redis(_settings(tls_cluster, client_files))
+    try:
+        await client.set(f"{keys[0]}:a", b"fine")
+        assert await client.get(f"{keys[0]}:a") == b"fine"
+        with pytest.raises(
+            (RedisConnectionError, RedisClusterException), match=re.escape("not valid for '127.0.0.1'")
+        ):
+            await asyncio.wait_for(client.set(f"{keys[2]}:a", b"refused"), 60)
+    finally:
+        await client.aclose()
+        proxy.context.load_cert_chain(tls_cluster.server.cert, tls_cluster.server.key)
+    assert _command(tls_cluster.nodes[2].port, "EXISTS", f"{keys[2]}:a") == b":0\r\n"
 
 
 def _connections_received(port: int) -> int:
