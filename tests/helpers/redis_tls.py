@@ -20,6 +20,8 @@ import ssl
 import threading
 from pathlib import Path
 
+from redis import Redis as SyncRedis
+
 from hubsync.core.devcerts import DevCA, IssuedFiles
 from hubsync.core.devredis import RedisCluster, RedisProcess, _command
 
@@ -106,23 +108,24 @@ class TLSProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def client_addresses(port: int) -> list[str]:
-    """``addr`` of every client connection of the Redis on ``port`` but the one asking."""
-    listing = _command(port, "CLIENT", "LIST").decode()
-    fields = [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in listing.splitlines()[1:]]
-    return [f["addr"] for f in fields if f.get("addr") and f.get("cmd") != "client"]
+def client_addresses(node: SyncRedis) -> list[str]:
+    """``addr`` of every client connection of ``node`` (a single-connection client) but its own."""
+    own = node.client_id()
+    return [c["addr"] for c in node.client_list() if int(c["id"]) != own]
 
 
 class TLSRedisCluster:
     """A three-master local Redis Cluster reachable only through one TLS proxy per node.
 
     ``ca`` signed the proxies' certificate (``server``); :attr:`url` is the
-    ``rediss+cluster://`` URL of the proxies.
+    ``rediss+cluster://`` URL of the proxies. With ``password`` every node requires it (AUTH), as
+    a production Redis does.
     """
 
-    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+    def __init__(self, data_dir: Path, masters: int = 3, *, password: str | None = None) -> None:
         self.data_dir = data_dir
         self.masters = masters
+        self.password = password
         self.ca = DevCA("redis cluster CA")
         self.server = self.ca.write(data_dir / "certs", "redis")
         self.proxies: list[TLSProxy] = []
@@ -153,10 +156,23 @@ class TLSRedisCluster:
             for proxy, node in zip(self.proxies, self.cluster.nodes, strict=True):
                 proxy.target = node.port
             self.cluster.start()
+            if self.password:
+                for node in self.cluster.nodes:
+                    _command(node.port, "CONFIG", "SET", "requirepass", self.password)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def direct(self, index: int) -> SyncRedis:
+        """A plaintext client of node ``index``'s own port, for a test's checks (one connection,
+        so :func:`client_addresses` can leave it out)."""
+        return SyncRedis(
+            host="127.0.0.1",
+            port=self.nodes[index].port,
+            password=self.password,
+            single_connection_client=True,
+        )
 
     def stop(self) -> None:
         """Stops the proxies and the nodes."""

@@ -2,9 +2,10 @@
 
 Each node announces the port of its own TLS terminator (``cluster-announce-port``), so the slot
 map and every MOVED reply name TLS ports: the services' client (create_redis) must take TLS, its
-CA and its client certificate to every node, for commands, scripts, pipelines, transactions
-(:class:`_NodeTransaction`, its own connections) and pub/sub (:func:`subscription`, its own
-connection), and refuse a cluster whose certificate another CA signed. That nothing reached a
+CA, its client certificate and the password (every node requires one, as in production) to
+every node, for commands, scripts, pipelines, transactions (:class:`_NodeTransaction`, its own
+connections) and pub/sub (:func:`subscription`, its own connection), and refuse a cluster whose
+certificate another CA signed, or a node whose certificate names another address. That nothing reached a
 node's plaintext port is checked on the nodes: every client connection ``CLIENT LIST`` shows is
 one the proxies opened.
 """
@@ -13,26 +14,31 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import MovedError, RedisClusterException
 
 from hubsync.core.devcerts import DevCA, IssuedFiles
-from hubsync.core.devredis import CLUSTER_SLOTS, _command
+from hubsync.core.devredis import CLUSTER_SLOTS
 from hubsync.core.redis import create_redis, subscription
 from hubsync.core.settings import CoreSettings
 from tests.helpers.redis_tls import TLSRedisCluster, client_addresses
 from tests.helpers.writer import writer_process
 
+# Every node requires it, as in production (rediss+cluster:// and a password).
+PASSWORD = secrets.token_urlsafe(16)
+
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSRedisCluster]:
-    cluster = TLSRedisCluster(Path(tmp_path_factory.mktemp("tls-cluster"))).start()
+    cluster = TLSRedisCluster(Path(tmp_path_factory.mktemp("tls-cluster")), password=PASSWORD).start()
     yield cluster
     cluster.stop()
 
@@ -45,6 +51,7 @@ def client_files(tls_cluster: TLSRedisCluster, tmp_path_factory: pytest.TempPath
 def _settings(cluster: TLSRedisCluster, client: IssuedFiles, ca: Path | None = None) -> CoreSettings:
     return CoreSettings(
         redis_url=cluster.url,
+        redis_password=SecretStr(PASSWORD),
         redis_tls_ca_file=ca or client.ca,
         redis_tls_cert_file=client.cert,
         redis_tls_key_file=client.key,
@@ -77,11 +84,12 @@ def assert_only_tls_clients(cluster: TLSRedisCluster, *, on_every_node: bool = T
     """Every client connection of every node came from its TLS proxy (and, ``on_every_node``,
     each node has some)."""
     seen = 0
-    for node, proxy in zip(cluster.nodes, cluster.proxies, strict=True):
-        ports = {int(a.rpartition(":")[2]) for a in client_addresses(node.port)}
-        assert ports or not on_every_node, f"no client connection on node {node.port}"
+    for index, proxy in enumerate(cluster.proxies):
+        with cluster.direct(index) as node:
+            ports = {int(a.rpartition(":")[2]) for a in client_addresses(node)}
+        assert ports or not on_every_node, f"no client connection on node {index}"
         stray = sorted(ports - proxy.upstream_ports)
-        assert not stray, f"node {node.port} has connections the TLS proxy did not open: {stray}"
+        assert not stray, f"node {index} has connections the TLS proxy did not open: {stray}"
         seen += len(ports)
     assert seen, "no client connection on any node"
 
@@ -132,20 +140,12 @@ async def test_a_moved_reply_sends_the_client_to_a_tls_port(
 ) -> None:
     """MOVED names the announced (TLS) port, so a redirection stays on TLS."""
     key = _key_on_each_node(tls_cluster)[1]
-    wrong = tls_cluster.nodes[0].port  # serves slots of key 0, not key 1
-    reply = _command_error(wrong, "GET", key)
-    assert reply.startswith("MOVED ") and reply.endswith(f":{tls_cluster.proxies[1].port}")
+    with tls_cluster.direct(0) as wrong, pytest.raises(MovedError) as moved:  # node 0 serves key 0's slots
+        wrong.get(key)
+    assert moved.value.port == tls_cluster.proxies[1].port
     await redis.set(key, b"x")
     assert await redis.get(key) == b"x"
     assert_only_tls_clients(tls_cluster)
-
-
-def _command_error(port: int, *args: str) -> str:
-    try:
-        _command(port, *args)
-    except RuntimeError as exc:
-        return str(exc).rpartition(": -")[2]
-    raise AssertionError(f"{args} on port {port} did not fail")
 
 
 async def test_pub_sub_on_every_node_goes_over_tls(tls_cluster: TLSRedisCluster, redis: Redis) -> None:
@@ -170,7 +170,7 @@ async def test_a_cluster_of_another_ca_is_refused_without_plaintext(
     tls_cluster: TLSRedisCluster, client_files: IssuedFiles, tmp_path: Path
 ) -> None:
     other = DevCA("not the redis CA").write(tmp_path / "other", "x")
-    received = [_connections_received(n.port) for n in tls_cluster.nodes]
+    received = _connections_received(tls_cluster)
     client = create_redis(_settings(tls_cluster, client_files, ca=other.ca))
     try:
         # No node answered: redis-py's "cannot be connected", caused by the failed verification.
@@ -179,8 +179,8 @@ async def test_a_cluster_of_another_ca_is_refused_without_plaintext(
         assert isinstance(refused.value.__cause__, RedisConnectionError)
     finally:
         await client.aclose()
-    # Nothing reached a node: only the INFO of this check is new on each.
-    assert [_connections_received(n.port) for n in tls_cluster.nodes] == [r + 1 for r in received]
+    # Nothing reached a node: only the connection of this check is new on each.
+    assert _connections_received(tls_cluster) == [r + 1 for r in received]
 
 
 async def test_a_node_whose_certificate_names_another_address_is_refused(
@@ -206,12 +206,17 @@ async def test_a_node_whose_certificate_names_another_address_is_refused(
     finally:
         await client.aclose()
         proxy.context.load_cert_chain(tls_cluster.server.cert, tls_cluster.server.key)
-    assert _command(tls_cluster.nodes[2].port, "EXISTS", f"{keys[2]}:a") == b":0\r\n"
+    with tls_cluster.direct(2) as node:
+        assert not node.exists(f"{keys[2]}:a")
 
 
-def _connections_received(port: int) -> int:
-    info = _command(port, "INFO", "stats").decode()
-    return int(info.split("total_connections_received:", 1)[1].split()[0])
+def _connections_received(cluster: TLSRedisCluster) -> list[int]:
+    """Each node's count of connections accepted so far (this check's own included)."""
+    counts = []
+    for index in range(len(cluster.nodes)):
+        with cluster.direct(index) as node:
+            counts.append(int(node.info("stats")["total_connections_received"]))
+    return counts
 
 
 async def test_a_writer_process_runs_on_the_tls_cluster(
@@ -220,6 +225,7 @@ async def test_a_writer_process_runs_on_the_tls_cluster(
     """``python -m hubsync.writer`` with the TLS settings in its environment: it becomes SERVING
     (its ready lease, scripts and ready-nudge subscription live in Redis) over TLS only."""
     env = {
+        "HUBSYNC_REDIS_PASSWORD": PASSWORD,
         "HUBSYNC_REDIS_TLS_CA_FILE": str(client_files.ca),
         "HUBSYNC_REDIS_TLS_CERT_FILE": str(client_files.cert),
         "HUBSYNC_REDIS_TLS_KEY_FILE": str(client_files.key),
