@@ -155,7 +155,7 @@ async def test_pub_sub_on_every_node_goes_over_tls(tls_cluster: TLSRedisCluster,
         channel = f"tls-announcements-{n}"
         async with subscription(redis, channel) as pubsub:
             message = None
-            for _ in range(50):
+            for _ in range(150):  # until the subscription is in place (up to ~30 s)
                 await redis.publish(channel, f"hello {n}")
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if message is not None:
