@@ -1,19 +1,15 @@
 """rediss:// against a real redis-server behind a TLS terminator on loopback.
 
-The redis-server the tests use is built without TLS, so a small asyncio proxy terminates TLS (with
-a certificate of a throwaway CA, client certificates required) and relays the bytes to it. The
-services' Redis client (create_redis) must verify the server against HUBSYNC_REDIS_TLS_CA_FILE,
-present its client certificate, and refuse a server of another CA.
+The redis-server the tests use is built without TLS, so a small TLS proxy (tests/helpers/redis_tls.py)
+terminates TLS (with a certificate of a throwaway CA, client certificates required) and relays the
+bytes to it. The services' Redis client (create_redis) must verify the server against
+HUBSYNC_REDIS_TLS_CA_FILE, present its client certificate, and refuse a server of another CA.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ssl
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from pydantic import SecretStr
@@ -23,49 +19,18 @@ from hubsync.core.devcerts import DevCA, IssuedFiles
 from hubsync.core.devredis import RedisProcess
 from hubsync.core.redis import create_redis
 from hubsync.core.settings import CoreSettings
-
-
-async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError):
-        pass
-    finally:
-        writer.close()
+from tests.helpers.redis_tls import TLSProxy, server_context
 
 
 @pytest.fixture
-async def tls_redis(
-    redis_process: RedisProcess, tmp_path: Path
-) -> AsyncIterator[tuple[int, DevCA, IssuedFiles]]:
+def tls_redis(redis_process: RedisProcess, tmp_path: Path) -> Iterator[tuple[int, DevCA, IssuedFiles]]:
     """(port of the TLS endpoint, its CA, the server's files): a TLS proxy in front of the
-    session's single redis-server (also with HUBSYNC_TEST_REDIS=cluster: a cluster's nodes
-    announce their own plaintext ports, which a proxy cannot stand in for)."""
+    session's single redis-server. Redis Cluster over TLS: test_redis_cluster_tls.py."""
     ca = DevCA("redis CA")
     server = ca.write(tmp_path / "redis", "redis")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(server.ca))
-    context.load_cert_chain(str(server.cert), str(server.key))
-    context.verify_mode = ssl.CERT_REQUIRED
-    target = urlsplit(redis_process.url)
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(target.hostname, target.port)
-        for pair in ((reader, upstream_writer), (upstream_reader, writer)):
-            task = asyncio.create_task(_relay(*pair))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    proxy = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
-    port = proxy.sockets[0].getsockname()[1]
-    yield port, ca, server
-    proxy.close()
-    for task in list(tasks):
-        task.cancel()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(proxy.wait_closed(), 5)
+    proxy = TLSProxy(redis_process.port, server_context(server)).start()
+    yield proxy.port, ca, server
+    proxy.stop()
 
 
 async def test_rediss_with_ca_and_client_certificate(

@@ -71,13 +71,19 @@ class DevCA:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     def issue(
-        self, common_name: str, dns_names: tuple[str, ...] = ("localhost",), days: int = 1
+        self,
+        common_name: str,
+        dns_names: tuple[str, ...] = ("localhost",),
+        days: int = 1,
+        *,
+        ip_addresses: tuple[str, ...] = ("127.0.0.1",),
     ) -> tuple[bytes, bytes]:
-        """(certificate PEM, key PEM) valid for ``dns_names`` and 127.0.0.1, as server and client."""
+        """(certificate PEM, key PEM) valid for ``dns_names`` and ``ip_addresses``, as server and
+        client."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-        names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

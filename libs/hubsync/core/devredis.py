@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -114,6 +114,7 @@ class RedisProcess:
         *,
         appendonly: bool = True,
         cluster: bool = False,
+        announce_port: int | None = None,
         die_with_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
@@ -122,12 +123,19 @@ class RedisProcess:
         self.port = port or free_port(also=CLUSTER_BUS_OFFSET if cluster else 0)
         self.appendonly = appendonly
         self.cluster = cluster
+        self.announce_port = announce_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """The ``redis://`` URL of this server (database 0)."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def announced_port(self) -> int:
+        """The port the cluster names this node by (in ``CLUSTER SLOTS``, ``MOVED``): ``port``,
+        or ``announce_port`` when something else (a TLS proxy) stands in front of it."""
+        return self.announce_port or self.port
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
         """Starts the server and waits until it answers PING (at most ``timeout`` seconds)."""
@@ -149,6 +157,12 @@ class RedisProcess:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                      "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
                      "--logfile", "redis.log"]  # fmt: skip
+            if self.announce_port:
+                # Clients are sent to the announced port; the other nodes still reach this one
+                # on its own bus port.
+                args += ["--cluster-announce-ip", "127.0.0.1",
+                         "--cluster-announce-port", str(self.announce_port),
+                         "--cluster-announce-bus-port", str(self.port + CLUSTER_BUS_OFFSET)]  # fmt: skip
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,
@@ -226,23 +240,39 @@ class RedisCluster:
     Built the way ``redis-cli --cluster create`` does it (``CLUSTER ADDSLOTS`` on each node, then
     ``CLUSTER MEET``), without needing redis-cli. :attr:`url` is the ``redis+cluster://`` URL of
     every node, the form ``HUBSYNC_REDIS_URL`` takes for a cluster.
+
+    ``announce_ports`` (one per node): the nodes tell clients to use these ports instead of their
+    own (``cluster-announce-port``), where something else listens, such as a TLS terminator (the
+    redis-server shipped for the tests is built without TLS); :attr:`url` then names them.
     """
 
     def __init__(
-        self, data_dir: Path, masters: int = 3, *, appendonly: bool = True, die_with_parent: bool = False
+        self,
+        data_dir: Path,
+        masters: int = 3,
+        *,
+        appendonly: bool = True,
+        die_with_parent: bool = False,
+        announce_ports: Sequence[int] = (),
     ) -> None:
+        if announce_ports and len(announce_ports) != masters:
+            raise ValueError(f"announce_ports: one port per node ({masters}), not {len(announce_ports)}")
         self.data_dir = data_dir
         self.nodes = [
             RedisProcess(
-                data_dir / f"node-{i}", appendonly=appendonly, cluster=True, die_with_parent=die_with_parent
+                data_dir / f"node-{i}",
+                appendonly=appendonly,
+                cluster=True,
+                announce_port=announce_ports[i] if announce_ports else None,
+                die_with_parent=die_with_parent,
             )
             for i in range(masters)
         ]
 
     @property
     def url(self) -> str:
-        """The ``redis+cluster://`` URL naming every node as a seed."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
+        """The ``redis+cluster://`` URL naming every node (its announced port) as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.announced_port}" for n in self.nodes) + "/0"
 
     def start(self, timeout: float = 60.0) -> RedisCluster:
         """Starts the nodes, forms the cluster and waits until every slot is served."""
@@ -297,7 +327,7 @@ class RedisCluster:
         except (OSError, RuntimeError):
             return
         for node in self.nodes[1:]:
-            if node.proc is not None and f"127.0.0.1:{node.port}@".encode() not in listed:
+            if node.proc is not None and f"127.0.0.1:{node.announced_port}@".encode() not in listed:
                 with contextlib.suppress(OSError, RuntimeError):
                     _command(first.port, "CLUSTER", "MEET", "127.0.0.1", str(node.port))
 
