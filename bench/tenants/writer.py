@@ -99,10 +99,12 @@ async def submit(
     concurrency: int,
     failures: dict[str, int],
     finished: dict[int, float],
+    started: list[float],
 ) -> tuple[float, float]:
     """Submits every portal's records, submission ``i`` to ``writers[i % len(writers)]``;
     failed submissions are counted in ``failures``, each portal's last answer in ``finished``
-    (seconds since the start). Returns the elapsed seconds and the start (epoch ms).
+    (seconds since the start), when each call started in ``started``. Returns the elapsed
+    seconds and the start (epoch ms).
 
     Every request is built before the clock starts, and the calls start a few at a time with
     the event loop turning in between. Started all in one turn, the client spent its first
@@ -134,6 +136,7 @@ async def submit(
         ) -> None:
             portal = request.portal_id
             async with sem:
+                started.append(time.perf_counter() - start)
                 try:
                     reply = await stub.SubmitWrites(request, timeout=900)
                 except grpc.aio.AioRpcError as exc:  # counted and reported, the run goes on
@@ -258,11 +261,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         bench_cpu = time.process_time()
         redis_before = await commandstats(suite)
         finished: dict[int, float] = {}
+        started: list[float] = []
         async with httpx.AsyncClient(base_url=suite.sandbox_url, timeout=60) as http:
             counts = (await http.get("/_sandbox/requests", params={"limit": 0})).json()["counts"]
             before_by_portal = counts.get("byPortal", {})
         elapsed, start_ms = await submit(
-            suite, writers, list(limits), args.records, args.per_call, args.concurrency, failures, finished
+            suite,
+            writers,
+            list(limits),
+            args.records,
+            args.per_call,
+            args.concurrency,
+            failures,
+            finished,
+            started,
         )
         ticks = {name: cpu_ticks(pid) - ticks[name] for name, pid in pids.items()}
         bench_cpu = time.process_time() - bench_cpu
@@ -295,7 +307,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for e in log["entries"]
         if e["endpoint"] == UPSERT and e.get("portalId") == last and e["at"] >= start_ms
     ]
-    upsert_at = [(e["at"] - start_ms) / 1000 for e in log["entries"] if e["endpoint"] == UPSERT]
+    upsert_at = [
+        ((e["at"] - start_ms) / 1000, e.get("batchSize") or 0)
+        for e in log["entries"]
+        if e["endpoint"] == UPSERT
+    ]
+    windows = range(int(elapsed // 10) + 1)
     return {
         "portals": args.portals,
         "records_per_portal": args.records,
@@ -333,13 +350,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "calls": by_portal.get(str(last)),
             "calls_at_s": last_calls,
         },
-        # Calls per portal during the submissions (the sandbox's count), for the lowest bursts.
-        "upserts_at_s": {
-            "first": round(min(upsert_at), 2) if upsert_at else None,
-            "by_10s": [
-                sum(1 for t in upsert_at if 10 * k <= t < 10 * (k + 1)) for k in range(int(elapsed // 10) + 1)
-            ],
+        # When the client had started half and all of its calls (its own pace, not writer's).
+        "calls_started_s": {
+            "half": round(sorted(started)[len(started) // 2], 1) if started else None,
+            "all": round(max(started), 1) if started else None,
         },
+        # When the upserts reached HubSpot: the first one, then calls and records per 10 s.
+        "upserts_at_s": {
+            "first": round(min(t for t, _ in upsert_at), 2) if upsert_at else None,
+            "by_10s": [sum(1 for t, _ in upsert_at if 10 * k <= t < 10 * (k + 1)) for k in windows],
+            "records_by_10s": [sum(n for t, n in upsert_at if 10 * k <= t < 10 * (k + 1)) for k in windows],
+        },
+        # Calls per portal during the submissions (the sandbox's count), for the lowest bursts.
         "calls_per_portal_by_burst": {
             str(b): sorted(by_portal.get(str(p), 0) for p in limits if limits[p] == b)
             for b in sorted(set(limits.values()))[:3]
