@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from redis import Redis as SyncRedis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from hubsync.core.devredis import free_port, redis_server_binary
 
@@ -58,7 +60,10 @@ class SentinelProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = SyncRedis(port=self.port, password=self.password, socket_timeout=2.0)
+        # No retries of its own (redis-py's default waits seconds between them): this loop polls.
+        client = SyncRedis(
+            port=self.port, password=self.password, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
+        )
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

@@ -76,15 +76,18 @@ async def test_the_sentinels_password_reaches_the_master(
 
 
 @pytest.mark.parametrize(
-    ("sentinel_password", "hint"),
+    ("sentinel_password", "answer", "hint"),
     [
-        # the master's password is not sent to the sentinels in its place
-        (None, "HUBSYNC_REDIS_SENTINEL_PASSWORD (the sentinels' requirepass) is not set"),
-        ("not-the-sentinel-password", "check HUBSYNC_REDIS_SENTINEL_PASSWORD"),
+        # No password at all reaches the sentinel (NOAUTH): the master's is not sent in its place.
+        (None, "authenticat", "HUBSYNC_REDIS_SENTINEL_PASSWORD (the sentinels' requirepass) is not set"),
+        ("not-the-sentinel-password", "invalid username-password", "check HUBSYNC_REDIS_SENTINEL_PASSWORD"),
     ],
 )
 async def test_a_missing_or_wrong_sentinel_password_is_a_clear_error(
-    guarded_sentinel: tuple[RedisProcess, SentinelProcess], sentinel_password: str | None, hint: str
+    guarded_sentinel: tuple[RedisProcess, SentinelProcess],
+    sentinel_password: str | None,
+    answer: str,
+    hint: str,
 ) -> None:
     _, sentinel = guarded_sentinel
     extra = {} if sentinel_password is None else {"redis_sentinel_password": SecretStr(sentinel_password)}
@@ -96,6 +99,7 @@ async def test_a_missing_or_wrong_sentinel_password_is_a_clear_error(
         await client.aclose()
     message = str(raised.value)
     assert f"sentinel 127.0.0.1:{sentinel.port}" in message
+    assert answer in message
     assert hint in message
     for secret in (MASTER_PASSWORD, SENTINEL_PASSWORD, "not-the-sentinel-password"):
         assert secret not in message

@@ -88,8 +88,9 @@ def connection_options() -> dict[str, Any]:
 
 def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> Redis:
     """Returns a client for ``settings.redis_url`` (password from ``HUBSYNC_REDIS_PASSWORD``), or,
-    with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover),
-    or, for a ``redis+cluster://`` URL, a Redis Cluster client (:func:`create_cluster_client`).
+    with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover;
+    the sentinels themselves are reached with :func:`sentinel_connection_options`), or, for a
+    ``redis+cluster://`` URL, a Redis Cluster client (:func:`create_cluster_client`).
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     options: dict[str, Any] = {
