@@ -275,6 +275,26 @@ def test_redis_cluster_url_is_accepted_and_held_to_production_rules() -> None:
         render_values({**values, "redis": {**values["redis"], "url": "redis-cluster://a:1"}})
 
 
+def test_the_sentinels_password_comes_from_its_own_secret_key() -> None:
+    """redis.sentinel.password sets HUBSYNC_REDIS_SENTINEL_PASSWORD from the operator's Secret,
+    beside (not instead of) the master's HUBSYNC_REDIS_PASSWORD; without it, no variable."""
+    from tests.deploy.chart import render_values
+
+    values = load_values(CHART_DIR / "ci" / "production-values.yaml")
+    rendered = render_values(values)
+    for component in COMPONENTS:
+        env = env_of(rendered, component)
+        assert env["HUBSYNC_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "hubsync-redis",
+            "key": "sentinel-password",
+        }
+        assert env["HUBSYNC_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    sentinel = {k: v for k, v in values["redis"]["sentinel"].items() if k != "password"}
+    rendered = render_values({**values, "redis": {**values["redis"], "sentinel": sentinel}})
+    for component in COMPONENTS:
+        assert "HUBSYNC_REDIS_SENTINEL_PASSWORD" not in env_of(rendered, component)
+
+
 def test_each_pod_holds_only_its_own_credential() -> None:
     """Chart-created tokens: a component's pods mount its own token and only digests of the
     others, so a compromised mapper pod cannot call auth as writer (and read HubSpot tokens)."""

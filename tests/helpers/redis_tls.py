@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -45,18 +46,47 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The first byte waiting on ``sock`` (non-blocking), left there; b"" if the peer closed."""
+    while True:
+        try:
+            return sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            readable: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(sock.fileno(), _set_once, readable)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(sock.fileno())
+
+
 class TLSProxy:
     """TLS on ``127.0.0.1:port`` (0: any free port) relayed to plaintext ``127.0.0.1:target``
     (which may be set after :meth:`start`).
 
     ``connections`` counts the TLS connections accepted (handshake done), ``upstream_ports`` the
     local ports of the proxy's connections to ``target``.
+
+    With ``plaintext_too`` the port also relays plaintext connections (counted in
+    ``plaintext_connections``): the first byte a client sends tells them apart (0x16 opens a TLS
+    handshake; a Redis command never starts with it). A Sentinel test needs this: the sentinel
+    monitors the master over plaintext at the very address it gives clients, which reach it over
+    TLS.
     """
 
-    def __init__(self, target: int, context: ssl.SSLContext, port: int = 0) -> None:
+    def __init__(
+        self, target: int, context: ssl.SSLContext, port: int = 0, *, plaintext_too: bool = False
+    ) -> None:
         self.target = target
         self.port = port
+        self.plaintext_too = plaintext_too
         self.connections = 0
+        self.plaintext_connections = 0
         self.upstream_ports: set[int] = set()
         # The proxy's TLS context: a test may load another certificate into it (new connections).
         self.context = context
@@ -65,20 +95,60 @@ class TLSProxy:
             target=self._loop.run_forever, name=f"tls-proxy-{target}", daemon=True
         )
         self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> TLSProxy:
         """Listens (the port is bound when this returns)."""
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
         return self
 
-    async def _listen(self) -> asyncio.Server:
-        return await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.context)
+    async def _listen(self) -> int:
+        if self.plaintext_too:
+            # Sockets accepted by hand, so nothing is read before _sniff has peeked.
+            listener = socket.create_server(("127.0.0.1", self.port))
+            listener.setblocking(False)
+            self._listener = listener
+            self._accepting = asyncio.create_task(self._accept(listener))
+            return int(listener.getsockname()[1])
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.context)
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        await self._relay_to_target(reader, writer)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            task = asyncio.create_task(self._sniff(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _sniff(self, sock: socket.socket) -> None:
+        """Peeks at the first byte the client sends (left in the socket) and relays the
+        connection over TLS (server side) or plaintext."""
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await _peek(loop, sock) == b"\x16"
+            reader = asyncio.StreamReader()
+            protocol = asyncio.StreamReaderProtocol(reader)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.context if tls else None
+            )
+        except (OSError, ssl.SSLError):
+            sock.close()
+            return
+        if tls:
+            self.connections += 1
+        else:
+            self.plaintext_connections += 1
+        await self._relay_to_target(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+
+    async def _relay_to_target(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target)
         except OSError:
@@ -103,6 +173,10 @@ class TLSProxy:
     async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._listener is not None:
+            self._listener.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -4,35 +4,27 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from hubsync.core.devredis import RedisProcess, free_port, redis_server_binary
+from hubsync.core.devredis import RedisProcess
 from hubsync.core.redis import create_redis
 from hubsync.core.settings import CoreSettings
+from tests.helpers.redis_sentinel import SentinelProcess
 
 
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisProcess, int]]:
     master = RedisProcess(tmp_path / "master").start()
-    port = free_port()
-    conf = tmp_path / "sentinel.conf"  # sentinel rewrites its own config: a writable file
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor hubsync-main 127.0.0.1 {master.port} 1\n"
-    )
-    proc = subprocess.Popen(
-        [redis_server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    sentinel = SentinelProcess(tmp_path / "sentinel", "hubsync-main", master.port)
     try:
-        yield master, port
+        sentinel.start()
+        yield master, sentinel.port
     finally:
-        proc.terminate()
-        proc.wait(5)
+        sentinel.stop()
         master.stop()
 
 

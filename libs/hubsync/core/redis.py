@@ -17,10 +17,11 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import FullJitterBackoff
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import FullJitterBackoff, NoBackoff
+from redis.exceptions import AskError, AuthenticationError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Defined in hubsync.core.keys (the Redis contract); re-exported for existing imports.
 from hubsync.core.keys import CONNECTION_CHANGES_CHANNEL as CONNECTION_CHANGES_CHANNEL
@@ -87,8 +88,9 @@ def connection_options() -> dict[str, Any]:
 
 def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> Redis:
     """Returns a client for ``settings.redis_url`` (password from ``HUBSYNC_REDIS_PASSWORD``), or,
-    with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover),
-    or, for a ``redis+cluster://`` URL, a Redis Cluster client (:func:`create_cluster_client`).
+    with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover;
+    the sentinels themselves are reached with :func:`sentinel_connection_options`), or, for a
+    ``redis+cluster://`` URL, a Redis Cluster client (:func:`create_cluster_client`).
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     options: dict[str, Any] = {
@@ -102,7 +104,7 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
     sentinels = settings.sentinel_addresses()
     if sentinels:
         db = int(urlsplit(settings.redis_url).path.lstrip("/") or 0)
-        sentinel = Sentinel(sentinels, socket_connect_timeout=2.0, socket_timeout=2.0)  # type: ignore[no-untyped-call]
+        sentinel = _Sentinel(sentinels, settings)
         if "ssl_cert_reqs" in options:
             options["ssl"] = True
         master: Redis = sentinel.master_for(
@@ -115,6 +117,71 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
         settings.redis_url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S, **options
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
+
+
+# ---- Sentinel ------------------------------------------------------------------------------------
+
+# A sentinel only says where the master is: a short wait, so one that is down costs little before
+# the next is asked.
+SENTINEL_TIMEOUT_S = 2.0
+
+
+def sentinel_connection_options(settings: CoreSettings) -> dict[str, Any]:
+    """redis-py options for the connections to the sentinels themselves (the master's are
+    :func:`create_redis`'s): TLS with the master's CA and client certificate when
+    ``HUBSYNC_REDIS_URL`` is ``rediss://``, and ``HUBSYNC_REDIS_SENTINEL_PASSWORD`` (the sentinels'
+    ``requirepass``; never ``HUBSYNC_REDIS_PASSWORD``, which is the master's)."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+        "socket_timeout": SENTINEL_TIMEOUT_S,
+        # One immediate retry (a pooled connection the sentinel closed), not redis-py's default
+        # of three with waits of seconds: a failed sentinel is skipped for the next one, and the
+        # master's connection retries the whole discovery (connection_options).
+        "retry": Retry(NoBackoff(), 1),
+        **_maint_notifications_off(),
+    }
+    tls = redis_tls_options(settings)
+    if tls:
+        options.update(tls, ssl=True)
+    if settings.redis_sentinel_password is not None:
+        options["password"] = settings.redis_sentinel_password.get_secret_value()
+    return options
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel with :func:`sentinel_connection_options` for every sentinel, whose
+    failed discovery says, per sentinel, why it gave no master (by address, and naming
+    ``HUBSYNC_REDIS_SENTINEL_PASSWORD`` when a sentinel refused the credentials)."""
+
+    def __init__(self, sentinels: Sequence[tuple[str, int]], settings: CoreSettings) -> None:
+        super().__init__(sentinels, sentinel_kwargs=sentinel_connection_options(settings))  # type: ignore[no-untyped-call]
+        self._password_hint = (
+            "check HUBSYNC_REDIS_SENTINEL_PASSWORD, the sentinels' requirepass"
+            if settings.redis_sentinel_password is not None
+            else "HUBSYNC_REDIS_SENTINEL_PASSWORD (the sentinels' requirepass) is not set"
+        )
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        """The master's address from the first sentinel that knows a healthy one (which is then
+        asked first next time); :class:`MasterNotFoundError` lists what each sentinel answered."""
+        problems: list[str] = []
+        for index, sentinel in enumerate(self.sentinels):
+            kwargs = sentinel.connection_pool.connection_kwargs
+            where = f"sentinel {kwargs.get('host')}:{kwargs.get('port')}"
+            try:
+                masters = cast(dict[str, Any], await sentinel.sentinel_masters())
+            except AuthenticationError as exc:
+                problems.append(f"{where}: {exc} ({self._password_hint})")
+                continue
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+            problems.append(f"{where}: no master {service_name!r} that is up")
+        raise MasterNotFoundError(f"no master found for {service_name!r}: " + "; ".join(problems))
 
 
 # ---- Redis Cluster --------------------------------------------------------------------------------

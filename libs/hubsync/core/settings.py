@@ -88,6 +88,10 @@ class CoreSettings(BaseSettings):
     # the database number.
     redis_sentinels: str = ""
     redis_sentinel_master: str = ""
+    # The sentinels' own password (requirepass in sentinel.conf), sent to the sentinels only:
+    # separate from redis_password, which goes to the master. With a rediss:// URL the sentinels
+    # are reached over TLS too, with the same CA and client certificate as the master.
+    redis_sentinel_password: SecretStr | None = None
     # This service's identity towards the others, and the credential it presents.
     caller_name: str = ""
     # JSON file {"<caller>": "<token>"}: the per-caller credentials of the whole suite.

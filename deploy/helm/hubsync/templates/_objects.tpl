@@ -278,6 +278,15 @@ spec:
   value: {{ join "," $v.redis.sentinel.sentinels | quote }}
 - name: HUBSYNC_REDIS_SENTINEL_MASTER
   value: {{ $v.redis.sentinel.master | quote }}
+{{- with $v.redis.sentinel.password }}
+{{- if .existingSecret }}
+- name: HUBSYNC_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | quote }}
+      key: {{ .existingSecretKey | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if include "hubsync.redisPasswordSet" $root }}
 - name: HUBSYNC_REDIS_PASSWORD
