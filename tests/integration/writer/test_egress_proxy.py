@@ -74,10 +74,19 @@ def client(redis: Redis, base_url: str) -> HubSpotClient:
     )
 
 
-async def read_one(hubspot: HubSpotClient) -> int:
-    response = await hubspot.call(
-        PORTAL, "POST", READ, route="/crm/v3/objects/{objectType}/batch/read", json={"inputs": [{"id": "1"}]}
-    )
+async def read_one(redis: Redis, base_url: str) -> int:
+    """One batch read through a fresh client (made now: it reads the environment's proxy)."""
+    hubspot = client(redis, base_url)
+    try:
+        response = await hubspot.call(
+            PORTAL,
+            "POST",
+            READ,
+            route="/crm/v3/objects/{objectType}/batch/read",
+            json={"inputs": [{"id": "1"}]},
+        )
+    finally:
+        await hubspot.aclose()
     return response.status
 
 
@@ -92,11 +101,7 @@ async def test_calls_go_through_the_proxy_the_environment_names(
             monkeypatch.setenv("HTTP_PROXY", proxy)
             monkeypatch.delenv("http_proxy", raising=False)
             assert environment_proxy(sb.base_url) == proxy
-            hubspot = client(redis, sb.base_url)
-            try:
-                status = await read_one(hubspot)
-            finally:
-                await hubspot.aclose()
+            status = await read_one(redis, sb.base_url)
     assert status in (200, 207)
     # Through a proxy, the request line carries the whole URL (absolute form).
     assert f"POST {sb.base_url}{READ} HTTP/1.1".encode() in lines
@@ -111,10 +116,6 @@ async def test_no_proxy_sends_the_calls_directly(redis: Redis, monkeypatch: pyte
             monkeypatch.setenv("HTTP_PROXY", proxy)
             monkeypatch.setenv("NO_PROXY", "127.0.0.1")
             assert environment_proxy(sb.base_url) is None
-            hubspot = client(redis, sb.base_url)
-            try:
-                status = await read_one(hubspot)
-            finally:
-                await hubspot.aclose()
+            status = await read_one(redis, sb.base_url)
     assert status in (200, 207)
     assert lines == []
