@@ -149,6 +149,18 @@ def has(service: str, name: str) -> Callable[[TraceSpans], bool]:
     return lambda spans: any(s.service == f"hubsync-{service}" and s.name == name for s in spans.spans)
 
 
+def call_done(name: str, *, failed: bool = False) -> Callable[[TraceSpans], bool]:
+    """Writer's HubSpot call ``name`` and its HTTP request are both in the trace (``failed``: the
+    call failed). The request's span ends, and is exported, before its call's: waiting for the
+    request alone could find the trace before the call's own span (seen once in CI)."""
+    return lambda spans: (
+        has("writer", "POST")(spans)
+        and any(
+            s.service == "hubsync-writer" and s.name == name and (s.failed or not failed) for s in spans.spans
+        )
+    )
+
+
 def parent_of(spans: TraceSpans, child: StoredSpan) -> str:
     return spans.linked_to.get(child.span_id) or child.parent_span_id
 
@@ -211,7 +223,7 @@ async def test_the_demo_prints_the_commands_that_open_its_traces(changes: Change
 async def test_outbound_push_found_by_external_id_with_its_whole_trace(changes: Changes) -> None:
     external_id = changes.demo.external_id
     spans = await eventually(
-        found_trace(changes.suite, external_id, has("writer", "POST")), f"{external_id}'s HubSpot call"
+        found_trace(changes.suite, external_id, call_done(UPSERT)), f"{external_id}'s HubSpot call"
     )
     assert isinstance(spans, TraceSpans)
     outbound_chain(spans, external_id)
@@ -239,7 +251,7 @@ async def test_queued_push_crosses_writers_stream_in_one_trace(changes: Changes)
     HubSpot call later, still a child of the request that queued it."""
     queued = changes.queued_id
     spans = await eventually(
-        found_trace(changes.suite, queued, has("writer", "POST")), f"{queued}'s HubSpot call"
+        found_trace(changes.suite, queued, call_done(UPSERT)), f"{queued}'s HubSpot call"
     )
     assert isinstance(spans, TraceSpans)
     outbound_chain(spans, queued, queued=True)
@@ -256,7 +268,7 @@ async def test_inbound_webhook_found_by_event_id_with_its_whole_trace(
 ) -> None:
     event_id = str(changes.event_id)
     spans = await eventually(
-        found_trace(changes.suite, event_id, has("writer", "POST")), f"event {event_id}'s hydrate call"
+        found_trace(changes.suite, event_id, call_done(READ)), f"event {event_id}'s hydrate call"
     )
     assert isinstance(spans, TraceSpans)
     assert spans.trace_id == changes.demo.inbound_trace_id  # the trace the subscriber was told
@@ -296,10 +308,10 @@ async def test_inbound_webhook_found_by_event_id_with_its_whole_trace(
 @pytest.mark.asyncio(loop_scope="module")
 async def test_an_object_changed_both_ways_lists_both_traces(changes: Changes) -> None:
     await eventually(
-        found_trace(changes.suite, changes.demo.external_id, has("writer", "POST")), "the outbound trace"
+        found_trace(changes.suite, changes.demo.external_id, call_done(UPSERT)), "the outbound trace"
     )
     await eventually(
-        found_trace(changes.suite, changes.demo.inbound_trace_id, has("writer", "POST")), "the inbound trace"
+        found_trace(changes.suite, changes.demo.inbound_trace_id, call_done(READ)), "the inbound trace"
     )
     shown = hubsync_trace(changes.suite, changes.demo.hubspot_id)
     assert "traces carry" in shown and changes.demo.inbound_trace_id in shown, shown
@@ -336,7 +348,8 @@ async def test_a_dead_letters_trace_shows_hubspots_refusal(changes: Changes) -> 
         )
     (entry,) = [dl for dl in listed.dead_letters if dl.write.record.id == "traced-dlq@example.com"]
     spans = await eventually(
-        found_trace(suite, entry.trace_id, has("writer", "POST")), f"dead letter {entry.id}'s HubSpot call"
+        found_trace(suite, entry.trace_id, call_done(UPSERT, failed=True)),
+        f"dead letter {entry.id}'s HubSpot call",
     )
     assert isinstance(spans, TraceSpans)
     refused = [s for s in spans.spans if s.name == UPSERT and s.failed]
@@ -371,7 +384,7 @@ async def test_the_store_keeps_no_secret(changes: Changes) -> None:
 @pytest.mark.asyncio(loop_scope="module")
 async def test_headless_chromium_paints_the_html_waterfall(changes: Changes, tmp_path: Path) -> None:
     spans = await eventually(
-        found_trace(changes.suite, str(changes.event_id), has("writer", "POST")), "the inbound trace"
+        found_trace(changes.suite, str(changes.event_id), call_done(READ)), "the inbound trace"
     )
     assert isinstance(spans, TraceSpans)
     page, shot = tmp_path / "trace.html", tmp_path / "trace.png"
