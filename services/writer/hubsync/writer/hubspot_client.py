@@ -65,7 +65,8 @@ def _count(portal_id: int, attrs: dict[str, str], status: str, started: float) -
 
 # Connections to HubSpot (the HTTP pool's size).
 _CONNECTIONS = 64
-# What httpx's client sent with every request besides the call's own headers.
+# Sent with every request besides the call's own headers: httpx's client's defaults, with our
+# own User-Agent.
 _HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "hubsync-writer"}
 # The shortest HTTP timeout a caller's deadline can give a call.
 MIN_TIMEOUT_S = 0.5
@@ -355,10 +356,10 @@ class HubSpotClient:
 def environment_proxy(url: str) -> str | None:
     """The proxy the environment names for ``url`` (``<scheme>_proxy`` or ``all_proxy``, either
     case), None when there is none or ``no_proxy`` lists its host."""
+    parts = urlsplit(url)
     proxies = urllib.request.getproxies()
-    proxy = proxies.get(urlsplit(url).scheme) or proxies.get("all")
-    host = urlsplit(url).hostname or ""
-    if not proxy or urllib.request.proxy_bypass(host):
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return proxy
 
