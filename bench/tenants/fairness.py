@@ -50,7 +50,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import cpu_ticks, process_pids, warm_feed_group  # type: ignore[import-not-found]
+from run import commandstats, cpu_ticks, process_pids, warm_feed_group  # type: ignore[import-not-found]
 
 from bench.tenants._common import add_env_option, add_output_options, report, run_in_workdir
 from hubsync.api.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -543,6 +543,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 pids = process_pids(suite)
                 pids["bench (subscriber)"] = os.getpid()
                 ticks0 = {n: cpu_ticks(pid) for n, pid in pids.items()}
+                commands0 = await commandstats(suite)
                 backlog_start = await stream_state(redis, backlog_portal)
                 spies = start_py_spy(args.py_spy, pids, args.seconds + 5)
                 t0 = time.time()
@@ -576,6 +577,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     await asyncio.sleep(1)
                 window = time.monotonic() - w0
                 ticks1 = {n: cpu_ticks(pid) for n, pid in pids.items()}
+                commands1 = await commandstats(suite)
                 backlog_end = await stream_state(redis, backlog_portal)
                 result["every_other_portal_inbound"]["at_end"] = await others_state(redis, others)
                 blocked_end = await stream_state(redis, blocked_portal) if blocked_portal else {}
@@ -599,6 +601,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         n: round(1e6 * (ticks1[n] - ticks0[n]) / os.sysconf("SC_CLK_TCK") / max(1, len(edits))) for n in pids
     }
     result["cpu_us_per_edit"]["total"] = sum(result["cpu_us_per_edit"].values())
+    # Redis commands per UI edit made, by command (commands scripts run counted by their names,
+    # as INFO commandstats counts them), over the same window.
+    per_edit = {
+        name: round((commands1.get(name, 0) - commands0.get(name, 0)) / max(1, len(edits)), 2)
+        for name in commands1
+    }
+    counted = sorted(((n, v) for n, v in per_edit.items() if v), key=lambda kv: -kv[1])
+    result["redis_commands_per_edit"] = dict(counted)
+    result["redis_commands_per_edit"]["total"] = round(sum(per_edit.values()), 2)
 
     def waiting(state: dict[str, int]) -> int:
         return state["undelivered"] + state["pending"] + state["parked"]

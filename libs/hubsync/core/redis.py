@@ -13,9 +13,11 @@ from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import FullJitterBackoff, NoBackoff
@@ -86,6 +88,47 @@ def connection_options() -> dict[str, Any]:
     }
 
 
+class _CPacking(AbstractConnection):
+    """A connection whose commands are packed into RESP by hiredis (C), as redis-py's own
+    synchronous client does when hiredis is installed; its asyncio connections pack in Python,
+    argument by argument (mapper spent ~13 % of its CPU there under the fairness benchmark: the
+    publish script's and the feed marks' long argument lists). The wire bytes are the same
+    (tests/unit/test_redis_packing.py); anything hiredis does not take (a ``bytearray``, an
+    unsupported type: redis-py raises its ``DataError``) and encodings other than strict UTF-8 go
+    to redis-py's packer."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        encoder = self.encoder
+        command = args[0] if args else None
+        if (
+            isinstance(command, str)
+            and " " not in command
+            and encoder.encoding in ("utf-8", "utf8")
+            and encoder.encoding_errors == "strict"
+        ):
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        return super().pack_command(*args)
+
+
+_c_packing: dict[type, Any] = {}
+
+
+def c_packing(connection_class: Any) -> Any:
+    """``connection_class`` (a redis-py asyncio connection class) packing its commands with
+    hiredis (:class:`_CPacking`); one subclass per class."""
+    if issubclass(connection_class, _CPacking):
+        return connection_class
+    made = _c_packing.get(connection_class)
+    if made is None:
+        made = _c_packing[connection_class] = type(
+            connection_class.__name__, (_CPacking, connection_class), {"__module__": __name__}
+        )
+    return made
+
+
 def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> Redis:
     """Returns a client for ``settings.redis_url`` (password from ``HUBSYNC_REDIS_PASSWORD``), or,
     with ``HUBSYNC_REDIS_SENTINELS``, for the master the sentinels name (re-asked after a failover;
@@ -110,12 +153,14 @@ def create_redis(settings: CoreSettings, *, decode_responses: bool = False) -> R
         master: Redis = sentinel.master_for(
             settings.redis_sentinel_master, redis_class=Redis, db=db, **options
         )
+        master.connection_pool.connection_class = c_packing(master.connection_pool.connection_class)
         return master
     # A full pool makes a command wait for a connection (up to POOL_TIMEOUT_S) instead of failing
     # with MaxConnectionsError under a burst of concurrent work.
     pool = BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S, **options
     )
+    pool.connection_class = c_packing(pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
 
 
@@ -229,6 +274,12 @@ class _WaitingRedisCluster(RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Every node's connections pack with hiredis (_CPacking): the nodes known now, and those
+        # learnt later (made from connection_kwargs, the dict the nodes manager holds too).
+        packing = c_packing(self.connection_kwargs["connection_class"])
+        self.connection_kwargs["connection_class"] = packing
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = packing
         self._permits = asyncio.Semaphore(POOL_MAX_CONNECTIONS)
         self._node_clients: dict[str, Redis] = {}
 

@@ -2,10 +2,13 @@
 
 import functools
 
-from hubsync.core.service import main
+from hubsync.core.service import main, tune_runtime
 from hubsync.core.settings import load_settings
 from hubsync.writer.service import build
 from hubsync.writer.settings import WriterSettings
 
 # Settings are read from the environment here, at the edge, and passed in.
-main("writer", functools.partial(build, settings=load_settings(WriterSettings)))
+settings = load_settings(WriterSettings)
+# uvloop, and the start-up objects out of the collector's sight.
+tune_runtime(uvloop=settings.uvloop)
+main("writer", functools.partial(build, settings=settings))

@@ -65,6 +65,9 @@ class WriterSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUBSYNC_WRITER_", extra="ignore")
 
+    # Run on uvloop (shipped with uvicorn[standard]): less CPU per HubSpot call, most of which is
+    # socket and event-loop work. Read by ``__main__`` only, before the loop starts.
+    uvloop: bool = True
     # Unset: public_app for an OAuth app, free_starter (the safest private-app plan) otherwise.
     rate_limit_preset: RateLimitPreset | None = None
     # Override the preset's requests per burst window / per day (0 = no daily budget).
