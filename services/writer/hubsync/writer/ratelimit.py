@@ -34,6 +34,7 @@ from hubsync.core.keys import (
     rate_window_key,
 )
 from hubsync.core.portal_metrics import PortalGauge
+from hubsync.core.redis import pipelined
 
 __all__ = [
     "Budget",
@@ -418,10 +419,18 @@ class RateLimiter:
         be earlier.
         """
         budget = self.search if search else self.api
-        await self._settle(keys=[rate_window_key(portal_id, budget.name)], args=[member])
+        commands: list[list[Any]] = [
+            ["EVALSHA", self._settle.sha, 1, rate_window_key(portal_id, budget.name), member]
+        ]
+        if (
+            not search
+            and headers
+            and (correct := await self._correct_command(portal_id, headers, probed=True))
+        ):
+            commands.append(correct)
+        # One round trip for both (keys of the portal's slot; the re-stamp runs first).
+        await pipelined(self.redis, commands, scripts=(_SETTLE, _CORRECT))
         if not search:
-            if headers:
-                await self.correct(portal_id, headers, probed=True)
             await self.end_probe(portal_id, member)
 
     async def correct(self, portal_id: int, headers: Mapping[str, str], *, probed: bool = False) -> None:
@@ -430,6 +439,13 @@ class RateLimiter:
         ``probed``: an answer of ours (one without limit headers means HubSpot gives none: the
         configured budget applies, no more probes).
         """
+        if command := await self._correct_command(portal_id, headers, probed=probed):
+            await pipelined(self.redis, [command], scripts=(_CORRECT,))
+
+    async def _correct_command(
+        self, portal_id: int, headers: Mapping[str, str], *, probed: bool
+    ) -> list[Any] | None:
+        """The ``EVALSHA`` of :meth:`correct` (None: the headers say nothing to correct)."""
         lower = {k.lower(): v for k, v in headers.items()}
         remaining = _int(lower.get("x-hubspot-ratelimit-remaining"))
         maximum = _int(lower.get("x-hubspot-ratelimit-max"))
@@ -437,7 +453,7 @@ class RateLimiter:
         daily = _int(lower.get("x-hubspot-ratelimit-daily"))
         daily_remaining = _int(lower.get("x-hubspot-ratelimit-daily-remaining"))
         if remaining is None and maximum is None and not probed:
-            return
+            return None
         hubspot_used = -1
         if remaining is not None:
             # What HubSpot leaves us of the limit in force: only `remaining` more may go.
@@ -449,21 +465,23 @@ class RateLimiter:
             _remaining.set(remaining, portal_id, {"source": "hubspot"})
         daily_used = daily - daily_remaining if daily is not None and daily_remaining is not None else -1
         learned_max = maximum if maximum is not None and maximum > 0 else (0 if probed else -1)
-        await self._correct(
-            keys=self._keys(portal_id, self.api)[:4],
-            args=[
-                hubspot_used,
-                -1,
-                daily_used,
-                remaining if remaining is not None else -1,
-                self.api.window_ms + self.margin_ms,
-                uuid.uuid4().hex,
-                self._offset_ms(),
-                learned_max,
-                interval if interval is not None and interval > 0 else -1,
-                daily if daily is not None and daily > 0 else -1,
-            ],
-        )
+        keys = self._keys(portal_id, self.api)[:4]
+        return [
+            "EVALSHA",
+            self._correct.sha,
+            len(keys),
+            *keys,
+            hubspot_used,
+            -1,
+            daily_used,
+            remaining if remaining is not None else -1,
+            self.api.window_ms + self.margin_ms,
+            uuid.uuid4().hex,
+            self._offset_ms(),
+            learned_max,
+            interval if interval is not None and interval > 0 else -1,
+            daily if daily is not None and daily > 0 else -1,
+        ]
 
     async def limits(self, portal_id: int) -> Limits:
         """Return the limits in force for the portal (learned from HubSpot, else configured)."""
