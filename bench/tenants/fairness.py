@@ -259,8 +259,10 @@ async def block_daily(http: httpx.AsyncClient, portal: int) -> dict[str, Any]:
 class Subscriber:
     """Reads the change feed for the whole run and keeps every change's latency by portal."""
 
-    def __init__(self, suite: Suite) -> None:
+    def __init__(self, suite: Suite, visibility_s: float = 0.0) -> None:
         self.suite = suite
+        # The subscription's visibility timeout (0: mapper's default).
+        self.visibility_s = visibility_s
         # portal → [(occurred s, received s, record id, churn value or "", feed entry s)]
         self.changes: dict[int, list[tuple[float, float, str, str, float]]] = {}
         self.other_kinds = 0
@@ -290,9 +292,10 @@ class Subscriber:
     async def _subscribe(self) -> None:
         async with self.suite.channel("mapper", "demo-client") as channel:
             stub = mapper_pb2_grpc.MapperServiceStub(channel)
-            call = stub.Subscribe(
-                mapper_pb2.SubscribeRequest(consumer_group=GROUP, consumer="b", max_in_flight=5000)
-            )
+            request = mapper_pb2.SubscribeRequest(consumer_group=GROUP, consumer="b", max_in_flight=5000)
+            if self.visibility_s:
+                request.visibility_timeout.FromMilliseconds(int(self.visibility_s * 1000))
+            call = stub.Subscribe(request)
             acks: list[str] = []
             last_ack = time.monotonic()
             async for msg in call:
@@ -413,15 +416,26 @@ def deliveries_summary(log: list[dict[str, Any]], t0: float) -> dict[str, Any]:
 
 def timeline(sub: Subscriber, t0: float, excluded: set[int], step: float = 5.0) -> list[dict[str, Any]]:
     """Every other portal's changes by when they occurred (``step`` s buckets from the window's
-    start): how many, p50/p99/max latency, to see when a stall began."""
-    buckets: dict[int, list[float]] = {}
+    start): how many, p50/p99/max latency, and the p99 of each part (to the feed entry, feed to
+    subscriber), to see when a stall began and where."""
+    buckets: dict[int, list[tuple[float, float, float]]] = {}
     for p, rows in sub.changes.items():
         if p in excluded:
             continue
-        for occurred, received, _oid, _value, _entry in rows:
+        for occurred, received, _oid, _value, entry in rows:
             if occurred >= t0 - 0.001:
-                buckets.setdefault(int((occurred - t0) // step), []).append(received - occurred)
-    return [{"from_s": b * step, "changes": len(v), **quantiles(v)} for b, v in sorted(buckets.items())]
+                parts = (received - occurred, entry - occurred, received - entry)
+                buckets.setdefault(int((occurred - t0) // step), []).append(parts)
+    return [
+        {
+            "from_s": b * step,
+            "changes": len(v),
+            **quantiles([x[0] for x in v]),
+            "to_feed_p99_ms": quantiles([x[1] for x in v])["p99_ms"],
+            "feed_to_subscriber_p99_ms": quantiles([x[2] for x in v])["p99_ms"],
+        }
+        for b, v in sorted(buckets.items())
+    ]
 
 
 def start_py_spy(out: Path | None, pids: dict[str, int], seconds: float) -> list[subprocess.Popen[bytes]]:
@@ -505,7 +519,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     async with Suite(workdir, sandbox_config=sandbox, extra_env=extra_env) as suite:
         assert suite.redis is not None
         redis = redis_from_url(suite.redis.url)
-        sub = Subscriber(suite)
+        sub = Subscriber(suite, args.visibility_s)
         try:
             async with httpx.AsyncClient(
                 base_url=suite.sandbox_url, timeout=120, limits=httpx.Limits(max_connections=32)
@@ -683,6 +697,9 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=900, help="setup: seconds for the creations")
     parser.add_argument("--tail-timeout", type=float, default=60, help="seconds to wait for last edits")
     parser.add_argument("--turns", type=int, default=32, help="mapper's HUBSYNC_MAPPER_MAX_BATCHES_IN_FLIGHT")
+    parser.add_argument(
+        "--visibility-s", type=float, default=0.0, help="the subscriber's visibility timeout (0: the default)"
+    )
     parser.add_argument(
         "--py-spy", type=Path, default=None, help="sample every process with py-spy into this folder"
     )
