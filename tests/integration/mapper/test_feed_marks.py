@@ -85,6 +85,26 @@ async def test_the_feed_marks_with_the_queues_script(redis: Redis) -> None:
     assert all(await redis.script_exists(sha))
 
 
+async def test_a_publication_is_marked_for_every_group_after_redis_lost_its_scripts(redis: Redis) -> None:
+    """A publisher marks its streams for the groups it knew and, in the same round trip, reads
+    them again; Redis losing the mark script (restart, SCRIPT FLUSH) in between costs a reload,
+    not a mark, and a group new since is marked too."""
+    await redis.sadd(FEED_GROUPS_KEY, "g")
+    marks = FeedMarks(redis)
+    token = await marks.begin("7", ["contacts"])
+    await marks.published("7", ["contacts"], token)  # learns group g
+    [taken] = await marks.take("g", "ready", TYPES, limit=10, lease_ms=60_000)
+    await marks.release("g", "ready", taken)
+    await redis.sadd(FEED_GROUPS_KEY, "h")
+    await redis.script_flush()
+    token = await marks.begin("7", ["deals"])
+    await marks.published("7", ["deals"], token)
+    for group in ("g", "h"):
+        again = await marks.take(group, "ready", TYPES, limit=10, lease_ms=60_000)
+        assert [(t.object_type, t.portal) for t in again] == [("deals", "7")], group
+    assert await redis.zcard(FEED_PUBLISHING_KEY) == 0
+
+
 async def test_a_subscriber_reads_the_taken_streams_at_once(redis_url: str) -> None:
     """With many portals holding a change or two each, one read after the other (~3 round trips
     per stream, 16 streams a turn) kept the feed seconds behind mapper (bench/tenants

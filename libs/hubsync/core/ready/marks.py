@@ -153,6 +153,10 @@ class Took:
 class MarkSets:
     """The ready-set commands over any family's keys (see the module doc)."""
 
+    #: The Lua of :meth:`mark_command` and :meth:`settle_command`, for a caller's pipeline that
+    #: runs them with commands of its own (``pipelined(..., scripts=MarkSets.SCRIPTS)``).
+    SCRIPTS = (_MARK_LUA, _SETTLE_LUA)
+
     def __init__(self, redis: Any) -> None:
         self.redis = redis
         self._mark: Any = redis.register_script(_MARK_LUA)
@@ -192,7 +196,7 @@ class MarkSets:
         """Runs mark commands (of any slots) in one pipeline; returns each one's marks changed."""
         if not commands:
             return []
-        replies = await pipelined(self.redis, commands, scripts=(_MARK_LUA, _SETTLE_LUA))
+        replies = await pipelined(self.redis, commands, scripts=self.SCRIPTS)
         return [int(r) for r in replies]
 
     async def due(self, key: str, limit: int, at_ms: int) -> list[tuple[str, int]]:

@@ -25,7 +25,6 @@ from typing import Literal
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from hubsync.core.event_entries import encode_event, encode_trace
 from hubsync.core.keys import PORTALS_KEY, echoes_key, events_key, written_key
@@ -141,12 +140,10 @@ class EventAppender:
             for _portal, call in ordered
         ]
         portals = sorted({str(portal) for portal in calls})
-        try:
-            replies = await self._execute(commands, portals)
-        except NoScriptError:
-            # Redis restarted (or flushed its scripts): load the script once and go again.
-            await self._redis.script_load(ENQUEUE_LUA)
-            replies = await self._execute(commands, portals)
+        # Redis restarted (or flushed its scripts): the script is loaded and the pipeline sent again.
+        replies = await pipelined(
+            self._redis, [*commands, ["SADD", PORTALS_KEY, *portals]], scripts=(ENQUEUE_LUA,)
+        )
         # Marked after the append (one more round trip, only ZADD NX per portal): the mapper
         # replica leasing the portal's shard is nudged when it became newly ready. A portal whose
         # events were all duplicates is marked too: a commit that failed after its append and is
@@ -215,9 +212,6 @@ class EventAppender:
                 )
                 call.slots.append((sub, position))
         return calls
-
-    async def _execute(self, commands: list[list[object]], portals: list[str]) -> list[object]:
-        return await pipelined(self._redis, [*commands, ["SADD", PORTALS_KEY, *portals]])
 
 
 def _codes(reply: object) -> bytes:

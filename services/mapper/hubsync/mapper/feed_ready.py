@@ -42,8 +42,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Required, TypedDict, Unpack
 
-from redis.exceptions import NoScriptError
-
 from hubsync.core.keys import (
     FEED_GROUPS_KEY,
     FEED_PUBLISHING_KEY,
@@ -158,11 +156,7 @@ class FeedMarks:
             marked = self._groups
             commands: list[Sequence[Any]] = [["SMEMBERS", FEED_GROUPS_KEY]]
             commands += [self._mark_command(group, "ready", streams) for group in marked]
-            try:
-                found = (await pipelined(self.redis, commands))[0]
-            except NoScriptError:  # Redis lost the mark script: loaded again by the marks below
-                await self.sets.mark(commands[1:])
-                found = await self.redis.smembers(FEED_GROUPS_KEY)
+            found = (await pipelined(self.redis, commands, scripts=MarkSets.SCRIPTS))[0]
             groups = sorted(as_str(g) for g in found)
             self._groups = tuple(groups)
             late = [self._mark_command(group, "ready", streams) for group in groups if group not in marked]
