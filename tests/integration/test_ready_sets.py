@@ -9,7 +9,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
 from hubsync.core.keys import PORTALS_KEY, events_key
 from hubsync.core.ready import Blocked, FairShare, ReadyConsumer, ReadySets, Sweeper, group_work, now_ms
@@ -279,3 +281,39 @@ async def test_a_backlog_beside_portals_on_time_is_not_held_back(redis: Redis) -
         await until(lambda: all(recorder.of(p) == ids for p, ids in small.items()))
     assert consumer.shares.rests == 0 and consumer.shares.late_turns == 0
     assert recorder.of("910") == backlog
+
+
+@pytest.mark.on_cluster
+async def test_a_turn_reads_in_two_round_trips_on_one_server(
+    redis: Redis, redis_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn marks its portal pending, reads, unmarks it and reads once more: on one server each
+    mark change goes in the pipeline of the read that must follow it (two round trips, not
+    four); on a cluster they live on different nodes and go one after the other."""
+    consumer = ReadyConsumer(
+        redis, QUEUE, stream=events_key, group=GROUP, consumer="c", handle=Recorder(redis), shards=8
+    )
+    sets = ReadySets(redis, QUEUE, 8)
+    await append(redis, "77", 3)
+    await sets.mark(["77"])
+    assert len(await consumer.take("77")) == 3  # connections made, the group known
+    sends = 0
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        nonlocal sends
+        sends += 1
+        await original(self, command, check_health)
+
+    ids = await append(redis, "77", 2)
+    await sets.mark(["77"])
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    entries = await consumer.take("77")
+    monkeypatch.undo()
+    assert [i for i, _ in entries] == ids
+    if redis_kind == "single":
+        assert sends == 2  # four before: each mark change, then its read
+    # the marks the turn leaves: pending (for a claim after the visibility timeout), not ready
+    shard = sets.shard("77")
+    assert await redis.zscore(sets.pending_key(shard), "77") is not None
+    assert await redis.zscore(sets.key(shard), "77") is None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from hubsync.core.outage import loop_error
@@ -92,6 +93,10 @@ class ReadyConsumer:
         name: str = "",
     ) -> None:
         self.redis = redis
+        # One server runs a pipeline's commands in order, so a turn's mark change and the read
+        # that must follow it share a round trip; a cluster runs them on different nodes (the
+        # shard's slot, the portal's), in no set order, so there the read waits for the change.
+        self._in_order = not isinstance(redis, RedisCluster)
         self.sets = ReadySets(redis, queue, shards)
         # Who logs (report_error, shared with the owner's housekeeping): a Redis outage met by the
         # loop or a turn is one rate-limited WARNING
@@ -282,7 +287,25 @@ class ReadyConsumer:
                 raise
             await self.ensure_group(key, force=True)
             reply = await self.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=count)
-        return [(i, f) for _k, items in reply or [] for i, f in items if f]
+        return _entries(reply)
+
+    async def _then_read(self, command: list[Any], portal: str, count: int) -> list[Entry]:
+        """Runs ``command`` (a mark change the read must follow), then :meth:`read`: in one
+        pipeline on one server, one after the other on a cluster."""
+        if not self._in_order:
+            await self.redis.execute_command(*command)
+            return await self.read(portal, count)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.xreadgroup(self.group, self.consumer, {self.stream(portal): ">"}, count=count)
+            done, reply = await pipe.execute(raise_on_error=False)
+        if isinstance(done, Exception):
+            raise done
+        if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+            return await self.read(portal, count)  # makes the group, then reads
+        if isinstance(reply, Exception):
+            raise reply
+        return _entries(reply)
 
     async def ensure_group(self, key: str, *, force: bool = False) -> None:
         """Create the consumer group on ``key`` (once per process unless ``force``)."""
@@ -300,8 +323,8 @@ class ReadyConsumer:
         of the line, one that looked drained is unmarked and then read once more (an entry
         appended after that read is marked by its producer: no lost wake-up)."""
         # Tracked as pending before the read: a crash after it leaves entries someone claims.
-        await self.sets.pending(portal, now_ms() + self.visibility_ms)
-        entries = await self.read(portal, self.quantum)
+        pending = self.sets.pending_command(portal, now_ms() + self.visibility_ms)
+        entries = await self._then_read(pending, portal, self.quantum)
         if len(entries) >= self.quantum:
             await self.sets.requeue(portal, now_ms())
             return entries
@@ -312,9 +335,8 @@ class ReadyConsumer:
             left = self.coalesce_s - (now_ms() - entry_ms(entries[0][0])) / 1000
             if left > 0:
                 await asyncio.sleep(min(left, self.coalesce_s))
-        await self.sets.unmark(portal)
         want = self.quantum - len(entries)
-        more = await self.read(portal, want)
+        more = await self._then_read(self.sets.unmark_command(portal), portal, want)
         if len(more) >= want:
             await self.sets.mark([portal])
         return entries + more
@@ -409,3 +431,8 @@ class ReadyConsumer:
         _oldest.set(oldest / 1000, queue)
         if self.lag is not None:
             _lag.set(await self.lag(ready[:1000]), queue)
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """An ``XREADGROUP`` reply's entries (a trimmed entry, read as empty fields, left out)."""
+    return [(i, f) for _k, items in reply or [] for i, f in items if f]

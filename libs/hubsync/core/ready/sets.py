@@ -81,9 +81,10 @@ class ReadySets:
         """
         await self.marks.put(self.key(self.shard(portal)), portal, at_ms)
 
-    async def unmark(self, portal: str) -> None:
-        """Remove ``portal``'s ready mark."""
-        await self.marks.remove(self.key(self.shard(portal)), portal)
+    def unmark_command(self, portal: str) -> list[Any]:
+        """The ``ZREM`` removing ``portal``'s ready mark (for a caller's pipeline: a turn's
+        consumer sends it with the read that must follow it)."""
+        return ["ZREM", self.key(self.shard(portal)), portal]
 
     async def pending_due(self, shard: int, limit: int) -> list[str]:
         """Return up to ``limit`` portals of ``shard`` whose pending entries are due for a claim."""
