@@ -93,7 +93,7 @@ class _CPacking(AbstractConnection):
     synchronous client does when hiredis is installed; its asyncio connections pack in Python,
     argument by argument (mapper spent ~13 % of its CPU there under the fairness benchmark: the
     publish script's and the feed marks' long argument lists). The wire bytes are the same
-    (tests/unit/test_redis_packing.py); anything hiredis does not take (a ``bytearray``, an
+    (tests/unit/core/test_redis_packing.py); anything hiredis does not take (a ``bytearray``, an
     unsupported type: redis-py raises its ``DataError``) and encodings other than strict UTF-8 go
     to redis-py's packer."""
 
