@@ -8,6 +8,7 @@ lines it saw: a request sent through a proxy names its whole URL (``POST http://
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -26,7 +27,8 @@ READ = "/crm/v3/objects/contacts/batch/read"
 
 @contextlib.asynccontextmanager
 async def forward_proxy(upstream_port: int) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """(the proxy's URL, the first line of every request it relayed)."""
+    """(the proxy's URL, the first line and any Proxy-Authorization line of every request it
+    relayed)."""
     lines: list[bytes] = []
     tasks: set[asyncio.Task[None]] = set()
 
@@ -35,7 +37,9 @@ async def forward_proxy(upstream_port: int) -> AsyncIterator[tuple[str, list[byt
             while data := await reader.read(65536):
                 if watch:
                     lines.extend(
-                        line for line in data.split(b"\r\n") if line.startswith((b"GET ", b"POST ", b"PUT "))
+                        line
+                        for line in data.split(b"\r\n")
+                        if line.startswith((b"GET ", b"POST ", b"PUT ", b"Proxy-Authorization:"))
                     )
                 writer.write(data)
                 await writer.drain()
@@ -119,3 +123,21 @@ async def test_no_proxy_sends_the_calls_directly(redis: Redis, monkeypatch: pyte
             status = await read_one(redis, sb.base_url)
     assert status in (200, 207)
     assert lines == []
+
+
+async def test_the_proxys_credentials_go_in_a_header_not_the_request_line(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY=http://user:password@host:port: the proxy gets the credentials as Basic
+    Proxy-Authorization (percent-escapes decoded); the request line carries the target alone."""
+    async with SandboxServer(sandbox_config()) as sb:
+        port = int(sb.base_url.rsplit(":", 1)[1])
+        async with forward_proxy(port) as (proxy, lines):
+            for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "http_proxy"):
+                monkeypatch.delenv(name, raising=False)
+            monkeypatch.setenv("HTTP_PROXY", proxy.replace("http://", "http://egress:p%40ss@"))
+            status = await read_one(redis, sb.base_url)
+    assert status in (200, 207)
+    expected = base64.b64encode(b"egress:p@ss").decode()
+    assert f"Proxy-Authorization: Basic {expected}".encode() in lines, lines
+    assert f"POST {sb.base_url}{READ} HTTP/1.1".encode() in lines
