@@ -24,7 +24,8 @@ progress (entries consumed per second), the blocked portal's events (still in Re
 lost), CPU per process over the window, ``uptime`` before and after, command and machine.
 
 Run (full scale, a quiet machine): ``.venv/bin/python bench/tenants/fairness.py
---out bench/tenants/results/fairness-1000.json``. Goal (issue 13): every other portal's p99 < 1 s.
+--out bench/tenants/results/fairness-1000.json`` (``--redis-cluster``: on the local 3-master
+Redis Cluster). Goal (issue 13): every other portal's p99 < 1 s.
 """
 
 from __future__ import annotations
@@ -516,7 +517,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     setup: dict[str, Any] = {}
     t_setup = time.monotonic()
-    async with Suite(workdir, sandbox_config=sandbox, extra_env=extra_env) as suite:
+    result["redis_cluster"] = args.redis_cluster
+    async with Suite(
+        workdir, sandbox_config=sandbox, extra_env=extra_env, redis_cluster=args.redis_cluster
+    ) as suite:
         assert suite.redis is not None
         redis = redis_from_url(suite.redis.url)
         sub = Subscriber(suite, args.visibility_s)
@@ -702,6 +706,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--py-spy", type=Path, default=None, help="sample every process with py-spy into this folder"
+    )
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="the local 3-master Redis Cluster, not one Redis"
     )
     add_env_option(parser)
     add_output_options(parser)
